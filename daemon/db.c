@@ -1,1 +1,316 @@
-/* placeholder until its module lands */
+/* The job table, durable in SQLite: WAL with synchronous=FULL, so a commit
+ * that returned has reached the disk and survives SIGKILL or power loss.
+ * Operators read it with `sqlite3 STATE_DIR/jobs.db`. */
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "log.h"
+#include "traind.h"
+#include "util.h"
+
+#define TD_DB_SCHEMA_VERSION 1
+
+struct td_db {
+  sqlite3 *h;
+  sqlite3_stmt *insert, *find_key, *update, *history;
+};
+
+static const char td__schema[] =
+    "CREATE TABLE IF NOT EXISTS jobs ("
+    "  id INTEGER PRIMARY KEY,"
+    "  key TEXT NOT NULL UNIQUE,"
+    "  name TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  priority INTEGER NOT NULL,"
+    "  device TEXT NOT NULL DEFAULT '',"
+    "  job_yaml TEXT NOT NULL,"
+    "  base_dir TEXT NOT NULL,"
+    "  submitted_ms INTEGER NOT NULL,"
+    "  started_ms INTEGER NOT NULL DEFAULT 0,"
+    "  finished_ms INTEGER NOT NULL DEFAULT 0,"
+    "  epochs INTEGER NOT NULL DEFAULT 0,"
+    "  loss REAL NOT NULL DEFAULT 0,"
+    "  accuracy REAL NOT NULL DEFAULT -1,"
+    "  samples_per_sec REAL NOT NULL DEFAULT 0,"
+    "  model TEXT NOT NULL DEFAULT '',"
+    "  error TEXT NOT NULL DEFAULT '',"
+    "  exit_status INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS job_history ("
+    "  job_id INTEGER NOT NULL REFERENCES jobs(id),"
+    "  at_ms INTEGER NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  detail TEXT NOT NULL DEFAULT '');"
+    "CREATE INDEX IF NOT EXISTS job_history_job ON job_history(job_id);";
+
+static int td__db_err(td_db *db, int rc, const char *what) {
+  td_error("job database: %s: %s", what, sqlite3_errmsg(db->h));
+  if (rc == SQLITE_FULL)
+    return TD_ENOSPC;
+  return TD_EDB;
+}
+
+static int td__exec(td_db *db, const char *sql) {
+  int rc = sqlite3_exec(db->h, sql, NULL, NULL, NULL);
+  return rc == SQLITE_OK ? 0 : td__db_err(db, rc, sql);
+}
+
+static int td__integrity_ok(sqlite3 *h, char *detail, size_t cap) {
+  sqlite3_stmt *st;
+  int ok = 0;
+
+  if (sqlite3_prepare_v2(h, "PRAGMA quick_check", -1, &st, NULL) != SQLITE_OK) {
+    snprintf(detail, cap, "%s", sqlite3_errmsg(h));
+    return 0;
+  }
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    const char *r = (const char *)sqlite3_column_text(st, 0);
+    ok = r != NULL && strcmp(r, "ok") == 0;
+    snprintf(detail, cap, "%s", r ? r : "no answer");
+  } else {
+    snprintf(detail, cap, "%s", sqlite3_errmsg(h));
+  }
+  sqlite3_finalize(st);
+  return ok;
+}
+
+int td_db_open(const char *path, td_db **out, char *err, size_t errlen) {
+  char detail[256];
+  td_db *db;
+  int rc, version = 0;
+  sqlite3_stmt *st;
+
+  db = calloc(1, sizeof(*db));
+  if (db == NULL)
+    return TD_ENOMEM;
+  rc = sqlite3_open_v2(path, &db->h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+  if (rc != SQLITE_OK) {
+    snprintf(err, errlen, "cannot open job database %s: %s", path,
+             db->h ? sqlite3_errmsg(db->h) : "out of memory");
+    goto fail;
+  }
+  sqlite3_busy_timeout(db->h, 5000);
+  if (!td__integrity_ok(db->h, detail, sizeof(detail))) {
+    snprintf(err, errlen,
+             "job database %s failed its integrity check (%s); move it aside and "
+             "restore a backup, or inspect it with `sqlite3 %s`",
+             path, detail, path);
+    goto fail;
+  }
+  if (td__exec(db, "PRAGMA journal_mode=WAL") < 0 ||
+      td__exec(db, "PRAGMA synchronous=FULL") < 0 ||
+      td__exec(db, "PRAGMA foreign_keys=ON") < 0) {
+    snprintf(err, errlen, "cannot configure job database %s: %s", path, sqlite3_errmsg(db->h));
+    goto fail;
+  }
+  if (sqlite3_prepare_v2(db->h, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK) {
+    if (sqlite3_step(st) == SQLITE_ROW)
+      version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+  }
+  if (version > TD_DB_SCHEMA_VERSION) {
+    snprintf(err, errlen,
+             "job database %s has schema version %d, newer than this traind "
+             "understands (%d); run a newer traind",
+             path, version, TD_DB_SCHEMA_VERSION);
+    goto fail;
+  }
+  if (td__exec(db, "BEGIN") < 0 || td__exec(db, td__schema) < 0 ||
+      td__exec(db, "PRAGMA user_version=1") < 0 || td__exec(db, "COMMIT") < 0) {
+    snprintf(err, errlen, "cannot create the schema in %s: %s", path, sqlite3_errmsg(db->h));
+    goto fail;
+  }
+
+  rc = sqlite3_prepare_v2(db->h,
+      "INSERT INTO jobs(key,name,state,priority,job_yaml,base_dir,submitted_ms,epochs)"
+      " VALUES(?,?,?,?,?,?,?,?)", -1, &db->insert, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_prepare_v2(db->h, "SELECT id FROM jobs WHERE key=?", -1, &db->find_key, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_prepare_v2(db->h,
+        "UPDATE jobs SET state=?,device=?,started_ms=?,finished_ms=?,loss=?,accuracy=?,"
+        "samples_per_sec=?,model=?,error=?,exit_status=? WHERE id=?", -1, &db->update, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_prepare_v2(db->h,
+        "INSERT INTO job_history(job_id,at_ms,state,detail) VALUES(?,?,?,?)", -1,
+        &db->history, NULL);
+  if (rc != SQLITE_OK) {
+    snprintf(err, errlen, "cannot prepare statements on %s: %s", path, sqlite3_errmsg(db->h));
+    goto fail;
+  }
+  *out = db;
+  return 0;
+
+fail:
+  td_db_close(db);
+  return TD_EDB;
+}
+
+void td_db_close(td_db *db) {
+  if (db == NULL)
+    return;
+  sqlite3_finalize(db->insert);
+  sqlite3_finalize(db->find_key);
+  sqlite3_finalize(db->update);
+  sqlite3_finalize(db->history);
+  sqlite3_close(db->h);
+  free(db);
+}
+
+static int td__history(td_db *db, const td_job *j, const char *detail) {
+  sqlite3_stmt *st = db->history;
+  int rc;
+
+  sqlite3_reset(st);
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)j->id);
+  sqlite3_bind_int64(st, 2, td_now_unix_ms());
+  sqlite3_bind_text(st, 3, td_job_state_name(j->state), -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, detail ? detail : "", -1, SQLITE_TRANSIENT);
+  rc = sqlite3_step(st);
+  return rc == SQLITE_DONE ? 0 : td__db_err(db, rc, "history insert");
+}
+
+int td_db_insert(td_db *db, td_job *j, const char *key) {
+  sqlite3_stmt *st = db->insert;
+  int rc, err;
+
+  if ((err = td__exec(db, "BEGIN IMMEDIATE")) < 0)
+    return err;
+  sqlite3_reset(st);
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, j->name, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, td_job_state_name(j->state), -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 4, j->priority);
+  sqlite3_bind_text(st, 5, j->yaml, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 6, j->base_dir, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 7, j->submitted_ms);
+  sqlite3_bind_int(st, 8, (int)j->epochs);
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_DONE) {
+    err = td__db_err(db, rc, "insert");
+    goto rollback;
+  }
+  j->id = (uint64_t)sqlite3_last_insert_rowid(db->h);
+  if ((err = td__history(db, j, "submitted")) < 0)
+    goto rollback;
+  /* COMMIT under synchronous=FULL returns after the WAL is fsync'd. */
+  if ((err = td__exec(db, "COMMIT")) < 0)
+    goto rollback;
+  return 0;
+
+rollback:
+  sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+  j->id = 0;
+  return err;
+}
+
+int td_db_find_key(td_db *db, const char *key, uint64_t *id) {
+  sqlite3_stmt *st = db->find_key;
+  int rc;
+
+  sqlite3_reset(st);
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *id = (uint64_t)sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return 0;
+  }
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? TD_ENOENT : td__db_err(db, rc, "key lookup");
+}
+
+int td_db_update(td_db *db, const td_job *j, const char *detail) {
+  sqlite3_stmt *st = db->update;
+  int rc, err;
+
+  if ((err = td__exec(db, "BEGIN IMMEDIATE")) < 0)
+    return err;
+  sqlite3_reset(st);
+  sqlite3_bind_text(st, 1, td_job_state_name(j->state), -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, j->device, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, j->started_ms);
+  sqlite3_bind_int64(st, 4, j->finished_ms);
+  sqlite3_bind_double(st, 5, j->loss);
+  sqlite3_bind_double(st, 6, j->accuracy);
+  sqlite3_bind_double(st, 7, j->samples_per_sec);
+  sqlite3_bind_text(st, 8, j->model, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 9, j->error, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 10, j->exit_status);
+  sqlite3_bind_int64(st, 11, (sqlite3_int64)j->id);
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_DONE) {
+    err = td__db_err(db, rc, "update");
+    goto rollback;
+  }
+  if ((err = td__history(db, j, detail)) < 0)
+    goto rollback;
+  if ((err = td__exec(db, "COMMIT")) < 0)
+    goto rollback;
+  return 0;
+
+rollback:
+  sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+  return err;
+}
+
+static void td__col_str(sqlite3_stmt *st, int col, char *dst, size_t cap) {
+  const char *s = (const char *)sqlite3_column_text(st, col);
+  td_strlcpy(dst, s ? s : "", cap);
+}
+
+int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
+  sqlite3_stmt *st;
+  int rc, err = 0;
+
+  rc = sqlite3_prepare_v2(db->h,
+      "SELECT id,name,state,priority,device,job_yaml,base_dir,submitted_ms,started_ms,"
+      "finished_ms,epochs,loss,accuracy,samples_per_sec,model,error,exit_status"
+      " FROM jobs ORDER BY id", -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return td__db_err(db, rc, "load");
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    char state[32];
+    td_job *j = calloc(1, sizeof(*j));
+
+    if (j == NULL) {
+      err = TD_ENOMEM;
+      break;
+    }
+    j->id = (uint64_t)sqlite3_column_int64(st, 0);
+    td__col_str(st, 1, j->name, sizeof(j->name));
+    td__col_str(st, 2, state, sizeof(state));
+    if (td_job_state_parse(state, &j->state) < 0)
+      j->state = TD_JOB_FAILED;
+    j->priority = sqlite3_column_int(st, 3);
+    td__col_str(st, 4, j->device, sizeof(j->device));
+    if (j->state == TD_JOB_QUEUED || j->state == TD_JOB_RUNNING) {
+      const char *y = (const char *)sqlite3_column_text(st, 5);
+      j->yaml = strdup(y ? y : "");
+      if (j->yaml == NULL) {
+        free(j);
+        err = TD_ENOMEM;
+        break;
+      }
+    }
+    td__col_str(st, 6, j->base_dir, sizeof(j->base_dir));
+    j->submitted_ms = sqlite3_column_int64(st, 7);
+    j->started_ms = sqlite3_column_int64(st, 8);
+    j->finished_ms = sqlite3_column_int64(st, 9);
+    j->epochs = (uint32_t)sqlite3_column_int(st, 10);
+    j->loss = sqlite3_column_double(st, 11);
+    j->accuracy = sqlite3_column_double(st, 12);
+    j->samples_per_sec = sqlite3_column_double(st, 13);
+    td__col_str(st, 14, j->model, sizeof(j->model));
+    td__col_str(st, 15, j->error, sizeof(j->error));
+    j->exit_status = sqlite3_column_int(st, 16);
+    if ((err = fn(arg, j)) < 0)
+      break;
+  }
+  if (err == 0 && rc != SQLITE_DONE)
+    err = td__db_err(db, rc, "load");
+  sqlite3_finalize(st);
+  return err;
+}

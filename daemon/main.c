@@ -1,1 +1,284 @@
-/* placeholder until its module lands */
+/* traind: the control plane.  One libuv loop owns the sockets, the job
+ * table and the child processes; no training code and no GPU context live
+ * here, so a crashing job cannot take the daemon down. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <nanomsg/nn.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "log.h"
+#include "td_config.h"
+#include "traind.h"
+#include "util.h"
+
+static const char *td__state_names[TD_JOB__NSTATES] = {
+    [TD_JOB_QUEUED] = "queued",       [TD_JOB_RUNNING] = "running",
+    [TD_JOB_SUCCEEDED] = "succeeded", [TD_JOB_FAILED] = "failed",
+    [TD_JOB_CANCELLED] = "cancelled",
+};
+
+const char *td_job_state_name(td_job_state s) {
+  return (unsigned)s < TD_JOB__NSTATES ? td__state_names[s] : "unknown";
+}
+
+int td_job_state_parse(const char *s, td_job_state *out) {
+  for (int i = 0; i < TD_JOB__NSTATES; i++) {
+    if (strcmp(s, td__state_names[i]) == 0) {
+      *out = (td_job_state)i;
+      return 0;
+    }
+  }
+  return TD_EINVAL;
+}
+
+static int td__terminal(td_job_state s) {
+  return s == TD_JOB_SUCCEEDED || s == TD_JOB_FAILED || s == TD_JOB_CANCELLED;
+}
+
+void td_job_free(td_job *j) {
+  if (j == NULL)
+    return;
+  free(j->yaml);
+  free(j->spec);
+  free(j);
+}
+
+td_job *td_daemon_find(td_daemon *d, uint64_t id) {
+  size_t lo = 0, hi = d->njobs;
+
+  /* Ids are assigned in increasing order, so the table is sorted. */
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (d->jobs[mid]->id == id)
+      return d->jobs[mid];
+    if (d->jobs[mid]->id < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return NULL;
+}
+
+void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *detail) {
+  int rc;
+
+  if (td__terminal(s) && !td__terminal(j->state))
+    d->nactive--;
+  j->state = s;
+  rc = td_db_update(d->db, j, detail);
+  if (rc < 0)
+    td_error("job %llu: cannot record state %s: %s", (unsigned long long)j->id,
+             td_job_state_name(s), td_strerror(rc));
+  td_info("job %llu %s: %s", (unsigned long long)j->id, td_job_state_name(s),
+          detail ? detail : "");
+  td_publish_state(d, j);
+  if (td__terminal(s)) {
+    /* An ended job keeps its record, not its spec. */
+    free(j->yaml);
+    free(j->spec);
+    j->yaml = NULL;
+    j->spec = NULL;
+  }
+}
+
+/* Bring back a job from the database: one that was queued or running when
+ * traind stopped runs again from the start. */
+static int td__restore(void *arg, td_job *j) {
+  td_daemon *d = arg;
+  char err[512];
+  int rc;
+
+  if (d->njobs == d->cap) {
+    size_t cap = d->cap ? d->cap * 2 : 64;
+    td_job **jobs = realloc(d->jobs, cap * sizeof(*jobs));
+    if (jobs == NULL) {
+      td_job_free(j);
+      return TD_ENOMEM;
+    }
+    d->jobs = jobs;
+    d->cap = cap;
+  }
+  d->jobs[d->njobs++] = j;
+  if (td__terminal(j->state))
+    return 0;
+  d->nactive++;
+  j->spec = malloc(sizeof(*j->spec));
+  if (j->spec == NULL)
+    return TD_ENOMEM;
+  rc = td_jobspec_parse(j->yaml, strlen(j->yaml), j->base_dir, j->spec, err, sizeof(err));
+  if (rc == 0)
+    rc = td_plan_compute(j->spec, j->spec->batch_size, j->spec->precision, 0, &j->plan);
+  if (rc == 0)
+    rc = td_sched_check_fit(d, j, err, sizeof(err));
+  if (rc < 0) {
+    /* The config may have changed under it (a smaller budget, a device
+     * gone): fail it with the reason rather than keep it forever. */
+    td_strlcpy(j->error, err, sizeof(j->error));
+    j->finished_ms = td_now_unix_ms();
+    td_job_transition(d, j, TD_JOB_FAILED, err);
+    return 0;
+  }
+  td_strlcpy(j->pin, j->spec->device, sizeof(j->pin));
+  j->epochs = j->spec->epochs;
+  if (j->state == TD_JOB_RUNNING) {
+    j->device[0] = '\0';
+    td_job_transition(d, j, TD_JOB_QUEUED, "traind restarted; the job runs again");
+  }
+  return 0;
+}
+
+static void td__close_walk(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+static void td__on_signal(uv_signal_t *s, int signum) {
+  td_daemon *d = s->data;
+
+  if (d->stopping) {
+    td_warn("second signal: stopping now");
+    uv_stop(d->loop);
+    return;
+  }
+  td_info("signal %d: stopping; running jobs are interrupted and will run again", signum);
+  sd_notify(0, "STOPPING=1");
+  d->stopping = 1;
+  td_server_stop(d);
+  for (size_t i = 0; i < d->njobs; i++)
+    if (d->jobs[i]->run != NULL)
+      td_run_stop(d, d->jobs[i]);
+  /* The loop ends once the last run's handles are closed. */
+  uv_close((uv_handle_t *)&d->sig_term, NULL);
+  uv_close((uv_handle_t *)&d->sig_int, NULL);
+}
+
+static void td__usage(FILE *f) {
+  fprintf(f,
+          "Usage: traind [--config FILE]\n"
+          "       traind --check-config FILE\n"
+          "       traind --version\n"
+          "\n"
+          "Runs the traind daemon in the foreground.  Without --config it uses the\n"
+          "embedded default: one simulated CPU device cpu0 with a 2 GiB budget, the\n"
+          "socket under $XDG_RUNTIME_DIR/traind (or /run/traind as root), and the\n"
+          "state under $XDG_STATE_HOME/traind (or /var/lib/traind as root).\n");
+}
+
+static int td__exe_dir(char *out, size_t cap) {
+  char path[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+  char *slash;
+
+  if (n <= 0)
+    return TD_EIO;
+  path[n] = '\0';
+  slash = strrchr(path, '/');
+  if (slash != NULL)
+    *slash = '\0';
+  return td_strlcpy(out, path, cap);
+}
+
+int main(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"check-config", required_argument, NULL, 'k'},
+      {"version", no_argument, NULL, 'V'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  static td_daemon daemon;
+  td_daemon *d = &daemon;
+  const char *config_path = NULL;
+  char err[1024], dbpath[TD_PATH_MAX + 16];
+  int check_only = 0, c, rc, status = 1;
+
+  while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'c': config_path = optarg; break;
+    case 'k': config_path = optarg; check_only = 1; break;
+    case 'V': printf("traind %s (protocol 1)\n", TD_VERSION); return 0;
+    case 'h': td__usage(stdout); return 0;
+    default: td__usage(stderr); return 2;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "traind: unexpected argument '%s'\n", argv[optind]);
+    td__usage(stderr);
+    return 2;
+  }
+
+  td_config_defaults(&d->cfg);
+  if (config_path != NULL && td_config_load(config_path, &d->cfg, err, sizeof(err)) < 0) {
+    fprintf(stderr, "traind: %s\n", err);
+    return 1;
+  }
+  if (check_only) {
+    td_config_print(&d->cfg, stdout);
+    return 0;
+  }
+  td_log_init("traind", d->cfg.log_level);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (td__exe_dir(d->exe_dir, sizeof(d->exe_dir)) < 0) {
+    td_error("cannot find traind's own directory through /proc/self/exe");
+    return 1;
+  }
+  if (td_mkdir_p(d->cfg.state_dir, 0750) < 0) {
+    td_error("cannot create the state directory %s: %s", d->cfg.state_dir, strerror(errno));
+    return 1;
+  }
+  snprintf(dbpath, sizeof(dbpath), "%s/jobs.db", d->cfg.state_dir);
+  if (td_db_open(dbpath, &d->db, err, sizeof(err)) < 0) {
+    td_error("%s", err);
+    return 1;
+  }
+
+  d->loop = uv_default_loop();
+  d->start_mono = td_now_mono();
+  td_sched_init(d);
+  td_run_cleanup_stale();
+  if ((rc = td_server_start(d, err, sizeof(err))) < 0) {
+    td_error("%s", err);
+    goto close_db;
+  }
+  if ((rc = td_db_load(d->db, td__restore, d)) < 0) {
+    td_error("cannot load the jobs from %s: %s", dbpath, td_strerror(rc));
+    goto close_sockets;
+  }
+
+  uv_signal_init(d->loop, &d->sig_term);
+  uv_signal_init(d->loop, &d->sig_int);
+  d->sig_term.data = d->sig_int.data = d;
+  uv_signal_start(&d->sig_term, td__on_signal, SIGTERM);
+  uv_signal_start(&d->sig_int, td__on_signal, SIGINT);
+
+  td_info("traind %s ready: jobs on %s, status on %s, state in %s, %d device(s)", TD_VERSION,
+          d->cfg.socket, d->cfg.status_socket, d->cfg.state_dir, d->ndevices);
+  sd_notifyf(0, "READY=1\nSTATUS=serving %s", d->cfg.socket);
+  td_sched_run(d);
+
+  uv_run(d->loop, UV_RUN_DEFAULT);
+  status = 0;
+  uv_walk(d->loop, td__close_walk, NULL);
+  uv_run(d->loop, UV_RUN_DEFAULT);
+  uv_loop_close(d->loop);
+  td_info("stopped");
+
+close_sockets:
+  nn_close(d->rep_sock);
+  nn_close(d->pub_sock);
+close_db:
+  td_db_close(d->db);
+  for (size_t i = 0; i < d->njobs; i++)
+    td_job_free(d->jobs[i]);
+  free(d->jobs);
+  return status;
+}

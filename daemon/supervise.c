@@ -1,1 +1,461 @@
-/* placeholder until its module lands */
+/* Supervision: each running job is one traind-loader and one traind-worker,
+ * joined by a shared-memory ring that traind creates and removes.  The
+ * worker reports on a pipe (fd 3), one event per line.  Whatever happens to
+ * either process, the job ends with a state and a reason, the ring is
+ * unlinked and the job's reservation is released; traind itself goes on. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "log.h"
+#include "ring.h"
+#include "td_config.h"
+#include "traind.h"
+#include "util.h"
+
+#define TD_RING_PREFIX "traind-"
+
+struct td_run {
+  td_daemon *d;
+  td_job *job;
+  uv_process_t worker, loader;
+  uv_pipe_t events;
+  uv_timer_t kill_timer;
+  int nhandles;               /* open handles; the run is freed at zero */
+  int worker_running, loader_running;
+  int64_t worker_status;
+  int worker_signal, loader_signal;
+  int64_t loader_status;
+  char ring_name[64];
+  td_ring *ring;
+  int log_fd;
+  char line[4096];
+  size_t linelen;
+  int done_seen;
+  char error_event[512];
+};
+
+static void td__run_finish(td_run *r);
+
+static void td__handle_closed(uv_handle_t *h) {
+  td_run *r = h->data;
+
+  if (--r->nhandles == 0)
+    td__run_finish(r);
+}
+
+static void td__close(td_run *r, uv_handle_t *h) {
+  (void)r;
+  if (!uv_is_closing(h))
+    uv_close(h, td__handle_closed);
+}
+
+/* The kill timer lives as long as a process does. */
+static void td__maybe_close_timer(td_run *r) {
+  if (!r->worker_running && !r->loader_running)
+    td__close(r, (uv_handle_t *)&r->kill_timer);
+}
+
+/* "key=value" lookup in an event line; values end at a space, except msg,
+ * which runs to the end of the line. */
+static int td__kv(const char *line, const char *key, char *out, size_t cap) {
+  size_t klen = strlen(key);
+  const char *p = line;
+
+  while ((p = strstr(p, key)) != NULL) {
+    if ((p == line || p[-1] == ' ') && p[klen] == '=') {
+      const char *v = p + klen + 1;
+      size_t n = strcmp(key, "msg") == 0 ? strlen(v) : strcspn(v, " ");
+      if (n >= cap)
+        n = cap - 1;
+      memcpy(out, v, n);
+      out[n] = '\0';
+      return 0;
+    }
+    p += klen;
+  }
+  return TD_ENOENT;
+}
+
+static double td__kv_f64(const char *line, const char *key, double dflt) {
+  char v[64];
+  char *end;
+  double x;
+
+  if (td__kv(line, key, v, sizeof(v)) < 0)
+    return dflt;
+  x = strtod(v, &end);
+  return end == v ? dflt : x;
+}
+
+static void td__on_event(td_run *r, const char *line) {
+  td_job *j = r->job;
+  td_daemon *d = r->d;
+  char word[16];
+  size_t n = strcspn(line, " ");
+
+  if (n >= sizeof(word))
+    return;
+  memcpy(word, line, n);
+  word[n] = '\0';
+  if (strcmp(word, "progress") == 0) {
+    double elapsed, eta = -1;
+    uint64_t done, total;
+
+    j->epoch = (uint32_t)td__kv_f64(line, "epoch", j->epoch);
+    j->epochs = (uint32_t)td__kv_f64(line, "epochs", j->epochs);
+    j->step = (uint32_t)td__kv_f64(line, "step", j->step);
+    j->steps = (uint32_t)td__kv_f64(line, "steps", j->steps);
+    j->loss = td__kv_f64(line, "loss", j->loss);
+    j->samples_per_sec = td__kv_f64(line, "samples_per_sec", j->samples_per_sec);
+    done = (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps + j->step;
+    total = (uint64_t)j->epochs * j->steps;
+    elapsed = td_now_mono() - j->started_mono;
+    if (done > 0 && total >= done)
+      eta = elapsed * (double)(total - done) / (double)done;
+    td_publish_progress(d, j, eta);
+  } else if (strcmp(word, "eval") == 0) {
+    j->accuracy = td__kv_f64(line, "accuracy", j->accuracy);
+    td_publish_eval(d, j, (uint32_t)td__kv_f64(line, "epoch", 0), j->accuracy,
+                    td__kv_f64(line, "loss", 0));
+  } else if (strcmp(word, "done") == 0) {
+    r->done_seen = 1;
+    j->accuracy = td__kv_f64(line, "accuracy", j->accuracy);
+    j->samples_per_sec = td__kv_f64(line, "samples_per_sec", j->samples_per_sec);
+    td__kv(line, "model", j->model, sizeof(j->model));
+  } else if (strcmp(word, "error") == 0) {
+    td__kv(line, "msg", r->error_event, sizeof(r->error_event));
+  } else if (strcmp(word, "plan") == 0) {
+    td_debug("job %llu: worker plan: %s", (unsigned long long)j->id, line);
+  }
+}
+
+static void td__alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  static char slab[8192];
+  (void)h;
+  (void)suggested;
+  *buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void td__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  td_run *r = s->data;
+
+  if (nread < 0) {
+    td__close(r, (uv_handle_t *)s);
+    return;
+  }
+  for (ssize_t i = 0; i < nread; i++) {
+    char c = buf->base[i];
+    if (c == '\n') {
+      r->line[r->linelen] = '\0';
+      td__on_event(r, r->line);
+      r->linelen = 0;
+    } else if (r->linelen + 1 < sizeof(r->line)) {
+      r->line[r->linelen++] = c;
+    }
+  }
+}
+
+static void td__on_worker_exit(uv_process_t *p, int64_t status, int sig) {
+  td_run *r = p->data;
+
+  r->worker_running = 0;
+  r->worker_status = status;
+  r->worker_signal = sig;
+  /* The loader has nothing left to feed; a loader blocked on a full ring
+   * wakes up on the shutdown. */
+  td_ring_shutdown(r->ring, 0);
+  if (r->loader_running)
+    uv_process_kill(&r->loader, SIGTERM);
+  td__close(r, (uv_handle_t *)p);
+  td__maybe_close_timer(r);
+}
+
+static void td__on_loader_exit(uv_process_t *p, int64_t status, int sig) {
+  td_run *r = p->data;
+
+  r->loader_running = 0;
+  r->loader_status = status;
+  r->loader_signal = sig;
+  /* The worker drains what is in the ring, then sees the end. */
+  td_ring_shutdown(r->ring, status == 0 && sig == 0 ? 0 : TD_EDATA);
+  td__close(r, (uv_handle_t *)p);
+  td__maybe_close_timer(r);
+}
+
+static void td__on_kill_timer(uv_timer_t *t) {
+  td_run *r = t->data;
+
+  if (r->worker_running)
+    uv_process_kill(&r->worker, SIGKILL);
+  if (r->loader_running)
+    uv_process_kill(&r->loader, SIGKILL);
+}
+
+static void td__describe_exit(const char *who, int64_t status, int sig, char *out, size_t cap) {
+  if (sig != 0)
+    snprintf(out, cap, "%s was killed by signal %d (%s)", who, sig, strsignal(sig));
+  else
+    snprintf(out, cap, "%s exited with status %lld", who, (long long)status);
+}
+
+static void td__run_finish(td_run *r) {
+  td_daemon *d = r->d;
+  td_job *j = r->job;
+  td_job_state s;
+  char why[512];
+
+  td_ring_close(r->ring);
+  td_ring_unlink(r->ring_name);
+  if (r->log_fd >= 0)
+    close(r->log_fd);
+  j->run = NULL;
+  j->exit_status = r->worker_signal ? 128 + r->worker_signal : (int)r->worker_status;
+  j->finished_ms = td_now_unix_ms();
+  td_sched_release(d, j);
+
+  if (j->cancel_requested) {
+    s = TD_JOB_CANCELLED;
+    snprintf(why, sizeof(why), "cancelled");
+  } else if (r->worker_status == 0 && r->worker_signal == 0 && r->done_seen) {
+    s = TD_JOB_SUCCEEDED;
+    snprintf(why, sizeof(why), "finished");
+  } else if (d->stopping) {
+    /* traind is shutting down: the job runs again when it comes back. */
+    s = TD_JOB_QUEUED;
+    snprintf(why, sizeof(why), "interrupted by traind shutdown; will restart");
+    j->device[0] = '\0';
+  } else {
+    s = TD_JOB_FAILED;
+    if (r->error_event[0] != '\0')
+      snprintf(why, sizeof(why), "%s", r->error_event);
+    else if (r->loader_status != 0 || r->loader_signal != 0)
+      td__describe_exit("the data loader", r->loader_status, r->loader_signal, why, sizeof(why));
+    else
+      td__describe_exit("the worker", r->worker_status, r->worker_signal, why, sizeof(why));
+  }
+  if (s == TD_JOB_FAILED || s == TD_JOB_CANCELLED)
+    td_strlcpy(j->error, why, sizeof(j->error));
+  free(r);
+  td_job_transition(d, j, s, why);
+  td_sched_run(d);
+}
+
+static int td__job_dir(const td_daemon *d, const td_job *j, char *out, size_t cap) {
+  if (snprintf(out, cap, "%s/jobs/%llu", d->cfg.state_dir, (unsigned long long)j->id) >= (int)cap)
+    return TD_ETOOBIG;
+  return 0;
+}
+
+static int td__write_all(int fd, const char *s, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, s, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return TD_EIO;
+    s += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* The configured directory, else traind's own (a build tree), else the
+ * installed libexec directory. */
+static const char *td__libexec(const td_daemon *d) {
+  char probe[TD_PATH_MAX + 32];
+
+  if (d->cfg.libexec_dir[0])
+    return d->cfg.libexec_dir;
+  snprintf(probe, sizeof(probe), "%s/traind-worker", d->exe_dir);
+  return access(probe, X_OK) == 0 ? d->exe_dir : TD_LIBEXECDIR;
+}
+
+int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
+  char dir[TD_PATH_MAX], path[TD_PATH_MAX + 32], worker[TD_PATH_MAX + 32],
+      loader[TD_PATH_MAX + 32], output[TD_PATH_MAX], budget[32], micro[16], events_fd[8];
+  uv_process_options_t opt;
+  uv_stdio_container_t io[4];
+  td_run *r;
+  int fd, rc;
+  size_t slot;
+
+  if (td__job_dir(d, j, dir, sizeof(dir)) < 0 || td_mkdir_p(dir, 0750) < 0) {
+    snprintf(err, errlen, "cannot create the job directory under %s/jobs", d->cfg.state_dir);
+    return TD_EIO;
+  }
+  snprintf(path, sizeof(path), "%s/job.yaml", dir);
+  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0 || td__write_all(fd, j->yaml, strlen(j->yaml)) < 0) {
+    if (fd >= 0)
+      close(fd);
+    snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    return TD_EIO;
+  }
+  close(fd);
+
+  r = calloc(1, sizeof(*r));
+  if (r == NULL)
+    return TD_ENOMEM;
+  r->d = d;
+  r->job = j;
+  r->log_fd = -1;
+  snprintf(path, sizeof(path), "%s/log", dir);
+  r->log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+  if (r->log_fd < 0) {
+    snprintf(err, errlen, "cannot open the job log %s: %s", path, strerror(errno));
+    rc = TD_EIO;
+    goto free_run;
+  }
+
+  snprintf(r->ring_name, sizeof(r->ring_name), "/" TD_RING_PREFIX "%d-%llu", (int)getpid(),
+           (unsigned long long)j->id);
+  slot = td_batch_bytes(j->spec->batch_size, (uint32_t)td_jobspec_input_elems(j->spec));
+  td_ring_unlink(r->ring_name);
+  rc = td_ring_create(r->ring_name, d->cfg.ring_slots, slot);
+  if (rc == 0 && (rc = td_ring_open(r->ring_name, &r->ring)) < 0)
+    td_ring_unlink(r->ring_name);
+  if (rc < 0) {
+    snprintf(err, errlen, "cannot create the shared-memory ring %s (%zu-byte slots): %s",
+             r->ring_name, slot, td_strerror(rc));
+    goto close_log;
+  }
+
+  if (j->spec->output[0] != '\0')
+    td_strlcpy(output, j->spec->output, sizeof(output));
+  else
+    snprintf(output, sizeof(output), "%.*s/model.safetensors", (int)(sizeof(output) - 20), dir);
+  snprintf(path, sizeof(path), "%s/job.yaml", dir);
+  snprintf(worker, sizeof(worker), "%s/traind-worker", td__libexec(d));
+  snprintf(loader, sizeof(loader), "%s/traind-loader", td__libexec(d));
+  snprintf(budget, sizeof(budget), "%llu", (unsigned long long)j->plan.total);
+  snprintf(micro, sizeof(micro), "%u", j->plan.micro_batch);
+  snprintf(events_fd, sizeof(events_fd), "3");
+
+  io[0].flags = UV_IGNORE;
+  io[1].flags = UV_INHERIT_FD;
+  io[1].data.fd = r->log_fd;
+  io[2].flags = UV_INHERIT_FD;
+  io[2].data.fd = r->log_fd;
+  io[3].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+  io[3].data.stream = (uv_stream_t *)&r->events;
+
+  /* From here on every failure ends the job through td__run_finish, once
+   * all handles are closed, so there is one way a job ends. */
+  j->run = r;
+  uv_timer_init(d->loop, &r->kill_timer);
+  r->kill_timer.data = r;
+  uv_pipe_init(d->loop, &r->events, 0);
+  r->events.data = r;
+  r->nhandles = 2;
+
+  {
+    char *args[] = {loader, "--job", path, "--base-dir", j->base_dir, "--ring",
+                    r->ring_name, NULL};
+    memset(&opt, 0, sizeof(opt));
+    opt.file = loader;
+    opt.args = args;
+    opt.stdio = io;
+    opt.stdio_count = 3;
+    opt.exit_cb = td__on_loader_exit;
+    r->loader.data = r;
+    r->nhandles++;
+    rc = uv_spawn(d->loop, &r->loader, &opt);
+    if (rc < 0) {
+      snprintf(r->error_event, sizeof(r->error_event), "cannot start %s: %s", loader,
+               uv_strerror(rc));
+      td__close(r, (uv_handle_t *)&r->loader);
+    } else {
+      r->loader_running = 1;
+    }
+  }
+  if (r->loader_running) {
+    char *args[] = {worker, "--job", path, "--base-dir", j->base_dir, "--ring", r->ring_name,
+                    "--device", j->device, "--budget", budget, "--micro-batch", micro,
+                    "--output", output, "--events-fd", events_fd, NULL};
+    memset(&opt, 0, sizeof(opt));
+    opt.file = worker;
+    opt.args = args;
+    opt.stdio = io;
+    opt.stdio_count = 4;
+    opt.exit_cb = td__on_worker_exit;
+    r->worker.data = r;
+    r->nhandles++;
+    rc = uv_spawn(d->loop, &r->worker, &opt);
+    if (rc < 0) {
+      snprintf(r->error_event, sizeof(r->error_event), "cannot start %s: %s", worker,
+               uv_strerror(rc));
+      td__close(r, (uv_handle_t *)&r->worker);
+      td_ring_shutdown(r->ring, TD_EIO);
+      uv_process_kill(&r->loader, SIGTERM);
+    } else {
+      r->worker_running = 1;
+    }
+  }
+  if (r->worker_running)
+    uv_read_start((uv_stream_t *)&r->events, td__alloc_cb, td__on_read);
+  else
+    td__close(r, (uv_handle_t *)&r->events);
+
+  j->started_ms = td_now_unix_ms();
+  j->started_mono = td_now_mono();
+  j->epoch = j->step = j->steps = 0;
+  j->epochs = j->spec->epochs;
+  td_job_transition(d, j, TD_JOB_RUNNING, "admitted");
+  td__maybe_close_timer(r);
+  return 0;
+
+close_log:
+  close(r->log_fd);
+free_run:
+  free(r);
+  return rc;
+}
+
+void td_run_stop(td_daemon *d, td_job *j) {
+  td_run *r = j->run;
+
+  if (r == NULL)
+    return;
+  if (r->worker_running)
+    uv_process_kill(&r->worker, SIGTERM);
+  if (r->loader_running)
+    uv_process_kill(&r->loader, SIGTERM);
+  td_ring_shutdown(r->ring, TD_ECLOSED);
+  if (!uv_is_closing((uv_handle_t *)&r->kill_timer))
+    uv_timer_start(&r->kill_timer, td__on_kill_timer, d->cfg.cancel_grace_ms, 0);
+}
+
+/* Segments named /traind-PID-JOB whose traind is gone are left over from a
+ * crash: remove them. */
+void td_run_cleanup_stale(void) {
+  DIR *dir = opendir("/dev/shm");
+  struct dirent *e;
+
+  if (dir == NULL)
+    return;
+  while ((e = readdir(dir)) != NULL) {
+    char name[300];
+    long pid;
+    char *end;
+
+    if (strncmp(e->d_name, TD_RING_PREFIX, strlen(TD_RING_PREFIX)) != 0)
+      continue;
+    pid = strtol(e->d_name + strlen(TD_RING_PREFIX), &end, 10);
+    if (end == e->d_name + strlen(TD_RING_PREFIX) || *end != '-' || pid <= 0)
+      continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+      continue;
+    snprintf(name, sizeof(name), "/%s", e->d_name);
+    if (shm_unlink(name) == 0)
+      td_info("removed shared-memory segment %s left by a traind that died", name);
+  }
+  closedir(dir);
+}

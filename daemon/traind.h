@@ -1,0 +1,130 @@
+/* traind's internal interfaces: the job table, the journal (SQLite), the
+ * scheduler, supervision of worker and loader processes, and the sockets.
+ *
+ * Ownership: the daemon (td_daemon) owns every td_job; a job owns its spec
+ * while it can still run, and its td_run while its processes live.  Every
+ * function here runs on the one libuv loop thread.
+ */
+#ifndef TD_DAEMON_H
+#define TD_DAEMON_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "jobspec.h"
+#include "plan.h"
+
+typedef enum {
+  TD_JOB_QUEUED = 0,
+  TD_JOB_RUNNING,
+  TD_JOB_SUCCEEDED,
+  TD_JOB_FAILED,
+  TD_JOB_CANCELLED,
+  TD_JOB__NSTATES
+} td_job_state;
+
+const char *td_job_state_name(td_job_state s);
+int td_job_state_parse(const char *s, td_job_state *out);
+
+typedef struct td_run td_run;
+typedef struct td_db td_db;
+
+typedef struct td_job {
+  uint64_t id;
+  char name[TD_NAME_MAX];
+  td_job_state state;
+  int32_t priority;
+  char device[32];         /* where it runs or ran; "" while queued */
+  char pin[32];            /* the job file's device: "" = any */
+  int64_t submitted_ms, started_ms, finished_ms;
+
+  char *yaml;              /* job file text; NULL once the job has ended */
+  char base_dir[TD_PATH_MAX];
+  td_jobspec *spec;        /* parsed; NULL once the job has ended */
+  td_plan plan;            /* at the micro-batch it will run with */
+
+  /* progress, from the worker's events */
+  uint32_t epoch, epochs, step, steps;
+  double loss, accuracy, samples_per_sec;
+  double started_mono;
+
+  char model[TD_PATH_MAX];
+  char error[512];
+  int exit_status;
+
+  td_run *run;             /* non-NULL while its processes live */
+  int cancel_requested;
+} td_job;
+
+typedef struct td_device {
+  char name[32];
+  uint64_t budget;         /* configured limit */
+  uint64_t reserved;       /* sum of admitted jobs' plans */
+  uint32_t njobs;
+} td_device;
+
+typedef struct td_daemon {
+  uv_loop_t *loop;
+  td_config cfg;
+  char exe_dir[TD_PATH_MAX];
+  td_db *db;
+  double start_mono;
+
+  td_job **jobs;           /* by submission order; ids ascending */
+  size_t njobs, cap;
+  size_t nactive;          /* queued + running */
+
+  td_device devices[TD_MAX_DEVICES];
+  int ndevices;
+
+  int rep_sock, pub_sock;
+  uv_poll_t rep_poll;
+  uv_signal_t sig_term, sig_int;
+  int stopping;
+  double head_wait_since;  /* when the queue's head job started waiting for memory */
+} td_daemon;
+
+/* main.c */
+td_job *td_daemon_find(td_daemon *d, uint64_t id);
+void td_job_free(td_job *j);
+
+/* db.c: the durable job table (WAL, synchronous=FULL). */
+int td_db_open(const char *path, td_db **out, char *err, size_t errlen);
+void td_db_close(td_db *db);
+/* Insert a new job and its idempotency key in one durable transaction;
+ * assigns j->id.  TD_ENOSPC when the disk is full. */
+int td_db_insert(td_db *db, td_job *j, const char *key);
+/* The job id recorded for an idempotency key: 0 or TD_ENOENT. */
+int td_db_find_key(td_db *db, const char *key, uint64_t *id);
+/* Persist the job's state, device, times and results, with a history row. */
+int td_db_update(td_db *db, const td_job *j, const char *detail);
+/* Call fn for every job in id order; fn takes ownership of the job. */
+int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg);
+
+/* sched.c */
+void td_sched_init(td_daemon *d);
+/* Admit queued jobs that fit, highest priority first; start them. */
+void td_sched_run(td_daemon *d);
+/* 0 if the plan fits some device the job may use when it is empty;
+ * TD_ENOFIT with a message naming the numbers otherwise. */
+int td_sched_check_fit(td_daemon *d, const td_job *j, char *err, size_t errlen);
+void td_sched_release(td_daemon *d, td_job *j);
+
+/* supervise.c */
+int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen);
+/* SIGTERM now, SIGKILL after the grace period. */
+void td_run_stop(td_daemon *d, td_job *j);
+void td_run_cleanup_stale(void);
+
+/* server.c */
+int td_server_start(td_daemon *d, char *err, size_t errlen);
+void td_server_stop(td_daemon *d);
+void td_publish_state(td_daemon *d, const td_job *j);
+void td_publish_progress(td_daemon *d, const td_job *j, double eta_s);
+void td_publish_eval(td_daemon *d, const td_job *j, uint32_t epoch, double acc, double loss);
+
+/* main.c: a job changed state: persist it and publish it. */
+void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *detail);
+
+#endif

@@ -1,1 +1,276 @@
-/* placeholder until its module lands */
+#include "config.h"
+
+#include <pwd.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "log.h"
+#include "util.h"
+#include "yamlread.h"
+
+#define IPC_PATH_MAX 107 /* sun_path holds 108 bytes with the NUL */
+
+static const char *const log_names[] = {"error", "warning", "info", "debug", NULL};
+static const int log_values[] = {TD_LOG_ERROR, TD_LOG_WARN, TD_LOG_INFO, TD_LOG_DEBUG};
+
+int td_device_name_valid(const char *name) {
+  static const char *const kinds[] = {"cpu", "cuda"};
+
+  for (size_t i = 0; i < TD_ARRAY_SIZE(kinds); i++) {
+    size_t k = strlen(kinds[i]), d = 0;
+
+    if (strncmp(name, kinds[i], k) != 0)
+      continue;
+    while (name[k + d] >= '0' && name[k + d] <= '9')
+      d++;
+    return (d == 1 || d == 2) && name[k + d] == '\0';
+  }
+  return 0;
+}
+
+const char *td_config_log_level_name(int level) {
+  for (size_t i = 0; i < TD_ARRAY_SIZE(log_values); i++)
+    if (log_values[i] == level)
+      return log_names[i];
+  return NULL;
+}
+
+static int check_socket(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
+                        size_t cap) {
+  const char *s = p;
+  char ex[64];
+
+  if (strncmp(s, "tcp://", 6) == 0) {
+    snprintf(msg, cap, "tcp:// transports need authentication, which is not available yet; "
+                       "use ipc://");
+    return 1;
+  }
+  if (strncmp(s, "ipc://", 6) != 0) {
+    td_yaml_excerpt(ex, sizeof(ex), s);
+    snprintf(msg, cap, "must be an ipc:// address such as ipc:///run/traind/traind.sock, got '%s'",
+             ex);
+    return 1;
+  }
+  if (s[6] != '/') {
+    snprintf(msg, cap, "the ipc path must be absolute, as in ipc:///run/traind/traind.sock");
+    return 1;
+  }
+  if (strlen(s + 6) > IPC_PATH_MAX) {
+    snprintf(msg, cap, "the ipc path is %zu bytes long; a unix socket path holds at most %d",
+             strlen(s + 6), IPC_PATH_MAX);
+    return 1;
+  }
+  return 0;
+}
+
+static int check_abs_dir(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
+                         size_t cap) {
+  const char *s = p;
+
+  if (s[0] != '\0' && s[0] != '/') {
+    snprintf(msg, cap, "must be an absolute path");
+    return 1;
+  }
+  return 0;
+}
+
+static int check_device_name(const td_yfield *f, void *p, const td_ynode *n, void *user,
+                             char *msg, size_t cap) {
+  char ex[64];
+
+  if (td_device_name_valid(p))
+    return 0;
+  td_yaml_excerpt(ex, sizeof(ex), p);
+  snprintf(msg, cap, "must be cpu or cuda followed by one or two digits (cpu0, cuda1), got '%s'",
+           ex);
+  return 1;
+}
+
+/* Runs as each device is bound, so the earlier ones are already there. */
+static int check_device_unique(const td_yfield *f, void *p, const td_ynode *n, void *user,
+                               char *msg, size_t cap) {
+  const td_config *c = user;
+  const td_device_conf *d = p;
+
+  for (const td_device_conf *e = c->devices; e < d; e++) {
+    if (strcmp(e->name, d->name) == 0) {
+      snprintf(msg, cap, "device '%s' is listed twice", d->name);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static const td_yfield device_fields[] = {
+    TD_YF_STR("name", td_device_conf, name, TD_YF_REQUIRED, check_device_name),
+    TD_YF_SIZE("budget", td_device_conf, budget, 1 << 20, TD_YF_REQUIRED),
+    {0},
+};
+
+static const td_yfield device_item = {
+    .type = TD_YT_MAP, .sub = device_fields, .size = sizeof(td_device_conf),
+    .check = check_device_unique,
+};
+
+static const td_yfield config_fields[] = {
+    TD_YF_STR("socket", td_config, socket, TD_YF_NONEMPTY, check_socket),
+    TD_YF_STR("status_socket", td_config, status_socket, TD_YF_NONEMPTY, check_socket),
+    TD_YF_STR("state_dir", td_config, state_dir, TD_YF_NONEMPTY, check_abs_dir),
+    TD_YF_STR("libexec_dir", td_config, libexec_dir, 0, check_abs_dir),
+    TD_YF_ENUM("log_level", td_config, log_level, log_names, log_values, 0),
+    TD_YF_INT("ring_slots", td_config, ring_slots, 2, 64, 0),
+    TD_YF_INT("max_jobs", td_config, max_jobs, 1, 1000000, 0),
+    TD_YF_INT("cancel_grace_ms", td_config, cancel_grace_ms, 0, 600000, 0),
+    TD_YF_SEQ("devices", td_config, devices, ndevices, 1, TD_MAX_DEVICES, &device_item, 0, NULL),
+    {0},
+};
+
+/* An absolute directory from the environment, or NULL. */
+static const char *env_dir(const char *name) {
+  const char *v = getenv(name);
+
+  return v != NULL && v[0] == '/' ? v : NULL;
+}
+
+static void default_runtime(td_config *c) {
+  const char *xdg = geteuid() != 0 ? env_dir("XDG_RUNTIME_DIR") : NULL;
+  char dir[256];
+
+  if (xdg == NULL || (size_t)snprintf(dir, sizeof(dir), "%s/traind", xdg) >= sizeof(dir) ||
+      strlen(dir) + strlen("/traind.sock") > IPC_PATH_MAX)
+    strcpy(dir, "/run/traind");
+  snprintf(c->socket, sizeof(c->socket), "ipc://%s/traind.sock", dir);
+  snprintf(c->status_socket, sizeof(c->status_socket), "ipc://%s/status.sock", dir);
+}
+
+static void default_state_dir(td_config *c) {
+  const char *base, *home;
+  struct passwd *pw;
+  size_t cap = sizeof(c->state_dir);
+
+  if (geteuid() == 0)
+    goto system_dir;
+  if ((base = env_dir("XDG_STATE_HOME")) != NULL &&
+      (size_t)snprintf(c->state_dir, cap, "%s/traind", base) < cap)
+    return;
+  home = env_dir("HOME");
+  if (home == NULL && (pw = getpwuid(geteuid())) != NULL && pw->pw_dir[0] == '/')
+    home = pw->pw_dir;
+  if (home != NULL && (size_t)snprintf(c->state_dir, cap, "%s/.local/state/traind", home) < cap)
+    return;
+system_dir:
+  strcpy(c->state_dir, "/var/lib/traind");
+}
+
+void td_config_defaults(td_config *c) {
+  memset(c, 0, sizeof(*c));
+  default_runtime(c);
+  default_state_dir(c);
+  c->log_level = TD_LOG_INFO;
+  strcpy(c->devices[0].name, "cpu0");
+  c->devices[0].budget = (uint64_t)2 << 30;
+  c->ndevices = 1;
+  c->ring_slots = 4;
+  c->max_jobs = 10000;
+  c->cancel_grace_ms = 5000;
+}
+
+int td_config_parse(const char *text, size_t len, td_config *out, char *err, size_t errlen) {
+  td_ynode *root = NULL;
+  td_config c;
+  int rc;
+
+  if (err != NULL && errlen > 0)
+    err[0] = '\0';
+  rc = td_yaml_parse(text, len, TD_CONFIG_FILE_MAX, &root, err, errlen);
+  if (rc < 0)
+    return rc == TD_EINVAL ? TD_ECONFIG : rc;
+  td_config_defaults(&c);
+  rc = td_yaml_bind(root, config_fields, &c, &c, "config file", err, errlen);
+  if (rc < 0) {
+    rc = TD_ECONFIG;
+    goto free_root;
+  }
+  if (strcmp(c.socket, c.status_socket) == 0) {
+    const td_ynode *n = td_yaml_get(root, "status_socket");
+    if (n == NULL)
+      n = td_yaml_get(root, "socket");
+    td_yaml_errf(err, errlen, n ? n->key_line : 0,
+                 "key 'status_socket': must differ from 'socket' (%s)", c.socket);
+    rc = TD_ECONFIG;
+    goto free_root;
+  }
+  *out = c;
+free_root:
+  td_yaml_free(root);
+  return rc;
+}
+
+int td_config_load(const char *path, td_config *out, char *err, size_t errlen) {
+  char *text;
+  size_t len;
+  int rc;
+
+  rc = td_yaml_read_file(path, "config file", TD_CONFIG_FILE_MAX, &text, &len, err, errlen);
+  if (rc < 0)
+    return rc;
+  rc = td_config_parse(text, len, out, err, errlen);
+  free(text);
+  return rc;
+}
+
+/* A double-quoted YAML scalar: any string reads back unchanged. */
+static void print_quoted(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      fprintf(f, "\\%c", ch);
+    else if (ch < 0x20 || ch == 0x7f)
+      fprintf(f, "\\x%02x", ch);
+    else
+      fputc(ch, f);
+  }
+  fputc('"', f);
+}
+
+/* Budgets print in the largest binary unit that divides them exactly. */
+static void print_size(FILE *f, uint64_t v) {
+  static const struct { const char *suffix; unsigned shift; } units[] = {
+      {"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10},
+  };
+
+  for (size_t i = 0; i < TD_ARRAY_SIZE(units); i++) {
+    if (v != 0 && (v & (((uint64_t)1 << units[i].shift) - 1)) == 0) {
+      fprintf(f, "%llu%s", (unsigned long long)(v >> units[i].shift), units[i].suffix);
+      return;
+    }
+  }
+  fprintf(f, "%llu", (unsigned long long)v);
+}
+
+void td_config_print(const td_config *c, FILE *f) {
+  const char *level = td_config_log_level_name(c->log_level);
+
+  fputs("socket: ", f);
+  print_quoted(f, c->socket);
+  fputs("\nstatus_socket: ", f);
+  print_quoted(f, c->status_socket);
+  fputs("\nstate_dir: ", f);
+  print_quoted(f, c->state_dir);
+  fputs("\nlibexec_dir: ", f);
+  print_quoted(f, c->libexec_dir);
+  fprintf(f, "\nlog_level: %s\n", level != NULL ? level : c->log_level > TD_LOG_INFO ? "debug" : "error");
+  fprintf(f, "ring_slots: %u\nmax_jobs: %u\ncancel_grace_ms: %u\ndevices:\n", c->ring_slots,
+          c->max_jobs, c->cancel_grace_ms);
+  for (int i = 0; i < c->ndevices && i < TD_MAX_DEVICES; i++) {
+    fputs("  - {name: ", f);
+    print_quoted(f, c->devices[i].name);
+    fputs(", budget: ", f);
+    print_size(f, c->devices[i].budget);
+    fputs("}\n", f);
+  }
+}

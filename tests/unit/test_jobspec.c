@@ -1,1 +1,558 @@
-/* placeholder until its module lands */
+#include <check.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "jobspec.h"
+
+/* Line numbers below refer to this text. */
+#define MIN_JOB                                 \
+  "model:\n"                                    \
+  "  input: [4]\n"                              \
+  "  layers:\n"                                 \
+  "    - {type: dense, units: 3}\n"             \
+  "data:\n"                                     \
+  "  train: {images: tr-i, labels: tr-l}\n"     \
+  "  test: {images: /abs/te-i, labels: te-l}\n" \
+  "train:\n"                                    \
+  "  batch_size: 8\n"                           \
+  "  epochs: 1\n"                               \
+  "  optimizer: {type: sgd, lr: 0.1}\n"
+
+static char buf[1 << 16];
+
+/* MIN_JOB with the first occurrence of from replaced by to. */
+static const char *job_with(const char *from, const char *to) {
+  const char *base = MIN_JOB, *at = strstr(base, from);
+
+  ck_assert_msg(at != NULL, "'%s' not in MIN_JOB", from);
+  snprintf(buf, sizeof(buf), "%.*s%s%s", (int)(at - base), base, to, at + strlen(from));
+  return buf;
+}
+
+static int parse_len(const char *text, size_t len, const char *base, td_jobspec *s, char *err,
+                     size_t cap) {
+  return td_jobspec_parse(text, len, base, s, err, cap);
+}
+
+/* Fails with TD_EJOBSPEC, err holds each needle, out is left alone. */
+static void expect_err_len(const char *text, size_t len, const char *n1, const char *n2) {
+  td_jobspec *s = malloc(sizeof(*s)), *copy = malloc(sizeof(*copy));
+  char err[512] = "";
+  int rc;
+
+  ck_assert_ptr_nonnull(s);
+  ck_assert_ptr_nonnull(copy);
+  memset(s, 0x5A, sizeof(*s));
+  memcpy(copy, s, sizeof(*s));
+  rc = parse_len(text, len, "/base", s, err, sizeof(err));
+  ck_assert_msg(rc == TD_EJOBSPEC, "rc %s, err '%s'", td_err_name(rc), err);
+  if (n1 != NULL && strncmp(n1, "line ", 5) == 0) {
+    size_t k = strlen(n1); /* "line 1" must not match "line 10:" */
+    ck_assert_msg(strncmp(err, n1, k) == 0 && (err[k] == ':' || n1[k - 1] == ' '),
+                  "'%s' does not start with '%s:'", err, n1);
+  } else {
+    ck_assert_msg(n1 == NULL || strstr(err, n1) != NULL, "'%s' not in '%s'", n1, err);
+  }
+  ck_assert_msg(n2 == NULL || strstr(err, n2) != NULL, "'%s' not in '%s'", n2, err);
+  ck_assert_msg(memcmp(s, copy, sizeof(*s)) == 0, "out written on failure");
+  free(s);
+  free(copy);
+}
+
+static void expect_err(const char *text, const char *n1, const char *n2) {
+  expect_err_len(text, strlen(text), n1, n2);
+}
+
+static void expect_exact(const char *text, const char *msg) {
+  td_jobspec s;
+  char err[512] = "";
+
+  ck_assert_int_eq(td_jobspec_parse(text, strlen(text), NULL, &s, err, sizeof(err)), TD_EJOBSPEC);
+  ck_assert_str_eq(err, msg);
+}
+
+static void expect_ok(const char *text, const char *base, td_jobspec *s) {
+  char err[512] = "";
+  int rc = td_jobspec_parse(text, strlen(text), base, s, err, sizeof(err));
+
+  ck_assert_msg(rc == 0, "rc %s, err '%s'", td_err_name(rc), err);
+}
+
+START_TEST(example_parses) {
+  const char *root = getenv("TD_SOURCE_ROOT");
+  char path[PATH_MAX], dir[PATH_MAX], want[PATH_MAX + 64], err[512] = "";
+  td_jobspec s;
+  int rc;
+
+  snprintf(path, sizeof(path), "%s/examples/fashion-mnist-mlp.yaml", root ? root : ".");
+  snprintf(dir, sizeof(dir), "%s/examples", root ? root : ".");
+  ck_assert_ptr_nonnull(realpath(dir, want));
+  strcat(want, "/fashion-mnist-mlp.safetensors");
+
+  rc = td_jobspec_load(path, &s, err, sizeof(err));
+  ck_assert_msg(rc == 0, "%s: %s", td_err_name(rc), err);
+  ck_assert_str_eq(s.name, "fashion-mnist-mlp");
+  ck_assert_int_eq(s.input_rank, 2);
+  ck_assert_uint_eq(s.input_dims[0], 28);
+  ck_assert_uint_eq(s.input_dims[1], 28);
+  ck_assert_uint_eq(td_jobspec_input_elems(&s), 784);
+  ck_assert_int_eq(s.nlayers, 5);
+  ck_assert_int_eq(s.layers[0].type, TD_LAYER_DENSE);
+  ck_assert_uint_eq(s.layers[0].units, 512);
+  ck_assert_int_eq(s.layers[0].line, 8);
+  ck_assert_int_eq(s.layers[1].type, TD_LAYER_RELU);
+  ck_assert_uint_eq(s.layers[1].units, 0);
+  ck_assert_uint_eq(s.layers[2].units, 256);
+  ck_assert_int_eq(s.layers[3].type, TD_LAYER_RELU);
+  ck_assert_int_eq(s.layers[4].type, TD_LAYER_DENSE);
+  ck_assert_uint_eq(s.layers[4].units, 10);
+  ck_assert_uint_eq(td_jobspec_classes(&s), 10);
+  ck_assert_int_eq(s.format, TD_DATA_IDX);
+  ck_assert_str_eq(s.train.images, "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
+  ck_assert_str_eq(s.train.labels, "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz");
+  ck_assert_uint_eq(s.train.limit, 0);
+  ck_assert_str_eq(s.test.images, "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz");
+  ck_assert_str_eq(s.test.labels, "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz");
+  ck_assert_float_eq(s.norm_mean, 0.2860f);
+  ck_assert_float_eq(s.norm_std, 0.3530f);
+  ck_assert_uint_eq(s.batch_size, 128);
+  ck_assert_uint_eq(s.epochs, 5);
+  ck_assert_uint_eq(s.seed, 42);
+  ck_assert_int_eq(s.opt.kind, TD_OPT_ADAM);
+  ck_assert_float_eq(s.opt.lr, 0.001f);
+  ck_assert_float_eq(s.opt.beta1, 0.9f);
+  ck_assert_float_eq(s.opt.beta2, 0.999f);
+  ck_assert_float_eq(s.opt.eps, 1e-8f);
+  ck_assert_float_eq(s.opt.momentum, 0.0f);
+  ck_assert_float_eq(s.opt.weight_decay, 0.0f);
+  ck_assert_int_eq(s.precision, TD_PREC_FP32);
+  ck_assert_uint_eq(s.min_micro_batch, 1);
+  ck_assert_int_eq(s.priority, 0);
+  ck_assert_str_eq(s.device, "");
+  ck_assert_str_eq(s.output, want);
+}
+END_TEST
+
+START_TEST(defaults) {
+  td_jobspec s;
+
+  expect_ok(MIN_JOB, NULL, &s);
+  ck_assert_str_eq(s.name, "job");
+  ck_assert_int_eq(s.input_rank, 1);
+  ck_assert_uint_eq(s.input_dims[0], 4);
+  ck_assert_int_eq(s.nlayers, 1);
+  ck_assert_int_eq(s.layers[0].line, 4);
+  ck_assert_str_eq(s.train.images, "tr-i"); /* no base dir: kept as written */
+  ck_assert_float_eq(s.norm_mean, 0.0f);
+  ck_assert_float_eq(s.norm_std, 1.0f);
+  ck_assert_uint_eq(s.seed, 0);
+  ck_assert_int_eq(s.opt.kind, TD_OPT_SGD);
+  ck_assert_float_eq(s.opt.lr, 0.1f);
+  ck_assert_float_eq(s.opt.beta1, 0.9f);
+  ck_assert_float_eq(s.opt.beta2, 0.999f);
+  ck_assert_float_eq(s.opt.eps, 1e-8f);
+  ck_assert_float_eq(s.opt.momentum, 0.0f);
+  ck_assert_int_eq(s.precision, TD_PREC_FP32);
+  ck_assert_uint_eq(s.min_micro_batch, 1);
+  ck_assert_int_eq(s.priority, 0);
+  ck_assert_str_eq(s.device, "");
+  ck_assert_str_eq(s.output, "");
+  ck_assert_uint_eq(td_jobspec_classes(&s), 3);
+}
+END_TEST
+
+START_TEST(other_values) {
+  td_jobspec s;
+
+  expect_ok(job_with("train:\n", "name: run-2.b_c\npriority: -1000\ndevice: cuda12\n"
+                                 "memory:\n  min_micro_batch: 8\ntrain:\n  seed: 18446744073709551615\n"),
+            NULL, &s);
+  ck_assert_str_eq(s.name, "run-2.b_c");
+  ck_assert_int_eq(s.priority, -1000);
+  ck_assert_str_eq(s.device, "cuda12");
+  ck_assert_uint_eq(s.min_micro_batch, 8);
+  ck_assert_uint_eq(s.seed, UINT64_MAX);
+
+  expect_ok(job_with("    - {type: dense, units: 3}\n",
+                     "    - type: dense\n      units: 65536\n    - {type: relu}\n"
+                     "    - {type: relu}\n    - {type: dense, units: 2}\n"),
+            NULL, &s);
+  ck_assert_int_eq(s.nlayers, 4);
+  ck_assert_uint_eq(s.layers[0].units, 65536);
+  ck_assert_int_eq(s.layers[3].line, 8);
+  ck_assert_uint_eq(td_jobspec_classes(&s), 2);
+
+  expect_ok(job_with("{type: sgd, lr: 0.1}", "{type: sgd, lr: 10, momentum: 0.9, beta1: 0.9}"),
+            NULL, &s);
+  ck_assert_float_eq(s.opt.lr, 10.0f);
+  ck_assert_float_eq(s.opt.momentum, 0.9f);
+
+  expect_ok(job_with("[4]", "[1, 16777216]"), NULL, &s);
+  ck_assert_uint_eq(td_jobspec_input_elems(&s), 1u << 24);
+
+  /* an empty optional section means its defaults */
+  expect_ok(job_with("train:\n", "memory:\ntrain:\n"), NULL, &s);
+  ck_assert_uint_eq(s.min_micro_batch, 1);
+}
+END_TEST
+
+START_TEST(relative_paths) {
+  td_jobspec s;
+
+  expect_ok(job_with("train:\n", "output: out/m.safetensors\ntrain:\n"), "/base/dir", &s);
+  ck_assert_str_eq(s.train.images, "/base/dir/tr-i");
+  ck_assert_str_eq(s.train.labels, "/base/dir/tr-l");
+  ck_assert_str_eq(s.test.images, "/abs/te-i");
+  ck_assert_str_eq(s.test.labels, "/base/dir/te-l");
+  ck_assert_str_eq(s.output, "/base/dir/out/m.safetensors");
+
+  expect_ok(MIN_JOB, "/", &s);
+  ck_assert_str_eq(s.train.images, "/tr-i");
+}
+END_TEST
+
+START_TEST(relative_path_too_long) {
+  char base[TD_PATH_MAX];
+
+  memset(base, 'd', sizeof(base) - 4); /* 1020 bytes + "/tr-i" > 1023 */
+  base[0] = '/';
+  base[sizeof(base) - 4] = '\0';
+  td_jobspec s;
+  char err[512];
+  ck_assert_int_eq(td_jobspec_parse(MIN_JOB, strlen(MIN_JOB), base, &s, err, sizeof(err)),
+                   TD_EJOBSPEC);
+  ck_assert_str_eq(err, "line 6: key 'data.train.images': the path is longer than 1023 bytes "
+                        "once made absolute");
+}
+END_TEST
+
+START_TEST(unknown_key) {
+  expect_exact(job_with("batch_size", "bach_size"),
+               "line 9: unknown key 'train.bach_size' (did you mean 'batch_size'?)");
+  expect_exact(job_with("train:\n", "colour: blue\ntrain:\n"), "line 8: unknown key 'colour'");
+  expect_err(job_with("units: 3}", "units: 3, bias: true}"), "line 4",
+             "unknown key 'model.layers[0].bias'");
+}
+END_TEST
+
+START_TEST(wrong_type) {
+  expect_exact(job_with("epochs: 1", "epochs: five"),
+               "line 10: key 'train.epochs': expected an integer, got 'five'");
+  expect_err(job_with("epochs: 1", "epochs: 1.5"), "line 10", "expected an integer, got '1.5'");
+  expect_err(job_with("epochs: 1", "epochs: 1e3"), "line 10", "'train.epochs': expected an integer");
+  expect_err(job_with("epochs: 1", "epochs: 12abc"), "line 10", "'train.epochs': expected an integer");
+  expect_err(job_with("epochs: 1", "epochs: 0x10"), "line 10", "'train.epochs': expected an integer");
+  expect_err(job_with("epochs: 1", "epochs: \"5\""), "line 10", "(a quoted string)");
+  expect_err(job_with("epochs: 1", "epochs:"), "line 10", "expected an integer, got nothing");
+  expect_err(job_with("epochs: 1", "epochs: [1]"), "line 10", "expected an integer, got a sequence");
+  expect_err(job_with("lr: 0.1", "lr: fast"), "line 11", "'train.optimizer.lr': expected a number");
+  expect_err(job_with("lr: 0.1", "lr: .inf"), "line 11", "'train.optimizer.lr': expected a number");
+  expect_err(job_with("lr: 0.1", "lr: nan"), "line 11", "'train.optimizer.lr': expected a number");
+  expect_err(job_with("lr: 0.1", "lr: 1e999"), "line 11", "'train.optimizer.lr': must be in (0, 10]");
+  expect_err(job_with("images: tr-i", "images: {a: 1}"), "line 6",
+             "key 'data.train.images': expected a string, got a map");
+  expect_err(job_with("[4]", "4"), "line 2", "key 'model.input': expected a sequence, got '4'");
+  expect_err(job_with("[4]", "[-4]"), "line 2", "key 'model.input[0]': must be between 1 and");
+}
+END_TEST
+
+START_TEST(out_of_range) {
+  expect_exact(job_with("batch_size: 8", "batch_size: 0"),
+               "line 9: key 'train.batch_size': must be between 1 and 65536, got 0");
+  expect_err(job_with("batch_size: 8", "batch_size: 65537"), "line 9", "'train.batch_size'");
+  expect_err(job_with("epochs: 1", "epochs: 10001"), "line 10", "between 1 and 10000");
+  expect_exact(job_with("lr: 0.1", "lr: 0"),
+               "line 11: key 'train.optimizer.lr': must be in (0, 10], got 0");
+  expect_err(job_with("lr: 0.1", "lr: 10.5"), "line 11", "(0, 10]");
+  expect_err(job_with("lr: 0.1", "lr: 0.1, momentum: 1"), "line 11", "'train.optimizer.momentum'");
+  expect_err(job_with("lr: 0.1", "lr: 0.1, weight_decay: -0.1"), "line 11", "[0, 1]");
+  expect_err(job_with("units: 3", "units: 65537"), "line 4", "'model.layers[0].units'");
+  expect_err(job_with("train:\n", "priority: 1001\ntrain:\n"), "line 8", "'priority'");
+  expect_err(job_with("train:\n", "data2: 1\ntrain:\n"), "line 8", "unknown key 'data2'");
+  expect_err(job_with("labels: tr-l}", "labels: tr-l, limit: -1}"), "line 6",
+             "'data.train.limit'");
+  expect_err(job_with("train:\n", "memory: {min_micro_batch: 0}\ntrain:\n"), "line 8",
+             "'memory.min_micro_batch'");
+  expect_err(job_with("data:\n", "data:\n  normalize: {std: 0}\n"), "line 6",
+             "'data.normalize.std': must be in (0, ");
+  expect_err(job_with("[4]", "[1, 1, 1, 1, 1]"), "line 2",
+             "key 'model.input': must have between 1 and 4 entries, got 5");
+  expect_err(job_with("[4]", "[]"), "line 2", "between 1 and 4 entries, got 0");
+  expect_err(job_with("[4]", "[4096, 4097]"), "line 2",
+             "key 'model.input': a sample of 16781312 elements is more than");
+  expect_err(job_with("train:\n", "name: a/b\ntrain:\n"), "line 8", "'name': may hold only");
+  expect_err(job_with("train:\n", "name: ..\ntrain:\n"), "line 8", "'name'");
+  expect_err(job_with("train:\n", "name: \"\"\ntrain:\n"), "line 8", "'name': must not be empty");
+  expect_err(job_with("train:\n",
+                      "name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
+                      "train:\n"),
+             "line 8", "'name': must be at most 63 bytes");
+  expect_err(job_with("train:\n", "device: gpu0\ntrain:\n"), "line 8", "'device'");
+  expect_err(job_with("train:\n", "device: cuda123\ntrain:\n"), "line 8", "'device'");
+  expect_err(job_with("train:\n", "memory: {precision: fp16}\ntrain:\n"), "line 8",
+             "'memory.precision': must be one of fp32; got 'fp16'");
+  expect_err(job_with("data:\n", "data:\n  format: csv\n"), "line 6", "'data.format'");
+}
+END_TEST
+
+START_TEST(integer_overflow) {
+  expect_err(job_with("train:\n", "train:\n  seed: 18446744073709551616\n"), "line 9",
+             "'train.seed': must be between 0 and 18446744073709551615, got 18446744073709551616");
+  expect_err(job_with("batch_size: 8", "batch_size: 99999999999999999999999999"), "line 9",
+             "'train.batch_size': must be between 1 and 65536, got 9999");
+  expect_err(job_with("train:\n", "priority: -9223372036854775809\ntrain:\n"), "line 8",
+             "'priority': must be between -1000 and 1000");
+  expect_err(job_with("train:\n", "priority: -9223372036854775808\ntrain:\n"), "line 8",
+             "'priority': must be between -1000 and 1000");
+  expect_err(job_with("train:\n", "train:\n  seed: -1\n"), "line 9", "'train.seed': expected an integer");
+  expect_err(job_with("labels: tr-l}", "labels: tr-l, limit: 4294967296}"), "line 6",
+             "'data.train.limit': must be between 0 and 4294967295");
+}
+END_TEST
+
+START_TEST(missing_required) {
+  expect_exact(job_with("images: tr-i, ", ""), "line 6: key 'data.train.images' is required");
+  expect_err(job_with("  test: {images: /abs/te-i, labels: te-l}\n", ""), "line 5",
+             "key 'data.test' is required");
+  expect_err(job_with("  batch_size: 8\n", ""), "line 8", "key 'train.batch_size' is required");
+  expect_err(job_with("{type: sgd, lr: 0.1}", "{type: sgd}"), "line 11",
+             "key 'train.optimizer.lr' is required");
+  expect_err(job_with("type: dense, ", ""), "line 4", "key 'model.layers[0].type' is required");
+  expect_err(job_with("model:\n  input: [4]\n  layers:\n    - {type: dense, units: 3}\n", ""),
+             "line 1", "key 'model' is required");
+  expect_err(job_with("dense, units: 3", "dense"), "line 4",
+             "key 'model.layers[0]': a dense layer needs 'units'");
+  expect_err(job_with("images: tr-i", "images: \"\""), "line 6",
+             "'data.train.images': must not be empty");
+}
+END_TEST
+
+START_TEST(layer_rules) {
+  expect_exact(job_with("units: 3}", "units: 3}\n    - {type: conv}"),
+               "line 5: key 'model.layers[1].type': must be one of dense, relu; got 'conv'");
+  expect_exact(job_with("units: 3}", "units: 3}\n    - {type: relu}"),
+               "line 5: key 'model.layers[1]': the last layer must be dense (it gives the class "
+               "scores), got relu");
+  expect_err(job_with("    - {type: dense", "    - {type: relu}\n    - {type: dense"), "line 4",
+             "'model.layers[0]': the first layer must not be relu");
+  expect_err(job_with("units: 3}", "units: 3}\n    - {type: relu, units: 4}\n    - {type: dense, units: 2}"),
+             "line 5", "'model.layers[1]': a relu layer has no 'units'");
+  expect_err(job_with("layers:\n    - {type: dense, units: 3}\n", "layers: []\n"), "line 3",
+             "'model.layers': must have between 1 and 64 entries, got 0");
+  expect_err(job_with("layers:\n    - {type: dense, units: 3}\n", "layers:\n"), "line 3",
+             "'model.layers': must have between 1 and 64 entries, got 0");
+  expect_err(job_with("    - {type: dense, units: 3}", "    - dense"), "line 4",
+             "key 'model.layers[0]': expected a map, got 'dense'");
+}
+END_TEST
+
+START_TEST(too_many_layers) {
+  char text[8192];
+  size_t n = 0;
+
+  n += (size_t)snprintf(text + n, sizeof(text) - n, "model:\n  input: [4]\n  layers:\n");
+  for (int i = 0; i < 65; i++)
+    n += (size_t)snprintf(text + n, sizeof(text) - n, "    - {type: dense, units: 3}\n");
+  snprintf(text + n, sizeof(text) - n, "%s", strstr(MIN_JOB, "data:"));
+  expect_err(text, "line 3", "'model.layers': must have between 1 and 64 entries, got 65");
+}
+END_TEST
+
+START_TEST(cross_key_rules) {
+  expect_exact(job_with("train:\n", "memory: {min_micro_batch: 9}\ntrain:\n"),
+               "line 8: key 'memory.min_micro_batch': must not exceed train.batch_size (8), got 9");
+  expect_err(job_with("{type: sgd, lr: 0.1}", "{type: sgd, lr: 0.1, beta2: 0.5}"), "line 11",
+             "key 'train.optimizer': 'beta2' applies only to adam");
+  expect_err(job_with("{type: sgd, lr: 0.1}", "{type: adam, lr: 0.1, momentum: 0.5}"), "line 11",
+             "'momentum' applies only to sgd");
+}
+END_TEST
+
+START_TEST(aliases_anchors) {
+  expect_exact(job_with("[4]", "&dims [4]"), "line 2: YAML aliases/anchors are not allowed");
+  expect_exact(job_with("epochs: 1", "epochs: *n"), "line 10: YAML aliases/anchors are not allowed");
+  expect_err(job_with("epochs: 1", "epochs: &n 1"), "line 10", "anchors are not allowed");
+  expect_err(job_with("epochs: 1", "epochs: !!int 1"), "line 10", "YAML tags are not allowed");
+  expect_err(job_with("epochs: 1", "epochs: !custom 1"), "line 10", "YAML tags are not allowed");
+}
+END_TEST
+
+START_TEST(deep_nesting) {
+  char text[1100];
+
+  memset(text, '[', 1000);
+  text[1000] = '\0';
+  expect_err(text, "line 1", "nested deeper than 32 levels");
+  /* a legal but deep shape inside a key */
+  expect_err(job_with("epochs: 1", "epochs: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"),
+             "line 10", "nested deeper than 32 levels");
+}
+END_TEST
+
+START_TEST(duplicate_keys) {
+  expect_exact(job_with("  epochs: 1\n", "  epochs: 1\n  epochs: 2\n"),
+               "line 11: duplicate key 'epochs' (first at line 10)");
+  expect_err(job_with("units: 3}", "units: 3, type: relu}"), "line 4", "duplicate key 'type'");
+}
+END_TEST
+
+START_TEST(bad_utf8) {
+  expect_err(job_with("train:\n", "name: caf\xc3\x28\ntrain:\n"), "line 8: ", "UTF-8");
+  expect_err(job_with("train:\n", "name: \xff\xfe\ntrain:\n"), "line 8: ", "UTF-8");
+  /* a surrogate escape would decode to invalid UTF-8 */
+  expect_err(job_with("train:\n", "name: \"\\ud800\"\ntrain:\n"), "line 8: ", "Unicode");
+}
+END_TEST
+
+START_TEST(embedded_nul) {
+  const char *t = job_with("train:\n", "name: \"a\\0b\"\ntrain:\n");
+
+  expect_err(t, "line 8", "NUL character in a value");
+  t = job_with("train:\n", "name: aXb\ntrain:\n");
+  char raw[1024];
+  size_t len = strlen(t);
+  memcpy(raw, t, len + 1);
+  *strchr(raw, 'X') = '\0';
+  expect_err_len(raw, len, "line 8", "NUL byte in the input");
+}
+END_TEST
+
+START_TEST(empty_and_not_a_map) {
+  expect_exact("", "line 1: the job file is empty (see examples/README.md)");
+  expect_err("# only a comment\n\n", "line 1", "the job file is empty");
+  expect_err("---\n...\n", "line 1", "the job file is empty");
+  expect_exact("- model\n- data\n", "line 1: the job file must be a map of keys, got a sequence");
+  expect_err("just text\n", "line 1", "must be a map of keys, got 'just text'");
+  expect_exact(job_with("data:\n  train: {images: tr-i, labels: tr-l}\n"
+                        "  test: {images: /abs/te-i, labels: te-l}\n",
+                        "data: [1, 2]\n"),
+               "line 5: key 'data': expected a map, got a sequence");
+  expect_err(job_with("  train: {images: tr-i, labels: tr-l}", "  train: [tr-i, tr-l]"), "line 6",
+             "key 'data.train': expected a map, got a sequence");
+}
+END_TEST
+
+START_TEST(yaml_syntax) {
+  expect_exact(job_with("  epochs: 1\n", "  epochs: 1\n   oops: [\n"),
+               "line 11: mapping values are not allowed in this context");
+  expect_exact(job_with("  epochs: 1\n", "  epochs: [1, 2\n"),
+               "line 11: did not find expected ',' or ']' (while parsing a flow sequence at line 10)");
+  expect_exact(job_with("  epochs: 1\n", "  {a: 1}: 2\n"),
+               "line 10: a key must be a plain string, not a map or sequence");
+  expect_exact("a: 1\n---\nb: 2\n", "line 2: only one YAML document is allowed");
+  expect_err(job_with("  epochs: 1\n", "\tepochs: 1\n"), "line 10: ", "tab");
+}
+END_TEST
+
+START_TEST(limits) {
+  static char big[TD_JOBFILE_MAX + 16];
+  char err[256];
+  td_jobspec s;
+  size_t n;
+
+  /* node count: a flat sequence of 100001 items */
+  n = (size_t)snprintf(big, sizeof(big), "model:\n  input: [");
+  for (int i = 0; i < 100001; i++)
+    big[n++] = '1', big[n++] = ',';
+  memcpy(big + n - 1, "]\n", 3);
+  expect_err(big, "line 2", "more than 100000 YAML nodes");
+
+  /* one value over the scalar limit */
+  n = (size_t)snprintf(big, sizeof(big), "name: ");
+  memset(big + n, 'a', 5000);
+  strcpy(big + n + 5000, "\n");
+  expect_err(big, "line 1", "longer than 4096 bytes");
+
+  /* the whole input over 1 MiB */
+  memset(big, ' ', TD_JOBFILE_MAX + 1);
+  ck_assert_int_eq(td_jobspec_parse(big, TD_JOBFILE_MAX + 1, NULL, &s, err, sizeof(err)),
+                   TD_ETOOBIG);
+  ck_assert_ptr_nonnull(strstr(err, "more than the limit"));
+}
+END_TEST
+
+START_TEST(load_errors) {
+  char err[512];
+  td_jobspec s;
+
+  ck_assert_int_eq(td_jobspec_load("/nonexistent/job.yaml", &s, err, sizeof(err)), TD_ENOENT);
+  ck_assert_str_eq(err, "cannot read job file '/nonexistent/job.yaml': No such file");
+  ck_assert_int_eq(td_jobspec_load("/", &s, err, sizeof(err)), TD_EIO);
+  ck_assert_ptr_nonnull(strstr(err, "cannot read job file '/'"));
+}
+END_TEST
+
+START_TEST(load_resolves_against_file_dir) {
+  char dir[] = "/tmp/td_jobspec_XXXXXX", path[128], real[PATH_MAX], want[PATH_MAX + 16], err[512];
+  td_jobspec s;
+  FILE *f;
+
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(path, sizeof(path), "%s/job.yaml", dir);
+  f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs(MIN_JOB, f);
+  fclose(f);
+  ck_assert_ptr_nonnull(realpath(dir, real));
+  ck_assert_int_eq(td_jobspec_load(path, &s, err, sizeof(err)), 0);
+  snprintf(want, sizeof(want), "%s/tr-i", real);
+  ck_assert_str_eq(s.train.images, want);
+  ck_assert_str_eq(s.test.images, "/abs/te-i");
+  unlink(path);
+  rmdir(dir);
+}
+END_TEST
+
+START_TEST(names) {
+  ck_assert_str_eq(td_precision_name(TD_PREC_FP32), "fp32");
+  ck_assert_str_eq(td_layer_type_name(TD_LAYER_DENSE), "dense");
+  ck_assert_str_eq(td_layer_type_name(TD_LAYER_RELU), "relu");
+  ck_assert_str_eq(td_layer_type_name((td_layer_type)99), "unknown");
+}
+END_TEST
+
+static Suite *jobspec_suite(void) {
+  Suite *s = suite_create("jobspec");
+  TCase *tc = tcase_create("core");
+
+  tcase_add_test(tc, example_parses);
+  tcase_add_test(tc, defaults);
+  tcase_add_test(tc, other_values);
+  tcase_add_test(tc, relative_paths);
+  tcase_add_test(tc, relative_path_too_long);
+  tcase_add_test(tc, unknown_key);
+  tcase_add_test(tc, wrong_type);
+  tcase_add_test(tc, out_of_range);
+  tcase_add_test(tc, integer_overflow);
+  tcase_add_test(tc, missing_required);
+  tcase_add_test(tc, layer_rules);
+  tcase_add_test(tc, too_many_layers);
+  tcase_add_test(tc, cross_key_rules);
+  tcase_add_test(tc, aliases_anchors);
+  tcase_add_test(tc, deep_nesting);
+  tcase_add_test(tc, duplicate_keys);
+  tcase_add_test(tc, bad_utf8);
+  tcase_add_test(tc, embedded_nul);
+  tcase_add_test(tc, empty_and_not_a_map);
+  tcase_add_test(tc, yaml_syntax);
+  tcase_add_test(tc, limits);
+  tcase_add_test(tc, load_errors);
+  tcase_add_test(tc, load_resolves_against_file_dir);
+  tcase_add_test(tc, names);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(jobspec_suite());
+  int failed;
+
+  srunner_run_all(sr, CK_NORMAL);
+  failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,293 @@
+/* Human output: fields read defensively, numbers, times, tables.  Strings
+ * from the daemon are other users' job names and paths, so nothing reaches
+ * the terminal before control bytes are replaced. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "client.h"
+#include "error.h"
+#include "util.h"
+
+void cli_fail(const char *fmt, ...) {
+  va_list ap;
+
+  fflush(stdout); /* keep our output in order when both go to a terminal */
+  fputs("traind-client: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
+static int is_control(uint32_t cp) {
+  return cp < 0x20 || (cp >= 0x7f && cp < 0xa0);
+}
+
+void cli_sanitize(char *s) {
+  unsigned char *p = (unsigned char *)s;
+  size_t n = strlen(s), i = 0;
+
+  while (i < n) {
+    uint32_t cp = 0;
+    size_t k = cli_utf8_next(p + i, n - i, &cp);
+
+    if (k == 0) {
+      p[i++] = '?';
+    } else if (is_control(cp)) {
+      memset(p + i, '?', k);
+      i += k;
+    } else {
+      i += k;
+    }
+  }
+}
+
+char *cli_field_dup(const msgpack_object *map, const char *key) {
+  const char *s;
+  size_t len;
+  char *out;
+
+  if (td_obj_str(map, key, &s, &len) != 0)
+    return NULL;
+  out = malloc(len + 1);
+  if (out == NULL)
+    return NULL;
+  memcpy(out, s, len);
+  out[len] = '\0';
+  /* an embedded NUL ends the text; what follows it is not shown */
+  cli_sanitize(out);
+  return out;
+}
+
+void cli_put_field(FILE *f, const msgpack_object *map, const char *key, const char *dflt) {
+  char *s = cli_field_dup(map, key);
+
+  fputs(s != NULL && s[0] != '\0' ? s : dflt, f);
+  free(s);
+}
+
+void cli_fmt_count(uint64_t n, char *buf, size_t cap) {
+  char digits[24];
+  char out[32];
+  size_t nd, i, o = 0;
+
+  nd = (size_t)snprintf(digits, sizeof(digits), "%" PRIu64, n);
+  for (i = 0; i < nd; i++) {
+    if (i > 0 && (nd - i) % 3 == 0)
+      out[o++] = ',';
+    out[o++] = digits[i];
+  }
+  out[o] = '\0';
+  snprintf(buf, cap, "%s", out);
+}
+
+/* 42 -> "0:42", 3723 -> "1:02:03" */
+void cli_fmt_clock(double seconds, char *buf, size_t cap) {
+  uint64_t s;
+
+  if (!(seconds >= 0) || seconds > 1e9) {
+    snprintf(buf, cap, "?");
+    return;
+  }
+  s = (uint64_t)(seconds + 0.5);
+  if (s >= 3600)
+    snprintf(buf, cap, "%" PRIu64 ":%02u:%02u", s / 3600, (unsigned)(s / 60 % 60),
+             (unsigned)(s % 60));
+  else
+    snprintf(buf, cap, "%u:%02u", (unsigned)(s / 60), (unsigned)(s % 60));
+}
+
+/* "3d 04h 05m", "2h 03m 04s", "5m 06s", "7s" */
+void cli_fmt_uptime(double seconds, char *buf, size_t cap) {
+  uint64_t s;
+
+  if (!(seconds >= 0) || seconds > 1e12) {
+    snprintf(buf, cap, "?");
+    return;
+  }
+  s = (uint64_t)seconds;
+  if (s >= 86400)
+    snprintf(buf, cap, "%" PRIu64 "d %02uh %02um", s / 86400, (unsigned)(s / 3600 % 24),
+             (unsigned)(s / 60 % 60));
+  else if (s >= 3600)
+    snprintf(buf, cap, "%uh %02um %02us", (unsigned)(s / 3600), (unsigned)(s / 60 % 60),
+             (unsigned)(s % 60));
+  else if (s >= 60)
+    snprintf(buf, cap, "%um %02us", (unsigned)(s / 60), (unsigned)(s % 60));
+  else
+    snprintf(buf, cap, "%us", (unsigned)s);
+}
+
+/* relative: "12s ago" within a day, else local "2024-05-01 13:45". */
+void cli_fmt_time(int64_t unix_ms, int relative, char *buf, size_t cap) {
+  int64_t age = td_now_unix_ms() - unix_ms;
+  time_t t = (time_t)(unix_ms / 1000);
+  struct tm tm;
+
+  if (unix_ms <= 0) {
+    snprintf(buf, cap, "-");
+    return;
+  }
+  if (relative && age >= -5000 && age < 86400 * 1000LL) {
+    age = age < 0 ? 0 : age / 1000;
+    if (age < 60)
+      snprintf(buf, cap, "%us ago", (unsigned)age);
+    else if (age < 3600)
+      snprintf(buf, cap, "%um ago", (unsigned)(age / 60));
+    else
+      snprintf(buf, cap, "%uh ago", (unsigned)(age / 3600));
+    return;
+  }
+  if (localtime_r(&t, &tm) == NULL ||
+      strftime(buf, cap, relative ? "%Y-%m-%d %H:%M" : "%Y-%m-%d %H:%M:%S", &tm) == 0)
+    snprintf(buf, cap, "?");
+}
+
+int cli_state_is_final(const char *state) {
+  return strcmp(state, "succeeded") == 0 || strcmp(state, "failed") == 0 ||
+         strcmp(state, "cancelled") == 0;
+}
+
+static const struct {
+  const char *key, *label;
+} plan_parts[] = {
+  {"params", "params"},     {"grads", "grads"},         {"optim", "optimizer"},
+  {"activations", "activations"}, {"workspace", "workspace"}, {"staging", "staging"},
+  {"overhead", "overhead"},
+};
+
+static void put_size(FILE *f, const msgpack_object *map, const char *key) {
+  char buf[32];
+  uint64_t v;
+
+  if (td_obj_u64(map, key, &v) == 0) {
+    td_format_size(v, buf, sizeof(buf));
+    fputs(buf, f);
+  } else {
+    fputs("?", f);
+  }
+}
+
+void cli_print_plan_line(FILE *f, const msgpack_object *plan) {
+  uint64_t mb;
+  size_t i;
+
+  for (i = 0; i < TD_ARRAY_SIZE(plan_parts); i++) {
+    put_size(f, plan, plan_parts[i].key);
+    fprintf(f, " %s, ", plan_parts[i].label);
+  }
+  fputs("total ", f);
+  put_size(f, plan, "total");
+  if (td_obj_u64(plan, "micro_batch", &mb) == 0)
+    fprintf(f, " at micro-batch %" PRIu64, mb);
+  fputc('\n', f);
+}
+
+void cli_print_plan_table(FILE *f, const msgpack_object *plan, const char *indent) {
+  size_t i;
+
+  for (i = 0; i < TD_ARRAY_SIZE(plan_parts); i++) {
+    fprintf(f, "%s%-13s", indent, plan_parts[i].label);
+    put_size(f, plan, plan_parts[i].key);
+    fputc('\n', f);
+  }
+}
+
+void cli_table_init(cli_table *t, const char *const *headers, size_t ncols, const char *align) {
+  size_t i;
+
+  memset(t, 0, sizeof(*t));
+  t->ncols = ncols;
+  t->align = align;
+  for (i = 0; i < ncols; i++)
+    cli_table_cell(t, "%s", headers[i]);
+}
+
+void cli_table_cell(cli_table *t, const char *fmt, ...) {
+  va_list ap;
+  char *cell;
+  int n;
+
+  if (t->oom)
+    return;
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    char **cells = realloc(t->cells, cap * sizeof(*cells));
+
+    if (cells == NULL)
+      goto oom;
+    t->cells = cells;
+    t->cap = cap;
+  }
+  va_start(ap, fmt);
+  n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n < 0 || (cell = malloc((size_t)n + 1)) == NULL)
+    goto oom;
+  va_start(ap, fmt);
+  vsnprintf(cell, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  cli_sanitize(cell);
+  t->cells[t->n++] = cell;
+  return;
+
+oom:
+  t->oom = 1;
+}
+
+/* Columns are counted in code points, so UTF-8 names line up. */
+static size_t text_width(const char *s) {
+  size_t w = 0;
+
+  for (; *s != '\0'; s++)
+    w += ((unsigned char)*s & 0xc0) != 0x80;
+  return w;
+}
+
+int cli_table_print(const cli_table *t, FILE *f) {
+  size_t *width, i, c;
+
+  if (t->oom || (width = calloc(t->ncols, sizeof(*width))) == NULL) {
+    cli_fail("out of memory");
+    return CLI_EXIT_JOB;
+  }
+  for (i = 0; i < t->n; i++) {
+    size_t w = text_width(t->cells[i]);
+
+    if (w > width[i % t->ncols])
+      width[i % t->ncols] = w;
+  }
+  for (i = 0; i < t->n; i += t->ncols) {
+    for (c = 0; c < t->ncols && i + c < t->n; c++) {
+      const char *s = t->cells[i + c];
+      size_t pad = width[c] - text_width(s);
+      int last = c + 1 == t->ncols;
+
+      if (t->align[c] == 'r')
+        fprintf(f, "%*s%s", (int)pad, "", s);
+      else
+        fprintf(f, "%s%*s", s, last ? 0 : (int)pad, "");
+      if (!last)
+        fputs("  ", f);
+    }
+    fputc('\n', f);
+  }
+  free(width);
+  return 0;
+}
+
+void cli_table_free(cli_table *t) {
+  size_t i;
+
+  if (t == NULL)
+    return;
+  for (i = 0; i < t->n; i++)
+    free(t->cells[i]);
+  free(t->cells);
+  t->cells = NULL;
+  t->n = t->cap = 0;
+}

@@ -31,7 +31,10 @@ static const char td__schema[] =
     "  submitted_ms INTEGER NOT NULL,"
     "  started_ms INTEGER NOT NULL DEFAULT 0,"
     "  finished_ms INTEGER NOT NULL DEFAULT 0,"
+    "  epoch INTEGER NOT NULL DEFAULT 0,"
     "  epochs INTEGER NOT NULL DEFAULT 0,"
+    "  step INTEGER NOT NULL DEFAULT 0,"
+    "  steps INTEGER NOT NULL DEFAULT 0,"
     "  loss REAL NOT NULL DEFAULT 0,"
     "  accuracy REAL NOT NULL DEFAULT -1,"
     "  samples_per_sec REAL NOT NULL DEFAULT 0,"
@@ -131,7 +134,8 @@ int td_db_open(const char *path, td_db **out, char *err, size_t errlen) {
   if (rc == SQLITE_OK)
     rc = sqlite3_prepare_v2(db->h,
         "UPDATE jobs SET state=?,device=?,started_ms=?,finished_ms=?,loss=?,accuracy=?,"
-        "samples_per_sec=?,model=?,error=?,exit_status=? WHERE id=?", -1, &db->update, NULL);
+        "samples_per_sec=?,model=?,error=?,exit_status=?,epoch=?,epochs=?,step=?,steps=?"
+        " WHERE id=?", -1, &db->update, NULL);
   if (rc == SQLITE_OK)
     rc = sqlite3_prepare_v2(db->h,
         "INSERT INTO job_history(job_id,at_ms,state,detail) VALUES(?,?,?,?)", -1,
@@ -239,7 +243,11 @@ int td_db_update(td_db *db, const td_job *j, const char *detail) {
   sqlite3_bind_text(st, 8, j->model, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 9, j->error, -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 10, j->exit_status);
-  sqlite3_bind_int64(st, 11, (sqlite3_int64)j->id);
+  sqlite3_bind_int64(st, 11, j->epoch);
+  sqlite3_bind_int64(st, 12, j->epochs);
+  sqlite3_bind_int64(st, 13, j->step);
+  sqlite3_bind_int64(st, 14, j->steps);
+  sqlite3_bind_int64(st, 15, (sqlite3_int64)j->id);
   rc = sqlite3_step(st);
   if (rc != SQLITE_DONE) {
     err = td__db_err(db, rc, "update");
@@ -267,7 +275,7 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
 
   rc = sqlite3_prepare_v2(db->h,
       "SELECT id,name,state,priority,device,job_yaml,base_dir,submitted_ms,started_ms,"
-      "finished_ms,epochs,loss,accuracy,samples_per_sec,model,error,exit_status"
+      "finished_ms,epochs,loss,accuracy,samples_per_sec,model,error,exit_status,epoch,step,steps"
       " FROM jobs ORDER BY id", -1, &st, NULL);
   if (rc != SQLITE_OK)
     return td__db_err(db, rc, "load");
@@ -306,6 +314,9 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
     td__col_str(st, 14, j->model, sizeof(j->model));
     td__col_str(st, 15, j->error, sizeof(j->error));
     j->exit_status = sqlite3_column_int(st, 16);
+    j->epoch = (uint32_t)sqlite3_column_int(st, 17);
+    j->step = (uint32_t)sqlite3_column_int(st, 18);
+    j->steps = (uint32_t)sqlite3_column_int(st, 19);
     if ((err = fn(arg, j)) < 0)
       break;
   }

@@ -91,8 +91,9 @@ static int td__job_arg(td_daemon *d, const msgpack_object *req, td_job **out, ch
 }
 
 static void td__reply_submitted(td_pack *rep, const td_job *j, int duplicate) {
-  td_pack_reply_ok(rep, j->device[0] ? 5 : 4);
+  td_pack_reply_ok(rep, j->device[0] ? 6 : 5);
   td_pack_kv_u64(rep, "id", j->id);
+  td_pack_kv_str(rep, "name", j->name);
   td_pack_kv_str(rep, "state", td_job_state_name(j->state));
   td_pack_kv_bool(rep, "duplicate", duplicate);
   td__pack_plan(rep, &j->plan);
@@ -161,6 +162,11 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   j->state = TD_JOB_QUEUED;
   j->submitted_ms = td_now_unix_ms();
   rc = td_sched_check_fit(d, j, err, errlen);
+  if (rc == TD_ENOFIT) {
+    /* The plan is the answer to "why does my job not fit". */
+    td_pack_reply_err_begin(rep, rc, err, 1);
+    td__pack_plan(rep, &j->plan);
+  }
   if (rc < 0)
     goto free_job;
   if (d->njobs == d->cap) {
@@ -325,11 +331,10 @@ static void td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) 
       }
     }
   }
-  if (rc < 0) {
+  /* A handler may have packed an error reply with details of its own. */
+  if (rc < 0 && td_pack_len(rep) == 0) {
     if (err[0] == '\0')
       snprintf(err, sizeof(err), "%s", td_strerror(rc));
-    td_pack_free(rep);
-    td_pack_init(rep);
     td_pack_reply_err(rep, rc, err);
   }
   td_msg_free(msg);

@@ -280,7 +280,8 @@ static const char *td__libexec(const td_daemon *d) {
 
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   char dir[TD_PATH_MAX], path[TD_PATH_MAX + 32], worker[TD_PATH_MAX + 32],
-      loader[TD_PATH_MAX + 32], output[TD_PATH_MAX], budget[32], micro[16], events_fd[8];
+      loader[TD_PATH_MAX + 32], output[TD_PATH_MAX], budget[32], micro[16], events_fd[8],
+      parent[16];
   uv_process_options_t opt;
   uv_stdio_container_t io[4];
   td_run *r;
@@ -338,6 +339,7 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   snprintf(budget, sizeof(budget), "%llu", (unsigned long long)j->plan.total);
   snprintf(micro, sizeof(micro), "%u", j->plan.micro_batch);
   snprintf(events_fd, sizeof(events_fd), "3");
+  snprintf(parent, sizeof(parent), "%d", (int)getpid());
 
   io[0].flags = UV_IGNORE;
   io[1].flags = UV_INHERIT_FD;
@@ -358,7 +360,7 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
 
   {
     char *args[] = {loader, "--job", path, "--base-dir", j->base_dir, "--ring",
-                    r->ring_name, NULL};
+                    r->ring_name, "--parent-pid", parent, NULL};
     memset(&opt, 0, sizeof(opt));
     opt.file = loader;
     opt.args = args;

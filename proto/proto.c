@@ -1,1 +1,901 @@
-/* placeholder until its module lands */
+#include "proto.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "util.h"
+
+#define U64_LIMIT 0x1p64 /* a max at or above this means "no upper bound" */
+
+static const td_field submit_fields[] = {
+    {"job", TD_FT_STR, 1, 1, 1 << 20},
+    {"base_dir", TD_FT_STR, 1, 1, 1023},
+    {"key", TD_FT_STR, 1, 1, 64},
+    {"name", TD_FT_STR, 0, 1, 63},
+};
+static const td_field list_fields[] = {
+    {"state", TD_FT_STR, 0, 1, 16},
+    {"limit", TD_FT_UINT, 0, 1, 100000},
+};
+static const td_field id_fields[] = {
+    {"id", TD_FT_UINT, 1, 1, U64_LIMIT},
+};
+
+static const td_msgdef defs[] = {
+    {"submit", submit_fields, TD_ARRAY_SIZE(submit_fields),
+     "validate, plan and queue a job; idempotent by key"},
+    {"list", list_fields, TD_ARRAY_SIZE(list_fields), "jobs, optionally only those in one state"},
+    {"show", id_fields, TD_ARRAY_SIZE(id_fields), "everything about one job"},
+    {"cancel", id_fields, TD_ARRAY_SIZE(id_fields), "cancel a queued or running job"},
+    {"info", NULL, 0, "daemon version, protocol, uptime, status socket"},
+    {"devices", NULL, 0, "devices with their budget and reservations"},
+};
+
+static const char *const ftype_names[] = {
+    [TD_FT_STR] = "str",   [TD_FT_INT] = "int",  [TD_FT_UINT] = "uint",  [TD_FT_FLOAT] = "float",
+    [TD_FT_BOOL] = "bool", [TD_FT_MAP] = "map",  [TD_FT_ARRAY] = "array",
+};
+
+struct td_msg {
+  msgpack_unpacked up;
+  char data[]; /* the unpacked strings point into this copy */
+};
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void seterr(char *err, size_t errlen, const char *fmt, ...) {
+  if (!err || errlen == 0)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+}
+
+/* A printable, bounded copy of untrusted bytes for an error message. */
+static const char *quote(const char *s, size_t n, char *buf, size_t cap) {
+  size_t max = cap - 4, i;
+  for (i = 0; i < n && i < max; i++)
+    buf[i] = isprint((unsigned char)s[i]) ? s[i] : '?';
+  if (i < n)
+    memcpy(buf + i, "...", 3), i += 3;
+  buf[i] = '\0';
+  return buf;
+}
+
+static const char *obj_type_name(const msgpack_object *o) {
+  switch (o->type) {
+  case MSGPACK_OBJECT_NIL: return "nil";
+  case MSGPACK_OBJECT_BOOLEAN: return "bool";
+  case MSGPACK_OBJECT_POSITIVE_INTEGER: return "uint";
+  case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "negative int";
+  case MSGPACK_OBJECT_FLOAT32:
+  case MSGPACK_OBJECT_FLOAT64: return "float";
+  case MSGPACK_OBJECT_STR: return "str";
+  case MSGPACK_OBJECT_ARRAY: return "array";
+  case MSGPACK_OBJECT_MAP: return "map";
+  case MSGPACK_OBJECT_BIN: return "bin";
+  case MSGPACK_OBJECT_EXT: return "ext";
+  }
+  return "unknown";
+}
+
+const char *td_ftype_name(td_ftype t) {
+  return (unsigned)t < TD_ARRAY_SIZE(ftype_names) ? ftype_names[t] : "unknown";
+}
+
+/* ---- structure check, no allocation ---- */
+
+static uint64_t be(const uint8_t *p, size_t n) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < n; i++)
+    v = v << 8 | p[i];
+  return v;
+}
+
+enum { K_SCALAR, K_BYTES, K_ARRAY, K_MAP };
+
+/* How a type byte is followed: hdr bytes of length/count (or fixed payload
+ * for scalars), then for K_BYTES that many bytes plus extra. */
+struct tinfo {
+  int kind;
+  size_t hdr;     /* bytes of the big-endian length/count field */
+  size_t fixed;   /* payload bytes known from the type byte alone */
+  size_t extra;   /* bytes after the length field besides the data (ext type) */
+  uint32_t count; /* fix* length or count */
+  const char *name;
+};
+
+static int type_info(uint8_t t, struct tinfo *ti) {
+  memset(ti, 0, sizeof *ti);
+  ti->kind = K_SCALAR;
+  if (t <= 0x7f || t >= 0xe0) {
+    ti->name = "int";
+  } else if (t <= 0x8f) {
+    ti->kind = K_MAP, ti->count = t & 0x0f, ti->name = "map";
+  } else if (t <= 0x9f) {
+    ti->kind = K_ARRAY, ti->count = t & 0x0f, ti->name = "array";
+  } else if (t <= 0xbf) {
+    ti->kind = K_BYTES, ti->count = t & 0x1f, ti->name = "str";
+  } else {
+    static const struct {
+      uint8_t t;
+      int kind;
+      uint8_t hdr, fixed, extra;
+      const char *name;
+    } rows[] = {
+        {0xc0, K_SCALAR, 0, 0, 0, "nil"},    {0xc2, K_SCALAR, 0, 0, 0, "bool"},
+        {0xc3, K_SCALAR, 0, 0, 0, "bool"},   {0xc4, K_BYTES, 1, 0, 0, "bin"},
+        {0xc5, K_BYTES, 2, 0, 0, "bin"},     {0xc6, K_BYTES, 4, 0, 0, "bin"},
+        {0xc7, K_BYTES, 1, 0, 1, "ext"},     {0xc8, K_BYTES, 2, 0, 1, "ext"},
+        {0xc9, K_BYTES, 4, 0, 1, "ext"},     {0xca, K_SCALAR, 0, 4, 0, "float"},
+        {0xcb, K_SCALAR, 0, 8, 0, "float"},  {0xcc, K_SCALAR, 0, 1, 0, "int"},
+        {0xcd, K_SCALAR, 0, 2, 0, "int"},    {0xce, K_SCALAR, 0, 4, 0, "int"},
+        {0xcf, K_SCALAR, 0, 8, 0, "int"},    {0xd0, K_SCALAR, 0, 1, 0, "int"},
+        {0xd1, K_SCALAR, 0, 2, 0, "int"},    {0xd2, K_SCALAR, 0, 4, 0, "int"},
+        {0xd3, K_SCALAR, 0, 8, 0, "int"},    {0xd4, K_SCALAR, 0, 2, 0, "ext"},
+        {0xd5, K_SCALAR, 0, 3, 0, "ext"},    {0xd6, K_SCALAR, 0, 5, 0, "ext"},
+        {0xd7, K_SCALAR, 0, 9, 0, "ext"},    {0xd8, K_SCALAR, 0, 17, 0, "ext"},
+        {0xd9, K_BYTES, 1, 0, 0, "str"},     {0xda, K_BYTES, 2, 0, 0, "str"},
+        {0xdb, K_BYTES, 4, 0, 0, "str"},     {0xdc, K_ARRAY, 2, 0, 0, "array"},
+        {0xdd, K_ARRAY, 4, 0, 0, "array"},   {0xde, K_MAP, 2, 0, 0, "map"},
+        {0xdf, K_MAP, 4, 0, 0, "map"},
+    };
+    size_t i;
+    for (i = 0; i < TD_ARRAY_SIZE(rows) && rows[i].t != t; i++)
+      ;
+    if (i == TD_ARRAY_SIZE(rows))
+      return TD_EPROTO; /* 0xc1, never used */
+    ti->kind = rows[i].kind, ti->hdr = rows[i].hdr, ti->fixed = rows[i].fixed;
+    ti->extra = rows[i].extra, ti->name = rows[i].name;
+  }
+  return 0;
+}
+
+int td_proto_check(const void *buf, size_t len, char *err, size_t errlen) {
+  const uint8_t *b = buf;
+  uint32_t left[TD_PROTO_MAX_DEPTH]; /* elements not yet started, per open container */
+  int depth = 0;
+  size_t off = 0;
+  /* Elements announced by open containers and not yet started: each needs at
+   * least one byte, so outstanding <= len - off always holds. */
+  uint64_t outstanding = 0;
+
+  if (!b || len == 0) {
+    seterr(err, errlen, "empty message");
+    return TD_EPROTO;
+  }
+  if (len > TD_PROTO_MAX_MSG) {
+    seterr(err, errlen, "message is %zu bytes, the limit is %u", len, TD_PROTO_MAX_MSG);
+    return TD_ETOOBIG;
+  }
+  for (;;) {
+    size_t start = off;
+    struct tinfo ti;
+    uint64_t n;
+
+    if (off >= len) { /* unreachable while the invariant holds */
+      seterr(err, errlen, "message ends at offset %zu inside a container", off);
+      return TD_EPROTO;
+    }
+    if (type_info(b[off++], &ti) != 0) {
+      seterr(err, errlen, "reserved type byte 0xc1 at offset %zu", start);
+      return TD_EPROTO;
+    }
+    size_t avail = len - off - (size_t)outstanding;
+    if (ti.hdr + ti.fixed + ti.extra > avail) {
+      seterr(err, errlen, "%s at offset %zu needs %zu more bytes but %zu remain", ti.name,
+             start, ti.hdr + ti.fixed + ti.extra, avail);
+      return TD_EPROTO;
+    }
+    n = ti.hdr ? be(b + off, ti.hdr) : ti.count;
+    off += ti.hdr + ti.fixed + ti.extra;
+    avail -= ti.hdr + ti.fixed + ti.extra;
+
+    if (ti.kind == K_BYTES) {
+      if (n > avail) {
+        seterr(err, errlen, "%s at offset %zu claims %" PRIu64 " bytes but %zu remain", ti.name,
+               start, n, avail);
+        return TD_EPROTO;
+      }
+      off += (size_t)n;
+    } else if (ti.kind == K_ARRAY || ti.kind == K_MAP) {
+      uint64_t elems = ti.kind == K_MAP ? 2 * n : n;
+      if (elems > avail) {
+        seterr(err, errlen, "%s at offset %zu claims %" PRIu64 " %s but %zu bytes remain",
+               ti.name, start, n, ti.kind == K_MAP ? "pairs" : "elements", avail);
+        return TD_EPROTO;
+      }
+      if (n > TD_PROTO_MAX_ITEMS) {
+        seterr(err, errlen, "%s at offset %zu has %" PRIu64 " %s, the limit is %d", ti.name,
+               start, n, ti.kind == K_MAP ? "pairs" : "elements", TD_PROTO_MAX_ITEMS);
+        return TD_ETOOBIG;
+      }
+      if (depth == TD_PROTO_MAX_DEPTH) {
+        seterr(err, errlen, "%s at offset %zu is nested deeper than %d levels", ti.name, start,
+               TD_PROTO_MAX_DEPTH);
+        return TD_ETOOBIG;
+      }
+      if (elems > 0) {
+        left[depth++] = (uint32_t)elems;
+        outstanding += elems;
+      }
+    }
+    while (depth > 0 && left[depth - 1] == 0)
+      depth--;
+    if (depth == 0)
+      break;
+    left[depth - 1]--;
+    outstanding--;
+  }
+  if (off != len) {
+    seterr(err, errlen, "%zu trailing bytes after the message, which ends at offset %zu",
+           len - off, off);
+    return TD_EPROTO;
+  }
+  return 0;
+}
+
+/* ---- decoding ---- */
+
+static int key_cmp(const void *a, const void *b) {
+  const msgpack_object_str *x = &(*(const msgpack_object_kv *const *)a)->key.via.str;
+  const msgpack_object_str *y = &(*(const msgpack_object_kv *const *)b)->key.via.str;
+  if (x->size != y->size)
+    return x->size < y->size ? -1 : 1;
+  return memcmp(x->ptr, y->ptr, x->size);
+}
+
+static int dup_key(const msgpack_object_kv *a, const msgpack_object_kv *b, char *err,
+                   size_t errlen) {
+  char q[48];
+  if (a->key.via.str.size != b->key.via.str.size ||
+      memcmp(a->key.via.str.ptr, b->key.via.str.ptr, a->key.via.str.size) != 0)
+    return 0;
+  seterr(err, errlen, "duplicate key '%s' in a map",
+         quote(a->key.via.str.ptr, a->key.via.str.size, q, sizeof q));
+  return TD_EPROTO;
+}
+
+/* Keys unique in O(n log n): a hostile map of 100000 keys must stay cheap. */
+static int check_unique(const msgpack_object_map *m, char *err, size_t errlen) {
+  const msgpack_object_kv **v;
+  int rc = 0;
+
+  if (m->size <= 16) {
+    for (uint32_t i = 0; i < m->size && rc == 0; i++)
+      for (uint32_t j = i + 1; j < m->size && rc == 0; j++)
+        rc = dup_key(&m->ptr[i], &m->ptr[j], err, errlen);
+    return rc;
+  }
+  v = malloc(m->size * sizeof *v);
+  if (!v) {
+    seterr(err, errlen, "out of memory checking a map of %" PRIu32 " keys", m->size);
+    return TD_ENOMEM;
+  }
+  for (uint32_t i = 0; i < m->size; i++)
+    v[i] = &m->ptr[i];
+  qsort(v, m->size, sizeof *v, key_cmp);
+  for (uint32_t i = 1; i < m->size && rc == 0; i++)
+    rc = dup_key(v[i - 1], v[i], err, errlen);
+  free(v);
+  return rc;
+}
+
+static int check_maps(const msgpack_object *o, char *err, size_t errlen) {
+  int rc;
+  if (o->type == MSGPACK_OBJECT_ARRAY) {
+    for (uint32_t i = 0; i < o->via.array.size; i++)
+      if ((rc = check_maps(&o->via.array.ptr[i], err, errlen)) != 0)
+        return rc;
+  } else if (o->type == MSGPACK_OBJECT_MAP) {
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+      const msgpack_object_kv *kv = &o->via.map.ptr[i];
+      if (kv->key.type != MSGPACK_OBJECT_STR) {
+        seterr(err, errlen, "a map key is a %s; keys must be strings", obj_type_name(&kv->key));
+        return TD_EPROTO;
+      }
+      if ((rc = check_maps(&kv->val, err, errlen)) != 0)
+        return rc;
+    }
+    return check_unique(&o->via.map, err, errlen);
+  }
+  return 0;
+}
+
+static int check_version(const msgpack_object *root, char *err, size_t errlen) {
+  const msgpack_object *v;
+  if (td_obj_get(root, "v", &v) != 0) {
+    seterr(err, errlen, "message has no protocol version 'v'");
+    return TD_EPROTO;
+  }
+  if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 == TD_PROTO_VERSION)
+    return 0;
+  if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+    seterr(err, errlen,
+           "message has protocol version %" PRIu64 " but this side speaks version %d; "
+           "run a client and daemon of matching versions",
+           v->via.u64, TD_PROTO_VERSION);
+    return TD_EVERSION;
+  }
+  if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+    seterr(err, errlen,
+           "message has protocol version %" PRId64 " but this side speaks version %d", v->via.i64,
+           TD_PROTO_VERSION);
+    return TD_EVERSION;
+  }
+  seterr(err, errlen, "protocol version 'v' must be an integer, got %s", obj_type_name(v));
+  return TD_EPROTO;
+}
+
+int td_msg_decode(const void *buf, size_t len, td_msg **out, char *err, size_t errlen) {
+  td_msg *m;
+  size_t off = 0;
+  int rc = td_proto_check(buf, len, err, errlen);
+  if (rc != 0)
+    return rc;
+
+  m = malloc(sizeof *m + len);
+  if (!m) {
+    seterr(err, errlen, "out of memory decoding a %zu-byte message", len);
+    return TD_ENOMEM;
+  }
+  memcpy(m->data, buf, len);
+  msgpack_unpacked_init(&m->up);
+  switch (msgpack_unpack_next(&m->up, m->data, len, &off)) {
+  case MSGPACK_UNPACK_SUCCESS:
+    break;
+  case MSGPACK_UNPACK_NOMEM_ERROR:
+    seterr(err, errlen, "out of memory decoding a %zu-byte message", len);
+    rc = TD_ENOMEM;
+    goto fail;
+  default:
+    seterr(err, errlen, "msgpack could not decode the message");
+    rc = TD_EPROTO;
+    goto fail;
+  }
+  if (off != len) {
+    seterr(err, errlen, "%zu trailing bytes after the message", len - off);
+    rc = TD_EPROTO;
+    goto fail;
+  }
+  if (m->up.data.type != MSGPACK_OBJECT_MAP) {
+    seterr(err, errlen, "a message must be a map, got %s", obj_type_name(&m->up.data));
+    rc = TD_EPROTO;
+    goto fail;
+  }
+  if ((rc = check_maps(&m->up.data, err, errlen)) != 0 ||
+      (rc = check_version(&m->up.data, err, errlen)) != 0)
+    goto fail;
+  *out = m;
+  return 0;
+
+fail:
+  td_msg_free(m);
+  return rc;
+}
+
+void td_msg_free(td_msg *m) {
+  if (!m)
+    return;
+  msgpack_unpacked_destroy(&m->up);
+  free(m);
+}
+
+const msgpack_object *td_msg_root(const td_msg *m) {
+  return m ? &m->up.data : NULL;
+}
+
+/* ---- typed access ---- */
+
+int td_obj_get(const msgpack_object *map, const char *key, const msgpack_object **out) {
+  size_t klen;
+  if (!map || map->type != MSGPACK_OBJECT_MAP || !key)
+    return TD_EPROTO;
+  klen = strlen(key);
+  for (uint32_t i = 0; i < map->via.map.size; i++) {
+    const msgpack_object_kv *kv = &map->via.map.ptr[i];
+    if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == klen &&
+        memcmp(kv->key.via.str.ptr, key, klen) == 0) {
+      *out = &kv->val;
+      return 0;
+    }
+  }
+  return TD_ENOENT;
+}
+
+static int get_typed(const msgpack_object *map, const char *key, msgpack_object_type t,
+                     const msgpack_object **out) {
+  const msgpack_object *o;
+  int rc = td_obj_get(map, key, &o);
+  if (rc != 0)
+    return rc;
+  if (o->type != t)
+    return TD_EPROTO;
+  *out = o;
+  return 0;
+}
+
+int td_obj_str(const msgpack_object *map, const char *key, const char **s, size_t *len) {
+  const msgpack_object *o;
+  int rc = get_typed(map, key, MSGPACK_OBJECT_STR, &o);
+  if (rc != 0)
+    return rc;
+  *s = o->via.str.ptr;
+  *len = o->via.str.size;
+  return 0;
+}
+
+int td_obj_cstr(const msgpack_object *map, const char *key, char *dst, size_t cap) {
+  const char *s;
+  size_t n;
+  int rc = td_obj_str(map, key, &s, &n);
+  if (rc != 0)
+    return rc;
+  if (memchr(s, '\0', n))
+    return TD_EPROTO;
+  if (n >= cap)
+    return TD_ETOOBIG;
+  memcpy(dst, s, n);
+  dst[n] = '\0';
+  return 0;
+}
+
+static int as_i64(const msgpack_object *o, int64_t *v) {
+  if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX) {
+    *v = (int64_t)o->via.u64;
+    return 0;
+  }
+  if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+    *v = o->via.i64;
+    return 0;
+  }
+  return TD_EPROTO;
+}
+
+static int as_f64(const msgpack_object *o, double *v) {
+  switch (o->type) {
+  case MSGPACK_OBJECT_FLOAT32:
+  case MSGPACK_OBJECT_FLOAT64: *v = o->via.f64; return 0;
+  case MSGPACK_OBJECT_POSITIVE_INTEGER: *v = (double)o->via.u64; return 0;
+  case MSGPACK_OBJECT_NEGATIVE_INTEGER: *v = (double)o->via.i64; return 0;
+  default: return TD_EPROTO;
+  }
+}
+
+int td_obj_i64(const msgpack_object *map, const char *key, int64_t *v) {
+  const msgpack_object *o;
+  int rc = td_obj_get(map, key, &o);
+  return rc != 0 ? rc : as_i64(o, v);
+}
+
+int td_obj_u64(const msgpack_object *map, const char *key, uint64_t *v) {
+  const msgpack_object *o;
+  int rc = get_typed(map, key, MSGPACK_OBJECT_POSITIVE_INTEGER, &o);
+  if (rc == 0)
+    *v = o->via.u64;
+  return rc;
+}
+
+int td_obj_f64(const msgpack_object *map, const char *key, double *v) {
+  const msgpack_object *o;
+  int rc = td_obj_get(map, key, &o);
+  return rc != 0 ? rc : as_f64(o, v);
+}
+
+int td_obj_bool(const msgpack_object *map, const char *key, int *v) {
+  const msgpack_object *o;
+  int rc = get_typed(map, key, MSGPACK_OBJECT_BOOLEAN, &o);
+  if (rc == 0)
+    *v = o->via.boolean ? 1 : 0;
+  return rc;
+}
+
+int td_obj_map(const msgpack_object *map, const char *key, const msgpack_object **v) {
+  return get_typed(map, key, MSGPACK_OBJECT_MAP, v);
+}
+
+int td_obj_array(const msgpack_object *map, const char *key, const msgpack_object **v) {
+  return get_typed(map, key, MSGPACK_OBJECT_ARRAY, v);
+}
+
+/* ---- requests ---- */
+
+const td_msgdef *td_proto_defs(size_t *n) {
+  *n = TD_ARRAY_SIZE(defs);
+  return defs;
+}
+
+const td_msgdef *td_proto_find(const char *op, size_t oplen) {
+  if (!op)
+    return NULL;
+  for (size_t i = 0; i < TD_ARRAY_SIZE(defs); i++)
+    if (strlen(defs[i].op) == oplen && memcmp(defs[i].op, op, oplen) == 0)
+      return &defs[i];
+  return NULL;
+}
+
+/* Exact for integral bounds, whatever the magnitude of v. */
+static int u64_in(uint64_t v, double min, double max) {
+  if (min > 0 && (min >= U64_LIMIT || v < (uint64_t)min))
+    return 0;
+  return max >= U64_LIMIT || (max >= 0 && v <= (uint64_t)max);
+}
+
+static int i64_in(int64_t v, double min, double max) {
+  if (v >= 0)
+    return u64_in((uint64_t)v, min, max);
+  if (max < 0 && (max < -0x1p63 || v > (int64_t)max))
+    return 0;
+  return min <= -0x1p63 || (min < 0 && v >= (int64_t)min);
+}
+
+static int range_err(const td_msgdef *d, const td_field *f, const char *val, char *err,
+                     size_t errlen) {
+  int lo = f->type == TD_FT_UINT ? f->min > 0 : f->min > -0x1p63;
+  int hi = f->max < (f->type == TD_FT_INT ? 0x1p63 : U64_LIMIT);
+  if (f->type == TD_FT_FLOAT)
+    lo = f->min > -HUGE_VAL, hi = f->max < HUGE_VAL;
+  if (lo && hi)
+    seterr(err, errlen, "field '%s' in '%s' is %s; it must be between %.17g and %.17g", f->name,
+           d->op, val, f->min, f->max);
+  else if (lo)
+    seterr(err, errlen, "field '%s' in '%s' is %s; it must be at least %.17g", f->name, d->op,
+           val, f->min);
+  else
+    seterr(err, errlen, "field '%s' in '%s' is %s; it must be at most %.17g", f->name, d->op, val,
+           f->max);
+  return TD_EPROTO;
+}
+
+static int size_err(const td_msgdef *d, const td_field *f, uint32_t n, const char *unit,
+                    char *err, size_t errlen) {
+  if (n > f->max) {
+    seterr(err, errlen, "field '%s' in '%s' is %" PRIu32 " %s long; the limit is %.0f", f->name,
+           d->op, n, unit, f->max);
+    return TD_ETOOBIG;
+  }
+  if (n < f->min) {
+    if (n == 0)
+      seterr(err, errlen, "field '%s' in '%s' must not be empty", f->name, d->op);
+    else
+      seterr(err, errlen, "field '%s' in '%s' is %" PRIu32 " %s long; it must be at least %.0f",
+             f->name, d->op, n, unit, f->min);
+    return TD_EPROTO;
+  }
+  return 0;
+}
+
+static int check_field(const td_msgdef *d, const td_field *f, const msgpack_object *o, char *err,
+                       size_t errlen) {
+  char val[32];
+  int ok_type;
+  switch (f->type) {
+  case TD_FT_STR: ok_type = o->type == MSGPACK_OBJECT_STR; break;
+  case TD_FT_INT: ok_type = o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                            o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER; break;
+  case TD_FT_UINT: ok_type = o->type == MSGPACK_OBJECT_POSITIVE_INTEGER; break;
+  case TD_FT_FLOAT: ok_type = o->type == MSGPACK_OBJECT_FLOAT32 ||
+                              o->type == MSGPACK_OBJECT_FLOAT64 ||
+                              o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                              o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER; break;
+  case TD_FT_BOOL: ok_type = o->type == MSGPACK_OBJECT_BOOLEAN; break;
+  case TD_FT_MAP: ok_type = o->type == MSGPACK_OBJECT_MAP; break;
+  case TD_FT_ARRAY: ok_type = o->type == MSGPACK_OBJECT_ARRAY; break;
+  default: ok_type = 0; break;
+  }
+  if (!ok_type) {
+    seterr(err, errlen, "field '%s' in '%s' must be %s, got %s", f->name, d->op,
+           td_ftype_name(f->type), obj_type_name(o));
+    return TD_EPROTO;
+  }
+
+  switch (f->type) {
+  case TD_FT_STR:
+    if (memchr(o->via.str.ptr, '\0', o->via.str.size)) {
+      seterr(err, errlen, "field '%s' in '%s' contains a NUL byte", f->name, d->op);
+      return TD_EPROTO;
+    }
+    return size_err(d, f, o->via.str.size, "bytes", err, errlen);
+  case TD_FT_MAP: return size_err(d, f, o->via.map.size, "pairs", err, errlen);
+  case TD_FT_ARRAY: return size_err(d, f, o->via.array.size, "elements", err, errlen);
+  case TD_FT_INT:
+  case TD_FT_UINT:
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+      if (!u64_in(o->via.u64, f->min, f->max)) {
+        snprintf(val, sizeof val, "%" PRIu64, o->via.u64);
+        return range_err(d, f, val, err, errlen);
+      }
+    } else if (!i64_in(o->via.i64, f->min, f->max)) {
+      snprintf(val, sizeof val, "%" PRId64, o->via.i64);
+      return range_err(d, f, val, err, errlen);
+    }
+    return 0;
+  case TD_FT_FLOAT: {
+    double v = 0;
+    as_f64(o, &v);
+    if (!(v >= f->min && v <= f->max)) { /* NaN fails too */
+      snprintf(val, sizeof val, "%.17g", v);
+      return range_err(d, f, val, err, errlen);
+    }
+    return 0;
+  }
+  default:
+    return 0;
+  }
+}
+
+static int validate(const td_msgdef *d, const msgpack_object *root, char *err, size_t errlen) {
+  char q[48];
+  int rc;
+  for (uint32_t i = 0; i < root->via.map.size; i++) {
+    const msgpack_object_kv *kv = &root->via.map.ptr[i];
+    const msgpack_object_str *k = &kv->key.via.str;
+    const td_field *f = NULL;
+    if ((k->size == 1 && k->ptr[0] == 'v') || (k->size == 2 && memcmp(k->ptr, "op", 2) == 0))
+      continue;
+    for (size_t j = 0; j < d->nfields && !f; j++)
+      if (strlen(d->fields[j].name) == k->size && memcmp(d->fields[j].name, k->ptr, k->size) == 0)
+        f = &d->fields[j];
+    if (!f) {
+      seterr(err, errlen, "unknown field '%s' in '%s'", quote(k->ptr, k->size, q, sizeof q),
+             d->op);
+      return TD_EPROTO;
+    }
+    if ((rc = check_field(d, f, &kv->val, err, errlen)) != 0)
+      return rc;
+  }
+  for (size_t j = 0; j < d->nfields; j++) {
+    const msgpack_object *o;
+    if (d->fields[j].required && td_obj_get(root, d->fields[j].name, &o) != 0) {
+      seterr(err, errlen, "missing required field '%s' in '%s'", d->fields[j].name, d->op);
+      return TD_EPROTO;
+    }
+  }
+  return 0;
+}
+
+int td_proto_parse_request(const void *buf, size_t len, td_msg **out, const td_msgdef **def,
+                           char *err, size_t errlen) {
+  td_msg *m;
+  const msgpack_object *root, *op;
+  const td_msgdef *d;
+  char q[48];
+  int rc = td_msg_decode(buf, len, &m, err, errlen);
+  if (rc != 0)
+    return rc;
+  root = td_msg_root(m);
+  rc = td_obj_get(root, "op", &op);
+  if (rc != 0) {
+    seterr(err, errlen, "request has no 'op'");
+    rc = TD_EPROTO;
+    goto fail;
+  }
+  if (op->type != MSGPACK_OBJECT_STR) {
+    seterr(err, errlen, "'op' must be a string, got %s", obj_type_name(op));
+    rc = TD_EPROTO;
+    goto fail;
+  }
+  d = td_proto_find(op->via.str.ptr, op->via.str.size);
+  if (!d) {
+    seterr(err, errlen, "unknown op '%s'", quote(op->via.str.ptr, op->via.str.size, q, sizeof q));
+    rc = TD_EPROTO;
+    goto fail;
+  }
+  if ((rc = validate(d, root, err, errlen)) != 0)
+    goto fail;
+  *out = m;
+  *def = d;
+  return 0;
+
+fail:
+  td_msg_free(m);
+  return rc;
+}
+
+/* ---- packing ---- */
+
+static void pk(td_pack *p, int rc) {
+  if (rc != 0 && p->err == 0)
+    p->err = TD_ENOMEM;
+}
+
+void td_pack_init(td_pack *p) {
+  memset(p, 0, sizeof *p);
+  msgpack_sbuffer_init(&p->sb);
+  msgpack_packer_init(&p->pk, &p->sb, msgpack_sbuffer_write);
+}
+
+void td_pack_free(td_pack *p) {
+  if (!p)
+    return;
+  msgpack_sbuffer_destroy(&p->sb);
+  msgpack_sbuffer_init(&p->sb);
+}
+
+/* Every writer goes through here, so nothing is written after a failure. */
+#define PACK(p, call)                                                                         \
+  do {                                                                                        \
+    if ((p)->err == 0)                                                                        \
+      pk((p), (call));                                                                        \
+  } while (0)
+
+void td_pack_map(td_pack *p, uint32_t n) { PACK(p, msgpack_pack_map(&p->pk, n)); }
+void td_pack_array(td_pack *p, uint32_t n) { PACK(p, msgpack_pack_array(&p->pk, n)); }
+void td_pack_i64(td_pack *p, int64_t v) { PACK(p, msgpack_pack_int64(&p->pk, v)); }
+void td_pack_u64(td_pack *p, uint64_t v) { PACK(p, msgpack_pack_uint64(&p->pk, v)); }
+void td_pack_f64(td_pack *p, double v) { PACK(p, msgpack_pack_double(&p->pk, v)); }
+void td_pack_nil(td_pack *p) { PACK(p, msgpack_pack_nil(&p->pk)); }
+
+void td_pack_bool(td_pack *p, int v) {
+  PACK(p, v ? msgpack_pack_true(&p->pk) : msgpack_pack_false(&p->pk));
+}
+
+void td_pack_strn(td_pack *p, const char *s, size_t n) {
+  if (!s)
+    s = "", n = 0;
+  if (n > UINT32_MAX) {
+    if (p->err == 0)
+      p->err = TD_ETOOBIG;
+    return;
+  }
+  PACK(p, msgpack_pack_str(&p->pk, n));
+  PACK(p, msgpack_pack_str_body(&p->pk, s, n));
+}
+
+void td_pack_str(td_pack *p, const char *s) { td_pack_strn(p, s, s ? strlen(s) : 0); }
+
+void td_pack_kv_str(td_pack *p, const char *k, const char *v) { td_pack_str(p, k), td_pack_str(p, v); }
+void td_pack_kv_i64(td_pack *p, const char *k, int64_t v) { td_pack_str(p, k), td_pack_i64(p, v); }
+void td_pack_kv_u64(td_pack *p, const char *k, uint64_t v) { td_pack_str(p, k), td_pack_u64(p, v); }
+void td_pack_kv_f64(td_pack *p, const char *k, double v) { td_pack_str(p, k), td_pack_f64(p, v); }
+void td_pack_kv_bool(td_pack *p, const char *k, int v) { td_pack_str(p, k), td_pack_bool(p, v); }
+
+void td_pack_request(td_pack *p, const char *op, uint32_t nfields) {
+  td_pack_map(p, 2 + nfields);
+  td_pack_kv_u64(p, "v", TD_PROTO_VERSION);
+  td_pack_kv_str(p, "op", op);
+}
+
+void td_pack_reply_ok(td_pack *p, uint32_t nfields) {
+  td_pack_map(p, 2 + nfields);
+  td_pack_kv_u64(p, "v", TD_PROTO_VERSION);
+  td_pack_kv_bool(p, "ok", 1);
+}
+
+void td_pack_reply_err_begin(td_pack *p, int code, const char *msg, uint32_t nextra) {
+  td_pack_map(p, 4 + nextra);
+  td_pack_kv_u64(p, "v", TD_PROTO_VERSION);
+  td_pack_kv_bool(p, "ok", 0);
+  td_pack_kv_str(p, "error", td_err_name(code));
+  td_pack_kv_str(p, "message", msg && *msg ? msg : td_strerror(code));
+}
+
+void td_pack_reply_err(td_pack *p, int code, const char *msg) {
+  td_pack_reply_err_begin(p, code, msg, 0);
+}
+
+int td_pack_error(const td_pack *p) {
+  if (p->err != 0)
+    return p->err;
+  return p->sb.size > TD_PROTO_MAX_MSG ? TD_ETOOBIG : 0;
+}
+
+const void *td_pack_data(const td_pack *p) { return td_pack_error(p) ? NULL : p->sb.data; }
+size_t td_pack_len(const td_pack *p) { return td_pack_error(p) ? 0 : p->sb.size; }
+
+/* ---- replies ---- */
+
+/* Copy a message for a person; control characters other than newline and
+ * tab become '?' so a hostile peer cannot drive the terminal. */
+static void copy_text(char *dst, size_t cap, const char *s, size_t n) {
+  size_t i;
+  if (!dst || cap == 0)
+    return;
+  for (i = 0; i < n && i + 1 < cap; i++) {
+    unsigned char c = (unsigned char)s[i];
+    dst[i] = (c < 0x20 && c != '\n' && c != '\t') || c == 0x7f ? '?' : (char)c;
+  }
+  dst[i] = '\0';
+}
+
+int td_proto_decode_reply(const void *buf, size_t len, td_msg **out, int *code, char *err,
+                          size_t errlen) {
+  td_msg *m;
+  const msgpack_object *root;
+  const char *name, *msg;
+  size_t nlen, mlen;
+  char cname[32], q[48];
+  int ok, c, rc = td_msg_decode(buf, len, &m, err, errlen);
+  if (rc != 0)
+    return rc;
+  root = td_msg_root(m);
+  if (td_obj_bool(root, "ok", &ok) != 0) {
+    seterr(err, errlen, "reply has no boolean 'ok'");
+    rc = TD_EPROTO;
+    goto fail;
+  }
+  if (ok) {
+    *out = m;
+    *code = 0;
+    return 0;
+  }
+  if (td_obj_str(root, "error", &name, &nlen) != 0) {
+    seterr(err, errlen, "error reply has no string 'error' code");
+    rc = TD_EPROTO;
+    goto fail;
+  }
+  c = TD_EINTERNAL;
+  if (nlen < sizeof cname && !memchr(name, '\0', nlen)) {
+    memcpy(cname, name, nlen);
+    cname[nlen] = '\0';
+    c = td_err_from_name(cname);
+  }
+  rc = td_obj_str(root, "message", &msg, &mlen);
+  if (rc == TD_EPROTO) {
+    seterr(err, errlen, "error reply's 'message' is not a string");
+    goto fail;
+  }
+  if (rc == 0)
+    copy_text(err, errlen, msg, mlen);
+  else
+    copy_text(err, errlen, td_strerror(c), strlen(td_strerror(c)));
+  if (c == TD_EINTERNAL && !(nlen == 9 && memcmp(name, "EINTERNAL", 9) == 0) && err) {
+    size_t used = strlen(err);
+    if (used < errlen)
+      snprintf(err + used, errlen - used, " (error code '%s' is unknown to this client)",
+               quote(name, nlen, q, sizeof q));
+  }
+  *out = m;
+  *code = c;
+  return 0;
+
+fail:
+  td_msg_free(m);
+  return rc;
+}
+
+int td_proto_parse_reply(const void *buf, size_t len, td_msg **out, char *err, size_t errlen) {
+  td_msg *m;
+  int code, rc = td_proto_decode_reply(buf, len, &m, &code, err, errlen);
+  if (rc != 0)
+    return rc;
+  if (code != 0) {
+    td_msg_free(m);
+    return code;
+  }
+  *out = m;
+  return 0;
+}
+
+/* ---- status events ---- */
+
+int td_pack_event_begin(td_pack *p, const char *topic, uint32_t nfields) {
+  size_t n = topic ? strlen(topic) : 0;
+  if (n == 0 || n > TD_PROTO_MAX_TOPIC)
+    return TD_EINVAL;
+  PACK(p, msgpack_sbuffer_write(&p->sb, topic, n + 1));
+  td_pack_map(p, 1 + nfields);
+  td_pack_kv_u64(p, "v", TD_PROTO_VERSION);
+  return p->err;
+}
+
+int td_event_split(const void *buf, size_t len, const char **topic, const void **body,
+                   size_t *body_len) {
+  const char *b = buf, *nul;
+  if (!b || len == 0)
+    return TD_EPROTO;
+  nul = memchr(b, '\0', len < TD_PROTO_MAX_TOPIC + 1 ? len : TD_PROTO_MAX_TOPIC + 1);
+  if (!nul || nul == b || (size_t)(nul - b) + 1 == len)
+    return TD_EPROTO;
+  *topic = b;
+  *body = nul + 1;
+  *body_len = len - (size_t)(nul - b) - 1;
+  return 0;
+}

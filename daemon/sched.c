@@ -91,6 +91,7 @@ static int td__admit(td_daemon *d, td_job *j, td_device *dev) {
   td_strlcpy(j->device, dev->name, sizeof(j->device));
   dev->reserved += j->plan.total;
   dev->njobs++;
+  td_publish_device(d, dev);
   rc = td_run_start(d, j, err, sizeof(err));
   if (rc < 0) {
     td_sched_release(d, j);
@@ -110,6 +111,7 @@ void td_sched_release(td_daemon *d, td_job *j) {
   dev->reserved -= j->plan.total <= dev->reserved ? j->plan.total : dev->reserved;
   if (dev->njobs > 0)
     dev->njobs--;
+  td_publish_device(d, dev);
 }
 
 static int td__before(const td_job *a, const td_job *b) {

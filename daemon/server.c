@@ -358,6 +358,15 @@ static void td__on_request(uv_poll_t *h, int status, int events) {
     td_pack_init(&rep);
     td__handle(d, buf, (size_t)n, &rep);
     nn_freemsg(buf);
+    if (td_pack_error(&rep) < 0) {
+      int code = td_pack_error(&rep);
+      td_pack_free(&rep);
+      td_pack_init(&rep);
+      td_pack_reply_err(&rep, code,
+                        code == TD_ETOOBIG ? "the reply would exceed the protocol's 2 MiB limit; "
+                                             "ask for less (list takes a limit and a state)"
+                                           : "traind ran out of memory building the reply");
+    }
     if (nn_send(d->rep_sock, td_pack_data(&rep), td_pack_len(&rep), NN_DONTWAIT) < 0)
       td_warn("job socket: reply not sent: %s", nn_strerror(errno));
     td_pack_free(&rep);
@@ -474,5 +483,17 @@ void td_publish_eval(td_daemon *d, const td_job *j, uint32_t epoch, double acc, 
   td_pack_kv_u64(&p, "epoch", epoch);
   td_pack_kv_f64(&p, "accuracy", acc);
   td_pack_kv_f64(&p, "loss", loss);
+  td__publish(d, &p);
+}
+
+void td_publish_device(td_daemon *d, const td_device *dev) {
+  td_pack p;
+
+  td_pack_init(&p);
+  td_pack_event_begin(&p, "device", 4);
+  td_pack_kv_str(&p, "name", dev->name);
+  td_pack_kv_u64(&p, "budget", dev->budget);
+  td_pack_kv_u64(&p, "reserved", dev->reserved);
+  td_pack_kv_u64(&p, "jobs", dev->njobs);
   td__publish(d, &p);
 }

@@ -122,6 +122,7 @@ int td_server_start(td_daemon *d, char *err, size_t errlen);
 void td_server_stop(td_daemon *d);
 void td_publish_state(td_daemon *d, const td_job *j);
 void td_publish_progress(td_daemon *d, const td_job *j, double eta_s);
+void td_publish_device(td_daemon *d, const td_device *dev);
 void td_publish_eval(td_daemon *d, const td_job *j, uint32_t epoch, double acc, double loss);
 
 /* main.c: a job changed state: persist it and publish it. */

@@ -1,1 +1,351 @@
-/* placeholder until its module lands */
+#include "model.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "util.h"
+
+struct td_model {
+  td_backend *be;
+  td_layout lay;
+  td_plan plan;
+  td_optimizer opt;
+  float norm_mean, norm_std;
+  uint32_t batch_size;
+  uint64_t steps;
+  td_buf params, grads, optim, act, work, stage;
+  char err[256];
+};
+
+static int fail(td_model *m, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(td_model *m, int rc, const char *fmt, ...) {
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(m->err, sizeof(m->err), fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+static float *at(const td_buf *b, uint64_t off) {
+  return (float *)((char *)b->ptr + off);
+}
+
+/* splitmix64: a small, well-mixed generator that a seed fully determines. */
+static uint64_t rng_next(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static float rng_uniform(uint64_t *s, float bound) {
+  double u = (double)(rng_next(s) >> 40) * (1.0 / 16777216.0); /* [0, 1) */
+  return (float)((2.0 * u - 1.0) * bound);
+}
+
+static int init_weights(td_model *m, uint64_t seed) {
+  const td_layout *l = &m->lay;
+  float *host = malloc(l->nparams * sizeof(float));
+  uint64_t s = seed;
+  int rc;
+
+  if (host == NULL)
+    return fail(m, TD_ENOMEM, "no host memory to initialise %llu parameters",
+                (unsigned long long)l->nparams);
+  for (int i = 0; i < l->nlayers; i++) {
+    const td_layer_layout *ly = &l->layers[i];
+    float bound = 1.0f / sqrtf((float)ly->in);
+    float *w = (float *)((char *)host + ly->weight), *b = (float *)((char *)host + ly->bias);
+
+    if (ly->type != TD_LAYER_DENSE)
+      continue;
+    for (uint64_t j = 0; j < (uint64_t)ly->out * ly->in; j++)
+      w[j] = rng_uniform(&s, bound);
+    for (uint32_t j = 0; j < ly->out; j++)
+      b[j] = rng_uniform(&s, bound);
+  }
+  rc = td_model_set_params(m, host);
+  free(host);
+  return rc;
+}
+
+int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch,
+                    td_model **out, char *err, size_t errlen) {
+  td_mem_stats mem;
+  td_model *m;
+  int rc;
+
+  if ((m = calloc(1, sizeof(*m))) == NULL)
+    return TD_ENOMEM;
+  m->be = be;
+  m->opt = spec->opt;
+  m->norm_mean = spec->norm_mean;
+  m->norm_std = spec->norm_std;
+  m->batch_size = spec->batch_size;
+  td_backend_mem(be, &mem);
+  if ((rc = td_plan_layout(spec, micro_batch, &m->lay)) < 0 ||
+      (rc = td_plan_compute(spec, micro_batch, spec->precision, mem.overhead, &m->plan)) < 0) {
+    fail(m, rc, "cannot plan the model at micro-batch %u: %s", micro_batch, td_strerror(rc));
+    goto destroy;
+  }
+
+  const struct {
+    const char *name;
+    td_buf *buf;
+    uint64_t bytes;
+  } arenas[] = {
+      {"parameters", &m->params, m->plan.params},
+      {"gradients", &m->grads, m->plan.grads},
+      {"optimiser state", &m->optim, m->plan.optim},
+      {"activations", &m->act, m->plan.activations},
+      {"workspace", &m->work, m->plan.workspace},
+      {"input staging", &m->stage, m->plan.staging},
+  };
+  for (size_t i = 0; i < TD_ARRAY_SIZE(arenas); i++) {
+    if ((rc = td_backend_alloc(be, arenas[i].bytes, arenas[i].buf)) == 0)
+      continue;
+    td_backend_mem(be, &mem);
+    if (rc == TD_EOOM)
+      fail(m, rc, "%s: out of memory for the %s arena: %llu bytes asked, %llu free "
+           "(the plan needs %llu bytes at micro-batch %u)", td_backend_device(be),
+           arenas[i].name, (unsigned long long)mem.oom_asked, (unsigned long long)mem.oom_free,
+           (unsigned long long)m->plan.total, micro_batch);
+    else
+      fail(m, rc, "%s: cannot allocate the %s arena: %s", td_backend_device(be),
+           arenas[i].name, td_backend_error(be));
+    goto destroy;
+  }
+  if ((rc = init_weights(m, spec->seed)) < 0)
+    goto destroy;
+  *out = m;
+  return 0;
+
+destroy:
+  if (err != NULL && errlen > 0)
+    snprintf(err, errlen, "%s", m->err);
+  td_model_destroy(m);
+  return rc;
+}
+
+void td_model_destroy(td_model *m) {
+  if (m == NULL)
+    return;
+  td_backend_free(m->be, &m->stage);
+  td_backend_free(m->be, &m->work);
+  td_backend_free(m->be, &m->act);
+  td_backend_free(m->be, &m->optim);
+  td_backend_free(m->be, &m->grads);
+  td_backend_free(m->be, &m->params);
+  free(m);
+}
+
+const td_plan *td_model_plan(const td_model *m) { return &m->plan; }
+const td_layout *td_model_layout(const td_model *m) { return &m->lay; }
+uint64_t td_model_nparams(const td_model *m) { return m->lay.nparams; }
+uint64_t td_model_steps(const td_model *m) { return m->steps; }
+const char *td_model_error(const td_model *m) { return m->err; }
+
+static void forward(td_model *m, uint32_t n) {
+  const td_layout *l = &m->lay;
+  td_backend *be = m->be;
+
+  td_backend_normalize_u8(be, m->stage.ptr, at(&m->act, l->input), (size_t)n * l->in_elems,
+                          m->norm_mean, m->norm_std);
+  for (int i = 0; i < l->nlayers; i++) {
+    const td_layer_layout *ly = &l->layers[i];
+    float *x = at(&m->act, ly->x), *y = at(&m->act, ly->y);
+
+    if (ly->type == TD_LAYER_RELU) {
+      td_backend_relu_fwd(be, x, y, (size_t)n * ly->out);
+      continue;
+    }
+    /* y = x W^T + b */
+    td_backend_sgemm(be, false, true, (int)n, (int)ly->out, (int)ly->in, 1.0f, x, (int)ly->in,
+                     at(&m->params, ly->weight), (int)ly->in, 0.0f, y, (int)ly->out);
+    td_backend_bias_add(be, y, at(&m->params, ly->bias), n, ly->out);
+  }
+}
+
+/* Gradients of n rows whose dlogits are in grad[0]; beta 1 adds them to
+ * the previous slices' gradients. */
+static void backward(td_model *m, uint32_t n, float beta) {
+  const td_layout *l = &m->lay;
+  td_backend *be = m->be;
+  float *g = at(&m->act, l->grad[0]), *other = at(&m->act, l->grad[1]);
+
+  for (int i = l->nlayers - 1; i >= l->first_dense; i--) {
+    const td_layer_layout *ly = &l->layers[i];
+    float *tmp;
+
+    if (ly->type == TD_LAYER_RELU) {
+      td_backend_relu_bwd(be, at(&m->act, ly->y), g, g, (size_t)n * ly->out);
+      continue;
+    }
+    /* dW = dY^T x, db = colsum(dY), dx = dY W */
+    td_backend_sgemm(be, true, false, (int)ly->out, (int)ly->in, (int)n, 1.0f, g,
+                     (int)ly->out, at(&m->act, ly->x), (int)ly->in, beta,
+                     at(&m->grads, ly->weight), (int)ly->in);
+    td_backend_bias_grad(be, g, n, ly->out, beta, at(&m->grads, ly->bias));
+    if (!ly->needs_dx)
+      continue;
+    td_backend_sgemm(be, false, false, (int)n, (int)ly->in, (int)ly->out, 1.0f, g,
+                     (int)ly->out, at(&m->params, ly->weight), (int)ly->in, 0.0f, other,
+                     (int)ly->in);
+    tmp = g;
+    g = other;
+    other = tmp;
+  }
+}
+
+/* Queue the forward (and, with grads, backward) passes of count samples in
+ * micro-batch slices; the loss statistics collect in the stats slot. */
+static int run_slices(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+                      uint32_t count, bool grads) {
+  const td_layout *l = &m->lay;
+  td_backend *be = m->be;
+  float *stats = at(&m->act, l->stats);
+  uint8_t *stage_px = m->stage.ptr, *stage_lb = stage_px + l->stage_labels;
+
+  m->err[0] = '\0';
+  if (count == 0 || (grads && count > m->batch_size))
+    return fail(m, TD_EINVAL, "a step takes 1 to %u samples, not %u", m->batch_size, count);
+  for (uint32_t i = 0; i < count; i++)
+    if (labels[i] >= l->classes)
+      return fail(m, TD_EDATA, "label %u of sample %u is out of range for %u classes",
+                  labels[i], i, l->classes);
+
+  td_backend_fill(be, stats, 2, 0.0f);
+  for (uint32_t off = 0; off < count; off += l->micro_batch) {
+    uint32_t n = count - off < l->micro_batch ? count - off : l->micro_batch;
+
+    td_backend_upload(be, stage_px, pixels + (size_t)off * l->in_elems,
+                      (size_t)n * l->in_elems);
+    td_backend_upload(be, stage_lb, labels + off, n);
+    forward(m, n);
+    /* The loss is the mean over the whole batch, so every slice scales by 1/count. */
+    td_backend_softmax_xent(be, at(&m->act, l->logits), stage_lb, n, l->classes,
+                            1.0f / (float)count, grads ? at(&m->act, l->grad[0]) : NULL,
+                            stats);
+    if (grads)
+      backward(m, n, off == 0 ? 0.0f : 1.0f);
+  }
+  return 0;
+}
+
+static void update(td_model *m) {
+  float *p = m->params.ptr, *g = m->grads.ptr, *state = m->optim.ptr;
+  size_t n = m->lay.nparams;
+
+  m->steps++;
+  if (m->opt.kind == TD_OPT_ADAM) {
+    td_adam_hparams h = {.lr = m->opt.lr, .beta1 = m->opt.beta1, .beta2 = m->opt.beta2,
+                         .eps = m->opt.eps, .weight_decay = m->opt.weight_decay,
+                         .step = m->steps};
+    td_backend_adam(m->be, p, g, state, state + n, n, &h);
+  } else {
+    td_sgd_hparams h = {.lr = m->opt.lr, .momentum = m->opt.momentum,
+                        .weight_decay = m->opt.weight_decay};
+    td_backend_sgd(m->be, p, g, state, n, &h);
+  }
+}
+
+/* Wait for the queued work and collect the loss statistics. */
+static int finish(td_model *m, uint32_t count, td_step_stats *out) {
+  float stats[2];
+  int rc;
+
+  td_backend_download(m->be, stats, at(&m->act, m->lay.stats), sizeof(stats));
+  if ((rc = td_backend_sync(m->be)) < 0)
+    return fail(m, rc, "%s", td_backend_error(m->be));
+  out->loss_sum = stats[0];
+  out->correct = (uint32_t)stats[1];
+  out->count = count;
+  return 0;
+}
+
+int td_model_backward(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+                      uint32_t count, td_step_stats *out) {
+  int rc = run_slices(m, pixels, labels, count, true);
+
+  return rc < 0 ? rc : finish(m, count, out);
+}
+
+int td_model_train_step(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+                        uint32_t count, td_step_stats *out) {
+  int rc = run_slices(m, pixels, labels, count, true);
+
+  if (rc < 0)
+    return rc;
+  update(m);
+  return finish(m, count, out);
+}
+
+int td_model_eval(td_model *m, const uint8_t *pixels, const uint8_t *labels, uint32_t count,
+                  td_step_stats *out) {
+  int rc = run_slices(m, pixels, labels, count, false);
+
+  return rc < 0 ? rc : finish(m, count, out);
+}
+
+static int sync_or_fail(td_model *m) {
+  int rc = td_backend_sync(m->be);
+
+  return rc < 0 ? fail(m, rc, "%s", td_backend_error(m->be)) : 0;
+}
+
+int td_model_get_params(td_model *m, float *dst) {
+  td_backend_download(m->be, dst, m->params.ptr, m->params.bytes);
+  return sync_or_fail(m);
+}
+
+int td_model_set_params(td_model *m, const float *src) {
+  td_backend_upload(m->be, m->params.ptr, src, m->params.bytes);
+  return sync_or_fail(m);
+}
+
+int td_model_get_grads(td_model *m, float *dst) {
+  td_backend_download(m->be, dst, m->grads.ptr, m->grads.bytes);
+  return sync_or_fail(m);
+}
+
+int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t nmeta) {
+  const td_layout *l = &m->lay;
+  td_st_tensor t[2 * TD_MAX_LAYERS];
+  char names[2 * TD_MAX_LAYERS][16];
+  size_t n = 0;
+  float *host;
+  int rc;
+
+  if ((host = malloc(m->params.bytes)) == NULL)
+    return fail(m, TD_ENOMEM, "no host memory to save %llu parameters",
+                (unsigned long long)l->nparams);
+  if ((rc = td_model_get_params(m, host)) < 0)
+    goto free_host;
+  for (int i = 0; i < l->nlayers; i++) {
+    const td_layer_layout *ly = &l->layers[i];
+
+    if (ly->type != TD_LAYER_DENSE)
+      continue;
+    snprintf(names[n], sizeof(names[n]), "%d.weight", i);
+    t[n] = (td_st_tensor){.name = names[n], .dtype = "F32", .rank = 2,
+                          .shape = {ly->out, ly->in},
+                          .data = (char *)host + ly->weight,
+                          .bytes = (uint64_t)ly->out * ly->in * sizeof(float)};
+    n++;
+    snprintf(names[n], sizeof(names[n]), "%d.bias", i);
+    t[n] = (td_st_tensor){.name = names[n], .dtype = "F32", .rank = 1, .shape = {ly->out},
+                          .data = (char *)host + ly->bias,
+                          .bytes = (uint64_t)ly->out * sizeof(float)};
+    n++;
+  }
+  if ((rc = td_safetensors_write(path, t, n, meta, nmeta)) < 0)
+    fail(m, rc, "cannot write the model to %s: %s", path, td_strerror(rc));
+free_host:
+  free(host);
+  return rc;
+}

@@ -1,1 +1,429 @@
-/* placeholder until its module lands */
+/* traind-worker: trains one job on one device.
+ *
+ * It reads the job file, builds the model on the device's backend inside the
+ * memory plan's arenas, then drains the loader's shared-memory ring: a TRAIN
+ * batch is one optimiser step, TEST batches are evaluated, END writes the
+ * model.  It reports to traind as one line per event on the events fd and
+ * logs to stderr (the job log).
+ *
+ * Exit status: 0 done, 1 job error, 2 usage, 3 sticky CUDA error, 143 SIGTERM.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "error.h"
+#include "jobspec.h"
+#include "log.h"
+#include "model.h"
+#include "plan.h"
+#include "ring.h"
+#include "util.h"
+
+enum { EXIT_JOB = 1, EXIT_USAGE = 2, EXIT_CUDA = 3 };
+
+#define PROGRESS_INTERVAL 0.25 /* seconds between progress events */
+
+typedef struct args {
+  const char *job, *base_dir, *ring, *device, *output;
+  uint64_t budget;
+  uint32_t micro_batch;
+  int events_fd;
+} args;
+
+/* Running sums of a pass (an epoch's training or its test set). */
+typedef struct pass {
+  double loss_sum;
+  uint64_t correct, count;
+  uint32_t batches;
+} pass;
+
+static int events_fd = -1;
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: traind-worker --job FILE --base-dir DIR --ring NAME --device NAME\n"
+             "                     --budget BYTES --micro-batch N --output PATH "
+             "[--events-fd N]\n");
+}
+
+/* One event, one write(), so traind never reads half a line. */
+static void emit(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void emit(const char *fmt, ...) {
+  char line[1024];
+  va_list ap;
+  int n;
+
+  if (events_fd < 0)
+    return;
+  va_start(ap, fmt);
+  n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0)
+    return;
+  if ((size_t)n > sizeof(line) - 2)
+    n = (int)sizeof(line) - 2;
+  for (int i = 0; i < n; i++)
+    if (line[i] == '\n')
+      line[i] = ' ';
+  line[n++] = '\n';
+  while (write(events_fd, line, (size_t)n) < 0 && errno == EINTR) {
+  }
+}
+
+/* Report a failure (job log and error event); returns the exit status. */
+static int fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(int rc, const char *fmt, ...) {
+  char msg[768];
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  td_error("%s", msg);
+  emit("error code=%s msg=%s", td_err_name(rc), msg);
+  return rc == TD_ECUDA ? EXIT_CUDA : EXIT_JOB;
+}
+
+static void on_term(int sig) {
+  static const char msg[] = "traind-worker: cancelled by a signal\n";
+
+  (void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
+  _exit(128 + sig);
+}
+
+static int parse_u32(const char *s, uint32_t *out) {
+  char *end;
+  unsigned long long v;
+
+  errno = 0;
+  v = strtoull(s, &end, 10);
+  if (*s < '0' || *s > '9' || *end != '\0' || errno != 0 || v > UINT32_MAX)
+    return TD_EINVAL;
+  *out = (uint32_t)v;
+  return 0;
+}
+
+static int parse_args(int argc, char **argv, args *a) {
+  static const struct option opts[] = {
+      {"job", required_argument, NULL, 'j'},       {"base-dir", required_argument, NULL, 'b'},
+      {"ring", required_argument, NULL, 'r'},      {"device", required_argument, NULL, 'd'},
+      {"budget", required_argument, NULL, 'B'},    {"micro-batch", required_argument, NULL, 'm'},
+      {"output", required_argument, NULL, 'o'},    {"events-fd", required_argument, NULL, 'e'},
+      {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+  };
+  uint32_t fd;
+  int c;
+
+  *a = (args){.events_fd = -1};
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (c) {
+    case 'j': a->job = optarg; break;
+    case 'b': a->base_dir = optarg; break;
+    case 'r': a->ring = optarg; break;
+    case 'd': a->device = optarg; break;
+    case 'o': a->output = optarg; break;
+    case 'B':
+      if (td_parse_size(optarg, &a->budget) < 0) {
+        fprintf(stderr, "traind-worker: --budget '%s' is not a byte count\n", optarg);
+        return -1;
+      }
+      break;
+    case 'm':
+      if (parse_u32(optarg, &a->micro_batch) < 0 || a->micro_batch == 0) {
+        fprintf(stderr, "traind-worker: --micro-batch '%s' is not a positive integer\n",
+                optarg);
+        return -1;
+      }
+      break;
+    case 'e':
+      if (parse_u32(optarg, &fd) < 0 || fd > INT32_MAX) {
+        fprintf(stderr, "traind-worker: --events-fd '%s' is not a file descriptor\n", optarg);
+        return -1;
+      }
+      a->events_fd = (int)fd;
+      break;
+    case 'h': usage(stdout); exit(0);
+    default: return -1;
+    }
+  }
+  if (optind < argc || !a->job || !a->base_dir || !a->ring || !a->device || !a->output ||
+      a->budget == 0 || a->micro_batch == 0) {
+    fprintf(stderr, "traind-worker: missing or extra arguments\n");
+    return -1;
+  }
+  return 0;
+}
+
+/* OpenBLAS reads OPENBLAS_CORETYPE only when it loads, so a process whose
+ * CPU it misdetects restarts itself once with the right kernels named. */
+static void tune_blas(char **argv) {
+  const char *core = td_cpu_blas_coretype_hint();
+
+  if (core == NULL || getenv("OPENBLAS_CORETYPE") != NULL)
+    return;
+  setenv("OPENBLAS_CORETYPE", core, 1);
+  execv("/proc/self/exe", argv);
+  td_warn("cannot restart with OPENBLAS_CORETYPE=%s (%s); using slower BLAS kernels", core,
+          strerror(errno));
+}
+
+static int check_batch(const td_batch_hdr *h, size_t len, const td_jobspec *spec,
+                       const td_layout *l, char *why, size_t cap) {
+  uint64_t need;
+
+  if (h->sample_bytes != l->in_elems) {
+    snprintf(why, cap, "the loader sends %u-byte samples but the model's input has %u values",
+             h->sample_bytes, l->in_elems);
+    return TD_EDATA;
+  }
+  if (h->count == 0 || (h->kind == TD_BATCH_TRAIN && h->count > spec->batch_size)) {
+    snprintf(why, cap, "a batch of %u samples (the batch size is %u)", h->count,
+             spec->batch_size);
+    return TD_EDATA;
+  }
+  if (td_mul_u64(h->count, (uint64_t)h->sample_bytes + 1, &need) < 0 ||
+      td_add_u64(need, sizeof(*h), &need) < 0 || need > len) {
+    snprintf(why, cap, "a batch of %u samples does not fit its %zu-byte slot", h->count, len);
+    return TD_EDATA;
+  }
+  if (h->epoch >= spec->epochs || h->nbatches == 0 || h->index >= h->nbatches) {
+    snprintf(why, cap, "batch %u of %u in epoch %u is out of range (%u epochs)", h->index,
+             h->nbatches, h->epoch, spec->epochs);
+    return TD_EDATA;
+  }
+  return 0;
+}
+
+static void emit_eval(uint32_t epoch, pass *test, double *acc, double *loss) {
+  *acc = (double)test->correct / (double)test->count;
+  *loss = test->loss_sum / (double)test->count;
+  emit("eval epoch=%u accuracy=%.6f loss=%.6f", epoch + 1, *acc, *loss);
+  td_info("epoch %u: test accuracy %.4f, loss %.4f", epoch + 1, *acc, *loss);
+  *test = (pass){0};
+}
+
+typedef struct trainer {
+  const args *a;
+  const td_jobspec *spec;
+  td_backend *be;
+  td_model *model;
+  td_ring *ring;
+  pass train, test;
+  uint32_t epoch, test_epoch;
+  double epoch_start, last_progress, train_time;
+  uint64_t train_samples;
+  double accuracy, loss; /* of the last test pass, else the last epoch's training */
+} trainer;
+
+static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const uint8_t *lb) {
+  td_step_stats st;
+  td_mem_stats mem;
+  double now;
+  int rc;
+
+  if (t->test.count > 0)
+    emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
+  if (t->train.batches == 0 || h->epoch != t->epoch) {
+    t->epoch = h->epoch;
+    t->train = (pass){0};
+    t->epoch_start = td_now_mono();
+  }
+  if ((rc = td_model_train_step(t->model, px, lb, h->count, &st)) < 0)
+    return fail(rc, "epoch %u step %u: %s", h->epoch + 1, h->index + 1,
+                td_model_error(t->model));
+  t->train.loss_sum += st.loss_sum;
+  t->train.correct += st.correct;
+  t->train.count += st.count;
+  t->train.batches++;
+  t->train_samples += st.count;
+
+  now = td_now_mono();
+  if (now - t->last_progress < PROGRESS_INTERVAL && h->index + 1 != h->nbatches)
+    return 0;
+  t->last_progress = now;
+  td_backend_mem(t->be, &mem);
+  emit("progress epoch=%u epochs=%u step=%u steps=%u loss=%.6f samples_per_sec=%.1f mem=%llu",
+       h->epoch + 1, t->spec->epochs, h->index + 1, h->nbatches,
+       t->train.loss_sum / (double)t->train.count,
+       (double)t->train.count / (now - t->epoch_start > 0 ? now - t->epoch_start : 1e-9),
+       (unsigned long long)(mem.used + mem.overhead));
+  if (h->index + 1 == h->nbatches) {
+    t->train_time += now - t->epoch_start;
+    t->accuracy = (double)t->train.correct / (double)t->train.count;
+    t->loss = t->train.loss_sum / (double)t->train.count;
+    td_info("epoch %u: training loss %.4f, %.0f samples/s", h->epoch + 1, t->loss,
+            (double)t->train.count / (now - t->epoch_start));
+  }
+  return 0;
+}
+
+static int on_test(trainer *t, const td_batch_hdr *h, const uint8_t *px, const uint8_t *lb) {
+  td_step_stats st;
+  int rc;
+
+  if (t->test.count > 0 && h->epoch != t->test_epoch)
+    emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
+  t->test_epoch = h->epoch;
+  if ((rc = td_model_eval(t->model, px, lb, h->count, &st)) < 0)
+    return fail(rc, "epoch %u test batch %u: %s", h->epoch + 1, h->index + 1,
+                td_model_error(t->model));
+  t->test.loss_sum += st.loss_sum;
+  t->test.correct += st.correct;
+  t->test.count += st.count;
+  if (h->index + 1 == h->nbatches)
+    emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
+  return 0;
+}
+
+static int on_end(trainer *t) {
+  char epochs[16], acc[32], seed[32];
+  const td_st_meta meta[] = {
+      {"format", "pt"},       {"traind.job", t->spec->name}, {"traind.epochs", epochs},
+      {"traind.seed", seed},  {"traind.accuracy", acc},
+  };
+  sigset_t term;
+  int rc;
+
+  if (t->test.count > 0)
+    emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
+  snprintf(epochs, sizeof(epochs), "%u", t->spec->epochs);
+  snprintf(seed, sizeof(seed), "%llu", (unsigned long long)t->spec->seed);
+  snprintf(acc, sizeof(acc), "%.6f", t->accuracy);
+  /* Past this point the job finishes: a cancel must not leave half a file. */
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  sigaddset(&term, SIGINT);
+  sigprocmask(SIG_BLOCK, &term, NULL);
+  if ((rc = td_model_save(t->model, t->a->output, meta, TD_ARRAY_SIZE(meta))) < 0)
+    return fail(rc, "%s", td_model_error(t->model));
+  emit("done accuracy=%.6f loss=%.6f samples_per_sec=%.1f model=%s", t->accuracy, t->loss,
+       t->train_time > 0 ? (double)t->train_samples / t->train_time : 0.0, t->a->output);
+  td_info("done: model written to %s", t->a->output);
+  return 0;
+}
+
+/* Drain the ring until END (0) or a failure (the exit status). */
+static int train(trainer *t) {
+  const td_layout *l = td_model_layout(t->model);
+  char why[512];
+  int rc;
+
+  for (;;) {
+    const void *slot;
+    const td_batch_hdr *h;
+    size_t len;
+    int reason = 0;
+
+    if ((rc = td_ring_read_begin(t->ring, &slot, &len)) < 0) {
+      if (rc == TD_ECLOSED && td_ring_is_shutdown(t->ring, &reason) && reason < 0)
+        return fail(reason, "the data loader failed: %s (see the job log)", td_strerror(reason));
+      return fail(rc == TD_ECLOSED ? TD_EDATA : rc,
+                  "the data stream ended before the end of training: %s", td_strerror(rc));
+    }
+    if (len < sizeof(*h))
+      return fail(TD_EDATA, "a %zu-byte batch is shorter than its header", len);
+    h = slot;
+    switch (h->kind) {
+    case TD_BATCH_TRAIN:
+    case TD_BATCH_TEST:
+      if ((rc = check_batch(h, len, t->spec, l, why, sizeof(why))) < 0)
+        return fail(rc, "bad batch from the loader: %s", why);
+      rc = (h->kind == TD_BATCH_TRAIN ? on_train : on_test)(t, h, td_batch_pixels(h),
+                                                              td_batch_labels(h));
+      if (rc != 0)
+        return rc;
+      break;
+    case TD_BATCH_END:
+      return on_end(t);
+    case TD_BATCH_ERROR:
+      td_batch_error_text(h, len, why, sizeof(why));
+      return fail(h->error < 0 ? h->error : TD_EDATA, "data loader: %s", why);
+    default:
+      return fail(TD_EDATA, "the loader sent a batch of unknown kind %u", h->kind);
+    }
+    td_ring_read_end(t->ring);
+  }
+}
+
+int main(int argc, char **argv) {
+  struct sigaction sa = {.sa_handler = on_term};
+  char *text = NULL, err[512];
+  td_jobspec spec;
+  td_plan plan;
+  trainer t = {0};
+  args a;
+  size_t len;
+  int rc, status;
+
+  td_log_init("traind-worker", TD_LOG_INFO);
+  if (parse_args(argc, argv, &a) < 0) {
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+  if (a.events_fd >= 0)
+    events_fd = a.events_fd;
+  else if (fcntl(3, F_GETFD) >= 0)
+    events_fd = 3;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  if (strncmp(a.device, "cpu", 3) == 0)
+    tune_blas(argv);
+
+  if ((rc = td_read_file(a.job, TD_JOBFILE_MAX, &text, &len)) < 0)
+    return fail(rc, "cannot read the job file %s: %s", a.job, td_strerror(rc));
+  rc = td_jobspec_parse(text, len, a.base_dir, &spec, err, sizeof(err));
+  free(text);
+  if (rc < 0)
+    return fail(rc, "%s: %s", a.job, err);
+  if (a.micro_batch > spec.batch_size)
+    return fail(TD_EINVAL, "--micro-batch %u is larger than the batch size %u", a.micro_batch,
+                spec.batch_size);
+
+  if ((rc = td_backend_create(a.device, a.budget, &t.be, err, sizeof(err))) < 0)
+    return fail(rc, "%s", err);
+  t.a = &a;
+  t.spec = &spec;
+  status = EXIT_JOB;
+  {
+    td_mem_stats mem;
+    td_backend_mem(t.be, &mem);
+    if ((rc = td_plan_compute(&spec, a.micro_batch, spec.precision, mem.overhead, &plan)) < 0) {
+      status = fail(rc, "cannot plan the job at micro-batch %u: %s", a.micro_batch,
+                    td_strerror(rc));
+      goto destroy_backend;
+    }
+  }
+  emit("plan micro_batch=%u params=%llu grads=%llu optim=%llu activations=%llu workspace=%llu "
+       "staging=%llu overhead=%llu total=%llu", plan.micro_batch,
+       (unsigned long long)plan.params, (unsigned long long)plan.grads,
+       (unsigned long long)plan.optim, (unsigned long long)plan.activations,
+       (unsigned long long)plan.workspace, (unsigned long long)plan.staging,
+       (unsigned long long)plan.overhead, (unsigned long long)plan.total);
+  if ((rc = td_model_create(t.be, &spec, a.micro_batch, &t.model, err, sizeof(err))) < 0) {
+    status = fail(rc, "%s", err);
+    goto destroy_backend;
+  }
+  if ((rc = td_ring_open(a.ring, &t.ring)) < 0) {
+    status = fail(rc, "cannot open the data ring %s: %s", a.ring, td_strerror(rc));
+    goto destroy_model;
+  }
+  td_info("training %s on %s: micro-batch %u, plan %llu bytes", spec.name, a.device,
+          a.micro_batch, (unsigned long long)plan.total);
+  status = train(&t);
+
+  td_ring_close(t.ring);
+destroy_model:
+  td_model_destroy(t.model);
+destroy_backend:
+  td_backend_destroy(t.be);
+  return status;
+}

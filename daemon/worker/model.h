@@ -1,0 +1,71 @@
+/* The worker's model: an MLP (dense and ReLU layers) trained with softmax
+ * cross-entropy on one compute backend.
+ *
+ * td_model_create allocates exactly the arenas of the job's memory plan
+ * (common/plan.h) and lays the tensors out with td_plan_layout; nothing is
+ * allocated after that.  A step takes a whole batch and runs it in
+ * micro-batch slices, accumulating gradients, so the update does not depend
+ * on the micro-batch (up to summation order).
+ */
+#ifndef TD_MODEL_H
+#define TD_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "jobspec.h"
+#include "plan.h"
+#include "safetensors.h"
+
+typedef struct td_model td_model;
+
+typedef struct td_step_stats {
+  double loss_sum;  /* cross-entropy summed over the samples */
+  uint32_t correct; /* samples whose arg-max is the label */
+  uint32_t count;
+} td_step_stats;
+
+/* Build spec's model on be at micro_batch (1..batch_size) and initialise the
+ * weights from spec->seed like PyTorch's nn.Linear: U(-1/sqrt(in), 1/sqrt(in))
+ * for weights and biases.  TD_EOOM (be's td_mem_stats say what was asked and
+ * free), TD_EINVAL/TD_ETOOBIG for a spec the planner refuses, TD_ENOMEM, or a
+ * backend failure; a one-line reason goes to err. */
+int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch,
+                    td_model **out, char *err, size_t errlen);
+/* Frees the arenas.  Accepts NULL. */
+void td_model_destroy(td_model *m);
+
+const td_plan *td_model_plan(const td_model *m);
+const td_layout *td_model_layout(const td_model *m);
+uint64_t td_model_nparams(const td_model *m);
+/* Optimiser steps taken so far. */
+uint64_t td_model_steps(const td_model *m);
+/* Why the last call failed ("" if it did not). */
+const char *td_model_error(const td_model *m);
+
+/* count samples: pixels [count, in_elems] uint8 and labels [count], each
+ * label < the class count (TD_EDATA otherwise).  count is 1..batch_size for
+ * the training calls, any positive number for eval. */
+
+/* Gradients of the mean loss into the gradient arena; no update. */
+int td_model_backward(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+                      uint32_t count, td_step_stats *out);
+/* td_model_backward, then one optimiser update. */
+int td_model_train_step(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+                        uint32_t count, td_step_stats *out);
+/* Forward pass only: loss and correct count. */
+int td_model_eval(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+                  uint32_t count, td_step_stats *out);
+
+/* Copy all parameters (or gradients) to or from host memory: nparams floats
+ * in the plan's layout (per dense layer: weight [out, in] then bias). */
+int td_model_get_params(td_model *m, float *dst);
+int td_model_set_params(td_model *m, const float *src);
+int td_model_get_grads(td_model *m, float *dst);
+
+/* Write the weights as safetensors with PyTorch's nn.Sequential names:
+ * "<layer index>.weight" [out, in] and "<layer index>.bias" [out]. */
+int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t nmeta);
+
+#endif

@@ -77,6 +77,9 @@ static void emit(const char *fmt, ...) {
   }
 }
 
+/* td_strerror's ENOENT text speaks of jobs; here it is always a file. */
+static const char *why(int rc) { return rc == TD_ENOENT ? "no such file" : td_strerror(rc); }
+
 /* Report a failure (job log and error event); returns the exit status. */
 static int fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int fail(int rc, const char *fmt, ...) {
@@ -344,7 +347,8 @@ static int train(trainer *t) {
       return on_end(t);
     case TD_BATCH_ERROR:
       td_batch_error_text(h, len, why, sizeof(why));
-      return fail(h->error < 0 ? h->error : TD_EDATA, "data loader: %s", why);
+      return fail(h->error > TD__ERR_BASE && h->error < TD__ERR_END ? h->error : TD_EDATA,
+                  "data loader: %s", why);
     default:
       return fail(TD_EDATA, "the loader sent a batch of unknown kind %u", h->kind);
     }
@@ -379,7 +383,7 @@ int main(int argc, char **argv) {
     tune_blas(argv);
 
   if ((rc = td_read_file(a.job, TD_JOBFILE_MAX, &text, &len)) < 0)
-    return fail(rc, "cannot read the job file %s: %s", a.job, td_strerror(rc));
+    return fail(rc, "cannot read the job file %s: %s", a.job, why(rc));
   rc = td_jobspec_parse(text, len, a.base_dir, &spec, err, sizeof(err));
   free(text);
   if (rc < 0)
@@ -413,7 +417,7 @@ int main(int argc, char **argv) {
     goto destroy_backend;
   }
   if ((rc = td_ring_open(a.ring, &t.ring)) < 0) {
-    status = fail(rc, "cannot open the data ring %s: %s", a.ring, td_strerror(rc));
+    status = fail(rc, "cannot open the data ring %s: %s", a.ring, why(rc));
     goto destroy_model;
   }
   td_info("training %s on %s: micro-batch %u, plan %llu bytes", spec.name, a.device,

@@ -1,1 +1,359 @@
-/* placeholder until its module lands */
+/* The memory plan: hand-computed numbers, refusals, and the worker's real
+ * allocations matching it to the byte on the CPU backend. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "error.h"
+#include "jobspec.h"
+#include "model.h"
+#include "plan.h"
+#include "util.h"
+
+/* The example job: 784-512-256-10 with ReLUs, Adam, batch 128. */
+static void example_spec(td_jobspec *s) {
+  static const td_layer layers[] = {
+      {.type = TD_LAYER_DENSE, .units = 512}, {.type = TD_LAYER_RELU},
+      {.type = TD_LAYER_DENSE, .units = 256}, {.type = TD_LAYER_RELU},
+      {.type = TD_LAYER_DENSE, .units = 10},
+  };
+
+  memset(s, 0, sizeof(*s));
+  snprintf(s->name, sizeof(s->name), "example");
+  s->input_dims[0] = s->input_dims[1] = 28;
+  s->input_rank = 2;
+  memcpy(s->layers, layers, sizeof(layers));
+  s->nlayers = (int)TD_ARRAY_SIZE(layers);
+  s->batch_size = 128;
+  s->epochs = 1;
+  s->seed = 1;
+  s->norm_mean = 0.286f;
+  s->norm_std = 0.353f;
+  s->opt = (td_optimizer){.kind = TD_OPT_ADAM, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f,
+                          .eps = 1e-8f};
+  s->precision = TD_PREC_FP32;
+}
+
+START_TEST(test_example_by_hand) {
+  const uint64_t nparams = 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10; /* 535818 */
+  td_jobspec s;
+  td_plan p;
+
+  example_spec(&s);
+  ck_assert_int_eq(td_plan_compute(&s, 128, TD_PREC_FP32, 0, &p), 0);
+  ck_assert_uint_eq(p.micro_batch, 128);
+  ck_assert_uint_eq(p.params, nparams * 4);
+  ck_assert_uint_eq(p.params, 2143272);
+  ck_assert_uint_eq(p.grads, 2143272);
+  ck_assert_uint_eq(p.optim, 2 * 2143272); /* Adam: two moments */
+  /* input 128x784, outputs 128x512, 128x256, 128x10, two gradient buffers of
+   * the widest 128x512, the 8-byte loss statistics in a 64-byte slot */
+  ck_assert_uint_eq(p.activations, (128 * 784 + 128 * 512 + 128 * 256 + 128 * 10) * 4 +
+                                       2 * 128 * 512 * 4 + 64);
+  ck_assert_uint_eq(p.activations, 1324096);
+  ck_assert_uint_eq(p.workspace, 0);
+  ck_assert_uint_eq(p.staging, 128 * 784 + 128); /* uint8 pixels, then labels */
+  ck_assert_uint_eq(p.overhead, 0);
+  ck_assert_uint_eq(p.total, 4 * 2143272 + 1324096 + 100480);
+
+  /* micro-batch 32 shrinks only the activations and staging */
+  ck_assert_int_eq(td_plan_compute(&s, 32, TD_PREC_FP32, 300 << 20, &p), 0);
+  ck_assert_uint_eq(p.params, 2143272);
+  ck_assert_uint_eq(p.activations, (32 * 784 + 32 * 512 + 32 * 256 + 32 * 10) * 4 +
+                                       2 * 32 * 512 * 4 + 64);
+  ck_assert_uint_eq(p.staging, 32 * 784 + 32);
+  ck_assert_uint_eq(p.overhead, 300 << 20);
+  ck_assert_uint_eq(p.total, 4 * 2143272 + 331072 + 25120 + (300 << 20));
+}
+END_TEST
+
+START_TEST(test_example_layout) {
+  td_jobspec s;
+  td_layout l;
+
+  example_spec(&s);
+  ck_assert_int_eq(td_plan_layout(&s, 128, &l), 0);
+  ck_assert_uint_eq(l.in_elems, 784);
+  ck_assert_uint_eq(l.classes, 10);
+  ck_assert_int_eq(l.first_dense, 0);
+  ck_assert_uint_eq(l.nparams, 535818);
+  ck_assert_uint_eq(l.optim_slots, 2);
+  /* parameters packed in layer order: weight then bias */
+  ck_assert_uint_eq(l.layers[0].weight, 0);
+  ck_assert_uint_eq(l.layers[0].bias, 784 * 512 * 4);
+  ck_assert_uint_eq(l.layers[2].weight, (784 * 512 + 512) * 4);
+  ck_assert_uint_eq(l.layers[4].bias, (535818 - 10) * 4);
+  ck_assert(!l.layers[0].needs_dx);
+  ck_assert(l.layers[2].needs_dx && l.layers[4].needs_dx);
+  /* ReLU in place on the dense output before it */
+  ck_assert_uint_eq(l.layers[1].x, l.layers[0].y);
+  ck_assert_uint_eq(l.layers[1].y, l.layers[0].y);
+  ck_assert_uint_eq(l.layers[2].x, l.layers[0].y);
+  ck_assert_uint_eq(l.layers[0].x, l.input);
+  ck_assert_uint_eq(l.logits, l.layers[4].y);
+  ck_assert_uint_eq(l.grad_width, 512);
+  for (int i = 0; i < l.nlayers; i++)
+    ck_assert_uint_eq(l.layers[i].y % TD_PLAN_ALIGN, 0);
+  ck_assert_uint_eq(l.stage_labels, 128 * 784);
+  ck_assert_uint_eq(l.stage_bytes, 128 * 784 + 128);
+}
+END_TEST
+
+START_TEST(test_optimizer_state) {
+  td_jobspec s;
+  td_plan p;
+
+  example_spec(&s);
+  s.opt.kind = TD_OPT_SGD;
+  ck_assert_int_eq(td_plan_compute(&s, 128, TD_PREC_FP32, 0, &p), 0);
+  ck_assert_uint_eq(p.optim, 0);
+  s.opt.momentum = 0.9f;
+  ck_assert_int_eq(td_plan_compute(&s, 128, TD_PREC_FP32, 0, &p), 0);
+  ck_assert_uint_eq(p.optim, p.params);
+}
+END_TEST
+
+static void assert_refused(const td_jobspec *s, uint32_t micro, uint64_t overhead, int want) {
+  td_plan p;
+  td_layout l;
+
+  memset(&p, 0xAB, sizeof(p));
+  ck_assert_int_eq(td_plan_compute(s, micro, TD_PREC_FP32, overhead, &p), want);
+  for (size_t i = 0; i < sizeof(p); i++) /* nothing written */
+    ck_assert_uint_eq(((const uint8_t *)&p)[i], 0xAB);
+  if (overhead == 0) {
+    memset(&l, 0xAB, sizeof(l));
+    ck_assert_int_eq(td_plan_layout(s, micro, &l), want);
+    ck_assert_uint_eq(((const uint8_t *)&l)[0], 0xAB);
+  }
+}
+
+START_TEST(test_overflow) {
+  td_jobspec s;
+
+  /* 64 layers of 65536 units at batch 65536: big, but within 2^62 */
+  example_spec(&s);
+  s.nlayers = TD_MAX_LAYERS;
+  for (int i = 0; i < TD_MAX_LAYERS; i++)
+    s.layers[i] = (td_layer){.type = TD_LAYER_DENSE, .units = 65536};
+  s.batch_size = 65536;
+  {
+    td_plan p;
+    ck_assert_int_eq(td_plan_compute(&s, 65536, TD_PREC_FP32, 0, &p), 0);
+    ck_assert_uint_gt(p.total, (uint64_t)1 << 40);
+  }
+  /* ... and an overhead that takes it past 2^62 */
+  assert_refused(&s, 65536, (uint64_t)1 << 62, TD_ETOOBIG);
+  assert_refused(&s, 65536, UINT64_MAX, TD_ETOOBIG);
+
+  /* units near INT_MAX: each weight matrix is 2^62 bytes or more */
+  for (int i = 0; i < TD_MAX_LAYERS; i++)
+    s.layers[i].units = 0x7fffffff;
+  assert_refused(&s, 65536, 0, TD_ETOOBIG);
+
+  /* input elements overflow 64 bits */
+  example_spec(&s);
+  s.input_rank = 4;
+  for (int i = 0; i < 4; i++)
+    s.input_dims[i] = UINT32_MAX;
+  assert_refused(&s, 1, 0, TD_ETOOBIG);
+  /* features beyond what BLAS can index */
+  s.input_rank = 1;
+  s.input_dims[0] = 0x80000000u;
+  assert_refused(&s, 1, 0, TD_ETOOBIG);
+  example_spec(&s);
+  s.layers[0].units = UINT32_MAX;
+  assert_refused(&s, 1, 0, TD_ETOOBIG);
+  /* activations: micro-batch x input features past 2^62 */
+  example_spec(&s);
+  s.batch_size = UINT32_MAX;
+  s.input_rank = 1;
+  s.input_dims[0] = 1u << 30;
+  assert_refused(&s, 0x7fffffff, 0, TD_ETOOBIG);
+  {
+    td_plan p;
+    ck_assert_int_eq(td_plan_compute(&s, 1, TD_PREC_FP32, 0, &p), 0);
+  }
+}
+END_TEST
+
+START_TEST(test_invalid) {
+  td_jobspec s;
+
+  example_spec(&s);
+  assert_refused(&s, 0, 0, TD_EINVAL);     /* micro-batch 0 */
+  assert_refused(&s, 129, 0, TD_EINVAL);   /* above the batch size */
+  s.layers[2].units = 0;
+  assert_refused(&s, 64, 0, TD_EINVAL);
+  example_spec(&s);
+  s.nlayers = 0;
+  assert_refused(&s, 64, 0, TD_EINVAL);
+  s.nlayers = TD_MAX_LAYERS + 1;
+  assert_refused(&s, 64, 0, TD_EINVAL);
+  example_spec(&s); /* ReLUs only: nothing to train */
+  s.layers[0] = (td_layer){.type = TD_LAYER_RELU};
+  s.nlayers = 1;
+  assert_refused(&s, 64, 0, TD_EINVAL);
+  example_spec(&s);
+  s.layers[1].type = TD_LAYER__COUNT;
+  assert_refused(&s, 64, 0, TD_EINVAL);
+  example_spec(&s);
+  s.input_dims[1] = 0;
+  assert_refused(&s, 64, 0, TD_EINVAL);
+  example_spec(&s);
+  s.input_rank = 0;
+  assert_refused(&s, 64, 0, TD_EINVAL);
+  example_spec(&s);
+  s.opt.kind = (td_opt_kind)7;
+  assert_refused(&s, 64, 0, TD_EINVAL);
+  example_spec(&s);
+  {
+    td_plan p;
+    ck_assert_int_eq(td_plan_compute(&s, 64, TD_PREC__COUNT, 0, &p), TD_EINVAL);
+  }
+}
+END_TEST
+
+START_TEST(test_monotonic) {
+  td_jobspec s;
+  td_plan prev, p;
+
+  example_spec(&s);
+  ck_assert_int_eq(td_plan_compute(&s, 1, TD_PREC_FP32, 0, &prev), 0);
+  for (uint32_t mb = 2; mb <= s.batch_size; mb++) {
+    ck_assert_int_eq(td_plan_compute(&s, mb, TD_PREC_FP32, 0, &p), 0);
+    ck_assert_uint_gt(p.total, prev.total);
+    ck_assert_uint_ge(p.activations, prev.activations);
+    ck_assert_uint_gt(p.staging, prev.staging);
+    ck_assert_uint_eq(p.params, prev.params);
+    prev = p;
+  }
+}
+END_TEST
+
+/* Build the model inside a budget of exactly plan.total, run real training
+ * steps and an evaluation, and compare the backend's measured peak. */
+static void exact_case(const td_jobspec *s, uint32_t micro) {
+  uint32_t in = 1, classes;
+  td_backend *be = NULL;
+  td_model *m = NULL;
+  td_mem_stats mem;
+  td_step_stats st;
+  td_plan plan;
+  uint8_t *px, *lb;
+  char err[256];
+
+  for (int i = 0; i < s->input_rank; i++)
+    in *= s->input_dims[i];
+  ck_assert_int_eq(td_plan_compute(s, micro, TD_PREC_FP32, 0, &plan), 0);
+
+  /* one byte less does not fit */
+  ck_assert_int_eq(td_backend_create("cpu0", plan.total - 1, &be, NULL, 0), 0);
+  ck_assert_int_eq(td_model_create(be, s, micro, &m, err, sizeof(err)), TD_EOOM);
+  ck_assert_ptr_null(m);
+  ck_assert_msg(strstr(err, "out of memory for the") != NULL, "%s", err);
+  td_backend_mem(be, &mem);
+  ck_assert_uint_eq(mem.used, 0); /* what was allocated was given back */
+  /* the last arena, staging, is the one that did not fit */
+  ck_assert_uint_eq(mem.oom_asked, plan.staging);
+  ck_assert_uint_eq(mem.oom_free, plan.staging - 1);
+  ck_assert_uint_eq(mem.peak, plan.total - plan.staging);
+  td_backend_destroy(be);
+
+  ck_assert_int_eq(td_backend_create("cpu0", plan.total, &be, NULL, 0), 0);
+  ck_assert_int_eq(td_model_create(be, s, micro, &m, err, sizeof(err)), 0);
+  ck_assert_uint_eq(td_model_plan(m)->total, plan.total);
+  classes = td_model_layout(m)->classes;
+  px = malloc((size_t)s->batch_size * in);
+  lb = malloc(s->batch_size);
+  for (size_t i = 0; i < (size_t)s->batch_size * in; i++)
+    px[i] = (uint8_t)(i * 2654435761u >> 7);
+  for (uint32_t i = 0; i < s->batch_size; i++)
+    lb[i] = (uint8_t)(i * 7 % classes);
+  for (int step = 0; step < 3; step++) {
+    ck_assert_int_eq(td_model_train_step(m, px, lb, s->batch_size, &st), 0);
+    ck_assert_uint_eq(st.count, s->batch_size);
+  }
+  ck_assert_int_eq(td_model_train_step(m, px, lb, s->batch_size / 2 + 1, &st), 0);
+  ck_assert_int_eq(td_model_eval(m, px, lb, s->batch_size, &st), 0);
+  td_backend_mem(be, &mem);
+  ck_assert_uint_eq(mem.peak, plan.total);
+  ck_assert_uint_eq(mem.used, plan.total);
+  td_model_destroy(m);
+  td_backend_mem(be, &mem);
+  ck_assert_uint_eq(mem.used, 0);
+  td_backend_destroy(be);
+  free(px);
+  free(lb);
+}
+
+START_TEST(test_exact_example) {
+  td_jobspec s;
+
+  example_spec(&s);
+  exact_case(&s, 128);
+  exact_case(&s, 37);
+  exact_case(&s, 1);
+}
+END_TEST
+
+START_TEST(test_exact_shapes) {
+  td_jobspec s;
+
+  /* SGD without momentum (no optimiser arena), odd widths, a ReLU first and
+   * two in a row, a ReLU last */
+  example_spec(&s);
+  s.input_dims[0] = 13;
+  s.input_dims[1] = 3;
+  s.layers[0] = (td_layer){.type = TD_LAYER_RELU};
+  s.layers[1] = (td_layer){.type = TD_LAYER_DENSE, .units = 33};
+  s.layers[2] = (td_layer){.type = TD_LAYER_RELU};
+  s.layers[3] = (td_layer){.type = TD_LAYER_RELU};
+  s.layers[4] = (td_layer){.type = TD_LAYER_DENSE, .units = 7};
+  s.layers[5] = (td_layer){.type = TD_LAYER_RELU};
+  s.nlayers = 6;
+  s.batch_size = 24;
+  s.opt = (td_optimizer){.kind = TD_OPT_SGD, .lr = 0.1f};
+  exact_case(&s, 24);
+  exact_case(&s, 5);
+  /* SGD with momentum, one dense layer wider than its input */
+  example_spec(&s);
+  s.input_rank = 1;
+  s.input_dims[0] = 3;
+  s.layers[0] = (td_layer){.type = TD_LAYER_DENSE, .units = 300};
+  s.nlayers = 1;
+  s.batch_size = 9;
+  s.opt = (td_optimizer){.kind = TD_OPT_SGD, .lr = 0.1f, .momentum = 0.5f};
+  exact_case(&s, 9);
+  exact_case(&s, 2);
+}
+END_TEST
+
+static Suite *plan_suite(void) {
+  Suite *s = suite_create("plan");
+  TCase *tc = tcase_create("plan"), *exact = tcase_create("exact");
+
+  tcase_add_test(tc, test_example_by_hand);
+  tcase_add_test(tc, test_example_layout);
+  tcase_add_test(tc, test_optimizer_state);
+  tcase_add_test(tc, test_overflow);
+  tcase_add_test(tc, test_invalid);
+  tcase_add_test(tc, test_monotonic);
+  suite_add_tcase(s, tc);
+  tcase_add_test(exact, test_exact_example);
+  tcase_add_test(exact, test_exact_shapes);
+  suite_add_tcase(s, exact);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(plan_suite());
+  int failed;
+
+  srunner_run_all(sr, CK_NORMAL);
+  failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -124,6 +124,7 @@ static const td_yfield config_fields[] = {
     TD_YF_INT("ring_slots", td_config, ring_slots, 2, 64, 0),
     TD_YF_INT("max_jobs", td_config, max_jobs, 1, 1000000, 0),
     TD_YF_INT("cancel_grace_ms", td_config, cancel_grace_ms, 0, 600000, 0),
+    TD_YF_INT("heartbeat_timeout_ms", td_config, heartbeat_timeout_ms, 500, 3600000, 0),
     TD_YF_SEQ("devices", td_config, devices, ndevices, 1, TD_MAX_DEVICES, &device_item, 0, NULL),
     {0},
 };
@@ -176,6 +177,7 @@ void td_config_defaults(td_config *c) {
   c->ring_slots = 4;
   c->max_jobs = 10000;
   c->cancel_grace_ms = 5000;
+  c->heartbeat_timeout_ms = 60000;
 }
 
 int td_config_parse(const char *text, size_t len, td_config *out, char *err, size_t errlen) {
@@ -264,8 +266,9 @@ void td_config_print(const td_config *c, FILE *f) {
   fputs("\nlibexec_dir: ", f);
   print_quoted(f, c->libexec_dir);
   fprintf(f, "\nlog_level: %s\n", level != NULL ? level : c->log_level > TD_LOG_INFO ? "debug" : "error");
-  fprintf(f, "ring_slots: %u\nmax_jobs: %u\ncancel_grace_ms: %u\ndevices:\n", c->ring_slots,
-          c->max_jobs, c->cancel_grace_ms);
+  fprintf(f, "ring_slots: %u\nmax_jobs: %u\ncancel_grace_ms: %u\nheartbeat_timeout_ms: %u\n"
+             "devices:\n", c->ring_slots, c->max_jobs, c->cancel_grace_ms,
+          c->heartbeat_timeout_ms);
   for (int i = 0; i < c->ndevices && i < TD_MAX_DEVICES; i++) {
     fputs("  - {name: ", f);
     print_quoted(f, c->devices[i].name);

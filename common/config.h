@@ -29,6 +29,7 @@ typedef struct td_config {
   uint32_t ring_slots;      /* batches the loader may run ahead, 2..64, default 4 */
   uint32_t max_jobs;        /* queued+running job limit, default 10000 */
   uint32_t cancel_grace_ms; /* SIGTERM -> SIGKILL grace, default 5000 */
+  uint32_t heartbeat_timeout_ms; /* a worker silent this long is killed, default 60000 */
 } td_config;
 
 /* The embedded default: one device cpu0 with a 2 GiB budget.  The runtime

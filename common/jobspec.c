@@ -184,6 +184,7 @@ static const td_yfield job_fields[] = {
     TD_YF_SECTION("train", train_fields, TD_YF_REQUIRED),
     TD_YF_SECTION("memory", memory_fields, 0),
     TD_YF_INT("priority", td_jobspec, priority, -1000, 1000, 0),
+    TD_YF_INT("max_retries", td_jobspec, max_retries, 0, 100, 0),
     TD_YF_STR("device", td_jobspec, device, 0, check_device),
     TD_YF_STR("output", td_jobspec, output, 0, resolve_path),
     {0},

@@ -75,6 +75,7 @@ typedef struct td_jobspec {
 
   /* scheduling */
   int32_t priority;      /* higher runs first */
+  uint32_t max_retries;  /* runs again after a crash or hang, this many times */
   char device[32];       /* "" = any device */
 
   char output[TD_PATH_MAX]; /* safetensors path; "" = the job's state dir */

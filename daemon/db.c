@@ -11,15 +11,17 @@
 #include "traind.h"
 #include "util.h"
 
-#define TD_DB_SCHEMA_VERSION 1
 
 struct td_db {
   sqlite3 *h;
   sqlite3_stmt *insert, *find_key, *update, *history;
 };
 
-static const char td__schema[] =
-    "CREATE TABLE IF NOT EXISTS jobs ("
+/* Schema migrations, oldest first: migration i takes a database from
+ * user_version i to i+1.  A released migration is never edited; a change
+ * is a new entry. */
+static const char *const td__migrations[] = {
+    "CREATE TABLE jobs ("
     "  id INTEGER PRIMARY KEY,"
     "  key TEXT NOT NULL UNIQUE,"
     "  name TEXT NOT NULL,"
@@ -41,12 +43,18 @@ static const char td__schema[] =
     "  model TEXT NOT NULL DEFAULT '',"
     "  error TEXT NOT NULL DEFAULT '',"
     "  exit_status INTEGER NOT NULL DEFAULT 0);"
-    "CREATE TABLE IF NOT EXISTS job_history ("
+    "CREATE TABLE job_history ("
     "  job_id INTEGER NOT NULL REFERENCES jobs(id),"
     "  at_ms INTEGER NOT NULL,"
     "  state TEXT NOT NULL,"
     "  detail TEXT NOT NULL DEFAULT '');"
-    "CREATE INDEX IF NOT EXISTS job_history_job ON job_history(job_id);";
+    "CREATE INDEX job_history_job ON job_history(job_id);",
+
+    "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;",
+};
+
+#define TD_DB_SCHEMA_VERSION ((int)(sizeof(td__migrations) / sizeof(td__migrations[0])))
 
 static int td__db_err(td_db *db, int rc, const char *what) {
   td_error("job database: %s: %s", what, sqlite3_errmsg(db->h));
@@ -120,22 +128,31 @@ int td_db_open(const char *path, td_db **out, char *err, size_t errlen) {
              path, version, TD_DB_SCHEMA_VERSION);
     goto fail;
   }
-  if (td__exec(db, "BEGIN") < 0 || td__exec(db, td__schema) < 0 ||
-      td__exec(db, "PRAGMA user_version=1") < 0 || td__exec(db, "COMMIT") < 0) {
-    snprintf(err, errlen, "cannot create the schema in %s: %s", path, sqlite3_errmsg(db->h));
-    goto fail;
+  for (; version < TD_DB_SCHEMA_VERSION; version++) {
+    char bump[48];
+
+    snprintf(bump, sizeof(bump), "PRAGMA user_version=%d", version + 1);
+    if (td__exec(db, "BEGIN") < 0 || td__exec(db, td__migrations[version]) < 0 ||
+        td__exec(db, bump) < 0 || td__exec(db, "COMMIT") < 0) {
+      snprintf(err, errlen, "cannot migrate %s to schema version %d: %s", path, version + 1,
+               sqlite3_errmsg(db->h));
+      sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+      goto fail;
+    }
+    if (version > 0)
+      td_info("job database %s migrated to schema version %d", path, version + 1);
   }
 
   rc = sqlite3_prepare_v2(db->h,
-      "INSERT INTO jobs(key,name,state,priority,job_yaml,base_dir,submitted_ms,epochs)"
-      " VALUES(?,?,?,?,?,?,?,?)", -1, &db->insert, NULL);
+      "INSERT INTO jobs(key,name,state,priority,job_yaml,base_dir,submitted_ms,epochs,owner)"
+      " VALUES(?,?,?,?,?,?,?,?,?)", -1, &db->insert, NULL);
   if (rc == SQLITE_OK)
     rc = sqlite3_prepare_v2(db->h, "SELECT id FROM jobs WHERE key=?", -1, &db->find_key, NULL);
   if (rc == SQLITE_OK)
     rc = sqlite3_prepare_v2(db->h,
         "UPDATE jobs SET state=?,device=?,started_ms=?,finished_ms=?,loss=?,accuracy=?,"
-        "samples_per_sec=?,model=?,error=?,exit_status=?,epoch=?,epochs=?,step=?,steps=?"
-        " WHERE id=?", -1, &db->update, NULL);
+        "samples_per_sec=?,model=?,error=?,exit_status=?,epoch=?,epochs=?,step=?,steps=?,"
+        "retries=?,priority=? WHERE id=?", -1, &db->update, NULL);
   if (rc == SQLITE_OK)
     rc = sqlite3_prepare_v2(db->h,
         "INSERT INTO job_history(job_id,at_ms,state,detail) VALUES(?,?,?,?)", -1,
@@ -191,6 +208,7 @@ int td_db_insert(td_db *db, td_job *j, const char *key) {
   sqlite3_bind_text(st, 6, j->base_dir, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 7, j->submitted_ms);
   sqlite3_bind_int(st, 8, (int)j->epochs);
+  sqlite3_bind_text(st, 9, j->owner, -1, SQLITE_STATIC);
   rc = sqlite3_step(st);
   if (rc != SQLITE_DONE) {
     err = td__db_err(db, rc, "insert");
@@ -247,7 +265,9 @@ int td_db_update(td_db *db, const td_job *j, const char *detail) {
   sqlite3_bind_int64(st, 12, j->epochs);
   sqlite3_bind_int64(st, 13, j->step);
   sqlite3_bind_int64(st, 14, j->steps);
-  sqlite3_bind_int64(st, 15, (sqlite3_int64)j->id);
+  sqlite3_bind_int64(st, 15, j->retries);
+  sqlite3_bind_int(st, 16, j->priority);
+  sqlite3_bind_int64(st, 17, (sqlite3_int64)j->id);
   rc = sqlite3_step(st);
   if (rc != SQLITE_DONE) {
     err = td__db_err(db, rc, "update");
@@ -275,7 +295,8 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
 
   rc = sqlite3_prepare_v2(db->h,
       "SELECT id,name,state,priority,device,job_yaml,base_dir,submitted_ms,started_ms,"
-      "finished_ms,epochs,loss,accuracy,samples_per_sec,model,error,exit_status,epoch,step,steps"
+      "finished_ms,epochs,loss,accuracy,samples_per_sec,model,error,exit_status,epoch,step,steps,"
+      "owner,retries"
       " FROM jobs ORDER BY id", -1, &st, NULL);
   if (rc != SQLITE_OK)
     return td__db_err(db, rc, "load");
@@ -317,6 +338,8 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
     j->epoch = (uint32_t)sqlite3_column_int(st, 17);
     j->step = (uint32_t)sqlite3_column_int(st, 18);
     j->steps = (uint32_t)sqlite3_column_int(st, 19);
+    td__col_str(st, 20, j->owner, sizeof(j->owner));
+    j->retries = (uint32_t)sqlite3_column_int(st, 21);
     if ((err = fn(arg, j)) < 0)
       break;
   }

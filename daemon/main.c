@@ -158,6 +158,65 @@ static void td__on_signal(uv_signal_t *s, int signum) {
   /* The loop ends once the last run's handles are closed. */
   uv_close((uv_handle_t *)&d->sig_term, NULL);
   uv_close((uv_handle_t *)&d->sig_int, NULL);
+  uv_close((uv_handle_t *)&d->sig_hup, NULL);
+  uv_close((uv_handle_t *)&d->heartbeat, NULL);
+}
+
+/* SIGHUP: read the config file again and apply what can change while
+ * jobs run.  A bad file changes nothing. */
+static void td__reload(td_daemon *d) {
+  td_config next;
+  char err[1024];
+
+  if (d->config_path == NULL) {
+    td_info("SIGHUP: no config file (the embedded default is in use); nothing to reload");
+    return;
+  }
+  td_config_defaults(&next);
+  if (td_config_load(d->config_path, &next, err, sizeof(err)) < 0) {
+    td_error("SIGHUP: %s; keeping the running configuration", err);
+    return;
+  }
+  if (strcmp(next.socket, d->cfg.socket) != 0 ||
+      strcmp(next.status_socket, d->cfg.status_socket) != 0 ||
+      strcmp(next.state_dir, d->cfg.state_dir) != 0)
+    td_warn("SIGHUP: socket, status_socket and state_dir take effect only after a restart");
+  d->cfg.log_level = next.log_level;
+  d->cfg.ring_slots = next.ring_slots;
+  d->cfg.max_jobs = next.max_jobs;
+  d->cfg.cancel_grace_ms = next.cancel_grace_ms;
+  d->cfg.heartbeat_timeout_ms = next.heartbeat_timeout_ms;
+  td_strlcpy(d->cfg.libexec_dir, next.libexec_dir, sizeof(d->cfg.libexec_dir));
+  td_log_init("traind", d->cfg.log_level);
+  for (int i = 0; i < d->ndevices; i++)
+    d->devices[i].draining = 1;
+  for (int i = 0; i < next.ndevices; i++) {
+    td_device *dev = td_sched_device(d, next.devices[i].name);
+    if (dev == NULL && d->ndevices < TD_MAX_DEVICES) {
+      dev = &d->devices[d->ndevices++];
+      memset(dev, 0, sizeof(*dev));
+      td_strlcpy(dev->name, next.devices[i].name, sizeof(dev->name));
+    }
+    if (dev != NULL) {
+      dev->budget = next.devices[i].budget;
+      dev->draining = 0;
+    }
+  }
+  /* A device gone from the file keeps running its jobs but takes no more. */
+  for (int i = 0; i < d->ndevices; i++)
+    if (d->devices[i].draining)
+      td_warn("SIGHUP: device %s is no longer configured: draining it", d->devices[i].name);
+  td_info("SIGHUP: configuration reloaded from %s", d->config_path);
+  td_sched_run(d);
+}
+
+static void td__on_hup(uv_signal_t *s, int signum) {
+  (void)signum;
+  td__reload(s->data);
+}
+
+static void td__on_heartbeat(uv_timer_t *t) {
+  td_run_check_heartbeats(t->data);
 }
 
 static void td__usage(FILE *f) {
@@ -216,6 +275,7 @@ int main(int argc, char **argv) {
   }
 
   td_config_defaults(&d->cfg);
+  d->config_path = config_path;
   if (config_path != NULL && td_config_load(config_path, &d->cfg, err, sizeof(err)) < 0) {
     fprintf(stderr, "traind: %s\n", err);
     return 1;
@@ -256,9 +316,14 @@ int main(int argc, char **argv) {
 
   uv_signal_init(d->loop, &d->sig_term);
   uv_signal_init(d->loop, &d->sig_int);
-  d->sig_term.data = d->sig_int.data = d;
+  uv_signal_init(d->loop, &d->sig_hup);
+  d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
   uv_signal_start(&d->sig_term, td__on_signal, SIGTERM);
   uv_signal_start(&d->sig_int, td__on_signal, SIGINT);
+  uv_signal_start(&d->sig_hup, td__on_hup, SIGHUP);
+  uv_timer_init(d->loop, &d->heartbeat);
+  d->heartbeat.data = d;
+  uv_timer_start(&d->heartbeat, td__on_heartbeat, 1000, 1000);
 
   td_info("traind %s ready: jobs on %s, status on %s, state in %s, %d device(s)", TD_VERSION,
           d->cfg.socket, d->cfg.status_socket, d->cfg.state_dir, d->ndevices);

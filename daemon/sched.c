@@ -67,7 +67,7 @@ static td_device *td__pick(td_daemon *d, const td_job *j) {
     td_device *dev = &d->devices[i];
     uint64_t free_bytes = dev->budget > dev->reserved ? dev->budget - dev->reserved : 0;
 
-    if (!td__may_use(j, dev) || j->plan.total > free_bytes)
+    if (!td__may_use(j, dev) || dev->draining || j->plan.total > free_bytes)
       continue;
     if (best == NULL || free_bytes - j->plan.total < best_left) {
       best = dev;
@@ -77,7 +77,7 @@ static td_device *td__pick(td_daemon *d, const td_job *j) {
   return best;
 }
 
-static td_device *td__device(td_daemon *d, const char *name) {
+td_device *td_sched_device(td_daemon *d, const char *name) {
   for (int i = 0; i < d->ndevices; i++)
     if (strcmp(d->devices[i].name, name) == 0)
       return &d->devices[i];
@@ -104,7 +104,7 @@ static int td__admit(td_daemon *d, td_job *j, td_device *dev) {
 }
 
 void td_sched_release(td_daemon *d, td_job *j) {
-  td_device *dev = td__device(d, j->device);
+  td_device *dev = td_sched_device(d, j->device);
 
   if (dev == NULL || j->plan.total == 0)
     return;

@@ -3,6 +3,7 @@
  * answered at once: nothing here waits on a worker or the network, so a
  * cooked REP socket never holds up the next client. */
 #include <errno.h>
+#include <fcntl.h>
 #include <nanomsg/nn.h>
 #include <nanomsg/pubsub.h>
 #include <nanomsg/reqrep.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "log.h"
@@ -37,9 +39,10 @@ static void td__pack_plan(td_pack *p, const td_plan *pl) {
 
 /* The short form `list` shows. */
 static void td__pack_job_row(td_pack *p, const td_job *j) {
-  td_pack_map(p, 11);
+  td_pack_map(p, 12);
   td_pack_kv_u64(p, "id", j->id);
   td_pack_kv_str(p, "name", j->name);
+  td_pack_kv_str(p, "owner", j->owner);
   td_pack_kv_str(p, "state", td_job_state_name(j->state));
   td_pack_kv_str(p, "device", j->device);
   td_pack_kv_i64(p, "submitted_ms", j->submitted_ms);
@@ -52,9 +55,12 @@ static void td__pack_job_row(td_pack *p, const td_job *j) {
 }
 
 static void td__pack_job_full(td_pack *p, const td_job *j) {
-  td_pack_map(p, 19);
+  td_pack_map(p, 22);
   td_pack_kv_u64(p, "id", j->id);
   td_pack_kv_str(p, "name", j->name);
+  td_pack_kv_str(p, "owner", j->owner);
+  td_pack_kv_u64(p, "retries", j->retries);
+  td_pack_kv_u64(p, "mem", j->mem);
   td_pack_kv_str(p, "state", td_job_state_name(j->state));
   td_pack_kv_str(p, "device", j->device);
   td_pack_kv_i64(p, "priority", j->priority);
@@ -155,6 +161,7 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
     goto free_job;
   }
   td_obj_cstr(req, "name", name, sizeof(name));
+  td_obj_cstr(req, "owner", j->owner, sizeof(j->owner));
   td_strlcpy(j->name, name[0] ? name : j->spec->name, sizeof(j->name));
   td_strlcpy(j->pin, j->spec->device, sizeof(j->pin));
   j->priority = j->spec->priority;
@@ -203,9 +210,16 @@ free_job:
   return rc;
 }
 
+static int td__listed(const td_job *j, td_job_state state, const char *owner,
+                      const char *device) {
+  return (state == TD_JOB__NSTATES || j->state == state) &&
+         (owner[0] == '\0' || strcmp(j->owner, owner) == 0) &&
+         (device[0] == '\0' || strcmp(j->device, device) == 0 || strcmp(j->pin, device) == 0);
+}
+
 static int td__op_list(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
                        size_t errlen) {
-  char state_s[32];
+  char state_s[32], owner[33] = "", device[32] = "";
   td_job_state filter = TD_JOB__NSTATES;
   uint64_t limit = UINT64_MAX, n = 0;
 
@@ -216,14 +230,16 @@ static int td__op_list(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
     return TD_EINVAL;
   }
   td_obj_u64(req, "limit", &limit);
+  td_obj_cstr(req, "owner", owner, sizeof(owner));
+  td_obj_cstr(req, "device", device, sizeof(device));
   for (size_t i = 0; i < d->njobs && n < limit; i++)
-    if (filter == TD_JOB__NSTATES || d->jobs[i]->state == filter)
+    if (td__listed(d->jobs[i], filter, owner, device))
       n++;
   td_pack_reply_ok(rep, 1);
   td_pack_str(rep, "jobs");
   td_pack_array(rep, (uint32_t)n);
   for (size_t i = 0; i < d->njobs && n > 0; i++) {
-    if (filter != TD_JOB__NSTATES && d->jobs[i]->state != filter)
+    if (!td__listed(d->jobs[i], filter, owner, device))
       continue;
     td__pack_job_row(rep, d->jobs[i]);
     n--;
@@ -289,6 +305,15 @@ static int td__op_info(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
   return 0;
 }
 
+static void td__pack_device(td_pack *p, const td_device *dev) {
+  td_pack_map(p, 5);
+  td_pack_kv_str(p, "name", dev->name);
+  td_pack_kv_u64(p, "budget", dev->budget);
+  td_pack_kv_u64(p, "reserved", dev->reserved);
+  td_pack_kv_u64(p, "jobs", dev->njobs);
+  td_pack_kv_bool(p, "draining", dev->draining);
+}
+
 static int td__op_devices(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
                           size_t errlen) {
   (void)req;
@@ -297,13 +322,114 @@ static int td__op_devices(td_daemon *d, const msgpack_object *req, td_pack *rep,
   td_pack_reply_ok(rep, 1);
   td_pack_str(rep, "devices");
   td_pack_array(rep, (uint32_t)d->ndevices);
-  for (int i = 0; i < d->ndevices; i++) {
-    td_pack_map(rep, 4);
-    td_pack_kv_str(rep, "name", d->devices[i].name);
-    td_pack_kv_u64(rep, "budget", d->devices[i].budget);
-    td_pack_kv_u64(rep, "reserved", d->devices[i].reserved);
-    td_pack_kv_u64(rep, "jobs", d->devices[i].njobs);
+  for (int i = 0; i < d->ndevices; i++)
+    td__pack_device(rep, &d->devices[i]);
+  return 0;
+}
+
+static int td__op_device(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
+                         size_t errlen) {
+  char name[32];
+  uint64_t budget;
+  int drain;
+  td_device *dev;
+
+  td_obj_cstr(req, "name", name, sizeof(name));
+  dev = td_sched_device(d, name);
+  if (dev == NULL) {
+    snprintf(err, errlen, "no device named '%s'; `traind-client devices` lists them", name);
+    return TD_ENOENT;
   }
+  if (td_obj_u64(req, "budget", &budget) == 0 && budget != dev->budget) {
+    td_info("device %s: budget %llu -> %llu bytes (%llu reserved)", dev->name,
+            (unsigned long long)dev->budget, (unsigned long long)budget,
+            (unsigned long long)dev->reserved);
+    dev->budget = budget;
+  }
+  if (td_obj_bool(req, "drain", &drain) == 0 && drain != dev->draining) {
+    dev->draining = drain;
+    td_info("device %s: %s", dev->name, drain ? "draining: no new jobs" : "resumed");
+  }
+  td_publish_device(d, dev);
+  td_pack_reply_ok(rep, 1);
+  td_pack_str(rep, "device");
+  td__pack_device(rep, dev);
+  return 0;
+}
+
+static int td__op_set_priority(td_daemon *d, const msgpack_object *req, td_pack *rep,
+                               char *err, size_t errlen) {
+  td_job *j;
+  int64_t prio = 0;
+  int rc = td__job_arg(d, req, &j, err, errlen);
+
+  if (rc < 0)
+    return rc;
+  if (j->state != TD_JOB_QUEUED && j->state != TD_JOB_RUNNING) {
+    snprintf(err, errlen, "job %llu has already %s; its priority no longer matters",
+             (unsigned long long)j->id, td_job_state_name(j->state));
+    return TD_ESTATE;
+  }
+  td_obj_i64(req, "priority", &prio);
+  j->priority = (int32_t)prio;
+  rc = td_db_update(d->db, j, "priority changed");
+  if (rc < 0) {
+    snprintf(err, errlen, "cannot record the new priority in %s/jobs.db", d->cfg.state_dir);
+    return rc;
+  }
+  td_pack_reply_ok(rep, 2);
+  td_pack_kv_u64(rep, "id", j->id);
+  td_pack_kv_i64(rep, "priority", j->priority);
+  return 0;
+}
+
+#define TD_LOGS_DEFAULT_MAX (64u << 10)
+
+/* Logs are read in bounded pieces, so a huge log never blocks the loop or
+ * makes a huge reply; a client that follows one asks again from offset. */
+static int td__op_logs(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
+                       size_t errlen) {
+  char path[TD_PATH_MAX + 64];
+  char *buf = NULL;
+  uint64_t max = TD_LOGS_DEFAULT_MAX;
+  int64_t offset = -1;
+  struct stat st;
+  ssize_t got = 0;
+  td_job *j;
+  int fd, rc = td__job_arg(d, req, &j, err, errlen);
+
+  if (rc < 0)
+    return rc;
+  td_obj_i64(req, "offset", &offset);
+  td_obj_u64(req, "max", &max);
+  snprintf(path, sizeof(path), "%s/jobs/%llu/log", d->cfg.state_dir, (unsigned long long)j->id);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || fstat(fd, &st) < 0) {
+    /* A job that never started has no log yet. */
+    st.st_size = 0;
+  } else {
+    if (offset < 0 || offset > st.st_size)
+      offset = st.st_size > (off_t)max ? st.st_size - (off_t)max : 0;
+    buf = malloc(max);
+    if (buf == NULL) {
+      close(fd);
+      return TD_ENOMEM;
+    }
+    got = pread(fd, buf, max, offset);
+    if (got < 0)
+      got = 0;
+  }
+  if (fd >= 0)
+    close(fd);
+  if (offset < 0)
+    offset = 0;
+  td_pack_reply_ok(rep, 4);
+  td_pack_str(rep, "data");
+  td_pack_strn(rep, buf ? buf : "", (size_t)got);
+  td_pack_kv_u64(rep, "offset", (uint64_t)offset + (uint64_t)got);
+  td_pack_kv_u64(rep, "size", (uint64_t)st.st_size);
+  td_pack_kv_bool(rep, "done", j->state != TD_JOB_QUEUED && j->state != TD_JOB_RUNNING);
+  free(buf);
   return 0;
 }
 
@@ -313,6 +439,7 @@ static const struct {
 } td__ops[] = {
     {"submit", td__op_submit}, {"list", td__op_list}, {"show", td__op_show},
     {"cancel", td__op_cancel}, {"info", td__op_info}, {"devices", td__op_devices},
+    {"device", td__op_device}, {"logs", td__op_logs}, {"set-priority", td__op_set_priority},
 };
 
 static void td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) {

@@ -39,6 +39,8 @@ struct td_run {
   char line[4096];
   size_t linelen;
   int done_seen;
+  int hung;                   /* killed for missing heartbeats */
+  double last_event;          /* td_now_mono() of the worker's last line */
   char error_event[512];
 };
 
@@ -101,6 +103,9 @@ static void td__on_event(td_run *r, const char *line) {
   char word[16];
   size_t n = strcspn(line, " ");
 
+  /* Any line is a sign of life; the worker sends "heartbeat" when it has
+   * nothing else to say. */
+  r->last_event = td_now_mono();
   if (n >= sizeof(word))
     return;
   memcpy(word, line, n);
@@ -115,6 +120,7 @@ static void td__on_event(td_run *r, const char *line) {
     j->steps = (uint32_t)td__kv_f64(line, "steps", j->steps);
     j->loss = td__kv_f64(line, "loss", j->loss);
     j->samples_per_sec = td__kv_f64(line, "samples_per_sec", j->samples_per_sec);
+    j->mem = (uint64_t)td__kv_f64(line, "mem", (double)j->mem);
     done = (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps + j->step;
     total = (uint64_t)j->epochs * j->steps;
     elapsed = td_now_mono() - j->started_mono;
@@ -206,19 +212,49 @@ static void td__describe_exit(const char *who, int64_t status, int sig, char *ou
     snprintf(out, cap, "%s exited with status %lld", who, (long long)status);
 }
 
+/* The last line of the job's log, where a crashing worker usually says
+ * why. */
+static void td__log_tail(int fd, char *out, size_t cap) {
+  char buf[512];
+  off_t size = lseek(fd, 0, SEEK_END);
+  off_t from = size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0;
+  ssize_t n = size > 0 ? pread(fd, buf, sizeof(buf) - 1, from) : 0;
+  char *line;
+
+  out[0] = '\0';
+  if (n <= 0)
+    return;
+  while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+    n--;
+  buf[n] = '\0';
+  line = strrchr(buf, '\n');
+  line = line ? line + 1 : buf;
+  for (char *c = line; *c; c++)
+    if ((unsigned char)*c < 0x20)
+      *c = ' ';
+  snprintf(out, cap, "%s", line);
+}
+
+/* Crashes and hangs may be the machine's fault, not the job's: those are
+ * retried when the job allows it; an error the job reported is not. */
+static int td__retryable(const td_run *r) {
+  return r->hung || r->worker_signal != 0 || r->worker_status >= 3;
+}
+
 static void td__run_finish(td_run *r) {
   td_daemon *d = r->d;
   td_job *j = r->job;
   td_job_state s;
-  char why[512];
+  char why[512], tail[256] = "";
 
   td_ring_close(r->ring);
   td_ring_unlink(r->ring_name);
-  if (r->log_fd >= 0)
+  if (r->log_fd >= 0) {
+    td__log_tail(r->log_fd, tail, sizeof(tail));
     close(r->log_fd);
+  }
   j->run = NULL;
   j->exit_status = r->worker_signal ? 128 + r->worker_signal : (int)r->worker_status;
-  j->finished_ms = td_now_unix_ms();
   td_sched_release(d, j);
 
   if (j->cancel_requested) {
@@ -231,21 +267,57 @@ static void td__run_finish(td_run *r) {
     /* traind is shutting down: the job runs again when it comes back. */
     s = TD_JOB_QUEUED;
     snprintf(why, sizeof(why), "interrupted by traind shutdown; will restart");
-    j->device[0] = '\0';
   } else {
     s = TD_JOB_FAILED;
-    if (r->error_event[0] != '\0')
+    if (r->hung)
+      snprintf(why, sizeof(why), "the worker stopped responding (no heartbeat for %.1f s) "
+               "and was killed", d->cfg.heartbeat_timeout_ms / 1000.0);
+    else if (r->error_event[0] != '\0')
       snprintf(why, sizeof(why), "%s", r->error_event);
     else if (r->loader_status != 0 || r->loader_signal != 0)
       td__describe_exit("the data loader", r->loader_status, r->loader_signal, why, sizeof(why));
     else
       td__describe_exit("the worker", r->worker_status, r->worker_signal, why, sizeof(why));
+    if (r->error_event[0] == '\0' && tail[0] != '\0') {
+      size_t n = strlen(why);
+      snprintf(why + n, sizeof(why) - n, "; its last log line: %s", tail);
+    }
+    if (td__retryable(r) && j->spec != NULL && j->retries < j->spec->max_retries) {
+      size_t n = strlen(why);
+      j->retries++;
+      snprintf(why + n, sizeof(why) - n, " (retry %u of %u)", j->retries, j->spec->max_retries);
+      s = TD_JOB_QUEUED;
+    }
   }
-  if (s == TD_JOB_FAILED || s == TD_JOB_CANCELLED)
-    td_strlcpy(j->error, why, sizeof(j->error));
+  if (s == TD_JOB_QUEUED) {
+    j->device[0] = '\0';
+  } else {
+    j->finished_ms = td_now_unix_ms();
+    if (s != TD_JOB_SUCCEEDED)
+      td_strlcpy(j->error, why, sizeof(j->error));
+  }
   free(r);
   td_job_transition(d, j, s, why);
   td_sched_run(d);
+}
+
+/* Called every second: a running worker silent for longer than the
+ * heartbeat timeout is taken as hung and killed. */
+void td_run_check_heartbeats(td_daemon *d) {
+  double now = td_now_mono(), limit = d->cfg.heartbeat_timeout_ms / 1000.0;
+
+  for (size_t i = 0; i < d->njobs; i++) {
+    td_run *r = d->jobs[i]->run;
+
+    if (r == NULL || !r->worker_running || r->hung || now - r->last_event <= limit)
+      continue;
+    td_warn("job %llu: no heartbeat from its worker for %.1f s: killing it",
+            (unsigned long long)d->jobs[i]->id, now - r->last_event);
+    r->hung = 1;
+    uv_process_kill(&r->worker, SIGKILL);
+    if (r->loader_running)
+      uv_process_kill(&r->loader, SIGKILL);
+  }
 }
 
 static int td__job_dir(const td_daemon *d, const td_job *j, char *out, size_t cap) {
@@ -401,6 +473,7 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
       r->worker_running = 1;
     }
   }
+  r->last_event = td_now_mono();
   if (r->worker_running)
     uv_read_start((uv_stream_t *)&r->events, td__alloc_cb, td__on_read);
   else

@@ -33,6 +33,7 @@ typedef struct td_db td_db;
 typedef struct td_job {
   uint64_t id;
   char name[TD_NAME_MAX];
+  char owner[33];          /* as the client reported it; not verified */
   td_job_state state;
   int32_t priority;
   char device[32];         /* where it runs or ran; "" while queued */
@@ -52,6 +53,8 @@ typedef struct td_job {
   char model[TD_PATH_MAX];
   char error[512];
   int exit_status;
+  uint32_t retries;        /* runs that ended in a crash or hang so far */
+  uint64_t mem;            /* device bytes in use, from the worker */
 
   td_run *run;             /* non-NULL while its processes live */
   int cancel_requested;
@@ -62,11 +65,13 @@ typedef struct td_device {
   uint64_t budget;         /* configured limit */
   uint64_t reserved;       /* sum of admitted jobs' plans */
   uint32_t njobs;
+  int draining;            /* admits no new job */
 } td_device;
 
 typedef struct td_daemon {
   uv_loop_t *loop;
   td_config cfg;
+  const char *config_path; /* NULL: the embedded default */
   char exe_dir[TD_PATH_MAX];
   td_db *db;
   double start_mono;
@@ -80,7 +85,8 @@ typedef struct td_daemon {
 
   int rep_sock, pub_sock;
   uv_poll_t rep_poll;
-  uv_signal_t sig_term, sig_int;
+  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t heartbeat;
   int stopping;
   double head_wait_since;  /* when the queue's head job started waiting for memory */
 } td_daemon;
@@ -110,12 +116,14 @@ void td_sched_run(td_daemon *d);
  * TD_ENOFIT with a message naming the numbers otherwise. */
 int td_sched_check_fit(td_daemon *d, const td_job *j, char *err, size_t errlen);
 void td_sched_release(td_daemon *d, td_job *j);
+td_device *td_sched_device(td_daemon *d, const char *name);
 
 /* supervise.c */
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen);
 /* SIGTERM now, SIGKILL after the grace period. */
 void td_run_stop(td_daemon *d, td_job *j);
 void td_run_cleanup_stale(void);
+void td_run_check_heartbeats(td_daemon *d);
 
 /* server.c */
 int td_server_start(td_daemon *d, char *err, size_t errlen);

@@ -18,10 +18,27 @@ static const td_field submit_fields[] = {
     {"base_dir", TD_FT_STR, 1, 1, 1023},
     {"key", TD_FT_STR, 1, 1, 64},
     {"name", TD_FT_STR, 0, 1, 63},
+    {"owner", TD_FT_STR, 0, 1, 32},
 };
 static const td_field list_fields[] = {
     {"state", TD_FT_STR, 0, 1, 16},
     {"limit", TD_FT_UINT, 0, 1, 100000},
+    {"owner", TD_FT_STR, 0, 1, 32},
+    {"device", TD_FT_STR, 0, 1, 31},
+};
+static const td_field logs_fields[] = {
+    {"id", TD_FT_UINT, 1, 1, U64_LIMIT},
+    {"offset", TD_FT_INT, 0, -1, 0x1p62},
+    {"max", TD_FT_UINT, 0, 1, 1 << 20},
+};
+static const td_field priority_fields[] = {
+    {"id", TD_FT_UINT, 1, 1, U64_LIMIT},
+    {"priority", TD_FT_INT, 1, -1000, 1000},
+};
+static const td_field device_fields[] = {
+    {"name", TD_FT_STR, 1, 1, 31},
+    {"budget", TD_FT_UINT, 0, 1 << 20, U64_LIMIT},
+    {"drain", TD_FT_BOOL, 0, 0, 1},
 };
 static const td_field id_fields[] = {
     {"id", TD_FT_UINT, 1, 1, U64_LIMIT},
@@ -35,6 +52,11 @@ static const td_msgdef defs[] = {
     {"cancel", id_fields, TD_ARRAY_SIZE(id_fields), "cancel a queued or running job"},
     {"info", NULL, 0, "daemon version, protocol, uptime, status socket"},
     {"devices", NULL, 0, "devices with their budget and reservations"},
+    {"logs", logs_fields, TD_ARRAY_SIZE(logs_fields), "a job's log, from an offset or its tail"},
+    {"set-priority", priority_fields, TD_ARRAY_SIZE(priority_fields),
+     "change a job's place in the queue"},
+    {"device", device_fields, TD_ARRAY_SIZE(device_fields),
+     "change a device's budget, drain it or resume it"},
 };
 
 static const char *const ftype_names[] = {

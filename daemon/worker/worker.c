@@ -11,7 +11,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +49,13 @@ typedef struct pass {
 
 static int events_fd = -1;
 
+/* Liveness for traind's heartbeat check.  The training loop bumps `beats`
+ * once per batch and sets `waiting` while it is blocked on the loader; a
+ * thread says "heartbeat" each second only if one of them shows the loop is
+ * alive, so a hung step (or a stopped process) goes silent. */
+static atomic_uint beats;
+static atomic_int waiting;
+
 static void usage(FILE *f) {
   fprintf(f, "usage: traind-worker --job FILE --base-dir DIR --ring NAME --device NAME\n"
              "                     --budget BYTES --micro-batch N --output PATH "
@@ -75,6 +84,22 @@ static void emit(const char *fmt, ...) {
   line[n++] = '\n';
   while (write(events_fd, line, (size_t)n) < 0 && errno == EINTR) {
   }
+}
+
+static void *heartbeat_main(void *arg) {
+  unsigned last = atomic_load(&beats);
+
+  (void)arg;
+  for (;;) {
+    unsigned now;
+
+    sleep(1);
+    now = atomic_load(&beats);
+    if (now != last || atomic_load(&waiting))
+      emit("heartbeat");
+    last = now;
+  }
+  return NULL;
 }
 
 /* td_strerror's ENOENT text speaks of jobs; here it is always a file. */
@@ -324,7 +349,11 @@ static int train(trainer *t) {
     size_t len;
     int reason = 0;
 
-    if ((rc = td_ring_read_begin(t->ring, &slot, &len)) < 0) {
+    atomic_fetch_add(&beats, 1);
+    atomic_store(&waiting, 1);
+    rc = td_ring_read_begin(t->ring, &slot, &len);
+    atomic_store(&waiting, 0);
+    if (rc < 0) {
       if (rc == TD_ECLOSED && td_ring_is_shutdown(t->ring, &reason) && reason < 0)
         return fail(reason, "the data loader failed: %s (see the job log)", td_strerror(reason));
       return fail(rc == TD_ECLOSED ? TD_EDATA : rc,
@@ -422,6 +451,16 @@ int main(int argc, char **argv) {
   }
   td_info("training %s on %s: micro-batch %u, plan %llu bytes", spec.name, a.device,
           a.micro_batch, (unsigned long long)plan.total);
+  {
+    pthread_t hb;
+    pthread_attr_t attr;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&hb, &attr, heartbeat_main, NULL) != 0)
+      td_warn("no heartbeat thread: traind may take a long step for a hang");
+    pthread_attr_destroy(&attr);
+  }
   status = train(&t);
 
   td_ring_close(t.ring);

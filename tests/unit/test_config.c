@@ -53,6 +53,7 @@ static void assert_same(const td_config *a, const td_config *b) {
   ck_assert_uint_eq(a->ring_slots, b->ring_slots);
   ck_assert_uint_eq(a->max_jobs, b->max_jobs);
   ck_assert_uint_eq(a->cancel_grace_ms, b->cancel_grace_ms);
+  ck_assert_uint_eq(a->heartbeat_timeout_ms, b->heartbeat_timeout_ms);
   ck_assert_int_eq(a->ndevices, b->ndevices);
   for (int i = 0; i < a->ndevices; i++) {
     ck_assert_str_eq(a->devices[i].name, b->devices[i].name);
@@ -66,6 +67,7 @@ static void assert_fixed_defaults(const td_config *c) {
   ck_assert_uint_eq(c->ring_slots, 4);
   ck_assert_uint_eq(c->max_jobs, 10000);
   ck_assert_uint_eq(c->cancel_grace_ms, 5000);
+  ck_assert_uint_eq(c->heartbeat_timeout_ms, 60000);
   ck_assert_int_eq(c->ndevices, 1);
   ck_assert_str_eq(c->devices[0].name, "cpu0");
   ck_assert_uint_eq(c->devices[0].budget, 2 * GIB);
@@ -319,6 +321,7 @@ START_TEST(print_format) {
                          "ring_slots: 4\n"
                          "max_jobs: 10000\n"
                          "cancel_grace_ms: 5000\n"
+                         "heartbeat_timeout_ms: 60000\n"
                          "devices:\n"
                          "  - {name: \"cpu0\", budget: 2GiB}\n");
   free(text);

@@ -1,20 +1,20 @@
 /* traind-client: the command line of traind.  Options and commands are
  * tables; parsing accepts global options before or after the command. */
 #include <errno.h>
-#include <limits.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client.h"
 #include "config.h"
+#include "error.h"
 #include "td_config.h"
 #include "util.h"
 
 enum {
   OPT_SOCKET, OPT_JSON, OPT_TIMEOUT, OPT_HELP, OPT_VERSION,
-  OPT_WAIT, OPT_NAME, OPT_STATE, OPT_LIMIT,
+  OPT_WAIT, OPT_NAME, OPT_STATE, OPT_LIMIT, OPT_OWNER, OPT_MINE, OPT_DEVICE, OPT_FOLLOW,
+  OPT_TAIL, OPT_BUDGET, OPT_DRAIN, OPT_RESUME, OPT_ONCE,
 };
 
 /* Bits of the command options a command accepts. */
@@ -36,6 +36,15 @@ static const struct opt_def {
   {"name",    0,   1, OPT_NAME,    1},
   {"state",   0,   1, OPT_STATE,   1},
   {"limit",   0,   1, OPT_LIMIT,   1},
+  {"owner",   0,   1, OPT_OWNER,   1},
+  {"mine",    0,   0, OPT_MINE,    1},
+  {"device",  0,   1, OPT_DEVICE,  1},
+  {"follow",  'f', 0, OPT_FOLLOW,  1},
+  {"tail",    0,   1, OPT_TAIL,    1},
+  {"budget",  0,   1, OPT_BUDGET,  1},
+  {"drain",   0,   0, OPT_DRAIN,   1},
+  {"resume",  0,   0, OPT_RESUME,  1},
+  {"once",    0,   0, OPT_ONCE,    1},
 };
 
 typedef int (*cmd_fn)(cli *c, const cli_args *a);
@@ -60,24 +69,79 @@ static const struct command {
    "                 fails or is cancelled.  Ctrl-C stops waiting, not the job.\n"
    "                 With --json, prints the job's final state as JSON.\n"
    "  --name NAME    the job's name, instead of the one in the file\n"},
-  {"ls", "list", "[--state STATE] [--limit N]", 0, 0, CMD_OPT(OPT_STATE) | CMD_OPT(OPT_LIMIT),
+  {"wait", NULL, "ID", 1, 1, 0, cli_cmd_wait, "follow a submitted job until it ends",
+   "Follow job ID until it ends, as `submit --wait` does: a progress bar on a\n"
+   "terminal, a line every 2 seconds otherwise, then the outcome.  A job that\n"
+   "has already ended only prints its outcome.  Ctrl-C stops waiting, not the\n"
+   "job.  With --json, prints the job's final state as JSON.\n"
+   "\n"
+   "Exit status 0 if the job succeeded, 1 if it failed or was cancelled, 130\n"
+   "after Ctrl-C.\n"},
+  {"ls", "list", "[--state STATE] [--owner NAME|--mine] [--device NAME] [--limit N]", 0, 0,
+   CMD_OPT(OPT_STATE) | CMD_OPT(OPT_LIMIT) | CMD_OPT(OPT_OWNER) | CMD_OPT(OPT_MINE) |
+     CMD_OPT(OPT_DEVICE),
    cli_cmd_ls, "list jobs",
-   "List jobs: id, name, state, device, progress (epoch and step), training\n"
-   "loss, test accuracy and submission time.\n"
+   "List jobs: id, name, owner, state, device, progress (epoch and step),\n"
+   "training loss, test accuracy and submission time.\n"
    "\n"
    "  --state STATE  only jobs in STATE: queued, running, succeeded, failed,\n"
    "                 cancelled\n"
-   "  --limit N      at most N jobs\n"},
+   "  --owner NAME   only jobs submitted by user NAME\n"
+   "  --mine         only your own jobs\n"
+   "  --device NAME  only jobs on device NAME, or that asked for it\n"
+   "  --limit N      at most N jobs\n"
+   "\n"
+   "The owner is the user name the submitting client reported; traind does not\n"
+   "verify it.\n"},
   {"show", NULL, "ID", 1, 1, 0, cli_cmd_show, "show one job in detail",
-   "Show everything traind knows about job ID: its state, progress, times,\n"
-   "memory plan, model file and error, if any.\n"},
+   "Show everything traind knows about job ID: its owner, state, progress,\n"
+   "times, memory in use and planned, model file and error, if any.\n"},
+  {"logs", NULL, "ID [-f|--follow] [--tail BYTES]", 1, 1,
+   CMD_OPT(OPT_FOLLOW) | CMD_OPT(OPT_TAIL), cli_cmd_logs, "print a job's log",
+   "Print the log of job ID: what its worker and loader wrote.  Bytes are\n"
+   "written as they are, except on a terminal, where control characters other\n"
+   "than newline and tab are shown as '?'.  A queued job has no log yet.\n"
+   "\n"
+   "  -f, --follow   keep printing what the job writes until it ends;\n"
+   "                 Ctrl-C stops following (exit status 130)\n"
+   "  --tail BYTES   start this many bytes before the end (default 64KiB;\n"
+   "                 sizes like 4096, 512KiB or 2MiB; 0 prints only new output)\n"
+   "\n"
+   "With --json, one object per piece read: data, offset, size and done.\n"},
   {"cancel", NULL, "ID", 1, 1, 0, cli_cmd_cancel, "cancel a job",
    "Cancel job ID.  A queued job leaves the queue; a running one is stopped.\n"},
+  {"set-priority", NULL, "ID PRIORITY", 2, 2, 0, cli_cmd_set_priority,
+   "change a job's place in the queue",
+   "Set the priority of job ID, queued or running, to PRIORITY, an integer from\n"
+   "-1000 to 1000 (default 0).  Queued jobs start in priority order, higher\n"
+   "first, then in submission order.\n"},
+  {"top", NULL, "[--once]", 0, 0, CMD_OPT(OPT_ONCE), cli_cmd_top,
+   "a live view of devices and jobs",
+   "Show the devices and the running and queued jobs (up to 50 of each), with\n"
+   "progress, loss, memory in use of the planned memory and speed, refreshed\n"
+   "every second until Ctrl-C (exit status 0).\n"
+   "\n"
+   "  --once         print the view once and exit; also what happens when the\n"
+   "                 output is not a terminal\n"
+   "\n"
+   "With --json, one object per refresh: devices, running (as `show` gives\n"
+   "them) and queued (as `ls` gives them).\n"},
   {"info", NULL, "", 0, 0, 0, cli_cmd_info, "show the daemon's version, uptime and sockets",
    "Show traind's version and protocol, its uptime, its sockets and its jobs.\n"},
   {"devices", NULL, "", 0, 0, 0, cli_cmd_devices, "show each device's memory budget",
    "Show each device with its memory budget, the memory reserved by running\n"
-   "jobs, what is free, and its jobs.\n"},
+   "jobs, what is free, its jobs, and whether it is draining (admits no new\n"
+   "job) or active.\n"},
+  {"device", NULL, "NAME [--budget SIZE] [--drain|--resume]", 1, 1,
+   CMD_OPT(OPT_BUDGET) | CMD_OPT(OPT_DRAIN) | CMD_OPT(OPT_RESUME), cli_cmd_device,
+   "show or change one device",
+   "Show device NAME as `devices` does, after changing it as asked.\n"
+   "\n"
+   "  --budget SIZE  the memory jobs may reserve on it, e.g. 2GiB, 512MiB or\n"
+   "                 1.5G (at least 1MiB).  Below what running jobs reserve,\n"
+   "                 it holds back new jobs; the running ones keep their memory\n"
+   "  --drain        admit no new job to it; running jobs go on\n"
+   "  --resume       admit jobs to it again\n"},
   {"help", NULL, "[COMMAND]", 0, 1, 0, NULL, "show help for a command",
    "Show the help for COMMAND, or the overview.\n"},
 };
@@ -96,7 +160,11 @@ static void print_help(FILE *f) {
   for (i = 0; i < TD_ARRAY_SIZE(commands); i++) {
     int n = fprintf(f, "  %s %s", commands[i].name, commands[i].usage);
 
-    fprintf(f, "%*s%s\n", n < 40 ? 40 - n : 1, "", commands[i].summary);
+    if (n >= 40) { /* a long usage gets its own line */
+      fputc('\n', f);
+      n = 0;
+    }
+    fprintf(f, "%*s%s\n", 40 - n, "", commands[i].summary);
   }
   fprintf(f,
           "\nOptions (before or after the command):\n"
@@ -108,11 +176,13 @@ static void print_help(FILE *f) {
           "  -h, --help         show this help; `traind-client help COMMAND` for one\n"
           "  -V, --version      show the version\n"
           "\nExit status:\n"
-          "  0  success\n"
-          "  1  the job failed or was cancelled (submit --wait), or a local error\n"
-          "  2  usage error: a bad option or argument, an unreadable job file\n"
-          "  3  traind refused the request (the message says why)\n"
-          "  4  cannot reach traind: not running, no access, or no answer in time\n",
+          "  0    success\n"
+          "  1    the job failed or was cancelled (submit --wait, wait), or a local\n"
+          "       error\n"
+          "  2    usage error: a bad option or argument, an unreadable job file\n"
+          "  3    traind refused the request (the message says why)\n"
+          "  4    cannot reach traind: not running, no access, or no answer in time\n"
+          "  130  interrupted by Ctrl-C (submit --wait, wait, logs --follow)\n",
           cfg.socket);
 }
 
@@ -179,34 +249,20 @@ static int usage_error(const struct command *cmd, const char *fmt, ...) {
   return CLI_EXIT_USAGE;
 }
 
-static int parse_seconds(const char *s, double *out) {
-  char *end;
-  double v;
+/* A name option within its protocol field's length. */
+static int check_name(parsed *p, const char *opt, const char *field, const char *val) {
+  size_t max;
 
-  errno = 0;
-  v = strtod(s, &end);
-  if (errno != 0 || end == s || *end != '\0' || !isfinite(v) || v < 0 ||
-      v * 1000.0 > (double)INT_MAX)
-    return -1;
-  *out = v;
-  return 0;
-}
-
-static int parse_count(const char *s, uint64_t *out) {
-  char *end;
-  unsigned long long v;
-
-  if (*s < '0' || *s > '9')
-    return -1;
-  errno = 0;
-  v = strtoull(s, &end, 10);
-  if (errno != 0 || *end != '\0' || v == 0)
-    return -1;
-  *out = v;
-  return 0;
+  if (cli_check_str("list", field, val, &max) == 0)
+    return 0;
+  return usage_error(p->cmd, "%s needs a %s name of 1 to %zu bytes", opt,
+                     strcmp(field, "owner") == 0 ? "user" : "device", max);
 }
 
 static int apply_opt(parsed *p, const struct opt_def *o, const char *val) {
+  double min = 0, max = 0;
+  int rc;
+
   switch (o->id) {
   case OPT_SOCKET:
     if (val[0] == '\0')
@@ -217,7 +273,7 @@ static int apply_opt(parsed *p, const struct opt_def *o, const char *val) {
     p->c.json = 1;
     break;
   case OPT_TIMEOUT:
-    if (parse_seconds(val, &p->c.timeout_s) != 0)
+    if (cli_parse_seconds(val, &p->c.timeout_s) != 0)
       return usage_error(p->cmd, "invalid --timeout '%s' (seconds, e.g. 30 or 2.5; 0 waits "
                          "forever)", val);
     break;
@@ -237,9 +293,54 @@ static int apply_opt(parsed *p, const struct opt_def *o, const char *val) {
     p->a.state = val;
     break;
   case OPT_LIMIT:
-    if (parse_count(val, &p->a.limit) != 0)
-      return usage_error(p->cmd, "invalid --limit '%s' (a number of jobs, 1 or more)", val);
+    cli_field_bounds("list", "limit", &min, &max);
+    if (cli_parse_uint(val, min, max, &p->a.limit) != 0)
+      return usage_error(p->cmd, "invalid --limit '%s' (a number of jobs from %.0f to %.0f)",
+                         val, min, max);
     p->a.has_limit = 1;
+    break;
+  case OPT_OWNER:
+    if (p->a.mine)
+      return usage_error(p->cmd, "--owner and --mine cannot go together");
+    p->a.owner = val;
+    return check_name(p, "--owner", "owner", val);
+  case OPT_MINE:
+    if (p->a.owner != NULL)
+      return usage_error(p->cmd, "--owner and --mine cannot go together");
+    p->a.mine = 1;
+    break;
+  case OPT_DEVICE:
+    p->a.device = val;
+    return check_name(p, "--device", "device", val);
+  case OPT_FOLLOW:
+    p->a.follow = 1;
+    break;
+  case OPT_TAIL:
+    rc = cli_parse_size(val, 0, (double)UINT64_MAX, &p->a.tail);
+    if (rc != 0)
+      return usage_error(p->cmd, "invalid --tail '%s' (%s)", val,
+                         rc == TD_ETOOBIG ? "too large" : "bytes, e.g. 4096, 512KiB or 2MiB");
+    break;
+  case OPT_BUDGET:
+    cli_field_bounds("device", "budget", &min, &max);
+    rc = cli_parse_size(val, 0, max, &p->a.budget);
+    if (rc == TD_ETOOBIG)
+      return usage_error(p->cmd, "--budget '%s' is too large", val);
+    if (rc != 0)
+      return usage_error(p->cmd, "invalid --budget '%s' (a size such as 2GiB, 512MiB or 1.5G)",
+                         val);
+    if ((double)p->a.budget < min)
+      return usage_error(p->cmd, "--budget '%s' is too small: a budget is at least 1MiB "
+                         "(%.0f bytes)", val, min);
+    break;
+  case OPT_DRAIN:
+  case OPT_RESUME:
+    if (p->a.drain == (o->id == OPT_RESUME))
+      return usage_error(p->cmd, "--drain and --resume cannot go together");
+    p->a.drain = o->id == OPT_DRAIN;
+    break;
+  case OPT_ONCE:
+    p->a.once = 1;
     break;
   }
   return 0;
@@ -253,7 +354,8 @@ static int parse_args(int argc, char **argv, parsed *p) {
     const struct opt_def *o;
     size_t n;
 
-    if (only_pos || arg[0] != '-' || arg[1] == '\0') {
+    /* "-5" is a value (set-priority 7 -5), never an option */
+    if (only_pos || arg[0] != '-' || arg[1] == '\0' || (arg[1] >= '0' && arg[1] <= '9')) {
       if (p->cmd == NULL) {
         p->cmd = find_command(arg);
         if (p->cmd == NULL)
@@ -295,6 +397,15 @@ static int parse_args(int argc, char **argv, parsed *p) {
   return 0;
 }
 
+/* The n-th word of a usage line (n from 0): what is missing after n
+ * arguments. */
+static const char *usage_word(const char *usage, int n, int *len) {
+  while (n-- > 0 && usage[strcspn(usage, " ")] == ' ')
+    usage += strcspn(usage, " ") + 1;
+  *len = (int)strcspn(usage, " ");
+  return usage;
+}
+
 /* --socket, else $TRAIND_SOCKET, else the default; a bare path means ipc. */
 static int resolve_socket(parsed *p, char **owned) {
   td_config cfg;
@@ -327,9 +438,11 @@ static int resolve_socket(parsed *p, char **owned) {
 }
 
 int main(int argc, char **argv) {
-  parsed p = {.c = {.timeout_s = 30.0, .req = -1}};
+  parsed p = {.c = {.timeout_s = 30.0, .req = -1},
+              .a = {.tail = CLI_LOGS_TAIL_DEFAULT, .drain = -1}};
+  const char *missing;
   char *addr = NULL;
-  int rc;
+  int rc, n;
 
   rc = parse_args(argc, argv, &p);
   if (rc != 0)
@@ -361,9 +474,10 @@ int main(int argc, char **argv) {
     fputs("Try 'traind-client --help'.\n", stderr);
     return CLI_EXIT_USAGE;
   }
-  if (p.a.npos < p.cmd->min_pos)
-    return usage_error(p.cmd, "missing %.*s", (int)strcspn(p.cmd->usage, " "),
-                       p.cmd->usage);
+  if (p.a.npos < p.cmd->min_pos) {
+    missing = usage_word(p.cmd->usage, p.a.npos, &n);
+    return usage_error(p.cmd, "missing %.*s", n, missing);
+  }
   rc = resolve_socket(&p, &addr);
   if (rc != 0)
     return rc;

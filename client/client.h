@@ -41,7 +41,17 @@ typedef struct cli_args {
   const char *state;
   uint64_t limit;
   int has_limit;
+  const char *owner;  /* ls --owner */
+  int mine;           /* ls --mine */
+  const char *device; /* ls --device */
+  int follow;         /* logs -f */
+  uint64_t tail;      /* logs --tail, in bytes */
+  uint64_t budget;    /* device --budget; 0: unchanged */
+  int drain;          /* device: 1 --drain, 0 --resume, -1 neither */
+  int once;           /* top --once */
 } cli_args;
+
+#define CLI_LOGS_TAIL_DEFAULT (64u << 10)
 
 extern volatile sig_atomic_t cli_interrupted;
 
@@ -55,6 +65,22 @@ int cli_call(cli *c, const td_pack *req, td_msg **reply, td_msg **err_reply);
 int cli_subscribe(const cli *c, const char *addr, int *sock);
 void cli_close(cli *c);
 void cli_timeout_fail(const char *addr, double timeout_s);
+
+/* args.c: values on the command line.  0, TD_EINVAL (not a value of its kind) or
+ * TD_ETOOBIG (outside [min, max]); nothing is printed. */
+/* A request field's bounds in the protocol catalogue (td_proto_find), so
+ * the client refuses what traind would: 0 or TD_ENOENT. */
+int cli_field_bounds(const char *op, const char *field, double *min, double *max);
+/* A string for a request field: TD_EINVAL if empty or shorter than its
+ * minimum, TD_ETOOBIG if longer than *max bytes (set either way). */
+int cli_check_str(const char *op, const char *field, const char *s, size_t *max);
+/* Decimal integers; a sign only where min < 0. */
+int cli_parse_uint(const char *s, double min, double max, uint64_t *out);
+int cli_parse_int(const char *s, double min, double max, int64_t *out);
+/* A size such as 2GiB, 512MiB, 1.5G or 1048576 (td_parse_size), in bytes. */
+int cli_parse_size(const char *s, double min, double max, uint64_t *out);
+/* Seconds, 0 or more, fractions allowed, at most INT_MAX milliseconds. */
+int cli_parse_seconds(const char *s, double *out);
 
 /* json.c: strict JSON from msgpack, whatever bytes came on the wire. */
 size_t cli_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
@@ -73,37 +99,88 @@ void cli_fmt_clock(double seconds, char *buf, size_t cap);
 void cli_fmt_uptime(double seconds, char *buf, size_t cap);
 void cli_fmt_time(int64_t unix_ms, int relative, char *buf, size_t cap);
 int cli_state_is_final(const char *state);
+/* A job's "loss" or "accuracy" as "0.1234", or "-" (none yet, or a loss
+ * before the first step). */
+void cli_fmt_metric(const msgpack_object *job, const char *key, char *buf, size_t cap);
+/* "2/5 173/469" while running ("epoch 2/5, step 173/469" with_word),
+ * "5/5" otherwise, "-" before the first step. */
+void cli_fmt_progress(const msgpack_object *job, int with_word, char *buf, size_t cap);
+/* Terminal-safe text of a piece of a job's log, in place: as cli_sanitize,
+ * but newlines and tabs pass.  Unless final, an incomplete UTF-8 sequence
+ * at the end is left for the next piece; returns the bytes ready. */
+size_t cli_sanitize_log(char *s, size_t n, int final);
+/* Bytes of the longest prefix of s[0..len) at most cols code points wide. */
+size_t cli_fit_width(const char *s, size_t len, size_t cols);
 /* "2.85 MiB params, ..., total 12.3 MiB at micro-batch 128" */
 void cli_print_plan_line(FILE *f, const msgpack_object *plan);
 /* One "<indent>label  size" line per part. */
 void cli_print_plan_table(FILE *f, const msgpack_object *plan, const char *indent);
 
+#define CLI_TABLE_MAX_COLS 16
+
 typedef struct cli_table {
   size_t ncols;
-  const char *align; /* 'l' or 'r' per column */
+  char align[CLI_TABLE_MAX_COLS + 1]; /* 'l' or 'r' per column */
   char **cells;
   size_t n, cap;
   int oom;
 } cli_table;
 
-/* The first row is the headers. */
+/* The first row is the headers; at most CLI_TABLE_MAX_COLS columns. */
 void cli_table_init(cli_table *t, const char *const *headers, size_t ncols, const char *align);
 void cli_table_cell(cli_table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* 0, or CLI_EXIT_JOB after saying "out of memory". */
 int cli_table_print(const cli_table *t, FILE *f);
 void cli_table_free(cli_table *t);
 
+/* Job tables (ls, top): columns chosen from one list, each read from a
+ * `list` row or `show`'s job map. */
+typedef enum cli_job_col {
+  CLI_COL_ID, CLI_COL_NAME, CLI_COL_OWNER, CLI_COL_STATE, CLI_COL_DEVICE, CLI_COL_PROGRESS,
+  CLI_COL_LOSS, CLI_COL_ACC, CLI_COL_SUBMITTED, CLI_COL_MEM, CLI_COL_SPEED,
+} cli_job_col;
+void cli_job_table_init(cli_table *t, const cli_job_col *cols, size_t ncols);
+void cli_job_row(cli_table *t, const cli_job_col *cols, size_t ncols, const msgpack_object *job);
+/* A device table (devices, device, top): NAME BUDGET RESERVED FREE JOBS
+ * STATE, of one device map or an array of them.  0, or CLI_EXIT_JOB after
+ * saying "out of memory". */
+int cli_print_devices(FILE *f, const msgpack_object *devs);
+
 /* cmd.c: one function per command. */
 int cli_cmd_submit(cli *c, const cli_args *a);
+int cli_cmd_wait(cli *c, const cli_args *a);
 int cli_cmd_ls(cli *c, const cli_args *a);
 int cli_cmd_show(cli *c, const cli_args *a);
 int cli_cmd_cancel(cli *c, const cli_args *a);
+int cli_cmd_set_priority(cli *c, const cli_args *a);
 int cli_cmd_info(cli *c, const cli_args *a);
 int cli_cmd_devices(cli *c, const cli_args *a);
-/* Requests "show" for a job; 0 or an exit code. */
+int cli_cmd_device(cli *c, const cli_args *a);
+/* The helpers below return 0 or an exit code, with the message printed. */
+/* A job id argument. */
+int cli_arg_id(const char *s, uint64_t *id);
+/* "unexpected reply from traind to 'op': no valid 'field'" */
+int cli_malformed(const char *op, const char *field);
+/* A request with no field or only "id". */
+int cli_request_id(cli *c, const char *op, const uint64_t *id, td_msg **reply);
+/* "list"; each filter may be NULL, limit 0 means none. */
+int cli_list(cli *c, const char *state, uint64_t limit, const char *owner, const char *device,
+             td_msg **reply);
+/* "show" for a job. */
 int cli_show_job(cli *c, uint64_t id, td_msg **reply, const msgpack_object **job);
 
-/* wait.c: submit --wait. */
+/* logs.c */
+int cli_cmd_logs(cli *c, const cli_args *a);
+
+/* top.c */
+int cli_cmd_top(cli *c, const cli_args *a);
+
+/* wait.c: submit --wait and wait. */
 int cli_wait(cli *c, uint64_t id);
+/* Ctrl-C sets cli_interrupted instead of ending the process; *old is the
+ * action to put back with sigaction(SIGINT, old, NULL). */
+void cli_catch_sigint(struct sigaction *old);
+/* Sleeps, or less if a signal comes. */
+void cli_nap(double seconds);
 
 #endif

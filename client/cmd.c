@@ -1,8 +1,7 @@
 /* One function per command: build the request, print the reply. */
 #include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
-#include <math.h>
+#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -17,31 +16,31 @@
 
 #define LABEL_WIDTH 15
 
-static int malformed(const char *op, const char *field) {
+int cli_malformed(const char *op, const char *field) {
   cli_fail("unexpected reply from traind to '%s': no valid '%s'", op, field);
   return CLI_EXIT_REFUSED;
 }
 
-static int parse_id(const char *s, uint64_t *id) {
-  char *end;
-  unsigned long long v;
-
-  if (*s < '0' || *s > '9')
-    goto bad;
-  errno = 0;
-  v = strtoull(s, &end, 10);
-  if (errno != 0 || *end != '\0' || v == 0)
-    goto bad;
-  *id = v;
-  return 0;
-
-bad:
+int cli_arg_id(const char *s, uint64_t *id) {
+  if (cli_parse_uint(s, 1, (double)UINT64_MAX, id) == 0)
+    return 0;
   cli_fail("invalid job id '%s' (expected a number such as 7, see `traind-client ls`)", s);
   return CLI_EXIT_USAGE;
 }
 
-/* Requests with no field or only "id". */
-static int request_id(cli *c, const char *op, const uint64_t *id, td_msg **reply) {
+/* The user name of getuid(), or NULL if the system does not know it or it
+ * is longer than the protocol's owner field allows. */
+static const char *user_name(void) {
+  const struct passwd *pw = getpwuid(getuid());
+  size_t max;
+
+  if (pw == NULL || pw->pw_name == NULL ||
+      cli_check_str("submit", "owner", pw->pw_name, &max) != 0)
+    return NULL;
+  return pw->pw_name;
+}
+
+int cli_request_id(cli *c, const char *op, const uint64_t *id, td_msg **reply) {
   td_pack p;
   int rc;
 
@@ -68,7 +67,7 @@ static int table_rows(const cli *c, const td_msg *reply, const char *op, const c
     return 0;
   }
   if (td_obj_array(td_msg_root(reply), key, rows) != 0) {
-    *rc = malformed(op, key);
+    *rc = cli_malformed(op, key);
     return 0;
   }
   if ((*rows)->via.array.size == 0) {
@@ -80,13 +79,13 @@ static int table_rows(const cli *c, const td_msg *reply, const char *op, const c
 
 int cli_show_job(cli *c, uint64_t id, td_msg **reply, const msgpack_object **job) {
   td_msg *m = NULL;
-  int rc = request_id(c, "show", &id, &m);
+  int rc = cli_request_id(c, "show", &id, &m);
 
   if (rc != 0)
     return rc;
   if (td_obj_map(td_msg_root(m), "job", job) != 0) {
     td_msg_free(m);
-    return malformed("show", "job");
+    return cli_malformed("show", "job");
   }
   *reply = m;
   return 0;
@@ -190,6 +189,7 @@ static void print_submitted(const cli_args *a, const msgpack_object *root, uint6
 
 int cli_cmd_submit(cli *c, const cli_args *a) {
   const char *path = a->pos[0];
+  const char *owner = user_name();
   char key[33];
   char *text = NULL, *dir = NULL;
   td_msg *reply = NULL, *refusal = NULL;
@@ -214,13 +214,15 @@ int cli_cmd_submit(cli *c, const cli_args *a) {
     goto free_dir;
   }
   td_pack_init(&p);
-  td_pack_request(&p, "submit", a->name != NULL ? 4 : 3);
+  td_pack_request(&p, "submit", 3 + (a->name != NULL) + (owner != NULL));
   td_pack_str(&p, "job");
   td_pack_strn(&p, text, len);
   td_pack_kv_str(&p, "base_dir", dir);
   td_pack_kv_str(&p, "key", key);
   if (a->name != NULL)
     td_pack_kv_str(&p, "name", a->name);
+  if (owner != NULL)
+    td_pack_kv_str(&p, "owner", owner);
   rc = cli_call(c, &p, &reply, &refusal);
   td_pack_free(&p);
   if (rc != 0) {
@@ -234,7 +236,7 @@ int cli_cmd_submit(cli *c, const cli_args *a) {
   }
 
   if (td_obj_u64(td_msg_root(reply), "id", &id) != 0) {
-    rc = malformed("submit", "id");
+    rc = cli_malformed("submit", "id");
     goto free_reply;
   }
   if (c->json && !a->wait)
@@ -255,63 +257,47 @@ free_text:
   return rc;
 }
 
-/* Before its first step a job's loss is a placeholder, not a measurement. */
-static int job_started(const msgpack_object *job) {
-  uint64_t e = 0, s = 0;
+int cli_cmd_wait(cli *c, const cli_args *a) {
+  uint64_t id;
+  int rc = cli_arg_id(a->pos[0], &id);
 
-  td_obj_u64(job, "epoch", &e);
-  td_obj_u64(job, "step", &s);
-  return e > 0 || s > 0;
-}
-
-static void fmt_metric(const msgpack_object *job, const char *key, char *buf, size_t cap) {
-  double v;
-
-  if (td_obj_f64(job, key, &v) == 0 && isfinite(v) && v >= 0 &&
-      (strcmp(key, "loss") != 0 || job_started(job)))
-    snprintf(buf, cap, "%.4f", v);
-  else
-    snprintf(buf, cap, "-");
-}
-
-/* "2/5 173/469" while running, "5/5" after, "-" before the first step. */
-static void fmt_progress(const msgpack_object *job, int with_word, char *buf, size_t cap) {
-  uint64_t e, ne, s, ns;
-  char state[16] = "";
-  int have_steps;
-
-  if (td_obj_cstr(job, "state", state, sizeof(state)) != 0)
-    state[0] = '\0';
-  if (td_obj_u64(job, "epoch", &e) != 0 || td_obj_u64(job, "epochs", &ne) != 0 || ne == 0) {
-    snprintf(buf, cap, "-");
-    return;
-  }
-  have_steps = td_obj_u64(job, "step", &s) == 0 && td_obj_u64(job, "steps", &ns) == 0 &&
-               ns > 0;
-  if (strcmp(state, "queued") == 0 && e == 0 && (!have_steps || s == 0)) {
-    snprintf(buf, cap, "-");
-    return;
-  }
-  if (have_steps && strcmp(state, "running") == 0)
-    snprintf(buf, cap, with_word ? "epoch %" PRIu64 "/%" PRIu64 ", step %" PRIu64 "/%" PRIu64
-                                 : "%" PRIu64 "/%" PRIu64 " %" PRIu64 "/%" PRIu64,
-             e, ne, s, ns);
-  else
-    snprintf(buf, cap, with_word ? "epoch %" PRIu64 "/%" PRIu64 : "%" PRIu64 "/%" PRIu64, e,
-             ne);
+  return rc != 0 ? rc : cli_wait(c, id);
 }
 
 static const char *const job_states[] = {"queued", "running", "succeeded", "failed",
                                          "cancelled"};
 
-static const char *const ls_columns[] = {"ID",       "NAME", "STATE", "DEVICE",
-                                         "PROGRESS", "LOSS", "ACC",   "SUBMITTED"};
+static const cli_job_col ls_columns[] = {
+  CLI_COL_ID,       CLI_COL_NAME, CLI_COL_OWNER, CLI_COL_STATE,    CLI_COL_DEVICE,
+  CLI_COL_PROGRESS, CLI_COL_LOSS, CLI_COL_ACC,   CLI_COL_SUBMITTED,
+};
+
+int cli_list(cli *c, const char *state, uint64_t limit, const char *owner, const char *device,
+             td_msg **reply) {
+  td_pack p;
+  int rc;
+
+  td_pack_init(&p);
+  td_pack_request(&p, "list",
+                  (state != NULL) + (limit > 0) + (owner != NULL) + (device != NULL));
+  if (state != NULL)
+    td_pack_kv_str(&p, "state", state);
+  if (limit > 0)
+    td_pack_kv_u64(&p, "limit", limit);
+  if (owner != NULL)
+    td_pack_kv_str(&p, "owner", owner);
+  if (device != NULL)
+    td_pack_kv_str(&p, "device", device);
+  rc = cli_call(c, &p, reply, NULL);
+  td_pack_free(&p);
+  return rc;
+}
 
 int cli_cmd_ls(cli *c, const cli_args *a) {
   const msgpack_object *jobs;
+  const char *owner = a->owner;
   td_msg *reply = NULL;
   cli_table t;
-  td_pack p;
   uint32_t i;
   size_t k;
   int rc;
@@ -326,53 +312,23 @@ int cli_cmd_ls(cli *c, const cli_args *a) {
       return CLI_EXIT_USAGE;
     }
   }
-  td_pack_init(&p);
-  td_pack_request(&p, "list", (a->state != NULL) + (a->has_limit != 0));
-  if (a->state != NULL)
-    td_pack_kv_str(&p, "state", a->state);
-  if (a->has_limit)
-    td_pack_kv_u64(&p, "limit", a->limit);
-  rc = cli_call(c, &p, &reply, NULL);
-  td_pack_free(&p);
+  if (a->mine && (owner = user_name()) == NULL) {
+    cli_fail("cannot tell your user name (uid %u has no usable passwd entry); use --owner "
+             "NAME", (unsigned)getuid());
+    return CLI_EXIT_JOB;
+  }
+  rc = cli_list(c, a->state, a->has_limit ? a->limit : 0, owner, a->device, &reply);
   if (rc != 0)
     return rc;
-  if (!table_rows(c, reply, "list", "jobs", a->state != NULL ? "no jobs in that state" : "no jobs",
+  if (!table_rows(c, reply, "list", "jobs",
+                  a->state != NULL || owner != NULL || a->device != NULL ? "no matching jobs"
+                                                                         : "no jobs",
                   &jobs, &rc))
     goto free_reply;
-  cli_table_init(&t, ls_columns, TD_ARRAY_SIZE(ls_columns), "rllllrrl");
-  for (i = 0; i < jobs->via.array.size; i++) {
-    const msgpack_object *job = &jobs->via.array.ptr[i];
-    char *name, *state, *device, prog[96], loss[32], acc[32], when[32];
-    uint64_t id;
-    int64_t ms;
-
-    if (job->type != MSGPACK_OBJECT_MAP)
-      continue;
-    name = cli_field_dup(job, "name");
-    state = cli_field_dup(job, "state");
-    device = cli_field_dup(job, "device");
-    fmt_progress(job, 0, prog, sizeof(prog));
-    fmt_metric(job, "loss", loss, sizeof(loss));
-    fmt_metric(job, "accuracy", acc, sizeof(acc));
-    if (td_obj_i64(job, "submitted_ms", &ms) == 0)
-      cli_fmt_time(ms, 1, when, sizeof(when));
-    else
-      snprintf(when, sizeof(when), "-");
-    if (td_obj_u64(job, "id", &id) == 0)
-      cli_table_cell(&t, "%" PRIu64, id);
-    else
-      cli_table_cell(&t, "?");
-    cli_table_cell(&t, "%s", name != NULL && name[0] != '\0' ? name : "-");
-    cli_table_cell(&t, "%s", state != NULL ? state : "?");
-    cli_table_cell(&t, "%s", device != NULL && device[0] != '\0' ? device : "-");
-    cli_table_cell(&t, "%s", prog);
-    cli_table_cell(&t, "%s", loss);
-    cli_table_cell(&t, "%s", acc);
-    cli_table_cell(&t, "%s", when);
-    free(name);
-    free(state);
-    free(device);
-  }
+  cli_job_table_init(&t, ls_columns, TD_ARRAY_SIZE(ls_columns));
+  for (i = 0; i < jobs->via.array.size; i++)
+    if (jobs->via.array.ptr[i].type == MSGPACK_OBJECT_MAP)
+      cli_job_row(&t, ls_columns, TD_ARRAY_SIZE(ls_columns), &jobs->via.array.ptr[i]);
   rc = cli_table_print(&t, stdout);
   cli_table_free(&t);
 
@@ -393,6 +349,7 @@ static const struct show_row {
 } show_rows[] = {
   {"id", "id", SHOW_U64},
   {"name", "name", SHOW_STR},
+  {"owner", "owner", SHOW_STR},
   {"state", "state", SHOW_STR},
   {"device", "device", SHOW_STR},
   {"priority", "priority", SHOW_I64},
@@ -434,19 +391,36 @@ static void show_value(const msgpack_object *job, const struct show_row *r) {
       printf(" (%s)", buf);
     return;
   case SHOW_METRIC:
-    fmt_metric(job, r->key, buf, sizeof(buf));
+    cli_fmt_metric(job, r->key, buf, sizeof(buf));
     fputs(buf, stdout);
     return;
   case SHOW_PROGRESS:
-    fmt_progress(job, 1, buf, sizeof(buf));
+    cli_fmt_progress(job, 1, buf, sizeof(buf));
     fputs(buf, stdout);
     return;
   }
   fputs("-", stdout);
 }
 
+/* "memory:  9.50 MiB in use of 9.50 MiB planned", once the worker reported. */
+static void show_mem(const msgpack_object *job, const msgpack_object *plan) {
+  char used[32], planned[32];
+  uint64_t mem, total;
+
+  if (td_obj_u64(job, "mem", &mem) != 0 || mem == 0)
+    return;
+  td_format_size(mem, used, sizeof(used));
+  label("memory");
+  if (plan != NULL && td_obj_u64(plan, "total", &total) == 0) {
+    td_format_size(total, planned, sizeof(planned));
+    printf("%s in use of %s planned\n", used, planned);
+  } else {
+    printf("%s in use\n", used);
+  }
+}
+
 static void show_job(const msgpack_object *job) {
-  const msgpack_object *plan;
+  const msgpack_object *plan = NULL;
   char buf[96], state[16] = "?", *err;
   uint64_t u;
   int64_t i;
@@ -466,11 +440,18 @@ static void show_job(const msgpack_object *job) {
     cli_fmt_count((uint64_t)(v + 0.5), buf, sizeof(buf));
     printf("%s samples/s\n", buf);
   }
+  if (td_obj_u64(job, "retries", &u) == 0 && u > 0) {
+    label("retries");
+    printf("%" PRIu64 " (runs that crashed or hung)\n", u);
+  }
   if (cli_state_is_final(state) && td_obj_i64(job, "exit_status", &i) == 0) {
     label("exit status");
     printf("%" PRId64 "\n", i);
   }
-  if (td_obj_map(job, "plan", &plan) == 0) {
+  if (td_obj_map(job, "plan", &plan) != 0)
+    plan = NULL;
+  show_mem(job, plan);
+  if (plan != NULL) {
     label("memory plan");
     if (td_obj_u64(plan, "total", &u) == 0) {
       td_format_size(u, buf, sizeof(buf));
@@ -497,7 +478,7 @@ int cli_cmd_show(cli *c, const cli_args *a) {
   uint64_t id;
   int rc;
 
-  rc = parse_id(a->pos[0], &id);
+  rc = cli_arg_id(a->pos[0], &id);
   if (rc != 0)
     return rc;
   rc = cli_show_job(c, id, &reply, &job);
@@ -518,10 +499,10 @@ int cli_cmd_cancel(cli *c, const cli_args *a) {
   size_t len;
   int rc;
 
-  rc = parse_id(a->pos[0], &id);
+  rc = cli_arg_id(a->pos[0], &id);
   if (rc != 0)
     return rc;
-  rc = request_id(c, "cancel", &id, &reply);
+  rc = cli_request_id(c, "cancel", &id, &reply);
   if (rc != 0)
     return rc;
   if (c->json) {
@@ -548,7 +529,7 @@ int cli_cmd_info(cli *c, const cli_args *a) {
   double up;
   int rc;
 
-  rc = request_id(c, "info", NULL, &reply);
+  rc = cli_request_id(c, "info", NULL, &reply);
   if (rc != 0)
     return rc;
   if (c->json) {
@@ -586,57 +567,90 @@ free_reply:
   return 0;
 }
 
-static void size_cell(cli_table *t, int have, uint64_t v) {
-  char buf[32];
+int cli_cmd_set_priority(cli *c, const cli_args *a) {
+  const msgpack_object *root;
+  double min = -1000, max = 1000;
+  td_msg *reply = NULL;
+  uint64_t id, rid;
+  int64_t prio, rprio;
+  td_pack p;
+  int rc;
 
-  if (!have) {
-    cli_table_cell(t, "?");
-    return;
+  rc = cli_arg_id(a->pos[0], &id);
+  if (rc != 0)
+    return rc;
+  cli_field_bounds("set-priority", "priority", &min, &max);
+  if (cli_parse_int(a->pos[1], min, max, &prio) != 0) {
+    cli_fail("invalid priority '%s' (an integer from %.0f to %.0f; higher runs first, the "
+             "default is 0)", a->pos[1], min, max);
+    return CLI_EXIT_USAGE;
   }
-  td_format_size(v, buf, sizeof(buf));
-  cli_table_cell(t, "%s", buf);
+  td_pack_init(&p);
+  td_pack_request(&p, "set-priority", 2);
+  td_pack_kv_u64(&p, "id", id);
+  td_pack_kv_i64(&p, "priority", prio);
+  rc = cli_call(c, &p, &reply, NULL);
+  td_pack_free(&p);
+  if (rc != 0)
+    return rc;
+  root = td_msg_root(reply);
+  if (c->json) {
+    print_json(reply);
+  } else {
+    if (td_obj_u64(root, "id", &rid) != 0)
+      rid = id;
+    if (td_obj_i64(root, "priority", &rprio) != 0)
+      rprio = prio;
+    printf("job %" PRIu64 ": priority %" PRId64 "\n", rid, rprio);
+  }
+  td_msg_free(reply);
+  return 0;
 }
-
-static const char *const devices_columns[] = {"NAME", "BUDGET", "RESERVED", "FREE", "JOBS"};
 
 int cli_cmd_devices(cli *c, const cli_args *a) {
   const msgpack_object *devs;
   td_msg *reply = NULL;
-  cli_table t;
-  uint32_t i;
   int rc;
 
-  rc = request_id(c, "devices", NULL, &reply);
+  rc = cli_request_id(c, "devices", NULL, &reply);
   if (rc != 0)
     return rc;
-  if (!table_rows(c, reply, "devices", "devices", "no devices", &devs, &rc))
-    goto free_reply;
-  cli_table_init(&t, devices_columns, TD_ARRAY_SIZE(devices_columns), "lrrrl");
-  for (i = 0; i < devs->via.array.size; i++) {
-    const msgpack_object *dev = &devs->via.array.ptr[i];
-    uint64_t budget = 0, reserved = 0, njobs;
-    int hb, hr;
-    char *name;
+  if (table_rows(c, reply, "devices", "devices", "no devices", &devs, &rc))
+    rc = cli_print_devices(stdout, devs);
+  td_msg_free(reply);
+  return rc;
+}
 
-    if (dev->type != MSGPACK_OBJECT_MAP)
-      continue;
-    name = cli_field_dup(dev, "name");
-    hb = td_obj_u64(dev, "budget", &budget) == 0;
-    hr = td_obj_u64(dev, "reserved", &reserved) == 0;
-    cli_table_cell(&t, "%s", name != NULL ? name : "?");
-    size_cell(&t, hb, budget);
-    size_cell(&t, hr, reserved);
-    size_cell(&t, hb && hr, budget > reserved ? budget - reserved : 0);
-    if (td_obj_u64(dev, "jobs", &njobs) == 0)
-      cli_table_cell(&t, "%" PRIu64, njobs);
-    else
-      cli_table_cell(&t, "?");
-    free(name);
+int cli_cmd_device(cli *c, const cli_args *a) {
+  const msgpack_object *dev;
+  td_msg *reply = NULL;
+  size_t max;
+  td_pack p;
+  int rc;
+
+  if (cli_check_str("device", "name", a->pos[0], &max) != 0) {
+    cli_fail("invalid device name '%s' (1 to %zu bytes; `traind-client devices` lists them)",
+             a->pos[0], max);
+    return CLI_EXIT_USAGE;
   }
-  rc = cli_table_print(&t, stdout);
-  cli_table_free(&t);
-
-free_reply:
+  td_pack_init(&p);
+  td_pack_request(&p, "device", 1 + (a->budget > 0) + (a->drain >= 0));
+  td_pack_kv_str(&p, "name", a->pos[0]);
+  if (a->budget > 0)
+    td_pack_kv_u64(&p, "budget", a->budget);
+  if (a->drain >= 0)
+    td_pack_kv_bool(&p, "drain", a->drain);
+  rc = cli_call(c, &p, &reply, NULL);
+  td_pack_free(&p);
+  if (rc != 0)
+    return rc;
+  if (c->json) {
+    print_json(reply);
+  } else if (td_obj_map(td_msg_root(reply), "device", &dev) != 0) {
+    rc = cli_malformed("device", "device");
+  } else {
+    rc = cli_print_devices(stdout, dev);
+  }
   td_msg_free(reply);
   return rc;
 }

@@ -3,6 +3,7 @@
  * the terminal before control bytes are replaced. */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,44 @@ void cli_sanitize(char *s) {
       i += k;
     }
   }
+}
+
+size_t cli_sanitize_log(char *s, size_t n, int final) {
+  unsigned char *p = (unsigned char *)s;
+  size_t i = 0;
+
+  while (i < n) {
+    uint32_t cp = 0;
+    size_t k = cli_utf8_next(p + i, n - i, &cp), need, j;
+
+    if (k == 0 && !final) {
+      /* a sequence cut by the end of the piece: its lead byte and what
+       * follows of it, all continuation bytes */
+      need = p[i] >= 0xf0 ? 4 : p[i] >= 0xe0 ? 3 : p[i] >= 0xc2 ? 2 : 0;
+      for (j = i + 1; j < n && (p[j] & 0xc0) == 0x80; j++)
+        ;
+      if (need > n - i && j == n && p[i] <= 0xf4)
+        return i;
+    }
+    if (k == 0) {
+      p[i++] = '?';
+    } else if (is_control(cp) && cp != '\n' && cp != '\t') {
+      memset(p + i, '?', k);
+      i += k;
+    } else {
+      i += k;
+    }
+  }
+  return n;
+}
+
+size_t cli_fit_width(const char *s, size_t len, size_t cols) {
+  size_t i, w = 0;
+
+  for (i = 0; i < len; i++)
+    if (((unsigned char)s[i] & 0xc0) != 0x80 && w++ == cols)
+      return i;
+  return len;
 }
 
 char *cli_field_dup(const msgpack_object *map, const char *key) {
@@ -152,6 +191,51 @@ int cli_state_is_final(const char *state) {
          strcmp(state, "cancelled") == 0;
 }
 
+/* Before its first step a job's loss is a placeholder, not a measurement. */
+static int job_started(const msgpack_object *job) {
+  uint64_t e = 0, s = 0;
+
+  td_obj_u64(job, "epoch", &e);
+  td_obj_u64(job, "step", &s);
+  return e > 0 || s > 0;
+}
+
+void cli_fmt_metric(const msgpack_object *job, const char *key, char *buf, size_t cap) {
+  double v;
+
+  if (td_obj_f64(job, key, &v) == 0 && isfinite(v) && v >= 0 &&
+      (strcmp(key, "loss") != 0 || job_started(job)))
+    snprintf(buf, cap, "%.4f", v);
+  else
+    snprintf(buf, cap, "-");
+}
+
+void cli_fmt_progress(const msgpack_object *job, int with_word, char *buf, size_t cap) {
+  uint64_t e, ne, s, ns;
+  char state[16] = "";
+  int have_steps;
+
+  if (td_obj_cstr(job, "state", state, sizeof(state)) != 0)
+    state[0] = '\0';
+  if (td_obj_u64(job, "epoch", &e) != 0 || td_obj_u64(job, "epochs", &ne) != 0 || ne == 0) {
+    snprintf(buf, cap, "-");
+    return;
+  }
+  have_steps = td_obj_u64(job, "step", &s) == 0 && td_obj_u64(job, "steps", &ns) == 0 &&
+               ns > 0;
+  if (strcmp(state, "queued") == 0 && e == 0 && (!have_steps || s == 0)) {
+    snprintf(buf, cap, "-");
+    return;
+  }
+  if (have_steps && strcmp(state, "running") == 0)
+    snprintf(buf, cap, with_word ? "epoch %" PRIu64 "/%" PRIu64 ", step %" PRIu64 "/%" PRIu64
+                                 : "%" PRIu64 "/%" PRIu64 " %" PRIu64 "/%" PRIu64,
+             e, ne, s, ns);
+  else
+    snprintf(buf, cap, with_word ? "epoch %" PRIu64 "/%" PRIu64 : "%" PRIu64 "/%" PRIu64, e,
+             ne);
+}
+
 static const struct {
   const char *key, *label;
 } plan_parts[] = {
@@ -201,8 +285,12 @@ void cli_table_init(cli_table *t, const char *const *headers, size_t ncols, cons
   size_t i;
 
   memset(t, 0, sizeof(*t));
+  if (ncols > CLI_TABLE_MAX_COLS) {
+    t->oom = 1; /* a bug, not a user's mistake; reported as a failure to print */
+    return;
+  }
   t->ncols = ncols;
-  t->align = align;
+  memcpy(t->align, align, ncols);
   for (i = 0; i < ncols; i++)
     cli_table_cell(t, "%s", headers[i]);
 }
@@ -290,4 +378,158 @@ void cli_table_free(cli_table *t) {
   free(t->cells);
   t->cells = NULL;
   t->n = t->cap = 0;
+}
+
+static void size_cell(cli_table *t, int have, uint64_t v) {
+  char buf[32];
+
+  if (!have) {
+    cli_table_cell(t, "?");
+    return;
+  }
+  td_format_size(v, buf, sizeof(buf));
+  cli_table_cell(t, "%s", buf);
+}
+
+static void str_cell(cli_table *t, const msgpack_object *map, const char *key,
+                     const char *dflt) {
+  char *s = cli_field_dup(map, key);
+
+  cli_table_cell(t, "%s", s != NULL && s[0] != '\0' ? s : dflt);
+  free(s);
+}
+
+enum col_kind { COL_U64, COL_STR, COL_PROGRESS, COL_METRIC, COL_AGE, COL_MEM, COL_SPEED };
+
+static const struct job_col {
+  const char *head, *key, *dflt;
+  char align;
+  enum col_kind kind;
+} job_cols[] = {
+  [CLI_COL_ID] = {"ID", "id", "?", 'r', COL_U64},
+  [CLI_COL_NAME] = {"NAME", "name", "-", 'l', COL_STR},
+  [CLI_COL_OWNER] = {"OWNER", "owner", "-", 'l', COL_STR},
+  [CLI_COL_STATE] = {"STATE", "state", "?", 'l', COL_STR},
+  [CLI_COL_DEVICE] = {"DEVICE", "device", "-", 'l', COL_STR},
+  [CLI_COL_PROGRESS] = {"PROGRESS", NULL, "-", 'l', COL_PROGRESS},
+  [CLI_COL_LOSS] = {"LOSS", "loss", "-", 'r', COL_METRIC},
+  [CLI_COL_ACC] = {"ACC", "accuracy", "-", 'r', COL_METRIC},
+  [CLI_COL_SUBMITTED] = {"SUBMITTED", "submitted_ms", "-", 'l', COL_AGE},
+  [CLI_COL_MEM] = {"MEM/PLAN", "mem", "-", 'r', COL_MEM},
+  [CLI_COL_SPEED] = {"SAMPLES/S", "samples_per_sec", "-", 'r', COL_SPEED},
+};
+
+void cli_job_table_init(cli_table *t, const cli_job_col *cols, size_t ncols) {
+  const char *heads[CLI_TABLE_MAX_COLS];
+  char align[CLI_TABLE_MAX_COLS];
+  size_t i;
+
+  for (i = 0; i < ncols && i < CLI_TABLE_MAX_COLS; i++) {
+    heads[i] = job_cols[cols[i]].head;
+    align[i] = job_cols[cols[i]].align;
+  }
+  cli_table_init(t, heads, ncols, align);
+}
+
+/* "9.50 MiB / 9.50 MiB": in use (at the last report) of planned. */
+static void mem_cell(cli_table *t, const msgpack_object *job) {
+  const msgpack_object *plan;
+  char used[32] = "-", planned[32] = "-";
+  uint64_t v;
+
+  if (td_obj_u64(job, "mem", &v) == 0 && v > 0)
+    td_format_size(v, used, sizeof(used));
+  if (td_obj_map(job, "plan", &plan) == 0 && td_obj_u64(plan, "total", &v) == 0)
+    td_format_size(v, planned, sizeof(planned));
+  if (strcmp(used, "-") == 0 && strcmp(planned, "-") == 0)
+    cli_table_cell(t, "-");
+  else
+    cli_table_cell(t, "%s / %s", used, planned);
+}
+
+static void job_cell(cli_table *t, const struct job_col *col, const msgpack_object *job) {
+  char buf[96];
+  uint64_t u;
+  int64_t i;
+  double v;
+
+  switch (col->kind) {
+  case COL_U64:
+    if (td_obj_u64(job, col->key, &u) != 0)
+      break;
+    cli_table_cell(t, "%" PRIu64, u);
+    return;
+  case COL_STR:
+    str_cell(t, job, col->key, col->dflt);
+    return;
+  case COL_PROGRESS:
+    cli_fmt_progress(job, 0, buf, sizeof(buf));
+    cli_table_cell(t, "%s", buf);
+    return;
+  case COL_METRIC:
+    cli_fmt_metric(job, col->key, buf, sizeof(buf));
+    cli_table_cell(t, "%s", buf);
+    return;
+  case COL_AGE:
+    if (td_obj_i64(job, col->key, &i) != 0)
+      break;
+    cli_fmt_time(i, 1, buf, sizeof(buf));
+    cli_table_cell(t, "%s", buf);
+    return;
+  case COL_MEM:
+    mem_cell(t, job);
+    return;
+  case COL_SPEED:
+    if (td_obj_f64(job, col->key, &v) != 0 || !(v > 0 && v < 1e15))
+      break;
+    cli_fmt_count((uint64_t)(v + 0.5), buf, sizeof(buf));
+    cli_table_cell(t, "%s", buf);
+    return;
+  }
+  cli_table_cell(t, "%s", col->dflt);
+}
+
+void cli_job_row(cli_table *t, const cli_job_col *cols, size_t ncols, const msgpack_object *job) {
+  size_t i;
+
+  for (i = 0; i < ncols; i++)
+    job_cell(t, &job_cols[cols[i]], job);
+}
+
+static const char *const device_heads[] = {"NAME", "BUDGET", "RESERVED", "FREE", "JOBS", "STATE"};
+
+static void device_row(cli_table *t, const msgpack_object *dev) {
+  uint64_t budget = 0, reserved = 0, njobs;
+  int hb = td_obj_u64(dev, "budget", &budget) == 0;
+  int hr = td_obj_u64(dev, "reserved", &reserved) == 0;
+  int draining;
+
+  str_cell(t, dev, "name", "?");
+  size_cell(t, hb, budget);
+  size_cell(t, hr, reserved);
+  size_cell(t, hb && hr, budget > reserved ? budget - reserved : 0);
+  if (td_obj_u64(dev, "jobs", &njobs) == 0)
+    cli_table_cell(t, "%" PRIu64, njobs);
+  else
+    cli_table_cell(t, "?");
+  if (td_obj_bool(dev, "draining", &draining) == 0)
+    cli_table_cell(t, "%s", draining ? "draining" : "active");
+  else
+    cli_table_cell(t, "?");
+}
+
+int cli_print_devices(FILE *f, const msgpack_object *devs) {
+  cli_table t;
+  uint32_t i;
+  int rc;
+
+  cli_table_init(&t, device_heads, TD_ARRAY_SIZE(device_heads), "lrrrrl");
+  if (devs->type == MSGPACK_OBJECT_MAP)
+    device_row(&t, devs);
+  for (i = 0; devs->type == MSGPACK_OBJECT_ARRAY && i < devs->via.array.size; i++)
+    if (devs->via.array.ptr[i].type == MSGPACK_OBJECT_MAP)
+      device_row(&t, &devs->via.array.ptr[i]);
+  rc = cli_table_print(&t, f);
+  cli_table_free(&t);
+  return rc;
 }

@@ -1,11 +1,13 @@
 /* The client's output layer: JSON that stays strict whatever the wire holds,
- * terminal text that cannot carry escape sequences, numbers and tables. */
+ * terminal text that cannot carry escape sequences, numbers and tables; and
+ * its argument layer: values checked against the protocol's bounds. */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client.h"
+#include "error.h"
 
 /* Unpacks what a test packed; the zone owns the objects. */
 typedef struct packed {
@@ -214,6 +216,258 @@ START_TEST(table_aligns_columns) {
 }
 END_TEST
 
+/* Prints a table to a string (caller frees). */
+static char *table_text(cli_table *t) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(cli_table_print(t, f), 0);
+  fclose(f);
+  cli_table_free(t);
+  return buf;
+}
+
+START_TEST(sanitize_log_keeps_lines_and_split_utf8) {
+  /* ESC and CR go, newline and tab stay; é passes */
+  char a[] = "a\x1b[1m\tb\r\n\xc3\xa9";
+  /* an emoji cut after two of its four bytes waits for the next piece */
+  char b[] = "ok \xf0\x9f";
+  /* a lone continuation byte or a bad lead byte at the end is not waited for */
+  char c[] = "x\x80";
+  char d[] = "x\xf8";
+
+  ck_assert_uint_eq(cli_sanitize_log(a, sizeof(a) - 1, 0), sizeof(a) - 1);
+  ck_assert_str_eq(a, "a?[1m\tb?\n\xc3\xa9");
+  ck_assert_uint_eq(cli_sanitize_log(b, sizeof(b) - 1, 0), 3);
+  ck_assert_str_eq(b, "ok \xf0\x9f");
+  /* at the end of the log it is what it is: invalid */
+  ck_assert_uint_eq(cli_sanitize_log(b, sizeof(b) - 1, 1), sizeof(b) - 1);
+  ck_assert_str_eq(b, "ok ??");
+  ck_assert_uint_eq(cli_sanitize_log(c, 2, 0), 2);
+  ck_assert_str_eq(c, "x?");
+  ck_assert_uint_eq(cli_sanitize_log(d, 2, 0), 2);
+  ck_assert_str_eq(d, "x?");
+}
+END_TEST
+
+START_TEST(fit_width_counts_code_points) {
+  const char *s = "ab\xc3\xa9" "cd"; /* 5 columns, 6 bytes */
+
+  ck_assert_uint_eq(cli_fit_width(s, 6, 80), 6);
+  ck_assert_uint_eq(cli_fit_width(s, 6, 5), 6);
+  ck_assert_uint_eq(cli_fit_width(s, 6, 3), 4); /* é is kept whole */
+  ck_assert_uint_eq(cli_fit_width(s, 6, 2), 2);
+  ck_assert_uint_eq(cli_fit_width(s, 6, 0), 0);
+}
+END_TEST
+
+START_TEST(bounds_come_from_the_catalogue) {
+  double min = 0, max = 0;
+  size_t len = 0;
+
+  ck_assert_int_eq(cli_field_bounds("set-priority", "priority", &min, &max), 0);
+  ck_assert(min == -1000 && max == 1000);
+  ck_assert_int_eq(cli_field_bounds("device", "budget", &min, &max), 0);
+  ck_assert(min == 1048576);
+  ck_assert_int_eq(cli_field_bounds("list", "limit", &min, &max), 0);
+  ck_assert(min == 1 && max == 100000);
+  ck_assert_int_eq(cli_field_bounds("device", "nope", &min, &max), TD_ENOENT);
+  ck_assert_int_eq(cli_field_bounds("nope", "name", &min, &max), TD_ENOENT);
+
+  ck_assert_int_eq(cli_check_str("device", "name", "cpu0", &len), 0);
+  ck_assert_uint_eq(len, 31);
+  ck_assert_int_eq(cli_check_str("device", "name", "", &len), TD_EINVAL);
+  ck_assert_int_eq(cli_check_str("list", "owner", "a23456789012345678901234567890123", &len),
+                   TD_ETOOBIG);
+  ck_assert_uint_eq(len, 32);
+}
+END_TEST
+
+START_TEST(parses_integers_in_bounds) {
+  uint64_t u = 99;
+  int64_t i = 99;
+
+  ck_assert_int_eq(cli_parse_uint("7", 1, 100, &u), 0);
+  ck_assert_uint_eq(u, 7);
+  ck_assert_int_eq(cli_parse_uint("18446744073709551615", 1, (double)UINT64_MAX, &u), 0);
+  ck_assert_uint_eq(u, UINT64_MAX);
+  u = 99;
+  ck_assert_int_eq(cli_parse_uint("18446744073709551616", 1, (double)UINT64_MAX, &u),
+                   TD_ETOOBIG);
+  ck_assert_int_eq(cli_parse_uint("0", 1, 100, &u), TD_ETOOBIG);
+  ck_assert_int_eq(cli_parse_uint("101", 1, 100, &u), TD_ETOOBIG);
+  ck_assert_int_eq(cli_parse_uint("-1", 1, 100, &u), TD_EINVAL);
+  ck_assert_int_eq(cli_parse_uint(" 1", 1, 100, &u), TD_EINVAL);
+  ck_assert_int_eq(cli_parse_uint("1x", 1, 100, &u), TD_EINVAL);
+  ck_assert_int_eq(cli_parse_uint("", 1, 100, &u), TD_EINVAL);
+  ck_assert_uint_eq(u, 99); /* untouched on failure */
+
+  ck_assert_int_eq(cli_parse_int("-1000", -1000, 1000, &i), 0);
+  ck_assert_int_eq(i, -1000);
+  ck_assert_int_eq(cli_parse_int("+5", -1000, 1000, &i), 0);
+  ck_assert_int_eq(i, 5);
+  i = 99;
+  ck_assert_int_eq(cli_parse_int("1001", -1000, 1000, &i), TD_ETOOBIG);
+  ck_assert_int_eq(cli_parse_int("-1001", -1000, 1000, &i), TD_ETOOBIG);
+  ck_assert_int_eq(cli_parse_int("99999999999999999999", -1000, 1000, &i), TD_ETOOBIG);
+  ck_assert_int_eq(cli_parse_int("--1", -1000, 1000, &i), TD_EINVAL);
+  ck_assert_int_eq(cli_parse_int("-", -1000, 1000, &i), TD_EINVAL);
+  ck_assert_int_eq(cli_parse_int("1.5", -1000, 1000, &i), TD_EINVAL);
+  ck_assert_int_eq(cli_parse_int("-1", 0, 1000, &i), TD_EINVAL); /* no sign where min >= 0 */
+  ck_assert_int_eq(i, 99);
+}
+END_TEST
+
+START_TEST(parses_sizes_and_seconds) {
+  uint64_t v = 0;
+  double s = -1;
+
+  ck_assert_int_eq(cli_parse_size("2GiB", 1048576, 0x1p64, &v), 0);
+  ck_assert_uint_eq(v, 2ull << 30);
+  ck_assert_int_eq(cli_parse_size("1.5G", 1048576, 0x1p64, &v), 0);
+  ck_assert_uint_eq(v, 3ull << 29);
+  ck_assert_int_eq(cli_parse_size("1MiB", 1048576, 0x1p64, &v), 0);
+  ck_assert_uint_eq(v, 1048576);
+  v = 7;
+  ck_assert_int_eq(cli_parse_size("512KiB", 1048576, 0x1p64, &v), TD_ETOOBIG);
+  ck_assert_int_eq(cli_parse_size("lots", 1048576, 0x1p64, &v), TD_EINVAL);
+  ck_assert_int_eq(cli_parse_size("-1G", 0, 0x1p64, &v), TD_EINVAL);
+  ck_assert_uint_eq(v, 7);
+  ck_assert_int_eq(cli_parse_size("0", 0, 0x1p64, &v), 0);
+  ck_assert_uint_eq(v, 0);
+
+  ck_assert_int_eq(cli_parse_seconds("2.5", &s), 0);
+  ck_assert(s == 2.5);
+  ck_assert_int_eq(cli_parse_seconds("0", &s), 0);
+  ck_assert(s == 0);
+  ck_assert_int_eq(cli_parse_seconds("-1", &s), TD_EINVAL);
+  ck_assert_int_eq(cli_parse_seconds("inf", &s), TD_EINVAL);
+  ck_assert_int_eq(cli_parse_seconds("1e12", &s), TD_ETOOBIG);
+}
+END_TEST
+
+/* A job map as `show` gives it, mem and plan optional. */
+static void pack_job(packed *p, const char *state, uint64_t mem, uint64_t plan_total,
+                     double sps) {
+  msgpack_pack_map(&p->pk, 11 + (plan_total > 0) + (sps > 0));
+  key(p, "id");
+  msgpack_pack_uint64(&p->pk, 12);
+  key(p, "name");
+  msgpack_pack_str_with_body(&p->pk, "mlp", 3);
+  key(p, "owner");
+  msgpack_pack_str_with_body(&p->pk, "ann", 3);
+  key(p, "state");
+  msgpack_pack_str_with_body(&p->pk, state, strlen(state));
+  key(p, "device");
+  msgpack_pack_str_with_body(&p->pk, "", 0);
+  key(p, "epoch");
+  msgpack_pack_uint64(&p->pk, 2);
+  key(p, "epochs");
+  msgpack_pack_uint64(&p->pk, 5);
+  key(p, "step");
+  msgpack_pack_uint64(&p->pk, 17);
+  key(p, "steps");
+  msgpack_pack_uint64(&p->pk, 469);
+  key(p, "loss");
+  msgpack_pack_double(&p->pk, 0.25);
+  key(p, "mem");
+  msgpack_pack_uint64(&p->pk, mem);
+  if (plan_total > 0) {
+    key(p, "plan");
+    msgpack_pack_map(&p->pk, 1);
+    key(p, "total");
+    msgpack_pack_uint64(&p->pk, plan_total);
+  }
+  if (sps > 0) {
+    key(p, "samples_per_sec");
+    msgpack_pack_double(&p->pk, sps);
+  }
+}
+
+START_TEST(job_rows_read_list_and_show_maps) {
+  static const cli_job_col cols[] = {CLI_COL_ID,   CLI_COL_OWNER, CLI_COL_DEVICE,
+                                     CLI_COL_PROGRESS, CLI_COL_LOSS, CLI_COL_MEM,
+                                     CLI_COL_SPEED};
+  packed run, queued;
+  cli_table t;
+  char *s;
+
+  packed_init(&run);
+  packed_init(&queued);
+  pack_job(&run, "running", 3u << 20, 4u << 20, 12345.6);
+  pack_job(&queued, "queued", 0, 0, 0);
+  cli_job_table_init(&t, cols, sizeof(cols) / sizeof(cols[0]));
+  cli_job_row(&t, cols, sizeof(cols) / sizeof(cols[0]), packed_obj(&run));
+  cli_job_row(&t, cols, sizeof(cols) / sizeof(cols[0]), packed_obj(&queued));
+  s = table_text(&t);
+  ck_assert_str_eq(s, "ID  OWNER  DEVICE  PROGRESS      LOSS             MEM/PLAN  SAMPLES/S\n"
+                      "12  ann    -       2/5 17/469  0.2500  3.00 MiB / 4.00 MiB     12,346\n"
+                      "12  ann    -       2/5         0.2500                    -          -\n");
+  free(s);
+  packed_free(&run);
+  packed_free(&queued);
+}
+END_TEST
+
+START_TEST(formats_progress_and_metrics) {
+  packed p;
+  const msgpack_object *job;
+  char b[96];
+
+  packed_init(&p);
+  pack_job(&p, "running", 0, 0, 0);
+  job = packed_obj(&p);
+  cli_fmt_progress(job, 1, b, sizeof(b));
+  ck_assert_str_eq(b, "epoch 2/5, step 17/469");
+  cli_fmt_progress(job, 0, b, sizeof(b));
+  ck_assert_str_eq(b, "2/5 17/469");
+  cli_fmt_metric(job, "loss", b, sizeof(b));
+  ck_assert_str_eq(b, "0.2500");
+  cli_fmt_metric(job, "accuracy", b, sizeof(b));
+  ck_assert_str_eq(b, "-");
+  packed_free(&p);
+}
+END_TEST
+
+START_TEST(device_rows_show_state) {
+  packed p;
+  char *s = NULL;
+  size_t len = 0;
+  FILE *f;
+
+  packed_init(&p);
+  msgpack_pack_array(&p.pk, 2);
+  msgpack_pack_map(&p.pk, 5);
+  key(&p, "name");
+  msgpack_pack_str_with_body(&p.pk, "cuda0", 5);
+  key(&p, "budget");
+  msgpack_pack_uint64(&p.pk, 2u << 30);
+  key(&p, "reserved");
+  msgpack_pack_uint64(&p.pk, 512u << 20);
+  key(&p, "jobs");
+  msgpack_pack_uint64(&p.pk, 3);
+  key(&p, "draining");
+  msgpack_pack_true(&p.pk);
+  msgpack_pack_map(&p.pk, 1); /* an older daemon: no draining, no numbers */
+  key(&p, "name");
+  msgpack_pack_str_with_body(&p.pk, "cpu0", 4);
+  f = open_memstream(&s, &len);
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(cli_print_devices(f, packed_obj(&p)), 0);
+  cli_print_devices(f, &p.obj.via.array.ptr[1]); /* one device, as `device` gives it */
+  fclose(f);
+  ck_assert_str_eq(s, "NAME     BUDGET    RESERVED      FREE  JOBS  STATE\n"
+                      "cuda0  2.00 GiB  512.00 MiB  1.50 GiB     3  draining\n"
+                      "cpu0          ?           ?         ?     ?  ?\n"
+                      "NAME  BUDGET  RESERVED  FREE  JOBS  STATE\n"
+                      "cpu0       ?         ?     ?     ?  ?\n");
+  free(s);
+  packed_free(&p);
+}
+END_TEST
+
 static Suite *client_suite(void) {
   Suite *s = suite_create("client");
   TCase *tc = tcase_create("output");
@@ -226,6 +480,16 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, field_dup_checks_type);
   tcase_add_test(tc, formats_numbers_and_times);
   tcase_add_test(tc, table_aligns_columns);
+  tcase_add_test(tc, sanitize_log_keeps_lines_and_split_utf8);
+  tcase_add_test(tc, fit_width_counts_code_points);
+  tcase_add_test(tc, formats_progress_and_metrics);
+  tcase_add_test(tc, job_rows_read_list_and_show_maps);
+  tcase_add_test(tc, device_rows_show_state);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("arguments");
+  tcase_add_test(tc, bounds_come_from_the_catalogue);
+  tcase_add_test(tc, parses_integers_in_bounds);
+  tcase_add_test(tc, parses_sizes_and_seconds);
   suite_add_tcase(s, tc);
   return s;
 }

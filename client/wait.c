@@ -1,4 +1,4 @@
-/* submit --wait: follow one job until it ends.
+/* submit --wait and wait: follow one job until it ends.
  *
  * Events come from the status socket, but PUB/SUB drops messages (a slow
  * joiner misses the first ones, and the job may end before we subscribe),
@@ -46,6 +46,23 @@ typedef struct watch {
 static void on_sigint(int sig) {
   (void)sig;
   cli_interrupted = 1;
+}
+
+void cli_catch_sigint(struct sigaction *old) {
+  struct sigaction sa;
+
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_sigint; /* no SA_RESTART: a blocked nn_recv returns EINTR */
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, old);
+}
+
+void cli_nap(double seconds) {
+  struct timespec ts;
+
+  ts.tv_sec = (time_t)seconds;
+  ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+  nanosleep(&ts, NULL); /* EINTR ends it early, as it should */
 }
 
 static void append(char *buf, size_t cap, const char *fmt, ...)
@@ -347,9 +364,7 @@ static void receive(watch *w, int *sub) {
   int n;
 
   if (*sub < 0) {
-    struct timespec ts = {.tv_sec = 1, .tv_nsec = 0};
-
-    nanosleep(&ts, NULL); /* no status socket: "show" is all we have */
+    cli_nap(1.0); /* no status socket: "show" is all we have */
     return;
   }
   n = nn_recv(*sub, &buf, NN_MSG, 0);
@@ -366,7 +381,7 @@ static void receive(watch *w, int *sub) {
 
 int cli_wait(cli *c, uint64_t id) {
   watch w = {.c = c, .id = id, .loss = NAN, .sps = -1, .eta = -1};
-  struct sigaction sa, old_int;
+  struct sigaction old_int;
   char *status_addr = NULL;
   int sub = -1, rc;
 
@@ -380,10 +395,7 @@ int cli_wait(cli *c, uint64_t id) {
     cli_fail("following job %" PRIu64 " by asking traind every second instead", id);
   free(status_addr);
 
-  memset(&sa, 0, sizeof(sa));
-  sa.sa_handler = on_sigint; /* no SA_RESTART: a blocked nn_recv returns EINTR */
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, &old_int);
+  cli_catch_sigint(&old_int);
 
   rc = poll_show(&w);
   while (rc == 0 && !cli_state_is_final(w.state)) {

@@ -1,11 +1,13 @@
 #include "backend_impl.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "dropout_mask.h"
 #include "error.h"
 #include "util.h"
 
@@ -104,8 +106,27 @@ void td__backend_fail(td_backend *be, int code, const char *fmt, ...) {
   va_end(ap);
 }
 
+/* Counts a memory request; 0 if it is the one to fail. */
+static int fault_due(td_backend *be) {
+  return ++be->requests != be->fault_at;
+}
+
+/* Whether an op should run: not after a latched failure (its inputs are
+ * garbage), and not if it is the injected fault. */
+static int op_live(td_backend *be, const char *op) {
+  if (be->status != 0)
+    return 0;
+  if (fault_due(be))
+    return 1;
+  be->mem.oom_asked = 0;
+  be->mem.oom_free = be->mem.budget > be->mem.used ? be->mem.budget - be->mem.used : 0;
+  td__backend_fail(be, TD_EOOM, "%s: injected out-of-memory failure in %s (memory.fail_alloc)",
+                   be->device, op);
+  return 0;
+}
+
 int td_backend_alloc(td_backend *be, uint64_t bytes, td_buf *out) {
-  uint64_t avail = be->mem.budget - be->mem.used;
+  uint64_t avail = be->mem.budget > be->mem.used ? be->mem.budget - be->mem.used : 0;
   void *ptr = NULL;
   int rc;
 
@@ -113,7 +134,9 @@ int td_backend_alloc(td_backend *be, uint64_t bytes, td_buf *out) {
     *out = (td_buf){0};
     return 0;
   }
-  if (bytes > avail) {
+  if (!fault_due(be)) {
+    rc = TD_EOOM;
+  } else if (bytes > avail) {
     rc = TD_EOOM;
   } else {
     rc = be->ops->alloc(be, bytes, &ptr, &avail);
@@ -141,6 +164,14 @@ void td_backend_free(td_backend *be, td_buf *buf) {
 
 void td_backend_mem(const td_backend *be, td_mem_stats *out) { *out = be->mem; }
 
+void td_backend_set_budget(td_backend *be, uint64_t budget) { be->mem.budget = budget; }
+
+void td_backend_inject_oom(td_backend *be, uint64_t nth) {
+  be->fault_at = nth == 0 ? 0 : be->requests + nth;
+}
+
+int td_backend_status(const td_backend *be) { return be->status; }
+
 void td_backend_upload(td_backend *be, void *dst, const void *src, size_t bytes) {
   if (bytes > 0)
     be->ops->upload(be, dst, src, bytes);
@@ -167,49 +198,50 @@ const char *td_backend_error(const td_backend *be) { return be->errmsg; }
 void td_backend_sgemm(td_backend *be, bool trans_a, bool trans_b, int m, int n, int k,
                       float alpha, const float *a, int lda, const float *b, int ldb,
                       float beta, float *c, int ldc) {
-  if (m > 0 && n > 0)
+  if (m > 0 && n > 0 && op_live(be, "sgemm"))
     be->ops->sgemm(be, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 void td_backend_fill(td_backend *be, float *x, size_t n, float value) {
-  if (n > 0)
+  if (n > 0 && op_live(be, "fill"))
     be->ops->fill(be, x, n, value);
 }
 
 void td_backend_bias_add(td_backend *be, float *y, const float *bias, size_t rows,
                          size_t cols) {
-  if (rows > 0 && cols > 0)
+  if (rows > 0 && cols > 0 && op_live(be, "bias_add"))
     be->ops->bias_add(be, y, bias, rows, cols);
 }
 
 void td_backend_bias_grad(td_backend *be, const float *dy, size_t rows, size_t cols,
                           float beta, float *db) {
-  if (cols > 0)
+  if (cols > 0 && op_live(be, "bias_grad"))
     be->ops->bias_grad(be, dy, rows, cols, beta, db);
 }
 
 void td_backend_relu_fwd(td_backend *be, const float *x, float *y, size_t n) {
-  if (n > 0)
+  if (n > 0 && op_live(be, "relu_fwd"))
     be->ops->relu_fwd(be, x, y, n);
 }
 
 void td_backend_relu_bwd(td_backend *be, const float *y, const float *dy, float *dx,
                          size_t n) {
-  if (n > 0)
+  if (n > 0 && op_live(be, "relu_bwd"))
     be->ops->relu_bwd(be, y, dy, dx, n);
 }
 
 void td_backend_normalize_u8(td_backend *be, const uint8_t *x, float *y, size_t n,
                              float mean, float std) {
-  if (n > 0)
+  if (n > 0 && op_live(be, "normalize_u8"))
     be->ops->normalize_u8(be, x, y, n, 1.0f / (255.0f * std), -mean / std);
 }
 
 void td_backend_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
                              size_t rows, size_t classes, float grad_scale,
                              float *dlogits, float *stats) {
-  if (rows > 0 && classes > 0)
-    be->ops->softmax_xent(be, logits, labels, rows, classes, grad_scale, dlogits, stats);
+  if (rows > 0 && classes > 0 && op_live(be, "softmax_xent"))
+    be->ops->softmax_xent(be, logits, labels, rows, classes, 0.0f, grad_scale, dlogits,
+                          stats);
 }
 
 void td_backend_adam(td_backend *be, float *param, const float *grad, float *m, float *v,
@@ -218,13 +250,231 @@ void td_backend_adam(td_backend *be, float *param, const float *grad, float *m, 
   double bc1 = 1.0 - pow((double)h->beta1, t);
   double bc2 = 1.0 - pow((double)h->beta2, t);
 
-  if (n > 0)
+  if (n > 0 && op_live(be, "adam"))
     be->ops->adam(be, param, grad, m, v, n, h->beta1, h->beta2, h->eps, h->weight_decay,
                   (float)(h->lr / bc1), (float)(1.0 / bc2));
 }
 
 void td_backend_sgd(td_backend *be, float *param, const float *grad, float *buf, size_t n,
                     const td_sgd_hparams *h) {
-  if (n > 0)
+  if (n > 0 && op_live(be, "sgd"))
     be->ops->sgd(be, param, grad, buf, n, h->lr, h->momentum, h->weight_decay);
+}
+
+void td_backend_softmax_xent_smooth(td_backend *be, const float *logits,
+                                    const uint8_t *labels, size_t rows, size_t classes,
+                                    float smoothing, float grad_scale, float *dlogits,
+                                    float *stats) {
+  if (!(smoothing >= 0.0f && smoothing < 1.0f)) {
+    td__backend_fail(be, TD_EINVAL, "%s: label smoothing %g is not in [0, 1)", be->device,
+                     (double)smoothing);
+    return;
+  }
+  if (rows > 0 && classes > 0 && op_live(be, "softmax_xent"))
+    be->ops->softmax_xent(be, logits, labels, rows, classes, smoothing, grad_scale, dlogits,
+                          stats);
+}
+
+void td_backend_dense_fwd(td_backend *be, const float *x, const float *w, const float *b,
+                          float *y, int n, int in, int out) {
+  td_backend_sgemm(be, false, true, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+  if (b != NULL)
+    td_backend_bias_add(be, y, b, (size_t)(n > 0 ? n : 0), (size_t)(out > 0 ? out : 0));
+}
+
+void td_backend_dense_bwd(td_backend *be, const float *x, const float *w, const float *dy,
+                          float *dx, float *dw, float *db, int n, int in, int out, float beta) {
+  td_backend_sgemm(be, true, false, out, in, n, 1.0f, dy, out, x, in, beta, dw, in);
+  if (db != NULL)
+    td_backend_bias_grad(be, dy, (size_t)(n > 0 ? n : 0), (size_t)(out > 0 ? out : 0), beta,
+                         db);
+  if (dx != NULL)
+    td_backend_sgemm(be, false, false, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
+}
+
+int td_conv2d_out(const td_conv2d_desc *d, bool pool, int *oh, int *ow, char *err,
+                  size_t errlen) {
+  const char *what = pool ? "pooling" : "conv2d";
+  char scratch[1];
+  int k = pool ? d->c : d->k;
+  long long hp = (long long)d->h + 2LL * d->ph, wp = (long long)d->w + 2LL * d->pw;
+  long long o_h, o_w;
+
+  if (err == NULL || errlen == 0) {
+    err = scratch;
+    errlen = sizeof(scratch);
+  }
+  if (d->n <= 0 || d->c <= 0 || d->h <= 0 || d->w <= 0 || k <= 0 || d->kh <= 0 ||
+      d->kw <= 0 || d->sh <= 0 || d->sw <= 0) {
+    snprintf(err, errlen, "%s: sizes must be positive (input %dx%dx%dx%d, %d outputs, window "
+             "%dx%d, stride %dx%d)", what, d->n, d->c, d->h, d->w, k, d->kh, d->kw, d->sh,
+             d->sw);
+    return TD_EINVAL;
+  }
+  if (d->ph < 0 || d->pw < 0 || (pool && (2LL * d->ph > d->kh || 2LL * d->pw > d->kw))) {
+    snprintf(err, errlen, "%s: padding %dx%d must be %s", what, d->ph, d->pw,
+             pool ? "at most half the window" : "non-negative");
+    return TD_EINVAL;
+  }
+  if (hp < d->kh || wp < d->kw) {
+    snprintf(err, errlen, "%s: window %dx%d is larger than the padded input %lldx%lld", what,
+             d->kh, d->kw, hp, wp);
+    return TD_EINVAL;
+  }
+  o_h = (hp - d->kh) / d->sh + 1;
+  o_w = (wp - d->kw) / d->sw + 1;
+  /* Every tensor the op touches stays indexable by int (BLAS, cuDNN). */
+  const double sizes[] = {
+      (double)d->n * d->c * d->h * d->w,
+      (double)d->n * k * o_h * o_w,
+      pool ? 0.0 : (double)k * d->c * d->kh * d->kw,
+      pool ? 0.0 : (double)d->c * d->kh * d->kw * o_h * o_w, /* im2col */
+  };
+  for (size_t i = 0; i < TD_ARRAY_SIZE(sizes); i++) {
+    if (sizes[i] > (double)INT_MAX) {
+      snprintf(err, errlen, "%s: a tensor of %.0f elements is more than %d", what, sizes[i],
+               INT_MAX);
+      return TD_EINVAL;
+    }
+  }
+  *oh = (int)o_h;
+  *ow = (int)o_w;
+  return 0;
+}
+
+/* Checks the geometry; a bad one latches TD_EINVAL (the op then runs nothing). */
+static bool window_ok(td_backend *be, const char *op, const td_conv2d_desc *d, bool pool,
+                      int *oh, int *ow) {
+  char why[192];
+
+  if (td_conv2d_out(d, pool, oh, ow, why, sizeof(why)) == 0)
+    return true;
+  td__backend_fail(be, TD_EINVAL, "%s: %s: %s", be->device, op, why);
+  return false;
+}
+
+int td_backend_conv2d_workspace(td_backend *be, const td_conv2d_desc *d, uint64_t *bytes) {
+  int oh, ow;
+
+  if (td_conv2d_out(d, false, &oh, &ow, NULL, 0) < 0)
+    return TD_EINVAL;
+  return be->ops->conv2d_workspace(be, d, oh, ow, bytes);
+}
+
+uint64_t td_conv2d_workspace_cpu(const td_conv2d_desc *d) {
+  int oh, ow;
+
+  if (td_conv2d_out(d, false, &oh, &ow, NULL, 0) < 0)
+    return 0;
+  return (uint64_t)d->c * d->kh * d->kw * oh * ow * sizeof(float);
+}
+
+void td_backend_conv2d_fwd(td_backend *be, const td_conv2d_desc *d, const float *x,
+                           const float *w, const float *b, float *y, void *work,
+                           uint64_t work_bytes) {
+  int oh, ow;
+
+  if (window_ok(be, "conv2d_fwd", d, false, &oh, &ow) && op_live(be, "conv2d_fwd"))
+    be->ops->conv2d_fwd(be, d, oh, ow, x, w, b, y, work, work_bytes);
+}
+
+void td_backend_conv2d_bwd(td_backend *be, const td_conv2d_desc *d, const float *x,
+                           const float *w, const float *dy, float *dx, float *dw, float *db,
+                           float beta, void *work, uint64_t work_bytes) {
+  int oh, ow;
+
+  if (window_ok(be, "conv2d_bwd", d, false, &oh, &ow) && op_live(be, "conv2d_bwd"))
+    be->ops->conv2d_bwd(be, d, oh, ow, x, w, dy, dx, dw, db, beta, work, work_bytes);
+}
+
+void td_backend_pool2d_fwd(td_backend *be, td_pool_mode mode, const td_conv2d_desc *d,
+                           const float *x, float *y) {
+  int oh, ow;
+
+  if (window_ok(be, "pool2d_fwd", d, true, &oh, &ow) && op_live(be, "pool2d_fwd"))
+    be->ops->pool2d_fwd(be, mode, d, oh, ow, x, y);
+}
+
+void td_backend_pool2d_bwd(td_backend *be, td_pool_mode mode, const td_conv2d_desc *d,
+                           const float *x, const float *y, const float *dy, float *dx) {
+  int oh, ow;
+
+  if (window_ok(be, "pool2d_bwd", d, true, &oh, &ow) && op_live(be, "pool2d_bwd"))
+    be->ops->pool2d_bwd(be, mode, d, oh, ow, x, y, dy, dx);
+}
+
+void td_backend_gelu_fwd(td_backend *be, td_gelu_kind kind, const float *x, float *y,
+                         size_t n) {
+  if (n > 0 && op_live(be, "gelu_fwd"))
+    be->ops->gelu_fwd(be, kind, x, y, n);
+}
+
+void td_backend_gelu_bwd(td_backend *be, td_gelu_kind kind, const float *x, const float *dy,
+                         float *dx, size_t n) {
+  if (n > 0 && op_live(be, "gelu_bwd"))
+    be->ops->gelu_bwd(be, kind, x, dy, dx, n);
+}
+
+void td_backend_dropout(td_backend *be, const float *x, float *y, size_t rows, size_t cols,
+                        float p, const td_dropout_key *key) {
+  if (!(p >= 0.0f && p <= 1.0f)) {
+    td__backend_fail(be, TD_EINVAL, "%s: dropout probability %g is not in [0, 1]",
+                     be->device, (double)p);
+    return;
+  }
+  if (rows > 0 && cols > 0 && op_live(be, "dropout"))
+    be->ops->dropout(be, x, y, rows, cols, td__dropout_key(key->seed, key->layer, key->step),
+                     key->sample, (uint32_t)ceil((double)p * 16777216.0),
+                     p < 1.0f ? 1.0f / (1.0f - p) : 0.0f);
+}
+
+static bool batchnorm_ok(td_backend *be, const char *op, const td_batchnorm_desc *d,
+                         bool training) {
+  if (d->n < 0 || d->c < 0 || d->hw < 0 ||
+      (double)d->n * d->c * d->hw > (double)INT_MAX) {
+    td__backend_fail(be, TD_EINVAL, "%s: %s: bad size %dx%dx%d", be->device, op, d->n, d->c,
+                     d->hw);
+    return false;
+  }
+  /* One value per channel has no variance (PyTorch refuses it too). */
+  if (training && (long long)d->n * d->hw == 1) {
+    td__backend_fail(be, TD_EINVAL, "%s: %s: training needs more than one value per channel",
+                     be->device, op);
+    return false;
+  }
+  return (long long)d->n * d->c * d->hw > 0 && op_live(be, op);
+}
+
+void td_backend_batchnorm2d_fwd(td_backend *be, const td_batchnorm_desc *d, bool training,
+                                const float *x, float *y, const float *gamma,
+                                const float *beta, float *running_mean, float *running_var,
+                                float *save_mean, float *save_invstd) {
+  if (batchnorm_ok(be, "batchnorm2d_fwd", d, training))
+    be->ops->batchnorm2d_fwd(be, d, training, x, y, gamma, beta, running_mean, running_var,
+                             save_mean, save_invstd);
+}
+
+void td_backend_batchnorm2d_bwd(td_backend *be, const td_batchnorm_desc *d, const float *x,
+                                const float *dy, float *dx, const float *gamma,
+                                const float *save_mean, const float *save_invstd, float beta,
+                                float *dgamma, float *dbeta) {
+  if (batchnorm_ok(be, "batchnorm2d_bwd", d, true))
+    be->ops->batchnorm2d_bwd(be, d, x, dy, dx, gamma, save_mean, save_invstd, beta, dgamma,
+                             dbeta);
+}
+
+void td_backend_layernorm_fwd(td_backend *be, const float *x, float *y, size_t rows,
+                              size_t cols, const float *gamma, const float *beta, float eps,
+                              float *save_mean, float *save_invstd) {
+  if (rows > 0 && cols > 0 && op_live(be, "layernorm_fwd"))
+    be->ops->layernorm_fwd(be, x, y, rows, cols, gamma, beta, eps, save_mean, save_invstd);
+}
+
+void td_backend_layernorm_bwd(td_backend *be, const float *x, const float *dy, float *dx,
+                              size_t rows, size_t cols, const float *gamma,
+                              const float *save_mean, const float *save_invstd, float beta,
+                              float *dgamma, float *dbeta) {
+  if (rows > 0 && cols > 0 && op_live(be, "layernorm_bwd"))
+    be->ops->layernorm_bwd(be, x, dy, dx, rows, cols, gamma, save_mean, save_invstd, beta,
+                           dgamma, dbeta);
 }

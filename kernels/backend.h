@@ -65,6 +65,18 @@ int td_backend_alloc(td_backend *be, uint64_t bytes, td_buf *out);
 /* Free and empty a buffer; an empty one is fine. */
 void td_backend_free(td_backend *be, td_buf *buf);
 void td_backend_mem(const td_backend *be, td_mem_stats *out);
+/* Change the budget (the daemon lowers it under pressure).  It may go below
+ * what is allocated now: then every allocation fails until enough is freed. */
+void td_backend_set_budget(td_backend *be, uint64_t budget);
+/* Testing (a job's memory.fail_alloc): the nth memory request from now fails
+ * with TD_EOOM as if the device were full, once.  Requests are allocations
+ * and ops (on a GPU any op may need transient memory: cuBLAS workspaces);
+ * an op that fails does nothing.  0 disarms. */
+void td_backend_inject_oom(td_backend *be, uint64_t nth);
+/* The failure latched since the last sync, without waiting (0 if none):
+ * a step checks it before the optimiser update, so a failed step never
+ * touches the weights. */
+int td_backend_status(const td_backend *be);
 
 /* Host <-> device copies; download waits for the ops queued before it. */
 void td_backend_upload(td_backend *be, void *dst, const void *src, size_t bytes);
@@ -120,6 +132,150 @@ typedef struct td_sgd_hparams {
 } td_sgd_hparams;
 void td_backend_sgd(td_backend *be, float *param, const float *grad, float *buf, size_t n,
                     const td_sgd_hparams *h);
+
+/* Layers.  Activations are NCHW fp32, batch-major: sample i of a micro-batch
+ * starts at i * c*h*w, so a [n, c, h, w] tensor already is the [n, c*h*w]
+ * matrix a dense layer reads: Flatten is a no-op view and has no op.
+ * ReLU is td_backend_relu_fwd/bwd above.  Backward ops that produce
+ * parameter gradients take beta: 0 overwrites them, 1 adds to them (the
+ * micro-batches of one step accumulate). */
+
+/* Dense (nn.Linear's layout): y[n, out] = x[n, in] w[out, in]^T + b[out]; b
+ * may be NULL.  Compositions of sgemm and the bias ops, not ops of their own. */
+void td_backend_dense_fwd(td_backend *be, const float *x, const float *w, const float *b,
+                          float *y, int n, int in, int out);
+/* dw = beta dw + dy^T x; db = beta db + colsum(dy) (skipped when db is NULL);
+ * dx = dy w, skipped when dx is NULL (nothing before the layer needs it). */
+void td_backend_dense_bwd(td_backend *be, const float *x, const float *w, const float *dy,
+                          float *dx, float *dw, float *db, int n, int in, int out, float beta);
+
+/* The geometry of a 2-D convolution or pooling window over an NCHW input
+ * (PyTorch's Conv2d / MaxPool2d / AvgPool2d, dilation 1, floor mode). */
+typedef struct td_conv2d_desc {
+  int n, c, h, w; /* input: batch, channels, height, width */
+  int k;          /* output channels (conv2d; pooling keeps c and ignores k) */
+  int kh, kw;     /* window */
+  int sh, sw;     /* stride */
+  int ph, pw;     /* zero padding on each side */
+} td_conv2d_desc;
+
+/* The output height and width of d as a convolution (pool false) or a
+ * pooling window (pool true, which also needs padding <= half the window, as
+ * PyTorch does).  TD_EINVAL with a reason in err (may be NULL) for sizes
+ * that are not positive, a window larger than the padded input, or tensors
+ * of more than INT_MAX elements; nothing is written then. */
+int td_conv2d_out(const td_conv2d_desc *d, bool pool, int *oh, int *ow, char *err,
+                  size_t errlen);
+
+/* Workspace bytes td_backend_conv2d_fwd and _bwd need for d on this backend,
+ * with its fixed algorithms (CPU: one sample's im2col matrix; CUDA: cuDNN's
+ * implicit-precomputed GEMM forward and its deterministic backward
+ * algorithms, the largest of the three).  TD_EINVAL for a bad geometry; a
+ * backend error (the CUDA backend asks cuDNN) otherwise. */
+int td_backend_conv2d_workspace(td_backend *be, const td_conv2d_desc *d, uint64_t *bytes);
+/* The CPU backend's figure without a backend, for the planner; 0 for a bad
+ * geometry. */
+uint64_t td_conv2d_workspace_cpu(const td_conv2d_desc *d);
+
+/* y[n, k, oh, ow] = b[k] + sum over c, i, j of
+ *   w[k, c, i, j] x[n, c, oh*sh - ph + i, ow*sw - pw + j]   (x 0 outside)
+ * b may be NULL.  work: at least td_backend_conv2d_workspace bytes; a bad
+ * geometry or a short workspace latches TD_EINVAL and runs nothing. */
+void td_backend_conv2d_fwd(td_backend *be, const td_conv2d_desc *d, const float *x,
+                           const float *w, const float *b, float *y, void *work,
+                           uint64_t work_bytes);
+/* From dy[n, k, oh, ow]: dw = beta dw + dL/dw; db = beta db + dL/db (skipped
+ * when db is NULL); dx = dL/dx (skipped when dx is NULL). */
+void td_backend_conv2d_bwd(td_backend *be, const td_conv2d_desc *d, const float *x,
+                           const float *w, const float *dy, float *dx, float *dw, float *db,
+                           float beta, void *work, uint64_t work_bytes);
+
+typedef enum {
+  TD_POOL_MAX = 0,
+  TD_POOL_AVG,          /* padding counts toward the divisor (PyTorch's default) */
+  TD_POOL_AVG_EXCL_PAD, /* count_include_pad=False */
+} td_pool_mode;
+
+/* y[n, c, oh, ow]: the max or mean of each window of x; padding never wins a
+ * max.  A bad geometry (td_conv2d_out with pool true) latches TD_EINVAL. */
+void td_backend_pool2d_fwd(td_backend *be, td_pool_mode mode, const td_conv2d_desc *d,
+                           const float *x, float *y);
+/* dx from dy, given the forward's x and y.  Max pooling routes each window's
+ * gradient to its arg-max, found again from x and y (no index tensor to
+ * keep); on a tie which element gets it is the backend's choice. */
+void td_backend_pool2d_bwd(td_backend *be, td_pool_mode mode, const td_conv2d_desc *d,
+                           const float *x, const float *y, const float *dy, float *dx);
+
+/* GELU: exact x * Phi(x) with erf (PyTorch's default), or the tanh
+ * approximation (approximate='tanh'). */
+typedef enum { TD_GELU_ERF = 0, TD_GELU_TANH } td_gelu_kind;
+void td_backend_gelu_fwd(td_backend *be, td_gelu_kind kind, const float *x, float *y,
+                         size_t n);
+/* dx = dy * gelu'(x), x the forward's input; dy == dx is fine. */
+void td_backend_gelu_bwd(td_backend *be, td_gelu_kind kind, const float *x, const float *dy,
+                         float *dx, size_t n);
+
+/* What a dropout mask is keyed by.  Element e of batch sample s is dropped
+ * by a hash of (seed, layer, step, s, e) alone, never by call order, so a
+ * sample gets the same mask however the batch is cut into micro-batches. */
+typedef struct td_dropout_key {
+  uint64_t seed;   /* the job's seed */
+  uint32_t layer;  /* the layer's index: each dropout layer draws its own mask */
+  uint64_t step;   /* the optimiser step */
+  uint64_t sample; /* index in the step's batch of the call's first row */
+} td_dropout_key;
+/* Training-mode dropout over x[rows, cols]: y = x * keep / (1 - p), each
+ * element dropped with probability p (0 <= p <= 1; 1 drops all).  The op is
+ * its own backward: called on dy with the same key it gives dx.  x == y is
+ * fine.  In evaluation dropout is the identity: do not call it. */
+void td_backend_dropout(td_backend *be, const float *x, float *y, size_t rows, size_t cols,
+                        float p, const td_dropout_key *key);
+
+/* BatchNorm2d over x[n, c, hw] with gamma, beta [c].  Training: normalises
+ * with the batch's statistics (biased variance), keeps them for the backward
+ * pass in save_mean, save_invstd [c] (1 / sqrt(var + eps)), and moves
+ * running_mean, running_var [c] toward them by momentum, the variance
+ * unbiased (PyTorch's rule: r = (1 - momentum) r + momentum b).  Evaluation
+ * (training false): normalises with the running statistics, save_* unused. */
+typedef struct td_batchnorm_desc {
+  int n, c, hw;
+  float eps, momentum; /* PyTorch: 1e-5, 0.1 */
+} td_batchnorm_desc;
+void td_backend_batchnorm2d_fwd(td_backend *be, const td_batchnorm_desc *d, bool training,
+                                const float *x, float *y, const float *gamma,
+                                const float *beta, float *running_mean, float *running_var,
+                                float *save_mean, float *save_invstd);
+/* The backward of a training forward: dx (skipped when NULL), and dgamma =
+ * beta dgamma + sum(dy xhat), dbeta = beta dbeta + sum(dy) per channel.  The
+ * statistics are the call's: a batch cut into micro-batches normalises each
+ * with its own, as PyTorch does under gradient accumulation. */
+void td_backend_batchnorm2d_bwd(td_backend *be, const td_batchnorm_desc *d, const float *x,
+                                const float *dy, float *dx, const float *gamma,
+                                const float *save_mean, const float *save_invstd, float beta,
+                                float *dgamma, float *dbeta);
+
+/* LayerNorm over the last dims, seen as cols: each row of x[rows, cols] is
+ * normalised with its own mean and biased variance, then y = xhat * gamma +
+ * beta (gamma, beta [cols]).  save_mean, save_invstd [rows] are kept for the
+ * backward pass. */
+void td_backend_layernorm_fwd(td_backend *be, const float *x, float *y, size_t rows,
+                              size_t cols, const float *gamma, const float *beta, float eps,
+                              float *save_mean, float *save_invstd);
+/* dx (skipped when NULL); dgamma = beta dgamma + sum over rows of dy xhat;
+ * dbeta likewise of dy. */
+void td_backend_layernorm_bwd(td_backend *be, const float *x, const float *dy, float *dx,
+                              size_t rows, size_t cols, const float *gamma,
+                              const float *save_mean, const float *save_invstd, float beta,
+                              float *dgamma, float *dbeta);
+
+/* td_backend_softmax_xent with label smoothing s in [0, 1) (PyTorch's
+ * CrossEntropyLoss(label_smoothing=s)): the target is (1 - s) onehot + s /
+ * classes, the loss added to stats[0] is -sum target * log softmax and the
+ * gradient (softmax - target) * grad_scale.  s 0 is td_backend_softmax_xent. */
+void td_backend_softmax_xent_smooth(td_backend *be, const float *logits,
+                                    const uint8_t *labels, size_t rows, size_t classes,
+                                    float smoothing, float grad_scale, float *dlogits,
+                                    float *stats);
 
 /* OpenBLAS 0.3.21 does not recognise some newer x86 CPUs (Sapphire Rapids)
  * and falls back to its Prescott kernels, about 3x slower.  This names the

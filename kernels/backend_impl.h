@@ -35,9 +35,10 @@ typedef struct td_backend_ops {
   /* y = x * scale + shift */
   void (*normalize_u8)(td_backend *be, const uint8_t *x, float *y, size_t n, float scale,
                        float shift);
+  /* smoothing 0: plain cross-entropy */
   void (*softmax_xent)(td_backend *be, const float *logits, const uint8_t *labels,
-                       size_t rows, size_t classes, float grad_scale, float *dlogits,
-                       float *stats);
+                       size_t rows, size_t classes, float smoothing, float grad_scale,
+                       float *dlogits, float *stats);
   /* Adam with the bias corrections folded in by the wrapper:
    * p -= step_size * m / (sqrt(v * inv_bc2) + eps). */
   void (*adam)(td_backend *be, float *p, const float *g, float *m, float *v, size_t n,
@@ -45,6 +46,42 @@ typedef struct td_backend_ops {
                float inv_bc2);
   void (*sgd)(td_backend *be, float *p, const float *g, float *buf, size_t n, float lr,
               float momentum, float weight_decay);
+
+  /* Layers.  The geometry is checked; oh, ow are the output's. */
+  int (*conv2d_workspace)(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
+                          uint64_t *bytes);
+  void (*conv2d_fwd)(td_backend *be, const td_conv2d_desc *d, int oh, int ow, const float *x,
+                     const float *w, const float *b, float *y, void *work,
+                     uint64_t work_bytes);
+  void (*conv2d_bwd)(td_backend *be, const td_conv2d_desc *d, int oh, int ow, const float *x,
+                     const float *w, const float *dy, float *dx, float *dw, float *db,
+                     float beta, void *work, uint64_t work_bytes);
+  void (*pool2d_fwd)(td_backend *be, td_pool_mode mode, const td_conv2d_desc *d, int oh,
+                     int ow, const float *x, float *y);
+  void (*pool2d_bwd)(td_backend *be, td_pool_mode mode, const td_conv2d_desc *d, int oh,
+                     int ow, const float *x, const float *y, const float *dy, float *dx);
+  void (*gelu_fwd)(td_backend *be, td_gelu_kind kind, const float *x, float *y, size_t n);
+  void (*gelu_bwd)(td_backend *be, td_gelu_kind kind, const float *x, const float *dy,
+                   float *dx, size_t n);
+  /* y = x * scale where td__dropout_keep(key, sample + row, col, threshold),
+   * else 0 (kernels/dropout_mask.h) */
+  void (*dropout)(td_backend *be, const float *x, float *y, size_t rows, size_t cols,
+                  uint64_t key, uint64_t sample, uint32_t threshold, float scale);
+  void (*batchnorm2d_fwd)(td_backend *be, const td_batchnorm_desc *d, bool training,
+                          const float *x, float *y, const float *gamma, const float *beta,
+                          float *running_mean, float *running_var, float *save_mean,
+                          float *save_invstd);
+  void (*batchnorm2d_bwd)(td_backend *be, const td_batchnorm_desc *d, const float *x,
+                          const float *dy, float *dx, const float *gamma,
+                          const float *save_mean, const float *save_invstd, float beta,
+                          float *dgamma, float *dbeta);
+  void (*layernorm_fwd)(td_backend *be, const float *x, float *y, size_t rows, size_t cols,
+                        const float *gamma, const float *beta, float eps, float *save_mean,
+                        float *save_invstd);
+  void (*layernorm_bwd)(td_backend *be, const float *x, const float *dy, float *dx,
+                        size_t rows, size_t cols, const float *gamma,
+                        const float *save_mean, const float *save_invstd, float beta,
+                        float *dgamma, float *dbeta);
 } td_backend_ops;
 
 struct td_backend {
@@ -54,6 +91,8 @@ struct td_backend {
   td_mem_stats mem;
   int status;           /* first failure since the last sync */
   char errmsg[256];
+  uint64_t requests;    /* memory requests so far (allocations and ops) */
+  uint64_t fault_at;    /* testing: this request fails with TD_EOOM; 0 = never */
 };
 
 /* Latch a failure (the first one since the last sync wins). */

@@ -6,21 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend_impl.h"
+#include "cpu_ops.h"
 #include "error.h"
-
-/* The element-wise loops are memory-bound and auto-vectorised (kernels are
- * built with -fno-math-errno and the dynamic cost model); cloning them lets
- * one binary use AVX-512 or AVX2 where the CPU has it. */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef CPU_CLONES
-#define CPU_CLONES
-#endif
 
 #define CPU_ALIGN 64
 
@@ -100,16 +87,19 @@ static void cpu_normalize_u8(td_backend *be, const uint8_t *restrict x, float *r
     y[i] = (float)x[i] * scale + shift;
 }
 
+/* With smoothing s the target is (1 - s) onehot + s / classes: the loss is
+ * lse - (1 - s) z[label] - s mean(z). */
 static void cpu_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
-                             size_t rows, size_t classes, float grad_scale,
+                             size_t rows, size_t classes, float smoothing, float grad_scale,
                              float *dlogits, float *stats) {
+  const float off = smoothing / (float)classes, on = 1.0f - smoothing + off;
   double loss = 0.0;
   size_t correct = 0;
 
   for (size_t r = 0; r < rows; r++) {
     const float *z = logits + r * classes;
     size_t label = labels[r], best = 0;
-    float max = z[0], sum = 0.0f;
+    float max = z[0], sum = 0.0f, zsum = 0.0f;
 
     for (size_t c = 1; c < classes; c++) {
       if (z[c] > max) {
@@ -117,21 +107,24 @@ static void cpu_softmax_xent(td_backend *be, const float *logits, const uint8_t 
         best = c;
       }
     }
-    for (size_t c = 0; c < classes; c++)
+    for (size_t c = 0; c < classes; c++) {
       sum += expf(z[c] - max);
+      zsum += z[c];
+    }
     if (label >= classes) { /* the caller checks labels; never read out of bounds */
       if (dlogits != NULL)
         memset(dlogits + r * classes, 0, classes * sizeof(float));
       continue;
     }
-    loss += (double)(logf(sum) + max - z[label]);
+    loss += (double)(logf(sum) + max - (1.0f - smoothing) * z[label] -
+                     smoothing * zsum / (float)classes);
     correct += best == label;
     if (dlogits != NULL) {
       float *d = dlogits + r * classes;
       float inv = grad_scale / sum;
       for (size_t c = 0; c < classes; c++)
-        d[c] = expf(z[c] - max) * inv;
-      d[label] -= grad_scale;
+        d[c] = expf(z[c] - max) * inv - off * grad_scale;
+      d[label] -= (on - off) * grad_scale;
     }
   }
   stats[0] += (float)loss;
@@ -187,6 +180,18 @@ static const td_backend_ops cpu_ops = {
     .softmax_xent = cpu_softmax_xent,
     .adam = cpu_adam,
     .sgd = cpu_sgd,
+    .conv2d_workspace = td__cpu_conv2d_workspace,
+    .conv2d_fwd = td__cpu_conv2d_fwd,
+    .conv2d_bwd = td__cpu_conv2d_bwd,
+    .pool2d_fwd = td__cpu_pool2d_fwd,
+    .pool2d_bwd = td__cpu_pool2d_bwd,
+    .gelu_fwd = td__cpu_gelu_fwd,
+    .gelu_bwd = td__cpu_gelu_bwd,
+    .dropout = td__cpu_dropout,
+    .batchnorm2d_fwd = td__cpu_batchnorm2d_fwd,
+    .batchnorm2d_bwd = td__cpu_batchnorm2d_bwd,
+    .layernorm_fwd = td__cpu_layernorm_fwd,
+    .layernorm_bwd = td__cpu_layernorm_bwd,
 };
 
 int td__backend_cpu_init(td_backend *be, int ordinal, char *err, size_t errlen) {

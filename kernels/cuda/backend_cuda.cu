@@ -1,45 +1,29 @@
-/* The CUDA backend: cuBLAS for sgemm, small kernels for the rest, all on one
+/* The CUDA backend: cuBLAS for sgemm, cuDNN for convolution and pooling
+ * (conv.cu), small kernels for the rest (here, act.cu, norm.cu), all on one
  * stream.  Each op matches the CPU backend's (kernels/cpu/backend_cpu.c). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "act.cuh"
 #include "backend_cuda.cuh"
+#include "conv.cuh"
+#include "norm.cuh"
 
 namespace {
 
-struct cuda_impl {
-  int ordinal;
-  cudaStream_t stream;
-  cublasHandle_t blas;
-};
-
-constexpr int kThreads = 256;
-constexpr size_t kMaxBlocks = 65535;
-
-inline cuda_impl *impl_of(td_backend *be) { return static_cast<cuda_impl *>(be->impl); }
-
-inline unsigned blocks_for(size_t n) {
-  size_t b = (n + kThreads - 1) / kThreads;
-  return (unsigned)(b < kMaxBlocks ? b : kMaxBlocks);
-}
-
-#define GRID_STRIDE(i, n)                                                        \
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);        \
-       i += (size_t)blockDim.x * gridDim.x)
-
 __global__ void fill_kernel(float *x, size_t n, float value) {
-  GRID_STRIDE(i, n) x[i] = value;
+  TD_GRID_STRIDE(i, n) x[i] = value;
 }
 
 __global__ void bias_add_kernel(float *y, const float *bias, size_t rows, size_t cols) {
-  GRID_STRIDE(i, rows * cols) y[i] += bias[i % cols];
+  TD_GRID_STRIDE(i, rows * cols) y[i] += bias[i % cols];
 }
 
 /* One thread per column: a warp reads consecutive columns of a row. */
 __global__ void bias_grad_kernel(const float *dy, size_t rows, size_t cols, float beta,
                                  float *db) {
-  GRID_STRIDE(c, cols) {
+  TD_GRID_STRIDE(c, cols) {
     float s = beta == 0.0f ? 0.0f : beta * db[c];
     for (size_t r = 0; r < rows; r++)
       s += dy[r * cols + c];
@@ -48,26 +32,29 @@ __global__ void bias_grad_kernel(const float *dy, size_t rows, size_t cols, floa
 }
 
 __global__ void relu_fwd_kernel(const float *x, float *y, size_t n) {
-  GRID_STRIDE(i, n) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  TD_GRID_STRIDE(i, n) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
 __global__ void relu_bwd_kernel(const float *y, const float *dy, float *dx, size_t n) {
-  GRID_STRIDE(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+  TD_GRID_STRIDE(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
 __global__ void normalize_u8_kernel(const uint8_t *x, float *y, size_t n, float scale,
                                     float shift) {
-  GRID_STRIDE(i, n) y[i] = (float)x[i] * scale + shift;
+  TD_GRID_STRIDE(i, n) y[i] = (float)x[i] * scale + shift;
 }
 
-/* One thread per row; the class count is small next to the batch. */
+/* One thread per row; the class count is small next to the batch.  With
+ * smoothing s the target is (1 - s) onehot + s / classes. */
 __global__ void softmax_xent_kernel(const float *logits, const uint8_t *labels, size_t rows,
-                                    size_t classes, float grad_scale, float *dlogits,
-                                    float *stats) {
-  GRID_STRIDE(r, rows) {
+                                    size_t classes, float smoothing, float grad_scale,
+                                    float *dlogits, float *stats) {
+  const float off = smoothing / (float)classes, on = 1.0f - smoothing + off;
+
+  TD_GRID_STRIDE(r, rows) {
     const float *z = logits + r * classes;
     size_t label = labels[r], best = 0;
-    float max = z[0], sum = 0.0f;
+    float max = z[0], sum = 0.0f, zsum = 0.0f;
 
     for (size_t c = 1; c < classes; c++) {
       if (z[c] > max) {
@@ -75,23 +62,26 @@ __global__ void softmax_xent_kernel(const float *logits, const uint8_t *labels, 
         best = c;
       }
     }
-    for (size_t c = 0; c < classes; c++)
+    for (size_t c = 0; c < classes; c++) {
       sum += expf(z[c] - max);
+      zsum += z[c];
+    }
     if (label >= classes) {
       if (dlogits != nullptr)
         for (size_t c = 0; c < classes; c++)
           dlogits[r * classes + c] = 0.0f;
       continue;
     }
-    atomicAdd(&stats[0], logf(sum) + max - z[label]);
+    atomicAdd(&stats[0], logf(sum) + max - (1.0f - smoothing) * z[label] -
+                             smoothing * zsum / (float)classes);
     if (best == label)
       atomicAdd(&stats[1], 1.0f);
     if (dlogits != nullptr) {
       float *d = dlogits + r * classes;
       float inv = grad_scale / sum;
       for (size_t c = 0; c < classes; c++)
-        d[c] = expf(z[c] - max) * inv;
-      d[label] -= grad_scale;
+        d[c] = expf(z[c] - max) * inv - off * grad_scale;
+      d[label] -= (on - off) * grad_scale;
     }
   }
 }
@@ -99,7 +89,7 @@ __global__ void softmax_xent_kernel(const float *logits, const uint8_t *labels, 
 __global__ void adam_kernel(float *p, const float *g, float *m, float *v, size_t n,
                             float beta1, float beta2, float eps, float weight_decay,
                             float step_size, float inv_bc2) {
-  GRID_STRIDE(i, n) {
+  TD_GRID_STRIDE(i, n) {
     float gi = g[i] + weight_decay * p[i];
     float mi = beta1 * m[i] + (1.0f - beta1) * gi;
     float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
@@ -111,7 +101,7 @@ __global__ void adam_kernel(float *p, const float *g, float *m, float *v, size_t
 
 __global__ void sgd_kernel(float *p, const float *g, float *buf, size_t n, float lr,
                            float momentum, float weight_decay) {
-  GRID_STRIDE(i, n) {
+  TD_GRID_STRIDE(i, n) {
     float d = g[i] + weight_decay * p[i];
     if (momentum != 0.0f) {
       d += momentum * buf[i];
@@ -122,10 +112,11 @@ __global__ void sgd_kernel(float *p, const float *g, float *buf, size_t n, float
 }
 
 void cuda_destroy(td_backend *be) {
-  cuda_impl *c = impl_of(be);
+  td_cuda_impl *c = td_cuda(be);
 
   if (c == nullptr)
     return;
+  td__cuda_dnn_destroy(c);
   if (c->blas != nullptr)
     cublasDestroy(c->blas);
   if (c->stream != nullptr)
@@ -135,7 +126,7 @@ void cuda_destroy(td_backend *be) {
 }
 
 int cuda_alloc(td_backend *be, uint64_t bytes, void **out, uint64_t *avail) {
-  cuda_impl *c = impl_of(be);
+  td_cuda_impl *c = td_cuda(be);
   size_t dev_free = 0, dev_total = 0;
   void *p = nullptr;
   cudaError_t e = cudaMalloc(&p, (size_t)bytes);
@@ -161,82 +152,82 @@ void cuda_free(td_backend *be, void *ptr) { TD_CU_CHECK(be, cudaFree(ptr)); }
 
 void cuda_upload(td_backend *be, void *dst, const void *src, size_t bytes) {
   TD_CU_CHECK(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice,
-                                  impl_of(be)->stream));
+                                  td_cuda(be)->stream));
 }
 
 void cuda_download(td_backend *be, void *dst, const void *src, size_t bytes) {
-  cudaStream_t s = impl_of(be)->stream;
+  cudaStream_t s = td_cuda(be)->stream;
 
   if (TD_CU_CHECK(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s)) == 0)
     TD_CU_CHECK(be, cudaStreamSynchronize(s));
 }
 
-void cuda_sync(td_backend *be) { TD_CU_CHECK(be, cudaStreamSynchronize(impl_of(be)->stream)); }
+void cuda_sync(td_backend *be) { TD_CU_CHECK(be, cudaStreamSynchronize(td_cuda(be)->stream)); }
 
 /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the
  * operands and keep each one's transpose flag. */
 void cuda_sgemm(td_backend *be, bool trans_a, bool trans_b, int m, int n, int k,
                 float alpha, const float *a, int lda, const float *b, int ldb, float beta,
                 float *c, int ldc) {
-  TD_CU_CHECK(be, cublasSgemm(impl_of(be)->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+  TD_CU_CHECK(be, cublasSgemm(td_cuda(be)->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                               trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b, ldb,
                               a, lda, &beta, c, ldc));
 }
 
 void cuda_fill(td_backend *be, float *x, size_t n, float value) {
-  fill_kernel<<<blocks_for(n), kThreads, 0, impl_of(be)->stream>>>(x, n, value);
+  fill_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda(be)->stream>>>(x, n, value);
   TD_CU_CHECK_LAUNCH(be);
 }
 
 void cuda_bias_add(td_backend *be, float *y, const float *bias, size_t rows, size_t cols) {
-  bias_add_kernel<<<blocks_for(rows * cols), kThreads, 0, impl_of(be)->stream>>>(y, bias, rows,
+  bias_add_kernel<<<td_cuda_blocks(rows * cols), kTdThreads, 0, td_cuda(be)->stream>>>(y, bias, rows,
                                                                                cols);
   TD_CU_CHECK_LAUNCH(be);
 }
 
 void cuda_bias_grad(td_backend *be, const float *dy, size_t rows, size_t cols, float beta,
                     float *db) {
-  bias_grad_kernel<<<blocks_for(cols), kThreads, 0, impl_of(be)->stream>>>(dy, rows, cols,
+  bias_grad_kernel<<<td_cuda_blocks(cols), kTdThreads, 0, td_cuda(be)->stream>>>(dy, rows, cols,
                                                                           beta, db);
   TD_CU_CHECK_LAUNCH(be);
 }
 
 void cuda_relu_fwd(td_backend *be, const float *x, float *y, size_t n) {
-  relu_fwd_kernel<<<blocks_for(n), kThreads, 0, impl_of(be)->stream>>>(x, y, n);
+  relu_fwd_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda(be)->stream>>>(x, y, n);
   TD_CU_CHECK_LAUNCH(be);
 }
 
 void cuda_relu_bwd(td_backend *be, const float *y, const float *dy, float *dx, size_t n) {
-  relu_bwd_kernel<<<blocks_for(n), kThreads, 0, impl_of(be)->stream>>>(y, dy, dx, n);
+  relu_bwd_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda(be)->stream>>>(y, dy, dx, n);
   TD_CU_CHECK_LAUNCH(be);
 }
 
 void cuda_normalize_u8(td_backend *be, const uint8_t *x, float *y, size_t n, float scale,
                        float shift) {
-  normalize_u8_kernel<<<blocks_for(n), kThreads, 0, impl_of(be)->stream>>>(x, y, n, scale,
+  normalize_u8_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda(be)->stream>>>(x, y, n, scale,
                                                                           shift);
   TD_CU_CHECK_LAUNCH(be);
 }
 
 void cuda_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
-                       size_t rows, size_t classes, float grad_scale, float *dlogits,
-                       float *stats) {
-  softmax_xent_kernel<<<blocks_for(rows), kThreads, 0, impl_of(be)->stream>>>(
-      logits, labels, rows, classes, grad_scale, dlogits, stats);
+                       size_t rows, size_t classes, float smoothing, float grad_scale,
+                       float *dlogits, float *stats) {
+  softmax_xent_kernel<<<td_cuda_blocks(rows), kTdThreads, 0, td_cuda(be)->stream>>>(
+      logits, labels, rows, classes, smoothing, grad_scale, dlogits, stats);
   TD_CU_CHECK_LAUNCH(be);
 }
 
 void cuda_adam(td_backend *be, float *p, const float *g, float *m, float *v, size_t n,
                float beta1, float beta2, float eps, float weight_decay, float step_size,
                float inv_bc2) {
-  adam_kernel<<<blocks_for(n), kThreads, 0, impl_of(be)->stream>>>(
+  adam_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda(be)->stream>>>(
       p, g, m, v, n, beta1, beta2, eps, weight_decay, step_size, inv_bc2);
   TD_CU_CHECK_LAUNCH(be);
 }
 
 void cuda_sgd(td_backend *be, float *p, const float *g, float *buf, size_t n, float lr,
               float momentum, float weight_decay) {
-  sgd_kernel<<<blocks_for(n), kThreads, 0, impl_of(be)->stream>>>(p, g, buf, n, lr, momentum,
+  sgd_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda(be)->stream>>>(p, g, buf, n, lr, momentum,
                                                                  weight_decay);
   TD_CU_CHECK_LAUNCH(be);
 }
@@ -259,12 +250,24 @@ const td_backend_ops cuda_ops = {
     .softmax_xent = cuda_softmax_xent,
     .adam = cuda_adam,
     .sgd = cuda_sgd,
+    .conv2d_workspace = td__cuda_conv2d_workspace,
+    .conv2d_fwd = td__cuda_conv2d_fwd,
+    .conv2d_bwd = td__cuda_conv2d_bwd,
+    .pool2d_fwd = td__cuda_pool2d_fwd,
+    .pool2d_bwd = td__cuda_pool2d_bwd,
+    .gelu_fwd = td__cuda_gelu_fwd,
+    .gelu_bwd = td__cuda_gelu_bwd,
+    .dropout = td__cuda_dropout,
+    .batchnorm2d_fwd = td__cuda_batchnorm2d_fwd,
+    .batchnorm2d_bwd = td__cuda_batchnorm2d_bwd,
+    .layernorm_fwd = td__cuda_layernorm_fwd,
+    .layernorm_bwd = td__cuda_layernorm_bwd,
 };
 
 } // namespace
 
 extern "C" int td__backend_cuda_init(td_backend *be, int ordinal, char *err, size_t errlen) {
-  cuda_impl *c;
+  td_cuda_impl *c;
   int count = 0, rc;
   cudaError_t e = cudaGetDeviceCount(&count);
 
@@ -275,7 +278,7 @@ extern "C" int td__backend_cuda_init(td_backend *be, int ordinal, char *err, siz
              e == cudaSuccess ? "" : cudaGetErrorString(e));
     return TD_EBACKEND;
   }
-  c = static_cast<cuda_impl *>(calloc(1, sizeof(*c)));
+  c = static_cast<td_cuda_impl *>(calloc(1, sizeof(*c)));
   if (c == nullptr)
     return TD_ENOMEM;
   c->ordinal = ordinal;
@@ -285,7 +288,8 @@ extern "C" int td__backend_cuda_init(td_backend *be, int ordinal, char *err, siz
   if ((rc = TD_CU_CHECK(be, cudaSetDevice(ordinal))) < 0 ||
       (rc = TD_CU_CHECK(be, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking))) < 0 ||
       (rc = TD_CU_CHECK(be, cublasCreate(&c->blas))) < 0 ||
-      (rc = TD_CU_CHECK(be, cublasSetStream(c->blas, c->stream))) < 0) {
+      (rc = TD_CU_CHECK(be, cublasSetStream(c->blas, c->stream))) < 0 ||
+      (rc = td__cuda_dnn_init(be)) < 0) {
     snprintf(err, errlen, "%s", be->errmsg);
     cuda_destroy(be);
     return rc;

@@ -1,16 +1,19 @@
-/* Status checks for CUDA runtime and cuBLAS calls (cuDNN: add its pair of
- * overloads here).  One macro for every library: it maps the status to a
- * TD_E* code, latches the first failure in the backend with the call's text
- * and place, and evaluates to the code, so callers return it instead of
- * exiting:
- *   out of memory (cudaErrorMemoryAllocation, CUBLAS_STATUS_ALLOC_FAILED) -> TD_EOOM
- *   sticky errors that poison the context                              -> TD_ECUDA
- *   anything else                                                      -> TD_EBACKEND */
+/* Status checks for CUDA runtime, cuBLAS and cuDNN calls.  One macro for
+ * every library: it maps the status to a TD_E* code, latches the first
+ * failure in the backend with the call's text and place, and evaluates to
+ * the code, so callers return it instead of exiting:
+ *   out of memory (cudaErrorMemoryAllocation, CUBLAS_STATUS_ALLOC_FAILED,
+ *                  cuDNN's host or device allocation failures)          -> TD_EOOM
+ *   sticky errors that poison the context, kernels that died            -> TD_ECUDA
+ *   anything else                                                      -> TD_EBACKEND
+ *
+ * Also the backend's state and the launch helpers every .cu file shares. */
 #ifndef TD_BACKEND_CUDA_CUH
 #define TD_BACKEND_CUDA_CUH
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <cudnn.h>
 
 #include "backend_impl.h"
 #include "error.h"
@@ -56,6 +59,19 @@ static inline int td_cu_code(cublasStatus_t s) {
 
 static inline const char *td_cu_str(cublasStatus_t s) { return cublasGetStatusString(s); }
 
+static inline int td_cu_code(cudnnStatus_t s) {
+  if (s == CUDNN_STATUS_SUCCESS)
+    return 0;
+  if (s == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED || /* CUDNN_STATUS_ALLOC_FAILED */
+      s == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED)
+    return TD_EOOM;
+  if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_EXECUTION_FAILED) /* a kernel died */
+    return TD_ECUDA;
+  return TD_EBACKEND;
+}
+
+static inline const char *td_cu_str(cudnnStatus_t s) { return cudnnGetErrorString(s); }
+
 template <typename Status>
 static inline int td_cu_check(td_backend *be, Status st, const char *expr, const char *file,
                               int line) {
@@ -71,5 +87,54 @@ static inline int td_cu_check(td_backend *be, Status st, const char *expr, const
 
 /* After a kernel launch: a bad configuration shows here, a fault at sync. */
 #define TD_CU_CHECK_LAUNCH(be) TD_CU_CHECK((be), cudaGetLastError())
+
+/* cuDNN's algorithms for one convolution geometry, found once. */
+struct td_cuda_conv_algos {
+  td_conv2d_desc d;
+  cudnnConvolutionFwdAlgo_t fwd;
+  cudnnConvolutionBwdDataAlgo_t bwd_data;
+  cudnnConvolutionBwdFilterAlgo_t bwd_filter;
+  size_t ws_fwd, ws_bwd_data, ws_bwd_filter;
+};
+
+#define TD_CUDA_ALGO_CACHE 32
+
+struct td_cuda_impl {
+  int ordinal;
+  cudaStream_t stream;
+  cublasHandle_t blas;
+  /* cuDNN, with descriptors made once and set per call (ops are serial) */
+  cudnnHandle_t dnn;
+  cudnnTensorDescriptor_t xdesc, ydesc, bdesc;
+  cudnnFilterDescriptor_t wdesc;
+  cudnnConvolutionDescriptor_t conv;
+  cudnnPoolingDescriptor_t pool;
+  td_cuda_conv_algos algos[TD_CUDA_ALGO_CACHE];
+  unsigned nalgos; /* entries filled; then the oldest is replaced */
+};
+
+static inline td_cuda_impl *td_cuda(td_backend *be) {
+  return static_cast<td_cuda_impl *>(be->impl);
+}
+
+static inline cudaStream_t td_cuda_stream(td_backend *be) { return td_cuda(be)->stream; }
+
+constexpr int kTdThreads = 256;
+constexpr size_t kTdMaxBlocks = 65535;
+
+/* Blocks for a grid-stride loop over n elements. */
+static inline unsigned td_cuda_blocks(size_t n) {
+  size_t b = (n + kTdThreads - 1) / kTdThreads;
+  return (unsigned)(b == 0 ? 1 : b < kTdMaxBlocks ? b : kTdMaxBlocks);
+}
+
+#define TD_GRID_STRIDE(i, n)                                                     \
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);        \
+       i += (size_t)blockDim.x * gridDim.x)
+
+/* Storage types: the kernels compute in float and are templates over what
+ * they load and store, so bf16 / fp16 variants are one overload each. */
+template <typename T> __device__ inline float td_ld(const T *p, size_t i) { return (float)p[i]; }
+template <typename T> __device__ inline void td_st(T *p, size_t i, float v) { p[i] = (T)v; }
 
 #endif

@@ -1,0 +1,50 @@
+/* GELU and dropout on the CPU. */
+#include <math.h>
+
+#include "cpu_ops.h"
+#include "dropout_mask.h"
+
+#define GELU_RSQRT2 0.70710678118654752f      /* 1 / sqrt(2) */
+#define GELU_RSQRT2PI 0.39894228040143268f    /* 1 / sqrt(2 pi) */
+#define GELU_SQRT2_PI 0.79788456080286536f    /* sqrt(2 / pi) */
+#define GELU_CUBIC 0.044715f
+
+void td__cpu_gelu_fwd(td_backend *be, td_gelu_kind kind, const float *x, float *y, size_t n) {
+  if (kind == TD_GELU_TANH) {
+    for (size_t i = 0; i < n; i++) {
+      float v = x[i];
+      y[i] = 0.5f * v * (1.0f + tanhf(GELU_SQRT2_PI * (v + GELU_CUBIC * v * v * v)));
+    }
+    return;
+  }
+  for (size_t i = 0; i < n; i++)
+    y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * GELU_RSQRT2));
+}
+
+void td__cpu_gelu_bwd(td_backend *be, td_gelu_kind kind, const float *x, const float *dy,
+                      float *dx, size_t n) {
+  if (kind == TD_GELU_TANH) {
+    for (size_t i = 0; i < n; i++) {
+      float v = x[i], t = tanhf(GELU_SQRT2_PI * (v + GELU_CUBIC * v * v * v));
+      float du = GELU_SQRT2_PI * (1.0f + 3.0f * GELU_CUBIC * v * v);
+      dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+    }
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i];
+    float cdf = 0.5f * (1.0f + erff(v * GELU_RSQRT2)), pdf = GELU_RSQRT2PI * expf(-0.5f * v * v);
+    dx[i] = dy[i] * (cdf + v * pdf);
+  }
+}
+
+void td__cpu_dropout(td_backend *be, const float *x, float *y, size_t rows, size_t cols,
+                     uint64_t key, uint64_t sample, uint32_t threshold, float scale) {
+  for (size_t r = 0; r < rows; r++) {
+    uint64_t row = td__dropout_row(key, sample + r);
+    for (size_t c = 0; c < cols; c++) {
+      size_t i = r * cols + c;
+      y[i] = td__dropout_keep(row, c, threshold) ? x[i] * scale : 0.0f;
+    }
+  }
+}

@@ -24,6 +24,25 @@ typedef struct td_idx {
   size_t bytes;
 } td_idx;
 
+struct td_dcur;
+
+/* An IDX header, checked: dtype 0x08, rank 1..4, each dim >= 1, the data
+ * size overflow-checked and at most the caller's bound. */
+typedef struct td_idx_hdr {
+  uint8_t dtype;
+  int rank;
+  uint32_t dims[TD_IDX_MAX_RANK];
+  uint64_t item_bytes; /* product of dims[1..] (one byte per element) */
+  uint64_t data_bytes; /* dims[0] * item_bytes */
+  uint64_t data_off;   /* 4 + 4 * rank */
+} td_idx_hdr;
+
+/* Read the header from a cursor at the start of the data (datafile.h).
+ * max_bytes 0 = TD_IDX_DEFAULT_MAX_BYTES.  TD_EDATA with "<path>: ..." in
+ * err; *out only on success. */
+int td_idx_read_header(struct td_dcur *c, const char *path, uint64_t max_bytes,
+                       td_idx_hdr *out, char *err, size_t errlen);
+
 /* Read an IDX file (gzip if it starts with 1f 8b, else plain), fully
  * validated: magic, dtype 0x08 (uint8), rank 1..4, each dim >= 1, the data
  * size overflow-checked and at most max_bytes (0 = TD_IDX_DEFAULT_MAX_BYTES),

@@ -14,10 +14,11 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "jobspec.h"
 #include "util.h"
 
 #define RING_MAGIC 0x474e5254u /* "TRNG" little-endian */
-#define RING_VERSION 1u
+#define RING_VERSION 2u
 #define RING_ALIGN 64u
 #define RING_WAIT_S 1
 
@@ -30,12 +31,14 @@ struct ring_shm {
   uint32_t hdr_bytes; /* offset of the first slot */
   uint64_t slot_bytes;
   uint64_t stride;
-  uint64_t head; /* slots committed (producer) */
-  uint64_t tail; /* slots released (consumer) */
+  uint64_t head; /* slots committed: written by the producer only */
+  uint64_t tail; /* slots released: written by the consumer only */
   uint64_t full_waits;
   uint64_t empty_waits;
   int32_t shutdown;
   int32_t reason;
+  uint32_t wait_full;  /* the producer is (about to be) asleep on not_full */
+  uint32_t wait_empty; /* the consumer is (about to be) asleep on not_empty */
   pthread_mutex_t mu;
   pthread_cond_t not_full;
   pthread_cond_t not_empty;
@@ -239,6 +242,11 @@ int td_ring_unlink(const char *name) {
   return 0;
 }
 
+void *td_ring_mapping(const td_ring *r, size_t *bytes) {
+  *bytes = r->map_bytes;
+  return r->shm;
+}
+
 size_t td_ring_slot_bytes(const td_ring *r) {
   return r->slot_bytes;
 }
@@ -247,13 +255,22 @@ uint32_t td_ring_nslots(const td_ring *r) {
   return r->nslots;
 }
 
-/* A process that died holding the mutex may have left the counters half
+/* The counters and flags are shared without the mutex on the fast paths:
+ * each side stores its own counter and loads the other's, and a side that
+ * finds the ring full (empty) sets its wait flag, under the mutex, before it
+ * looks again and sleeps.  Sequentially consistent stores and loads make
+ * sure that either the sleeper sees the new counter or the other side sees
+ * the flag and signals (under the mutex, so not before the sleeper waits). */
+static uint64_t load64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static int32_t load32(const int32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+
+/* A process that died holding the mutex may have left the ring half
  * updated: the ring is unusable, so shut it down rather than guess. */
 static void ring_owner_died(struct ring_shm *h) {
   pthread_mutex_consistent(&h->mu);
-  if (!h->shutdown) {
-    h->shutdown = 1;
+  if (!load32(&h->shutdown)) {
     h->reason = TD_ECLOSED;
+    __atomic_store_n(&h->shutdown, 1, __ATOMIC_SEQ_CST);
   }
   pthread_cond_broadcast(&h->not_full);
   pthread_cond_broadcast(&h->not_empty);
@@ -314,58 +331,86 @@ static int ring_wait(td_ring *r, pthread_cond_t *cv) {
   return 0;
 }
 
+/* Wake the other side if it sleeps (or is about to) on cv. */
+static void ring_wake(td_ring *r, const uint32_t *flag, pthread_cond_t *cv) {
+  if (__atomic_load_n(flag, __ATOMIC_SEQ_CST) && ring_lock(r) == 0) {
+    pthread_cond_signal(cv);
+    ring_unlock(r);
+  }
+}
+
 int td_ring_write_begin(td_ring *r, void **slot) {
   struct ring_shm *h = r->shm;
+  uint64_t head = h->head; /* ours */
   int err;
 
+  if (!load32(&h->shutdown) && head - load64(&h->tail) < r->nslots) {
+    *slot = r->slots + (head % r->nslots) * r->stride;
+    return 0;
+  }
   if ((err = ring_lock(r)) < 0)
     return err;
-  if (!h->shutdown && h->head - h->tail >= r->nslots)
+  if (!load32(&h->shutdown) && head - load64(&h->tail) >= r->nslots)
     h->full_waits++;
-  while (!h->shutdown && h->head - h->tail >= r->nslots)
+  __atomic_store_n(&h->wait_full, 1, __ATOMIC_SEQ_CST);
+  while (!load32(&h->shutdown) && head - load64(&h->tail) >= r->nslots)
     if ((err = ring_wait(r, &h->not_full)) < 0)
       break;
-  if (err == 0 && h->shutdown)
+  __atomic_store_n(&h->wait_full, 0, __ATOMIC_SEQ_CST);
+  if (err == 0 && load32(&h->shutdown))
     err = TD_ECLOSED;
   if (err == 0)
-    *slot = r->slots + (h->head % r->nslots) * r->stride;
+    *slot = r->slots + (head % r->nslots) * r->stride;
   ring_unlock(r);
   return err;
 }
 
 void td_ring_write_end(td_ring *r, size_t len) {
   struct ring_shm *h = r->shm;
+  uint64_t head = h->head;
 
-  if (ring_lock(r) < 0)
-    return;
-  if (h->head - h->tail < r->nslots) {
-    r->lens[h->head % r->nslots] = len < r->slot_bytes ? len : r->slot_bytes;
-    h->head++;
-    pthread_cond_signal(&h->not_empty);
-  }
-  ring_unlock(r);
+  if (head - load64(&h->tail) >= r->nslots)
+    return; /* no slot was begun */
+  r->lens[head % r->nslots] = len < r->slot_bytes ? len : r->slot_bytes;
+  __atomic_store_n(&h->head, head + 1, __ATOMIC_SEQ_CST);
+  ring_wake(r, &h->wait_empty, &h->not_empty);
+}
+
+/* The slot at tail, if one is committed; TD_ECLOSED for counters that
+ * make no sense (nothing in such a ring can be trusted). */
+static int ring_take(td_ring *r, uint64_t tail, const void **slot, size_t *len) {
+  uint64_t head = load64(&r->shm->head), n;
+
+  if (head == tail)
+    return 0;
+  if (head - tail > r->nslots)
+    return TD_ECLOSED;
+  n = r->lens[tail % r->nslots];
+  *slot = r->slots + (tail % r->nslots) * r->stride;
+  *len = n < r->slot_bytes ? (size_t)n : r->slot_bytes;
+  return 1;
 }
 
 int td_ring_read_begin(td_ring *r, const void **slot, size_t *len) {
   struct ring_shm *h = r->shm;
-  uint64_t n;
-  int err;
+  uint64_t tail = h->tail; /* ours */
+  int err, got;
 
+  /* Slots committed before a shutdown are still delivered. */
+  if ((got = ring_take(r, tail, slot, len)) != 0)
+    return got < 0 ? got : 0;
   if ((err = ring_lock(r)) < 0)
     return err;
-  if (!h->shutdown && h->head == h->tail)
+  if (!load32(&h->shutdown) && load64(&h->head) == tail)
     h->empty_waits++;
-  while (!h->shutdown && h->head == h->tail)
+  __atomic_store_n(&h->wait_empty, 1, __ATOMIC_SEQ_CST);
+  while (!load32(&h->shutdown) && load64(&h->head) == tail)
     if ((err = ring_wait(r, &h->not_empty)) < 0)
       break;
-  /* A garbled counter pair (head behind tail, or too far ahead) is as
-   * good as closed: nothing in it can be trusted. */
-  if (err == 0 && (h->head == h->tail || h->head - h->tail > r->nslots))
-    err = TD_ECLOSED;
+  __atomic_store_n(&h->wait_empty, 0, __ATOMIC_SEQ_CST);
   if (err == 0) {
-    n = r->lens[h->tail % r->nslots];
-    *slot = r->slots + (h->tail % r->nslots) * r->stride;
-    *len = n < r->slot_bytes ? (size_t)n : r->slot_bytes;
+    got = ring_take(r, tail, slot, len);
+    err = got == 1 ? 0 : TD_ECLOSED;
   }
   ring_unlock(r);
   return err;
@@ -373,14 +418,12 @@ int td_ring_read_begin(td_ring *r, const void **slot, size_t *len) {
 
 void td_ring_read_end(td_ring *r) {
   struct ring_shm *h = r->shm;
+  uint64_t tail = h->tail;
 
-  if (ring_lock(r) < 0)
-    return;
-  if (h->head != h->tail) {
-    h->tail++;
-    pthread_cond_signal(&h->not_full);
-  }
-  ring_unlock(r);
+  if (load64(&h->head) == tail)
+    return; /* nothing was taken */
+  __atomic_store_n(&h->tail, tail + 1, __ATOMIC_SEQ_CST);
+  ring_wake(r, &h->wait_full, &h->not_full);
 }
 
 void td_ring_shutdown(td_ring *r, int reason) {
@@ -388,9 +431,9 @@ void td_ring_shutdown(td_ring *r, int reason) {
 
   if (ring_lock(r) < 0)
     return;
-  if (!h->shutdown) {
-    h->shutdown = 1;
+  if (!load32(&h->shutdown)) {
     h->reason = reason;
+    __atomic_store_n(&h->shutdown, 1, __ATOMIC_SEQ_CST);
   }
   pthread_cond_broadcast(&h->not_full);
   pthread_cond_broadcast(&h->not_empty);
@@ -403,7 +446,7 @@ int td_ring_is_shutdown(td_ring *r, int *reason) {
 
   if (ring_lock(r) < 0)
     return 1;
-  down = h->shutdown != 0;
+  down = load32(&h->shutdown) != 0;
   if (down && reason != NULL)
     *reason = h->reason;
   ring_unlock(r);
@@ -420,9 +463,9 @@ void td_ring_get_stats(td_ring *r, td_ring_stats *out) {
   memset(out, 0, sizeof(*out));
   if (ring_lock(r) < 0)
     return;
-  out->written = h->head;
-  out->read = h->tail;
-  out->filled = (uint32_t)(h->head - h->tail);
+  out->written = load64(&h->head);
+  out->read = load64(&h->tail);
+  out->filled = (uint32_t)(out->written - out->read);
   out->full_waits = h->full_waits;
   out->empty_waits = h->empty_waits;
   ring_unlock(r);
@@ -437,7 +480,10 @@ int td_batch_check(const void *slot, size_t len) {
   switch (h->kind) {
   case TD_BATCH_TRAIN:
   case TD_BATCH_TEST:
-    if (h->count < 1 || h->sample_bytes < 1 || h->index >= h->nbatches)
+  case TD_BATCH_VAL:
+    if (h->count < 1 || h->sample_bytes < 1 || h->index >= h->nbatches ||
+        td_dtype_size((td_dtype)h->dtype) == 0 ||
+        h->sample_bytes % td_dtype_size((td_dtype)h->dtype) != 0)
       return TD_EPROTO;
     need = sizeof(*h) + (uint64_t)h->count * ((uint64_t)h->sample_bytes + 1);
     return need == len ? 0 : TD_EPROTO;

@@ -3,12 +3,15 @@
  * drains it.
  *
  * The segment holds a header (magic, version, nslots, slot_bytes, head and
- * tail counters, a shutdown flag and reason), a process-shared robust mutex
- * with two CLOCK_MONOTONIC condvars (not-full, not-empty), each slot's
- * committed length, then the slots.  A blocked side sleeps on a condvar;
- * waits are timed (1 s) only so that they notice a shutdown or a vanished
- * peer.  A process that dies holding the mutex leaves the ring shut down
- * (robust mutex), never locked.
+ * tail counters, a shutdown flag and reason, two wait flags), a
+ * process-shared robust mutex with two CLOCK_MONOTONIC condvars (not-full,
+ * not-empty), each slot's committed length, then the slots.  While there
+ * is room (or a batch) a side takes no lock: it stores its own counter and
+ * loads the other's.  A side that must wait sleeps on a condvar, never
+ * spins; the other side signals it only when its wait flag is set.  Waits
+ * are timed (1 s) only so that they notice a vanished peer.  A process that
+ * dies holding the mutex leaves the ring shut down (robust mutex), never
+ * locked.
  *
  * One td_ring handle per process and side; the handle is not thread-safe.
  */
@@ -84,9 +87,20 @@ typedef struct td_ring_stats {
 } td_ring_stats;
 void td_ring_get_stats(td_ring *r, td_ring_stats *out);
 
-/* A batch in a slot: hdr | count*sample_bytes pixels | count labels.
- * TD_BATCH_ERROR carries a NUL-terminated message after the header. */
-enum { TD_BATCH_TRAIN = 1, TD_BATCH_TEST = 2, TD_BATCH_END = 3, TD_BATCH_ERROR = 4 };
+/* The whole mapping (header and slots), page-aligned: what a CUDA worker
+ * registers with cudaHostRegister, so that copies from the slots to the
+ * device are asynchronous and overlap compute.  A slot must not be released
+ * (td_ring_read_end) before a copy from it has completed, and the mapping
+ * must be unregistered before td_ring_close unmaps it. */
+void *td_ring_mapping(const td_ring *r, size_t *bytes);
+
+/* A batch in a slot: hdr | count*sample_bytes samples | count labels.
+ * TD_BATCH_ERROR carries a NUL-terminated message after the header.
+ * TD_BATCH_VAL batches (the validation split, after each epoch's training)
+ * come only when the job asks for a validation split. */
+enum {
+  TD_BATCH_TRAIN = 1, TD_BATCH_TEST = 2, TD_BATCH_END = 3, TD_BATCH_ERROR = 4, TD_BATCH_VAL = 5
+};
 
 typedef struct td_batch_hdr {
   uint32_t kind;         /* TD_BATCH_* */
@@ -94,10 +108,10 @@ typedef struct td_batch_hdr {
   uint32_t index;        /* batch index within this epoch's train (or test) pass */
   uint32_t nbatches;     /* batches in this pass */
   uint32_t count;        /* samples in this batch (the last may be short) */
-  uint32_t sample_bytes; /* bytes of one sample (uint8 pixels as stored: 784) */
+  uint32_t sample_bytes; /* bytes of one sample: elements * their size (uint8: 784) */
   uint64_t first_sample; /* global sample number of sample 0 in the epoch order */
   int32_t error;         /* TD_BATCH_ERROR: a TD_E* code; message follows as text */
-  uint32_t reserved;
+  uint32_t dtype;        /* the samples' element type as stored (td_dtype: 0 = uint8) */
 } td_batch_hdr;
 
 /* Slot bytes a batch of `batch` samples needs; the caller keeps the product
@@ -115,8 +129,9 @@ static inline const uint8_t *td_batch_labels(const td_batch_hdr *h) {
 }
 
 /* Check a slot of len bytes before using it as a batch: a known kind, and
- * for TRAIN/TEST a count >= 1 and exactly td_batch_bytes(count,
- * sample_bytes) bytes.  0 or TD_EPROTO. */
+ * for TRAIN/TEST/VAL a count >= 1, a known dtype whose size divides
+ * sample_bytes, and exactly td_batch_bytes(count, sample_bytes) bytes.
+ * 0 or TD_EPROTO. */
 int td_batch_check(const void *slot, size_t len);
 
 /* Copy the message of a TD_BATCH_ERROR slot of len bytes into buf (always

@@ -1,14 +1,26 @@
 /* traind-loader: reads a job's dataset and feeds its worker's ring.
  *
  *   traind-loader --job FILE --ring NAME [--base-dir DIR] [--parent-pid PID]
- *                 [--start-epoch E [--start-batch B]]
+ *                 [--start-epoch E [--start-batch B]] [--memory-budget BYTES]
+ *                 [--threads N] [--no-cache]
  *
- * For each epoch: the train set in an order that depends only on (seed,
- * epoch), as TD_BATCH_TRAIN batches (the last may be short), then the whole
- * test set in file order as TD_BATCH_TEST; after the last epoch one
- * TD_BATCH_END.  A bad dataset becomes one TD_BATCH_ERROR slot with the code
- * and the message (also on stderr) and exit 1.  The consumer closing the
- * ring, or SIGTERM, ends it quietly with 0; usage errors exit 2.
+ * For each epoch: the train samples (less the validation split) as
+ * TD_BATCH_TRAIN batches, in an order that depends only on (seed, epoch)
+ * and the shuffle window (dataset.h, td_order); then the validation split
+ * as TD_BATCH_VAL and the test set as TD_BATCH_TEST, in file order; after
+ * the last epoch one TD_BATCH_END.  Batches are whole (the last of a pass
+ * may be short): how the worker splits them into micro-batches changes
+ * nothing here.  A bad dataset becomes one TD_BATCH_ERROR slot with the
+ * code and the message (also on stderr) and exit 1.  The consumer closing
+ * the ring, or SIGTERM, ends it quietly with 0; usage errors exit 2.
+ *
+ * Memory: when the decoded splits fit --memory-budget (default a quarter
+ * of the RAM, at most 4 GiB) they are decoded once, with --threads
+ * threads, into the shared cache (shmcache.h), where other jobs reading the
+ * same files map the same copy; --no-cache decodes into the loader's own
+ * memory.  Larger datasets stream: a thread decodes the next window of
+ * chunks while the current one is sent, so at most two windows are in
+ * memory, and shuffling happens within a window.
  *
  * --base-dir resolves the job's relative data paths (default: the job
  * file's directory).  --parent-pid names traind: it becomes the ring's peer
@@ -18,6 +30,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,34 +39,90 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include "dataset.h"
 #include "error.h"
-#include "idx.h"
 #include "jobspec.h"
 #include "log.h"
 #include "ring.h"
+#include "shmcache.h"
 #include "util.h"
 
 #define LOADER_ERRLEN 1024
+#define CHUNK_BYTES ((uint64_t)256 << 10) /* decoded bytes per chunk */
+#define BUDGET_MAX ((uint64_t)4 << 30)
+#define OVERHEAD_BYTES ((uint64_t)4 << 20) /* the loader's own, besides the data */
+#define THREAD_BYTES ((uint64_t)3 << 19)   /* a decoding thread's buffers */
+#define NBUF 2                             /* windows in memory when streaming */
 
-struct split {
-  const char *what; /* "train" or "test" */
-  td_idx images;
-  td_idx labels;
+/* One stream of samples within an epoch: the train samples, the
+ * validation split (the train file's last samples) or the test set. */
+struct pass {
+  uint32_t kind;
+  td_split *split;
+  uint64_t base; /* the pass's first sample in the split */
+  uint64_t n;
+  int shuffle;
+  uint32_t wchunks;
+};
+
+/* A window ready to send: count samples, sample i at ids[i] in samples
+ * (sample_bytes each) and labels. */
+struct window {
+  const struct pass *pass;
+  uint32_t epoch;
+  uint64_t count;
+  uint64_t skip; /* samples already sent before a resume */
+  uint64_t pos;  /* the pass position of sample 0 */
+  const uint8_t *samples, *labels;
+  uint32_t *ids;
+  int buf; /* streaming buffer, or -1 */
+  int end; /* no more windows */
+  int rc;  /* the producer failed: message in the loader's err */
+};
+
+struct buffer {
+  uint8_t *samples, *labels;
+  uint32_t *ids, *perm;
 };
 
 struct loader {
   td_jobspec spec;
   td_ring *ring;
   uint32_t batch;
+  uint32_t classes;
   uint32_t sample_bytes;
-  struct split train;
-  struct split test;
-  int have_test;
-  uint32_t *perm;
-  uint32_t start_epoch;
-  uint32_t start_batch;
+  td_dtype dtype;
+  uint64_t budget;
+  int threads;
+  int no_cache;
+  td_split *split[2];
+  struct pass passes[3];
+  int npasses;
+  uint32_t chunk;
+  int streaming;
+  /* in memory: each split's samples and labels */
+  uint8_t *data[2];
+  uint8_t *own[2];
+  td_shmcache *cache[2];
+  /* the schedule */
+  uint32_t start_epoch, start_batch;
+  uint32_t *chunk_perm;
+  uint64_t chunk_perm_cap;
+  struct buffer bufs[NBUF];
+  uint64_t window_cap; /* samples a buffer holds */
+  /* streaming: producer thread and its queue */
+  pthread_t producer;
+  int producer_started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct window queue[NBUF + 1];
+  int qhead, qlen;
+  int buf_busy[NBUF];
+  int stop;
   char err[LOADER_ERRLEN];
 };
+
+static struct loader *the_loader; /* for the SIGTERM handler */
 
 __attribute__((format(printf, 3, 4)))
 static int loader_fail(struct loader *L, int code, const char *fmt, ...) {
@@ -65,76 +134,141 @@ static int loader_fail(struct loader *L, int code, const char *fmt, ...) {
   return code;
 }
 
-static uint64_t splitmix64(uint64_t *state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+static uint64_t default_budget(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  uint64_t quarter;
 
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  if (pages <= 0 || page <= 0)
+    return BUDGET_MAX / 4;
+  quarter = (uint64_t)pages * (uint64_t)page / 4;
+  return quarter < BUDGET_MAX ? quarter : BUDGET_MAX;
 }
 
-/* Uniform in [0, bound): rejects the 2^64 mod bound lowest draws. */
-static uint64_t rand_below(uint64_t *state, uint64_t bound) {
-  uint64_t threshold = (0 - bound) % bound, r;
+/* Decode one whole split into memory: the shared cache's, or our own.
+ * Both splits load at once, so each has its own err. */
+static int load_split(struct loader *L, int i, char *err, size_t errlen) {
+  td_split *s = L->split[i];
+  uint64_t count = td_split_count(s), bytes = count * ((uint64_t)L->sample_bytes + 1);
+  char key[TD_SHMCACHE_KEY_MAX];
+  uint8_t *data;
+  int rc = TD_ETOOBIG, ready = 0;
 
-  do
-    r = splitmix64(state);
-  while (r < threshold);
-  return r % bound;
-}
-
-/* The train order of an epoch: a function of (seed, epoch, n) only, so a
- * resumed or re-run job sees exactly the same batches. */
-static void epoch_permutation(uint32_t *perm, uint32_t n, uint64_t seed, uint32_t epoch) {
-  uint64_t state = seed ^ ((uint64_t)epoch * 0x9E3779B97F4A7C15ull);
-
-  for (uint32_t i = 0; i < n; i++)
-    perm[i] = i;
-  for (uint32_t i = n; i > 1; i--) {
-    uint32_t j = (uint32_t)rand_below(&state, i), t = perm[i - 1];
-    perm[i - 1] = perm[j];
-    perm[j] = t;
+  if (!L->no_cache && td_split_cache_key(s, key, sizeof(key)) == 0 &&
+      (rc = td_shmcache_open(key, bytes, &L->cache[i], &ready)) == 0) {
+    data = td_shmcache_data(L->cache[i]);
+    if (ready) {
+      td_info("%s set: mapped the shared copy %s", td_split_name(s),
+              td_shmcache_name(L->cache[i]));
+    } else {
+      if ((rc = td_split_load(s, data, data + count * L->sample_bytes, L->classes, L->threads,
+                              err, errlen)) < 0) {
+        td_shmcache_release(L->cache[i]);
+        L->cache[i] = NULL;
+        return rc;
+      }
+      td_shmcache_publish(L->cache[i]);
+      td_info("%s set: decoded into the shared copy %s", td_split_name(s),
+              td_shmcache_name(L->cache[i]));
+    }
+  } else {
+    if (!L->no_cache)
+      td_warn("%s set: no shared copy (%s); decoding into the loader's memory",
+              td_split_name(s), td_strerror(rc));
+    data = L->own[i] = malloc(bytes > 0 ? bytes : 1);
+    if (data == NULL) {
+      snprintf(err, errlen, "out of memory for the %s set (%llu bytes)", td_split_name(s),
+               (unsigned long long)bytes);
+      return TD_ENOMEM;
+    }
+    if ((rc = td_split_load(s, data, data + count * L->sample_bytes, L->classes, L->threads,
+                            err, errlen)) < 0)
+      return rc;
   }
+  L->data[i] = data;
+  /* A shared copy was decoded for a model with maybe more classes. */
+  return td_labels_check(data + count * L->sample_bytes, count, 0, L->classes,
+                         td_split_path(s), err, errlen);
 }
 
-static int load_split(struct loader *L, struct split *sp, const td_data_split *ds) {
-  uint32_t classes = td_jobspec_classes(&L->spec);
-  const td_idx *x = &sp->images, *y = &sp->labels;
-  char dims[96] = "";
-  size_t n = 0;
-  int err;
+struct load_both {
+  struct loader *L;
+  int rc[2];
+  char err[2][LOADER_ERRLEN];
+};
 
-  if ((err = td_idx_load(ds->images, ds->limit, 0, &sp->images, L->err, sizeof(L->err))) < 0 ||
-      (err = td_idx_load(ds->labels, ds->limit, 0, &sp->labels, L->err, sizeof(L->err))) < 0)
-    return err;
-  if (x->dims[0] != y->dims[0])
-    return loader_fail(L, TD_EDATA, "%s: %u labels, but the %s images file %s holds %u images",
-                       ds->labels, y->dims[0], sp->what, ds->images, x->dims[0]);
-  if (y->item_bytes != 1)
-    return loader_fail(L, TD_EDATA, "%s: expected one label byte per sample (rank 1), got "
-                       "rank %d with %llu bytes per sample", ds->labels, y->rank,
-                       (unsigned long long)y->item_bytes);
-  if (x->item_bytes != L->sample_bytes) {
-    for (int i = 0; i < L->spec.input_rank && n < sizeof(dims); i++)
-      n += (size_t)snprintf(dims + n, sizeof(dims) - n, "%s%u", i ? " x " : "",
-                            L->spec.input_dims[i]);
-    return loader_fail(L, TD_EDATA, "%s: each image has %llu bytes, but the model's input "
-                       "has %u elements (%s)", ds->images,
-                       (unsigned long long)x->item_bytes, L->sample_bytes, dims);
+static int load_task(void *ctx, uint64_t i, char *err, size_t errlen) {
+  struct load_both *lb = ctx;
+
+  (void)err;
+  (void)errlen;
+  lb->rc[i] = load_split(lb->L, (int)i, lb->err[i], sizeof(lb->err[i]));
+  return 0;
+}
+
+/* Sizes the windows: in memory, the job's shuffle window (or everything);
+ * streaming, what two windows in the budget hold. */
+static int plan_memory(struct loader *L) {
+  uint64_t per_sample = (uint64_t)L->sample_bytes + 1 + 2 * sizeof(uint32_t), need = 0;
+  uint64_t fixed, avail, max_window, want;
+  uint32_t wchunks;
+
+  for (int i = 0; i < 2; i++)
+    if (L->split[i] != NULL)
+      need += td_split_count(L->split[i]) * per_sample;
+  L->streaming = need + OVERHEAD_BYTES > L->budget;
+  L->chunk = (uint32_t)(CHUNK_BYTES / ((uint64_t)L->sample_bytes + 1));
+  if (L->chunk < 1)
+    L->chunk = 1;
+  want = L->spec.shuffle_window;
+  if (!L->streaming) {
+    wchunks = want == 0 ? 0 : (uint32_t)((want + L->chunk - 1) / L->chunk);
+    for (int p = 0; p < L->npasses; p++)
+      L->passes[p].wchunks = L->passes[p].shuffle ? wchunks : 0;
+    return 0;
   }
-  for (uint64_t i = 0; i < y->count; i++)
-    if (y->data[i] >= classes)
-      return loader_fail(L, TD_EDATA, "%s: label at index %llu is %u, but the model has %u "
-                         "classes (labels 0..%u)", ds->labels, (unsigned long long)i,
-                         y->data[i], classes, classes - 1);
+  /* Reading from anywhere: gzip access points, CSV line offsets. */
+  for (int i = 0; i < 2; i++) {
+    int err;
+    if (L->split[i] != NULL && td_split_needs_scan(L->split[i], 1) &&
+        (err = td_split_scan(L->split[i], L->budget / 16, L->err, sizeof(L->err))) < 0)
+      return err;
+    if (L->split[i] != NULL && td_split_min_read(L->split[i]) > L->chunk)
+      L->chunk = (uint32_t)(td_split_min_read(L->split[i]) < UINT32_MAX
+                                ? td_split_min_read(L->split[i]) : UINT32_MAX);
+  }
+  /* Besides the windows: its own, each thread's, the access points. */
+  fixed = OVERHEAD_BYTES + (uint64_t)L->threads * THREAD_BYTES + L->budget / 8;
+  avail = L->budget > fixed ? L->budget - fixed : 0;
+  max_window = avail / NBUF / per_sample;
+  if (max_window < 1)
+    return loader_fail(L, TD_ENOMEM, "the loader's memory budget of %llu bytes is too small "
+                       "to stream this dataset: it needs more than %llu (--memory-budget)",
+                       (unsigned long long)L->budget,
+                       (unsigned long long)(fixed + NBUF * per_sample));
+  if (L->chunk > max_window) /* fewer samples per read than is efficient, but in budget */
+    L->chunk = (uint32_t)max_window;
+  max_window = max_window / L->chunk * L->chunk;
+  if (want > max_window)
+    td_warn("data.shuffle_window %llu is more than the %llu samples two windows in the "
+            "loader's memory budget hold: using %llu", (unsigned long long)want,
+            (unsigned long long)max_window, (unsigned long long)max_window);
+  if (want == 0 || want > max_window)
+    want = max_window;
+  wchunks = (uint32_t)((want + L->chunk - 1) / L->chunk);
+  for (int p = 0; p < L->npasses; p++)
+    L->passes[p].wchunks = wchunks;
+  L->window_cap = (uint64_t)wchunks * L->chunk;
+  td_info("streaming: %llu bytes of data over a %llu-byte budget; windows of %u chunks of %u "
+          "samples (%llu samples shuffled together)", (unsigned long long)need,
+          (unsigned long long)L->budget, wchunks, L->chunk, (unsigned long long)L->window_cap);
   return 0;
 }
 
 static int loader_prepare(struct loader *L, const char *job_path, const char *base_dir) {
-  uint64_t elems, need;
+  uint64_t elems, need, nval = 0, ntrain, train_batches;
   char *text;
   size_t len;
-  int err;
+  int err, have_test;
 
   err = td_read_file(job_path, TD_JOBFILE_MAX, &text, &len);
   if (err < 0)
@@ -143,75 +277,325 @@ static int loader_prepare(struct loader *L, const char *job_path, const char *ba
   free(text);
   if (err < 0)
     return err;
-  if (L->spec.format != TD_DATA_IDX)
-    return loader_fail(L, TD_EJOBSPEC, "data format %d is not supported by this loader",
-                       (int)L->spec.format);
   elems = td_jobspec_input_elems(&L->spec);
-  if (elems < 1 || elems > UINT32_MAX - 1 || L->spec.batch_size < 1)
+  L->classes = td_jobspec_classes(&L->spec);
+  if (elems < 1 || elems > UINT32_MAX / 8 || L->spec.batch_size < 1)
     return loader_fail(L, TD_EJOBSPEC, "the model's input size (%llu elements) or the batch "
                        "size (%u) is out of range", (unsigned long long)elems,
                        L->spec.batch_size);
-  if (td_jobspec_classes(&L->spec) < 1)
-    return loader_fail(L, TD_EJOBSPEC, "the model has no output layer to give the classes");
+  if (L->classes < 1 || L->classes > TD_DATASET_MAX_CLASSES)
+    return loader_fail(L, TD_EJOBSPEC, "the model has %u classes; labels travel as one byte, "
+                       "so 1..%u", L->classes, TD_DATASET_MAX_CLASSES);
   L->batch = L->spec.batch_size;
-  L->sample_bytes = (uint32_t)elems;
-  if (td_mul_u64(L->batch, elems + 1, &need) < 0 ||
+
+  have_test = L->spec.test.images[0] != '\0';
+  for (int i = 0; i < 1 + have_test; i++) {
+    if ((err = td_split_open(&L->spec, (td_split_which)i, &L->split[i], L->err,
+                             sizeof(L->err))) < 0)
+      return err;
+    /* CSV line counts and compressed raw sizes come from a first pass. */
+    if (td_split_count(L->split[i]) == UINT64_MAX &&
+        (err = td_split_scan(L->split[i], L->budget / 16, L->err, sizeof(L->err))) < 0)
+      return err;
+  }
+  L->dtype = td_split_dtype(L->split[0]);
+  L->sample_bytes = td_split_sample_bytes(L->split[0]);
+  if (L->split[1] != NULL && (td_split_dtype(L->split[1]) != L->dtype))
+    return loader_fail(L, TD_EDATA, "%s: the test samples are %s, but the train samples are %s",
+                       td_split_path(L->split[1]), td_dtype_name(td_split_dtype(L->split[1])),
+                       td_dtype_name(L->dtype));
+  if (td_mul_u64(L->batch, (uint64_t)L->sample_bytes + 1, &need) < 0 ||
       td_add_u64(need, sizeof(td_batch_hdr), &need) < 0 || need > td_ring_slot_bytes(L->ring))
-    return loader_fail(L, TD_EINVAL, "a batch of %u samples of %u bytes does not fit the ring's "
-                       "%zu-byte slots", L->batch, L->sample_bytes, td_ring_slot_bytes(L->ring));
+    return loader_fail(L, TD_EINVAL, "a batch of %u samples of %u bytes (%s) does not fit the "
+                       "ring's %zu-byte slots", L->batch, L->sample_bytes,
+                       td_dtype_name(L->dtype), td_ring_slot_bytes(L->ring));
 
-  L->train.what = "train";
-  L->test.what = "test";
-  if ((err = load_split(L, &L->train, &L->spec.train)) < 0)
-    return err;
-  L->have_test = L->spec.test.images[0] != '\0';
-  if (L->have_test && (err = load_split(L, &L->test, &L->spec.test)) < 0)
-    return err;
+  ntrain = td_split_count(L->split[0]);
+  if (L->spec.val_fraction > 0 || L->spec.val_count > 0) {
+    nval = td_dataset_validation_count(&L->spec, ntrain);
+    if (nval >= ntrain)
+      return loader_fail(L, TD_EDATA, "%s: a validation split of %llu samples leaves no "
+                         "training samples: expected fewer than %llu",
+                         td_split_path(L->split[0]), (unsigned long long)nval,
+                         (unsigned long long)ntrain);
+  }
+  ntrain -= nval;
+  L->passes[L->npasses++] = (struct pass){TD_BATCH_TRAIN, L->split[0], 0, ntrain, 1, 0};
+  if (nval > 0)
+    L->passes[L->npasses++] = (struct pass){TD_BATCH_VAL, L->split[0], ntrain, nval, 0, 0};
+  if (have_test)
+    L->passes[L->npasses++] = (struct pass){TD_BATCH_TEST, L->split[1], 0,
+                                            td_split_count(L->split[1]), 0, 0};
 
+  train_batches = (ntrain + L->batch - 1) / L->batch;
   if (L->start_epoch > L->spec.epochs ||
       (L->start_batch > 0 &&
-       (L->start_epoch == L->spec.epochs ||
-        L->start_batch > (L->train.images.count + L->batch - 1) / L->batch)))
+       (L->start_epoch == L->spec.epochs || L->start_batch > train_batches)))
     return loader_fail(L, TD_EINVAL, "start position epoch %u batch %u is past the job's end "
-                       "(%u epochs)", L->start_epoch, L->start_batch, L->spec.epochs);
-  L->perm = malloc(L->train.images.count * sizeof(*L->perm));
-  if (L->perm == NULL)
-    return loader_fail(L, TD_ENOMEM, "out of memory for the train order");
+                       "(%u epochs of %llu batches)", L->start_epoch, L->start_batch,
+                       L->spec.epochs, (unsigned long long)train_batches);
+  if ((err = plan_memory(L)) < 0)
+    return err;
+
+  if (!L->streaming) {
+    struct load_both lb = {.L = L};
+    /* Both splits at once: each also decodes with several threads. */
+    td_parallel(1 + have_test, 1 + (uint64_t)have_test, load_task, &lb, NULL, 0);
+    for (int i = 0; i < 1 + have_test; i++)
+      if (lb.rc[i] < 0)
+        return loader_fail(L, lb.rc[i], "%s", lb.err[i]);
+    L->window_cap = 0;
+    for (int p = 0; p < L->npasses; p++) {
+      uint64_t span = L->passes[p].wchunks ? (uint64_t)L->passes[p].wchunks * L->chunk
+                                           : L->passes[p].n;
+      if (span > L->window_cap)
+        L->window_cap = span;
+    }
+  }
+  for (int b = 0; b < (L->streaming ? NBUF : 1); b++) {
+    struct buffer *B = &L->bufs[b];
+    B->ids = malloc(L->window_cap * sizeof(uint32_t) + 1);
+    B->perm = malloc(L->window_cap * sizeof(uint32_t) + 1);
+    if (L->streaming) {
+      B->samples = malloc(L->window_cap * L->sample_bytes + 1);
+      B->labels = malloc(L->window_cap + 1);
+    }
+    if (B->ids == NULL || B->perm == NULL ||
+        (L->streaming && (B->samples == NULL || B->labels == NULL)))
+      return loader_fail(L, TD_ENOMEM, "out of memory for windows of %llu samples",
+                         (unsigned long long)L->window_cap);
+  }
   return 0;
 }
 
-/* One batch: samples first..first+count-1 of the pass, through order
- * (NULL = file order). */
-static int put_batch(struct loader *L, uint32_t kind, uint32_t epoch, uint32_t index,
-                     const struct split *sp, const uint32_t *order) {
-  uint64_t n = sp->images.count, first = (uint64_t)index * L->batch;
-  uint32_t count = (uint32_t)(n - first < L->batch ? n - first : L->batch);
-  size_t sb = L->sample_bytes;
-  td_batch_hdr *h;
-  uint8_t *pix, *lab;
-  void *slot;
-  int err;
+/* The chunks of a window, decoded into a buffer. */
+struct decode {
+  struct loader *L;
+  const struct pass *p;
+  const uint32_t *chunks;
+  const uint64_t *at; /* buffer position of each chunk */
+  struct buffer *B;
+};
 
-  if ((err = td_ring_write_begin(L->ring, &slot)) < 0)
-    return err;
-  h = slot;
-  memset(h, 0, sizeof(*h));
-  h->kind = kind;
-  h->epoch = epoch;
-  h->index = index;
-  h->nbatches = (uint32_t)((n + L->batch - 1) / L->batch);
-  h->count = count;
-  h->sample_bytes = L->sample_bytes;
-  h->first_sample = first;
-  pix = (uint8_t *)(h + 1);
-  lab = pix + (size_t)count * sb;
-  for (uint32_t j = 0; j < count; j++) {
-    uint64_t s = order != NULL ? order[first + j] : first + j;
-    memcpy(pix + j * sb, sp->images.data + s * sb, sb);
-    lab[j] = sp->labels.data[s];
+static int decode_task(void *ctx, uint64_t i, char *err, size_t errlen) {
+  struct decode *d = ctx;
+  struct loader *L = d->L;
+  uint64_t k = d->chunks[i], first = k * L->chunk;
+  uint64_t n = d->p->n - first < L->chunk ? d->p->n - first : L->chunk;
+
+  return td_split_read(d->p->split, d->p->base + first, n,
+                       d->B->samples + d->at[i] * L->sample_bytes, d->B->labels + d->at[i],
+                       L->classes, err, errlen);
+}
+
+/* Window w of a pass into buffer B: the order its samples are sent in
+ * (streaming: decoded into B, ids index B; in memory: ids are sample
+ * numbers in the split). */
+static int fill_window(struct loader *L, const td_order *o, uint64_t w, struct buffer *B,
+                       struct window *win) {
+  const struct pass *p = win->pass;
+  uint64_t span = td_order_window_span(o), nk = td_order_chunks(o), first = w * span;
+  uint64_t nw = nk - first < span ? nk - first : span, count = 0, at_small[64], *at = at_small;
+  const uint32_t *chunks = L->chunk_perm + first;
+  int rc = 0;
+
+  if (nw > TD_ARRAY_SIZE(at_small) && (at = malloc(nw * sizeof(*at))) == NULL)
+    return loader_fail(L, TD_ENOMEM, "out of memory for a window's chunk list");
+  for (uint64_t i = 0; i < nw; i++) {
+    at[i] = count;
+    count += td_order_chunk_size(o, chunks[i]);
   }
-  td_ring_write_end(L->ring, td_batch_bytes(count, L->sample_bytes));
+  td_order_window_perm(o, w, B->perm, (uint32_t)count);
+  if (L->streaming) {
+    struct decode d = {L, p, chunks, at, B};
+    rc = td_parallel(L->threads, nw, decode_task, &d, L->err, sizeof(L->err));
+    win->samples = B->samples;
+    win->labels = B->labels;
+    win->ids = B->perm;
+  } else {
+    int i_split = p->split == L->split[0] ? 0 : 1;
+    uint64_t split_n = td_split_count(p->split);
+
+    /* ids = concatenation position -> sample number, then permuted. */
+    for (uint64_t i = 0, c = 0; i < nw; i++) {
+      uint32_t size = td_order_chunk_size(o, chunks[i]);
+      uint64_t s0 = p->base + (uint64_t)chunks[i] * L->chunk;
+      for (uint32_t j = 0; j < size; j++)
+        B->ids[c++] = (uint32_t)(s0 + j);
+    }
+    for (uint64_t i = 0; i < count; i++)
+      B->perm[i] = B->ids[B->perm[i]];
+    win->samples = L->data[i_split];
+    win->labels = L->data[i_split] + split_n * L->sample_bytes;
+    win->ids = B->perm;
+  }
+  if (at != at_small)
+    free(at);
+  win->count = count;
+  return rc;
+}
+
+/* The open batch: a slot being filled, possibly across windows. */
+static td_batch_hdr *open_batch;
+static uint32_t open_filled;
+
+static int emit_window(struct loader *L, const struct window *win) {
+  const struct pass *p = win->pass;
+  uint32_t nbatches = (uint32_t)((p->n + L->batch - 1) / L->batch);
+  size_t sb = L->sample_bytes;
+  uint64_t i = win->skip;
+  int rc;
+
+  while (i < win->count) {
+    td_batch_hdr *h = open_batch;
+    uint8_t *pix, *lab;
+    uint64_t k;
+
+    if (h == NULL) {
+      uint64_t b = (win->pos + i) / L->batch;
+      void *slot;
+      if ((rc = td_ring_write_begin(L->ring, &slot)) < 0)
+        return rc;
+      h = open_batch = slot;
+      memset(h, 0, sizeof(*h));
+      h->kind = p->kind;
+      h->epoch = win->epoch;
+      h->index = (uint32_t)b;
+      h->nbatches = nbatches;
+      h->count = (uint32_t)(p->n - b * L->batch < L->batch ? p->n - b * L->batch : L->batch);
+      h->sample_bytes = L->sample_bytes;
+      h->dtype = (uint32_t)L->dtype;
+      h->first_sample = b * L->batch;
+      open_filled = 0;
+    }
+    pix = (uint8_t *)(h + 1);
+    lab = pix + (size_t)h->count * sb;
+    k = h->count - open_filled < win->count - i ? h->count - open_filled : win->count - i;
+    for (uint64_t j = 0; j < k; j++) {
+      uint32_t s = win->ids[i + j];
+      memcpy(pix + (open_filled + j) * sb, win->samples + (size_t)s * sb, sb);
+      lab[open_filled + j] = win->labels[s];
+    }
+    open_filled += (uint32_t)k;
+    i += k;
+    if (open_filled == h->count) {
+      td_ring_write_end(L->ring, td_batch_bytes(h->count, L->sample_bytes));
+      open_batch = NULL;
+    }
+  }
   return 0;
+}
+
+/* Every window of the run, in order, from the start position. */
+typedef int (*window_fn)(struct loader *L, const td_order *o, uint64_t w, struct window *win);
+
+static int walk(struct loader *L, window_fn fn) {
+  int rc;
+
+  for (uint32_t e = L->start_epoch; e < L->spec.epochs; e++) {
+    for (int pi = 0; pi < L->npasses; pi++) {
+      const struct pass *p = &L->passes[pi];
+      td_order o = {p->n, L->chunk, p->wchunks, L->spec.seed, e, p->shuffle};
+      uint64_t nk = td_order_chunks(&o), span = td_order_window_span(&o), pos = 0;
+      uint64_t skip = e == L->start_epoch && p->kind == TD_BATCH_TRAIN
+                          ? (uint64_t)L->start_batch * L->batch : 0;
+
+      if (nk > L->chunk_perm_cap) {
+        free(L->chunk_perm);
+        L->chunk_perm = malloc(nk * sizeof(uint32_t));
+        if (L->chunk_perm == NULL)
+          return loader_fail(L, TD_ENOMEM, "out of memory for the chunk order");
+        L->chunk_perm_cap = nk;
+      }
+      td_order_chunk_perm(&o, L->chunk_perm);
+      for (uint64_t w = 0; w < td_order_windows(&o); w++) {
+        struct window win = {.pass = p, .epoch = e, .pos = pos};
+        uint64_t wcount = 0;
+
+        for (uint64_t i = w * span; i < nk && i < (w + 1) * span; i++)
+          wcount += td_order_chunk_size(&o, L->chunk_perm[i]);
+        if (pos + wcount > skip) { /* windows sent before a resume are not even read */
+          win.skip = skip > pos ? skip - pos : 0;
+          if ((rc = fn(L, &o, w, &win)) < 0)
+            return rc;
+        }
+        pos += wcount;
+      }
+    }
+  }
+  return 0;
+}
+
+static int emit_in_memory(struct loader *L, const td_order *o, uint64_t w, struct window *win) {
+  int rc = fill_window(L, o, w, &L->bufs[0], win);
+
+  return rc < 0 ? rc : emit_window(L, win);
+}
+
+/* Streaming: the producer thread walks the run, decoding each window into
+ * a free buffer and queueing it; the main thread sends them. */
+static void queue_push(struct loader *L, const struct window *win) {
+  pthread_mutex_lock(&L->mu);
+  L->queue[(L->qhead + L->qlen++) % (NBUF + 1)] = *win;
+  pthread_cond_broadcast(&L->cv);
+  pthread_mutex_unlock(&L->mu);
+}
+
+static int produce(struct loader *L, const td_order *o, uint64_t w, struct window *win) {
+  int b = -1;
+
+  pthread_mutex_lock(&L->mu);
+  while (!L->stop) {
+    for (int i = 0; i < NBUF && b < 0; i++)
+      if (!L->buf_busy[i])
+        b = i;
+    if (b >= 0)
+      break;
+    pthread_cond_wait(&L->cv, &L->mu);
+  }
+  if (b >= 0)
+    L->buf_busy[b] = 1;
+  pthread_mutex_unlock(&L->mu);
+  if (b < 0)
+    return TD_ECLOSED;
+  win->buf = b;
+  win->rc = fill_window(L, o, w, &L->bufs[b], win);
+  queue_push(L, win);
+  return win->rc;
+}
+
+static void *producer_main(void *arg) {
+  struct loader *L = arg;
+  struct window end = {.end = 1, .buf = -1};
+
+  end.rc = walk(L, produce);
+  if (end.rc != TD_ECLOSED)
+    queue_push(L, &end);
+  return NULL;
+}
+
+static int consume(struct loader *L) {
+  for (;;) {
+    struct window win;
+    int rc;
+
+    pthread_mutex_lock(&L->mu);
+    while (L->qlen == 0)
+      pthread_cond_wait(&L->cv, &L->mu);
+    win = L->queue[L->qhead];
+    L->qhead = (L->qhead + 1) % (NBUF + 1);
+    L->qlen--;
+    pthread_mutex_unlock(&L->mu);
+    if (win.end || win.rc < 0)
+      return win.rc;
+    rc = emit_window(L, &win);
+    pthread_mutex_lock(&L->mu);
+    L->buf_busy[win.buf] = 0;
+    pthread_cond_broadcast(&L->cv);
+    pthread_mutex_unlock(&L->mu);
+    if (rc < 0)
+      return rc;
+  }
 }
 
 static int put_marker(td_ring *ring, uint32_t kind, uint32_t epoch, int code, const char *msg) {
@@ -242,41 +626,61 @@ static int put_marker(td_ring *ring, uint32_t kind, uint32_t epoch, int code, co
 }
 
 static int loader_run(struct loader *L) {
-  uint32_t ntrain = (uint32_t)L->train.images.count;
-  uint32_t train_batches = (ntrain + L->batch - 1) / L->batch;
-  uint32_t test_batches = L->have_test
-      ? (uint32_t)((L->test.images.count + L->batch - 1) / L->batch) : 0;
-  int err;
+  int rc;
 
-  for (uint32_t e = L->start_epoch; e < L->spec.epochs; e++) {
-    epoch_permutation(L->perm, ntrain, L->spec.seed, e);
-    for (uint32_t b = e == L->start_epoch ? L->start_batch : 0; b < train_batches; b++)
-      if ((err = put_batch(L, TD_BATCH_TRAIN, e, b, &L->train, L->perm)) < 0)
-        return err;
-    for (uint32_t b = 0; b < test_batches; b++)
-      if ((err = put_batch(L, TD_BATCH_TEST, e, b, &L->test, NULL)) < 0)
-        return err;
+  if (!L->streaming) {
+    rc = walk(L, emit_in_memory);
+  } else {
+    pthread_mutex_init(&L->mu, NULL);
+    pthread_cond_init(&L->cv, NULL);
+    if (pthread_create(&L->producer, NULL, producer_main, L) != 0)
+      return loader_fail(L, TD_ENOMEM, "cannot start the decoding thread");
+    L->producer_started = 1;
+    rc = consume(L);
   }
+  if (rc < 0)
+    return rc;
   return put_marker(L->ring, TD_BATCH_END, L->spec.epochs, 0, NULL);
 }
 
 static void loader_free(struct loader *L) {
-  td_idx_free(&L->train.images);
-  td_idx_free(&L->train.labels);
-  td_idx_free(&L->test.images);
-  td_idx_free(&L->test.labels);
-  free(L->perm);
+  if (L->producer_started) {
+    pthread_mutex_lock(&L->mu);
+    L->stop = 1;
+    pthread_cond_broadcast(&L->cv);
+    pthread_mutex_unlock(&L->mu);
+    pthread_join(L->producer, NULL);
+  }
+  for (int i = 0; i < 2; i++) {
+    td_shmcache_release(L->cache[i]);
+    L->cache[i] = NULL;
+    free(L->own[i]);
+    td_split_close(L->split[i]);
+  }
+  for (int b = 0; b < NBUF; b++) {
+    free(L->bufs[b].samples);
+    free(L->bufs[b].labels);
+    free(L->bufs[b].ids);
+    free(L->bufs[b].perm);
+  }
+  free(L->chunk_perm);
   td_ring_close(L->ring);
 }
 
+/* A cancelled job must not leave its shared copy behind: release it with
+ * system calls only, then go. */
 static void on_sigterm(int sig) {
   (void)sig;
+  if (the_loader != NULL)
+    for (int i = 0; i < 2; i++)
+      td_shmcache_release_on_signal(the_loader->cache[i]);
   _exit(0);
 }
 
 static void usage(FILE *f) {
   fprintf(f, "usage: traind-loader --job FILE --ring NAME [--base-dir DIR] [--parent-pid PID]\n"
-             "                     [--start-epoch E [--start-batch B]]\n"
+             "                     [--start-epoch E [--start-batch B]] [--memory-budget BYTES]\n"
+             "                     [--threads N] [--no-cache]\n"
              "Feeds a job's dataset, as batches, into the shared-memory ring NAME.\n");
 }
 
@@ -300,17 +704,22 @@ int main(int argc, char **argv) {
       {"parent-pid", required_argument, NULL, 'p'},
       {"start-epoch", required_argument, NULL, 'e'},
       {"start-batch", required_argument, NULL, 'B'},
+      {"memory-budget", required_argument, NULL, 'm'},
+      {"threads", required_argument, NULL, 't'},
+      {"no-cache", no_argument, NULL, 'n'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   static struct loader L;
   const char *job = NULL, *ring_name = NULL, *base_dir = NULL;
   char dir[TD_PATH_MAX], *slash;
-  uint32_t parent = 0;
+  uint32_t parent = 0, threads = 0;
   struct sigaction sa;
+  long cpus;
   int c, err;
 
   td_log_init("traind-loader", TD_LOG_INFO);
+  L.budget = default_budget();
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
     case 'j': job = optarg; break;
@@ -328,6 +737,15 @@ int main(int argc, char **argv) {
       if (parse_u32(optarg, &L.start_batch) < 0)
         goto bad_usage;
       break;
+    case 'm':
+      if (td_parse_size(optarg, &L.budget) < 0 || L.budget == 0)
+        goto bad_usage;
+      break;
+    case 't':
+      if (parse_u32(optarg, &threads) < 0 || threads < 1 || threads > 64)
+        goto bad_usage;
+      break;
+    case 'n': L.no_cache = 1; break;
     case 'h': usage(stdout); return 0;
     default: goto bad_usage;
     }
@@ -344,6 +762,8 @@ int main(int argc, char **argv) {
       *(slash == dir ? slash + 1 : slash) = '\0'; /* "/job.yaml" -> "/" */
     base_dir = dir;
   }
+  cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  L.threads = threads > 0 ? (int)threads : cpus < 1 ? 1 : cpus > 4 ? 4 : (int)cpus;
 
   memset(&sa, 0, sizeof(sa));
   sa.sa_handler = on_sigterm;
@@ -363,6 +783,9 @@ int main(int argc, char **argv) {
   }
   if (parent > 0)
     td_ring_set_peer(L.ring, (pid_t)parent);
+  /* Shared copies whose loaders were killed go now. */
+  td_shmcache_sweep();
+  the_loader = &L;
 
   err = loader_prepare(&L, job, base_dir);
   if (err == 0)

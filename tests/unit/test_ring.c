@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "jobspec.h"
 #include "ring.h"
 
 #define NBATCHES 10000
@@ -69,6 +70,8 @@ static uint8_t batch_byte(uint32_t i, size_t k) { return (uint8_t)(i * 31u + k *
 
 START_TEST(test_create_open_unlink) {
   td_ring *r = NULL;
+  size_t bytes = 0;
+  void *map;
 
   ck_assert_int_eq(td_ring_create(ring_name, 8, 1000), 0);
   ck_assert(segment_exists(ring_name));
@@ -78,6 +81,16 @@ START_TEST(test_create_open_unlink) {
   ck_assert_ptr_nonnull(r);
   ck_assert_uint_eq(td_ring_slot_bytes(r), 1000);
   ck_assert_uint_eq(td_ring_nslots(r), 8);
+  /* The whole mapping (what a CUDA worker pins): page-aligned, every slot in it. */
+  map = td_ring_mapping(r, &bytes);
+  ck_assert_uint_eq(bytes, td_ring_segment_bytes(8, 1000));
+  ck_assert_uint_eq((uintptr_t)map % (uintptr_t)sysconf(_SC_PAGESIZE), 0);
+  {
+    void *slot;
+    ck_assert_int_eq(td_ring_write_begin(r, &slot), 0);
+    ck_assert((uint8_t *)slot >= (uint8_t *)map &&
+              (uint8_t *)slot + 1000 <= (uint8_t *)map + bytes);
+  }
   ck_assert_int_eq(td_ring_is_shutdown(r, NULL), 0);
   td_ring_close(r);
   td_ring_close(NULL);
@@ -421,6 +434,22 @@ START_TEST(test_batch_layout) {
   u.h.index = 2;
   ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4)), TD_EPROTO);
   u.h.index = 0;
+
+  /* Samples in their stored type: the size of the type divides the
+   * sample; validation batches are batches too. */
+  u.h.kind = TD_BATCH_VAL;
+  u.h.dtype = TD_DTYPE_F32;
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4)), 0);
+  u.h.dtype = TD_DTYPE_F16;
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4)), 0);
+  u.h.sample_bytes = 6;
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 6)), 0);
+  u.h.dtype = TD_DTYPE_I32;
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 6)), TD_EPROTO);
+  u.h.dtype = 99;
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 6)), TD_EPROTO);
+  u.h.dtype = TD_DTYPE_U8;
+  u.h.kind = TD_BATCH_TRAIN;
   u.h.count = UINT32_MAX;
   u.h.sample_bytes = UINT32_MAX;
   ck_assert_int_eq(td_batch_check(&u, sizeof(u)), TD_EPROTO);

@@ -1,0 +1,146 @@
+/* Datasets: one front over every format the loader reads (IDX, NumPy
+ * .npy, CSV and raw fixed-size records, each plain or gzip-compressed).
+ *
+ * A job's data is two splits, train and test.  A split decodes to `count`
+ * samples of sample_bytes bytes each (the elements in their stored type:
+ * uint8 pixels stay uint8) and one label byte per sample.  Labels travel as
+ * one byte, so a model has at most 256 classes.
+ *
+ * Opening a split reads only the files' headers (and a CSV file's first
+ * line), so td_dataset_check can run at submit on traind's loop.  Every
+ * message names the file, the offset and what was expected:
+ * "<path>: <what> at offset N: expected X, got Y".
+ */
+#ifndef TD_DATASET_H
+#define TD_DATASET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jobspec.h"
+
+#define TD_DATASET_MAX_CLASSES 256u
+#define TD_DATASET_MAX_SAMPLES UINT32_MAX
+
+/* "uint8", "int32", "float16", "float32", "int64". */
+const char *td_dtype_name(td_dtype t);
+
+/* Check the job's train and test files against its model: the sample
+ * shape, the label count, the labels' range where it is cheap (label files
+ * up to 1 MiB, the first 64 KiB of a CSV file, raw labels in the first
+ * MiB), and the validation split's size.  Reads only headers otherwise:
+ * about a millisecond for Fashion-MNIST.  TD_EDATA (a missing file too)
+ * with the message in err; TD_ENOMEM. */
+int td_dataset_check(const td_jobspec *spec, char *err, size_t errlen);
+
+/* What one sample of this job's data is as it travels in the ring: the
+ * slots need td_batch_bytes(batch, sample_bytes) bytes. */
+typedef struct td_dataset_info {
+  td_dtype dtype;        /* of the sample's elements */
+  uint32_t sample_bytes; /* model input elements * td_dtype_size(dtype) */
+} td_dataset_info;
+
+/* The info from the train split's header (the test split must match it,
+ * which td_dataset_check checks).  Codes as td_dataset_check. */
+int td_dataset_probe(const td_jobspec *spec, td_dataset_info *out, char *err, size_t errlen);
+
+/* Samples of a train set of count samples held out for validation:
+ * data.validation's count, or its fraction rounded (at least 1). */
+uint64_t td_dataset_validation_count(const td_jobspec *spec, uint64_t count);
+
+typedef enum { TD_SPLIT_TRAIN = 0, TD_SPLIT_TEST = 1 } td_split_which;
+typedef struct td_split td_split;
+
+/* Open spec's train or test files and check their headers against the
+ * model.  The split keeps what it needs of spec. */
+int td_split_open(const td_jobspec *spec, td_split_which which, td_split **out, char *err,
+                  size_t errlen);
+void td_split_close(td_split *s); /* accepts NULL */
+
+const char *td_split_name(const td_split *s); /* "train" or "test" */
+const char *td_split_path(const td_split *s); /* the samples' file */
+td_dtype td_split_dtype(const td_split *s);
+uint32_t td_split_sample_bytes(const td_split *s);
+/* Samples used (the limit applied); UINT64_MAX until td_split_scan for the
+ * formats whose headers do not say (CSV, gzip-compressed raw). */
+uint64_t td_split_count(const td_split *s);
+/* 1 when td_split_read needs td_split_scan first: CSV always (for its line
+ * offsets), gzip when it will be read from anywhere but its start. */
+int td_split_needs_scan(const td_split *s, int random_access);
+
+/* Read the files once, front to back: count CSV lines and note where every
+ * 1024th starts, learn a compressed file's size, check gzip CRCs, and keep
+ * gzip access points (index_bytes at most, about 32 KiB each) so reads can
+ * start anywhere. */
+int td_split_scan(td_split *s, uint64_t index_bytes, char *err, size_t errlen);
+
+/* The fewest samples a read should ask for, after a scan, so that what it
+ * decodes in vain (from a gzip access point to its first sample; from a
+ * noted CSV line to its first line) is at most a quarter of the rest: 1
+ * for plain fixed-size records. */
+uint64_t td_split_min_read(const td_split *s);
+
+/* Decode samples [first, first + n): n * sample_bytes bytes into samples
+ * and n label bytes into labels (either may be NULL), each label checked to
+ * be < classes and each float finite.  Several threads may read one split
+ * at once.  TD_EDATA naming the file, offset (CSV: line) and sample. */
+int td_split_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, uint8_t *labels,
+                  uint32_t classes, char *err, size_t errlen);
+
+/* Decode all count samples with up to nthreads threads, and check the
+ * rest of the files (a gzip stream to its end). */
+int td_split_load(td_split *s, uint8_t *samples, uint8_t *labels, uint32_t classes,
+                  int nthreads, char *err, size_t errlen);
+
+/* What the decoded data depends on: the files (device, inode, size,
+ * modification time), the format and its keys, the limit.  Equal keys,
+ * equal data.  TD_ETOOBIG when cap is too small. */
+int td_split_cache_key(const td_split *s, char *buf, size_t cap);
+
+/* The first of n labels (sample numbers first..) that is >= classes:
+ * TD_EDATA "<path>: label at index I is V, but the model has C classes". */
+int td_labels_check(const uint8_t *labels, uint64_t n, uint64_t first, uint32_t classes,
+                    const char *path, char *err, size_t errlen);
+
+/* The order samples are trained in.
+ *
+ * A pass of n samples is cut into chunks of `chunk` samples (the last may
+ * be short) and the chunks into windows of `wchunks` chunks.  With
+ * shuffling, the chunk order is a permutation drawn from (seed, epoch), and
+ * the samples inside each window are permuted again from (seed, epoch,
+ * window): a sample moves only within its window.  wchunks == 0 is one
+ * window of everything: a full shuffle.  Nothing depends on micro-batches,
+ * threads or timing. */
+typedef struct td_order {
+  uint64_t n;
+  uint32_t chunk;   /* >= 1 */
+  uint32_t wchunks; /* 0: one window */
+  uint64_t seed;
+  uint32_t epoch;
+  int shuffle;      /* 0: file order */
+} td_order;
+
+uint64_t td_order_chunks(const td_order *o);
+/* Chunks per window: wchunks, or all of them for wchunks 0. */
+uint64_t td_order_window_span(const td_order *o);
+uint64_t td_order_windows(const td_order *o);
+/* Samples in chunk k. */
+uint32_t td_order_chunk_size(const td_order *o, uint64_t k);
+/* The epoch's chunk order (td_order_chunks entries): window w is entries
+ * [w * span, (w + 1) * span), its samples concatenated in that order. */
+void td_order_chunk_perm(const td_order *o, uint32_t *perm);
+/* The order of window w's count samples (indexes into its concatenation). */
+void td_order_window_perm(const td_order *o, uint64_t w, uint32_t *perm, uint32_t count);
+
+/* perm = a permutation of 0..n-1 drawn from (seed, epoch, stream): a
+ * Fisher-Yates shuffle with splitmix64. */
+void td_shuffle(uint32_t *perm, uint32_t n, uint64_t seed, uint32_t epoch, uint64_t stream);
+
+/* Run fn(ctx, task) for every task in 0..ntasks-1 on up to nthreads
+ * threads (the caller's included); stop at the first failure and return
+ * it, its message in err. */
+typedef int (*td_task_fn)(void *ctx, uint64_t task, char *err, size_t errlen);
+int td_parallel(int nthreads, uint64_t ntasks, td_task_fn fn, void *ctx, char *err,
+                size_t errlen);
+
+#endif

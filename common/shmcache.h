@@ -1,0 +1,56 @@
+/* A shared, read-only cache of decoded datasets in POSIX shared memory.
+ *
+ * Loaders of the same data (equal keys: td_split_cache_key) map one copy:
+ * the first decodes it into the segment /traind-cache-<hash>, the others
+ * map it.  Each user holds a shared flock on the segment while it maps it;
+ * the user that leaves last (its exclusive flock succeeds) unlinks it.  A
+ * lock object per key, /traind-cache-<hash>.lock, serialises building,
+ * opening and that last unlink, so no one maps a half-built copy or one
+ * being removed.  flock locks die with their process: the segment of a
+ * killed loader has no lock left, and td_shmcache_sweep (every loader runs
+ * it when it starts; traind should at its start and after a loader dies)
+ * removes it.
+ */
+#ifndef TD_SHMCACHE_H
+#define TD_SHMCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TD_SHMCACHE_PREFIX "traind-cache-" /* names in /dev/shm */
+#define TD_SHMCACHE_KEY_MAX 1024
+
+typedef struct td_shmcache td_shmcache;
+
+/* Map the entry for key (at most TD_SHMCACHE_KEY_MAX - 1 bytes) holding
+ * bytes of data.  *ready = 1: the data is there, read it.  *ready = 0: the
+ * entry is new and the caller must write the data, then call
+ * td_shmcache_publish (or td_shmcache_release to give up); until then
+ * other loaders of the key wait in td_shmcache_open.  TD_ENOSPC when
+ * /dev/shm has no room, TD_EIO (errno kept), TD_ENOMEM, TD_EINVAL for a
+ * key too long, TD_EAGAIN for another key with the same hash: the caller
+ * then decodes into its own memory. */
+int td_shmcache_open(const char *key, uint64_t bytes, td_shmcache **out, int *ready);
+/* Make a new entry's data visible to others. */
+void td_shmcache_publish(td_shmcache *c);
+/* Unmap; the last user removes the entry (an unpublished one always).
+ * Accepts NULL. */
+void td_shmcache_release(td_shmcache *c);
+
+/* td_shmcache_release for a signal handler that then calls _exit: only
+ * system calls, and never blocks (a busy key leaves the entry to the
+ * next sweep).  c is not freed. */
+void td_shmcache_release_on_signal(td_shmcache *c);
+
+uint8_t *td_shmcache_data(const td_shmcache *c);
+const char *td_shmcache_name(const td_shmcache *c); /* "/traind-cache-..." */
+
+/* Remove entries no live process maps (left by killed loaders); never
+ * blocks.  Returns how many it removed. */
+int td_shmcache_sweep(void);
+
+/* Bytes and number of the cache's segments: what host memory accounting
+ * should count, once each, however many jobs map them. */
+void td_shmcache_usage(uint64_t *bytes, uint32_t *segments);
+
+#endif

@@ -142,6 +142,13 @@ static const struct command {
    "                 it holds back new jobs; the running ones keep their memory\n"
    "  --drain        admit no new job to it; running jobs go on\n"
    "  --resume       admit jobs to it again\n"},
+  {"plan", NULL, "FILE [--device D]", 1, 1, CMD_OPT(OPT_DEVICE), cli_cmd_plan,
+   "show a job file's memory plan without submitting it",
+   "Show where FILE's memory goes: per part, per layer, its largest tensors,\n"
+   "the micro-batch and accumulation traind would choose on each device, and\n"
+   "what each remedy would save.  Nothing is submitted.\n"
+   "\n"
+   "  --device D  only device D\n"},
   {"help", NULL, "[COMMAND]", 0, 1, 0, NULL, "show help for a command",
    "Show the help for COMMAND, or the overview.\n"},
 };

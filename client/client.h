@@ -155,6 +155,8 @@ int cli_cmd_cancel(cli *c, const cli_args *a);
 int cli_cmd_set_priority(cli *c, const cli_args *a);
 int cli_cmd_info(cli *c, const cli_args *a);
 int cli_cmd_devices(cli *c, const cli_args *a);
+/* plan_cmd.c */
+int cli_cmd_plan(cli *c, const cli_args *a);
 int cli_cmd_device(cli *c, const cli_args *a);
 /* The helpers below return 0 or an exit code, with the message printed. */
 /* A job id argument. */

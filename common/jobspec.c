@@ -18,7 +18,19 @@ static const char *const layer_names[TD_LAYER__COUNT + 1] = {
     [TD_LAYER_RELU] = "relu",
 };
 static const char *const precision_names[TD_PREC__COUNT + 1] = {[TD_PREC_FP32] = "fp32"};
-static const char *const format_names[] = {[TD_DATA_IDX] = "idx", NULL};
+static const char *const remedy_names[TD_REMEDY__COUNT + 1] = {
+    [TD_REMEDY_ACCUMULATE] = "accumulate", [TD_REMEDY_RECOMPUTE] = "recompute",
+    [TD_REMEDY_SHRINK] = "shrink",         [TD_REMEDY_BF16] = "bf16",
+    [TD_REMEDY_FP16] = "fp16",
+};
+static const char *const format_names[] = {
+    [TD_DATA_IDX] = "idx", [TD_DATA_NPY] = "npy", [TD_DATA_CSV] = "csv", [TD_DATA_RAW] = "raw", NULL};
+static const char *const dtype_names[] = {"uint8", "int32", "float16", "float32", NULL};
+static const char *const csv_dtype_names[] = {"float32", "uint8", NULL};
+static const int csv_dtype_values[] = {TD_DTYPE_F32, TD_DTYPE_U8};
+static const char *const label_dtype_names[] = {"uint8", "int32", NULL};
+static const int label_dtype_values[] = {TD_DTYPE_U8, TD_DTYPE_I32};
+static const char *const bool_names[] = {"false", "true", NULL};
 static const char *const opt_names[] = {[TD_OPT_SGD] = "sgd", [TD_OPT_ADAM] = "adam", NULL};
 
 /* Keys that mean something to one optimiser only; the other accepts them
@@ -133,7 +145,7 @@ static const td_yfield model_fields[] = {
 
 static const td_yfield split_fields[] = {
     TD_YF_STR("images", td_data_split, images, TD_YF_REQUIRED | TD_YF_NONEMPTY, resolve_path),
-    TD_YF_STR("labels", td_data_split, labels, TD_YF_REQUIRED | TD_YF_NONEMPTY, resolve_path),
+    TD_YF_STR("labels", td_data_split, labels, TD_YF_NONEMPTY, resolve_path),
     TD_YF_INT("limit", td_data_split, limit, 0, UINT32_MAX, 0),
     {0},
 };
@@ -144,11 +156,40 @@ static const td_yfield normalize_fields[] = {
     {0},
 };
 
+static const td_yfield csv_fields[] = {
+    TD_YF_INT("label_column", td_data_csv, label_column, 0, 65535, 0),
+    TD_YF_ENUM("header", td_data_csv, header, bool_names, NULL, 0),
+    TD_YF_ENUM("dtype", td_data_csv, dtype, csv_dtype_names, csv_dtype_values, 0),
+    {0},
+};
+
+static const td_yfield raw_fields[] = {
+    TD_YF_SEQ("record_shape", td_data_raw, shape, rank, 1, TD_MAX_RANK, &dim_item,
+              TD_YF_REQUIRED, NULL),
+    TD_YF_ENUM("dtype", td_data_raw, dtype, dtype_names, NULL, TD_YF_REQUIRED),
+    TD_YF_ENUM("label_dtype", td_data_raw, label_dtype, label_dtype_names, label_dtype_values, 0),
+    TD_YF_INT("label_offset", td_data_raw, label_offset, 0, INPUT_ELEMS_MAX * 8, 0),
+    TD_YF_INT("sample_offset", td_data_raw, sample_offset, 0, INPUT_ELEMS_MAX * 8, 0),
+    TD_YF_INT("record_bytes", td_data_raw, record_bytes, 0, INPUT_ELEMS_MAX * 8, 0),
+    TD_YF_U64("header_bytes", td_data_raw, header_bytes, 0),
+    {0},
+};
+
+static const td_yfield validation_fields[] = {
+    TD_YF_FLOAT("fraction", td_jobspec, val_fraction, 0, 1, TD_YF_HI_OPEN),
+    TD_YF_INT("count", td_jobspec, val_count, 0, UINT32_MAX, 0),
+    {0},
+};
+
 static const td_yfield data_fields[] = {
     TD_YF_ENUM("format", td_jobspec, format, format_names, NULL, 0),
     TD_YF_MAP("train", td_jobspec, train, split_fields, TD_YF_REQUIRED, NULL),
     TD_YF_MAP("test", td_jobspec, test, split_fields, TD_YF_REQUIRED, NULL),
     TD_YF_SECTION("normalize", normalize_fields, 0),
+    TD_YF_MAP("csv", td_jobspec, csv, csv_fields, 0, NULL),
+    TD_YF_MAP("raw", td_jobspec, raw, raw_fields, 0, NULL),
+    TD_YF_SECTION("validation", validation_fields, 0),
+    TD_YF_INT("shuffle_window", td_jobspec, shuffle_window, 0, UINT32_MAX, 0),
     {0},
 };
 
@@ -171,9 +212,47 @@ static const td_yfield train_fields[] = {
     {0},
 };
 
+/* Names the worker does not implement yet are refused with a reason, so a
+ * job never counts on a remedy that will not come. */
+static int check_remedies(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
+                          size_t cap) {
+  const td_remedy *r = p;
+  size_t count = n->kind == TD_YAML_SEQ ? n->len : 0;
+
+  for (size_t i = 0; i < count; i++) {
+    for (size_t k = 0; k < i; k++) {
+      if (r[k] == r[i]) {
+        snprintf(msg, cap, "'%s' is listed twice", remedy_names[r[i]]);
+        return 1;
+      }
+    }
+    switch (r[i]) {
+    case TD_REMEDY_BF16:
+    case TD_REMEDY_FP16:
+      snprintf(msg, cap, "'%s': mixed precision is not available yet (only fp32 training); "
+               "remove it", remedy_names[r[i]]);
+      return 1;
+    case TD_REMEDY_RECOMPUTE:
+    case TD_REMEDY_SHRINK:
+      snprintf(msg, cap, "'%s' is not available yet; use 'accumulate'", remedy_names[r[i]]);
+      return 1;
+    default:
+      break;
+    }
+  }
+  return 0;
+}
+
+static const td_yfield remedy_item = {
+    .type = TD_YT_ENUM, .size = sizeof(td_remedy), .names = remedy_names,
+};
+
 static const td_yfield memory_fields[] = {
     TD_YF_ENUM("precision", td_jobspec, precision, precision_names, NULL, 0),
     TD_YF_INT("min_micro_batch", td_jobspec, min_micro_batch, 1, 65536, 0),
+    TD_YF_SEQ("remedies", td_jobspec, remedies, nremedies, 0, TD_MAX_REMEDIES, &remedy_item, 0,
+              check_remedies),
+    TD_YF_INT("fail_alloc", td_jobspec, fail_alloc, 0, UINT32_MAX, 0),
     {0},
 };
 
@@ -194,6 +273,8 @@ static void jobspec_defaults(td_jobspec *s) {
   memset(s, 0, sizeof(*s));
   strcpy(s->name, "job");
   s->format = TD_DATA_IDX;
+  s->csv.dtype = TD_DTYPE_F32;
+  s->raw.sample_offset = UINT32_MAX; /* unset: right after the label, or 0 */
   s->norm_mean = 0.0f;
   s->norm_std = 1.0f;
   for (size_t i = 0; i < TD_ARRAY_SIZE(opt_only); i++)
@@ -208,8 +289,88 @@ static int node_line(const td_ynode *root, const char *section, const char *key)
   return n != NULL ? n->key_line : 0;
 }
 
+/* The data keys that depend on the format. */
+static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
+  static const char *const splits[] = {"train", "test"};
+  const td_ynode *data = td_yaml_get(root, "data");
+  int has_labels = s->format == TD_DATA_IDX || s->format == TD_DATA_NPY;
+  td_data_raw *r = &s->raw;
+  uint64_t elems = td_jobspec_input_elems(s), shape = 1, label_end, sample_end, sample_bytes;
+
+  for (int i = 0; i < 2; i++) {
+    const td_data_split *sp = i == 0 ? &s->train : &s->test;
+    const td_ynode *n = td_yaml_get(data, splits[i]);
+    int line = n != NULL ? n->key_line : 0;
+
+    if (has_labels && sp->labels[0] == '\0') {
+      td_yaml_errf(err, errlen, line, "key 'data.%s.labels' is required (format %s)", splits[i],
+                   format_names[s->format]);
+      return TD_EJOBSPEC;
+    }
+    if (!has_labels && sp->labels[0] != '\0') {
+      td_yaml_errf(err, errlen, node_line(data, splits[i], "labels"),
+                   "key 'data.%s.labels': a %s file holds its own labels (%s); remove this key",
+                   splits[i], format_names[s->format],
+                   s->format == TD_DATA_CSV ? "data.csv.label_column" : "data.raw.label_offset");
+      return TD_EJOBSPEC;
+    }
+  }
+  if (td_yaml_get(data, "csv") != NULL && s->format != TD_DATA_CSV) {
+    td_yaml_errf(err, errlen, node_line(root, "data", "csv"),
+                 "key 'data.csv' applies only to format csv, and the format is %s",
+                 format_names[s->format]);
+    return TD_EJOBSPEC;
+  }
+  if ((td_yaml_get(data, "raw") != NULL) != (s->format == TD_DATA_RAW)) {
+    td_yaml_errf(err, errlen, node_line(root, "data", s->format == TD_DATA_RAW ? "format" : "raw"),
+                 s->format == TD_DATA_RAW
+                     ? "key 'data.raw' is required with format raw (record_shape and dtype)"
+                     : "key 'data.raw' applies only to format raw, and the format is %s",
+                 format_names[s->format]);
+    return TD_EJOBSPEC;
+  }
+  if (s->val_fraction > 0 && s->val_count > 0) {
+    td_yaml_errf(err, errlen, node_line(root, "data", "validation"),
+                 "key 'data.validation': give fraction or count, not both");
+    return TD_EJOBSPEC;
+  }
+  if (s->format != TD_DATA_RAW)
+    return 0;
+
+  for (int i = 0; i < r->rank; i++)
+    shape *= r->shape[i]; /* each <= 2^24, rank <= 4: no overflow */
+  if (shape != elems) {
+    td_yaml_errf(err, errlen, node_line(data, "raw", "record_shape"),
+                 "key 'data.raw.record_shape': a record holds %llu elements, but model.input "
+                 "has %llu", (unsigned long long)shape, (unsigned long long)elems);
+    return TD_EJOBSPEC;
+  }
+  if (r->sample_offset == UINT32_MAX)
+    r->sample_offset = r->label_offset == 0 ? (uint32_t)td_dtype_size(r->label_dtype) : 0;
+  sample_bytes = shape * td_dtype_size(r->dtype);
+  label_end = (uint64_t)r->label_offset + td_dtype_size(r->label_dtype);
+  sample_end = (uint64_t)r->sample_offset + sample_bytes;
+  if (r->label_offset < sample_end && r->sample_offset < label_end) {
+    td_yaml_errf(err, errlen, node_line(data, "raw", "label_offset"),
+                 "key 'data.raw': the label (bytes %u..%llu) overlaps the sample (bytes "
+                 "%u..%llu)", r->label_offset, (unsigned long long)label_end - 1,
+                 r->sample_offset, (unsigned long long)sample_end - 1);
+    return TD_EJOBSPEC;
+  }
+  if (r->record_bytes == 0)
+    r->record_bytes = (uint32_t)(label_end > sample_end ? label_end : sample_end);
+  else if (r->record_bytes < label_end || r->record_bytes < sample_end) {
+    td_yaml_errf(err, errlen, node_line(data, "raw", "record_bytes"),
+                 "key 'data.raw.record_bytes': a record of %u bytes cannot hold the label "
+                 "(ends at byte %llu) and the sample (ends at byte %llu)", r->record_bytes,
+                 (unsigned long long)label_end, (unsigned long long)sample_end);
+    return TD_EJOBSPEC;
+  }
+  return 0;
+}
+
 /* What one key's table cannot say: rules across keys. */
-static int check_job(const td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
+static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
   const td_layer *first = &s->layers[0], *last = &s->layers[s->nlayers - 1];
   uint64_t elems = td_jobspec_input_elems(s);
 
@@ -236,7 +397,7 @@ static int check_job(const td_jobspec *s, const td_ynode *root, char *err, size_
                  s->batch_size, s->min_micro_batch);
     return TD_EJOBSPEC;
   }
-  return 0;
+  return check_data(s, root, err, errlen);
 }
 
 int td_jobspec_parse(const char *text, size_t len, const char *base_dir, td_jobspec *out,
@@ -265,6 +426,11 @@ int td_jobspec_parse(const char *text, size_t len, const char *base_dir, td_jobs
   if (rc < 0) {
     rc = TD_EJOBSPEC;
     goto free_spec;
+  }
+  /* Absent means the default; an empty list means no remedy at all. */
+  if (td_yaml_get(td_yaml_get(root, "memory"), "remedies") == NULL) {
+    spec->remedies[0] = TD_REMEDY_ACCUMULATE;
+    spec->nremedies = 1;
   }
   if ((rc = check_job(spec, root, err, errlen)) < 0)
     goto free_spec;
@@ -320,6 +486,25 @@ uint32_t td_jobspec_classes(const td_jobspec *spec) {
     if (spec->layers[i].type == TD_LAYER_DENSE)
       return spec->layers[i].units;
   return 0;
+}
+
+int td_jobspec_allows(const td_jobspec *spec, td_remedy r) {
+  for (int i = 0; i < spec->nremedies && i < TD_MAX_REMEDIES; i++)
+    if (spec->remedies[i] == r)
+      return 1;
+  return 0;
+}
+
+uint32_t td_jobspec_min_micro_batch(const td_jobspec *spec) {
+  uint32_t m = spec->min_micro_batch ? spec->min_micro_batch : 1;
+
+  if (!td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE) || m > spec->batch_size)
+    return spec->batch_size;
+  return m;
+}
+
+const char *td_remedy_name(td_remedy r) {
+  return (unsigned)r < TD_REMEDY__COUNT ? remedy_names[r] : "unknown";
 }
 
 const char *td_precision_name(td_precision p) {

@@ -32,13 +32,62 @@ typedef enum { TD_OPT_SGD = 0, TD_OPT_ADAM } td_opt_kind;
 
 typedef enum { TD_PREC_FP32 = 0, TD_PREC__COUNT } td_precision;
 
-typedef enum { TD_DATA_IDX = 0 } td_data_format;
+typedef enum { TD_DATA_IDX = 0, TD_DATA_NPY, TD_DATA_CSV, TD_DATA_RAW } td_data_format;
+
+/* What the worker may do, in the job's order, when memory runs short. */
+typedef enum {
+  TD_REMEDY_ACCUMULATE = 0, /* smaller micro-batches, same effective batch */
+  TD_REMEDY_RECOMPUTE,      /* activation recomputation (not available yet) */
+  TD_REMEDY_SHRINK,         /* smaller effective batch, lr scaled (not available yet) */
+  TD_REMEDY_BF16,           /* mixed precision (not available yet) */
+  TD_REMEDY_FP16,
+  TD_REMEDY__COUNT
+} td_remedy;
+
+#define TD_MAX_REMEDIES TD_REMEDY__COUNT
+
+/* Element types of samples as stored, and as they travel to the worker
+ * (td_batch_hdr.dtype).  int64 occurs only in .npy label files. */
+typedef enum {
+  TD_DTYPE_U8 = 0, TD_DTYPE_I32, TD_DTYPE_F16, TD_DTYPE_F32, TD_DTYPE_I64, TD_DTYPE__COUNT
+} td_dtype;
+
+/* Bytes of one element; 0 for a value outside the enum. */
+static inline size_t td_dtype_size(td_dtype t) {
+  switch (t) {
+  case TD_DTYPE_U8: return 1;
+  case TD_DTYPE_F16: return 2;
+  case TD_DTYPE_I32: case TD_DTYPE_F32: return 4;
+  case TD_DTYPE_I64: return 8;
+  default: return 0;
+  }
+}
 
 typedef struct td_data_split {
-  char images[TD_PATH_MAX]; /* absolute once parsed with a base dir */
-  char labels[TD_PATH_MAX];
+  char images[TD_PATH_MAX]; /* the samples (csv, raw: the one file, labels inside); absolute
+                               once parsed with a base dir */
+  char labels[TD_PATH_MAX]; /* idx, npy: the labels; "" for csv and raw */
   uint32_t limit;           /* use only the first N samples; 0 = all */
 } td_data_split;
+
+typedef struct td_data_csv {
+  uint32_t label_column; /* 0-based column holding the class */
+  int header;            /* 1: the first line names the columns */
+  td_dtype dtype;        /* the other columns as decoded: float32 or uint8 */
+} td_data_csv;
+
+/* Fixed-size records: [header_bytes] then records of record_bytes, each
+ * holding a label at label_offset and a sample at sample_offset. */
+typedef struct td_data_raw {
+  uint32_t shape[TD_MAX_RANK]; /* one sample; the product is model.input's */
+  int rank;
+  td_dtype dtype;              /* the sample's elements, little-endian */
+  td_dtype label_dtype;        /* uint8 or int32 (little-endian) */
+  uint32_t label_offset;
+  uint32_t sample_offset;
+  uint32_t record_bytes;
+  uint64_t header_bytes;
+} td_data_raw;
 
 typedef struct td_optimizer {
   td_opt_kind kind;
@@ -62,6 +111,12 @@ typedef struct td_jobspec {
   td_data_split train;
   td_data_split test;
   float norm_mean, norm_std; /* applied on the device: (x/255 - mean)/std */
+  td_data_csv csv;           /* format csv */
+  td_data_raw raw;           /* format raw */
+  float val_fraction;        /* validation: the last fraction (or count) of the */
+  uint32_t val_count;        /* train samples, held out of training; 0 = none */
+  uint32_t shuffle_window;   /* samples shuffled together; 0 = all in memory, or
+                                as many as the loader's memory budget holds */
 
   /* training */
   uint32_t batch_size;
@@ -72,6 +127,9 @@ typedef struct td_jobspec {
   /* memory */
   td_precision precision;
   uint32_t min_micro_batch;
+  td_remedy remedies[TD_MAX_REMEDIES]; /* default: {accumulate} */
+  int nremedies;
+  uint32_t fail_alloc;   /* testing: the worker's Nth memory request fails; 0 = never */
 
   /* scheduling */
   int32_t priority;      /* higher runs first */
@@ -96,7 +154,14 @@ uint64_t td_jobspec_input_elems(const td_jobspec *spec);
 /* Output features of the last layer that has them (the class count). */
 uint32_t td_jobspec_classes(const td_jobspec *spec);
 
+/* Whether the job file lists remedy r. */
+int td_jobspec_allows(const td_jobspec *spec, td_remedy r);
+/* The smallest micro-batch the job may run at: min_micro_batch, or the
+ * whole batch when it does not allow accumulation. */
+uint32_t td_jobspec_min_micro_batch(const td_jobspec *spec);
+
 const char *td_precision_name(td_precision p);
+const char *td_remedy_name(td_remedy r);
 const char *td_layer_type_name(td_layer_type t);
 
 #endif

@@ -141,6 +141,7 @@ int td_plan_compute(const td_jobspec *spec, uint32_t micro_batch, td_precision p
     return TD_EINVAL;
   if ((rc = td_plan_layout(spec, micro_batch, &l)) < 0)
     return rc;
+  p.accumulation = (uint32_t)(((uint64_t)spec->batch_size + micro_batch - 1) / micro_batch);
   p.activations = l.act_bytes;
   p.staging = l.stage_bytes;
   if ((rc = mul(l.nparams, F32, &p.params)) < 0 || (rc = mul(l.nparams, F32, &p.grads)) < 0 ||
@@ -152,5 +153,37 @@ int td_plan_compute(const td_jobspec *spec, uint32_t micro_batch, td_precision p
     if ((rc = add(p.total, parts[i], &p.total)) < 0)
       return rc;
   *out = p;
+  return 0;
+}
+
+int td_plan_fit(const td_jobspec *spec, td_precision prec, uint64_t overhead, uint64_t budget,
+                td_plan *out) {
+  uint32_t lo = td_jobspec_min_micro_batch(spec), hi = spec->batch_size;
+  td_plan best, p;
+  int rc;
+
+  if (hi > INT_MAX) /* BLAS takes int rows */
+    hi = INT_MAX;
+
+  if ((rc = td_plan_compute(spec, lo, prec, overhead, &best)) < 0)
+    return rc;
+  if (best.total > budget)
+    return TD_ENOFIT;
+  /* lo fits; find the largest that does.  A micro-batch whose plan
+   * overflows does not fit. */
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo + 1) / 2;
+
+    rc = td_plan_compute(spec, mid, prec, overhead, &p);
+    if (rc == 0 && p.total <= budget) {
+      lo = mid;
+      best = p;
+    } else if (rc == 0 || rc == TD_ETOOBIG) {
+      hi = mid - 1;
+    } else {
+      return rc;
+    }
+  }
+  *out = best;
   return 0;
 }

@@ -21,6 +21,7 @@
 
 typedef struct td_plan {
   uint32_t micro_batch;
+  uint32_t accumulation;  /* micro-batches per step: ceil(batch_size / micro_batch) */
   uint64_t params, grads, optim, activations, workspace, staging, overhead, total;
 } td_plan;
 
@@ -69,5 +70,13 @@ int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out)
  * overflows or exceeds 2^62, TD_EINVAL for an invalid spec. */
 int td_plan_compute(const td_jobspec *spec, uint32_t micro_batch, td_precision prec,
                     uint64_t overhead, td_plan *out);
+
+/* The largest micro-batch in [td_jobspec_min_micro_batch(spec), batch_size]
+ * whose plan fits budget bytes, found by binary search (the plan grows with
+ * the micro-batch), and its plan in *out.  TD_ENOFIT (nothing written) if
+ * even the smallest does not fit; TD_EINVAL or TD_ETOOBIG if the spec cannot
+ * be planned at its smallest micro-batch.  No device is touched. */
+int td_plan_fit(const td_jobspec *spec, td_precision prec, uint64_t overhead, uint64_t budget,
+                td_plan *out);
 
 #endif

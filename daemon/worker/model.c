@@ -11,8 +11,11 @@
 
 struct td_model {
   td_backend *be;
+  td_jobspec spec;        /* for re-planning */
   td_layout lay;
   td_plan plan;
+  td_model_oom oom;       /* the last out-of-memory failure */
+  bool ready;             /* the per-micro-batch arenas are allocated */
   td_optimizer opt;
   float norm_mean, norm_std;
   uint32_t batch_size;
@@ -74,6 +77,65 @@ static int init_weights(td_model *m, uint64_t seed) {
   return rc;
 }
 
+/* The plan's arenas, in allocation order; the first three do not depend on
+ * the micro-batch and live as long as the model. */
+#define PERSISTENT_ARENAS 3
+typedef struct arena {
+  const char *name;
+  td_buf *buf;
+  uint64_t bytes;
+} arena;
+
+static void arenas_of(td_model *m, arena out[6]) {
+  const arena a[6] = {
+      {"parameters", &m->params, m->plan.params},
+      {"gradients", &m->grads, m->plan.grads},
+      {"optimiser state", &m->optim, m->plan.optim},
+      {"activations", &m->act, m->plan.activations},
+      {"workspace", &m->work, m->plan.workspace},
+      {"input staging", &m->stage, m->plan.staging},
+  };
+  memcpy(out, a, sizeof(a));
+}
+
+static void note_oom(td_model *m, const char *phase) {
+  td_mem_stats mem;
+
+  td_backend_mem(m->be, &mem);
+  m->oom = (td_model_oom){.phase = phase, .asked = mem.oom_asked, .free = mem.oom_free,
+                          .micro_batch = m->lay.micro_batch};
+}
+
+/* Allocate arenas [from, 6); on failure frees none (the caller does). */
+static int alloc_arenas(td_model *m, size_t from) {
+  arena a[6];
+  int rc;
+
+  arenas_of(m, a);
+  for (size_t i = from; i < TD_ARRAY_SIZE(a); i++) {
+    if ((rc = td_backend_alloc(m->be, a[i].bytes, a[i].buf)) == 0)
+      continue;
+    if (rc == TD_EOOM) {
+      note_oom(m, "workspace");
+      return fail(m, rc, "%s: out of memory for the %s arena: %llu bytes asked, %llu free "
+                  "(the plan needs %llu bytes at micro-batch %u)", td_backend_device(m->be),
+                  a[i].name, (unsigned long long)m->oom.asked,
+                  (unsigned long long)m->oom.free, (unsigned long long)m->plan.total,
+                  m->plan.micro_batch);
+    }
+    return fail(m, rc, "%s: cannot allocate the %s arena: %s", td_backend_device(m->be),
+                a[i].name, td_backend_error(m->be));
+  }
+  return 0;
+}
+
+static void free_step_arenas(td_model *m) {
+  td_backend_free(m->be, &m->stage);
+  td_backend_free(m->be, &m->work);
+  td_backend_free(m->be, &m->act);
+  m->ready = false;
+}
+
 int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch,
                     td_model **out, char *err, size_t errlen) {
   td_mem_stats mem;
@@ -83,6 +145,7 @@ int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch
   if ((m = calloc(1, sizeof(*m))) == NULL)
     return TD_ENOMEM;
   m->be = be;
+  m->spec = *spec;
   m->opt = spec->opt;
   m->norm_mean = spec->norm_mean;
   m->norm_std = spec->norm_std;
@@ -94,32 +157,9 @@ int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch
     goto destroy;
   }
 
-  const struct {
-    const char *name;
-    td_buf *buf;
-    uint64_t bytes;
-  } arenas[] = {
-      {"parameters", &m->params, m->plan.params},
-      {"gradients", &m->grads, m->plan.grads},
-      {"optimiser state", &m->optim, m->plan.optim},
-      {"activations", &m->act, m->plan.activations},
-      {"workspace", &m->work, m->plan.workspace},
-      {"input staging", &m->stage, m->plan.staging},
-  };
-  for (size_t i = 0; i < TD_ARRAY_SIZE(arenas); i++) {
-    if ((rc = td_backend_alloc(be, arenas[i].bytes, arenas[i].buf)) == 0)
-      continue;
-    td_backend_mem(be, &mem);
-    if (rc == TD_EOOM)
-      fail(m, rc, "%s: out of memory for the %s arena: %llu bytes asked, %llu free "
-           "(the plan needs %llu bytes at micro-batch %u)", td_backend_device(be),
-           arenas[i].name, (unsigned long long)mem.oom_asked, (unsigned long long)mem.oom_free,
-           (unsigned long long)m->plan.total, micro_batch);
-    else
-      fail(m, rc, "%s: cannot allocate the %s arena: %s", td_backend_device(be),
-           arenas[i].name, td_backend_error(be));
+  if ((rc = alloc_arenas(m, 0)) < 0)
     goto destroy;
-  }
+  m->ready = true;
   if ((rc = init_weights(m, spec->seed)) < 0)
     goto destroy;
   *out = m;
@@ -135,9 +175,7 @@ destroy:
 void td_model_destroy(td_model *m) {
   if (m == NULL)
     return;
-  td_backend_free(m->be, &m->stage);
-  td_backend_free(m->be, &m->work);
-  td_backend_free(m->be, &m->act);
+  free_step_arenas(m);
   td_backend_free(m->be, &m->optim);
   td_backend_free(m->be, &m->grads);
   td_backend_free(m->be, &m->params);
@@ -149,6 +187,30 @@ const td_layout *td_model_layout(const td_model *m) { return &m->lay; }
 uint64_t td_model_nparams(const td_model *m) { return m->lay.nparams; }
 uint64_t td_model_steps(const td_model *m) { return m->steps; }
 const char *td_model_error(const td_model *m) { return m->err; }
+const td_model_oom *td_model_last_oom(const td_model *m) { return &m->oom; }
+
+int td_model_replan(td_model *m, uint32_t micro_batch) {
+  td_mem_stats mem;
+  td_layout lay;
+  td_plan plan;
+  int rc;
+
+  td_backend_mem(m->be, &mem);
+  if ((rc = td_plan_layout(&m->spec, micro_batch, &lay)) < 0 ||
+      (rc = td_plan_compute(&m->spec, micro_batch, m->spec.precision, mem.overhead, &plan)) < 0)
+    return fail(m, rc, "cannot plan the model at micro-batch %u: %s", micro_batch,
+                td_strerror(rc));
+  /* Free first: the old and new arenas need not fit side by side. */
+  free_step_arenas(m);
+  m->lay = lay;
+  m->plan = plan;
+  if ((rc = alloc_arenas(m, PERSISTENT_ARENAS)) < 0) {
+    free_step_arenas(m);
+    return rc;
+  }
+  m->ready = true;
+  return 0;
+}
 
 static void forward(td_model *m, uint32_t n) {
   const td_layout *l = &m->lay;
@@ -202,6 +264,18 @@ static void backward(td_model *m, uint32_t n, float beta) {
   }
 }
 
+/* A failure latched while queuing phase: collect it (the partial step is
+ * discarded: the next attempt overwrites the gradients from its first
+ * slice). */
+static int step_failed(td_model *m, const char *phase) {
+  int rc = td_backend_status(m->be);
+
+  if (rc == TD_EOOM)
+    note_oom(m, phase);
+  td_backend_sync(m->be);
+  return fail(m, rc, "%s (in the %s pass)", td_backend_error(m->be), phase);
+}
+
 /* Queue the forward (and, with grads, backward) passes of count samples in
  * micro-batch slices; the loss statistics collect in the stats slot. */
 static int run_slices(td_model *m, const uint8_t *pixels, const uint8_t *labels,
@@ -212,6 +286,8 @@ static int run_slices(td_model *m, const uint8_t *pixels, const uint8_t *labels,
   uint8_t *stage_px = m->stage.ptr, *stage_lb = stage_px + l->stage_labels;
 
   m->err[0] = '\0';
+  if (!m->ready)
+    return fail(m, TD_ESTATE, "the model has no activation arena (a re-plan failed)");
   if (count == 0 || (grads && count > m->batch_size))
     return fail(m, TD_EINVAL, "a step takes 1 to %u samples, not %u", m->batch_size, count);
   for (uint32_t i = 0; i < count; i++)
@@ -231,8 +307,12 @@ static int run_slices(td_model *m, const uint8_t *pixels, const uint8_t *labels,
     td_backend_softmax_xent(be, at(&m->act, l->logits), stage_lb, n, l->classes,
                             1.0f / (float)count, grads ? at(&m->act, l->grad[0]) : NULL,
                             stats);
+    if (td_backend_status(be) != 0)
+      return step_failed(m, "forward");
     if (grads)
       backward(m, n, off == 0 ? 0.0f : 1.0f);
+    if (td_backend_status(be) != 0)
+      return step_failed(m, "backward");
   }
   return 0;
 }
@@ -282,7 +362,82 @@ int td_model_train_step(td_model *m, const uint8_t *pixels, const uint8_t *label
   if (rc < 0)
     return rc;
   update(m);
+  /* The update is one op: it either ran whole or not at all. */
+  if (td_backend_status(m->be) != 0) {
+    m->steps--;
+    return step_failed(m, "optimizer");
+  }
   return finish(m, count, out);
+}
+
+/* The largest plan that fits budget, at most cap rows per micro-batch. */
+static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out) {
+  td_mem_stats mem;
+  int rc;
+
+  td_backend_mem(m->be, &mem);
+  rc = td_plan_fit(&m->spec, m->spec.precision, mem.overhead, budget, out);
+  if (rc == 0 && out->micro_batch > cap)
+    rc = cap >= td_jobspec_min_micro_batch(&m->spec)
+             ? td_plan_compute(&m->spec, cap, m->spec.precision, mem.overhead, out)
+             : TD_ENOFIT;
+  if (rc == TD_ENOFIT)
+    return fail(m, rc, "%s: even the smallest allowed micro-batch (%u) does not fit in %llu "
+                "bytes", td_backend_device(m->be), td_jobspec_min_micro_batch(&m->spec),
+                (unsigned long long)budget);
+  return rc < 0 ? fail(m, rc, "cannot plan the model: %s", td_strerror(rc)) : 0;
+}
+
+#define MAX_RECOVERIES 64
+
+int td_model_train_step_recover(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+                                uint32_t count, const td_model_hooks *hooks,
+                                td_step_stats *out) {
+  uint32_t cap = UINT32_MAX;
+  /* Not ready: the last re-plan could not allocate (its oom is noted). */
+  int rc = m->ready ? td_model_train_step(m, pixels, labels, count, out) : TD_EOOM;
+
+  for (int attempt = 0; rc == TD_EOOM && attempt < MAX_RECOVERIES; attempt++) {
+    const td_model_oom oom = m->oom;
+    uint64_t shortfall = oom.asked > oom.free ? oom.asked - oom.free : 0;
+    td_mem_stats mem;
+    td_plan p;
+
+    if (hooks != NULL && hooks->oom != NULL)
+      hooks->oom(hooks->arg, &oom);
+    /* What is free now: the budget, less what the failed request lacked
+     * (on a GPU other processes may hold memory the budget counts on).
+     * The plan may be wrong about the world: a second failure in the same
+     * step halves the micro-batch, so recovery always ends. */
+    td_backend_mem(m->be, &mem);
+    if (shortfall > 0 && m->plan.total > shortfall && m->plan.total - shortfall < mem.budget)
+      mem.budget = m->plan.total - shortfall;
+    if (attempt > 0 && oom.micro_batch / 2 < cap)
+      cap = oom.micro_batch / 2;
+    if ((rc = fit_plan(m, mem.budget, cap, &p)) < 0)
+      return rc;
+    if ((rc = td_model_replan(m, p.micro_batch)) < 0)
+      continue;
+    if (hooks != NULL && hooks->replan != NULL)
+      hooks->replan(hooks->arg, &m->plan);
+    rc = td_model_train_step(m, pixels, labels, count, out);
+  }
+  return rc;
+}
+
+int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned) {
+  td_plan p;
+  int rc;
+
+  td_backend_set_budget(m->be, budget);
+  *replanned = false;
+  if (m->ready && m->plan.total <= budget)
+    return 0;
+  if ((rc = fit_plan(m, budget, UINT32_MAX, &p)) < 0 ||
+      (rc = td_model_replan(m, p.micro_batch)) < 0)
+    return rc;
+  *replanned = true;
+  return 0;
 }
 
 int td_model_eval(td_model *m, const uint8_t *pixels, const uint8_t *labels, uint32_t count,

@@ -10,6 +10,7 @@
 #ifndef TD_MODEL_H
 #define TD_MODEL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,6 +45,22 @@ uint64_t td_model_steps(const td_model *m);
 /* Why the last call failed ("" if it did not). */
 const char *td_model_error(const td_model *m);
 
+/* The last TD_EOOM: where it happened (forward, backward, optimizer, or
+ * workspace: allocating the arenas), the bytes asked for and free then,
+ * and the micro-batch it ran at. */
+typedef struct td_model_oom {
+  const char *phase;
+  uint64_t asked, free;
+  uint32_t micro_batch;
+} td_model_oom;
+const td_model_oom *td_model_last_oom(const td_model *m);
+
+/* Run at another micro-batch: frees the activation, workspace and staging
+ * arenas and allocates them at the new size (parameters, gradients and
+ * optimiser state stay).  On failure (TD_EOOM: phase workspace) the model
+ * keeps its weights but cannot step until a re-plan succeeds. */
+int td_model_replan(td_model *m, uint32_t micro_batch);
+
 /* count samples: pixels [count, in_elems] uint8 and labels [count], each
  * label < the class count (TD_EDATA otherwise).  count is 1..batch_size for
  * the training calls, any positive number for eval. */
@@ -51,9 +68,34 @@ const char *td_model_error(const td_model *m);
 /* Gradients of the mean loss into the gradient arena; no update. */
 int td_model_backward(td_model *m, const uint8_t *pixels, const uint8_t *labels,
                       uint32_t count, td_step_stats *out);
-/* td_model_backward, then one optimiser update. */
+/* td_model_backward, then one optimiser update.  A step that fails
+ * (TD_EOOM in any phase) leaves the weights and the optimiser state as
+ * they were: it can be redone. */
 int td_model_train_step(td_model *m, const uint8_t *pixels, const uint8_t *labels,
                         uint32_t count, td_step_stats *out);
+/* What td_model_train_step_recover tells as it recovers (each may be NULL). */
+typedef struct td_model_hooks {
+  void (*oom)(void *arg, const td_model_oom *oom);
+  void (*replan)(void *arg, const td_plan *plan);
+  void *arg;
+} td_model_hooks;
+
+/* td_model_train_step that survives running out of memory: on TD_EOOM in
+ * any phase the partial step is discarded, the model is re-planned at the
+ * largest micro-batch that fits what is free (td_plan_fit: no trial on the
+ * device) and the same step is redone from the same samples, so the
+ * effective batch and the result do not change (up to summation order).
+ * TD_ENOFIT when even the job's smallest allowed micro-batch does not fit;
+ * the weights are then as before the step. */
+int td_model_train_step_recover(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+                                uint32_t count, const td_model_hooks *hooks,
+                                td_step_stats *out);
+
+/* The device budget changed: if the plan no longer fits, re-plan at the
+ * largest micro-batch that does (*replanned says so).  TD_ENOFIT when none
+ * does; TD_EOOM if the re-plan's arenas could not be allocated. */
+int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned);
+
 /* Forward pass only: loss and correct count. */
 int td_model_eval(td_model *m, const uint8_t *pixels, const uint8_t *labels,
                   uint32_t count, td_step_stats *out);

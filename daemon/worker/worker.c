@@ -6,7 +6,13 @@
  * model.  It reports to traind as one line per event on the events fd and
  * logs to stderr (the job log).
  *
- * Exit status: 0 done, 1 job error, 2 usage, 3 sticky CUDA error, 143 SIGTERM.
+ * Memory: the model re-plans itself when a step runs out of memory (events
+ * "oom" and "replan").  traind may lower the budget through stdin, one line
+ * "budget BYTES", applied at the next step boundary.
+ *
+ * Exit status: 0 done, 1 job error, 2 usage, 3 sticky CUDA error, 4 needs
+ * more memory than it has (even its smallest micro-batch does not fit: traind
+ * queues it again), 143 SIGTERM.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -29,7 +37,7 @@
 #include "ring.h"
 #include "util.h"
 
-enum { EXIT_JOB = 1, EXIT_USAGE = 2, EXIT_CUDA = 3 };
+enum { EXIT_JOB = 1, EXIT_USAGE = 2, EXIT_CUDA = 3, EXIT_NEEDMEM = 4 };
 
 #define PROGRESS_INTERVAL 0.25 /* seconds between progress events */
 
@@ -116,6 +124,8 @@ static int fail(int rc, const char *fmt, ...) {
   va_end(ap);
   td_error("%s", msg);
   emit("error code=%s msg=%s", td_err_name(rc), msg);
+  if (rc == TD_ENOFIT)
+    return EXIT_NEEDMEM;
   return rc == TD_ECUDA ? EXIT_CUDA : EXIT_JOB;
 }
 
@@ -197,7 +207,9 @@ static void tune_blas(char **argv) {
   if (core == NULL || getenv("OPENBLAS_CORETYPE") != NULL)
     return;
   setenv("OPENBLAS_CORETYPE", core, 1);
-  execv("/proc/self/exe", argv);
+  /* argv[0] as traind gave it (an absolute path), so the process keeps
+   * its name in ps and systemd. */
+  execv(argv[0][0] == '/' ? argv[0] : "/proc/self/exe", argv);
   td_warn("cannot restart with OPENBLAS_CORETYPE=%s (%s); using slower BLAS kernels", core,
           strerror(errno));
 }
@@ -237,6 +249,9 @@ static void emit_eval(uint32_t epoch, pass *test, double *acc, double *loss) {
   *test = (pass){0};
 }
 
+/* Seconds blocked in td_ring_read_begin since the first batch arrived. */
+static double data_wait, first_batch;
+
 typedef struct trainer {
   const args *a;
   const td_jobspec *spec;
@@ -248,13 +263,82 @@ typedef struct trainer {
   double epoch_start, last_progress, train_time;
   uint64_t train_samples;
   double accuracy, loss; /* of the last test pass, else the last epoch's training */
+  int ctl_fd;            /* traind's commands; -1 if none */
 } trainer;
 
+static void emit_replan(const td_plan *p) {
+  emit("replan micro_batch=%u accumulation=%u total=%llu", p->micro_batch, p->accumulation,
+       (unsigned long long)p->total);
+  td_info("re-planned: micro-batch %u x %u, %llu bytes", p->micro_batch, p->accumulation,
+          (unsigned long long)p->total);
+}
+
+static void on_oom(void *arg, const td_model_oom *o) {
+  (void)arg;
+  emit("oom requested=%llu free=%llu phase=%s micro_batch=%u", (unsigned long long)o->asked,
+       (unsigned long long)o->free, o->phase, o->micro_batch);
+  td_warn("out of memory in the %s phase at micro-batch %u (%llu bytes asked, %llu free): "
+          "discarding the step and re-planning", o->phase, o->micro_batch,
+          (unsigned long long)o->asked, (unsigned long long)o->free);
+}
+
+static void on_replan(void *arg, const td_plan *p) {
+  (void)arg;
+  emit_replan(p);
+}
+
+/* Commands from traind on stdin (a pipe), read without blocking at step
+ * boundaries: "budget BYTES". */
+static char ctl_buf[256];
+static size_t ctl_len;
+
+static int apply_control(trainer *t) {
+  char *nl;
+  ssize_t n;
+
+  if (t->ctl_fd < 0)
+    return 0;
+  while ((n = read(t->ctl_fd, ctl_buf + ctl_len, sizeof(ctl_buf) - 1 - ctl_len)) > 0)
+    ctl_len += (size_t)n;
+  if (n == 0)
+    t->ctl_fd = -1; /* traind closed it */
+  ctl_buf[ctl_len] = '\0';
+  while ((nl = strchr(ctl_buf, '\n')) != NULL) {
+    unsigned long long bytes;
+    bool replanned;
+    int rc;
+
+    *nl = '\0';
+    if (sscanf(ctl_buf, "budget %llu", &bytes) == 1 && bytes > 0) {
+      td_info("traind set the budget to %llu bytes", bytes);
+      rc = td_model_set_budget(t->model, bytes, &replanned);
+      if (rc == TD_EOOM) /* the next step re-plans again */
+        on_oom(NULL, td_model_last_oom(t->model));
+      else if (rc < 0)
+        return fail(rc, "the budget was lowered to %llu bytes: %s", bytes,
+                    td_model_error(t->model));
+      else
+        emit_replan(td_model_plan(t->model));
+    } else {
+      td_warn("ignoring an unknown command from traind: %s", ctl_buf);
+    }
+    ctl_len -= (size_t)(nl + 1 - ctl_buf);
+    memmove(ctl_buf, nl + 1, ctl_len + 1);
+  }
+  if (ctl_len == sizeof(ctl_buf) - 1)
+    ctl_len = 0; /* a line too long to be a command */
+  return 0;
+}
+
 static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const uint8_t *lb) {
+  const td_model_hooks hooks = {.oom = on_oom, .replan = on_replan};
   td_step_stats st;
   td_mem_stats mem;
   double now;
   int rc;
+
+  if ((rc = apply_control(t)) != 0)
+    return rc;
 
   if (t->test.count > 0)
     emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
@@ -263,7 +347,7 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
     t->train = (pass){0};
     t->epoch_start = td_now_mono();
   }
-  if ((rc = td_model_train_step(t->model, px, lb, h->count, &st)) < 0)
+  if ((rc = td_model_train_step_recover(t->model, px, lb, h->count, &hooks, &st)) < 0)
     return fail(rc, "epoch %u step %u: %s", h->epoch + 1, h->index + 1,
                 td_model_error(t->model));
   t->train.loss_sum += st.loss_sum;
@@ -277,11 +361,12 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
     return 0;
   t->last_progress = now;
   td_backend_mem(t->be, &mem);
-  emit("progress epoch=%u epochs=%u step=%u steps=%u loss=%.6f samples_per_sec=%.1f mem=%llu",
-       h->epoch + 1, t->spec->epochs, h->index + 1, h->nbatches,
+  emit("progress epoch=%u epochs=%u step=%u steps=%u loss=%.6f samples_per_sec=%.1f mem=%llu "
+       "data_wait=%.4f", h->epoch + 1, t->spec->epochs, h->index + 1, h->nbatches,
        t->train.loss_sum / (double)t->train.count,
        (double)t->train.count / (now - t->epoch_start > 0 ? now - t->epoch_start : 1e-9),
-       (unsigned long long)(mem.used + mem.overhead));
+       (unsigned long long)(mem.used + mem.overhead),
+       now > first_batch ? data_wait / (now - first_batch) : 0.0);
   if (h->index + 1 == h->nbatches) {
     t->train_time += now - t->epoch_start;
     t->accuracy = (double)t->train.correct / (double)t->train.count;
@@ -299,7 +384,11 @@ static int on_test(trainer *t, const td_batch_hdr *h, const uint8_t *px, const u
   if (t->test.count > 0 && h->epoch != t->test_epoch)
     emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
   t->test_epoch = h->epoch;
-  if ((rc = td_model_eval(t->model, px, lb, h->count, &st)) < 0)
+  /* Evaluation changes no weight: after an OOM it is simply run again. */
+  for (int tries = 0; (rc = td_model_eval(t->model, px, lb, h->count, &st)) == TD_EOOM &&
+                      tries < 3; tries++)
+    on_oom(NULL, td_model_last_oom(t->model));
+  if (rc < 0)
     return fail(rc, "epoch %u test batch %u: %s", h->epoch + 1, h->index + 1,
                 td_model_error(t->model));
   t->test.loss_sum += st.loss_sum;
@@ -348,11 +437,17 @@ static int train(trainer *t) {
     const td_batch_hdr *h;
     size_t len;
     int reason = 0;
+    double wait_from;
 
     atomic_fetch_add(&beats, 1);
     atomic_store(&waiting, 1);
+    wait_from = td_now_mono();
     rc = td_ring_read_begin(t->ring, &slot, &len);
     atomic_store(&waiting, 0);
+    if (first_batch > 0) /* the wait for the first batch is start-up, not step time */
+      data_wait += td_now_mono() - wait_from;
+    else
+      first_batch = td_now_mono();
     if (rc < 0) {
       if (rc == TD_ECLOSED && td_ring_is_shutdown(t->ring, &reason) && reason < 0)
         return fail(reason, "the data loader failed: %s (see the job log)", td_strerror(reason));
@@ -408,6 +503,9 @@ int main(int argc, char **argv) {
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
+  /* A worker never outlives traind: with traind gone, nobody would read
+   * its events or release its memory. */
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (strncmp(a.device, "cpu", 3) == 0)
     tune_blas(argv);
 
@@ -444,6 +542,16 @@ int main(int argc, char **argv) {
   if ((rc = td_model_create(t.be, &spec, a.micro_batch, &t.model, err, sizeof(err))) < 0) {
     status = fail(rc, "%s", err);
     goto destroy_backend;
+  }
+  /* Testing: counted from here, so the fault lands in training.  traind
+   * gives the worker a pipe (a socket under libuv) on stdin. */
+  td_backend_inject_oom(t.be, spec.fail_alloc);
+  t.ctl_fd = -1;
+  {
+    struct stat st;
+    if (fstat(STDIN_FILENO, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) &&
+        fcntl(STDIN_FILENO, F_SETFL, fcntl(STDIN_FILENO, F_GETFL) | O_NONBLOCK) == 0)
+      t.ctl_fd = STDIN_FILENO;
   }
   if ((rc = td_ring_open(a.ring, &t.ring)) < 0) {
     status = fail(rc, "cannot open the data ring %s: %s", a.ring, why(rc));

@@ -295,7 +295,7 @@ START_TEST(out_of_range) {
   expect_err(job_with("train:\n", "device: cuda123\ntrain:\n"), "line 8", "'device'");
   expect_err(job_with("train:\n", "memory: {precision: fp16}\ntrain:\n"), "line 8",
              "'memory.precision': must be one of fp32; got 'fp16'");
-  expect_err(job_with("data:\n", "data:\n  format: csv\n"), "line 6", "'data.format'");
+  expect_err(job_with("data:\n", "data:\n  format: parquet\n"), "line 6", "'data.format'");
 }
 END_TEST
 
@@ -515,11 +515,42 @@ START_TEST(names) {
 }
 END_TEST
 
+START_TEST(memory_remedies) {
+  td_jobspec s;
+
+  /* absent: accumulate; min micro-batch as written */
+  expect_ok(MIN_JOB, NULL, &s);
+  ck_assert_int_eq(s.nremedies, 1);
+  ck_assert(td_jobspec_allows(&s, TD_REMEDY_ACCUMULATE));
+  ck_assert_uint_eq(td_jobspec_min_micro_batch(&s), 1);
+  ck_assert_uint_eq(s.fail_alloc, 0);
+  /* empty: nothing allowed, the whole batch is the minimum */
+  expect_ok(job_with("train:\n", "memory: {remedies: [], min_micro_batch: 2}\ntrain:\n"), NULL,
+            &s);
+  ck_assert_int_eq(s.nremedies, 0);
+  ck_assert(!td_jobspec_allows(&s, TD_REMEDY_ACCUMULATE));
+  ck_assert_uint_eq(td_jobspec_min_micro_batch(&s), 8);
+  expect_ok(job_with("train:\n", "memory: {remedies: [accumulate], fail_alloc: 7}\ntrain:\n"),
+            NULL, &s);
+  ck_assert_uint_eq(s.fail_alloc, 7);
+  ck_assert_str_eq(td_remedy_name(TD_REMEDY_BF16), "bf16");
+  expect_err(job_with("train:\n", "memory: {remedies: [bf16]}\ntrain:\n"),
+             "'memory.remedies'", "mixed precision is not available yet");
+  expect_err(job_with("train:\n", "memory: {remedies: [recompute]}\ntrain:\n"),
+             "'memory.remedies'", "not available yet");
+  expect_err(job_with("train:\n", "memory: {remedies: [accumulate, accumulate]}\ntrain:\n"),
+             "'memory.remedies'", "listed twice");
+  expect_err(job_with("train:\n", "memory: {remedies: [halve]}\ntrain:\n"),
+             "'memory.remedies", "accumulate");
+}
+END_TEST
+
 static Suite *jobspec_suite(void) {
   Suite *s = suite_create("jobspec");
   TCase *tc = tcase_create("core");
 
   tcase_add_test(tc, example_parses);
+  tcase_add_test(tc, memory_remedies);
   tcase_add_test(tc, defaults);
   tcase_add_test(tc, other_values);
   tcase_add_test(tc, relative_paths);

@@ -233,6 +233,83 @@ START_TEST(test_monotonic) {
 }
 END_TEST
 
+/* The search finds the largest micro-batch that fits, by the plan alone,
+ * and agrees with a linear scan everywhere. */
+START_TEST(test_fit) {
+  td_jobspec s;
+  td_plan whole, p, q;
+
+  example_spec(&s);
+  s.min_micro_batch = 1;
+  s.remedies[0] = TD_REMEDY_ACCUMULATE;
+  s.nremedies = 1;
+  ck_assert_int_eq(td_plan_compute(&s, 128, TD_PREC_FP32, 0, &whole), 0);
+  ck_assert_uint_eq(whole.accumulation, 1);
+  /* the whole batch fits: it runs whole */
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, whole.total, &p), 0);
+  ck_assert_uint_eq(p.micro_batch, 128);
+  ck_assert_uint_eq(p.total, whole.total);
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, UINT64_MAX, &p), 0);
+  ck_assert_uint_eq(p.micro_batch, 128);
+  /* one byte short: 127, with 2 micro-batches per step */
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, whole.total - 1, &p), 0);
+  ck_assert_uint_eq(p.micro_batch, 127);
+  ck_assert_uint_eq(p.accumulation, 2);
+  /* every budget between plans: the scan's answer */
+  for (uint32_t mb = 1; mb < 128; mb += 7) {
+    ck_assert_int_eq(td_plan_compute(&s, mb, TD_PREC_FP32, 4096, &q), 0);
+    ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 4096, q.total, &p), 0);
+    ck_assert_uint_eq(p.micro_batch, mb);
+    ck_assert_uint_eq(p.total, q.total);
+    ck_assert_uint_eq(p.overhead, 4096);
+    ck_assert_uint_eq(p.accumulation, (128 + mb - 1) / mb);
+    ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 4096, q.total + 1, &p), 0);
+    ck_assert_uint_eq(p.micro_batch, mb); /* the next one needs more than a byte */
+  }
+  /* below the smallest micro-batch: ENOFIT, nothing written */
+  ck_assert_int_eq(td_plan_compute(&s, 1, TD_PREC_FP32, 0, &q), 0);
+  memset(&p, 0xAB, sizeof(p));
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, q.total - 1, &p), TD_ENOFIT);
+  ck_assert_uint_eq(p.micro_batch, 0xABABABABu);
+  s.min_micro_batch = 64;
+  ck_assert_int_eq(td_plan_compute(&s, 64, TD_PREC_FP32, 0, &q), 0);
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, q.total - 1, &p), TD_ENOFIT);
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, q.total, &p), 0);
+  ck_assert_uint_eq(p.micro_batch, 64);
+  /* no accumulation allowed: the whole batch or nothing */
+  s.nremedies = 0;
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, whole.total - 1, &p), TD_ENOFIT);
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, whole.total, &p), 0);
+  ck_assert_uint_eq(p.micro_batch, 128);
+}
+END_TEST
+
+/* Absurd specs: refused with TD_ETOOBIG, not a wrapped number; a batch
+ * whose whole plan overflows still fits at a smaller micro-batch. */
+START_TEST(test_fit_overflow) {
+  td_jobspec s;
+  td_plan p;
+
+  example_spec(&s);
+  s.min_micro_batch = 1;
+  s.remedies[0] = TD_REMEDY_ACCUMULATE;
+  s.nremedies = 1;
+  s.batch_size = UINT32_MAX;
+  s.input_rank = 1;
+  s.input_dims[0] = 1u << 30;
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, (uint64_t)1 << 40, &p), TD_ENOFIT);
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, (uint64_t)1 << 44, &p), 0);
+  ck_assert_uint_ge(p.micro_batch, 1);
+  ck_assert_uint_le(p.total, (uint64_t)1 << 44);
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, UINT64_MAX, &p), 0);
+  ck_assert_uint_le(p.total, TD_PLAN_LIMIT);
+  for (int i = 0; i < TD_MAX_LAYERS; i++)
+    s.layers[i] = (td_layer){.type = TD_LAYER_DENSE, .units = 0x7fffffff};
+  s.nlayers = TD_MAX_LAYERS;
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, UINT64_MAX, &p), TD_ETOOBIG);
+}
+END_TEST
+
 /* Build the model inside a budget of exactly plan.total, run real training
  * steps and an evaluation, and compare the backend's measured peak. */
 static void exact_case(const td_jobspec *s, uint32_t micro) {
@@ -341,6 +418,8 @@ static Suite *plan_suite(void) {
   tcase_add_test(tc, test_overflow);
   tcase_add_test(tc, test_invalid);
   tcase_add_test(tc, test_monotonic);
+  tcase_add_test(tc, test_fit);
+  tcase_add_test(tc, test_fit_overflow);
   suite_add_tcase(s, tc);
   tcase_add_test(exact, test_exact_example);
   tcase_add_test(exact, test_exact_shapes);

@@ -1,0 +1,534 @@
+#include "harness.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <nanomsg/nn.h>
+#include <nanomsg/reqrep.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "util.h"
+
+void th_msleep(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+    ;
+}
+
+static const char *th__build_root(void) {
+  const char *b = getenv("TD_BUILD_ROOT");
+  return b ? b : "build";
+}
+
+static int th__write_text(const char *path, const char *text, mode_t mode) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  size_t n = strlen(text);
+  int rc = 0;
+
+  if (fd < 0)
+    return TD_EIO;
+  if (write(fd, text, n) != (ssize_t)n)
+    rc = TD_EIO;
+  close(fd);
+  return rc;
+}
+
+int th_stub_libexec(const char *dir) {
+  static const char script[] =
+      "#!/bin/sh\n"
+      "# Stands in for traind-worker/traind-loader in tests: it holds its job's\n"
+      "# reservation until traind, its parent, is gone or stops it.\n"
+      "while kill -0 \"$PPID\" 2>/dev/null; do sleep 0.2; done\n";
+  static const char *const names[] = {"traind-worker", "traind-loader"};
+  char path[512];
+
+  if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+    return TD_EIO;
+  for (size_t i = 0; i < TD_ARRAY_SIZE(names); i++) {
+    snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+    if (th__write_text(path, script, 0755) < 0)
+      return TD_EIO;
+  }
+  return 0;
+}
+
+int th_daemon_config(th_daemon *d, const char *budget, const char *extra, int stub_workers) {
+  char text[4096], stub[256] = "";
+
+  if (stub_workers) {
+    char dir[160];
+    snprintf(dir, sizeof(dir), "%s/stub", d->dir);
+    if (th_stub_libexec(dir) < 0)
+      return TD_EIO;
+    snprintf(stub, sizeof(stub), "libexec_dir: %s\n", dir);
+  }
+  snprintf(text, sizeof(text),
+           "socket: %s\n"
+           "status_socket: ipc://%s/status.sock\n"
+           "state_dir: %s\n"
+           "cancel_grace_ms: 2000\n"
+           "%s"
+           "devices:\n"
+           "  - {name: cpu0, budget: %s}\n"
+           "%s",
+           d->sock, d->dir, d->state, stub, budget, extra ? extra : "");
+  return th__write_text(d->cfg, text, 0644);
+}
+
+int th_daemon_init(th_daemon *d, const char *budget, const char *extra, int stub_workers) {
+  const char *tmp = getenv("TMPDIR");
+
+  memset(d, 0, sizeof(*d));
+  d->pid = -1;
+  /* A unix socket path holds 107 bytes: keep the directory short. */
+  if (tmp == NULL || tmp[0] != '/' || strlen(tmp) > 60)
+    tmp = "/tmp";
+  snprintf(d->dir, sizeof(d->dir), "%s/traind-test.XXXXXX", tmp);
+  if (mkdtemp(d->dir) == NULL)
+    return TD_EIO;
+  snprintf(d->cfg, sizeof(d->cfg), "%s/traind.yaml", d->dir);
+  snprintf(d->log, sizeof(d->log), "%s/traind.log", d->dir);
+  snprintf(d->state, sizeof(d->state), "%s/state", d->dir);
+  snprintf(d->db, sizeof(d->db), "%s/jobs.db", d->state);
+  snprintf(d->sockpath, sizeof(d->sockpath), "%s/traind.sock", d->dir);
+  snprintf(d->sock, sizeof(d->sock), "ipc://%s", d->sockpath);
+  return th_daemon_config(d, budget, extra, stub_workers);
+}
+
+int th_daemon_spawn(th_daemon *d) {
+  char exe[512];
+  pid_t pid;
+
+  snprintf(exe, sizeof(exe), "%s/daemon/traind", th__build_root());
+  /* A killed traind leaves its socket file behind. */
+  unlink(d->sockpath);
+  pid = fork();
+  if (pid < 0)
+    return TD_EIO;
+  if (pid == 0) {
+    int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    /* A test killed by its timeout takes its daemon with it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    execl(exe, exe, "--config", d->cfg, (char *)NULL);
+    fprintf(stderr, "cannot run %s: %s (set TD_BUILD_ROOT to the build directory)\n", exe,
+            strerror(errno));
+    _exit(127);
+  }
+  d->pid = pid;
+  return 0;
+}
+
+int th_daemon_wait_ready(th_daemon *d, int timeout_ms) {
+  double end = td_now_mono() + timeout_ms / 1000.0;
+  int status, rc = TD_ETIMEDOUT;
+
+  while (td_now_mono() < end) {
+    struct stat st;
+
+    if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+      d->pid = -1;
+      return TD_EIO;
+    }
+    if (stat(d->sockpath, &st) == 0) {
+      int s = th_connect(d->sock, 200), code = -1;
+      rc = s < 0 ? TD_ECONN : th_rpc_simple(s, "info", NULL, 0, NULL, &code, NULL, 0);
+      if (s >= 0)
+        nn_close(s);
+      if (rc == 0 && code == 0)
+        return 0;
+    }
+    th_msleep(20);
+  }
+  return TD_ETIMEDOUT;
+}
+
+int th_daemon_start(th_daemon *d, int timeout_ms) {
+  int rc = th_daemon_spawn(d);
+  return rc < 0 ? rc : th_daemon_wait_ready(d, timeout_ms);
+}
+
+int th_daemon_run_to_exit(th_daemon *d, int timeout_ms, int *status) {
+  double end = td_now_mono() + timeout_ms / 1000.0;
+  int rc = th_daemon_spawn(d);
+
+  if (rc < 0)
+    return rc;
+  while (td_now_mono() < end) {
+    if (waitpid(d->pid, status, WNOHANG) == d->pid) {
+      d->pid = -1;
+      return 0;
+    }
+    th_msleep(20);
+  }
+  th_daemon_signal_wait(d, SIGKILL);
+  return TD_ETIMEDOUT;
+}
+
+int th_daemon_signal_wait(th_daemon *d, int sig) {
+  int status = -1;
+
+  if (d->pid <= 0)
+    return -1;
+  kill(d->pid, sig);
+  while (waitpid(d->pid, &status, 0) < 0 && errno == EINTR)
+    ;
+  d->pid = -1;
+  return status;
+}
+
+int th_daemon_stop(th_daemon *d) {
+  int status = th_daemon_signal_wait(d, SIGTERM);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : TD_EIO;
+}
+
+void th_daemon_remove(th_daemon *d) {
+  char cmd[300];
+
+  if (d->dir[0] == '\0')
+    return;
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->dir);
+  if (system(cmd) != 0)
+    fprintf(stderr, "could not remove %s\n", d->dir);
+}
+
+const char *th_log_tail(const th_daemon *d) {
+  static char buf[2048];
+  int fd = open(d->log, O_RDONLY | O_CLOEXEC);
+  off_t size;
+  ssize_t n = 0;
+
+  buf[0] = '\0';
+  if (fd < 0)
+    return buf;
+  size = lseek(fd, 0, SEEK_END);
+  if (size > 0)
+    n = pread(fd, buf, sizeof(buf) - 1,
+              size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0);
+  close(fd);
+  buf[n > 0 ? n : 0] = '\0';
+  return buf;
+}
+
+int th_need_fmnist(void) {
+  struct stat st;
+
+  if (stat(TH_FMNIST "/train-images-idx3-ubyte.gz", &st) == 0)
+    return 0;
+  fprintf(stderr, "skipped: Fashion-MNIST is not installed "
+                  "(apt-get install dataset-fashion-mnist)\n");
+  return 77;
+}
+
+int th_connect(const char *addr, int timeout_ms) {
+  /* nanomsg's default limit is 1 MiB; replies may be up to the protocol's. */
+  int s = nn_socket(AF_SP, NN_REQ), maxsize = (int)TD_PROTO_MAX_MSG + 4096;
+
+  if (s < 0)
+    return -1;
+  nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsize, sizeof(maxsize));
+  nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVTIMEO, &timeout_ms, sizeof(timeout_ms));
+  nn_setsockopt(s, NN_SOL_SOCKET, NN_SNDTIMEO, &timeout_ms, sizeof(timeout_ms));
+  if (nn_connect(s, addr) < 0) {
+    nn_close(s);
+    return -1;
+  }
+  return s;
+}
+
+int th_rpc(int sock, const void *req, size_t len, td_msg **out, int *code, char *err,
+           size_t errlen) {
+  char tmp[512];
+  void *buf = NULL;
+  td_msg *m = NULL;
+  int n, rc;
+
+  if (err == NULL || errlen == 0) {
+    err = tmp;
+    errlen = sizeof(tmp);
+  }
+  err[0] = '\0';
+  if (nn_send(sock, req, len, 0) < 0)
+    return errno == ETIMEDOUT ? TD_ETIMEDOUT : TD_ECONN;
+  n = nn_recv(sock, &buf, NN_MSG, 0);
+  if (n < 0)
+    return errno == ETIMEDOUT ? TD_ETIMEDOUT : TD_ECONN;
+  rc = td_proto_decode_reply(buf, (size_t)n, &m, code, err, errlen);
+  nn_freemsg(buf);
+  if (rc < 0)
+    return TD_EPROTO;
+  if (out != NULL)
+    *out = m;
+  else
+    td_msg_free(m);
+  return 0;
+}
+
+int th_rpc_pack(int sock, td_pack *req, td_msg **out, int *code, char *err, size_t errlen) {
+  if (td_pack_error(req) < 0)
+    return td_pack_error(req);
+  return th_rpc(sock, td_pack_data(req), td_pack_len(req), out, code, err, errlen);
+}
+
+int th_rpc_simple(int sock, const char *op, const char *field, uint64_t value, td_msg **out,
+                  int *code, char *err, size_t errlen) {
+  td_pack p;
+  int rc;
+
+  td_pack_init(&p);
+  td_pack_request(&p, op, field ? 1 : 0);
+  if (field)
+    td_pack_kv_u64(&p, field, value);
+  rc = th_rpc_pack(sock, &p, out, code, err, errlen);
+  td_pack_free(&p);
+  return rc;
+}
+
+void th_pack_submit(td_pack *p, const char *yaml, const char *base_dir, const char *key,
+                    const char *name) {
+  td_pack_request(p, "submit", name ? 4 : 3);
+  td_pack_kv_str(p, "job", yaml);
+  td_pack_kv_str(p, "base_dir", base_dir);
+  td_pack_kv_str(p, "key", key);
+  if (name)
+    td_pack_kv_str(p, "name", name);
+}
+
+void th_job_yaml(char *buf, size_t cap, const char *name, int hidden, int epochs, int limit,
+                 int batch) {
+  snprintf(buf, cap,
+           "name: %s\n"
+           "model:\n"
+           "  input: [28, 28]\n"
+           "  layers:\n"
+           "    - {type: dense, units: %d}\n"
+           "    - {type: relu}\n"
+           "    - {type: dense, units: 10}\n"
+           "data:\n"
+           "  format: idx\n"
+           "  train:\n"
+           "    images: " TH_FMNIST "/train-images-idx3-ubyte.gz\n"
+           "    labels: " TH_FMNIST "/train-labels-idx1-ubyte.gz\n"
+           "    limit: %d\n"
+           "  test:\n"
+           "    images: " TH_FMNIST "/t10k-images-idx3-ubyte.gz\n"
+           "    labels: " TH_FMNIST "/t10k-labels-idx1-ubyte.gz\n"
+           "    limit: 500\n"
+           "train:\n"
+           "  batch_size: %d\n"
+           "  epochs: %d\n"
+           "  seed: 7\n"
+           "  optimizer: {type: sgd, lr: 0.01}\n",
+           name, hidden, limit, batch, epochs);
+}
+
+int th_plan_total(const char *yaml, uint64_t *total) {
+  const msgpack_object *plan;
+  th_daemon d;
+  td_msg *m = NULL;
+  td_pack p;
+  int s = -1, code = -1, rc;
+
+  if ((rc = th_daemon_init(&d, "2GiB", NULL, 1)) < 0)
+    return rc;
+  if ((rc = th_daemon_start(&d, 30000)) < 0)
+    goto remove;
+  if ((s = th_connect(d.sock, 10000)) < 0) {
+    rc = TD_ECONN;
+    goto stop;
+  }
+  td_pack_init(&p);
+  th_pack_submit(&p, yaml, "/tmp", "plan-probe", NULL);
+  rc = th_rpc_pack(s, &p, &m, &code, NULL, 0);
+  td_pack_free(&p);
+  if (rc == 0 && code != 0)
+    rc = code;
+  if (rc == 0 && (rc = td_obj_map(td_msg_root(m), "plan", &plan)) == 0)
+    rc = td_obj_u64(plan, "total", total);
+  td_msg_free(m);
+  nn_close(s);
+stop:
+  th_daemon_stop(&d);
+remove:
+  th_daemon_remove(&d);
+  return rc;
+}
+
+int th_list(int sock, th_row **rows, size_t *n, char *err, size_t errlen) {
+  const msgpack_object *jobs;
+  td_msg *m = NULL;
+  th_row *r = NULL;
+  int code = 0, rc;
+
+  rc = th_rpc_simple(sock, "list", NULL, 0, &m, &code, err, errlen);
+  if (rc < 0)
+    return rc;
+  if (code != 0) {
+    td_msg_free(m);
+    return code;
+  }
+  rc = td_obj_array(td_msg_root(m), "jobs", &jobs);
+  if (rc == 0) {
+    uint32_t cnt = jobs->via.array.size;
+    r = calloc(cnt ? cnt : 1, sizeof(*r));
+    rc = r == NULL ? TD_ENOMEM : 0;
+    for (uint32_t i = 0; rc == 0 && i < cnt; i++) {
+      const msgpack_object *row = &jobs->via.array.ptr[i];
+      if (td_obj_u64(row, "id", &r[i].id) < 0 ||
+          td_obj_cstr(row, "name", r[i].name, sizeof(r[i].name)) < 0 ||
+          td_obj_cstr(row, "state", r[i].state, sizeof(r[i].state)) < 0)
+        rc = TD_EPROTO;
+    }
+    if (rc == 0) {
+      *rows = r;
+      *n = cnt;
+      r = NULL;
+    }
+  }
+  free(r);
+  td_msg_free(m);
+  return rc;
+}
+
+static int th__show(int sock, uint64_t id, td_msg **m, const msgpack_object **job) {
+  int code = 0, rc = th_rpc_simple(sock, "show", "id", id, m, &code, NULL, 0);
+
+  if (rc < 0)
+    return rc;
+  if (code != 0) {
+    td_msg_free(*m);
+    return code;
+  }
+  rc = td_obj_map(td_msg_root(*m), "job", job);
+  if (rc < 0)
+    td_msg_free(*m);
+  return rc;
+}
+
+int th_show_str(int sock, uint64_t id, const char *key, char *out, size_t cap) {
+  const msgpack_object *job;
+  td_msg *m;
+  int rc = th__show(sock, id, &m, &job);
+
+  if (rc < 0)
+    return rc;
+  rc = td_obj_cstr(job, key, out, cap);
+  td_msg_free(m);
+  return rc;
+}
+
+int th_show_u64(int sock, uint64_t id, const char *key, uint64_t *v) {
+  const msgpack_object *job;
+  td_msg *m;
+  int rc = th__show(sock, id, &m, &job);
+
+  if (rc < 0)
+    return rc;
+  rc = td_obj_u64(job, key, v);
+  td_msg_free(m);
+  return rc;
+}
+
+int th_wait_state(int sock, uint64_t id, const char *want, int timeout_ms, char *last,
+                  size_t cap) {
+  double end = td_now_mono() + timeout_ms / 1000.0;
+
+  do {
+    int rc = th_show_str(sock, id, "state", last, cap);
+    if (rc < 0)
+      return rc;
+    if (strcmp(last, want) == 0)
+      return 0;
+    th_msleep(20);
+  } while (td_now_mono() < end);
+  return TD_ETIMEDOUT;
+}
+
+/* The parent pid from /proc/PID/stat; the command name may hold spaces and
+ * parentheses, so the fields are read after the last ')'. */
+static pid_t th__ppid(const char *pid) {
+  char path[64], buf[512];
+  FILE *f;
+  char *p;
+  int ppid = -1;
+
+  snprintf(path, sizeof(path), "/proc/%s/stat", pid);
+  f = fopen(path, "r");
+  if (f == NULL)
+    return -1;
+  if (fgets(buf, sizeof(buf), f) != NULL && (p = strrchr(buf, ')')) != NULL)
+    sscanf(p + 1, " %*c %d", &ppid);
+  fclose(f);
+  return ppid;
+}
+
+/* The program a process runs: the basename of /proc/PID/exe, which stays
+ * right when a program re-executes itself through /proc/self/exe (its comm
+ * then reads "exe"). */
+static int th__is_program(const char *pid, const char *name) {
+  char path[300], target[1024];
+  const char *base;
+  ssize_t n;
+
+  snprintf(path, sizeof(path), "/proc/%s/exe", pid);
+  n = readlink(path, target, sizeof(target) - 1);
+  if (n <= 0)
+    return 0;
+  target[n] = '\0';
+  /* " (deleted)" when the binary was rebuilt under it. */
+  if (n > 10 && strcmp(target + n - 10, " (deleted)") == 0)
+    target[n - 10] = '\0';
+  base = strrchr(target, '/');
+  return strcmp(base ? base + 1 : target, name) == 0;
+}
+
+int th_children(pid_t pid, const char *program, pid_t *pids, int cap) {
+  DIR *dir = opendir("/proc");
+  struct dirent *e;
+  int n = 0;
+
+  if (dir == NULL)
+    return 0;
+  while ((e = readdir(dir)) != NULL) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9' || th__ppid(e->d_name) != pid ||
+        !th__is_program(e->d_name, program))
+      continue;
+    if (n < cap)
+      pids[n] = (pid_t)atoi(e->d_name);
+    n++;
+  }
+  closedir(dir);
+  return n;
+}
+
+int th_rss(pid_t pid, uint64_t *bytes) {
+  char path[64], line[256];
+  FILE *f;
+  int rc = TD_ENOENT;
+
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+  if ((f = fopen(path, "r")) == NULL)
+    return TD_EIO;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    unsigned long long kib;
+    if (sscanf(line, "VmRSS: %llu kB", &kib) == 1) {
+      *bytes = (uint64_t)kib * 1024;
+      rc = 0;
+      break;
+    }
+  }
+  fclose(f);
+  return rc;
+}

@@ -113,6 +113,13 @@ static int open_socket(const char *what, const char *addr, int proto, double tim
   }
   if (nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVTIMEO, &ms, sizeof(ms)) < 0)
     goto fail_opt;
+  {
+    /* nanomsg drops, silently, replies over its 1 MiB default; ours may be
+     * as large as the protocol allows (a long list). */
+    int max = (int)TD_PROTO_MAX_MSG + 4096;
+    if (nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVMAXSIZE, &max, sizeof(max)) < 0)
+      goto fail_opt;
+  }
   if (nn_connect(s, addr) < 0) {
     int err = nn_errno();
 

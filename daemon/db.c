@@ -80,6 +80,10 @@ static int td__integrity_ok(sqlite3 *h, char *detail, size_t cap) {
     const char *r = (const char *)sqlite3_column_text(st, 0);
     ok = r != NULL && strcmp(r, "ok") == 0;
     snprintf(detail, cap, "%s", r ? r : "no answer");
+    /* quick_check's report spans lines; a log message does not. */
+    for (char *c = detail; *c; c++)
+      if (*c == '\n')
+        *c = ' ';
   } else {
     snprintf(detail, cap, "%s", sqlite3_errmsg(h));
   }

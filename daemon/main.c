@@ -14,6 +14,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "shmcache.h"
 #include "td_config.h"
 #include "traind.h"
 #include "util.h"
@@ -305,6 +306,7 @@ int main(int argc, char **argv) {
   d->start_mono = td_now_mono();
   td_sched_init(d);
   td_run_cleanup_stale();
+  td_shmcache_sweep();
   if ((rc = td_server_start(d, err, sizeof(err))) < 0) {
     td_error("%s", err);
     goto close_db;

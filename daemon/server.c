@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dataset.h"
 #include "error.h"
 #include "log.h"
 #include "proto.h"
@@ -23,10 +24,17 @@
 typedef int (*td_op_fn)(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
                         size_t errlen);
 
+static void td__pack_plan_map(td_pack *p, const td_plan *pl);
+
 static void td__pack_plan(td_pack *p, const td_plan *pl) {
   td_pack_str(p, "plan");
-  td_pack_map(p, 9);
+  td__pack_plan_map(p, pl);
+}
+
+static void td__pack_plan_map(td_pack *p, const td_plan *pl) {
+  td_pack_map(p, 10);
   td_pack_kv_u64(p, "micro_batch", pl->micro_batch);
+  td_pack_kv_u64(p, "accumulation", pl->accumulation);
   td_pack_kv_u64(p, "params", pl->params);
   td_pack_kv_u64(p, "grads", pl->grads);
   td_pack_kv_u64(p, "optim", pl->optim);
@@ -55,7 +63,7 @@ static void td__pack_job_row(td_pack *p, const td_job *j) {
 }
 
 static void td__pack_job_full(td_pack *p, const td_job *j) {
-  td_pack_map(p, 22);
+  td_pack_map(p, 23);
   td_pack_kv_u64(p, "id", j->id);
   td_pack_kv_str(p, "name", j->name);
   td_pack_kv_str(p, "owner", j->owner);
@@ -74,6 +82,7 @@ static void td__pack_job_full(td_pack *p, const td_job *j) {
   td_pack_kv_f64(p, "loss", j->loss);
   td_pack_kv_f64(p, "accuracy", j->accuracy);
   td_pack_kv_f64(p, "samples_per_sec", j->samples_per_sec);
+  td_pack_kv_f64(p, "data_wait", j->data_wait);
   td_pack_kv_str(p, "model", j->model);
   td_pack_kv_str(p, "error", j->error);
   td__pack_plan(p, &j->plan);
@@ -112,6 +121,7 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   const char *yaml;
   size_t ylen;
   char key[80], name[TD_NAME_MAX] = "";
+  td_dataset_info info;
   uint64_t existing;
   td_job *j;
   int rc;
@@ -154,10 +164,23 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   rc = td_jobspec_parse(j->yaml, ylen, j->base_dir, j->spec, err, errlen);
   if (rc < 0)
     goto free_job;
-  rc = td_plan_compute(j->spec, j->spec->batch_size, j->spec->precision, 0, &j->plan);
-  if (rc < 0) {
-    snprintf(err, errlen, "the job's memory plan overflows (the model or batch is absurdly "
-             "large); reduce layer sizes or train.batch_size");
+  /* Headers only (well under a millisecond for Fashion-MNIST): a dataset
+   * that does not match the model is refused now, not after admission. */
+  rc = td_dataset_check(j->spec, err, errlen);
+  if (rc == 0)
+    rc = td_dataset_probe(j->spec, &info, err, errlen);
+  if (rc < 0)
+    goto free_job;
+  if (info.dtype != TD_DTYPE_U8) {
+    snprintf(err, errlen, "the loader reads %s samples, but the trainer takes uint8 samples "
+             "only for now; store the data as uint8", td_dtype_name(info.dtype));
+    rc = TD_EDATA;
+    goto free_job;
+  }
+  if (j->spec->val_fraction > 0 || j->spec->val_count > 0) {
+    snprintf(err, errlen, "data.validation: the trainer does not evaluate a validation split "
+             "yet; leave it out and use the test set");
+    rc = TD_EJOBSPEC;
     goto free_job;
   }
   td_obj_cstr(req, "name", name, sizeof(name));
@@ -168,6 +191,7 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   j->epochs = j->spec->epochs;
   j->state = TD_JOB_QUEUED;
   j->submitted_ms = td_now_unix_ms();
+  /* Plans the job too: the largest micro-batch its best device takes. */
   rc = td_sched_check_fit(d, j, err, errlen);
   if (rc == TD_ENOFIT) {
     /* The plan is the answer to "why does my job not fit". */
@@ -345,6 +369,7 @@ static int td__op_device(td_daemon *d, const msgpack_object *req, td_pack *rep, 
             (unsigned long long)dev->budget, (unsigned long long)budget,
             (unsigned long long)dev->reserved);
     dev->budget = budget;
+    td_sched_squeeze(d, dev);
   }
   if (td_obj_bool(req, "drain", &drain) == 0 && drain != dev->draining) {
     dev->draining = drain;
@@ -433,17 +458,217 @@ static int td__op_logs(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
   return 0;
 }
 
+/* One tensor of the plan, for "largest tensors". */
+typedef struct td__tensor {
+  char name[48];
+  uint64_t bytes;
+} td__tensor;
+
+/* name: layer < 0 ? what : "<layer>.<what>" */
+static void td__add_tensor(td__tensor *t, size_t *n, size_t cap, uint64_t bytes, int layer,
+                           const char *what) {
+  size_t k;
+
+  if (bytes == 0)
+    return;
+  /* kept sorted, largest first; the smallest falls off */
+  for (k = *n; k > 0 && t[k - 1].bytes < bytes; k--)
+    if (k < cap)
+      t[k] = t[k - 1];
+  if (k >= cap)
+    return;
+  if (layer < 0)
+    snprintf(t[k].name, sizeof(t[k].name), "%s", what);
+  else
+    snprintf(t[k].name, sizeof(t[k].name), "%d.%s", layer, what);
+  t[k].bytes = bytes;
+  if (*n < cap)
+    (*n)++;
+}
+
+#define TD_PLAN_TOP 8
+
+/* Every tensor the worker allocates at the layout's micro-batch. */
+static size_t td__largest(const td_layout *l, td__tensor *t) {
+  static const char *const moments[2][2] = {{"weight.momentum", "weight.exp_avg"},
+                                            {"", "weight.exp_avg_sq"}};
+  size_t n = 0;
+  uint64_t mb = l->micro_batch;
+
+  td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->in_elems * 4, -1, "input (normalised)");
+  td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->grad_width * 4, -1, "activation gradient A");
+  td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->grad_width * 4, -1, "activation gradient B");
+  td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->in_elems, -1, "input staging (uint8)");
+  for (int i = 0; i < l->nlayers; i++) {
+    const td_layer_layout *ly = &l->layers[i];
+    uint64_t w = (uint64_t)ly->out * ly->in * 4;
+
+    if (ly->type != TD_LAYER_DENSE)
+      continue;
+    td__add_tensor(t, &n, TD_PLAN_TOP, w, i, "weight");
+    td__add_tensor(t, &n, TD_PLAN_TOP, w, i, "weight.grad");
+    for (uint32_t k = 0; k < l->optim_slots && k < 2; k++)
+      td__add_tensor(t, &n, TD_PLAN_TOP, w, i, moments[k][l->optim_slots - 1]);
+    td__add_tensor(t, &n, TD_PLAN_TOP, mb * ly->out * 4, i, "output");
+  }
+  return n;
+}
+
+/* "Why does my job not fit": the plan of a job file on each device, per
+ * layer, its largest tensors and what each remedy would save.  Nothing
+ * is submitted or reserved. */
+static int td__op_plan(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
+                       size_t errlen) {
+  char base[TD_PATH_MAX], only[32] = "";
+  const char *yaml;
+  size_t ylen, ntop;
+  td_jobspec *spec;
+  td_plan whole, small;
+  td_layout lay;
+  td__tensor top[TD_PLAN_TOP];
+  uint32_t ndev = 0, nlayers = 0, min_mb;
+  char *text;
+  int rc;
+
+  if (td_obj_str(req, "job", &yaml, &ylen) < 0 ||
+      td_obj_cstr(req, "base_dir", base, sizeof(base)) < 0)
+    return TD_EPROTO;
+  if (base[0] != '/') {
+    snprintf(err, errlen, "base_dir must be an absolute directory (the job file's)");
+    return TD_EINVAL;
+  }
+  td_obj_cstr(req, "device", only, sizeof(only));
+  if (only[0] != '\0' && td_sched_device(d, only) == NULL) {
+    snprintf(err, errlen, "no device named '%s'; `traind-client devices` lists them", only);
+    return TD_ENOENT;
+  }
+  if (memchr(yaml, '\0', ylen) != NULL) {
+    snprintf(err, errlen, "the job file contains a NUL byte; job files are UTF-8 YAML text");
+    return TD_EJOBSPEC;
+  }
+  spec = malloc(sizeof(*spec));
+  text = strndup(yaml, ylen);
+  if (spec == NULL || text == NULL) {
+    rc = TD_ENOMEM;
+    goto free_spec;
+  }
+  if ((rc = td_jobspec_parse(text, ylen, base, spec, err, errlen)) < 0)
+    goto free_spec;
+  min_mb = td_jobspec_min_micro_batch(spec);
+  if ((rc = td_plan_compute(spec, spec->batch_size, spec->precision, 0, &whole)) < 0 ||
+      (rc = td_plan_compute(spec, min_mb, spec->precision, 0, &small)) < 0 ||
+      (rc = td_plan_layout(spec, spec->batch_size, &lay)) < 0) {
+    snprintf(err, errlen, "the job's memory plan overflows (the model or batch is absurdly "
+             "large); reduce layer sizes or train.batch_size");
+    goto free_spec;
+  }
+  for (int i = 0; i < d->ndevices; i++)
+    ndev += only[0] == '\0' || strcmp(only, d->devices[i].name) == 0;
+  for (int i = 0; i < lay.nlayers; i++)
+    nlayers++;
+  ntop = td__largest(&lay, top);
+
+  td_pack_reply_ok(rep, 8);
+  td_pack_kv_str(rep, "name", spec->name);
+  td_pack_kv_u64(rep, "batch_size", spec->batch_size);
+  td_pack_kv_u64(rep, "min_micro_batch", min_mb);
+  td__pack_plan(rep, &whole);
+  td_pack_str(rep, "devices");
+  td_pack_array(rep, ndev);
+  for (int i = 0; i < d->ndevices; i++) {
+    const td_device *dev = &d->devices[i];
+    uint64_t free_now = dev->budget > dev->reserved ? dev->budget - dev->reserved : 0;
+    td_plan p, now;
+    int fits, fits_now;
+
+    if (only[0] != '\0' && strcmp(only, dev->name) != 0)
+      continue;
+    fits = td_plan_fit(spec, spec->precision, 0, dev->budget, &p) == 0;
+    fits_now = td_plan_fit(spec, spec->precision, 0, free_now, &now) == 0;
+    td_pack_map(rep, 8);
+    td_pack_kv_str(rep, "name", dev->name);
+    td_pack_kv_u64(rep, "budget", dev->budget);
+    td_pack_kv_u64(rep, "free", free_now);
+    td_pack_kv_bool(rep, "fits", fits);
+    td_pack_kv_bool(rep, "fits_now", fits_now);
+    td_pack_kv_u64(rep, "micro_batch", fits ? p.micro_batch : 0);
+    td_pack_kv_u64(rep, "accumulation", fits ? p.accumulation : 0);
+    td__pack_plan(rep, fits ? &p : &small);
+  }
+  td_pack_str(rep, "layers");
+  td_pack_array(rep, nlayers);
+  for (int i = 0; i < lay.nlayers; i++) {
+    const td_layer_layout *ly = &lay.layers[i];
+    int dense = ly->type == TD_LAYER_DENSE;
+
+    td_pack_map(rep, 6);
+    td_pack_kv_u64(rep, "index", (uint64_t)i);
+    td_pack_kv_str(rep, "type", td_layer_type_name(ly->type));
+    td_pack_kv_u64(rep, "in", ly->in);
+    td_pack_kv_u64(rep, "out", ly->out);
+    td_pack_kv_u64(rep, "params", dense ? ((uint64_t)ly->out * ly->in + ly->out) * 4 : 0);
+    /* ReLU works in place: its output is the dense layer's */
+    td_pack_kv_u64(rep, "activations",
+                   dense ? (uint64_t)spec->batch_size * ly->out * 4 : 0);
+  }
+  td_pack_str(rep, "largest");
+  td_pack_array(rep, (uint32_t)ntop);
+  for (size_t i = 0; i < ntop; i++) {
+    td_pack_map(rep, 2);
+    td_pack_kv_str(rep, "name", top[i].name);
+    td_pack_kv_u64(rep, "bytes", top[i].bytes);
+  }
+  td_pack_str(rep, "savings");
+  td_pack_array(rep, 4);
+  {
+    char note[160];
+
+    snprintf(note, sizeof(note), "micro-batch %u with %u accumulation steps (same effective "
+             "batch)%s", small.micro_batch, small.accumulation,
+             td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE)
+                 ? ""
+                 : "; allow 'accumulate' in memory.remedies");
+    td_pack_map(rep, 4);
+    td_pack_kv_str(rep, "remedy", "micro_batch");
+    td_pack_kv_bool(rep, "available", td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE));
+    td_pack_kv_u64(rep, "saves", whole.total - small.total);
+    td_pack_kv_str(rep, "note", note);
+  }
+  {
+    static const char *const later[] = {"recompute", "bf16", "fp16"};
+    for (size_t i = 0; i < TD_ARRAY_SIZE(later); i++) {
+      td_pack_map(rep, 4);
+      td_pack_kv_str(rep, "remedy", later[i]);
+      td_pack_kv_bool(rep, "available", 0);
+      td_pack_kv_u64(rep, "saves", 0);
+      td_pack_kv_str(rep, "note", "not available yet");
+    }
+  }
+  rc = 0;
+free_spec:
+  free(text);
+  free(spec);
+  return rc;
+}
+
+/* changes: the op may let a queued job start (reads are answered without
+ * walking the queue, so they stay cheap however long it is). */
 static const struct {
   const char *op;
   td_op_fn fn;
+  int changes;
 } td__ops[] = {
-    {"submit", td__op_submit}, {"list", td__op_list}, {"show", td__op_show},
-    {"cancel", td__op_cancel}, {"info", td__op_info}, {"devices", td__op_devices},
-    {"device", td__op_device}, {"logs", td__op_logs}, {"set-priority", td__op_set_priority},
+    {"submit", td__op_submit, 1},   {"list", td__op_list, 0},
+    {"show", td__op_show, 0},       {"cancel", td__op_cancel, 1},
+    {"info", td__op_info, 0},       {"devices", td__op_devices, 0},
+    {"device", td__op_device, 1},   {"logs", td__op_logs, 0},
+    {"set-priority", td__op_set_priority, 1}, {"plan", td__op_plan, 0},
 };
 
-static void td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) {
+/* Answers one request into rep; returns whether the scheduler should run. */
+static int td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) {
   char err[1024] = "";
+  int changes = 0;
   const td_msgdef *def;
   td_msg *msg = NULL;
   int rc;
@@ -454,6 +679,7 @@ static void td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) 
     for (size_t i = 0; i < TD_ARRAY_SIZE(td__ops); i++) {
       if (strcmp(td__ops[i].op, def->op) == 0) {
         rc = td__ops[i].fn(d, td_msg_root(msg), rep, err, sizeof(err));
+        changes = td__ops[i].changes && rc == 0;
         break;
       }
     }
@@ -465,10 +691,12 @@ static void td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) 
     td_pack_reply_err(rep, rc, err);
   }
   td_msg_free(msg);
+  return changes;
 }
 
 static void td__on_request(uv_poll_t *h, int status, int events) {
   td_daemon *d = h->data;
+  int changes = 0;
 
   (void)status;
   (void)events;
@@ -483,7 +711,7 @@ static void td__on_request(uv_poll_t *h, int status, int events) {
       break;
     }
     td_pack_init(&rep);
-    td__handle(d, buf, (size_t)n, &rep);
+    changes |= td__handle(d, buf, (size_t)n, &rep);
     nn_freemsg(buf);
     if (td_pack_error(&rep) < 0) {
       int code = td_pack_error(&rep);
@@ -498,7 +726,8 @@ static void td__on_request(uv_poll_t *h, int status, int events) {
       td_warn("job socket: reply not sent: %s", nn_strerror(errno));
     td_pack_free(&rep);
   }
-  td_sched_run(d);
+  if (changes)
+    td_sched_run(d);
 }
 
 /* The directory of an ipc:// socket must exist; its mode decides who may
@@ -588,7 +817,7 @@ void td_publish_progress(td_daemon *d, const td_job *j, double eta_s) {
   td_pack p;
 
   td_pack_init(&p);
-  td_pack_event_begin(&p, "job.progress", 9);
+  td_pack_event_begin(&p, "job.progress", 11);
   td_pack_kv_u64(&p, "id", j->id);
   td_pack_kv_u64(&p, "epoch", j->epoch);
   td_pack_kv_u64(&p, "epochs", j->epochs);
@@ -598,6 +827,8 @@ void td_publish_progress(td_daemon *d, const td_job *j, double eta_s) {
   td_pack_kv_f64(&p, "samples_per_sec", j->samples_per_sec);
   td_pack_kv_f64(&p, "eta_s", eta_s);
   td_pack_kv_f64(&p, "accuracy", j->accuracy);
+  td_pack_kv_f64(&p, "data_wait", j->data_wait);
+  td_pack_kv_u64(&p, "mem", j->mem);
   td__publish(d, &p);
 }
 
@@ -622,5 +853,31 @@ void td_publish_device(td_daemon *d, const td_device *dev) {
   td_pack_kv_u64(&p, "budget", dev->budget);
   td_pack_kv_u64(&p, "reserved", dev->reserved);
   td_pack_kv_u64(&p, "jobs", dev->njobs);
+  td__publish(d, &p);
+}
+
+void td_publish_oom(td_daemon *d, const td_job *j, const char *phase, uint64_t requested,
+                    uint64_t free_bytes, uint32_t micro_batch) {
+  td_pack p;
+
+  td_pack_init(&p);
+  td_pack_event_begin(&p, TD_TOPIC_JOB_OOM, 6);
+  td_pack_kv_u64(&p, "id", j->id);
+  td_pack_kv_str(&p, "device", j->device);
+  td_pack_kv_str(&p, "phase", phase);
+  td_pack_kv_u64(&p, "requested", requested);
+  td_pack_kv_u64(&p, "free", free_bytes);
+  td_pack_kv_u64(&p, "micro_batch", micro_batch);
+  td__publish(d, &p);
+}
+
+void td_publish_replan(td_daemon *d, const td_job *j) {
+  td_pack p;
+
+  td_pack_init(&p);
+  td_pack_event_begin(&p, TD_TOPIC_JOB_REPLAN, 3);
+  td_pack_kv_u64(&p, "id", j->id);
+  td_pack_kv_str(&p, "device", j->device);
+  td__pack_plan(&p, &j->plan);
   td__publish(d, &p);
 }

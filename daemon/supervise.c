@@ -16,6 +16,7 @@
 #include "error.h"
 #include "log.h"
 #include "ring.h"
+#include "shmcache.h"
 #include "td_config.h"
 #include "traind.h"
 #include "util.h"
@@ -27,6 +28,9 @@ struct td_run {
   td_job *job;
   uv_process_t worker, loader;
   uv_pipe_t events;
+  uv_pipe_t control;          /* the worker's stdin: "budget N" lines */
+  int control_open;
+  uint64_t budget_sent;       /* the last budget told to the worker; 0 = none */
   uv_timer_t kill_timer;
   int nhandles;               /* open handles; the run is freed at zero */
   int worker_running, loader_running;
@@ -97,6 +101,39 @@ static double td__kv_f64(const char *line, const char *key, double dflt) {
   return end == v ? dflt : x;
 }
 
+/* The worker runs at a new plan: its reservation follows (a budget
+ * lowered by traind is given back here, once the worker has let go). */
+static void td__on_replan(td_run *r, const char *line) {
+  td_job *j = r->job;
+  td_device *dev = td_sched_device(r->d, j->device);
+  uint64_t total = (uint64_t)td__kv_f64(line, "total", (double)j->plan.total);
+  uint32_t micro = (uint32_t)td__kv_f64(line, "micro_batch", j->plan.micro_batch);
+  td_plan p;
+
+  td_info("job %llu: re-planned: %s", (unsigned long long)j->id, line);
+  if (j->spec != NULL && micro >= 1 && micro <= j->spec->batch_size &&
+      td_plan_compute(j->spec, micro, j->spec->precision, j->plan.overhead, &p) == 0) {
+    if (p.total != total)
+      td_warn("job %llu: the worker's plan (%llu bytes) differs from traind's (%llu)",
+              (unsigned long long)j->id, (unsigned long long)total,
+              (unsigned long long)p.total);
+    if (dev != NULL && total <= j->plan.total) {
+      uint64_t give = j->plan.total - total;
+      dev->reserved -= give <= dev->reserved ? give : dev->reserved;
+      td_publish_device(r->d, dev);
+    }
+    /* A plan that grew keeps the larger reservation: bytes are never
+     * counted on twice. */
+    if (total <= j->plan.total) {
+      j->plan = p;
+      j->plan.total = total;
+    }
+  }
+  td_publish_replan(r->d, j);
+  /* Room given back: a queued job may fit now. */
+  td_sched_run(r->d);
+}
+
 static void td__on_event(td_run *r, const char *line) {
   td_job *j = r->job;
   td_daemon *d = r->d;
@@ -120,6 +157,7 @@ static void td__on_event(td_run *r, const char *line) {
     j->steps = (uint32_t)td__kv_f64(line, "steps", j->steps);
     j->loss = td__kv_f64(line, "loss", j->loss);
     j->samples_per_sec = td__kv_f64(line, "samples_per_sec", j->samples_per_sec);
+    j->data_wait = td__kv_f64(line, "data_wait", j->data_wait);
     j->mem = (uint64_t)td__kv_f64(line, "mem", (double)j->mem);
     done = (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps + j->step;
     total = (uint64_t)j->epochs * j->steps;
@@ -140,6 +178,16 @@ static void td__on_event(td_run *r, const char *line) {
     td__kv(line, "msg", r->error_event, sizeof(r->error_event));
   } else if (strcmp(word, "plan") == 0) {
     td_debug("job %llu: worker plan: %s", (unsigned long long)j->id, line);
+  } else if (strcmp(word, "oom") == 0) {
+    char phase[16] = "";
+
+    td_warn("job %llu: out of memory: %s", (unsigned long long)j->id, line);
+    td__kv(line, "phase", phase, sizeof(phase));
+    td_publish_oom(d, j, phase, (uint64_t)td__kv_f64(line, "requested", 0),
+                   (uint64_t)td__kv_f64(line, "free", 0),
+                   (uint32_t)td__kv_f64(line, "micro_batch", 0));
+  } else if (strcmp(word, "replan") == 0) {
+    td__on_replan(r, line);
   }
 }
 
@@ -175,6 +223,10 @@ static void td__on_worker_exit(uv_process_t *p, int64_t status, int sig) {
   r->worker_running = 0;
   r->worker_status = status;
   r->worker_signal = sig;
+  if (r->control_open) {
+    r->control_open = 0;
+    td__close(r, (uv_handle_t *)&r->control);
+  }
   /* The loader has nothing left to feed; a loader blocked on a full ring
    * wakes up on the shutdown. */
   td_ring_shutdown(r->ring, 0);
@@ -192,6 +244,9 @@ static void td__on_loader_exit(uv_process_t *p, int64_t status, int sig) {
   r->loader_signal = sig;
   /* The worker drains what is in the ring, then sees the end. */
   td_ring_shutdown(r->ring, status == 0 && sig == 0 ? 0 : TD_EDATA);
+  /* A killed loader cannot drop its hold on a shared decoded dataset. */
+  if (sig != 0)
+    td_shmcache_sweep();
   td__close(r, (uv_handle_t *)p);
   td__maybe_close_timer(r);
 }
@@ -238,7 +293,8 @@ static void td__log_tail(int fd, char *out, size_t cap) {
 /* Crashes and hangs may be the machine's fault, not the job's: those are
  * retried when the job allows it; an error the job reported is not. */
 static int td__retryable(const td_run *r) {
-  return r->hung || r->worker_signal != 0 || r->worker_status >= 3;
+  return r->hung || r->worker_signal != 0 ||
+         (r->worker_status >= 3 && r->worker_status != TD_WORKER_EXIT_NEEDMEM);
 }
 
 static void td__run_finish(td_run *r) {
@@ -267,6 +323,13 @@ static void td__run_finish(td_run *r) {
     /* traind is shutting down: the job runs again when it comes back. */
     s = TD_JOB_QUEUED;
     snprintf(why, sizeof(why), "interrupted by traind shutdown; will restart");
+  } else if (r->worker_signal == 0 && r->worker_status == TD_WORKER_EXIT_NEEDMEM) {
+    /* Even its smallest micro-batch did not fit what it had: it waits for
+     * memory.  It starts over: checkpoints (resuming mid-run) come with
+     * another change. */
+    s = TD_JOB_QUEUED;
+    snprintf(why, sizeof(why), "out of memory below its smallest micro-batch (%s); "
+             "queued to wait for memory", r->error_event[0] ? r->error_event : "no detail");
   } else {
     s = TD_JOB_FAILED;
     if (r->hung)
@@ -413,7 +476,7 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   snprintf(events_fd, sizeof(events_fd), "3");
   snprintf(parent, sizeof(parent), "%d", (int)getpid());
 
-  io[0].flags = UV_IGNORE;
+  io[0].flags = UV_IGNORE; /* the loader's; the worker's is the control pipe */
   io[1].flags = UV_INHERIT_FD;
   io[1].data.fd = r->log_fd;
   io[2].flags = UV_INHERIT_FD;
@@ -457,6 +520,12 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     memset(&opt, 0, sizeof(opt));
     opt.file = worker;
     opt.args = args;
+    uv_pipe_init(d->loop, &r->control, 0);
+    r->control.data = r;
+    r->nhandles++;
+    r->control_open = 1;
+    io[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
+    io[0].data.stream = (uv_stream_t *)&r->control;
     opt.stdio = io;
     opt.stdio_count = 4;
     opt.exit_cb = td__on_worker_exit;
@@ -467,6 +536,8 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
       snprintf(r->error_event, sizeof(r->error_event), "cannot start %s: %s", worker,
                uv_strerror(rc));
       td__close(r, (uv_handle_t *)&r->worker);
+      r->control_open = 0;
+      td__close(r, (uv_handle_t *)&r->control);
       td_ring_shutdown(r->ring, TD_EIO);
       uv_process_kill(&r->loader, SIGTERM);
     } else {
@@ -492,6 +563,27 @@ close_log:
 free_run:
   free(r);
   return rc;
+}
+
+int td_run_set_budget(td_daemon *d, td_job *j, uint64_t budget) {
+  td_run *r = j->run;
+  char line[48];
+  uv_buf_t buf;
+  int n;
+
+  (void)d;
+  if (r == NULL || !r->worker_running || !r->control_open)
+    return TD_ESTATE;
+  n = snprintf(line, sizeof(line), "budget %llu\n", (unsigned long long)budget);
+  buf = uv_buf_init(line, (unsigned)n);
+  /* A line is far below the pipe's buffer and PIPE_BUF: it goes whole or
+   * not at all, and the loop never waits on it. */
+  if (uv_try_write((uv_stream_t *)&r->control, &buf, 1) != n)
+    return TD_EIO;
+  r->budget_sent = budget;
+  td_info("job %llu: budget lowered to %llu bytes", (unsigned long long)j->id,
+          (unsigned long long)budget);
+  return 0;
 }
 
 void td_run_stop(td_daemon *d, td_job *j) {

@@ -48,6 +48,7 @@ typedef struct td_job {
   /* progress, from the worker's events */
   uint32_t epoch, epochs, step, steps;
   double loss, accuracy, samples_per_sec;
+  double data_wait;        /* fraction of the worker's time spent waiting for data */
   double started_mono;
 
   char model[TD_PATH_MAX];
@@ -112,14 +113,26 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg);
 void td_sched_init(td_daemon *d);
 /* Admit queued jobs that fit, highest priority first; start them. */
 void td_sched_run(td_daemon *d);
-/* 0 if the plan fits some device the job may use when it is empty;
- * TD_ENOFIT with a message naming the numbers otherwise. */
-int td_sched_check_fit(td_daemon *d, const td_job *j, char *err, size_t errlen);
+/* 0 if the job fits some device it may use when that is empty, at its
+ * smallest allowed micro-batch or more; j->plan becomes the plan on the
+ * largest such device.  TD_ENOFIT with a message naming the numbers (and
+ * j->plan the smallest plan) otherwise. */
+int td_sched_check_fit(td_daemon *d, td_job *j, char *err, size_t errlen);
 void td_sched_release(td_daemon *d, td_job *j);
 td_device *td_sched_device(td_daemon *d, const char *name);
+/* The device's budget went below what its jobs hold: tell running jobs
+ * lower budgets (largest first) so that they re-plan to fit. */
+void td_sched_squeeze(td_daemon *d, td_device *dev);
 
 /* supervise.c */
+/* traind-worker's exit status when even its smallest micro-batch does not
+ * fit the memory it has: the job is queued again, not failed. */
+#define TD_WORKER_EXIT_NEEDMEM 4
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen);
+/* Tell a running job's worker its new budget (it re-plans at its next step
+ * and answers with a "replan" event, which lowers the reservation).
+ * TD_ESTATE if it has no running worker, TD_EIO if the line was not sent. */
+int td_run_set_budget(td_daemon *d, td_job *j, uint64_t budget);
 /* SIGTERM now, SIGKILL after the grace period. */
 void td_run_stop(td_daemon *d, td_job *j);
 void td_run_cleanup_stale(void);
@@ -131,6 +144,9 @@ void td_server_stop(td_daemon *d);
 void td_publish_state(td_daemon *d, const td_job *j);
 void td_publish_progress(td_daemon *d, const td_job *j, double eta_s);
 void td_publish_device(td_daemon *d, const td_device *dev);
+void td_publish_oom(td_daemon *d, const td_job *j, const char *phase, uint64_t requested,
+                    uint64_t free_bytes, uint32_t micro_batch);
+void td_publish_replan(td_daemon *d, const td_job *j);
 void td_publish_eval(td_daemon *d, const td_job *j, uint32_t epoch, double acc, double loss);
 
 /* main.c: a job changed state: persist it and publish it. */

@@ -40,6 +40,11 @@ static const td_field device_fields[] = {
     {"budget", TD_FT_UINT, 0, 1 << 20, U64_LIMIT},
     {"drain", TD_FT_BOOL, 0, 0, 1},
 };
+static const td_field plan_fields[] = {
+    {"job", TD_FT_STR, 1, 1, 1 << 20},
+    {"base_dir", TD_FT_STR, 1, 1, 1023},
+    {"device", TD_FT_STR, 0, 1, 31},
+};
 static const td_field id_fields[] = {
     {"id", TD_FT_UINT, 1, 1, U64_LIMIT},
 };
@@ -57,6 +62,8 @@ static const td_msgdef defs[] = {
      "change a job's place in the queue"},
     {"device", device_fields, TD_ARRAY_SIZE(device_fields),
      "change a device's budget, drain it or resume it"},
+    {"plan", plan_fields, TD_ARRAY_SIZE(plan_fields),
+     "a job file's memory plan on each device, without submitting it"},
 };
 
 static const char *const ftype_names[] = {
@@ -271,14 +278,16 @@ static int key_cmp(const void *a, const void *b) {
   const msgpack_object_str *y = &(*(const msgpack_object_kv *const *)b)->key.via.str;
   if (x->size != y->size)
     return x->size < y->size ? -1 : 1;
-  return memcmp(x->ptr, y->ptr, x->size);
+  /* msgpack-c gives an empty string a NULL pointer. */
+  return x->size == 0 ? 0 : memcmp(x->ptr, y->ptr, x->size);
 }
 
 static int dup_key(const msgpack_object_kv *a, const msgpack_object_kv *b, char *err,
                    size_t errlen) {
   char q[48];
   if (a->key.via.str.size != b->key.via.str.size ||
-      memcmp(a->key.via.str.ptr, b->key.via.str.ptr, a->key.via.str.size) != 0)
+      (a->key.via.str.size > 0 &&
+       memcmp(a->key.via.str.ptr, b->key.via.str.ptr, a->key.via.str.size) != 0))
     return 0;
   seterr(err, errlen, "duplicate key '%s' in a map",
          quote(a->key.via.str.ptr, a->key.via.str.size, q, sizeof q));
@@ -308,6 +317,68 @@ static int check_unique(const msgpack_object_map *m, char *err, size_t errlen) {
     rc = dup_key(v[i - 1], v[i], err, errlen);
   free(v);
   return rc;
+}
+
+/* Strict UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF. */
+static int utf8_valid(const unsigned char *s, size_t n) {
+  size_t i = 0;
+
+  while (i < n) {
+    unsigned c = s[i], need, min;
+    uint32_t cp;
+
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+      need = 1, min = 0x80, cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      need = 2, min = 0x800, cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      need = 3, min = 0x10000, cp = c & 0x07;
+    } else {
+      return 0;
+    }
+    if (n - i <= need)
+      return 0;
+    for (unsigned k = 1; k <= need; k++) {
+      if ((s[i + k] & 0xc0) != 0x80)
+        return 0;
+      cp = (cp << 6) | (s[i + k] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+      return 0;
+    i += need + 1;
+  }
+  return 1;
+}
+
+/* Requests carry text only as UTF-8 (keys and values alike). */
+static int check_utf8(const msgpack_object *o, char *err, size_t errlen) {
+  int rc;
+
+  switch (o->type) {
+  case MSGPACK_OBJECT_STR:
+    if (o->via.str.size > 0 && !utf8_valid((const unsigned char *)o->via.str.ptr, o->via.str.size)) {
+      seterr(err, errlen, "a string in the request is not valid UTF-8");
+      return TD_EPROTO;
+    }
+    return 0;
+  case MSGPACK_OBJECT_ARRAY:
+    for (uint32_t i = 0; i < o->via.array.size; i++)
+      if ((rc = check_utf8(&o->via.array.ptr[i], err, errlen)) != 0)
+        return rc;
+    return 0;
+  case MSGPACK_OBJECT_MAP:
+    for (uint32_t i = 0; i < o->via.map.size; i++)
+      if ((rc = check_utf8(&o->via.map.ptr[i].key, err, errlen)) != 0 ||
+          (rc = check_utf8(&o->via.map.ptr[i].val, err, errlen)) != 0)
+        return rc;
+    return 0;
+  default:
+    return 0;
+  }
 }
 
 static int check_maps(const msgpack_object *o, char *err, size_t errlen) {
@@ -693,6 +764,17 @@ int td_proto_parse_request(const void *buf, size_t len, td_msg **out, const td_m
   if (rc != 0)
     return rc;
   root = td_msg_root(m);
+  /* The job file's text is left to the job parser, which names the line
+   * of a bad byte; everything else is checked here. */
+  for (uint32_t i = 0; i < root->via.map.size; i++) {
+    const msgpack_object_kv *kv = &root->via.map.ptr[i];
+    if ((rc = check_utf8(&kv->key, err, errlen)) != 0)
+      goto fail;
+    if (kv->key.via.str.size == 3 && memcmp(kv->key.via.str.ptr, "job", 3) == 0)
+      continue;
+    if ((rc = check_utf8(&kv->val, err, errlen)) != 0)
+      goto fail;
+  }
   rc = td_obj_get(root, "op", &op);
   if (rc != 0) {
     seterr(err, errlen, "request has no 'op'");

@@ -127,6 +127,8 @@ int td_proto_decode_reply(const void *buf, size_t len, td_msg **out, int *code,
 #define TD_TOPIC_JOB_PROGRESS "job.progress"
 #define TD_TOPIC_JOB_EVAL     "job.eval"
 #define TD_TOPIC_DEVICE       "device"
+#define TD_TOPIC_JOB_OOM      "job.oom"
+#define TD_TOPIC_JOB_REPLAN   "job.replan"
 int td_pack_event_begin(td_pack *p, const char *topic, uint32_t nfields);
 int td_event_split(const void *buf, size_t len, const char **topic, const void **body,
                    size_t *body_len);

@@ -167,7 +167,7 @@ END_TEST
 START_TEST(test_request_every_op) {
   size_t ndefs;
   const td_msgdef *defs = td_proto_defs(&ndefs);
-  ck_assert_uint_eq(ndefs, 9);
+  ck_assert_uint_eq(ndefs, 10);
   for (size_t i = 0; i < ndefs; i++) {
     const td_msgdef *d = &defs[i];
     td_pack p;
@@ -999,7 +999,8 @@ END_TEST
 
 START_TEST(test_events) {
   static const char *const topics[] = {TD_TOPIC_JOB_STATE, TD_TOPIC_JOB_PROGRESS,
-                                       TD_TOPIC_JOB_EVAL, TD_TOPIC_DEVICE};
+                                       TD_TOPIC_JOB_EVAL, TD_TOPIC_DEVICE,
+                                       TD_TOPIC_JOB_OOM, TD_TOPIC_JOB_REPLAN};
   for (size_t t = 0; t < TD_ARRAY_SIZE(topics); t++) {
     td_pack p;
     td_msg *m;
@@ -1077,7 +1078,8 @@ START_TEST(test_protocol_md) {
     ck_assert_msg(strstr(md, pat), "PROTOCOL.md does not list error %s", td_err_name(code));
   }
   static const char *const topics[] = {TD_TOPIC_JOB_STATE, TD_TOPIC_JOB_PROGRESS,
-                                       TD_TOPIC_JOB_EVAL, TD_TOPIC_DEVICE};
+                                       TD_TOPIC_JOB_EVAL, TD_TOPIC_DEVICE,
+                                       TD_TOPIC_JOB_OOM, TD_TOPIC_JOB_REPLAN};
   for (size_t t = 0; t < TD_ARRAY_SIZE(topics); t++) {
     snprintf(pat, sizeof pat, "\n### %s\n", topics[t]);
     ck_assert_msg(strstr(md, pat), "PROTOCOL.md has no section for topic %s", topics[t]);

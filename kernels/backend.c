@@ -478,3 +478,75 @@ void td_backend_layernorm_bwd(td_backend *be, const float *x, const float *dy, f
     be->ops->layernorm_bwd(be, x, dy, dx, rows, cols, gamma, save_mean, save_invstd, beta,
                            dgamma, dbeta);
 }
+
+void td_backend_sgd_momentum(td_backend *be, float *param, const float *grad, float *buf,
+                             size_t n, const td_sgdm_hparams *h) {
+  if (h->nesterov && (h->momentum <= 0.0f || h->dampening != 0.0f)) {
+    td__backend_fail(be, TD_EINVAL, "%s: Nesterov momentum needs momentum > 0 and dampening "
+                     "0 (momentum %g, dampening %g)", be->device, (double)h->momentum,
+                     (double)h->dampening);
+    return;
+  }
+  if (n > 0 && op_live(be, "sgd_momentum"))
+    be->ops->sgd_momentum(be, param, grad, buf, n, h->lr, h->momentum, h->dampening,
+                          h->weight_decay, h->nesterov, h->step <= 1);
+}
+
+void td_backend_adamw(td_backend *be, float *param, const float *grad, float *m, float *v,
+                      size_t n, const td_adam_hparams *h) {
+  double t = (double)(h->step > 0 ? h->step : 1);
+  double bc1 = 1.0 - pow((double)h->beta1, t);
+  double bc2 = 1.0 - pow((double)h->beta2, t);
+
+  if (n > 0 && op_live(be, "adamw"))
+    be->ops->adamw(be, param, grad, m, v, n, h->beta1, h->beta2, h->eps,
+                   (float)(1.0 - (double)h->lr * h->weight_decay), (float)(h->lr / bc1),
+                   (float)sqrt(bc2));
+}
+
+void td_backend_sumsq(td_backend *be, const float *x, size_t n, float *acc) {
+  if (n > 0 && op_live(be, "sumsq"))
+    be->ops->sumsq(be, x, n, acc);
+}
+
+void td_backend_clip_coef(td_backend *be, float *norm, float max_norm) {
+  if (op_live(be, "clip_coef"))
+    be->ops->clip_coef(be, norm, max_norm);
+}
+
+void td_backend_scale(td_backend *be, float *x, size_t n, float alpha, const float *coef) {
+  if (n > 0 && op_live(be, "scale"))
+    be->ops->scale(be, x, n, alpha, coef);
+}
+
+void td_backend_check_finite(td_backend *be, const float *x, size_t n, float *flag) {
+  if (n > 0 && op_live(be, "check_finite"))
+    be->ops->check_finite(be, x, n, flag);
+}
+
+void td_backend_clip_grad_norm(td_backend *be, float *const *xs, const size_t *ns,
+                               size_t count, float max_norm, float *norm) {
+  td_backend_fill(be, norm, 2, 0.0f);
+  for (size_t i = 0; i < count; i++)
+    td_backend_sumsq(be, xs[i], ns[i], norm);
+  td_backend_clip_coef(be, norm, max_norm);
+  for (size_t i = 0; i < count; i++)
+    td_backend_scale(be, xs[i], ns[i], 1.0f, norm + 1);
+}
+
+void td_backend_to_half(td_backend *be, td_half_kind kind, const float *x, uint16_t *y,
+                        size_t n) {
+  if (n > 0 && op_live(be, "to_half"))
+    be->ops->to_half(be, kind, x, y, n);
+}
+
+void td_backend_from_half(td_backend *be, td_half_kind kind, const uint16_t *x, float *y,
+                          size_t n) {
+  if (n > 0 && op_live(be, "from_half"))
+    be->ops->from_half(be, kind, x, y, n);
+}
+
+void td_backend_round_half(td_backend *be, td_half_kind kind, float *x, size_t n) {
+  if (n > 0 && op_live(be, "round_half"))
+    be->ops->round_half(be, kind, x, n);
+}

@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "half.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -276,6 +278,57 @@ void td_backend_softmax_xent_smooth(td_backend *be, const float *logits,
                                     const uint8_t *labels, size_t rows, size_t classes,
                                     float smoothing, float grad_scale, float *dlogits,
                                     float *stats);
+
+/* Optimisers, gradient clipping and the loss scaler's ops.  Each matches
+ * torch.optim (1.13) step for step; lr comes per call, so a schedule
+ * (common/schedule.h) just passes lr(step). */
+
+/* PyTorch's SGD in full (torch.optim.SGD): d = g + weight_decay p; with
+ * momentum, buf = d on step 1 and momentum buf + (1 - dampening) d after;
+ * then d = nesterov ? d + momentum buf : buf; p -= lr d.  buf is unused (may
+ * be NULL) when momentum is 0.  Nesterov needs momentum > 0 and dampening 0
+ * (PyTorch refuses it otherwise; here it latches TD_EINVAL). */
+typedef struct td_sgdm_hparams {
+  float lr, momentum, dampening, weight_decay;
+  bool nesterov;
+  uint64_t step; /* 1-based update count: step 1 starts the momentum buffer */
+} td_sgdm_hparams;
+void td_backend_sgd_momentum(td_backend *be, float *param, const float *grad, float *buf,
+                             size_t n, const td_sgdm_hparams *h);
+
+/* PyTorch's AdamW: decoupled weight decay, p *= 1 - lr weight_decay, then
+ * Adam's update without weight decay in the gradient. */
+void td_backend_adamw(td_backend *be, float *param, const float *grad, float *m, float *v,
+                      size_t n, const td_adam_hparams *h);
+
+/* acc[0] += the sum of x[i]^2 (a device float: the result stays there). */
+void td_backend_sumsq(td_backend *be, const float *x, size_t n, float *acc);
+/* From norm[0], a sum of squares: norm[1] = min(1, max_norm / (sqrt(norm[0])
+ * + 1e-6)), the factor clip_grad_norm_ multiplies the gradients by. */
+void td_backend_clip_coef(td_backend *be, float *norm, float max_norm);
+/* x[i] *= alpha * coef[0]; coef NULL is 1 (then alpha alone: unscaling). */
+void td_backend_scale(td_backend *be, float *x, size_t n, float alpha, const float *coef);
+/* flag[0] = 1 if any x[i] is inf or NaN; left as it was otherwise. */
+void td_backend_check_finite(td_backend *be, const float *x, size_t n, float *flag);
+
+/* torch.nn.utils.clip_grad_norm_(grads, max_norm) over count device tensors
+ * (xs[i] of ns[i] floats; the lists are host memory).  norm is 2 device
+ * floats: [0] the sum of squares of all of them (the total norm's square),
+ * [1] the factor they were multiplied by.  Composed of the ops above. */
+void td_backend_clip_grad_norm(td_backend *be, float *const *xs, const size_t *ns,
+                               size_t count, float max_norm, float *norm);
+
+/* Half-precision storage (common/half.h): y = x rounded to fp16 or bf16 with
+ * the GPU's conversion, bit for bit; and back, exactly. */
+void td_backend_to_half(td_backend *be, td_half_kind kind, const float *x, uint16_t *y,
+                        size_t n);
+void td_backend_from_half(td_backend *be, td_half_kind kind, const uint16_t *x, float *y,
+                          size_t n);
+/* x = x rounded to fp16 or bf16 and back, in place: an fp32 tensor that holds
+ * exactly what a half-precision one would (values past the format's range
+ * become inf, as on a GPU), for running the mixed-precision logic on fp32
+ * buffers. */
+void td_backend_round_half(td_backend *be, td_half_kind kind, float *x, size_t n);
 
 /* OpenBLAS 0.3.21 does not recognise some newer x86 CPUs (Sapphire Rapids)
  * and falls back to its Prescott kernels, about 3x slower.  This names the

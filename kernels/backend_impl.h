@@ -82,6 +82,25 @@ typedef struct td_backend_ops {
                         size_t rows, size_t cols, const float *gamma,
                         const float *save_mean, const float *save_invstd, float beta,
                         float *dgamma, float *dbeta);
+
+  /* Optimisers.  sgd_momentum: first is step 1 (the buffer starts as d).
+   * adamw: decay = 1 - lr weight_decay, step_size = lr / bc1, and
+   * bc2_sqrt = sqrt(1 - beta2^step): p = p decay - step_size m / (sqrt(v) /
+   * bc2_sqrt + eps), PyTorch's order of operations. */
+  void (*sgd_momentum)(td_backend *be, float *p, const float *g, float *buf, size_t n,
+                       float lr, float momentum, float dampening, float weight_decay,
+                       bool nesterov, bool first);
+  void (*adamw)(td_backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                float beta1, float beta2, float eps, float decay, float step_size,
+                float bc2_sqrt);
+  void (*sumsq)(td_backend *be, const float *x, size_t n, float *acc);
+  void (*clip_coef)(td_backend *be, float *norm, float max_norm);
+  void (*scale)(td_backend *be, float *x, size_t n, float alpha, const float *coef);
+  void (*check_finite)(td_backend *be, const float *x, size_t n, float *flag);
+  void (*to_half)(td_backend *be, td_half_kind kind, const float *x, uint16_t *y, size_t n);
+  void (*from_half)(td_backend *be, td_half_kind kind, const uint16_t *x, float *y,
+                    size_t n);
+  void (*round_half)(td_backend *be, td_half_kind kind, float *x, size_t n);
 } td_backend_ops;
 
 struct td_backend {

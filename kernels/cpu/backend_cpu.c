@@ -192,6 +192,15 @@ static const td_backend_ops cpu_ops = {
     .batchnorm2d_bwd = td__cpu_batchnorm2d_bwd,
     .layernorm_fwd = td__cpu_layernorm_fwd,
     .layernorm_bwd = td__cpu_layernorm_bwd,
+    .sgd_momentum = td__cpu_sgd_momentum,
+    .adamw = td__cpu_adamw,
+    .sumsq = td__cpu_sumsq,
+    .clip_coef = td__cpu_clip_coef,
+    .scale = td__cpu_scale,
+    .check_finite = td__cpu_check_finite,
+    .to_half = td__cpu_to_half,
+    .from_half = td__cpu_from_half,
+    .round_half = td__cpu_round_half,
 };
 
 int td__backend_cpu_init(td_backend *be, int ordinal, char *err, size_t errlen) {

@@ -58,4 +58,20 @@ void td__cpu_layernorm_bwd(td_backend *be, const float *x, const float *dy, floa
                            const float *save_mean, const float *save_invstd, float beta,
                            float *dgamma, float *dbeta);
 
+/* optim.c */
+void td__cpu_sgd_momentum(td_backend *be, float *p, const float *g, float *buf, size_t n,
+                          float lr, float momentum, float dampening, float weight_decay,
+                          bool nesterov, bool first);
+void td__cpu_adamw(td_backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                   float beta1, float beta2, float eps, float decay, float step_size,
+                   float bc2_sqrt);
+void td__cpu_sumsq(td_backend *be, const float *x, size_t n, float *acc);
+void td__cpu_clip_coef(td_backend *be, float *norm, float max_norm);
+void td__cpu_scale(td_backend *be, float *x, size_t n, float alpha, const float *coef);
+void td__cpu_check_finite(td_backend *be, const float *x, size_t n, float *flag);
+void td__cpu_to_half(td_backend *be, td_half_kind kind, const float *x, uint16_t *y, size_t n);
+void td__cpu_from_half(td_backend *be, td_half_kind kind, const uint16_t *x, float *y,
+                       size_t n);
+void td__cpu_round_half(td_backend *be, td_half_kind kind, float *x, size_t n);
+
 #endif

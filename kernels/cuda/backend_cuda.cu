@@ -9,6 +9,7 @@
 #include "backend_cuda.cuh"
 #include "conv.cuh"
 #include "norm.cuh"
+#include "optim.cuh"
 
 namespace {
 
@@ -262,6 +263,15 @@ const td_backend_ops cuda_ops = {
     .batchnorm2d_bwd = td__cuda_batchnorm2d_bwd,
     .layernorm_fwd = td__cuda_layernorm_fwd,
     .layernorm_bwd = td__cuda_layernorm_bwd,
+    .sgd_momentum = td__cuda_sgd_momentum,
+    .adamw = td__cuda_adamw,
+    .sumsq = td__cuda_sumsq,
+    .clip_coef = td__cuda_clip_coef,
+    .scale = td__cuda_scale,
+    .check_finite = td__cuda_check_finite,
+    .to_half = td__cuda_to_half,
+    .from_half = td__cuda_from_half,
+    .round_half = td__cuda_round_half,
 };
 
 } // namespace

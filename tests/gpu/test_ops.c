@@ -487,6 +487,85 @@ START_TEST(test_layernorm) {
 }
 END_TEST
 
+/* SGD with Nesterov and with dampening, AdamW, over three steps; the
+ * global-norm clip, the finite check and half-precision storage. */
+START_TEST(test_optimisers_full) {
+  enum { N = 100003 };
+  const td_sgdm_hparams nest = {.lr = 0.05f, .momentum = 0.9f, .weight_decay = 1e-3f,
+                                .nesterov = true};
+  const td_sgdm_hparams damp = {.lr = 0.05f, .momentum = 0.8f, .dampening = 0.3f};
+  gpu g;
+
+  gpu_open(&g);
+  twin *p = tw_rand(&g, N, 1, 0), *q = tw_rand(&g, N, 1, 0), *r = tw_rand(&g, N, 1, 0);
+  twin *gr = tw_rand(&g, N, 1, 0), *bp = tw_zero(&g, N), *bq = tw_zero(&g, N);
+  twin *m = tw_zero(&g, N), *v = tw_zero(&g, N);
+  for (uint64_t step = 1; step <= 3; step++) {
+    const td_adam_hparams ah = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                                .weight_decay = 0.01f, .step = step};
+    td_sgdm_hparams hn = nest, hd = damp;
+    hn.step = hd.step = step;
+    for (int b = 0; b < NB; b++) {
+      td_backend_sgd_momentum(g.be[b], P(p, b), P(gr, b), P(bp, b), N, &hn);
+      td_backend_sgd_momentum(g.be[b], P(q, b), P(gr, b), P(bq, b), N, &hd);
+      td_backend_adamw(g.be[b], P(r, b), P(gr, b), P(m, b), P(v, b), N, &ah);
+    }
+  }
+  tw_expect(&g, p, "nesterov param");
+  tw_expect(&g, bp, "nesterov buffer");
+  tw_expect(&g, q, "dampened param");
+  tw_expect(&g, r, "adamw param");
+  tw_expect(&g, m, "adamw m");
+  tw_expect(&g, v, "adamw v");
+  gpu_close(&g);
+}
+END_TEST
+
+START_TEST(test_clip_finite_half) {
+  enum { N = 70001, M = 513 };
+  const uint64_t hbytes[NB] = {N * sizeof(uint16_t), N * sizeof(uint16_t)};
+  const float inf = INFINITY;
+  uint16_t *h[NB];
+  gpu g;
+
+  gpu_open(&g);
+  twin *x = tw_rand(&g, N, 3, 0), *y = tw_rand(&g, M, 0.5f, 0.1f), *norm = tw_zero(&g, 2);
+  twin *clean = tw_zero(&g, 1), *dirty = tw_zero(&g, 1), *hx = tw_alloc(&g, NULL, hbytes, N);
+  twin *back = tw_zero(&g, N), *rounded = tw_rand(&g, N, 3e4f, 0);
+  for (int b = 0; b < NB; b++) {
+    float *xs[2] = {P(x, b), P(y, b)};
+    const size_t ns[2] = {N, M};
+
+    td_backend_clip_grad_norm(g.be[b], xs, ns, 2, 10.0f, P(norm, b));
+    td_backend_check_finite(g.be[b], P(x, b), N, P(clean, b));
+    td_backend_to_half(g.be[b], _i ? TD_HALF_BF16 : TD_HALF_F16, P(x, b), hx->b[b].ptr, N);
+    td_backend_from_half(g.be[b], _i ? TD_HALF_BF16 : TD_HALF_F16, hx->b[b].ptr, P(back, b),
+                         N);
+    td_backend_round_half(g.be[b], _i ? TD_HALF_BF16 : TD_HALF_F16, P(rounded, b), N);
+    td_backend_upload(g.be[b], P(y, b) + M - 1, &inf, sizeof(inf));
+    td_backend_check_finite(g.be[b], P(y, b), M, P(dirty, b));
+  }
+  tw_expect(&g, norm, "clip norm and factor");
+  tw_expect(&g, x, "clipped x");
+  tw_expect(&g, clean, "finite flag, clean");
+  tw_expect(&g, dirty, "finite flag, inf");
+  tw_expect(&g, back, "half widened");
+  tw_expect(&g, rounded, "rounded in place");
+  /* the rounding is the GPU's, bit for bit */
+  for (int b = 0; b < NB; b++) {
+    h[b] = malloc(N * sizeof(uint16_t));
+    ck_assert_ptr_nonnull(h[b]);
+    td_backend_download(g.be[b], h[b], hx->b[b].ptr, N * sizeof(uint16_t));
+    ck_assert_int_eq(td_backend_sync(g.be[b]), 0);
+  }
+  ck_assert_msg(memcmp(h[0], h[1], N * sizeof(uint16_t)) == 0, "%s bits differ",
+                _i ? "bf16" : "fp16");
+  free(h[0]);
+  free(h[1]);
+  gpu_close(&g);
+}
+END_TEST
+
 static Suite *ops_suite(void) {
   Suite *s = suite_create("gpu_ops");
   TCase *tc = tcase_create("cpu_vs_cuda");
@@ -498,6 +577,8 @@ static Suite *ops_suite(void) {
   tcase_add_test(tc, test_dropout);
   tcase_add_test(tc, test_softmax_xent);
   tcase_add_test(tc, test_optimisers);
+  tcase_add_test(tc, test_optimisers_full);
+  tcase_add_loop_test(tc, test_clip_finite_half, 0, 2);
   tcase_add_test(tc, test_dense);
   tcase_add_loop_test(tc, test_conv2d, 0, (int)TD_ARRAY_SIZE(conv_cases));
   tcase_add_test(tc, test_conv2d_short_workspace);

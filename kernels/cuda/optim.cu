@@ -1,0 +1,178 @@
+/* Optimisers, gradient clipping, the finite check and half-precision
+ * storage: element-wise kernels in the CPU backend's order of operations
+ * (kernels/cpu/optim.c). */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "optim.cuh"
+
+namespace {
+
+/* One block sums the squares: the order is fixed, so a clipped step is the
+ * same on every run (a resumed job must match an undisturbed one). */
+constexpr int kSumsqThreads = 1024;
+
+__global__ void sgd_momentum_kernel(float *p, const float *g, float *buf, size_t n, float lr,
+                                    float momentum, float dampening, float weight_decay,
+                                    bool nesterov, bool first) {
+  const float keep = 1.0f - dampening;
+
+  TD_GRID_STRIDE(i, n) {
+    float d = g[i] + weight_decay * p[i];
+    if (momentum != 0.0f) {
+      float b = first ? d : momentum * buf[i] + keep * d;
+      buf[i] = b;
+      d = nesterov ? d + momentum * b : b;
+    }
+    p[i] -= lr * d;
+  }
+}
+
+__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_t n,
+                             float beta1, float beta2, float eps, float decay, float step_size,
+                             float bc2_sqrt) {
+  const float one_b1 = 1.0f - beta1, one_b2 = 1.0f - beta2;
+
+  TD_GRID_STRIDE(i, n) {
+    float gi = g[i];
+    float mi = beta1 * m[i] + one_b1 * gi;
+    float vi = beta2 * v[i] + one_b2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+  }
+}
+
+__global__ void sumsq_kernel(const float *x, size_t n, float *acc) {
+  __shared__ double part[kSumsqThreads / 32];
+  const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  double s = 0.0;
+
+  for (size_t i = threadIdx.x; i < n; i += blockDim.x)
+    s += (double)x[i] * x[i];
+  for (int o = 16; o > 0; o >>= 1)
+    s += __shfl_down_sync(0xffffffffu, s, o);
+  if (lane == 0)
+    part[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    s = lane < (blockDim.x >> 5) ? part[lane] : 0.0;
+    for (int o = 16; o > 0; o >>= 1)
+      s += __shfl_down_sync(0xffffffffu, s, o);
+    if (lane == 0)
+      acc[0] = (float)((double)acc[0] + s);
+  }
+}
+
+__global__ void clip_coef_kernel(float *norm, float max_norm) {
+  float c = max_norm / (sqrtf(norm[0]) + 1e-6f);
+
+  norm[1] = c > 1.0f ? 1.0f : c;
+}
+
+__global__ void scale_kernel(float *x, size_t n, float alpha, const float *coef) {
+  const float c = coef != nullptr ? alpha * coef[0] : alpha;
+
+  TD_GRID_STRIDE(i, n) x[i] *= c;
+}
+
+__global__ void check_finite_kernel(const float *x, size_t n, float *flag) {
+  TD_GRID_STRIDE(i, n) {
+    if (!isfinite(x[i]))
+      flag[0] = 1.0f; /* every writer stores the same value */
+  }
+}
+
+__global__ void to_f16_kernel(const float *x, uint16_t *y, size_t n) {
+  TD_GRID_STRIDE(i, n) y[i] = __half_as_ushort(__float2half_rn(x[i]));
+}
+
+__global__ void to_bf16_kernel(const float *x, uint16_t *y, size_t n) {
+  TD_GRID_STRIDE(i, n) y[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
+}
+
+__global__ void from_f16_kernel(const uint16_t *x, float *y, size_t n) {
+  TD_GRID_STRIDE(i, n) y[i] = __half2float(__ushort_as_half(x[i]));
+}
+
+__global__ void from_bf16_kernel(const uint16_t *x, float *y, size_t n) {
+  TD_GRID_STRIDE(i, n) y[i] = __bfloat162float(__ushort_as_bfloat16(x[i]));
+}
+
+__global__ void round_f16_kernel(float *x, size_t n) {
+  TD_GRID_STRIDE(i, n) x[i] = __half2float(__float2half_rn(x[i]));
+}
+
+__global__ void round_bf16_kernel(float *x, size_t n) {
+  TD_GRID_STRIDE(i, n) x[i] = __bfloat162float(__float2bfloat16_rn(x[i]));
+}
+
+} // namespace
+
+void td__cuda_sgd_momentum(td_backend *be, float *p, const float *g, float *buf, size_t n,
+                           float lr, float momentum, float dampening, float weight_decay,
+                           bool nesterov, bool first) {
+  sgd_momentum_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda_stream(be)>>>(
+      p, g, buf, n, lr, momentum, dampening, weight_decay, nesterov, first);
+  TD_CU_CHECK_LAUNCH(be);
+}
+
+void td__cuda_adamw(td_backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                    float beta1, float beta2, float eps, float decay, float step_size,
+                    float bc2_sqrt) {
+  adamw_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda_stream(be)>>>(
+      p, g, m, v, n, beta1, beta2, eps, decay, step_size, bc2_sqrt);
+  TD_CU_CHECK_LAUNCH(be);
+}
+
+void td__cuda_sumsq(td_backend *be, const float *x, size_t n, float *acc) {
+  sumsq_kernel<<<1, kSumsqThreads, 0, td_cuda_stream(be)>>>(x, n, acc);
+  TD_CU_CHECK_LAUNCH(be);
+}
+
+void td__cuda_clip_coef(td_backend *be, float *norm, float max_norm) {
+  clip_coef_kernel<<<1, 1, 0, td_cuda_stream(be)>>>(norm, max_norm);
+  TD_CU_CHECK_LAUNCH(be);
+}
+
+void td__cuda_scale(td_backend *be, float *x, size_t n, float alpha, const float *coef) {
+  scale_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda_stream(be)>>>(x, n, alpha, coef);
+  TD_CU_CHECK_LAUNCH(be);
+}
+
+void td__cuda_check_finite(td_backend *be, const float *x, size_t n, float *flag) {
+  check_finite_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda_stream(be)>>>(x, n, flag);
+  TD_CU_CHECK_LAUNCH(be);
+}
+
+void td__cuda_to_half(td_backend *be, td_half_kind kind, const float *x, uint16_t *y,
+                      size_t n) {
+  cudaStream_t s = td_cuda_stream(be);
+
+  if (kind == TD_HALF_BF16)
+    to_bf16_kernel<<<td_cuda_blocks(n), kTdThreads, 0, s>>>(x, y, n);
+  else
+    to_f16_kernel<<<td_cuda_blocks(n), kTdThreads, 0, s>>>(x, y, n);
+  TD_CU_CHECK_LAUNCH(be);
+}
+
+void td__cuda_from_half(td_backend *be, td_half_kind kind, const uint16_t *x, float *y,
+                        size_t n) {
+  cudaStream_t s = td_cuda_stream(be);
+
+  if (kind == TD_HALF_BF16)
+    from_bf16_kernel<<<td_cuda_blocks(n), kTdThreads, 0, s>>>(x, y, n);
+  else
+    from_f16_kernel<<<td_cuda_blocks(n), kTdThreads, 0, s>>>(x, y, n);
+  TD_CU_CHECK_LAUNCH(be);
+}
+
+void td__cuda_round_half(td_backend *be, td_half_kind kind, float *x, size_t n) {
+  cudaStream_t s = td_cuda_stream(be);
+
+  if (kind == TD_HALF_BF16)
+    round_bf16_kernel<<<td_cuda_blocks(n), kTdThreads, 0, s>>>(x, n);
+  else
+    round_f16_kernel<<<td_cuda_blocks(n), kTdThreads, 0, s>>>(x, n);
+  TD_CU_CHECK_LAUNCH(be);
+}

@@ -45,14 +45,16 @@ static void td__pack_plan_map(td_pack *p, const td_plan *pl) {
   td_pack_kv_u64(p, "total", pl->total);
 }
 
-/* The short form `list` shows. */
-static void td__pack_job_row(td_pack *p, const td_job *j) {
-  td_pack_map(p, 12);
+#define TD_JOB_ROW_FIELDS 13
+
+/* The fields of a `list` row; `show` sends these and more. */
+static void td__pack_job_fields(td_pack *p, const td_job *j) {
   td_pack_kv_u64(p, "id", j->id);
   td_pack_kv_str(p, "name", j->name);
   td_pack_kv_str(p, "owner", j->owner);
   td_pack_kv_str(p, "state", td_job_state_name(j->state));
   td_pack_kv_str(p, "device", j->device);
+  td_pack_kv_i64(p, "priority", j->priority);
   td_pack_kv_i64(p, "submitted_ms", j->submitted_ms);
   td_pack_kv_u64(p, "epoch", j->epoch);
   td_pack_kv_u64(p, "epochs", j->epochs);
@@ -62,25 +64,18 @@ static void td__pack_job_row(td_pack *p, const td_job *j) {
   td_pack_kv_f64(p, "accuracy", j->accuracy);
 }
 
+static void td__pack_job_row(td_pack *p, const td_job *j) {
+  td_pack_map(p, TD_JOB_ROW_FIELDS);
+  td__pack_job_fields(p, j);
+}
+
 static void td__pack_job_full(td_pack *p, const td_job *j) {
-  td_pack_map(p, 23);
-  td_pack_kv_u64(p, "id", j->id);
-  td_pack_kv_str(p, "name", j->name);
-  td_pack_kv_str(p, "owner", j->owner);
+  td_pack_map(p, TD_JOB_ROW_FIELDS + 10);
+  td__pack_job_fields(p, j);
   td_pack_kv_u64(p, "retries", j->retries);
   td_pack_kv_u64(p, "mem", j->mem);
-  td_pack_kv_str(p, "state", td_job_state_name(j->state));
-  td_pack_kv_str(p, "device", j->device);
-  td_pack_kv_i64(p, "priority", j->priority);
-  td_pack_kv_i64(p, "submitted_ms", j->submitted_ms);
   td_pack_kv_i64(p, "started_ms", j->started_ms);
   td_pack_kv_i64(p, "finished_ms", j->finished_ms);
-  td_pack_kv_u64(p, "epoch", j->epoch);
-  td_pack_kv_u64(p, "epochs", j->epochs);
-  td_pack_kv_u64(p, "step", j->step);
-  td_pack_kv_u64(p, "steps", j->steps);
-  td_pack_kv_f64(p, "loss", j->loss);
-  td_pack_kv_f64(p, "accuracy", j->accuracy);
   td_pack_kv_f64(p, "samples_per_sec", j->samples_per_sec);
   td_pack_kv_f64(p, "data_wait", j->data_wait);
   td_pack_kv_str(p, "model", j->model);

@@ -217,6 +217,28 @@ void td_sched_run(td_daemon *d) {
   }
 }
 
+/* A new job arrived and nothing else changed since the last pass, so only
+ * it can newly start: try it alone instead of walking the whole queue
+ * (which plans every queued job when the head is blocked). */
+void td_sched_submitted(td_daemon *d, td_job *j) {
+  td_job *head;
+  td_device *dev;
+  td_plan plan;
+
+  if (d->stopping)
+    return;
+  head = td__first_queued(d, 0, &dev, &plan);
+  if (head == j || d->head_wait_since == 0) {
+    td_sched_run(d);
+    return;
+  }
+  if (td_now_mono() - d->head_wait_since > TD_BACKFILL_WINDOW_S)
+    return;
+  dev = td__pick(d, j, &plan);
+  if (dev != NULL)
+    td__admit(d, j, dev, &plan);
+}
+
 /* The smallest plan the job may run at. */
 static int td__min_plan(const td_job *j, td_plan *out) {
   return td_plan_compute(j->spec, td_jobspec_min_micro_batch(j->spec), j->spec->precision,

@@ -221,6 +221,7 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
           (unsigned long long)j->id, j->name, (unsigned long long)j->plan.total,
           j->plan.micro_batch);
   td_publish_state(d, j);
+  td_sched_submitted(d, j);
   td__reply_submitted(rep, j, 0);
   return 0;
 
@@ -653,7 +654,7 @@ static const struct {
   td_op_fn fn;
   int changes;
 } td__ops[] = {
-    {"submit", td__op_submit, 1},   {"list", td__op_list, 0},
+    {"submit", td__op_submit, 0},   {"list", td__op_list, 0},
     {"show", td__op_show, 0},       {"cancel", td__op_cancel, 1},
     {"info", td__op_info, 0},       {"devices", td__op_devices, 0},
     {"device", td__op_device, 1},   {"logs", td__op_logs, 0},

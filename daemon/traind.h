@@ -113,6 +113,9 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg);
 void td_sched_init(td_daemon *d);
 /* Admit queued jobs that fit, highest priority first; start them. */
 void td_sched_run(td_daemon *d);
+/* Admission after a submit: only the new job is tried, unless it heads
+ * the queue. */
+void td_sched_submitted(td_daemon *d, td_job *j);
 /* 0 if the job fits some device it may use when that is empty, at its
  * smallest allowed micro-batch or more; j->plan becomes the plan on the
  * largest such device.  TD_ENOFIT with a message naming the numbers (and

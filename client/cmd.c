@@ -359,6 +359,7 @@ static const struct show_row {
   {"progress", NULL, SHOW_PROGRESS},
   {"loss", "loss", SHOW_METRIC},
   {"test accuracy", "accuracy", SHOW_METRIC},
+  {"val accuracy", "val_accuracy", SHOW_METRIC},
   {"model", "model", SHOW_STR},
 };
 

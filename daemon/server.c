@@ -70,7 +70,7 @@ static void td__pack_job_row(td_pack *p, const td_job *j) {
 }
 
 static void td__pack_job_full(td_pack *p, const td_job *j) {
-  td_pack_map(p, TD_JOB_ROW_FIELDS + 10);
+  td_pack_map(p, TD_JOB_ROW_FIELDS + 11);
   td__pack_job_fields(p, j);
   td_pack_kv_u64(p, "retries", j->retries);
   td_pack_kv_u64(p, "mem", j->mem);
@@ -78,6 +78,7 @@ static void td__pack_job_full(td_pack *p, const td_job *j) {
   td_pack_kv_i64(p, "finished_ms", j->finished_ms);
   td_pack_kv_f64(p, "samples_per_sec", j->samples_per_sec);
   td_pack_kv_f64(p, "data_wait", j->data_wait);
+  td_pack_kv_f64(p, "val_accuracy", j->val_accuracy);
   td_pack_kv_str(p, "model", j->model);
   td_pack_kv_str(p, "error", j->error);
   td__pack_plan(p, &j->plan);
@@ -144,6 +145,7 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   if (j == NULL)
     return TD_ENOMEM;
   j->accuracy = -1;
+  j->val_accuracy = -1;
   j->spec = malloc(sizeof(*j->spec));
   j->yaml = strndup(yaml, ylen);
   if (j->spec == NULL || j->yaml == NULL) {
@@ -170,12 +172,6 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
     snprintf(err, errlen, "the loader reads %s samples, but the trainer takes uint8 samples "
              "only for now; store the data as uint8", td_dtype_name(info.dtype));
     rc = TD_EDATA;
-    goto free_job;
-  }
-  if (j->spec->val_fraction > 0 || j->spec->val_count > 0) {
-    snprintf(err, errlen, "data.validation: the trainer does not evaluate a validation split "
-             "yet; leave it out and use the test set");
-    rc = TD_EJOBSPEC;
     goto free_job;
   }
   td_obj_cstr(req, "name", name, sizeof(name));

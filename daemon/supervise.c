@@ -169,6 +169,8 @@ static void td__on_event(td_run *r, const char *line) {
     j->accuracy = td__kv_f64(line, "accuracy", j->accuracy);
     td_publish_eval(d, j, (uint32_t)td__kv_f64(line, "epoch", 0), j->accuracy,
                     td__kv_f64(line, "loss", 0));
+  } else if (strcmp(word, "val") == 0) {
+    j->val_accuracy = td__kv_f64(line, "accuracy", j->val_accuracy);
   } else if (strcmp(word, "done") == 0) {
     r->done_seen = 1;
     j->accuracy = td__kv_f64(line, "accuracy", j->accuracy);

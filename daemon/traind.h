@@ -48,6 +48,7 @@ typedef struct td_job {
   /* progress, from the worker's events */
   uint32_t epoch, epochs, step, steps;
   double loss, accuracy, samples_per_sec;
+  double val_accuracy;     /* on the validation split; -1 if none */
   double data_wait;        /* fraction of the worker's time spent waiting for data */
   double started_mono;
 

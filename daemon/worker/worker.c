@@ -258,7 +258,7 @@ typedef struct trainer {
   td_backend *be;
   td_model *model;
   td_ring *ring;
-  pass train, test;
+  pass train, test, val;
   uint32_t epoch, test_epoch;
   double epoch_start, last_progress, train_time;
   uint64_t train_samples;
@@ -399,6 +399,32 @@ static int on_test(trainer *t, const td_batch_hdr *h, const uint8_t *px, const u
   return 0;
 }
 
+/* Validation batches (held out of the train set) are evaluated like test
+ * batches and reported on their own, once per epoch. */
+static int on_val(trainer *t, const td_batch_hdr *h, const uint8_t *px, const uint8_t *lb) {
+  td_step_stats st;
+  int rc;
+
+  for (int tries = 0; (rc = td_model_eval(t->model, px, lb, h->count, &st)) == TD_EOOM &&
+                      tries < 3; tries++)
+    on_oom(NULL, td_model_last_oom(t->model));
+  if (rc < 0)
+    return fail(rc, "epoch %u validation batch %u: %s", h->epoch + 1, h->index + 1,
+                td_model_error(t->model));
+  t->val.loss_sum += st.loss_sum;
+  t->val.correct += st.correct;
+  t->val.count += st.count;
+  if (h->index + 1 == h->nbatches && t->val.count > 0) {
+    double acc = (double)t->val.correct / (double)t->val.count;
+    double loss = t->val.loss_sum / (double)t->val.count;
+
+    emit("val epoch=%u accuracy=%.6f loss=%.6f", h->epoch + 1, acc, loss);
+    td_info("epoch %u: validation accuracy %.4f, loss %.4f", h->epoch + 1, acc, loss);
+    t->val = (pass){0};
+  }
+  return 0;
+}
+
 static int on_end(trainer *t) {
   char epochs[16], acc[32], seed[32];
   const td_st_meta meta[] = {
@@ -460,10 +486,12 @@ static int train(trainer *t) {
     switch (h->kind) {
     case TD_BATCH_TRAIN:
     case TD_BATCH_TEST:
+    case TD_BATCH_VAL:
       if ((rc = check_batch(h, len, t->spec, l, why, sizeof(why))) < 0)
         return fail(rc, "bad batch from the loader: %s", why);
-      rc = (h->kind == TD_BATCH_TRAIN ? on_train : on_test)(t, h, td_batch_pixels(h),
-                                                              td_batch_labels(h));
+      rc = (h->kind == TD_BATCH_TRAIN  ? on_train
+            : h->kind == TD_BATCH_TEST ? on_test
+                                       : on_val)(t, h, td_batch_pixels(h), td_batch_labels(h));
       if (rc != 0)
         return rc;
       break;

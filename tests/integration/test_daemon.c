@@ -440,6 +440,39 @@ START_TEST(restart_keeps_jobs) {
 }
 END_TEST
 
+START_TEST(validation_split_is_evaluated) {
+  char job[512], text[4096];
+  double val = -1;
+  uint64_t id;
+  td_msg *m;
+  const msgpack_object *j;
+
+  start_daemon("2GiB");
+  snprintf(job, sizeof(job), "%s/val.yaml", g_dir);
+  write_job(job, "val", 32, 1, 2000, 100);
+  /* The same job with 400 of its 2000 train samples held out. */
+  {
+    FILE *f = fopen(job, "r");
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    char *at;
+    fclose(f);
+    text[n] = '\0';
+    at = strstr(text, "  normalize:");
+    ck_assert(at != NULL);
+    memmove(at + 30, at, strlen(at) + 1);
+    memcpy(at, "  validation: {count: 400}   \n", 30);
+    write_text(job, text);
+  }
+  id = submit(job);
+  wait_state(id, "succeeded", 60);
+  m = request("show", id);
+  ck_assert(td_obj_map(td_msg_root(m), "job", &j) == 0);
+  ck_assert(td_obj_f64(j, "val_accuracy", &val) == 0);
+  ck_assert_msg(val > 0.3 && val <= 1.0, "validation accuracy %f", val);
+  td_msg_free(m);
+}
+END_TEST
+
 static Suite *daemon_suite(void) {
   Suite *s = suite_create("daemon");
   TCase *tc = tcase_create("jobs");
@@ -452,6 +485,7 @@ static Suite *daemon_suite(void) {
   tcase_add_test(tc, cancel_stops_running_job);
   tcase_add_test(tc, bad_job_file_is_refused_and_daemon_serves);
   tcase_add_test(tc, restart_keeps_jobs);
+  tcase_add_test(tc, validation_split_is_evaluated);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -262,8 +262,8 @@ int td_db_update(td_db *db, const td_job *j, const char *detail) {
   sqlite3_bind_double(st, 5, j->loss);
   sqlite3_bind_double(st, 6, j->accuracy);
   sqlite3_bind_double(st, 7, j->samples_per_sec);
-  sqlite3_bind_text(st, 8, j->model, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 9, j->error, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 8, TD_JOB_STR(j->model), -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 9, TD_JOB_STR(j->error), -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 10, j->exit_status);
   sqlite3_bind_int64(st, 11, j->epoch);
   sqlite3_bind_int64(st, 12, j->epochs);
@@ -337,8 +337,8 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
     j->loss = sqlite3_column_double(st, 11);
     j->accuracy = sqlite3_column_double(st, 12);
     j->samples_per_sec = sqlite3_column_double(st, 13);
-    td__col_str(st, 14, j->model, sizeof(j->model));
-    td__col_str(st, 15, j->error, sizeof(j->error));
+    td_job_set(&j->model, (const char *)sqlite3_column_text(st, 14));
+    td_job_set(&j->error, (const char *)sqlite3_column_text(st, 15));
     j->exit_status = sqlite3_column_int(st, 16);
     j->epoch = (uint32_t)sqlite3_column_int(st, 17);
     j->step = (uint32_t)sqlite3_column_int(st, 18);

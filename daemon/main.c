@@ -43,9 +43,19 @@ static int td__terminal(td_job_state s) {
   return s == TD_JOB_SUCCEEDED || s == TD_JOB_FAILED || s == TD_JOB_CANCELLED;
 }
 
+void td_job_set(char **field, const char *s) {
+  char *copy = s != NULL && s[0] != '\0' ? strdup(s) : NULL;
+
+  /* Out of memory loses a message, never the job. */
+  free(*field);
+  *field = copy;
+}
+
 void td_job_free(td_job *j) {
   if (j == NULL)
     return;
+  free(j->model);
+  free(j->error);
   free(j->yaml);
   free(j->spec);
   free(j);
@@ -121,7 +131,7 @@ static int td__restore(void *arg, td_job *j) {
   if (rc < 0) {
     /* The config may have changed under it (a smaller budget, a device
      * gone): fail it with the reason rather than keep it forever. */
-    td_strlcpy(j->error, err, sizeof(j->error));
+    td_job_set(&j->error, err);
     j->finished_ms = td_now_unix_ms();
     td_job_transition(d, j, TD_JOB_FAILED, err);
     return 0;

@@ -131,7 +131,7 @@ static int td__admit(td_daemon *d, td_job *j, td_device *dev, const td_plan *pla
   rc = td_run_start(d, j, err, sizeof(err));
   if (rc < 0) {
     td_sched_release(d, j);
-    td_strlcpy(j->error, err, sizeof(j->error));
+    td_job_set(&j->error, err);
     j->finished_ms = td_now_unix_ms();
     td_job_transition(d, j, TD_JOB_FAILED, err);
     return rc;

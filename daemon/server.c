@@ -79,8 +79,8 @@ static void td__pack_job_full(td_pack *p, const td_job *j) {
   td_pack_kv_f64(p, "samples_per_sec", j->samples_per_sec);
   td_pack_kv_f64(p, "data_wait", j->data_wait);
   td_pack_kv_f64(p, "val_accuracy", j->val_accuracy);
-  td_pack_kv_str(p, "model", j->model);
-  td_pack_kv_str(p, "error", j->error);
+  td_pack_kv_str(p, "model", TD_JOB_STR(j->model));
+  td_pack_kv_str(p, "error", TD_JOB_STR(j->error));
   td__pack_plan(p, &j->plan);
   td_pack_kv_i64(p, "exit_status", j->exit_status);
 }
@@ -285,7 +285,7 @@ static int td__op_cancel(td_daemon *d, const msgpack_object *req, td_pack *rep, 
     return rc;
   switch (j->state) {
   case TD_JOB_QUEUED:
-    td_strlcpy(j->error, "cancelled", sizeof(j->error));
+    td_job_set(&j->error, "cancelled");
     j->finished_ms = td_now_unix_ms();
     td_job_transition(d, j, TD_JOB_CANCELLED, "cancelled while queued");
     break;
@@ -801,7 +801,7 @@ void td_publish_state(td_daemon *d, const td_job *j) {
   td_pack_kv_str(&p, "name", j->name);
   td_pack_kv_str(&p, "state", td_job_state_name(j->state));
   td_pack_kv_str(&p, "device", j->device);
-  td_pack_kv_str(&p, "error", j->error);
+  td_pack_kv_str(&p, "error", TD_JOB_STR(j->error));
   td__publish(d, &p);
 }
 

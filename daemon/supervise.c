@@ -172,10 +172,13 @@ static void td__on_event(td_run *r, const char *line) {
   } else if (strcmp(word, "val") == 0) {
     j->val_accuracy = td__kv_f64(line, "accuracy", j->val_accuracy);
   } else if (strcmp(word, "done") == 0) {
+    char model[TD_PATH_MAX];
+
     r->done_seen = 1;
     j->accuracy = td__kv_f64(line, "accuracy", j->accuracy);
     j->samples_per_sec = td__kv_f64(line, "samples_per_sec", j->samples_per_sec);
-    td__kv(line, "model", j->model, sizeof(j->model));
+    if (td__kv(line, "model", model, sizeof(model)) == 0)
+      td_job_set(&j->model, model);
   } else if (strcmp(word, "error") == 0) {
     td__kv(line, "msg", r->error_event, sizeof(r->error_event));
   } else if (strcmp(word, "plan") == 0) {
@@ -359,7 +362,7 @@ static void td__run_finish(td_run *r) {
   } else {
     j->finished_ms = td_now_unix_ms();
     if (s != TD_JOB_SUCCEEDED)
-      td_strlcpy(j->error, why, sizeof(j->error));
+      td_job_set(&j->error, why);
   }
   free(r);
   td_job_transition(d, j, s, why);

@@ -52,8 +52,8 @@ typedef struct td_job {
   double data_wait;        /* fraction of the worker's time spent waiting for data */
   double started_mono;
 
-  char model[TD_PATH_MAX];
-  char error[512];
+  char *model;             /* path of the trained model; NULL until written */
+  char *error;             /* why it failed or was cancelled; NULL if it did not */
   int exit_status;
   uint32_t retries;        /* runs that ended in a crash or hang so far */
   uint64_t mem;            /* device bytes in use, from the worker */
@@ -96,6 +96,9 @@ typedef struct td_daemon {
 /* main.c */
 td_job *td_daemon_find(td_daemon *d, uint64_t id);
 void td_job_free(td_job *j);
+/* Replace a job's optional string (model, error) with a copy of s. */
+void td_job_set(char **field, const char *s);
+#define TD_JOB_STR(s) ((s) != NULL ? (s) : "")
 
 /* db.c: the durable job table (WAL, synchronous=FULL). */
 int td_db_open(const char *path, td_db **out, char *err, size_t errlen);

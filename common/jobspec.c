@@ -256,12 +256,19 @@ static const td_yfield memory_fields[] = {
     {0},
 };
 
+static const td_yfield checkpoint_fields[] = {
+    TD_YF_U64("every_steps", td_jobspec, ckpt_every_steps, 0),
+    TD_YF_FLOAT("every_seconds", td_jobspec, ckpt_every_seconds, 0, 1e7, 0),
+    {0},
+};
+
 static const td_yfield job_fields[] = {
     TD_YF_STR("name", td_jobspec, name, TD_YF_NONEMPTY, check_name),
     TD_YF_SECTION("model", model_fields, TD_YF_REQUIRED),
     TD_YF_SECTION("data", data_fields, TD_YF_REQUIRED),
     TD_YF_SECTION("train", train_fields, TD_YF_REQUIRED),
     TD_YF_SECTION("memory", memory_fields, 0),
+    TD_YF_SECTION("checkpoint", checkpoint_fields, 0),
     TD_YF_INT("priority", td_jobspec, priority, -1000, 1000, 0),
     TD_YF_INT("max_retries", td_jobspec, max_retries, 0, 100, 0),
     TD_YF_STR("device", td_jobspec, device, 0, check_device),
@@ -281,6 +288,7 @@ static void jobspec_defaults(td_jobspec *s) {
     memcpy((char *)&s->opt + opt_only[i].offset, &opt_only[i].neutral, sizeof(float));
   s->precision = TD_PREC_FP32;
   s->min_micro_batch = 1;
+  s->ckpt_every_seconds = 300;
 }
 
 static int node_line(const td_ynode *root, const char *section, const char *key) {

@@ -136,6 +136,12 @@ typedef struct td_jobspec {
   uint32_t max_retries;  /* runs again after a crash or hang, this many times */
   char device[32];       /* "" = any device */
 
+  /* checkpoints: written every ckpt_every_steps optimiser steps and every
+   * ckpt_every_seconds (0 turns either off), at the end of each epoch and
+   * when traind stops; a requeued or restarted job resumes from the last */
+  uint64_t ckpt_every_steps;
+  double ckpt_every_seconds;
+
   char output[TD_PATH_MAX]; /* safetensors path; "" = the job's state dir */
 } td_jobspec;
 

@@ -504,3 +504,34 @@ free_host:
   free(host);
   return rc;
 }
+
+uint64_t td_model_state_floats(const td_model *m) {
+  return (m->params.bytes + m->optim.bytes) / sizeof(float);
+}
+
+int td_model_get_state(td_model *m, float *dst) {
+  td_backend_download(m->be, dst, m->params.ptr, m->params.bytes);
+  td_backend_download(m->be, (char *)dst + m->params.bytes, m->optim.ptr, m->optim.bytes);
+  return sync_or_fail(m);
+}
+
+int td_model_set_state(td_model *m, const float *src, uint64_t n) {
+  if (n != td_model_state_floats(m))
+    return fail(m, TD_EINVAL, "the state holds %llu values, the model %llu",
+                (unsigned long long)n, (unsigned long long)td_model_state_floats(m));
+  td_backend_upload(m->be, m->params.ptr, src, m->params.bytes);
+  td_backend_upload(m->be, m->optim.ptr, (const char *)src + m->params.bytes, m->optim.bytes);
+  return sync_or_fail(m);
+}
+
+void td_model_get_progress(const td_model *m, td_model_progress *out) {
+  *out = (td_model_progress){.steps = m->steps, .loss_scale = 1.0f};
+}
+
+int td_model_set_progress(td_model *m, const td_model_progress *p) {
+  if (!(p->loss_scale > 0.0f) || isinf(p->loss_scale))
+    return fail(m, TD_EINVAL, "loss scale %g is not a finite positive number",
+                (double)p->loss_scale);
+  m->steps = p->steps;
+  return 0;
+}

@@ -106,6 +106,27 @@ int td_model_get_params(td_model *m, float *dst);
 int td_model_set_params(td_model *m, const float *src);
 int td_model_get_grads(td_model *m, float *dst);
 
+/* Everything a checkpoint must hold to resume the model exactly, beyond
+ * the data position: the persistent state as one flat fp32 vector
+ * (parameters, then non-trainable buffers such as BatchNorm's running
+ * statistics, then optimiser state; gradients are not state: a step
+ * rebuilds them), and the counters.  state_floats is fixed for a job spec:
+ * it does not depend on the micro-batch. */
+uint64_t td_model_state_floats(const td_model *m);
+int td_model_get_state(td_model *m, float *dst);
+/* TD_EINVAL if n is not td_model_state_floats(m). */
+int td_model_set_state(td_model *m, const float *src, uint64_t n);
+
+typedef struct td_model_progress {
+  uint64_t steps;      /* optimiser updates taken (td_model_steps) */
+  float loss_scale;    /* 1 without dynamic loss scaling */
+  uint32_t good_steps; /* the loss scaler's growth tracker */
+  uint64_t skipped;    /* steps the loss scaler skipped */
+} td_model_progress;
+void td_model_get_progress(const td_model *m, td_model_progress *out);
+/* TD_EINVAL for a loss scale that is not finite and positive. */
+int td_model_set_progress(td_model *m, const td_model_progress *p);
+
 /* Write the weights as safetensors with PyTorch's nn.Sequential names:
  * "<layer index>.weight" [out, in] and "<layer index>.bias" [out]. */
 int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t nmeta);

@@ -162,8 +162,8 @@ static const torch_cfg torch_cfgs[] = {
 
 /* PyTorch's samples/s from bench_train.py; version gets its version.
  * 1 if PyTorch (or the python) is not there, -1 if the run failed. */
-static int bench_torch(const td_jobspec *spec, const model_shape *s, const opts *o,
-                       int threads, const torch_cfg *cfg, double *out, char version[32]) {
+static int bench_torch(const opts *o, int threads, const torch_cfg *cfg, double *out,
+                       char version[32]) {
   char cmd[2048], line[512];
   const char *p;
   int status, found = 0;
@@ -172,12 +172,10 @@ static int bench_torch(const td_jobspec *spec, const model_shape *s, const opts 
   if (access(o->python, X_OK) != 0)
     return 1;
   snprintf(cmd, sizeof(cmd),
-           "%s'%s' '%s/tests/bench/bench_train.py' --layers %s --batch %u --steps %u "
-           "--warmup %u --repeats %u --lr %.9g --threads %d --mean %.9g --std %.9g 2>&1",
+           "%s'%s' '%s/tests/bench/bench_train.py' --job '%s' --steps %u --warmup %u "
+           "--repeats %u --threads %d 2>&1",
            cfg->blas_one_thread ? "OPENBLAS_NUM_THREADS=1 " : "", o->python, TD_SOURCE_ROOT,
-           s->widths, spec->batch_size, o->steps, o->warmup, o->repeats,
-           (double)spec->opt.lr, cfg->one_thread ? 1 : threads, (double)spec->norm_mean,
-           (double)spec->norm_std);
+           o->job, o->steps, o->warmup, o->repeats, cfg->one_thread ? 1 : threads);
   if ((f = popen(cmd, "r")) == NULL)
     return -1;
   while (fgets(line, sizeof(line), f) != NULL) {
@@ -313,6 +311,7 @@ int main(int argc, char **argv) {
   }
   snprintf(job, sizeof(job), "%s", optind < argc ? argv[optind]
                                                  : TD_SOURCE_ROOT "/examples/fashion-mnist-mlp.yaml");
+  o.job = job;
   if (td_jobspec_load(job, &spec, err, sizeof(err)) < 0) {
     fprintf(stderr, "bench_train: %s\n", err);
     return 1;
@@ -343,7 +342,7 @@ int main(int argc, char **argv) {
     double sps, s_step, pk;
 
     for (size_t i = 0; r == o.repeats && o.torch && i < TD_ARRAY_SIZE(torch_cfgs); i++) {
-      if ((trc = bench_torch(&spec, &shape, &o, threads, &torch_cfgs[i], &torch_sps[i],
+      if ((trc = bench_torch(&o, threads, &torch_cfgs[i], &torch_sps[i],
                              version)) != 0)
         break;
       best_torch = torch_sps[i] > best_torch ? torch_sps[i] : best_torch;

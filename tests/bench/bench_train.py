@@ -1,54 +1,56 @@
 #!/usr/bin/python3
-"""PyTorch's training throughput for the model bench_train measures, as its
-peer: the same layers, batch, optimiser and data type (uint8 pixels
-normalised in the step, as traind does on the device), on the same cores.
+"""PyTorch's training throughput for the job bench_train measures, as its
+peer: the same model (built from the job file by tests/torch/jobmodel.py,
+the module that also loads traind's saved models), batch, optimiser and data
+type (uint8 pixels normalised in the step, as traind does on the device), on
+the same cores.
 
 Prints one line, "samples_per_s=N torch=VERSION threads=N", for bench_train
 to read; exits 3 (and says so) when PyTorch is not installed.  Run it with
-Debian's python3-torch: /usr/bin/python3 (apt-get install python3-torch).
+Debian's python3-torch: /usr/bin/python3 (apt-get install python3-torch
+python3-yaml).
 """
 import argparse
+import os
 import sys
 import time
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", default="784,512,256,10",
-                    help="widths, input first: dense layers with ReLU between")
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--job", required=True, help="the job file whose model is measured")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--mean", type=float, default=0.2860)
-    ap.add_argument("--std", type=float, default=0.3530)
     a = ap.parse_args()
     try:
         import torch
-        from torch import nn
+        import yaml  # noqa: F401
     except ImportError:
-        print("torch: not installed (apt-get install python3-torch, run with /usr/bin/python3)")
+        print("torch: not installed (apt-get install python3-torch python3-yaml, "
+              "run with /usr/bin/python3)")
         return 3
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "torch"))
+    import jobmodel
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    widths = [int(w) for w in a.layers.split(",")]
-    layers = []
-    for i in range(len(widths) - 1):
-        if i > 0:
-            layers.append(nn.ReLU())
-        layers.append(nn.Linear(widths[i], widths[i + 1]))
-    model = nn.Sequential(*layers)
-    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
-    loss_fn = nn.CrossEntropyLoss()
+    job = jobmodel.load_job(a.job)
+    model, x_shape = jobmodel.build(job)
+    model.train()
+    opt = jobmodel.optimizer(job, model.parameters())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    batch = int(job["train"]["batch_size"])
+    norm = job.get("data", {}).get("normalize", {}) or {}
+    mean, std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
+    classes = model(torch.zeros([1] + list(x_shape))).shape[1]
     nbatch = 16
-    pixels = torch.randint(0, 256, (nbatch, a.batch, widths[0]), dtype=torch.uint8)
-    labels = torch.randint(0, widths[-1], (nbatch, a.batch), dtype=torch.int64)
+    pixels = torch.randint(0, 256, [nbatch, batch] + list(x_shape), dtype=torch.uint8)
+    labels = torch.randint(0, classes, (nbatch, batch), dtype=torch.int64)
 
     def step(i):
-        x = (pixels[i % nbatch].float() / 255.0 - a.mean) / a.std
+        x = (pixels[i % nbatch].float() / 255.0 - mean) / std
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), labels[i % nbatch])
         loss.backward()
@@ -61,7 +63,7 @@ def main():
         t0 = time.perf_counter()
         for i in range(a.steps):
             step(i)
-        best = max(best, a.steps * a.batch / (time.perf_counter() - t0))
+        best = max(best, a.steps * batch / (time.perf_counter() - t0))
     print("samples_per_s=%.1f torch=%s threads=%d" % (best, torch.__version__,
                                                      torch.get_num_threads()))
     return 0

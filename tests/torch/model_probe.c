@@ -1,0 +1,113 @@
+/* td_model_probe: train a job's model for a few steps on synthetic data with
+ * the worker's td_model_* API, save it as traind does, and write a fixed
+ * evaluation set with traind's loss on it, so that load_check.py can show
+ * PyTorch loads the file into the equivalent nn.Sequential and computes the
+ * same loss.
+ *
+ *   td_model_probe JOB.yaml OUTDIR [STEPS]
+ *
+ * Writes OUTDIR/model.safetensors and OUTDIR/eval.bin (u32 count, u32
+ * features, then count*features uint8 pixels and count uint8 labels) and
+ * prints "loss_sum=X correct=N count=N". */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "error.h"
+#include "jobspec.h"
+#include "model.h"
+#include "util.h"
+
+#define EVAL_COUNT 64
+
+static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
+
+static uint32_t rand32(void) {
+  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+  return (uint32_t)(rng_state >> 33);
+}
+
+/* Pixels with some structure (a per-class bias), so training moves the loss. */
+static void fill(uint8_t *px, uint8_t *lb, uint32_t count, uint32_t in, uint32_t classes) {
+  for (uint32_t i = 0; i < count; i++) {
+    lb[i] = (uint8_t)(rand32() % classes);
+    for (uint32_t j = 0; j < in; j++)
+      px[(size_t)i * in + j] = (uint8_t)((rand32() & 127) + (j % classes == lb[i] ? 24 : 0));
+  }
+}
+
+static int write_eval(const char *path, const uint8_t *px, const uint8_t *lb, uint32_t count,
+                      uint32_t in) {
+  FILE *f = fopen(path, "wb");
+  uint32_t hdr[2] = {count, in};
+  int ok;
+
+  if (f == NULL)
+    return TD_EIO;
+  ok = fwrite(hdr, sizeof(hdr), 1, f) == 1 && fwrite(px, (size_t)count * in, 1, f) == 1 &&
+       fwrite(lb, count, 1, f) == 1;
+  return fclose(f) == 0 && ok ? 0 : TD_EIO;
+}
+
+int main(int argc, char **argv) {
+  char err[512], path[TD_PATH_MAX + 32];
+  uint32_t steps = argc > 3 ? (uint32_t)strtoul(argv[3], NULL, 10) : 5;
+  uint8_t *px = NULL, *lb = NULL;
+  td_backend *be = NULL;
+  td_model *m = NULL;
+  td_step_stats st;
+  td_jobspec spec;
+  uint32_t in, classes, bs, n;
+  int rc = 1;
+
+  if (argc < 3) {
+    fprintf(stderr, "usage: td_model_probe JOB.yaml OUTDIR [STEPS]\n");
+    return 2;
+  }
+  if (td_jobspec_load(argv[1], &spec, err, sizeof(err)) < 0) {
+    fprintf(stderr, "td_model_probe: %s\n", err);
+    return 1;
+  }
+  in = (uint32_t)td_jobspec_input_elems(&spec);
+  classes = td_jobspec_classes(&spec);
+  bs = spec.batch_size;
+  n = bs > EVAL_COUNT ? bs : EVAL_COUNT;
+  if ((px = malloc((size_t)n * in)) == NULL || (lb = malloc(n)) == NULL)
+    goto out;
+  if (td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, err, sizeof(err)) < 0 ||
+      td_model_create(be, &spec, bs, &m, err, sizeof(err)) < 0) {
+    fprintf(stderr, "td_model_probe: %s\n", err);
+    goto out;
+  }
+  for (uint32_t s = 0; s < steps; s++) {
+    fill(px, lb, bs, in, classes);
+    if (td_model_train_step(m, px, lb, bs, &st) < 0) {
+      fprintf(stderr, "td_model_probe: step %u: %s\n", s, td_model_error(m));
+      goto out;
+    }
+  }
+  fill(px, lb, EVAL_COUNT, in, classes);
+  if (td_model_eval(m, px, lb, EVAL_COUNT, &st) < 0) {
+    fprintf(stderr, "td_model_probe: eval: %s\n", td_model_error(m));
+    goto out;
+  }
+  snprintf(path, sizeof(path), "%s/model.safetensors", argv[2]);
+  if (td_model_save(m, path, NULL, 0) < 0) {
+    fprintf(stderr, "td_model_probe: %s\n", td_model_error(m));
+    goto out;
+  }
+  snprintf(path, sizeof(path), "%s/eval.bin", argv[2]);
+  if (write_eval(path, px, lb, EVAL_COUNT, in) < 0) {
+    fprintf(stderr, "td_model_probe: cannot write %s\n", path);
+    goto out;
+  }
+  printf("loss_sum=%.9g correct=%u count=%u\n", st.loss_sum, st.correct, st.count);
+  rc = 0;
+out:
+  td_model_destroy(m);
+  td_backend_destroy(be);
+  free(px);
+  free(lb);
+  return rc;
+}

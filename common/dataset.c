@@ -1046,20 +1046,12 @@ int td_dataset_probe(const td_jobspec *spec, td_dataset_info *out, char *err, si
   return 0;
 }
 
-static uint64_t splitmix64(uint64_t *state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 /* Uniform in [0, bound): rejects the 2^64 mod bound lowest draws. */
 static uint64_t rand_below(uint64_t *state, uint64_t bound) {
   uint64_t threshold = (0 - bound) % bound, r;
 
   do
-    r = splitmix64(state);
+    r = td_splitmix64(state);
   while (r < threshold);
   return r % bound;
 }
@@ -1069,7 +1061,7 @@ void td_shuffle(uint32_t *perm, uint32_t n, uint64_t seed, uint32_t epoch, uint6
 
   if (stream != 0) {
     uint64_t t = stream * 0xD1B54A32D192ED03ull;
-    state ^= splitmix64(&t);
+    state ^= td_splitmix64(&t);
   }
   for (uint32_t i = 0; i < n; i++)
     perm[i] = i;

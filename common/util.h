@@ -7,6 +7,16 @@
 
 #define TD_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* splitmix64: a small, well-mixed generator that its state fully
+ * determines (shuffles, weight initialisation). */
+static inline uint64_t td_splitmix64(uint64_t *state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 /* Read a whole file of at most max bytes into a NUL-terminated malloc'd
  * buffer.  TD_ENOENT, TD_EIO, TD_ETOOBIG, TD_ENOMEM. */
 int td_read_file(const char *path, size_t max, char **out, size_t *len);

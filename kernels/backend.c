@@ -12,22 +12,33 @@
 #include "util.h"
 
 #ifndef TD_WITH_CUDA
-static int cuda_missing(td_backend *be, int ordinal, char *err, size_t errlen) {
+static int no_cuda(const char *device, char *err, size_t errlen) {
   snprintf(err, errlen, "%s: this traind was built without the CUDA backend "
-           "(rebuild with -Dcuda=enabled on a machine with the CUDA toolkit)", be->device);
+           "(rebuild with -Dcuda=enabled on a machine with the CUDA toolkit)", device);
   return TD_EBACKEND;
+}
+
+static int cuda_missing(td_backend *be, int ordinal, char *err, size_t errlen) {
+  return no_cuda(be->device, err, errlen);
+}
+
+static int cuda_missing_probe(const char *device, int ordinal, td_device_probe *out, char *err,
+                              size_t errlen) {
+  return no_cuda(device, err, errlen);
 }
 #endif
 
 static const struct {
   const char *prefix;
   int (*init)(td_backend *be, int ordinal, char *err, size_t errlen);
+  int (*probe)(const char *device, int ordinal, td_device_probe *out, char *err,
+               size_t errlen);
 } devices[] = {
-    {"cpu", td__backend_cpu_init},
+    {"cpu", td__backend_cpu_init, td__backend_cpu_probe},
 #ifdef TD_WITH_CUDA
-    {"cuda", td__backend_cuda_init},
+    {"cuda", td__backend_cuda_init, td__backend_cuda_probe},
 #else
-    {"cuda", cuda_missing},
+    {"cuda", cuda_missing, cuda_missing_probe},
 #endif
 };
 
@@ -53,6 +64,21 @@ static int parse_device(const char *name, size_t *row, int *ordinal) {
   return -1;
 }
 
+/* parse_device with the error message; err is made usable (never NULL). */
+static int find_device(const char *device, size_t *row, int *ordinal, char **err,
+                       size_t *errlen, char *scratch) {
+  if (*err == NULL || *errlen == 0) {
+    *err = scratch;
+    *errlen = 1;
+  }
+  (*err)[0] = '\0';
+  if (device != NULL && parse_device(device, row, ordinal) == 0)
+    return 0;
+  snprintf(*err, *errlen, "unknown device '%s' (expected cpuN or cudaN)",
+           device != NULL ? device : "(null)");
+  return TD_EINVAL;
+}
+
 int td_backend_create(const char *device, uint64_t budget, td_backend **out,
                       char *err, size_t errlen) {
   char scratch[1];
@@ -60,16 +86,8 @@ int td_backend_create(const char *device, uint64_t budget, td_backend **out,
   size_t row;
   int ordinal, rc;
 
-  if (err == NULL || errlen == 0) {
-    err = scratch;
-    errlen = sizeof(scratch);
-  }
-  err[0] = '\0';
-  if (device == NULL || parse_device(device, &row, &ordinal) < 0) {
-    snprintf(err, errlen, "unknown device '%s' (expected cpuN or cudaN)",
-             device != NULL ? device : "(null)");
-    return TD_EINVAL;
-  }
+  if ((rc = find_device(device, &row, &ordinal, &err, &errlen, scratch)) < 0)
+    return rc;
   be = calloc(1, sizeof(*be));
   if (be == NULL)
     return TD_ENOMEM;
@@ -87,6 +105,8 @@ int td_backend_create(const char *device, uint64_t budget, td_backend **out,
 void td_backend_destroy(td_backend *be) {
   if (be == NULL)
     return;
+  while (be->nhosts > 0)
+    td_backend_host_unregister(be, (void *)be->hosts[be->nhosts - 1].ptr);
   be->ops->destroy(be);
   free(be);
 }
@@ -230,10 +250,35 @@ void td_backend_relu_bwd(td_backend *be, const float *y, const float *dy, float 
     be->ops->relu_bwd(be, y, dy, dx, n);
 }
 
+/* y = x * (scale / std) - mean / std, the factors folded in double. */
+static void normalize(td_backend *be, const char *op, td_dtype dtype, const void *x, float *y,
+                      size_t n, double scale, double mean, double std) {
+  float mul = (float)(scale / std), add = (float)(-mean / std);
+
+  if (dtype != TD_DTYPE_U8 && dtype != TD_DTYPE_I32 && dtype != TD_DTYPE_F16 &&
+      dtype != TD_DTYPE_F32) {
+    td__backend_fail(be, TD_EINVAL, "%s: %s: samples of dtype %d cannot be normalised (uint8, "
+                     "int32, float16 or float32)", be->device, op, (int)dtype);
+    return;
+  }
+  if (!isfinite(std) || std == 0.0 || !isfinite(mul) || !isfinite(add)) {
+    td__backend_fail(be, TD_EINVAL, "%s: %s: scale %g, mean %g, std %g do not give finite "
+                     "factors (std must be finite and non-zero)", be->device, op, scale, mean,
+                     std);
+    return;
+  }
+  if (n > 0 && op_live(be, op))
+    be->ops->normalize(be, dtype, x, y, n, mul, add);
+}
+
 void td_backend_normalize_u8(td_backend *be, const uint8_t *x, float *y, size_t n,
                              float mean, float std) {
-  if (n > 0 && op_live(be, "normalize_u8"))
-    be->ops->normalize_u8(be, x, y, n, 1.0f / (255.0f * std), -mean / std);
+  normalize(be, "normalize_u8", TD_DTYPE_U8, x, y, n, 1.0 / 255.0, mean, std);
+}
+
+void td_backend_normalize(td_backend *be, td_dtype dtype, const void *x, float *y, size_t n,
+                          float scale, float mean, float std) {
+  normalize(be, "normalize", dtype, x, y, n, scale, mean, std);
 }
 
 void td_backend_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
@@ -550,3 +595,92 @@ void td_backend_round_half(td_backend *be, td_half_kind kind, float *x, size_t n
   if (n > 0 && op_live(be, "round_half"))
     be->ops->round_half(be, kind, x, n);
 }
+
+/* The registered range that holds [p, p + bytes), or NULL. */
+static const td_host_region *host_region(const td_backend *be, const void *p, size_t bytes) {
+  uintptr_t a = (uintptr_t)p;
+
+  for (unsigned i = 0; i < be->nhosts; i++) {
+    uintptr_t s = (uintptr_t)be->hosts[i].ptr;
+    if (a >= s && a - s <= be->hosts[i].bytes && bytes <= be->hosts[i].bytes - (a - s))
+      return &be->hosts[i];
+  }
+  return NULL;
+}
+
+/* A failure reported by return value, not latched: its message goes to
+ * td_backend_error() unless a latched one is waiting there. */
+static int refuse(td_backend *be, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int refuse(td_backend *be, int code, const char *fmt, ...) {
+  va_list ap;
+
+  if (be->status == 0) {
+    va_start(ap, fmt);
+    vsnprintf(be->errmsg, sizeof(be->errmsg), fmt, ap);
+    va_end(ap);
+  }
+  return code;
+}
+
+int td_backend_host_register(td_backend *be, void *ptr, size_t bytes) {
+  uintptr_t a = (uintptr_t)ptr;
+  char why[sizeof(be->errmsg)];
+  int rc;
+
+  if (ptr == NULL || bytes == 0 || bytes > UINTPTR_MAX - a)
+    return refuse(be, TD_EINVAL, "%s: host_register: empty or wrapping range (%p, %zu bytes)",
+                  be->device, ptr, bytes);
+  for (unsigned i = 0; i < be->nhosts; i++) {
+    uintptr_t s = (uintptr_t)be->hosts[i].ptr;
+    if (a < s + be->hosts[i].bytes && s < a + bytes)
+      return refuse(be, TD_EINVAL, "%s: host_register: %p (%zu bytes) overlaps the registered "
+                    "range %p (%zu bytes)", be->device, ptr, bytes,
+                    (const void *)be->hosts[i].ptr, be->hosts[i].bytes);
+  }
+  if (be->nhosts == TD_HOST_REGIONS_MAX)
+    return refuse(be, TD_ETOOBIG, "%s: host_register: %d ranges are registered already, the "
+                  "most a backend keeps", be->device, TD_HOST_REGIONS_MAX);
+  why[0] = '\0';
+  if ((rc = be->ops->host_register(be, ptr, bytes, why, sizeof(why))) < 0)
+    return refuse(be, rc, "%s", why);
+  be->hosts[be->nhosts++] = (td_host_region){.ptr = ptr, .bytes = bytes};
+  return 0;
+}
+
+int td_backend_host_unregister(td_backend *be, void *ptr) {
+  for (unsigned i = 0; i < be->nhosts; i++) {
+    if (be->hosts[i].ptr != ptr)
+      continue;
+    be->ops->host_unregister(be, ptr);
+    be->hosts[i] = be->hosts[--be->nhosts];
+    return 0;
+  }
+  return refuse(be, TD_EINVAL, "%s: host_unregister: %p does not start a registered range",
+                be->device, ptr);
+}
+
+void td_backend_upload_async(td_backend *be, void *dst, const void *src, size_t bytes) {
+  if (bytes == 0)
+    return;
+  if (host_region(be, src, bytes) != NULL)
+    be->ops->upload_pinned(be, dst, src, bytes);
+  else
+    be->ops->upload(be, dst, src, bytes);
+}
+
+int td_backend_device_mem(td_backend *be, uint64_t *total, uint64_t *free_bytes) {
+  return be->ops->device_mem(be, total, free_bytes);
+}
+
+int td_backend_probe(const char *device, td_device_probe *out, char *err, size_t errlen) {
+  char scratch[1];
+  size_t row;
+  int ordinal, rc;
+
+  if ((rc = find_device(device, &row, &ordinal, &err, &errlen, scratch)) < 0)
+    return rc;
+  return devices[row].probe(device, ordinal, out, err, errlen);
+}
+
+void td_backend_set_overhead(td_backend *be, uint64_t bytes) { be->mem.overhead = bytes; }

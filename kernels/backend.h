@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "half.h"
+#include "jobspec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -336,6 +337,69 @@ void td_backend_round_half(td_backend *be, td_half_kind kind, float *x, size_t n
  * The value only takes effect in a process started with it in the
  * environment (OpenBLAS reads it when it loads). */
 const char *td_cpu_blas_coretype_hint(void);
+
+/* Input staging from the loader's ring, and the device facts admission
+ * needs (issues #3, #4, #6). */
+
+/* y = (x * scale - mean) / std over n samples as stored: dtype uint8, int32,
+ * float16 (IEEE half, as .npy stores it) or float32, little-endian; x is a
+ * device buffer of n * td_dtype_size(dtype) bytes, aligned to the element
+ * size (td_backend_alloc's and the plan's offsets are).  Computed as
+ * x * (scale / std) + (-mean / std) in fp32, bit for bit the same on every
+ * backend.  Another dtype, or factors that are not finite (std 0), latch
+ * TD_EINVAL. */
+void td_backend_normalize(td_backend *be, td_dtype dtype, const void *x, float *y, size_t n,
+                          float scale, float mean, float std);
+
+/* Pinned staging.  Register a host range (the loader's shared-memory ring)
+ * so that uploads from it can be asynchronous: on CUDA the range is
+ * page-locked (cudaHostRegister, portable); on the CPU nothing happens.
+ * TD_EINVAL for an empty range or one that overlaps a registered one,
+ * TD_ETOOBIG past TD_HOST_REGIONS_MAX ranges, a backend error if the driver
+ * refuses (td_backend_error() says why; nothing is latched).  Unregister
+ * before unmapping the memory; TD_EINVAL for a ptr that does not start a
+ * registered range; on CUDA it first waits for the copies queued from it.
+ * td_backend_destroy unregisters what is left. */
+#define TD_HOST_REGIONS_MAX 16
+int td_backend_host_register(td_backend *be, void *ptr, size_t bytes);
+int td_backend_host_unregister(td_backend *be, void *ptr);
+/* Copy host src to device dst, queued behind the ops before it.  When
+ * [src, src + bytes) lies in one registered range the call returns at once
+ * and the copy runs later (CUDA: cudaMemcpyAsync on the backend's stream):
+ * src must stay unchanged until the next td_backend_sync() (or
+ * td_backend_download, which waits too), so a ring slot is released only
+ * after that.  Otherwise it is td_backend_upload, and src is free again
+ * when the call returns. */
+void td_backend_upload_async(td_backend *be, void *dst, const void *src, size_t bytes);
+
+/* The device's memory now: total bytes and free bytes (CUDA: cudaMemGetInfo,
+ * every process's use counted; CPU: the host's RAM and MemAvailable).  On
+ * failure (TD_EBACKEND, TD_ECUDA, TD_EIO) both are left untouched. */
+int td_backend_device_mem(td_backend *be, uint64_t *total, uint64_t *free_bytes);
+
+/* What a device offers a job, measured once per device when traind starts. */
+typedef struct td_device_probe {
+  uint64_t total;    /* device memory (CPU devices: the host's RAM) */
+  uint64_t free;     /* free before any traind worker touched it (MemAvailable) */
+  uint64_t overhead; /* a worker's bytes outside its plan's arenas: CUDA context,
+                      * stream, cuBLAS (with its workspace) and cuDNN handles;
+                      * 0 on the CPU */
+} td_device_probe;
+/* Probe device ("cpuN" or "cudaN").  CUDA: measured with cudaMemGetInfo
+ * around making a backend the way td_backend_create does, against a helper
+ * process that holds a context of its own meanwhile (a context cannot
+ * measure memory before it exists).  The calling process must not have
+ * used CUDA before, and keeps a CUDA context afterwards: call it in a
+ * forked child that writes *out to a pipe and exits, never in traind (which
+ * holds no CUDA context).  Fails as td_backend_create does, with a one-line
+ * reason in err (may be NULL); TD_EBACKEND also when the GPU is in an
+ * exclusive compute mode (the measure needs two processes on it). */
+int td_backend_probe(const char *device, td_device_probe *out, char *err, size_t errlen);
+/* Set the per-process overhead a probe measured for this backend's device:
+ * td_backend_mem reports it (td_mem_stats.overhead), and plans made from
+ * those stats (the model's) count it.  The allocator's budget is unchanged:
+ * it covers the arenas alone. */
+void td_backend_set_overhead(td_backend *be, uint64_t bytes);
 
 #ifdef __cplusplus
 }

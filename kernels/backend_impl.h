@@ -32,9 +32,6 @@ typedef struct td_backend_ops {
                     float *db);
   void (*relu_fwd)(td_backend *be, const float *x, float *y, size_t n);
   void (*relu_bwd)(td_backend *be, const float *y, const float *dy, float *dx, size_t n);
-  /* y = x * scale + shift */
-  void (*normalize_u8)(td_backend *be, const uint8_t *x, float *y, size_t n, float scale,
-                       float shift);
   /* smoothing 0: plain cross-entropy */
   void (*softmax_xent)(td_backend *be, const float *logits, const uint8_t *labels,
                        size_t rows, size_t classes, float smoothing, float grad_scale,
@@ -101,7 +98,24 @@ typedef struct td_backend_ops {
   void (*from_half)(td_backend *be, td_half_kind kind, const uint16_t *x, float *y,
                     size_t n);
   void (*round_half)(td_backend *be, td_half_kind kind, float *x, size_t n);
+
+  /* Input staging.  normalize: y = x * scale + shift, dtype checked.
+   * host_register: pin the range (CPU: nothing), a reason in err on failure;
+   * the range is new and does not overlap another.  upload_pinned: the
+   * asynchronous copy from a registered range. */
+  void (*normalize)(td_backend *be, td_dtype dtype, const void *x, float *y, size_t n,
+                    float scale, float shift);
+  int (*host_register)(td_backend *be, void *ptr, size_t bytes, char *err, size_t errlen);
+  void (*host_unregister)(td_backend *be, void *ptr);
+  void (*upload_pinned)(td_backend *be, void *dst, const void *src, size_t bytes);
+  int (*device_mem)(td_backend *be, uint64_t *total, uint64_t *free_bytes);
 } td_backend_ops;
+
+/* A host range registered with td_backend_host_register. */
+typedef struct td_host_region {
+  const char *ptr;
+  size_t bytes;
+} td_host_region;
 
 struct td_backend {
   const td_backend_ops *ops;
@@ -112,6 +126,8 @@ struct td_backend {
   char errmsg[256];
   uint64_t requests;    /* memory requests so far (allocations and ops) */
   uint64_t fault_at;    /* testing: this request fails with TD_EOOM; 0 = never */
+  td_host_region hosts[TD_HOST_REGIONS_MAX];
+  unsigned nhosts;
 };
 
 /* Latch a failure (the first one since the last sync wins). */
@@ -122,6 +138,12 @@ void td__backend_fail(td_backend *be, int code, const char *fmt, ...)
 int td__backend_cpu_init(td_backend *be, int ordinal, char *err, size_t errlen);
 /* Defined only in builds with TD_WITH_CUDA. */
 int td__backend_cuda_init(td_backend *be, int ordinal, char *err, size_t errlen);
+
+/* td_backend_probe for one kind of device; device is its whole name. */
+int td__backend_cpu_probe(const char *device, int ordinal, td_device_probe *out, char *err,
+                          size_t errlen);
+int td__backend_cuda_probe(const char *device, int ordinal, td_device_probe *out, char *err,
+                           size_t errlen);
 
 #ifdef __cplusplus
 }

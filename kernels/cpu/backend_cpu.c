@@ -3,8 +3,10 @@
  * device's memory budget for machines without a GPU. */
 #include <cblas.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cpu_ops.h"
 #include "error.h"
@@ -78,13 +80,6 @@ static void cpu_relu_bwd(td_backend *be, const float *y, const float *dy, float 
                          size_t n) {
   for (size_t i = 0; i < n; i++)
     dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-}
-
-CPU_CLONES
-static void cpu_normalize_u8(td_backend *be, const uint8_t *restrict x, float *restrict y,
-                             size_t n, float scale, float shift) {
-  for (size_t i = 0; i < n; i++)
-    y[i] = (float)x[i] * scale + shift;
 }
 
 /* With smoothing s the target is (1 - s) onehot + s / classes: the loss is
@@ -162,6 +157,56 @@ static void cpu_sgd(td_backend *be, float *restrict p, const float *restrict g,
   }
 }
 
+/* Host memory needs no pinning. */
+static int cpu_host_register(td_backend *be, void *ptr, size_t bytes, char *err,
+                             size_t errlen) {
+  return 0;
+}
+
+static void cpu_host_unregister(td_backend *be, void *ptr) {}
+
+/* The host's RAM and MemAvailable: the CPU devices' memory. */
+static int host_mem(uint64_t *total, uint64_t *avail) {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  unsigned long long kib = 0;
+  bool found = false;
+  char line[128];
+  FILE *f;
+
+  if (pages <= 0 || page <= 0)
+    return TD_EIO;
+  f = fopen("/proc/meminfo", "r");
+  while (f != NULL && !found && fgets(line, sizeof(line), f) != NULL)
+    found = sscanf(line, "MemAvailable: %llu kB", &kib) == 1;
+  if (f != NULL)
+    fclose(f);
+  if (!found) { /* no /proc, or a kernel before 3.14: free pages, a lower figure */
+    long avphys = sysconf(_SC_AVPHYS_PAGES);
+    if (avphys < 0)
+      return TD_EIO;
+    kib = (unsigned long long)avphys * (unsigned long long)page / 1024;
+  }
+  *total = (uint64_t)pages * (uint64_t)page;
+  *avail = kib * 1024 < *total ? kib * 1024 : *total;
+  return 0;
+}
+
+static int cpu_device_mem(td_backend *be, uint64_t *total, uint64_t *free_bytes) {
+  return host_mem(total, free_bytes);
+}
+
+int td__backend_cpu_probe(const char *device, int ordinal, td_device_probe *out, char *err,
+                          size_t errlen) {
+  uint64_t total, avail;
+
+  if (host_mem(&total, &avail) < 0) {
+    snprintf(err, errlen, "%s: cannot read the host's memory size (sysconf)", device);
+    return TD_EIO;
+  }
+  *out = (td_device_probe){.total = total, .free = avail, .overhead = 0};
+  return 0;
+}
+
 static const td_backend_ops cpu_ops = {
     .kind = TD_BACKEND_CPU,
     .destroy = cpu_destroy,
@@ -176,7 +221,6 @@ static const td_backend_ops cpu_ops = {
     .bias_grad = cpu_bias_grad,
     .relu_fwd = cpu_relu_fwd,
     .relu_bwd = cpu_relu_bwd,
-    .normalize_u8 = cpu_normalize_u8,
     .softmax_xent = cpu_softmax_xent,
     .adam = cpu_adam,
     .sgd = cpu_sgd,
@@ -201,6 +245,11 @@ static const td_backend_ops cpu_ops = {
     .to_half = td__cpu_to_half,
     .from_half = td__cpu_from_half,
     .round_half = td__cpu_round_half,
+    .normalize = td__cpu_normalize,
+    .host_register = cpu_host_register,
+    .host_unregister = cpu_host_unregister,
+    .upload_pinned = cpu_copy,
+    .device_mem = cpu_device_mem,
 };
 
 int td__backend_cpu_init(td_backend *be, int ordinal, char *err, size_t errlen) {

@@ -74,4 +74,8 @@ void td__cpu_from_half(td_backend *be, td_half_kind kind, const uint16_t *x, flo
                        size_t n);
 void td__cpu_round_half(td_backend *be, td_half_kind kind, float *x, size_t n);
 
+/* input.c */
+void td__cpu_normalize(td_backend *be, td_dtype dtype, const void *x, float *y, size_t n,
+                       float mul, float add);
+
 #endif

@@ -8,6 +8,7 @@
 #include "act.cuh"
 #include "backend_cuda.cuh"
 #include "conv.cuh"
+#include "input.cuh"
 #include "norm.cuh"
 #include "optim.cuh"
 
@@ -38,11 +39,6 @@ __global__ void relu_fwd_kernel(const float *x, float *y, size_t n) {
 
 __global__ void relu_bwd_kernel(const float *y, const float *dy, float *dx, size_t n) {
   TD_GRID_STRIDE(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-}
-
-__global__ void normalize_u8_kernel(const uint8_t *x, float *y, size_t n, float scale,
-                                    float shift) {
-  TD_GRID_STRIDE(i, n) y[i] = (float)x[i] * scale + shift;
 }
 
 /* One thread per row; the class count is small next to the batch.  With
@@ -203,13 +199,6 @@ void cuda_relu_bwd(td_backend *be, const float *y, const float *dy, float *dx, s
   TD_CU_CHECK_LAUNCH(be);
 }
 
-void cuda_normalize_u8(td_backend *be, const uint8_t *x, float *y, size_t n, float scale,
-                       float shift) {
-  normalize_u8_kernel<<<td_cuda_blocks(n), kTdThreads, 0, td_cuda(be)->stream>>>(x, y, n, scale,
-                                                                          shift);
-  TD_CU_CHECK_LAUNCH(be);
-}
-
 void cuda_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
                        size_t rows, size_t classes, float smoothing, float grad_scale,
                        float *dlogits, float *stats) {
@@ -247,7 +236,6 @@ const td_backend_ops cuda_ops = {
     .bias_grad = cuda_bias_grad,
     .relu_fwd = cuda_relu_fwd,
     .relu_bwd = cuda_relu_bwd,
-    .normalize_u8 = cuda_normalize_u8,
     .softmax_xent = cuda_softmax_xent,
     .adam = cuda_adam,
     .sgd = cuda_sgd,
@@ -272,6 +260,11 @@ const td_backend_ops cuda_ops = {
     .to_half = td__cuda_to_half,
     .from_half = td__cuda_from_half,
     .round_half = td__cuda_round_half,
+    .normalize = td__cuda_normalize,
+    .host_register = td__cuda_host_register,
+    .host_unregister = td__cuda_host_unregister,
+    .upload_pinned = td__cuda_upload_pinned,
+    .device_mem = td__cuda_device_mem,
 };
 
 } // namespace
@@ -294,7 +287,7 @@ extern "C" int td__backend_cuda_init(td_backend *be, int ordinal, char *err, siz
   c->ordinal = ordinal;
   be->ops = &cuda_ops;
   be->impl = c;
-  be->mem.overhead = 0; /* the CUDA context is measured by traind's probe */
+  be->mem.overhead = 0; /* until td_backend_set_overhead gives the probe's figure */
   if ((rc = TD_CU_CHECK(be, cudaSetDevice(ordinal))) < 0 ||
       (rc = TD_CU_CHECK(be, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking))) < 0 ||
       (rc = TD_CU_CHECK(be, cublasCreate(&c->blas))) < 0 ||

@@ -7,8 +7,12 @@
 #
 # Writes OUTDIR/log.txt (everything), OUTDIR/summary.json (one entry per step:
 # status pass | fail | skipped | not implemented | partial, seconds, detail,
-# figures) and the steps' own files.  A failing step never stops the others;
-# the script exits 0 when it ran to the end, 2 on bad usage.
+# figures), OUTDIR/gpu_ops.txt, OUTDIR/plan-exact.txt and the steps' other
+# files packed in OUTDIR/details.tar.gz (the device tool returns 8 files at
+# most).  A failing step never stops the others; the script exits 0 when it
+# ran to the end, 2 on bad usage.  Where the build is missing and meson is
+# at hand (the development machine), it runs tests/gpu/bundle.sh first:
+# that builds for sm_90.
 # Without a GPU every GPU step says "skipped: no GPU" and the packing step
 # runs on cpu0, so the script can be dry-run anywhere.
 #
@@ -55,6 +59,13 @@ jget() { "$py" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(s
 
 # --- environment ---------------------------------------------------------
 say "traind GPU checks: repo $root, build $build, out $out"
+if [ ! -x "$build/tests/test_gpu_ops" ] && command -v meson >/dev/null 2>&1; then
+  say "no build in $build: building it for sm_90 (tests/gpu/bundle.sh)"
+  "$root/tests/gpu/bundle.sh" "$build" || say "bundle.sh failed"
+fi
+if [ -f "$build/build.ninja" ]; then
+  say "CUDA code built for: $(grep -o 'arch=compute_[0-9]*,code=[^ ]*' "$build/build.ninja" | sort -u | tr '\n' ' ')"
+fi
 gpu=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
   gpu=1
@@ -193,15 +204,20 @@ mon_stop() { [ -n "$mon_pid" ] && kill "$mon_pid" 2>/dev/null; wait "$mon_pid" 2
 mib_max() { sort -n "$1" 2>/dev/null | tail -1; }
 
 # --- 1. op correctness ---------------------------------------------------
-say "== 1a. gpu_ops: every CUDA op against the CPU backend"
+say "== 1a. gpu_ops: every op on the device against the CPU backend (fp32, bf16, fp16),"
+say "       device memory, probe, pinned uploads, and the plan's exactness (plan-exact.txt)"
 t0=$(date +%s)
-tdenv timeout -k 10 "$(tmo 180)" "$build/tests/test_gpu_ops" >"$out/gpu_ops.txt" 2>&1
+rm -f "$out/plan-exact.txt"
+TD_GPU_OUT=$out tdenv timeout -k 10 "$(tmo 240)" "$build/tests/test_gpu_ops" >"$out/gpu_ops.txt" 2>&1
 rc=$?
 cat "$out/gpu_ops.txt"
+# one "N%: Checks" line per precision pass
+passes=$(paste -d' ' <(grep -E '^== ' "$out/gpu_ops.txt" | awk '{print $2}') \
+                     <(grep -E '^[0-9]+%' "$out/gpu_ops.txt") | paste -sd';' -)
 case $rc in
-  0) record gpu_ops pass $(( $(date +%s) - t0 )) "$(grep -E '^[0-9]+%' "$out/gpu_ops.txt" | tail -1)" ;;
+  0) record gpu_ops pass $(( $(date +%s) - t0 )) "$passes" ;;
   77) record gpu_ops skipped $(( $(date +%s) - t0 )) "skipped: no GPU (test_gpu_ops exit 77)" ;;
-  *) record gpu_ops fail $(( $(date +%s) - t0 )) "exit $rc: $(grep -E '^[0-9]+%' "$out/gpu_ops.txt" | tail -1)" ;;
+  *) record gpu_ops fail $(( $(date +%s) - t0 )) "exit $rc: $passes" ;;
 esac
 
 say "== 1b. compute-sanitizer memcheck over a short training run"
@@ -271,6 +287,21 @@ fi
 # --- 2. plan accuracy ----------------------------------------------------
 say "== 2. plan accuracy: planned bytes vs measured peak, each example job"
 t0=$(date +%s)
+# gpu_ops' check: the example MLP's peak from cudaMemGetInfo against its plan
+# plus the probe's overhead, at several micro-batches ("plan ... ok|FAIL").
+exact=$(grep -E '^plan ' "$out/plan-exact.txt" 2>/dev/null)
+exact_figs=$(grep -E '^(plan|probe) ' "$out/plan-exact.txt" 2>/dev/null | "$py" -c '
+import json, re, sys
+d = {}
+for line in sys.stdin:
+    m = re.match(r"probe (\S+): total (\d+) free (\d+) overhead (\d+)", line)
+    if m:
+        d["probe"] = {"device": m[1], "total": int(m[2]), "free": int(m[3]), "overhead": int(m[4])}
+    m = re.search(r"micro_batch (\d+): planned (\d+) .* measured (\d+) diff (-?\d+) tolerance (\d+) (\w+)", line)
+    if m:
+        d["mb%s" % m[1]] = {"planned": int(m[2]), "measured": int(m[3]), "diff": int(m[4]),
+                            "tolerance": int(m[5]), "ok": m[6] == "ok"}
+print(json.dumps(d))' 2>/dev/null)
 if start_traind plan "$dev" "$budget_big"; then
   figs=
   for ex in "$root"/examples/*.yaml; do
@@ -285,7 +316,14 @@ if start_traind plan "$dev" "$budget_big"; then
     figs+="}"
   done
   stop_traind
-  record plan partial $(( $(date +%s) - t0 )) "planned bytes recorded; measured peak per job (cudaMemGetInfo in the worker) not implemented$( [ -n "$peak_mib" ] && echo "; nvidia-smi sampled delta of the e2e run (includes the CUDA context) recorded instead" || echo "; no GPU, nothing measured")" "{$figs}"
+  figs+="${figs:+, }\"exact\": ${exact_figs:-null}"
+  if [ -z "$exact" ]; then
+    record plan partial $(( $(date +%s) - t0 )) "planned bytes recorded; no measured peak (gpu_ops' plan check did not run)$( [ -n "$peak_mib" ] && echo "; nvidia-smi sampled delta of the e2e run recorded")" "{$figs}"
+  elif grep -q FAIL <<<"$exact"; then
+    record plan fail $(( $(date +%s) - t0 )) "measured peak off the plan: $(grep FAIL <<<"$exact" | head -2 | tr '\n' ';')" "{$figs}"
+  else
+    record plan pass $(( $(date +%s) - t0 )) "$(wc -l <<<"$exact") micro-batches match plan + probe overhead (within 2% or 16 MiB on a GPU, exactly on the CPU)" "{$figs}"
+  fi
 else
   record plan fail $(( $(date +%s) - t0 )) "traind did not start"
 fi
@@ -401,7 +439,7 @@ makespan() {
   local ids=() s e maxrun=0 n ok=0
   s=$(date +%s.%N)
   for i in $(seq 8); do
-    ids+=("$(cli --json submit "$work/pack.yaml" --name "pack$i" 2>/dev/null |
+    ids+=("$(cli --json submit "$work/pack$i.yaml" --name "pack$i" 2>/dev/null |
              "$py" -c 'import json,sys; print(json.load(sys.stdin)["id"])' 2>/dev/null)")
   done
   while :; do
@@ -427,6 +465,10 @@ mkjob "$work/pack.yaml" 2 10000
 sed -i -e '/units: 512/d' -e '/units: 256/s/256/64/' -e '0,/{type: relu}/{/{type: relu}/d}' \
        -e 's|^memory:|memory:\n  remedies: []|' -e "s|^device:.*|device: $dev|" "$work/pack.yaml"
 cp "$work/pack.yaml" "$out/pack.yaml"
+# each copy writes its own model: two jobs writing one file at once collide
+for i in $(seq 8); do
+  sed "s|^output:.*|output: pack$i.safetensors|" "$work/pack.yaml" >"$work/pack$i.yaml"
+done
 if start_traind packplan "$dev" "$budget_big"; then
   cli --json plan "$work/pack.yaml" --device "$dev" >"$out/pack-plan.json" 2>&1
   stop_traind
@@ -475,5 +517,8 @@ say "summary: $out/summary.json ($(( $(date +%s) - t_start )) s)"
 cat "$out/summary.json"
 echo
 cleanup
+# The device tool returns 8 files: the rest travel in one archive.
+( cd "$out" && mapfile -t rest < <(ls -A | grep -vxE 'summary.json|log.txt|gpu_ops.txt|plan-exact.txt|details.tar.gz') &&
+  [ ${#rest[@]} -gt 0 ] && tar -czf details.tar.gz "${rest[@]}" && rm -rf "${rest[@]}" )
 rm -rf "$work"
 exit 0

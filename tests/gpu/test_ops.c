@@ -1,37 +1,57 @@
 /* Every backend op on the CPU backend (the reference) and on the CUDA
- * backend, from the same inputs, compared with a tolerance per precision.
+ * backend, from the same inputs, compared with a tolerance per precision;
+ * the device facts (memory, probe, pinned uploads, out of memory); and the
+ * plan's exactness: a model's measured peak against its memory plan.
  *
  * Exits 77 (skipped) where the build has no CUDA backend or no CUDA device
  * answers.  It runs on one GPU (written for an H100): `meson test -C BUILD
- * --suite gpu`.  The probe runs in a child process, so the Check children
- * each make their own CUDA context (a context does not survive fork). */
+ * --suite gpu`, or tests/gpu/run.sh.  The probe runs in a child process, so
+ * the Check children each make their own CUDA context (a context does not
+ * survive fork).
+ *
+ * The ops run once per precision.  bf16 and fp16 are storage formats over
+ * fp32 maths (td_backend_round_half): each input is rounded to the format
+ * on both backends before the op, and each output after it, then compared
+ * with that format's tolerance.
+ *
+ * Environment: TD_SOURCE_ROOT (the repository, for the example job),
+ * TD_GPU_OUT (a directory: plan-exact.txt, the plan check's numbers, goes
+ * there), TD_GPU_SELFTEST=1 (the "device" is cpu1: checks this program on
+ * a machine without a GPU; the plan must then match exactly). */
 #include <check.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "backend.h"
 #include "error.h"
+#include "model.h"
+#include "plan.h"
 #include "td_config.h"
 #include "util.h"
 
-/* |cuda - cpu| <= tol (|cpu| + rms(cpu)), per precision.  The ops run in
- * fp32 today; the half-precision rows wait for the precision argument. */
+/* |dev - cpu| <= tol (|cpu| + rms(cpu)), per precision. */
 static const struct {
   const char *name;
   double tol;
-  bool available;
+  bool half;
+  td_half_kind kind;
 } precisions[] = {
-    {"fp32", 1e-4, true},
-    {"bf16", 1e-2, false},
-    {"fp16", 1e-3, false},
+    {"fp32", 1e-4, false, TD_HALF_F16},
+    {"bf16", 1e-2, true, TD_HALF_BF16},
+    /* one fp16 ulp (2^-10 relative) can flip on top of the fp32 difference */
+    {"fp16", 2e-3, true, TD_HALF_F16},
 };
+static size_t prec; /* this pass's row: main sets it, Check's children inherit it */
 
-enum { NB = 2 }; /* backends: [0] cpu0, the reference; [1] cuda0 */
-static const char *const devices[NB] = {"cpu0", "cuda0"};
+enum { NB = 2 }; /* backends: [0] cpu0, the reference; [1] cuda0 (cpu1 in the selftest) */
+static const char *devices[NB] = {"cpu0", "cuda0"};
+static bool selftest;
 
 /* One tensor on both backends. */
 typedef struct twin {
@@ -59,7 +79,7 @@ static void gpu_open(gpu *g) {
   char err[256];
 
   memset(g, 0, sizeof(*g));
-  g->tol = precisions[0].tol;
+  g->tol = precisions[prec].tol;
   for (int b = 0; b < NB; b++)
     ck_assert_msg(td_backend_create(devices[b], TD_BUDGET_UNLIMITED, &g->be[b], err,
                                     sizeof(err)) == 0, "%s", err);
@@ -89,10 +109,22 @@ static twin *tw_alloc(gpu *g, const void *host, const uint64_t bytes[NB], size_t
   return t;
 }
 
+/* In a half-precision pass: t rounded to the format in place, on both. */
+static void tw_round(gpu *g, twin *t) {
+  if (!precisions[prec].half)
+    return;
+  for (int b = 0; b < NB; b++)
+    td_backend_round_half(g->be[b], precisions[prec].kind, t->b[b].ptr, t->n);
+}
+
+/* Floats from host (zeros if NULL), as this pass's precision holds them. */
 static twin *tw_floats(gpu *g, const float *host, size_t n) {
   const uint64_t bytes[NB] = {n * sizeof(float), n * sizeof(float)};
+  twin *t = tw_alloc(g, host, bytes, n);
 
-  return tw_alloc(g, host, bytes, n);
+  if (host != NULL)
+    tw_round(g, t);
+  return t;
 }
 
 static twin *tw_rand(gpu *g, size_t n, float scale, float offset) {
@@ -107,7 +139,8 @@ static twin *tw_rand(gpu *g, size_t n, float scale, float offset) {
   return t;
 }
 
-/* A shuffled ramp: no ties, so both backends pick the same max. */
+/* A shuffled ramp: no ties, so both backends pick the same max.  Kept
+ * exact in every pass: rounding it to half precision would make ties. */
 static twin *tw_distinct(gpu *g, size_t n) {
   float *h = malloc((n > 0 ? n : 1) * sizeof(float));
   twin *t;
@@ -121,7 +154,8 @@ static twin *tw_distinct(gpu *g, size_t n) {
     h[i - 1] = h[j];
     h[j] = v;
   }
-  t = tw_floats(g, h, n);
+  const uint64_t bytes[NB] = {n * sizeof(float), n * sizeof(float)};
+  t = tw_alloc(g, h, bytes, n);
   free(h);
   return t;
 }
@@ -135,15 +169,19 @@ static twin *tw_conv_work(gpu *g, const td_conv2d_desc *d) {
   for (int b = 0; b < NB; b++)
     ck_assert_msg(td_backend_conv2d_workspace(g->be[b], d, &bytes[b]) == 0, "%s: %s",
                   devices[b], td_backend_error(g->be[b]));
+  ck_assert_uint_eq(bytes[0], td_conv2d_workspace_cpu(d)); /* the planner's CPU figure */
   return tw_alloc(g, NULL, bytes, 0);
 }
 
-/* Both backends' copies of t agree within the tolerance. */
-static void tw_expect(gpu *g, const twin *t, const char *what) {
+/* Both backends' copies of t agree within the tolerance (in a half pass
+ * after rounding t to the format, in place); equal values (infinities) and
+ * NaNs on both sides agree. */
+static void tw_expect(gpu *g, twin *t, const char *what) {
   float *h[NB];
   double s = 0.0, scale;
-  size_t bad = 0, first = 0;
+  size_t bad = 0, first = 0, finite = 0;
 
+  tw_round(g, t);
   for (int b = 0; b < NB; b++) {
     h[b] = malloc((t->n > 0 ? t->n : 1) * sizeof(float));
     ck_assert_ptr_nonnull(h[b]);
@@ -151,17 +189,24 @@ static void tw_expect(gpu *g, const twin *t, const char *what) {
     ck_assert_msg(td_backend_sync(g->be[b]) == 0, "%s: %s: %s", what, devices[b],
                   td_backend_error(g->be[b]));
   }
-  for (size_t i = 0; i < t->n; i++)
-    s += (double)h[0][i] * h[0][i];
-  scale = t->n > 0 ? sqrt(s / (double)t->n) + 1e-30 : 1.0;
   for (size_t i = 0; i < t->n; i++) {
+    if (isfinite(h[0][i])) {
+      s += (double)h[0][i] * h[0][i];
+      finite++;
+    }
+  }
+  scale = finite > 0 ? sqrt(s / (double)finite) + 1e-30 : 1.0;
+  for (size_t i = 0; i < t->n; i++) {
+    if (h[1][i] == h[0][i] || (isnan(h[0][i]) && isnan(h[1][i])))
+      continue;
     if (fabs((double)h[1][i] - h[0][i]) <= g->tol * (fabs(h[0][i]) + scale))
       continue;
     if (bad++ == 0)
       first = i;
   }
-  ck_assert_msg(bad == 0, "%s: %zu of %zu elements differ; [%zu]: cpu %.8g, cuda %.8g", what,
-                bad, t->n, first, (double)h[0][first], (double)h[1][first]);
+  ck_assert_msg(bad == 0, "%s (%s): %zu of %zu elements differ; [%zu]: %s %.8g, %s %.8g", what,
+                precisions[prec].name, bad, t->n, first, devices[0], (double)h[0][first],
+                devices[1], (double)h[1][first]);
   free(h[0]);
   free(h[1]);
 }
@@ -265,11 +310,14 @@ START_TEST(test_softmax_xent) {
   gpu_open(&g);
   twin *z = tw_rand(&g, (size_t)R * C, 4, 0), *l = tw_alloc(&g, lab, lb, R);
   twin *dz = tw_zero(&g, (size_t)R * C), *st = tw_zero(&g, 2);
-  for (size_t s = 0; s < TD_ARRAY_SIZE(smoothing); s++) {
+  for (size_t s = 0; s <= TD_ARRAY_SIZE(smoothing); s++) {
     for (int b = 0; b < NB; b++) {
       td_backend_fill(g.be[b], P(st, b), 2, 0.0f);
-      td_backend_softmax_xent_smooth(g.be[b], P(z, b), l->b[b].ptr, R, C, smoothing[s],
-                                     1.0f / R, P(dz, b), P(st, b));
+      if (s == TD_ARRAY_SIZE(smoothing)) /* the plain op */
+        td_backend_softmax_xent(g.be[b], P(z, b), l->b[b].ptr, R, C, 0.5f, P(dz, b), P(st, b));
+      else
+        td_backend_softmax_xent_smooth(g.be[b], P(z, b), l->b[b].ptr, R, C, smoothing[s],
+                                       1.0f / R, P(dz, b), P(st, b));
     }
     tw_expect(&g, dz, "softmax_xent dlogits");
     tw_expect(&g, st, "softmax_xent stats");
@@ -301,8 +349,10 @@ START_TEST(test_optimisers) {
 }
 END_TEST
 
+/* _i 1: no bias, and a backward that skips dx and db and overwrites dw. */
 START_TEST(test_dense) {
   const int n = 64, in = 300, out = 37;
+  bool part = _i == 1;
   gpu g;
 
   gpu_open(&g);
@@ -311,9 +361,10 @@ START_TEST(test_dense) {
   twin *dy = tw_rand(&g, (size_t)n * out, 1, 0), *dx = tw_zero(&g, (size_t)n * in);
   twin *dw = tw_rand(&g, (size_t)out * in, 1, 0), *db = tw_rand(&g, out, 1, 0);
   for (int b = 0; b < NB; b++) {
-    td_backend_dense_fwd(g.be[b], P(x, b), P(w, b), P(bi, b), P(y, b), n, in, out);
-    td_backend_dense_bwd(g.be[b], P(x, b), P(w, b), P(dy, b), P(dx, b), P(dw, b), P(db, b), n,
-                         in, out, 1.0f);
+    td_backend_dense_fwd(g.be[b], P(x, b), P(w, b), part ? NULL : P(bi, b), P(y, b), n, in,
+                         out);
+    td_backend_dense_bwd(g.be[b], P(x, b), P(w, b), P(dy, b), part ? NULL : P(dx, b), P(dw, b),
+                         part ? NULL : P(db, b), n, in, out, part ? 0.0f : 1.0f);
   }
   tw_expect(&g, y, "dense y");
   tw_expect(&g, dx, "dense dx");
@@ -358,6 +409,11 @@ START_TEST(test_conv2d) {
   tw_expect(&g, dx, "conv2d dx");
   tw_expect(&g, dw, "conv2d dw");
   tw_expect(&g, db, "conv2d db");
+  /* the weight gradient alone, overwritten (the first layer's backward) */
+  for (int b = 0; b < NB; b++)
+    td_backend_conv2d_bwd(g.be[b], d, P(x, b), P(w, b), P(dy, b), NULL, P(dw, b), NULL, 0.0f,
+                          work->b[b].ptr, work->b[b].bytes);
+  tw_expect(&g, dw, "conv2d dw alone");
   gpu_close(&g);
 }
 END_TEST
@@ -368,7 +424,7 @@ START_TEST(test_conv2d_short_workspace) {
   uint64_t need = 0;
   td_buf x, w, y;
 
-  ck_assert_int_eq(td_backend_create("cuda0", TD_BUDGET_UNLIMITED, &be, NULL, 0), 0);
+  ck_assert_int_eq(td_backend_create(devices[1], TD_BUDGET_UNLIMITED, &be, NULL, 0), 0);
   ck_assert_int_eq(td_backend_conv2d_workspace(be, &d, &need), 0);
   ck_assert_int_eq(td_backend_alloc(be, 4 * 3 * 32 * 32 * 4, &x), 0);
   ck_assert_int_eq(td_backend_alloc(be, 8 * 3 * 25 * 4, &w), 0);
@@ -453,6 +509,11 @@ START_TEST(test_batchnorm) {
   tw_expect(&g, dg, "batchnorm dgamma");
   tw_expect(&g, dbt, "batchnorm dbeta");
   tw_expect(&g, ye, "batchnorm y (evaluation)");
+  for (int b = 0; b < NB; b++) /* without dx, parameter gradients overwritten */
+    td_backend_batchnorm2d_bwd(g.be[b], d, P(x, b), P(dy, b), NULL, P(ga, b), P(sm, b),
+                               P(si, b), 0.0f, P(dg, b), P(dbt, b));
+  tw_expect(&g, dg, "batchnorm dgamma alone");
+  tw_expect(&g, dbt, "batchnorm dbeta alone");
   gpu_close(&g);
 }
 END_TEST
@@ -483,6 +544,11 @@ START_TEST(test_layernorm) {
   tw_expect(&g, dx, "layernorm dx");
   tw_expect(&g, dg, "layernorm dgamma");
   tw_expect(&g, dbt, "layernorm dbeta");
+  for (int b = 0; b < NB; b++) /* without dx, parameter gradients overwritten */
+    td_backend_layernorm_bwd(g.be[b], P(x, b), P(dy, b), NULL, rows, cols, P(ga, b), P(sm, b),
+                             P(si, b), 0.0f, P(dg, b), P(dbt, b));
+  tw_expect(&g, dg, "layernorm dgamma alone");
+  tw_expect(&g, dbt, "layernorm dbeta alone");
   gpu_close(&g);
 }
 END_TEST
@@ -566,40 +632,350 @@ START_TEST(test_clip_finite_half) {
 }
 END_TEST
 
-static Suite *ops_suite(void) {
-  Suite *s = suite_create("gpu_ops");
-  TCase *tc = tcase_create("cpu_vs_cuda");
+/* The clipping pieces one by one: the sum of squares into an accumulator,
+ * the factor, and the scale with and without it. */
+START_TEST(test_scale_ops) {
+  enum { N = 300007 };
+  gpu g;
+
+  gpu_open(&g);
+  twin *x = tw_rand(&g, N, 2, 0), *acc = tw_rand(&g, 2, 1, 3), *norm = tw_zero(&g, 2);
+  twin *y = tw_rand(&g, N, 1, 0);
+  for (int b = 0; b < NB; b++) {
+    td_backend_sumsq(g.be[b], P(x, b), N, P(acc, b)); /* adds to acc[0] */
+    td_backend_sumsq(g.be[b], P(x, b), N, P(norm, b));
+    td_backend_clip_coef(g.be[b], P(norm, b), 50.0f);
+    td_backend_scale(g.be[b], P(x, b), N, 0.5f, P(norm, b) + 1);
+    td_backend_scale(g.be[b], P(y, b), N, -3.0f, NULL);
+  }
+  tw_expect(&g, acc, "sumsq into acc");
+  tw_expect(&g, norm, "sumsq and clip_coef");
+  tw_expect(&g, x, "scale by coef");
+  tw_expect(&g, y, "scale by alpha");
+  gpu_close(&g);
+}
+END_TEST
+
+/* Every stored sample type; the same bits in, the same bits out (neither
+ * backend fuses the multiply and the add). */
+START_TEST(test_normalize) {
+  static const td_dtype types[] = {TD_DTYPE_U8, TD_DTYPE_I32, TD_DTYPE_F16, TD_DTYPE_F32};
+  td_dtype dt = types[_i];
+  size_t n = dt == TD_DTYPE_U8 ? BIG : dt == TD_DTYPE_F16 ? 4 * 65536 : 1000003;
+  size_t es = td_dtype_size(dt);
+  unsigned char *h = malloc(n * es);
+  const uint64_t bytes[NB] = {n * es, n * es};
+  uint32_t r = 99;
+  gpu g;
+
+  ck_assert_ptr_nonnull(h);
+  for (size_t i = 0; i < n; i++) {
+    r = r * 1664525u + 1013904223u;
+    switch (dt) {
+    case TD_DTYPE_U8: h[i] = (uint8_t)(r >> 24); break;
+    case TD_DTYPE_I32: ((int32_t *)(void *)h)[i] = (int32_t)r >> (i % 31); break;
+    case TD_DTYPE_F16: ((uint16_t *)(void *)h)[i] = (uint16_t)i; break; /* every pattern */
+    default: ((float *)(void *)h)[i] = frand() * (float)(1 << (i % 20)); break;
+    }
+  }
+  gpu_open(&g);
+  twin *x = tw_alloc(&g, h, bytes, n), *y = tw_zero(&g, n);
+  for (int b = 0; b < NB; b++)
+    td_backend_normalize(g.be[b], dt, x->b[b].ptr, P(y, b), n, 1.0f / 255.0f, 0.2860f, 0.3530f);
+  g.tol = 0.0;
+  tw_expect(&g, y, "normalize");
+  gpu_close(&g);
+  free(h);
+}
+END_TEST
+
+/* Out of memory on both backends: the budget, the device itself, and an
+ * injected failure in an op. */
+START_TEST(test_oom) {
+  for (int b = 0; b < NB; b++) {
+    td_backend *be;
+    td_mem_stats mem;
+    uint64_t total = 0, avail = 0;
+    td_buf a, c;
+
+    ck_assert_int_eq(td_backend_create(devices[b], 64 << 20, &be, NULL, 0), 0);
+    ck_assert_int_eq(td_backend_alloc(be, 48 << 20, &a), 0);
+    ck_assert_int_eq(td_backend_alloc(be, 32 << 20, &c), TD_EOOM);
+    td_backend_mem(be, &mem);
+    ck_assert_uint_eq(mem.oom_asked, 32 << 20);
+    ck_assert_uint_eq(mem.oom_free, 16 << 20);
+    td_backend_set_budget(be, TD_BUDGET_UNLIMITED);
+    ck_assert_int_eq(td_backend_device_mem(be, &total, &avail), 0);
+    if (td_backend_get_kind(be) == TD_BACKEND_CUDA) { /* more than the GPU has */
+      ck_assert_int_eq(td_backend_alloc(be, total + (1 << 30), &c), TD_EOOM);
+      td_backend_mem(be, &mem);
+      ck_assert_uint_le(mem.oom_free, total);
+    }
+    td_backend_inject_oom(be, 1);
+    td_backend_fill(be, a.ptr, 16, 1.0f);
+    ck_assert_int_eq(td_backend_status(be), TD_EOOM); /* seen before the sync */
+    ck_assert_int_eq(td_backend_sync(be), TD_EOOM);
+    ck_assert_msg(strstr(td_backend_error(be), "injected") != NULL, "%s", td_backend_error(be));
+    td_backend_fill(be, a.ptr, 16, 1.0f); /* the next op runs */
+    ck_assert_int_eq(td_backend_sync(be), 0);
+    td_backend_free(be, &a);
+    td_backend_destroy(be);
+  }
+}
+END_TEST
+
+START_TEST(test_device_mem) {
+  uint64_t total = 0, before = 0, after = 0, gone;
+  td_backend *be;
+  td_buf a;
+
+  ck_assert_int_eq(td_backend_create(devices[1], TD_BUDGET_UNLIMITED, &be, NULL, 0), 0);
+  ck_assert_int_eq(td_backend_device_mem(be, &total, &before), 0);
+  ck_assert(total > 0 && before <= total);
+  ck_assert_int_eq(td_backend_alloc(be, 256 << 20, &a), 0);
+  ck_assert_int_eq(td_backend_sync(be), 0);
+  ck_assert_int_eq(td_backend_device_mem(be, &total, &after), 0);
+  gone = before > after ? before - after : 0;
+  printf("%s: %llu bytes, %llu free; a 256 MiB allocation took %llu\n", devices[1],
+         (unsigned long long)total, (unsigned long long)before, (unsigned long long)gone);
+  if (td_backend_get_kind(be) == TD_BACKEND_CUDA) /* the host's figure moves with others */
+    ck_assert_msg(gone >= (256u << 20) && gone <= (256u + 8) << 20, "took %llu",
+                  (unsigned long long)gone);
+  td_backend_free(be, &a);
+  td_backend_destroy(be);
+}
+END_TEST
+
+/* Uploads from a registered shared mapping (as the loader's ring is) are
+ * asynchronous: the data is there after the sync, and the mapping may
+ * change after it.  Unregistered, the same call is a plain copy. */
+START_TEST(test_upload_async) {
+  enum { N = 1 << 20 };
+  const size_t bytes = 2 * N * sizeof(float);
+  float *ring = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  float *want = malloc(bytes), *got = malloc(N * sizeof(float));
+  gpu g;
+
+  ck_assert(ring != MAP_FAILED && want != NULL && got != NULL);
+  for (size_t i = 0; i < 2 * N; i++)
+    want[i] = ring[i] = frand();
+  gpu_open(&g);
+  twin *y = tw_zero(&g, N), *z = tw_zero(&g, N);
+  for (int b = 0; b < NB; b++) {
+    ck_assert_msg(td_backend_host_register(g.be[b], ring, bytes) == 0, "%s: %s", devices[b],
+                  td_backend_error(g.be[b]));
+    ck_assert_int_eq(td_backend_host_register(g.be[b], ring + 1, 4), TD_EINVAL);
+    td_backend_upload_async(g.be[b], P(y, b), ring, N * sizeof(float));
+    td_backend_upload_async(g.be[b], P(z, b), ring + N, N * sizeof(float));
+    ck_assert_int_eq(td_backend_sync(g.be[b]), 0);
+  }
+  memset(ring, 0, bytes); /* the slots are free again after the sync */
+  for (int b = 0; b < NB; b++) {
+    td_backend_download(g.be[b], got, P(y, b), N * sizeof(float));
+    ck_assert_int_eq(td_backend_sync(g.be[b]), 0);
+    ck_assert_msg(memcmp(got, want, N * sizeof(float)) == 0, "%s: first slot", devices[b]);
+    td_backend_download(g.be[b], got, P(z, b), N * sizeof(float));
+    ck_assert_int_eq(td_backend_sync(g.be[b]), 0);
+    ck_assert_msg(memcmp(got, want + N, N * sizeof(float)) == 0, "%s: second slot", devices[b]);
+    ck_assert_int_eq(td_backend_host_unregister(g.be[b], ring), 0);
+    td_backend_upload_async(g.be[b], P(y, b), want + N, N * sizeof(float)); /* plain copy */
+    td_backend_download(g.be[b], got, P(y, b), N * sizeof(float));
+    ck_assert_int_eq(td_backend_sync(g.be[b]), 0);
+    ck_assert_msg(memcmp(got, want + N, N * sizeof(float)) == 0, "%s: plain", devices[b]);
+  }
+  /* registered again, then left for td_backend_destroy to unregister */
+  for (int b = 0; b < NB; b++)
+    ck_assert_int_eq(td_backend_host_register(g.be[b], ring, bytes), 0);
+  gpu_close(&g);
+  munmap(ring, bytes);
+  free(want);
+  free(got);
+}
+END_TEST
+
+/* td_backend_probe in a child, as the daemon calls it; 0 or the probe's
+ * error (its message printed). */
+static int probe_in_child(const char *device, td_device_probe *out) {
+  struct {
+    int rc;
+    td_device_probe p;
+    char err[256];
+  } m = {0};
+  int fds[2], status;
+  pid_t pid;
+
+  ck_assert_int_eq(pipe(fds), 0);
+  fflush(stdout);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    m.rc = td_backend_probe(device, &m.p, m.err, sizeof(m.err));
+    _exit(write(fds[1], &m, sizeof(m)) == (ssize_t)sizeof(m) ? 0 : 1);
+  }
+  close(fds[1]);
+  ck_assert_int_eq(read(fds[0], &m, sizeof(m)), (ssize_t)sizeof(m));
+  close(fds[0]);
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  if (m.rc < 0)
+    printf("probe %s: %s\n", device, m.err);
+  *out = m.p;
+  return m.rc;
+}
+
+/* Appends a line to $TD_GPU_OUT/plan-exact.txt (and prints it). */
+static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void report(const char *fmt, ...) {
+  const char *dir = getenv("TD_GPU_OUT");
+  char path[1024], line[512];
+  va_list ap;
+  FILE *f;
+
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof(line), fmt, ap);
+  va_end(ap);
+  printf("%s\n", line);
+  fflush(stdout);
+  if (dir == NULL || dir[0] == '\0')
+    return;
+  snprintf(path, sizeof(path), "%s/plan-exact.txt", dir);
+  if ((f = fopen(path, "a")) != NULL) {
+    fprintf(f, "%s\n", line);
+    fclose(f);
+  }
+}
+
+START_TEST(test_probe) {
+  td_device_probe p;
+
+  ck_assert_int_eq(probe_in_child(devices[1], &p), 0);
+  report("probe %s: total %llu free %llu overhead %llu", devices[1],
+         (unsigned long long)p.total, (unsigned long long)p.free,
+         (unsigned long long)p.overhead);
+  ck_assert(p.total > 0 && p.free > 0 && p.free <= p.total);
+  if (!selftest) /* a context and handles cost something, but not gigabytes */
+    ck_assert(p.overhead > 0 && p.overhead < (8ull << 30));
+  else
+    ck_assert_uint_eq(p.overhead, 0);
+}
+END_TEST
+
+/* The example MLP at a few micro-batches: the device memory a step really
+ * took (the probe's free memory less cudaMemGetInfo's after the step: this
+ * process alone on the GPU) against td_plan_compute's total with the
+ * probe's overhead; within 2% or 16 MiB, whichever is larger.  The CPU
+ * backend (selftest) must match exactly. */
+static const uint32_t plan_micro_batches[] = {1, 16, 64, 128};
+
+START_TEST(test_plan_exact) {
+  const char *root = getenv("TD_SOURCE_ROOT");
+  uint32_t mb = plan_micro_batches[_i];
+  uint64_t total = 0, f1 = 0, f2 = 0, measured, planned, tol, diff;
+  td_jobspec *spec = calloc(1, sizeof(*spec));
+  td_device_probe p;
+  td_step_stats st;
+  td_mem_stats mem;
+  td_backend *be;
+  td_model *m;
+  td_plan plan;
+  char path[1024], err[256];
+
+  ck_assert_ptr_nonnull(spec);
+  snprintf(path, sizeof(path), "%s/examples/fashion-mnist-mlp.yaml", root ? root : ".");
+  ck_assert_msg(td_jobspec_load(path, spec, err, sizeof(err)) == 0, "%s: %s", path, err);
+  ck_assert_int_eq(probe_in_child(devices[1], &p), 0);
+  ck_assert_int_eq(td_backend_create(devices[1], TD_BUDGET_UNLIMITED, &be, err, sizeof(err)), 0);
+  ck_assert_msg(td_model_create(be, spec, mb, &m, err, sizeof(err)) == 0, "%s", err);
+  ck_assert_int_eq(td_backend_device_mem(be, &total, &f1), 0);
+
+  const td_layout *l = td_model_layout(m);
+  uint32_t n = spec->batch_size;
+  uint8_t *px = malloc((size_t)n * l->in_elems), *lb = malloc(n);
+  ck_assert(px != NULL && lb != NULL);
+  for (size_t i = 0; i < (size_t)n * l->in_elems; i++)
+    px[i] = (uint8_t)(i * 2654435761u >> 24);
+  for (uint32_t i = 0; i < n; i++)
+    lb[i] = (uint8_t)(i % l->classes);
+  ck_assert_msg(td_model_train_step(m, px, lb, n, &st) == 0, "%s", td_model_error(m));
+  ck_assert_int_eq(td_backend_sync(be), 0);
+  ck_assert_int_eq(td_backend_device_mem(be, &total, &f2), 0);
+
+  ck_assert_int_eq(td_plan_compute(spec, mb, spec->precision, p.overhead, &plan), 0);
+  planned = plan.total;
+  td_backend_mem(be, &mem);
+  if (selftest) { /* the host's free memory moves with everything else on it */
+    measured = mem.peak + p.overhead;
+    tol = 0;
+  } else {
+    uint64_t low = f1 < f2 ? f1 : f2;
+    measured = p.free > low ? p.free - low : 0;
+    tol = planned / 50 > (16u << 20) ? planned / 50 : (16u << 20);
+  }
+  diff = measured > planned ? measured - planned : planned - measured;
+  report("plan %s fashion-mnist-mlp micro_batch %u: planned %llu (arenas %llu + overhead %llu) "
+         "measured %llu diff %lld tolerance %llu %s", devices[1], mb,
+         (unsigned long long)planned, (unsigned long long)(planned - p.overhead),
+         (unsigned long long)p.overhead, (unsigned long long)measured,
+         (long long)measured - (long long)planned, (unsigned long long)tol,
+         diff <= tol ? "ok" : "FAIL");
+  ck_assert_msg(diff <= tol, "micro-batch %u: measured %llu, planned %llu", mb,
+                (unsigned long long)measured, (unsigned long long)planned);
+  td_model_destroy(m);
+  td_backend_destroy(be);
+  free(px);
+  free(lb);
+  free(spec);
+}
+END_TEST
+
+/* The ops, run in every precision pass; the device facts, in the first. */
+static Suite *ops_suite(bool device) {
+  Suite *s = suite_create(precisions[prec].name);
+  TCase *tc = tcase_create("cpu_vs_device"), *dev;
 
   tcase_set_timeout(tc, 120);
   tcase_add_loop_test(tc, test_sgemm, 0, 4);
   tcase_add_test(tc, test_elementwise);
+  tcase_add_loop_test(tc, test_normalize, 0, 4);
   tcase_add_loop_test(tc, test_gelu, 0, 2);
   tcase_add_test(tc, test_dropout);
   tcase_add_test(tc, test_softmax_xent);
   tcase_add_test(tc, test_optimisers);
   tcase_add_test(tc, test_optimisers_full);
+  tcase_add_test(tc, test_scale_ops);
   tcase_add_loop_test(tc, test_clip_finite_half, 0, 2);
-  tcase_add_test(tc, test_dense);
+  tcase_add_loop_test(tc, test_dense, 0, 2);
   tcase_add_loop_test(tc, test_conv2d, 0, (int)TD_ARRAY_SIZE(conv_cases));
-  tcase_add_test(tc, test_conv2d_short_workspace);
   tcase_add_loop_test(tc, test_pool2d, 0, 3 * (int)TD_ARRAY_SIZE(pool_cases));
   tcase_add_loop_test(tc, test_batchnorm, 0, (int)TD_ARRAY_SIZE(bn_cases));
   tcase_add_loop_test(tc, test_layernorm, 0, (int)TD_ARRAY_SIZE(ln_cases));
   suite_add_tcase(s, tc);
+  if (!device)
+    return s;
+  dev = tcase_create("device");
+  tcase_set_timeout(dev, 120);
+  tcase_add_test(dev, test_conv2d_short_workspace);
+  tcase_add_test(dev, test_oom);
+  tcase_add_test(dev, test_device_mem);
+  tcase_add_test(dev, test_upload_async);
+  tcase_add_test(dev, test_probe);
+  tcase_add_loop_test(dev, test_plan_exact, 0, (int)TD_ARRAY_SIZE(plan_micro_batches));
+  suite_add_tcase(s, dev);
   return s;
 }
 
-/* 0 if cuda0 opens, in a child so this process never touches CUDA. */
-static int probe_cuda(void) {
-  pid_t pid = fork();
+/* 0 if the device opens, in a child so this process never touches CUDA. */
+static int probe_device(void) {
+  pid_t pid;
   int status;
 
-  if (pid < 0)
+  fflush(stdout); /* or the child prints it again */
+  if ((pid = fork()) < 0)
     return -1;
   if (pid == 0) {
     td_backend *be = NULL;
     char err[256];
-    int rc = td_backend_create("cuda0", TD_BUDGET_UNLIMITED, &be, err, sizeof(err));
+    int rc = td_backend_create(devices[1], TD_BUDGET_UNLIMITED, &be, err, sizeof(err));
     if (rc < 0)
       printf("skipped: %s\n", err);
     td_backend_destroy(be);
@@ -612,21 +988,27 @@ static int probe_cuda(void) {
 }
 
 int main(void) {
-  SRunner *sr;
-  int failed, rc;
+  const char *self = getenv("TD_GPU_SELFTEST");
+  int failed = 0, rc;
 
-  if (!TD_HAVE_CUDA) {
+  selftest = self != NULL && strcmp(self, "1") == 0;
+  if (selftest) {
+    devices[1] = "cpu1";
+    printf("SELFTEST: %s against %s (no GPU involved)\n", devices[1], devices[0]);
+  } else if (!TD_HAVE_CUDA) {
     printf("skipped: built without the CUDA backend\n");
     return 77;
   }
-  if ((rc = probe_cuda()) != 0)
+  if ((rc = probe_device()) != 0)
     return rc == 77 ? 77 : EXIT_FAILURE;
-  for (size_t i = 0; i < TD_ARRAY_SIZE(precisions); i++)
-    printf("%s: tolerance %g%s\n", precisions[i].name, precisions[i].tol,
-           precisions[i].available ? "" : " (not run: the ops take fp32 only so far)");
-  sr = srunner_create(ops_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
+  for (prec = 0; prec < TD_ARRAY_SIZE(precisions); prec++) {
+    SRunner *sr = srunner_create(ops_suite(prec == 0));
+
+    printf("== %s: tolerance %g\n", precisions[prec].name, precisions[prec].tol);
+    fflush(stdout);
+    srunner_run_all(sr, CK_NORMAL);
+    failed += srunner_ntests_failed(sr);
+    srunner_free(sr);
+  }
   return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

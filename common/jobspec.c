@@ -14,10 +14,14 @@
 #define INPUT_ELEMS_MAX (1u << 24)
 
 static const char *const layer_names[TD_LAYER__COUNT + 1] = {
-    [TD_LAYER_DENSE] = "dense",
-    [TD_LAYER_RELU] = "relu",
+    [TD_LAYER_DENSE] = "dense",           [TD_LAYER_RELU] = "relu",
+    [TD_LAYER_CONV2D] = "conv2d",         [TD_LAYER_MAXPOOL2D] = "maxpool2d",
+    [TD_LAYER_AVGPOOL2D] = "avgpool2d",   [TD_LAYER_GELU] = "gelu",
+    [TD_LAYER_DROPOUT] = "dropout",       [TD_LAYER_FLATTEN] = "flatten",
+    [TD_LAYER_BATCHNORM2D] = "batchnorm2d", [TD_LAYER_LAYERNORM] = "layernorm",
 };
-static const char *const precision_names[TD_PREC__COUNT + 1] = {[TD_PREC_FP32] = "fp32"};
+static const char *const precision_names[TD_PREC__COUNT + 1] = {
+    [TD_PREC_FP32] = "fp32", [TD_PREC_BF16] = "bf16", [TD_PREC_FP16] = "fp16"};
 static const char *const remedy_names[TD_REMEDY__COUNT + 1] = {
     [TD_REMEDY_ACCUMULATE] = "accumulate", [TD_REMEDY_RECOMPUTE] = "recompute",
     [TD_REMEDY_SHRINK] = "shrink",         [TD_REMEDY_BF16] = "bf16",
@@ -31,20 +35,49 @@ static const int csv_dtype_values[] = {TD_DTYPE_F32, TD_DTYPE_U8};
 static const char *const label_dtype_names[] = {"uint8", "int32", NULL};
 static const int label_dtype_values[] = {TD_DTYPE_U8, TD_DTYPE_I32};
 static const char *const bool_names[] = {"false", "true", NULL};
-static const char *const opt_names[] = {[TD_OPT_SGD] = "sgd", [TD_OPT_ADAM] = "adam", NULL};
+static const char *const opt_names[] = {
+    [TD_OPT_SGD] = "sgd", [TD_OPT_ADAM] = "adam", [TD_OPT_ADAMW] = "adamw", NULL};
+static const char *const gelu_names[] = {"none", "tanh", NULL};
+static const char *const sched_names[] = {
+    [TD_SCHED_CONSTANT] = "constant", [TD_SCHED_STEP] = "step", [TD_SCHED_COSINE] = "cosine",
+    NULL};
 
-/* Keys that mean something to one optimiser only; the other accepts them
+#define OPT_BIT(k) (1u << (k))
+#define OPT_ADAMS (OPT_BIT(TD_OPT_ADAM) | OPT_BIT(TD_OPT_ADAMW))
+
+/* Keys that mean something to some optimisers only; the others accept them
  * at their neutral value, so one file can list them all. */
 static const struct {
   const char *key;
-  td_opt_kind kind;
+  unsigned kinds;
   size_t offset;
   float neutral;
 } opt_only[] = {
-    {"beta1", TD_OPT_ADAM, offsetof(td_optimizer, beta1), 0.9f},
-    {"beta2", TD_OPT_ADAM, offsetof(td_optimizer, beta2), 0.999f},
-    {"eps", TD_OPT_ADAM, offsetof(td_optimizer, eps), 1e-8f},
-    {"momentum", TD_OPT_SGD, offsetof(td_optimizer, momentum), 0.0f},
+    {"beta1", OPT_ADAMS, offsetof(td_optimizer, beta1), 0.9f},
+    {"beta2", OPT_ADAMS, offsetof(td_optimizer, beta2), 0.999f},
+    {"eps", OPT_ADAMS, offsetof(td_optimizer, eps), 1e-8f},
+    {"momentum", OPT_BIT(TD_OPT_SGD), offsetof(td_optimizer, momentum), 0.0f},
+    {"dampening", OPT_BIT(TD_OPT_SGD), offsetof(td_optimizer, dampening), 0.0f},
+};
+
+/* Layer keys, as bits, and which each type takes (and needs). */
+enum { LK_UNITS, LK_FILTERS, LK_KERNEL, LK_STRIDE, LK_PADDING, LK_APPROX, LK_P, LK_EPS,
+       LK_MOMENTUM, LK__COUNT };
+static const char *const layer_key_names[LK__COUNT] = {
+    "units", "filters", "kernel", "stride", "padding", "approximate", "p", "eps", "momentum"};
+#define LK(k) (1u << LK_##k)
+static const struct {
+  unsigned takes, needs;
+} layer_keys[TD_LAYER__COUNT] = {
+    [TD_LAYER_DENSE] = {LK(UNITS), LK(UNITS)},
+    [TD_LAYER_CONV2D] = {LK(FILTERS) | LK(KERNEL) | LK(STRIDE) | LK(PADDING),
+                         LK(FILTERS) | LK(KERNEL)},
+    [TD_LAYER_MAXPOOL2D] = {LK(KERNEL) | LK(STRIDE) | LK(PADDING), LK(KERNEL)},
+    [TD_LAYER_AVGPOOL2D] = {LK(KERNEL) | LK(STRIDE) | LK(PADDING), LK(KERNEL)},
+    [TD_LAYER_GELU] = {LK(APPROX), 0},
+    [TD_LAYER_DROPOUT] = {LK(P), LK(P)},
+    [TD_LAYER_BATCHNORM2D] = {LK(EPS) | LK(MOMENTUM), 0},
+    [TD_LAYER_LAYERNORM] = {LK(EPS), 0},
 };
 
 static int check_name(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
@@ -92,16 +125,27 @@ static int resolve_path(const td_yfield *f, void *p, const td_ynode *n, void *us
 static int check_layer(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
                        size_t cap) {
   td_layer *l = p;
+  unsigned takes = layer_keys[l->type].takes, needs = layer_keys[l->type].needs;
 
   l->line = n->line;
-  if (l->type == TD_LAYER_DENSE && l->units == 0) {
-    snprintf(msg, cap, "a dense layer needs 'units'");
-    return 1;
+  for (int k = 0; k < LK__COUNT; k++) {
+    int given = td_yaml_get(n, layer_key_names[k]) != NULL;
+
+    if (given && !(takes & (1u << k))) {
+      snprintf(msg, cap, "a %s layer has no '%s'", layer_names[l->type], layer_key_names[k]);
+      return 1;
+    }
+    if (!given && (needs & (1u << k))) {
+      snprintf(msg, cap, "a %s layer needs '%s'", layer_names[l->type], layer_key_names[k]);
+      return 1;
+    }
   }
-  if (l->type != TD_LAYER_DENSE && l->units != 0) {
-    snprintf(msg, cap, "a %s layer has no 'units'", layer_names[l->type]);
-    return 1;
-  }
+  if ((takes & LK(STRIDE)) && td_yaml_get(n, "stride") == NULL)
+    l->stride = l->type == TD_LAYER_CONV2D ? 1 : l->kernel;
+  if ((takes & LK(EPS)) && td_yaml_get(n, "eps") == NULL)
+    l->eps = 1e-5f;
+  if ((takes & LK(MOMENTUM)) && td_yaml_get(n, "momentum") == NULL)
+    l->momentum = 0.1f;
   return 0;
 }
 
@@ -113,10 +157,39 @@ static int check_optimizer(const td_yfield *f, void *p, const td_ynode *n, void 
     float v;
 
     memcpy(&v, (const char *)o + opt_only[i].offset, sizeof(v));
-    if (opt_only[i].kind != o->kind && v != opt_only[i].neutral) {
+    if (!(opt_only[i].kinds & OPT_BIT(o->kind)) && v != opt_only[i].neutral) {
       snprintf(msg, cap, "'%s' applies only to %s, and the type is %s (remove it or set it to %g)",
-               opt_only[i].key, opt_names[opt_only[i].kind], opt_names[o->kind],
-               (double)opt_only[i].neutral);
+               opt_only[i].key, opt_only[i].kinds == OPT_ADAMS ? "adam and adamw" : "sgd",
+               opt_names[o->kind], (double)opt_only[i].neutral);
+      return 1;
+    }
+  }
+  if (o->nesterov && o->kind != TD_OPT_SGD) {
+    snprintf(msg, cap, "'nesterov' applies only to sgd, and the type is %s (remove it)",
+             opt_names[o->kind]);
+    return 1;
+  }
+  if (o->nesterov && (o->momentum == 0.0f || o->dampening != 0.0f)) {
+    snprintf(msg, cap, "'nesterov' needs momentum > 0 and dampening 0 (as PyTorch's SGD)");
+    return 1;
+  }
+  return 0;
+}
+
+/* A schedule key that its type does not use is refused rather than ignored. */
+static int check_schedule(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
+                          size_t cap) {
+  static const struct {
+    const char *key;
+    td_sched_kind kind;
+  } only[] = {{"step_size", TD_SCHED_STEP}, {"gamma", TD_SCHED_STEP},
+              {"t_max", TD_SCHED_COSINE}, {"eta_min", TD_SCHED_COSINE}};
+  const td_schedule *s = p;
+
+  for (size_t i = 0; i < TD_ARRAY_SIZE(only); i++) {
+    if (only[i].kind != s->kind && td_yaml_get(n, only[i].key) != NULL) {
+      snprintf(msg, cap, "'%s' applies only to type %s, and the type is %s", only[i].key,
+               sched_names[only[i].kind], sched_names[s->kind]);
       return 1;
     }
   }
@@ -126,6 +199,14 @@ static int check_optimizer(const td_yfield *f, void *p, const td_ynode *n, void 
 static const td_yfield layer_fields[] = {
     TD_YF_ENUM("type", td_layer, type, layer_names, NULL, TD_YF_REQUIRED),
     TD_YF_INT("units", td_layer, units, 1, 65536, 0),
+    TD_YF_INT("filters", td_layer, filters, 1, 65536, 0),
+    TD_YF_INT("kernel", td_layer, kernel, 1, 4096, 0),
+    TD_YF_INT("stride", td_layer, stride, 1, 4096, 0),
+    TD_YF_INT("padding", td_layer, padding, 0, 4096, 0),
+    TD_YF_ENUM("approximate", td_layer, approximate, gelu_names, NULL, 0),
+    TD_YF_FLOAT("p", td_layer, p, 0, 1, TD_YF_HI_OPEN),
+    TD_YF_FLOAT("eps", td_layer, eps, 0, 1, TD_YF_LO_OPEN),
+    TD_YF_FLOAT("momentum", td_layer, momentum, 0, 1, 0),
     {0},
 };
 static const td_yfield layer_item = {
@@ -200,7 +281,25 @@ static const td_yfield optimizer_fields[] = {
     TD_YF_FLOAT("beta2", td_optimizer, beta2, 0, 1, TD_YF_HI_OPEN),
     TD_YF_FLOAT("eps", td_optimizer, eps, 0, 1, TD_YF_LO_OPEN),
     TD_YF_FLOAT("momentum", td_optimizer, momentum, 0, 1, TD_YF_HI_OPEN),
+    TD_YF_FLOAT("dampening", td_optimizer, dampening, 0, 1, 0),
+    TD_YF_ENUM("nesterov", td_optimizer, nesterov, bool_names, NULL, 0),
     TD_YF_FLOAT("weight_decay", td_optimizer, weight_decay, 0, 1, 0),
+    {0},
+};
+
+static const td_yfield schedule_fields[] = {
+    TD_YF_ENUM("type", td_schedule, kind, sched_names, NULL, 0),
+    TD_YF_U64("step_size", td_schedule, step_size, 0),
+    TD_YF_FLOAT("gamma", td_schedule, gamma, 0, 1e6, TD_YF_LO_OPEN),
+    TD_YF_U64("t_max", td_schedule, t_max, 0),
+    TD_YF_FLOAT("eta_min", td_schedule, eta_min, 0, 10, 0),
+    TD_YF_U64("warmup_steps", td_schedule, warmup_steps, 0),
+    TD_YF_FLOAT("warmup_start", td_schedule, warmup_start, 0, 1, TD_YF_LO_OPEN),
+    {0},
+};
+
+static const td_yfield loss_fields[] = {
+    TD_YF_FLOAT("label_smoothing", td_jobspec, label_smoothing, 0, 1, TD_YF_HI_OPEN),
     {0},
 };
 
@@ -209,10 +308,13 @@ static const td_yfield train_fields[] = {
     TD_YF_INT("epochs", td_jobspec, epochs, 1, 10000, TD_YF_REQUIRED),
     TD_YF_U64("seed", td_jobspec, seed, 0),
     TD_YF_MAP("optimizer", td_jobspec, opt, optimizer_fields, TD_YF_REQUIRED, check_optimizer),
+    TD_YF_FLOAT("clip_grad_norm", td_jobspec, clip_grad_norm, 0, 1e6, 0),
+    TD_YF_MAP("schedule", td_jobspec, schedule, schedule_fields, 0, check_schedule),
+    TD_YF_SECTION("loss", loss_fields, 0),
     {0},
 };
 
-/* Names the worker does not implement yet are refused with a reason, so a
+/* A name the worker does not implement yet is refused with a reason, so a
  * job never counts on a remedy that will not come. */
 static int check_remedies(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
                           size_t cap) {
@@ -226,18 +328,10 @@ static int check_remedies(const td_yfield *f, void *p, const td_ynode *n, void *
         return 1;
       }
     }
-    switch (r[i]) {
-    case TD_REMEDY_BF16:
-    case TD_REMEDY_FP16:
-      snprintf(msg, cap, "'%s': mixed precision is not available yet (only fp32 training); "
-               "remove it", remedy_names[r[i]]);
+    if (r[i] == TD_REMEDY_SHRINK) {
+      snprintf(msg, cap, "'%s' is not available yet; use 'accumulate', 'recompute', 'bf16' or "
+               "'fp16'", remedy_names[r[i]]);
       return 1;
-    case TD_REMEDY_RECOMPUTE:
-    case TD_REMEDY_SHRINK:
-      snprintf(msg, cap, "'%s' is not available yet; use 'accumulate'", remedy_names[r[i]]);
-      return 1;
-    default:
-      break;
     }
   }
   return 0;
@@ -247,8 +341,19 @@ static const td_yfield remedy_item = {
     .type = TD_YT_ENUM, .size = sizeof(td_remedy), .names = remedy_names,
 };
 
+static const td_yfield loss_scale_fields[] = {
+    TD_YF_FLOAT("init_scale", td_lossscale_cfg, init_scale, 0, 1e30, TD_YF_LO_OPEN),
+    TD_YF_FLOAT("growth_factor", td_lossscale_cfg, growth_factor, 1, 1e6, TD_YF_LO_OPEN),
+    TD_YF_FLOAT("backoff_factor", td_lossscale_cfg, backoff_factor, 0, 1,
+                TD_YF_LO_OPEN | TD_YF_HI_OPEN),
+    TD_YF_INT("growth_interval", td_lossscale_cfg, growth_interval, 1, UINT32_MAX, 0),
+    {0},
+};
+
 static const td_yfield memory_fields[] = {
     TD_YF_ENUM("precision", td_jobspec, precision, precision_names, NULL, 0),
+    TD_YF_MAP("loss_scale", td_jobspec, loss_scale, loss_scale_fields, 0, NULL),
+    TD_YF_ENUM("recompute", td_jobspec, recompute, bool_names, NULL, 0),
     TD_YF_INT("min_micro_batch", td_jobspec, min_micro_batch, 1, 65536, 0),
     TD_YF_SEQ("remedies", td_jobspec, remedies, nremedies, 0, TD_MAX_REMEDIES, &remedy_item, 0,
               check_remedies),
@@ -286,7 +391,9 @@ static void jobspec_defaults(td_jobspec *s) {
   s->norm_std = 1.0f;
   for (size_t i = 0; i < TD_ARRAY_SIZE(opt_only); i++)
     memcpy((char *)&s->opt + opt_only[i].offset, &opt_only[i].neutral, sizeof(float));
+  s->schedule = (td_schedule){.kind = TD_SCHED_CONSTANT, .gamma = 0.1, .warmup_start = 1.0 / 3};
   s->precision = TD_PREC_FP32;
+  s->loss_scale = td_lossscale_defaults();
   s->min_micro_batch = 1;
   s->ckpt_every_seconds = 300;
 }
@@ -399,6 +506,45 @@ static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errl
                  "scores), got %s", s->nlayers - 1, layer_names[last->type]);
     return TD_EJOBSPEC;
   }
+  {
+    td_shape shapes[TD_MAX_LAYERS + 1];
+    char why[200];
+    int bad;
+
+    if (td_jobspec_shapes(s, shapes, &bad, why, sizeof(why)) < 0) {
+      if (bad < 0)
+        td_yaml_errf(err, errlen, node_line(root, "model", "input"), "key 'model.input': %s",
+                     why);
+      else
+        td_yaml_errf(err, errlen, s->layers[bad].line, "key 'model.layers[%d]': %s", bad, why);
+      return TD_EJOBSPEC;
+    }
+  }
+  s->schedule.lr = s->opt.lr;
+  {
+    char why[160];
+    td_lossscale_cfg ls = s->loss_scale;
+
+    if (td_schedule_check(&s->schedule, why, sizeof(why)) < 0) {
+      td_yaml_errf(err, errlen, node_line(root, "train", "schedule"), "key 'train.schedule': %s",
+                   why);
+      return TD_EJOBSPEC;
+    }
+    ls.enabled = true; /* checked even when off: the fp16 remedy may turn it on */
+    if (td_lossscale_check(&ls, why, sizeof(why)) < 0) {
+      td_yaml_errf(err, errlen, node_line(root, "memory", "loss_scale"),
+                   "key 'memory.loss_scale': %s", why);
+      return TD_EJOBSPEC;
+    }
+    s->loss_scale.enabled = s->precision == TD_PREC_FP16;
+    if (node_line(root, "memory", "loss_scale") > 0 && s->precision != TD_PREC_FP16 &&
+        !td_jobspec_allows(s, TD_REMEDY_FP16)) {
+      td_yaml_errf(err, errlen, node_line(root, "memory", "loss_scale"),
+                   "key 'memory.loss_scale' applies only to fp16 (precision fp16, or the fp16 "
+                   "remedy), and the precision is %s", precision_names[s->precision]);
+      return TD_EJOBSPEC;
+    }
+  }
   if (s->min_micro_batch > s->batch_size) {
     td_yaml_errf(err, errlen, node_line(root, "memory", "min_micro_batch"),
                  "key 'memory.min_micro_batch': must not exceed train.batch_size (%u), got %u",
@@ -487,6 +633,139 @@ uint64_t td_jobspec_input_elems(const td_jobspec *spec) {
     if (td_mul_u64(n, spec->input_dims[i], &n) < 0)
       return UINT64_MAX;
   return n;
+}
+
+uint64_t td_shape_elems(const td_shape *s) {
+  return (uint64_t)s->c * s->h * s->w;
+}
+
+/* Why a window (conv2d or pooling) does not fit its input, or "". */
+static int window_out(const td_layer *l, const td_shape *in, uint32_t *oh, uint32_t *ow,
+                      char *msg, size_t cap) {
+  const char *what = layer_names[l->type];
+  uint64_t k = l->kernel, pad = l->padding;
+  uint64_t st = l->stride ? l->stride : l->type == TD_LAYER_CONV2D ? 1 : l->kernel;
+  uint64_t hp = in->h + 2 * pad, wp = in->w + 2 * pad;
+
+  if (k == 0 || st == 0) {
+    snprintf(msg, cap, "%s needs a kernel and a stride of at least 1", what);
+    return TD_EJOBSPEC;
+  }
+  if (l->type != TD_LAYER_CONV2D && 2 * pad > k) {
+    snprintf(msg, cap, "%s padding %llu is more than half its %llux%llu window", what,
+             (unsigned long long)pad, (unsigned long long)k, (unsigned long long)k);
+    return TD_EJOBSPEC;
+  }
+  if (k > hp || k > wp) {
+    snprintf(msg, cap, "%s kernel %llu is larger than its %ux%u input (padding %llu)", what,
+             (unsigned long long)k, in->h, in->w, (unsigned long long)pad);
+    return TD_EJOBSPEC;
+  }
+  *oh = (uint32_t)((hp - k) / st + 1);
+  *ow = (uint32_t)((wp - k) / st + 1);
+  return 0;
+}
+
+int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1], int *bad,
+                      char *msg, size_t cap) {
+  uint64_t elems = td_jobspec_input_elems(spec);
+  td_shape cur;
+
+  *bad = -1;
+  if (spec->input_rank < 1 || spec->input_rank > TD_MAX_RANK || elems == 0) {
+    snprintf(msg, cap, "needs 1 to %d dimensions, each at least 1", TD_MAX_RANK);
+    return TD_EJOBSPEC;
+  }
+  if (elems > INT_MAX) {
+    snprintf(msg, cap, "a sample of %llu values is more than %d", (unsigned long long)elems,
+             INT_MAX);
+    return TD_ETOOBIG;
+  }
+  if (spec->input_rank == 2)
+    cur = (td_shape){1, spec->input_dims[0], spec->input_dims[1], 1};
+  else if (spec->input_rank == 3)
+    cur = (td_shape){spec->input_dims[0], spec->input_dims[1], spec->input_dims[2], 1};
+  else
+    cur = (td_shape){(uint32_t)elems, 1, 1, 0};
+  shapes[0] = cur;
+  if (spec->nlayers < 1 || spec->nlayers > TD_MAX_LAYERS) {
+    snprintf(msg, cap, "a model has 1 to %d layers", TD_MAX_LAYERS);
+    return TD_EJOBSPEC;
+  }
+  for (int i = 0; i < spec->nlayers; i++) {
+    const td_layer *l = &spec->layers[i];
+    td_shape in = cur;
+    uint32_t oh, ow;
+    uint64_t big = 0;
+    int rc;
+
+    *bad = i;
+    if ((unsigned)l->type >= TD_LAYER__COUNT) {
+      snprintf(msg, cap, "unknown layer type %d", (int)l->type);
+      return TD_EJOBSPEC;
+    }
+    if (!in.spatial && (l->type == TD_LAYER_CONV2D || l->type == TD_LAYER_MAXPOOL2D ||
+                        l->type == TD_LAYER_AVGPOOL2D || l->type == TD_LAYER_BATCHNORM2D)) {
+      if (i == 0)
+        snprintf(msg, cap, "%s needs a [C, H, W] input, and model.input is flat (give it as "
+                 "[H, W] or [C, H, W])", layer_names[l->type]);
+      else
+        snprintf(msg, cap, "%s needs a [C, H, W] input, and layer %d (%s) gives %u flat "
+                 "features", layer_names[l->type], i - 1, layer_names[spec->layers[i - 1].type],
+                 in.c);
+      return TD_EJOBSPEC;
+    }
+    switch (l->type) {
+    case TD_LAYER_DENSE:
+      if (l->units == 0) {
+        snprintf(msg, cap, "a dense layer needs 'units'");
+        return TD_EJOBSPEC;
+      }
+      cur = (td_shape){l->units, 1, 1, 0};
+      break;
+    case TD_LAYER_CONV2D:
+      if (l->filters == 0) {
+        snprintf(msg, cap, "a conv2d layer needs 'filters'");
+        return TD_EJOBSPEC;
+      }
+      if ((rc = window_out(l, &in, &oh, &ow, msg, cap)) < 0)
+        return rc;
+      cur = (td_shape){l->filters, oh, ow, 1};
+      /* the im2col matrix of one sample, and the weight */
+      big = (uint64_t)in.c * l->kernel * l->kernel * oh * ow;
+      if ((uint64_t)l->filters * in.c * l->kernel * l->kernel > big)
+        big = (uint64_t)l->filters * in.c * l->kernel * l->kernel;
+      break;
+    case TD_LAYER_MAXPOOL2D:
+    case TD_LAYER_AVGPOOL2D:
+      if ((rc = window_out(l, &in, &oh, &ow, msg, cap)) < 0)
+        return rc;
+      cur = (td_shape){in.c, oh, ow, 1};
+      break;
+    case TD_LAYER_FLATTEN:
+      cur = (td_shape){(uint32_t)td_shape_elems(&in), 1, 1, 0};
+      break;
+    default: /* element-wise and normalisation layers keep the shape */
+      break;
+    }
+    if (td_shape_elems(&cur) > INT_MAX || big > INT_MAX) {
+      snprintf(msg, cap, "%s needs a tensor of %llu values per sample, more than %d",
+               layer_names[l->type],
+               (unsigned long long)(big > td_shape_elems(&cur) ? big : td_shape_elems(&cur)),
+               INT_MAX);
+      return TD_ETOOBIG;
+    }
+    shapes[i + 1] = cur;
+  }
+  *bad = -1;
+  return 0;
+}
+
+int td_jobspec_batch_dependent(const td_jobspec *spec) {
+  for (int i = 0; i < spec->nlayers && i < TD_MAX_LAYERS; i++)
+    if (spec->layers[i].type == TD_LAYER_BATCHNORM2D)
+      return 1;
+  return 0;
 }
 
 uint32_t td_jobspec_classes(const td_jobspec *spec) {

@@ -10,6 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lossscale.h"
+#include "schedule.h"
+
 #define TD_PATH_MAX      1024
 #define TD_NAME_MAX      64
 #define TD_MAX_LAYERS    64
@@ -19,27 +22,52 @@
 typedef enum {
   TD_LAYER_DENSE = 0,
   TD_LAYER_RELU,
+  TD_LAYER_CONV2D,
+  TD_LAYER_MAXPOOL2D,
+  TD_LAYER_AVGPOOL2D,
+  TD_LAYER_GELU,
+  TD_LAYER_DROPOUT,
+  TD_LAYER_FLATTEN,
+  TD_LAYER_BATCHNORM2D,
+  TD_LAYER_LAYERNORM,
   TD_LAYER__COUNT
 } td_layer_type;
 
+/* One layer as the job file gives it.  A field a type does not use is 0;
+ * the parser fills each used one (its default when the file omits it). */
 typedef struct td_layer {
   td_layer_type type;
-  uint32_t units; /* dense: output features */
-  int line;       /* line in the job file, for messages */
+  uint32_t units;      /* dense: output features */
+  uint32_t filters;    /* conv2d: output channels */
+  uint32_t kernel;     /* conv2d, pooling: square window side */
+  uint32_t stride;     /* conv2d: 1; pooling: kernel (0 in a spec built in code: the same) */
+  uint32_t padding;    /* conv2d, pooling: zeros on each side */
+  int approximate;     /* gelu: 0 exact (erf), 1 tanh */
+  float p;             /* dropout: probability of dropping */
+  float eps;           /* batchnorm2d, layernorm: 1e-5 (0 in code: the same) */
+  float momentum;      /* batchnorm2d: running statistics' rate, 0.1 (0 in code: the same) */
+  int line;            /* line in the job file, for messages */
 } td_layer;
 
-typedef enum { TD_OPT_SGD = 0, TD_OPT_ADAM } td_opt_kind;
+/* What a layer's input or output is per sample: [c, h, w], or flat [c]
+ * features (h = w = 1, spatial false). */
+typedef struct td_shape {
+  uint32_t c, h, w;
+  int spatial;
+} td_shape;
 
-typedef enum { TD_PREC_FP32 = 0, TD_PREC__COUNT } td_precision;
+typedef enum { TD_OPT_SGD = 0, TD_OPT_ADAM, TD_OPT_ADAMW } td_opt_kind;
+
+typedef enum { TD_PREC_FP32 = 0, TD_PREC_BF16, TD_PREC_FP16, TD_PREC__COUNT } td_precision;
 
 typedef enum { TD_DATA_IDX = 0, TD_DATA_NPY, TD_DATA_CSV, TD_DATA_RAW } td_data_format;
 
 /* What the worker may do, in the job's order, when memory runs short. */
 typedef enum {
   TD_REMEDY_ACCUMULATE = 0, /* smaller micro-batches, same effective batch */
-  TD_REMEDY_RECOMPUTE,      /* activation recomputation (not available yet) */
+  TD_REMEDY_RECOMPUTE,      /* activation recomputation */
   TD_REMEDY_SHRINK,         /* smaller effective batch, lr scaled (not available yet) */
-  TD_REMEDY_BF16,           /* mixed precision (not available yet) */
+  TD_REMEDY_BF16,           /* mixed precision: bf16, or fp16 with loss scaling */
   TD_REMEDY_FP16,
   TD_REMEDY__COUNT
 } td_remedy;
@@ -94,7 +122,9 @@ typedef struct td_optimizer {
   float lr;
   float beta1, beta2, eps; /* adam */
   float momentum;          /* sgd */
-  float weight_decay;
+  float dampening;         /* sgd */
+  int nesterov;            /* sgd: needs momentum > 0 and dampening 0 */
+  float weight_decay;      /* adamw: decoupled */
 } td_optimizer;
 
 typedef struct td_jobspec {
@@ -123,9 +153,14 @@ typedef struct td_jobspec {
   uint32_t epochs;
   uint64_t seed;
   td_optimizer opt;
+  float clip_grad_norm;      /* max global gradient norm; 0 = no clipping */
+  td_schedule schedule;      /* schedule.lr is opt.lr */
+  float label_smoothing;     /* train.loss.label_smoothing, [0, 1) */
 
   /* memory */
   td_precision precision;
+  td_lossscale_cfg loss_scale; /* fp16's dynamic loss scaling; enabled iff precision fp16 */
+  int recompute;               /* keep only segment inputs; recompute in the backward pass */
   uint32_t min_micro_batch;
   td_remedy remedies[TD_MAX_REMEDIES]; /* default: {accumulate} */
   int nremedies;
@@ -153,6 +188,19 @@ int td_jobspec_parse(const char *text, size_t len, const char *base_dir,
 
 /* Read and parse a file; base_dir is the file's directory. */
 int td_jobspec_load(const char *path, td_jobspec *out, char *err, size_t errlen);
+
+/* The shape of every layer's input: shapes[0] is the model's input,
+ * shapes[i + 1] layer i's output.  TD_EJOBSPEC with "key
+ * 'model.layers[i]': what was expected" in msg (and *bad = i, -1 for the
+ * input) when the chain does not hold; TD_ETOOBIG for a layer of more than
+ * 2^31 - 1 values per sample. */
+int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1], int *bad,
+                      char *msg, size_t cap);
+/* Values per sample of a shape. */
+uint64_t td_shape_elems(const td_shape *s);
+/* Whether the model holds a layer whose result depends on how a batch is
+ * cut into micro-batches (batchnorm2d: statistics per micro-batch). */
+int td_jobspec_batch_dependent(const td_jobspec *spec);
 
 /* Elements of one input sample (product of input_dims). */
 uint64_t td_jobspec_input_elems(const td_jobspec *spec);

@@ -1,12 +1,14 @@
 #include "plan.h"
 
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
 #include "util.h"
 
 #define F32 ((uint64_t)sizeof(float))
+#define F16 ((uint64_t)sizeof(uint16_t))
 
 static int mul(uint64_t a, uint64_t b, uint64_t *out) {
   if (td_mul_u64(a, b, out) < 0 || *out > TD_PLAN_LIMIT)
@@ -38,122 +40,604 @@ static int take(uint64_t *end, uint64_t rows, uint64_t cols, uint64_t elem, uint
 }
 
 static uint32_t optim_slots(const td_optimizer *opt) {
-  if (opt->kind == TD_OPT_ADAM)
+  if (opt->kind == TD_OPT_ADAM || opt->kind == TD_OPT_ADAMW)
     return 2;
   return opt->momentum != 0.0f ? 1 : 0;
 }
 
-/* BLAS takes int dimensions. */
-static int check_features(uint64_t n) {
-  if (n == 0)
+static bool has_params(td_layer_type t) {
+  return t == TD_LAYER_DENSE || t == TD_LAYER_CONV2D || t == TD_LAYER_BATCHNORM2D ||
+         t == TD_LAYER_LAYERNORM;
+}
+
+/* What each layer's backward op reads, and whether its forward may
+ * overwrite its input (when nothing else needs it). */
+static const struct {
+  bool needs_x, needs_y, in_place, grad_in_place;
+} layer_traits[TD_LAYER__COUNT] = {
+    [TD_LAYER_DENSE] = {.needs_x = true},
+    [TD_LAYER_RELU] = {.needs_y = true, .in_place = true, .grad_in_place = true},
+    [TD_LAYER_CONV2D] = {.needs_x = true},
+    [TD_LAYER_MAXPOOL2D] = {.needs_x = true, .needs_y = true},
+    [TD_LAYER_AVGPOOL2D] = {.needs_x = true, .needs_y = true},
+    [TD_LAYER_GELU] = {.needs_x = true, .grad_in_place = true},
+    [TD_LAYER_DROPOUT] = {.in_place = true, .grad_in_place = true},
+    [TD_LAYER_FLATTEN] = {.in_place = true, .grad_in_place = true},
+    [TD_LAYER_BATCHNORM2D] = {.needs_x = true},
+    [TD_LAYER_LAYERNORM] = {.needs_x = true},
+};
+
+/* The liveness planner.  A logical tensor is used by ops at integer times;
+ * ops of the forward pass (and the loss) are phase 0, the recomputation and
+ * the backward pass phase 1.  A tensor whose first phase-1 use writes it
+ * (it is recomputed) lives twice, once in each phase; any other lives from
+ * its first use to its last. */
+#define MAX_TENSORS (TD_MAX_LAYERS * 16 + 8)
+
+typedef struct tensor {
+  uint64_t bytes, off;
+  int lo[2], hi[2];
+  bool used[2], split;
+  bool half; /* 16-bit storage */
+  int alias; /* -1, or the tensor whose bytes this one shares */
+} tensor;
+
+typedef struct planner {
+  tensor t[MAX_TENSORS];
+  int n;
+  int time;
+} planner;
+
+static int root(const planner *p, int id) {
+  while (id >= 0 && p->t[id].alias >= 0)
+    id = p->t[id].alias;
+  return id;
+}
+
+/* rows x cols x elem bytes, rounded up to the alignment */
+static int sized(uint64_t rows, uint64_t cols, uint64_t elem, uint64_t *out) {
+  uint64_t bytes;
+  int rc;
+
+  if ((rc = mul(rows, cols, &bytes)) < 0 || (rc = mul(bytes, elem, &bytes)) < 0 ||
+      (rc = add(bytes, TD_PLAN_ALIGN - 1, &bytes)) < 0)
+    return rc;
+  *out = bytes - bytes % TD_PLAN_ALIGN;
+  return 0;
+}
+
+static int new_tensor(planner *p, uint64_t rows, uint64_t cols, uint64_t elem, int *id) {
+  uint64_t bytes;
+  int rc;
+
+  if ((rc = sized(rows, cols, elem, &bytes)) < 0)
+    return rc;
+  if (p->n >= MAX_TENSORS)
     return TD_EINVAL;
-  return n > INT_MAX ? TD_ETOOBIG : 0;
+  p->t[p->n] = (tensor){.bytes = bytes, .half = elem == F16, .alias = -1};
+  *id = p->n++;
+  return 0;
+}
+
+static void use(planner *p, int id, int phase, bool write) {
+  tensor *t;
+
+  if ((id = root(p, id)) < 0)
+    return;
+  t = &p->t[id];
+  if (!t->used[phase]) {
+    t->used[phase] = true;
+    t->lo[phase] = p->time;
+    if (phase == 1 && write)
+      t->split = true;
+  }
+  t->hi[phase] = p->time;
+}
+
+static bool overlap(const tensor *a, const tensor *b) {
+  int alo[2], ahi[2], blo[2], bhi[2], na = 0, nb = 0;
+  const tensor *src[2] = {a, b};
+
+  for (int k = 0; k < 2; k++) {
+    const tensor *t = src[k];
+    int *lo = k == 0 ? alo : blo, *hi = k == 0 ? ahi : bhi, *n = k == 0 ? &na : &nb;
+
+    if (t->split || !t->used[0] || !t->used[1]) {
+      for (int ph = 0; ph < 2; ph++)
+        if (t->used[ph])
+          lo[*n] = t->lo[ph], hi[*n] = t->hi[ph], (*n)++;
+    } else {
+      lo[0] = t->lo[0];
+      hi[0] = t->hi[1];
+      *n = 1;
+    }
+  }
+  for (int i = 0; i < na; i++)
+    for (int j = 0; j < nb; j++)
+      if (alo[i] <= bhi[j] && blo[j] <= ahi[i])
+        return true;
+  return false;
+}
+
+static bool live_at(const tensor *t, int time) {
+  tensor probe = {.used = {true, false}, .lo = {time, 0}, .hi = {time, 0}};
+
+  return overlap(t, &probe);
+}
+
+static int by_size_desc(const void *a, const void *b, void *arg) {
+  const tensor *t = arg;
+  int x = *(const int *)a, y = *(const int *)b;
+
+  if (t[x].bytes != t[y].bytes)
+    return t[x].bytes > t[y].bytes ? -1 : 1;
+  return x - y;
+}
+
+static int by_off(const void *a, const void *b, void *arg) {
+  const tensor *t = arg;
+  int x = *(const int *)a, y = *(const int *)b;
+
+  return t[x].off < t[y].off ? -1 : t[x].off > t[y].off;
+}
+
+/* Greedy by size: each tensor, largest first, goes to the lowest offset
+ * where it overlaps no tensor placed before it that is live at the same
+ * time.  *size gets the arena's size, *peak the most bytes live at once. */
+static int place(planner *p, uint64_t *size, uint64_t *peak) {
+  int order[MAX_TENSORS], busy[MAX_TENSORS], nord = 0;
+  uint64_t end = 0, top = 0;
+  int rc;
+
+  for (int i = 0; i < p->n; i++)
+    if (p->t[i].alias < 0 && p->t[i].bytes > 0 && (p->t[i].used[0] || p->t[i].used[1]))
+      order[nord++] = i;
+  qsort_r(order, (size_t)nord, sizeof(int), by_size_desc, p->t);
+  for (int k = 0; k < nord; k++) {
+    tensor *t = &p->t[order[k]];
+    uint64_t off = 0;
+    int nbusy = 0;
+
+    for (int j = 0; j < k; j++)
+      if (overlap(t, &p->t[order[j]]))
+        busy[nbusy++] = order[j];
+    qsort_r(busy, (size_t)nbusy, sizeof(int), by_off, p->t);
+    for (int j = 0; j < nbusy; j++) {
+      const tensor *b = &p->t[busy[j]];
+
+      if (b->off >= off + t->bytes)
+        break;
+      if (b->off + b->bytes > off)
+        off = b->off + b->bytes;
+    }
+    t->off = off;
+    if ((rc = add(off, t->bytes, &off)) < 0)
+      return rc;
+    if (off > end)
+      end = off;
+  }
+  for (int time = 0; time <= p->time; time++) {
+    uint64_t live = 0;
+
+    for (int k = 0; k < nord; k++)
+      if (live_at(&p->t[order[k]], time))
+        live += p->t[order[k]].bytes;
+    if (live > top)
+      top = live;
+  }
+  *size = end;
+  *peak = top;
+  return 0;
+}
+
+static uint64_t offset_of(const planner *p, int id) {
+  return (id = root(p, id)) < 0 ? TD_PLAN_NONE : p->t[id].off;
+}
+
+/* The ids of one layer's tensors while the schedule is built. */
+typedef struct layer_ids {
+  int stats, junk, tx, ty, tw, bx, by, bw;
+} layer_ids;
+
+typedef struct build {
+  const td_jobspec *spec;
+  td_layout *l;
+  planner *p;
+  int act[TD_MAX_LAYERS + 1];  /* stored input of layer i, output of layer i - 1 */
+  int grad[TD_MAX_LAYERS + 1]; /* their gradients */
+  layer_ids ids[TD_MAX_LAYERS];
+  bool half;
+} build;
+
+/* The events of layer i's forward op (phase 1: its recomputation). */
+static void forward_uses(build *b, int i, int phase) {
+  const td_layer_layout *ly = &b->l->layers[i];
+  const layer_ids *id = &b->ids[i];
+  planner *p = b->p;
+
+  if (ly->type == TD_LAYER_FLATTEN)
+    return;
+  use(p, b->act[i], phase, false);
+  use(p, id->tx, phase, true);
+  use(p, id->tw, phase, true);
+  use(p, id->ty, phase, true);
+  use(p, id->stats, phase, true);
+  if (phase == 1)
+    use(p, id->junk, phase, true);
+  use(p, b->act[i + 1], phase, true);
+  p->time++;
+}
+
+static void backward_uses(build *b, int i) {
+  const td_layer_layout *ly = &b->l->layers[i];
+  const layer_ids *id = &b->ids[i];
+  planner *p = b->p;
+
+  if (ly->type == TD_LAYER_FLATTEN)
+    return;
+  use(p, b->grad[i + 1], 1, false);
+  if (ly->needs_x)
+    use(p, b->act[i], 1, false);
+  if (ly->needs_y)
+    use(p, b->act[i + 1], 1, false);
+  use(p, id->stats, 1, false);
+  use(p, id->bx, 1, true);
+  use(p, id->by, 1, true);
+  use(p, id->bw, 1, true);
+  if (ly->needs_dx)
+    use(p, b->grad[i], 1, true);
+  p->time++;
+}
+
+/* Parameters, shapes and the tensors of each layer. */
+static int lay_layers(build *b, const td_shape *shapes) {
+  const td_jobspec *spec = b->spec;
+  td_layout *l = b->l;
+  planner *p = b->p;
+  uint64_t n = l->micro_batch, params_end = 0, buf_floats = 0, elem = b->half ? F16 : F32;
+  int rc;
+
+  if ((rc = new_tensor(p, n, shapes[0].c * (uint64_t)shapes[0].h * shapes[0].w, elem,
+                       &b->act[0])) < 0)
+    return rc;
+  for (int i = 0; i < spec->nlayers; i++) {
+    const td_layer *sl = &spec->layers[i];
+    td_layer_layout *ly = &l->layers[i];
+    layer_ids *id = &b->ids[i];
+    const td_shape *in = &shapes[i], *out = &shapes[i + 1];
+    uint64_t fin = td_shape_elems(in), fout = td_shape_elems(out);
+    bool last = i == spec->nlayers - 1;
+    /* in place when nothing reads the input after this op */
+    bool producer_needs_y = i > 0 && l->layers[i - 1].needs_y;
+    bool in_place = layer_traits[sl->type].in_place &&
+                    (sl->type == TD_LAYER_FLATTEN || !producer_needs_y);
+
+    *id = (layer_ids){-1, -1, -1, -1, -1, -1, -1, -1};
+    ly->type = sl->type;
+    ly->in_shape = *in;
+    ly->out_shape = *out;
+    ly->in = (uint32_t)fin;
+    ly->out = (uint32_t)fout;
+    ly->needs_x = layer_traits[sl->type].needs_x;
+    ly->needs_y = layer_traits[sl->type].needs_y;
+    ly->weight = ly->bias = ly->running = TD_PLAN_NONE;
+    /* spatial ops index the whole micro-batch with int */
+    if ((sl->type == TD_LAYER_CONV2D || sl->type == TD_LAYER_MAXPOOL2D ||
+         sl->type == TD_LAYER_AVGPOOL2D || sl->type == TD_LAYER_BATCHNORM2D) &&
+        (n * fin > INT_MAX || n * fout > INT_MAX))
+      return TD_ETOOBIG;
+
+    switch (sl->type) {
+    case TD_LAYER_DENSE:
+      ly->nweight = fout * fin;
+      ly->nbias = fout;
+      break;
+    case TD_LAYER_CONV2D:
+      ly->nweight = (uint64_t)sl->filters * in->c * sl->kernel * sl->kernel;
+      ly->nbias = sl->filters;
+      {
+        uint64_t ws = (uint64_t)in->c * sl->kernel * sl->kernel * out->h * out->w * F32;
+
+        if (ws > l->workspace)
+          l->workspace = ws;
+      }
+      break;
+    case TD_LAYER_BATCHNORM2D:
+      ly->nweight = ly->nbias = in->c;
+      break;
+    case TD_LAYER_LAYERNORM:
+      ly->nweight = ly->nbias = fin;
+      break;
+    default:
+      ly->nweight = ly->nbias = 0;
+      break;
+    }
+    if (has_params(sl->type)) {
+      /* packed, so the optimiser updates them all in one sweep */
+      if ((rc = take(&params_end, ly->nweight, 1, F32, F32, &ly->weight)) < 0 ||
+          (rc = take(&params_end, ly->nbias, 1, F32, F32, &ly->bias)) < 0)
+        return rc;
+      ly->needs_dx = l->first_dense >= 0;
+      if (l->first_dense < 0)
+        l->first_dense = i;
+    }
+    if (sl->type == TD_LAYER_BATCHNORM2D) {
+      ly->running = buf_floats; /* floats after the trainable ones, made bytes below */
+      buf_floats += 2 * (uint64_t)in->c;
+    }
+    if (!has_params(sl->type))
+      ly->needs_dx = l->first_dense >= 0;
+
+    /* the stored output */
+    if (in_place) {
+      b->act[i + 1] = b->act[i];
+      ly->act_bytes = 0;
+    } else {
+      uint64_t oelem = last ? F32 : elem;
+
+      if ((rc = new_tensor(p, n, fout, oelem, &b->act[i + 1])) < 0)
+        return rc;
+      ly->act_bytes = p->t[b->act[i + 1]].bytes;
+    }
+    if (sl->type == TD_LAYER_BATCHNORM2D || sl->type == TD_LAYER_LAYERNORM) {
+      uint64_t count = sl->type == TD_LAYER_BATCHNORM2D ? in->c : n;
+
+      if ((rc = new_tensor(p, 2, count, F32, &id->stats)) < 0)
+        return rc;
+      if (sl->type == TD_LAYER_BATCHNORM2D && spec->recompute &&
+          (rc = new_tensor(p, 2, in->c, F32, &id->junk)) < 0)
+        return rc;
+    }
+    /* mixed precision: the spatial ops (BatchNorm aside: its statistics
+     * span the micro-batch) widen and run a sample at a time, so their
+     * fp32 scratch is one sample's */
+    ly->chunk = (uint32_t)n;
+    if (sl->type == TD_LAYER_CONV2D || sl->type == TD_LAYER_MAXPOOL2D ||
+        sl->type == TD_LAYER_AVGPOOL2D ||
+        (in->spatial && (sl->type == TD_LAYER_RELU || sl->type == TD_LAYER_GELU ||
+                         sl->type == TD_LAYER_DROPOUT)))
+      ly->chunk = 1;
+    if (b->half && sl->type != TD_LAYER_FLATTEN) {
+      bool same = in_place;
+      uint64_t rows = ly->chunk;
+
+      if ((rc = new_tensor(p, rows, fin, F32, &id->tx)) < 0)
+        return rc;
+      if (!same && !last && (rc = new_tensor(p, rows, fout, F32, &id->ty)) < 0)
+        return rc;
+      if (ly->needs_x && (rc = new_tensor(p, rows, fin, F32, &id->bx)) < 0)
+        return rc;
+      if (ly->needs_y && !last && (rc = new_tensor(p, rows, fout, F32, &id->by)) < 0)
+        return rc;
+      /* dense and conv2d compute with 16-bit weights; the norms keep fp32 */
+      if (sl->type == TD_LAYER_DENSE || sl->type == TD_LAYER_CONV2D) {
+        if ((rc = new_tensor(p, ly->nweight + ly->nbias, 1, F32, &id->tw)) < 0 ||
+            (rc = new_tensor(p, ly->nweight + ly->nbias, 1, F32, &id->bw)) < 0)
+          return rc;
+      }
+    }
+  }
+  if (l->first_dense < 0)
+    return TD_EINVAL;
+  {
+    /* the loss reads fp32 logits, even when layers after the last dense
+     * one work in place on its output */
+    tensor *t = &p->t[root(p, b->act[spec->nlayers])];
+
+    if (t->half && (rc = sized(n, td_shape_elems(&shapes[spec->nlayers]), F32, &t->bytes)) < 0)
+      return rc;
+    t->half = false;
+  }
+  l->nparams = params_end / F32;
+  l->nbuffers = buf_floats;
+  for (int i = 0; i < spec->nlayers; i++)
+    if (l->layers[i].running != TD_PLAN_NONE)
+      l->layers[i].running = params_end + l->layers[i].running * F32;
+  return 0;
+}
+
+/* Gradient tensors, from the logits back to the first layer with parameters. */
+static int lay_grads(build *b) {
+  td_layout *l = b->l;
+  planner *p = b->p;
+  uint64_t n = l->micro_batch, widest = l->classes;
+  int L = l->nlayers, rc;
+
+  for (int i = 0; i <= L; i++)
+    b->grad[i] = -1;
+  if ((rc = new_tensor(p, n, l->classes, F32, &b->grad[L])) < 0)
+    return rc;
+  for (int i = L - 1; i > l->first_dense; i--) {
+    const td_layer_layout *ly = &l->layers[i];
+
+    if (layer_traits[ly->type].grad_in_place) {
+      b->grad[i] = b->grad[i + 1];
+      continue;
+    }
+    if ((rc = new_tensor(p, n, ly->in, F32, &b->grad[i])) < 0)
+      return rc;
+    if (ly->in > widest)
+      widest = ly->in;
+  }
+  l->grad_width = (uint32_t)widest;
+  return 0;
+}
+
+/* The schedule of one training micro-batch, as uses of the tensors. */
+static void schedule(build *b, int stats, int input_tmp) {
+  td_layout *l = b->l;
+  planner *p = b->p;
+  int L = l->nlayers, end, seg_start[TD_MAX_LAYERS + 1], nseg = 0;
+
+  p->time = 0;
+  use(p, stats, 0, false);
+  use(p, input_tmp, 0, true);
+  use(p, b->act[0], 0, true);
+  p->time++;
+  for (int i = 0; i < L; i++)
+    forward_uses(b, i, 0);
+  use(p, b->act[L], 0, false); /* the loss */
+  use(p, stats, 0, false);
+  use(p, b->grad[L], 0, true);
+  p->time++;
+
+  /* segments start at each layer with parameters */
+  for (int i = l->first_dense; i < L; i++)
+    if (has_params(l->layers[i].type))
+      seg_start[nseg++] = i;
+  seg_start[nseg] = L;
+  end = L;
+  for (int s = nseg - 1; s >= 0; s--) {
+    int a = seg_start[s];
+
+    if (l->recompute && s < nseg - 1)
+      for (int i = a; i < end; i++) {
+        l->layers[i].recomputed = true;
+        forward_uses(b, i, 1);
+      }
+    for (int i = end - 1; i >= a; i--)
+      backward_uses(b, i);
+    end = a;
+  }
+  use(p, stats, 1, false); /* the update reads the norm and the flag */
 }
 
 int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out) {
-  td_layout l = {.micro_batch = micro_batch, .nlayers = spec->nlayers, .first_dense = -1};
-  uint64_t in_elems = 1, params_end = 0, act_end = 0, cur, width, gw = 0;
-  int rc;
+  td_shape shapes[TD_MAX_LAYERS + 1];
+  td_layout *l;
+  planner *p;
+  build b = {.spec = spec};
+  int stats, input_tmp = -1, bad, rc;
+  char why[8];
 
   if (spec->nlayers < 1 || spec->nlayers > TD_MAX_LAYERS || spec->input_rank < 1 ||
       spec->input_rank > TD_MAX_RANK || spec->batch_size == 0 || micro_batch == 0 ||
       micro_batch > spec->batch_size || micro_batch > INT_MAX ||
-      (spec->opt.kind != TD_OPT_SGD && spec->opt.kind != TD_OPT_ADAM) ||
-      (unsigned)spec->precision >= TD_PREC__COUNT)
+      (unsigned)spec->opt.kind > TD_OPT_ADAMW || (unsigned)spec->precision >= TD_PREC__COUNT)
     return TD_EINVAL;
-  for (int i = 0; i < spec->input_rank; i++) {
+  for (int i = 0; i < spec->input_rank; i++)
     if (spec->input_dims[i] == 0)
       return TD_EINVAL;
-    if ((rc = mul(in_elems, spec->input_dims[i], &in_elems)) < 0)
-      return rc;
+  rc = td_jobspec_shapes(spec, shapes, &bad, why, sizeof(why));
+  if (rc < 0)
+    return rc == TD_ETOOBIG ? rc : TD_EINVAL;
+
+  l = calloc(1, sizeof(*l));
+  p = calloc(1, sizeof(*p));
+  if (l == NULL || p == NULL) {
+    rc = TD_ENOMEM;
+    goto free_all;
   }
-  if ((rc = check_features(in_elems)) < 0)
-    return rc;
-  l.in_elems = (uint32_t)in_elems;
-  if ((rc = take(&act_end, micro_batch, in_elems, F32, TD_PLAN_ALIGN, &l.input)) < 0)
-    return rc;
-  cur = l.input;
-  width = in_elems;
+  b.l = l;
+  b.p = p;
+  b.half = spec->precision != TD_PREC_FP32;
+  l->micro_batch = micro_batch;
+  l->nlayers = spec->nlayers;
+  l->first_dense = -1;
+  l->precision = spec->precision;
+  l->recompute = spec->recompute != 0;
+  l->in_elems = (uint32_t)td_shape_elems(&shapes[0]);
+  l->classes = (uint32_t)td_shape_elems(&shapes[spec->nlayers]);
+  l->optim_slots = optim_slots(&spec->opt);
 
-  for (int i = 0; i < spec->nlayers; i++) {
-    td_layer_layout *ly = &l.layers[i];
+  if ((rc = new_tensor(p, 8, 1, F32, &stats)) < 0 || (rc = lay_layers(&b, shapes)) < 0 ||
+      (rc = lay_grads(&b)) < 0)
+    goto free_all;
+  if (b.half && (rc = new_tensor(p, micro_batch, l->in_elems, F32, &input_tmp)) < 0)
+    goto free_all;
+  schedule(&b, stats, input_tmp);
+  if ((rc = place(p, &l->act_bytes, &l->act_peak)) < 0)
+    goto free_all;
 
-    ly->type = spec->layers[i].type;
-    ly->in = ly->out = (uint32_t)width;
-    ly->x = ly->y = cur;
-    switch (spec->layers[i].type) {
-    case TD_LAYER_DENSE:
-      if ((rc = check_features(spec->layers[i].units)) < 0)
-        return rc;
-      ly->out = spec->layers[i].units;
-      /* Parameters are packed so the optimiser updates them in one sweep. */
-      if ((rc = take(&params_end, ly->out, ly->in, F32, F32, &ly->weight)) < 0 ||
-          (rc = take(&params_end, ly->out, 1, F32, F32, &ly->bias)) < 0 ||
-          (rc = take(&act_end, micro_batch, ly->out, F32, TD_PLAN_ALIGN, &ly->y)) < 0)
-        return rc;
-      ly->needs_dx = l.first_dense >= 0;
-      if (l.first_dense < 0)
-        l.first_dense = i;
-      if (ly->out > gw)
-        gw = ly->out;
-      if (ly->needs_dx && ly->in > gw)
-        gw = ly->in;
-      cur = ly->y;
-      width = ly->out;
-      break;
-    case TD_LAYER_RELU:
-      break;
-    default:
-      return TD_EINVAL;
-    }
+  l->stats = offset_of(p, stats);
+  l->input = offset_of(p, b.act[0]);
+  l->input_tmp = offset_of(p, input_tmp);
+  l->logits = offset_of(p, b.act[l->nlayers]);
+  l->dlogits = offset_of(p, b.grad[l->nlayers]);
+  for (int i = 0; i < l->nlayers; i++) {
+    td_layer_layout *ly = &l->layers[i];
+    const layer_ids *id = &b.ids[i];
+
+    ly->x = offset_of(p, b.act[i]);
+    ly->y = offset_of(p, b.act[i + 1]);
+    ly->half_x = p->t[root(p, b.act[i])].half;
+    ly->half_y = p->t[root(p, b.act[i + 1])].half;
+    ly->stats = offset_of(p, id->stats);
+    ly->junk = offset_of(p, id->junk);
+    ly->dy = offset_of(p, b.grad[i + 1]);
+    ly->dx = ly->needs_dx ? offset_of(p, b.grad[i]) : TD_PLAN_NONE;
+    ly->tx = offset_of(p, id->tx);
+    ly->ty = offset_of(p, id->ty);
+    ly->tw = offset_of(p, id->tw);
+    ly->bx = offset_of(p, id->bx);
+    ly->by = offset_of(p, id->by);
+    ly->bw = offset_of(p, id->bw);
   }
-  if (l.first_dense < 0)
-    return TD_EINVAL;
 
-  l.classes = (uint32_t)width;
-  l.logits = cur;
-  l.nparams = params_end / F32;
-  l.optim_slots = optim_slots(&spec->opt);
-  l.grad_width = (uint32_t)gw;
-  if ((rc = take(&act_end, micro_batch, gw, F32, TD_PLAN_ALIGN, &l.grad[0])) < 0 ||
-      (rc = take(&act_end, micro_batch, gw, F32, TD_PLAN_ALIGN, &l.grad[1])) < 0 ||
-      (rc = take(&act_end, 2, 1, F32, TD_PLAN_ALIGN, &l.stats)) < 0 ||
-      /* the arena's size: where an empty tensor after the last would start */
-      (rc = take(&act_end, 0, 0, 1, TD_PLAN_ALIGN, &l.act_bytes)) < 0)
-    return rc;
+  /* the 16-bit weights go with the workspace: a re-plan to another
+   * precision reallocates them, the master copy stays */
+  l->half_params = TD_PLAN_NONE;
+  if (b.half && (rc = take(&l->workspace, l->nparams, 1, F16, TD_PLAN_ALIGN,
+                           &l->half_params)) < 0)
+    goto free_all;
+  l->stage_bytes = 0;
+  {
+    uint64_t px;
 
-  l.stage_bytes = 0;
-  if ((rc = take(&l.stage_bytes, micro_batch, in_elems, 1, 1, &cur)) < 0 ||
-      (rc = take(&l.stage_bytes, micro_batch, 1, 1, TD_PLAN_ALIGN, &l.stage_labels)) < 0)
-    return rc;
-
-  memcpy(out, &l, sizeof(l));
-  return 0;
+    if ((rc = take(&l->stage_bytes, micro_batch, l->in_elems, 1, 1, &px)) < 0 ||
+        (rc = take(&l->stage_bytes, micro_batch, 1, 1, TD_PLAN_ALIGN, &l->stage_labels)) < 0)
+      goto free_all;
+  }
+  memcpy(out, l, sizeof(*l));
+  rc = 0;
+free_all:
+  free(p);
+  free(l);
+  return rc;
 }
 
 int td_plan_compute(const td_jobspec *spec, uint32_t micro_batch, td_precision prec,
                     uint64_t overhead, td_plan *out) {
-  td_layout l;
-  td_plan p = {.micro_batch = micro_batch, .workspace = 0, .overhead = overhead};
+  td_jobspec *s;
+  td_layout *l;
+  td_plan p = {.micro_batch = micro_batch, .overhead = overhead, .precision = prec};
   int rc;
 
   if ((unsigned)prec >= TD_PREC__COUNT)
     return TD_EINVAL;
-  if ((rc = td_plan_layout(spec, micro_batch, &l)) < 0)
-    return rc;
+  s = malloc(sizeof(*s));
+  l = malloc(sizeof(*l));
+  if (s == NULL || l == NULL) {
+    rc = TD_ENOMEM;
+    goto free_all;
+  }
+  memcpy(s, spec, sizeof(*s));
+  s->precision = prec;
+  if ((rc = td_plan_layout(s, micro_batch, l)) < 0)
+    goto free_all;
   p.accumulation = (uint32_t)(((uint64_t)spec->batch_size + micro_batch - 1) / micro_batch);
-  p.activations = l.act_bytes;
-  p.staging = l.stage_bytes;
-  if ((rc = mul(l.nparams, F32, &p.params)) < 0 || (rc = mul(l.nparams, F32, &p.grads)) < 0 ||
-      (rc = mul(p.params, l.optim_slots, &p.optim)) < 0)
-    return rc;
-  const uint64_t parts[] = {p.params, p.grads, p.optim, p.activations,
-                            p.workspace, p.staging, p.overhead};
-  for (size_t i = 0; i < TD_ARRAY_SIZE(parts); i++)
-    if ((rc = add(p.total, parts[i], &p.total)) < 0)
-      return rc;
+  p.activations = l->act_bytes;
+  p.workspace = l->workspace;
+  p.staging = l->stage_bytes;
+  p.recompute = l->recompute;
+  p.batch_dependent = td_jobspec_batch_dependent(spec) != 0;
+  p.params = (l->nparams + l->nbuffers) * F32;
+  if ((rc = mul(l->nparams, F32, &p.grads)) < 0 ||
+      (rc = mul(p.grads, l->optim_slots, &p.optim)) < 0)
+    goto free_all;
+  {
+    const uint64_t parts[] = {p.params, p.grads, p.optim, p.activations,
+                              p.workspace, p.staging, p.overhead};
+
+    for (size_t i = 0; i < TD_ARRAY_SIZE(parts); i++)
+      if ((rc = add(p.total, parts[i], &p.total)) < 0)
+        goto free_all;
+  }
   *out = p;
-  return 0;
+free_all:
+  free(l);
+  free(s);
+  return rc;
 }
 
 int td_plan_fit(const td_jobspec *spec, td_precision prec, uint64_t overhead, uint64_t budget,

@@ -3,10 +3,23 @@
  * the worker allocates exactly the arenas it names and lays its tensors out
  * with td_plan_layout, so the two cannot disagree.
  *
- * Arenas (one allocation each): parameters, gradients, optimiser state,
- * activations (forward outputs kept for the backward pass, two ping-pong
- * gradient buffers and the loss statistics), workspace (none yet) and input
- * staging (one micro-batch of uint8 pixels and labels).
+ * Arenas (one allocation each): parameters (the fp32 master copy and
+ * BatchNorm's running statistics), gradients, optimiser state, activations,
+ * workspace (the largest conv2d's im2col matrix, then in mixed precision the
+ * 16-bit copy of the parameters the forward and backward passes read) and
+ * input staging (one micro-batch of uint8 pixels and labels).
+ *
+ * The activation arena is laid out by a liveness plan over one micro-batch's
+ * schedule: normalise, each layer's forward, the loss, then (with activation
+ * recomputation, each segment's forward again) each layer's backward.  Every
+ * tensor lives from the op that writes it to the last op that reads it;
+ * tensors whose lives do not overlap share bytes.  What the backward pass
+ * keeps: dense and conv2d their input, relu its output, pooling both, gelu
+ * its input, batchnorm2d and layernorm their input and statistics; dropout
+ * nothing (its mask is recomputed from its key).  relu and dropout work in
+ * place when nothing needs their input; flatten is a view.  In bf16/fp16
+ * the activations are stored as 16-bit and widened into short-lived fp32
+ * scratch tensors for the op that reads them.
  */
 #ifndef TD_PLAN_H
 #define TD_PLAN_H
@@ -23,18 +36,43 @@ typedef struct td_plan {
   uint32_t micro_batch;
   uint32_t accumulation;  /* micro-batches per step: ceil(batch_size / micro_batch) */
   uint64_t params, grads, optim, activations, workspace, staging, overhead, total;
+  td_precision precision;
+  bool recompute;         /* activation recomputation */
+  /* the model holds batchnorm2d: cutting a batch into micro-batches
+   * changes its statistics, so accumulation is not exact */
+  bool batch_dependent;
 } td_plan;
 
 /* Where one layer's tensors live.  Parameter offsets are bytes into the
  * parameter arena; the gradient arena and each optimiser moment use the same
- * offsets.  Activation offsets are bytes into the activation arena, for
- * micro_batch rows. */
+ * offsets for the trainable ones.  Activation offsets are bytes into the
+ * activation arena, for micro_batch rows; TD_PLAN_NONE where a tensor does
+ * not exist. */
+#define TD_PLAN_NONE UINT64_MAX
+
 typedef struct td_layer_layout {
   td_layer_type type;
-  uint32_t in, out;       /* features per sample */
-  uint64_t weight, bias;  /* dense: weight [out, in] row-major, bias [out] */
-  uint64_t x, y;          /* input and output (ReLU works in place: x == y) */
-  bool needs_dx;          /* dense: a layer before it has parameters */
+  uint32_t in, out;          /* features per sample */
+  td_shape in_shape, out_shape;
+  uint64_t weight, bias;     /* dense [out, in], conv2d [k, c, kh, kw] and [k];
+                                batchnorm2d, layernorm: gamma and beta */
+  uint64_t nweight, nbias;   /* floats */
+  uint64_t running;          /* batchnorm2d: running mean then var [2c], params arena */
+  uint64_t x, y;             /* stored input and output (in place: x == y) */
+  bool half_x, half_y;       /* stored as 16-bit (bf16/fp16 runs) */
+  uint64_t stats;            /* batchnorm2d [2c], layernorm [2 rows]: mean, invstd */
+  uint64_t junk;             /* batchnorm2d recomputed: where its running stats go */
+  uint64_t dy, dx;           /* fp32 gradients of the output and input */
+  uint64_t tx, ty, tw;       /* mixed precision forward scratch: fp32 input, output
+                                (tx for an in-place op), widened weight and bias */
+  uint64_t bx, by, bw;       /* the same for the backward op */
+  bool needs_x, needs_y;     /* what the backward op reads */
+  bool needs_dx;             /* a layer before it has parameters */
+  bool recomputed;           /* run again in the backward pass */
+  uint32_t chunk;            /* mixed precision: rows per op call (the scratch tensors'
+                                rows): 1 for conv2d, pooling and element-wise ops on
+                                [C, H, W] tensors, else micro_batch */
+  uint64_t act_bytes;        /* stored output bytes (0: in place or a view) */
 } td_layer_layout;
 
 typedef struct td_layout {
@@ -43,29 +81,39 @@ typedef struct td_layout {
   uint32_t classes;       /* width of the logits */
   int nlayers;
   td_layer_layout layers[TD_MAX_LAYERS];
-  int first_dense;        /* the backward pass stops here */
-  uint64_t nparams;       /* fp32 parameters */
+  int first_dense;        /* the first layer with parameters: the backward pass stops here */
+  uint64_t nparams;       /* trainable fp32 parameters */
+  uint64_t nbuffers;      /* fp32 non-trainable buffers after them (BN running stats) */
+  uint64_t half_params;   /* mixed precision: the 16-bit copy of the parameters, bytes
+                             into the workspace arena; TD_PLAN_NONE in fp32 */
   uint32_t optim_slots;   /* fp32 optimiser values per parameter: Adam 2, SGD+momentum 1 */
+  td_precision precision;
+  bool recompute;
   /* activation arena */
-  uint64_t input;         /* normalised input [micro_batch, in_elems] */
-  uint64_t logits;        /* [micro_batch, classes] */
-  uint64_t grad[2];       /* ping-pong activation gradients, grad_width floats per row */
-  uint32_t grad_width;
-  uint64_t stats;         /* 2 floats: summed loss, correct count */
-  uint64_t act_bytes;
+  uint64_t input;         /* normalised input [micro_batch, in_elems], 16-bit if half_x
+                             of layer 0 */
+  uint64_t input_tmp;     /* mixed precision: fp32 scratch the input is normalised into */
+  uint64_t logits;        /* [micro_batch, classes], always fp32 */
+  uint64_t dlogits;       /* its gradient */
+  uint32_t grad_width;    /* widest activation gradient, features */
+  uint64_t stats;         /* 8 floats: summed loss, correct count, clip norm (2), inf flag */
+  uint64_t act_bytes;     /* the arena */
+  uint64_t act_peak;      /* the most bytes live at once (<= act_bytes) */
+  uint64_t workspace;     /* bytes: the largest conv2d's at 0, then the 16-bit copy */
   /* staging arena: pixels at 0 */
   uint64_t stage_labels;
   uint64_t stage_bytes;
 } td_layout;
 
-/* Lay out the model of spec for micro_batch rows.  TD_EINVAL for an invalid
- * spec (no dense layer, zero units or dims, micro_batch 0 or above the batch
- * size, unknown optimiser or precision); TD_ETOOBIG if a size overflows or
- * exceeds TD_PLAN_LIMIT.  Nothing is written on failure. */
+/* Lay out the model of spec for micro_batch rows, at spec->precision and
+ * spec->recompute.  TD_EINVAL for an invalid spec (no layer with parameters,
+ * a shape chain that does not hold, zero units or dims, micro_batch 0 or
+ * above the batch size, unknown optimiser or precision); TD_ETOOBIG if a
+ * size overflows or exceeds TD_PLAN_LIMIT.  Nothing is written on failure. */
 int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out);
 
 /* Bytes the worker will allocate for this job at this micro-batch and
- * precision.  overhead: per-process bytes measured by a probe (0 on the CPU
+ * precision (with spec->recompute).  overhead: per-process bytes measured by a probe (0 on the CPU
  * backend).  Returns TD_ETOOBIG (with no output written) if any product
  * overflows or exceeds 2^62, TD_EINVAL for an invalid spec. */
 int td_plan_compute(const td_jobspec *spec, uint32_t micro_batch, td_precision prec,

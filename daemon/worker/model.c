@@ -7,19 +7,27 @@
 #include <string.h>
 
 #include "error.h"
+#include "lossscale.h"
+#include "schedule.h"
 #include "util.h"
+
+/* The stats slot of the activation arena, in floats. */
+enum { ST_LOSS, ST_CORRECT, ST_NORM, ST_COEF, ST_INF };
 
 struct td_model {
   td_backend *be;
-  td_jobspec spec;        /* for re-planning */
+  td_jobspec spec;        /* for re-planning; a remedy may change its precision and
+                             recompute */
   td_layout lay;
   td_plan plan;
   td_model_oom oom;       /* the last out-of-memory failure */
   bool ready;             /* the per-micro-batch arenas are allocated */
-  td_optimizer opt;
-  float norm_mean, norm_std;
+  td_schedule sched;
+  td_lossscale ls;
   uint32_t batch_size;
-  uint64_t steps;
+  uint64_t steps;         /* training steps taken, skipped ones included */
+  uint64_t bn_batches;    /* BatchNorm's num_batches_tracked: training micro-batches */
+  int nbn;                /* batchnorm2d layers */
   td_buf params, grads, optim, act, work, stage;
   char err[256];
 };
@@ -35,7 +43,15 @@ static int fail(td_model *m, int rc, const char *fmt, ...) {
 }
 
 static float *at(const td_buf *b, uint64_t off) {
-  return (float *)((char *)b->ptr + off);
+  return off == TD_PLAN_NONE ? NULL : (float *)((char *)b->ptr + off);
+}
+
+static float *act(const td_model *m, uint64_t off) { return at(&m->act, off); }
+
+static bool half(const td_model *m) { return m->lay.precision != TD_PREC_FP32; }
+
+static td_half_kind half_kind(const td_model *m) {
+  return m->lay.precision == TD_PREC_BF16 ? TD_HALF_BF16 : TD_HALF_F16;
 }
 
 /* splitmix64: a small, well-mixed generator that a seed fully determines. */
@@ -51,30 +67,54 @@ static float rng_uniform(uint64_t *s, float bound) {
   return (float)((2.0 * u - 1.0) * bound);
 }
 
+static float bn_eps(const td_layer *l) { return l->eps > 0.0f ? l->eps : 1e-5f; }
+
+/* PyTorch's defaults: nn.Linear and nn.Conv2d U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+ * for weight and bias, the norms gamma 1 and beta 0, running var 1. */
 static int init_weights(td_model *m, uint64_t seed) {
   const td_layout *l = &m->lay;
-  float *host = malloc(l->nparams * sizeof(float));
-  uint64_t s = seed;
+  uint64_t count = l->nparams + l->nbuffers, s = seed;
+  float *host = calloc(count ? count : 1, sizeof(float));
   int rc;
 
   if (host == NULL)
     return fail(m, TD_ENOMEM, "no host memory to initialise %llu parameters",
-                (unsigned long long)l->nparams);
+                (unsigned long long)count);
   for (int i = 0; i < l->nlayers; i++) {
     const td_layer_layout *ly = &l->layers[i];
-    float bound = 1.0f / sqrtf((float)ly->in);
-    float *w = (float *)((char *)host + ly->weight), *b = (float *)((char *)host + ly->bias);
+    float *w = (float *)((char *)host + (ly->weight == TD_PLAN_NONE ? 0 : ly->weight));
+    float *b = (float *)((char *)host + (ly->bias == TD_PLAN_NONE ? 0 : ly->bias));
 
-    if (ly->type != TD_LAYER_DENSE)
-      continue;
-    for (uint64_t j = 0; j < (uint64_t)ly->out * ly->in; j++)
-      w[j] = rng_uniform(&s, bound);
-    for (uint32_t j = 0; j < ly->out; j++)
-      b[j] = rng_uniform(&s, bound);
+    switch (ly->type) {
+    case TD_LAYER_DENSE:
+    case TD_LAYER_CONV2D: {
+      float bound = 1.0f / sqrtf((float)(ly->nweight / ly->nbias));
+
+      for (uint64_t j = 0; j < ly->nweight; j++)
+        w[j] = rng_uniform(&s, bound);
+      for (uint64_t j = 0; j < ly->nbias; j++)
+        b[j] = rng_uniform(&s, bound);
+      break;
+    }
+    case TD_LAYER_BATCHNORM2D:
+    case TD_LAYER_LAYERNORM:
+      for (uint64_t j = 0; j < ly->nweight; j++)
+        w[j] = 1.0f;
+      if (ly->running != TD_PLAN_NONE) {
+        float *var = (float *)((char *)host + ly->running) + ly->nweight;
+
+        for (uint64_t j = 0; j < ly->nweight; j++)
+          var[j] = 1.0f;
+      }
+      break;
+    default:
+      break;
+    }
   }
-  rc = td_model_set_params(m, host);
+  td_backend_upload(m->be, m->params.ptr, host, count * sizeof(float));
+  rc = td_backend_sync(m->be);
   free(host);
-  return rc;
+  return rc < 0 ? fail(m, rc, "%s", td_backend_error(m->be)) : 0;
 }
 
 /* The plan's arenas, in allocation order; the first three do not depend on
@@ -136,6 +176,79 @@ static void free_step_arenas(td_model *m) {
   m->ready = false;
 }
 
+/* The conv2d geometry of layer i for n rows (pooling ignores k). */
+static td_conv2d_desc window_of(const td_model *m, int i, uint32_t n) {
+  const td_layer *sl = &m->spec.layers[i];
+  const td_shape *in = &m->lay.layers[i].in_shape;
+  int stride = (int)(sl->stride ? sl->stride : sl->type == TD_LAYER_CONV2D ? 1 : sl->kernel);
+
+  return (td_conv2d_desc){.n = (int)n, .c = (int)in->c, .h = (int)in->h, .w = (int)in->w,
+                          .k = (int)sl->filters, .kh = (int)sl->kernel, .kw = (int)sl->kernel,
+                          .sh = stride, .sw = stride, .ph = (int)sl->padding,
+                          .pw = (int)sl->padding};
+}
+
+static td_batchnorm_desc bn_desc(const td_model *m, int i, uint32_t n) {
+  const td_layer *sl = &m->spec.layers[i];
+  const td_shape *in = &m->lay.layers[i].in_shape;
+
+  return (td_batchnorm_desc){.n = (int)n, .c = (int)in->c, .hw = (int)(in->h * in->w),
+                             .eps = bn_eps(sl),
+                             .momentum = sl->momentum > 0.0f ? sl->momentum : 0.1f};
+}
+
+static td_pool_mode pool_mode(td_layer_type t) {
+  return t == TD_LAYER_MAXPOOL2D ? TD_POOL_MAX : TD_POOL_AVG;
+}
+
+static uint64_t conv_workspace(const td_layout *l) {
+  return l->half_params != TD_PLAN_NONE ? l->half_params : l->workspace;
+}
+
+/* The plan counts the CPU backend's conv2d workspace; where another
+ * backend's algorithms need more, the workspace arena grows to it (and the
+ * model's plan says so), the 16-bit weights moving up behind it. */
+static int size_workspace(td_model *m) {
+  uint64_t have = conv_workspace(&m->lay), need = have, grow;
+
+  for (int i = 0; i < m->lay.nlayers; i++) {
+    td_conv2d_desc d;
+    uint64_t bytes;
+    int rc;
+
+    if (m->lay.layers[i].type != TD_LAYER_CONV2D)
+      continue;
+    d = window_of(m, i, m->lay.micro_batch);
+    if ((rc = td_backend_conv2d_workspace(m->be, &d, &bytes)) < 0)
+      return fail(m, rc, "%s: no conv2d workspace size for layer %d: %s",
+                  td_backend_device(m->be), i, td_backend_error(m->be));
+    if (bytes > need)
+      need = bytes;
+  }
+  if (need <= have)
+    return 0;
+  if (m->lay.half_params != TD_PLAN_NONE) /* the 16-bit copy stays aligned */
+    need = (need + TD_PLAN_ALIGN - 1) / TD_PLAN_ALIGN * TD_PLAN_ALIGN;
+  grow = need - have;
+  if (m->lay.half_params != TD_PLAN_NONE)
+    m->lay.half_params += grow;
+  m->lay.workspace += grow;
+  m->plan.workspace += grow;
+  m->plan.total += grow;
+  return 0;
+}
+
+/* Loss scaling follows the precision the model runs at. */
+static void set_precision(td_model *m, td_precision prec) {
+  td_lossscale_cfg cfg = m->spec.loss_scale;
+
+  cfg.enabled = prec == TD_PREC_FP16;
+  if (cfg.enabled != m->ls.cfg.enabled || m->ls.scale == 0.0f)
+    td_lossscale_init(&m->ls, &cfg);
+  m->spec.precision = prec;
+  m->spec.loss_scale.enabled = cfg.enabled;
+}
+
 int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch,
                     td_model **out, char *err, size_t errlen) {
   td_mem_stats mem;
@@ -146,18 +259,23 @@ int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch
     return TD_ENOMEM;
   m->be = be;
   m->spec = *spec;
-  m->opt = spec->opt;
-  m->norm_mean = spec->norm_mean;
-  m->norm_std = spec->norm_std;
   m->batch_size = spec->batch_size;
+  m->sched = spec->schedule;
+  m->sched.lr = spec->opt.lr; /* a spec built in code may leave the schedule zeroed */
+  if (td_schedule_check(&m->sched, NULL, 0) < 0) {
+    rc = fail(m, TD_EINVAL, "the learning-rate schedule is invalid");
+    goto destroy;
+  }
+  set_precision(m, spec->precision);
+  for (int i = 0; i < spec->nlayers && i < TD_MAX_LAYERS; i++)
+    m->nbn += spec->layers[i].type == TD_LAYER_BATCHNORM2D;
   td_backend_mem(be, &mem);
   if ((rc = td_plan_layout(spec, micro_batch, &m->lay)) < 0 ||
       (rc = td_plan_compute(spec, micro_batch, spec->precision, mem.overhead, &m->plan)) < 0) {
     fail(m, rc, "cannot plan the model at micro-batch %u: %s", micro_batch, td_strerror(rc));
     goto destroy;
   }
-
-  if ((rc = alloc_arenas(m, 0)) < 0)
+  if ((rc = size_workspace(m)) < 0 || (rc = alloc_arenas(m, 0)) < 0)
     goto destroy;
   m->ready = true;
   if ((rc = init_weights(m, spec->seed)) < 0)
@@ -189,22 +307,25 @@ uint64_t td_model_steps(const td_model *m) { return m->steps; }
 const char *td_model_error(const td_model *m) { return m->err; }
 const td_model_oom *td_model_last_oom(const td_model *m) { return &m->oom; }
 
-int td_model_replan(td_model *m, uint32_t micro_batch) {
+/* Re-plan at micro_batch with spec's precision and recompute. */
+static int replan_as(td_model *m, const td_jobspec *spec, uint32_t micro_batch) {
   td_mem_stats mem;
   td_layout lay;
   td_plan plan;
   int rc;
 
   td_backend_mem(m->be, &mem);
-  if ((rc = td_plan_layout(&m->spec, micro_batch, &lay)) < 0 ||
-      (rc = td_plan_compute(&m->spec, micro_batch, m->spec.precision, mem.overhead, &plan)) < 0)
+  if ((rc = td_plan_layout(spec, micro_batch, &lay)) < 0 ||
+      (rc = td_plan_compute(spec, micro_batch, spec->precision, mem.overhead, &plan)) < 0)
     return fail(m, rc, "cannot plan the model at micro-batch %u: %s", micro_batch,
                 td_strerror(rc));
   /* Free first: the old and new arenas need not fit side by side. */
   free_step_arenas(m);
   m->lay = lay;
   m->plan = plan;
-  if ((rc = alloc_arenas(m, PERSISTENT_ARENAS)) < 0) {
+  m->spec.recompute = spec->recompute;
+  set_precision(m, spec->precision);
+  if ((rc = size_workspace(m)) < 0 || (rc = alloc_arenas(m, PERSISTENT_ARENAS)) < 0) {
     free_step_arenas(m);
     return rc;
   }
@@ -212,55 +333,223 @@ int td_model_replan(td_model *m, uint32_t micro_batch) {
   return 0;
 }
 
-static void forward(td_model *m, uint32_t n) {
-  const td_layout *l = &m->lay;
+int td_model_replan(td_model *m, uint32_t micro_batch) {
+  return replan_as(m, &m->spec, micro_batch);
+}
+
+/* Rows [r, r + rows) of a stored activation of width cols, as fp32: in
+ * place, or widened into the scratch tensor. */
+static float *load(td_model *m, uint64_t off, bool is_half, uint64_t scratch, size_t r,
+                   size_t rows, size_t cols) {
+  if (!is_half)
+    return act(m, off) + r * cols;
+  td_backend_from_half(m->be, half_kind(m), (const uint16_t *)act(m, off) + r * cols,
+                       act(m, scratch), rows * cols);
+  return act(m, scratch);
+}
+
+/* Layer i's weight and bias as the op reads them: 16-bit values widened
+ * into scratch in mixed precision (dense and conv2d), else the master copy. */
+static const float *weights(td_model *m, int i, uint64_t scratch) {
+  const td_layer_layout *ly = &m->lay.layers[i];
+
+  if (scratch == TD_PLAN_NONE)
+    return at(&m->params, ly->weight);
+  td_backend_from_half(m->be, half_kind(m),
+                       (const uint16_t *)((char *)m->work.ptr + m->lay.half_params) +
+                           ly->weight / sizeof(float),
+                       act(m, scratch), ly->nweight + ly->nbias);
+  return act(m, scratch);
+}
+
+/* Rows per op call: in mixed precision the spatial ops run a sample at a
+ * time, so their fp32 scratch holds one sample (the plan's chunk). */
+static uint32_t chunk_of(const td_model *m, const td_layer_layout *ly, uint32_t n) {
+  return half(m) && ly->chunk < n ? ly->chunk : n;
+}
+
+/* Layer i's forward op on n rows whose first is sample `sample` of the
+ * step's batch.  again: the backward pass recomputing it (BatchNorm then
+ * leaves its running statistics alone). */
+static void layer_fwd(td_model *m, int i, uint32_t n, bool training, bool again,
+                      uint64_t sample) {
+  const td_layer_layout *ly = &m->lay.layers[i];
+  const td_layer *sl = &m->spec.layers[i];
   td_backend *be = m->be;
+  bool in_place = ly->x == ly->y;
+  uint32_t step = chunk_of(m, ly, n);
+  const float *w = NULL;
 
-  td_backend_normalize_u8(be, m->stage.ptr, at(&m->act, l->input), (size_t)n * l->in_elems,
-                          m->norm_mean, m->norm_std);
-  for (int i = 0; i < l->nlayers; i++) {
-    const td_layer_layout *ly = &l->layers[i];
-    float *x = at(&m->act, ly->x), *y = at(&m->act, ly->y);
+  if (ly->type == TD_LAYER_FLATTEN)
+    return;
+  if (ly->type == TD_LAYER_DENSE || ly->type == TD_LAYER_CONV2D)
+    w = weights(m, i, ly->tw);
+  for (uint32_t r = 0; r < n; r += step) {
+    uint32_t rows = n - r < step ? n - r : step;
+    size_t nout = (size_t)rows * ly->out;
+    float *x = load(m, ly->x, ly->half_x, ly->tx, r, rows, ly->in);
+    float *y = !ly->half_y ? act(m, ly->y) + (size_t)r * ly->out
+               : in_place  ? x
+                           : act(m, ly->ty);
 
-    if (ly->type == TD_LAYER_RELU) {
-      td_backend_relu_fwd(be, x, y, (size_t)n * ly->out);
-      continue;
+    switch (ly->type) {
+    case TD_LAYER_DENSE:
+      td_backend_dense_fwd(be, x, w, w + ly->nweight, y, (int)rows, (int)ly->in, (int)ly->out);
+      break;
+    case TD_LAYER_CONV2D: {
+      td_conv2d_desc d = window_of(m, i, rows);
+
+      td_backend_conv2d_fwd(be, &d, x, w, w + ly->nweight, y, m->work.ptr,
+                            conv_workspace(&m->lay));
+      break;
     }
-    /* y = x W^T + b */
-    td_backend_sgemm(be, false, true, (int)n, (int)ly->out, (int)ly->in, 1.0f, x, (int)ly->in,
-                     at(&m->params, ly->weight), (int)ly->in, 0.0f, y, (int)ly->out);
-    td_backend_bias_add(be, y, at(&m->params, ly->bias), n, ly->out);
+    case TD_LAYER_MAXPOOL2D:
+    case TD_LAYER_AVGPOOL2D: {
+      td_conv2d_desc d = window_of(m, i, rows);
+
+      td_backend_pool2d_fwd(be, pool_mode(ly->type), &d, x, y);
+      break;
+    }
+    case TD_LAYER_RELU:
+      td_backend_relu_fwd(be, x, y, nout);
+      break;
+    case TD_LAYER_GELU:
+      td_backend_gelu_fwd(be, sl->approximate ? TD_GELU_TANH : TD_GELU_ERF, x, y, nout);
+      break;
+    case TD_LAYER_DROPOUT: {
+      td_dropout_key key = {.seed = m->spec.seed, .layer = (uint32_t)i, .step = m->steps,
+                            .sample = sample + r};
+
+      /* evaluation: the identity (p 0 copies when not in place) */
+      td_backend_dropout(be, x, y, rows, ly->out, training ? sl->p : 0.0f, &key);
+      break;
+    }
+    case TD_LAYER_BATCHNORM2D: { /* never cut: the statistics are the micro-batch's */
+      td_batchnorm_desc d = bn_desc(m, i, rows);
+      float *run = again ? act(m, ly->junk) : at(&m->params, ly->running);
+      float *st = act(m, ly->stats);
+
+      td_backend_batchnorm2d_fwd(be, &d, training, x, y, at(&m->params, ly->weight),
+                                 at(&m->params, ly->bias), run, run + d.c, st, st + d.c);
+      break;
+    }
+    case TD_LAYER_LAYERNORM: {
+      float *st = act(m, ly->stats) + r;
+
+      td_backend_layernorm_fwd(be, x, y, rows, ly->in, at(&m->params, ly->weight),
+                               at(&m->params, ly->bias), bn_eps(sl), st,
+                               st + m->lay.micro_batch);
+      break;
+    }
+    default:
+      break;
+    }
+    if (!half(m))
+      continue;
+    if (ly->half_y)
+      td_backend_to_half(be, half_kind(m), y, (uint16_t *)act(m, ly->y) + (size_t)r * ly->out,
+                         nout);
+    else
+      td_backend_round_half(be, half_kind(m), y, nout);
   }
 }
 
-/* Gradients of n rows whose dlogits are in grad[0]; beta 1 adds them to
- * the previous slices' gradients. */
-static void backward(td_model *m, uint32_t n, float beta) {
-  const td_layout *l = &m->lay;
+/* Layer i's backward op; beta 1 adds its parameter gradients to the
+ * previous micro-batches'. */
+static void layer_bwd(td_model *m, int i, uint32_t n, float beta, uint64_t sample) {
+  const td_layer_layout *ly = &m->lay.layers[i];
+  const td_layer *sl = &m->spec.layers[i];
   td_backend *be = m->be;
-  float *g = at(&m->act, l->grad[0]), *other = at(&m->act, l->grad[1]);
+  float *dw = at(&m->grads, ly->weight), *db = at(&m->grads, ly->bias);
+  uint32_t step = chunk_of(m, ly, n);
+  const float *w = NULL;
 
-  for (int i = l->nlayers - 1; i >= l->first_dense; i--) {
-    const td_layer_layout *ly = &l->layers[i];
-    float *tmp;
+  if (ly->type == TD_LAYER_FLATTEN)
+    return;
+  if (ly->type == TD_LAYER_DENSE || ly->type == TD_LAYER_CONV2D)
+    w = weights(m, i, ly->bw);
+  for (uint32_t r = 0; r < n; r += step) {
+    uint32_t rows = n - r < step ? n - r : step;
+    size_t nin = (size_t)rows * ly->in, nout = (size_t)rows * ly->out;
+    float *dy = act(m, ly->dy) + (size_t)r * ly->out;
+    float *dx = ly->needs_dx ? act(m, ly->dx) + (size_t)r * ly->in : NULL;
+    float *x = ly->needs_x ? load(m, ly->x, ly->half_x, ly->bx, r, rows, ly->in) : NULL;
+    float *y = ly->needs_y ? load(m, ly->y, ly->half_y, ly->by, r, rows, ly->out) : NULL;
+    float b = r == 0 ? beta : 1.0f; /* later rows add to the first's */
 
-    if (ly->type == TD_LAYER_RELU) {
-      td_backend_relu_bwd(be, at(&m->act, ly->y), g, g, (size_t)n * ly->out);
-      continue;
+    switch (ly->type) {
+    case TD_LAYER_DENSE:
+      td_backend_dense_bwd(be, x, w, dy, dx, dw, db, (int)rows, (int)ly->in, (int)ly->out, b);
+      break;
+    case TD_LAYER_CONV2D: {
+      td_conv2d_desc d = window_of(m, i, rows);
+
+      td_backend_conv2d_bwd(be, &d, x, w, dy, dx, dw, db, b, m->work.ptr,
+                            conv_workspace(&m->lay));
+      break;
     }
-    /* dW = dY^T x, db = colsum(dY), dx = dY W */
-    td_backend_sgemm(be, true, false, (int)ly->out, (int)ly->in, (int)n, 1.0f, g,
-                     (int)ly->out, at(&m->act, ly->x), (int)ly->in, beta,
-                     at(&m->grads, ly->weight), (int)ly->in);
-    td_backend_bias_grad(be, g, n, ly->out, beta, at(&m->grads, ly->bias));
-    if (!ly->needs_dx)
-      continue;
-    td_backend_sgemm(be, false, false, (int)n, (int)ly->in, (int)ly->out, 1.0f, g,
-                     (int)ly->out, at(&m->params, ly->weight), (int)ly->in, 0.0f, other,
-                     (int)ly->in);
-    tmp = g;
-    g = other;
-    other = tmp;
+    case TD_LAYER_MAXPOOL2D:
+    case TD_LAYER_AVGPOOL2D: {
+      td_conv2d_desc d = window_of(m, i, rows);
+
+      td_backend_pool2d_bwd(be, pool_mode(ly->type), &d, x, y, dy, dx);
+      break;
+    }
+    case TD_LAYER_RELU:
+      td_backend_relu_bwd(be, y, dy, dx, nout);
+      break;
+    case TD_LAYER_GELU:
+      td_backend_gelu_bwd(be, sl->approximate ? TD_GELU_TANH : TD_GELU_ERF, x, dy, dx, nout);
+      break;
+    case TD_LAYER_DROPOUT: {
+      td_dropout_key key = {.seed = m->spec.seed, .layer = (uint32_t)i, .step = m->steps,
+                            .sample = sample + r};
+
+      td_backend_dropout(be, dy, dx, rows, ly->out, sl->p, &key);
+      break;
+    }
+    case TD_LAYER_BATCHNORM2D: {
+      td_batchnorm_desc d = bn_desc(m, i, rows);
+      float *st = act(m, ly->stats);
+
+      td_backend_batchnorm2d_bwd(be, &d, x, dy, dx, at(&m->params, ly->weight), st, st + d.c,
+                                 b, dw, db);
+      break;
+    }
+    case TD_LAYER_LAYERNORM: {
+      float *st = act(m, ly->stats) + r;
+
+      td_backend_layernorm_bwd(be, x, dy, dx, rows, ly->in, at(&m->params, ly->weight), st,
+                               st + m->lay.micro_batch, b, dw, db);
+      break;
+    }
+    default:
+      break;
+    }
+    /* activation gradients are what a 16-bit one would hold: an fp16
+     * overflow shows as inf, for the loss scaler to find */
+    if (half(m) && dx != NULL)
+      td_backend_round_half(be, half_kind(m), dx, nin);
+  }
+}
+
+/* Backward from the logits' gradient to the first layer with parameters,
+ * segment by segment; a recomputed segment runs its forward again first. */
+static void backward(td_model *m, uint32_t n, float beta, uint64_t sample) {
+  const td_layout *l = &m->lay;
+  int end = l->nlayers;
+
+  while (end > l->first_dense) {
+    int a = end - 1;
+
+    while (a > l->first_dense && l->layers[a].nweight == 0)
+      a--;
+    if (l->layers[a].recomputed)
+      for (int i = a; i < end; i++)
+        layer_fwd(m, i, n, true, true, sample);
+    for (int i = end - 1; i >= a; i--)
+      layer_bwd(m, i, n, beta, sample);
+    end = a;
   }
 }
 
@@ -282,8 +571,9 @@ static int run_slices(td_model *m, const uint8_t *pixels, const uint8_t *labels,
                       uint32_t count, bool grads) {
   const td_layout *l = &m->lay;
   td_backend *be = m->be;
-  float *stats = at(&m->act, l->stats);
+  float *stats = act(m, l->stats);
   uint8_t *stage_px = m->stage.ptr, *stage_lb = stage_px + l->stage_labels;
+  float grad_scale = td_lossscale_scale(&m->ls) / (float)count;
 
   m->err[0] = '\0';
   if (!m->ready)
@@ -296,42 +586,100 @@ static int run_slices(td_model *m, const uint8_t *pixels, const uint8_t *labels,
                   labels[i], i, l->classes);
 
   td_backend_fill(be, stats, 2, 0.0f);
+  if (half(m))
+    td_backend_to_half(be, half_kind(m), m->params.ptr,
+                       (uint16_t *)((char *)m->work.ptr + l->half_params), l->nparams);
   for (uint32_t off = 0; off < count; off += l->micro_batch) {
     uint32_t n = count - off < l->micro_batch ? count - off : l->micro_batch;
+    size_t nin = (size_t)n * l->in_elems;
 
-    td_backend_upload(be, stage_px, pixels + (size_t)off * l->in_elems,
-                      (size_t)n * l->in_elems);
+    td_backend_upload(be, stage_px, pixels + (size_t)off * l->in_elems, nin);
     td_backend_upload(be, stage_lb, labels + off, n);
-    forward(m, n);
-    /* The loss is the mean over the whole batch, so every slice scales by 1/count. */
-    td_backend_softmax_xent(be, at(&m->act, l->logits), stage_lb, n, l->classes,
-                            1.0f / (float)count, grads ? at(&m->act, l->grad[0]) : NULL,
-                            stats);
+    if (half(m)) {
+      td_backend_normalize_u8(be, m->stage.ptr, act(m, l->input_tmp), nin,
+                              m->spec.norm_mean, m->spec.norm_std);
+      td_backend_to_half(be, half_kind(m), act(m, l->input_tmp),
+                         (uint16_t *)act(m, l->input), nin);
+    } else {
+      td_backend_normalize_u8(be, m->stage.ptr, act(m, l->input), nin, m->spec.norm_mean,
+                              m->spec.norm_std);
+    }
+    for (int i = 0; i < l->nlayers; i++)
+      layer_fwd(m, i, n, grads, false, off);
+    /* The loss is the mean over the whole batch, so every slice scales by
+     * 1/count (and by the loss scale). */
+    td_backend_softmax_xent_smooth(be, act(m, l->logits), stage_lb, n, l->classes,
+                                   m->spec.label_smoothing, grad_scale,
+                                   grads ? act(m, l->dlogits) : NULL, stats);
+    if (grads && half(m))
+      td_backend_round_half(be, half_kind(m), act(m, l->dlogits), (size_t)n * l->classes);
     if (td_backend_status(be) != 0)
       return step_failed(m, "forward");
     if (grads)
-      backward(m, n, off == 0 ? 0.0f : 1.0f);
+      backward(m, n, off == 0 ? 0.0f : 1.0f, off);
     if (td_backend_status(be) != 0)
       return step_failed(m, "backward");
   }
   return 0;
 }
 
-static void update(td_model *m) {
+/* The update: (fp16) unscale and look for inf/NaN, skipping the step if
+ * there is one; clip by the global norm; the optimiser at the schedule's
+ * rate.  *took says whether the weights moved. */
+static int update(td_model *m, bool *took) {
+  td_backend *be = m->be;
   float *p = m->params.ptr, *g = m->grads.ptr, *state = m->optim.ptr;
+  float *stats = act(m, m->lay.stats);
+  const td_optimizer *o = &m->spec.opt;
   size_t n = m->lay.nparams;
+  uint64_t taken;
+  float lr;
 
-  m->steps++;
-  if (m->opt.kind == TD_OPT_ADAM) {
-    td_adam_hparams h = {.lr = m->opt.lr, .beta1 = m->opt.beta1, .beta2 = m->opt.beta2,
-                         .eps = m->opt.eps, .weight_decay = m->opt.weight_decay,
-                         .step = m->steps};
-    td_backend_adam(m->be, p, g, state, state + n, n, &h);
-  } else {
-    td_sgd_hparams h = {.lr = m->opt.lr, .momentum = m->opt.momentum,
-                        .weight_decay = m->opt.weight_decay};
-    td_backend_sgd(m->be, p, g, state, n, &h);
+  *took = false;
+  if (m->ls.cfg.enabled) {
+    float flag = 0.0f;
+
+    td_backend_scale(be, g, n, td_lossscale_inv(&m->ls), NULL);
+    td_backend_fill(be, stats + ST_INF, 1, 0.0f);
+    td_backend_check_finite(be, g, n, stats + ST_INF);
+    td_backend_download(be, &flag, stats + ST_INF, sizeof(flag));
+    if (td_backend_status(be) != 0)
+      return TD_EOOM;
+    if (!td_lossscale_update(&m->ls, flag != 0.0f))
+      return 0;
   }
+  if (m->spec.clip_grad_norm > 0.0f)
+    td_backend_clip_grad_norm(be, &g, &n, 1, m->spec.clip_grad_norm, stats + ST_NORM);
+  lr = (float)td_schedule_lr(&m->sched, m->steps);
+  taken = m->steps - m->ls.skipped + 1; /* this update's 1-based count */
+  switch (o->kind) {
+  case TD_OPT_ADAM:
+  case TD_OPT_ADAMW: {
+    td_adam_hparams h = {.lr = lr, .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps,
+                         .weight_decay = o->weight_decay, .step = taken};
+
+    if (o->kind == TD_OPT_ADAM)
+      td_backend_adam(be, p, g, state, state + n, n, &h);
+    else
+      td_backend_adamw(be, p, g, state, state + n, n, &h);
+    break;
+  }
+  default:
+    if (o->dampening == 0.0f && !o->nesterov) {
+      td_sgd_hparams h = {.lr = lr, .momentum = o->momentum, .weight_decay = o->weight_decay};
+
+      td_backend_sgd(be, p, g, state, n, &h);
+    } else {
+      td_sgdm_hparams h = {.lr = lr, .momentum = o->momentum, .dampening = o->dampening,
+                           .weight_decay = o->weight_decay, .nesterov = o->nesterov != 0,
+                           .step = taken};
+
+      td_backend_sgd_momentum(be, p, g, state, n, &h);
+    }
+    break;
+  }
+  *took = true;
+  return 0;
 }
 
 /* Wait for the queued work and collect the loss statistics. */
@@ -339,7 +687,7 @@ static int finish(td_model *m, uint32_t count, td_step_stats *out) {
   float stats[2];
   int rc;
 
-  td_backend_download(m->be, stats, at(&m->act, m->lay.stats), sizeof(stats));
+  td_backend_download(m->be, stats, act(m, m->lay.stats), sizeof(stats));
   if ((rc = td_backend_sync(m->be)) < 0)
     return fail(m, rc, "%s", td_backend_error(m->be));
   out->loss_sum = stats[0];
@@ -357,35 +705,75 @@ int td_model_backward(td_model *m, const uint8_t *pixels, const uint8_t *labels,
 
 int td_model_train_step(td_model *m, const uint8_t *pixels, const uint8_t *labels,
                         uint32_t count, td_step_stats *out) {
+  const td_lossscale ls = m->ls;
   int rc = run_slices(m, pixels, labels, count, true);
+  bool took;
 
   if (rc < 0)
     return rc;
-  update(m);
-  /* The update is one op: it either ran whole or not at all. */
+  update(m, &took);
+  /* The optimiser op either ran whole or not at all; a failure before it
+   * leaves only the gradients (which the next attempt rebuilds) touched. */
   if (td_backend_status(m->be) != 0) {
-    m->steps--;
+    m->ls = ls;
     return step_failed(m, "optimizer");
   }
+  m->steps++;
+  if (m->nbn > 0)
+    m->bn_batches += (count + m->lay.micro_batch - 1) / m->lay.micro_batch;
   return finish(m, count, out);
 }
 
-/* The largest plan that fits budget, at most cap rows per micro-batch. */
-static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out) {
+/* The largest plan for spec that fits budget, at most cap rows per
+ * micro-batch. */
+static int fit_one(td_model *m, const td_jobspec *spec, uint64_t budget, uint32_t cap,
+                   td_plan *out) {
   td_mem_stats mem;
   int rc;
 
   td_backend_mem(m->be, &mem);
-  rc = td_plan_fit(&m->spec, m->spec.precision, mem.overhead, budget, out);
+  rc = td_plan_fit(spec, spec->precision, mem.overhead, budget, out);
   if (rc == 0 && out->micro_batch > cap)
-    rc = cap >= td_jobspec_min_micro_batch(&m->spec)
-             ? td_plan_compute(&m->spec, cap, m->spec.precision, mem.overhead, out)
+    rc = cap >= td_jobspec_min_micro_batch(spec)
+             ? td_plan_compute(spec, cap, spec->precision, mem.overhead, out)
              : TD_ENOFIT;
+  return rc;
+}
+
+/* The first configuration that fits budget: the current one at its whole
+ * batch, then with the job's remedies added one by one in its order
+ * (accumulate: smaller micro-batches; recompute; bf16 or fp16).  *to gets
+ * the spec to re-plan with. */
+static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out, td_jobspec *to) {
+  td_jobspec s = m->spec;
+  int rc = TD_ENOFIT;
+
+  s.nremedies = 0; /* what the stages so far allow */
+  for (int k = -1; k < m->spec.nremedies && rc == TD_ENOFIT; k++) {
+    if (k >= 0) {
+      td_remedy r = m->spec.remedies[k];
+
+      s.remedies[s.nremedies++] = r;
+      if (r == TD_REMEDY_RECOMPUTE)
+        s.recompute = 1;
+      else if (r == TD_REMEDY_BF16 && s.precision == TD_PREC_FP32)
+        s.precision = TD_PREC_BF16;
+      else if (r == TD_REMEDY_FP16 && s.precision == TD_PREC_FP32)
+        s.precision = TD_PREC_FP16;
+    }
+    rc = fit_one(m, &s, budget, cap, out);
+  }
   if (rc == TD_ENOFIT)
     return fail(m, rc, "%s: even the smallest allowed micro-batch (%u) does not fit in %llu "
                 "bytes", td_backend_device(m->be), td_jobspec_min_micro_batch(&m->spec),
                 (unsigned long long)budget);
-  return rc < 0 ? fail(m, rc, "cannot plan the model: %s", td_strerror(rc)) : 0;
+  if (rc < 0)
+    return fail(m, rc, "cannot plan the model: %s", td_strerror(rc));
+  /* the job's own remedies stay as they were */
+  memcpy(s.remedies, m->spec.remedies, sizeof(s.remedies));
+  s.nremedies = m->spec.nremedies;
+  *to = s;
+  return 0;
 }
 
 #define MAX_RECOVERIES 64
@@ -401,6 +789,7 @@ int td_model_train_step_recover(td_model *m, const uint8_t *pixels, const uint8_
     const td_model_oom oom = m->oom;
     uint64_t shortfall = oom.asked > oom.free ? oom.asked - oom.free : 0;
     td_mem_stats mem;
+    td_jobspec to;
     td_plan p;
 
     if (hooks != NULL && hooks->oom != NULL)
@@ -414,9 +803,9 @@ int td_model_train_step_recover(td_model *m, const uint8_t *pixels, const uint8_
       mem.budget = m->plan.total - shortfall;
     if (attempt > 0 && oom.micro_batch / 2 < cap)
       cap = oom.micro_batch / 2;
-    if ((rc = fit_plan(m, mem.budget, cap, &p)) < 0)
+    if ((rc = fit_plan(m, mem.budget, cap, &p, &to)) < 0)
       return rc;
-    if ((rc = td_model_replan(m, p.micro_batch)) < 0)
+    if ((rc = replan_as(m, &to, p.micro_batch)) < 0)
       continue;
     if (hooks != NULL && hooks->replan != NULL)
       hooks->replan(hooks->arg, &m->plan);
@@ -426,6 +815,7 @@ int td_model_train_step_recover(td_model *m, const uint8_t *pixels, const uint8_
 }
 
 int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned) {
+  td_jobspec to;
   td_plan p;
   int rc;
 
@@ -433,8 +823,8 @@ int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned) {
   *replanned = false;
   if (m->ready && m->plan.total <= budget)
     return 0;
-  if ((rc = fit_plan(m, budget, UINT32_MAX, &p)) < 0 ||
-      (rc = td_model_replan(m, p.micro_batch)) < 0)
+  if ((rc = fit_plan(m, budget, UINT32_MAX, &p, &to)) < 0 ||
+      (rc = replan_as(m, &to, p.micro_batch)) < 0)
     return rc;
   *replanned = true;
   return 0;
@@ -454,12 +844,12 @@ static int sync_or_fail(td_model *m) {
 }
 
 int td_model_get_params(td_model *m, float *dst) {
-  td_backend_download(m->be, dst, m->params.ptr, m->params.bytes);
+  td_backend_download(m->be, dst, m->params.ptr, m->lay.nparams * sizeof(float));
   return sync_or_fail(m);
 }
 
 int td_model_set_params(td_model *m, const float *src) {
-  td_backend_upload(m->be, m->params.ptr, src, m->params.bytes);
+  td_backend_upload(m->be, m->params.ptr, src, m->lay.nparams * sizeof(float));
   return sync_or_fail(m);
 }
 
@@ -468,70 +858,149 @@ int td_model_get_grads(td_model *m, float *dst) {
   return sync_or_fail(m);
 }
 
+/* nn.Sequential's names: "<i>.weight", "<i>.bias", and for BatchNorm2d
+ * "<i>.running_mean", "<i>.running_var", "<i>.num_batches_tracked". */
+#define MAX_SAVED (5 * TD_MAX_LAYERS)
+
 int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t nmeta) {
   const td_layout *l = &m->lay;
-  td_st_tensor t[2 * TD_MAX_LAYERS];
-  char names[2 * TD_MAX_LAYERS][16];
+  uint64_t bytes = (l->nparams + l->nbuffers) * sizeof(float);
+  td_st_tensor *t = calloc(MAX_SAVED, sizeof(*t));
+  char (*names)[32] = calloc(MAX_SAVED, sizeof(*names));
+  int64_t tracked = (int64_t)m->bn_batches;
   size_t n = 0;
-  float *host;
+  float *host = malloc(bytes ? bytes : 1);
   int rc;
 
-  if ((host = malloc(m->params.bytes)) == NULL)
-    return fail(m, TD_ENOMEM, "no host memory to save %llu parameters",
-                (unsigned long long)l->nparams);
-  if ((rc = td_model_get_params(m, host)) < 0)
-    goto free_host;
+  if (t == NULL || names == NULL || host == NULL) {
+    rc = fail(m, TD_ENOMEM, "no host memory to save %llu parameters",
+              (unsigned long long)l->nparams);
+    goto free_all;
+  }
+  td_backend_download(m->be, host, m->params.ptr, bytes);
+  if ((rc = sync_or_fail(m)) < 0)
+    goto free_all;
   for (int i = 0; i < l->nlayers; i++) {
     const td_layer_layout *ly = &l->layers[i];
+    const td_shape *in = &ly->in_shape;
+    const char *base = (const char *)host;
+    td_st_tensor w = {.dtype = "F32", .data = base + ly->weight,
+                      .bytes = ly->nweight * sizeof(float)};
+    td_st_tensor b = {.dtype = "F32", .rank = 1, .shape = {ly->nbias},
+                      .data = base + ly->bias, .bytes = ly->nbias * sizeof(float)};
 
-    if (ly->type != TD_LAYER_DENSE)
+    switch (ly->type) {
+    case TD_LAYER_DENSE:
+      w.rank = 2;
+      w.shape[0] = ly->out;
+      w.shape[1] = ly->in;
+      break;
+    case TD_LAYER_CONV2D:
+      w.rank = 4;
+      w.shape[0] = ly->nbias;
+      w.shape[1] = in->c;
+      w.shape[2] = w.shape[3] = m->spec.layers[i].kernel;
+      break;
+    case TD_LAYER_BATCHNORM2D:
+      w.rank = 1;
+      w.shape[0] = in->c;
+      break;
+    case TD_LAYER_LAYERNORM: /* normalized_shape: the input's */
+      if (in->spatial) {
+        w.rank = b.rank = 3;
+        w.shape[0] = b.shape[0] = in->c;
+        w.shape[1] = b.shape[1] = in->h;
+        w.shape[2] = b.shape[2] = in->w;
+      } else {
+        w.rank = 1;
+        w.shape[0] = in->c;
+      }
+      break;
+    default:
       continue;
+    }
     snprintf(names[n], sizeof(names[n]), "%d.weight", i);
-    t[n] = (td_st_tensor){.name = names[n], .dtype = "F32", .rank = 2,
-                          .shape = {ly->out, ly->in},
-                          .data = (char *)host + ly->weight,
-                          .bytes = (uint64_t)ly->out * ly->in * sizeof(float)};
-    n++;
+    w.name = names[n];
+    t[n++] = w;
     snprintf(names[n], sizeof(names[n]), "%d.bias", i);
-    t[n] = (td_st_tensor){.name = names[n], .dtype = "F32", .rank = 1, .shape = {ly->out},
-                          .data = (char *)host + ly->bias,
-                          .bytes = (uint64_t)ly->out * sizeof(float)};
+    b.name = names[n];
+    t[n++] = b;
+    if (ly->type != TD_LAYER_BATCHNORM2D)
+      continue;
+    for (int k = 0; k < 2; k++) {
+      snprintf(names[n], sizeof(names[n]), "%d.%s", i, k == 0 ? "running_mean" : "running_var");
+      t[n] = (td_st_tensor){.name = names[n], .dtype = "F32", .rank = 1, .shape = {in->c},
+                            .data = base + ly->running + (uint64_t)k * in->c * sizeof(float),
+                            .bytes = (uint64_t)in->c * sizeof(float)};
+      n++;
+    }
+    snprintf(names[n], sizeof(names[n]), "%d.num_batches_tracked", i);
+    t[n] = (td_st_tensor){.name = names[n], .dtype = "I64", .rank = 0, .data = &tracked,
+                          .bytes = sizeof(tracked)};
     n++;
   }
   if ((rc = td_safetensors_write(path, t, n, meta, nmeta)) < 0)
     fail(m, rc, "cannot write the model to %s: %s", path, td_strerror(rc));
-free_host:
+free_all:
   free(host);
+  free(names);
+  free(t);
   return rc;
 }
 
+/* The state: parameters and buffers, the optimiser's, then (with
+ * BatchNorm) num_batches_tracked as two exact floats, low 24 bits first. */
 uint64_t td_model_state_floats(const td_model *m) {
-  return (m->params.bytes + m->optim.bytes) / sizeof(float);
+  return m->lay.nparams + m->lay.nbuffers + m->optim.bytes / sizeof(float) +
+         (m->nbn > 0 ? 2 : 0);
 }
 
 int td_model_get_state(td_model *m, float *dst) {
-  td_backend_download(m->be, dst, m->params.ptr, m->params.bytes);
-  td_backend_download(m->be, (char *)dst + m->params.bytes, m->optim.ptr, m->optim.bytes);
+  uint64_t pb = (m->lay.nparams + m->lay.nbuffers) * sizeof(float);
+  float *tail = (float *)((char *)dst + pb + m->optim.bytes);
+
+  td_backend_download(m->be, dst, m->params.ptr, pb);
+  td_backend_download(m->be, (char *)dst + pb, m->optim.ptr, m->optim.bytes);
+  if (m->nbn > 0) {
+    tail[0] = (float)(m->bn_batches & 0xffffff);
+    tail[1] = (float)(m->bn_batches >> 24);
+  }
   return sync_or_fail(m);
 }
 
 int td_model_set_state(td_model *m, const float *src, uint64_t n) {
+  uint64_t pb = (m->lay.nparams + m->lay.nbuffers) * sizeof(float);
+  const float *tail = (const float *)((const char *)src + pb + m->optim.bytes);
+
   if (n != td_model_state_floats(m))
     return fail(m, TD_EINVAL, "the state holds %llu values, the model %llu",
                 (unsigned long long)n, (unsigned long long)td_model_state_floats(m));
-  td_backend_upload(m->be, m->params.ptr, src, m->params.bytes);
-  td_backend_upload(m->be, m->optim.ptr, (const char *)src + m->params.bytes, m->optim.bytes);
+  if (m->nbn > 0) {
+    if (!(tail[0] >= 0 && tail[0] < 16777216.0f && tail[1] >= 0 && tail[1] < 16777216.0f))
+      return fail(m, TD_EINVAL, "the state's BatchNorm batch count is not valid");
+    m->bn_batches = (uint64_t)tail[0] | (uint64_t)tail[1] << 24;
+  }
+  td_backend_upload(m->be, m->params.ptr, src, pb);
+  td_backend_upload(m->be, m->optim.ptr, (const char *)src + pb, m->optim.bytes);
   return sync_or_fail(m);
 }
 
 void td_model_get_progress(const td_model *m, td_model_progress *out) {
-  *out = (td_model_progress){.steps = m->steps, .loss_scale = 1.0f};
+  *out = (td_model_progress){.steps = m->steps, .loss_scale = m->ls.scale,
+                             .good_steps = m->ls.good_steps, .skipped = m->ls.skipped};
 }
 
 int td_model_set_progress(td_model *m, const td_model_progress *p) {
   if (!(p->loss_scale > 0.0f) || isinf(p->loss_scale))
     return fail(m, TD_EINVAL, "loss scale %g is not a finite positive number",
                 (double)p->loss_scale);
+  if (p->skipped > p->steps)
+    return fail(m, TD_EINVAL, "%llu skipped steps of %llu", (unsigned long long)p->skipped,
+                (unsigned long long)p->steps);
+  if (m->ls.cfg.enabled && td_lossscale_restore(&m->ls, p->loss_scale, p->good_steps) < 0)
+    return fail(m, TD_EINVAL, "loss scale %g with %u good steps does not fit the job's "
+                "loss_scale settings", (double)p->loss_scale, p->good_steps);
+  m->ls.skipped = p->skipped;
   m->steps = p->steps;
   return 0;
 }

@@ -1,11 +1,20 @@
-/* The worker's model: an MLP (dense and ReLU layers) trained with softmax
- * cross-entropy on one compute backend.
+/* The worker's model: a sequential network (dense, conv2d, pooling, relu,
+ * gelu, dropout, flatten, batchnorm2d, layernorm) trained with softmax
+ * cross-entropy (label smoothing optional) on one compute backend.
  *
  * td_model_create allocates exactly the arenas of the job's memory plan
  * (common/plan.h) and lays the tensors out with td_plan_layout; nothing is
  * allocated after that.  A step takes a whole batch and runs it in
  * micro-batch slices, accumulating gradients, so the update does not depend
- * on the micro-batch (up to summation order).
+ * on the micro-batch (up to summation order; dropout masks are keyed by the
+ * sample's index in the batch) - except with batchnorm2d, whose statistics
+ * are each micro-batch's own (td_plan.batch_dependent).
+ *
+ * The update: in fp16, unscale the gradients, and skip the step (halving the
+ * loss scale) if one is inf or NaN; clip by the global norm; the optimiser
+ * (SGD with momentum, dampening, Nesterov; Adam; AdamW) at the schedule's
+ * rate for this step.  bf16 and fp16 keep fp32 master weights and compute on
+ * values rounded as a GPU's 16-bit tensors would hold them.
  */
 #ifndef TD_MODEL_H
 #define TD_MODEL_H
@@ -28,8 +37,9 @@ typedef struct td_step_stats {
 } td_step_stats;
 
 /* Build spec's model on be at micro_batch (1..batch_size) and initialise the
- * weights from spec->seed like PyTorch's nn.Linear: U(-1/sqrt(in), 1/sqrt(in))
- * for weights and biases.  TD_EOOM (be's td_mem_stats say what was asked and
+ * weights from spec->seed like PyTorch: nn.Linear and nn.Conv2d
+ * U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, the norms'
+ * gamma 1 and beta 0, BatchNorm's running variance 1.  TD_EOOM (be's td_mem_stats say what was asked and
  * free), TD_EINVAL/TD_ETOOBIG for a spec the planner refuses, TD_ENOMEM, or a
  * backend failure; a one-line reason goes to err. */
 int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch,
@@ -55,7 +65,8 @@ typedef struct td_model_oom {
 } td_model_oom;
 const td_model_oom *td_model_last_oom(const td_model *m);
 
-/* Run at another micro-batch: frees the activation, workspace and staging
+/* Run at another micro-batch (at the precision and recompute setting the
+ * model runs with now): frees the activation, workspace and staging
  * arenas and allocates them at the new size (parameters, gradients and
  * optimiser state stay).  On failure (TD_EOOM: phase workspace) the model
  * keeps its weights but cannot step until a re-plan succeeds. */
@@ -85,6 +96,9 @@ typedef struct td_model_hooks {
  * largest micro-batch that fits what is free (td_plan_fit: no trial on the
  * device) and the same step is redone from the same samples, so the
  * effective batch and the result do not change (up to summation order).
+ * The job's remedies apply in its order: the whole batch as it runs now
+ * first, then each listed remedy added to those before it (accumulate:
+ * smaller micro-batches; recompute; bf16 or fp16 from fp32).
  * TD_ENOFIT when even the job's smallest allowed micro-batch does not fit;
  * the weights are then as before the step. */
 int td_model_train_step_recover(td_model *m, const uint8_t *pixels, const uint8_t *labels,
@@ -100,8 +114,9 @@ int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned);
 int td_model_eval(td_model *m, const uint8_t *pixels, const uint8_t *labels,
                   uint32_t count, td_step_stats *out);
 
-/* Copy all parameters (or gradients) to or from host memory: nparams floats
- * in the plan's layout (per dense layer: weight [out, in] then bias). */
+/* Copy the trainable parameters (or their gradients) to or from host
+ * memory: nparams floats in the plan's layout (per layer with parameters:
+ * weight then bias; the norms: gamma then beta). */
 int td_model_get_params(td_model *m, float *dst);
 int td_model_set_params(td_model *m, const float *src);
 int td_model_get_grads(td_model *m, float *dst);
@@ -118,7 +133,7 @@ int td_model_get_state(td_model *m, float *dst);
 int td_model_set_state(td_model *m, const float *src, uint64_t n);
 
 typedef struct td_model_progress {
-  uint64_t steps;      /* optimiser updates taken (td_model_steps) */
+  uint64_t steps;      /* training steps taken (td_model_steps), skipped ones included */
   float loss_scale;    /* 1 without dynamic loss scaling */
   uint32_t good_steps; /* the loss scaler's growth tracker */
   uint64_t skipped;    /* steps the loss scaler skipped */
@@ -128,7 +143,9 @@ void td_model_get_progress(const td_model *m, td_model_progress *out);
 int td_model_set_progress(td_model *m, const td_model_progress *p);
 
 /* Write the weights as safetensors with PyTorch's nn.Sequential names:
- * "<layer index>.weight" [out, in] and "<layer index>.bias" [out]. */
+ * "<layer index>.weight" (dense [out, in], conv2d [k, c, kh, kw], the norms
+ * gamma) and "<layer index>.bias"; batchnorm2d also "<i>.running_mean",
+ * "<i>.running_var" and "<i>.num_batches_tracked" (an I64 scalar). */
 int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t nmeta);
 
 #endif

@@ -24,13 +24,17 @@
 
 static char buf[1 << 16];
 
-/* MIN_JOB with the first occurrence of from replaced by to. */
-static const char *job_with(const char *from, const char *to) {
-  const char *base = MIN_JOB, *at = strstr(base, from);
+/* base with the first occurrence of from replaced by to. */
+static const char *replaced(const char *base, const char *from, const char *to) {
+  const char *at = strstr(base, from);
 
-  ck_assert_msg(at != NULL, "'%s' not in MIN_JOB", from);
+  ck_assert_msg(at != NULL, "'%s' not in the job", from);
   snprintf(buf, sizeof(buf), "%.*s%s%s", (int)(at - base), base, to, at + strlen(from));
   return buf;
+}
+
+static const char *job_with(const char *from, const char *to) {
+  return replaced(MIN_JOB, from, to);
 }
 
 static int parse_len(const char *text, size_t len, const char *base, td_jobspec *s, char *err,
@@ -293,8 +297,8 @@ START_TEST(out_of_range) {
              "line 8", "'name': must be at most 63 bytes");
   expect_err(job_with("train:\n", "device: gpu0\ntrain:\n"), "line 8", "'device'");
   expect_err(job_with("train:\n", "device: cuda123\ntrain:\n"), "line 8", "'device'");
-  expect_err(job_with("train:\n", "memory: {precision: fp16}\ntrain:\n"), "line 8",
-             "'memory.precision': must be one of fp32; got 'fp16'");
+  expect_err(job_with("train:\n", "memory: {precision: fp8}\ntrain:\n"), "line 8",
+             "'memory.precision': must be one of fp32, bf16, fp16; got 'fp8'");
   expect_err(job_with("data:\n", "data:\n  format: parquet\n"), "line 6", "'data.format'");
 }
 END_TEST
@@ -333,7 +337,9 @@ END_TEST
 
 START_TEST(layer_rules) {
   expect_exact(job_with("units: 3}", "units: 3}\n    - {type: conv}"),
-               "line 5: key 'model.layers[1].type': must be one of dense, relu; got 'conv'");
+               "line 5: key 'model.layers[1].type': must be one of dense, relu, conv2d, "
+               "maxpool2d, avgpool2d, gelu, dropout, flatten, batchnorm2d, layernorm; got "
+               "'conv'");
   expect_exact(job_with("units: 3}", "units: 3}\n    - {type: relu}"),
                "line 5: key 'model.layers[1]': the last layer must be dense (it gives the class "
                "scores), got relu");
@@ -534,14 +540,185 @@ START_TEST(memory_remedies) {
             NULL, &s);
   ck_assert_uint_eq(s.fail_alloc, 7);
   ck_assert_str_eq(td_remedy_name(TD_REMEDY_BF16), "bf16");
-  expect_err(job_with("train:\n", "memory: {remedies: [bf16]}\ntrain:\n"),
-             "'memory.remedies'", "mixed precision is not available yet");
-  expect_err(job_with("train:\n", "memory: {remedies: [recompute]}\ntrain:\n"),
+  expect_ok(job_with("train:\n", "memory: {remedies: [accumulate, recompute, bf16]}\ntrain:\n"),
+            NULL, &s);
+  ck_assert_int_eq(s.nremedies, 3);
+  ck_assert_int_eq(s.remedies[2], TD_REMEDY_BF16);
+  ck_assert(td_jobspec_allows(&s, TD_REMEDY_RECOMPUTE));
+  expect_ok(job_with("train:\n", "memory: {remedies: [fp16], loss_scale: {init_scale: 1024}}\n"
+                     "train:\n"), NULL, &s);
+  ck_assert(!s.loss_scale.enabled); /* fp32 until the remedy applies */
+  ck_assert_float_eq(s.loss_scale.init_scale, 1024.0f);
+  expect_err(job_with("train:\n", "memory: {remedies: [shrink]}\ntrain:\n"),
              "'memory.remedies'", "not available yet");
   expect_err(job_with("train:\n", "memory: {remedies: [accumulate, accumulate]}\ntrain:\n"),
              "'memory.remedies'", "listed twice");
   expect_err(job_with("train:\n", "memory: {remedies: [halve]}\ntrain:\n"),
              "'memory.remedies", "accumulate");
+}
+END_TEST
+
+
+/* A CNN: every layer type, its keys and defaults. */
+#define CNN_JOB                                                        \
+  "model:\n"                                                           \
+  "  input: [3, 16, 16]\n"                                             \
+  "  layers:\n"                                                        \
+  "    - {type: conv2d, filters: 8, kernel: 3, padding: 1}\n"          \
+  "    - {type: batchnorm2d}\n"                                        \
+  "    - {type: relu}\n"                                               \
+  "    - {type: maxpool2d, kernel: 2}\n"                               \
+  "    - {type: conv2d, filters: 4, kernel: 3, stride: 2}\n"           \
+  "    - {type: avgpool2d, kernel: 3, stride: 1, padding: 1}\n"        \
+  "    - {type: gelu, approximate: tanh}\n"                            \
+  "    - {type: flatten}\n"                                            \
+  "    - {type: layernorm, eps: 0.001}\n"                              \
+  "    - {type: dropout, p: 0.25}\n"                                   \
+  "    - {type: dense, units: 10}\n"                                   \
+  "data:\n"                                                            \
+  "  train: {images: tr-i, labels: tr-l}\n"                            \
+  "  test: {images: te-i, labels: te-l}\n"                             \
+  "train:\n"                                                           \
+  "  batch_size: 8\n"                                                  \
+  "  epochs: 1\n"                                                      \
+  "  optimizer: {type: sgd, lr: 0.1, momentum: 0.9, nesterov: true}\n"
+
+static const char *cnn_with(const char *from, const char *to) {
+  return replaced(CNN_JOB, from, to);
+}
+
+START_TEST(cnn_layers) {
+  td_jobspec s;
+  td_shape sh[TD_MAX_LAYERS + 1];
+  char why[200];
+  int bad;
+
+  expect_ok(CNN_JOB, NULL, &s);
+  ck_assert_int_eq(s.nlayers, 11);
+  ck_assert_int_eq(s.input_rank, 3);
+  ck_assert_int_eq(s.layers[0].type, TD_LAYER_CONV2D);
+  ck_assert_uint_eq(s.layers[0].filters, 8);
+  ck_assert_uint_eq(s.layers[0].stride, 1); /* conv2d's default */
+  ck_assert_uint_eq(s.layers[0].padding, 1);
+  ck_assert_float_eq(s.layers[1].eps, 1e-5f);
+  ck_assert_float_eq(s.layers[1].momentum, 0.1f);
+  ck_assert_uint_eq(s.layers[3].stride, 2); /* pooling's default: the kernel */
+  ck_assert_int_eq(s.layers[6].approximate, 1);
+  ck_assert_float_eq(s.layers[8].eps, 0.001f);
+  ck_assert_float_eq(s.layers[9].p, 0.25f);
+  ck_assert_int_eq(s.opt.nesterov, 1);
+  ck_assert_int_eq(s.layers[4].line, 8);
+  ck_assert(td_jobspec_batch_dependent(&s));
+  ck_assert_uint_eq(td_jobspec_classes(&s), 10);
+  ck_assert_int_eq(td_jobspec_shapes(&s, sh, &bad, why, sizeof(why)), 0);
+  /* 3x16x16 -> 8x16x16 -> pool 8x8x8 -> conv s2 4x3x3 -> avg 4x3x3 -> 36 */
+  ck_assert_uint_eq(sh[4].c, 8);
+  ck_assert_uint_eq(sh[4].h, 8);
+  ck_assert_uint_eq(sh[5].c, 4);
+  ck_assert_uint_eq(sh[5].h, 3);
+  ck_assert_uint_eq(sh[6].w, 3);
+  ck_assert_uint_eq(td_shape_elems(&sh[8]), 36);
+  ck_assert(!sh[8].spatial);
+  ck_assert_uint_eq(sh[11].c, 10);
+  ck_assert_str_eq(td_layer_type_name(TD_LAYER_BATCHNORM2D), "batchnorm2d");
+}
+END_TEST
+
+/* The shape chain is checked at parse time; each error names the layer's
+ * line and what was expected. */
+START_TEST(cnn_shape_errors) {
+  expect_exact(cnn_with("{type: conv2d, filters: 4, kernel: 3, stride: 2}",
+                        "{type: conv2d, filters: 4, kernel: 9}"),
+               "line 8: key 'model.layers[4]': conv2d kernel 9 is larger than its 8x8 input "
+               "(padding 0)");
+  expect_exact(cnn_with("input: [3, 16, 16]", "input: [768]"),
+               "line 4: key 'model.layers[0]': conv2d needs a [C, H, W] input, and model.input "
+               "is flat (give it as [H, W] or [C, H, W])");
+  expect_err(cnn_with("    - {type: flatten}\n", "    - {type: flatten}\n    - {type: batchnorm2d}\n"),
+             "line 12", "batchnorm2d needs a [C, H, W] input, and layer 7 (flatten) gives 36 flat "
+             "features");
+  expect_err(cnn_with("{type: avgpool2d, kernel: 3, stride: 1, padding: 1}",
+                      "{type: avgpool2d, kernel: 3, padding: 2}"),
+             "line 9", "avgpool2d padding 2 is more than half its 3x3 window");
+  expect_err(cnn_with("{type: conv2d, filters: 8, kernel: 3, padding: 1}",
+                      "{type: conv2d, filters: 65536, kernel: 1, padding: 4096}"),
+             "line 4", "more than 2147483647");
+  expect_err(cnn_with("{type: conv2d, filters: 8, kernel: 3, padding: 1}",
+                      "{type: conv2d, kernel: 3}"),
+             "line 4", "a conv2d layer needs 'filters'");
+  expect_err(cnn_with("{type: dropout, p: 0.25}", "{type: dropout}"), "line 13",
+             "a dropout layer needs 'p'");
+  expect_err(cnn_with("{type: dropout, p: 0.25}", "{type: dropout, p: 1}"), "line 13",
+             "'model.layers[9].p'");
+  expect_err(cnn_with("{type: flatten}", "{type: flatten, kernel: 2}"), "line 11",
+             "a flatten layer has no 'kernel'");
+  expect_err(cnn_with("{type: gelu, approximate: tanh}", "{type: gelu, approximate: fast}"),
+             "line 10", "must be one of none, tanh");
+  /* a 2-D input is one channel */
+  expect_ok(cnn_with("input: [3, 16, 16]", "input: [16, 16]"), NULL, &(td_jobspec){0});
+}
+END_TEST
+
+START_TEST(training_keys) {
+  td_jobspec s;
+
+  expect_ok(job_with("  optimizer: {type: sgd, lr: 0.1}\n",
+                     "  optimizer: {type: adamw, lr: 0.01, weight_decay: 0.05}\n"
+                     "  clip_grad_norm: 1.5\n"
+                     "  schedule: {type: cosine, t_max: 100, eta_min: 0.001, warmup_steps: 10,"
+                     " warmup_start: 0.1}\n"
+                     "  loss: {label_smoothing: 0.1}\n"),
+            NULL, &s);
+  ck_assert_int_eq(s.opt.kind, TD_OPT_ADAMW);
+  ck_assert_float_eq(s.clip_grad_norm, 1.5f);
+  ck_assert_int_eq(s.schedule.kind, TD_SCHED_COSINE);
+  ck_assert_uint_eq(s.schedule.t_max, 100);
+  ck_assert_uint_eq(s.schedule.warmup_steps, 10);
+  ck_assert_double_eq_tol(s.schedule.lr, 0.01, 1e-9);
+  ck_assert_float_eq(s.label_smoothing, 0.1f);
+  /* defaults: constant schedule, no clipping, no smoothing */
+  expect_ok(MIN_JOB, NULL, &s);
+  ck_assert_int_eq(s.schedule.kind, TD_SCHED_CONSTANT);
+  ck_assert_float_eq(s.clip_grad_norm, 0.0f);
+  ck_assert_float_eq(s.label_smoothing, 0.0f);
+  ck_assert_int_eq(s.recompute, 0);
+  ck_assert(!s.loss_scale.enabled);
+  expect_err(job_with("  optimizer: {type: sgd, lr: 0.1}\n",
+                      "  optimizer: {type: sgd, lr: 0.1}\n  schedule: {type: cosine}\n"),
+             "line 12", "key 'train.schedule': schedule cosine: t_max must be > 0");
+  expect_err(job_with("  optimizer: {type: sgd, lr: 0.1}\n",
+                      "  optimizer: {type: sgd, lr: 0.1}\n"
+                      "  schedule: {type: cosine, t_max: 5, gamma: 0.5}\n"),
+             "line 12", "'gamma' applies only to type step, and the type is cosine");
+  expect_err(job_with("{type: sgd, lr: 0.1}", "{type: sgd, lr: 0.1, nesterov: true}"), "line 11",
+             "'nesterov' needs momentum > 0 and dampening 0");
+  expect_err(job_with("{type: sgd, lr: 0.1}", "{type: adamw, lr: 0.1, dampening: 0.5}"),
+             "line 11", "'dampening' applies only to sgd");
+  expect_err(job_with("  optimizer: {type: sgd, lr: 0.1}\n",
+                      "  optimizer: {type: sgd, lr: 0.1}\n  loss: {label_smoothing: 1}\n"),
+             "line 12", "'train.loss.label_smoothing'");
+}
+END_TEST
+
+START_TEST(precision_keys) {
+  td_jobspec s;
+
+  expect_ok(job_with("train:\n", "memory: {precision: fp16, recompute: true, loss_scale: "
+                     "{init_scale: 256, growth_interval: 10}}\ntrain:\n"), NULL, &s);
+  ck_assert_int_eq(s.precision, TD_PREC_FP16);
+  ck_assert_int_eq(s.recompute, 1);
+  ck_assert(s.loss_scale.enabled);
+  ck_assert_float_eq(s.loss_scale.init_scale, 256.0f);
+  ck_assert_float_eq(s.loss_scale.growth_factor, 2.0f); /* GradScaler's default */
+  ck_assert_uint_eq(s.loss_scale.growth_interval, 10);
+  expect_ok(job_with("train:\n", "memory: {precision: bf16}\ntrain:\n"), NULL, &s);
+  ck_assert_int_eq(s.precision, TD_PREC_BF16);
+  ck_assert(!s.loss_scale.enabled);
+  ck_assert_str_eq(td_precision_name(TD_PREC_FP16), "fp16");
+  expect_err(job_with("train:\n", "memory: {loss_scale: {init_scale: 8}}\ntrain:\n"), "line 8",
+             "'memory.loss_scale' applies only to fp16");
+  expect_err(job_with("train:\n", "memory: {precision: fp16, loss_scale: {growth_factor: 1}}\n"
+                      "train:\n"), "line 8", "'memory.loss_scale.growth_factor'");
 }
 END_TEST
 
@@ -574,6 +751,10 @@ static Suite *jobspec_suite(void) {
   tcase_add_test(tc, load_errors);
   tcase_add_test(tc, load_resolves_against_file_dir);
   tcase_add_test(tc, names);
+  tcase_add_test(tc, cnn_layers);
+  tcase_add_test(tc, cnn_shape_errors);
+  tcase_add_test(tc, training_keys);
+  tcase_add_test(tc, precision_keys);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1,6 +1,7 @@
 /* The memory plan: hand-computed numbers, refusals, and the worker's real
  * allocations matching it to the byte on the CPU backend. */
 #include <check.h>
+#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,24 +49,27 @@ START_TEST(test_example_by_hand) {
   ck_assert_uint_eq(p.params, 2143272);
   ck_assert_uint_eq(p.grads, 2143272);
   ck_assert_uint_eq(p.optim, 2 * 2143272); /* Adam: two moments */
-  /* input 128x784, outputs 128x512, 128x256, 128x10, two gradient buffers of
-   * the widest 128x512, the 8-byte loss statistics in a 64-byte slot */
-  ck_assert_uint_eq(p.activations, (128 * 784 + 128 * 512 + 128 * 256 + 128 * 10) * 4 +
-                                       2 * 128 * 512 * 4 + 64);
-  ck_assert_uint_eq(p.activations, 1324096);
+  /* The liveness plan's peak is the first dense layer's backward: the
+   * input and its ReLU'd output (both read by backward ops still to come),
+   * the gradient of the second layer's output it reads and the input
+   * gradient it writes, and the 32-byte statistics in a 64-byte slot.  The
+   * logits and the second hidden layer are dead by then and share bytes. */
+  ck_assert_uint_eq(p.activations, (128 * 784 + 128 * 512 + 128 * 256 + 128 * 512) * 4 + 64);
+  ck_assert_uint_eq(p.activations, 1056832);
   ck_assert_uint_eq(p.workspace, 0);
   ck_assert_uint_eq(p.staging, 128 * 784 + 128); /* uint8 pixels, then labels */
   ck_assert_uint_eq(p.overhead, 0);
-  ck_assert_uint_eq(p.total, 4 * 2143272 + 1324096 + 100480);
+  ck_assert_uint_eq(p.total, 4 * 2143272 + 1056832 + 100480);
+  ck_assert(!p.batch_dependent && !p.recompute);
+  ck_assert_int_eq(p.precision, TD_PREC_FP32);
 
   /* micro-batch 32 shrinks only the activations and staging */
   ck_assert_int_eq(td_plan_compute(&s, 32, TD_PREC_FP32, 300 << 20, &p), 0);
   ck_assert_uint_eq(p.params, 2143272);
-  ck_assert_uint_eq(p.activations, (32 * 784 + 32 * 512 + 32 * 256 + 32 * 10) * 4 +
-                                       2 * 32 * 512 * 4 + 64);
+  ck_assert_uint_eq(p.activations, (32 * 784 + 32 * 512 + 32 * 256 + 32 * 512) * 4 + 64);
   ck_assert_uint_eq(p.staging, 32 * 784 + 32);
   ck_assert_uint_eq(p.overhead, 300 << 20);
-  ck_assert_uint_eq(p.total, 4 * 2143272 + 331072 + 25120 + (300 << 20));
+  ck_assert_uint_eq(p.total, 4 * 2143272 + 264256 + 25120 + (300 << 20));
 }
 END_TEST
 
@@ -87,13 +91,27 @@ START_TEST(test_example_layout) {
   ck_assert_uint_eq(l.layers[4].bias, (535818 - 10) * 4);
   ck_assert(!l.layers[0].needs_dx);
   ck_assert(l.layers[2].needs_dx && l.layers[4].needs_dx);
-  /* ReLU in place on the dense output before it */
+  /* ReLU in place on the dense output before it, and on its gradient */
   ck_assert_uint_eq(l.layers[1].x, l.layers[0].y);
   ck_assert_uint_eq(l.layers[1].y, l.layers[0].y);
   ck_assert_uint_eq(l.layers[2].x, l.layers[0].y);
+  ck_assert_uint_eq(l.layers[1].dx, l.layers[1].dy);
+  ck_assert_uint_eq(l.layers[0].dy, l.layers[1].dx);
   ck_assert_uint_eq(l.layers[0].x, l.input);
   ck_assert_uint_eq(l.logits, l.layers[4].y);
+  ck_assert_uint_eq(l.dlogits, l.layers[4].dy);
+  ck_assert_uint_eq(l.layers[0].dx, TD_PLAN_NONE);
   ck_assert_uint_eq(l.grad_width, 512);
+  /* the greedy placement, largest first: input, then the first hidden
+   * output, then its gradient (which the second hidden layer's output,
+   * dead by then, shares) */
+  ck_assert_uint_eq(l.input, 0);
+  ck_assert_uint_eq(l.layers[0].y, 128 * 784 * 4);
+  ck_assert_uint_eq(l.layers[0].dy, (128 * 784 + 128 * 512) * 4);
+  ck_assert_uint_eq(l.layers[2].y, l.layers[0].dy);
+  ck_assert_uint_eq(l.act_peak, l.act_bytes);
+  ck_assert_uint_eq(l.workspace, 0);
+  ck_assert_uint_eq(l.half_params, TD_PLAN_NONE);
   for (int i = 0; i < l.nlayers; i++)
     ck_assert_uint_eq(l.layers[i].y % TD_PLAN_ALIGN, 0);
   ck_assert_uint_eq(l.stage_labels, 128 * 784);
@@ -324,7 +342,7 @@ static void exact_case(const td_jobspec *s, uint32_t micro) {
 
   for (int i = 0; i < s->input_rank; i++)
     in *= s->input_dims[i];
-  ck_assert_int_eq(td_plan_compute(s, micro, TD_PREC_FP32, 0, &plan), 0);
+  ck_assert_int_eq(td_plan_compute(s, micro, s->precision, 0, &plan), 0);
 
   /* one byte less does not fit */
   ck_assert_int_eq(td_backend_create("cpu0", plan.total - 1, &be, NULL, 0), 0);
@@ -408,6 +426,174 @@ START_TEST(test_exact_shapes) {
 }
 END_TEST
 
+
+/* Every example job file, at every precision, with and without
+ * recomputation, at several micro-batches: the allocator's peak after
+ * training steps and an evaluation is the plan, to the byte. */
+START_TEST(test_exact_examples) {
+  const char *root = getenv("TD_SOURCE_ROOT");
+  char pattern[4096], err[512];
+  glob_t g;
+
+  snprintf(pattern, sizeof(pattern), "%s/examples/*.yaml", root ? root : "..");
+  ck_assert_int_eq(glob(pattern, 0, NULL, &g), 0);
+  ck_assert_uint_ge(g.gl_pathc, 3);
+  for (size_t f = 0; f < g.gl_pathc; f++) {
+    td_jobspec s;
+
+    ck_assert_msg(td_jobspec_load(g.gl_pathv[f], &s, err, sizeof(err)) == 0, "%s: %s",
+                  g.gl_pathv[f], err);
+    /* a few steps' worth of the example's model, at a small batch */
+    s.batch_size = 12;
+    s.min_micro_batch = 1;
+    for (int prec = 0; prec < TD_PREC__COUNT; prec++) {
+      for (int rec = 0; rec < 2; rec++) {
+        const uint32_t micros[] = {12, 5, 1};
+
+        s.precision = (td_precision)prec;
+        s.recompute = rec;
+        s.loss_scale.enabled = prec == TD_PREC_FP16;
+        for (size_t k = 0; k < TD_ARRAY_SIZE(micros); k++)
+          exact_case(&s, micros[k]);
+      }
+    }
+  }
+  globfree(&g);
+}
+END_TEST
+
+/* A convolutional model by hand: parameters, BatchNorm's buffers, the conv
+ * workspace (the CPU backend's figure), and the batch-dependence flag. */
+START_TEST(test_conv_model) {
+  static const td_layer layers[] = {
+      {.type = TD_LAYER_CONV2D, .filters = 4, .kernel = 3, .stride = 1, .padding = 1},
+      {.type = TD_LAYER_BATCHNORM2D},
+      {.type = TD_LAYER_RELU},
+      {.type = TD_LAYER_MAXPOOL2D, .kernel = 2},
+      {.type = TD_LAYER_CONV2D, .filters = 6, .kernel = 3, .stride = 2},
+      {.type = TD_LAYER_FLATTEN},
+      {.type = TD_LAYER_LAYERNORM},
+      {.type = TD_LAYER_DENSE, .units = 5},
+  };
+  td_conv2d_desc c1 = {.n = 8, .c = 2, .h = 10, .w = 10, .k = 4, .kh = 3, .kw = 3,
+                       .sh = 1, .sw = 1, .ph = 1, .pw = 1};
+  td_jobspec s;
+  td_layout l;
+  td_plan p;
+
+  example_spec(&s);
+  s.input_rank = 3;
+  s.input_dims[0] = 2;
+  s.input_dims[1] = s.input_dims[2] = 10;
+  memcpy(s.layers, layers, sizeof(layers));
+  s.nlayers = (int)TD_ARRAY_SIZE(layers);
+  s.batch_size = 8;
+  ck_assert_int_eq(td_plan_layout(&s, 8, &l), 0);
+  /* 2x10x10 -> 4x10x10 -> pool 4x5x5 -> conv 6x2x2 = 24 -> 5 */
+  ck_assert_uint_eq(l.layers[3].out_shape.h, 5);
+  ck_assert_uint_eq(l.layers[4].out_shape.c, 6);
+  ck_assert_uint_eq(l.layers[4].out_shape.h, 2);
+  ck_assert_uint_eq(l.layers[5].out, 24);
+  ck_assert(!l.layers[5].out_shape.spatial);
+  ck_assert_uint_eq(l.classes, 5);
+  ck_assert_uint_eq(l.nparams, (4 * 2 * 9 + 4) + (4 + 4) + (6 * 4 * 9 + 6) + (24 + 24) +
+                                   (5 * 24 + 5));
+  ck_assert_uint_eq(l.nbuffers, 2 * 4);
+  ck_assert_uint_eq(l.layers[1].running, l.nparams * 4);
+  ck_assert_int_eq(l.first_dense, 0);
+  /* flatten is a view of its input and of its gradient */
+  ck_assert_uint_eq(l.layers[5].y, l.layers[5].x);
+  ck_assert_uint_eq(l.layers[5].dx, l.layers[5].dy);
+  /* ReLU after BatchNorm works in place; pooling keeps its own output */
+  ck_assert_uint_eq(l.layers[2].y, l.layers[2].x);
+  ck_assert_uint_ne(l.layers[3].y, l.layers[3].x);
+  {
+    td_conv2d_desc c2 = {.n = 8, .c = 4, .h = 5, .w = 5, .k = 6, .kh = 3, .kw = 3,
+                         .sh = 2, .sw = 2};
+    uint64_t a = td_conv2d_workspace_cpu(&c1), b = td_conv2d_workspace_cpu(&c2);
+
+    ck_assert_uint_eq(l.workspace, a > b ? a : b);
+  }
+  ck_assert_uint_le(l.act_peak, l.act_bytes);
+  ck_assert_int_eq(td_plan_compute(&s, 8, TD_PREC_FP32, 0, &p), 0);
+  ck_assert(p.batch_dependent);
+  ck_assert_uint_eq(p.params, (l.nparams + l.nbuffers) * 4);
+  ck_assert_uint_eq(p.grads, l.nparams * 4);
+  ck_assert_uint_eq(p.workspace, l.workspace);
+  /* mixed precision: the 16-bit weights follow the conv workspace */
+  ck_assert_int_eq(td_plan_compute(&s, 8, TD_PREC_BF16, 0, &p), 0);
+  ck_assert_uint_ge(p.workspace, l.workspace + l.nparams * 2);
+  exact_case(&s, 8);
+  exact_case(&s, 3);
+  s.precision = TD_PREC_BF16;
+  s.recompute = 1;
+  exact_case(&s, 3);
+}
+END_TEST
+
+/* A deep GELU MLP keeps every block's dense output and GELU output for the
+ * backward pass: 16-bit storage and recomputation both shrink the
+ * activation arena, and the plan shows by how much. */
+START_TEST(test_savings) {
+  td_jobspec s;
+  td_plan fp32, bf16, rec;
+
+  example_spec(&s);
+  s.nlayers = 0;
+  for (int i = 0; i < 8; i++) {
+    s.layers[s.nlayers++] = (td_layer){.type = TD_LAYER_DENSE, .units = 512};
+    s.layers[s.nlayers++] = (td_layer){.type = TD_LAYER_GELU};
+  }
+  s.layers[s.nlayers++] = (td_layer){.type = TD_LAYER_DENSE, .units = 10};
+  s.batch_size = 1024;
+  ck_assert_int_eq(td_plan_compute(&s, 1024, TD_PREC_FP32, 0, &fp32), 0);
+  ck_assert_int_eq(td_plan_compute(&s, 1024, TD_PREC_BF16, 0, &bf16), 0);
+  /* the saved activations halve; one op's fp32 scratch comes on top */
+  ck_assert_uint_lt(bf16.activations, fp32.activations * 2 / 3);
+  ck_assert_uint_lt(bf16.total, fp32.total);
+  ck_assert_int_eq(bf16.precision, TD_PREC_BF16);
+  s.recompute = 1;
+  ck_assert_int_eq(td_plan_compute(&s, 1024, TD_PREC_FP32, 0, &rec), 0);
+  ck_assert(rec.recompute);
+  ck_assert_uint_lt(rec.activations, fp32.activations * 2 / 3);
+  ck_assert_uint_eq(rec.params, fp32.params);
+  s.batch_size = 32;
+  exact_case(&s, 16);
+}
+END_TEST
+
+/* Absurd convolutional specs are refused with TD_ETOOBIG, not a wrapped
+ * number; a micro-batch whose tensors are past int indexing does not fit,
+ * a smaller one does. */
+START_TEST(test_conv_overflow) {
+  td_jobspec s;
+  td_plan p;
+
+  example_spec(&s);
+  s.input_rank = 3;
+  s.input_dims[0] = 1;
+  s.input_dims[1] = s.input_dims[2] = 16384;
+  s.layers[0] = (td_layer){.type = TD_LAYER_CONV2D, .filters = 65536, .kernel = 3};
+  s.layers[1] = (td_layer){.type = TD_LAYER_DENSE, .units = 10};
+  s.nlayers = 2;
+  assert_refused(&s, 1, 0, TD_ETOOBIG);
+  /* 1x128x128 -> 1024 channels: 16M values per sample; 128 samples pass 2^31 */
+  s.input_dims[1] = s.input_dims[2] = 128;
+  s.layers[0].filters = 1024;
+  s.layers[0].padding = 1;
+  assert_refused(&s, 128, 0, TD_ETOOBIG);
+  ck_assert_int_eq(td_plan_compute(&s, 127, TD_PREC_FP32, 0, &p), 0);
+  s.min_micro_batch = 1;
+  s.remedies[0] = TD_REMEDY_ACCUMULATE;
+  s.nremedies = 1;
+  ck_assert_int_eq(td_plan_fit(&s, TD_PREC_FP32, 0, UINT64_MAX, &p), 0);
+  ck_assert_uint_eq(p.micro_batch, 127);
+  /* a window larger than its input: invalid, not a crash */
+  s.layers[0].kernel = 200;
+  assert_refused(&s, 1, 0, TD_EINVAL);
+}
+END_TEST
+
 static Suite *plan_suite(void) {
   Suite *s = suite_create("plan");
   TCase *tc = tcase_create("plan"), *exact = tcase_create("exact");
@@ -420,9 +606,14 @@ static Suite *plan_suite(void) {
   tcase_add_test(tc, test_monotonic);
   tcase_add_test(tc, test_fit);
   tcase_add_test(tc, test_fit_overflow);
+  tcase_add_test(tc, test_conv_overflow);
+  tcase_add_test(tc, test_savings);
   suite_add_tcase(s, tc);
   tcase_add_test(exact, test_exact_example);
   tcase_add_test(exact, test_exact_shapes);
+  tcase_add_test(exact, test_conv_model);
+  tcase_add_test(exact, test_exact_examples);
+  tcase_set_timeout(exact, 120);
   suite_add_tcase(s, exact);
   return s;
 }

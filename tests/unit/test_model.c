@@ -1,0 +1,583 @@
+/* The training engine: micro-batch invariance with conv and dropout,
+ * recomputation that changes no bit, the fp16 loss scaler skipping an
+ * overflowing step, clipping and schedules, exact resumption from the
+ * state, the job's remedies in order, and the saved file's names. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "error.h"
+#include "jobspec.h"
+#include "model.h"
+#include "plan.h"
+#include "safetensors.h"
+#include "util.h"
+
+#define B 16
+
+/* 1x8x8 -> conv 4 -> relu -> maxpool -> flatten 64 -> dense 16 -> gelu ->
+ * dropout -> dense 4, SGD with momentum (Adam would magnify rounding). */
+static void conv_spec(td_jobspec *s) {
+  static const td_layer layers[] = {
+      {.type = TD_LAYER_CONV2D, .filters = 4, .kernel = 3, .stride = 1, .padding = 1},
+      {.type = TD_LAYER_RELU},
+      {.type = TD_LAYER_MAXPOOL2D, .kernel = 2, .stride = 2},
+      {.type = TD_LAYER_FLATTEN},
+      {.type = TD_LAYER_DENSE, .units = 16},
+      {.type = TD_LAYER_GELU},
+      {.type = TD_LAYER_DROPOUT, .p = 0.3f},
+      {.type = TD_LAYER_DENSE, .units = 4},
+  };
+
+  memset(s, 0, sizeof(*s));
+  snprintf(s->name, sizeof(s->name), "model-test");
+  s->input_rank = 3;
+  s->input_dims[0] = 1;
+  s->input_dims[1] = s->input_dims[2] = 8;
+  memcpy(s->layers, layers, sizeof(layers));
+  s->nlayers = (int)TD_ARRAY_SIZE(layers);
+  s->batch_size = B;
+  s->epochs = 1;
+  s->seed = 11;
+  s->norm_mean = 0.4f;
+  s->norm_std = 0.3f;
+  s->opt = (td_optimizer){.kind = TD_OPT_SGD, .lr = 0.05f, .momentum = 0.9f};
+  s->schedule = (td_schedule){.kind = TD_SCHED_CONSTANT};
+  s->precision = TD_PREC_FP32;
+  s->loss_scale = td_lossscale_defaults();
+  s->loss_scale.enabled = false;
+  s->min_micro_batch = 1;
+  s->remedies[0] = TD_REMEDY_ACCUMULATE;
+  s->nremedies = 1;
+}
+
+/* conv_spec with BatchNorm after the conv and LayerNorm in the head. */
+static void norm_spec(td_jobspec *s) {
+  conv_spec(s);
+  memmove(&s->layers[2], &s->layers[1], sizeof(td_layer) * 7);
+  s->layers[1] = (td_layer){.type = TD_LAYER_BATCHNORM2D, .eps = 1e-5f, .momentum = 0.1f};
+  s->nlayers++;
+  memmove(&s->layers[7], &s->layers[6], sizeof(td_layer) * 3);
+  s->layers[6] = (td_layer){.type = TD_LAYER_LAYERNORM, .eps = 1e-5f};
+  s->nlayers++;
+  s->opt = (td_optimizer){.kind = TD_OPT_ADAM, .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f,
+                          .eps = 1e-8f};
+}
+
+/* Step k's samples: the same whatever happened before. */
+static void batch(int k, uint8_t *px, uint8_t *lb, const td_jobspec *s) {
+  uint32_t in = (uint32_t)td_jobspec_input_elems(s), classes = td_jobspec_classes(s);
+
+  for (uint32_t i = 0; i < s->batch_size * in; i++)
+    px[i] = (uint8_t)((i + 977u * (uint32_t)k) * 2654435761u >> 13);
+  for (uint32_t i = 0; i < s->batch_size; i++)
+    lb[i] = (uint8_t)((i * 5 + (uint32_t)k) % classes);
+}
+
+static td_model *make(const td_jobspec *s, uint32_t micro, td_backend **be) {
+  char err[256];
+  td_model *m = NULL;
+
+  ck_assert_int_eq(td_backend_create("cpu0", TD_BUDGET_UNLIMITED, be, NULL, 0), 0);
+  ck_assert_msg(td_model_create(*be, s, micro, &m, err, sizeof(err)) == 0, "%s", err);
+  return m;
+}
+
+static void drop(td_model *m, td_backend *be) {
+  td_model_destroy(m);
+  td_backend_destroy(be);
+}
+
+/* steps training steps at micro-batch micro; the weights, malloc'd. */
+static float *train(const td_jobspec *s, uint32_t micro, int steps, uint64_t *n) {
+  uint8_t px[B * 64], lb[B];
+  td_backend *be;
+  td_model *m = make(s, micro, &be);
+  td_step_stats st;
+  float *w;
+
+  for (int k = 0; k < steps; k++) {
+    batch(k, px, lb, s);
+    ck_assert_msg(td_model_train_step(m, px, lb, B, &st) == 0, "%s", td_model_error(m));
+  }
+  *n = td_model_nparams(m);
+  w = malloc(*n * sizeof(float));
+  ck_assert_int_eq(td_model_get_params(m, w), 0);
+  drop(m, be);
+  return w;
+}
+
+static void assert_close(const float *a, const float *b, uint64_t n, double rel) {
+  for (uint64_t i = 0; i < n; i++)
+    ck_assert_msg(fabs((double)a[i] - b[i]) <= rel * fabs((double)b[i]) + 1e-7,
+                  "param %llu: %.9g vs %.9g", (unsigned long long)i, a[i], b[i]);
+}
+
+/* 1 x B, 2 x B/2 and 8 x B/8: the same weights after 100 steps. */
+START_TEST(test_micro_batch_invariance) {
+  td_jobspec s;
+  uint64_t n, n2, n8;
+  float *w1, *w2, *w8;
+
+  conv_spec(&s);
+  w1 = train(&s, B, 100, &n);
+  w2 = train(&s, B / 2, 100, &n2);
+  w8 = train(&s, B / 8, 100, &n8);
+  ck_assert_uint_eq(n, n2);
+  ck_assert_uint_eq(n, n8);
+  assert_close(w2, w1, n, 1e-5);
+  assert_close(w8, w1, n, 1e-5);
+  /* and training moved them: the comparison means something */
+  {
+    td_backend *be;
+    td_model *m = make(&s, B, &be);
+    float *w0 = malloc(n * sizeof(float));
+    double moved = 0;
+
+    ck_assert_int_eq(td_model_get_params(m, w0), 0);
+    for (uint64_t i = 0; i < n; i++)
+      moved += fabs((double)w0[i] - w1[i]);
+    ck_assert_msg(moved > 0.1 * (double)n / 100, "moved %g", moved);
+    free(w0);
+    drop(m, be);
+  }
+  free(w1);
+  free(w2);
+  free(w8);
+}
+END_TEST
+
+/* BatchNorm cannot be invariant: each micro-batch has its own statistics,
+ * and the plan says so. */
+START_TEST(test_batchnorm_flagged) {
+  td_jobspec s;
+  td_plan p;
+  uint64_t n;
+  float *w1, *w4;
+  double diff = 0;
+
+  norm_spec(&s);
+  ck_assert_int_eq(td_plan_compute(&s, 4, TD_PREC_FP32, 0, &p), 0);
+  ck_assert(p.batch_dependent);
+  conv_spec(&s);
+  ck_assert_int_eq(td_plan_compute(&s, 4, TD_PREC_FP32, 0, &p), 0);
+  ck_assert(!p.batch_dependent);
+  norm_spec(&s);
+  w1 = train(&s, B, 3, &n);
+  w4 = train(&s, 4, 3, &n);
+  for (uint64_t i = 0; i < n; i++)
+    diff += fabs((double)w1[i] - w4[i]);
+  ck_assert_msg(diff > 1e-4, "diff %g", diff);
+  free(w1);
+  free(w4);
+}
+END_TEST
+
+/* Gradients with and without recomputation: the same bits, at several
+ * micro-batches and precisions; and BatchNorm's running statistics are
+ * moved once per micro-batch, not again by the recomputation. */
+START_TEST(test_recompute_bitwise) {
+  static const td_precision precs[] = {TD_PREC_FP32, TD_PREC_BF16};
+  uint8_t px[B * 64], lb[B];
+
+  for (size_t pi = 0; pi < TD_ARRAY_SIZE(precs); pi++) {
+    for (uint32_t micro = B; micro >= 4; micro /= 2) {
+      td_jobspec s;
+      float *g[2], *st[2];
+      uint64_t ng = 0, ns = 0;
+
+      norm_spec(&s);
+      s.precision = precs[pi];
+      batch(3, px, lb, &s);
+      for (int rec = 0; rec < 2; rec++) {
+        td_backend *be;
+        td_model *m;
+        td_step_stats stats;
+
+        s.recompute = rec;
+        m = make(&s, micro, &be);
+        ck_assert_int_eq(td_model_plan(m)->recompute, rec);
+        ng = td_model_nparams(m);
+        ns = td_model_state_floats(m);
+        g[rec] = malloc(ng * sizeof(float));
+        st[rec] = malloc(ns * sizeof(float));
+        ck_assert_int_eq(td_model_train_step(m, px, lb, B, &stats), 0);
+        ck_assert_int_eq(td_model_backward(m, px, lb, B, &stats), 0);
+        ck_assert_int_eq(td_model_get_grads(m, g[rec]), 0);
+        ck_assert_int_eq(td_model_get_state(m, st[rec]), 0);
+        drop(m, be);
+      }
+      ck_assert_msg(memcmp(g[0], g[1], ng * sizeof(float)) == 0,
+                    "gradients differ with recomputation (precision %d, micro-batch %u)",
+                    precs[pi], micro);
+      ck_assert_msg(memcmp(st[0], st[1], ns * sizeof(float)) == 0,
+                    "state differs with recomputation (precision %d, micro-batch %u)",
+                    precs[pi], micro);
+      for (int k = 0; k < 2; k++) {
+        free(g[k]);
+        free(st[k]);
+      }
+    }
+  }
+}
+END_TEST
+
+/* fp16: a loss scale that overflows skips the step (weights and optimiser
+ * state untouched) and halves the scale; good steps grow it again. */
+START_TEST(test_fp16_overflow_skips) {
+  uint8_t px[B * 64], lb[B];
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_model_progress pr;
+  td_step_stats st;
+  float *before, *after;
+  uint64_t ns;
+
+  conv_spec(&s);
+  s.opt = (td_optimizer){.kind = TD_OPT_ADAM, .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f,
+                         .eps = 1e-8f};
+  s.precision = TD_PREC_FP16;
+  s.loss_scale.enabled = true;
+  s.loss_scale.init_scale = 1e30f; /* the scaled gradients are past fp16's 65504 */
+  s.loss_scale.growth_interval = 2;
+  m = make(&s, B, &be);
+  ns = td_model_state_floats(m);
+  before = malloc(ns * sizeof(float));
+  after = malloc(ns * sizeof(float));
+  ck_assert_int_eq(td_model_get_state(m, before), 0);
+  batch(0, px, lb, &s);
+  ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+  ck_assert(isfinite(st.loss_sum));
+  ck_assert_int_eq(td_model_get_state(m, after), 0);
+  ck_assert_msg(memcmp(before, after, ns * sizeof(float)) == 0, "a skipped step moved the state");
+  td_model_get_progress(m, &pr);
+  ck_assert_uint_eq(pr.steps, 1);
+  ck_assert_uint_eq(pr.skipped, 1);
+  ck_assert_float_eq(pr.loss_scale, 5e29f);
+  /* until the scale fits fp16, every step is skipped; then they are taken */
+  for (int k = 1; k < 120; k++) {
+    batch(k, px, lb, &s);
+    ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+  }
+  td_model_get_progress(m, &pr);
+  ck_assert_uint_eq(pr.steps, 120);
+  ck_assert_uint_gt(pr.skipped, 50);
+  ck_assert_uint_lt(pr.skipped, 119);
+  ck_assert_float_lt(pr.loss_scale, 1e7f);
+  ck_assert_int_eq(td_model_get_state(m, after), 0);
+  ck_assert_msg(memcmp(before, after, ns * sizeof(float)) != 0, "no step was taken");
+  free(before);
+  free(after);
+  drop(m, be);
+}
+END_TEST
+
+/* Clipping bounds the update: one plain SGD step moves the weights by lr
+ * times the clipped norm.  A step schedule halves the rate each step. */
+START_TEST(test_clip_and_schedule) {
+  uint8_t px[B * 64], lb[B];
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_step_stats st;
+  float *p0, *p1, *g;
+  uint64_t n;
+
+  conv_spec(&s);
+  s.layers[6].p = 0.0f; /* the gradients of backward and of the step must match */
+  s.opt = (td_optimizer){.kind = TD_OPT_SGD, .lr = 0.5f};
+  s.clip_grad_norm = 0.01f;
+  s.schedule = (td_schedule){.kind = TD_SCHED_STEP, .step_size = 1, .gamma = 0.5};
+  m = make(&s, B, &be);
+  n = td_model_nparams(m);
+  p0 = malloc(n * sizeof(float));
+  p1 = malloc(n * sizeof(float));
+  g = malloc(n * sizeof(float));
+  for (int k = 0; k < 2; k++) {
+    double norm = 0, moved = 0, gnorm = 0;
+
+    batch(k, px, lb, &s);
+    ck_assert_int_eq(td_model_get_params(m, p0), 0);
+    ck_assert_int_eq(td_model_backward(m, px, lb, B, &st), 0);
+    ck_assert_int_eq(td_model_get_grads(m, g), 0);
+    ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+    ck_assert_int_eq(td_model_get_params(m, p1), 0);
+    for (uint64_t i = 0; i < n; i++) {
+      moved += ((double)p1[i] - p0[i]) * ((double)p1[i] - p0[i]);
+      gnorm += (double)g[i] * g[i];
+    }
+    norm = sqrt(moved);
+    ck_assert_msg(sqrt(gnorm) > 0.1, "gradient norm %g: clipping would not show", sqrt(gnorm));
+    /* lr(k) = 0.5 * 0.5^k, times the clipped norm 0.01 */
+    ck_assert_double_eq_tol(norm, 0.5 * pow(0.5, k) * 0.01, 1e-5);
+  }
+  free(p0);
+  free(p1);
+  free(g);
+  drop(m, be);
+}
+END_TEST
+
+/* Stop after some steps, resume a new model from the state and progress:
+ * the next steps give exactly what an unstopped run gives (BatchNorm,
+ * LayerNorm, dropout, Adam, fp16 loss scaling). */
+START_TEST(test_resume_exact) {
+  uint8_t px[B * 64], lb[B];
+  td_jobspec s;
+  td_backend *be, *be2;
+  td_model *m, *r;
+  td_model_progress pr, pr2;
+  td_step_stats st;
+  float *state, *a, *b;
+  uint64_t ns;
+
+  norm_spec(&s);
+  s.precision = TD_PREC_FP16;
+  s.loss_scale.enabled = true;
+  s.loss_scale.init_scale = 1e6f; /* a few skips, then growth */
+  s.loss_scale.growth_interval = 3;
+  m = make(&s, 8, &be);
+  ns = td_model_state_floats(m);
+  state = malloc(ns * sizeof(float));
+  a = malloc(ns * sizeof(float));
+  b = malloc(ns * sizeof(float));
+  for (int k = 0; k < 6; k++) {
+    batch(k, px, lb, &s);
+    ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+  }
+  ck_assert_int_eq(td_model_get_state(m, state), 0);
+  td_model_get_progress(m, &pr);
+  ck_assert_uint_gt(pr.skipped, 0);
+  r = make(&s, 8, &be2);
+  ck_assert_uint_eq(td_model_state_floats(r), ns);
+  ck_assert_int_eq(td_model_set_state(r, state, ns), 0);
+  ck_assert_int_eq(td_model_set_progress(r, &pr), 0);
+  ck_assert_int_eq(td_model_set_state(r, state, ns - 1), TD_EINVAL);
+  for (int k = 6; k < 12; k++) {
+    batch(k, px, lb, &s);
+    ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+    ck_assert_int_eq(td_model_train_step(r, px, lb, B, &st), 0);
+  }
+  td_model_get_progress(m, &pr);
+  td_model_get_progress(r, &pr2);
+  ck_assert_uint_eq(pr.steps, pr2.steps);
+  ck_assert_uint_eq(pr.skipped, pr2.skipped);
+  ck_assert_float_eq(pr.loss_scale, pr2.loss_scale);
+  ck_assert_uint_eq(pr.good_steps, pr2.good_steps);
+  ck_assert_int_eq(td_model_get_state(m, a), 0);
+  ck_assert_int_eq(td_model_get_state(r, b), 0);
+  ck_assert_msg(memcmp(a, b, ns * sizeof(float)) == 0, "the resumed run differs");
+  drop(r, be2);
+  drop(m, be);
+
+  /* the state does not depend on the micro-batch (AdamW, no BatchNorm) */
+  conv_spec(&s);
+  s.opt.kind = TD_OPT_ADAMW;
+  s.opt.lr = 1e-2f;
+  s.opt.beta1 = 0.9f;
+  s.opt.beta2 = 0.999f;
+  s.opt.eps = 1e-8f;
+  s.opt.momentum = 0.0f;
+  s.opt.weight_decay = 0.01f;
+  m = make(&s, 8, &be);
+  ns = td_model_state_floats(m);
+  for (int k = 0; k < 5; k++) {
+    batch(k, px, lb, &s);
+    ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+  }
+  ck_assert_int_eq(td_model_get_state(m, state), 0);
+  td_model_get_progress(m, &pr);
+  r = make(&s, 4, &be2);
+  ck_assert_uint_eq(td_model_state_floats(r), ns);
+  ck_assert_int_eq(td_model_set_state(r, state, ns), 0);
+  ck_assert_int_eq(td_model_set_progress(r, &pr), 0);
+  for (int k = 5; k < 10; k++) {
+    batch(k, px, lb, &s);
+    ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+    ck_assert_int_eq(td_model_train_step(r, px, lb, B, &st), 0);
+  }
+  ck_assert_int_eq(td_model_get_state(m, a), 0);
+  ck_assert_int_eq(td_model_get_state(r, b), 0);
+  assert_close(b, a, ns, 1e-5);
+  free(state);
+  free(a);
+  free(b);
+  drop(r, be2);
+  drop(m, be);
+}
+END_TEST
+
+/* Evaluation: dropout is the identity and BatchNorm uses its running
+ * statistics, so two evaluations agree and do not move the state. */
+START_TEST(test_eval_mode) {
+  uint8_t px[B * 64], lb[B];
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_step_stats e1, e2, st;
+  float *before, *after;
+  uint64_t ns;
+
+  norm_spec(&s);
+  s.layers[8].p = 0.9f;
+  m = make(&s, 8, &be);
+  batch(0, px, lb, &s);
+  ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+  ns = td_model_state_floats(m);
+  before = malloc(ns * sizeof(float));
+  after = malloc(ns * sizeof(float));
+  ck_assert_int_eq(td_model_get_state(m, before), 0);
+  ck_assert_int_eq(td_model_eval(m, px, lb, B, &e1), 0);
+  ck_assert_int_eq(td_model_eval(m, px, lb, 5, &e2), 0); /* any count, sliced */
+  ck_assert_int_eq(td_model_eval(m, px, lb, B, &e2), 0);
+  ck_assert_double_eq(e1.loss_sum, e2.loss_sum);
+  ck_assert_uint_eq(e1.correct, e2.correct);
+  ck_assert_int_eq(td_model_get_state(m, after), 0);
+  ck_assert(memcmp(before, after, ns * sizeof(float)) == 0);
+  free(before);
+  free(after);
+  drop(m, be);
+}
+END_TEST
+
+/* The job's remedies in its order: without accumulation, recompute first,
+ * then bf16; the re-plan says which it took. */
+START_TEST(test_remedies_in_order) {
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_plan whole, rec, half;
+  bool replanned;
+  uint8_t *px, *lb;
+  td_step_stats st;
+
+  memset(&s, 0, sizeof(s));
+  conv_spec(&s);
+  s.input_rank = 1;
+  s.input_dims[0] = 64;
+  s.nlayers = 0;
+  for (int i = 0; i < 6; i++) {
+    s.layers[s.nlayers++] = (td_layer){.type = TD_LAYER_DENSE, .units = 128};
+    s.layers[s.nlayers++] = (td_layer){.type = TD_LAYER_GELU};
+  }
+  s.layers[s.nlayers++] = (td_layer){.type = TD_LAYER_DENSE, .units = 4};
+  s.batch_size = 1024;
+  s.remedies[0] = TD_REMEDY_RECOMPUTE;
+  s.remedies[1] = TD_REMEDY_BF16;
+  s.nremedies = 2;
+  ck_assert_int_eq(td_plan_compute(&s, 1024, TD_PREC_FP32, 0, &whole), 0);
+  s.recompute = 1;
+  ck_assert_int_eq(td_plan_compute(&s, 1024, TD_PREC_FP32, 0, &rec), 0);
+  ck_assert_int_eq(td_plan_compute(&s, 1024, TD_PREC_BF16, 0, &half), 0);
+  s.recompute = 0;
+  ck_assert_uint_lt(rec.total, whole.total);
+  ck_assert_uint_lt(half.total, rec.total);
+
+  ck_assert_int_eq(td_backend_create("cpu0", whole.total, &be, NULL, 0), 0);
+  m = NULL;
+  ck_assert_int_eq(td_model_create(be, &s, 1024, &m, NULL, 0), 0);
+  ck_assert_int_eq(td_model_set_budget(m, rec.total, &replanned), 0);
+  ck_assert(replanned);
+  ck_assert(td_model_plan(m)->recompute);
+  ck_assert_int_eq(td_model_plan(m)->precision, TD_PREC_FP32);
+  ck_assert_uint_eq(td_model_plan(m)->micro_batch, 1024); /* no accumulation allowed */
+  ck_assert_int_eq(td_model_set_budget(m, half.total, &replanned), 0);
+  ck_assert(replanned);
+  ck_assert(td_model_plan(m)->recompute);
+  ck_assert_int_eq(td_model_plan(m)->precision, TD_PREC_BF16);
+  px = calloc(1024, 64);
+  lb = calloc(1024, 1);
+  ck_assert_int_eq(td_model_train_step(m, px, lb, 1024, &st), 0);
+  ck_assert_int_eq(td_model_set_budget(m, half.total - 1, &replanned), TD_ENOFIT);
+  free(px);
+  free(lb);
+  drop(m, be);
+}
+END_TEST
+
+/* The saved file has nn.Sequential's names and PyTorch's shapes. */
+START_TEST(test_save_names) {
+  uint8_t px[B * 64], lb[B];
+  char path[] = "/tmp/td-model-XXXXXX";
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_step_stats st;
+  td_st_file *f;
+  td_st_tensor t;
+  char *buf, err[256];
+  size_t len;
+  int fd;
+
+  norm_spec(&s);
+  m = make(&s, 4, &be);
+  batch(0, px, lb, &s);
+  ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+  ck_assert_int_eq(td_model_train_step(m, px, lb, 7, &st), 0);
+  fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  ck_assert_int_eq(td_model_save(m, path, NULL, 0), 0);
+  ck_assert_int_eq(td_read_file(path, 1 << 24, &buf, &len), 0);
+  ck_assert_int_eq(td_safetensors_parse(buf, len, &f, err, sizeof(err)), 0);
+  ck_assert_int_eq(td_safetensors_find(f, "0.weight", &t), 0);
+  ck_assert_uint_eq(t.rank, 4);
+  ck_assert_uint_eq(t.shape[0], 4);
+  ck_assert_uint_eq(t.shape[1], 1);
+  ck_assert_uint_eq(t.shape[2], 3);
+  ck_assert_int_eq(td_safetensors_find(f, "1.running_var", &t), 0);
+  ck_assert_uint_eq(t.shape[0], 4);
+  ck_assert_int_eq(td_safetensors_find(f, "1.num_batches_tracked", &t), 0);
+  ck_assert_str_eq(t.dtype, "I64");
+  ck_assert_uint_eq(t.rank, 0);
+  {
+    int64_t v;
+
+    memcpy(&v, t.data, sizeof(v));
+    ck_assert_int_eq(v, 4 + 2); /* micro-batches trained: 16 / 4, then 7 / 4 */
+  }
+  ck_assert_int_eq(td_safetensors_find(f, "6.weight", &t), 0); /* layernorm over 16 */
+  ck_assert_uint_eq(t.rank, 1);
+  ck_assert_uint_eq(t.shape[0], 16);
+  ck_assert_int_eq(td_safetensors_find(f, "9.bias", &t), 0);
+  ck_assert_uint_eq(t.shape[0], 4);
+  ck_assert_int_ne(td_safetensors_find(f, "2.weight", &t), 0); /* relu has none */
+  td_safetensors_free(f);
+  free(buf);
+  unlink(path);
+  drop(m, be);
+}
+END_TEST
+
+static Suite *model_suite(void) {
+  Suite *s = suite_create("model");
+  TCase *tc = tcase_create("model");
+
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, test_micro_batch_invariance);
+  tcase_add_test(tc, test_batchnorm_flagged);
+  tcase_add_test(tc, test_recompute_bitwise);
+  tcase_add_test(tc, test_fp16_overflow_skips);
+  tcase_add_test(tc, test_clip_and_schedule);
+  tcase_add_test(tc, test_resume_exact);
+  tcase_add_test(tc, test_eval_mode);
+  tcase_add_test(tc, test_remedies_in_order);
+  tcase_add_test(tc, test_save_names);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(model_suite());
+  int failed;
+
+  srunner_run_all(sr, CK_NORMAL);
+  failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -100,7 +100,7 @@ void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *deta
 }
 
 /* Bring back a job from the database: one that was queued or running when
- * traind stopped runs again from the start. */
+ * traind stopped runs again, from its checkpoint if it has one. */
 static int td__restore(void *arg, td_job *j) {
   td_daemon *d = arg;
   char err[512];
@@ -140,7 +140,8 @@ static int td__restore(void *arg, td_job *j) {
   j->epochs = j->spec->epochs;
   if (j->state == TD_JOB_RUNNING) {
     j->device[0] = '\0';
-    td_job_transition(d, j, TD_JOB_QUEUED, "traind restarted; the job runs again");
+    td_job_transition(d, j, TD_JOB_QUEUED, "traind restarted; the job runs again from its "
+                      "last checkpoint, if any");
   }
   return 0;
 }
@@ -159,13 +160,14 @@ static void td__on_signal(uv_signal_t *s, int signum) {
     uv_stop(d->loop);
     return;
   }
-  td_info("signal %d: stopping; running jobs are interrupted and will run again", signum);
+  td_info("signal %d: stopping; running jobs checkpoint, stop, and resume when traind "
+          "starts again", signum);
   sd_notify(0, "STOPPING=1");
   d->stopping = 1;
   td_server_stop(d);
   for (size_t i = 0; i < d->njobs; i++)
     if (d->jobs[i]->run != NULL)
-      td_run_stop(d, d->jobs[i]);
+      td_run_checkpoint_stop(d, d->jobs[i]);
   /* The loop ends once the last run's handles are closed. */
   uv_close((uv_handle_t *)&d->sig_term, NULL);
   uv_close((uv_handle_t *)&d->sig_int, NULL);

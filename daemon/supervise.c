@@ -2,7 +2,12 @@
  * joined by a shared-memory ring that traind creates and removes.  The
  * worker reports on a pipe (fd 3), one event per line.  Whatever happens to
  * either process, the job ends with a state and a reason, the ring is
- * unlinked and the job's reservation is released; traind itself goes on. */
+ * unlinked and the job's reservation is released; traind itself goes on.
+ *
+ * A job whose directory holds a checkpoint resumes from it: the worker
+ * starts first with --resume and says where its data continues ("resumed"
+ * or, if the file is unusable, "resume_failed": from the start), and only
+ * then is the loader started there, so the two never disagree. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +35,9 @@ struct td_run {
   uv_pipe_t events;
   uv_pipe_t control;          /* the worker's stdin: "budget N" lines */
   int control_open;
+  int loader_pending;         /* started when the worker says where (resuming) */
+  int stop_sent;              /* the worker was told to checkpoint and stop */
+  char job_path[TD_PATH_MAX + 32]; /* the job file the processes read */
   uint64_t budget_sent;       /* the last budget told to the worker; 0 = none */
   uv_timer_t kill_timer;
   int nhandles;               /* open handles; the run is freed at zero */
@@ -49,6 +57,7 @@ struct td_run {
 };
 
 static void td__run_finish(td_run *r);
+static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch);
 
 static void td__handle_closed(uv_handle_t *h) {
   td_run *r = h->data;
@@ -88,6 +97,18 @@ static int td__kv(const char *line, const char *key, char *out, size_t cap) {
     p += klen;
   }
   return TD_ENOENT;
+}
+
+static uint64_t td__kv_u64(const char *line, const char *key, uint64_t dflt) {
+  char v[32];
+  char *end;
+  unsigned long long x;
+
+  if (td__kv(line, key, v, sizeof(v)) < 0)
+    return dflt;
+  errno = 0;
+  x = strtoull(v, &end, 10);
+  return end == v || *end != '\0' || errno != 0 ? dflt : (uint64_t)x;
 }
 
 static double td__kv_f64(const char *line, const char *key, double dflt) {
@@ -193,6 +214,39 @@ static void td__on_event(td_run *r, const char *line) {
                    (uint32_t)td__kv_f64(line, "micro_batch", 0));
   } else if (strcmp(word, "replan") == 0) {
     td__on_replan(r, line);
+  } else if (strcmp(word, "checkpoint") == 0) {
+    j->ckpt_step = td__kv_u64(line, "step", 0);
+    j->ckpt_epoch = td__kv_u64(line, "epoch", 0);
+    j->ckpt_batch = td__kv_u64(line, "batch", 0);
+    j->ckpt_bytes = td__kv_u64(line, "bytes", 0);
+    td_info("job %llu: checkpoint at step %llu (epoch %llu, %llu batches into it, %llu bytes)",
+            (unsigned long long)j->id, (unsigned long long)j->ckpt_step,
+            (unsigned long long)j->ckpt_epoch + 1, (unsigned long long)j->ckpt_batch,
+            (unsigned long long)j->ckpt_bytes);
+  } else if (strcmp(word, "resumed") == 0 || strcmp(word, "resume_failed") == 0) {
+    uint64_t epoch = 0, batch = 0;
+
+    if (strcmp(word, "resumed") == 0) {
+      j->resumed_step = j->ckpt_step = td__kv_u64(line, "step", 0);
+      j->ckpt_epoch = epoch = td__kv_u64(line, "epoch", 0);
+      j->ckpt_batch = batch = td__kv_u64(line, "batch", 0);
+      j->ckpt_bytes = td__kv_u64(line, "bytes", 0);
+      td_info("job %llu: resumes from its checkpoint at step %llu (epoch %llu, %llu batches "
+              "into it)", (unsigned long long)j->id, (unsigned long long)j->resumed_step,
+              (unsigned long long)epoch + 1, (unsigned long long)batch);
+    } else {
+      char msg[512] = "";
+      td__kv(line, "msg", msg, sizeof(msg));
+      td_warn("job %llu: cannot resume from its checkpoint (%s): training from scratch",
+              (unsigned long long)j->id, msg);
+    }
+    /* Once per run, and not once the job is being stopped. */
+    if (r->loader_pending && r->worker_running && !r->stop_sent &&
+        td__spawn_loader(r, epoch, batch) < 0) {
+      td_ring_shutdown(r->ring, TD_EIO);
+      uv_process_kill(&r->worker, SIGTERM);
+    }
+    r->loader_pending = 0;
   }
 }
 
@@ -226,6 +280,7 @@ static void td__on_worker_exit(uv_process_t *p, int64_t status, int sig) {
   td_run *r = p->data;
 
   r->worker_running = 0;
+  r->loader_pending = 0;
   r->worker_status = status;
   r->worker_signal = sig;
   if (r->control_open) {
@@ -295,11 +350,38 @@ static void td__log_tail(int fd, char *out, size_t cap) {
   snprintf(out, cap, "%s", line);
 }
 
+static int td__job_dir(const td_daemon *d, const td_job *j, char *out, size_t cap) {
+  if (snprintf(out, cap, "%s/jobs/%llu", d->cfg.state_dir, (unsigned long long)j->id) >= (int)cap)
+    return TD_ETOOBIG;
+  return 0;
+}
+
+static int td__ckpt_path(const td_daemon *d, const td_job *j, char *out, size_t cap) {
+  char dir[TD_PATH_MAX];
+
+  if (td__job_dir(d, j, dir, sizeof(dir)) < 0 ||
+      snprintf(out, cap, "%s/" TD_CHECKPOINT_FILE, dir) >= (int)cap)
+    return TD_ETOOBIG;
+  return 0;
+}
+
+/* A job that ended has nothing to resume: its checkpoint only takes room. */
+static void td__ckpt_remove(const td_daemon *d, const td_job *j) {
+  char path[TD_PATH_MAX + 32], tmp[TD_PATH_MAX + 40];
+
+  if (td__ckpt_path(d, j, path, sizeof(path)) < 0)
+    return;
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  unlink(path);
+  unlink(tmp);
+}
+
 /* Crashes and hangs may be the machine's fault, not the job's: those are
  * retried when the job allows it; an error the job reported is not. */
 static int td__retryable(const td_run *r) {
   return r->hung || r->worker_signal != 0 ||
-         (r->worker_status >= 3 && r->worker_status != TD_WORKER_EXIT_NEEDMEM);
+         (r->worker_status >= 3 && r->worker_status != TD_WORKER_EXIT_NEEDMEM &&
+          r->worker_status != TD_WORKER_EXIT_STOPPED);
 }
 
 static void td__run_finish(td_run *r) {
@@ -324,17 +406,26 @@ static void td__run_finish(td_run *r) {
   } else if (r->worker_status == 0 && r->worker_signal == 0 && r->done_seen) {
     s = TD_JOB_SUCCEEDED;
     snprintf(why, sizeof(why), "finished");
+  } else if (r->worker_signal == 0 && r->worker_status == TD_WORKER_EXIT_STOPPED) {
+    s = TD_JOB_QUEUED;
+    if (j->ckpt_bytes > 0)
+      snprintf(why, sizeof(why), "stopped%s after a checkpoint at step %llu; resumes from it",
+               d->stopping ? " for traind's shutdown" : "", (unsigned long long)j->ckpt_step);
+    else
+      snprintf(why, sizeof(why), "stopped%s before its first checkpoint; starts over",
+               d->stopping ? " for traind's shutdown" : "");
   } else if (d->stopping) {
     /* traind is shutting down: the job runs again when it comes back. */
     s = TD_JOB_QUEUED;
-    snprintf(why, sizeof(why), "interrupted by traind shutdown; will restart");
+    snprintf(why, sizeof(why), "interrupted by traind shutdown; resumes from its last "
+             "checkpoint, if any");
   } else if (r->worker_signal == 0 && r->worker_status == TD_WORKER_EXIT_NEEDMEM) {
     /* Even its smallest micro-batch did not fit what it had: it waits for
-     * memory.  It starts over: checkpoints (resuming mid-run) come with
-     * another change. */
+     * memory, and resumes from the checkpoint the worker wrote. */
     s = TD_JOB_QUEUED;
     snprintf(why, sizeof(why), "out of memory below its smallest micro-batch (%s); "
-             "queued to wait for memory", r->error_event[0] ? r->error_event : "no detail");
+             "queued to wait for memory, resumes from its last checkpoint",
+             r->error_event[0] ? r->error_event : "no detail");
   } else {
     s = TD_JOB_FAILED;
     if (r->hung)
@@ -357,6 +448,8 @@ static void td__run_finish(td_run *r) {
       s = TD_JOB_QUEUED;
     }
   }
+  if (s == TD_JOB_SUCCEEDED || s == TD_JOB_CANCELLED)
+    td__ckpt_remove(d, j);
   if (s == TD_JOB_QUEUED) {
     j->device[0] = '\0';
   } else {
@@ -388,12 +481,6 @@ void td_run_check_heartbeats(td_daemon *d) {
   }
 }
 
-static int td__job_dir(const td_daemon *d, const td_job *j, char *out, size_t cap) {
-  if (snprintf(out, cap, "%s/jobs/%llu", d->cfg.state_dir, (unsigned long long)j->id) >= (int)cap)
-    return TD_ETOOBIG;
-  return 0;
-}
-
 static int td__write_all(int fd, const char *s, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, s, n);
@@ -418,14 +505,61 @@ static const char *td__libexec(const td_daemon *d) {
   return access(probe, X_OK) == 0 ? d->exe_dir : TD_LIBEXECDIR;
 }
 
+/* Spawn one of the run's processes; on failure the reason is the run's
+ * error and the handle is closed. */
+static int td__spawn(td_run *r, uv_process_t *p, char **args, uv_stdio_container_t *io,
+                     int nio, uv_exit_cb exit_cb) {
+  uv_process_options_t opt;
+  int rc;
+
+  memset(&opt, 0, sizeof(opt));
+  opt.file = args[0];
+  opt.args = args;
+  opt.stdio = io;
+  opt.stdio_count = nio;
+  opt.exit_cb = exit_cb;
+  p->data = r;
+  r->nhandles++;
+  rc = uv_spawn(r->d->loop, p, &opt);
+  if (rc < 0) {
+    snprintf(r->error_event, sizeof(r->error_event), "cannot start %s: %s", args[0],
+             uv_strerror(rc));
+    td__close(r, (uv_handle_t *)p);
+    return TD_EIO;
+  }
+  return 0;
+}
+
+/* Start the loader at a data position (0, 0: the beginning). */
+static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
+  td_daemon *d = r->d;
+  char loader[TD_PATH_MAX + 32], parent[16], se[24], sb[24];
+  char *args[] = {loader, "--job", r->job_path, "--base-dir", r->job->base_dir, "--ring",
+                  r->ring_name, "--parent-pid", parent, "--start-epoch", se, "--start-batch",
+                  sb, NULL};
+  uv_stdio_container_t io[3];
+
+  snprintf(loader, sizeof(loader), "%s/traind-loader", td__libexec(d));
+  snprintf(parent, sizeof(parent), "%d", (int)getpid());
+  snprintf(se, sizeof(se), "%llu", (unsigned long long)epoch);
+  snprintf(sb, sizeof(sb), "%llu", (unsigned long long)batch);
+  io[0].flags = UV_IGNORE;
+  io[1].flags = UV_INHERIT_FD;
+  io[1].data.fd = r->log_fd;
+  io[2].flags = UV_INHERIT_FD;
+  io[2].data.fd = r->log_fd;
+  if (td__spawn(r, &r->loader, args, io, 3, td__on_loader_exit) < 0)
+    return TD_EIO;
+  r->loader_running = 1;
+  return 0;
+}
+
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   char dir[TD_PATH_MAX], path[TD_PATH_MAX + 32], worker[TD_PATH_MAX + 32],
-      loader[TD_PATH_MAX + 32], output[TD_PATH_MAX], budget[32], micro[16], events_fd[8],
-      parent[16];
-  uv_process_options_t opt;
+      output[TD_PATH_MAX], budget[32], micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32];
   uv_stdio_container_t io[4];
   td_run *r;
-  int fd, rc;
+  int fd, rc, resume;
   size_t slot;
 
   if (td__job_dir(d, j, dir, sizeof(dir)) < 0 || td_mkdir_p(dir, 0750) < 0) {
@@ -473,15 +607,14 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     td_strlcpy(output, j->spec->output, sizeof(output));
   else
     snprintf(output, sizeof(output), "%.*s/model.safetensors", (int)(sizeof(output) - 20), dir);
-  snprintf(path, sizeof(path), "%s/job.yaml", dir);
+  snprintf(r->job_path, sizeof(r->job_path), "%s/job.yaml", dir);
   snprintf(worker, sizeof(worker), "%s/traind-worker", td__libexec(d));
-  snprintf(loader, sizeof(loader), "%s/traind-loader", td__libexec(d));
   snprintf(budget, sizeof(budget), "%llu", (unsigned long long)j->plan.total);
   snprintf(micro, sizeof(micro), "%u", j->plan.micro_batch);
   snprintf(events_fd, sizeof(events_fd), "3");
-  snprintf(parent, sizeof(parent), "%d", (int)getpid());
+  td__ckpt_path(d, j, ckpt, sizeof(ckpt));
+  resume = access(ckpt, F_OK) == 0;
 
-  io[0].flags = UV_IGNORE; /* the loader's; the worker's is the control pipe */
   io[1].flags = UV_INHERIT_FD;
   io[1].data.fd = r->log_fd;
   io[2].flags = UV_INHERIT_FD;
@@ -498,53 +631,29 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   r->events.data = r;
   r->nhandles = 2;
 
-  {
-    char *args[] = {loader, "--job", path, "--base-dir", j->base_dir, "--ring",
-                    r->ring_name, "--parent-pid", parent, NULL};
-    memset(&opt, 0, sizeof(opt));
-    opt.file = loader;
-    opt.args = args;
-    opt.stdio = io;
-    opt.stdio_count = 3;
-    opt.exit_cb = td__on_loader_exit;
-    r->loader.data = r;
-    r->nhandles++;
-    rc = uv_spawn(d->loop, &r->loader, &opt);
-    if (rc < 0) {
-      snprintf(r->error_event, sizeof(r->error_event), "cannot start %s: %s", loader,
-               uv_strerror(rc));
-      td__close(r, (uv_handle_t *)&r->loader);
-    } else {
-      r->loader_running = 1;
-    }
-  }
-  if (r->loader_running) {
-    char *args[] = {worker, "--job", path, "--base-dir", j->base_dir, "--ring", r->ring_name,
-                    "--device", j->device, "--budget", budget, "--micro-batch", micro,
-                    "--output", output, "--events-fd", events_fd, NULL};
-    memset(&opt, 0, sizeof(opt));
-    opt.file = worker;
-    opt.args = args;
+  /* Resuming, the loader waits for the worker to read the checkpoint. */
+  if (resume)
+    r->loader_pending = 1;
+  else
+    td__spawn_loader(r, 0, 0);
+  if (r->loader_running || r->loader_pending) {
+    char *args[] = {worker, "--job", r->job_path, "--base-dir", j->base_dir, "--ring",
+                    r->ring_name, "--device", j->device, "--budget", budget, "--micro-batch",
+                    micro, "--output", output, "--events-fd", events_fd, "--checkpoint", ckpt,
+                    resume ? "--resume" : NULL, ckpt, NULL};
     uv_pipe_init(d->loop, &r->control, 0);
     r->control.data = r;
     r->nhandles++;
     r->control_open = 1;
     io[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
     io[0].data.stream = (uv_stream_t *)&r->control;
-    opt.stdio = io;
-    opt.stdio_count = 4;
-    opt.exit_cb = td__on_worker_exit;
-    r->worker.data = r;
-    r->nhandles++;
-    rc = uv_spawn(d->loop, &r->worker, &opt);
-    if (rc < 0) {
-      snprintf(r->error_event, sizeof(r->error_event), "cannot start %s: %s", worker,
-               uv_strerror(rc));
-      td__close(r, (uv_handle_t *)&r->worker);
+    if (td__spawn(r, &r->worker, args, io, 4, td__on_worker_exit) < 0) {
       r->control_open = 0;
       td__close(r, (uv_handle_t *)&r->control);
       td_ring_shutdown(r->ring, TD_EIO);
-      uv_process_kill(&r->loader, SIGTERM);
+      r->loader_pending = 0;
+      if (r->loader_running)
+        uv_process_kill(&r->loader, SIGTERM);
     } else {
       r->worker_running = 1;
     }
@@ -558,6 +667,7 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   j->started_ms = td_now_unix_ms();
   j->started_mono = td_now_mono();
   j->epoch = j->step = j->steps = 0;
+  j->resumed_step = 0;
   j->epochs = j->spec->epochs;
   td_job_transition(d, j, TD_JOB_RUNNING, "admitted");
   td__maybe_close_timer(r);
@@ -603,6 +713,27 @@ void td_run_stop(td_daemon *d, td_job *j) {
   td_ring_shutdown(r->ring, TD_ECLOSED);
   if (!uv_is_closing((uv_handle_t *)&r->kill_timer))
     uv_timer_start(&r->kill_timer, td__on_kill_timer, d->cfg.cancel_grace_ms, 0);
+}
+
+void td_run_checkpoint_stop(td_daemon *d, td_job *j) {
+  td_run *r = j->run;
+
+  if (r == NULL)
+    return;
+  if (!r->worker_running || uv_process_kill(&r->worker, SIGUSR1) < 0) {
+    td_run_stop(d, j);
+    return;
+  }
+  r->stop_sent = 1;
+  r->loader_pending = 0;
+  td_info("job %llu: asked its worker to checkpoint and stop", (unsigned long long)j->id);
+  /* The worker stops at its next batch, or once the ring is empty (the
+   * signal came first), so the loader has nothing left to do. */
+  td_ring_shutdown(r->ring, TD_ECLOSED);
+  if (r->loader_running)
+    uv_process_kill(&r->loader, SIGTERM);
+  if (!uv_is_closing((uv_handle_t *)&r->kill_timer))
+    uv_timer_start(&r->kill_timer, td__on_kill_timer, TD_STOP_GRACE_MS, 0);
 }
 
 /* Segments named /traind-PID-JOB whose traind is gone are left over from a

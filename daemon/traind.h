@@ -60,6 +60,11 @@ typedef struct td_job {
 
   td_run *run;             /* non-NULL while its processes live */
   int cancel_requested;
+
+  /* checkpoints, from the worker's events (not persisted: the file is) */
+  uint64_t ckpt_step;      /* the last one written: step, data position, size; */
+  uint64_t ckpt_epoch, ckpt_batch, ckpt_bytes; /* ckpt_bytes 0 = none this run */
+  uint64_t resumed_step;   /* where this run resumed; 0: from scratch */
 } td_job;
 
 typedef struct td_device {
@@ -135,6 +140,13 @@ void td_sched_squeeze(td_daemon *d, td_device *dev);
 /* traind-worker's exit status when even its smallest micro-batch does not
  * fit the memory it has: the job is queued again, not failed. */
 #define TD_WORKER_EXIT_NEEDMEM 4
+/* ... and when it stopped on td_run_checkpoint_stop's request. */
+#define TD_WORKER_EXIT_STOPPED 5
+/* How long td_run_checkpoint_stop waits before it kills; with traind's own
+ * exit it stays inside deploy/traind.service's TimeoutStopSec (60 s). */
+#define TD_STOP_GRACE_MS 45000
+/* A job's checkpoint, in its directory beside its log. */
+#define TD_CHECKPOINT_FILE "checkpoint.tdck"
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen);
 /* Tell a running job's worker its new budget (it re-plans at its next step
  * and answers with a "replan" event, which lowers the reservation).
@@ -142,6 +154,10 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen);
 int td_run_set_budget(td_daemon *d, td_job *j, uint64_t budget);
 /* SIGTERM now, SIGKILL after the grace period. */
 void td_run_stop(td_daemon *d, td_job *j);
+/* Ask the worker (SIGUSR1) to write a checkpoint and exit 5: the job goes
+ * back to the queue and resumes from it.  SIGKILL after TD_STOP_GRACE_MS.
+ * Falls back to td_run_stop if the worker cannot be told. */
+void td_run_checkpoint_stop(td_daemon *d, td_job *j);
 void td_run_cleanup_stale(void);
 void td_run_check_heartbeats(td_daemon *d);
 

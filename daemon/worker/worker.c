@@ -10,9 +10,22 @@
  * "oom" and "replan").  traind may lower the budget through stdin, one line
  * "budget BYTES", applied at the next step boundary.
  *
+ * Checkpoints (--checkpoint PATH): the model's whole state (tensor "state",
+ * td_model_state_floats fp32 values) and its data position, written
+ * atomically when the job's policy says one is due, at the end of an epoch
+ * (at most one a second), before exiting 4, and when traind sends SIGUSR1
+ * (at the next batch, or once the ring is shut down and empty; then it
+ * exits 5).  Each one is an event "checkpoint step=N epoch=E batch=B
+ * bytes=N": E is the epoch in progress (0-based), B its train batches
+ * already done.  --resume PATH starts from a checkpoint:
+ * event "resumed step=N epoch=E batch=B bytes=N" (the loader must start
+ * there), or, if the file cannot be used, a warning naming why, the event
+ * "resume_failed msg=..." and training from scratch (the loader at 0, 0).
+ *
  * Exit status: 0 done, 1 job error, 2 usage, 3 sticky CUDA error, 4 needs
  * more memory than it has (even its smallest micro-batch does not fit: traind
- * queues it again), 143 SIGTERM.
+ * queues it again), 5 stopped by SIGUSR1 after a checkpoint (queued again,
+ * resumes from it), 143 SIGTERM (cancelled: no checkpoint).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,6 +42,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "checkpoint.h"
 #include "error.h"
 #include "jobspec.h"
 #include "log.h"
@@ -37,12 +51,15 @@
 #include "ring.h"
 #include "util.h"
 
-enum { EXIT_JOB = 1, EXIT_USAGE = 2, EXIT_CUDA = 3, EXIT_NEEDMEM = 4 };
+enum { EXIT_JOB = 1, EXIT_USAGE = 2, EXIT_CUDA = 3, EXIT_NEEDMEM = 4, EXIT_STOPPED = 5 };
 
 #define PROGRESS_INTERVAL 0.25 /* seconds between progress events */
+/* Tiny epochs would otherwise turn into an fsync each. */
+#define EPOCH_CKPT_MIN_INTERVAL 1.0
 
 typedef struct args {
   const char *job, *base_dir, *ring, *device, *output;
+  const char *checkpoint, *resume; /* NULL: none */
   uint64_t budget;
   uint32_t micro_batch;
   int events_fd;
@@ -67,7 +84,8 @@ static atomic_int waiting;
 static void usage(FILE *f) {
   fprintf(f, "usage: traind-worker --job FILE --base-dir DIR --ring NAME --device NAME\n"
              "                     --budget BYTES --micro-batch N --output PATH "
-             "[--events-fd N]\n");
+             "[--events-fd N]\n"
+             "                     [--checkpoint PATH] [--resume PATH]\n");
 }
 
 /* One event, one write(), so traind never reads half a line. */
@@ -154,6 +172,7 @@ static int parse_args(int argc, char **argv, args *a) {
       {"ring", required_argument, NULL, 'r'},      {"device", required_argument, NULL, 'd'},
       {"budget", required_argument, NULL, 'B'},    {"micro-batch", required_argument, NULL, 'm'},
       {"output", required_argument, NULL, 'o'},    {"events-fd", required_argument, NULL, 'e'},
+      {"checkpoint", required_argument, NULL, 'c'}, {"resume", required_argument, NULL, 'R'},
       {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
   };
   uint32_t fd;
@@ -167,6 +186,8 @@ static int parse_args(int argc, char **argv, args *a) {
     case 'r': a->ring = optarg; break;
     case 'd': a->device = optarg; break;
     case 'o': a->output = optarg; break;
+    case 'c': a->checkpoint = optarg; break;
+    case 'R': a->resume = optarg; break;
     case 'B':
       if (td_parse_size(optarg, &a->budget) < 0) {
         fprintf(stderr, "traind-worker: --budget '%s' is not a byte count\n", optarg);
@@ -264,6 +285,16 @@ typedef struct trainer {
   uint64_t train_samples;
   double accuracy, loss; /* of the last test pass, else the last epoch's training */
   int ctl_fd;            /* traind's commands; -1 if none */
+
+  /* checkpoints */
+  td_ckpt_policy policy;
+  float *state;            /* host copy of the model's state; NULL without --checkpoint */
+  uint64_t state_floats;
+  uint64_t pos_epoch, pos_batch; /* data position: the epoch in progress, its batches done */
+  uint64_t ckpt_step;      /* the last checkpoint's step and time */
+  double ckpt_time;
+  int ckpt_current;        /* the last checkpoint holds exactly the model's state now */
+  int check_resume;        /* the first train batch must be at the resumed position */
 } trainer;
 
 static void emit_replan(const td_plan *p) {
@@ -285,6 +316,125 @@ static void on_oom(void *arg, const td_model_oom *o) {
 static void on_replan(void *arg, const td_plan *p) {
   (void)arg;
   emit_replan(p);
+}
+
+static void state_tensor(trainer *t, td_ckpt_tensor *out) {
+  *out = (td_ckpt_tensor){.name = "state", .dtype = "F32", .rank = 1,
+                          .shape = {t->state_floats}, .data = t->state,
+                          .bytes = t->state_floats * sizeof(float)};
+}
+
+/* Write a checkpoint of the model now.  A failure is logged and training
+ * goes on: the previous checkpoint, if any, is still whole. */
+static int checkpoint_write(trainer *t) {
+  td_ckpt_state st = {.epoch = t->pos_epoch, .batch = t->pos_batch, .seed = t->spec->seed};
+  td_model_progress p;
+  td_ckpt_tensor ten;
+  struct stat sb;
+  char err[512];
+  int rc;
+
+  if (t->state == NULL)
+    return 0;
+  /* A failed attempt also waits for the next one that is due. */
+  t->ckpt_step = td_model_steps(t->model);
+  t->ckpt_time = td_now_mono();
+  if ((rc = td_model_get_state(t->model, t->state)) < 0) {
+    td_warn("no checkpoint: cannot read the model's state: %s", td_model_error(t->model));
+    return rc;
+  }
+  td_model_get_progress(t->model, &p);
+  td_strlcpy(st.job, t->spec->name, sizeof(st.job));
+  st.step = p.steps;
+  st.loss_scale = p.loss_scale;
+  st.good_steps = p.good_steps;
+  st.skipped = p.skipped;
+  state_tensor(t, &ten);
+  if ((rc = td_checkpoint_write(t->a->checkpoint, &st, &ten, 1, err, sizeof(err))) < 0) {
+    td_warn("no checkpoint at step %llu: %s", (unsigned long long)st.step, err);
+    return rc;
+  }
+  t->ckpt_current = 1;
+  emit("checkpoint step=%llu epoch=%llu batch=%llu bytes=%llu", (unsigned long long)st.step,
+       (unsigned long long)st.epoch, (unsigned long long)st.batch,
+       stat(t->a->checkpoint, &sb) == 0 ? (unsigned long long)sb.st_size : 0ull);
+  td_info("checkpoint at step %llu (epoch %llu, %llu batches into it) written to %s",
+          (unsigned long long)st.step, (unsigned long long)st.epoch + 1,
+          (unsigned long long)st.batch, t->a->checkpoint);
+  return 0;
+}
+
+/* Before the worker exits with a job still to finish: keep what it has
+ * trained since the last checkpoint. */
+static void checkpoint_final(trainer *t) {
+  if (!t->ckpt_current && td_model_steps(t->model) > 0)
+    checkpoint_write(t);
+}
+
+/* SIGUSR1: traind asks for a checkpoint and an exit.  Only the main
+ * thread takes it, so it is seen as soon as a blocking read returns. */
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop(int sig) {
+  (void)sig;
+  stop_requested = 1;
+}
+
+/* traind asked for a stop. */
+static int stop_now(trainer *t) {
+  td_info("traind asked the job to stop: checkpointing and exiting");
+  checkpoint_final(t);
+  return EXIT_STOPPED;
+}
+
+/* --resume: load the checkpoint into the model, or say why not and start
+ * from scratch.  Only a failing device fails the job. */
+static int resume(trainer *t, const char *path) {
+  td_ckpt_state st;
+  td_ckpt_tensor ten;
+  td_model_progress p;
+  struct stat sb;
+  char err[512] = "";
+  int rc;
+
+  state_tensor(t, &ten);
+  rc = t->state == NULL ? TD_ENOMEM : td_checkpoint_read(path, &st, &ten, 1, err, sizeof(err));
+  if (rc == TD_ENOMEM)
+    snprintf(err, sizeof(err), "out of host memory for the model's state");
+  else if (rc == 0 && strcmp(st.job, t->spec->name) != 0)
+    snprintf(err, sizeof(err), "%s belongs to job '%s', not '%s'", path, st.job, t->spec->name);
+  else if (rc == 0 && st.seed != t->spec->seed)
+    snprintf(err, sizeof(err), "%s was trained with seed %llu, the job has seed %llu", path,
+             (unsigned long long)st.seed, (unsigned long long)t->spec->seed);
+  else if (rc == 0 && st.epoch >= t->spec->epochs)
+    snprintf(err, sizeof(err), "%s is at epoch %llu, past the job's %u epochs", path,
+             (unsigned long long)st.epoch + 1, t->spec->epochs);
+  if (rc < 0 || err[0] != '\0') {
+    td_warn("cannot resume from the checkpoint: %s; training from scratch", err);
+    emit("resume_failed msg=%s", err);
+    return 0;
+  }
+  td_model_get_progress(t->model, &p);
+  p.steps = st.step;
+  p.loss_scale = st.loss_scale;
+  p.good_steps = st.good_steps;
+  p.skipped = st.skipped;
+  if ((rc = td_model_set_state(t->model, t->state, t->state_floats)) < 0 ||
+      (rc = td_model_set_progress(t->model, &p)) < 0)
+    return fail(rc, "cannot load the checkpoint %s into the model: %s", path,
+                td_model_error(t->model));
+  t->pos_epoch = st.epoch;
+  t->pos_batch = st.batch;
+  t->ckpt_step = st.step;
+  t->ckpt_current = 1;
+  t->check_resume = 1;
+  emit("resumed step=%llu epoch=%llu batch=%llu bytes=%llu", (unsigned long long)st.step,
+       (unsigned long long)st.epoch, (unsigned long long)st.batch,
+       stat(path, &sb) == 0 ? (unsigned long long)sb.st_size : 0ull);
+  td_info("resumed from %s at step %llu (epoch %llu, %llu batches into it)", path,
+          (unsigned long long)st.step, (unsigned long long)st.epoch + 1,
+          (unsigned long long)st.batch);
+  return 0;
 }
 
 /* Commands from traind on stdin (a pipe), read without blocking at step
@@ -312,13 +462,16 @@ static int apply_control(trainer *t) {
     if (sscanf(ctl_buf, "budget %llu", &bytes) == 1 && bytes > 0) {
       td_info("traind set the budget to %llu bytes", bytes);
       rc = td_model_set_budget(t->model, bytes, &replanned);
-      if (rc == TD_EOOM) /* the next step re-plans again */
+      if (rc == TD_EOOM) { /* the next step re-plans again */
         on_oom(NULL, td_model_last_oom(t->model));
-      else if (rc < 0)
+      } else if (rc < 0) {
+        if (rc == TD_ENOFIT) /* the weights are intact: it resumes from here */
+          checkpoint_final(t);
         return fail(rc, "the budget was lowered to %llu bytes: %s", bytes,
                     td_model_error(t->model));
-      else
+      } else {
         emit_replan(td_model_plan(t->model));
+      }
     } else {
       td_warn("ignoring an unknown command from traind: %s", ctl_buf);
     }
@@ -339,6 +492,20 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
 
   if ((rc = apply_control(t)) != 0)
     return rc;
+  if (stop_requested)
+    return stop_now(t);
+  if (t->check_resume) {
+    uint64_t e = h->epoch, b = h->index;
+
+    /* A checkpoint at the end of an epoch resumes at the next one's start. */
+    if (t->pos_batch == h->nbatches && e == t->pos_epoch + 1 && b == 0)
+      e = t->pos_epoch, b = t->pos_batch;
+    if (e != t->pos_epoch || b != t->pos_batch)
+      return fail(TD_EDATA, "the loader resumed at epoch %u batch %u but the checkpoint is "
+                  "at epoch %llu after %llu batches", h->epoch + 1, h->index + 1,
+                  (unsigned long long)t->pos_epoch + 1, (unsigned long long)t->pos_batch);
+    t->check_resume = 0;
+  }
 
   if (t->test.count > 0)
     emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
@@ -347,9 +514,15 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
     t->train = (pass){0};
     t->epoch_start = td_now_mono();
   }
-  if ((rc = td_model_train_step_recover(t->model, px, lb, h->count, &hooks, &st)) < 0)
+  if ((rc = td_model_train_step_recover(t->model, px, lb, h->count, &hooks, &st)) < 0) {
+    if (rc == TD_ENOFIT) /* the weights are as before the step */
+      checkpoint_final(t);
     return fail(rc, "epoch %u step %u: %s", h->epoch + 1, h->index + 1,
                 td_model_error(t->model));
+  }
+  t->pos_epoch = h->epoch;
+  t->pos_batch = (uint64_t)h->index + 1;
+  t->ckpt_current = 0;
   t->train.loss_sum += st.loss_sum;
   t->train.correct += st.correct;
   t->train.count += st.count;
@@ -357,6 +530,9 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
   t->train_samples += st.count;
 
   now = td_now_mono();
+  if (td_checkpoint_due(&t->policy, td_model_steps(t->model), now, t->ckpt_step, t->ckpt_time) ||
+      (h->index + 1 == h->nbatches && now - t->ckpt_time >= EPOCH_CKPT_MIN_INTERVAL))
+    checkpoint_write(t);
   if (now - t->last_progress < PROGRESS_INTERVAL && h->index + 1 != h->nbatches)
     return 0;
   t->last_progress = now;
@@ -475,6 +651,9 @@ static int train(trainer *t) {
     else
       first_batch = td_now_mono();
     if (rc < 0) {
+      /* traind shuts the ring down after it asks for a stop. */
+      if (stop_requested)
+        return stop_now(t);
       if (rc == TD_ECLOSED && td_ring_is_shutdown(t->ring, &reason) && reason < 0)
         return fail(reason, "the data loader failed: %s (see the job log)", td_strerror(reason));
       return fail(rc == TD_ECLOSED ? TD_EDATA : rc,
@@ -510,6 +689,7 @@ static int train(trainer *t) {
 
 int main(int argc, char **argv) {
   struct sigaction sa = {.sa_handler = on_term};
+  struct sigaction sa_stop = {.sa_handler = on_stop, .sa_flags = SA_RESTART};
   char *text = NULL, err[512];
   td_jobspec spec;
   td_plan plan;
@@ -530,6 +710,8 @@ int main(int argc, char **argv) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+  sigemptyset(&sa_stop.sa_mask);
+  sigaction(SIGUSR1, &sa_stop, NULL);
   signal(SIGPIPE, SIG_IGN);
   /* A worker never outlives traind: with traind gone, nobody would read
    * its events or release its memory. */
@@ -581,6 +763,24 @@ int main(int argc, char **argv) {
         fcntl(STDIN_FILENO, F_SETFL, fcntl(STDIN_FILENO, F_GETFL) | O_NONBLOCK) == 0)
       t.ctl_fd = STDIN_FILENO;
   }
+  t.policy = (td_ckpt_policy){.every_steps = spec.ckpt_every_steps,
+                              .every_seconds = spec.ckpt_every_seconds};
+  t.state_floats = td_model_state_floats(t.model);
+  if (a.checkpoint != NULL || a.resume != NULL) {
+    size_t bytes = (size_t)t.state_floats * sizeof(float);
+
+    t.state = malloc(bytes > 0 ? bytes : 1);
+    if (t.state == NULL && a.checkpoint != NULL)
+      td_warn("no checkpoints: out of host memory for the model's %llu-value state",
+              (unsigned long long)t.state_floats);
+  }
+  if (a.resume != NULL && (status = resume(&t, a.resume)) != 0)
+    goto destroy_model;
+  if (a.checkpoint == NULL) {
+    free(t.state);
+    t.state = NULL;
+  }
+  status = EXIT_JOB;
   if ((rc = td_ring_open(a.ring, &t.ring)) < 0) {
     status = fail(rc, "cannot open the data ring %s: %s", a.ring, why(rc));
     goto destroy_model;
@@ -590,17 +790,25 @@ int main(int argc, char **argv) {
   {
     pthread_t hb;
     pthread_attr_t attr;
+    sigset_t usr1, old;
 
+    /* The thread starts with SIGUSR1 blocked: only the main loop takes it. */
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, &old);
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if (pthread_create(&hb, &attr, heartbeat_main, NULL) != 0)
       td_warn("no heartbeat thread: traind may take a long step for a hang");
     pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
   }
+  t.ckpt_time = td_now_mono();
   status = train(&t);
 
   td_ring_close(t.ring);
 destroy_model:
+  free(t.state);
   td_model_destroy(t.model);
 destroy_backend:
   td_backend_destroy(t.be);

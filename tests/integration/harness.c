@@ -456,6 +456,41 @@ int th_wait_state(int sock, uint64_t id, const char *want, int timeout_ms, char 
   return TD_ETIMEDOUT;
 }
 
+int th_submit(int sock, const char *yaml, const char *key, uint64_t *id, char *err,
+              size_t errlen) {
+  td_msg *m = NULL;
+  td_pack p;
+  int code = 0, rc;
+
+  td_pack_init(&p);
+  th_pack_submit(&p, yaml, "/tmp", key, NULL);
+  rc = th_rpc_pack(sock, &p, &m, &code, err, errlen);
+  td_pack_free(&p);
+  if (rc == 0 && code != 0)
+    rc = code;
+  if (rc == 0)
+    rc = td_obj_u64(td_msg_root(m), "id", id);
+  td_msg_free(m);
+  return rc;
+}
+
+int th_wait_training(int sock, uint64_t id, int timeout_ms) {
+  double end = td_now_mono() + timeout_ms / 1000.0;
+
+  do {
+    uint64_t step = 0, epoch = 0;
+    int rc;
+
+    if ((rc = th_show_u64(sock, id, "step", &step)) < 0 ||
+        (rc = th_show_u64(sock, id, "epoch", &epoch)) < 0)
+      return rc;
+    if (step > 0 || epoch > 1)
+      return 0;
+    th_msleep(20);
+  } while (td_now_mono() < end);
+  return TD_ETIMEDOUT;
+}
+
 /* The parent pid from /proc/PID/stat; the command name may hold spaces and
  * parentheses, so the fields are read after the last ')'. */
 static pid_t th__ppid(const char *pid) {
@@ -530,5 +565,82 @@ int th_rss(pid_t pid, uint64_t *bytes) {
     }
   }
   fclose(f);
+  return rc;
+}
+
+/* Reads fd to its end into buf (NUL-terminated); what does not fit is
+ * drained, so the writer never blocks on a full pipe. */
+static void th__read_all(int fd, char *buf, size_t cap) {
+  char drain[4096];
+  size_t n = 0;
+  ssize_t got;
+
+  for (;;) {
+    if (n + 1 < cap)
+      got = read(fd, buf + n, cap - 1 - n);
+    else
+      got = read(fd, drain, sizeof(drain));
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0)
+      break;
+    if (n + 1 < cap)
+      n += (size_t)got;
+  }
+  if (cap > 0)
+    buf[n] = '\0';
+}
+
+int th_client_v(const char *sock, char *out, size_t outcap, char *err, size_t errcap,
+                va_list args) {
+  char exe[512];
+  const char *argv[32];
+  int po[2], pe[2], argc = 0, status;
+  pid_t pid;
+
+  snprintf(exe, sizeof(exe), "%s/client/traind-client", th__build_root());
+  argv[argc++] = exe;
+  argv[argc++] = "--socket";
+  argv[argc++] = sock;
+  for (const char *a; (a = va_arg(args, const char *)) != NULL && argc < 31;)
+    argv[argc++] = a;
+  argv[argc] = NULL;
+
+  if (pipe(po) != 0)
+    return TD_EIO;
+  if (pipe(pe) != 0) {
+    close(po[0]);
+    close(po[1]);
+    return TD_EIO;
+  }
+  pid = fork();
+  if (pid == 0) {
+    dup2(po[1], 1);
+    dup2(pe[1], 2);
+    close(po[0]);
+    close(pe[0]);
+    execv(exe, (char *const *)argv);
+    _exit(127);
+  }
+  close(po[1]);
+  close(pe[1]);
+  if (pid > 0) {
+    th__read_all(po[0], out, outcap);
+    th__read_all(pe[0], err, errcap);
+  }
+  close(po[0]);
+  close(pe[0]);
+  if (pid < 0 || waitpid(pid, &status, 0) != pid)
+    return TD_EIO;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int th_client(const char *sock, char *out, size_t outcap, char *err, size_t errcap, ...) {
+  va_list args;
+  int rc;
+
+  va_start(args, errcap);
+  rc = th_client_v(sock, out, outcap, err, errcap, args);
+  va_end(args);
   return rc;
 }

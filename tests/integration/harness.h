@@ -5,6 +5,7 @@
 #ifndef TD_TEST_HARNESS_H
 #define TD_TEST_HARNESS_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -102,6 +103,15 @@ int th_show_u64(int sock, uint64_t id, const char *key, uint64_t *v);
 int th_wait_state(int sock, uint64_t id, const char *want, int timeout_ms, char *last,
                   size_t cap);
 
+/* Submit a job file (base dir /tmp) under an idempotency key: *id is the
+ * job's id.  A refusal gives its code (err says why); TD_ETIMEDOUT,
+ * TD_ECONN, TD_EPROTO as th_rpc. */
+int th_submit(int sock, const char *yaml, const char *key, uint64_t *id, char *err,
+              size_t errlen);
+/* Poll `show` until the job reports a training step (TD_ETIMEDOUT after
+ * timeout_ms). */
+int th_wait_training(int sock, uint64_t id, int timeout_ms);
+
 /* Children of pid that run the program of this name (the basename of
  * /proc/PID/exe); returns how many were found, at most cap written to pids. */
 int th_children(pid_t pid, const char *program, pid_t *pids, int cap);
@@ -109,5 +119,14 @@ int th_children(pid_t pid, const char *program, pid_t *pids, int cap);
 int th_rss(pid_t pid, uint64_t *bytes);
 
 void th_msleep(int ms);
+
+/* Run traind-client (TD_BUILD_ROOT's) with --socket sock and then the
+ * NULL-terminated arguments; its stdout and stderr land in out and err,
+ * NUL-terminated and cut to fit (read one after the other: stderr must stay
+ * under a pipe's 64 KiB).  Returns its exit status, 128 + the signal that
+ * killed it, or TD_EIO if it could not be started. */
+int th_client(const char *sock, char *out, size_t outcap, char *err, size_t errcap, ...);
+int th_client_v(const char *sock, char *out, size_t outcap, char *err, size_t errcap,
+                va_list args);
 
 #endif

@@ -3,7 +3,8 @@
  * truncation refused, another version refused, the expected tensors
  * enforced, write errors, and when one is due.  And a small fp16 trainer
  * (backend optimiser ops, schedule, loss scaler) stopped and resumed from a
- * checkpoint ends with the same bits as one that never stopped. */
+ * checkpoint ends with the same bits as one that never stopped; so does the
+ * worker's model (daemon/worker/model.h) through its state and progress. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -15,7 +16,9 @@
 #include "backend.h"
 #include "checkpoint.h"
 #include "error.h"
+#include "jobspec.h"
 #include "lossscale.h"
+#include "model.h"
 #include "schedule.h"
 #include "safetensors.h"
 #include "util.h"
@@ -545,6 +548,120 @@ START_TEST(test_resume_same_bits) {
 }
 END_TEST
 
+/* The worker's model: Adam (so its moments are state too), a checkpoint
+ * after MODEL_STOP steps as traind-worker writes it (one F32 tensor
+ * "state"), a new model resumed from the file: the same bits at the end. */
+static const char model_job[] =
+    "name: ckpt\n"
+    "model:\n"
+    "  input: [6, 4]\n"
+    "  layers:\n"
+    "    - {type: dense, units: 16}\n"
+    "    - {type: relu}\n"
+    "    - {type: dense, units: 5}\n"
+    "data:\n"
+    "  format: idx\n"
+    "  train: {images: /nonexistent/x.idx, labels: /nonexistent/y.idx}\n"
+    "  test: {images: /nonexistent/tx.idx, labels: /nonexistent/ty.idx}\n"
+    "train:\n"
+    "  batch_size: 8\n"
+    "  epochs: 1\n"
+    "  seed: 5\n"
+    "  optimizer: {type: adam, lr: 0.01}\n";
+
+enum { MODEL_IN = 24, MODEL_BATCH = 8, MODEL_STEPS = 12, MODEL_STOP = 5 };
+
+static void model_batch(uint64_t k, uint8_t px[MODEL_BATCH * MODEL_IN], uint8_t lb[MODEL_BATCH]) {
+  for (uint32_t i = 0; i < MODEL_BATCH * MODEL_IN; i++)
+    px[i] = (uint8_t)((i + 131u * (uint32_t)k) * 2654435761u >> 13);
+  for (uint32_t i = 0; i < MODEL_BATCH; i++)
+    lb[i] = (uint8_t)((i * 3 + k) % 5);
+}
+
+static td_model *model_open(td_backend **be, const td_jobspec *spec) {
+  char err[256];
+  td_model *m = NULL;
+
+  ck_assert_int_eq(td_backend_create("cpu0", TD_BUDGET_UNLIMITED, be, err, sizeof(err)), 0);
+  ck_assert_msg(td_model_create(*be, spec, MODEL_BATCH, &m, err, sizeof(err)) == 0, "%s", err);
+  return m;
+}
+
+static void model_steps(td_model *m, uint64_t from, uint64_t to) {
+  uint8_t px[MODEL_BATCH * MODEL_IN], lb[MODEL_BATCH];
+  td_step_stats st;
+
+  for (uint64_t k = from; k < to; k++) {
+    model_batch(k, px, lb);
+    ck_assert_int_eq(td_model_train_step(m, px, lb, MODEL_BATCH, &st), 0);
+  }
+}
+
+START_TEST(test_model_resume_same_bits) {
+  td_jobspec spec;
+  td_backend *be_a, *be_b;
+  td_model *a, *b;
+  td_model_progress p;
+  td_ckpt_state st;
+  td_ckpt_tensor t;
+  float *state, *straight, *resumed;
+  uint64_t n, np;
+  char err[256];
+  fixture f;
+
+  ck_assert_msg(td_jobspec_parse(model_job, strlen(model_job), NULL, &spec, err,
+                                 sizeof(err)) == 0, "%s", err);
+  fixture_init(&f); /* for its directory */
+  a = model_open(&be_a, &spec);
+  n = td_model_state_floats(a);
+  np = td_model_nparams(a);
+  ck_assert_uint_gt(n, np); /* parameters and Adam's moments */
+  state = malloc(n * sizeof(float));
+  straight = malloc(np * sizeof(float));
+  resumed = malloc(np * sizeof(float));
+  ck_assert(state != NULL && straight != NULL && resumed != NULL);
+  t = (td_ckpt_tensor){"state", "F32", 1, {n}, state, n * sizeof(float)};
+
+  model_steps(a, 0, MODEL_STOP);
+  ck_assert_int_eq(td_model_get_state(a, state), 0);
+  td_model_get_progress(a, &p);
+  ck_assert_uint_eq(p.steps, MODEL_STOP);
+  st = (td_ckpt_state){.job = "ckpt", .step = p.steps, .batch = p.steps, .seed = 5,
+                       .loss_scale = p.loss_scale, .good_steps = p.good_steps,
+                       .skipped = p.skipped};
+  ck_assert_msg(td_checkpoint_write(f.path, &st, &t, 1, err, sizeof(err)) == 0, "%s", err);
+  model_steps(a, MODEL_STOP, MODEL_STEPS);
+  ck_assert_int_eq(td_model_get_params(a, straight), 0);
+
+  /* a new model, as a restarted worker builds it */
+  b = model_open(&be_b, &spec);
+  memset(state, 0, n * sizeof(float));
+  ck_assert_int_eq(td_model_set_state(b, state, n - 1), TD_EINVAL);
+  ck_assert_msg(td_checkpoint_read(f.path, &st, &t, 1, err, sizeof(err)) == 0, "%s", err);
+  ck_assert_int_eq(td_model_set_state(b, state, n), 0);
+  td_model_get_progress(b, &p);
+  p.steps = st.step;
+  p.loss_scale = st.loss_scale;
+  p.good_steps = st.good_steps;
+  p.skipped = st.skipped;
+  ck_assert_int_eq(td_model_set_progress(b, &p), 0);
+  ck_assert_uint_eq(td_model_steps(b), MODEL_STOP);
+  model_steps(b, st.batch, MODEL_STEPS);
+  ck_assert_int_eq(td_model_get_params(b, resumed), 0);
+
+  ck_assert_uint_eq(td_model_steps(a), td_model_steps(b));
+  ck_assert_mem_eq(straight, resumed, np * sizeof(float));
+  td_model_destroy(a);
+  td_model_destroy(b);
+  td_backend_destroy(be_a);
+  td_backend_destroy(be_b);
+  free(state);
+  free(straight);
+  free(resumed);
+  fixture_free(&f);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("checkpoint");
   TCase *tc = tcase_create("checkpoint");
@@ -560,6 +677,7 @@ int main(void) {
   tcase_add_test(tc, test_write_refuses);
   tcase_add_test(tc, test_due);
   tcase_add_test(tc, test_resume_same_bits);
+  tcase_add_test(tc, test_model_resume_same_bits);
   suite_add_tcase(s, tc);
   sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

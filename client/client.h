@@ -118,10 +118,16 @@ void cli_print_plan_table(FILE *f, const msgpack_object *plan, const char *inden
 
 #define CLI_TABLE_MAX_COLS 16
 
+/* Cells live in one growing text buffer (NUL-terminated, sanitized), so a
+ * table of 10,000 jobs costs a few allocations, not one per cell. */
 typedef struct cli_table {
   size_t ncols;
   char align[CLI_TABLE_MAX_COLS + 1]; /* 'l' or 'r' per column */
-  char **cells;
+  size_t width[CLI_TABLE_MAX_COLS];   /* widest cell per column, in code points */
+  char *text;                         /* every cell's text */
+  size_t len, textcap;
+  size_t *off;                        /* cell i starts at text + off[i] */
+  uint32_t *cw;                       /* cell i's width */
   size_t n, cap;
   int oom;
 } cli_table;
@@ -129,6 +135,8 @@ typedef struct cli_table {
 /* The first row is the headers; at most CLI_TABLE_MAX_COLS columns. */
 void cli_table_init(cli_table *t, const char *const *headers, size_t ncols, const char *align);
 void cli_table_cell(cli_table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A cell of len bytes of text; an embedded NUL ends it. */
+void cli_table_text(cli_table *t, const char *s, size_t len);
 /* 0, or CLI_EXIT_JOB after saying "out of memory". */
 int cli_table_print(const cli_table *t, FILE *f);
 void cli_table_free(cli_table *t);

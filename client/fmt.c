@@ -34,8 +34,13 @@ void cli_sanitize(char *s) {
 
   while (i < n) {
     uint32_t cp = 0;
-    size_t k = cli_utf8_next(p + i, n - i, &cp);
+    size_t k;
 
+    if (p[i] >= 0x20 && p[i] < 0x7f) { /* printable ASCII, nearly all of it */
+      i++;
+      continue;
+    }
+    k = cli_utf8_next(p + i, n - i, &cp);
     if (k == 0) {
       p[i++] = '?';
     } else if (is_control(cp)) {
@@ -292,39 +297,7 @@ void cli_table_init(cli_table *t, const char *const *headers, size_t ncols, cons
   t->ncols = ncols;
   memcpy(t->align, align, ncols);
   for (i = 0; i < ncols; i++)
-    cli_table_cell(t, "%s", headers[i]);
-}
-
-void cli_table_cell(cli_table *t, const char *fmt, ...) {
-  va_list ap;
-  char *cell;
-  int n;
-
-  if (t->oom)
-    return;
-  if (t->n == t->cap) {
-    size_t cap = t->cap ? t->cap * 2 : 64;
-    char **cells = realloc(t->cells, cap * sizeof(*cells));
-
-    if (cells == NULL)
-      goto oom;
-    t->cells = cells;
-    t->cap = cap;
-  }
-  va_start(ap, fmt);
-  n = vsnprintf(NULL, 0, fmt, ap);
-  va_end(ap);
-  if (n < 0 || (cell = malloc((size_t)n + 1)) == NULL)
-    goto oom;
-  va_start(ap, fmt);
-  vsnprintf(cell, (size_t)n + 1, fmt, ap);
-  va_end(ap);
-  cli_sanitize(cell);
-  t->cells[t->n++] = cell;
-  return;
-
-oom:
-  t->oom = 1;
+    cli_table_text(t, headers[i], strlen(headers[i]));
 }
 
 /* Columns are counted in code points, so UTF-8 names line up. */
@@ -336,48 +309,165 @@ static size_t text_width(const char *s) {
   return w;
 }
 
-int cli_table_print(const cli_table *t, FILE *f) {
-  size_t *width, i, c;
+/* Room for one more cell of need bytes (its NUL included). */
+static int table_reserve(cli_table *t, size_t need) {
+  if (t->oom || t->ncols == 0)
+    return -1;
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    size_t *off = realloc(t->off, cap * sizeof(*off));
+    uint32_t *cw;
 
-  if (t->oom || (width = calloc(t->ncols, sizeof(*width))) == NULL) {
+    if (off == NULL)
+      goto oom;
+    t->off = off;
+    if ((cw = realloc(t->cw, cap * sizeof(*cw))) == NULL)
+      goto oom;
+    t->cw = cw;
+    t->cap = cap;
+  }
+  if (need > t->textcap - t->len) {
+    size_t cap = t->textcap ? t->textcap : 4096;
+    char *text;
+
+    while (need > cap - t->len)
+      cap *= 2;
+    if ((text = realloc(t->text, cap)) == NULL)
+      goto oom;
+    t->text = text;
+    t->textcap = cap;
+  }
+  return 0;
+
+oom:
+  t->oom = 1;
+  return -1;
+}
+
+/* The cell just written at text + len becomes cell n. */
+static void table_commit(cli_table *t) {
+  char *cell = t->text + t->len;
+  const unsigned char *p = (const unsigned char *)cell;
+  size_t w, len = 0, col = t->n % t->ncols;
+
+  while (p[len] >= 0x20 && p[len] < 0x7f) /* printable ASCII: one column a byte */
+    len++;
+  if (p[len] == '\0') {
+    w = len;
+  } else {
+    cli_sanitize(cell);
+    len = strlen(cell);
+    w = text_width(cell);
+  }
+  if (w > t->width[col])
+    t->width[col] = w;
+  t->off[t->n] = t->len;
+  t->cw[t->n] = (uint32_t)w;
+  t->len += len + 1;
+  t->n++;
+}
+
+void cli_table_text(cli_table *t, const char *s, size_t len) {
+  if (len >= UINT32_MAX || table_reserve(t, len + 1) < 0)
+    return;
+  memcpy(t->text + t->len, s, len);
+  t->text[t->len + len] = '\0';
+  table_commit(t);
+}
+
+void cli_table_cell(cli_table *t, const char *fmt, ...) {
+  va_list ap;
+  int n;
+
+  if (table_reserve(t, 64) < 0)
+    return;
+  va_start(ap, fmt);
+  n = vsnprintf(t->text + t->len, t->textcap - t->len, fmt, ap);
+  va_end(ap);
+  if (n < 0) {
+    t->oom = 1;
+    return;
+  }
+  if ((size_t)n >= t->textcap - t->len) {
+    if (table_reserve(t, (size_t)n + 1) < 0)
+      return;
+    va_start(ap, fmt);
+    vsnprintf(t->text + t->len, t->textcap - t->len, fmt, ap);
+    va_end(ap);
+  }
+  table_commit(t);
+}
+
+/* Each line is built in one buffer and written at once: stdio per cell
+ * costs more than the formatting of a 10,000-row table. */
+int cli_table_print(const cli_table *t, FILE *f) {
+  size_t linecap = 0, i, c;
+  char *line;
+
+  if (t->oom) {
     cli_fail("out of memory");
     return CLI_EXIT_JOB;
   }
-  for (i = 0; i < t->n; i++) {
-    size_t w = text_width(t->cells[i]);
-
-    if (w > width[i % t->ncols])
-      width[i % t->ncols] = w;
+  for (c = 0; c < t->ncols; c++)
+    linecap += t->width[c] + 2;
+  /* a cell's bytes may exceed its width (UTF-8): grown below if so */
+  line = malloc(linecap + 1);
+  if (line == NULL) {
+    cli_fail("out of memory");
+    return CLI_EXIT_JOB;
   }
   for (i = 0; i < t->n; i += t->ncols) {
+    size_t len = 0;
+
     for (c = 0; c < t->ncols && i + c < t->n; c++) {
-      const char *s = t->cells[i + c];
-      size_t pad = width[c] - text_width(s);
+      const char *s = t->text + t->off[i + c];
+      size_t end = i + c + 1 < t->n ? t->off[i + c + 1] : t->len;
+      size_t bytes = end - t->off[i + c] - 1, pad = t->width[c] - t->cw[i + c];
       int last = c + 1 == t->ncols;
 
-      if (t->align[c] == 'r')
-        fprintf(f, "%*s%s", (int)pad, "", s);
-      else
-        fprintf(f, "%s%*s", s, last ? 0 : (int)pad, "");
-      if (!last)
-        fputs("  ", f);
+      if (last && t->align[c] != 'r')
+        pad = 0;
+      if (len + bytes + pad + 2 > linecap) {
+        char *bigger = realloc(line, 2 * (len + bytes + pad + 2) + 1);
+
+        if (bigger == NULL) {
+          free(line);
+          cli_fail("out of memory");
+          return CLI_EXIT_JOB;
+        }
+        line = bigger;
+        linecap = 2 * (len + bytes + pad + 2);
+      }
+      if (t->align[c] == 'r') {
+        memset(line + len, ' ', pad);
+        memcpy(line + len + pad, s, bytes);
+      } else {
+        memcpy(line + len, s, bytes);
+        memset(line + len + bytes, ' ', pad);
+      }
+      len += bytes + pad;
+      if (!last) {
+        memcpy(line + len, "  ", 2);
+        len += 2;
+      }
     }
-    fputc('\n', f);
+    line[len++] = '\n';
+    fwrite(line, 1, len, f);
   }
-  free(width);
+  free(line);
   return 0;
 }
 
 void cli_table_free(cli_table *t) {
-  size_t i;
-
   if (t == NULL)
     return;
-  for (i = 0; i < t->n; i++)
-    free(t->cells[i]);
-  free(t->cells);
-  t->cells = NULL;
-  t->n = t->cap = 0;
+  free(t->text);
+  free(t->off);
+  free(t->cw);
+  t->text = NULL;
+  t->off = NULL;
+  t->cw = NULL;
+  t->n = t->cap = t->len = t->textcap = 0;
 }
 
 static void size_cell(cli_table *t, int have, uint64_t v) {
@@ -393,10 +483,12 @@ static void size_cell(cli_table *t, int have, uint64_t v) {
 
 static void str_cell(cli_table *t, const msgpack_object *map, const char *key,
                      const char *dflt) {
-  char *s = cli_field_dup(map, key);
+  const char *s;
+  size_t len;
 
-  cli_table_cell(t, "%s", s != NULL && s[0] != '\0' ? s : dflt);
-  free(s);
+  if (td_obj_str(map, key, &s, &len) != 0 || len == 0 || s[0] == '\0')
+    s = dflt, len = strlen(dflt);
+  cli_table_text(t, s, len);
 }
 
 enum col_kind { COL_U64, COL_STR, COL_PROGRESS, COL_METRIC, COL_AGE, COL_MEM, COL_SPEED };
@@ -464,17 +556,17 @@ static void job_cell(cli_table *t, const struct job_col *col, const msgpack_obje
     return;
   case COL_PROGRESS:
     cli_fmt_progress(job, 0, buf, sizeof(buf));
-    cli_table_cell(t, "%s", buf);
+    cli_table_text(t, buf, strlen(buf));
     return;
   case COL_METRIC:
     cli_fmt_metric(job, col->key, buf, sizeof(buf));
-    cli_table_cell(t, "%s", buf);
+    cli_table_text(t, buf, strlen(buf));
     return;
   case COL_AGE:
     if (td_obj_i64(job, col->key, &i) != 0)
       break;
     cli_fmt_time(i, 1, buf, sizeof(buf));
-    cli_table_cell(t, "%s", buf);
+    cli_table_text(t, buf, strlen(buf));
     return;
   case COL_MEM:
     mem_cell(t, job);
@@ -483,10 +575,10 @@ static void job_cell(cli_table *t, const struct job_col *col, const msgpack_obje
     if (td_obj_f64(job, col->key, &v) != 0 || !(v > 0 && v < 1e15))
       break;
     cli_fmt_count((uint64_t)(v + 0.5), buf, sizeof(buf));
-    cli_table_cell(t, "%s", buf);
+    cli_table_text(t, buf, strlen(buf));
     return;
   }
-  cli_table_cell(t, "%s", col->dflt);
+  cli_table_text(t, col->dflt, strlen(col->dflt));
 }
 
 void cli_job_row(cli_table *t, const cli_job_col *cols, size_t ncols, const msgpack_object *job) {

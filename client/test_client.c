@@ -216,6 +216,39 @@ START_TEST(table_aligns_columns) {
 }
 END_TEST
 
+/* Text cells: an embedded NUL ends one, control bytes become '?', and a
+ * table far larger than the first buffers grows without losing a cell. */
+START_TEST(table_text_cells_and_growth) {
+  static const char *const head[] = {"N", "TEXT"};
+  cli_table t;
+  char *buf = NULL, want[64];
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  const char *line, *top = "   N  TEXT\n   0  ab\n   1  ?[2J\xc3\xa9\n   2  \xe2\x82\xac\n";
+  int rows = 3000;
+
+  ck_assert_ptr_nonnull(f);
+  cli_table_init(&t, head, 2, "rl");
+  cli_table_cell(&t, "%d", 0);
+  cli_table_text(&t, "ab\0cd", 5);
+  cli_table_cell(&t, "%d", 1);
+  cli_table_text(&t, "\x1b[2J\xc3\xa9", 6);
+  for (int i = 2; i < rows; i++) {
+    cli_table_cell(&t, "%d", i);
+    cli_table_text(&t, "\xe2\x82\xac\xe2\x82\xac", i == rows - 1 ? 6 : 3); /* one or two euros */
+  }
+  ck_assert_int_eq(cli_table_print(&t, f), 0);
+  fclose(f);
+  cli_table_free(&t);
+  ck_assert_msg(strncmp(buf, top, strlen(top)) == 0, "%.80s", buf);
+  snprintf(want, sizeof(want), "\n%4d  \xe2\x82\xac\xe2\x82\xac\n", rows - 1);
+  line = strstr(buf, want);
+  ck_assert_msg(line != NULL && line[strlen(want)] == '\0', "last row missing: %s",
+                buf + len - 40);
+  free(buf);
+}
+END_TEST
+
 /* Prints a table to a string (caller frees). */
 static char *table_text(cli_table *t) {
   char *buf = NULL;
@@ -480,6 +513,7 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, field_dup_checks_type);
   tcase_add_test(tc, formats_numbers_and_times);
   tcase_add_test(tc, table_aligns_columns);
+  tcase_add_test(tc, table_text_cells_and_growth);
   tcase_add_test(tc, sanitize_log_keeps_lines_and_split_utf8);
   tcase_add_test(tc, fit_width_counts_code_points);
   tcase_add_test(tc, formats_progress_and_metrics);

@@ -1,10 +1,15 @@
 /* The job table, durable in SQLite: WAL with synchronous=FULL, so a commit
  * that returned has reached the disk and survives SIGKILL or power loss.
  * Operators read it with `sqlite3 STATE_DIR/jobs.db`. */
+#include <errno.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "log.h"
@@ -15,6 +20,7 @@
 struct td_db {
   sqlite3 *h;
   sqlite3_stmt *insert, *find_key, *update, *history;
+  char path[TD_PATH_MAX];
 };
 
 /* Schema migrations, oldest first: migration i takes a database from
@@ -56,10 +62,65 @@ static const char *const td__migrations[] = {
 
 #define TD_DB_SCHEMA_VERSION ((int)(sizeof(td__migrations) / sizeof(td__migrations[0])))
 
+/* Less than this free on the database's file system, or under its file
+ * size limit, counts as full. */
+#define TD_DB_ROOM_MIN (1u << 20)
+
+static int td__file_near_limit(const char *path, rlim_t limit) {
+  struct stat st;
+
+  return stat(path, &st) == 0 && (uint64_t)st.st_size + TD_DB_ROOM_MIN >= (uint64_t)limit;
+}
+
+/* SQLite keeps the errno of a failed write or fsync only sometimes (its
+ * WAL writes lose it), so look for room ourselves: free blocks on the
+ * database's file system, and traind's file size limit (RLIMIT_FSIZE,
+ * systemd's LimitFSIZE=) against the database and its WAL. */
+static int td__db_no_room(const td_db *db) {
+  char dir[TD_PATH_MAX], wal[TD_PATH_MAX + 8];
+  struct statvfs sv;
+  struct rlimit rl;
+  char *slash;
+
+  if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    snprintf(wal, sizeof(wal), "%s-wal", db->path);
+    if (td__file_near_limit(db->path, rl.rlim_cur) || td__file_near_limit(wal, rl.rlim_cur))
+      return 1;
+  }
+  td_strlcpy(dir, db->path, sizeof(dir));
+  slash = strrchr(dir, '/');
+  if (slash == NULL)
+    td_strlcpy(dir, ".", sizeof(dir));
+  else if (slash == dir)
+    dir[1] = '\0';
+  else
+    *slash = '\0';
+  if (statvfs(dir, &sv) != 0)
+    return 0;
+  return (uint64_t)(geteuid() == 0 ? sv.f_bfree : sv.f_bavail) * sv.f_frsize < TD_DB_ROOM_MIN ||
+         (sv.f_files > 0 && (geteuid() == 0 ? sv.f_ffree : sv.f_favail) == 0);
+}
+
+/* A full disk (ENOSPC, SQLITE_FULL), a quota (EDQUOT) and traind's file
+ * size limit (EFBIG) all mean "make room", not "the database is bad". */
+static int td__db_full(td_db *db, int rc) {
+  int e = sqlite3_system_errno(db->h);
+
+  if ((rc & 0xff) == SQLITE_FULL)
+    return 1;
+  if ((rc & 0xff) != SQLITE_IOERR)
+    return 0;
+  return e == ENOSPC || e == EFBIG || e == EDQUOT || td__db_no_room(db);
+}
+
 static int td__db_err(td_db *db, int rc, const char *what) {
-  td_error("job database: %s: %s", what, sqlite3_errmsg(db->h));
-  if (rc == SQLITE_FULL)
+  if (td__db_full(db, rc)) {
+    td_error("job database %s: %s: no room to write (%s, SQLite code %d): free space on its "
+             "disk or raise traind's file size limit", db->path, what, sqlite3_errmsg(db->h),
+             sqlite3_extended_errcode(db->h));
     return TD_ENOSPC;
+  }
+  td_error("job database %s: %s: %s", db->path, what, sqlite3_errmsg(db->h));
   return TD_EDB;
 }
 
@@ -100,6 +161,7 @@ int td_db_open(const char *path, td_db **out, char *err, size_t errlen) {
   db = calloc(1, sizeof(*db));
   if (db == NULL)
     return TD_ENOMEM;
+  td_strlcpy(db->path, path, sizeof(db->path));
   rc = sqlite3_open_v2(path, &db->h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
   if (rc != SQLITE_OK) {
     snprintf(err, errlen, "cannot open job database %s: %s", path,

@@ -217,22 +217,23 @@ void td_sched_run(td_daemon *d) {
   }
 }
 
-/* A new job arrived and nothing else changed since the last pass, so only
- * it can newly start: try it alone instead of walking the whole queue
- * (which plans every queued job when the head is blocked). */
+/* A new job arrived and nothing else changed since the last pass, which
+ * left no queued job that fits: only the new one can start now, so try it
+ * alone instead of walking the queue (a scan of every job, and a plan of
+ * every queued one when the head is blocked).  Whether it heads the queue
+ * matters only once backfill has stopped, when only the head may start. */
 void td_sched_submitted(td_daemon *d, td_job *j) {
-  td_job *head;
   td_device *dev;
   td_plan plan;
 
   if (d->stopping)
     return;
-  head = td__first_queued(d, 0, &dev, &plan);
-  if (head == j || d->head_wait_since == 0) {
+  if (d->head_wait_since == 0) {
     td_sched_run(d);
     return;
   }
-  if (td_now_mono() - d->head_wait_since > TD_BACKFILL_WINDOW_S)
+  if (td_now_mono() - d->head_wait_since > TD_BACKFILL_WINDOW_S &&
+      td__first_queued(d, 0, &dev, &plan) != j)
     return;
   dev = td__pick(d, j, &plan);
   if (dev != NULL)

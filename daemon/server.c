@@ -101,6 +101,17 @@ static int td__job_arg(td_daemon *d, const msgpack_object *req, td_job **out, ch
   return 0;
 }
 
+/* Why a change could not be made durable, with what to do about it. */
+static void td__db_fail(const td_daemon *d, int rc, const char *what, char *err, size_t errlen) {
+  if (rc == TD_ENOSPC)
+    snprintf(err, errlen, "cannot record %s: no room left on the disk of traind's state "
+             "directory %s (it is full, over quota, or over traind's file size limit); free "
+             "space there and try again; running jobs go on", what, d->cfg.state_dir);
+  else
+    snprintf(err, errlen, "cannot record %s in %s/jobs.db; see traind's log", what,
+             d->cfg.state_dir);
+}
+
 static void td__reply_submitted(td_pack *rep, const td_job *j, int duplicate) {
   td_pack_reply_ok(rep, j->device[0] ? 6 : 5);
   td_pack_kv_u64(rep, "id", j->id);
@@ -203,12 +214,7 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   }
   rc = td_db_insert(d->db, j, key);
   if (rc < 0) {
-    if (rc == TD_ENOSPC)
-      snprintf(err, errlen, "the disk holding %s is full, so the job cannot be recorded; "
-               "free space there (running jobs go on)", d->cfg.state_dir);
-    else
-      snprintf(err, errlen, "cannot record the job in %s/jobs.db; see traind's log",
-               d->cfg.state_dir);
+    td__db_fail(d, rc, "the job", err, errlen);
     goto free_job;
   }
   d->jobs[d->njobs++] = j;
@@ -378,6 +384,7 @@ static int td__op_set_priority(td_daemon *d, const msgpack_object *req, td_pack 
                                char *err, size_t errlen) {
   td_job *j;
   int64_t prio = 0;
+  int32_t was;
   int rc = td__job_arg(d, req, &j, err, errlen);
 
   if (rc < 0)
@@ -388,10 +395,12 @@ static int td__op_set_priority(td_daemon *d, const msgpack_object *req, td_pack 
     return TD_ESTATE;
   }
   td_obj_i64(req, "priority", &prio);
+  was = j->priority;
   j->priority = (int32_t)prio;
   rc = td_db_update(d->db, j, "priority changed");
   if (rc < 0) {
-    snprintf(err, errlen, "cannot record the new priority in %s/jobs.db", d->cfg.state_dir);
+    j->priority = was; /* refused: memory and the journal stay the same */
+    td__db_fail(d, rc, "the new priority", err, errlen);
     return rc;
   }
   td_pack_reply_ok(rep, 2);

@@ -176,11 +176,10 @@ static int type_info(uint8_t t, struct tinfo *ti) {
         {0xdd, K_ARRAY, 4, 0, 0, "array"},   {0xde, K_MAP, 2, 0, 0, "map"},
         {0xdf, K_MAP, 4, 0, 0, "map"},
     };
-    size_t i;
-    for (i = 0; i < TD_ARRAY_SIZE(rows) && rows[i].t != t; i++)
-      ;
-    if (i == TD_ARRAY_SIZE(rows))
-      return TD_EPROTO; /* 0xc1, never used */
+    /* rows are in type order with 0xc1 (never used) left out */
+    size_t i = (size_t)(t - 0xc0) - (t > 0xc1);
+    if (t == 0xc1 || rows[i].t != t)
+      return TD_EPROTO;
     ti->kind = rows[i].kind, ti->hdr = rows[i].hdr, ti->fixed = rows[i].fixed;
     ti->extra = rows[i].extra, ti->name = rows[i].name;
   }
@@ -278,7 +277,6 @@ static int key_cmp(const void *a, const void *b) {
   const msgpack_object_str *y = &(*(const msgpack_object_kv *const *)b)->key.via.str;
   if (x->size != y->size)
     return x->size < y->size ? -1 : 1;
-  /* msgpack-c gives an empty string a NULL pointer. */
   return x->size == 0 ? 0 : memcmp(x->ptr, y->ptr, x->size);
 }
 
@@ -286,8 +284,8 @@ static int dup_key(const msgpack_object_kv *a, const msgpack_object_kv *b, char 
                    size_t errlen) {
   char q[48];
   if (a->key.via.str.size != b->key.via.str.size ||
-      (a->key.via.str.size > 0 &&
-       memcmp(a->key.via.str.ptr, b->key.via.str.ptr, a->key.via.str.size) != 0))
+      (a->key.via.str.size > 0 && (a->key.via.str.ptr[0] != b->key.via.str.ptr[0] ||
+       memcmp(a->key.via.str.ptr, b->key.via.str.ptr, a->key.via.str.size) != 0)))
     return 0;
   seterr(err, errlen, "duplicate key '%s' in a map",
          quote(a->key.via.str.ptr, a->key.via.str.size, q, sizeof q));
@@ -300,9 +298,19 @@ static int check_unique(const msgpack_object_map *m, char *err, size_t errlen) {
   int rc = 0;
 
   if (m->size <= 16) {
-    for (uint32_t i = 0; i < m->size && rc == 0; i++)
-      for (uint32_t j = i + 1; j < m->size && rc == 0; j++)
-        rc = dup_key(&m->ptr[i], &m->ptr[j], err, errlen);
+    /* A 64-bit filter on (length, first and last byte): only a key whose
+     * bit is already set is compared with the keys before it. */
+    uint64_t seen = 0;
+    for (uint32_t i = 0; i < m->size && rc == 0; i++) {
+      const msgpack_object_str *k = &m->ptr[i].key.via.str;
+      unsigned h = k->size == 0 ? 0
+                                : (k->size * 7u + (unsigned char)k->ptr[0] * 3u +
+                                   (unsigned char)k->ptr[k->size - 1]) & 63u;
+      if (seen >> h & 1)
+        for (uint32_t j = 0; j < i && rc == 0; j++)
+          rc = dup_key(&m->ptr[j], &m->ptr[i], err, errlen);
+      seen |= (uint64_t)1 << h;
+    }
     return rc;
   }
   v = malloc(m->size * sizeof *v);
@@ -381,25 +389,47 @@ static int check_utf8(const msgpack_object *o, char *err, size_t errlen) {
   }
 }
 
-static int check_maps(const msgpack_object *o, char *err, size_t errlen) {
+/* msgpack-c leaves the pointer of an empty str/bin/ext NULL when no string
+ * came before it, e.g. an empty first key; mem*() on NULL is undefined even
+ * for 0 bytes, so every reader would have to special-case it: such pointers
+ * become "".  In the same walk, every map key must be a string and unique. */
+static int check_tree(msgpack_object *o, char *err, size_t errlen) {
   int rc;
-  if (o->type == MSGPACK_OBJECT_ARRAY) {
+
+  switch (o->type) {
+  case MSGPACK_OBJECT_STR:
+    if (!o->via.str.ptr)
+      o->via.str.ptr = "";
+    return 0;
+  case MSGPACK_OBJECT_BIN:
+    if (!o->via.bin.ptr)
+      o->via.bin.ptr = "";
+    return 0;
+  case MSGPACK_OBJECT_EXT:
+    if (!o->via.ext.ptr)
+      o->via.ext.ptr = "";
+    return 0;
+  case MSGPACK_OBJECT_ARRAY:
     for (uint32_t i = 0; i < o->via.array.size; i++)
-      if ((rc = check_maps(&o->via.array.ptr[i], err, errlen)) != 0)
+      if ((rc = check_tree(&o->via.array.ptr[i], err, errlen)) != 0)
         return rc;
-  } else if (o->type == MSGPACK_OBJECT_MAP) {
+    return 0;
+  case MSGPACK_OBJECT_MAP:
     for (uint32_t i = 0; i < o->via.map.size; i++) {
-      const msgpack_object_kv *kv = &o->via.map.ptr[i];
+      msgpack_object_kv *kv = &o->via.map.ptr[i];
       if (kv->key.type != MSGPACK_OBJECT_STR) {
         seterr(err, errlen, "a map key is a %s; keys must be strings", obj_type_name(&kv->key));
         return TD_EPROTO;
       }
-      if ((rc = check_maps(&kv->val, err, errlen)) != 0)
+      if (!kv->key.via.str.ptr)
+        kv->key.via.str.ptr = "";
+      if ((rc = check_tree(&kv->val, err, errlen)) != 0)
         return rc;
     }
     return check_unique(&o->via.map, err, errlen);
+  default:
+    return 0;
   }
-  return 0;
 }
 
 static int check_version(const msgpack_object *root, char *err, size_t errlen) {
@@ -463,7 +493,7 @@ int td_msg_decode(const void *buf, size_t len, td_msg **out, char *err, size_t e
     rc = TD_EPROTO;
     goto fail;
   }
-  if ((rc = check_maps(&m->up.data, err, errlen)) != 0 ||
+  if ((rc = check_tree(&m->up.data, err, errlen)) != 0 ||
       (rc = check_version(&m->up.data, err, errlen)) != 0)
     goto fail;
   *out = m;
@@ -495,7 +525,8 @@ int td_obj_get(const msgpack_object *map, const char *key, const msgpack_object 
   for (uint32_t i = 0; i < map->via.map.size; i++) {
     const msgpack_object_kv *kv = &map->via.map.ptr[i];
     if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == klen &&
-        memcmp(kv->key.via.str.ptr, key, klen) == 0) {
+        (klen == 0 || (kv->key.via.str.ptr[0] == key[0] &&
+                       memcmp(kv->key.via.str.ptr, key, klen) == 0))) {
       *out = &kv->val;
       return 0;
     }

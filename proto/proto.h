@@ -41,7 +41,8 @@ const msgpack_object *td_msg_root(const td_msg *m);
 
 /* Typed field access on any map object.  Return 0, TD_ENOENT (key absent)
  * or TD_EPROTO (not a map, wrong type, out of range for the C type).
- * Strings from td_obj_str are not NUL-terminated. */
+ * Strings from td_obj_str are not NUL-terminated; an empty one is "", never NULL
+ * (td_msg_decode points every empty str and bin at ""). */
 int td_obj_get(const msgpack_object *map, const char *key, const msgpack_object **out);
 int td_obj_str(const msgpack_object *map, const char *key, const char **s, size_t *len);
 /* Copy + NUL; TD_ETOOBIG if it does not fit cap; TD_EPROTO on an embedded NUL. */

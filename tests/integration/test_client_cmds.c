@@ -2,39 +2,24 @@
  * and top against the real traind, worker and loader, on a temporary socket
  * and state directory per test. */
 #include <check.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <nanomsg/nn.h>
-#include <nanomsg/reqrep.h>
 #include <pwd.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "error.h"
+#include "harness.h"
 #include "proto.h"
 
 #define FMNIST "/usr/share/datasets/fashion-mnist"
 
+static th_daemon g_d = {.pid = -1}, g_before = {.pid = -1}; /* g_before: a restart's first */
 static char g_dir[256];
 static char g_sock[320];
-static pid_t g_daemon = -1;
-
-static const char *build_root(void) {
-  const char *b = getenv("TD_BUILD_ROOT");
-  return b ? b : "build";
-}
-
-static void msleep(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
 
 static void write_text(const char *path, const char *text) {
   FILE *f = fopen(path, "w");
@@ -43,100 +28,39 @@ static void write_text(const char *path, const char *text) {
   fclose(f);
 }
 
+/* A traind on a new temporary directory, with real workers. */
 static void start_daemon(const char *budget) {
-  char cfg[512], text[2048], exe[512], log[512], sockpath[320];
+  int rc;
 
-  snprintf(g_dir, sizeof(g_dir), "/tmp/traind-test.XXXXXX");
-  ck_assert(mkdtemp(g_dir) != NULL);
-  snprintf(cfg, sizeof(cfg), "%s/traind.yaml", g_dir);
-  snprintf(text, sizeof(text),
-           "socket: ipc://%s/traind.sock\n"
-           "status_socket: ipc://%s/status.sock\n"
-           "state_dir: %s/state\n"
-           "cancel_grace_ms: 2000\n"
-           "devices:\n"
-           "  - {name: cpu0, budget: %s}\n",
-           g_dir, g_dir, g_dir, budget);
-  write_text(cfg, text);
-  snprintf(g_sock, sizeof(g_sock), "ipc://%s/traind.sock", g_dir);
-  snprintf(sockpath, sizeof(sockpath), "%s/traind.sock", g_dir);
-  snprintf(exe, sizeof(exe), "%s/daemon/traind", build_root());
-  snprintf(log, sizeof(log), "%s/traind.log", g_dir);
-
-  g_daemon = fork();
-  ck_assert(g_daemon >= 0);
-  if (g_daemon == 0) {
-    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(fd, 2);
-    execl(exe, exe, "--config", cfg, (char *)NULL);
-    _exit(127);
+  if (g_d.dir[0] != '\0') { /* a test that starts again with another budget */
+    th_daemon_remove(&g_before);
+    g_before = g_d;
   }
-  for (int i = 0; i < 200; i++) {
-    struct stat st;
-    int status;
-    if (stat(sockpath, &st) == 0)
-      return;
-    ck_assert_msg(waitpid(g_daemon, &status, WNOHANG) == 0, "traind exited at start; see %s",
-                  log);
-    msleep(50);
-  }
-  ck_abort_msg("traind did not bind %s within 10 s", sockpath);
+  ck_assert(th_daemon_init(&g_d, budget, NULL, 0) == 0);
+  snprintf(g_dir, sizeof(g_dir), "%s", g_d.dir);
+  snprintf(g_sock, sizeof(g_sock), "%s", g_d.sock);
+  rc = th_daemon_start(&g_d, 30000);
+  ck_assert_msg(rc == 0, "traind did not start (%s); see %s", td_strerror(rc), g_d.log);
 }
 
+/* traind must stop cleanly on SIGTERM: exit status 0 (under the
+ * sanitizers, also no leak and no error on the way out). */
 static void stop_daemon(void) {
-  int status;
-  if (g_daemon <= 0)
+  if (g_d.pid <= 0)
     return;
-  kill(g_daemon, SIGTERM);
-  waitpid(g_daemon, &status, 0);
-  g_daemon = -1;
-  ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                "traind did not stop cleanly (status 0x%x); see %s/traind.log", status, g_dir);
+  ck_assert_msg(th_daemon_stop(&g_d) == 0, "traind did not stop cleanly; see %s", g_d.log);
 }
 
 /* Run traind-client with the test's socket; capture stdout and stderr. */
 static int client(char *out, size_t outcap, char *err, size_t errcap, ...) {
-  char exe[512];
-  const char *argv[32];
-  int po[2], pe[2], argc = 0, status;
   va_list ap;
-  pid_t pid;
-  size_t no = 0, ne = 0;
+  int rc;
 
-  snprintf(exe, sizeof(exe), "%s/client/traind-client", build_root());
-  argv[argc++] = exe;
-  argv[argc++] = "--socket";
-  argv[argc++] = g_sock;
   va_start(ap, errcap);
-  for (const char *a; (a = va_arg(ap, const char *)) != NULL && argc < 30;)
-    argv[argc++] = a;
+  rc = th_client_v(g_sock, out, outcap, err, errcap, ap);
   va_end(ap);
-  argv[argc] = NULL;
-
-  ck_assert(pipe(po) == 0 && pipe(pe) == 0);
-  pid = fork();
-  ck_assert(pid >= 0);
-  if (pid == 0) {
-    dup2(po[1], 1);
-    dup2(pe[1], 2);
-    close(po[0]);
-    close(pe[0]);
-    execv(exe, (char *const *)argv);
-    _exit(127);
-  }
-  close(po[1]);
-  close(pe[1]);
-  /* Small outputs: read stderr after stdout is closed. */
-  for (ssize_t n; (n = read(po[0], out + no, outcap - 1 - no)) > 0;)
-    no += (size_t)n;
-  for (ssize_t n; (n = read(pe[0], err + ne, errcap - 1 - ne)) > 0;)
-    ne += (size_t)n;
-  out[no] = '\0';
-  err[ne] = '\0';
-  close(po[0]);
-  close(pe[0]);
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  ck_assert_msg(rc >= 0, "cannot run traind-client: %s", td_strerror(rc));
+  return rc;
 }
 
 /* A client command that must succeed; its stdout in out. */
@@ -151,28 +75,14 @@ static int client(char *out, size_t outcap, char *err, size_t errcap, ...) {
 /* A request straight over the protocol, for checks the client's human
  * output would make awkward. */
 static td_msg *request(const char *op, uint64_t id) {
-  td_pack p;
   td_msg *reply = NULL;
-  char err[512];
-  void *buf = NULL;
-  int s, n, tmo = 10000;
+  char err[512] = "";
+  int s = th_connect(g_sock, 10000), code = -1, rc;
 
-  s = nn_socket(AF_SP, NN_REQ);
   ck_assert(s >= 0);
-  nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVTIMEO, &tmo, sizeof(tmo));
-  ck_assert(nn_connect(s, g_sock) >= 0);
-  td_pack_init(&p);
-  td_pack_request(&p, op, id ? 1 : 0);
-  if (id)
-    td_pack_kv_u64(&p, "id", id);
-  ck_assert(nn_send(s, td_pack_data(&p), td_pack_len(&p), 0) >= 0);
-  td_pack_free(&p);
-  n = nn_recv(s, &buf, NN_MSG, 0);
-  ck_assert_msg(n >= 0, "no reply to %s: %s", op, nn_strerror(errno));
-  ck_assert_msg(td_proto_parse_reply(buf, (size_t)n, &reply, err, sizeof(err)) == 0,
-                "%s failed: %s", op, err);
-  nn_freemsg(buf);
+  rc = th_rpc_simple(s, op, id ? "id" : NULL, id, &reply, &code, err, sizeof(err));
   nn_close(s);
+  ck_assert_msg(rc == 0 && code == 0, "%s failed: %s", op, rc < 0 ? td_strerror(rc) : err);
   return reply;
 }
 
@@ -224,7 +134,7 @@ static void wait_state(uint64_t id, const char *want, int timeout_s) {
     job_field(id, "state", state, sizeof(state));
     if (strcmp(state, want) == 0)
       return;
-    msleep(50);
+    th_msleep(50);
   }
   ck_abort_msg("job %llu is %s, not %s, after %d s", (unsigned long long)id, state, want,
                timeout_s);
@@ -287,13 +197,10 @@ static const char *me(void) {
 }
 
 static void teardown(void) {
-  char cmd[300];
-
   stop_daemon();
   /* Only reached when traind stopped cleanly: a failure keeps the logs. */
-  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
-  if (g_dir[0] != '\0' && system(cmd) != 0)
-    fprintf(stderr, "could not remove %s\n", g_dir);
+  th_daemon_remove(&g_before);
+  th_daemon_remove(&g_d);
 }
 
 START_TEST(logs_of_finished_job) {

@@ -745,6 +745,47 @@ START_TEST(test_root_and_keys) {
 }
 END_TEST
 
+/* fuzz_proto's crash: msgpack-c gives an empty first key a NULL pointer, and
+ * memchr/memcmp on NULL is undefined even for 0 bytes. */
+START_TEST(test_empty_strings) {
+  static const uint8_t crash[] = {0x82, 0xa0, 0x01, 0xa1, 'v', 0x01};
+  static const uint8_t strs[] = {0x83, 0xa0, 0xa0, 0xa1, 'v', 0x01, 0xa1, 'b', 0xc4, 0x00};
+  const msgpack_object *root, *o;
+  const td_msgdef *d;
+  td_msg *m = NULL;
+  const char *s;
+  size_t n;
+  int64_t i64;
+  char buf[4];
+
+  ck_assert_int_eq(td_msg_decode(crash, sizeof crash, &m, err, sizeof err), 0);
+  root = td_msg_root(m);
+  ck_assert_ptr_nonnull(root->via.map.ptr[0].key.via.str.ptr);
+  ck_assert_int_eq(td_obj_get(root, "", &o), 0);
+  ck_assert_ptr_eq(o, &root->via.map.ptr[0].val);
+  ck_assert_int_eq(td_obj_i64(root, "", &i64), 0);
+  ck_assert_int_eq(i64, 1);
+  ck_assert_int_eq(td_obj_str(root, "", &s, &n), TD_EPROTO);
+  td_msg_free(m);
+  m = NULL;
+  ck_assert_int_eq(td_proto_parse_request(crash, sizeof crash, &m, &d, err, sizeof err), TD_EPROTO);
+  ck_assert_str_eq(err, "request has no 'op'");
+  ck_assert_ptr_null(m);
+
+  ck_assert_int_eq(td_msg_decode(strs, sizeof strs, &m, err, sizeof err), 0);
+  root = td_msg_root(m);
+  ck_assert_int_eq(td_obj_str(root, "", &s, &n), 0);
+  ck_assert_ptr_nonnull(s);
+  ck_assert_uint_eq(n, 0);
+  ck_assert_int_eq(td_obj_cstr(root, "", buf, sizeof buf), 0);
+  ck_assert_str_eq(buf, "");
+  ck_assert_int_eq(td_obj_get(root, "b", &o), 0);
+  ck_assert_int_eq(o->type, MSGPACK_OBJECT_BIN);
+  ck_assert_ptr_nonnull(o->via.bin.ptr);
+  td_msg_free(m);
+}
+END_TEST
+
 /* Big maps take the sorting path; a duplicate far apart is still found. */
 START_TEST(test_duplicate_keys_big_map) {
   for (int dup = 0; dup < 2; dup++) {
@@ -1117,6 +1158,7 @@ static Suite *proto_suite(void) {
   tc = tcase_create("rules");
   tcase_add_test(tc, test_version);
   tcase_add_test(tc, test_root_and_keys);
+  tcase_add_test(tc, test_empty_strings);
   tcase_add_test(tc, test_duplicate_keys_big_map);
   tcase_add_test(tc, test_fields);
   tcase_add_test(tc, test_fields_numbers);

@@ -103,29 +103,41 @@ static int td__fsync_dir_of(const char *path) {
   return rc < 0 ? TD_EIO : 0;
 }
 
+/* A write that failed for want of space (or of quota, or past the file
+ * size limit) is TD_ENOSPC, so the caller can say the disk is full. */
+static int td__write_errno(int e) {
+  return e == ENOSPC || e == EDQUOT || e == EFBIG ? TD_ENOSPC : TD_EIO;
+}
+
 int td_write_file_atomic(const char *path, const void *data, size_t len) {
   char tmp[PATH_MAX];
   const char *p = data;
   int fd, err;
 
-  if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+  /* A name of its own: two writers of one path (two jobs with the same
+   * output) must not write into each other's temporary file. */
+  if (snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path) >= (int)sizeof(tmp))
     return TD_ETOOBIG;
-  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  fd = mkostemp(tmp, O_CLOEXEC);
   if (fd < 0)
-    return errno == ENOSPC ? TD_ENOSPC : TD_EIO;
+    return td__write_errno(errno);
+  if (fchmod(fd, 0644) < 0) {
+    err = TD_EIO;
+    goto unlink_tmp;
+  }
   while (len > 0) {
     ssize_t n = write(fd, p, len);
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0) {
-      err = errno == ENOSPC ? TD_ENOSPC : TD_EIO;
+      err = td__write_errno(errno);
       goto unlink_tmp;
     }
     p += n;
     len -= (size_t)n;
   }
   if (fsync(fd) < 0) {
-    err = TD_EIO;
+    err = td__write_errno(errno);
     goto unlink_tmp;
   }
   close(fd);

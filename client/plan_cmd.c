@@ -10,7 +10,6 @@
 #include "client.h"
 #include "error.h"
 #include "jobspec.h"
-#include "plan.h"
 #include "util.h"
 
 static void size_str(const msgpack_object *map, const char *key, char *buf, size_t cap) {
@@ -87,9 +86,15 @@ static int print_layers(const msgpack_object *root) {
     size_str(l, "activations", act, sizeof(act));
     cli_table_cell(&t, "%" PRIu64, u64_or(l, "index", 0));
     cli_table_cell(&t, "%s", type ? type : "?");
-    cli_table_cell(&t, "%" PRIu64 " -> %" PRIu64, u64_or(l, "in", 0), u64_or(l, "out", 0));
+    char *in = cli_field_dup(l, "in"), *out = cli_field_dup(l, "out");
+    char *storage = cli_field_dup(l, "storage");
+
+    cli_table_cell(&t, "%s -> %s", in ? in : "?", out ? out : "?");
     cli_table_cell(&t, "%s", u64_or(l, "params", 0) ? params : "-");
-    cli_table_cell(&t, "%s", u64_or(l, "activations", 0) ? act : "in place");
+    cli_table_cell(&t, "%s", u64_or(l, "activations", 0) ? act : storage ? storage : "-");
+    free(storage);
+    free(out);
+    free(in);
     free(type);
   }
   rc = cli_table_print(&t, stdout);
@@ -98,15 +103,14 @@ static int print_layers(const msgpack_object *root) {
 }
 
 /* One entry of the daemon's "savings" list. */
-static void print_saving(const msgpack_object *e, const char *unavailable) {
+static void print_saving(const msgpack_object *e) {
   char bytes[32];
-  int avail = 0;
+  int costs = u64_or(e, "costs", 0) > 0;
 
-  td_obj_bool(e, "available", &avail);
-  size_str(e, "saves", bytes, sizeof(bytes));
+  size_str(e, costs ? "costs" : "saves", bytes, sizeof(bytes));
   fputs("  ", stdout);
   cli_put_field(stdout, e, "remedy", "?");
-  printf(": %s%s (", avail ? "saves " : "", avail ? bytes : unavailable);
+  printf(": %s %s (", costs ? "costs" : "saves", bytes);
   cli_put_field(stdout, e, "note", "");
   fputs(")\n", stdout);
 }
@@ -128,129 +132,42 @@ static void print_list(const msgpack_object *root, const char *key, const char *
       printf("  %-28s %10s\n", name ? name : "?", bytes);
       free(name);
     } else {
-      print_saving(e, "not allowed or not available");
+      print_saving(e);
     }
   }
 }
 
-static void shape_str(const td_shape *sh, char *buf, size_t cap) {
-  if (sh->spatial)
-    snprintf(buf, cap, "%ux%ux%u", sh->c, sh->h, sh->w);
-  else
-    snprintf(buf, cap, "%u", sh->c);
-}
-
-/* The per-layer view, worked out here from the job file (the plan is a
- * pure function of it): every layer type's shapes, parameters and the
- * activation bytes it stores at the whole batch. */
-static int print_local_layers(const td_layout *l) {
-  static const char *const cols[] = {"LAYER", "TYPE", "SHAPE", "PARAMS", "ACTIVATIONS"};
-  cli_table t;
-  int rc;
-
-  cli_table_init(&t, cols, TD_ARRAY_SIZE(cols), "rllrr");
-  for (int i = 0; i < l->nlayers; i++) {
-    const td_layer_layout *ly = &l->layers[i];
-    char in[48], out[48], params[32], acts[32];
-    uint64_t pb = (ly->nweight + ly->nbias) * sizeof(float);
-
-    if (ly->running != TD_PLAN_NONE)
-      pb += 2 * (uint64_t)ly->in_shape.c * sizeof(float);
-    shape_str(&ly->in_shape, in, sizeof(in));
-    shape_str(&ly->out_shape, out, sizeof(out));
-    td_format_size(pb, params, sizeof(params));
-    td_format_size(ly->act_bytes, acts, sizeof(acts));
-    cli_table_cell(&t, "%d", i);
-    cli_table_cell(&t, "%s", td_layer_type_name(ly->type));
-    cli_table_cell(&t, "%s -> %s", in, out);
-    cli_table_cell(&t, "%s", pb ? params : "-");
-    cli_table_cell(&t, "%s", ly->act_bytes       ? acts
-                             : ly->type == TD_LAYER_FLATTEN ? "view"
-                                                            : "in place");
-  }
-  rc = cli_table_print(&t, stdout);
-  cli_table_free(&t);
-  return rc;
-}
-
-/* What recomputation and each precision would take at the whole batch. */
-static void print_local_savings(const td_jobspec *spec) {
-  static const struct {
-    const char *name;
-    td_remedy remedy;
-    td_precision prec;
-    int recompute;
-  } opts[] = {{"recompute", TD_REMEDY_RECOMPUTE, TD_PREC__COUNT, 1},
-              {"bf16", TD_REMEDY_BF16, TD_PREC_BF16, 0},
-              {"fp16", TD_REMEDY_FP16, TD_PREC_FP16, 0}};
-  td_jobspec s = *spec;
-  td_plan now, alt;
-
-  if (td_plan_compute(spec, spec->batch_size, spec->precision, 0, &now) < 0)
-    return;
-  for (size_t i = 0; i < TD_ARRAY_SIZE(opts); i++) {
-    char a[32], b[32];
-
-    s.recompute = spec->recompute || opts[i].recompute;
-    if (td_plan_compute(&s, spec->batch_size,
-                        opts[i].prec == TD_PREC__COUNT ? spec->precision : opts[i].prec, 0,
-                        &alt) < 0)
-      continue;
-    td_format_size(alt.total, a, sizeof(a));
-    td_format_size(alt.total < now.total ? now.total - alt.total : alt.total - now.total, b,
-                   sizeof(b));
-    printf("  %s: %s %s (total %s at the whole batch%s)\n", opts[i].name,
-           alt.total <= now.total ? "saves" : "costs", b, a,
-           td_jobspec_allows(spec, opts[i].remedy) ? ""
-                                                    : "; not in memory.remedies");
-  }
-}
-
-/* spec and l: the job as parsed here, or NULL (then the daemon's view). */
-static void print_plan(const msgpack_object *root, const td_jobspec *spec, const td_layout *l) {
+static void print_plan(const msgpack_object *root) {
   const msgpack_object *plan;
+  int recompute = 0, batch_dependent = 0;
 
+  td_obj_bool(root, "recompute", &recompute);
+  td_obj_bool(root, "batch_dependent", &batch_dependent);
   fputs("job ", stdout);
   cli_put_field(stdout, root, "name", "?");
-  printf(": batch %" PRIu64 ", smallest micro-batch %" PRIu64 "\n",
+  printf(": batch %" PRIu64 ", smallest micro-batch %" PRIu64 "\nprecision ",
          u64_or(root, "batch_size", 0), u64_or(root, "min_micro_batch", 0));
-  if (spec != NULL)
-    printf("precision %s%s\n", td_precision_name(spec->precision),
-           spec->recompute ? ", activations recomputed in the backward pass" : "");
+  cli_put_field(stdout, root, "precision", "?");
+  printf("%s\n", recompute ? ", activations recomputed in the backward pass" : "");
   if (td_obj_map(root, "plan", &plan) == 0) {
+    char total[32];
+
     fputs("\nmemory at the whole batch\n", stdout);
     cli_print_plan_table(stdout, plan, "  ");
-    fputs("  total        ", stdout);
-    {
-      char total[32];
-      size_str(plan, "total", total, sizeof(total));
-      printf("%s\n", total);
-    }
+    size_str(plan, "total", total, sizeof(total));
+    printf("  total        %s\n", total);
   }
   fputs("\nper layer (activations stored at the whole batch)\n", stdout);
-  if (spec == NULL || print_local_layers(l) < 0)
-    print_layers(root);
+  print_layers(root);
   fputs("\non each device\n", stdout);
   print_devices(root);
-  if (spec != NULL && td_jobspec_batch_dependent(spec))
+  if (batch_dependent)
     fputs("\nnote: the model has batchnorm2d, which normalises each micro-batch with its own\n"
           "statistics: a batch split into micro-batches trains differently from the whole\n"
           "batch (set memory.min_micro_batch to the batch size to forbid splitting)\n",
           stdout);
   print_list(root, "largest", "largest tensors");
-  if (spec == NULL) {
-    print_list(root, "savings", "what each remedy would save");
-    return;
-  }
-  {
-    const msgpack_object *arr;
-
-    /* the daemon's accumulation line, then recompute and precision worked out here */
-    printf("\nwhat each remedy would save\n");
-    if (td_obj_array(root, "savings", &arr) == 0 && arr->via.array.size > 0)
-      print_saving(&arr->via.array.ptr[0], "not allowed");
-    print_local_savings(spec);
-  }
+  print_list(root, "savings", "what each remedy would save");
 }
 
 int cli_cmd_plan(cli *c, const cli_args *a) {
@@ -288,20 +205,10 @@ int cli_cmd_plan(cli *c, const cli_args *a) {
   td_pack_free(&p);
   if (rc != 0)
     goto free_all;
-  if (c->json) {
+  if (c->json)
     cli_json_print_reply(stdout, td_msg_root(reply));
-  } else {
-    td_jobspec *spec = malloc(sizeof(*spec));
-    td_layout *lay = malloc(sizeof(*lay));
-    char err[256];
-    bool local = spec != NULL && lay != NULL &&
-                 td_jobspec_parse(text, len, abs, spec, err, sizeof(err)) == 0 &&
-                 td_plan_layout(spec, spec->batch_size, lay) == 0;
-
-    print_plan(td_msg_root(reply), local ? spec : NULL, local ? lay : NULL);
-    free(lay);
-    free(spec);
-  }
+  else
+    print_plan(td_msg_root(reply));
   td_msg_free(reply);
 free_all:
   free(abs);

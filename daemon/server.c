@@ -489,30 +489,109 @@ static void td__add_tensor(td__tensor *t, size_t *n, size_t cap, uint64_t bytes,
 
 #define TD_PLAN_TOP 8
 
-/* Every tensor the worker allocates at the layout's micro-batch. */
+/* The largest tensors the worker allocates at the layout's micro-batch. */
 static size_t td__largest(const td_layout *l, td__tensor *t) {
   static const char *const moments[2][2] = {{"weight.momentum", "weight.exp_avg"},
                                             {"", "weight.exp_avg_sq"}};
-  size_t n = 0;
   uint64_t mb = l->micro_batch;
+  size_t n = 0;
 
   td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->in_elems * 4, -1, "input (normalised)");
-  td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->grad_width * 4, -1, "activation gradient A");
-  td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->grad_width * 4, -1, "activation gradient B");
-  td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->in_elems, -1, "input staging (uint8)");
+  td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->classes * 4, -1, "logits");
+  td__add_tensor(t, &n, TD_PLAN_TOP, l->workspace, -1, "workspace");
+  td__add_tensor(t, &n, TD_PLAN_TOP, l->stage_bytes, -1, "input staging");
   for (int i = 0; i < l->nlayers; i++) {
     const td_layer_layout *ly = &l->layers[i];
-    uint64_t w = (uint64_t)ly->out * ly->in * 4;
+    uint64_t w = ly->nweight * 4;
 
-    if (ly->type != TD_LAYER_DENSE)
-      continue;
     td__add_tensor(t, &n, TD_PLAN_TOP, w, i, "weight");
     td__add_tensor(t, &n, TD_PLAN_TOP, w, i, "weight.grad");
-    for (uint32_t k = 0; k < l->optim_slots && k < 2; k++)
+    for (uint32_t k = 0; w > 0 && k < l->optim_slots && k < 2; k++)
       td__add_tensor(t, &n, TD_PLAN_TOP, w, i, moments[k][l->optim_slots - 1]);
-    td__add_tensor(t, &n, TD_PLAN_TOP, mb * ly->out * 4, i, "output");
+    td__add_tensor(t, &n, TD_PLAN_TOP, ly->act_bytes, i, "output");
   }
   return n;
+}
+
+static void td__shape_str(const td_shape *sh, char *buf, size_t cap) {
+  if (sh->spatial)
+    snprintf(buf, cap, "%ux%ux%u", sh->c, sh->h, sh->w);
+  else
+    snprintf(buf, cap, "%u", sh->c);
+}
+
+static void td__pack_layers(td_pack *rep, const td_layout *lay) {
+  td_pack_str(rep, "layers");
+  td_pack_array(rep, (uint32_t)lay->nlayers);
+  for (int i = 0; i < lay->nlayers; i++) {
+    const td_layer_layout *ly = &lay->layers[i];
+    uint64_t params = (ly->nweight + ly->nbias) * 4;
+    char in[48], out[48];
+
+    if (ly->running != TD_PLAN_NONE)
+      params += 2 * (uint64_t)ly->in_shape.c * 4; /* running mean and variance */
+    td__shape_str(&ly->in_shape, in, sizeof(in));
+    td__shape_str(&ly->out_shape, out, sizeof(out));
+    td_pack_map(rep, 7);
+    td_pack_kv_u64(rep, "index", (uint64_t)i);
+    td_pack_kv_str(rep, "type", td_layer_type_name(ly->type));
+    td_pack_kv_str(rep, "in", in);
+    td_pack_kv_str(rep, "out", out);
+    td_pack_kv_u64(rep, "params", params);
+    td_pack_kv_u64(rep, "activations", ly->act_bytes);
+    td_pack_kv_str(rep, "storage", ly->act_bytes > 0                 ? "stored"
+                                   : ly->type == TD_LAYER_FLATTEN ? "view"
+                                                                  : "in place");
+  }
+}
+
+/* What each remedy would change at the whole batch: a smaller micro-batch,
+ * recomputation, 16-bit precision.  available: the job file allows it. */
+static void td__pack_savings(td_pack *rep, const td_jobspec *spec, const td_plan *whole,
+                             const td_plan *small) {
+  static const struct {
+    const char *name;
+    td_remedy remedy;
+    td_precision prec; /* TD_PREC__COUNT: the job's */
+    bool recompute;
+  } alts[] = {{"recompute", TD_REMEDY_RECOMPUTE, TD_PREC__COUNT, true},
+              {"bf16", TD_REMEDY_BF16, TD_PREC_BF16, false},
+              {"fp16", TD_REMEDY_FP16, TD_PREC_FP16, false}};
+  td_jobspec s = *spec;
+  char note[160], size[32];
+
+  td_pack_str(rep, "savings");
+  td_pack_array(rep, 1 + TD_ARRAY_SIZE(alts));
+  snprintf(note, sizeof(note), "micro-batch %u with %u accumulation steps (same effective "
+           "batch)%s", small->micro_batch, small->accumulation,
+           td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE) ? "" : "; not in memory.remedies");
+  td_pack_map(rep, 5);
+  td_pack_kv_str(rep, "remedy", "micro_batch");
+  td_pack_kv_bool(rep, "available", td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE));
+  td_pack_kv_u64(rep, "saves", whole->total - small->total);
+  td_pack_kv_u64(rep, "costs", 0);
+  td_pack_kv_str(rep, "note", note);
+  for (size_t i = 0; i < TD_ARRAY_SIZE(alts); i++) {
+    td_precision prec = alts[i].prec == TD_PREC__COUNT ? spec->precision : alts[i].prec;
+    bool same = prec == spec->precision && (spec->recompute || !alts[i].recompute);
+    td_plan alt = *whole;
+
+    s.recompute = spec->recompute || alts[i].recompute;
+    if (!same && td_plan_compute(&s, spec->batch_size, prec, 0, &alt) < 0)
+      alt = *whole;
+    td_format_size(alt.total, size, sizeof(size));
+    if (same)
+      snprintf(note, sizeof(note), "the job already runs this way");
+    else
+      snprintf(note, sizeof(note), "%s at the whole batch%s", size,
+               td_jobspec_allows(spec, alts[i].remedy) ? "" : "; not in memory.remedies");
+    td_pack_map(rep, 5);
+    td_pack_kv_str(rep, "remedy", alts[i].name);
+    td_pack_kv_bool(rep, "available", !same && td_jobspec_allows(spec, alts[i].remedy));
+    td_pack_kv_u64(rep, "saves", alt.total < whole->total ? whole->total - alt.total : 0);
+    td_pack_kv_u64(rep, "costs", alt.total > whole->total ? alt.total - whole->total : 0);
+    td_pack_kv_str(rep, "note", note);
+  }
 }
 
 /* "Why does my job not fit": the plan of a job file on each device, per
@@ -527,7 +606,7 @@ static int td__op_plan(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
   td_plan whole, small;
   td_layout lay;
   td__tensor top[TD_PLAN_TOP];
-  uint32_t ndev = 0, nlayers = 0, min_mb;
+  uint32_t ndev = 0, min_mb;
   char *text;
   int rc;
 
@@ -565,14 +644,15 @@ static int td__op_plan(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
   }
   for (int i = 0; i < d->ndevices; i++)
     ndev += only[0] == '\0' || strcmp(only, d->devices[i].name) == 0;
-  for (int i = 0; i < lay.nlayers; i++)
-    nlayers++;
   ntop = td__largest(&lay, top);
 
-  td_pack_reply_ok(rep, 8);
+  td_pack_reply_ok(rep, 11);
   td_pack_kv_str(rep, "name", spec->name);
   td_pack_kv_u64(rep, "batch_size", spec->batch_size);
   td_pack_kv_u64(rep, "min_micro_batch", min_mb);
+  td_pack_kv_str(rep, "precision", td_precision_name(spec->precision));
+  td_pack_kv_bool(rep, "recompute", spec->recompute);
+  td_pack_kv_bool(rep, "batch_dependent", whole.batch_dependent);
   td__pack_plan(rep, &whole);
   td_pack_str(rep, "devices");
   td_pack_array(rep, ndev);
@@ -596,22 +676,7 @@ static int td__op_plan(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
     td_pack_kv_u64(rep, "accumulation", fits ? p.accumulation : 0);
     td__pack_plan(rep, fits ? &p : &small);
   }
-  td_pack_str(rep, "layers");
-  td_pack_array(rep, nlayers);
-  for (int i = 0; i < lay.nlayers; i++) {
-    const td_layer_layout *ly = &lay.layers[i];
-    int dense = ly->type == TD_LAYER_DENSE;
-
-    td_pack_map(rep, 6);
-    td_pack_kv_u64(rep, "index", (uint64_t)i);
-    td_pack_kv_str(rep, "type", td_layer_type_name(ly->type));
-    td_pack_kv_u64(rep, "in", ly->in);
-    td_pack_kv_u64(rep, "out", ly->out);
-    td_pack_kv_u64(rep, "params", dense ? ((uint64_t)ly->out * ly->in + ly->out) * 4 : 0);
-    /* ReLU works in place: its output is the dense layer's */
-    td_pack_kv_u64(rep, "activations",
-                   dense ? (uint64_t)spec->batch_size * ly->out * 4 : 0);
-  }
+  td__pack_layers(rep, &lay);
   td_pack_str(rep, "largest");
   td_pack_array(rep, (uint32_t)ntop);
   for (size_t i = 0; i < ntop; i++) {
@@ -619,32 +684,7 @@ static int td__op_plan(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
     td_pack_kv_str(rep, "name", top[i].name);
     td_pack_kv_u64(rep, "bytes", top[i].bytes);
   }
-  td_pack_str(rep, "savings");
-  td_pack_array(rep, 4);
-  {
-    char note[160];
-
-    snprintf(note, sizeof(note), "micro-batch %u with %u accumulation steps (same effective "
-             "batch)%s", small.micro_batch, small.accumulation,
-             td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE)
-                 ? ""
-                 : "; allow 'accumulate' in memory.remedies");
-    td_pack_map(rep, 4);
-    td_pack_kv_str(rep, "remedy", "micro_batch");
-    td_pack_kv_bool(rep, "available", td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE));
-    td_pack_kv_u64(rep, "saves", whole.total - small.total);
-    td_pack_kv_str(rep, "note", note);
-  }
-  {
-    static const char *const later[] = {"recompute", "bf16", "fp16"};
-    for (size_t i = 0; i < TD_ARRAY_SIZE(later); i++) {
-      td_pack_map(rep, 4);
-      td_pack_kv_str(rep, "remedy", later[i]);
-      td_pack_kv_bool(rep, "available", 0);
-      td_pack_kv_u64(rep, "saves", 0);
-      td_pack_kv_str(rep, "note", "not available yet");
-    }
-  }
+  td__pack_savings(rep, spec, &whole, &small);
   rc = 0;
 free_spec:
   free(text);

@@ -234,6 +234,29 @@ START_TEST(logs_of_finished_job) {
 }
 END_TEST
 
+/* plan answers "why does my job not fit" for any model: per layer with
+ * shapes, and what each remedy would save, worked out by the daemon. */
+START_TEST(plan_of_a_cnn) {
+  const char *src = getenv("TD_SOURCE_ROOT");
+  char out[16384], job[512];
+
+  ck_assert_msg(src != NULL, "TD_SOURCE_ROOT is not set (meson test sets it)");
+  start_daemon("64MiB");
+  snprintf(job, sizeof(job), "%s/examples/fashion-mnist-cnn.yaml", src);
+  CLIENT_OK(out, "plan", job);
+  ck_assert_msg(strstr(out, "conv2d") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "1x28x28 -> 16x28x28") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "32x7x7 -> 1568") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "bf16: saves") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "micro_batch: saves") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "not available") == NULL, "%s", out);
+  CLIENT_OK(out, "--json", "plan", job);
+  ck_assert_msg(strstr(out, "\"storage\":\"view\"") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "\"batch_dependent\":false") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "\"precision\":\"fp32\"") != NULL, "%s", out);
+}
+END_TEST
+
 START_TEST(set_priority_orders_the_queue) {
   char out[8192], err[4096], budget[32], ids[3][24];
   uint64_t a, b, c, total;
@@ -413,6 +436,7 @@ static Suite *client_cmds_suite(void) {
   tcase_add_checked_fixture(tc, NULL, teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, logs_of_finished_job);
+  tcase_add_test(tc, plan_of_a_cnn);
   tcase_add_test(tc, set_priority_orders_the_queue);
   tcase_add_test(tc, drain_holds_jobs_and_resume_runs_them);
   tcase_add_test(tc, budget_below_plan_holds_jobs);

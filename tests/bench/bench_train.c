@@ -2,18 +2,23 @@
  * measured in this run on the same cores:
  *
  *   traind    samples/s of the job's model trained in-process through the
- *             worker's td_model_* API (default: the Fashion-MNIST MLP,
- *             784-512-256-10, ReLU, Adam 1e-3, batch 128, fp32)
- *   PyTorch   the same model, batch, optimiser and uint8 input in PyTorch
- *             (bench_train.py under /usr/bin/python3), in three thread
+ *             worker's td_model_* API
+ *   PyTorch   the same model (built from the same job file by
+ *             tests/torch/jobmodel.py), batch, optimiser and uint8 input in
+ *             PyTorch (bench_train.py under /usr/bin/python3), in three thread
  *             settings; the fastest is the peer the ratio is taken against
- *   ceiling   OpenBLAS SGEMM alone, the step's products in its shapes and
- *             order: the speed if everything else took no time
+ *   ceiling   OpenBLAS SGEMM alone, the step's products in the shapes, counts
+ *             and order the CPU backend runs them (dense layers once per
+ *             batch, conv2d once per sample on its im2col columns): the speed
+ *             if everything else took no time
  *
- * and each one's GFLOP/s in FLOP terms (a dense layer costs 2 in out per
- * sample forward, as much again for its weight gradient, and as much for its
- * input gradient where a layer before it needs one).  A program that prints
- * numbers, not a test: nothing here asserts a time.
+ * and each one's GFLOP/s in FLOP terms: a dense layer costs 2 in out per
+ * sample forward, a conv2d 2 k c kh kw oh ow, as much again for the weight
+ * gradient, and as much for the input gradient where a layer before it has
+ * parameters.  With no job it measures examples/fashion-mnist-mlp.yaml and
+ * examples/fashion-mnist-cnn.yaml, a table each, and notes the issue's
+ * targets.  A program that prints numbers, not a test: nothing here asserts
+ * a time.
  *
  *   bench_train [--steps N] [--warmup N] [--repeats N] [--device cpu0]
  *               [--python PATH] [--no-torch] [JOB.yaml]
@@ -32,6 +37,7 @@
 #include "error.h"
 #include "jobspec.h"
 #include "model.h"
+#include "plan.h"
 #include "util.h"
 
 #ifndef TD_SOURCE_ROOT
@@ -46,47 +52,103 @@ typedef struct opts {
   bool torch;
 } opts;
 
-/* One dense layer's shapes. */
-typedef struct dense {
-  int in, out;
-  bool needs_dx;
-} dense;
+/* One SGEMM of the step: C[m, n] = op(A)[m, k] op(B)[k, n]. */
+typedef struct gemm {
+  bool ta, tb;
+  int m, n, k;
+} gemm;
+
+/* What a layer runs in one pass: its products (conv2d backward: the weight
+ * gradient, then the input gradient), each repeated count times in turn
+ * (the CPU backend's conv2d runs per sample). */
+typedef struct gemm_op {
+  gemm g[2];
+  int ng, count;
+} gemm_op;
 
 typedef struct model_shape {
-  dense d[TD_MAX_LAYERS];
-  int n;
-  char widths[256]; /* "784,512,256,10" */
+  gemm_op op[3 * TD_MAX_LAYERS]; /* forward ops in layer order, then backward ones */
+  int nop;
+  double flops; /* per sample, all products of a step */
+  bool conv;    /* has a conv2d: the CNN target applies */
 } model_shape;
 
-/* The dense layers of a model of dense and ReLU layers; -1 for any other. */
-static int shape_of(const td_jobspec *spec, model_shape *s) {
-  int in = (int)td_jobspec_input_elems(spec);
-  size_t len;
+static void add_op(model_shape *s, int count, int ng, gemm a, gemm b) {
+  gemm_op *o = &s->op[s->nop++];
 
-  memset(s, 0, sizeof(*s));
-  len = (size_t)snprintf(s->widths, sizeof(s->widths), "%d", in);
-  for (int i = 0; i < spec->nlayers; i++) {
-    const td_layer *l = &spec->layers[i];
-
-    if (l->type == TD_LAYER_RELU)
-      continue;
-    if (l->type != TD_LAYER_DENSE)
-      return -1;
-    s->d[s->n] = (dense){.in = in, .out = (int)l->units, .needs_dx = s->n > 0};
-    in = (int)l->units;
-    s->n++;
-    if (len < sizeof(s->widths))
-      len += (size_t)snprintf(s->widths + len, sizeof(s->widths) - len, ",%d", in);
-  }
-  return s->n > 0 ? 0 : -1;
+  *o = (gemm_op){.g = {a, b}, .ng = ng, .count = count};
+  for (int i = 0; i < ng; i++)
+    s->flops += 2.0 * o->g[i].m * o->g[i].n * o->g[i].k * count;
 }
 
-static double flops_per_sample(const model_shape *s) {
-  double f = 0.0;
+/* "1x28x28: conv16(3x3) relu maxpool2d ..." */
+static void describe(const td_jobspec *spec, char *buf, size_t cap) {
+  size_t len = 0;
 
-  for (int i = 0; i < s->n; i++)
-    f += 2.0 * s->d[i].in * s->d[i].out * (s->d[i].needs_dx ? 3 : 2);
-  return f;
+  buf[0] = '\0';
+  for (int i = 0; i < spec->input_rank && len < cap; i++)
+    len += (size_t)snprintf(buf + len, cap - len, "%s%u", i > 0 ? "x" : "",
+                            spec->input_dims[i]);
+  for (int i = 0; i < spec->nlayers && len < cap; i++) {
+    const td_layer *l = &spec->layers[i];
+
+    if (l->type == TD_LAYER_DENSE)
+      len += (size_t)snprintf(buf + len, cap - len, "%s dense%u", i > 0 ? "" : ":", l->units);
+    else if (l->type == TD_LAYER_CONV2D)
+      len += (size_t)snprintf(buf + len, cap - len, "%s conv%u(%ux%u)", i > 0 ? "" : ":",
+                              l->filters, l->kernel, l->kernel);
+    else
+      len += (size_t)snprintf(buf + len, cap - len, "%s %s", i > 0 ? "" : ":",
+                              td_layer_type_name(l->type));
+  }
+}
+
+/* The SGEMMs of one training step at batch bs, in the shapes, counts and
+ * order the CPU backend runs them (the layout says which layers need an
+ * input gradient):
+ *   dense   y = x W^T;  dW = dY^T x;  dX = dY W                 (once)
+ *   conv2d  y_n = W col_n;  dW += dY_n col_n^T;  dcol = W^T dY_n (per sample;
+ *           col_n: im2col of sample n, [c kh kw, oh ow], kernels/cpu/conv.c) */
+static int shape_of(const td_jobspec *spec, uint32_t bs, model_shape *s) {
+  td_layout *l = malloc(sizeof(*l));
+  int rc;
+
+  if (l == NULL)
+    return TD_ENOMEM;
+  if ((rc = td_plan_layout(spec, bs, l)) < 0) {
+    free(l);
+    return rc;
+  }
+  memset(s, 0, sizeof(*s));
+  for (int pass = 0; pass < 2; pass++) {
+    for (int j = 0; j < l->nlayers; j++) {
+      int i = pass == 0 ? j : l->nlayers - 1 - j;
+      const td_layer_layout *ly = &l->layers[i];
+      const td_layer *sl = &spec->layers[i];
+      int in = (int)ly->in, out = (int)ly->out, n = (int)bs;
+
+      if (sl->type == TD_LAYER_DENSE) {
+        if (pass == 0)
+          add_op(s, 1, 1, (gemm){false, true, n, out, in}, (gemm){0});
+        else
+          add_op(s, 1, ly->needs_dx ? 2 : 1, (gemm){true, false, out, in, n},
+                 (gemm){false, false, n, in, out});
+      } else if (sl->type == TD_LAYER_CONV2D) {
+        int k = (int)ly->out_shape.c, ohw = (int)(ly->out_shape.h * ly->out_shape.w);
+        int ckk = (int)(ly->in_shape.c * sl->kernel * sl->kernel);
+
+        s->conv = true;
+        if (pass == 0)
+          add_op(s, n, 1, (gemm){false, false, k, ohw, ckk}, (gemm){0});
+        else
+          add_op(s, n, ly->needs_dx ? 2 : 1, (gemm){false, true, k, ckk, ohw},
+                 (gemm){true, false, ckk, ohw, k});
+      }
+    }
+  }
+  s->flops /= bs;
+  free(l);
+  return s->nop > 0 ? 0 : TD_EINVAL;
 }
 
 static uint64_t rng = 0x853c49e6748fea9bull;
@@ -194,41 +256,36 @@ static int bench_torch(const opts *o, int threads, const torch_cfg *cfg, double 
   return found && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
-typedef struct gemm {
-  bool ta, tb;
-  int m, n, k;
-} gemm;
-
 static void run_gemm(const gemm *g, const float *a, const float *b, float *c) {
   cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
               g->tb ? CblasTrans : CblasNoTrans, g->m, g->n, g->k, 1.0f, a,
               g->ta ? g->m : g->k, b, g->tb ? g->k : g->n, 0.0f, c, g->n);
 }
 
-/* Seconds of SGEMM per training step of batch bs: the model's products in
- * the shapes and order a step runs them (model.c: y = x W^T forward; dW =
- * dY^T x and dX = dY W backward), timed like the model, over warmup then
- * steps steps.  *peak gets a large square product's GFLOP/s. */
-static int sgemm_ceiling(const model_shape *s, int bs, const opts *o, double *step_s,
-                         double *peak) {
+static void run_step(const model_shape *s, const float *a, const float *b, float *c) {
+  for (int i = 0; i < s->nop; i++)
+    for (int r = 0; r < s->op[i].count; r++)
+      for (int j = 0; j < s->op[i].ng; j++)
+        run_gemm(&s->op[i].g[j], a, b, c);
+}
+
+/* Seconds of SGEMM per training step: the step's products (shape_of),
+ * timed like the model, over warmup then steps steps.  *peak gets a large
+ * square product's GFLOP/s. */
+static int sgemm_ceiling(const model_shape *s, const opts *o, double *step_s, double *peak) {
   const gemm sq = {false, false, 1024, 1024, 1024};
-  gemm step[3 * TD_MAX_LAYERS];
-  size_t most = (size_t)1024 * 1024, n = 0;
+  size_t most = (size_t)1024 * 1024;
   float *a, *b, *c;
   double t0;
 
-  for (int i = 0; i < s->n; i++) {
-    size_t in = (size_t)s->d[i].in, out = (size_t)s->d[i].out;
-    size_t sizes[] = {bs * in, bs * out, in * out};
-    for (size_t j = 0; j < TD_ARRAY_SIZE(sizes); j++)
-      most = sizes[j] > most ? sizes[j] : most;
-    step[n++] = (gemm){false, true, bs, (int)out, (int)in};
-  }
-  for (int i = s->n - 1; i >= 0; i--) {
-    const dense *d = &s->d[i];
-    step[n++] = (gemm){true, false, d->out, d->in, bs};
-    if (d->needs_dx)
-      step[n++] = (gemm){false, false, bs, d->in, d->out};
+  for (int i = 0; i < s->nop; i++) {
+    for (int j = 0; j < s->op[i].ng; j++) {
+      const gemm *g = &s->op[i].g[j];
+      size_t sizes[] = {(size_t)g->m * g->k, (size_t)g->k * g->n, (size_t)g->m * g->n};
+
+      for (size_t k = 0; k < TD_ARRAY_SIZE(sizes); k++)
+        most = sizes[k] > most ? sizes[k] : most;
+    }
   }
   a = malloc(most * sizeof(float));
   b = malloc(most * sizeof(float));
@@ -242,12 +299,10 @@ static int sgemm_ceiling(const model_shape *s, int bs, const opts *o, double *st
     b[i] = (float)(rand32() % 2001) / 1000.0f - 1.0f;
   }
   for (uint32_t k = 0; k < o->warmup; k++)
-    for (size_t i = 0; i < n; i++)
-      run_gemm(&step[i], a, b, c);
+    run_step(s, a, b, c);
   t0 = td_now_mono();
   for (uint32_t k = 0; k < o->steps; k++)
-    for (size_t i = 0; i < n; i++)
-      run_gemm(&step[i], a, b, c);
+    run_step(s, a, b, c);
   *step_s = (td_now_mono() - t0) / o->steps;
   run_gemm(&sq, a, b, c);
   t0 = td_now_mono();
@@ -268,6 +323,105 @@ static void row(const char *name, double sps, double fps, double torch_sps, doub
   printf("  %-30s %11.0f %9.1f %11s %10s\n", name, sps, sps * fps / 1e9, vs, of);
 }
 
+/* "met (2.612x)", "NOT met (45.0%)", or that there is no figure. */
+static const char *verdict(double have, double want, const char *unit, char *buf, size_t cap) {
+  if (have <= 0)
+    return "no figure";
+  snprintf(buf, cap, "%s (%.*f%s)", have >= want ? "met" : "NOT met", unit[0] == '%' ? 1 : 3,
+           have, unit);
+  return buf;
+}
+
+/* The issue's targets (#3), printed as a note: a benchmark asserts nothing. */
+static void targets(const model_shape *s, double vs_torch, double of_ceiling) {
+  char a[48], b[48];
+
+  if (s->conv)
+    printf("target (issue #3, CNN): traind >= 1.50x PyTorch: %s\n",
+           verdict(vs_torch, 1.5, "x", a, sizeof(a)));
+  else
+    printf("targets (issue #3, MLP): traind >= 2.50x PyTorch: %s; >= 50%% of the SGEMM "
+           "ceiling: %s\n", verdict(vs_torch, 2.5, "x", a, sizeof(a)),
+           verdict(100.0 * of_ceiling, 50.0, "%", b, sizeof(b)));
+}
+
+/* One job's table.  1 for a job that cannot be measured. */
+static int bench_job(const char *job, opts o, int threads) {
+  char err[512], desc[512], version[32] = "?";
+  double ours = 0, torch_sps[TD_ARRAY_SIZE(torch_cfgs)] = {0}, best_torch = 0, step_s = 0;
+  double peak = 0, ceiling;
+  model_shape *shape = malloc(sizeof(*shape));
+  td_jobspec *spec = malloc(sizeof(*spec));
+  int rc = 1, trc = 0;
+
+  o.job = job;
+  if (shape == NULL || spec == NULL) {
+    fprintf(stderr, "bench_train: out of memory\n");
+    goto out;
+  }
+  if (td_jobspec_load(job, spec, err, sizeof(err)) < 0) {
+    fprintf(stderr, "bench_train: %s\n", err);
+    goto out;
+  }
+  if (shape_of(spec, spec->batch_size, shape) < 0) {
+    fprintf(stderr, "bench_train: %s: the model cannot be laid out (td_plan_layout)\n", job);
+    goto out;
+  }
+  describe(spec, desc, sizeof(desc));
+  printf("== %s\n%s\nbatch %u, %s lr %g, %s, on %s; %.2f MFLOP per sample\n", job, desc,
+         spec->batch_size, spec->opt.kind == TD_OPT_SGD ? "SGD" : "Adam",
+         (double)spec->opt.lr, td_precision_name(spec->precision), o.device,
+         shape->flops / 1e6);
+  fflush(stdout);
+
+  /* Rounds of ours and the ceiling, interleaved, half of them after the
+   * peer: a slow spell of the machine hits every side, and each keeps its
+   * best. */
+  for (uint32_t r = 0; r < 2 * o.repeats; r++) {
+    double sps, s_step, pk;
+
+    for (size_t i = 0; r == o.repeats && o.torch && i < TD_ARRAY_SIZE(torch_cfgs); i++) {
+      if ((trc = bench_torch(&o, threads, &torch_cfgs[i], &torch_sps[i], version)) != 0)
+        break;
+      best_torch = torch_sps[i] > best_torch ? torch_sps[i] : best_torch;
+    }
+    if (bench_ours(spec, &o, 1, &sps) < 0 || sgemm_ceiling(shape, &o, &s_step, &pk) < 0)
+      goto out;
+    ours = sps > ours ? sps : ours;
+    step_s = r == 0 || s_step < step_s ? s_step : step_s;
+    peak = pk > peak ? pk : peak;
+  }
+  if (trc != 0)
+    best_torch = 0; /* a peer measured only in part is no peer */
+  ceiling = spec->batch_size / step_s;
+
+  printf("  %-30s %11s %9s %11s %10s\n", "", "samples/s", "GFLOP/s", "vs PyTorch",
+         "of ceiling");
+  row("traind (td_model, cpu)", ours, shape->flops, best_torch, ceiling);
+  if (o.torch && trc == 0) {
+    printf("  PyTorch %s (the best of these is the peer):\n", version);
+    for (size_t i = 0; i < TD_ARRAY_SIZE(torch_cfgs); i++)
+      row(torch_cfgs[i].name, torch_sps[i], shape->flops, best_torch, ceiling);
+  }
+  row("SGEMM ceiling (OpenBLAS)", ceiling, shape->flops, 0, ceiling);
+  printf("  %-30s %11s %9.1f\n", "SGEMM 1024x1024x1024", "-", peak);
+  if (!o.torch)
+    printf("PyTorch: not measured (--no-torch)\n");
+  else if (trc == 1)
+    printf("PyTorch: not installed for %s, so no peer figure (apt-get install "
+           "python3-torch)\n", o.python);
+  else if (trc < 0)
+    printf("PyTorch: the run failed (see above)\n");
+  targets(shape, best_torch > 0 ? ours / best_torch : 0, ours / ceiling);
+  printf("\n");
+  fflush(stdout);
+  rc = 0;
+out:
+  free(shape);
+  free(spec);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   static const struct option lopts[] = {
       {"steps", required_argument, NULL, 's'},  {"warmup", required_argument, NULL, 'w'},
@@ -275,15 +429,14 @@ int main(int argc, char **argv) {
       {"python", required_argument, NULL, 'p'}, {"no-torch", no_argument, NULL, 'n'},
       {NULL, 0, NULL, 0},
   };
+  static const char *const examples[] = {
+      TD_SOURCE_ROOT "/examples/fashion-mnist-mlp.yaml",
+      TD_SOURCE_ROOT "/examples/fashion-mnist-cnn.yaml",
+  };
   opts o = {.steps = 200, .warmup = 20, .repeats = 3, .device = "cpu0",
             .python = "/usr/bin/python3", .torch = true};
-  char job[1024], err[512], version[32] = "?";
-  double ours = 0, torch_sps[TD_ARRAY_SIZE(torch_cfgs)] = {0}, best_torch = 0, step_s = 0;
-  double peak = 0, ceiling, fps;
   const char *core = td_cpu_blas_coretype_hint();
-  model_shape shape;
-  td_jobspec spec;
-  int c, threads, trc = 0;
+  int c, threads, rc = 0;
 
   while ((c = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
     switch (c) {
@@ -309,72 +462,15 @@ int main(int argc, char **argv) {
     execv("/proc/self/exe", argv);
     fprintf(stderr, "bench_train: cannot restart with OPENBLAS_CORETYPE=%s\n", core);
   }
-  snprintf(job, sizeof(job), "%s", optind < argc ? argv[optind]
-                                                 : TD_SOURCE_ROOT "/examples/fashion-mnist-mlp.yaml");
-  o.job = job;
-  if (td_jobspec_load(job, &spec, err, sizeof(err)) < 0) {
-    fprintf(stderr, "bench_train: %s\n", err);
-    return 1;
-  }
-  if (shape_of(&spec, &shape) < 0) {
-    fprintf(stderr, "bench_train: %s: only models of dense and ReLU layers are measured\n",
-            job);
-    return 1;
-  }
-  fps = flops_per_sample(&shape);
   threads = openblas_get_num_threads();
-
-  printf("MLP %s, batch %u, %s lr %g, fp32, on %s\n", shape.widths, spec.batch_size,
-         spec.opt.kind == TD_OPT_ADAM ? "Adam" : "SGD", (double)spec.opt.lr, o.device);
-  printf("OpenBLAS core %s (OPENBLAS_CORETYPE=%s), %d threads; %.2f MFLOP per sample\n",
-         openblas_get_corename(), getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE")
-                                                             : "unset",
-         threads, fps / 1e6);
+  printf("OpenBLAS core %s (OPENBLAS_CORETYPE=%s), %d threads\n", openblas_get_corename(),
+         getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "unset", threads);
   printf("each run: %u steps after %u warm-up steps; traind and the ceiling: the best of %u\n"
          "alternating runs; PyTorch: the best of %u, run after half of those\n\n", o.steps,
          o.warmup, 2 * o.repeats, o.repeats);
-  fflush(stdout);
-
-  /* Rounds of ours and the ceiling, interleaved, half of them after the
-   * peer: a slow spell of the machine hits every side, and each keeps its
-   * best. */
-  for (uint32_t r = 0; r < 2 * o.repeats; r++) {
-    double sps, s_step, pk;
-
-    for (size_t i = 0; r == o.repeats && o.torch && i < TD_ARRAY_SIZE(torch_cfgs); i++) {
-      if ((trc = bench_torch(&o, threads, &torch_cfgs[i], &torch_sps[i],
-                             version)) != 0)
-        break;
-      best_torch = torch_sps[i] > best_torch ? torch_sps[i] : best_torch;
-    }
-    if (bench_ours(&spec, &o, 1, &sps) < 0 ||
-        sgemm_ceiling(&shape, (int)spec.batch_size, &o, &s_step, &pk) < 0)
-      return 1;
-    ours = sps > ours ? sps : ours;
-    step_s = r == 0 || s_step < step_s ? s_step : step_s;
-    peak = pk > peak ? pk : peak;
-  }
-  if (trc != 0)
-    best_torch = 0; /* a peer measured only in part is no peer */
-  ceiling = spec.batch_size / step_s;
-
-  printf("  %-30s %11s %9s %11s %10s\n", "", "samples/s", "GFLOP/s", "vs PyTorch",
-         "of ceiling");
-  row("traind (td_model, cpu)", ours, fps, best_torch, ceiling);
-  if (o.torch && trc == 0) {
-    printf("  PyTorch %s (the best of these is the peer):\n", version);
-    for (size_t i = 0; i < TD_ARRAY_SIZE(torch_cfgs); i++)
-      row(torch_cfgs[i].name, torch_sps[i], fps, best_torch, ceiling);
-  }
-  row("SGEMM ceiling (OpenBLAS)", ceiling, fps, 0, ceiling);
-  printf("  %-30s %11s %9.1f\n", "SGEMM 1024x1024x1024", "-", peak);
-  if (!o.torch)
-    printf("\nPyTorch: not measured (--no-torch)\n");
-  else if (trc == 1)
-    printf("\nPyTorch: not installed for %s, so no peer figure (apt-get install "
-           "python3-torch)\n", o.python);
-  else if (trc < 0)
-    printf("\nPyTorch: the run failed (see above)\n");
-  printf("\nCNN: not yet available (layers not wired into the model)\n");
-  return 0;
+  if (optind < argc)
+    return bench_job(argv[optind], o, threads);
+  for (size_t i = 0; i < TD_ARRAY_SIZE(examples); i++)
+    rc |= bench_job(examples[i], o, threads);
+  return rc;
 }

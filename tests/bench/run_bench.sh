@@ -1,8 +1,9 @@
 #!/bin/sh
 # Build and run the training benchmark (bench_train): traind's samples/s on
-# the CPU backend beside PyTorch's and the OpenBLAS SGEMM ceiling.
+# the CPU backend beside PyTorch's and the OpenBLAS SGEMM ceiling, for the
+# Fashion-MNIST MLP and CNN examples, or for the one job file given.
 #
-#   tests/bench/run_bench.sh [BUILD_DIR] [bench_train options...]
+#   tests/bench/run_bench.sh [BUILD_DIR] [bench_train options...] [JOB.yaml]
 #
 # BUILD_DIR defaults to ./build under the source tree (made with meson if
 # missing; benchmarks want an optimised build, meson's default here).  The
@@ -11,7 +12,8 @@
 set -eu
 src=$(cd "$(dirname "$0")/../.." && pwd)
 build="$src/build"
-if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+case ${1:-} in -* | *.yaml | *.yml | "") ;; *) is_build=1 ;; esac
+if [ "${is_build:-0}" = 1 ]; then
   build=$1
   shift
 fi

@@ -140,7 +140,10 @@ typedef struct td_jobspec {
   td_data_format format;
   td_data_split train;
   td_data_split test;
-  float norm_mean, norm_std; /* applied on the device: (x/255 - mean)/std */
+  float norm_mean, norm_std; /* on the device: (x * scale - mean) / std, scale 1/255 for
+                                uint8 samples and 1 for the other types */
+  td_dtype sample_dtype;     /* samples as stored: not in the job file, set from the
+                                dataset (td_dataset_probe); sizes the staging arena */
   td_data_csv csv;           /* format csv */
   td_data_raw raw;           /* format raw */
   float val_fraction;        /* validation: the last fraction (or count) of the */

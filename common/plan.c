@@ -513,7 +513,8 @@ int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out)
   if (spec->nlayers < 1 || spec->nlayers > TD_MAX_LAYERS || spec->input_rank < 1 ||
       spec->input_rank > TD_MAX_RANK || spec->batch_size == 0 || micro_batch == 0 ||
       micro_batch > spec->batch_size || micro_batch > INT_MAX ||
-      (unsigned)spec->opt.kind > TD_OPT_ADAMW || (unsigned)spec->precision >= TD_PREC__COUNT)
+      (unsigned)spec->opt.kind > TD_OPT_ADAMW || (unsigned)spec->precision >= TD_PREC__COUNT ||
+      (unsigned)spec->sample_dtype >= TD_DTYPE_I64) /* samples: uint8..float32 */
     return TD_EINVAL;
   for (int i = 0; i < spec->input_rank; i++)
     if (spec->input_dims[i] == 0)
@@ -537,6 +538,7 @@ int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out)
   l->precision = spec->precision;
   l->recompute = spec->recompute != 0;
   l->in_elems = (uint32_t)td_shape_elems(&shapes[0]);
+  l->in_dtype = spec->sample_dtype;
   l->classes = (uint32_t)td_shape_elems(&shapes[spec->nlayers]);
   l->optim_slots = optim_slots(&spec->opt);
 
@@ -584,7 +586,8 @@ int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out)
   {
     uint64_t px;
 
-    if ((rc = take(&l->stage_bytes, micro_batch, l->in_elems, 1, 1, &px)) < 0 ||
+    if ((rc = take(&l->stage_bytes, micro_batch, l->in_elems,
+                   td_dtype_size(spec->sample_dtype), 1, &px)) < 0 ||
         (rc = take(&l->stage_bytes, micro_batch, 1, 1, TD_PLAN_ALIGN, &l->stage_labels)) < 0)
       goto free_all;
   }

@@ -7,7 +7,8 @@
  * BatchNorm's running statistics), gradients, optimiser state, activations,
  * workspace (the largest conv2d's im2col matrix, then in mixed precision the
  * 16-bit copy of the parameters the forward and backward passes read) and
- * input staging (one micro-batch of uint8 pixels and labels).
+ * input staging (one micro-batch of samples in their stored type,
+ * spec->sample_dtype, and their one-byte labels).
  *
  * The activation arena is laid out by a liveness plan over one micro-batch's
  * schedule: normalise, each layer's forward, the loss, then (with activation
@@ -77,7 +78,8 @@ typedef struct td_layer_layout {
 
 typedef struct td_layout {
   uint32_t micro_batch;
-  uint32_t in_elems;      /* features of one input sample (uint8 pixels) */
+  uint32_t in_elems;      /* features of one input sample */
+  td_dtype in_dtype;      /* their type as stored (spec->sample_dtype) */
   uint32_t classes;       /* width of the logits */
   int nlayers;
   td_layer_layout layers[TD_MAX_LAYERS];
@@ -100,7 +102,7 @@ typedef struct td_layout {
   uint64_t act_bytes;     /* the arena */
   uint64_t act_peak;      /* the most bytes live at once (<= act_bytes) */
   uint64_t workspace;     /* bytes: the largest conv2d's at 0, then the 16-bit copy */
-  /* staging arena: pixels at 0 */
+  /* staging arena: samples at 0 */
   uint64_t stage_labels;
   uint64_t stage_bytes;
 } td_layout;
@@ -108,7 +110,8 @@ typedef struct td_layout {
 /* Lay out the model of spec for micro_batch rows, at spec->precision and
  * spec->recompute.  TD_EINVAL for an invalid spec (no layer with parameters,
  * a shape chain that does not hold, zero units or dims, micro_batch 0 or
- * above the batch size, unknown optimiser or precision); TD_ETOOBIG if a
+ * above the batch size, unknown optimiser or precision, a sample_dtype other
+ * than uint8, int32, float16 or float32); TD_ETOOBIG if a
  * size overflows or exceeds TD_PLAN_LIMIT.  Nothing is written on failure. */
 int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out);
 

@@ -12,6 +12,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "dataset.h"
 #include "error.h"
 #include "log.h"
 #include "shmcache.h"
@@ -59,6 +60,15 @@ void td_job_free(td_job *j) {
   free(j->yaml);
   free(j->spec);
   free(j);
+}
+
+int td_job_learn_dtype(td_jobspec *spec, char *err, size_t errlen) {
+  td_dataset_info info;
+  int rc = td_dataset_probe(spec, &info, err, errlen);
+
+  if (rc == 0)
+    spec->sample_dtype = info.dtype;
+  return rc;
 }
 
 td_job *td_daemon_find(td_daemon *d, uint64_t id) {
@@ -124,6 +134,8 @@ static int td__restore(void *arg, td_job *j) {
   if (j->spec == NULL)
     return TD_ENOMEM;
   rc = td_jobspec_parse(j->yaml, strlen(j->yaml), j->base_dir, j->spec, err, sizeof(err));
+  if (rc == 0)
+    rc = td_job_learn_dtype(j->spec, err, sizeof(err));
   if (rc == 0)
     rc = td_plan_compute(j->spec, j->spec->batch_size, j->spec->precision, 0, &j->plan);
   if (rc == 0)
@@ -209,9 +221,15 @@ static void td__reload(td_daemon *d) {
       dev = &d->devices[d->ndevices++];
       memset(dev, 0, sizeof(*dev));
       td_strlcpy(dev->name, next.devices[i].name, sizeof(dev->name));
+      dev->limit = next.devices[i].budget;
+      td_probe_start(d, dev); /* admits nothing until it answers */
+    }
+    if (dev != NULL && dev->unusable[0] != '\0') {
+      dev->limit = next.devices[i].budget;
+      td_probe_start(d, dev); /* its probe failed: SIGHUP tries again */
     }
     if (dev != NULL) {
-      dev->budget = next.devices[i].budget;
+      td_device_set_limit(dev, next.devices[i].budget);
       dev->draining = 0;
     }
   }
@@ -317,6 +335,7 @@ int main(int argc, char **argv) {
   d->loop = uv_default_loop();
   d->start_mono = td_now_mono();
   td_sched_init(d);
+  td_probe_devices(d);
   td_run_cleanup_stale();
   td_shmcache_sweep();
   if ((rc = td_server_start(d, err, sizeof(err))) < 0) {

@@ -31,13 +31,14 @@ static int td__may_use(const td_job *j, const td_device *dev) {
 /* The job's plan on a budget: its whole batch if that fits, else the
  * largest micro-batch that does (td_plan_fit), so admission never tries a
  * size on the device to find out. */
-static int td__fit(const td_job *j, uint64_t budget, td_plan *out) {
-  return td_plan_fit(j->spec, j->spec->precision, 0, budget, out);
+static int td__fit(const td_job *j, const td_device *dev, uint64_t budget, td_plan *out) {
+  return td_plan_fit(j->spec, j->spec->precision, dev->overhead, budget, out);
 }
 
 int td_sched_check_fit(td_daemon *d, td_job *j, char *err, size_t errlen) {
   uint64_t best = 0;
   const char *best_name = NULL;
+  const td_device *best_dev = NULL, *broken = NULL;
   char need[32], have[32];
   td_plan p, min;
   int rc;
@@ -46,10 +47,19 @@ int td_sched_check_fit(td_daemon *d, td_job *j, char *err, size_t errlen) {
     const td_device *dev = &d->devices[i];
     if (!td__may_use(j, dev))
       continue;
+    if (dev->unusable[0] != '\0') { /* its probe failed */
+      broken = dev;
+      continue;
+    }
     if (best_name == NULL || dev->budget > best) {
       best = dev->budget;
       best_name = dev->name;
+      best_dev = dev;
     }
+  }
+  if (best_name == NULL && broken != NULL) {
+    snprintf(err, errlen, "device %s is unusable: %s", broken->name, broken->unusable);
+    return TD_EBACKEND;
   }
   if (best_name == NULL) {
     snprintf(err, errlen, "the job asks for device '%s', which this traind does not have; "
@@ -57,13 +67,13 @@ int td_sched_check_fit(td_daemon *d, td_job *j, char *err, size_t errlen) {
     return TD_EINVAL;
   }
   /* The plan shown until admission: what the largest device would run. */
-  if ((rc = td__fit(j, best, &p)) == 0) {
+  if ((rc = td__fit(j, best_dev, best, &p)) == 0) {
     j->plan = p;
     return 0;
   }
   if (rc != TD_ENOFIT ||
-      td_plan_compute(j->spec, td_jobspec_min_micro_batch(j->spec), j->spec->precision, 0,
-                      &min) < 0) {
+      td_plan_compute(j->spec, td_jobspec_min_micro_batch(j->spec), j->spec->precision,
+                      best_dev->overhead, &min) < 0) {
     snprintf(err, errlen, "the job's memory plan overflows (the model or batch is absurdly "
              "large); reduce layer sizes or train.batch_size");
     return TD_ETOOBIG;
@@ -97,7 +107,7 @@ static td_device *td__pick(td_daemon *d, const td_job *j, td_plan *plan) {
     uint64_t free_bytes = dev->budget > dev->reserved ? dev->budget - dev->reserved : 0;
     td_plan p;
 
-    if (!td__may_use(j, dev) || dev->draining || td__fit(j, free_bytes, &p) < 0)
+    if (!td__may_use(j, dev) || dev->draining || td__fit(j, dev, free_bytes, &p) < 0)
       continue;
     if (best == NULL || p.micro_batch > best_plan.micro_batch ||
         (p.micro_batch == best_plan.micro_batch && free_bytes - p.total < best_left)) {

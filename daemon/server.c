@@ -179,12 +179,7 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
     rc = td_dataset_probe(j->spec, &info, err, errlen);
   if (rc < 0)
     goto free_job;
-  if (info.dtype != TD_DTYPE_U8) {
-    snprintf(err, errlen, "the loader reads %s samples, but the trainer takes uint8 samples "
-             "only for now; store the data as uint8", td_dtype_name(info.dtype));
-    rc = TD_EDATA;
-    goto free_job;
-  }
+  j->spec->sample_dtype = info.dtype; /* sizes the staging arena in every plan */
   td_obj_cstr(req, "name", name, sizeof(name));
   td_obj_cstr(req, "owner", j->owner, sizeof(j->owner));
   td_strlcpy(j->name, name[0] ? name : j->spec->name, sizeof(j->name));
@@ -328,9 +323,13 @@ static int td__op_info(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
 }
 
 static void td__pack_device(td_pack *p, const td_device *dev) {
-  td_pack_map(p, 5);
+  td_pack_map(p, 9);
   td_pack_kv_str(p, "name", dev->name);
   td_pack_kv_u64(p, "budget", dev->budget);
+  td_pack_kv_u64(p, "limit", dev->limit);
+  td_pack_kv_u64(p, "free", dev->free);
+  td_pack_kv_u64(p, "overhead", dev->overhead);
+  td_pack_kv_str(p, "unusable", dev->unusable);
   td_pack_kv_u64(p, "reserved", dev->reserved);
   td_pack_kv_u64(p, "jobs", dev->njobs);
   td_pack_kv_bool(p, "draining", dev->draining);
@@ -362,11 +361,11 @@ static int td__op_device(td_daemon *d, const msgpack_object *req, td_pack *rep, 
     snprintf(err, errlen, "no device named '%s'; `traind-client devices` lists them", name);
     return TD_ENOENT;
   }
-  if (td_obj_u64(req, "budget", &budget) == 0 && budget != dev->budget) {
+  if (td_obj_u64(req, "budget", &budget) == 0 && budget != dev->limit) {
     td_info("device %s: budget %llu -> %llu bytes (%llu reserved)", dev->name,
-            (unsigned long long)dev->budget, (unsigned long long)budget,
+            (unsigned long long)dev->limit, (unsigned long long)budget,
             (unsigned long long)dev->reserved);
-    dev->budget = budget;
+    td_device_set_limit(dev, budget); /* still capped by what the probe found free */
     td_sched_squeeze(d, dev);
   }
   if (td_obj_bool(req, "drain", &drain) == 0 && drain != dev->draining) {
@@ -632,7 +631,8 @@ static int td__op_plan(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
     rc = TD_ENOMEM;
     goto free_spec;
   }
-  if ((rc = td_jobspec_parse(text, ylen, base, spec, err, errlen)) < 0)
+  if ((rc = td_jobspec_parse(text, ylen, base, spec, err, errlen)) < 0 ||
+      (rc = td_job_learn_dtype(spec, err, errlen)) < 0)
     goto free_spec;
   min_mb = td_jobspec_min_micro_batch(spec);
   if ((rc = td_plan_compute(spec, spec->batch_size, spec->precision, 0, &whole)) < 0 ||
@@ -664,8 +664,8 @@ static int td__op_plan(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
 
     if (only[0] != '\0' && strcmp(only, dev->name) != 0)
       continue;
-    fits = td_plan_fit(spec, spec->precision, 0, dev->budget, &p) == 0;
-    fits_now = td_plan_fit(spec, spec->precision, 0, free_now, &now) == 0;
+    fits = td_plan_fit(spec, spec->precision, dev->overhead, dev->budget, &p) == 0;
+    fits_now = td_plan_fit(spec, spec->precision, dev->overhead, free_now, &now) == 0;
     td_pack_map(rep, 8);
     td_pack_kv_str(rep, "name", dev->name);
     td_pack_kv_u64(rep, "budget", dev->budget);

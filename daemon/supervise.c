@@ -138,14 +138,20 @@ static void td__on_replan(td_run *r, const char *line) {
       td_warn("job %llu: the worker's plan (%llu bytes) differs from traind's (%llu)",
               (unsigned long long)j->id, (unsigned long long)total,
               (unsigned long long)p.total);
+    /* A plan may grow only into a budget traind raised (and so had the
+     * room for): the reservation grows with it.  Else the larger
+     * reservation stays: bytes are never counted on twice. */
+    int grew = total > j->plan.total && r->budget_sent >= total;
+
     if (dev != NULL && total <= j->plan.total) {
       uint64_t give = j->plan.total - total;
       dev->reserved -= give <= dev->reserved ? give : dev->reserved;
       td_publish_device(r->d, dev);
+    } else if (dev != NULL && grew) {
+      dev->reserved += total - j->plan.total;
+      td_publish_device(r->d, dev);
     }
-    /* A plan that grew keeps the larger reservation: bytes are never
-     * counted on twice. */
-    if (total <= j->plan.total) {
+    if (total <= j->plan.total || grew) {
       j->plan = p;
       j->plan.total = total;
     }
@@ -496,7 +502,7 @@ static int td__write_all(int fd, const char *s, size_t n) {
 
 /* The configured directory, else traind's own (a build tree), else the
  * installed libexec directory. */
-static const char *td__libexec(const td_daemon *d) {
+const char *td_run_libexec(const td_daemon *d) {
   char probe[TD_PATH_MAX + 32];
 
   if (d->cfg.libexec_dir[0])
@@ -539,7 +545,7 @@ static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
                   sb, NULL};
   uv_stdio_container_t io[3];
 
-  snprintf(loader, sizeof(loader), "%s/traind-loader", td__libexec(d));
+  snprintf(loader, sizeof(loader), "%s/traind-loader", td_run_libexec(d));
   snprintf(parent, sizeof(parent), "%d", (int)getpid());
   snprintf(se, sizeof(se), "%llu", (unsigned long long)epoch);
   snprintf(sb, sizeof(sb), "%llu", (unsigned long long)batch);
@@ -556,7 +562,8 @@ static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
 
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   char dir[TD_PATH_MAX], path[TD_PATH_MAX + 32], worker[TD_PATH_MAX + 32],
-      output[TD_PATH_MAX], budget[32], micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32];
+      output[TD_PATH_MAX], budget[32], micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32],
+      overhead[32];
   uv_stdio_container_t io[4];
   td_run *r;
   int fd, rc, resume;
@@ -592,7 +599,10 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
 
   snprintf(r->ring_name, sizeof(r->ring_name), "/" TD_RING_PREFIX "%d-%llu", (int)getpid(),
            (unsigned long long)j->id);
-  slot = td_batch_bytes(j->spec->batch_size, (uint32_t)td_jobspec_input_elems(j->spec));
+  /* samples travel in their stored type (the plan checked the product) */
+  slot = td_batch_bytes(j->spec->batch_size,
+                        (uint32_t)(td_jobspec_input_elems(j->spec) *
+                                   td_dtype_size(j->spec->sample_dtype)));
   td_ring_unlink(r->ring_name);
   rc = td_ring_create(r->ring_name, d->cfg.ring_slots, slot);
   if (rc == 0 && (rc = td_ring_open(r->ring_name, &r->ring)) < 0)
@@ -608,9 +618,10 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   else
     snprintf(output, sizeof(output), "%.*s/model.safetensors", (int)(sizeof(output) - 20), dir);
   snprintf(r->job_path, sizeof(r->job_path), "%s/job.yaml", dir);
-  snprintf(worker, sizeof(worker), "%s/traind-worker", td__libexec(d));
+  snprintf(worker, sizeof(worker), "%s/traind-worker", td_run_libexec(d));
   snprintf(budget, sizeof(budget), "%llu", (unsigned long long)j->plan.total);
   snprintf(micro, sizeof(micro), "%u", j->plan.micro_batch);
+  snprintf(overhead, sizeof(overhead), "%llu", (unsigned long long)j->plan.overhead);
   snprintf(events_fd, sizeof(events_fd), "3");
   td__ckpt_path(d, j, ckpt, sizeof(ckpt));
   resume = access(ckpt, F_OK) == 0;
@@ -640,7 +651,7 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     char *args[] = {worker, "--job", r->job_path, "--base-dir", j->base_dir, "--ring",
                     r->ring_name, "--device", j->device, "--budget", budget, "--micro-batch",
                     micro, "--output", output, "--events-fd", events_fd, "--checkpoint", ckpt,
-                    resume ? "--resume" : NULL, ckpt, NULL};
+                    "--overhead", overhead, resume ? "--resume" : NULL, ckpt, NULL};
     uv_pipe_init(d->loop, &r->control, 0);
     r->control.data = r;
     r->nhandles++;
@@ -696,8 +707,8 @@ int td_run_set_budget(td_daemon *d, td_job *j, uint64_t budget) {
   if (uv_try_write((uv_stream_t *)&r->control, &buf, 1) != n)
     return TD_EIO;
   r->budget_sent = budget;
-  td_info("job %llu: budget lowered to %llu bytes", (unsigned long long)j->id,
-          (unsigned long long)budget);
+  td_info("job %llu: budget %s to %llu bytes", (unsigned long long)j->id,
+          budget < j->plan.total ? "lowered" : "raised", (unsigned long long)budget);
   return 0;
 }
 

@@ -69,10 +69,17 @@ typedef struct td_job {
 
 typedef struct td_device {
   char name[32];
-  uint64_t budget;         /* configured limit */
+  uint64_t budget;         /* effective: the configured limit, capped by what the
+                              probe found free */
   uint64_t reserved;       /* sum of admitted jobs' plans */
   uint32_t njobs;
   int draining;            /* admits no new job */
+  /* the probe at start (probe.c) */
+  uint64_t limit;          /* the configured limit */
+  uint64_t total, free;    /* device memory, and what was free then */
+  uint64_t overhead;       /* bytes each worker holds outside its plan's arenas */
+  int probing;             /* not measured yet: admits nothing */
+  char unusable[192];      /* why the probe failed; "" if it did not */
 } td_device;
 
 typedef struct td_daemon {
@@ -101,6 +108,9 @@ typedef struct td_daemon {
 /* main.c */
 td_job *td_daemon_find(td_daemon *d, uint64_t id);
 void td_job_free(td_job *j);
+/* Set spec->sample_dtype from the train split's header (td_dataset_probe:
+ * headers only), before any plan is made for it. */
+int td_job_learn_dtype(td_jobspec *spec, char *err, size_t errlen);
 /* Replace a job's optional string (model, error) with a copy of s. */
 void td_job_set(char **field, const char *s);
 #define TD_JOB_STR(s) ((s) != NULL ? (s) : "")
@@ -148,8 +158,13 @@ void td_sched_squeeze(td_daemon *d, td_device *dev);
 /* A job's checkpoint, in its directory beside its log. */
 #define TD_CHECKPOINT_FILE "checkpoint.tdck"
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen);
+/* Where traind-worker and traind-loader are. */
+const char *td_run_libexec(const td_daemon *d);
 /* Tell a running job's worker its new budget (it re-plans at its next step
- * and answers with a "replan" event, which lowers the reservation).
+ * and answers with a "replan" event, which lowers the reservation; a
+ * budget raised above its plan lets a worker that runs below its admitted
+ * micro-batch re-plan back up, and its reservation grows to the new plan:
+ * raise only into room the device has).
  * TD_ESTATE if it has no running worker, TD_EIO if the line was not sent. */
 int td_run_set_budget(td_daemon *d, td_job *j, uint64_t budget);
 /* SIGTERM now, SIGKILL after the grace period. */
@@ -160,6 +175,18 @@ void td_run_stop(td_daemon *d, td_job *j);
 void td_run_checkpoint_stop(td_daemon *d, td_job *j);
 void td_run_cleanup_stale(void);
 void td_run_check_heartbeats(td_daemon *d);
+
+/* probe.c */
+/* Measure every configured device once, before traind serves: CPU devices
+ * in-process, CUDA devices each in a `traind-worker --probe` child (traind
+ * holds no CUDA context).  Runs the loop until the probes end (each has a
+ * time limit).  A device whose probe fails is unusable, with the reason. */
+void td_probe_devices(td_daemon *d);
+/* Probe one device (added by SIGHUP) in the background: it admits nothing
+ * until the answer comes. */
+void td_probe_start(td_daemon *d, td_device *dev);
+/* Apply a (new) configured limit: budget = min(limit, free at the probe). */
+void td_device_set_limit(td_device *dev, uint64_t limit);
 
 /* server.c */
 int td_server_start(td_daemon *d, char *err, size_t errlen);

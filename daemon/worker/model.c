@@ -25,6 +25,8 @@ struct td_model {
   td_schedule sched;
   td_lossscale ls;
   uint32_t batch_size;
+  uint32_t admitted_mb;   /* the micro-batch it was created at: a raised budget re-plans
+                             back up to it */
   uint64_t steps;         /* training steps taken, skipped ones included */
   uint64_t bn_batches;    /* BatchNorm's num_batches_tracked: training micro-batches */
   int nbn;                /* batchnorm2d layers */
@@ -260,6 +262,7 @@ int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch
   m->be = be;
   m->spec = *spec;
   m->batch_size = spec->batch_size;
+  m->admitted_mb = micro_batch;
   m->sched = spec->schedule;
   m->sched.lr = spec->opt.lr; /* a spec built in code may leave the schedule zeroed */
   if (td_schedule_check(&m->sched, NULL, 0) < 0) {
@@ -565,14 +568,20 @@ static int step_failed(td_model *m, const char *phase) {
   return fail(m, rc, "%s (in the %s pass)", td_backend_error(m->be), phase);
 }
 
+/* uint8 pixels are scaled to [0, 1] as torchvision's ToTensor does; the
+ * other types are taken as they are. */
+static float input_scale(td_dtype t) { return t == TD_DTYPE_U8 ? 1.0f / 255.0f : 1.0f; }
+
 /* Queue the forward (and, with grads, backward) passes of count samples in
  * micro-batch slices; the loss statistics collect in the stats slot. */
-static int run_slices(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
                       uint32_t count, bool grads) {
   const td_layout *l = &m->lay;
   td_backend *be = m->be;
   float *stats = act(m, l->stats);
   uint8_t *stage_px = m->stage.ptr, *stage_lb = stage_px + l->stage_labels;
+  size_t esize = td_dtype_size(l->in_dtype);
+  float scale = input_scale(l->in_dtype);
   float grad_scale = td_lossscale_scale(&m->ls) / (float)count;
 
   m->err[0] = '\0';
@@ -593,16 +602,19 @@ static int run_slices(td_model *m, const uint8_t *pixels, const uint8_t *labels,
     uint32_t n = count - off < l->micro_batch ? count - off : l->micro_batch;
     size_t nin = (size_t)n * l->in_elems;
 
-    td_backend_upload(be, stage_px, pixels + (size_t)off * l->in_elems, nin);
-    td_backend_upload(be, stage_lb, labels + off, n);
+    /* Asynchronous when the caller's memory is registered (the worker's
+     * ring): the caller keeps it until this step's sync. */
+    td_backend_upload_async(be, stage_px, (const char *)samples + (size_t)off * l->in_elems *
+                            esize, nin * esize);
+    td_backend_upload_async(be, stage_lb, labels + off, n);
     if (half(m)) {
-      td_backend_normalize_u8(be, m->stage.ptr, act(m, l->input_tmp), nin,
-                              m->spec.norm_mean, m->spec.norm_std);
+      td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input_tmp), nin, scale,
+                           m->spec.norm_mean, m->spec.norm_std);
       td_backend_to_half(be, half_kind(m), act(m, l->input_tmp),
                          (uint16_t *)act(m, l->input), nin);
     } else {
-      td_backend_normalize_u8(be, m->stage.ptr, act(m, l->input), nin, m->spec.norm_mean,
-                              m->spec.norm_std);
+      td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input), nin, scale,
+                           m->spec.norm_mean, m->spec.norm_std);
     }
     for (int i = 0; i < l->nlayers; i++)
       layer_fwd(m, i, n, grads, false, off);
@@ -696,17 +708,17 @@ static int finish(td_model *m, uint32_t count, td_step_stats *out) {
   return 0;
 }
 
-int td_model_backward(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+int td_model_backward(td_model *m, const void *samples, const uint8_t *labels,
                       uint32_t count, td_step_stats *out) {
-  int rc = run_slices(m, pixels, labels, count, true);
+  int rc = run_slices(m, samples, labels, count, true);
 
   return rc < 0 ? rc : finish(m, count, out);
 }
 
-int td_model_train_step(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+int td_model_train_step(td_model *m, const void *samples, const uint8_t *labels,
                         uint32_t count, td_step_stats *out) {
   const td_lossscale ls = m->ls;
-  int rc = run_slices(m, pixels, labels, count, true);
+  int rc = run_slices(m, samples, labels, count, true);
   bool took;
 
   if (rc < 0)
@@ -778,12 +790,12 @@ static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out, td
 
 #define MAX_RECOVERIES 64
 
-int td_model_train_step_recover(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+int td_model_train_step_recover(td_model *m, const void *samples, const uint8_t *labels,
                                 uint32_t count, const td_model_hooks *hooks,
                                 td_step_stats *out) {
   uint32_t cap = UINT32_MAX;
   /* Not ready: the last re-plan could not allocate (its oom is noted). */
-  int rc = m->ready ? td_model_train_step(m, pixels, labels, count, out) : TD_EOOM;
+  int rc = m->ready ? td_model_train_step(m, samples, labels, count, out) : TD_EOOM;
 
   for (int attempt = 0; rc == TD_EOOM && attempt < MAX_RECOVERIES; attempt++) {
     const td_model_oom oom = m->oom;
@@ -809,30 +821,45 @@ int td_model_train_step_recover(td_model *m, const uint8_t *pixels, const uint8_
       continue;
     if (hooks != NULL && hooks->replan != NULL)
       hooks->replan(hooks->arg, &m->plan);
-    rc = td_model_train_step(m, pixels, labels, count, out);
+    rc = td_model_train_step(m, samples, labels, count, out);
   }
   return rc;
 }
 
 int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned) {
+  const td_jobspec was = m->spec;
+  const uint32_t was_mb = m->lay.micro_batch;
+  bool fits = m->ready && m->plan.total <= budget;
   td_jobspec to;
   td_plan p;
   int rc;
 
   td_backend_set_budget(m->be, budget);
   *replanned = false;
-  if (m->ready && m->plan.total <= budget)
+  if (fits && was_mb >= m->admitted_mb)
     return 0;
-  if ((rc = fit_plan(m, budget, UINT32_MAX, &p, &to)) < 0 ||
-      (rc = replan_as(m, &to, p.micro_batch)) < 0)
+  /* Shrinking takes what fits; growing goes back up to the admitted
+   * micro-batch at most, with the remedies applied so far kept. */
+  rc = fit_plan(m, budget, fits ? m->admitted_mb : UINT32_MAX, &p, &to);
+  if (fits && (rc < 0 || p.micro_batch <= was_mb)) {
+    m->err[0] = '\0';
+    return 0;
+  }
+  if (rc < 0)
     return rc;
+  if ((rc = replan_as(m, &to, p.micro_batch)) < 0) {
+    /* Growing failed (the device has less than the budget says): the
+     * old plan fitted, so go back to it. */
+    if (!fits || replan_as(m, &was, was_mb) < 0)
+      return rc;
+  }
   *replanned = true;
   return 0;
 }
 
-int td_model_eval(td_model *m, const uint8_t *pixels, const uint8_t *labels, uint32_t count,
+int td_model_eval(td_model *m, const void *samples, const uint8_t *labels, uint32_t count,
                   td_step_stats *out) {
-  int rc = run_slices(m, pixels, labels, count, false);
+  int rc = run_slices(m, samples, labels, count, false);
 
   return rc < 0 ? rc : finish(m, count, out);
 }

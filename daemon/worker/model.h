@@ -72,17 +72,24 @@ const td_model_oom *td_model_last_oom(const td_model *m);
  * keeps its weights but cannot step until a re-plan succeeds. */
 int td_model_replan(td_model *m, uint32_t micro_batch);
 
-/* count samples: pixels [count, in_elems] uint8 and labels [count], each
- * label < the class count (TD_EDATA otherwise).  count is 1..batch_size for
- * the training calls, any positive number for eval. */
+/* count samples: [count, in_elems] elements of spec->sample_dtype (uint8,
+ * int32, float16 or float32, little-endian, as the loader delivers them)
+ * and labels [count], each label < the class count (TD_EDATA otherwise).
+ * count is 1..batch_size for the training calls, any positive number for
+ * eval.  The model's input is (x * scale - norm_mean) / norm_std with
+ * scale 1/255 for uint8 (pixels to [0, 1], like torchvision's ToTensor)
+ * and 1 for the other types, which are taken as they are stored.
+ * Uploads are asynchronous from memory registered with
+ * td_backend_host_register: the samples stay unchanged until the call
+ * returns, which syncs. */
 
 /* Gradients of the mean loss into the gradient arena; no update. */
-int td_model_backward(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+int td_model_backward(td_model *m, const void *samples, const uint8_t *labels,
                       uint32_t count, td_step_stats *out);
 /* td_model_backward, then one optimiser update.  A step that fails
  * (TD_EOOM in any phase) leaves the weights and the optimiser state as
  * they were: it can be redone. */
-int td_model_train_step(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+int td_model_train_step(td_model *m, const void *samples, const uint8_t *labels,
                         uint32_t count, td_step_stats *out);
 /* What td_model_train_step_recover tells as it recovers (each may be NULL). */
 typedef struct td_model_hooks {
@@ -101,17 +108,22 @@ typedef struct td_model_hooks {
  * smaller micro-batches; recompute; bf16 or fp16 from fp32).
  * TD_ENOFIT when even the job's smallest allowed micro-batch does not fit;
  * the weights are then as before the step. */
-int td_model_train_step_recover(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+int td_model_train_step_recover(td_model *m, const void *samples, const uint8_t *labels,
                                 uint32_t count, const td_model_hooks *hooks,
                                 td_step_stats *out);
 
 /* The device budget changed: if the plan no longer fits, re-plan at the
- * largest micro-batch that does (*replanned says so).  TD_ENOFIT when none
- * does; TD_EOOM if the re-plan's arenas could not be allocated. */
+ * largest micro-batch that does (*replanned says so).  If it fits but runs
+ * below the micro-batch the model was created at (after an OOM or a lower
+ * budget), re-plan up to the largest micro-batch, at most that one, that
+ * the budget allows, keeping the precision and recomputation it runs with;
+ * should those arenas not allocate, it goes back to the plan it had.
+ * TD_ENOFIT when nothing fits; TD_EOOM if the re-plan's arenas could not
+ * be allocated. */
 int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned);
 
 /* Forward pass only: loss and correct count. */
-int td_model_eval(td_model *m, const uint8_t *pixels, const uint8_t *labels,
+int td_model_eval(td_model *m, const void *samples, const uint8_t *labels,
                   uint32_t count, td_step_stats *out);
 
 /* Copy the trainable parameters (or their gradients) to or from host

@@ -22,6 +22,10 @@
  * there), or, if the file cannot be used, a warning naming why, the event
  * "resume_failed msg=..." and training from scratch (the loader at 0, 0).
  *
+ * --overhead BYTES is the device's per-process overhead from traind's probe
+ * (counted in every plan, as admission counted it).  --probe DEVICE alone
+ * measures a device for traind and exits: see probe_main.
+ *
  * Exit status: 0 done, 1 job error, 2 usage, 3 sticky CUDA error, 4 needs
  * more memory than it has (even its smallest micro-batch does not fit: traind
  * queues it again), 5 stopped by SIGUSR1 after a checkpoint (queued again,
@@ -43,6 +47,7 @@
 
 #include "backend.h"
 #include "checkpoint.h"
+#include "dataset.h"
 #include "error.h"
 #include "jobspec.h"
 #include "log.h"
@@ -60,7 +65,8 @@ enum { EXIT_JOB = 1, EXIT_USAGE = 2, EXIT_CUDA = 3, EXIT_NEEDMEM = 4, EXIT_STOPP
 typedef struct args {
   const char *job, *base_dir, *ring, *device, *output;
   const char *checkpoint, *resume; /* NULL: none */
-  uint64_t budget;
+  const char *probe; /* --probe DEVICE: measure it and exit */
+  uint64_t budget, overhead;
   uint32_t micro_batch;
   int events_fd;
 } args;
@@ -85,7 +91,8 @@ static void usage(FILE *f) {
   fprintf(f, "usage: traind-worker --job FILE --base-dir DIR --ring NAME --device NAME\n"
              "                     --budget BYTES --micro-batch N --output PATH "
              "[--events-fd N]\n"
-             "                     [--checkpoint PATH] [--resume PATH]\n");
+             "                     [--checkpoint PATH] [--resume PATH] [--overhead BYTES]\n"
+             "       traind-worker --probe DEVICE\n");
 }
 
 /* One event, one write(), so traind never reads half a line. */
@@ -173,6 +180,7 @@ static int parse_args(int argc, char **argv, args *a) {
       {"budget", required_argument, NULL, 'B'},    {"micro-batch", required_argument, NULL, 'm'},
       {"output", required_argument, NULL, 'o'},    {"events-fd", required_argument, NULL, 'e'},
       {"checkpoint", required_argument, NULL, 'c'}, {"resume", required_argument, NULL, 'R'},
+      {"overhead", required_argument, NULL, 'O'}, {"probe", required_argument, NULL, 'P'},
       {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
   };
   uint32_t fd;
@@ -188,6 +196,13 @@ static int parse_args(int argc, char **argv, args *a) {
     case 'o': a->output = optarg; break;
     case 'c': a->checkpoint = optarg; break;
     case 'R': a->resume = optarg; break;
+    case 'P': a->probe = optarg; break;
+    case 'O':
+      if (td_parse_size(optarg, &a->overhead) < 0) {
+        fprintf(stderr, "traind-worker: --overhead '%s' is not a byte count\n", optarg);
+        return -1;
+      }
+      break;
     case 'B':
       if (td_parse_size(optarg, &a->budget) < 0) {
         fprintf(stderr, "traind-worker: --budget '%s' is not a byte count\n", optarg);
@@ -212,6 +227,8 @@ static int parse_args(int argc, char **argv, args *a) {
     default: return -1;
     }
   }
+  if (a->probe != NULL && optind == argc)
+    return 0;
   if (optind < argc || !a->job || !a->base_dir || !a->ring || !a->device || !a->output ||
       a->budget == 0 || a->micro_batch == 0) {
     fprintf(stderr, "traind-worker: missing or extra arguments\n");
@@ -239,9 +256,15 @@ static int check_batch(const td_batch_hdr *h, size_t len, const td_jobspec *spec
                        const td_layout *l, char *why, size_t cap) {
   uint64_t need;
 
-  if (h->sample_bytes != l->in_elems) {
-    snprintf(why, cap, "the loader sends %u-byte samples but the model's input has %u values",
-             h->sample_bytes, l->in_elems);
+  if (h->dtype != (uint32_t)l->in_dtype) {
+    snprintf(why, cap, "the loader sends %s samples but the dataset's header said %s",
+             h->dtype < TD_DTYPE__COUNT ? td_dtype_name((td_dtype)h->dtype) : "unknown",
+             td_dtype_name(l->in_dtype));
+    return TD_EDATA;
+  }
+  if (h->sample_bytes != (uint64_t)l->in_elems * td_dtype_size(l->in_dtype)) {
+    snprintf(why, cap, "the loader sends %u-byte samples but the model's input is %u %s "
+             "values", h->sample_bytes, l->in_elems, td_dtype_name(l->in_dtype));
     return TD_EDATA;
   }
   if (h->count == 0 || (h->kind == TD_BATCH_TRAIN && h->count > spec->batch_size)) {
@@ -285,6 +308,7 @@ typedef struct trainer {
   uint64_t train_samples;
   double accuracy, loss; /* of the last test pass, else the last epoch's training */
   int ctl_fd;            /* traind's commands; -1 if none */
+  void *ring_map;        /* the ring's mapping, registered with the backend; or NULL */
 
   /* checkpoints */
   td_ckpt_policy policy;
@@ -297,11 +321,20 @@ typedef struct trainer {
   int check_resume;        /* the first train batch must be at the resumed position */
 } trainer;
 
+/* The remedy a plan applies shows in its precision and recompute. */
 static void emit_replan(const td_plan *p) {
-  emit("replan micro_batch=%u accumulation=%u total=%llu", p->micro_batch, p->accumulation,
-       (unsigned long long)p->total);
-  td_info("re-planned: micro-batch %u x %u, %llu bytes", p->micro_batch, p->accumulation,
-          (unsigned long long)p->total);
+  bool split = p->batch_dependent && p->accumulation > 1;
+
+  emit("replan micro_batch=%u accumulation=%u total=%llu precision=%s recompute=%d "
+       "batch_dependent=%d", p->micro_batch, p->accumulation, (unsigned long long)p->total,
+       td_precision_name(p->precision), p->recompute, p->batch_dependent);
+  td_info("re-planned: micro-batch %u x %u, %s%s, %llu bytes", p->micro_batch,
+          p->accumulation, td_precision_name(p->precision),
+          p->recompute ? " with activation recomputation" : "", (unsigned long long)p->total);
+  if (split)
+    td_warn("the model has BatchNorm and its batch is now split in %u micro-batches: each "
+            "normalises with its own statistics, so training is no longer exactly what the "
+            "whole batch would give", p->accumulation);
 }
 
 static void on_oom(void *arg, const td_model_oom *o) {
@@ -687,6 +720,26 @@ static int train(trainer *t) {
   }
 }
 
+/* --probe: one line on stdout for traind, "probe total=N free=N
+ * overhead=N" (exit 0) or "probe error=CODE msg=..." (exit 1).  A process
+ * of its own: the probe leaves a CUDA context behind. */
+static int probe_main(const char *device) {
+  td_device_probe p;
+  char err[512] = "";
+  int rc = td_backend_probe(device, &p, err, sizeof(err));
+
+  if (rc < 0) {
+    for (char *c = err; *c; c++)
+      if (*c == '\n')
+        *c = ' ';
+    printf("probe error=%s msg=%s\n", td_err_name(rc), err[0] ? err : td_strerror(rc));
+    return EXIT_JOB;
+  }
+  printf("probe total=%llu free=%llu overhead=%llu\n", (unsigned long long)p.total,
+         (unsigned long long)p.free, (unsigned long long)p.overhead);
+  return fflush(stdout) == 0 ? 0 : EXIT_JOB;
+}
+
 int main(int argc, char **argv) {
   struct sigaction sa = {.sa_handler = on_term};
   struct sigaction sa_stop = {.sa_handler = on_stop, .sa_flags = SA_RESTART};
@@ -703,6 +756,8 @@ int main(int argc, char **argv) {
     usage(stderr);
     return EXIT_USAGE;
   }
+  if (a.probe != NULL)
+    return probe_main(a.probe);
   if (a.events_fd >= 0)
     events_fd = a.events_fd;
   else if (fcntl(3, F_GETFD) >= 0)
@@ -725,12 +780,23 @@ int main(int argc, char **argv) {
   free(text);
   if (rc < 0)
     return fail(rc, "%s: %s", a.job, err);
+  {
+    td_dataset_info info;
+
+    /* The samples' stored type sizes the staging arena; the loader reads
+     * the same headers. */
+    if ((rc = td_dataset_probe(&spec, &info, err, sizeof(err))) < 0)
+      return fail(rc, "%s", err);
+    spec.sample_dtype = info.dtype;
+  }
   if (a.micro_batch > spec.batch_size)
     return fail(TD_EINVAL, "--micro-batch %u is larger than the batch size %u", a.micro_batch,
                 spec.batch_size);
 
   if ((rc = td_backend_create(a.device, a.budget, &t.be, err, sizeof(err))) < 0)
     return fail(rc, "%s", err);
+  /* traind's probe of the device: every plan here counts it, as admission did */
+  td_backend_set_overhead(t.be, a.overhead);
   t.a = &a;
   t.spec = &spec;
   status = EXIT_JOB;
@@ -785,6 +851,18 @@ int main(int argc, char **argv) {
     status = fail(rc, "cannot open the data ring %s: %s", a.ring, why(rc));
     goto destroy_model;
   }
+  {
+    size_t bytes;
+    void *map = td_ring_mapping(t.ring, &bytes);
+
+    /* Pinned, the slots upload asynchronously (CUDA); a slot is released
+     * only after its step's sync, which every model call ends with. */
+    if ((rc = td_backend_host_register(t.be, map, bytes)) == 0)
+      t.ring_map = map;
+    else
+      td_warn("uploads from the data ring stay synchronous: cannot pin it: %s",
+              td_backend_error(t.be));
+  }
   td_info("training %s on %s: micro-batch %u, plan %llu bytes", spec.name, a.device,
           a.micro_batch, (unsigned long long)plan.total);
   {
@@ -806,6 +884,8 @@ int main(int argc, char **argv) {
   t.ckpt_time = td_now_mono();
   status = train(&t);
 
+  if (t.ring_map != NULL)
+    td_backend_host_unregister(t.be, t.ring_map);
   td_ring_close(t.ring);
 destroy_model:
   free(t.state);

@@ -291,7 +291,13 @@ START_TEST(test_injected_oom_recovers) {
   snprintf(path, sizeof(path), "%s/jobs/%llu/log", g_d.state, (unsigned long long)id);
   ck_assert_int_eq(td_read_file(path, 1 << 20, &log, &len), 0);
   ck_assert_msg(strstr(log, "out of memory in the") != NULL, "%s", log);
-  ck_assert_ptr_nonnull(strstr(log, "re-planned: micro-batch 32 x 1"));
+  ck_assert_ptr_nonnull(strstr(log, "re-planned: micro-batch 32 x 1, fp32,"));
+  free(log);
+  /* the event names the remedy applied: none here but the re-plan */
+  ck_assert_int_eq(td_read_file(g_d.log, 1 << 22, &log, &len), 0);
+  ck_assert_msg(strstr(log, "replan micro_batch=32 accumulation=1 total=") != NULL, "%s", log);
+  ck_assert_msg(strstr(log, " precision=fp32 recompute=0 batch_dependent=0") != NULL, "%s",
+                log);
   free(log);
   stop();
 }

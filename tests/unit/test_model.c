@@ -153,6 +153,50 @@ END_TEST
 
 /* BatchNorm cannot be invariant: each micro-batch has its own statistics,
  * and the plan says so. */
+/* Samples of another stored type: float32 values x/255 with scale 1 train
+ * to the weights of the uint8 pixels x with scale 1/255. */
+START_TEST(test_float32_samples) {
+  enum { STEPS = 20 };
+  uint8_t px[B * 64], lb[B];
+  float fx[B * 64];
+  td_jobspec s;
+  td_backend *be[2];
+  td_model *m[2];
+  td_step_stats st[2];
+  float *w[2];
+  uint64_t n;
+
+  conv_spec(&s);
+  m[0] = make(&s, B / 2, &be[0]);
+  s.sample_dtype = TD_DTYPE_F32;
+  m[1] = make(&s, B / 2, &be[1]);
+  ck_assert_uint_eq(td_model_plan(m[1])->staging - td_model_plan(m[0])->staging,
+                    (uint64_t)3 * (B / 2) * 64);
+  for (int k = 0; k < STEPS; k++) {
+    batch(k, px, lb, &s);
+    for (int i = 0; i < B * 64; i++)
+      fx[i] = (float)px[i] / 255.0f;
+    ck_assert_msg(td_model_train_step(m[0], px, lb, B, &st[0]) == 0, "%s",
+                  td_model_error(m[0]));
+    ck_assert_msg(td_model_train_step(m[1], fx, lb, B, &st[1]) == 0, "%s",
+                  td_model_error(m[1]));
+    ck_assert_double_eq_tol(st[0].loss_sum, st[1].loss_sum, 1e-4);
+  }
+  n = td_model_nparams(m[0]);
+  w[0] = malloc(n * sizeof(float));
+  w[1] = malloc(n * sizeof(float));
+  ck_assert_int_eq(td_model_get_params(m[0], w[0]), 0);
+  ck_assert_int_eq(td_model_get_params(m[1], w[1]), 0);
+  for (uint64_t i = 0; i < n; i++)
+    ck_assert_msg(fabs((double)w[0][i] - w[1][i]) <= 1e-6, "param %llu: %.9g vs %.9g",
+                  (unsigned long long)i, w[0][i], w[1][i]);
+  free(w[0]);
+  free(w[1]);
+  drop(m[0], be[0]);
+  drop(m[1], be[1]);
+}
+END_TEST
+
 START_TEST(test_batchnorm_flagged) {
   td_jobspec s;
   td_plan p;
@@ -560,6 +604,7 @@ static Suite *model_suite(void) {
 
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_micro_batch_invariance);
+  tcase_add_test(tc, test_float32_samples);
   tcase_add_test(tc, test_batchnorm_flagged);
   tcase_add_test(tc, test_recompute_bitwise);
   tcase_add_test(tc, test_fp16_overflow_skips);

@@ -233,6 +233,113 @@ START_TEST(test_budget_lowered) {
 }
 END_TEST
 
+/* A budget lowered, then raised: the model re-plans down, then back up to
+ * the largest micro-batch the budget allows, never past the one it was
+ * created at; the weights are those of an undisturbed run. */
+START_TEST(test_budget_raised) {
+  const run_opts none = {0};
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_plan plan, p8, p12, p13;
+  td_step_stats st;
+  td_mem_stats mem;
+  uint8_t px[24 * 39], lb[24];
+  char err[256];
+  seen sn;
+  float *ref, *got;
+  uint64_t n;
+  bool replanned;
+  /* the budgets below: as created, lowered, raised to between the plans at
+   * 12 and 13, raised far (back to the admitted 24 only) */
+  const struct {
+    bool replanned;
+    uint32_t micro;
+  } steps[STEPS] = {{false, 24}, {true, 8}, {true, 12}, {true, 24}};
+  uint64_t budgets[STEPS];
+
+  small_spec(&s, TD_OPT_ADAM);
+  run(&s, &none, &sn, &ref, &n);
+  ck_assert_int_eq(td_plan_compute(&s, 24, TD_PREC_FP32, 0, &plan), 0);
+  ck_assert_int_eq(td_plan_compute(&s, 8, TD_PREC_FP32, 0, &p8), 0);
+  ck_assert_int_eq(td_plan_compute(&s, 12, TD_PREC_FP32, 0, &p12), 0);
+  ck_assert_int_eq(td_plan_compute(&s, 13, TD_PREC_FP32, 0, &p13), 0);
+  budgets[0] = plan.total;
+  budgets[1] = p8.total;
+  budgets[2] = p12.total + (p13.total - p12.total) / 2;
+  budgets[3] = plan.total * 4;
+  ck_assert_int_eq(td_backend_create("cpu0", plan.total, &be, err, sizeof(err)), 0);
+  ck_assert_int_eq(td_model_create(be, &s, 24, &m, err, sizeof(err)), 0);
+  for (int k = 0; k < STEPS; k++) {
+    ck_assert_int_eq(td_model_set_budget(m, budgets[k], &replanned), 0);
+    ck_assert_msg(replanned == steps[k].replanned, "step %d", k);
+    ck_assert_uint_eq(td_model_plan(m)->micro_batch, steps[k].micro);
+    td_backend_mem(be, &mem);
+    ck_assert_uint_eq(mem.used, td_model_plan(m)->total);
+    batch(k, px, lb, 24, 39);
+    ck_assert_msg(td_model_train_step(m, px, lb, 24, &st) == 0, "step %d: %s", k,
+                  td_model_error(m));
+  }
+  /* at the admitted micro-batch a higher budget changes nothing */
+  ck_assert_int_eq(td_model_set_budget(m, plan.total * 8, &replanned), 0);
+  ck_assert(!replanned);
+  got = malloc(n * sizeof(float));
+  ck_assert_int_eq(td_model_get_params(m, got), 0);
+  assert_close(got, ref, n, 1e-5);
+  free(got);
+  free(ref);
+  td_model_destroy(m);
+  td_backend_destroy(be);
+}
+END_TEST
+
+static int ooms_seen;
+
+/* The first OOM arms another one in the redone step. */
+static void hook_fail_again(void *arg, const td_model_oom *o) {
+  (void)o;
+  if (ooms_seen++ == 0)
+    td_backend_inject_oom(*(td_backend **)arg, 10);
+}
+
+/* Raising the budget after an OOM re-planned the step: back up, and a
+ * growth whose arenas do not allocate keeps the plan it had. */
+START_TEST(test_raise_after_oom) {
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_plan plan;
+  td_step_stats st;
+  uint8_t px[24 * 39], lb[24];
+  char err[256];
+  const td_model_hooks hooks = {.oom = hook_fail_again, .arg = &be};
+  bool replanned;
+
+  small_spec(&s, TD_OPT_SGD);
+  ck_assert_int_eq(td_plan_compute(&s, 24, TD_PREC_FP32, 0, &plan), 0);
+  ck_assert_int_eq(td_backend_create("cpu0", plan.total, &be, err, sizeof(err)), 0);
+  ck_assert_int_eq(td_model_create(be, &s, 24, &m, err, sizeof(err)), 0);
+  /* fails twice in the step: the second re-plan halves the micro-batch */
+  td_backend_inject_oom(be, 5);
+  batch(0, px, lb, 24, 39);
+  ck_assert_int_eq(td_model_train_step_recover(m, px, lb, 24, &hooks, &st), 0);
+  ck_assert_int_eq(ooms_seen, 2);
+  ck_assert_uint_eq(td_model_plan(m)->micro_batch, 12);
+  /* the growth's first allocation fails: the old plan comes back */
+  td_backend_inject_oom(be, 1);
+  ck_assert_int_eq(td_model_set_budget(m, plan.total, &replanned), 0);
+  ck_assert_uint_eq(td_model_plan(m)->micro_batch, 12);
+  ck_assert_int_eq(td_model_train_step(m, px, lb, 24, &st), 0);
+  /* then it grows */
+  ck_assert_int_eq(td_model_set_budget(m, plan.total, &replanned), 0);
+  ck_assert(replanned);
+  ck_assert_uint_eq(td_model_plan(m)->micro_batch, 24);
+  ck_assert_int_eq(td_model_train_step(m, px, lb, 24, &st), 0);
+  td_model_destroy(m);
+  td_backend_destroy(be);
+}
+END_TEST
+
 /* Re-planning itself runs out of memory (the workspace phase): the next
  * step re-plans again and goes on. */
 START_TEST(test_replan_alloc_fails) {
@@ -302,6 +409,8 @@ static Suite *oom_suite(void) {
   tcase_add_test(tc, test_inject_each_phase_sgd);
   tcase_add_test(tc, test_failed_step_changes_nothing);
   tcase_add_test(tc, test_budget_lowered);
+  tcase_add_test(tc, test_budget_raised);
+  tcase_add_test(tc, test_raise_after_oom);
   tcase_add_test(tc, test_replan_alloc_fails);
   tcase_add_test(tc, test_below_minimum);
   suite_add_tcase(s, tc);

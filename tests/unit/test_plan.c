@@ -361,9 +361,10 @@ static void exact_case(const td_jobspec *s, uint32_t micro) {
   ck_assert_int_eq(td_model_create(be, s, micro, &m, err, sizeof(err)), 0);
   ck_assert_uint_eq(td_model_plan(m)->total, plan.total);
   classes = td_model_layout(m)->classes;
-  px = malloc((size_t)s->batch_size * in);
+  /* other stored types get zeros: a valid value of each */
+  px = calloc((size_t)s->batch_size * in, td_dtype_size(s->sample_dtype));
   lb = malloc(s->batch_size);
-  for (size_t i = 0; i < (size_t)s->batch_size * in; i++)
+  for (size_t i = 0; s->sample_dtype == TD_DTYPE_U8 && i < (size_t)s->batch_size * in; i++)
     px[i] = (uint8_t)(i * 2654435761u >> 7);
   for (uint32_t i = 0; i < s->batch_size; i++)
     lb[i] = (uint8_t)(i * 7 % classes);
@@ -391,6 +392,38 @@ START_TEST(test_exact_example) {
   exact_case(&s, 128);
   exact_case(&s, 37);
   exact_case(&s, 1);
+}
+END_TEST
+
+/* Samples travel in their stored type: the staging arena holds a
+ * micro-batch of them, then the labels at the next aligned offset. */
+START_TEST(test_sample_dtypes) {
+  static const struct {
+    td_dtype t;
+    uint64_t samples;
+  } cases[] = {
+      {TD_DTYPE_U8, 37 * 784}, {TD_DTYPE_I32, 37 * 784 * 4},
+      {TD_DTYPE_F16, 37 * 784 * 2}, {TD_DTYPE_F32, 37 * 784 * 4},
+  };
+  td_jobspec s;
+  td_layout l;
+  td_plan p;
+
+  example_spec(&s);
+  for (size_t i = 0; i < TD_ARRAY_SIZE(cases); i++) {
+    s.sample_dtype = cases[i].t;
+    ck_assert_int_eq(td_plan_layout(&s, 37, &l), 0);
+    ck_assert_int_eq(l.in_dtype, cases[i].t);
+    ck_assert_uint_eq(l.stage_labels, (cases[i].samples + 63) / 64 * 64);
+    ck_assert_int_eq(td_plan_compute(&s, 37, TD_PREC_FP32, 0, &p), 0);
+    ck_assert_uint_eq(p.staging, l.stage_labels + 37);
+  }
+  s.sample_dtype = TD_DTYPE_F32;
+  exact_case(&s, 37);
+  s.sample_dtype = TD_DTYPE_I64; /* labels only */
+  assert_refused(&s, 37, 0, TD_EINVAL);
+  s.sample_dtype = (td_dtype)99;
+  assert_refused(&s, 37, 0, TD_EINVAL);
 }
 END_TEST
 
@@ -611,6 +644,7 @@ static Suite *plan_suite(void) {
   suite_add_tcase(s, tc);
   tcase_add_test(exact, test_exact_example);
   tcase_add_test(exact, test_exact_shapes);
+  tcase_add_test(exact, test_sample_dtypes);
   tcase_add_test(exact, test_conv_model);
   tcase_add_test(exact, test_exact_examples);
   tcase_set_timeout(exact, 120);

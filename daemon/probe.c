@@ -1,0 +1,265 @@
+/* Device probes: what each configured device offers a job, measured once
+ * when traind starts (issue #4).  A CUDA probe makes a CUDA context, which
+ * traind must never hold, so it runs in a `traind-worker --probe DEVICE`
+ * child that prints one line; a CPU device is measured in-process (its
+ * probe touches no GPU).  The result caps the device's budget by the memory
+ * free then, and gives the per-process overhead every plan on the device
+ * counts.  A probe that fails leaves the device unusable, with the reason:
+ * traind goes on with the others. */
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h" /* td_device_probe only: traind links no backend */
+#include "error.h"
+#include "log.h"
+#include "traind.h"
+#include "util.h"
+
+/* A CUDA context and the libraries' handles take seconds at most; a probe
+ * that hangs (a wedged driver) must not hold traind's start forever. */
+#define TD_PROBE_TIMEOUT_MS 60000
+
+typedef struct td_probe {
+  td_daemon *d;
+  int dev;                 /* index into d->devices */
+  uv_process_t proc;
+  uv_pipe_t out;
+  uv_timer_t timer;
+  int nhandles;
+  int64_t status;
+  int term_signal, exited, timed_out;
+  int reported;            /* the device has its answer already */
+  char line[512];
+  size_t len;
+} td_probe;
+
+/* The CPU backend's td_backend_probe, without linking the backends (and
+ * CUDA) into traind: the host's RAM and MemAvailable, overhead 0. */
+static int td__host_mem(uint64_t *total, uint64_t *avail) {
+  unsigned long long kib, t = 0, a = 0;
+  int found = 0;
+  char line[128];
+  FILE *f = fopen("/proc/meminfo", "r");
+
+  while (f != NULL && found != 3 && fgets(line, sizeof(line), f) != NULL) {
+    if (sscanf(line, "MemTotal: %llu kB", &kib) == 1) {
+      t = kib;
+      found |= 1;
+    } else if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) {
+      a = kib;
+      found |= 2;
+    }
+  }
+  if (f != NULL)
+    fclose(f);
+  if (found != 3)
+    return TD_EIO;
+  *total = (uint64_t)t * 1024;
+  *avail = a < t ? (uint64_t)a * 1024 : *total;
+  return 0;
+}
+
+void td_device_set_limit(td_device *dev, uint64_t limit) {
+  dev->limit = limit;
+  if (dev->probing || dev->unusable[0] != '\0') {
+    dev->budget = 0;
+    return;
+  }
+  dev->budget = limit;
+  if (dev->free < limit) {
+    char lim[32], fr[32];
+
+    dev->budget = dev->free;
+    td_format_size(limit, lim, sizeof(lim));
+    td_format_size(dev->free, fr, sizeof(fr));
+    td_warn("device %s: the configured budget %s is more than the %s free when traind "
+            "started: its budget is %s", dev->name, lim, fr, fr);
+  }
+}
+
+/* The probe's answer: apply it, or mark the device unusable with why. */
+static void td__probe_done(td_device *dev, int rc, const td_device_probe *p,
+                           const char *why) {
+  dev->probing = 0;
+  if (rc < 0) {
+    snprintf(dev->unusable, sizeof(dev->unusable), "the device probe failed: %s", why);
+    td_error("device %s is unusable: %s", dev->name, dev->unusable);
+  } else {
+    char total[32], fr[32], over[32];
+
+    dev->unusable[0] = '\0';
+    dev->total = p->total;
+    dev->free = p->free;
+    dev->overhead = p->overhead;
+    td_format_size(p->total, total, sizeof(total));
+    td_format_size(p->free, fr, sizeof(fr));
+    td_format_size(p->overhead, over, sizeof(over));
+    td_info("device %s: %s, %s free, %s per-process overhead", dev->name, total, fr, over);
+  }
+  td_device_set_limit(dev, dev->limit);
+}
+
+/* "probe total=N free=N overhead=N", or "probe error=CODE msg=TEXT". */
+static int td__probe_parse(const char *line, td_device_probe *out, char *why, size_t cap) {
+  unsigned long long total, fr, over;
+  const char *msg;
+
+  if (sscanf(line, "probe total=%llu free=%llu overhead=%llu", &total, &fr, &over) == 3) {
+    *out = (td_device_probe){.total = total, .free = fr, .overhead = over};
+    return 0;
+  }
+  if (strncmp(line, "probe error=", 12) == 0 && (msg = strstr(line, " msg=")) != NULL)
+    snprintf(why, cap, "%s", msg + 5);
+  else if (line[0] != '\0')
+    snprintf(why, cap, "traind-worker --probe answered '%.200s'", line);
+  else
+    snprintf(why, cap, "traind-worker --probe gave no answer");
+  return TD_EBACKEND;
+}
+
+static void td__probe_closed(uv_handle_t *h) {
+  td_probe *pr = h->data;
+  td_device *dev = &pr->d->devices[pr->dev];
+  td_device_probe p;
+  char why[256] = "";
+  int rc;
+
+  if (--pr->nhandles > 0)
+    return;
+  if (pr->reported) {
+    free(pr);
+    return;
+  }
+  pr->line[pr->len] = '\0';
+  pr->line[strcspn(pr->line, "\n")] = '\0';
+  rc = td__probe_parse(pr->line, &p, why, sizeof(why));
+  if (pr->timed_out) {
+    snprintf(why, sizeof(why), "traind-worker --probe did not answer in %d s (killed)",
+             TD_PROBE_TIMEOUT_MS / 1000);
+    rc = TD_ETIMEDOUT;
+  } else if (rc == 0 && (pr->status != 0 || pr->term_signal != 0)) {
+    snprintf(why, sizeof(why), "traind-worker --probe exited with status %" PRId64
+             ", signal %d", pr->status, pr->term_signal);
+    rc = TD_EBACKEND;
+  }
+  td__probe_done(dev, rc, &p, why);
+  /* a device added by SIGHUP: queued jobs may fit on it now (at start
+   * the jobs are not loaded yet) */
+  if (pr->d->njobs > 0 && !pr->d->stopping)
+    td_sched_run(pr->d);
+  free(pr);
+}
+
+static void td__probe_close(td_probe *pr, uv_handle_t *h) {
+  if (!uv_is_closing(h))
+    uv_close(h, td__probe_closed);
+}
+
+static void td__probe_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  td_probe *pr = h->data;
+
+  (void)hint;
+  *buf = uv_buf_init(pr->line + pr->len, (unsigned)(sizeof(pr->line) - 1 - pr->len));
+}
+
+static void td__probe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  td_probe *pr = s->data;
+
+  (void)buf;
+  if (n > 0)
+    pr->len += (size_t)n;
+  /* a full buffer is more than one line: the rest is not read */
+  if (n < 0 || pr->len == sizeof(pr->line) - 1) {
+    uv_read_stop(s);
+    td__probe_close(pr, (uv_handle_t *)s);
+  }
+}
+
+static void td__probe_exit(uv_process_t *p, int64_t status, int term_signal) {
+  td_probe *pr = p->data;
+
+  pr->exited = 1;
+  pr->status = status;
+  pr->term_signal = term_signal;
+  td__probe_close(pr, (uv_handle_t *)&pr->timer);
+  td__probe_close(pr, (uv_handle_t *)p);
+}
+
+static void td__probe_timeout(uv_timer_t *t) {
+  td_probe *pr = t->data;
+
+  pr->timed_out = 1;
+  if (!pr->exited)
+    uv_process_kill(&pr->proc, SIGKILL);
+}
+
+void td_probe_start(td_daemon *d, td_device *dev) {
+  char worker[TD_PATH_MAX + 32];
+  char *args[] = {worker, "--probe", dev->name, NULL};
+  uv_process_options_t opt;
+  uv_stdio_container_t io[3];
+  td_probe *pr;
+  int rc;
+
+  dev->probing = 1;
+  dev->unusable[0] = '\0';
+  if (dev->limit == 0)
+    dev->limit = dev->budget;
+  /* A CPU device's probe reads /proc/meminfo: no child needed. */
+  if (strncmp(dev->name, "cpu", 3) == 0) {
+    td_device_probe p = {0};
+
+    rc = td__host_mem(&p.total, &p.free);
+    td__probe_done(dev, rc, &p, "cannot read MemTotal and MemAvailable in /proc/meminfo");
+    return;
+  }
+  if ((pr = calloc(1, sizeof(*pr))) == NULL) {
+    td__probe_done(dev, TD_ENOMEM, NULL, "out of memory");
+    return;
+  }
+  pr->d = d;
+  pr->dev = (int)(dev - d->devices);
+  snprintf(worker, sizeof(worker), "%s/traind-worker", td_run_libexec(d));
+  uv_pipe_init(d->loop, &pr->out, 0);
+  pr->out.data = pr;
+  memset(&opt, 0, sizeof(opt));
+  opt.file = worker;
+  opt.args = args;
+  opt.exit_cb = td__probe_exit;
+  io[0].flags = UV_IGNORE;
+  io[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+  io[1].data.stream = (uv_stream_t *)&pr->out;
+  io[2].flags = UV_INHERIT_FD; /* its messages go to traind's log */
+  io[2].data.fd = 2;
+  opt.stdio = io;
+  opt.stdio_count = 3;
+  pr->proc.data = pr;
+  if ((rc = uv_spawn(d->loop, &pr->proc, &opt)) < 0) {
+    char why[TD_PATH_MAX + 96];
+
+    snprintf(why, sizeof(why), "cannot start %s: %s", worker, uv_strerror(rc));
+    td__probe_done(dev, TD_EIO, NULL, why);
+    /* a process handle is closed even when its spawn failed; pr goes
+     * with the last handle */
+    pr->reported = 1;
+    pr->nhandles = 2;
+    uv_close((uv_handle_t *)&pr->proc, td__probe_closed);
+    uv_close((uv_handle_t *)&pr->out, td__probe_closed);
+    return;
+  }
+  pr->nhandles = 3;
+  uv_timer_init(d->loop, &pr->timer);
+  pr->timer.data = pr;
+  uv_timer_start(&pr->timer, td__probe_timeout, TD_PROBE_TIMEOUT_MS, 0);
+  uv_read_start((uv_stream_t *)&pr->out, td__probe_alloc, td__probe_read);
+}
+
+void td_probe_devices(td_daemon *d) {
+  for (int i = 0; i < d->ndevices; i++)
+    td_probe_start(d, &d->devices[i]);
+  /* Only probes are on the loop yet: it returns once they have ended. */
+  uv_run(d->loop, UV_RUN_DEFAULT);
+}

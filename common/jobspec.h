@@ -35,14 +35,15 @@ typedef enum {
 
 /* One layer as the job file gives it.  A field a type does not use is 0;
  * the parser fills each used one (its default when the file omits it). */
+/* Kept small: traind holds a spec, TD_MAX_LAYERS of these, per queued job. */
 typedef struct td_layer {
   td_layer_type type;
   uint32_t units;      /* dense: output features */
   uint32_t filters;    /* conv2d: output channels */
-  uint32_t kernel;     /* conv2d, pooling: square window side */
-  uint32_t stride;     /* conv2d: 1; pooling: kernel (0 in a spec built in code: the same) */
-  uint32_t padding;    /* conv2d, pooling: zeros on each side */
-  int approximate;     /* gelu: 0 exact (erf), 1 tanh */
+  uint16_t kernel;     /* conv2d, pooling: square window side (<= 4096) */
+  uint16_t stride;     /* conv2d: 1; pooling: kernel (0 in a spec built in code: the same) */
+  uint16_t padding;    /* conv2d, pooling: zeros on each side */
+  uint8_t approximate; /* gelu: 0 exact (erf), 1 tanh */
   float p;             /* dropout: probability of dropping */
   float eps;           /* batchnorm2d, layernorm: 1e-5 (0 in code: the same) */
   float momentum;      /* batchnorm2d: running statistics' rate, 0.1 (0 in code: the same) */

@@ -294,6 +294,26 @@ rollback:
   return err;
 }
 
+int td_db_job_yaml(td_db *db, uint64_t id, char **out) {
+  sqlite3_stmt *st;
+  const char *text;
+  int rc;
+
+  rc = sqlite3_prepare_v2(db->h, "SELECT job_yaml FROM jobs WHERE id=?", -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return td__db_err(db, rc, "job file lookup");
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? TD_ENOENT : td__db_err(db, rc, "job file lookup");
+  }
+  text = (const char *)sqlite3_column_text(st, 0);
+  *out = strdup(text != NULL ? text : "");
+  sqlite3_finalize(st);
+  return *out != NULL ? 0 : TD_ENOMEM;
+}
+
 int td_db_find_key(td_db *db, const char *key, uint64_t *id) {
   sqlite3_stmt *st = db->find_key;
   int rc;
@@ -391,7 +411,15 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
         break;
       }
     }
-    td__col_str(st, 6, j->base_dir, sizeof(j->base_dir));
+    {
+      const char *b = (const char *)sqlite3_column_text(st, 6);
+
+      if ((j->base_dir = strdup(b ? b : "")) == NULL) {
+        td_job_free(j);
+        err = TD_ENOMEM;
+        break;
+      }
+    }
     j->submitted_ms = sqlite3_column_int64(st, 7);
     j->started_ms = sqlite3_column_int64(st, 8);
     j->finished_ms = sqlite3_column_int64(st, 9);

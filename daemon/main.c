@@ -58,6 +58,7 @@ void td_job_free(td_job *j) {
   free(j->model);
   free(j->error);
   free(j->yaml);
+  free(j->base_dir);
   free(j->spec);
   free(j);
 }
@@ -134,6 +135,8 @@ static int td__restore(void *arg, td_job *j) {
   if (j->spec == NULL)
     return TD_ENOMEM;
   rc = td_jobspec_parse(j->yaml, strlen(j->yaml), j->base_dir, j->spec, err, sizeof(err));
+  free(j->yaml); /* the database keeps it */
+  j->yaml = NULL;
   if (rc == 0)
     rc = td_job_learn_dtype(j->spec, err, sizeof(err));
   if (rc == 0)
@@ -317,6 +320,9 @@ int main(int argc, char **argv) {
   }
   td_log_init("traind", d->cfg.log_level);
   signal(SIGPIPE, SIG_IGN);
+  /* Past a file size limit (LimitFSIZE=) a write fails with EFBIG, which
+   * submits report as a full disk, instead of killing traind. */
+  signal(SIGXFSZ, SIG_IGN);
 
   if (td__exe_dir(d->exe_dir, sizeof(d->exe_dir)) < 0) {
     td_error("cannot find traind's own directory through /proc/self/exe");

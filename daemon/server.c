@@ -127,7 +127,7 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
                          size_t errlen) {
   const char *yaml;
   size_t ylen;
-  char key[80], name[TD_NAME_MAX] = "";
+  char key[80], name[TD_NAME_MAX] = "", base[TD_PATH_MAX];
   td_dataset_info info;
   uint64_t existing;
   td_job *j;
@@ -163,10 +163,14 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
     rc = TD_ENOMEM;
     goto free_job;
   }
-  if (td_obj_cstr(req, "base_dir", j->base_dir, sizeof(j->base_dir)) < 0 ||
-      j->base_dir[0] != '/') {
+  if (td_obj_cstr(req, "base_dir", base, sizeof(base)) < 0 || base[0] != '/') {
     snprintf(err, errlen, "base_dir must be an absolute directory (the job file's)");
     rc = TD_EINVAL;
+    goto free_job;
+  }
+  /* On the heap: 10,000 queued jobs with a PATH_MAX array each is 10 MB. */
+  if ((j->base_dir = strdup(base)) == NULL) {
+    rc = TD_ENOMEM;
     goto free_job;
   }
   rc = td_jobspec_parse(j->yaml, ylen, j->base_dir, j->spec, err, errlen);
@@ -214,6 +218,8 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   }
   d->jobs[d->njobs++] = j;
   d->nactive++;
+  free(j->yaml); /* recorded; read back when the job starts */
+  j->yaml = NULL;
   td_info("job %llu (%s) submitted: plan %llu bytes at micro-batch %u",
           (unsigned long long)j->id, j->name, (unsigned long long)j->plan.total,
           j->plan.micro_batch);

@@ -561,7 +561,7 @@ static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
 }
 
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
-  char dir[TD_PATH_MAX], path[TD_PATH_MAX + 32], worker[TD_PATH_MAX + 32],
+  char dir[TD_PATH_MAX], path[TD_PATH_MAX + 32], worker[TD_PATH_MAX + 32], *yaml,
       output[TD_PATH_MAX], budget[32], micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32],
       overhead[32];
   uv_stdio_container_t io[4];
@@ -573,14 +573,21 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     snprintf(err, errlen, "cannot create the job directory under %s/jobs", d->cfg.state_dir);
     return TD_EIO;
   }
+  if ((rc = td_db_job_yaml(d->db, j->id, &yaml)) < 0) {
+    snprintf(err, errlen, "cannot read the job file back from the database: %s",
+             td_strerror(rc));
+    return rc;
+  }
   snprintf(path, sizeof(path), "%s/job.yaml", dir);
   fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0 || td__write_all(fd, j->yaml, strlen(j->yaml)) < 0) {
+  if (fd < 0 || td__write_all(fd, yaml, strlen(yaml)) < 0) {
     if (fd >= 0)
       close(fd);
     snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    free(yaml);
     return TD_EIO;
   }
+  free(yaml);
   close(fd);
 
   r = calloc(1, sizeof(*r));

@@ -40,8 +40,9 @@ typedef struct td_job {
   char pin[32];            /* the job file's device: "" = any */
   int64_t submitted_ms, started_ms, finished_ms;
 
-  char *yaml;              /* job file text; NULL once the job has ended */
-  char base_dir[TD_PATH_MAX];
+  char *yaml;              /* job file text while it is being parsed; the database
+                              keeps it (td_db_job_yaml) */
+  char *base_dir;          /* the job file's directory, where relative paths resolve */
   td_jobspec *spec;        /* parsed; NULL once the job has ended */
   td_plan plan;            /* at the micro-batch it will run with */
 
@@ -123,6 +124,10 @@ void td_db_close(td_db *db);
 int td_db_insert(td_db *db, td_job *j, const char *key);
 /* The job id recorded for an idempotency key: 0 or TD_ENOENT. */
 int td_db_find_key(td_db *db, const char *key, uint64_t *id);
+/* The job file text recorded at submit, malloc'd into *out (the daemon
+ * does not keep it in memory: 10,000 queued jobs would hold 10,000 copies).
+ * TD_ENOENT for an unknown id. */
+int td_db_job_yaml(td_db *db, uint64_t id, char **out);
 /* Persist the job's state, device, times and results, with a history row. */
 int td_db_update(td_db *db, const td_job *j, const char *detail);
 /* Call fn for every job in id order; fn takes ownership of the job. */

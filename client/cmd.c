@@ -420,6 +420,34 @@ static void show_mem(const msgpack_object *job, const msgpack_object *plan) {
   }
 }
 
+/* "checkpoint:  step 1200 (epoch 3, batch 40), 2.31 MiB; resumed from step 600" */
+static void show_checkpoint(const msgpack_object *job) {
+  const msgpack_object *c;
+  uint64_t step = 0, epoch = 0, batch = 0, bytes = 0, resumed = 0;
+  char size[32];
+
+  if (td_obj_map(job, "checkpoint", &c) != 0)
+    return;
+  td_obj_u64(c, "step", &step);
+  td_obj_u64(c, "epoch", &epoch);
+  td_obj_u64(c, "batch", &batch);
+  td_obj_u64(c, "bytes", &bytes);
+  td_obj_u64(c, "resumed_step", &resumed);
+  if (bytes == 0 && resumed == 0)
+    return;
+  label("checkpoint");
+  if (bytes > 0) {
+    td_format_size(bytes, size, sizeof(size));
+    printf("step %" PRIu64 " (epoch %" PRIu64 ", batch %" PRIu64 "), %s", step, epoch + 1,
+           batch, size);
+  } else {
+    fputs("none yet this run", stdout);
+  }
+  if (resumed > 0)
+    printf("; resumed from step %" PRIu64, resumed);
+  fputc('\n', stdout);
+}
+
 static void show_job(const msgpack_object *job) {
   const msgpack_object *plan = NULL;
   char buf[96], state[16] = "?", *err;
@@ -449,6 +477,7 @@ static void show_job(const msgpack_object *job) {
     label("exit status");
     printf("%" PRId64 "\n", i);
   }
+  show_checkpoint(job);
   if (td_obj_map(job, "plan", &plan) != 0)
     plan = NULL;
   show_mem(job, plan);

@@ -70,7 +70,7 @@ static void td__pack_job_row(td_pack *p, const td_job *j) {
 }
 
 static void td__pack_job_full(td_pack *p, const td_job *j) {
-  td_pack_map(p, TD_JOB_ROW_FIELDS + 11);
+  td_pack_map(p, TD_JOB_ROW_FIELDS + 12);
   td__pack_job_fields(p, j);
   td_pack_kv_u64(p, "retries", j->retries);
   td_pack_kv_u64(p, "mem", j->mem);
@@ -83,6 +83,13 @@ static void td__pack_job_full(td_pack *p, const td_job *j) {
   td_pack_kv_str(p, "error", TD_JOB_STR(j->error));
   td__pack_plan(p, &j->plan);
   td_pack_kv_i64(p, "exit_status", j->exit_status);
+  td_pack_str(p, "checkpoint");
+  td_pack_map(p, 5);
+  td_pack_kv_u64(p, "step", j->ckpt_step);
+  td_pack_kv_u64(p, "epoch", j->ckpt_epoch);
+  td_pack_kv_u64(p, "batch", j->ckpt_batch);
+  td_pack_kv_u64(p, "bytes", j->ckpt_bytes);
+  td_pack_kv_u64(p, "resumed_step", j->resumed_step);
 }
 
 static int td__job_arg(td_daemon *d, const msgpack_object *req, td_job **out, char *err,

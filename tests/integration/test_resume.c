@@ -126,6 +126,22 @@ static unsigned long long resumed_step(uint64_t id) {
   return step;
 }
 
+/* What `show` says of the job's checkpoints: the step this run resumed at. */
+static uint64_t shown_resumed_step(uint64_t id) {
+  const msgpack_object *job, *ckpt;
+  char err[256];
+  uint64_t step = 0;
+  td_msg *m = NULL;
+  int code = 0;
+
+  ck_assert_int_eq(th_rpc_simple(g_sock, "show", "id", id, &m, &code, err, sizeof(err)), 0);
+  ck_assert_int_eq(td_obj_map(td_msg_root(m), "job", &job), 0);
+  ck_assert_int_eq(td_obj_map(job, "checkpoint", &ckpt), 0);
+  ck_assert_int_eq(td_obj_u64(ckpt, "resumed_step", &step), 0);
+  td_msg_free(m);
+  return step;
+}
+
 /* traind and the reference: the job run from start to end without a
  * break.  Then the same job again, running: *id. */
 static uint64_t reference_then_run(const char *key, uint64_t *id) {
@@ -220,6 +236,7 @@ START_TEST(sigterm_then_restart) {
   start();
   wait_state(id, "succeeded");
   ck_assert_msg(resumed_step(id) > 0, "the job did not resume from its checkpoint");
+  ck_assert_uint_eq(shown_resumed_step(id), resumed_step(id));
   same_weights(ref, id);
   /* A finished job's checkpoint is gone. */
   ck_assert_int_ne(access(ckpt, F_OK), 0);

@@ -8,7 +8,8 @@
  *
  * Writes OUTDIR/model.safetensors and OUTDIR/eval.bin (u32 count, u32
  * features, then count*features uint8 pixels and count uint8 labels) and
- * prints "loss_sum=X correct=N count=N". */
+ * prints "loss_sum=X correct=N count=N plan=BYTES peak=BYTES": the memory
+ * plan beside the allocator's measured peak. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,7 @@ int main(int argc, char **argv) {
   td_backend *be = NULL;
   td_model *m = NULL;
   td_step_stats st;
+  td_mem_stats mem;
   td_jobspec spec;
   uint32_t in, classes, bs, n;
   int rc = 1;
@@ -102,7 +104,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "td_model_probe: cannot write %s\n", path);
     goto out;
   }
-  printf("loss_sum=%.9g correct=%u count=%u\n", st.loss_sum, st.correct, st.count);
+  td_backend_mem(be, &mem);
+  printf("loss_sum=%.9g correct=%u count=%u plan=%llu peak=%llu\n", st.loss_sum, st.correct,
+         st.count, (unsigned long long)td_model_plan(m)->total,
+         (unsigned long long)mem.peak);
   rc = 0;
 out:
   td_model_destroy(m);

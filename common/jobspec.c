@@ -314,8 +314,8 @@ static const td_yfield train_fields[] = {
     {0},
 };
 
-/* A name the worker does not implement yet is refused with a reason, so a
- * job never counts on a remedy that will not come. */
+/* Each remedy at most once.  shrink may stand anywhere: the worker tries
+ * it last (daemon/worker/model.h). */
 static int check_remedies(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
                           size_t cap) {
   const td_remedy *r = p;
@@ -327,11 +327,6 @@ static int check_remedies(const td_yfield *f, void *p, const td_ynode *n, void *
         snprintf(msg, cap, "'%s' is listed twice", remedy_names[r[i]]);
         return 1;
       }
-    }
-    if (r[i] == TD_REMEDY_SHRINK) {
-      snprintf(msg, cap, "'%s' is not available yet; use 'accumulate', 'recompute', 'bf16' or "
-               "'fp16'", remedy_names[r[i]]);
-      return 1;
     }
   }
   return 0;

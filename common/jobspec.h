@@ -67,7 +67,7 @@ typedef enum { TD_DATA_IDX = 0, TD_DATA_NPY, TD_DATA_CSV, TD_DATA_RAW } td_data_
 typedef enum {
   TD_REMEDY_ACCUMULATE = 0, /* smaller micro-batches, same effective batch */
   TD_REMEDY_RECOMPUTE,      /* activation recomputation */
-  TD_REMEDY_SHRINK,         /* smaller effective batch, lr scaled (not available yet) */
+  TD_REMEDY_SHRINK,         /* smaller effective batch, lr scaled: the last resort */
   TD_REMEDY_BF16,           /* mixed precision: bf16, or fp16 with loss scaling */
   TD_REMEDY_FP16,
   TD_REMEDY__COUNT

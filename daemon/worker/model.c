@@ -27,6 +27,13 @@ struct td_model {
   uint32_t batch_size;
   uint32_t admitted_mb;   /* the micro-batch it was created at: a raised budget re-plans
                              back up to it */
+  uint32_t shrink;        /* optimiser updates per batch: 1, or k with the shrink remedy */
+  /* shrink: the state before a batch's first update, restored if a later one
+   * fails, so a failed step can be redone */
+  float *snap;            /* parameters and buffers, then the optimiser's; NULL when the
+                             job does not list shrink */
+  uint64_t snap_steps, snap_bn;
+  td_lossscale snap_ls;
   uint64_t steps;         /* training steps taken, skipped ones included */
   uint64_t bn_batches;    /* BatchNorm's num_batches_tracked: training micro-batches */
   int nbn;                /* batchnorm2d layers */
@@ -263,6 +270,7 @@ int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch
   m->spec = *spec;
   m->batch_size = spec->batch_size;
   m->admitted_mb = micro_batch;
+  m->shrink = 1;
   m->sched = spec->schedule;
   m->sched.lr = spec->opt.lr; /* a spec built in code may leave the schedule zeroed */
   if (td_schedule_check(&m->sched, NULL, 0) < 0) {
@@ -281,6 +289,12 @@ int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch
   if ((rc = size_workspace(m)) < 0 || (rc = alloc_arenas(m, 0)) < 0)
     goto destroy;
   m->ready = true;
+  if (td_jobspec_allows(spec, TD_REMEDY_SHRINK) &&
+      (m->snap = malloc(m->params.bytes + m->optim.bytes + 1)) == NULL) {
+    rc = fail(m, TD_ENOMEM, "no host memory for the state the shrink remedy keeps (%llu bytes)",
+              (unsigned long long)(m->params.bytes + m->optim.bytes));
+    goto destroy;
+  }
   if ((rc = init_weights(m, spec->seed)) < 0)
     goto destroy;
   *out = m;
@@ -300,6 +314,7 @@ void td_model_destroy(td_model *m) {
   td_backend_free(m->be, &m->optim);
   td_backend_free(m->be, &m->grads);
   td_backend_free(m->be, &m->params);
+  free(m->snap);
   free(m);
 }
 
@@ -309,23 +324,29 @@ uint64_t td_model_nparams(const td_model *m) { return m->lay.nparams; }
 uint64_t td_model_steps(const td_model *m) { return m->steps; }
 const char *td_model_error(const td_model *m) { return m->err; }
 const td_model_oom *td_model_last_oom(const td_model *m) { return &m->oom; }
+uint32_t td_model_effective_batch(const td_model *m) { return m->batch_size / m->shrink; }
 
-/* Re-plan at micro_batch with spec's precision and recompute. */
-static int replan_as(td_model *m, const td_jobspec *spec, uint32_t micro_batch) {
+/* Re-plan at micro_batch with spec's precision and recompute, training each
+ * batch as `shrink` updates (the plan is that of a batch of batch/shrink). */
+static int replan_as(td_model *m, const td_jobspec *spec, uint32_t micro_batch,
+                     uint32_t shrink) {
+  td_jobspec s = *spec;
   td_mem_stats mem;
   td_layout lay;
   td_plan plan;
   int rc;
 
+  s.batch_size = m->batch_size / shrink;
   td_backend_mem(m->be, &mem);
-  if ((rc = td_plan_layout(spec, micro_batch, &lay)) < 0 ||
-      (rc = td_plan_compute(spec, micro_batch, spec->precision, mem.overhead, &plan)) < 0)
+  if ((rc = td_plan_layout(&s, micro_batch, &lay)) < 0 ||
+      (rc = td_plan_compute(&s, micro_batch, s.precision, mem.overhead, &plan)) < 0)
     return fail(m, rc, "cannot plan the model at micro-batch %u: %s", micro_batch,
                 td_strerror(rc));
   /* Free first: the old and new arenas need not fit side by side. */
   free_step_arenas(m);
   m->lay = lay;
   m->plan = plan;
+  m->shrink = shrink;
   m->spec.recompute = spec->recompute;
   set_precision(m, spec->precision);
   if ((rc = size_workspace(m)) < 0 || (rc = alloc_arenas(m, PERSISTENT_ARENAS)) < 0) {
@@ -337,7 +358,7 @@ static int replan_as(td_model *m, const td_jobspec *spec, uint32_t micro_batch) 
 }
 
 int td_model_replan(td_model *m, uint32_t micro_batch) {
-  return replan_as(m, &m->spec, micro_batch);
+  return replan_as(m, &m->spec, micro_batch, m->shrink);
 }
 
 /* Rows [r, r + rows) of a stored activation of width cols, as fp32: in
@@ -572,6 +593,20 @@ static int step_failed(td_model *m, const char *phase) {
  * other types are taken as they are. */
 static float input_scale(td_dtype t) { return t == TD_DTYPE_U8 ? 1.0f / 255.0f : 1.0f; }
 
+/* Whether the model can take these samples now. */
+static int check_batch(td_model *m, const uint8_t *labels, uint32_t count, bool grads) {
+  m->err[0] = '\0';
+  if (!m->ready)
+    return fail(m, TD_ESTATE, "the model has no activation arena (a re-plan failed)");
+  if (count == 0 || (grads && count > m->batch_size))
+    return fail(m, TD_EINVAL, "a step takes 1 to %u samples, not %u", m->batch_size, count);
+  for (uint32_t i = 0; i < count; i++)
+    if (labels[i] >= m->lay.classes)
+      return fail(m, TD_EDATA, "label %u of sample %u is out of range for %u classes",
+                  labels[i], i, m->lay.classes);
+  return 0;
+}
+
 /* Queue the forward (and, with grads, backward) passes of count samples in
  * micro-batch slices; the loss statistics collect in the stats slot. */
 static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
@@ -583,17 +618,10 @@ static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
   size_t esize = td_dtype_size(l->in_dtype);
   float scale = input_scale(l->in_dtype);
   float grad_scale = td_lossscale_scale(&m->ls) / (float)count;
+  int rc;
 
-  m->err[0] = '\0';
-  if (!m->ready)
-    return fail(m, TD_ESTATE, "the model has no activation arena (a re-plan failed)");
-  if (count == 0 || (grads && count > m->batch_size))
-    return fail(m, TD_EINVAL, "a step takes 1 to %u samples, not %u", m->batch_size, count);
-  for (uint32_t i = 0; i < count; i++)
-    if (labels[i] >= l->classes)
-      return fail(m, TD_EDATA, "label %u of sample %u is out of range for %u classes",
-                  labels[i], i, l->classes);
-
+  if ((rc = check_batch(m, labels, count, grads)) < 0)
+    return rc;
   td_backend_fill(be, stats, 2, 0.0f);
   if (half(m))
     td_backend_to_half(be, half_kind(m), m->params.ptr,
@@ -637,8 +665,8 @@ static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
 
 /* The update: (fp16) unscale and look for inf/NaN, skipping the step if
  * there is one; clip by the global norm; the optimiser at the schedule's
- * rate.  *took says whether the weights moved. */
-static int update(td_model *m, bool *took) {
+ * rate times lr_scale.  *took says whether the weights moved. */
+static int update(td_model *m, double lr_scale, bool *took) {
   td_backend *be = m->be;
   float *p = m->params.ptr, *g = m->grads.ptr, *state = m->optim.ptr;
   float *stats = act(m, m->lay.stats);
@@ -662,7 +690,7 @@ static int update(td_model *m, bool *took) {
   }
   if (m->spec.clip_grad_norm > 0.0f)
     td_backend_clip_grad_norm(be, &g, &n, 1, m->spec.clip_grad_norm, stats + ST_NORM);
-  lr = (float)td_schedule_lr(&m->sched, m->steps);
+  lr = (float)(td_schedule_lr(&m->sched, m->steps) * lr_scale);
   taken = m->steps - m->ls.skipped + 1; /* this update's 1-based count */
   switch (o->kind) {
   case TD_OPT_ADAM:
@@ -715,15 +743,17 @@ int td_model_backward(td_model *m, const void *samples, const uint8_t *labels,
   return rc < 0 ? rc : finish(m, count, out);
 }
 
-int td_model_train_step(td_model *m, const void *samples, const uint8_t *labels,
-                        uint32_t count, td_step_stats *out) {
+/* One optimiser update from count samples, at the schedule's rate times
+ * lr_scale. */
+static int train_once(td_model *m, const void *samples, const uint8_t *labels,
+                      uint32_t count, double lr_scale, td_step_stats *out) {
   const td_lossscale ls = m->ls;
   int rc = run_slices(m, samples, labels, count, true);
   bool took;
 
   if (rc < 0)
     return rc;
-  update(m, &took);
+  update(m, lr_scale, &took);
   /* The optimiser op either ran whole or not at all; a failure before it
    * leaves only the gradients (which the next attempt rebuilds) touched. */
   if (td_backend_status(m->be) != 0) {
@@ -734,6 +764,77 @@ int td_model_train_step(td_model *m, const void *samples, const uint8_t *labels,
   if (m->nbn > 0)
     m->bn_batches += (count + m->lay.micro_batch - 1) / m->lay.micro_batch;
   return finish(m, count, out);
+}
+
+static int sync_or_fail(td_model *m) {
+  int rc = td_backend_sync(m->be);
+
+  return rc < 0 ? fail(m, rc, "%s", td_backend_error(m->be)) : 0;
+}
+
+/* shrink: what a batch's updates change, kept on the host before the first. */
+static int snapshot(td_model *m) {
+  td_backend_download(m->be, m->snap, m->params.ptr, m->params.bytes);
+  td_backend_download(m->be, (char *)m->snap + m->params.bytes, m->optim.ptr, m->optim.bytes);
+  m->snap_steps = m->steps;
+  m->snap_bn = m->bn_batches;
+  m->snap_ls = m->ls;
+  return sync_or_fail(m);
+}
+
+/* Back to the snapshot after a failed update; m->err keeps why it failed. */
+static int restore(td_model *m) {
+  char why[sizeof(m->err)];
+  int rc;
+
+  memcpy(why, m->err, sizeof(why));
+  td_backend_upload(m->be, m->params.ptr, m->snap, m->params.bytes);
+  td_backend_upload(m->be, m->optim.ptr, (char *)m->snap + m->params.bytes, m->optim.bytes);
+  m->steps = m->snap_steps;
+  m->bn_batches = m->snap_bn;
+  m->ls = m->snap_ls;
+  if ((rc = td_backend_sync(m->be)) < 0)
+    return fail(m, rc, "%s; restoring the weights then failed: %s", why,
+                td_backend_error(m->be));
+  return 0;
+}
+
+/* shrink: the batch as m->shrink updates of consecutive, near-equal slices,
+ * each at the rate times its share of the batch (1/k when k divides it), so
+ * every sample weighs in as it would in the whole batch's update. */
+static int train_shrunk(td_model *m, const void *samples, const uint8_t *labels,
+                        uint32_t count, td_step_stats *out) {
+  size_t sample_bytes = (size_t)m->lay.in_elems * td_dtype_size(m->lay.in_dtype);
+  td_step_stats sum = {0};
+  int rc;
+
+  if ((rc = check_batch(m, labels, count, true)) < 0 || (rc = snapshot(m)) < 0)
+    return rc;
+  for (uint32_t k = 0; k < m->shrink; k++) {
+    uint32_t lo = (uint32_t)((uint64_t)count * k / m->shrink);
+    uint32_t n = (uint32_t)((uint64_t)count * (k + 1) / m->shrink) - lo;
+    td_step_stats st;
+
+    if (n == 0)
+      continue;
+    if ((rc = train_once(m, (const char *)samples + lo * sample_bytes, labels + lo, n,
+                         (double)n / count, &st)) < 0) {
+      int rrc = restore(m);
+
+      return rrc < 0 ? rrc : rc;
+    }
+    sum.loss_sum += st.loss_sum;
+    sum.correct += st.correct;
+  }
+  sum.count = count;
+  *out = sum;
+  return 0;
+}
+
+int td_model_train_step(td_model *m, const void *samples, const uint8_t *labels,
+                        uint32_t count, td_step_stats *out) {
+  return m->shrink > 1 ? train_shrunk(m, samples, labels, count, out)
+                       : train_once(m, samples, labels, count, 1.0, out);
 }
 
 /* The largest plan for spec that fits budget, at most cap rows per
@@ -752,12 +853,49 @@ static int fit_one(td_model *m, const td_jobspec *spec, uint64_t budget, uint32_
   return rc;
 }
 
+/* shrink: the fewest updates k per batch (a divisor of it, so every
+ * update takes batch/k samples) whose plan at micro-batch batch/k, at most
+ * cap, fits budget; in *out the plan of a batch of batch/k. */
+static int fit_shrunk(td_model *m, const td_jobspec *spec, uint64_t budget, uint32_t cap,
+                      td_plan *out, uint32_t *shrink) {
+  td_jobspec s = *spec;
+  uint32_t b = m->batch_size, k = 2;
+  td_mem_stats mem;
+  td_plan p;
+  int rc;
+
+  if (b < 2)
+    return TD_ENOFIT;
+  /* the largest micro-batch that fits, below the job's minimum too */
+  s.min_micro_batch = 1;
+  s.remedies[0] = TD_REMEDY_ACCUMULATE;
+  s.nremedies = 1;
+  td_backend_mem(m->be, &mem);
+  if ((rc = td_plan_fit(&s, s.precision, mem.overhead, budget, &p)) < 0)
+    return rc;
+  if (p.micro_batch < cap)
+    cap = p.micro_batch;
+  while (k < b && (b % k != 0 || b / k > cap))
+    k++;
+  if (b / k > cap)
+    return TD_ENOFIT;
+  s.batch_size = b / k;
+  if ((rc = td_plan_compute(&s, b / k, s.precision, mem.overhead, out)) < 0)
+    return rc;
+  *shrink = k;
+  return 0;
+}
+
 /* The first configuration that fits budget: the current one at its whole
  * batch, then with the job's remedies added one by one in its order
- * (accumulate: smaller micro-batches; recompute; bf16 or fp16).  *to gets
- * the spec to re-plan with. */
-static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out, td_jobspec *to) {
+ * (accumulate: smaller micro-batches; recompute; bf16 or fp16), and shrink
+ * last of all wherever the job lists it.  *to gets the spec to re-plan
+ * with, *shrink the updates per batch. */
+static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out, td_jobspec *to,
+                    uint32_t *shrink) {
   td_jobspec s = m->spec;
+  bool shrinks = td_jobspec_allows(&m->spec, TD_REMEDY_SHRINK);
+  uint32_t updates = 1;
   int rc = TD_ENOFIT;
 
   s.nremedies = 0; /* what the stages so far allow */
@@ -765,6 +903,8 @@ static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out, td
     if (k >= 0) {
       td_remedy r = m->spec.remedies[k];
 
+      if (r == TD_REMEDY_SHRINK)
+        continue;
       s.remedies[s.nremedies++] = r;
       if (r == TD_REMEDY_RECOMPUTE)
         s.recompute = 1;
@@ -775,6 +915,11 @@ static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out, td
     }
     rc = fit_one(m, &s, budget, cap, out);
   }
+  if (rc == TD_ENOFIT && shrinks)
+    rc = fit_shrunk(m, &s, budget, cap, out, &updates);
+  if (rc == TD_ENOFIT && shrinks)
+    return fail(m, rc, "%s: even the smallest allowed micro-batch (1, shrunk) does not fit in "
+                "%llu bytes", td_backend_device(m->be), (unsigned long long)budget);
   if (rc == TD_ENOFIT)
     return fail(m, rc, "%s: even the smallest allowed micro-batch (%u) does not fit in %llu "
                 "bytes", td_backend_device(m->be), td_jobspec_min_micro_batch(&m->spec),
@@ -785,6 +930,7 @@ static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out, td
   memcpy(s.remedies, m->spec.remedies, sizeof(s.remedies));
   s.nremedies = m->spec.nremedies;
   *to = s;
+  *shrink = updates;
   return 0;
 }
 
@@ -803,6 +949,7 @@ int td_model_train_step_recover(td_model *m, const void *samples, const uint8_t 
     td_mem_stats mem;
     td_jobspec to;
     td_plan p;
+    uint32_t shrink;
 
     if (hooks != NULL && hooks->oom != NULL)
       hooks->oom(hooks->arg, &oom);
@@ -815,9 +962,9 @@ int td_model_train_step_recover(td_model *m, const void *samples, const uint8_t 
       mem.budget = m->plan.total - shortfall;
     if (attempt > 0 && oom.micro_batch / 2 < cap)
       cap = oom.micro_batch / 2;
-    if ((rc = fit_plan(m, mem.budget, cap, &p, &to)) < 0)
+    if ((rc = fit_plan(m, mem.budget, cap, &p, &to, &shrink)) < 0)
       return rc;
-    if ((rc = replan_as(m, &to, p.micro_batch)) < 0)
+    if ((rc = replan_as(m, &to, p.micro_batch, shrink)) < 0)
       continue;
     if (hooks != NULL && hooks->replan != NULL)
       hooks->replan(hooks->arg, &m->plan);
@@ -828,10 +975,11 @@ int td_model_train_step_recover(td_model *m, const void *samples, const uint8_t 
 
 int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned) {
   const td_jobspec was = m->spec;
-  const uint32_t was_mb = m->lay.micro_batch;
+  const uint32_t was_mb = m->lay.micro_batch, was_shrink = m->shrink;
   bool fits = m->ready && m->plan.total <= budget;
   td_jobspec to;
   td_plan p;
+  uint32_t shrink;
   int rc;
 
   td_backend_set_budget(m->be, budget);
@@ -840,17 +988,17 @@ int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned) {
     return 0;
   /* Shrinking takes what fits; growing goes back up to the admitted
    * micro-batch at most, with the remedies applied so far kept. */
-  rc = fit_plan(m, budget, fits ? m->admitted_mb : UINT32_MAX, &p, &to);
+  rc = fit_plan(m, budget, fits ? m->admitted_mb : UINT32_MAX, &p, &to, &shrink);
   if (fits && (rc < 0 || p.micro_batch <= was_mb)) {
     m->err[0] = '\0';
     return 0;
   }
   if (rc < 0)
     return rc;
-  if ((rc = replan_as(m, &to, p.micro_batch)) < 0) {
+  if ((rc = replan_as(m, &to, p.micro_batch, shrink)) < 0) {
     /* Growing failed (the device has less than the budget says): the
      * old plan fitted, so go back to it. */
-    if (!fits || replan_as(m, &was, was_mb) < 0)
+    if (!fits || replan_as(m, &was, was_mb, was_shrink) < 0)
       return rc;
   }
   *replanned = true;
@@ -862,12 +1010,6 @@ int td_model_eval(td_model *m, const void *samples, const uint8_t *labels, uint3
   int rc = run_slices(m, samples, labels, count, false);
 
   return rc < 0 ? rc : finish(m, count, out);
-}
-
-static int sync_or_fail(td_model *m) {
-  int rc = td_backend_sync(m->be);
-
-  return rc < 0 ? fail(m, rc, "%s", td_backend_error(m->be)) : 0;
 }
 
 int td_model_get_params(td_model *m, float *dst) {

@@ -8,7 +8,9 @@
  * micro-batch slices, accumulating gradients, so the update does not depend
  * on the micro-batch (up to summation order; dropout masks are keyed by the
  * sample's index in the batch) - except with batchnorm2d, whose statistics
- * are each micro-batch's own (td_plan.batch_dependent).
+ * are each micro-batch's own (td_plan.batch_dependent).  The shrink
+ * remedy alone changes that: a batch becomes k smaller updates (see
+ * td_model_train_step_recover).
  *
  * The update: in fp16, unscale the gradients, and skip the step (halving the
  * loss scale) if one is inf or NaN; clip by the global norm; the optimiser
@@ -50,8 +52,11 @@ void td_model_destroy(td_model *m);
 const td_plan *td_model_plan(const td_model *m);
 const td_layout *td_model_layout(const td_model *m);
 uint64_t td_model_nparams(const td_model *m);
-/* Optimiser steps taken so far. */
+/* Optimiser steps taken so far: every update, so k per batch under shrink. */
 uint64_t td_model_steps(const td_model *m);
+/* Samples per optimiser update for a whole batch: the job's batch size, or
+ * batch_size / k while the shrink remedy trains each batch as k updates. */
+uint32_t td_model_effective_batch(const td_model *m);
 /* Why the last call failed ("" if it did not). */
 const char *td_model_error(const td_model *m);
 
@@ -65,10 +70,10 @@ typedef struct td_model_oom {
 } td_model_oom;
 const td_model_oom *td_model_last_oom(const td_model *m);
 
-/* Run at another micro-batch (at the precision and recompute setting the
- * model runs with now): frees the activation, workspace and staging
- * arenas and allocates them at the new size (parameters, gradients and
- * optimiser state stay).  On failure (TD_EOOM: phase workspace) the model
+/* Run at another micro-batch, at most the effective batch (at the
+ * precision, recompute setting and effective batch the model runs with
+ * now): frees the activation, workspace and staging arenas and allocates
+ * them at the new size (parameters, gradients and optimiser state stay).  On failure (TD_EOOM: phase workspace) the model
  * keeps its weights but cannot step until a re-plan succeeds. */
 int td_model_replan(td_model *m, uint32_t micro_batch);
 
@@ -86,9 +91,10 @@ int td_model_replan(td_model *m, uint32_t micro_batch);
 /* Gradients of the mean loss into the gradient arena; no update. */
 int td_model_backward(td_model *m, const void *samples, const uint8_t *labels,
                       uint32_t count, td_step_stats *out);
-/* td_model_backward, then one optimiser update.  A step that fails
- * (TD_EOOM in any phase) leaves the weights and the optimiser state as
- * they were: it can be redone. */
+/* td_model_backward, then one optimiser update (k of them under shrink,
+ * see td_model_train_step_recover).  A step that fails (TD_EOOM in any
+ * phase, in any of its updates) leaves the weights, the optimiser state
+ * and the counters as they were: it can be redone. */
 int td_model_train_step(td_model *m, const void *samples, const uint8_t *labels,
                         uint32_t count, td_step_stats *out);
 /* What td_model_train_step_recover tells as it recovers (each may be NULL). */
@@ -106,17 +112,45 @@ typedef struct td_model_hooks {
  * The job's remedies apply in its order: the whole batch as it runs now
  * first, then each listed remedy added to those before it (accumulate:
  * smaller micro-batches; recompute; bf16 or fp16 from fp32).
- * TD_ENOFIT when even the job's smallest allowed micro-batch does not fit;
- * the weights are then as before the step. */
+ *
+ * shrink, wherever the job lists it, comes last: only when none of the
+ * others fits at the job's smallest allowed micro-batch.  Each batch of B
+ * samples is then trained as k optimiser updates, k the smallest divisor
+ * of B above 1 whose plan at micro-batch B/k fits (so a prime B goes
+ * straight to k = B): update j takes the j-th of k consecutive slices
+ * (B/k samples each; a shorter batch is cut into near-equal slices) at the
+ * schedule's rate times slice / batch (1/k: the linear scaling rule, so the
+ * k small steps sum to about the one step of the whole batch; exactly so
+ * to first order for plain SGD).  The samples and their order do not
+ * change, the effective batch is B/k (td_model_effective_batch), and the
+ * plan is that of a batch of B/k (micro-batch B/k, accumulation 1).  Every
+ * update counts as a step: the checkpoint's step, the schedule's position
+ * (which so advances k per batch: its positions are optimiser updates),
+ * Adam's bias correction, fp16's loss scaler and the dropout keys (whose
+ * sample index is the sample's place in its update's slice); each update
+ * clips its own gradient.  Shrink goes below memory.min_micro_batch, down
+ * to an effective batch of 1; a later td_model_set_budget that leaves room
+ * goes back up.  The state before a batch's first update is copied to the
+ * host (a buffer allocated at create when the job lists shrink; a device
+ * to host copy of the parameters and optimiser state per batch while
+ * shrunk), so a failure in a later update still leaves the weights as
+ * before the step.  Without shrink in the remedies nothing of this
+ * applies.
+ *
+ * TD_ENOFIT when even the job's smallest allowed micro-batch does not fit
+ * (with shrink: not even micro-batch 1); the weights are then as before the
+ * step. */
 int td_model_train_step_recover(td_model *m, const void *samples, const uint8_t *labels,
                                 uint32_t count, const td_model_hooks *hooks,
                                 td_step_stats *out);
 
 /* The device budget changed: if the plan no longer fits, re-plan at the
- * largest micro-batch that does (*replanned says so).  If it fits but runs
- * below the micro-batch the model was created at (after an OOM or a lower
- * budget), re-plan up to the largest micro-batch, at most that one, that
- * the budget allows, keeping the precision and recomputation it runs with;
+ * largest micro-batch that does, with the remedies as
+ * td_model_train_step_recover applies them (*replanned says so).  If it
+ * fits but runs below the micro-batch the model was created at (after an
+ * OOM or a lower budget, or shrunk), re-plan up to the largest micro-batch,
+ * at most that one, that the budget allows (the whole effective batch
+ * first), keeping the precision and recomputation it runs with;
  * should those arenas not allocate, it goes back to the plan it had.
  * TD_ENOFIT when nothing fits; TD_EOOM if the re-plan's arenas could not
  * be allocated. */

@@ -322,12 +322,14 @@ typedef struct trainer {
 } trainer;
 
 /* The remedy a plan applies shows in its precision and recompute. */
-static void emit_replan(const td_plan *p) {
+static void emit_replan(const td_model *m) {
+  const td_plan *p = td_model_plan(m);
   bool split = p->batch_dependent && p->accumulation > 1;
 
   emit("replan micro_batch=%u accumulation=%u total=%llu precision=%s recompute=%d "
-       "batch_dependent=%d", p->micro_batch, p->accumulation, (unsigned long long)p->total,
-       td_precision_name(p->precision), p->recompute, p->batch_dependent);
+       "batch_dependent=%d effective_batch=%u", p->micro_batch, p->accumulation,
+       (unsigned long long)p->total, td_precision_name(p->precision), p->recompute,
+       p->batch_dependent, td_model_effective_batch(m));
   td_info("re-planned: micro-batch %u x %u, %s%s, %llu bytes", p->micro_batch,
           p->accumulation, td_precision_name(p->precision),
           p->recompute ? " with activation recomputation" : "", (unsigned long long)p->total);
@@ -347,8 +349,8 @@ static void on_oom(void *arg, const td_model_oom *o) {
 }
 
 static void on_replan(void *arg, const td_plan *p) {
-  (void)arg;
-  emit_replan(p);
+  (void)p;
+  emit_replan(arg);
 }
 
 static void state_tensor(trainer *t, td_ckpt_tensor *out) {
@@ -503,7 +505,7 @@ static int apply_control(trainer *t) {
         return fail(rc, "the budget was lowered to %llu bytes: %s", bytes,
                     td_model_error(t->model));
       } else {
-        emit_replan(td_model_plan(t->model));
+        emit_replan(t->model);
       }
     } else {
       td_warn("ignoring an unknown command from traind: %s", ctl_buf);
@@ -517,7 +519,7 @@ static int apply_control(trainer *t) {
 }
 
 static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const uint8_t *lb) {
-  const td_model_hooks hooks = {.oom = on_oom, .replan = on_replan};
+  const td_model_hooks hooks = {.oom = on_oom, .replan = on_replan, .arg = t->model};
   td_step_stats st;
   td_mem_stats mem;
   double now;

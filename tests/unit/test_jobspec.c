@@ -549,8 +549,10 @@ START_TEST(memory_remedies) {
                      "train:\n"), NULL, &s);
   ck_assert(!s.loss_scale.enabled); /* fp32 until the remedy applies */
   ck_assert_float_eq(s.loss_scale.init_scale, 1024.0f);
-  expect_err(job_with("train:\n", "memory: {remedies: [shrink]}\ntrain:\n"),
-             "'memory.remedies'", "not available yet");
+  expect_ok(job_with("train:\n", "memory: {remedies: [shrink, accumulate]}\ntrain:\n"),
+            NULL, &s);
+  ck_assert_int_eq(s.remedies[0], TD_REMEDY_SHRINK);
+  ck_assert(td_jobspec_allows(&s, TD_REMEDY_ACCUMULATE));
   expect_err(job_with("train:\n", "memory: {remedies: [accumulate, accumulate]}\ntrain:\n"),
              "'memory.remedies'", "listed twice");
   expect_err(job_with("train:\n", "memory: {remedies: [halve]}\ntrain:\n"),

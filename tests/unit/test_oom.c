@@ -400,6 +400,305 @@ START_TEST(test_below_minimum) {
 }
 END_TEST
 
+/* The shrink remedy: a job of batch 24 that may not accumulate below its
+ * whole batch (min_micro_batch 24), with or without shrink. */
+static void shrink_spec(td_jobspec *s, td_opt_kind opt, bool shrink) {
+  small_spec(s, opt);
+  s->min_micro_batch = s->batch_size;
+  s->remedies[1] = TD_REMEDY_SHRINK;
+  s->nremedies = shrink ? 2 : 1;
+}
+
+static uint64_t plan_at(const td_jobspec *s, uint32_t micro) {
+  td_plan p;
+
+  ck_assert_int_eq(td_plan_compute(s, micro, TD_PREC_FP32, 0, &p), 0);
+  return p.total;
+}
+
+/* A model of s admitted at its whole batch on a device of exactly that. */
+static td_model *admitted(const td_jobspec *s, td_backend **be) {
+  char err[256];
+  td_model *m;
+
+  ck_assert_int_eq(td_backend_create("cpu0", plan_at(s, s->batch_size), be, err, sizeof(err)),
+                   0);
+  ck_assert_msg(td_model_create(*be, s, s->batch_size, &m, err, sizeof(err)) == 0, "%s", err);
+  return m;
+}
+
+/* What shrinking to k updates should give, trained by hand: batches 0..n-1
+ * of 24, each as k steps of its consecutive 24/k samples at lr/k. */
+static float *by_hand(td_opt_kind opt, int k, int n) {
+  uint32_t part = 24 / (uint32_t)k;
+  uint8_t px[24 * 39], lb[24];
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_step_stats st;
+  char err[256];
+  float *params;
+
+  small_spec(&s, opt);
+  s.opt.lr /= (float)k;
+  ck_assert_int_eq(td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, err, sizeof(err)), 0);
+  ck_assert_int_eq(td_model_create(be, &s, part, &m, err, sizeof(err)), 0);
+  for (int b = 0; b < n; b++) {
+    batch(b, px, lb, 24, 39);
+    for (int j = 0; j < k; j++)
+      ck_assert_int_eq(td_model_train_step(m, px + (size_t)j * part * 39, lb + j * part, part,
+                                           &st), 0);
+  }
+  ck_assert_uint_eq(td_model_steps(m), (uint64_t)k * (uint64_t)n);
+  params = malloc(td_model_nparams(m) * sizeof(float));
+  ck_assert_int_eq(td_model_get_params(m, params), 0);
+  td_model_destroy(m);
+  td_backend_destroy(be);
+  return params;
+}
+
+/* STEPS batches through td_model_train_step_recover on a device shrunk to
+ * budget; the first step is armed with an OOM at inject_at, the second at
+ * again_at (0: none).  Returns the parameters (malloc'd); the model and
+ * its backend go to keep and keep_be, or are destroyed if keep is NULL. */
+static float *run_shrink(const td_jobspec *s, uint64_t budget, uint64_t inject_at,
+                         uint64_t again_at, seen *sn, td_model **keep, td_backend **keep_be) {
+  const td_model_hooks hooks = {.oom = hook_oom, .replan = hook_replan, .arg = sn};
+  uint8_t px[24 * 39], lb[24];
+  td_backend *be;
+  td_model *m = admitted(s, &be);
+  td_step_stats st;
+  float *params;
+
+  memset(sn, 0, sizeof(*sn));
+  td_backend_set_budget(be, budget);
+  for (int k = 0; k < STEPS; k++) {
+    if (k < 2)
+      td_backend_inject_oom(be, k == 0 ? inject_at : again_at);
+    batch(k, px, lb, 24, 39);
+    ck_assert_msg(td_model_train_step_recover(m, px, lb, 24, &hooks, &st) == 0, "step %d: %s",
+                  k, td_model_error(m));
+    ck_assert_uint_eq(st.count, 24);
+  }
+  params = malloc(td_model_nparams(m) * sizeof(float));
+  ck_assert_int_eq(td_model_get_params(m, params), 0);
+  if (keep != NULL) {
+    *keep = m;
+    *keep_be = be;
+  } else {
+    td_model_destroy(m);
+    td_backend_destroy(be);
+  }
+  return params;
+}
+
+/* Out of memory at the step with room for half the batch only: accumulation
+ * may not go below 24, so each batch becomes 2 updates of 12 at lr/2,
+ * exactly the steps a hand-made run of the halves takes. */
+static void shrink_halves(td_opt_kind opt) {
+  td_jobspec s;
+  seen sn;
+  td_model *m;
+  td_backend *be;
+  td_mem_stats mem;
+  float *ref = by_hand(opt, 2, STEPS), *got;
+
+  shrink_spec(&s, opt, true);
+  got = run_shrink(&s, plan_at(&s, 12), 3, 0, &sn, &m, &be);
+  ck_assert_int_eq(sn.ooms, 1);
+  ck_assert_int_eq(sn.replans, 1);
+  ck_assert_uint_eq(sn.last_micro, 12);
+  ck_assert_uint_eq(td_model_plan(m)->accumulation, 1);
+  ck_assert_uint_eq(td_model_effective_batch(m), 12);
+  ck_assert_uint_eq(td_model_steps(m), 2 * STEPS);
+  td_backend_mem(be, &mem);
+  ck_assert_uint_eq(mem.used, plan_at(&s, 12));
+  assert_close(got, ref, td_model_nparams(m), 1e-6);
+  free(got);
+  free(ref);
+  td_model_destroy(m);
+  td_backend_destroy(be);
+}
+
+START_TEST(test_shrink_halves_sgd) { shrink_halves(TD_OPT_SGD); }
+END_TEST
+
+START_TEST(test_shrink_halves_adam) { shrink_halves(TD_OPT_ADAM); }
+END_TEST
+
+/* Without shrink the same job cannot go on: TD_ENOFIT, the weights and the
+ * step count as before. */
+START_TEST(test_no_shrink_enofit) {
+  const td_model_hooks hooks = {0};
+  uint8_t px[24 * 39], lb[24];
+  float before[4096], after[4096];
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_step_stats st;
+  bool replanned;
+
+  shrink_spec(&s, TD_OPT_SGD, false);
+  m = admitted(&s, &be);
+  ck_assert_int_le(td_model_nparams(m), 4096);
+  ck_assert_int_eq(td_model_set_budget(m, plan_at(&s, 12), &replanned), TD_ENOFIT);
+  ck_assert_ptr_nonnull(strstr(td_model_error(m), "smallest allowed micro-batch (24)"));
+  ck_assert_uint_eq(td_model_effective_batch(m), 24);
+  ck_assert_int_eq(td_model_get_params(m, before), 0);
+  td_backend_inject_oom(be, 3);
+  batch(0, px, lb, 24, 39);
+  ck_assert_int_eq(td_model_train_step_recover(m, px, lb, 24, &hooks, &st), TD_ENOFIT);
+  ck_assert_uint_eq(td_model_steps(m), 0);
+  ck_assert_int_eq(td_model_get_params(m, after), 0);
+  ck_assert_int_eq(memcmp(before, after, td_model_nparams(m) * sizeof(float)), 0);
+  td_model_destroy(m);
+  td_backend_destroy(be);
+}
+END_TEST
+
+/* Failed requests of one update at micro-batch 12, counted by failing each. */
+static int requests_per_update(void) {
+  uint8_t px[24 * 39], lb[24];
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_step_stats st;
+  char err[256];
+  int n = 0;
+
+  small_spec(&s, TD_OPT_SGD);
+  ck_assert_int_eq(td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, err, sizeof(err)), 0);
+  ck_assert_int_eq(td_model_create(be, &s, 12, &m, err, sizeof(err)), 0);
+  batch(0, px, lb, 24, 39);
+  for (uint64_t at = 1; at <= 200; at++) {
+    td_backend_inject_oom(be, at);
+    n += td_model_train_step(m, px, lb, 12, &st) == TD_EOOM;
+    td_backend_inject_oom(be, 0);
+  }
+  td_model_destroy(m);
+  td_backend_destroy(be);
+  return n;
+}
+
+/* A shrunk step that fails in any request of either update leaves the
+ * whole state and the step count as they were. */
+START_TEST(test_shrink_step_atomic) {
+  const uint32_t floats_max = 16384;
+  uint8_t px[24 * 39], lb[24];
+  float *before = malloc(floats_max * sizeof(float)), *after = malloc(floats_max * sizeof(float));
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_step_stats st;
+  bool replanned;
+  int failed = 0, per_update = requests_per_update();
+
+  ck_assert_int_gt(per_update, 10);
+  shrink_spec(&s, TD_OPT_ADAM, true);
+  m = admitted(&s, &be);
+  ck_assert_uint_le(td_model_state_floats(m), floats_max);
+  ck_assert_int_eq(td_model_set_budget(m, plan_at(&s, 12), &replanned), 0);
+  ck_assert(replanned);
+  ck_assert_uint_eq(td_model_effective_batch(m), 12);
+  batch(0, px, lb, 24, 39);
+  for (uint64_t at = 1; at <= 3 * (uint64_t)per_update; at++) {
+    uint64_t steps = td_model_steps(m);
+    int rc;
+
+    ck_assert_int_eq(td_model_get_state(m, before), 0);
+    td_backend_inject_oom(be, at);
+    rc = td_model_train_step(m, px, lb, 24, &st);
+    td_backend_inject_oom(be, 0);
+    if (rc == 0) {
+      ck_assert_uint_eq(td_model_steps(m), steps + 2);
+      continue;
+    }
+    failed++;
+    ck_assert_int_eq(rc, TD_EOOM);
+    ck_assert_uint_eq(td_model_steps(m), steps);
+    ck_assert_int_eq(td_model_get_state(m, after), 0);
+    ck_assert_int_eq(memcmp(before, after, td_model_state_floats(m) * sizeof(float)), 0);
+  }
+  /* each request of both updates failed once */
+  ck_assert_int_eq(failed, 2 * per_update);
+  td_model_destroy(m);
+  td_backend_destroy(be);
+  free(before);
+  free(after);
+}
+END_TEST
+
+/* An OOM in the second update of a shrunk step: the step is redone from
+ * its start, and the run ends as the hand-made one. */
+START_TEST(test_shrink_redo) {
+  const int per_update = requests_per_update();
+  float *ref = by_hand(TD_OPT_ADAM, 2, STEPS), *got;
+  td_jobspec s;
+  td_layout lay;
+  seen sn;
+
+  shrink_spec(&s, TD_OPT_ADAM, true);
+  ck_assert_int_eq(td_plan_layout(&s, 24, &lay), 0);
+  for (int at = per_update + 1; at <= 2 * per_update; at += 3) {
+    got = run_shrink(&s, plan_at(&s, 12), 1, (uint64_t)at, &sn, NULL, NULL);
+    ck_assert_int_eq(sn.ooms, 2);
+    ck_assert_int_eq(sn.replans, 2);
+    ck_assert_uint_eq(sn.last_micro, 12);
+    assert_close(got, ref, lay.nparams, 1e-6);
+    free(got);
+  }
+  free(ref);
+}
+END_TEST
+
+/* The effective batch follows the budget: the fewest updates whose
+ * micro-batch (a divisor of 24) fits, nothing below micro-batch 1, and back
+ * to the whole batch when the budget comes back. */
+START_TEST(test_shrink_follows_budget) {
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  bool replanned;
+
+  shrink_spec(&s, TD_OPT_SGD, true);
+  {
+    const struct {
+      uint64_t budget;
+      int rc;
+      uint32_t effective;
+    } steps[] = {
+        {plan_at(&s, 10), 0, 8},            /* 24 / 3 */
+        {plan_at(&s, 7), 0, 6},             /* 24 / 4 */
+        {plan_at(&s, 5), 0, 4},             /* 24 / 6, not 24 / 5 */
+        {plan_at(&s, 1) - 1, TD_ENOFIT, 4}, /* as it was */
+        {plan_at(&s, 24), 0, 24},
+    };
+    uint8_t px[24 * 39], lb[24];
+    td_step_stats st;
+
+    m = admitted(&s, &be);
+    batch(0, px, lb, 24, 39);
+    for (size_t k = 0; k < TD_ARRAY_SIZE(steps); k++) {
+      uint64_t steps_before = td_model_steps(m);
+
+      ck_assert_int_eq(td_model_set_budget(m, steps[k].budget, &replanned), steps[k].rc);
+      ck_assert_uint_eq(td_model_effective_batch(m), steps[k].effective);
+      ck_assert_uint_eq(td_model_plan(m)->micro_batch, steps[k].effective);
+      ck_assert_uint_eq(td_model_plan(m)->accumulation, 1);
+      if (steps[k].rc == TD_ENOFIT) {
+        ck_assert_ptr_nonnull(strstr(td_model_error(m), "micro-batch (1, shrunk)"));
+        continue;
+      }
+      /* a batch is 24 / effective updates */
+      ck_assert_int_eq(td_model_train_step(m, px, lb, 24, &st), 0);
+      ck_assert_uint_eq(td_model_steps(m) - steps_before, 24 / steps[k].effective);
+    }
+  }
+  td_model_destroy(m);
+  td_backend_destroy(be);
+}
+END_TEST
+
 static Suite *oom_suite(void) {
   Suite *s = suite_create("oom");
   TCase *tc = tcase_create("oom");
@@ -413,6 +712,12 @@ static Suite *oom_suite(void) {
   tcase_add_test(tc, test_raise_after_oom);
   tcase_add_test(tc, test_replan_alloc_fails);
   tcase_add_test(tc, test_below_minimum);
+  tcase_add_test(tc, test_shrink_halves_sgd);
+  tcase_add_test(tc, test_shrink_halves_adam);
+  tcase_add_test(tc, test_no_shrink_enofit);
+  tcase_add_test(tc, test_shrink_step_atomic);
+  tcase_add_test(tc, test_shrink_redo);
+  tcase_add_test(tc, test_shrink_follows_budget);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1,4 +1,4 @@
-/* GELU and dropout on the CPU. */
+/* GELU, dropout and the small vector loops the other CPU ops share. */
 #include <math.h>
 
 #include "cpu_ops.h"
@@ -47,4 +47,32 @@ void td__cpu_dropout(td_backend *be, const float *x, float *y, size_t rows, size
       y[i] = td__dropout_keep(row, c, threshold) ? x[i] * scale : 0.0f;
     }
   }
+}
+
+CPU_CLONES
+void td__cpu_add_scalar(float *restrict x, float v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    x[i] += v;
+}
+
+CPU_CLONES
+void td__cpu_add(float *restrict x, const float *restrict y, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    x[i] += y[i];
+}
+
+/* Sixteen running sums, so the loop vectorises without reassociating. */
+CPU_CLONES
+float td__cpu_sum(const float *restrict x, size_t n) {
+  float acc[16] = {0}, s = 0.0f;
+  size_t i = 0;
+
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; j++)
+      acc[j] += x[i + j];
+  for (; i < n; i++)
+    acc[i % 16] += x[i];
+  for (int j = 0; j < 16; j++)
+    s += acc[j];
+  return s;
 }

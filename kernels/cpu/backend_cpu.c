@@ -3,6 +3,9 @@
  * device's memory budget for machines without a GPU. */
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,8 +15,154 @@
 #include "error.h"
 
 #define CPU_ALIGN 64
+#define CPU_MAX_LANES 16
 
-static void cpu_destroy(td_backend *be) {}
+/* The lanes' threads (lane 0 is the caller's).  A task is published with a
+ * new generation; each worker runs its lane once per generation.  Workers
+ * and the caller spin a little before sleeping: ops come microseconds apart
+ * in a training step, and a futex wake-up costs more than most of them. */
+typedef struct cpu_pool cpu_pool;
+
+typedef struct cpu_worker {
+  cpu_pool *pool;
+  int lane;
+} cpu_worker;
+
+struct cpu_pool {
+  pthread_mutex_t mu;
+  pthread_cond_t go, done;
+  pthread_t threads[CPU_MAX_LANES - 1];
+  cpu_worker workers[CPU_MAX_LANES - 1];
+  int nthreads, lanes;
+  atomic_uint gen;
+  atomic_int pending;
+  atomic_bool stop;
+  td__cpu_task *fn;
+  void *arg;
+  pid_t owner; /* a child forked after pool_create has no workers */
+};
+
+#define POOL_SPINS 200 /* pause instructions: some microseconds */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+static void *pool_main(void *arg) {
+  cpu_pool *p = ((cpu_worker *)arg)->pool;
+  int lane = ((cpu_worker *)arg)->lane;
+  unsigned seen = 0;
+
+  for (;;) {
+    for (int i = 0; i < POOL_SPINS && atomic_load(&p->gen) == seen && !atomic_load(&p->stop);
+         i++)
+      cpu_relax();
+    pthread_mutex_lock(&p->mu);
+    while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop))
+      pthread_cond_wait(&p->go, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    if (atomic_load(&p->stop))
+      return NULL;
+    seen = atomic_load(&p->gen);
+    if (lane < p->lanes)
+      p->fn(p->arg, lane);
+    if (atomic_fetch_sub(&p->pending, 1) == 1) {
+      pthread_mutex_lock(&p->mu);
+      pthread_cond_signal(&p->done);
+      pthread_mutex_unlock(&p->mu);
+    }
+  }
+}
+
+static void pool_destroy(cpu_pool *p) {
+  if (p == NULL)
+    return;
+  pthread_mutex_lock(&p->mu);
+  atomic_store(&p->stop, true);
+  pthread_cond_broadcast(&p->go);
+  pthread_mutex_unlock(&p->mu);
+  for (int i = 0; i < p->nthreads; i++)
+    pthread_join(p->threads[i], NULL);
+  pthread_cond_destroy(&p->go);
+  pthread_cond_destroy(&p->done);
+  pthread_mutex_destroy(&p->mu);
+  free(p);
+}
+
+/* As many lanes as cores this process may run on; NULL (one lane) when
+ * that is one or the threads cannot be made. */
+static cpu_pool *pool_create(void) {
+  cpu_set_t set;
+  int cores = 1;
+  cpu_pool *p;
+
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    cores = CPU_COUNT(&set);
+  cores = cores > CPU_MAX_LANES ? CPU_MAX_LANES : cores;
+  if (cores <= 1 || (p = calloc(1, sizeof(*p))) == NULL)
+    return NULL;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->go, NULL);
+  pthread_cond_init(&p->done, NULL);
+  p->owner = getpid();
+  for (int i = 0; i < cores - 1; i++) {
+    p->workers[i] = (cpu_worker){.pool = p, .lane = i + 1};
+    if (pthread_create(&p->threads[i], NULL, pool_main, &p->workers[i]) != 0)
+      break;
+    p->nthreads++;
+  }
+  if (p->nthreads == 0) {
+    pool_destroy(p);
+    return NULL;
+  }
+  return p;
+}
+
+int td__cpu_lanes(const td_backend *be) {
+  const cpu_pool *p = be->impl;
+
+  return p == NULL ? 1 : p->nthreads + 1;
+}
+
+void td__cpu_parallel(td_backend *be, int lanes, td__cpu_task *fn, void *arg) {
+  cpu_pool *p = be->impl;
+  int blas;
+
+  if (p == NULL || p->owner != getpid()) {
+    for (int l = 0; l < lanes; l++)
+      fn(arg, l);
+    return;
+  }
+  if (lanes <= 1) {
+    fn(arg, 0);
+    return;
+  }
+  /* sgemm calls on several threads at once must not each start OpenBLAS's */
+  blas = openblas_get_num_threads();
+  if (blas != 1)
+    openblas_set_num_threads(1);
+  p->fn = fn;
+  p->arg = arg;
+  p->lanes = lanes;
+  atomic_store(&p->pending, p->nthreads);
+  pthread_mutex_lock(&p->mu);
+  atomic_fetch_add(&p->gen, 1);
+  pthread_cond_broadcast(&p->go);
+  pthread_mutex_unlock(&p->mu);
+  fn(arg, 0);
+  for (int i = 0; i < POOL_SPINS && atomic_load(&p->pending) > 0; i++)
+    cpu_relax();
+  pthread_mutex_lock(&p->mu);
+  while (atomic_load(&p->pending) > 0)
+    pthread_cond_wait(&p->done, &p->mu);
+  pthread_mutex_unlock(&p->mu);
+  if (blas != 1)
+    openblas_set_num_threads(blas);
+}
+
+static void cpu_destroy(td_backend *be) { pool_destroy(be->impl); }
 
 static int cpu_alloc(td_backend *be, uint64_t bytes, void **out, uint64_t *avail) {
   void *p;
@@ -33,6 +182,8 @@ static void cpu_copy(td_backend *be, void *dst, const void *src, size_t bytes) {
 
 static void cpu_sync(td_backend *be) {}
 
+/* OpenBLAS's own threads: splitting dense products over the lanes was
+ * measured slower on the MLP (each lane packs the shared operand again). */
 static void cpu_sgemm(td_backend *be, bool trans_a, bool trans_b, int m, int n, int k,
                       float alpha, const float *a, int lda, const float *b, int ldb,
                       float beta, float *c, int ldc) {
@@ -254,7 +405,7 @@ static const td_backend_ops cpu_ops = {
 
 int td__backend_cpu_init(td_backend *be, int ordinal, char *err, size_t errlen) {
   be->ops = &cpu_ops;
-  be->impl = NULL;
+  be->impl = pool_create();
   be->mem.overhead = 0;
   return 0;
 }

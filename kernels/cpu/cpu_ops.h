@@ -18,6 +18,15 @@
 #define CPU_CLONES
 #endif
 
+/* backend_cpu.c: the lanes (threads, the caller's included) parallel work
+ * is cut into, fixed for the backend's life so results do not depend on
+ * timing.  td__cpu_parallel runs fn(arg, lane) for lane in [0, lanes), lane
+ * 0 on the caller, and returns when all are done; OpenBLAS runs one thread
+ * inside each lane. */
+typedef void td__cpu_task(void *arg, int lane);
+int td__cpu_lanes(const td_backend *be);
+void td__cpu_parallel(td_backend *be, int lanes, td__cpu_task *fn, void *arg);
+
 /* conv.c */
 int td__cpu_conv2d_workspace(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
                              uint64_t *bytes);
@@ -40,6 +49,10 @@ void td__cpu_gelu_bwd(td_backend *be, td_gelu_kind kind, const float *x, const f
                       float *dx, size_t n);
 void td__cpu_dropout(td_backend *be, const float *x, float *y, size_t rows, size_t cols,
                      uint64_t key, uint64_t sample, uint32_t threshold, float scale);
+/* x += v; x += y; the sum of x in a fixed order */
+void td__cpu_add_scalar(float *x, float v, size_t n);
+void td__cpu_add(float *x, const float *y, size_t n);
+float td__cpu_sum(const float *x, size_t n);
 
 /* norm.c */
 void td__cpu_batchnorm2d_fwd(td_backend *be, const td_batchnorm_desc *d, bool training,

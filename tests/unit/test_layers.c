@@ -161,6 +161,11 @@ static const td_conv2d_desc conv_cases[] = {
     {2, 3, 5, 9, 2, 1, 3, 1, 3, 0, 1},
     {1, 2, 3, 3, 1, 3, 3, 2, 2, 2, 2},  /* padding as large as the window */
     {2, 2, 4, 4, 3, 1, 1, 2, 2, 0, 0},  /* strided 1x1 */
+    /* large enough to be cut into lanes and blocks of output positions */
+    {4, 3, 16, 16, 5, 3, 3, 1, 1, 1, 1}, /* same padding: the shifted-run path */
+    {3, 4, 14, 13, 6, 3, 3, 1, 1, 0, 0}, /* valid: narrower output */
+    {5, 2, 20, 12, 4, 3, 5, 2, 1, 1, 2},
+    {3, 6, 12, 12, 4, 1, 1, 1, 1, 0, 0}, /* pointwise, split by samples */
 };
 
 START_TEST(test_conv2d_matches_direct) {
@@ -262,6 +267,9 @@ static const td_conv2d_desc pool_cases[] = {
     {2, 1, 4, 6, 0, 1, 1, 1, 1, 0, 0},
     {1, 2, 6, 6, 0, 3, 3, 1, 1, 1, 1},
     {1, 2, 7, 7, 0, 7, 7, 7, 7, 0, 0},  /* global pooling */
+    {2, 3, 7, 9, 0, 2, 2, 2, 2, 0, 0},  /* tiles leaving the last row and column out */
+    {1, 2, 9, 10, 0, 3, 3, 3, 3, 0, 0}, /* 3x3 tiles */
+    {4, 8, 16, 16, 0, 2, 2, 2, 2, 0, 0}, /* enough planes for several lanes */
 };
 
 START_TEST(test_pool2d_matches_direct) {
@@ -290,6 +298,75 @@ START_TEST(test_pool2d_matches_direct) {
   snprintf(what, sizeof(what), "mode %d case %d dx", (int)mode, _i / 3);
   expect_close(what, dx, wdx, xn, 1e-6);
   free(wy), free(wdx);
+  bufs_close(&p);
+}
+END_TEST
+
+/* Ties go to the window's first largest element in row-major order, as in
+ * naive_pool, on the fast tiling paths and the general one alike. */
+START_TEST(test_pool2d_max_ties) {
+  static const td_conv2d_desc cases[] = {
+      {2, 3, 8, 9, 0, 2, 2, 2, 2, 0, 0},
+      {1, 2, 9, 9, 0, 3, 3, 3, 3, 0, 0},
+      {1, 2, 9, 9, 0, 3, 3, 2, 2, 1, 1},
+  };
+  const td_conv2d_desc *d = &cases[_i];
+  bufs p;
+  int oh, ow;
+
+  bufs_open(&p);
+  ck_assert_int_eq(td_conv2d_out(d, true, &oh, &ow, NULL, 0), 0);
+  size_t xn = in_elems(d), yn = (size_t)d->n * d->c * oh * ow;
+  float *x = dalloc(&p, NULL, xn), *dy = drand(&p, yn, 1, 2), *y = dalloc(&p, NULL, yn);
+  float *dx = dalloc(&p, NULL, xn);
+  double *wy = dvec(yn), *wdx = dvec(xn);
+
+  for (size_t i = 0; i < xn; i++) /* few values: most windows tie */
+    x[i] = (float)(((uint32_t)i * 2654435761u >> 13) % 2);
+  naive_pool(TD_POOL_MAX, d, oh, ow, x, dy, wy, wdx);
+  td_backend_pool2d_fwd(p.be, TD_POOL_MAX, d, x, y);
+  td_backend_fill(p.be, dx, xn, NAN);
+  td_backend_pool2d_bwd(p.be, TD_POOL_MAX, d, x, y, dy, dx);
+  ck_assert_int_eq(td_backend_sync(p.be), 0);
+  expect_close("y", y, wy, yn, 0);
+  expect_close("dx", dx, wdx, xn, 1e-6);
+  free(wy), free(wdx);
+  bufs_close(&p);
+}
+END_TEST
+
+/* The lanes' partition is fixed: the same inputs give the same bits, run
+ * after run, whatever the workspace held before. */
+START_TEST(test_conv2d_deterministic) {
+  const td_conv2d_desc d = {6, 8, 14, 14, 16, 3, 3, 1, 1, 1, 1};
+  bufs p;
+  int oh, ow;
+  uint64_t ws;
+
+  bufs_open(&p);
+  ck_assert_int_eq(td_conv2d_out(&d, false, &oh, &ow, NULL, 0), 0);
+  ck_assert_int_eq(td_backend_conv2d_workspace(p.be, &d, &ws), 0);
+  size_t xn = in_elems(&d), wn = w_elems(&d), yn = (size_t)d.n * d.k * oh * ow;
+  float *x = drand(&p, xn, 1, 0), *w = drand(&p, wn, 0.5f, 0), *b = drand(&p, d.k, 1, 0);
+  float *dy = drand(&p, yn, 1, 0), *work = dalloc(&p, NULL, ws / 4);
+  float *out[2][4];
+
+  for (int r = 0; r < 2; r++) {
+    out[r][0] = dalloc(&p, NULL, yn);
+    out[r][1] = dalloc(&p, NULL, xn);
+    out[r][2] = dalloc(&p, NULL, wn);
+    out[r][3] = dalloc(&p, NULL, d.k);
+    td_backend_fill(p.be, work, ws / 4, r == 0 ? NAN : 1e30f);
+    td_backend_conv2d_fwd(p.be, &d, x, w, b, out[r][0], work, ws);
+    td_backend_conv2d_bwd(p.be, &d, x, w, dy, out[r][1], out[r][2], out[r][3], 0.0f, work, ws);
+  }
+  ck_assert_int_eq(td_backend_sync(p.be), 0);
+  ck_assert(memcmp(out[0][0], out[1][0], yn * 4) == 0);
+  ck_assert(memcmp(out[0][1], out[1][1], xn * 4) == 0);
+  ck_assert(memcmp(out[0][2], out[1][2], wn * 4) == 0);
+  ck_assert(memcmp(out[0][3], out[1][3], (size_t)d.k * 4) == 0);
+  for (size_t i = 0; i < xn; i++)
+    ck_assert(isfinite(out[0][1][i]));
   bufs_close(&p);
 }
 END_TEST
@@ -1285,6 +1362,8 @@ static Suite *layers_suite(void) {
 
   tcase_add_loop_test(tc, test_conv2d_matches_direct, 0, (int)TD_ARRAY_SIZE(conv_cases));
   tcase_add_loop_test(tc, test_pool2d_matches_direct, 0, 3 * (int)TD_ARRAY_SIZE(pool_cases));
+  tcase_add_loop_test(tc, test_pool2d_max_ties, 0, 3);
+  tcase_add_test(tc, test_conv2d_deterministic);
   tcase_add_loop_test(tc, test_gelu, 0, 2);
   tcase_add_test(tc, test_softmax_xent_smoothing);
   tcase_add_test(tc, test_batchnorm_forward_and_running_stats);

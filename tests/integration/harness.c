@@ -232,6 +232,20 @@ int th_need_fmnist(void) {
   return 77;
 }
 
+int th_run(Suite *s, int need_fmnist) {
+  SRunner *sr;
+  int failed;
+
+  if (need_fmnist && th_need_fmnist() != 0)
+    return 77; /* the process ends: s need not be freed */
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? 0 : 1;
+}
+
 int th_connect(const char *addr, int timeout_ms) {
   /* nanomsg's default limit is 1 MiB; replies may be up to the protocol's. */
   int s = nn_socket(AF_SP, NN_REQ), maxsize = (int)TD_PROTO_MAX_MSG + 4096;

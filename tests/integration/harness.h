@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <check.h>
+
 #include "proto.h"
 
 #define TH_FMNIST "/usr/share/datasets/fashion-mnist"
@@ -56,6 +58,10 @@ const char *th_log_tail(const th_daemon *d);
 /* 0 when Debian's dataset-fashion-mnist is installed; else says why the
  * caller skips and returns 77 (meson's "skipped"). */
 int th_need_fmnist(void);
+/* A test program's main: run suite s (line-buffered output, so a killed
+ * run still shows its progress) and return 0, 1 if a test failed, or 77
+ * (meson: skipped) when need_fmnist and the dataset is not installed. */
+int th_run(Suite *s, int need_fmnist);
 
 /* Write traind-worker and traind-loader stand-ins into dir: shell scripts
  * that live until their parent (traind) is gone. */

@@ -446,19 +446,4 @@ static Suite *client_cmds_suite(void) {
   return s;
 }
 
-int main(void) {
-  SRunner *sr;
-  struct stat st;
-  int failed;
-
-  if (stat(FMNIST "/train-images-idx3-ubyte.gz", &st) != 0) {
-    fprintf(stderr, "skipped: Fashion-MNIST is not installed "
-                    "(apt-get install dataset-fashion-mnist)\n");
-    return 77; /* meson: skipped */
-  }
-  sr = srunner_create(client_cmds_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? 0 : 1;
-}
+int main(void) { return th_run(client_cmds_suite(), 1); }

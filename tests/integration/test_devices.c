@@ -112,15 +112,4 @@ static Suite *devices_suite(void) {
   return s;
 }
 
-int main(void) {
-  SRunner *sr;
-  int failed;
-
-  if (th_need_fmnist() != 0)
-    return 77;
-  sr = srunner_create(devices_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+int main(void) { return th_run(devices_suite(), 1); }

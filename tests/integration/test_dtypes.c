@@ -137,18 +137,14 @@ START_TEST(test_float32_npy) {
 }
 END_TEST
 
-int main(void) {
+static Suite *dtypes_suite(void) {
   Suite *s = suite_create("dtypes");
   TCase *tc = tcase_create("dtypes");
-  SRunner *sr;
-  int failed;
 
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, test_float32_npy);
   suite_add_tcase(s, tc);
-  sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return s;
 }
+
+int main(void) { return th_run(dtypes_suite(), 0); }

@@ -218,14 +218,4 @@ static Suite *hostile_suite(void) {
   return s;
 }
 
-int main(void) {
-  SRunner *sr;
-  int failed;
-
-  setvbuf(stdout, NULL, _IOLBF, 0);
-  sr = srunner_create(hostile_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? 0 : 1;
-}
+int main(void) { return th_run(hostile_suite(), 0); }

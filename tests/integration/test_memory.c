@@ -317,12 +317,4 @@ static Suite *memory_suite(void) {
   return s;
 }
 
-int main(void) {
-  SRunner *sr = srunner_create(memory_suite());
-  int failed;
-
-  srunner_run_all(sr, CK_NORMAL);
-  failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+int main(void) { return th_run(memory_suite(), 0); }

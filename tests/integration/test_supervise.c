@@ -380,16 +380,4 @@ static Suite *supervise_suite(void) {
   return s;
 }
 
-int main(void) {
-  SRunner *sr;
-  int failed;
-
-  if (th_need_fmnist() != 0)
-    return 77;
-  setvbuf(stdout, NULL, _IOLBF, 0);
-  sr = srunner_create(supervise_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? 0 : 1;
-}
+int main(void) { return th_run(supervise_suite(), 1); }

@@ -127,17 +127,47 @@ static double td__kv_f64(const char *line, const char *key, double dflt) {
 static void td__on_replan(td_run *r, const char *line) {
   td_job *j = r->job;
   td_device *dev = td_sched_device(r->d, j->device);
-  uint64_t total = (uint64_t)td__kv_f64(line, "total", (double)j->plan.total);
-  uint32_t micro = (uint32_t)td__kv_f64(line, "micro_batch", j->plan.micro_batch);
+  uint64_t total = td__kv_u64(line, "total", j->plan.total);
+  uint32_t micro = (uint32_t)td__kv_u64(line, "micro_batch", j->plan.micro_batch);
+  td_precision prec = j->plan.precision;
+  char name[16];
   td_plan p;
 
   td_info("job %llu: re-planned: %s", (unsigned long long)j->id, line);
-  if (j->spec != NULL && micro >= 1 && micro <= j->spec->batch_size &&
-      td_plan_compute(j->spec, micro, j->spec->precision, j->plan.overhead, &p) == 0) {
-    if (p.total != total)
-      td_warn("job %llu: the worker's plan (%llu bytes) differs from traind's (%llu)",
-              (unsigned long long)j->id, (unsigned long long)total,
-              (unsigned long long)p.total);
+  if (j->spec == NULL || micro < 1 || micro > j->spec->batch_size)
+    goto publish;
+  /* A remedy may have changed the precision or turned on recomputation:
+   * plan what the worker now runs, not what the job file said. */
+  if (td__kv(line, "precision", name, sizeof(name)) == 0)
+    for (int k = 0; k < TD_PREC__COUNT; k++)
+      if (strcmp(name, td_precision_name((td_precision)k)) == 0)
+        prec = (td_precision)k;
+  {
+    td_jobspec *spec = malloc(sizeof(*spec));
+    int rc = TD_ENOMEM;
+
+    if (spec != NULL) {
+      *spec = *j->spec;
+      spec->recompute = td__kv_u64(line, "recompute", spec->recompute) != 0;
+      rc = td_plan_compute(spec, micro, prec, j->plan.overhead, &p);
+      free(spec);
+    }
+    if (rc < 0)
+      goto publish;
+  }
+  {
+    /* Under shrink a batch is several updates of one micro-batch each:
+     * the worker's count, not ceil(batch / micro_batch). */
+    uint64_t acc = td__kv_u64(line, "accumulation", p.accumulation);
+
+    if (acc >= 1 && acc <= p.accumulation)
+      p.accumulation = (uint32_t)acc;
+  }
+  if (p.total != total)
+    td_warn("job %llu: the worker's plan (%llu bytes) differs from traind's (%llu)",
+            (unsigned long long)j->id, (unsigned long long)total,
+            (unsigned long long)p.total);
+  {
     /* A plan may grow only into a budget traind raised (and so had the
      * room for): the reservation grows with it.  Else the larger
      * reservation stays: bytes are never counted on twice. */
@@ -156,6 +186,7 @@ static void td__on_replan(td_run *r, const char *line) {
       j->plan.total = total;
     }
   }
+publish:
   td_publish_replan(r->d, j);
   /* Room given back: a queued job may fit now. */
   td_sched_run(r->d);

@@ -58,6 +58,13 @@ static const char *const td__migrations[] = {
 
     "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;",
+
+    /* Who submitted it, as MUNGE said (-1: a job from before identities),
+     * and the dataset's stored type as probed with the submitter's rights,
+     * so traind never opens the dataset itself. */
+    "ALTER TABLE jobs ADD COLUMN uid INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE jobs ADD COLUMN gid INTEGER NOT NULL DEFAULT -1;"
+    "ALTER TABLE jobs ADD COLUMN sample_dtype INTEGER NOT NULL DEFAULT -1;",
 };
 
 #define TD_DB_SCHEMA_VERSION ((int)(sizeof(td__migrations) / sizeof(td__migrations[0])))
@@ -210,8 +217,8 @@ int td_db_open(const char *path, td_db **out, char *err, size_t errlen) {
   }
 
   rc = sqlite3_prepare_v2(db->h,
-      "INSERT INTO jobs(key,name,state,priority,job_yaml,base_dir,submitted_ms,epochs,owner)"
-      " VALUES(?,?,?,?,?,?,?,?,?)", -1, &db->insert, NULL);
+      "INSERT INTO jobs(key,name,state,priority,job_yaml,base_dir,submitted_ms,epochs,owner,"
+      "uid,gid,sample_dtype) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", -1, &db->insert, NULL);
   if (rc == SQLITE_OK)
     rc = sqlite3_prepare_v2(db->h, "SELECT id FROM jobs WHERE key=?", -1, &db->find_key, NULL);
   if (rc == SQLITE_OK)
@@ -275,6 +282,9 @@ int td_db_insert(td_db *db, td_job *j, const char *key) {
   sqlite3_bind_int64(st, 7, j->submitted_ms);
   sqlite3_bind_int(st, 8, (int)j->epochs);
   sqlite3_bind_text(st, 9, j->owner, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 10, j->uid);
+  sqlite3_bind_int64(st, 11, j->gid);
+  sqlite3_bind_int(st, 12, j->sample_dtype);
   rc = sqlite3_step(st);
   if (rc != SQLITE_DONE) {
     err = td__db_err(db, rc, "insert");
@@ -382,7 +392,7 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
   rc = sqlite3_prepare_v2(db->h,
       "SELECT id,name,state,priority,device,job_yaml,base_dir,submitted_ms,started_ms,"
       "finished_ms,epochs,loss,accuracy,samples_per_sec,model,error,exit_status,epoch,step,steps,"
-      "owner,retries"
+      "owner,retries,uid,gid,sample_dtype"
       " FROM jobs ORDER BY id", -1, &st, NULL);
   if (rc != SQLITE_OK)
     return td__db_err(db, rc, "load");
@@ -435,6 +445,9 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
     j->steps = (uint32_t)sqlite3_column_int(st, 19);
     td__col_str(st, 20, j->owner, sizeof(j->owner));
     j->retries = (uint32_t)sqlite3_column_int(st, 21);
+    j->uid = (uint32_t)sqlite3_column_int64(st, 22);
+    j->gid = (uint32_t)sqlite3_column_int64(st, 23);
+    j->sample_dtype = sqlite3_column_int(st, 24);
     if ((err = fn(arg, j)) < 0)
       break;
   }

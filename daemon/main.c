@@ -137,8 +137,10 @@ static int td__restore(void *arg, td_job *j) {
   rc = td_jobspec_parse(j->yaml, strlen(j->yaml), j->base_dir, j->spec, err, sizeof(err));
   free(j->yaml); /* the database keeps it */
   j->yaml = NULL;
-  if (rc == 0)
-    rc = td_job_learn_dtype(j->spec, err, sizeof(err));
+  if (rc == 0 && j->sample_dtype >= 0)
+    j->spec->sample_dtype = (td_dtype)j->sample_dtype;
+  else if (rc == 0)
+    rc = td_job_learn_dtype(j->spec, err, sizeof(err)); /* a job from before schema 3 */
   if (rc == 0)
     rc = td_plan_compute(j->spec, j->spec->batch_size, j->spec->precision, 0, &j->plan);
   if (rc == 0)

@@ -191,6 +191,9 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   if (rc < 0)
     goto free_job;
   j->spec->sample_dtype = info.dtype; /* sizes the staging arena in every plan */
+  j->sample_dtype = (int)info.dtype;
+  j->uid = (uint32_t)getuid();
+  j->gid = (uint32_t)getgid();
   td_obj_cstr(req, "name", name, sizeof(name));
   td_obj_cstr(req, "owner", j->owner, sizeof(j->owner));
   td_strlcpy(j->name, name[0] ? name : j->spec->name, sizeof(j->name));

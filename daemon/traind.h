@@ -33,7 +33,11 @@ typedef struct td_db td_db;
 typedef struct td_job {
   uint64_t id;
   char name[TD_NAME_MAX];
-  char owner[33];          /* as the client reported it; not verified */
+  char owner[33];          /* the submitter's user name, from uid at submit */
+  uint32_t uid, gid;       /* the submitter, from a verified credential (auth.c);
+                              its loader and worker run as this user */
+  int sample_dtype;        /* td_dtype of the train split, probed by the client
+                              with the submitter's rights; -1: not known */
   td_job_state state;
   int32_t priority;
   char device[32];         /* where it runs or ran; "" while queued */

@@ -13,6 +13,9 @@
 
 #define IPC_PATH_MAX 107 /* sun_path holds 108 bytes with the NUL */
 
+static const char *const multi_user_names[] = {"auto", "false", "true", NULL};
+static const int multi_user_values[] = {TD_MULTI_USER_AUTO, 0, 1};
+static const char *const bool_names[] = {"false", "true", NULL};
 static const char *const log_names[] = {"error", "warning", "info", "debug", NULL};
 static const int log_values[] = {TD_LOG_ERROR, TD_LOG_WARN, TD_LOG_INFO, TD_LOG_DEBUG};
 
@@ -43,11 +46,8 @@ static int check_socket(const td_yfield *f, void *p, const td_ynode *n, void *us
   const char *s = p;
   char ex[64];
 
-  if (strncmp(s, "tcp://", 6) == 0) {
-    snprintf(msg, cap, "tcp:// transports need authentication, which is not available yet; "
-                       "use ipc://");
-    return 1;
-  }
+  if (strncmp(s, "tcp://", 6) == 0)
+    return 0; /* allowed with multi_user only: td_config_parse checks */
   if (strncmp(s, "ipc://", 6) != 0) {
     td_yaml_excerpt(ex, sizeof(ex), s);
     snprintf(msg, cap, "must be an ipc:// address such as ipc:///run/traind/traind.sock, got '%s'",
@@ -104,6 +104,24 @@ static int check_device_unique(const td_yfield *f, void *p, const td_ynode *n, v
   return 0;
 }
 
+/* "0660": octal permission bits, at most rwx for owner, group and others. */
+static int check_socket_mode(const td_yfield *f, void *p, const td_ynode *n, void *user,
+                             char *msg, size_t cap) {
+  td_config *c = user;
+  const char *s = p;
+  char *end, ex[64];
+  long v = strtol(s, &end, 8);
+
+  if (*s == '\0' || *end != '\0' || v < 0 || v > 0777 || (v & 0600) != 0600) {
+    td_yaml_excerpt(ex, sizeof(ex), s);
+    snprintf(msg, cap, "must be octal permission bits that let traind's user read and write, "
+             "such as \"0660\" (owner and group) or \"0600\" (traind's user alone), got '%s'", ex);
+    return 1;
+  }
+  c->socket_mode = (uint32_t)v;
+  return 0;
+}
+
 static const td_yfield device_fields[] = {
     TD_YF_STR("name", td_device_conf, name, TD_YF_REQUIRED, check_device_name),
     TD_YF_SIZE("budget", td_device_conf, budget, 1 << 20, TD_YF_REQUIRED),
@@ -126,6 +144,17 @@ static const td_yfield config_fields[] = {
     TD_YF_INT("cancel_grace_ms", td_config, cancel_grace_ms, 0, 600000, 0),
     TD_YF_INT("heartbeat_timeout_ms", td_config, heartbeat_timeout_ms, 500, 3600000, 0),
     TD_YF_SEQ("devices", td_config, devices, ndevices, 1, TD_MAX_DEVICES, &device_item, 0, NULL),
+    TD_YF_ENUM("multi_user", td_config, multi_user, multi_user_names, multi_user_values, 0),
+    TD_YF_STR("munge_socket", td_config, munge_socket, 0, check_abs_dir),
+    TD_YF_STR("admin_group", td_config, admin_group, 0, NULL),
+    TD_YF_ENUM("private_data", td_config, private_data, bool_names, NULL, 0),
+    TD_YF_STR("socket_mode", td_config, socket_mode_text, 0, check_socket_mode),
+    TD_YF_STR("socket_group", td_config, socket_group, 0, NULL),
+    TD_YF_INT("max_jobs_per_user", td_config, max_jobs_per_user, 1, 1000000, 0),
+    TD_YF_INT("max_running_per_user", td_config, max_running_per_user, 0, 1000000, 0),
+    TD_YF_INT("retention_days", td_config, retention_days, 0, 36500, 0),
+    TD_YF_INT("retention_jobs", td_config, retention_jobs, 0, 10000000, 0),
+    TD_YF_INT("fairshare_halflife_s", td_config, fairshare_halflife_s, 60, 31536000, 0),
     {0},
 };
 
@@ -178,6 +207,16 @@ void td_config_defaults(td_config *c) {
   c->max_jobs = 10000;
   c->cancel_grace_ms = 5000;
   c->heartbeat_timeout_ms = 60000;
+  c->multi_user = TD_MULTI_USER_AUTO;
+  c->socket_mode = geteuid() == 0 ? 0660 : 0600;
+  c->max_jobs_per_user = 1000;
+  c->retention_days = 30;
+  c->retention_jobs = 20000;
+  c->fairshare_halflife_s = 7 * 24 * 3600;
+}
+
+int td_config_multi_user(const td_config *c) {
+  return c->multi_user == TD_MULTI_USER_AUTO ? geteuid() == 0 : c->multi_user;
 }
 
 int td_config_parse(const char *text, size_t len, td_config *out, char *err, size_t errlen) {
@@ -202,6 +241,15 @@ int td_config_parse(const char *text, size_t len, td_config *out, char *err, siz
       n = td_yaml_get(root, "socket");
     td_yaml_errf(err, errlen, n ? n->key_line : 0,
                  "key 'status_socket': must differ from 'socket' (%s)", c.socket);
+    rc = TD_ECONFIG;
+    goto free_root;
+  }
+  if (!td_config_multi_user(&c) &&
+      (strncmp(c.socket, "tcp://", 6) == 0 || strncmp(c.status_socket, "tcp://", 6) == 0)) {
+    const td_ynode *n = td_yaml_get(root, "socket");
+    td_yaml_errf(err, errlen, n ? n->key_line : 0,
+                 "a tcp:// socket needs multi_user: true (every request then carries a MUNGE "
+                 "credential); a traind for one person listens on ipc:// only");
     rc = TD_ECONFIG;
     goto free_root;
   }
@@ -276,4 +324,16 @@ void td_config_print(const td_config *c, FILE *f) {
     print_size(f, c->devices[i].budget);
     fputs("}\n", f);
   }
+  fprintf(f, "multi_user: %s\nmunge_socket: ", c->multi_user == TD_MULTI_USER_AUTO ? "auto"
+                                               : c->multi_user ? "true" : "false");
+  print_quoted(f, c->munge_socket);
+  fputs("\nadmin_group: ", f);
+  print_quoted(f, c->admin_group);
+  fprintf(f, "\nprivate_data: %s\nsocket_mode: \"%04o\"\nsocket_group: ",
+          c->private_data ? "true" : "false", c->socket_mode);
+  print_quoted(f, c->socket_group);
+  fprintf(f, "\nmax_jobs_per_user: %u\nmax_running_per_user: %u\nretention_days: %u\n"
+             "retention_jobs: %u\nfairshare_halflife_s: %u\n", c->max_jobs_per_user,
+          c->max_running_per_user, c->retention_days, c->retention_jobs,
+          c->fairshare_halflife_s);
 }

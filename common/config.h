@@ -30,7 +30,29 @@ typedef struct td_config {
   uint32_t max_jobs;        /* queued+running job limit, default 10000 */
   uint32_t cancel_grace_ms; /* SIGTERM -> SIGKILL grace, default 5000 */
   uint32_t heartbeat_timeout_ms; /* a worker silent this long is killed, default 60000 */
+
+  /* Several people: every request carries a MUNGE credential, and each job
+   * runs as the user who submitted it.  TD_MULTI_USER_AUTO: when traind
+   * runs as root. */
+  int multi_user;
+  char munge_socket[256];   /* munged's socket; "" = libmunge's default */
+  char admin_group[64];     /* its members may act on every job and change devices;
+                               "" = root only */
+  int private_data;         /* others' job names, paths and errors are hidden */
+  uint32_t socket_mode;     /* permission bits of both sockets, whatever the umask */
+  char socket_mode_text[8]; /* as the file wrote it ("0660"); socket_mode is its value */
+  char socket_group[64];    /* their group; "" = traind's own */
+  uint32_t max_jobs_per_user;    /* queued + running jobs of one user, default 1000 */
+  uint32_t max_running_per_user; /* running jobs of one user; 0 = no limit */
+  uint32_t retention_days;  /* ended jobs older than this are removed; 0 = never */
+  uint32_t retention_jobs;  /* at most this many ended jobs are kept; 0 = no limit */
+  uint32_t fairshare_halflife_s; /* half-life of a user's recorded usage, default 7 days */
 } td_config;
+
+#define TD_MULTI_USER_AUTO (-1)
+
+/* Whether c asks for several users, TD_MULTI_USER_AUTO resolved. */
+int td_config_multi_user(const td_config *c);
 
 /* The embedded default: one device cpu0 with a 2 GiB budget.  The runtime
  * dir is $XDG_RUNTIME_DIR/traind when that is set and we are not root,

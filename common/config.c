@@ -246,7 +246,8 @@ int td_config_parse(const char *text, size_t len, td_config *out, char *err, siz
   }
   if (!td_config_multi_user(&c) &&
       (strncmp(c.socket, "tcp://", 6) == 0 || strncmp(c.status_socket, "tcp://", 6) == 0)) {
-    const td_ynode *n = td_yaml_get(root, "socket");
+    const td_ynode *n = td_yaml_get(root, strncmp(c.socket, "tcp://", 6) == 0 ? "socket"
+                                                                        : "status_socket");
     td_yaml_errf(err, errlen, n ? n->key_line : 0,
                  "a tcp:// socket needs multi_user: true (every request then carries a MUNGE "
                  "credential); a traind for one person listens on ipc:// only");

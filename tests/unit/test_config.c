@@ -203,12 +203,18 @@ START_TEST(invalid_keys_and_types) {
 END_TEST
 
 START_TEST(invalid_sockets) {
-  expect_err("socket: tcp://0.0.0.0:5555\n",
-             "line 1: key 'socket': tcp:// transports need authentication, which is not "
-             "available yet; use ipc://");
-  expect_err("status_socket: tcp://127.0.0.1:1\n",
-             "line 1: key 'status_socket': tcp:// transports need authentication, which is not "
-             "available yet; use ipc://");
+  expect_err("multi_user: false\nsocket: tcp://0.0.0.0:5555\n",
+             "line 2: a tcp:// socket needs multi_user: true (every request then carries a "
+             "MUNGE credential); a traind for one person listens on ipc:// only");
+  expect_err("multi_user: false\nstatus_socket: tcp://127.0.0.1:1\n",
+             "line 2: a tcp:// socket needs multi_user: true (every request then carries a "
+             "MUNGE credential); a traind for one person listens on ipc:// only");
+  expect_err("socket_mode: 0044\n",
+             "line 1: key 'socket_mode': must be octal permission bits that let traind's user "
+             "read and write, such as \"0660\" (owner and group) or \"0600\" (traind's user "
+             "alone), got '0044'");
+  expect_err("multi_user: maybe\n",
+             "line 1: key 'multi_user': must be one of auto, false, true; got 'maybe'");
   expect_err("socket: /run/traind/traind.sock\n",
              "line 1: key 'socket': must be an ipc:// address such as "
              "ipc:///run/traind/traind.sock, got '/run/traind/traind.sock'");
@@ -311,6 +317,7 @@ START_TEST(print_format) {
   strcpy(c.state_dir, "/var/lib/traind");
   strcpy(c.socket, "ipc:///run/traind/traind.sock");
   strcpy(c.status_socket, "ipc:///run/traind/status.sock");
+  c.socket_mode = 0660; /* the default as root */
   td_config_print(&c, f);
   fclose(f);
   ck_assert_str_eq(text, "socket: \"ipc:///run/traind/traind.sock\"\n"
@@ -323,7 +330,18 @@ START_TEST(print_format) {
                          "cancel_grace_ms: 5000\n"
                          "heartbeat_timeout_ms: 60000\n"
                          "devices:\n"
-                         "  - {name: \"cpu0\", budget: 2GiB}\n");
+                         "  - {name: \"cpu0\", budget: 2GiB}\n"
+                         "multi_user: auto\n"
+                         "munge_socket: \"\"\n"
+                         "admin_group: \"\"\n"
+                         "private_data: false\n"
+                         "socket_mode: \"0660\"\n"
+                         "socket_group: \"\"\n"
+                         "max_jobs_per_user: 1000\n"
+                         "max_running_per_user: 0\n"
+                         "retention_days: 30\n"
+                         "retention_jobs: 20000\n"
+                         "fairshare_halflife_s: 604800\n");
   free(text);
 }
 END_TEST

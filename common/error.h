@@ -29,6 +29,8 @@
   X(ECLOSED,  "stream closed")                                                \
   X(EBACKEND, "compute backend error")                                        \
   X(ECUDA,    "sticky CUDA error")                                            \
+  X(EAUTH,    "the request's identity could not be verified")                 \
+  X(EPERM,    "not allowed for this user")                                    \
   X(EINTERNAL,"internal error in traind (please report it)")
 
 enum {

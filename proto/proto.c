@@ -18,13 +18,14 @@ static const td_field submit_fields[] = {
     {"base_dir", TD_FT_STR, 1, 1, 1023},
     {"key", TD_FT_STR, 1, 1, 64},
     {"name", TD_FT_STR, 0, 1, 63},
-    {"owner", TD_FT_STR, 0, 1, 32},
+    {"sample_dtype", TD_FT_STR, 0, 1, 15},
 };
 static const td_field list_fields[] = {
     {"state", TD_FT_STR, 0, 1, 16},
-    {"limit", TD_FT_UINT, 0, 1, 100000},
+    {"limit", TD_FT_UINT, 0, 1, 5000},
     {"owner", TD_FT_STR, 0, 1, 32},
     {"device", TD_FT_STR, 0, 1, 31},
+    {"after", TD_FT_UINT, 0, 0, U64_LIMIT},
 };
 static const td_field logs_fields[] = {
     {"id", TD_FT_UINT, 1, 1, U64_LIMIT},
@@ -44,10 +45,14 @@ static const td_field plan_fields[] = {
     {"job", TD_FT_STR, 1, 1, 1 << 20},
     {"base_dir", TD_FT_STR, 1, 1, 1023},
     {"device", TD_FT_STR, 0, 1, 31},
+    {"sample_dtype", TD_FT_STR, 0, 1, 15},
 };
 static const td_field id_fields[] = {
     {"id", TD_FT_UINT, 1, 1, U64_LIMIT},
 };
+
+/* Every request may carry it: a MUNGE credential (traind.h: auth). */
+static const td_field td__cred_field = {"cred", TD_FT_STR, 0, 1, TD_PROTO_MAX_CRED};
 
 static const td_msgdef defs[] = {
     {"submit", submit_fields, TD_ARRAY_SIZE(submit_fields),
@@ -764,6 +769,11 @@ static int validate(const td_msgdef *d, const msgpack_object *root, char *err, s
     const td_field *f = NULL;
     if ((k->size == 1 && k->ptr[0] == 'v') || (k->size == 2 && memcmp(k->ptr, "op", 2) == 0))
       continue;
+    if (k->size == 4 && memcmp(k->ptr, "cred", 4) == 0) {
+      if ((rc = check_field(d, &td__cred_field, &kv->val, err, errlen)) != 0)
+        return rc;
+      continue;
+    }
     for (size_t j = 0; j < d->nfields && !f; j++)
       if (strlen(d->fields[j].name) == k->size && memcmp(d->fields[j].name, k->ptr, k->size) == 0)
         f = &d->fields[j];
@@ -896,6 +906,35 @@ void td_pack_request(td_pack *p, const char *op, uint32_t nfields) {
   td_pack_map(p, 2 + nfields);
   td_pack_kv_u64(p, "v", TD_PROTO_VERSION);
   td_pack_kv_str(p, "op", op);
+}
+
+int td_pack_request_add(td_pack *out, const void *req, size_t len, const char *key,
+                        const char *val) {
+  const unsigned char *b = req;
+  uint32_t n;
+  size_t head;
+
+  td_pack_init(out);
+  if (len >= 1 && (b[0] & 0xf0) == 0x80) {
+    n = b[0] & 0x0f;
+    head = 1;
+  } else if (len >= 3 && b[0] == 0xde) {
+    n = (uint32_t)b[1] << 8 | b[2];
+    head = 3;
+  } else if (len >= 5 && b[0] == 0xdf) {
+    n = (uint32_t)b[1] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 8 | b[4];
+    head = 5;
+  } else {
+    return TD_EPROTO;
+  }
+  if (n == UINT32_MAX)
+    return TD_ETOOBIG;
+  /* A map's pairs need no order: the new one goes last. */
+  td_pack_map(out, n + 1);
+  if (!out->err && msgpack_sbuffer_write(&out->sb, (const char *)b + head, len - head) != 0)
+    out->err = TD_ENOMEM;
+  td_pack_kv_str(out, key, val);
+  return td_pack_error(out);
 }
 
 void td_pack_reply_ok(td_pack *p, uint32_t nfields) {

@@ -19,6 +19,7 @@
 #define TD_PROTO_MAX_DEPTH 8            /* nesting of maps/arrays */
 #define TD_PROTO_MAX_ITEMS 100000       /* elements in one container (map: pairs) */
 #define TD_PROTO_MAX_TOPIC 64           /* bytes in a status topic, NUL excluded */
+#define TD_PROTO_MAX_CRED  1024         /* bytes in a request's MUNGE credential */
 
 /* Walk the raw bytes and check the structure without allocating: every
  * declared str/bin/ext length and array/map count is checked against the
@@ -96,6 +97,12 @@ void td_pack_kv_f64(td_pack *p, const char *k, double v);
 void td_pack_kv_bool(td_pack *p, const char *k, int v);
 /* A request map: header for 2 + nfields entries, then "v" and "op". */
 void td_pack_request(td_pack *p, const char *op, uint32_t nfields);
+/* The request req (len bytes, one map) with one more string field key:
+ * val appended, into out (initialised here).  TD_EPROTO if req is not a
+ * map; the caller frees out either way.  The client adds its credential
+ * this way to whatever request a command built. */
+int td_pack_request_add(td_pack *out, const void *req, size_t len, const char *key,
+                        const char *val);
 /* A success reply map: header for 2 + nfields, then "v" and "ok": true. */
 void td_pack_reply_ok(td_pack *p, uint32_t nfields);
 /* A whole error reply: {"v", "ok": false, "error": td_err_name(code), "message": msg}. */

@@ -887,9 +887,16 @@ START_TEST(test_fields_numbers) {
   ck_assert_int_eq(parse_kvs(KVS(R("cancel"), U("id", 9))), 0);
 
   ck_assert_int_eq(parse_kvs(KVS(R("list"))), 0);
-  ck_assert_int_eq(parse_kvs(KVS(R("list"), U("limit", 100000), S("state", "running"))), 0);
-  ck_assert_int_eq(parse_kvs(KVS(R("list"), U("limit", 100001))), TD_EPROTO);
-  ck_assert_ptr_nonnull(strstr(err, "is 100001; it must be between 1 and 100000"));
+  ck_assert_int_eq(parse_kvs(KVS(R("list"), U("limit", 5000), S("state", "running"))), 0);
+  ck_assert_int_eq(parse_kvs(KVS(R("list"), U("limit", 5001))), TD_EPROTO);
+  ck_assert_ptr_nonnull(strstr(err, "is 5001; it must be between 1 and 5000"));
+  ck_assert_int_eq(parse_kvs(KVS(R("list"), U("after", 0), U("limit", 10))), 0);
+  /* every request may carry a credential, and only a string */
+  ck_assert_int_eq(parse_kvs(KVS(R("info"), S("cred", "MUNGE:AwQ..."))), 0);
+  ck_assert_int_eq(parse_kvs(KVS(R("info"), U("cred", 1))), TD_EPROTO);
+  ck_assert_int_eq(parse_kvs(KVS(R("submit"), S("job", "x"), S("base_dir", "/"), S("key", "k"),
+                                 S("owner", "root"))), TD_EPROTO);
+  ck_assert_ptr_nonnull(strstr(err, "unknown field 'owner' in 'submit'"));
   ck_assert_int_eq(parse_kvs(KVS(R("list"), U("limit", 0))), TD_EPROTO);
   ck_assert_int_eq(parse_kvs(KVS(R("list"), S("state", "abcdefghijklmnopq"))), TD_ETOOBIG);
   ck_assert_int_eq(parse_kvs(KVS(R("list"), A("state"))), TD_EPROTO);

@@ -88,11 +88,32 @@ td_job *td_daemon_find(td_daemon *d, uint64_t id) {
   return NULL;
 }
 
+td_user *td_daemon_user(td_daemon *d, uint32_t uid) {
+  for (size_t i = 0; i < d->nusers; i++)
+    if (d->users[i].uid == uid)
+      return &d->users[i];
+  if (d->nusers == d->users_cap) {
+    size_t cap = d->users_cap ? d->users_cap * 2 : 16;
+    td_user *u = realloc(d->users, cap * sizeof(*u));
+    if (u == NULL)
+      return NULL;
+    d->users = u;
+    d->users_cap = cap;
+  }
+  d->users[d->nusers] = (td_user){.uid = uid};
+  return &d->users[d->nusers++];
+}
+
 void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *detail) {
   int rc;
 
-  if (td__terminal(s) && !td__terminal(j->state))
+  if (td__terminal(s) && !td__terminal(j->state)) {
+    td_user *u = td_daemon_user(d, j->uid);
+
     d->nactive--;
+    if (u != NULL && u->active > 0)
+      u->active--;
+  }
   j->state = s;
   rc = td_db_update(d->db, j, detail);
   if (rc < 0)
@@ -131,16 +152,28 @@ static int td__restore(void *arg, td_job *j) {
   if (td__terminal(j->state))
     return 0;
   d->nactive++;
+  {
+    td_user *u = td_daemon_user(d, j->uid);
+    if (u == NULL)
+      return TD_ENOMEM;
+    u->active++;
+  }
   j->spec = malloc(sizeof(*j->spec));
   if (j->spec == NULL)
     return TD_ENOMEM;
   rc = td_jobspec_parse(j->yaml, strlen(j->yaml), j->base_dir, j->spec, err, sizeof(err));
   free(j->yaml); /* the database keeps it */
   j->yaml = NULL;
-  if (rc == 0 && j->sample_dtype >= 0)
+  if (rc == 0 && j->sample_dtype >= 0) {
     j->spec->sample_dtype = (td_dtype)j->sample_dtype;
-  else if (rc == 0)
-    rc = td_job_learn_dtype(j->spec, err, sizeof(err)); /* a job from before schema 3 */
+  } else if (rc == 0 && td_auth_multi_user(d->auth)) {
+    /* From before identities: traind cannot tell whose rights it has. */
+    snprintf(err, sizeof(err), "this job was submitted before traind knew who submits jobs; "
+             "submit it again");
+    rc = TD_EAUTH;
+  } else if (rc == 0) {
+    rc = td_job_learn_dtype(j->spec, err, sizeof(err)); /* its one user's own files */
+  }
   if (rc == 0)
     rc = td_plan_compute(j->spec, j->spec->batch_size, j->spec->precision, 0, &j->plan);
   if (rc == 0)
@@ -216,6 +249,17 @@ static void td__reload(td_daemon *d) {
   d->cfg.max_jobs = next.max_jobs;
   d->cfg.cancel_grace_ms = next.cancel_grace_ms;
   d->cfg.heartbeat_timeout_ms = next.heartbeat_timeout_ms;
+  d->cfg.private_data = next.private_data;
+  d->cfg.max_jobs_per_user = next.max_jobs_per_user;
+  d->cfg.max_running_per_user = next.max_running_per_user;
+  d->cfg.retention_days = next.retention_days;
+  d->cfg.retention_jobs = next.retention_jobs;
+  d->cfg.fairshare_halflife_s = next.fairshare_halflife_s;
+  if (next.multi_user != d->cfg.multi_user || strcmp(next.munge_socket, d->cfg.munge_socket) ||
+      strcmp(next.admin_group, d->cfg.admin_group) || next.socket_mode != d->cfg.socket_mode ||
+      strcmp(next.socket_group, d->cfg.socket_group))
+    td_warn("SIGHUP: multi_user, munge_socket, admin_group, socket_mode and socket_group take "
+            "effect only after a restart");
   td_strlcpy(d->cfg.libexec_dir, next.libexec_dir, sizeof(d->cfg.libexec_dir));
   td_log_init("traind", d->cfg.log_level);
   for (int i = 0; i < d->ndevices; i++)
@@ -267,6 +311,11 @@ static void td__usage(FILE *f) {
           "state under $XDG_STATE_HOME/traind (or /var/lib/traind as root).\n");
 }
 
+/* A configuration traind cannot start with: systemd does not restart it
+ * (RestartPreventExitStatus=), since the same file fails the same way.
+ * EX_CONFIG of sysexits.h. */
+#define TD_EXIT_CONFIG 78
+
 static int td__exe_dir(char *out, size_t cap) {
   char path[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
@@ -314,13 +363,17 @@ int main(int argc, char **argv) {
   d->config_path = config_path;
   if (config_path != NULL && td_config_load(config_path, &d->cfg, err, sizeof(err)) < 0) {
     fprintf(stderr, "traind: %s\n", err);
-    return 1;
+    return TD_EXIT_CONFIG;
   }
   if (check_only) {
     td_config_print(&d->cfg, stdout);
     return 0;
   }
   td_log_init("traind", d->cfg.log_level);
+  if ((rc = td_auth_open(&d->cfg, &d->auth, err, sizeof(err))) < 0) {
+    td_error("%s", err);
+    return rc == TD_ECONFIG ? TD_EXIT_CONFIG : 1;
+  }
   signal(SIGPIPE, SIG_IGN);
   /* Past a file size limit (LimitFSIZE=) a write fails with EFBIG, which
    * submits report as a full disk, instead of killing traind. */
@@ -348,6 +401,7 @@ int main(int argc, char **argv) {
   td_shmcache_sweep();
   if ((rc = td_server_start(d, err, sizeof(err))) < 0) {
     td_error("%s", err);
+    status = rc == TD_ECONFIG ? TD_EXIT_CONFIG : 1;
     goto close_db;
   }
   if ((rc = td_db_load(d->db, td__restore, d)) < 0) {
@@ -386,5 +440,7 @@ close_db:
   for (size_t i = 0; i < d->njobs; i++)
     td_job_free(d->jobs[i]);
   free(d->jobs);
+  free(d->users);
+  td_auth_close(d->auth);
   return status;
 }

@@ -4,6 +4,7 @@
  * cooked REP socket never holds up the next client. */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <nanomsg/nn.h>
 #include <nanomsg/pubsub.h>
 #include <nanomsg/reqrep.h>
@@ -21,8 +22,8 @@
 #include "traind.h"
 #include "util.h"
 
-typedef int (*td_op_fn)(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
-                        size_t errlen);
+typedef int (*td_op_fn)(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                        td_pack *rep, char *err, size_t errlen);
 
 static void td__pack_plan_map(td_pack *p, const td_plan *pl);
 
@@ -92,17 +93,25 @@ static void td__pack_job_full(td_pack *p, const td_job *j) {
   td_pack_kv_u64(p, "resumed_step", j->resumed_step);
 }
 
-static int td__job_arg(td_daemon *d, const msgpack_object *req, td_job **out, char *err,
-                       size_t errlen) {
+/* The job a request names, if who may act on it.  Under private_data
+ * another user's job does not exist as far as who can tell. */
+static int td__job_arg(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                       td_job **out, char *err, size_t errlen) {
   uint64_t id = 0;
   td_job *j;
 
   td_obj_u64(req, "id", &id);
   j = td_daemon_find(d, id);
-  if (j == NULL) {
+  if (j == NULL || (!td_ident_owns(who, j) && d->cfg.private_data)) {
     snprintf(err, errlen, "no job with id %llu; `traind-client ls` lists the jobs",
              (unsigned long long)id);
     return TD_ENOENT;
+  }
+  if (!td_ident_owns(who, j)) {
+    snprintf(err, errlen, "job %llu belongs to %s; only its owner and traind's admins may see "
+             "its details and logs, cancel it or change its priority",
+             (unsigned long long)id, j->owner);
+    return TD_EPERM;
   }
   *out = j;
   return 0;
@@ -130,32 +139,112 @@ static void td__reply_submitted(td_pack *rep, const td_job *j, int duplicate) {
     td_pack_kv_str(rep, "device", j->device);
 }
 
-static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
-                         size_t errlen) {
+/* The train split's stored type sizes the staging arena in every plan.
+ * traind never opens a path from a job file: the client reads the
+ * dataset's headers with its user's rights and says what it found.  Only a
+ * traind of one person, which runs as that person, may look itself when a
+ * client did not say. */
+static int td__sample_dtype(td_daemon *d, const msgpack_object *req, td_jobspec *spec,
+                            char *err, size_t errlen) {
+  char name[16];
+  td_dataset_info info;
+  int rc;
+
+  if (td_obj_cstr(req, "sample_dtype", name, sizeof(name)) == 0) {
+    for (int t = 0; t < TD_DTYPE_I64; t++) {
+      if (strcmp(name, td_dtype_name((td_dtype)t)) == 0) {
+        spec->sample_dtype = (td_dtype)t;
+        return 0;
+      }
+    }
+    snprintf(err, errlen, "sample_dtype '%s' is not a sample type; use uint8, int32, float16 "
+             "or float32", name);
+    return TD_EINVAL;
+  }
+  if (td_auth_multi_user(d->auth)) {
+    snprintf(err, errlen, "the request has no sample_dtype: this traind serves several users "
+             "and never reads a job's files itself, so the client checks the dataset with its "
+             "user's rights and sends what it found; use traind-client");
+    return TD_EPROTO;
+  }
+  /* Headers only (well under a millisecond for Fashion-MNIST): a dataset
+   * that does not match the model is refused now, not after admission. */
+  rc = td_dataset_check(spec, err, errlen);
+  if (rc == 0)
+    rc = td_dataset_probe(spec, &info, err, errlen);
+  if (rc == 0)
+    spec->sample_dtype = info.dtype;
+  return rc;
+}
+
+/* A submit whose key was seen: REQ resent it, or the client retried.  The
+ * same user with the same job file gets the job made the first time; a
+ * key reused for something else is refused, never answered with another
+ * job (as payment APIs do). */
+static int td__resubmitted(td_daemon *d, const td_ident *who, td_job *j, const char *key,
+                           const char *yaml, size_t ylen, td_pack *rep, char *err,
+                           size_t errlen) {
+  char *was = NULL;
+  int same;
+
+  if (j->uid != who->uid) {
+    snprintf(err, errlen, "the idempotency key '%s' was used by another user; make a new key "
+             "for each submission", key);
+    return TD_EINVAL;
+  }
+  if (td_db_job_yaml(d->db, j->id, &was) < 0) {
+    snprintf(err, errlen, "cannot read job %llu back from the database to compare it",
+             (unsigned long long)j->id);
+    return TD_EDB;
+  }
+  same = strlen(was) == ylen && memcmp(was, yaml, ylen) == 0;
+  free(was);
+  if (!same) {
+    snprintf(err, errlen, "the idempotency key '%s' was already used for job %llu, with a "
+             "different job file; make a new key for each submission", key,
+             (unsigned long long)j->id);
+    return TD_EINVAL;
+  }
+  td__reply_submitted(rep, j, 1);
+  return 0;
+}
+
+static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                         td_pack *rep, char *err, size_t errlen) {
   const char *yaml;
   size_t ylen;
   char key[80], name[TD_NAME_MAX] = "", base[TD_PATH_MAX];
-  td_dataset_info info;
   uint64_t existing;
+  td_user *user;
   td_job *j;
   int rc;
 
   if (td_obj_str(req, "job", &yaml, &ylen) < 0 || td_obj_cstr(req, "key", key, sizeof(key)) < 0)
     return TD_EPROTO;
-  if (td_db_find_key(d->db, key, &existing) == 0) {
-    j = td_daemon_find(d, existing);
-    if (j != NULL) {
-      td__reply_submitted(rep, j, 1);
-      return 0;
-    }
-  }
+  if (td_db_find_key(d->db, key, &existing) == 0 && (j = td_daemon_find(d, existing)) != NULL)
+    return td__resubmitted(d, who, j, key, yaml, ylen, rep, err, errlen);
   if (memchr(yaml, '\0', ylen) != NULL) {
     snprintf(err, errlen, "the job file contains a NUL byte; job files are UTF-8 YAML text");
     return TD_EJOBSPEC;
   }
+  if (td_auth_multi_user(d->auth) && getuid() != 0 && who->uid != (uint32_t)getuid()) {
+    snprintf(err, errlen, "this traind runs as uid %u without root, so it can run jobs only as "
+             "that user, not as %s; ask its administrator to run it as root",
+             (unsigned)getuid(), who->name);
+    return TD_EPERM;
+  }
   if (d->nactive >= d->cfg.max_jobs) {
     snprintf(err, errlen, "the queue is full (%u jobs queued or running, the configured "
              "max_jobs); wait for some to finish or cancel some", d->cfg.max_jobs);
+    return TD_EAGAIN;
+  }
+  user = td_daemon_user(d, who->uid);
+  if (user == NULL)
+    return TD_ENOMEM;
+  if (user->active >= d->cfg.max_jobs_per_user) {
+    snprintf(err, errlen, "%s already has %u jobs queued or running, the limit max_jobs_per_user; "
+             "wait for some to finish or cancel some (other users can still submit)", who->name,
+             user->active);
     return TD_EAGAIN;
   }
 
@@ -183,19 +272,13 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   rc = td_jobspec_parse(j->yaml, ylen, j->base_dir, j->spec, err, errlen);
   if (rc < 0)
     goto free_job;
-  /* Headers only (well under a millisecond for Fashion-MNIST): a dataset
-   * that does not match the model is refused now, not after admission. */
-  rc = td_dataset_check(j->spec, err, errlen);
-  if (rc == 0)
-    rc = td_dataset_probe(j->spec, &info, err, errlen);
-  if (rc < 0)
+  if ((rc = td__sample_dtype(d, req, j->spec, err, errlen)) < 0)
     goto free_job;
-  j->spec->sample_dtype = info.dtype; /* sizes the staging arena in every plan */
-  j->sample_dtype = (int)info.dtype;
-  j->uid = (uint32_t)getuid();
-  j->gid = (uint32_t)getgid();
+  j->sample_dtype = (int)j->spec->sample_dtype;
+  j->uid = who->uid;
+  j->gid = who->gid;
+  td_strlcpy(j->owner, who->name, sizeof(j->owner));
   td_obj_cstr(req, "name", name, sizeof(name));
-  td_obj_cstr(req, "owner", j->owner, sizeof(j->owner));
   td_strlcpy(j->name, name[0] ? name : j->spec->name, sizeof(j->name));
   td_strlcpy(j->pin, j->spec->device, sizeof(j->pin));
   j->priority = j->spec->priority;
@@ -228,6 +311,7 @@ static int td__op_submit(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   }
   d->jobs[d->njobs++] = j;
   d->nactive++;
+  user->active++;
   free(j->yaml); /* recorded; read back when the job starts */
   j->yaml = NULL;
   td_info("job %llu (%s) submitted: plan %llu bytes at micro-batch %u",
@@ -243,18 +327,24 @@ free_job:
   return rc;
 }
 
-static int td__listed(const td_job *j, td_job_state state, const char *owner,
-                      const char *device) {
+#define TD_LIST_PAGE 1000
+
+static int td__listed(const td_daemon *d, const td_ident *who, const td_job *j,
+                      td_job_state state, const char *owner, const char *device) {
   return (state == TD_JOB__NSTATES || j->state == state) &&
          (owner[0] == '\0' || strcmp(j->owner, owner) == 0) &&
-         (device[0] == '\0' || strcmp(j->device, device) == 0 || strcmp(j->pin, device) == 0);
+         (device[0] == '\0' || strcmp(j->device, device) == 0 || strcmp(j->pin, device) == 0) &&
+         (!d->cfg.private_data || td_ident_owns(who, j));
 }
 
-static int td__op_list(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
-                       size_t errlen) {
+/* A page of jobs in id order, after a given id: a client pages through any
+ * number of jobs with replies far below the message limit. */
+static int td__op_list(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                       td_pack *rep, char *err, size_t errlen) {
   char state_s[32], owner[33] = "", device[32] = "";
   td_job_state filter = TD_JOB__NSTATES;
-  uint64_t limit = UINT64_MAX, n = 0;
+  uint64_t limit = TD_LIST_PAGE, after = 0, n = 0;
+  size_t first = 0, i;
 
   if (td_obj_cstr(req, "state", state_s, sizeof(state_s)) == 0 &&
       td_job_state_parse(state_s, &filter) < 0) {
@@ -263,16 +353,30 @@ static int td__op_list(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
     return TD_EINVAL;
   }
   td_obj_u64(req, "limit", &limit);
+  td_obj_u64(req, "after", &after);
   td_obj_cstr(req, "owner", owner, sizeof(owner));
   td_obj_cstr(req, "device", device, sizeof(device));
-  for (size_t i = 0; i < d->njobs && n < limit; i++)
-    if (td__listed(d->jobs[i], filter, owner, device))
+  /* ids ascend: the first one after `after` by binary search */
+  for (size_t lo = 0, hi = d->njobs; lo < hi;) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (d->jobs[mid]->id <= after)
+      lo = mid + 1;
+    else
+      hi = mid;
+    first = lo;
+  }
+  for (i = first; i < d->njobs && n < limit; i++)
+    if (td__listed(d, who, d->jobs[i], filter, owner, device))
       n++;
-  td_pack_reply_ok(rep, 1);
+  /* i is past the page's last row: is there a row after it? */
+  while (i < d->njobs && !td__listed(d, who, d->jobs[i], filter, owner, device))
+    i++;
+  td_pack_reply_ok(rep, 2);
+  td_pack_kv_bool(rep, "more", i < d->njobs);
   td_pack_str(rep, "jobs");
   td_pack_array(rep, (uint32_t)n);
-  for (size_t i = 0; i < d->njobs && n > 0; i++) {
-    if (!td__listed(d->jobs[i], filter, owner, device))
+  for (i = first; i < d->njobs && n > 0; i++) {
+    if (!td__listed(d, who, d->jobs[i], filter, owner, device))
       continue;
     td__pack_job_row(rep, d->jobs[i]);
     n--;
@@ -280,10 +384,10 @@ static int td__op_list(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
   return 0;
 }
 
-static int td__op_show(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
-                       size_t errlen) {
+static int td__op_show(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                       td_pack *rep, char *err, size_t errlen) {
   td_job *j;
-  int rc = td__job_arg(d, req, &j, err, errlen);
+  int rc = td__job_arg(d, who, req, &j, err, errlen);
 
   if (rc < 0)
     return rc;
@@ -293,10 +397,10 @@ static int td__op_show(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
   return 0;
 }
 
-static int td__op_cancel(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
-                         size_t errlen) {
+static int td__op_cancel(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                         td_pack *rep, char *err, size_t errlen) {
   td_job *j;
-  int rc = td__job_arg(d, req, &j, err, errlen);
+  int rc = td__job_arg(d, who, req, &j, err, errlen);
 
   if (rc < 0)
     return rc;
@@ -324,8 +428,8 @@ static int td__op_cancel(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   return 0;
 }
 
-static int td__op_info(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
-                       size_t errlen) {
+static int td__op_info(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                       td_pack *rep, char *err, size_t errlen) {
   (void)req;
   (void)err;
   (void)errlen;
@@ -351,8 +455,8 @@ static void td__pack_device(td_pack *p, const td_device *dev) {
   td_pack_kv_bool(p, "draining", dev->draining);
 }
 
-static int td__op_devices(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
-                          size_t errlen) {
+static int td__op_devices(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                          td_pack *rep, char *err, size_t errlen) {
   (void)req;
   (void)err;
   (void)errlen;
@@ -364,13 +468,18 @@ static int td__op_devices(td_daemon *d, const msgpack_object *req, td_pack *rep,
   return 0;
 }
 
-static int td__op_device(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
-                         size_t errlen) {
+static int td__op_device(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                         td_pack *rep, char *err, size_t errlen) {
   char name[32];
   uint64_t budget;
   int drain;
   td_device *dev;
 
+  if (!who->admin) {
+    snprintf(err, errlen, "only traind's admins (root%s%s) may change a device; %s is not one",
+             d->cfg.admin_group[0] ? " and the group " : "", d->cfg.admin_group, who->name);
+    return TD_EPERM;
+  }
   td_obj_cstr(req, "name", name, sizeof(name));
   dev = td_sched_device(d, name);
   if (dev == NULL) {
@@ -395,12 +504,12 @@ static int td__op_device(td_daemon *d, const msgpack_object *req, td_pack *rep, 
   return 0;
 }
 
-static int td__op_set_priority(td_daemon *d, const msgpack_object *req, td_pack *rep,
-                               char *err, size_t errlen) {
+static int td__op_set_priority(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                               td_pack *rep, char *err, size_t errlen) {
   td_job *j;
   int64_t prio = 0;
   int32_t was;
-  int rc = td__job_arg(d, req, &j, err, errlen);
+  int rc = td__job_arg(d, who, req, &j, err, errlen);
 
   if (rc < 0)
     return rc;
@@ -428,8 +537,8 @@ static int td__op_set_priority(td_daemon *d, const msgpack_object *req, td_pack 
 
 /* Logs are read in bounded pieces, so a huge log never blocks the loop or
  * makes a huge reply; a client that follows one asks again from offset. */
-static int td__op_logs(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
-                       size_t errlen) {
+static int td__op_logs(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                       td_pack *rep, char *err, size_t errlen) {
   char path[TD_PATH_MAX + 64];
   char *buf = NULL;
   uint64_t max = TD_LOGS_DEFAULT_MAX;
@@ -437,15 +546,21 @@ static int td__op_logs(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
   struct stat st;
   ssize_t got = 0;
   td_job *j;
-  int fd, rc = td__job_arg(d, req, &j, err, errlen);
+  int fd, rc = td__job_arg(d, who, req, &j, err, errlen);
 
   if (rc < 0)
     return rc;
   td_obj_i64(req, "offset", &offset);
   td_obj_u64(req, "max", &max);
   snprintf(path, sizeof(path), "%s/jobs/%llu/log", d->cfg.state_dir, (unsigned long long)j->id);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || fstat(fd, &st) < 0) {
+  /* The job's directory belongs to its user, who may have put a link to
+   * someone else's file in the log's place. */
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+    close(fd);
+    fd = -1;
+  }
+  if (fd < 0) {
     /* A job that never started has no log yet. */
     st.st_size = 0;
   } else {
@@ -612,8 +727,8 @@ static void td__pack_savings(td_pack *rep, const td_jobspec *spec, const td_plan
 /* "Why does my job not fit": the plan of a job file on each device, per
  * layer, its largest tensors and what each remedy would save.  Nothing
  * is submitted or reserved. */
-static int td__op_plan(td_daemon *d, const msgpack_object *req, td_pack *rep, char *err,
-                       size_t errlen) {
+static int td__op_plan(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                       td_pack *rep, char *err, size_t errlen) {
   char base[TD_PATH_MAX], only[32] = "";
   const char *yaml;
   size_t ylen, ntop;
@@ -648,7 +763,7 @@ static int td__op_plan(td_daemon *d, const msgpack_object *req, td_pack *rep, ch
     goto free_spec;
   }
   if ((rc = td_jobspec_parse(text, ylen, base, spec, err, errlen)) < 0 ||
-      (rc = td_job_learn_dtype(spec, err, errlen)) < 0)
+      (rc = td__sample_dtype(d, req, spec, err, errlen)) < 0)
     goto free_spec;
   min_mb = td_jobspec_min_micro_batch(spec);
   if ((rc = td_plan_compute(spec, spec->batch_size, spec->precision, 0, &whole)) < 0 ||
@@ -722,31 +837,141 @@ static const struct {
     {"set-priority", td__op_set_priority, 1}, {"plan", td__op_plan, 0},
 };
 
-/* Answers one request into rep; returns whether the scheduler should run. */
+/* A request whose credential munged is checking; the job socket is not
+ * read meanwhile (a cooked REP socket answers one request at a time, and
+ * the loop keeps serving workers, timers and signals). */
+typedef struct td__pending {
+  uv_work_t work;
+  td_daemon *d;
+  td_msg *msg;
+  const td_msgdef *def;
+  char *cred;              /* NUL-terminated copy for libmunge */
+  size_t credlen;
+  td_ident who;
+  time_t expires;
+  int rc;
+  char err[512];
+} td__pending;
+
+/* Runs the op for who; returns whether the scheduler should run. */
+static int td__dispatch(td_daemon *d, const td_msgdef *def, const td_msg *msg,
+                        const td_ident *who, td_pack *rep, char *err, size_t errlen,
+                        int *rcp) {
+  int rc = TD_EINTERNAL;
+
+  for (size_t i = 0; i < TD_ARRAY_SIZE(td__ops); i++) {
+    if (strcmp(td__ops[i].op, def->op) == 0) {
+      rc = td__ops[i].fn(d, who, td_msg_root(msg), rep, err, errlen);
+      *rcp = rc;
+      return td__ops[i].changes && rc == 0;
+    }
+  }
+  *rcp = rc;
+  return 0;
+}
+
+/* A handler may have packed an error reply with details of its own. */
+static void td__reply_error(td_pack *rep, int rc, char *err, size_t errlen) {
+  if (rc < 0 && td_pack_len(rep) == 0) {
+    if (err[0] == '\0')
+      snprintf(err, errlen, "%s", td_strerror(rc));
+    td_pack_reply_err(rep, rc, err);
+  }
+}
+
+static void td__send_reply(td_daemon *d, td_pack *rep) {
+  if (td_pack_error(rep) < 0) {
+    int code = td_pack_error(rep);
+    td_pack_free(rep);
+    td_pack_init(rep);
+    td_pack_reply_err(rep, code,
+                      code == TD_ETOOBIG ? "the reply would exceed the protocol's 2 MiB limit; "
+                                           "ask for less (list takes a limit and a state)"
+                                         : "traind ran out of memory building the reply");
+  }
+  if (nn_send(d->rep_sock, td_pack_data(rep), td_pack_len(rep), NN_DONTWAIT) < 0)
+    td_warn("job socket: reply not sent: %s", nn_strerror(errno));
+  td_pack_free(rep);
+}
+
+static void td__on_request(uv_poll_t *h, int status, int events);
+
+static void td__decode_work(uv_work_t *w) {
+  td__pending *p = w->data;
+
+  p->rc = td_auth_decode(p->d->auth, p->cred, &p->who, &p->expires, p->err, sizeof(p->err));
+}
+
+static void td__decode_done(uv_work_t *w, int status) {
+  td__pending *p = w->data;
+  td_daemon *d = p->d;
+  td_pack rep;
+  int changes = 0, rc = p->rc;
+
+  if (status == UV_ECANCELED || d->stopping || uv_is_closing((uv_handle_t *)&d->rep_poll))
+    goto free_pending;
+  td_pack_init(&rep);
+  if (rc == 0) {
+    td_auth_remember(d->auth, p->cred, p->credlen, &p->who, p->expires);
+    changes = td__dispatch(d, p->def, p->msg, &p->who, &rep, p->err, sizeof(p->err), &rc);
+  } else {
+    td_info("job socket: refused a '%s' request: %s", p->def->op, p->err);
+  }
+  td__reply_error(&rep, rc, p->err, sizeof(p->err));
+  td__send_reply(d, &rep);
+  if (changes)
+    td_sched_run(d);
+  uv_poll_start(&d->rep_poll, UV_READABLE, td__on_request);
+  td__on_request(&d->rep_poll, 0, UV_READABLE); /* what came meanwhile */
+free_pending:
+  td_msg_free(p->msg);
+  free(p->cred);
+  free(p);
+}
+
+/* Answers one request into rep; returns whether the scheduler should run,
+ * or -1 when the request went to a worker thread to have its credential
+ * checked (it is answered from there, and the socket waits). */
 static int td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) {
   char err[1024] = "";
-  int changes = 0;
   const td_msgdef *def;
+  const char *cred = NULL;
+  size_t credlen = 0;
   td_msg *msg = NULL;
-  int rc;
+  td_ident who;
+  int rc, changes = 0;
 
   rc = td_proto_parse_request(buf, len, &msg, &def, err, sizeof(err));
   if (rc == 0) {
-    rc = TD_EINTERNAL;
-    for (size_t i = 0; i < TD_ARRAY_SIZE(td__ops); i++) {
-      if (strcmp(td__ops[i].op, def->op) == 0) {
-        rc = td__ops[i].fn(d, td_msg_root(msg), rep, err, sizeof(err));
-        changes = td__ops[i].changes && rc == 0;
-        break;
-      }
+    td_obj_str(td_msg_root(msg), "cred", &cred, &credlen);
+    rc = td_auth_lookup(d->auth, cred, credlen, &who, err, sizeof(err));
+  }
+  if (rc == TD_ENOENT) {
+    td__pending *p = calloc(1, sizeof(*p));
+
+    if (p == NULL || (p->cred = strndup(cred, credlen)) == NULL) {
+      free(p);
+      rc = TD_ENOMEM;
+      goto reply;
     }
+    p->d = d;
+    p->msg = msg;
+    p->def = def;
+    p->credlen = credlen;
+    p->work.data = p;
+    if (uv_queue_work(d->loop, &p->work, td__decode_work, td__decode_done) < 0) {
+      free(p->cred);
+      free(p);
+      rc = TD_EINTERNAL;
+      goto reply;
+    }
+    uv_poll_stop(&d->rep_poll);
+    return -1;
   }
-  /* A handler may have packed an error reply with details of its own. */
-  if (rc < 0 && td_pack_len(rep) == 0) {
-    if (err[0] == '\0')
-      snprintf(err, sizeof(err), "%s", td_strerror(rc));
-    td_pack_reply_err(rep, rc, err);
-  }
+  if (rc == 0)
+    changes = td__dispatch(d, def, msg, &who, rep, err, sizeof(err), &rc);
+reply:
+  td__reply_error(rep, rc, err, sizeof(err));
   td_msg_free(msg);
   return changes;
 }
@@ -760,7 +985,7 @@ static void td__on_request(uv_poll_t *h, int status, int events) {
   for (;;) {
     void *buf = NULL;
     td_pack rep;
-    int n = nn_recv(d->rep_sock, &buf, NN_MSG, NN_DONTWAIT);
+    int n = nn_recv(d->rep_sock, &buf, NN_MSG, NN_DONTWAIT), rc;
 
     if (n < 0) {
       if (errno != EAGAIN && errno != EINTR)
@@ -768,54 +993,92 @@ static void td__on_request(uv_poll_t *h, int status, int events) {
       break;
     }
     td_pack_init(&rep);
-    changes |= td__handle(d, buf, (size_t)n, &rep);
+    rc = td__handle(d, buf, (size_t)n, &rep);
     nn_freemsg(buf);
-    if (td_pack_error(&rep) < 0) {
-      int code = td_pack_error(&rep);
+    if (rc < 0) {
       td_pack_free(&rep);
-      td_pack_init(&rep);
-      td_pack_reply_err(&rep, code,
-                        code == TD_ETOOBIG ? "the reply would exceed the protocol's 2 MiB limit; "
-                                             "ask for less (list takes a limit and a state)"
-                                           : "traind ran out of memory building the reply");
+      break; /* answered when munged has spoken */
     }
-    if (nn_send(d->rep_sock, td_pack_data(&rep), td_pack_len(&rep), NN_DONTWAIT) < 0)
-      td_warn("job socket: reply not sent: %s", nn_strerror(errno));
-    td_pack_free(&rep);
+    changes |= rc;
+    td__send_reply(d, &rep);
   }
   if (changes)
     td_sched_run(d);
 }
 
-/* The directory of an ipc:// socket must exist; its mode decides who may
- * connect. */
-static int td__prepare_ipc(const char *addr, char *err, size_t errlen) {
+/* An ipc:// socket's path, or NULL for tcp://. */
+static const char *td__ipc_path(const char *addr) {
+  return strncmp(addr, "ipc://", 6) == 0 ? addr + 6 : NULL;
+}
+
+/* The directory of an ipc:// socket must exist.  Who may connect is the
+ * socket's mode and group (socket_mode, socket_group), set after the bind
+ * whatever the umask; a directory of traind's own is made searchable by
+ * the same people, and never more. */
+static int td__prepare_ipc(const td_config *cfg, const char *addr, gid_t gid, char *err,
+                           size_t errlen) {
+  mode_t mode = 0700 | (cfg->socket_mode & 0060 ? 0050 : 0) | (cfg->socket_mode & 0006 ? 0005 : 0);
+  const char *path = td__ipc_path(addr);
   char dir[512];
+  struct stat st;
   char *slash;
 
-  if (strncmp(addr, "ipc://", 6) != 0)
+  if (path == NULL)
     return 0;
-  if (td_strlcpy(dir, addr + 6, sizeof(dir)) < 0)
+  if (td_strlcpy(dir, path, sizeof(dir)) < 0)
     return TD_ETOOBIG;
   slash = strrchr(dir, '/');
   if (slash == NULL || slash == dir)
     return 0;
   *slash = '\0';
-  if (td_mkdir_p(dir, 0750) < 0) {
+  if (td_mkdir_p(dir, 0700) < 0) {
     snprintf(err, errlen, "cannot create the socket directory %s: %s", dir, strerror(errno));
+    return TD_EIO;
+  }
+  /* A directory others may write to (/tmp) is not ours to change. */
+  if (lstat(dir, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid() &&
+      (st.st_mode & 0002) == 0 &&
+      ((gid != (gid_t)-1 && lchown(dir, (uid_t)-1, gid) < 0) || chmod(dir, mode) < 0)) {
+    snprintf(err, errlen, "cannot set the mode of the socket directory %s: %s", dir,
+             strerror(errno));
     return TD_EIO;
   }
   return 0;
 }
 
-static int td__bind(int sock, const char *addr, const char *what, char *err, size_t errlen) {
-  int rc = td__prepare_ipc(addr, err, errlen);
+static int td__bind(const td_config *cfg, int sock, const char *addr, const char *what,
+                    char *err, size_t errlen) {
+  const char *path = td__ipc_path(addr);
+  gid_t gid = (gid_t)-1;
+  mode_t old;
+  int rc;
 
-  if (rc < 0)
+  if (cfg->socket_group[0] != '\0') {
+    struct group gr, *res = NULL;
+    char buf[4096];
+
+    if (getgrnam_r(cfg->socket_group, &gr, buf, sizeof(buf), &res) != 0 || res == NULL) {
+      snprintf(err, errlen, "socket_group '%s' is not a group on this system; create it "
+               "(groupadd %s) or change the configuration", cfg->socket_group,
+               cfg->socket_group);
+      return TD_ECONFIG;
+    }
+    gid = gr.gr_gid;
+  }
+  if ((rc = td__prepare_ipc(cfg, addr, gid, err, errlen)) < 0)
     return rc;
-  if (nn_bind(sock, addr) < 0) {
+  old = umask(0077); /* born private; opened to socket_mode below */
+  rc = nn_bind(sock, addr);
+  umask(old);
+  if (rc < 0) {
     snprintf(err, errlen, "cannot bind the %s to %s: %s%s", what, addr, nn_strerror(errno),
              errno == EADDRINUSE ? " (is another traind running?)" : "");
+    return TD_EIO;
+  }
+  if (path != NULL &&
+      ((gid != (gid_t)-1 && lchown(path, (uid_t)-1, gid) < 0) ||
+       chmod(path, (mode_t)cfg->socket_mode) < 0)) {
+    snprintf(err, errlen, "cannot set the mode of the %s %s: %s", what, path, strerror(errno));
     return TD_EIO;
   }
   return 0;
@@ -833,8 +1096,9 @@ int td_server_start(td_daemon *d, char *err, size_t errlen) {
     return TD_EIO;
   }
   nn_setsockopt(d->rep_sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsize, sizeof(maxsize));
-  if ((rc = td__bind(d->rep_sock, d->cfg.socket, "job socket", err, errlen)) < 0 ||
-      (rc = td__bind(d->pub_sock, d->cfg.status_socket, "status socket", err, errlen)) < 0)
+  if ((rc = td__bind(&d->cfg, d->rep_sock, d->cfg.socket, "job socket", err, errlen)) < 0 ||
+      (rc = td__bind(&d->cfg, d->pub_sock, d->cfg.status_socket, "status socket", err,
+                     errlen)) < 0)
     return rc;
   if (nn_getsockopt(d->rep_sock, NN_SOL_SOCKET, NN_RCVFD, &fd, &fdsz) < 0) {
     snprintf(err, errlen, "cannot get the job socket's descriptor: %s", nn_strerror(errno));
@@ -861,12 +1125,14 @@ void td_publish_state(td_daemon *d, const td_job *j) {
   td_pack p;
 
   td_pack_init(&p);
+  /* Every subscriber gets every event: under private_data, nothing a
+   * user wrote (names, paths in errors) goes out. */
   td_pack_event_begin(&p, "job.state", 5);
   td_pack_kv_u64(&p, "id", j->id);
-  td_pack_kv_str(&p, "name", j->name);
+  td_pack_kv_str(&p, "name", d->cfg.private_data ? "" : j->name);
   td_pack_kv_str(&p, "state", td_job_state_name(j->state));
   td_pack_kv_str(&p, "device", j->device);
-  td_pack_kv_str(&p, "error", TD_JOB_STR(j->error));
+  td_pack_kv_str(&p, "error", d->cfg.private_data ? "" : TD_JOB_STR(j->error));
   td__publish(d, &p);
 }
 

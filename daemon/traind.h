@@ -9,6 +9,7 @@
 #define TD_DAEMON_H
 
 #include <stdint.h>
+#include <time.h>
 #include <uv.h>
 
 #include "config.h"
@@ -29,6 +30,15 @@ int td_job_state_parse(const char *s, td_job_state *out);
 
 typedef struct td_run td_run;
 typedef struct td_db td_db;
+typedef struct td_auth td_auth;
+
+/* Who sent a request: from a MUNGE credential (auth.c), never from a field
+ * the client fills in. */
+typedef struct td_ident {
+  uint32_t uid, gid;
+  char name[33];
+  int admin;               /* root, traind's own user, or a member of admin_group */
+} td_ident;
 
 typedef struct td_job {
   uint64_t id;
@@ -87,17 +97,26 @@ typedef struct td_device {
   char unusable[192];      /* why the probe failed; "" if it did not */
 } td_device;
 
+/* What traind counts per user, for the per-user limits. */
+typedef struct td_user {
+  uint32_t uid;
+  uint32_t active;         /* queued + running jobs */
+} td_user;
+
 typedef struct td_daemon {
   uv_loop_t *loop;
   td_config cfg;
   const char *config_path; /* NULL: the embedded default */
   char exe_dir[TD_PATH_MAX];
   td_db *db;
+  td_auth *auth;
   double start_mono;
 
   td_job **jobs;           /* by submission order; ids ascending */
   size_t njobs, cap;
   size_t nactive;          /* queued + running */
+  td_user *users;          /* every user with a job, in no order; few */
+  size_t nusers, users_cap;
 
   td_device devices[TD_MAX_DEVICES];
   int ndevices;
@@ -112,6 +131,8 @@ typedef struct td_daemon {
 
 /* main.c */
 td_job *td_daemon_find(td_daemon *d, uint64_t id);
+/* uid's counters, made on first use; NULL when out of memory. */
+td_user *td_daemon_user(td_daemon *d, uint32_t uid);
 void td_job_free(td_job *j);
 /* Set spec->sample_dtype from the train split's header (td_dataset_probe:
  * headers only), before any plan is made for it. */
@@ -196,6 +217,25 @@ void td_probe_devices(td_daemon *d);
 void td_probe_start(td_daemon *d, td_device *dev);
 /* Apply a (new) configured limit: budget = min(limit, free at the probe). */
 void td_device_set_limit(td_device *dev, uint64_t limit);
+
+/* auth.c.  td_auth_lookup runs on the loop: 0 with *out (a credential
+ * decoded before and not expired, or anyone at all for a traind of one
+ * person), TD_ENOENT when cred must be decoded first (td_auth_decode, which
+ * blocks on munged: call it on a worker thread, one at a time, then
+ * td_auth_remember on the loop), TD_EAUTH with the reason in err. */
+int td_auth_open(const td_config *cfg, td_auth **out, char *err, size_t errlen);
+void td_auth_close(td_auth *a);
+int td_auth_multi_user(const td_auth *a);
+int td_auth_lookup(td_auth *a, const char *cred, size_t len, td_ident *out, char *err,
+                   size_t errlen);
+int td_auth_decode(td_auth *a, const char *cred, td_ident *out, time_t *expires, char *err,
+                   size_t errlen);
+void td_auth_remember(td_auth *a, const char *cred, size_t len, const td_ident *id,
+                      time_t expires);
+/* Whether who may see the details of, cancel and re-prioritise j. */
+static inline int td_ident_owns(const td_ident *who, const td_job *j) {
+  return who->admin || who->uid == j->uid;
+}
 
 /* server.c */
 int td_server_start(td_daemon *d, char *err, size_t errlen);

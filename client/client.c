@@ -182,6 +182,9 @@ static void print_help(FILE *f) {
           "                     0 waits forever)\n"
           "  -h, --help         show this help; `traind-client help COMMAND` for one\n"
           "  -V, --version      show the version\n"
+          "\nEvery request carries a MUNGE credential for your uid when munged runs here\n"
+          "($TRAIND_MUNGE_SOCKET names another munged socket); a traind that serves\n"
+          "several users refuses requests without one.\n"
           "\nExit status:\n"
           "  0    success\n"
           "  1    the job failed or was cancelled (submit --wait, wait), or a local\n"
@@ -300,7 +303,7 @@ static int apply_opt(parsed *p, const struct opt_def *o, const char *val) {
     p->a.state = val;
     break;
   case OPT_LIMIT:
-    cli_field_bounds("list", "limit", &min, &max);
+    min = 1, max = 1e12; /* ls pages through any number */
     if (cli_parse_uint(val, min, max, &p->a.limit) != 0)
       return usage_error(p->cmd, "invalid --limit '%s' (a number of jobs from %.0f to %.0f)",
                          val, min, max);
@@ -488,6 +491,10 @@ int main(int argc, char **argv) {
   rc = resolve_socket(&p, &addr);
   if (rc != 0)
     return rc;
+  /* For a private munged (tests, a second munged); otherwise libmunge's. */
+  p.c.munge_socket = getenv("TRAIND_MUNGE_SOCKET");
+  if (p.c.munge_socket != NULL && p.c.munge_socket[0] == '\0')
+    p.c.munge_socket = NULL;
 
   rc = p.cmd->run(&p.c, &p.a);
   cli_close(&p.c);

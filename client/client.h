@@ -31,6 +31,12 @@ typedef struct cli {
   double timeout_s;  /* 0: wait forever */
   int json;
   int req;           /* REQ socket, -1 until the first request */
+  /* Every request carries a MUNGE credential for our uid, made once and
+   * sent again until it is half-way to expiry (conn.c). */
+  const char *munge_socket; /* $TRAIND_MUNGE_SOCKET, else libmunge's default */
+  char *cred;
+  double cred_made;         /* td_now_mono() when made */
+  char munge_err[256];      /* why there is none, for traind's EAUTH */
 } cli;
 
 typedef struct cli_args {
@@ -173,11 +179,19 @@ int cli_arg_id(const char *s, uint64_t *id);
 int cli_malformed(const char *op, const char *field);
 /* A request with no field or only "id". */
 int cli_request_id(cli *c, const char *op, const uint64_t *id, td_msg **reply);
-/* "list"; each filter may be NULL, limit 0 means none. */
+/* One page of "list": jobs with ids above after (0: from the first); each
+ * filter may be NULL, limit 0 means traind's page size. */
 int cli_list(cli *c, const char *state, uint64_t limit, const char *owner, const char *device,
-             td_msg **reply);
+             uint64_t after, td_msg **reply);
 /* "show" for a job. */
 int cli_show_job(cli *c, uint64_t id, td_msg **reply, const msgpack_object **job);
+
+/* jobcheck.c: parse a job file and check its datasets (and, for submit,
+ * its output's directory) with our own rights, as traind no longer does;
+ * *dtype is the train split's stored type for the request.  0, or an exit
+ * code with the message printed. */
+int cli_check_job(const char *text, size_t len, const char *dir, int submit,
+                  const char **dtype);
 
 /* logs.c */
 int cli_cmd_logs(cli *c, const cli_args *a);

@@ -35,7 +35,7 @@ static const char *user_name(void) {
   size_t max;
 
   if (pw == NULL || pw->pw_name == NULL ||
-      cli_check_str("submit", "owner", pw->pw_name, &max) != 0)
+      cli_check_str("list", "owner", pw->pw_name, &max) != 0)
     return NULL;
   return pw->pw_name;
 }
@@ -189,7 +189,7 @@ static void print_submitted(const cli_args *a, const msgpack_object *root, uint6
 
 int cli_cmd_submit(cli *c, const cli_args *a) {
   const char *path = a->pos[0];
-  const char *owner = user_name();
+  const char *dtype;
   char key[33];
   char *text = NULL, *dir = NULL;
   td_msg *reply = NULL, *refusal = NULL;
@@ -208,21 +208,22 @@ int cli_cmd_submit(cli *c, const cli_args *a) {
     rc = CLI_EXIT_USAGE;
     goto free_text;
   }
+  if ((rc = cli_check_job(text, len, dir, 1, &dtype)) != 0)
+    goto free_dir;
   if (make_key(key) != 0) {
     cli_fail("cannot make a submission key: getrandom: %s", strerror(errno));
     rc = CLI_EXIT_JOB;
     goto free_dir;
   }
   td_pack_init(&p);
-  td_pack_request(&p, "submit", 3 + (a->name != NULL) + (owner != NULL));
+  td_pack_request(&p, "submit", 4 + (a->name != NULL));
   td_pack_str(&p, "job");
   td_pack_strn(&p, text, len);
   td_pack_kv_str(&p, "base_dir", dir);
   td_pack_kv_str(&p, "key", key);
+  td_pack_kv_str(&p, "sample_dtype", dtype);
   if (a->name != NULL)
     td_pack_kv_str(&p, "name", a->name);
-  if (owner != NULL)
-    td_pack_kv_str(&p, "owner", owner);
   rc = cli_call(c, &p, &reply, &refusal);
   td_pack_free(&p);
   if (rc != 0) {
@@ -273,13 +274,15 @@ static const cli_job_col ls_columns[] = {
 };
 
 int cli_list(cli *c, const char *state, uint64_t limit, const char *owner, const char *device,
-             td_msg **reply) {
+             uint64_t after, td_msg **reply) {
   td_pack p;
   int rc;
 
   td_pack_init(&p);
-  td_pack_request(&p, "list",
-                  (state != NULL) + (limit > 0) + (owner != NULL) + (device != NULL));
+  td_pack_request(&p, "list", (state != NULL) + (limit > 0) + (owner != NULL) +
+                              (device != NULL) + (after > 0));
+  if (after > 0)
+    td_pack_kv_u64(&p, "after", after);
   if (state != NULL)
     td_pack_kv_str(&p, "state", state);
   if (limit > 0)
@@ -293,14 +296,17 @@ int cli_list(cli *c, const char *state, uint64_t limit, const char *owner, const
   return rc;
 }
 
+#define CLI_LS_PAGE 1000
+
 int cli_cmd_ls(cli *c, const cli_args *a) {
   const msgpack_object *jobs;
   const char *owner = a->owner;
+  uint64_t after = 0, left = a->has_limit ? a->limit : UINT64_MAX, nrows = 0;
   td_msg *reply = NULL;
   cli_table t;
   uint32_t i;
   size_t k;
-  int rc;
+  int rc = 0;
 
   if (a->state != NULL) {
     for (k = 0; k < TD_ARRAY_SIZE(job_states); k++)
@@ -317,23 +323,52 @@ int cli_cmd_ls(cli *c, const cli_args *a) {
              "NAME", (unsigned)getuid());
     return CLI_EXIT_JOB;
   }
-  rc = cli_list(c, a->state, a->has_limit ? a->limit : 0, owner, a->device, &reply);
-  if (rc != 0)
-    return rc;
-  if (!table_rows(c, reply, "list", "jobs",
-                  a->state != NULL || owner != NULL || a->device != NULL ? "no matching jobs"
-                                                                         : "no jobs",
-                  &jobs, &rc))
-    goto free_reply;
+  /* Page by page, so that any number of jobs is listed with replies far
+   * below the protocol's limit. */
   cli_job_table_init(&t, ls_columns, TD_ARRAY_SIZE(ls_columns));
-  for (i = 0; i < jobs->via.array.size; i++)
-    if (jobs->via.array.ptr[i].type == MSGPACK_OBJECT_MAP)
-      cli_job_row(&t, ls_columns, TD_ARRAY_SIZE(ls_columns), &jobs->via.array.ptr[i]);
-  rc = cli_table_print(&t, stdout);
-  cli_table_free(&t);
+  if (c->json)
+    fputs("{\"jobs\": [", stdout);
+  for (int more = 1; more && left > 0;) {
+    rc = cli_list(c, a->state, left < CLI_LS_PAGE ? left : CLI_LS_PAGE, owner, a->device, after,
+                  &reply);
+    if (rc != 0)
+      goto free_table;
+    if (td_obj_array(td_msg_root(reply), "jobs", &jobs) != 0) {
+      rc = cli_malformed("list", "jobs");
+      goto free_reply;
+    }
+    for (i = 0; i < jobs->via.array.size; i++) {
+      const msgpack_object *row = &jobs->via.array.ptr[i];
+
+      if (row->type != MSGPACK_OBJECT_MAP || td_obj_u64(row, "id", &after) != 0) {
+        rc = cli_malformed("list", "jobs[].id");
+        goto free_reply;
+      }
+      if (c->json) {
+        fputs(nrows > 0 ? ", " : "", stdout);
+        cli_json_print(stdout, row);
+      } else {
+        cli_job_row(&t, ls_columns, TD_ARRAY_SIZE(ls_columns), row);
+      }
+      nrows++;
+    }
+    left -= jobs->via.array.size;
+    if (td_obj_bool(td_msg_root(reply), "more", &more) != 0 || jobs->via.array.size == 0)
+      more = 0;
+    td_msg_free(reply);
+    reply = NULL;
+  }
+  if (c->json)
+    fputs("]}\n", stdout);
+  else if (nrows == 0)
+    puts(a->state != NULL || owner != NULL || a->device != NULL ? "no matching jobs" : "no jobs");
+  else
+    rc = cli_table_print(&t, stdout);
 
 free_reply:
   td_msg_free(reply);
+free_table:
+  cli_table_free(&t);
   return rc;
 }
 

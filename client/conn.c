@@ -9,12 +9,14 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <munge.h>
 #include <nanomsg/nn.h>
 #include <nanomsg/pubsub.h>
 #include <nanomsg/reqrep.h>
 
 #include "client.h"
 #include "error.h"
+#include "util.h"
 
 #define REPLY_ERR_MAX 1024
 
@@ -47,7 +49,10 @@ static int check_ipc(const char *what, const char *addr, double timeout_s) {
     return 0;
   path = addr + 6;
   if (stat(path, &st) != 0) {
-    if (errno == ENOENT && is_job_socket)
+    if (errno == EACCES)
+      cli_fail("cannot reach %s at %s: permission denied (the socket's owner and group "
+               "decide who may use traind; ask its administrator for access)", what, addr);
+    else if (errno == ENOENT && is_job_socket)
       cli_fail("cannot reach %s at %s: no such socket (%s)", what, addr, start_hint);
     else if (errno == ENOENT)
       cli_fail("cannot reach %s at %s: no such socket", what, addr);
@@ -152,11 +157,95 @@ static int io_fail(const cli *c, int err) {
   return CLI_EXIT_UNREACHABLE;
 }
 
+#define CLI_MUNGE_SOCKET "/run/munge/munge.socket.2" /* libmunge's default */
+#define CLI_CRED_REUSE_S 120.0 /* munged's default TTL is 300 s */
+
+/* A credential from munged for our uid, or none (c->munge_err says why):
+ * a traind of one person needs none, and one that serves several says
+ * EAUTH, with our reason added. */
+static void make_cred(cli *c) {
+  const char *sock = c->munge_socket != NULL ? c->munge_socket : CLI_MUNGE_SOCKET;
+  munge_ctx_t ctx;
+  munge_err_t e;
+  struct stat st;
+  char *cred = NULL;
+
+  free(c->cred);
+  c->cred = NULL;
+  /* libmunge retries a missing socket for seconds: look first. */
+  if (stat(sock, &st) != 0) {
+    snprintf(c->munge_err, sizeof(c->munge_err), "munged's socket %s: %s", sock,
+             strerror(errno));
+    return;
+  }
+  ctx = munge_ctx_create();
+  if (ctx == NULL) {
+    snprintf(c->munge_err, sizeof(c->munge_err), "out of memory");
+    return;
+  }
+  if (c->munge_socket != NULL)
+    munge_ctx_set(ctx, MUNGE_OPT_SOCKET, c->munge_socket);
+  e = munge_encode(&cred, ctx, NULL, 0);
+  if (e != EMUNGE_SUCCESS) {
+    snprintf(c->munge_err, sizeof(c->munge_err), "munged at %s: %s", sock,
+             munge_ctx_strerror(ctx));
+  } else {
+    c->cred = cred;
+    c->cred_made = td_now_mono();
+    c->munge_err[0] = '\0';
+  }
+  munge_ctx_destroy(ctx);
+}
+
+/* One round trip; 0 with *out and *code (0 or traind's error code, the
+ * message in err), or an exit code with the message printed. */
+static int roundtrip(cli *c, const td_pack *req, td_msg **out, int *code, char *err,
+                     size_t errlen) {
+  td_pack signed_req;
+  const td_pack *send = req;
+  void *buf = NULL;
+  int n, rc;
+
+  if (c->cred != NULL) {
+    rc = td_pack_request_add(&signed_req, td_pack_data(req), td_pack_len(req), "cred", c->cred);
+    if (rc != 0) {
+      td_pack_free(&signed_req);
+      cli_fail("cannot build the request: %s", td_strerror(rc));
+      return CLI_EXIT_JOB;
+    }
+    send = &signed_req;
+  }
+  rc = 0;
+  while (nn_send(c->req, td_pack_data(send), td_pack_len(send), 0) < 0) {
+    if (nn_errno() != EINTR || cli_interrupted) {
+      rc = io_fail(c, nn_errno());
+      break;
+    }
+  }
+  if (send == &signed_req)
+    td_pack_free(&signed_req);
+  if (rc != 0)
+    return rc;
+  while ((n = nn_recv(c->req, &buf, NN_MSG, 0)) < 0) {
+    if (nn_errno() != EINTR || cli_interrupted)
+      return io_fail(c, nn_errno());
+  }
+  err[0] = '\0';
+  *code = 0;
+  rc = td_proto_decode_reply(buf, (size_t)n, out, code, err, errlen);
+  nn_freemsg(buf);
+  if (rc < 0) {
+    cli_sanitize(err);
+    cli_fail("bad reply from traind at %s: %s", c->addr, err[0] != '\0' ? err : td_strerror(rc));
+    return CLI_EXIT_REFUSED;
+  }
+  return 0;
+}
+
 int cli_call(cli *c, const td_pack *req, td_msg **reply, td_msg **err_reply) {
   char err[REPLY_ERR_MAX];
   td_msg *m = NULL;
-  void *buf = NULL;
-  int n, rc, code = 0;
+  int rc, code = 0;
 
   rc = td_pack_error(req);
   if (rc != 0) {
@@ -168,21 +257,21 @@ int cli_call(cli *c, const td_pack *req, td_msg **reply, td_msg **err_reply) {
     if (rc != 0)
       return rc;
   }
-  while (nn_send(c->req, td_pack_data(req), td_pack_len(req), 0) < 0) {
-    if (nn_errno() != EINTR || cli_interrupted)
-      return io_fail(c, nn_errno());
+  if (c->cred == NULL || td_now_mono() - c->cred_made > CLI_CRED_REUSE_S)
+    make_cred(c);
+  rc = roundtrip(c, req, &m, &code, err, sizeof(err));
+  if (rc == 0 && code == TD_EAUTH && c->cred != NULL) {
+    /* traind restarted, or forgot it: one more try with a new one. */
+    td_msg_free(m);
+    m = NULL;
+    make_cred(c);
+    rc = roundtrip(c, req, &m, &code, err, sizeof(err));
   }
-  while ((n = nn_recv(c->req, &buf, NN_MSG, 0)) < 0) {
-    if (nn_errno() != EINTR || cli_interrupted)
-      return io_fail(c, nn_errno());
-  }
-  err[0] = '\0';
-  rc = td_proto_decode_reply(buf, (size_t)n, &m, &code, err, sizeof(err));
-  nn_freemsg(buf);
-  if (rc < 0) {
-    cli_sanitize(err);
-    cli_fail("bad reply from traind at %s: %s", c->addr, err[0] != '\0' ? err : td_strerror(rc));
-    return CLI_EXIT_REFUSED;
+  if (rc != 0)
+    return rc;
+  if (code == TD_EAUTH && c->cred == NULL && c->munge_err[0] != '\0') {
+    size_t n = strlen(err);
+    snprintf(err + n, sizeof(err) - n, " (here: %s)", c->munge_err);
   }
   if (code < 0) {
     cli_sanitize(err);
@@ -205,4 +294,6 @@ void cli_close(cli *c) {
   if (c->req >= 0)
     nn_close(c->req);
   c->req = -1;
+  free(c->cred);
+  c->cred = NULL;
 }

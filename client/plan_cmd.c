@@ -174,6 +174,7 @@ int cli_cmd_plan(cli *c, const cli_args *a) {
   const char *path = a->pos[0];
   const char *slash = strrchr(path, '/');
   char *text = NULL, *dir = NULL, *abs = NULL;
+  const char *dtype;
   td_msg *reply = NULL;
   size_t len;
   td_pack p;
@@ -194,11 +195,14 @@ int cli_cmd_plan(cli *c, const cli_args *a) {
     rc = CLI_EXIT_USAGE;
     goto free_all;
   }
+  if ((rc = cli_check_job(text, len, abs, 0, &dtype)) != 0)
+    goto free_all;
   td_pack_init(&p);
-  td_pack_request(&p, "plan", 2 + (a->device != NULL));
+  td_pack_request(&p, "plan", 3 + (a->device != NULL));
   td_pack_str(&p, "job");
   td_pack_strn(&p, text, len);
   td_pack_kv_str(&p, "base_dir", abs);
+  td_pack_kv_str(&p, "sample_dtype", dtype);
   if (a->device != NULL)
     td_pack_kv_str(&p, "device", a->device);
   rc = cli_call(c, &p, &reply, NULL);

@@ -305,7 +305,7 @@ START_TEST(bounds_come_from_the_catalogue) {
   ck_assert_int_eq(cli_field_bounds("device", "budget", &min, &max), 0);
   ck_assert(min == 1048576);
   ck_assert_int_eq(cli_field_bounds("list", "limit", &min, &max), 0);
-  ck_assert(min == 1 && max == 100000);
+  ck_assert(min == 1 && max == 5000);
   ck_assert_int_eq(cli_field_bounds("device", "nope", &min, &max), TD_ENOENT);
   ck_assert_int_eq(cli_field_bounds("nope", "name", &min, &max), TD_ENOENT);
 

@@ -38,7 +38,7 @@ static void view_free(view *v) {
 }
 
 static int list_array(cli *c, const char *state, td_msg **reply, const msgpack_object **jobs) {
-  int rc = cli_list(c, state, TOP_JOBS, NULL, NULL, reply);
+  int rc = cli_list(c, state, TOP_JOBS, NULL, NULL, 0, reply);
 
   if (rc != 0)
     return rc;

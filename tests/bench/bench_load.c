@@ -306,7 +306,8 @@ int main(int argc, char **argv) {
     die("learning the job's plan", rc);
   snprintf(budget, sizeof(budget), "%llu",
            (unsigned long long)(total < (1u << 20) ? (1u << 20) : total + total / 2));
-  snprintf(extra, sizeof(extra), "max_jobs: %d\nheartbeat_timeout_ms: 3600000\n", jobs + 100);
+  snprintf(extra, sizeof(extra), "max_jobs: %d\nmax_jobs_per_user: %d\n"
+           "heartbeat_timeout_ms: 3600000\n", jobs + 100, jobs + 100);
   if ((rc = th_daemon_init(&d, budget, extra, 1)) < 0)
     die("making the state directory", rc);
   if ((rc = th_daemon_start(&d, 30000)) < 0) {

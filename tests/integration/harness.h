@@ -24,12 +24,16 @@ typedef struct th_daemon {
   char db[208];        /* dir/state/jobs.db */
   char sockpath[192];  /* dir/traind.sock */
   char sock[200];      /* ipc://dir/traind.sock */
+  char munge_sock[192];/* dir/munge/sock: a private munged's, when root runs the tests */
   pid_t pid;           /* > 0 while started */
 } th_daemon;
 
 /* Make the temporary directory (under $TMPDIR or /tmp) and write the
  * config: one device cpu0 with this budget, then extra (more YAML keys,
- * may be NULL).  If stub_workers, traind runs th_stub_libexec's stand-ins
+ * may be NULL).  As root, traind serves several users and wants MUNGE
+ * credentials: a private munged is started (own key and socket under the
+ * directory), named in the config and in $TRAIND_MUNGE_SOCKET for the
+ * client, and th_rpc signs every request with a credential from it.  If stub_workers, traind runs th_stub_libexec's stand-ins
  * instead of the real worker and loader, so jobs hold their reservation
  * and the rest stay queued, without training anything. */
 int th_daemon_init(th_daemon *d, const char *budget, const char *extra, int stub_workers);
@@ -67,6 +71,28 @@ int th_run(Suite *s, int need_fmnist);
  * that live until their parent (traind) is gone. */
 int th_stub_libexec(const char *dir);
 
+/* Start a munged with its own key under dir (made 0755, as munged wants);
+ * its socket path goes to sock.  0 or TD_EIO (the reason on stderr). */
+int th_munged_start(const char *dir, char *sock, size_t cap);
+/* Stop the munged whose socket is sock. */
+void th_munged_stop(const char *sock);
+/* Where th_rpc gets credentials ("" or NULL: it sends none).  Set by
+ * th_daemon_init. */
+void th_set_munge_socket(const char *sock);
+/* A new credential from that munged (malloc'd): for this process's uid, or
+ * for th_as_user's user. */
+char *th_cred(void);
+/* The credential th_rpc signs with now (a malloc'd copy; NULL without a
+ * munged): made once and reused, as traind-client does; a new one when
+ * stale is the one in use (traind said EAUTH to it).  Thread-safe. */
+char *th_cred_current(const char *stale);
+/* From now on th_rpc's credentials and th_client's processes are this
+ * user's (a name from the user database; NULL: this process's own). */
+void th_as_user(const char *name);
+/* Drop to th_as_user's user in a forked child: its groups, gid, uid.
+ * 0, or -1 with errno. */
+int th_become_user(void);
+
 /* A REQ socket connected to addr, with send and receive timeouts. */
 int th_connect(const char *addr, int timeout_ms);
 /* Send the bytes, wait for one reply and decode it: *code is 0 (ok) or
@@ -82,6 +108,9 @@ int th_rpc_pack(int sock, td_pack *req, td_msg **out, int *code, char *err, size
 int th_rpc_simple(int sock, const char *op, const char *field, uint64_t value, td_msg **out,
                   int *code, char *err, size_t errlen);
 
+/* The train split's stored type, read from the dataset as traind-client
+ * does ("uint8" if it cannot be read). */
+const char *th_sample_dtype(const char *yaml, const char *base_dir);
 /* A submit request; name may be NULL. */
 void th_pack_submit(td_pack *p, const char *yaml, const char *base_dir, const char *key,
                     const char *name);

@@ -93,25 +93,34 @@ static void start_or_fail(th_daemon *d) {
 static void *storm_run(void *arg) {
   storm *st = arg;
   int s = th_connect(st->sock, 20), seq = 0;
+  char *cred = th_cred_current(NULL); /* NULL when traind wants none */
 
-  if (s < 0)
+  if (s < 0) {
+    free(cred);
     return NULL;
+  }
   while (!atomic_load(st->stop)) {
     sub *e = subs_push(&st->out);
-    td_pack p;
+    td_pack p, signed_req;
     void *buf = NULL;
-    int n = -1;
+    int n = -1, sent;
 
     snprintf(e->key, sizeof(e->key), "k%s-r%d-t%d-%d", st->nonce, st->round, st->index, seq++);
     td_pack_init(&p);
     th_pack_submit(&p, st->yaml, "/tmp", e->key, e->key);
-    if (nn_send(s, td_pack_data(&p), td_pack_len(&p), 0) < 0) {
+    if (cred != NULL) {
+      td_pack_request_add(&signed_req, td_pack_data(&p), td_pack_len(&p), "cred", cred);
+      sent = nn_send(s, td_pack_data(&signed_req), td_pack_len(&signed_req), 0);
+      td_pack_free(&signed_req);
+    } else {
+      sent = nn_send(s, td_pack_data(&p), td_pack_len(&p), 0);
+    }
+    td_pack_free(&p);
+    if (sent < 0) {
       /* Never handed to nanomsg: not in flight either. */
-      td_pack_free(&p);
       st->out.n--;
       continue;
     }
-    td_pack_free(&p);
     /* Short receive timeouts, so a stop is noticed while a reply is due. */
     while (!atomic_load(st->stop) && (n = nn_recv(s, &buf, NN_MSG, 0)) < 0 && errno == ETIMEDOUT)
       ;
@@ -140,6 +149,7 @@ static void *storm_run(void *arg) {
     th_msleep(rand_r(&st->seed) % 5);
   }
   nn_close(s);
+  free(cred);
   return NULL;
 }
 
@@ -391,7 +401,8 @@ START_TEST(sigkill_during_submit_storm) {
     int in_dir = rounds - done < ROUNDS_PER_DIR ? rounds - done : ROUNDS_PER_DIR;
     int s;
 
-    ck_assert(th_daemon_init(&d, g_budget, NULL, 1) == 0);
+    /* The storms are one user's thousands of jobs. */
+    ck_assert(th_daemon_init(&d, g_budget, "max_jobs_per_user: 1000000\n", 1) == 0);
     start_or_fail(&d);
     for (int r = 0; r < in_dir; r++, done++) {
       storm storms[STORM_THREADS];

@@ -64,9 +64,10 @@ static uint64_t plan_total(const char *yaml, uint32_t *micro_on_cpu0) {
   uint64_t total = 0, mb = 0;
 
   td_pack_init(&p);
-  td_pack_request(&p, "plan", 2);
+  td_pack_request(&p, "plan", 3);
   td_pack_kv_str(&p, "job", yaml);
   td_pack_kv_str(&p, "base_dir", "/tmp");
+  td_pack_kv_str(&p, "sample_dtype", th_sample_dtype(yaml, "/tmp"));
   ck_assert_int_eq(th_rpc_pack(g_sock, &p, &m, &code, err, sizeof(err)), 0);
   ck_assert_msg(code == 0, "plan refused: %s", err);
   ck_assert_int_eq(td_obj_map(td_msg_root(m), "plan", &plan), 0);

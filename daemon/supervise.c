@@ -18,11 +18,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pwd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -500,13 +500,15 @@ static int td__job_dir_open(const td_daemon *d, const td_job *j, const char *dir
 }
 
 /* Open name in the job's directory for writing (append: keep what is
- * there).  The directory may be the user's: no link is followed, a FIFO
+ * there, and read it too: a failed job's reason quotes the log's last
+ * line).  The directory may be the user's: no link is followed, a FIFO
  * cannot block the open, and only a regular file with a single link (not a
  * hard link to someone else's file) is used.  A file traind creates there
  * as root goes to the user.  A descriptor, or TD_EIO with err set. */
 static int td__job_file_open(int dir_fd, const char *dir, const char *name, int append,
                              const td_job *j, int as_root, char *err, size_t errlen) {
-  int flags = O_WRONLY | (append ? O_APPEND : 0) | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
+  int flags = (append ? O_RDWR | O_APPEND : O_WRONLY) | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+              O_CLOEXEC;
   int fd = openat(dir_fd, name, flags | O_CREAT | O_EXCL, 0640), created = fd >= 0;
   struct stat st;
 

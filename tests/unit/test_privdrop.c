@@ -190,15 +190,23 @@ static void wrong_name(char *msg, size_t cap) {
 START_TEST(test_wrong_name) { in_child(wrong_name); }
 END_TEST
 
+/* A few tries: another process (another test run) may hold the lock on
+ * /etc/passwd for a moment, and the shadow tools then give up at once. */
 static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int run(const char *fmt, ...) {
   char cmd[256];
   va_list ap;
+  int rc = -1;
 
   va_start(ap, fmt);
   vsnprintf(cmd, sizeof(cmd), fmt, ap);
   va_end(ap);
-  return system(cmd);
+  for (int i = 0; i < 5 && rc != 0; i++) {
+    if (i > 0)
+      sleep(1);
+    rc = system(cmd);
+  }
+  return rc;
 }
 
 /* Whatever happens, the throwaway user, group and file go. */

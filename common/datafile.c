@@ -87,6 +87,15 @@ static int pread_full(int fd, void *buf, size_t n, uint64_t off, size_t *got) {
   return 0;
 }
 
+static const char *file_kind(mode_t m) {
+  return S_ISFIFO(m)  ? "a FIFO"
+         : S_ISCHR(m) ? "a character device"
+         : S_ISBLK(m) ? "a block device"
+         : S_ISDIR(m) ? "a directory"
+         : S_ISSOCK(m) ? "a socket"
+                       : "a special file";
+}
+
 int td_dfile_open(const char *path, td_dfile **out, char *err, size_t errlen) {
   uint8_t magic[2];
   td_dfile *f;
@@ -98,7 +107,9 @@ int td_dfile_open(const char *path, td_dfile **out, char *err, size_t errlen) {
     free(f);
     return TD_ENOMEM;
   }
-  f->fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO (or a tape, a terminal) named as the dataset must
+   * not hang the open before fstat can refuse it. */
+  f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (f->fd < 0) {
     rc = errno == ENOENT ? TD_ENOENT : TD_EDATA;
     td_data_errf(err, errlen, path, "cannot open: %s", strerror(errno));
@@ -108,8 +119,13 @@ int td_dfile_open(const char *path, td_dfile **out, char *err, size_t errlen) {
     rc = td_data_errf(err, errlen, path, "cannot stat: %s", strerror(errno));
     goto close_fd;
   }
-  if (S_ISDIR(f->st.st_mode)) {
-    rc = td_data_errf(err, errlen, path, "is a directory, not a data file");
+  if (!S_ISREG(f->st.st_mode)) {
+    rc = td_data_errf(err, errlen, path, "is %s, not a regular file; datasets must be regular "
+                      "files", file_kind(f->st.st_mode));
+    goto close_fd;
+  }
+  if (fcntl(f->fd, F_SETFL, fcntl(f->fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+    rc = td_data_errf(err, errlen, path, "cannot clear O_NONBLOCK: %s", strerror(errno));
     goto close_fd;
   }
   if (pread_full(f->fd, magic, 2, 0, &got) < 0) {

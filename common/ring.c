@@ -21,6 +21,7 @@
 #define RING_VERSION 2u
 #define RING_ALIGN 64u
 #define RING_WAIT_S 1
+#define RING_SHUTDOWN_WAIT_NS 50000000L /* 50 ms */
 
 /* The shared header.  Fixed-width fields so both sides agree on the layout;
  * the lengths array and the slots follow, each RING_ALIGN-aligned. */
@@ -121,6 +122,11 @@ destroy_ma:
 }
 
 int td_ring_create(const char *name, uint32_t nslots, size_t slot_bytes) {
+  return td_ring_create_owned(name, nslots, slot_bytes, (uid_t)-1, (gid_t)-1);
+}
+
+int td_ring_create_owned(const char *name, uint32_t nslots, size_t slot_bytes, uid_t owner,
+                         gid_t group) {
   size_t bytes = td_ring_segment_bytes(nslots, slot_bytes);
   struct ring_shm *h;
   int fd, err, saved;
@@ -130,6 +136,11 @@ int td_ring_create(const char *name, uint32_t nslots, size_t slot_bytes) {
   fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     return TD_EIO;
+  /* On the descriptor: the name may already be someone else's object. */
+  if ((owner != (uid_t)-1 || group != (gid_t)-1) && fchown(fd, owner, group) < 0) {
+    err = TD_EIO;
+    goto unlink_shm;
+  }
   if (ftruncate(fd, (off_t)bytes) < 0) {
     err = TD_EIO;
     goto unlink_shm;
@@ -164,6 +175,11 @@ unlink_shm:
 }
 
 int td_ring_open(const char *name, td_ring **out) {
+  return td_ring_open_owned(name, geteuid(), out, NULL, 0);
+}
+
+int td_ring_open_owned(const char *name, uid_t owner, td_ring **out, char *errbuf,
+                       size_t errlen) {
   struct ring_shm *h;
   struct stat st;
   td_ring *r;
@@ -176,6 +192,14 @@ int td_ring_open(const char *name, td_ring **out) {
   if (fd < 0)
     return errno == ENOENT ? TD_ENOENT : TD_EIO;
   if (fstat(fd, &st) < 0) {
+    err = TD_EIO;
+    goto close_fd;
+  }
+  if (!S_ISREG(st.st_mode) || st.st_uid != owner || (st.st_mode & 077) != 0) {
+    if (errbuf != NULL && errlen > 0)
+      snprintf(errbuf, errlen, "the ring %s belongs to uid %u (mode %04o), not to uid %u alone: "
+               "refusing it", name, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777),
+               (unsigned)owner);
     err = TD_EIO;
     goto close_fd;
   }
@@ -428,13 +452,26 @@ void td_ring_read_end(td_ring *r) {
 
 void td_ring_shutdown(td_ring *r, int reason) {
   struct ring_shm *h = r->shm;
+  struct timespec ts;
+  int rc;
 
-  if (ring_lock(r) < 0)
-    return;
+  /* traind calls this from its loop, and the job's user can map the ring
+   * and keep the mutex: wait for it only briefly. */
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_nsec += RING_SHUTDOWN_WAIT_NS;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  rc = pthread_mutex_clocklock(&h->mu, CLOCK_MONOTONIC, &ts);
+  if (rc == EOWNERDEAD)
+    ring_owner_died(h);
   if (!load32(&h->shutdown)) {
     h->reason = reason;
     __atomic_store_n(&h->shutdown, 1, __ATOMIC_SEQ_CST);
   }
+  if (rc != 0 && rc != EOWNERDEAD)
+    return; /* without the wakeup: every wait looks again within RING_WAIT_S */
   pthread_cond_broadcast(&h->not_full);
   pthread_cond_broadcast(&h->not_empty);
   ring_unlock(r);

@@ -39,10 +39,25 @@ size_t td_ring_segment_bytes(uint32_t nslots, size_t slot_bytes);
  * kept (EEXIST if it already exists). */
 int td_ring_create(const char *name, uint32_t nslots, size_t slot_bytes);
 
+/* td_ring_create for the processes of another user (traind as root, for a
+ * job's loader and worker): the new segment is given to owner:group through
+ * its descriptor, before it is initialised.  (uid_t)-1 and (gid_t)-1 leave
+ * that id as it is. */
+int td_ring_create_owned(const char *name, uint32_t nslots, size_t slot_bytes, uid_t owner,
+                         gid_t group);
+
 /* Map an existing segment, checking magic, version and sizes against the
- * segment's size.  TD_ENOENT, TD_EVERSION, TD_EINVAL (not a ring, or
- * garbage), TD_EIO, TD_ENOMEM. */
+ * segment's size, and that the segment is this process's own (its owner is
+ * the effective uid, and it grants nothing to group or others): anyone can
+ * make a segment of any free name, and a planted ring would feed the
+ * worker someone else's batches.  TD_ENOENT, TD_EVERSION, TD_EINVAL (not a
+ * ring, or garbage), TD_EIO (also: someone else's), TD_ENOMEM. */
 int td_ring_open(const char *name, td_ring **out);
+
+/* td_ring_open for a segment that owner must own (traind as root opens the
+ * ring it made for a job's user).  A failure's reason goes into err when
+ * err is not NULL (the owner and mode of a segment that is refused). */
+int td_ring_open_owned(const char *name, uid_t owner, td_ring **out, char *err, size_t errlen);
 
 /* Unmap; accepts NULL.  Does not shut the ring down. */
 void td_ring_close(td_ring *r);
@@ -66,7 +81,10 @@ int td_ring_read_begin(td_ring *r, const void **slot, size_t *len);
 void td_ring_read_end(td_ring *r);
 
 /* Wake both sides; later waits return TD_ECLOSED.  reason is stored
- * (0 = normal end); the first shutdown's reason wins. */
+ * (0 = normal end); the first shutdown's reason wins.  Never blocks for
+ * long: a peer that keeps the mutex (the ring belongs to the job's user,
+ * who can map it and hold it) only delays the wakeup to the sides' next
+ * timed wait. */
 void td_ring_shutdown(td_ring *r, int reason);
 
 /* 1 if the ring was shut down (its reason in *reason if non-NULL), else 0. */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "log.h"
 #include "util.h"
 
 #define CACHE_MAGIC 0x48435254u /* "TRCH" */
@@ -55,14 +56,47 @@ static int still_named(int fd, const char *name) {
          a.st_dev == b.st_dev;
 }
 
-/* The key's lock object, locked (how: LOCK_EX, maybe | LOCK_NB).  -1 on
- * failure (EWOULDBLOCK: busy). */
-static int lock_key(const char *lock, int how) {
-  for (;;) {
-    int fd = shm_open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+/* Whether the object at fd is this user's alone.  Anyone may create any
+ * free name in /dev/shm: an object someone else made (or may write) must be
+ * neither read nor waited on.  *st is what fstat said. */
+static int ours(int fd, struct stat *st) {
+  return fstat(fd, st) == 0 && S_ISREG(st->st_mode) && st->st_uid == geteuid() &&
+         (st->st_mode & 077) == 0;
+}
 
-    if (fd < 0)
+/* Someone else's object at a name that should be ours: say whose it is.
+ * The caller cannot tell (it has only a code), and whoever planted it
+ * should be found. */
+static void warn_foreign(const char *name, const struct stat *st) {
+  td_warn("shared cache: %s belongs to uid %u (mode %04o), not to this user (uid %u) alone: "
+          "ignoring it and decoding a private copy", name, (unsigned)st->st_uid,
+          (unsigned)(st->st_mode & 07777), (unsigned)geteuid());
+}
+
+/* The key's lock object, locked (how: LOCK_EX, maybe | LOCK_NB).  mine:
+ * create it if missing, and refuse (EPERM, *st its owner) one that is not
+ * ours before waiting on it; else open only what exists, whoever's it is
+ * (the sweep).  -1 on failure (EWOULDBLOCK: busy). */
+static int lock_key(const char *lock, int how, int mine, struct stat *st) {
+  for (;;) {
+    int fd = shm_open(lock, mine ? O_RDWR | O_CREAT | O_CLOEXEC : O_RDONLY | O_CLOEXEC, 0600);
+
+    if (fd < 0) {
+      if (mine && errno == EACCES) {
+        char path[128];
+        snprintf(path, sizeof(path), SHM_DIR "%s", lock);
+        if (stat(path, st) == 0)
+          errno = EPERM;
+        else
+          errno = EACCES;
+      }
       return -1;
+    }
+    if (mine && !ours(fd, st)) {
+      close(fd);
+      errno = EPERM;
+      return -1;
+    }
     while (flock(fd, how) < 0) {
       if (errno != EINTR) {
         int saved = errno;
@@ -77,11 +111,22 @@ static int lock_key(const char *lock, int how) {
   }
 }
 
+/* The user is in the name: sharing is between one user's jobs, and another
+ * user's object can then never stand where ours should be (it is refused,
+ * not used, if someone plants one). */
 static void names(const char *key, char *name, char *lock) {
   uint64_t h = fnv1a(key);
+  unsigned uid = (unsigned)geteuid();
 
-  snprintf(name, 64, "/" TD_SHMCACHE_PREFIX "%016llx", (unsigned long long)h);
-  snprintf(lock, 64, "/" TD_SHMCACHE_PREFIX "%016llx.lock", (unsigned long long)h);
+  snprintf(name, 64, "/" TD_SHMCACHE_PREFIX "%u-%016llx", uid, (unsigned long long)h);
+  snprintf(lock, 64, "/" TD_SHMCACHE_PREFIX "%u-%016llx.lock", uid, (unsigned long long)h);
+}
+
+int td_shmcache_entry_name(const char *key, char *name, size_t cap) {
+  char n[64], lock[64];
+
+  names(key, n, lock);
+  return td_strlcpy(name, n, cap);
 }
 
 /* Map an existing entry: 1 ready (and share-locked), 0 not usable and
@@ -166,6 +211,7 @@ unlink_seg:
 
 int td_shmcache_open(const char *key, uint64_t bytes, td_shmcache **out, int *ready) {
   td_shmcache *c;
+  struct stat st;
   int rc;
 
   if (strlen(key) >= TD_SHMCACHE_KEY_MAX)
@@ -177,13 +223,29 @@ int td_shmcache_open(const char *key, uint64_t bytes, td_shmcache **out, int *re
   names(key, c->name, c->lock);
   snprintf(c->name_path, sizeof(c->name_path), SHM_DIR "%s", c->name);
   snprintf(c->lock_path, sizeof(c->lock_path), SHM_DIR "%s", c->lock);
-  c->lock_fd = lock_key(c->lock, LOCK_EX);
+  c->lock_fd = lock_key(c->lock, LOCK_EX, 1, &st);
   if (c->lock_fd < 0) {
+    rc = TD_EIO;
+    if (errno == EPERM) {
+      warn_foreign(c->lock, &st);
+      rc = TD_EAGAIN;
+    }
     free(c);
-    return TD_EIO;
+    return rc;
   }
   c->fd = shm_open(c->name, O_RDWR | O_CLOEXEC, 0);
+  if (c->fd < 0 && errno == EACCES && stat(c->name_path, &st) == 0) {
+    warn_foreign(c->name, &st);
+    rc = TD_EAGAIN;
+    goto fail;
+  }
   if (c->fd >= 0) {
+    /* Checked on the descriptor, so the object checked is the one mapped. */
+    if (!ours(c->fd, &st)) {
+      warn_foreign(c->name, &st);
+      rc = TD_EAGAIN;
+      goto fail;
+    }
     if ((rc = map_existing(c, key, bytes)) == 1) {
       close(c->lock_fd);
       c->lock_fd = -1;
@@ -222,11 +284,12 @@ void td_shmcache_publish(td_shmcache *c) {
 }
 
 void td_shmcache_release(td_shmcache *c) {
+  struct stat st;
   int lk;
 
   if (c == NULL)
     return;
-  lk = c->lock_fd >= 0 ? c->lock_fd : lock_key(c->lock, LOCK_EX);
+  lk = c->lock_fd >= 0 ? c->lock_fd : lock_key(c->lock, LOCK_EX, 1, &st);
   munmap(c->map, c->map_bytes);
   /* Last user: no one else holds the shared lock.  Under the key's lock no
    * one can be between opening the segment and locking it. */
@@ -268,40 +331,61 @@ const char *td_shmcache_name(const td_shmcache *c) {
   return c->name;
 }
 
-/* "traind-cache-<16 hex>" with an optional ".lock": the 16 hex digits. */
-static int entry_hash(const char *d_name, char *hex) {
-  size_t plen = strlen(TD_SHMCACHE_PREFIX);
-  const char *p = d_name + plen;
+/* "traind-cache-<uid>-<16 hex>" with an optional ".lock": the stem
+ * "<uid>-<16 hex>" and the uid.  The names of traind before the uid was in
+ * them ("traind-cache-<16 hex>") count too, as the stem "<16 hex>" and no
+ * uid (-1), so the sweep still removes what they left. */
+static int entry_stem(const char *d_name, char stem[32], long long *uid) {
+  size_t plen = strlen(TD_SHMCACHE_PREFIX), ndig;
+  const char *p = d_name + plen, *hex = p;
 
-  if (strncmp(d_name, TD_SHMCACHE_PREFIX, plen) != 0 || strspn(p, "0123456789abcdef") != 16 ||
-      (p[16] != '\0' && strcmp(p + 16, ".lock") != 0))
+  if (strncmp(d_name, TD_SHMCACHE_PREFIX, plen) != 0)
     return 0;
-  memcpy(hex, p, 16);
-  hex[16] = '\0';
+  *uid = -1;
+  ndig = strspn(p, "0123456789");
+  if (ndig >= 1 && ndig <= 10 && p[ndig] == '-') {
+    *uid = strtoll(p, NULL, 10);
+    if (*uid > (long long)UINT32_MAX)
+      return 0;
+    hex = p + ndig + 1;
+  }
+  if (strspn(hex, "0123456789abcdef") != 16 || (hex[16] != '\0' && strcmp(hex + 16, ".lock") != 0))
+    return 0;
+  memcpy(stem, p, (size_t)(hex + 16 - p));
+  stem[hex + 16 - p] = '\0';
   return 1;
 }
 
 int td_shmcache_sweep(void) {
   DIR *dir = opendir(SHM_DIR);
   struct dirent *e;
+  struct stat st;
   int removed = 0;
 
   if (dir == NULL)
     return 0;
   while ((e = readdir(dir)) != NULL) {
-    char hex[17], name[64], lock[64];
+    char stem[32], name[64], lock[64];
+    long long uid;
     int lk, fd, gone = 0;
 
-    if (!entry_hash(e->d_name, hex))
+    if (!entry_stem(e->d_name, stem, &uid))
       continue;
-    snprintf(name, sizeof(name), "/" TD_SHMCACHE_PREFIX "%s", hex);
-    snprintf(lock, sizeof(lock), "/" TD_SHMCACHE_PREFIX "%s.lock", hex);
-    lk = lock_key(lock, LOCK_EX | LOCK_NB);
+    /* A user's loader sweeps its own entries; root (traind) every one. */
+    if (geteuid() != 0 && uid != (long long)geteuid())
+      continue;
+    snprintf(name, sizeof(name), "/" TD_SHMCACHE_PREFIX "%s", stem);
+    snprintf(lock, sizeof(lock), "/" TD_SHMCACHE_PREFIX "%s.lock", stem);
+    lk = lock_key(lock, LOCK_EX | LOCK_NB, 0, NULL);
+    /* A segment without its lock gets one, but only from its own user: a
+     * lock that root made would shut the user out of the key. */
+    if (lk < 0 && errno == ENOENT && (uid < 0 || uid == (long long)geteuid()))
+      lk = lock_key(lock, LOCK_EX | LOCK_NB, 1, &st);
     if (lk < 0)
       continue; /* being built, opened or released right now */
     fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
-    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0 && still_named(fd, name)) {
-      shm_unlink(name);
+    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0 && still_named(fd, name) &&
+        shm_unlink(name) == 0) {
       removed++;
       gone = 1;
     }
@@ -319,7 +403,8 @@ int td_shmcache_sweep(void) {
 void td_shmcache_usage(uint64_t *bytes, uint32_t *segments) {
   DIR *dir = opendir(SHM_DIR);
   struct dirent *e;
-  char hex[17], path[300];
+  char stem[32], path[300];
+  long long uid;
   struct stat st;
 
   *bytes = 0;
@@ -327,7 +412,7 @@ void td_shmcache_usage(uint64_t *bytes, uint32_t *segments) {
   if (dir == NULL)
     return;
   while ((e = readdir(dir)) != NULL) {
-    if (!entry_hash(e->d_name, hex) || strstr(e->d_name, ".lock") != NULL)
+    if (!entry_stem(e->d_name, stem, &uid) || strstr(e->d_name, ".lock") != NULL)
       continue;
     snprintf(path, sizeof(path), SHM_DIR "/%s", e->d_name);
     if (stat(path, &st) == 0) {

@@ -1,12 +1,16 @@
 /* A shared, read-only cache of decoded datasets in POSIX shared memory.
  *
- * Loaders of the same data (equal keys: td_split_cache_key) map one copy:
- * the first decodes it into the segment /traind-cache-<hash>, the others
- * map it.  Each user holds a shared flock on the segment while it maps it;
- * the user that leaves last (its exclusive flock succeeds) unlinks it.  A
- * lock object per key, /traind-cache-<hash>.lock, serialises building,
- * opening and that last unlink, so no one maps a half-built copy or one
- * being removed.  flock locks die with their process: the segment of a
+ * Loaders of the same data (equal keys: td_split_cache_key) run by the same
+ * user map one copy: the first decodes it into the segment
+ * /traind-cache-<uid>-<hash> (mode 0600), the others map it.  Objects at
+ * those names that are not the user's alone (anyone may create any name in
+ * /dev/shm) are never mapped nor waited on: td_shmcache_open logs a warning
+ * naming the object and its owner and returns TD_EAGAIN, and the caller
+ * decodes a private copy.  Each user of a copy holds a shared flock on the
+ * segment while it maps it; the one that leaves last (its exclusive flock
+ * succeeds) unlinks it.  A lock object per key,
+ * /traind-cache-<uid>-<hash>.lock, serialises building, opening and that
+ * last unlink, so no one maps a half-built copy or one being removed.  flock locks die with their process: the segment of a
  * killed loader has no lock left, and td_shmcache_sweep (every loader runs
  * it when it starts; traind should at its start and after a loader dies)
  * removes it.
@@ -28,8 +32,9 @@ typedef struct td_shmcache td_shmcache;
  * td_shmcache_publish (or td_shmcache_release to give up); until then
  * other loaders of the key wait in td_shmcache_open.  TD_ENOSPC when
  * /dev/shm has no room, TD_EIO (errno kept), TD_ENOMEM, TD_EINVAL for a
- * key too long, TD_EAGAIN for another key with the same hash: the caller
- * then decodes into its own memory. */
+ * key too long, TD_EAGAIN for another key with the same hash or for an
+ * object that is not the user's: the caller then decodes into its own
+ * memory. */
 int td_shmcache_open(const char *key, uint64_t bytes, td_shmcache **out, int *ready);
 /* Make a new entry's data visible to others. */
 void td_shmcache_publish(td_shmcache *c);
@@ -45,8 +50,13 @@ void td_shmcache_release_on_signal(td_shmcache *c);
 uint8_t *td_shmcache_data(const td_shmcache *c);
 const char *td_shmcache_name(const td_shmcache *c); /* "/traind-cache-..." */
 
+/* The segment name ("/traind-cache-<uid>-<hash>") of key's entry for the
+ * calling user.  0, or TD_ETOOBIG if cap is too small. */
+int td_shmcache_entry_name(const char *key, char *name, size_t cap);
+
 /* Remove entries no live process maps (left by killed loaders); never
- * blocks.  Returns how many it removed. */
+ * blocks.  Root removes every user's, anyone else only their own.  Returns
+ * how many it removed. */
 int td_shmcache_sweep(void);
 
 /* Bytes and number of the cache's segments: what host memory accounting

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -386,6 +387,18 @@ int main(int argc, char **argv) {
   if (td_mkdir_p(d->cfg.state_dir, 0750) < 0) {
     td_error("cannot create the state directory %s: %s", d->cfg.state_dir, strerror(errno));
     return 1;
+  }
+  {
+    struct stat st;
+
+    /* As root, jobs run as their submitters, whose processes must pass
+     * through the state directory to their job directories.  Not changed
+     * here: what else is in it (the job database) may be readable. */
+    if (geteuid() == 0 && stat(d->cfg.state_dir, &st) == 0 && (st.st_mode & S_IXOTH) == 0)
+      td_warn("the state directory %s (mode %04o) cannot be passed through by other users, so "
+              "jobs, which run as their submitters, cannot reach their job directories in it: "
+              "make it searchable (chmod o+x %s, or StateDirectoryMode=0711) and keep jobs.db "
+              "private", d->cfg.state_dir, (unsigned)(st.st_mode & 07777), d->cfg.state_dir);
   }
   snprintf(dbpath, sizeof(dbpath), "%s/jobs.db", d->cfg.state_dir);
   if (td_db_open(dbpath, &d->db, err, sizeof(err)) < 0) {

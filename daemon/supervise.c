@@ -7,19 +7,29 @@
  * A job whose directory holds a checkpoint resumes from it: the worker
  * starts first with --resume and says where its data continues ("resumed"
  * or, if the file is unusable, "resume_failed": from the start), and only
- * then is the loader started there, so the two never disagree. */
+ * then is the loader started there, so the two never disagree.
+ *
+ * traind as root runs both processes as the job's submitter (--as-user,
+ * privdrop.h) and gives them what they need: the job directory (mode 0700)
+ * and the ring.  That directory is then the user's, who may put links,
+ * FIFOs or hard links to other files there: whatever traind itself does in
+ * it goes through the directory's descriptor, never follows a link, never
+ * blocks on a FIFO, and uses only regular files with one link. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "error.h"
 #include "log.h"
+#include "privdrop.h"
 #include "ring.h"
 #include "shmcache.h"
 #include "td_config.h"
@@ -47,6 +57,8 @@ struct td_run {
   int64_t loader_status;
   char ring_name[64];
   td_ring *ring;
+  int dir_fd;                 /* the job directory, open */
+  char as_user[64];           /* --as-user NAME:UID:GID; "" when traind is not root */
   int log_fd;
   char line[4096];
   size_t linelen;
@@ -403,14 +415,128 @@ static int td__ckpt_path(const td_daemon *d, const td_job *j, char *out, size_t 
 }
 
 /* A job that ended has nothing to resume: its checkpoint only takes room. */
-static void td__ckpt_remove(const td_daemon *d, const td_job *j) {
-  char path[TD_PATH_MAX + 32], tmp[TD_PATH_MAX + 40];
+static void td__ckpt_remove(int dir_fd) {
+  unlinkat(dir_fd, TD_CHECKPOINT_FILE, 0);
+  unlinkat(dir_fd, TD_CHECKPOINT_FILE ".tmp", 0);
+}
 
-  if (td__ckpt_path(d, j, path, sizeof(path)) < 0)
-    return;
-  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-  unlink(path);
-  unlink(tmp);
+/* The identity the job's processes take, "NAME:UID:GID" (out[0] = '\0'
+ * when traind is not root: they run as traind, like every job of a
+ * personal traind). */
+static int td__job_identity(const td_job *j, char *out, size_t cap, char *err, size_t errlen) {
+  char name[TD_IDENTITY_NAME_MAX + 1] = "";
+  td_identity id;
+
+  out[0] = '\0';
+  if (geteuid() != 0)
+    return 0;
+  if (j->uid == (uint32_t)-1 || j->gid == (uint32_t)-1) {
+    snprintf(err, errlen, "job %llu was submitted before traind recorded who submits each job, "
+             "so it cannot run as its submitter: submit it again",
+             (unsigned long long)j->id);
+    return TD_ESTATE;
+  }
+  if (j->owner[0] != '\0') {
+    td_strlcpy(name, j->owner, sizeof(name));
+  } else {
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+
+    if (getpwuid_r((uid_t)j->uid, &pw, buf, sizeof(buf), &res) != 0 || res == NULL ||
+        td_strlcpy(name, pw.pw_name, sizeof(name)) < 0) {
+      snprintf(err, errlen, "the job's submitter, uid %u, has no user name to run its job as",
+               j->uid);
+      return TD_EINVAL;
+    }
+  }
+  /* Parsed as the processes will parse it: one form, checked once here. */
+  if (snprintf(out, cap, "%s:%u:%u", name, j->uid, j->gid) >= (int)cap ||
+      td_identity_parse(out, &id) < 0) {
+    snprintf(err, errlen, "the job's owner '%s' (uid %u) is not a user name its job can run as",
+             name, j->uid);
+    out[0] = '\0';
+    return TD_EINVAL;
+  }
+  return 0;
+}
+
+/* The job's directory, created if missing and opened (never through a
+ * link); as root it is given to the job's user, mode 0700, since the
+ * user's processes write checkpoints and the model there.  A descriptor, or
+ * a negative code with err set. */
+static int td__job_dir_open(const td_daemon *d, const td_job *j, const char *dir, int as_root,
+                            char *err, size_t errlen) {
+  char jobs[TD_PATH_MAX];
+  struct stat st;
+  int fd;
+
+  snprintf(jobs, sizeof(jobs), "%s/jobs", d->cfg.state_dir); /* shorter than dir */
+  if (td_mkdir_p(jobs, as_root ? 0711 : 0750) < 0 ||
+      (mkdir(dir, as_root ? 0700 : 0750) < 0 && errno != EEXIST)) {
+    snprintf(err, errlen, "cannot create the job directory %s: %s", dir, strerror(errno));
+    return TD_EIO;
+  }
+  if (as_root) {
+    /* The users' processes pass through jobs/ to their own directories;
+     * without read permission it lists nothing to them. */
+    fd = open(jobs, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0 && fstat(fd, &st) == 0 && (st.st_mode & 0111) != 0111)
+      fchmod(fd, (st.st_mode & 07777) | 0111);
+    if (fd >= 0)
+      close(fd);
+  }
+  fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(err, errlen, "cannot open the job directory %s: %s", dir, strerror(errno));
+    return TD_EIO;
+  }
+  if (as_root && (fchown(fd, (uid_t)j->uid, (gid_t)j->gid) < 0 || fchmod(fd, 0700) < 0)) {
+    snprintf(err, errlen, "cannot give the job directory %s to uid %u: %s", dir, j->uid,
+             strerror(errno));
+    close(fd);
+    return TD_EIO;
+  }
+  return fd;
+}
+
+/* Open name in the job's directory for writing (append: keep what is
+ * there, and read it too: a failed job's reason quotes the log's last
+ * line).  The directory may be the user's: no link is followed, a FIFO
+ * cannot block the open, and only a regular file with a single link (not a
+ * hard link to someone else's file) is used.  A file traind creates there
+ * as root goes to the user.  A descriptor, or TD_EIO with err set. */
+static int td__job_file_open(int dir_fd, const char *dir, const char *name, int append,
+                             const td_job *j, int as_root, char *err, size_t errlen) {
+  int flags = (append ? O_RDWR | O_APPEND : O_WRONLY) | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+              O_CLOEXEC;
+  int fd = openat(dir_fd, name, flags | O_CREAT | O_EXCL, 0640), created = fd >= 0;
+  struct stat st;
+
+  if (fd < 0 && errno == EEXIST && append)
+    fd = openat(dir_fd, name, flags);
+  if (fd < 0) {
+    snprintf(err, errlen, "cannot open %s/%s: %s%s", dir, name, strerror(errno),
+             errno == ELOOP ? " (a symbolic link: remove it)" : "");
+    return TD_EIO;
+  }
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+    snprintf(err, errlen, "%s/%s is not a regular file with a single link: traind will not "
+             "write to it; remove it", dir, name);
+    goto close_fd;
+  }
+  if (as_root && created && fchown(fd, (uid_t)j->uid, (gid_t)j->gid) < 0) {
+    snprintf(err, errlen, "cannot give %s/%s to uid %u: %s", dir, name, j->uid, strerror(errno));
+    goto close_fd;
+  }
+  if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+    snprintf(err, errlen, "%s/%s: fcntl: %s", dir, name, strerror(errno));
+    goto close_fd;
+  }
+  return fd;
+
+close_fd:
+  close(fd);
+  return TD_EIO;
 }
 
 /* Crashes and hangs may be the machine's fault, not the job's: those are
@@ -486,7 +612,8 @@ static void td__run_finish(td_run *r) {
     }
   }
   if (s == TD_JOB_SUCCEEDED || s == TD_JOB_CANCELLED)
-    td__ckpt_remove(d, j);
+    td__ckpt_remove(r->dir_fd);
+  close(r->dir_fd);
   if (s == TD_JOB_QUEUED) {
     j->device[0] = '\0';
   } else {
@@ -573,7 +700,7 @@ static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
   char loader[TD_PATH_MAX + 32], parent[16], se[24], sb[24];
   char *args[] = {loader, "--job", r->job_path, "--base-dir", r->job->base_dir, "--ring",
                   r->ring_name, "--parent-pid", parent, "--start-epoch", se, "--start-batch",
-                  sb, NULL};
+                  sb, r->as_user[0] ? "--as-user" : NULL, r->as_user, NULL};
   uv_stdio_container_t io[3];
 
   snprintf(loader, sizeof(loader), "%s/traind-loader", td_run_libexec(d));
@@ -592,45 +719,58 @@ static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
 }
 
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
-  char dir[TD_PATH_MAX], path[TD_PATH_MAX + 32], worker[TD_PATH_MAX + 32], *yaml,
-      output[TD_PATH_MAX], budget[32], micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32],
-      overhead[32];
+  char dir[TD_PATH_MAX], worker[TD_PATH_MAX + 32], *yaml, output[TD_PATH_MAX], budget[32],
+      micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32], overhead[32],
+      as_user[sizeof(((td_run *)0)->as_user)], why[256] = "";
   uv_stdio_container_t io[4];
   td_run *r;
-  int fd, rc, resume;
+  int fd, dir_fd, rc, resume, as_root = geteuid() == 0;
   size_t slot;
+  struct stat st;
 
-  if (td__job_dir(d, j, dir, sizeof(dir)) < 0 || td_mkdir_p(dir, 0750) < 0) {
-    snprintf(err, errlen, "cannot create the job directory under %s/jobs", d->cfg.state_dir);
-    return TD_EIO;
+  if ((rc = td__job_identity(j, as_user, sizeof(as_user), err, errlen)) < 0)
+    return rc;
+  if ((rc = td__job_dir(d, j, dir, sizeof(dir))) < 0) {
+    snprintf(err, errlen, "the job directory's name under %s is too long", d->cfg.state_dir);
+    return rc;
   }
+  if ((dir_fd = td__job_dir_open(d, j, dir, as_root, err, errlen)) < 0)
+    return dir_fd;
   if ((rc = td_db_job_yaml(d->db, j->id, &yaml)) < 0) {
     snprintf(err, errlen, "cannot read the job file back from the database: %s",
              td_strerror(rc));
-    return rc;
+    goto close_dir;
   }
-  snprintf(path, sizeof(path), "%s/job.yaml", dir);
-  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0 || td__write_all(fd, yaml, strlen(yaml)) < 0) {
-    if (fd >= 0)
-      close(fd);
-    snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
-    free(yaml);
-    return TD_EIO;
+  /* A fresh file each run: whatever stands at the name (the user's link,
+   * FIFO or file) goes, and O_EXCL refuses anything put back meanwhile. */
+  if (unlinkat(dir_fd, "job.yaml", 0) < 0 && errno != ENOENT)
+    td_debug("job %llu: removing the old %s/job.yaml: %s", (unsigned long long)j->id, dir,
+             strerror(errno));
+  fd = td__job_file_open(dir_fd, dir, "job.yaml", 0, j, as_root, err, errlen);
+  if (fd >= 0 && td__write_all(fd, yaml, strlen(yaml)) < 0) {
+    snprintf(err, errlen, "cannot write %s/job.yaml: %s", dir, strerror(errno));
+    close(fd);
+    fd = TD_EIO;
   }
   free(yaml);
+  if (fd < 0) {
+    rc = TD_EIO;
+    goto close_dir;
+  }
   close(fd);
 
   r = calloc(1, sizeof(*r));
-  if (r == NULL)
-    return TD_ENOMEM;
+  if (r == NULL) {
+    rc = TD_ENOMEM;
+    goto close_dir;
+  }
   r->d = d;
   r->job = j;
-  r->log_fd = -1;
-  snprintf(path, sizeof(path), "%s/log", dir);
-  r->log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+  r->dir_fd = dir_fd;
+  td_strlcpy(r->as_user, as_user, sizeof(r->as_user));
+  /* traind keeps the log open: it is the processes' stdout and stderr. */
+  r->log_fd = td__job_file_open(dir_fd, dir, "log", 1, j, as_root, err, errlen);
   if (r->log_fd < 0) {
-    snprintf(err, errlen, "cannot open the job log %s: %s", path, strerror(errno));
     rc = TD_EIO;
     goto free_run;
   }
@@ -642,12 +782,16 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
                         (uint32_t)(td_jobspec_input_elems(j->spec) *
                                    td_dtype_size(j->spec->sample_dtype)));
   td_ring_unlink(r->ring_name);
-  rc = td_ring_create(r->ring_name, d->cfg.ring_slots, slot);
-  if (rc == 0 && (rc = td_ring_open(r->ring_name, &r->ring)) < 0)
+  /* As root the ring is the job's user's, whose processes open it. */
+  rc = td_ring_create_owned(r->ring_name, d->cfg.ring_slots, slot,
+                            as_root ? (uid_t)j->uid : (uid_t)-1,
+                            as_root ? (gid_t)j->gid : (gid_t)-1);
+  if (rc == 0 && (rc = td_ring_open_owned(r->ring_name, as_root ? (uid_t)j->uid : geteuid(),
+                                          &r->ring, why, sizeof(why))) < 0)
     td_ring_unlink(r->ring_name);
   if (rc < 0) {
     snprintf(err, errlen, "cannot create the shared-memory ring %s (%zu-byte slots): %s",
-             r->ring_name, slot, td_strerror(rc));
+             r->ring_name, slot, why[0] ? why : td_strerror(rc));
     goto close_log;
   }
 
@@ -662,7 +806,9 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   snprintf(overhead, sizeof(overhead), "%llu", (unsigned long long)j->plan.overhead);
   snprintf(events_fd, sizeof(events_fd), "3");
   td__ckpt_path(d, j, ckpt, sizeof(ckpt));
-  resume = access(ckpt, F_OK) == 0;
+  /* The worker, as the user, reads it; traind only looks whether it is there. */
+  resume = fstatat(dir_fd, TD_CHECKPOINT_FILE, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+           S_ISREG(st.st_mode);
 
   io[1].flags = UV_INHERIT_FD;
   io[1].data.fd = r->log_fd;
@@ -686,10 +832,21 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   else
     td__spawn_loader(r, 0, 0);
   if (r->loader_running || r->loader_pending) {
+    /* Room at the end for the optional pairs and the NULL. */
     char *args[] = {worker, "--job", r->job_path, "--base-dir", j->base_dir, "--ring",
                     r->ring_name, "--device", j->device, "--budget", budget, "--micro-batch",
                     micro, "--output", output, "--events-fd", events_fd, "--checkpoint", ckpt,
-                    "--overhead", overhead, resume ? "--resume" : NULL, ckpt, NULL};
+                    "--overhead", overhead, NULL, NULL, NULL, NULL, NULL};
+    size_t n = TD_ARRAY_SIZE(args) - 5;
+
+    if (r->as_user[0] != '\0') {
+      args[n++] = "--as-user";
+      args[n++] = r->as_user;
+    }
+    if (resume) {
+      args[n++] = "--resume";
+      args[n++] = ckpt;
+    }
     uv_pipe_init(d->loop, &r->control, 0);
     r->control.data = r;
     r->nhandles++;
@@ -726,6 +883,8 @@ close_log:
   close(r->log_fd);
 free_run:
   free(r);
+close_dir:
+  close(dir_fd);
   return rc;
 }
 

@@ -2,7 +2,7 @@
  *
  *   traind-loader --job FILE --ring NAME [--base-dir DIR] [--parent-pid PID]
  *                 [--start-epoch E [--start-batch B]] [--memory-budget BYTES]
- *                 [--threads N] [--no-cache]
+ *                 [--threads N] [--no-cache] [--as-user NAME:UID:GID]
  *
  * For each epoch: the train samples (less the validation split) as
  * TD_BATCH_TRAIN batches, in an order that depends only on (seed, epoch)
@@ -26,6 +26,8 @@
  * file's directory).  --parent-pid names traind: it becomes the ring's peer
  * and the loader exits if it is already gone.  --start-epoch/--start-batch
  * resume at a train batch of an epoch (from a checkpoint's data position).
+ * --as-user makes the loader that user (privdrop.h) before it opens
+ * anything; a failure there exits 2.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -43,6 +45,7 @@
 #include "error.h"
 #include "jobspec.h"
 #include "log.h"
+#include "privdrop.h"
 #include "ring.h"
 #include "shmcache.h"
 #include "util.h"
@@ -680,7 +683,7 @@ static void on_sigterm(int sig) {
 static void usage(FILE *f) {
   fprintf(f, "usage: traind-loader --job FILE --ring NAME [--base-dir DIR] [--parent-pid PID]\n"
              "                     [--start-epoch E [--start-batch B]] [--memory-budget BYTES]\n"
-             "                     [--threads N] [--no-cache]\n"
+             "                     [--threads N] [--no-cache] [--as-user NAME:UID:GID]\n"
              "Feeds a job's dataset, as batches, into the shared-memory ring NAME.\n");
 }
 
@@ -707,12 +710,13 @@ int main(int argc, char **argv) {
       {"memory-budget", required_argument, NULL, 'm'},
       {"threads", required_argument, NULL, 't'},
       {"no-cache", no_argument, NULL, 'n'},
+      {"as-user", required_argument, NULL, 'u'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   static struct loader L;
-  const char *job = NULL, *ring_name = NULL, *base_dir = NULL;
-  char dir[TD_PATH_MAX], *slash;
+  const char *job = NULL, *ring_name = NULL, *base_dir = NULL, *as_user = NULL;
+  char dir[TD_PATH_MAX], *slash, why[512];
   uint32_t parent = 0, threads = 0;
   struct sigaction sa;
   long cpus;
@@ -746,12 +750,27 @@ int main(int argc, char **argv) {
         goto bad_usage;
       break;
     case 'n': L.no_cache = 1; break;
+    case 'u': as_user = optarg; break;
     case 'h': usage(stdout); return 0;
     default: goto bad_usage;
     }
   }
   if (optind != argc || job == NULL || ring_name == NULL)
     goto bad_usage;
+  /* Before any file or segment is opened: the dataset is read, and the
+   * shared copy made, with the job's user's rights. */
+  if (as_user != NULL) {
+    td_identity id;
+
+    if (td_identity_parse(as_user, &id) < 0) {
+      td_error("--as-user '%s' is not NAME:UID:GID", as_user);
+      return 2;
+    }
+    if (td_privdrop_become(&id, why, sizeof(why)) < 0) {
+      td_error("%s", why);
+      return 2;
+    }
+  }
   if (base_dir == NULL) {
     if (td_strlcpy(dir, job, sizeof(dir)) < 0)
       goto bad_usage;
@@ -775,10 +794,13 @@ int main(int argc, char **argv) {
   if (parent > 0 && getppid() != (pid_t)parent)
     return 0;
 
-  err = td_ring_open(ring_name, &L.ring);
+  why[0] = '\0';
+  err = td_ring_open_owned(ring_name, geteuid(), &L.ring, why, sizeof(why));
   if (err < 0) {
     td_error("cannot open the ring %s: %s", ring_name,
-             err == TD_ENOENT ? "it does not exist (traind creates it first)" : td_strerror(err));
+             err == TD_ENOENT ? "it does not exist (traind creates it first)"
+             : why[0]         ? why
+                              : td_strerror(err));
     return 1;
   }
   if (parent > 0)

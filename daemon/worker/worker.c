@@ -26,7 +26,12 @@
  * (counted in every plan, as admission counted it).  --probe DEVICE alone
  * measures a device for traind and exits: see probe_main.
  *
- * Exit status: 0 done, 1 job error, 2 usage, 3 sticky CUDA error, 4 needs
+ * --as-user NAME:UID:GID makes the worker that user (privdrop.h) before it
+ * opens anything: the job file, the dataset's headers, the ring, the
+ * checkpoint and the model are all the user's business.  A failure there
+ * is an "error" event and exit 2.
+ *
+ * Exit status: 0 done, 1 job error, 2 usage (or --as-user failed), 3 sticky CUDA error, 4 needs
  * more memory than it has (even its smallest micro-batch does not fit: traind
  * queues it again), 5 stopped by SIGUSR1 after a checkpoint (queued again,
  * resumes from it), 143 SIGTERM (cancelled: no checkpoint).
@@ -53,6 +58,7 @@
 #include "log.h"
 #include "model.h"
 #include "plan.h"
+#include "privdrop.h"
 #include "ring.h"
 #include "util.h"
 
@@ -66,6 +72,7 @@ typedef struct args {
   const char *job, *base_dir, *ring, *device, *output;
   const char *checkpoint, *resume; /* NULL: none */
   const char *probe; /* --probe DEVICE: measure it and exit */
+  const char *as_user; /* --as-user NAME:UID:GID: become it first; NULL: stay */
   uint64_t budget, overhead;
   uint32_t micro_batch;
   int events_fd;
@@ -92,6 +99,7 @@ static void usage(FILE *f) {
              "                     --budget BYTES --micro-batch N --output PATH "
              "[--events-fd N]\n"
              "                     [--checkpoint PATH] [--resume PATH] [--overhead BYTES]\n"
+             "                     [--as-user NAME:UID:GID]\n"
              "       traind-worker --probe DEVICE\n");
 }
 
@@ -181,7 +189,8 @@ static int parse_args(int argc, char **argv, args *a) {
       {"output", required_argument, NULL, 'o'},    {"events-fd", required_argument, NULL, 'e'},
       {"checkpoint", required_argument, NULL, 'c'}, {"resume", required_argument, NULL, 'R'},
       {"overhead", required_argument, NULL, 'O'}, {"probe", required_argument, NULL, 'P'},
-      {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+      {"as-user", required_argument, NULL, 'u'},   {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
   };
   uint32_t fd;
   int c;
@@ -197,6 +206,7 @@ static int parse_args(int argc, char **argv, args *a) {
     case 'c': a->checkpoint = optarg; break;
     case 'R': a->resume = optarg; break;
     case 'P': a->probe = optarg; break;
+    case 'u': a->as_user = optarg; break;
     case 'O':
       if (td_parse_size(optarg, &a->overhead) < 0) {
         fprintf(stderr, "traind-worker: --overhead '%s' is not a byte count\n", optarg);
@@ -758,12 +768,26 @@ int main(int argc, char **argv) {
     usage(stderr);
     return EXIT_USAGE;
   }
-  if (a.probe != NULL)
-    return probe_main(a.probe);
   if (a.events_fd >= 0)
     events_fd = a.events_fd;
   else if (fcntl(3, F_GETFD) >= 0)
     events_fd = 3;
+  /* Before any file or segment is opened: everything the job touches, it
+   * touches with its user's rights. */
+  if (a.as_user != NULL) {
+    td_identity id;
+
+    if (td_identity_parse(a.as_user, &id) < 0) {
+      fail(TD_EINVAL, "--as-user '%s' is not NAME:UID:GID", a.as_user);
+      return EXIT_USAGE;
+    }
+    if ((rc = td_privdrop_become(&id, err, sizeof(err))) < 0) {
+      fail(rc, "%s", err);
+      return EXIT_USAGE;
+    }
+  }
+  if (a.probe != NULL)
+    return probe_main(a.probe);
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
@@ -849,8 +873,9 @@ int main(int argc, char **argv) {
     t.state = NULL;
   }
   status = EXIT_JOB;
-  if ((rc = td_ring_open(a.ring, &t.ring)) < 0) {
-    status = fail(rc, "cannot open the data ring %s: %s", a.ring, why(rc));
+  err[0] = '\0';
+  if ((rc = td_ring_open_owned(a.ring, geteuid(), &t.ring, err, sizeof(err))) < 0) {
+    status = fail(rc, "cannot open the data ring %s: %s", a.ring, err[0] ? err : why(rc));
     goto destroy_model;
   }
   {

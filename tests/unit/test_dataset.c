@@ -12,6 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -887,6 +890,168 @@ START_TEST(test_shmcache) {
 }
 END_TEST
 
+/* A FIFO named as the dataset would block an open without O_NONBLOCK until
+ * a writer came: it (and a directory, a device) is refused at once.  The
+ * alarm turns a regression into a failure instead of a hung test. */
+START_TEST(test_nonregular_files) {
+  static const struct {
+    const char *what;
+    int fifo;
+  } kinds[] = {{"a FIFO", 1}, {"a directory", 0}};
+  uint64_t lshape[] = {NPY_N};
+  static uint8_t lab[NPY_N];
+  td_jobspec spec;
+  td_dfile *f;
+
+  parse_job(job_text("[4, 4]", 10, NPY_DATA, 8, 1), &spec);
+  write_npy("y.npy", "|u1", "False", lshape, 1, lab, NPY_N);
+  alarm(5);
+  for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+    char want[128];
+
+    unlink(tmp_path("x.npy"));
+    rmdir(tmp_path("x.npy"));
+    if (kinds[i].fifo)
+      ck_assert_int_eq(mkfifo(tmp_path("x.npy"), 0600), 0);
+    else
+      ck_assert_int_eq(mkdir(tmp_path("x.npy"), 0700), 0);
+    snprintf(want, sizeof(want), "is %s, not a regular file; datasets must be regular files",
+             kinds[i].what);
+    errbuf[0] = '\0';
+    ck_assert_int_eq(td_dfile_open(tmp_path("x.npy"), &f, errbuf, sizeof(errbuf)), TD_EDATA);
+    ck_assert_msg(strstr(errbuf, want) != NULL, "%s", errbuf);
+    expect_check_fail(&spec, TD_EDATA, "x.npy", want, NULL);
+    load_fails(&spec, want, NULL);
+  }
+  ck_assert_int_eq(td_dfile_open("/dev/null", &f, errbuf, sizeof(errbuf)), TD_EDATA);
+  ck_assert_msg(strstr(errbuf, "is a character device") != NULL, "%s", errbuf);
+  alarm(0);
+}
+END_TEST
+
+/* Drop to a uid that is not ours (nobody's) for good, in a child. */
+static void become_other(void) {
+  gid_t g = 65534;
+
+  if (setgroups(1, &g) < 0 || setresgid(65534, 65534, 65534) < 0 ||
+      setresuid(65534, 65534, 65534) < 0)
+    _exit(99);
+}
+
+/* Plant, as another user, a published-looking entry for key at name,
+ * mode 0666, whose data are all 0xEE.  The planter stays, holding a shared
+ * flock as a user of a copy does, so that no sweep takes the segment away:
+ * kill the pid returned. */
+static pid_t plant_entry(const char *name, const char *key, uint64_t bytes) {
+  int fds[2];
+  char ok = 0;
+  pid_t pid;
+
+  ck_assert_int_eq(pipe(fds), 0);
+  pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    /* cache_hdr in shmcache.c: magic, version, data_bytes, key, data at 4096 */
+    struct {
+      uint32_t magic, version;
+      uint64_t data_bytes;
+      char key[TD_SHMCACHE_KEY_MAX];
+    } h = {0x48435254u, 1, bytes, ""};
+    size_t total = 4096 + (size_t)bytes;
+    uint8_t *buf = malloc(total);
+    int fd;
+
+    become_other();
+    umask(0);
+    fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0666);
+    if (buf == NULL || fd < 0 || flock(fd, LOCK_SH) < 0)
+      _exit(1);
+    snprintf(h.key, sizeof(h.key), "%s", key);
+    memset(buf, 0xEE, total);
+    memcpy(buf, &h, sizeof(h));
+    if (write(fd, buf, total) != (ssize_t)total || write(fds[1], "y", 1) != 1)
+      _exit(2);
+    pause();
+    _exit(0);
+  }
+  close(fds[1]);
+  ck_assert_msg(read(fds[0], &ok, 1) == 1 && ok == 'y', "planting %s failed", name);
+  close(fds[0]);
+  return pid;
+}
+
+static void unplant(pid_t pid, const char *name) {
+  kill(pid, SIGKILL);
+  ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+  shm_unlink(name);
+}
+
+/* Someone else's segment at our entry's name is never mapped: the cache
+ * says whose it is and the caller decodes its own copy. */
+START_TEST(test_shmcache_foreign) {
+  char key[128], name[64], lock[80];
+  td_shmcache *c;
+  int ready;
+  pid_t pid;
+
+  if (geteuid() != 0)
+    return; /* making another user's segment needs root */
+  snprintf(key, sizeof(key), "test-foreign %d %ld", (int)getpid(), (long)time(NULL));
+  ck_assert_int_eq(td_shmcache_entry_name(key, name, sizeof(name)), 0);
+  {
+    char want[32];
+    snprintf(want, sizeof(want), "/traind-cache-%u-", (unsigned)geteuid());
+    ck_assert_msg(strncmp(name, want, strlen(want)) == 0, "%s", name);
+  }
+  pid = plant_entry(name, key, 4096);
+  ck_assert_int_eq(td_shmcache_open(key, 4096, &c, &ready), TD_EAGAIN);
+  ck_assert_msg(cache_segments(name), "the planted %s was removed", name);
+  unplant(pid, name);
+
+  /* A planted lock object must not be waited on either. */
+  snprintf(lock, sizeof(lock), "%s.lock", name);
+  shm_unlink(lock); /* the one the open above made */
+  {
+    int status;
+    pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+      int fd;
+      become_other();
+      umask(0);
+      fd = shm_open(lock, O_RDWR | O_CREAT | O_EXCL, 0666);
+      if (fd < 0 || flock(fd, LOCK_EX) < 0)
+        _exit(1);
+      pause();
+      _exit(0);
+    }
+    for (int i = 0; i < 5000 && !cache_segments(lock); i++)
+      usleep(1000);
+    ck_assert(cache_segments(lock));
+    alarm(5);
+    ck_assert_int_eq(td_shmcache_open(key, 4096, &c, &ready), TD_EAGAIN);
+    alarm(0);
+    kill(pid, SIGKILL);
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    shm_unlink(lock);
+  }
+
+  /* With the intruders gone the entry is ours again, made mode 0600. */
+  ck_assert_int_eq(td_shmcache_open(key, 4096, &c, &ready), 0);
+  ck_assert_int_eq(ready, 0);
+  {
+    char path[128];
+    struct stat st;
+    snprintf(path, sizeof(path), "/dev/shm%s", name);
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_uint_eq(st.st_uid, geteuid());
+    ck_assert_uint_eq(st.st_mode & 0777, 0600);
+  }
+  td_shmcache_release(c);
+  ck_assert(!cache_segments(name));
+}
+END_TEST
+
 /* The real traind-loader. */
 
 struct rec {
@@ -1305,6 +1470,49 @@ START_TEST(test_loader_shared_cache) {
 }
 END_TEST
 
+/* A segment another user planted at the name of this job's shared copy,
+ * with a header that matches in every field: the loader says whose it is,
+ * decodes its own copy, and not one planted byte reaches the ring. */
+START_TEST(test_loader_foreign_cache) {
+  enum { N = 500, SB = 64, B = 50 };
+  static struct run a;
+  char key[TD_SHMCACHE_KEY_MAX], name[64], want[128];
+  td_jobspec spec;
+  td_split *s;
+  uint64_t bytes;
+  pid_t pid;
+
+  if (geteuid() != 0)
+    return; /* making another user's segment needs root */
+  write_u8_npy("x.npy", "y.npy", N, SB);
+  write_job(job_text("[64]", 10,
+                     "  format: npy\n  train: {images: x.npy, labels: y.npy}\n"
+                     "  test: {images: x.npy, labels: y.npy}\n", B, 1));
+  parse_job(job_text("[64]", 10,
+                     "  format: npy\n  train: {images: x.npy, labels: y.npy}\n"
+                     "  test: {images: x.npy, labels: y.npy}\n", B, 1), &spec);
+  ck_assert_msg(td_split_open(&spec, TD_SPLIT_TRAIN, &s, errbuf, sizeof(errbuf)) == 0, "%s",
+                errbuf);
+  ck_assert_int_eq(td_split_cache_key(s, key, sizeof(key)), 0);
+  bytes = td_split_count(s) * ((uint64_t)td_split_sample_bytes(s) + 1);
+  td_split_close(s);
+  ck_assert_int_eq(td_shmcache_entry_name(key, name, sizeof(name)), 0);
+  pid = plant_entry(name, key, bytes);
+
+  check_bytes = 1;
+  run_loader(&a, B, td_batch_bytes(B, SB), NULL);
+  ck_assert_msg(a.ended, "%s", a.message);
+  expect_pass(&a, TD_BATCH_TRAIN, 0, 0, N, 0);
+  expect_pass(&a, TD_BATCH_TEST, 0, 0, N, 1);
+  snprintf(want, sizeof(want), "%s belongs to uid 65534 (mode 0666)", name);
+  expect_log(want);
+  expect_log("decoding into the loader's memory");
+  ck_assert_msg(cache_segments(name), "the planted %s was removed", name);
+  unplant(pid, name);
+  free(a.recs);
+}
+END_TEST
+
 /* A file that is cut or corrupt fails the job with a message, never
  * garbage. */
 START_TEST(test_loader_bad_files) {
@@ -1556,6 +1764,8 @@ static Suite *dataset_suite(void) {
   tcase_add_test(tr, test_check_fashion_mnist);
   tcase_add_test(tr, test_order);
   tcase_add_test(tr, test_shmcache);
+  tcase_add_test(tr, test_shmcache_foreign);
+  tcase_add_test(tr, test_nonregular_files);
   suite_add_tcase(s, tr);
 
   tcase_add_checked_fixture(tl, tmp_setup, tmp_teardown);
@@ -1568,6 +1778,7 @@ static Suite *dataset_suite(void) {
   tcase_add_test(tl, test_loader_streams);
   tcase_add_test(tl, test_loader_streams_gzip_csv);
   tcase_add_test(tl, test_loader_shared_cache);
+  tcase_add_test(tl, test_loader_foreign_cache);
   tcase_add_test(tl, test_loader_bad_files);
   suite_add_tcase(s, tl);
   return s;

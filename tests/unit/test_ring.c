@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +101,65 @@ START_TEST(test_create_open_unlink) {
   r = NULL;
   ck_assert_int_eq(td_ring_open(ring_name, &r), TD_ENOENT);
   ck_assert_ptr_null(r);
+}
+END_TEST
+
+/* A ring is used only if it is this process's alone: one that another
+ * user made, or that others may write, could feed the worker anyone's
+ * batches.  traind, as root, makes each job's ring for the job's user and
+ * opens it expecting that owner. */
+START_TEST(test_owner_checked) {
+  char path[128], err[256] = "";
+  struct stat st;
+  td_ring *r = NULL;
+  int fd;
+
+  snprintf(path, sizeof(path), "/dev/shm%s", ring_name);
+  ck_assert_int_eq(td_ring_create(ring_name, 4, 64), 0);
+  ck_assert_int_eq(stat(path, &st), 0);
+  ck_assert_uint_eq(st.st_mode & 0777, 0600);
+  ck_assert_uint_eq(st.st_uid, geteuid());
+  /* Group or others may write it: refused, on the descriptor. */
+  fd = shm_open(ring_name, O_RDWR, 0);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(fchmod(fd, 0660), 0);
+  close(fd);
+  ck_assert_int_eq(td_ring_open(ring_name, &r), TD_EIO);
+  ck_assert_ptr_null(r);
+  ck_assert_int_eq(td_ring_open_owned(ring_name, geteuid(), &r, err, sizeof(err)), TD_EIO);
+  ck_assert_msg(strstr(err, "mode 0660") != NULL, "%s", err);
+  ck_assert_int_eq(td_ring_unlink(ring_name), 0);
+
+  if (geteuid() != 0)
+    return; /* giving a ring to another user needs root */
+  ck_assert_int_eq(td_ring_create_owned(ring_name, 4, 64, 65534, 65534), 0);
+  ck_assert_int_eq(stat(path, &st), 0);
+  ck_assert_uint_eq(st.st_uid, 65534);
+  ck_assert_uint_eq(st.st_gid, 65534);
+  ck_assert_uint_eq(st.st_mode & 0777, 0600);
+  /* Another uid's ring (root counts as another uid here) is refused... */
+  ck_assert_int_eq(td_ring_open(ring_name, &r), TD_EIO);
+  ck_assert_ptr_null(r);
+  err[0] = '\0';
+  ck_assert_int_eq(td_ring_open_owned(ring_name, 0, &r, err, sizeof(err)), TD_EIO);
+  ck_assert_msg(strstr(err, "belongs to uid 65534") != NULL, "%s", err);
+  /* ...unless that owner is the one expected. */
+  ck_assert_int_eq(td_ring_open_owned(ring_name, 65534, &r, NULL, 0), 0);
+  td_ring_close(r);
+  /* And its owner's process opens it. */
+  {
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+      gid_t g = 65534;
+      td_ring *q;
+      if (setgroups(1, &g) < 0 || setresgid(65534, 65534, 65534) < 0 ||
+          setresuid(65534, 65534, 65534) < 0)
+        _exit(2);
+      _exit(td_ring_open(ring_name, &q) == 0 ? 0 : 1);
+    }
+    ck_assert_int_eq(child_exit_code(pid), 0);
+  }
 }
 END_TEST
 
@@ -476,6 +536,7 @@ static Suite *ring_suite(void) {
   tcase_add_checked_fixture(tc, name_setup, name_teardown);
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_create_open_unlink);
+  tcase_add_test(tc, test_owner_checked);
   tcase_add_test(tc, test_bad_sizes_and_names);
   tcase_add_test(tc, test_open_garbage);
   tcase_add_test(tc, test_two_processes);

@@ -92,8 +92,9 @@ int td_shmcache_header_check(const void *buf, size_t len, const char *key, uint6
   if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != CACHE_MAGIC ||
       h->version != CACHE_VERSION)
     return TD_EDATA;
+  /* len - CACHE_DATA_OFF: CACHE_DATA_OFF + bytes wraps for a huge bytes. */
   if (strncmp(h->key, key, sizeof(h->key)) != 0 || h->data_bytes != bytes ||
-      len < CACHE_DATA_OFF + bytes)
+      len - CACHE_DATA_OFF < bytes)
     return TD_EAGAIN; /* another key with this hash */
   return 0;
 }

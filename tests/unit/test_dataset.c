@@ -814,6 +814,36 @@ static int cache_segments(const char *name) {
   return access(path, F_OK) == 0;
 }
 
+/* A segment's header as shmcache.c lays it out: magic, version, data
+ * bytes, key; the data at 4096. */
+START_TEST(test_shmcache_header_check) {
+  static uint64_t seg[(4096 + 64) / 8];
+  uint8_t *p = (uint8_t *)seg;
+  uint32_t magic = 0x48435254u, version = 1;
+  uint64_t bytes = 64;
+
+  memcpy(p, &magic, 4);
+  memcpy(p + 4, &version, 4);
+  memcpy(p + 8, &bytes, 8);
+  strcpy((char *)p + 16, "the key");
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "the key", 64), 0);
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "other key", 64), TD_EAGAIN);
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "the key", 32), TD_EAGAIN);
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg) - 1, "the key", 64), TD_EAGAIN);
+  ck_assert_int_eq(td_shmcache_header_check(seg, 100, "the key", 64), TD_EDATA);
+  /* A size whose end wraps past 2^64 is not inside the segment. */
+  bytes = UINT64_MAX - 4095;
+  memcpy(p + 8, &bytes, 8);
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "the key", bytes), TD_EAGAIN);
+  /* Unpublished (its builder died) or another version: not usable. */
+  p[0] = 0;
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "the key", 64), TD_EDATA);
+  memcpy(p, &magic, 4);
+  p[4] = 2;
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "the key", 64), TD_EDATA);
+}
+END_TEST
+
 START_TEST(test_shmcache) {
   char key[128];
   td_shmcache *a, *b;
@@ -1555,6 +1585,7 @@ static Suite *dataset_suite(void) {
   tcase_add_test(tr, test_idx_split_random);
   tcase_add_test(tr, test_check_fashion_mnist);
   tcase_add_test(tr, test_order);
+  tcase_add_test(tr, test_shmcache_header_check);
   tcase_add_test(tr, test_shmcache);
   suite_add_tcase(s, tr);
 

@@ -304,6 +304,8 @@ START_TEST(test_npy_errors) {
         "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3, 4, 5, 6, 7, 8, 9)}",
         "['descr']",
         "",
+        /* Quoted in the message: shown as one printable line. */
+        "{'descr': '<f\x01\x1b[31m\n\xff', 'fortran_order': False, 'shape': (50, 16)}",
     };
     for (size_t i = 0; i < sizeof(dicts) / sizeof(dicts[0]); i++) {
       uint8_t buf[256] = "\x93NUMPY\x01\x00";
@@ -313,6 +315,8 @@ START_TEST(test_npy_errors) {
       write_file("x.npy", buf, 10 + n);
       ck_assert_int_eq(td_dataset_check(&spec, errbuf, sizeof(errbuf)), TD_EDATA);
       ck_assert_msg(strstr(errbuf, "x.npy: ") != NULL, "%s", errbuf);
+      for (const char *p = errbuf; *p != '\0'; p++)
+        ck_assert_msg(*p >= 0x20 && *p < 0x7f, "byte %02x in: %s", (unsigned char)*p, errbuf);
     }
   }
   /* Labels: their count, type and range. */

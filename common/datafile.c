@@ -63,6 +63,11 @@ int td_data_errf(char *err, size_t errlen, const char *path, const char *fmt, ..
     va_start(ap, fmt);
     vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
     va_end(ap);
+    /* Messages quote the file's bytes (a .npy dtype, a CSV field), and a
+     * client prints them as one line: only printable ASCII. */
+    for (char *p = err + n; *p != '\0'; p++)
+      if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+        *p = '?';
   }
   return TD_EDATA;
 }

@@ -75,7 +75,8 @@ int td_dcur_expect_end(td_dcur *c);
 /* "28 x 28", for messages. */
 void td_dims_str(const uint32_t *dims, int rank, char *buf, size_t cap);
 
-/* Write "<path>: <formatted text>" to err; returns TD_EDATA. */
+/* Write "<path>: <formatted text>" to err, each byte of the text that is
+ * not printable ASCII shown as '?'; returns TD_EDATA. */
 int td_data_errf(char *err, size_t errlen, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

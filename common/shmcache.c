@@ -129,11 +129,26 @@ int td_shmcache_entry_name(const char *key, char *name, size_t cap) {
   return td_strlcpy(name, n, cap);
 }
 
+int td_shmcache_header_check(const void *buf, size_t len, const char *key, uint64_t bytes) {
+  const struct cache_hdr *h = buf;
+
+  if (len < CACHE_DATA_OFF)
+    return TD_EDATA;
+  if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != CACHE_MAGIC ||
+      h->version != CACHE_VERSION)
+    return TD_EDATA;
+  /* len - CACHE_DATA_OFF: CACHE_DATA_OFF + bytes wraps for a huge bytes. */
+  if (strncmp(h->key, key, sizeof(h->key)) != 0 || h->data_bytes != bytes ||
+      len - CACHE_DATA_OFF < bytes)
+    return TD_EAGAIN; /* another key with this hash */
+  return 0;
+}
+
 /* Map an existing entry: 1 ready (and share-locked), 0 not usable and
  * removed (a builder died), or a negative code. */
 static int map_existing(td_shmcache *c, const char *key, uint64_t bytes) {
-  const struct cache_hdr *h;
   struct stat st;
+  int rc;
 
   if (fstat(c->fd, &st) < 0)
     return TD_EIO;
@@ -145,13 +160,10 @@ static int map_existing(td_shmcache *c, const char *key, uint64_t bytes) {
     c->map = NULL;
     return TD_EIO;
   }
-  h = (const struct cache_hdr *)c->map;
-  if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != CACHE_MAGIC ||
-      h->version != CACHE_VERSION)
+  if ((rc = td_shmcache_header_check(c->map, c->map_bytes, key, bytes)) == TD_EDATA)
     goto remove;
-  if (strncmp(h->key, key, sizeof(h->key)) != 0 || h->data_bytes != bytes ||
-      c->map_bytes < CACHE_DATA_OFF + bytes)
-    return TD_EAGAIN; /* another key with this hash */
+  if (rc < 0)
+    return rc;
   if (flock(c->fd, LOCK_SH) < 0)
     return TD_EIO;
   return 1;

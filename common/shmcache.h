@@ -47,6 +47,13 @@ void td_shmcache_release(td_shmcache *c);
  * next sweep).  c is not freed. */
 void td_shmcache_release_on_signal(td_shmcache *c);
 
+/* Whether a mapped segment of len bytes (buf aligned as mmap gives it)
+ * holds a published entry for key with bytes of data: 0 if it does;
+ * TD_EDATA if it holds no published entry of this version (its builder
+ * died: the segment can go); TD_EAGAIN if it is another key's entry with
+ * the same hash, or of another size.  Reads only the header. */
+int td_shmcache_header_check(const void *buf, size_t len, const char *key, uint64_t bytes);
+
 uint8_t *td_shmcache_data(const td_shmcache *c);
 const char *td_shmcache_name(const td_shmcache *c); /* "/traind-cache-..." */
 

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "kvline.h"
 #include "log.h"
 #include "privdrop.h"
 #include "ring.h"
@@ -90,57 +91,13 @@ static void td__maybe_close_timer(td_run *r) {
     td__close(r, (uv_handle_t *)&r->kill_timer);
 }
 
-/* "key=value" lookup in an event line; values end at a space, except msg,
- * which runs to the end of the line. */
-static int td__kv(const char *line, const char *key, char *out, size_t cap) {
-  size_t klen = strlen(key);
-  const char *p = line;
-
-  while ((p = strstr(p, key)) != NULL) {
-    if ((p == line || p[-1] == ' ') && p[klen] == '=') {
-      const char *v = p + klen + 1;
-      size_t n = strcmp(key, "msg") == 0 ? strlen(v) : strcspn(v, " ");
-      if (n >= cap)
-        n = cap - 1;
-      memcpy(out, v, n);
-      out[n] = '\0';
-      return 0;
-    }
-    p += klen;
-  }
-  return TD_ENOENT;
-}
-
-static uint64_t td__kv_u64(const char *line, const char *key, uint64_t dflt) {
-  char v[32];
-  char *end;
-  unsigned long long x;
-
-  if (td__kv(line, key, v, sizeof(v)) < 0)
-    return dflt;
-  errno = 0;
-  x = strtoull(v, &end, 10);
-  return end == v || *end != '\0' || errno != 0 ? dflt : (uint64_t)x;
-}
-
-static double td__kv_f64(const char *line, const char *key, double dflt) {
-  char v[64];
-  char *end;
-  double x;
-
-  if (td__kv(line, key, v, sizeof(v)) < 0)
-    return dflt;
-  x = strtod(v, &end);
-  return end == v ? dflt : x;
-}
-
 /* The worker runs at a new plan: its reservation follows (a budget
  * lowered by traind is given back here, once the worker has let go). */
 static void td__on_replan(td_run *r, const char *line) {
   td_job *j = r->job;
   td_device *dev = td_sched_device(r->d, j->device);
-  uint64_t total = td__kv_u64(line, "total", j->plan.total);
-  uint32_t micro = (uint32_t)td__kv_u64(line, "micro_batch", j->plan.micro_batch);
+  uint64_t total = td_kv_u64(line, "total", j->plan.total);
+  uint32_t micro = (uint32_t)td_kv_u64(line, "micro_batch", j->plan.micro_batch);
   td_precision prec = j->plan.precision;
   char name[16];
   td_plan p;
@@ -150,7 +107,7 @@ static void td__on_replan(td_run *r, const char *line) {
     goto publish;
   /* A remedy may have changed the precision or turned on recomputation:
    * plan what the worker now runs, not what the job file said. */
-  if (td__kv(line, "precision", name, sizeof(name)) == 0)
+  if (td_kv_get(line, "precision", name, sizeof(name)) == 0)
     for (int k = 0; k < TD_PREC__COUNT; k++)
       if (strcmp(name, td_precision_name((td_precision)k)) == 0)
         prec = (td_precision)k;
@@ -160,7 +117,7 @@ static void td__on_replan(td_run *r, const char *line) {
 
     if (spec != NULL) {
       *spec = *j->spec;
-      spec->recompute = td__kv_u64(line, "recompute", spec->recompute) != 0;
+      spec->recompute = td_kv_u64(line, "recompute", spec->recompute) != 0;
       rc = td_plan_compute(spec, micro, prec, j->plan.overhead, &p);
       free(spec);
     }
@@ -170,7 +127,7 @@ static void td__on_replan(td_run *r, const char *line) {
   {
     /* Under shrink a batch is several updates of one micro-batch each:
      * the worker's count, not ceil(batch / micro_batch). */
-    uint64_t acc = td__kv_u64(line, "accumulation", p.accumulation);
+    uint64_t acc = td_kv_u64(line, "accumulation", p.accumulation);
 
     if (acc >= 1 && acc <= p.accumulation)
       p.accumulation = (uint32_t)acc;
@@ -221,14 +178,14 @@ static void td__on_event(td_run *r, const char *line) {
     double elapsed, eta = -1;
     uint64_t done, total;
 
-    j->epoch = (uint32_t)td__kv_f64(line, "epoch", j->epoch);
-    j->epochs = (uint32_t)td__kv_f64(line, "epochs", j->epochs);
-    j->step = (uint32_t)td__kv_f64(line, "step", j->step);
-    j->steps = (uint32_t)td__kv_f64(line, "steps", j->steps);
-    j->loss = td__kv_f64(line, "loss", j->loss);
-    j->samples_per_sec = td__kv_f64(line, "samples_per_sec", j->samples_per_sec);
-    j->data_wait = td__kv_f64(line, "data_wait", j->data_wait);
-    j->mem = (uint64_t)td__kv_f64(line, "mem", (double)j->mem);
+    j->epoch = (uint32_t)td_kv_f64(line, "epoch", j->epoch);
+    j->epochs = (uint32_t)td_kv_f64(line, "epochs", j->epochs);
+    j->step = (uint32_t)td_kv_f64(line, "step", j->step);
+    j->steps = (uint32_t)td_kv_f64(line, "steps", j->steps);
+    j->loss = td_kv_f64(line, "loss", j->loss);
+    j->samples_per_sec = td_kv_f64(line, "samples_per_sec", j->samples_per_sec);
+    j->data_wait = td_kv_f64(line, "data_wait", j->data_wait);
+    j->mem = (uint64_t)td_kv_f64(line, "mem", (double)j->mem);
     done = (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps + j->step;
     total = (uint64_t)j->epochs * j->steps;
     elapsed = td_now_mono() - j->started_mono;
@@ -236,38 +193,38 @@ static void td__on_event(td_run *r, const char *line) {
       eta = elapsed * (double)(total - done) / (double)done;
     td_publish_progress(d, j, eta);
   } else if (strcmp(word, "eval") == 0) {
-    j->accuracy = td__kv_f64(line, "accuracy", j->accuracy);
-    td_publish_eval(d, j, (uint32_t)td__kv_f64(line, "epoch", 0), j->accuracy,
-                    td__kv_f64(line, "loss", 0));
+    j->accuracy = td_kv_f64(line, "accuracy", j->accuracy);
+    td_publish_eval(d, j, (uint32_t)td_kv_f64(line, "epoch", 0), j->accuracy,
+                    td_kv_f64(line, "loss", 0));
   } else if (strcmp(word, "val") == 0) {
-    j->val_accuracy = td__kv_f64(line, "accuracy", j->val_accuracy);
+    j->val_accuracy = td_kv_f64(line, "accuracy", j->val_accuracy);
   } else if (strcmp(word, "done") == 0) {
     char model[TD_PATH_MAX];
 
     r->done_seen = 1;
-    j->accuracy = td__kv_f64(line, "accuracy", j->accuracy);
-    j->samples_per_sec = td__kv_f64(line, "samples_per_sec", j->samples_per_sec);
-    if (td__kv(line, "model", model, sizeof(model)) == 0)
+    j->accuracy = td_kv_f64(line, "accuracy", j->accuracy);
+    j->samples_per_sec = td_kv_f64(line, "samples_per_sec", j->samples_per_sec);
+    if (td_kv_get(line, "model", model, sizeof(model)) == 0)
       td_job_set(&j->model, model);
   } else if (strcmp(word, "error") == 0) {
-    td__kv(line, "msg", r->error_event, sizeof(r->error_event));
+    td_kv_get(line, "msg", r->error_event, sizeof(r->error_event));
   } else if (strcmp(word, "plan") == 0) {
     td_debug("job %llu: worker plan: %s", (unsigned long long)j->id, line);
   } else if (strcmp(word, "oom") == 0) {
     char phase[16] = "";
 
     td_warn("job %llu: out of memory: %s", (unsigned long long)j->id, line);
-    td__kv(line, "phase", phase, sizeof(phase));
-    td_publish_oom(d, j, phase, (uint64_t)td__kv_f64(line, "requested", 0),
-                   (uint64_t)td__kv_f64(line, "free", 0),
-                   (uint32_t)td__kv_f64(line, "micro_batch", 0));
+    td_kv_get(line, "phase", phase, sizeof(phase));
+    td_publish_oom(d, j, phase, (uint64_t)td_kv_f64(line, "requested", 0),
+                   (uint64_t)td_kv_f64(line, "free", 0),
+                   (uint32_t)td_kv_f64(line, "micro_batch", 0));
   } else if (strcmp(word, "replan") == 0) {
     td__on_replan(r, line);
   } else if (strcmp(word, "checkpoint") == 0) {
-    j->ckpt_step = td__kv_u64(line, "step", 0);
-    j->ckpt_epoch = td__kv_u64(line, "epoch", 0);
-    j->ckpt_batch = td__kv_u64(line, "batch", 0);
-    j->ckpt_bytes = td__kv_u64(line, "bytes", 0);
+    j->ckpt_step = td_kv_u64(line, "step", 0);
+    j->ckpt_epoch = td_kv_u64(line, "epoch", 0);
+    j->ckpt_batch = td_kv_u64(line, "batch", 0);
+    j->ckpt_bytes = td_kv_u64(line, "bytes", 0);
     td_info("job %llu: checkpoint at step %llu (epoch %llu, %llu batches into it, %llu bytes)",
             (unsigned long long)j->id, (unsigned long long)j->ckpt_step,
             (unsigned long long)j->ckpt_epoch + 1, (unsigned long long)j->ckpt_batch,
@@ -276,16 +233,16 @@ static void td__on_event(td_run *r, const char *line) {
     uint64_t epoch = 0, batch = 0;
 
     if (strcmp(word, "resumed") == 0) {
-      j->resumed_step = j->ckpt_step = td__kv_u64(line, "step", 0);
-      j->ckpt_epoch = epoch = td__kv_u64(line, "epoch", 0);
-      j->ckpt_batch = batch = td__kv_u64(line, "batch", 0);
-      j->ckpt_bytes = td__kv_u64(line, "bytes", 0);
+      j->resumed_step = j->ckpt_step = td_kv_u64(line, "step", 0);
+      j->ckpt_epoch = epoch = td_kv_u64(line, "epoch", 0);
+      j->ckpt_batch = batch = td_kv_u64(line, "batch", 0);
+      j->ckpt_bytes = td_kv_u64(line, "bytes", 0);
       td_info("job %llu: resumes from its checkpoint at step %llu (epoch %llu, %llu batches "
               "into it)", (unsigned long long)j->id, (unsigned long long)j->resumed_step,
               (unsigned long long)epoch + 1, (unsigned long long)batch);
     } else {
       char msg[512] = "";
-      td__kv(line, "msg", msg, sizeof(msg));
+      td_kv_get(line, "msg", msg, sizeof(msg));
       td_warn("job %llu: cannot resume from its checkpoint (%s): training from scratch",
               (unsigned long long)j->id, msg);
     }

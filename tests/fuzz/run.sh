@@ -4,8 +4,14 @@
 # target finds a crash, a leak, undefined behaviour or a timeout; the input
 # that did it is kept under $build/fuzz-artifacts.
 #
-#   tests/fuzz/run.sh [SECONDS]        each target for SECONDS (default 60)
+#   tests/fuzz/run.sh [SECONDS]        see below for how long each runs
 #   TD_FUZZ_BUILD=dir tests/fuzz/run.sh 30
+#
+# Time: fuzz_proto and fuzz_jobspec run SECONDS each (default 60); the file
+# and event-line readers (fuzz_idx, fuzz_npy, fuzz_csv, fuzz_raw,
+# fuzz_safetensors, fuzz_checkpoint, fuzz_kvline, fuzz_shmcache) SECONDS/3
+# each, so CI's `run.sh 60` fuzzes for 2 * 60 + 8 * 20 s = 4 min 40 s in
+# all, plus the build.  Longer runs by hand: run.sh 600.
 #
 # Needs clang and libFuzzer (Debian 12: clang, libclang-rt-14-dev); installs
 # them when missing and run as root, as deploy/setup.sh does.
@@ -41,27 +47,45 @@ if [ ! -f "$build/build.ninja" ]; then
     meson setup "$build" "$root" -Dfuzz=true -Dcuda=disabled \
     -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debugoptimized
 fi
-ninja -C "$build" tests/fuzz_proto tests/fuzz_jobspec
 
-# name, seed directories, max input length, extra flags
+corpus=$root/tests/fuzz/corpus
+# name, share of SECONDS (1: all of it, 3: a third), seed directories, max
+# input length, extra flags.  A hostile directory that does not exist yet
+# is left out.
 targets=(
-  "fuzz_proto|$root/tests/fuzz/corpus/proto $root/tests/fuzz/corpus/hostile/proto|16384|"
-  "fuzz_jobspec|$root/tests/fuzz/corpus/jobspec $root/tests/fuzz/corpus/hostile/jobspec|65536|-dict=$root/tests/fuzz/jobspec.dict"
+  "fuzz_proto|1|$corpus/proto $corpus/hostile/proto|16384|"
+  "fuzz_jobspec|1|$corpus/jobspec $corpus/hostile/jobspec|65536|-dict=$root/tests/fuzz/jobspec.dict"
+  "fuzz_idx|3|$corpus/idx $corpus/hostile/idx|16384|"
+  "fuzz_npy|3|$corpus/npy $corpus/hostile/npy|16384|"
+  "fuzz_csv|3|$corpus/csv $corpus/hostile/csv|16384|"
+  "fuzz_raw|3|$corpus/raw $corpus/hostile/raw|16384|"
+  "fuzz_safetensors|3|$corpus/safetensors $corpus/hostile/safetensors|16384|"
+  "fuzz_checkpoint|3|$corpus/checkpoint $corpus/hostile/checkpoint|16384|"
+  "fuzz_kvline|3|$corpus/kvline $corpus/hostile/kvline|8192|"
+  "fuzz_shmcache|3|$corpus/shmcache $corpus/hostile/shmcache|16384|"
 )
+names=()
+for t in "${targets[@]}"; do names+=("tests/${t%%|*}"); done
+ninja -C "$build" "${names[@]}"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 failed=()
 for t in "${targets[@]}"; do
-  IFS='|' read -r name seeds maxlen extra <<<"$t"
+  IFS='|' read -r name share seed_dirs maxlen extra <<<"$t"
+  secs=$((seconds / share > 0 ? seconds / share : 1))
+  seeds=
+  for d in $seed_dirs; do
+    if [ -d "$d" ]; then seeds+=" $d"; fi
+  done
   # New inputs go to a working corpus in the build directory, never into
   # the checked-in seeds.
   work="$build/fuzz-corpus/$name"
   artifacts="$build/fuzz-artifacts"
   mkdir -p "$work" "$artifacts"
-  echo "fuzz: $name for ${seconds}s (max_len $maxlen)"
+  echo "fuzz: $name for ${secs}s (max_len $maxlen)"
   # shellcheck disable=SC2086
-  if ! "$build/tests/$name" -max_total_time="$seconds" -max_len="$maxlen" -timeout=10 \
+  if ! "$build/tests/$name" -max_total_time="$secs" -max_len="$maxlen" -timeout=10 \
       -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$artifacts/$name-" \
       $extra "$work" $seeds >"$build/$name.log" 2>&1; then
     failed+=("$name")

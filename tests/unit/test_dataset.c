@@ -307,6 +307,8 @@ START_TEST(test_npy_errors) {
         "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3, 4, 5, 6, 7, 8, 9)}",
         "['descr']",
         "",
+        /* Quoted in the message: shown as one printable line. */
+        "{'descr': '<f\x01\x1b[31m\n\xff', 'fortran_order': False, 'shape': (50, 16)}",
     };
     for (size_t i = 0; i < sizeof(dicts) / sizeof(dicts[0]); i++) {
       uint8_t buf[256] = "\x93NUMPY\x01\x00";
@@ -316,6 +318,8 @@ START_TEST(test_npy_errors) {
       write_file("x.npy", buf, 10 + n);
       ck_assert_int_eq(td_dataset_check(&spec, errbuf, sizeof(errbuf)), TD_EDATA);
       ck_assert_msg(strstr(errbuf, "x.npy: ") != NULL, "%s", errbuf);
+      for (const char *p = errbuf; *p != '\0'; p++)
+        ck_assert_msg(*p >= 0x20 && *p < 0x7f, "byte %02x in: %s", (unsigned char)*p, errbuf);
     }
   }
   /* Labels: their count, type and range. */
@@ -816,6 +820,36 @@ static int cache_segments(const char *name) {
   snprintf(path, sizeof(path), "/dev/shm%s", name);
   return access(path, F_OK) == 0;
 }
+
+/* A segment's header as shmcache.c lays it out: magic, version, data
+ * bytes, key; the data at 4096. */
+START_TEST(test_shmcache_header_check) {
+  static uint64_t seg[(4096 + 64) / 8];
+  uint8_t *p = (uint8_t *)seg;
+  uint32_t magic = 0x48435254u, version = 1;
+  uint64_t bytes = 64;
+
+  memcpy(p, &magic, 4);
+  memcpy(p + 4, &version, 4);
+  memcpy(p + 8, &bytes, 8);
+  strcpy((char *)p + 16, "the key");
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "the key", 64), 0);
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "other key", 64), TD_EAGAIN);
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "the key", 32), TD_EAGAIN);
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg) - 1, "the key", 64), TD_EAGAIN);
+  ck_assert_int_eq(td_shmcache_header_check(seg, 100, "the key", 64), TD_EDATA);
+  /* A size whose end wraps past 2^64 is not inside the segment. */
+  bytes = UINT64_MAX - 4095;
+  memcpy(p + 8, &bytes, 8);
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "the key", bytes), TD_EAGAIN);
+  /* Unpublished (its builder died) or another version: not usable. */
+  p[0] = 0;
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "the key", 64), TD_EDATA);
+  memcpy(p, &magic, 4);
+  p[4] = 2;
+  ck_assert_int_eq(td_shmcache_header_check(seg, sizeof(seg), "the key", 64), TD_EDATA);
+}
+END_TEST
 
 START_TEST(test_shmcache) {
   char key[128];
@@ -1763,6 +1797,7 @@ static Suite *dataset_suite(void) {
   tcase_add_test(tr, test_idx_split_random);
   tcase_add_test(tr, test_check_fashion_mnist);
   tcase_add_test(tr, test_order);
+  tcase_add_test(tr, test_shmcache_header_check);
   tcase_add_test(tr, test_shmcache);
   tcase_add_test(tr, test_shmcache_foreign);
   tcase_add_test(tr, test_nonregular_files);

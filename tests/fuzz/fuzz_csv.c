@@ -1,0 +1,19 @@
+/* libFuzzer target for CSV datasets, plain and gzip-compressed: the
+ * submit check, the probe and the loader's decode (datafuzz.h).  Mode
+ * bit 5: a header line; bit 6: uint8 values (else float32).  Its
+ * configuration: the label's column (2 bytes, little-endian). */
+#include "datafuzz.h"
+
+static void csv_keys(char *buf, size_t cap, unsigned choice, const uint8_t *cfg,
+                     uint32_t elems) {
+  (void)elems;
+  snprintf(buf, cap, "  csv: {label_column: %u, header: %s, dtype: %s}\n",
+           (unsigned)cfg[0] | (unsigned)cfg[1] << 8, choice & 1 ? "true" : "false",
+           choice & 2 ? "uint8" : "float32");
+}
+
+static const fd_format csv_format = {.name = "csv", .ncfg = 2, .keys = csv_keys};
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  return fd_run(&csv_format, data, size);
+}

@@ -94,6 +94,8 @@ void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *deta
   if (td__terminal(s) && !td__terminal(j->state))
     d->nactive--;
   j->state = s;
+  if (s != TD_JOB_QUEUED)
+    j->wait_reason[0] = '\0';
   rc = td_db_update(d->db, j, detail);
   if (rc < 0)
     td_error("job %llu: cannot record state %s: %s", (unsigned long long)j->id,
@@ -190,6 +192,8 @@ static void td__on_signal(uv_signal_t *s, int signum) {
   uv_close((uv_handle_t *)&d->sig_int, NULL);
   uv_close((uv_handle_t *)&d->sig_hup, NULL);
   uv_close((uv_handle_t *)&d->heartbeat, NULL);
+  uv_timer_stop(&d->retain_timer);
+  uv_close((uv_handle_t *)&d->retain_timer, NULL);
 }
 
 /* SIGHUP: read the config file again and apply what can change while
@@ -216,6 +220,12 @@ static void td__reload(td_daemon *d) {
   d->cfg.max_jobs = next.max_jobs;
   d->cfg.cancel_grace_ms = next.cancel_grace_ms;
   d->cfg.heartbeat_timeout_ms = next.heartbeat_timeout_ms;
+  d->cfg.max_jobs_per_user = next.max_jobs_per_user;
+  d->cfg.max_running_per_user = next.max_running_per_user;
+  d->cfg.retention_days = next.retention_days;
+  d->cfg.retention_jobs = next.retention_jobs;
+  td_fairshare_decay_all(d, td_now_unix_ms()); /* the old half-life up to now */
+  d->cfg.fairshare_halflife_s = next.fairshare_halflife_s;
   td_strlcpy(d->cfg.libexec_dir, next.libexec_dir, sizeof(d->cfg.libexec_dir));
   td_log_init("traind", d->cfg.log_level);
   for (int i = 0; i < d->ndevices; i++)
@@ -253,6 +263,7 @@ static void td__on_hup(uv_signal_t *s, int signum) {
 
 static void td__on_heartbeat(uv_timer_t *t) {
   td_run_check_heartbeats(t->data);
+  td_fairshare_tick(t->data);
 }
 
 static void td__usage(FILE *f) {
@@ -350,10 +361,15 @@ int main(int argc, char **argv) {
     td_error("%s", err);
     goto close_db;
   }
+  if ((rc = td_fairshare_load(d)) < 0) {
+    td_error("cannot load the users' fair-share usage from %s: %s", dbpath, td_strerror(rc));
+    goto close_sockets;
+  }
   if ((rc = td_db_load(d->db, td__restore, d)) < 0) {
     td_error("cannot load the jobs from %s: %s", dbpath, td_strerror(rc));
     goto close_sockets;
   }
+  td_retain_start(d); /* before the first pass, so a backlog does not wait */
 
   uv_signal_init(d->loop, &d->sig_term);
   uv_signal_init(d->loop, &d->sig_int);
@@ -376,6 +392,7 @@ int main(int argc, char **argv) {
   uv_walk(d->loop, td__close_walk, NULL);
   uv_run(d->loop, UV_RUN_DEFAULT);
   uv_loop_close(d->loop);
+  td_fairshare_save(d);
   td_info("stopped");
 
 close_sockets:
@@ -386,5 +403,6 @@ close_db:
   for (size_t i = 0; i < d->njobs; i++)
     td_job_free(d->jobs[i]);
   free(d->jobs);
+  free(d->users);
   return status;
 }

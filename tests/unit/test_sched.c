@@ -4,10 +4,13 @@
  * fairshare.c and retain.c are linked with stand-ins for the effects they
  * call (starting a run, the database, publishing). */
 #include <check.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "plan.h"
@@ -428,6 +431,90 @@ START_TEST(test_reason_prefers_memory) {
 }
 END_TEST
 
+static void mk(const char *root, const char *rel, int dir) {
+  char path[512];
+  int fd;
+
+  snprintf(path, sizeof(path), "%s/%s", root, rel);
+  if (dir) {
+    ck_assert_int_eq(mkdir(path, 0700), 0);
+    return;
+  }
+  fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(write(fd, "x", 1), 1);
+  close(fd);
+}
+
+static void link_to(const char *root, const char *rel, const char *target) {
+  char path[512];
+
+  snprintf(path, sizeof(path), "%s/%s", root, rel);
+  ck_assert_int_eq(symlink(target, path), 0);
+}
+
+static int exists(const char *root, const char *rel) {
+  char path[512];
+  struct stat st;
+
+  snprintf(path, sizeof(path), "%s/%s", root, rel);
+  return lstat(path, &st) == 0;
+}
+
+/* A job directory its user filled with files, subdirectories, a fifo and
+ * links out: all of it goes, and nothing a link points at. */
+START_TEST(test_remove_dir) {
+  char root[] = "/tmp/td-retain.XXXXXX", outside[600], deep[64] = "deep/7";
+  int fd;
+
+  ck_assert_ptr_nonnull(mkdtemp(root));
+  mk(root, "outside", 1);
+  mk(root, "outside/precious", 0);
+  snprintf(outside, sizeof(outside), "%s/outside", root);
+  mk(root, "7", 1);
+  mk(root, "7/log", 0);
+  mk(root, "7/a", 1);
+  mk(root, "7/a/b", 1);
+  mk(root, "7/a/b/file", 0);
+  link_to(root, "7/a/b/up", outside);
+  link_to(root, "7/tofile", "../outside/precious");
+  link_to(root, "7/dangling", "/nonexistent/x");
+  {
+    char fifo[600];
+    snprintf(fifo, sizeof(fifo), "%s/7/fifo", root);
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+  }
+  /* a link in place of the job directory itself is removed, not followed */
+  link_to(root, "8", outside);
+
+  fd = open(root, O_RDONLY | O_DIRECTORY);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(td_retain_remove_dir(fd, "7"), 0);
+  ck_assert_int_eq(td_retain_remove_dir(fd, "8"), 0);
+  ck_assert_int_eq(td_retain_remove_dir(fd, "9"), 0); /* never had one */
+  ck_assert(!exists(root, "7"));
+  ck_assert(!exists(root, "8"));
+  ck_assert(exists(root, "outside/precious"));
+
+  /* deeper than traind walks: what it can reach goes, the rest stays */
+  mk(root, "deep", 1);
+  mk(root, deep, 1);
+  for (int i = 0; i < 20; i++) {
+    strcat(deep, "/d");
+    mk(root, deep, 1);
+  }
+  ck_assert_int_eq(td_retain_remove_dir(fd, "deep"), TD_ETOOBIG);
+  ck_assert(exists(root, "deep/7"));
+  ck_assert_int_eq(td_retain_remove_dir(fd, "outside"), 0);
+  close(fd);
+  {
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
+    ck_assert_int_eq(system(cmd), 0);
+  }
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("sched");
   TCase *tc = tcase_create("core");
@@ -437,6 +524,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_decay_table);
   tcase_add_test(tc, test_charge);
   tcase_add_test(tc, test_retain_table);
+  tcase_add_test(tc, test_remove_dir);
   tcase_add_test(tc, test_fair_share_order);
   tcase_add_test(tc, test_priority_first);
   tcase_add_test(tc, test_max_running);

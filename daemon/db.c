@@ -65,6 +65,14 @@ static const char *const td__migrations[] = {
     "ALTER TABLE jobs ADD COLUMN uid INTEGER NOT NULL DEFAULT -1;"
     "ALTER TABLE jobs ADD COLUMN gid INTEGER NOT NULL DEFAULT -1;"
     "ALTER TABLE jobs ADD COLUMN sample_dtype INTEGER NOT NULL DEFAULT -1;",
+
+    /* Fair share: each user's device byte-seconds, decayed to at_ms, so a
+     * restart keeps who has used the devices lately. */
+    "CREATE TABLE user_usage ("
+    "  uid INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL DEFAULT '',"
+    "  usage REAL NOT NULL DEFAULT 0,"
+    "  at_ms INTEGER NOT NULL DEFAULT 0);",
 };
 
 #define TD_DB_SCHEMA_VERSION ((int)(sizeof(td__migrations) / sizeof(td__migrations[0])))
@@ -454,5 +462,110 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
   if (err == 0 && rc != SQLITE_DONE)
     err = td__db_err(db, rc, "load");
   sqlite3_finalize(st);
+  return err;
+}
+
+int td_db_usage_load(td_db *db,
+                     int (*fn)(void *arg, uint32_t uid, const char *name, double usage,
+                               int64_t at_ms),
+                     void *arg) {
+  sqlite3_stmt *st;
+  int rc, err = 0;
+
+  rc = sqlite3_prepare_v2(db->h, "SELECT uid,name,usage,at_ms FROM user_usage", -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return td__db_err(db, rc, "usage load");
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *name = (const char *)sqlite3_column_text(st, 1);
+
+    if ((err = fn(arg, (uint32_t)sqlite3_column_int64(st, 0), name ? name : "",
+                  sqlite3_column_double(st, 2), sqlite3_column_int64(st, 3))) < 0)
+      break;
+  }
+  if (err == 0 && rc != SQLITE_DONE)
+    err = td__db_err(db, rc, "usage load");
+  sqlite3_finalize(st);
+  return err;
+}
+
+int td_db_usage_save(td_db *db, td_user *users, size_t n, int64_t at_ms) {
+  sqlite3_stmt *st = NULL;
+  int rc, err;
+
+  if ((err = td__exec(db, "BEGIN IMMEDIATE")) < 0)
+    return err;
+  rc = sqlite3_prepare_v2(db->h,
+      "INSERT OR REPLACE INTO user_usage(uid,name,usage,at_ms) VALUES(?,?,?,?)", -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    err = td__db_err(db, rc, "usage save");
+    goto rollback;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (!users[i].dirty)
+      continue;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, users[i].uid);
+    sqlite3_bind_text(st, 2, users[i].name, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 3, users[i].usage);
+    sqlite3_bind_int64(st, 4, at_ms);
+    if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
+      err = td__db_err(db, rc, "usage save");
+      goto rollback;
+    }
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  if ((err = td__exec(db, "COMMIT")) < 0)
+    goto rollback;
+  for (size_t i = 0; i < n; i++)
+    users[i].dirty = 0;
+  return 0;
+
+rollback:
+  sqlite3_finalize(st);
+  sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+  return err;
+}
+
+int td_db_delete_jobs(td_db *db, const uint64_t *ids, size_t n) {
+  sqlite3_stmt *hist = NULL, *job = NULL;
+  int rc, err;
+
+  if (n == 0)
+    return 0;
+  if ((err = td__exec(db, "BEGIN IMMEDIATE")) < 0)
+    return err;
+  /* The idempotency key is a column of the job's row: it goes with it. */
+  rc = sqlite3_prepare_v2(db->h, "DELETE FROM job_history WHERE job_id=?", -1, &hist, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_prepare_v2(db->h, "DELETE FROM jobs WHERE id=?", -1, &job, NULL);
+  if (rc != SQLITE_OK) {
+    err = td__db_err(db, rc, "delete");
+    goto rollback;
+  }
+  for (size_t i = 0; i < n; i++) {
+    sqlite3_reset(hist);
+    sqlite3_bind_int64(hist, 1, (sqlite3_int64)ids[i]);
+    if ((rc = sqlite3_step(hist)) == SQLITE_DONE) {
+      sqlite3_reset(job);
+      sqlite3_bind_int64(job, 1, (sqlite3_int64)ids[i]);
+      rc = sqlite3_step(job);
+    }
+    if (rc != SQLITE_DONE) {
+      err = td__db_err(db, rc, "delete");
+      goto rollback;
+    }
+  }
+  sqlite3_finalize(hist);
+  sqlite3_finalize(job);
+  hist = job = NULL;
+  if ((err = td__exec(db, "COMMIT")) < 0)
+    goto rollback;
+  return 0;
+
+rollback:
+  sqlite3_finalize(hist);
+  sqlite3_finalize(job);
+  sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
   return err;
 }

@@ -89,33 +89,19 @@ td_job *td_daemon_find(td_daemon *d, uint64_t id) {
   return NULL;
 }
 
-td_user *td_daemon_user(td_daemon *d, uint32_t uid) {
-  for (size_t i = 0; i < d->nusers; i++)
-    if (d->users[i].uid == uid)
-      return &d->users[i];
-  if (d->nusers == d->users_cap) {
-    size_t cap = d->users_cap ? d->users_cap * 2 : 16;
-    td_user *u = realloc(d->users, cap * sizeof(*u));
-    if (u == NULL)
-      return NULL;
-    d->users = u;
-    d->users_cap = cap;
-  }
-  d->users[d->nusers] = (td_user){.uid = uid};
-  return &d->users[d->nusers++];
-}
-
 void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *detail) {
   int rc;
 
   if (td__terminal(s) && !td__terminal(j->state)) {
-    td_user *u = td_daemon_user(d, j->uid);
+    td_user *u = td_user_get(d, j->uid, j->owner);
 
     d->nactive--;
     if (u != NULL && u->active > 0)
       u->active--;
   }
   j->state = s;
+  if (s != TD_JOB_QUEUED)
+    j->wait_reason[0] = '\0';
   rc = td_db_update(d->db, j, detail);
   if (rc < 0)
     td_error("job %llu: cannot record state %s: %s", (unsigned long long)j->id,
@@ -154,7 +140,7 @@ static int td__restore(void *arg, td_job *j) {
     return 0;
   d->nactive++;
   {
-    td_user *u = td_daemon_user(d, j->uid);
+    td_user *u = td_user_get(d, j->uid, j->owner);
     if (u == NULL)
       return TD_ENOMEM;
     u->active++;
@@ -224,6 +210,8 @@ static void td__on_signal(uv_signal_t *s, int signum) {
   uv_close((uv_handle_t *)&d->sig_int, NULL);
   uv_close((uv_handle_t *)&d->sig_hup, NULL);
   uv_close((uv_handle_t *)&d->heartbeat, NULL);
+  uv_timer_stop(&d->retain_timer);
+  uv_close((uv_handle_t *)&d->retain_timer, NULL);
 }
 
 /* SIGHUP: read the config file again and apply what can change while
@@ -255,6 +243,7 @@ static void td__reload(td_daemon *d) {
   d->cfg.max_running_per_user = next.max_running_per_user;
   d->cfg.retention_days = next.retention_days;
   d->cfg.retention_jobs = next.retention_jobs;
+  td_fairshare_decay_all(d, td_now_unix_ms()); /* the old half-life up to now */
   d->cfg.fairshare_halflife_s = next.fairshare_halflife_s;
   if (next.multi_user != d->cfg.multi_user || strcmp(next.munge_socket, d->cfg.munge_socket) ||
       strcmp(next.admin_group, d->cfg.admin_group) || next.socket_mode != d->cfg.socket_mode ||
@@ -298,6 +287,7 @@ static void td__on_hup(uv_signal_t *s, int signum) {
 
 static void td__on_heartbeat(uv_timer_t *t) {
   td_run_check_heartbeats(t->data);
+  td_fairshare_tick(t->data);
 }
 
 static void td__usage(FILE *f) {
@@ -417,10 +407,15 @@ int main(int argc, char **argv) {
     status = rc == TD_ECONFIG ? TD_EXIT_CONFIG : 1;
     goto close_db;
   }
+  if ((rc = td_fairshare_load(d)) < 0) {
+    td_error("cannot load the users' fair-share usage from %s: %s", dbpath, td_strerror(rc));
+    goto close_sockets;
+  }
   if ((rc = td_db_load(d->db, td__restore, d)) < 0) {
     td_error("cannot load the jobs from %s: %s", dbpath, td_strerror(rc));
     goto close_sockets;
   }
+  td_retain_start(d); /* before the first pass, so a backlog does not wait */
 
   uv_signal_init(d->loop, &d->sig_term);
   uv_signal_init(d->loop, &d->sig_int);
@@ -443,6 +438,7 @@ int main(int argc, char **argv) {
   uv_walk(d->loop, td__close_walk, NULL);
   uv_run(d->loop, UV_RUN_DEFAULT);
   uv_loop_close(d->loop);
+  td_fairshare_save(d);
   td_info("stopped");
 
 close_sockets:

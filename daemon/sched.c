@@ -91,13 +91,61 @@ int td_sched_check_fit(td_daemon *d, td_job *j, char *err, size_t errlen) {
   return TD_ENOFIT;
 }
 
+/* Why the job cannot start on any device now, for a person: a device it
+ * could use that is short of memory (the one closest to enough), else a
+ * device that admits nothing (draining, being probed, unusable). */
+static void td__explain_nofit(const td_daemon *d, td_job *j) {
+  const td_device *short_dev = NULL, *blocked = NULL;
+  uint64_t short_need = 0, short_free = 0, short_gap = UINT64_MAX;
+  char need[32], have[32];
+
+  for (int i = 0; i < d->ndevices; i++) {
+    const td_device *dev = &d->devices[i];
+    uint64_t free_bytes = dev->budget > dev->reserved ? dev->budget - dev->reserved : 0;
+    td_plan min;
+
+    if (!td__may_use(j, dev))
+      continue;
+    if (dev->unusable[0] != '\0' || dev->probing || dev->draining) {
+      if (blocked == NULL)
+        blocked = dev;
+      continue;
+    }
+    if (td_plan_compute(j->spec, td_jobspec_min_micro_batch(j->spec), j->spec->precision,
+                        dev->overhead, &min) < 0 || min.total <= free_bytes)
+      continue;
+    if (min.total - free_bytes < short_gap) {
+      short_gap = min.total - free_bytes;
+      short_dev = dev;
+      short_need = min.total;
+      short_free = free_bytes;
+    }
+  }
+  if (short_dev != NULL) {
+    td_format_size(short_need, need, sizeof(need));
+    td_format_size(short_free, have, sizeof(have));
+    snprintf(j->wait_reason, sizeof(j->wait_reason), "waiting for %s on %s (%s free)", need,
+             short_dev->name, have);
+  } else if (blocked != NULL && blocked->unusable[0] != '\0') {
+    snprintf(j->wait_reason, sizeof(j->wait_reason), "device %s is unusable: %s", blocked->name,
+             blocked->unusable);
+  } else if (blocked != NULL) {
+    snprintf(j->wait_reason, sizeof(j->wait_reason), "device %s is %s", blocked->name,
+             blocked->probing ? "being probed" : "draining");
+  } else {
+    snprintf(j->wait_reason, sizeof(j->wait_reason), "no device it may use (%s) can take it",
+             j->pin[0] ? j->pin : "any");
+  }
+}
+
 /* Where the job goes now, and at what micro-batch.  A device that takes
  * the whole batch beats one that needs accumulation; among equals, best fit
  * (the least room left after the job), so big holes stay for big jobs.
  * Policy: a job that fits only at a smaller micro-batch is admitted at the
  * largest one that fits the free bytes now, rather than waiting for room
- * for its whole batch: accumulation keeps its maths the same. */
-static td_device *td__pick(td_daemon *d, const td_job *j, td_plan *plan) {
+ * for its whole batch: accumulation keeps its maths the same.  NULL, with
+ * the job's wait_reason saying why, when it fits nowhere now. */
+static td_device *td__pick(td_daemon *d, td_job *j, td_plan *plan) {
   td_device *best = NULL;
   td_plan best_plan = {0};
   uint64_t best_left = 0;
@@ -107,7 +155,8 @@ static td_device *td__pick(td_daemon *d, const td_job *j, td_plan *plan) {
     uint64_t free_bytes = dev->budget > dev->reserved ? dev->budget - dev->reserved : 0;
     td_plan p;
 
-    if (!td__may_use(j, dev) || dev->draining || td__fit(j, dev, free_bytes, &p) < 0)
+    if (!td__may_use(j, dev) || dev->draining || dev->probing || dev->unusable[0] != '\0' ||
+        td__fit(j, dev, free_bytes, &p) < 0)
       continue;
     if (best == NULL || p.micro_batch > best_plan.micro_batch ||
         (p.micro_batch == best_plan.micro_batch && free_bytes - p.total < best_left)) {
@@ -116,6 +165,8 @@ static td_device *td__pick(td_daemon *d, const td_job *j, td_plan *plan) {
       best_left = free_bytes - p.total;
     }
   }
+  if (best == NULL)
+    td__explain_nofit(d, j);
   if (best != NULL && plan != NULL)
     *plan = best_plan;
   return best;
@@ -130,10 +181,15 @@ td_device *td_sched_device(td_daemon *d, const char *name) {
 
 static int td__admit(td_daemon *d, td_job *j, td_device *dev, const td_plan *plan) {
   char err[512];
+  td_user *u;
   int rc;
 
   /* The chosen plan is what is reserved and what the worker is given. */
   j->plan = *plan;
+  j->wait_reason[0] = '\0';
+  j->acct_mono = td_now_mono();
+  if ((u = td_user_get(d, j->uid, j->owner)) != NULL)
+    u->running++;
   td_strlcpy(j->device, dev->name, sizeof(j->device));
   dev->reserved += j->plan.total;
   dev->njobs++;
@@ -154,36 +210,86 @@ void td_sched_release(td_daemon *d, td_job *j) {
 
   if (dev == NULL || j->plan.total == 0)
     return;
+  td_fairshare_charge(d, j); /* the last slice it held */
+  j->acct_mono = 0;
   dev->reserved -= j->plan.total <= dev->reserved ? j->plan.total : dev->reserved;
   if (dev->njobs > 0)
     dev->njobs--;
   td_publish_device(d, dev);
 }
 
-static int td__before(const td_job *a, const td_job *b) {
+int td_sched_before(const td_job *a, double usage_a, const td_job *b, double usage_b) {
   if (a->priority != b->priority)
     return a->priority > b->priority;
+  if (usage_a != usage_b)
+    return usage_a < usage_b;
   return a->id < b->id;
 }
 
-/* The queued job that comes first in priority order, among those that
- * fit somewhere now if fitting is asked for. */
-static td_job *td__first_queued(td_daemon *d, int fitting, td_device **dev, td_plan *plan) {
+static double td__usage(td_daemon *d, const td_job *j) {
+  td_user *u = td_user_get(d, j->uid, j->owner);
+
+  return u != NULL ? u->usage : 0;
+}
+
+static int td__before(td_daemon *d, const td_job *a, const td_job *b) {
+  return td_sched_before(a, td__usage(d, a), b, td__usage(d, b));
+}
+
+/* The user is at max_running_per_user: their further jobs are held and
+ * others' pass them. */
+static td_user *td__held(td_daemon *d, const td_job *j) {
+  td_user *u;
+
+  if (d->cfg.max_running_per_user == 0 || (u = td_user_get(d, j->uid, j->owner)) == NULL)
+    return NULL;
+  return u->running >= d->cfg.max_running_per_user ? u : NULL;
+}
+
+static int td__waiting(const td_job *j) {
+  return j->state == TD_JOB_QUEUED && j->run == NULL;
+}
+
+/* A scheduling pass starts: every user's usage as of now, and how many
+ * jobs each holds a reservation for. */
+static void td__pass_begin(td_daemon *d) {
+  td_fairshare_decay_all(d, td_now_unix_ms());
+  for (size_t i = 0; i < d->nusers; i++)
+    d->users[i].running = 0;
+  for (size_t i = 0; i < d->njobs; i++) {
+    td_job *j = d->jobs[i];
+    td_user *u;
+
+    if ((j->run != NULL || j->state == TD_JOB_RUNNING) &&
+        (u = td_user_get(d, j->uid, j->owner)) != NULL)
+      u->running++;
+  }
+}
+
+/* The queued job that comes first in queue order (held ones aside), or
+ * with fitting, the first that fits somewhere now (skip aside: it is known
+ * not to); the jobs tried and not fitting get their wait_reason. */
+static td_job *td__first_queued(td_daemon *d, int fitting, const td_job *skip, td_device **dev,
+                                td_plan *plan) {
   td_job *best = NULL;
   td_device *best_dev = NULL;
+  double best_usage = 0;
   td_plan p;
 
   for (size_t i = 0; i < d->njobs; i++) {
     td_job *j = d->jobs[i];
     td_device *fit = NULL;
+    double usage;
 
-    if (j->state != TD_JOB_QUEUED || j->run != NULL)
+    if (!td__waiting(j) || j == skip || td__held(d, j) != NULL)
       continue;
-    if (best != NULL && !td__before(j, best))
+    usage = td__usage(d, j);
+    if (best != NULL && !td_sched_before(j, usage, best, best_usage))
       continue;
     if (fitting && (fit = td__pick(d, j, &p)) == NULL)
       continue;
     best = j;
+    best_usage = usage;
     best_dev = fit;
     if (fitting)
       *plan = p;
@@ -192,19 +298,76 @@ static td_job *td__first_queued(td_daemon *d, int fitting, td_device **dev, td_p
   return best;
 }
 
+/* Why head comes before j, for "behind job N (...)". */
+static const char *td__why_behind(td_daemon *d, const td_job *head, const td_job *j) {
+  if (head->priority != j->priority)
+    return "higher priority";
+  if (td__usage(d, head) != td__usage(d, j))
+    return "its user has used less lately (fair share)";
+  return "submitted earlier";
+}
+
+static void td__set_held(td_job *j, const td_user *u) {
+  if (u->name[0] != '\0')
+    snprintf(j->wait_reason, sizeof(j->wait_reason),
+             "held: %s has %u running jobs, the max_running_per_user limit", u->name,
+             u->running);
+  else
+    snprintf(j->wait_reason, sizeof(j->wait_reason),
+             "held: uid %u has %u running jobs, the max_running_per_user limit", u->uid,
+             u->running);
+}
+
+static void td__set_behind(td_daemon *d, td_job *j, const td_job *head) {
+  snprintf(j->wait_reason, sizeof(j->wait_reason), "behind job %llu (%s)",
+           (unsigned long long)head->id, td__why_behind(d, head, j));
+}
+
+/* Append "; behind job N" to a memory reason. */
+static void td__add_behind(td_job *j, const td_job *head) {
+  size_t n = strnlen(j->wait_reason, sizeof(j->wait_reason));
+
+  if (head != NULL && head != j && n < sizeof(j->wait_reason))
+    snprintf(j->wait_reason + n, sizeof(j->wait_reason) - n, "; behind job %llu",
+             (unsigned long long)head->id);
+}
+
+/* After a pass: every job still waiting says why.  The head's reason is
+ * its own (memory, a device); the others' is the memory they wait for,
+ * found by the backfill search just made, or once backfill has stopped,
+ * the head they wait behind. */
+static void td__explain(td_daemon *d, const td_job *head, int backfill) {
+  for (size_t i = 0; i < d->njobs; i++) {
+    td_job *j = d->jobs[i];
+    td_user *u;
+
+    if (!td__waiting(j) || j == head)
+      continue;
+    if ((u = td__held(d, j)) != NULL)
+      td__set_held(j, u);
+    else if (head != NULL && !backfill)
+      td__set_behind(d, j, head);
+    else
+      td__add_behind(j, head);
+  }
+}
+
 void td_sched_run(td_daemon *d) {
-  td_job *j;
+  td_job *j, *head;
   td_device *dev;
   td_plan plan;
+  int backfill = 1;
 
   if (d->stopping)
     return;
+  td__pass_begin(d);
   for (;;) {
-    j = td__first_queued(d, 0, &dev, &plan);
-    if (j == NULL) {
+    head = td__first_queued(d, 0, NULL, &dev, &plan);
+    if (head == NULL) {
       d->head_wait_since = 0;
-      return;
+      break;
     }
+    j = head;
     dev = td__pick(d, j, &plan);
     if (dev != NULL) {
       d->head_wait_since = 0;
@@ -213,11 +376,13 @@ void td_sched_run(td_daemon *d) {
        * (backfill), but only for a bounded time, so it is never starved. */
       if (d->head_wait_since == 0)
         d->head_wait_since = td_now_mono();
-      if (td_now_mono() - d->head_wait_since > TD_BACKFILL_WINDOW_S)
-        return;
-      j = td__first_queued(d, 1, &dev, &plan);
+      if (td_now_mono() - d->head_wait_since > TD_BACKFILL_WINDOW_S) {
+        backfill = 0;
+        break;
+      }
+      j = td__first_queued(d, 1, head, &dev, &plan);
       if (j == NULL)
-        return;
+        break;
     }
     td_info("job %llu admitted to %s: plan %llu bytes at micro-batch %u x %u, %llu of %llu "
             "bytes reserved before", (unsigned long long)j->id, dev->name,
@@ -225,6 +390,8 @@ void td_sched_run(td_daemon *d) {
             (unsigned long long)dev->reserved, (unsigned long long)dev->budget);
     td__admit(d, j, dev, &plan);
   }
+  d->head_id = head != NULL ? head->id : 0;
+  td__explain(d, head, backfill);
 }
 
 /* A new job arrived and nothing else changed since the last pass, which
@@ -233,21 +400,34 @@ void td_sched_run(td_daemon *d) {
  * every queued one when the head is blocked).  Whether it heads the queue
  * matters only once backfill has stopped, when only the head may start. */
 void td_sched_submitted(td_daemon *d, td_job *j) {
+  td_job *head;
   td_device *dev;
   td_plan plan;
+  td_user *u;
 
   if (d->stopping)
     return;
-  if (d->head_wait_since == 0) {
+  head = td_daemon_find(d, d->head_id);
+  if (d->head_wait_since == 0 || head == NULL || !td__waiting(head)) {
     td_sched_run(d);
     return;
   }
-  if (td_now_mono() - d->head_wait_since > TD_BACKFILL_WINDOW_S &&
-      td__first_queued(d, 0, &dev, &plan) != j)
+  if ((u = td__held(d, j)) != NULL) {
+    td__set_held(j, u);
     return;
+  }
+  if (td__before(d, j, head)) {
+    d->head_id = j->id; /* it waits, if it does, at the head */
+    head = j;
+  } else if (td_now_mono() - d->head_wait_since > TD_BACKFILL_WINDOW_S) {
+    td__set_behind(d, j, head);
+    return;
+  }
   dev = td__pick(d, j, &plan);
   if (dev != NULL)
     td__admit(d, j, dev, &plan);
+  else
+    td__add_behind(j, head);
 }
 
 /* The smallest plan the job may run at. */

@@ -46,7 +46,7 @@ static void td__pack_plan_map(td_pack *p, const td_plan *pl) {
   td_pack_kv_u64(p, "total", pl->total);
 }
 
-#define TD_JOB_ROW_FIELDS 13
+#define TD_JOB_ROW_FIELDS 14
 
 /* The fields of a `list` row; `show` sends these and more. */
 static void td__pack_job_fields(td_pack *p, const td_job *j) {
@@ -63,6 +63,7 @@ static void td__pack_job_fields(td_pack *p, const td_job *j) {
   td_pack_kv_u64(p, "steps", j->steps);
   td_pack_kv_f64(p, "loss", j->loss);
   td_pack_kv_f64(p, "accuracy", j->accuracy);
+  td_pack_kv_str(p, "wait_reason", j->wait_reason);
 }
 
 static void td__pack_job_row(td_pack *p, const td_job *j) {
@@ -238,7 +239,7 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
              "max_jobs); wait for some to finish or cancel some", d->cfg.max_jobs);
     return TD_EAGAIN;
   }
-  user = td_daemon_user(d, who->uid);
+  user = td_user_get(d, who->uid, who->name);
   if (user == NULL)
     return TD_ENOMEM;
   if (user->active >= d->cfg.max_jobs_per_user) {

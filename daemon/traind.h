@@ -80,6 +80,13 @@ typedef struct td_job {
   uint64_t ckpt_step;      /* the last one written: step, data position, size; */
   uint64_t ckpt_epoch, ckpt_batch, ckpt_bytes; /* ckpt_bytes 0 = none this run */
   uint64_t resumed_step;   /* where this run resumed; 0: from scratch */
+
+  /* Why it is still queued, for a person (squeue's REASON): filled by the
+   * scheduler for each queued job it could not start; "" when it is not
+   * waiting. */
+  char wait_reason[192];
+  double acct_mono;        /* fair share: its usage is counted up to here
+                              (td_now_mono) while it holds a reservation */
 } td_job;
 
 typedef struct td_device {
@@ -97,10 +104,15 @@ typedef struct td_device {
   char unusable[192];      /* why the probe failed; "" if it did not */
 } td_device;
 
-/* What traind counts per user, for the per-user limits. */
+/* One user: the per-user limits and the fair-share record (fairshare.c). */
 typedef struct td_user {
   uint32_t uid;
-  uint32_t active;         /* queued + running jobs */
+  char name[33];           /* as the last job seen for it says; may be "" */
+  uint32_t active;         /* queued + running jobs, for max_jobs_per_user */
+  double usage;            /* device byte-seconds, decayed to td_daemon.usage_ms */
+  uint32_t running;        /* jobs holding a reservation, as of the last
+                              scheduling pass and the admissions since */
+  int dirty;               /* changed since it was last written to the database */
 } td_user;
 
 typedef struct td_daemon {
@@ -115,8 +127,6 @@ typedef struct td_daemon {
   td_job **jobs;           /* by submission order; ids ascending */
   size_t njobs, cap;
   size_t nactive;          /* queued + running */
-  td_user *users;          /* every user with a job, in no order; few */
-  size_t nusers, users_cap;
 
   td_device devices[TD_MAX_DEVICES];
   int ndevices;
@@ -127,12 +137,17 @@ typedef struct td_daemon {
   uv_timer_t heartbeat;
   int stopping;
   double head_wait_since;  /* when the queue's head job started waiting for memory */
+
+  uint64_t head_id;        /* the queue's head at the last scheduling pass; 0: none */
+  td_user *users;          /* fair share: every user seen, unordered */
+  size_t nusers, users_cap;
+  int64_t usage_ms;        /* the instant (unix ms) every user's usage is decayed to */
+  double usage_saved_mono; /* when the usage was last written to the database */
+  uv_timer_t retain_timer; /* retention: prunes ended jobs (retain.c) */
 } td_daemon;
 
 /* main.c */
 td_job *td_daemon_find(td_daemon *d, uint64_t id);
-/* uid's counters, made on first use; NULL when out of memory. */
-td_user *td_daemon_user(td_daemon *d, uint32_t uid);
 void td_job_free(td_job *j);
 /* Set spec->sample_dtype from the train split's header (td_dataset_probe:
  * headers only), before any plan is made for it. */
@@ -158,8 +173,25 @@ int td_db_update(td_db *db, const td_job *j, const char *detail);
 /* Call fn for every job in id order; fn takes ownership of the job. */
 int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg);
 
+/* db.c: fair share and retention. */
+/* Call fn for every user's recorded usage (decayed to at_ms). */
+int td_db_usage_load(td_db *db,
+                     int (*fn)(void *arg, uint32_t uid, const char *name, double usage,
+                               int64_t at_ms),
+                     void *arg);
+/* Write the users marked dirty, as of at_ms, in one transaction; they are
+ * marked clean only if it commits. */
+int td_db_usage_save(td_db *db, td_user *users, size_t n, int64_t at_ms);
+/* Remove the jobs, their history and their idempotency keys in one
+ * transaction. */
+int td_db_delete_jobs(td_db *db, const uint64_t *ids, size_t n);
+
 /* sched.c */
 void td_sched_init(td_daemon *d);
+/* Queue order: 1 if a comes before b.  Higher priority first, then among
+ * equal priorities the job whose user has the smaller decayed usage
+ * (usage_a, usage_b: fair share), then submission order. */
+int td_sched_before(const td_job *a, double usage_a, const td_job *b, double usage_b);
 /* Admit queued jobs that fit, highest priority first; start them. */
 void td_sched_run(td_daemon *d);
 /* Admission after a submit: only the new job is tried, unless it heads
@@ -175,6 +207,47 @@ td_device *td_sched_device(td_daemon *d, const char *name);
 /* The device's budget went below what its jobs hold: tell running jobs
  * lower budgets (largest first) so that they re-plan to fit. */
 void td_sched_squeeze(td_daemon *d, td_device *dev);
+
+/* fairshare.c: per-user usage, as Slurm's fair share: device bytes
+ * reserved x seconds held, decayed with half-life fairshare_halflife_s. */
+/* usage x 2^(-elapsed_ms / (halflife_s * 1000)); no decay for elapsed <= 0. */
+double td_fairshare_decay(double usage, int64_t elapsed_ms, uint32_t halflife_s);
+/* The user's record, made (usage 0) if it is new; NULL only when out of memory. */
+td_user *td_user_get(td_daemon *d, uint32_t uid, const char *name);
+/* Decay every user's usage to now_ms (all share one instant, so they compare). */
+void td_fairshare_decay_all(td_daemon *d, int64_t now_ms);
+/* Add what the job has held since it was last counted (its plan's bytes x
+ * seconds) to its user's usage. */
+void td_fairshare_charge(td_daemon *d, td_job *j);
+/* On the heartbeat: charge every running job; write the usage to the
+ * database now and then (at most once a minute). */
+void td_fairshare_tick(td_daemon *d);
+/* Read the recorded usage (at start) / write what changed (at stop). */
+int td_fairshare_load(td_daemon *d);
+int td_fairshare_save(td_daemon *d);
+
+/* retain.c: ended jobs past retention_days or beyond the newest
+ * retention_jobs are removed (rows, directory, table entry). */
+typedef struct td_retain_entry {
+  uint64_t id;
+  int64_t finished_ms;
+} td_retain_entry;
+/* Pure: which of the ended jobs e[0..n) to remove at now_ms: those that
+ * finished more than days ago (0: no age limit) and all but the newest
+ * keep (0: no count limit), newest by finished_ms then id.  Sorts e; writes
+ * the ids of at most cap of them, the oldest first chosen, in ascending
+ * id order into out; returns how many it wrote and *total how many are
+ * due in all. */
+size_t td_retain_select(td_retain_entry *e, size_t n, int64_t now_ms, uint32_t days,
+                        uint32_t keep, uint64_t *out, size_t cap, size_t *total);
+/* Remove what is due now, at most a bounded batch (the rest on the next
+ * tick, soon); returns how many were removed, or a negative code. */
+int td_retain_run(td_daemon *d);
+/* Run now, then every 10 minutes (the timer is d->retain_timer). */
+void td_retain_start(td_daemon *d);
+/* Remove STATE/jobs/ID without following any link the directory's owner
+ * put there; 0, or a negative code (logged by the caller). */
+int td_retain_remove_dir(int parent_fd, const char *name);
 
 /* supervise.c */
 /* traind-worker's exit status when even its smallest micro-batch does not

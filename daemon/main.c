@@ -374,7 +374,14 @@ int main(int argc, char **argv) {
     td_error("cannot find traind's own directory through /proc/self/exe");
     return 1;
   }
-  if (td_mkdir_p(d->cfg.state_dir, 0750) < 0) {
+  /* traind's own files (the database, logs) are born private; what a job
+   * must reach is opened up one by one.  As root, a new state directory
+   * lets the users' jobs pass through to their job directories (0711:
+   * nobody lists it). */
+  umask(0);
+  rc = td_mkdir_p(d->cfg.state_dir, geteuid() == 0 ? 0711 : 0750);
+  umask(0077);
+  if (rc < 0) {
     td_error("cannot create the state directory %s: %s", d->cfg.state_dir, strerror(errno));
     return 1;
   }

@@ -447,7 +447,7 @@ static int td__job_dir_open(const td_daemon *d, const td_job *j, const char *dir
     snprintf(err, errlen, "cannot open the job directory %s: %s", dir, strerror(errno));
     return TD_EIO;
   }
-  if (as_root && (fchown(fd, (uid_t)j->uid, (gid_t)j->gid) < 0 || fchmod(fd, 0700) < 0)) {
+  if (as_root && (fchmod(fd, 0700) < 0 || fchown(fd, (uid_t)j->uid, (gid_t)j->gid) < 0)) {
     snprintf(err, errlen, "cannot give the job directory %s to uid %u: %s", dir, j->uid,
              strerror(errno));
     close(fd);

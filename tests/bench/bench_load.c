@@ -170,20 +170,37 @@ static double status_rate(const char *sock, const char *op, uint64_t max_id, lon
   return (double)done / (td_now_mono() - t0);
 }
 
-/* Seconds for one `list` of every job over the socket; *n the rows. */
+/* Seconds for `list` of every job over the socket, page by page as
+ * traind-client's ls reads them; *n the rows. */
 static double list_once(int s, size_t *n) {
-  const msgpack_object *jobs;
-  td_msg *m = NULL;
-  double t0 = td_now_mono(), t;
-  int code = -1, rc = th_rpc_simple(s, "list", NULL, 0, &m, &code, NULL, 0);
+  double t0 = td_now_mono();
+  uint64_t after = 0;
+  int more = 1;
 
-  t = td_now_mono() - t0;
-  if (rc < 0 || code != 0)
-    die("list", rc < 0 ? rc : code);
-  if (td_obj_array(td_msg_root(m), "jobs", &jobs) == 0)
-    *n = jobs->via.array.size;
-  td_msg_free(m);
-  return t;
+  *n = 0;
+  while (more) {
+    const msgpack_object *jobs;
+    td_msg *m = NULL;
+    td_pack p;
+    int code = -1, rc;
+
+    td_pack_init(&p);
+    td_pack_request(&p, "list", 2);
+    td_pack_kv_u64(&p, "after", after);
+    td_pack_kv_u64(&p, "limit", 1000);
+    rc = th_rpc_pack(s, &p, &m, &code, NULL, 0);
+    td_pack_free(&p);
+    if (rc < 0 || code != 0)
+      die("list", rc < 0 ? rc : code);
+    if (td_obj_array(td_msg_root(m), "jobs", &jobs) != 0 || jobs->via.array.size == 0 ||
+        td_obj_u64(&jobs->via.array.ptr[jobs->via.array.size - 1], "id", &after) != 0 ||
+        td_obj_bool(td_msg_root(m), "more", &more) != 0)
+      more = 0;
+    else
+      *n += jobs->via.array.size;
+    td_msg_free(m);
+  }
+  return td_now_mono() - t0;
 }
 
 /* Seconds for `traind-client ls`, output to /dev/null. */

@@ -593,38 +593,58 @@ remove:
 }
 
 int th_list(int sock, th_row **rows, size_t *n, char *err, size_t errlen) {
-  const msgpack_object *jobs;
-  td_msg *m = NULL;
   th_row *r = NULL;
-  int code = 0, rc;
+  size_t cnt = 0;
+  uint64_t after = 0;
+  int more = 1, rc = 0;
 
-  rc = th_rpc_simple(sock, "list", NULL, 0, &m, &code, err, errlen);
-  if (rc < 0)
-    return rc;
-  if (code != 0) {
-    td_msg_free(m);
-    return code;
-  }
-  rc = td_obj_array(td_msg_root(m), "jobs", &jobs);
-  if (rc == 0) {
-    uint32_t cnt = jobs->via.array.size;
-    r = calloc(cnt ? cnt : 1, sizeof(*r));
-    rc = r == NULL ? TD_ENOMEM : 0;
-    for (uint32_t i = 0; rc == 0 && i < cnt; i++) {
-      const msgpack_object *row = &jobs->via.array.ptr[i];
-      if (td_obj_u64(row, "id", &r[i].id) < 0 ||
-          td_obj_cstr(row, "name", r[i].name, sizeof(r[i].name)) < 0 ||
-          td_obj_cstr(row, "state", r[i].state, sizeof(r[i].state)) < 0)
-        rc = TD_EPROTO;
-    }
+  /* page by page, as traind-client's ls does */
+  while (rc == 0 && more) {
+    const msgpack_object *jobs;
+    td_msg *m = NULL;
+    td_pack p;
+    int code = 0;
+
+    td_pack_init(&p);
+    td_pack_request(&p, "list", 2);
+    td_pack_kv_u64(&p, "after", after);
+    td_pack_kv_u64(&p, "limit", 5000);
+    rc = th_rpc_pack(sock, &p, &m, &code, err, errlen);
+    td_pack_free(&p);
+    if (rc == 0 && code != 0)
+      rc = code;
+    if (rc == 0)
+      rc = td_obj_array(td_msg_root(m), "jobs", &jobs);
+    if (rc == 0 && td_obj_bool(td_msg_root(m), "more", &more) != 0)
+      more = 0;
     if (rc == 0) {
-      *rows = r;
-      *n = cnt;
-      r = NULL;
+      uint32_t k = jobs->via.array.size;
+      th_row *grown = realloc(r, (cnt + k + 1) * sizeof(*r));
+
+      rc = grown == NULL ? TD_ENOMEM : 0;
+      if (grown != NULL)
+        r = grown;
+      for (uint32_t i = 0; rc == 0 && i < k; i++, cnt++) {
+        const msgpack_object *row = &jobs->via.array.ptr[i];
+
+        memset(&r[cnt], 0, sizeof(r[cnt]));
+        if (td_obj_u64(row, "id", &r[cnt].id) < 0 ||
+            td_obj_cstr(row, "name", r[cnt].name, sizeof(r[cnt].name)) < 0 ||
+            td_obj_cstr(row, "state", r[cnt].state, sizeof(r[cnt].state)) < 0)
+          rc = TD_EPROTO;
+        after = r[cnt].id;
+      }
+      if (k == 0)
+        more = 0;
     }
+    td_msg_free(m);
+  }
+  if (rc == 0) {
+    *rows = r != NULL ? r : calloc(1, sizeof(*r));
+    *n = cnt;
+    return *rows != NULL ? 0 : TD_ENOMEM;
   }
   free(r);
-  td_msg_free(m);
   return rc;
 }
 

@@ -287,6 +287,9 @@ START_TEST(users_act_only_on_their_own_jobs) {
   uint64_t id;
 
   start(NULL);
+  /* root drains the device, so alice's job stays queued throughout */
+  ck_assert_int_eq(client_as(NULL, out, sizeof(out), err, sizeof(err), "device", "cpu0",
+                             "--drain", NULL), 0);
   id = submit_ok(0, "alices");
   /* the job is alice's, by her credential */
   {
@@ -311,7 +314,7 @@ START_TEST(users_act_only_on_their_own_jobs) {
     /* bob still sees that the job exists in ls (no private_data) */
     ck_assert_int_eq(client_as(BOB, out, sizeof(out), err, sizeof(err), "ls", NULL), 0);
     ck_assert_msg(strstr(out, "alices"), "%s", out);
-    /* alice may cancel her own job; root may act on any */
+    /* alice may re-prioritise her own job; root may act on any */
     ck_assert_int_eq(client_as(ALICE, out, sizeof(out), err, sizeof(err), "set-priority", sid,
                                "5", NULL), 0);
     ck_assert_int_eq(client_as(NULL, out, sizeof(out), err, sizeof(err), "cancel", sid, NULL),

@@ -122,11 +122,14 @@ destroy_ma:
 }
 
 int td_ring_create(const char *name, uint32_t nslots, size_t slot_bytes) {
-  return td_ring_create_owned(name, nslots, slot_bytes, (uid_t)-1, (gid_t)-1);
+  return td_ring_create_owned(name, nslots, slot_bytes, (uid_t)-1, (gid_t)-1, NULL);
 }
 
+static int ring_map_fd(int fd, const char *name, uid_t owner, td_ring **out, char *errbuf,
+                       size_t errlen);
+
 int td_ring_create_owned(const char *name, uint32_t nslots, size_t slot_bytes, uid_t owner,
-                         gid_t group) {
+                         gid_t group, td_ring **out) {
   size_t bytes = td_ring_segment_bytes(nslots, slot_bytes);
   struct ring_shm *h;
   int fd, err, saved;
@@ -163,6 +166,14 @@ int td_ring_create_owned(const char *name, uint32_t nslots, size_t slot_bytes, u
   }
   __atomic_store_n(&h->magic, RING_MAGIC, __ATOMIC_RELEASE);
   munmap(h, bytes);
+  /* Mapped again through the descriptor opened before the segment was
+   * given away: a root without CAP_DAC_OVERRIDE could not open it now. */
+  if (out != NULL) {
+    err = ring_map_fd(fd, name, owner != (uid_t)-1 ? owner : geteuid(), out, NULL, 0);
+    if (err < 0)
+      shm_unlink(name);
+    return err;
+  }
   close(fd);
   return 0;
 
@@ -180,17 +191,25 @@ int td_ring_open(const char *name, td_ring **out) {
 
 int td_ring_open_owned(const char *name, uid_t owner, td_ring **out, char *errbuf,
                        size_t errlen) {
-  struct ring_shm *h;
-  struct stat st;
-  td_ring *r;
-  size_t bytes;
-  int fd, err;
+  int fd;
 
   if (!ring_name_ok(name))
     return TD_EINVAL;
   fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
   if (fd < 0)
     return errno == ENOENT ? TD_ENOENT : TD_EIO;
+  return ring_map_fd(fd, name, owner, out, errbuf, errlen);
+}
+
+/* Check and map an open segment; closes fd. */
+static int ring_map_fd(int fd, const char *name, uid_t owner, td_ring **out, char *errbuf,
+                       size_t errlen) {
+  struct ring_shm *h;
+  struct stat st;
+  td_ring *r;
+  size_t bytes;
+  int err;
+
   if (fstat(fd, &st) < 0) {
     err = TD_EIO;
     goto close_fd;

@@ -42,9 +42,11 @@ int td_ring_create(const char *name, uint32_t nslots, size_t slot_bytes);
 /* td_ring_create for the processes of another user (traind as root, for a
  * job's loader and worker): the new segment is given to owner:group through
  * its descriptor, before it is initialised.  (uid_t)-1 and (gid_t)-1 leave
- * that id as it is. */
+ * that id as it is.  With out, the creator's own mapping of it comes back
+ * there (through the descriptor it created: once given away, the segment
+ * cannot be opened again by a root that does not override permissions). */
 int td_ring_create_owned(const char *name, uint32_t nslots, size_t slot_bytes, uid_t owner,
-                         gid_t group);
+                         gid_t group, td_ring **out);
 
 /* Map an existing segment, checking magic, version and sizes against the
  * segment's size, and that the segment is this process's own (its owner is

@@ -391,7 +391,7 @@ int main(int argc, char **argv) {
     /* As root, jobs run as their submitters, whose processes must pass
      * through the state directory to their job directories.  Not changed
      * here: what else is in it (the job database) may be readable. */
-    if (geteuid() == 0 && stat(d->cfg.state_dir, &st) == 0 && (st.st_mode & S_IXOTH) == 0)
+    if (geteuid() == 0 && stat(d->cfg.state_dir, &st) == 0 && (st.st_mode & (S_IXOTH | S_IXGRP)) == 0)
       td_warn("the state directory %s (mode %04o) cannot be passed through by other users, so "
               "jobs, which run as their submitters, cannot reach their job directories in it: "
               "make it searchable (chmod o+x %s, or StateDirectoryMode=0711) and keep jobs.db "

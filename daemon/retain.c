@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -69,6 +70,18 @@ size_t td_retain_select(td_retain_entry *e, size_t n, int64_t now_ms, uint32_t d
 
 /* Remove the entries of the open directory fd, then report how many
  * entries were left (0: all gone).  *budget counts down every entry. */
+/* A directory a job's user made (mode 0700, say) is not traind's to read:
+ * without CAP_DAC_OVERRIDE root may only take it back (CAP_CHOWN) before
+ * it looks inside.  A link swapped in meanwhile is chowned itself, not
+ * followed, and then refused by O_NOFOLLOW. */
+static void td__take_back(int parent_fd, const char *name) {
+  struct stat st;
+
+  if (geteuid() == 0 && fstatat(parent_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+      S_ISDIR(st.st_mode) && st.st_uid != 0)
+    fchownat(parent_fd, name, 0, 0, AT_SYMLINK_NOFOLLOW);
+}
+
 static int td__empty_dir(int fd, int depth, long *budget) {
   DIR *dir;
   struct dirent *de;
@@ -101,7 +114,10 @@ static int td__empty_dir(int fd, int depth, long *budget) {
       continue;
     }
     {
-      int sub = openat(dirfd(dir), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      int sub;
+
+      td__take_back(dirfd(dir), name);
+      sub = openat(dirfd(dir), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
       if (sub < 0) {
         if ((errno == ELOOP || errno == ENOTDIR) && unlinkat(dirfd(dir), name, 0) == 0)
@@ -120,7 +136,10 @@ static int td__empty_dir(int fd, int depth, long *budget) {
 
 int td_retain_remove_dir(int parent_fd, const char *name) {
   long budget = TD_RETAIN_MAX_ENTRIES;
-  int fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  int fd;
+
+  td__take_back(parent_fd, name);
+  fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
   if (fd < 0) {
     if (errno == ENOENT)

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -417,6 +418,61 @@ static int td__job_identity(const td_job *j, char *out, size_t cap, char *err, s
   return 0;
 }
 
+/* A POSIX ACL (the system.posix_acl_access xattr: a version, then
+ * entries sorted by tag and id, little-endian) of owner rwx, the job's user
+ * rwx, nobody else. */
+static int td__acl_grant(int fd, uint32_t uid) {
+  static const struct { uint16_t tag, perm; } entries[] = {
+      {0x01, 7}, /* ACL_USER_OBJ: traind */
+      {0x02, 7}, /* ACL_USER: the job's user */
+      {0x04, 0}, /* ACL_GROUP_OBJ */
+      {0x10, 7}, /* ACL_MASK */
+      {0x20, 0}, /* ACL_OTHER */
+  };
+  unsigned char buf[4 + 8 * TD_ARRAY_SIZE(entries)];
+
+  buf[0] = 2, buf[1] = buf[2] = buf[3] = 0;
+  for (size_t i = 0; i < TD_ARRAY_SIZE(entries); i++) {
+    unsigned char *e = buf + 4 + 8 * i;
+    uint32_t id = entries[i].tag == 0x02 ? uid : 0xffffffffu;
+
+    e[0] = (unsigned char)entries[i].tag, e[1] = (unsigned char)(entries[i].tag >> 8);
+    e[2] = (unsigned char)entries[i].perm, e[3] = 0;
+    for (int b = 0; b < 4; b++)
+      e[4 + b] = (unsigned char)(id >> (8 * b));
+  }
+  return fsetxattr(fd, "system.posix_acl_access", buf, sizeof(buf), 0);
+}
+
+/* A job directory that both traind and the job's user write in, without
+ * either overriding the other's permissions (the unit grants traind no
+ * CAP_DAC_OVERRIDE).  It stays traind's, sticky, with an ACL entry that
+ * lets the user in: the user's processes write checkpoints and the model
+ * there, and cannot remove or replace traind's own files (the log).  On a
+ * file system without ACLs it goes to the user (mode 0700), and traind then
+ * needs to override permissions to keep using it.  0 or -errno. */
+static int td__job_dir_share(int fd, const td_job *j) {
+  struct stat st;
+
+  if (fstat(fd, &st) < 0)
+    return -errno;
+  /* given to its user by an earlier traind: take it back first */
+  if (st.st_uid != 0 && fchown(fd, 0, 0) < 0)
+    return -errno;
+  if (fchmod(fd, 01770) < 0)
+    return -errno;
+  if (td__acl_grant(fd, j->uid) == 0)
+    return 0;
+  if (errno != EOPNOTSUPP && errno != ENOTSUP)
+    return -errno;
+  td_warn("job %llu: the state directory's file system has no ACLs, so the job directory "
+          "goes to uid %u and traind needs CAP_DAC_OVERRIDE to use it",
+          (unsigned long long)j->id, j->uid);
+  if (fchmod(fd, 0700) < 0 || fchown(fd, (uid_t)j->uid, (gid_t)j->gid) < 0)
+    return -errno;
+  return 0;
+}
+
 /* The job's directory, created if missing and opened (never through a
  * link); as root it is given to the job's user, mode 0700, since the
  * user's processes write checkpoints and the model there.  A descriptor, or
@@ -425,7 +481,7 @@ static int td__job_dir_open(const td_daemon *d, const td_job *j, const char *dir
                             char *err, size_t errlen) {
   char jobs[TD_PATH_MAX];
   struct stat st;
-  int fd;
+  int fd, rc;
 
   snprintf(jobs, sizeof(jobs), "%s/jobs", d->cfg.state_dir); /* shorter than dir */
   if (td_mkdir_p(jobs, as_root ? 0711 : 0750) < 0 ||
@@ -447,9 +503,9 @@ static int td__job_dir_open(const td_daemon *d, const td_job *j, const char *dir
     snprintf(err, errlen, "cannot open the job directory %s: %s", dir, strerror(errno));
     return TD_EIO;
   }
-  if (as_root && (fchmod(fd, 0700) < 0 || fchown(fd, (uid_t)j->uid, (gid_t)j->gid) < 0)) {
+  if (as_root && (rc = td__job_dir_share(fd, j)) < 0) {
     snprintf(err, errlen, "cannot give the job directory %s to uid %u: %s", dir, j->uid,
-             strerror(errno));
+             strerror(-rc));
     close(fd);
     return TD_EIO;
   }
@@ -463,7 +519,7 @@ static int td__job_dir_open(const td_daemon *d, const td_job *j, const char *dir
  * hard link to someone else's file) is used.  A file traind creates there
  * as root goes to the user.  A descriptor, or TD_EIO with err set. */
 static int td__job_file_open(int dir_fd, const char *dir, const char *name, int append,
-                             const td_job *j, int as_root, char *err, size_t errlen) {
+                             const td_job *j, int give, char *err, size_t errlen) {
   int flags = (append ? O_RDWR | O_APPEND : O_WRONLY) | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
               O_CLOEXEC;
   int fd = openat(dir_fd, name, flags | O_CREAT | O_EXCL, 0640), created = fd >= 0;
@@ -481,7 +537,7 @@ static int td__job_file_open(int dir_fd, const char *dir, const char *name, int 
              "write to it; remove it", dir, name);
     goto close_fd;
   }
-  if (as_root && created && fchown(fd, (uid_t)j->uid, (gid_t)j->gid) < 0) {
+  if (give && created && fchown(fd, (uid_t)j->uid, (gid_t)j->gid) < 0) {
     snprintf(err, errlen, "cannot give %s/%s to uid %u: %s", dir, name, j->uid, strerror(errno));
     goto close_fd;
   }
@@ -678,7 +734,7 @@ static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   char dir[TD_PATH_MAX], worker[TD_PATH_MAX + 32], *yaml, output[TD_PATH_MAX], budget[32],
       micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32], overhead[32],
-      as_user[sizeof(((td_run *)0)->as_user)], why[256] = "";
+      as_user[sizeof(((td_run *)0)->as_user)];
   uv_stdio_container_t io[4];
   td_run *r;
   int fd, dir_fd, rc, resume, as_root = geteuid() == 0;
@@ -725,8 +781,10 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   r->job = j;
   r->dir_fd = dir_fd;
   td_strlcpy(r->as_user, as_user, sizeof(r->as_user));
-  /* traind keeps the log open: it is the processes' stdout and stderr. */
-  r->log_fd = td__job_file_open(dir_fd, dir, "log", 1, j, as_root, err, errlen);
+  /* traind keeps the log open: it is the processes' stdout and stderr.  It
+   * stays traind's (the user reads it with `logs`), so that in the sticky
+   * directory the user can neither remove nor replace it. */
+  r->log_fd = td__job_file_open(dir_fd, dir, "log", 1, j, 0, err, errlen);
   if (r->log_fd < 0) {
     rc = TD_EIO;
     goto free_run;
@@ -742,13 +800,10 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   /* As root the ring is the job's user's, whose processes open it. */
   rc = td_ring_create_owned(r->ring_name, d->cfg.ring_slots, slot,
                             as_root ? (uid_t)j->uid : (uid_t)-1,
-                            as_root ? (gid_t)j->gid : (gid_t)-1);
-  if (rc == 0 && (rc = td_ring_open_owned(r->ring_name, as_root ? (uid_t)j->uid : geteuid(),
-                                          &r->ring, why, sizeof(why))) < 0)
-    td_ring_unlink(r->ring_name);
+                            as_root ? (gid_t)j->gid : (gid_t)-1, &r->ring);
   if (rc < 0) {
     snprintf(err, errlen, "cannot create the shared-memory ring %s (%zu-byte slots): %s",
-             r->ring_name, slot, why[0] ? why : td_strerror(rc));
+             r->ring_name, slot, td_strerror(rc));
     goto close_log;
   }
 

@@ -128,6 +128,20 @@ static int simple_as(const char *user, const char *op, uint64_t id, char *err, s
   return code;
 }
 
+/* access(2) as user: 0 or -1. */
+static int access_as(const char *user, const char *path, int mode) {
+  int status;
+  pid_t pid;
+
+  th_as_user(user);
+  pid = fork();
+  if (pid == 0)
+    _exit(th_become_user() == 0 && access(path, mode) == 0 ? 0 : 1);
+  th_as_user(NULL);
+  ck_assert(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status));
+  return WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
 /* A job file in user i's directory; images may replace the training images. */
 static void job_file(int i, const char *name, const char *images, const char *output,
                      char *path, size_t cap) {
@@ -444,13 +458,16 @@ START_TEST(jobs_run_as_their_submitter) {
   ck_assert(pw != NULL);
   ck_assert_msg(stat(model, &st) == 0, "no model at %s", model);
   ck_assert_uint_eq(st.st_uid, pw->pw_uid);
-  /* its directory under the state directory is alice's and private (a
-   * fresh traind: the first job) */
+  /* its directory under the state directory is alice's to write in and
+   * nobody else's to enter (a fresh traind: the first job); traind's log
+   * in it stays traind's */
   id = 1;
   snprintf(path, sizeof(path), "%s/jobs/%llu", g_d.state, (unsigned long long)id);
+  ck_assert_int_eq(access_as(ALICE, path, W_OK | X_OK), 0);
+  ck_assert_int_eq(access_as(BOB, path, X_OK), -1);
+  snprintf(path, sizeof(path), "%s/jobs/%llu/log", g_d.state, (unsigned long long)id);
   ck_assert(stat(path, &st) == 0);
-  ck_assert_uint_eq(st.st_uid, pw->pw_uid);
-  ck_assert_uint_eq(st.st_mode & 0777, 0700);
+  ck_assert_uint_eq(st.st_uid, 0);
   (void)state;
   teardown();
 }

@@ -132,7 +132,7 @@ START_TEST(test_owner_checked) {
 
   if (geteuid() != 0)
     return; /* giving a ring to another user needs root */
-  ck_assert_int_eq(td_ring_create_owned(ring_name, 4, 64, 65534, 65534), 0);
+  ck_assert_int_eq(td_ring_create_owned(ring_name, 4, 64, 65534, 65534, NULL), 0);
   ck_assert_int_eq(stat(path, &st), 0);
   ck_assert_uint_eq(st.st_uid, 65534);
   ck_assert_uint_eq(st.st_gid, 65534);

@@ -41,7 +41,7 @@ fi
 
 if [ ! -f "$build/build.ninja" ]; then
   # shellcheck disable=SC2086
-  meson setup "$build" "$root" --prefix=/usr/local --sysconfdir=/etc ${TD_MESON_ARGS:-}
+  meson setup "$build" "$root" --prefix=/usr --sysconfdir=/etc ${TD_MESON_ARGS:-}
 elif [ -n "${TD_MESON_ARGS:-}" ]; then
   # shellcheck disable=SC2086
   meson configure "$build" ${TD_MESON_ARGS}

@@ -9,7 +9,9 @@
  * samples' file is stored: 0 and 3 as given (which may itself be gzip),
  * 1 gzip, 2 gzip in two members; bits 2-3 the same for the labels; bit 4
  * reads as the loader streams (a scan with access points first, then
- * ranges, compared with the whole load); bits 5-7 are the target's.
+ * ranges, compared with the whole load), and reads a gzip samples' file
+ * from access points far closer together than the loader's; bits 5-7 are
+ * the target's.
  *
  * Files are memfds, made once per process and rewritten for each input,
  * named by /proc/self/fd/N as a job file names its data. */
@@ -25,6 +27,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "datafile.h"
 #include "dataset.h"
 #include "error.h"
 #include "hostile.h"
@@ -36,6 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define FD_HEAD 5                           /* mode, elements, classes, limit */
 #define FD_BUDGET ((uint64_t)64 << 20)      /* decoded bytes a run may hold */
 #define FD_INDEX_BYTES ((uint64_t)64 << 20) /* for the scan: the loader's budget / 16 */
+#define FD_BLOCK 1000                       /* bytes per deflate block we write */
+#define FD_SPACING 256                      /* access points, where the loader has 1 MiB */
 
 /* What a target says about its format. */
 typedef struct fd_format {
@@ -98,11 +103,18 @@ static size_t fd_gzip(const uint8_t *in, size_t n, uint8_t *out, size_t cap) {
   if (deflateInit2(&zs, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) != Z_OK)
     abort();
   zs.next_in = (Bytef *)(uintptr_t)in;
-  zs.avail_in = (uInt)n;
   zs.next_out = out;
   zs.avail_out = (uInt)cap;
-  if (deflate(&zs, Z_FINISH) != Z_STREAM_END)
-    abort();
+  /* A deflate block per FD_BLOCK bytes: access points go at block ends. */
+  for (size_t done = 0;; done += FD_BLOCK) {
+    size_t k = n - done < FD_BLOCK ? n - done : FD_BLOCK;
+    int last = done + k == n;
+    zs.avail_in = (uInt)k;
+    if (deflate(&zs, last ? Z_FINISH : Z_BLOCK) != (last ? Z_STREAM_END : Z_OK))
+      abort();
+    if (last)
+      break;
+  }
   got = cap - zs.avail_out;
   deflateEnd(&zs);
   return got;
@@ -228,6 +240,54 @@ close_split:
   td_split_close(s);
 }
 
+/* Random access into a gzip file: with access points every FD_SPACING
+ * bytes (at most 8, so they thin out), a cursor from anywhere reads what a
+ * cursor from the start reads. */
+static void fd_access_points(const char *path) {
+  static const uint64_t at[] = {1, 255, 256, 1000, 1001, 3000, 9999};
+  uint8_t *whole = NULL, part[512];
+  char err[512] = "";
+  td_dfile *f;
+  td_dcur *c;
+  uint64_t size;
+  int rc;
+
+  if (td_dfile_open(path, &f, err, sizeof(err)) < 0)
+    abort();
+  if (!td_dfile_is_gzip(f))
+    goto close_file;
+  if ((rc = td_dfile_scan(f, FD_SPACING, 8, NULL, NULL, err, sizeof(err))) < 0) {
+    fd_check_refusal("td_dfile_scan", rc, err);
+    goto close_file;
+  }
+  size = td_dfile_size(f);
+  if (fd_verbose())
+    fprintf(stderr, "datafuzz: %llu bytes of gzip data, %llu bytes of access points\n",
+            (unsigned long long)size, (unsigned long long)td_dfile_index_bytes(f));
+  if (size > FD_BUDGET || (whole = malloc(size + 1)) == NULL)
+    goto close_file;
+  if ((rc = td_dcur_open(f, 0, &c, err, sizeof(err))) < 0 ||
+      (rc = td_dcur_read_full(c, whole, (size_t)size, "the data")) < 0)
+    fd_fail("reading a gzip file from its start after a good scan", rc, err);
+  td_dcur_close(c);
+  for (size_t i = 0; i < sizeof(at) / sizeof(at[0]) + 1; i++) {
+    uint64_t off = i < sizeof(at) / sizeof(at[0]) ? at[i] : size - 1;
+    size_t n = size - off < sizeof(part) ? (size_t)(size - off) : sizeof(part);
+    if (off >= size)
+      continue;
+    if ((rc = td_dcur_open(f, off, &c, err, sizeof(err))) < 0 ||
+        (rc = td_dcur_read_full(c, part, n, "the data")) < 0)
+      fd_fail("reading a gzip file from an offset after a good scan", rc, err);
+    if (memcmp(part, whole + off, n) != 0)
+      fd_fail("a read from an access point differs", 0, "");
+    td_dcur_close(c);
+  }
+
+close_file:
+  free(whole);
+  td_dfile_close(f);
+}
+
 static int fd_run(const fd_format *fmt, const uint8_t *data, size_t size) {
   static fd_file images, labels;
   char keys[512], job[4096], err[512] = "";
@@ -291,6 +351,8 @@ static int fd_run(const fd_format *fmt, const uint8_t *data, size_t size) {
   }
   /* The loader: decode it all. */
   fd_load(&spec, &images, (mode >> 4) & 1);
+  if ((mode >> 4) & 1)
+    fd_access_points(images.path);
   if (fmt->extra != NULL)
     fmt->extra(images.path, labels.path, limit);
   return 0;

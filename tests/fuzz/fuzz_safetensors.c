@@ -14,6 +14,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* The format's element sizes, written out here rather than taken from the
+ * reader, so that the check does not share the reader's mistakes. */
 static const struct {
   const char *name;
   uint64_t size;

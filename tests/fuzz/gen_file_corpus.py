@@ -83,6 +83,11 @@ write("csv", "header-f32-gzip-stream",
 u8rows = b"0,1,2,255\n1,4,5,6\n2,0,0,0"
 write("csv", "u8-label-first", head(CSV_U8, 3, 3) + struct.pack("<H", 0) + u8rows)
 write("csv", "u8-label-first-gzip2", head(CSV_U8 | GZ2, 3, 3) + struct.pack("<H", 0) + u8rows)
+# Enough lines for several deflate blocks, so the scan makes access points.
+many = b"".join(b"%d,%d,%d,%d\n" % (i % 3, i % 200, (i + 1) % 200, (i + 2) % 200)
+                for i in range(300))
+write("csv", "u8-300-lines-gzip2-stream",
+      head(CSV_U8 | GZ2 | STREAM, 3, 3) + struct.pack("<H", 0) + many)
 
 
 # raw: mode bits 5-6 dtype, bit 7 int32 labels; label offset, sample offset

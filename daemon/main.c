@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -361,6 +362,17 @@ int main(int argc, char **argv) {
     return 0;
   }
   td_log_init("traind", d->cfg.log_level);
+  {
+    /* Every client and subscriber holds a descriptor: take what the hard
+     * limit allows (the unit's LimitNOFILE=), not the soft 1024 that about
+     * 1,000 status subscribers would exhaust. */
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
+  }
   if ((rc = td_auth_open(&d->cfg, &d->auth, err, sizeof(err))) < 0) {
     td_error("%s", err);
     return rc == TD_ECONFIG ? TD_EXIT_CONFIG : 1;

@@ -11,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <nanomsg/pubsub.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -519,6 +522,62 @@ START_TEST(a_flood_is_limited_per_user) {
 }
 END_TEST
 
+/* A crowd of status subscribers must not take traind's descriptors: 1500
+ * of them, from three processes (nanomsg allows 512 sockets in one). */
+START_TEST(many_subscribers_leave_traind_answering) {
+  enum { PROCS = 3, PER_PROC = 500 };
+  pid_t kids[PROCS];
+  struct rlimit rl;
+  char err[512], addr[256];
+  int ready[2];
+
+  /* traind starts with the usual soft limit, as outside systemd */
+  ck_assert(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+  ck_assert_msg(rl.rlim_max > PROCS * PER_PROC + 200, "the hard limit %llu is too low here",
+                (unsigned long long)rl.rlim_max);
+  rl.rlim_cur = 1024;
+  ck_assert(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+  start(NULL);
+  rl.rlim_cur = rl.rlim_max;
+  ck_assert(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+  snprintf(addr, sizeof(addr), "ipc://%s/status.sock", g_d.dir);
+  ck_assert(pipe(ready) == 0);
+  for (int k = 0; k < PROCS; k++) {
+    kids[k] = fork();
+    ck_assert(kids[k] >= 0);
+    if (kids[k] == 0) {
+      int n = 0;
+
+      for (; n < PER_PROC; n++) {
+        int sub = nn_socket(AF_SP, NN_SUB);
+        if (sub < 0 || nn_setsockopt(sub, NN_SUB, NN_SUB_SUBSCRIBE, "", 0) < 0 ||
+            nn_connect(sub, addr) < 0)
+          break;
+      }
+      if (write(ready[1], &n, sizeof(n)) != sizeof(n))
+        _exit(1);
+      pause();
+      _exit(0);
+    }
+  }
+  for (int k = 0; k < PROCS; k++) {
+    int n = 0;
+    ck_assert(read(ready[0], &n, sizeof(n)) == sizeof(n));
+    ck_assert_int_eq(n, PER_PROC);
+  }
+  th_msleep(2000); /* nanomsg connects in the background */
+  for (int i = 0; i < 10; i++)
+    ck_assert_int_eq(simple_as(ALICE, "info", 0, err, sizeof(err)), 0);
+  for (int k = 0; k < PROCS; k++) {
+    kill(kids[k], SIGKILL);
+    waitpid(kids[k], NULL, 0);
+  }
+  close(ready[0]);
+  close(ready[1]);
+  teardown();
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("security");
   TCase *tc = tcase_create("attacks");
@@ -533,6 +592,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, jobs_run_as_their_submitter);
   tcase_add_test(tc, a_fifo_is_refused_and_traind_keeps_answering);
   tcase_add_test(tc, a_flood_is_limited_per_user);
+  tcase_add_test(tc, many_subscribers_leave_traind_answering);
   suite_add_tcase(s, tc);
   return s;
 }

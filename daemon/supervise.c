@@ -92,6 +92,14 @@ static void td__maybe_close_timer(td_run *r) {
     td__close(r, (uv_handle_t *)&r->kill_timer);
 }
 
+/* A counter from an event line.  The worker runs as the job's user, so its
+ * lines are outside input: a value past 32 bits is clamped, never cast. */
+static uint32_t td__kv_u32(const char *line, const char *key, uint32_t dflt) {
+  uint64_t v = td_kv_u64(line, key, dflt);
+
+  return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
 /* The worker runs at a new plan: its reservation follows (a budget
  * lowered by traind is given back here, once the worker has let go). */
 static void td__on_replan(td_run *r, const char *line) {
@@ -179,14 +187,14 @@ static void td__on_event(td_run *r, const char *line) {
     double elapsed, eta = -1;
     uint64_t done, total;
 
-    j->epoch = (uint32_t)td_kv_f64(line, "epoch", j->epoch);
-    j->epochs = (uint32_t)td_kv_f64(line, "epochs", j->epochs);
-    j->step = (uint32_t)td_kv_f64(line, "step", j->step);
-    j->steps = (uint32_t)td_kv_f64(line, "steps", j->steps);
+    j->epoch = td__kv_u32(line, "epoch", j->epoch);
+    j->epochs = td__kv_u32(line, "epochs", j->epochs);
+    j->step = td__kv_u32(line, "step", j->step);
+    j->steps = td__kv_u32(line, "steps", j->steps);
     j->loss = td_kv_f64(line, "loss", j->loss);
     j->samples_per_sec = td_kv_f64(line, "samples_per_sec", j->samples_per_sec);
     j->data_wait = td_kv_f64(line, "data_wait", j->data_wait);
-    j->mem = (uint64_t)td_kv_f64(line, "mem", (double)j->mem);
+    j->mem = td_kv_u64(line, "mem", j->mem);
     done = (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps + j->step;
     total = (uint64_t)j->epochs * j->steps;
     elapsed = td_now_mono() - j->started_mono;
@@ -195,7 +203,7 @@ static void td__on_event(td_run *r, const char *line) {
     td_publish_progress(d, j, eta);
   } else if (strcmp(word, "eval") == 0) {
     j->accuracy = td_kv_f64(line, "accuracy", j->accuracy);
-    td_publish_eval(d, j, (uint32_t)td_kv_f64(line, "epoch", 0), j->accuracy,
+    td_publish_eval(d, j, td__kv_u32(line, "epoch", 0), j->accuracy,
                     td_kv_f64(line, "loss", 0));
   } else if (strcmp(word, "val") == 0) {
     j->val_accuracy = td_kv_f64(line, "accuracy", j->val_accuracy);
@@ -216,9 +224,8 @@ static void td__on_event(td_run *r, const char *line) {
 
     td_warn("job %llu: out of memory: %s", (unsigned long long)j->id, line);
     td_kv_get(line, "phase", phase, sizeof(phase));
-    td_publish_oom(d, j, phase, (uint64_t)td_kv_f64(line, "requested", 0),
-                   (uint64_t)td_kv_f64(line, "free", 0),
-                   (uint32_t)td_kv_f64(line, "micro_batch", 0));
+    td_publish_oom(d, j, phase, td_kv_u64(line, "requested", 0), td_kv_u64(line, "free", 0),
+                   td__kv_u32(line, "micro_batch", 0));
   } else if (strcmp(word, "replan") == 0) {
     td__on_replan(r, line);
   } else if (strcmp(word, "checkpoint") == 0) {

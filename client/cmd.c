@@ -386,6 +386,7 @@ static const struct show_row {
   {"name", "name", SHOW_STR},
   {"owner", "owner", SHOW_STR},
   {"state", "state", SHOW_STR},
+  {"waiting", "wait_reason", SHOW_STR},
   {"device", "device", SHOW_STR},
   {"priority", "priority", SHOW_I64},
   {"submitted", "submitted_ms", SHOW_TIME},

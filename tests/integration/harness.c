@@ -298,7 +298,8 @@ int th_daemon_wait_ready(th_daemon *d, int timeout_ms) {
       d->pid = -1;
       return TD_EIO;
     }
-    if (stat(d->sockpath, &st) == 0) {
+    /* a tcp:// socket has no file to wait for */
+    if (d->sockpath[0] == '\0' || stat(d->sockpath, &st) == 0) {
       int s = th_connect(d->sock, 200), code = -1;
       rc = s < 0 ? TD_ECONN : th_rpc_simple(s, "info", NULL, 0, NULL, &code, NULL, 0);
       if (s >= 0)

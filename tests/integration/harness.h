@@ -22,7 +22,7 @@ typedef struct th_daemon {
   char log[192];       /* dir/traind.log: traind's stderr, appended across starts */
   char state[192];     /* dir/state */
   char db[208];        /* dir/state/jobs.db */
-  char sockpath[192];  /* dir/traind.sock */
+  char sockpath[192];  /* dir/traind.sock; "" when sock is a tcp:// address */
   char sock[200];      /* ipc://dir/traind.sock */
   char munge_sock[192];/* dir/munge/sock: a private munged's, when root runs the tests */
   pid_t pid;           /* > 0 while started */

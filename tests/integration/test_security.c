@@ -64,8 +64,9 @@ static void make_users(void) {
                   "useradd %s failed", g_users[i]);
 }
 
-/* traind as root (it then serves several users), with extra config. */
-static void start(const char *extra) {
+/* traind as root (it then serves several users), with extra config; on
+ * a tcp:// loopback address instead of its ipc socket if tcp_port. */
+static void start_on(const char *extra, int tcp_port) {
   char cfg[1024];
   int rc;
 
@@ -73,6 +74,11 @@ static void start(const char *extra) {
   snprintf(cfg, sizeof(cfg), "socket_group: %s\nadmin_group: %s\n%s", GROUP, ADMINS,
            extra ? extra : "");
   ck_assert(th_daemon_init(&g_d, "1GiB", cfg, 0) == 0);
+  if (tcp_port > 0) {
+    snprintf(g_d.sock, sizeof(g_d.sock), "tcp://127.0.0.1:%d", tcp_port);
+    g_d.sockpath[0] = '\0';
+    ck_assert(th_daemon_config(&g_d, "1GiB", cfg, 0) == 0);
+  }
   ck_assert_msg(g_d.munge_sock[0] != '\0', "the tests run as root, so traind wants MUNGE");
   for (size_t i = 0; i < TD_ARRAY_SIZE(g_users); i++) {
     snprintf(g_home[i], sizeof(g_home[i]), "%s/home-%zu", g_d.dir, i);
@@ -81,6 +87,10 @@ static void start(const char *extra) {
   }
   rc = th_daemon_start(&g_d, 30000);
   ck_assert_msg(rc == 0, "traind did not start: %s\n%s", td_strerror(rc), th_log_tail(&g_d));
+}
+
+static void start(const char *extra) {
+  start_on(extra, 0);
 }
 
 static void teardown(void) {
@@ -522,6 +532,37 @@ START_TEST(a_flood_is_limited_per_user) {
 }
 END_TEST
 
+/* tcp:// is allowed because every request is authenticated: the same
+ * rules over loopback. */
+START_TEST(tcp_over_loopback_is_authenticated) {
+  char out[8192], err[4096], sid[24];
+  td_msg *m = NULL;
+  td_pack p;
+  uint64_t id;
+  int s, code = -1;
+
+  start_on(NULL, 20000 + (int)(getpid() % 20000));
+  id = submit_ok(0, "overtcp");
+  snprintf(sid, sizeof(sid), "%llu", (unsigned long long)id);
+  ck_assert_int_eq(client_as(ALICE, out, sizeof(out), err, sizeof(err), "show", sid, NULL), 0);
+  ck_assert_int_eq(client_as(BOB, out, sizeof(out), err, sizeof(err), "show", sid, NULL), 3);
+  ck_assert_msg(strstr(err, "belongs to " ALICE), "%s", err);
+  /* no credential: refused */
+  s = th_connect(g_d.sock, 10000);
+  ck_assert(s >= 0);
+  th_set_munge_socket(NULL);
+  td_pack_init(&p);
+  td_pack_request(&p, "list", 0);
+  ck_assert(th_rpc_pack(s, &p, &m, &code, err, sizeof(err)) == 0);
+  ck_assert_int_eq(code, TD_EAUTH);
+  td_pack_free(&p);
+  td_msg_free(m);
+  th_set_munge_socket(g_d.munge_sock);
+  nn_close(s);
+  teardown();
+}
+END_TEST
+
 /* A crowd of status subscribers must not take traind's descriptors: 1500
  * of them, from three processes (nanomsg allows 512 sockets in one). */
 START_TEST(many_subscribers_leave_traind_answering) {
@@ -593,6 +634,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, a_fifo_is_refused_and_traind_keeps_answering);
   tcase_add_test(tc, a_flood_is_limited_per_user);
   tcase_add_test(tc, many_subscribers_leave_traind_answering);
+  tcase_add_test(tc, tcp_over_loopback_is_authenticated);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -760,33 +760,40 @@ END_TEST
 
 /* A format's own key in the wrong place names the format it belongs to. */
 START_TEST(format_key_hints) {
-  expect_exact(job_with("data:\n", "data:\n  label_column: 0\n"),
-               "line 6: unknown key 'data.label_column': it belongs to format csv (as "
-               "data.csv.label_column); this job's data.format is idx");
-  expect_exact(job_with("labels: tr-l}", "labels: tr-l, record_bytes: 9}"),
-               "line 6: unknown key 'data.train.record_bytes': it belongs to format raw (as "
-               "data.raw.record_bytes); this job's data.format is idx");
-  expect_exact(job_with("data:\n", "data:\n  format: npy\n  dtype: uint8\n"),
-               "line 7: unknown key 'data.dtype': it belongs to formats csv and raw (as "
-               "data.csv.dtype, data.raw.dtype); this job's data.format is npy");
+  static const struct {
+    const char *from, *to, *msg;
+  } cases[] = {
+      {"data:\n", "data:\n  label_column: 0\n",
+       "line 6: unknown key 'data.label_column': it belongs to format csv (as "
+       "data.csv.label_column); this job's data.format is idx"},
+      {"labels: tr-l}", "labels: tr-l, record_bytes: 9}",
+       "line 6: unknown key 'data.train.record_bytes': it belongs to format raw (as "
+       "data.raw.record_bytes); this job's data.format is idx"},
+      {"data:\n", "data:\n  format: npy\n  dtype: uint8\n",
+       "line 7: unknown key 'data.dtype': it belongs to formats csv and raw (as "
+       "data.csv.dtype, data.raw.dtype); this job's data.format is npy"},
+      {"data:\n", "data:\n  format: csv\n  csv: {record_shape: [4]}\n",
+       "line 7: unknown key 'data.csv.record_shape': it belongs to format raw (as "
+       "data.raw.record_shape); this job's data.format is csv"},
+      {"data:\n", "data:\n  validation: {label_offset: 1}\n",
+       "line 6: unknown key 'data.validation.label_offset': it belongs to format raw (as "
+       "data.raw.label_offset); this job's data.format is idx"},
+      /* a format that is not one says nothing of it */
+      {"data:\n", "data:\n  header_bytes: 0\n  format: parquet\n",
+       "line 6: unknown key 'data.header_bytes': it belongs to format raw (as "
+       "data.raw.header_bytes)"},
+      /* typos still get "did you mean", other keys nothing */
+      {"labels: tr-l}", "lables: tr-l}",
+       "line 6: unknown key 'data.train.lables' (did you mean 'labels'?)"},
+      {"data:\n", "data:\n  delimiter: ';'\n", "line 6: unknown key 'data.delimiter'"},
+  };
+
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+    expect_exact(job_with(cases[i].from, cases[i].to), cases[i].msg);
+  /* where the format has the key: the section to write it under */
   expect_exact(csv_job("features: t.csv, header: true", "features: t.csv"),
                "line 7: unknown key 'data.train.header': it belongs under data.csv, as "
                "data.csv.header");
-  expect_exact(job_with("data:\n", "data:\n  format: csv\n  csv: {record_shape: [4]}\n"),
-               "line 7: unknown key 'data.csv.record_shape': it belongs to format raw (as "
-               "data.raw.record_shape); this job's data.format is csv");
-  expect_exact(job_with("data:\n", "data:\n  validation: {label_offset: 1}\n"),
-               "line 6: unknown key 'data.validation.label_offset': it belongs to format raw (as "
-               "data.raw.label_offset); this job's data.format is idx");
-  /* a format that is not one says nothing of it */
-  expect_exact(job_with("data:\n", "data:\n  header_bytes: 0\n  format: parquet\n"),
-               "line 6: unknown key 'data.header_bytes': it belongs to format raw (as "
-               "data.raw.header_bytes)");
-  /* typos still get "did you mean" */
-  expect_exact(job_with("labels: tr-l}", "lables: tr-l}"),
-               "line 6: unknown key 'data.train.lables' (did you mean 'labels'?)");
-  expect_exact(job_with("data:\n", "data:\n  delimiter: ';'\n"),
-               "line 6: unknown key 'data.delimiter'");
 }
 END_TEST
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "config.h"
 #include "error.h"
@@ -12,6 +13,12 @@
 #include "yamlread.h"
 
 #define INPUT_ELEMS_MAX (1u << 24)
+
+/* What the table's hooks see as their user pointer. */
+typedef struct parse_ctx {
+  const char *base_dir; /* relative paths are joined to it; NULL leaves them */
+  const td_ynode *root;
+} parse_ctx;
 
 static const char *const layer_names[TD_LAYER__COUNT + 1] = {
     [TD_LAYER_DENSE] = "dense",           [TD_LAYER_RELU] = "relu",
@@ -103,13 +110,20 @@ static int check_device(const td_yfield *f, void *p, const td_ynode *n, void *us
   return 1;
 }
 
-/* user is the base directory (or NULL): relative paths become absolute. */
+/* Relative paths become absolute against the base directory.  '~' is
+ * refused rather than expanded: traind parses the same text as root and
+ * must not read a home directory, and client and daemon must agree. */
 static int resolve_path(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
                         size_t cap) {
-  const char *base = user;
+  const char *base = ((const parse_ctx *)user)->base_dir;
   char *s = p, joined[TD_PATH_MAX];
   int len;
 
+  if (s[0] == '~') {
+    snprintf(msg, cap, "write the path in full (e.g. /home/alice/data.csv) or relative to the "
+             "job file; '~' is not expanded");
+    return 1;
+  }
   if (base == NULL || s[0] == '\0' || s[0] == '/')
     return 0;
   len = snprintf(joined, sizeof(joined), "%s%s%s", base,
@@ -149,9 +163,18 @@ static int check_layer(const td_yfield *f, void *p, const td_ynode *n, void *use
   return 0;
 }
 
+/* lr when the file gives none: PyTorch's for Adam and AdamW; PyTorch's SGD
+ * has none, so Keras's. */
+static const float opt_default_lr[] = {
+    [TD_OPT_SGD] = 0.01f, [TD_OPT_ADAM] = 1e-3f, [TD_OPT_ADAMW] = 1e-3f};
+
+/* n is the optimizer's map, or its type alone ("optimizer: adam"). */
 static int check_optimizer(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
                            size_t cap) {
-  const td_optimizer *o = p;
+  td_optimizer *o = p;
+
+  if (td_yaml_get(n, "lr") == NULL)
+    o->lr = opt_default_lr[o->kind];
 
   for (size_t i = 0; i < TD_ARRAY_SIZE(opt_only); i++) {
     float v;
@@ -196,8 +219,27 @@ static int check_schedule(const td_yfield *f, void *p, const td_ynode *n, void *
   return 0;
 }
 
+/* Layers people add from habit that the model must not have. */
+static int layer_type_hint(const td_yfield *f, const char *text, void *user, char *msg,
+                           size_t cap) {
+  if (strcasecmp(text, "softmax") == 0 || strcasecmp(text, "log_softmax") == 0 ||
+      strcasecmp(text, "logsoftmax") == 0) {
+    snprintf(msg, cap, "there is no %s layer: the loss (softmax cross-entropy) already applies "
+             "softmax to the last dense layer's scores; remove this layer", text);
+    return 1;
+  }
+  if (strcasecmp(text, "sigmoid") == 0) {
+    snprintf(msg, cap, "there is no sigmoid layer: the loss (softmax cross-entropy) turns the "
+             "last dense layer's scores into probabilities (for two classes, end with a dense "
+             "layer of 2 units); between layers, use relu or gelu");
+    return 1;
+  }
+  return 0;
+}
+
 static const td_yfield layer_fields[] = {
-    TD_YF_ENUM("type", td_layer, type, layer_names, NULL, TD_YF_REQUIRED),
+    {.key = "type", .type = TD_YT_ENUM, .flags = TD_YF_REQUIRED, TD_YF_OFF(td_layer, type),
+     .names = layer_names, .hint = layer_type_hint},
     TD_YF_INT("units", td_layer, units, 1, 65536, 0),
     TD_YF_INT("filters", td_layer, filters, 1, 65536, 0),
     TD_YF_INT("kernel", td_layer, kernel, 1, 4096, 0),
@@ -224,12 +266,24 @@ static const td_yfield model_fields[] = {
     {0},
 };
 
+/* features and images are one key with two names (a table's columns, an
+ * image file); check_data says which is missing. */
 static const td_yfield split_fields[] = {
-    TD_YF_STR("images", td_data_split, images, TD_YF_REQUIRED | TD_YF_NONEMPTY, resolve_path),
+    TD_YF_STR("features", td_data_split, images, TD_YF_NONEMPTY, resolve_path),
+    TD_YF_STR("images", td_data_split, images, TD_YF_NONEMPTY, resolve_path),
     TD_YF_STR("labels", td_data_split, labels, TD_YF_NONEMPTY, resolve_path),
     TD_YF_INT("limit", td_data_split, limit, 0, UINT32_MAX, 0),
     {0},
 };
+
+static int check_split(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
+                       size_t cap) {
+  if (td_yaml_get(n, "features") != NULL && td_yaml_get(n, "images") != NULL) {
+    snprintf(msg, cap, "'features' and 'images' are two names of one key; give one of them");
+    return 1;
+  }
+  return 0;
+}
 
 static const td_yfield normalize_fields[] = {
     TD_YF_FLOAT("mean", td_jobspec, norm_mean, -1e6, 1e6, 0),
@@ -262,21 +316,78 @@ static const td_yfield validation_fields[] = {
     {0},
 };
 
+/* The keys of one format's own section. */
+static const struct {
+  td_data_format format;
+  const td_yfield *fields;
+} format_keys[] = {{TD_DATA_CSV, csv_fields}, {TD_DATA_RAW, raw_fields}};
+
+/* The job's data.format as the file says it, before it is bound (keys are
+ * bound in file order); -1 when it names no format. */
+static int format_of(const td_ynode *root) {
+  const td_ynode *n = td_yaml_get(td_yaml_get(root, "data"), "format");
+
+  if (n == NULL)
+    return TD_DATA_IDX;
+  for (int i = 0; n->kind == TD_YAML_SCALAR && format_names[i] != NULL; i++)
+    if (strcmp(n->text, format_names[i]) == 0)
+      return i;
+  return -1;
+}
+
+/* An unknown key under data that is a format's own key: say where it goes. */
+static int data_key_hint(const td_yfield *f, const char *key, void *user, char *msg,
+                         size_t cap) {
+  int fmt = format_of(((const parse_ctx *)user)->root), owners = 0;
+  char names[64] = "", where[256] = "", ex[64];
+  size_t nused = 0, wused = 0;
+
+  td_yaml_excerpt(ex, sizeof(ex), key);
+  for (size_t i = 0; i < TD_ARRAY_SIZE(format_keys); i++) {
+    const char *name = format_names[format_keys[i].format];
+    int w;
+
+    if (td_yaml_field(format_keys[i].fields, key) == NULL)
+      continue;
+    if ((int)format_keys[i].format == fmt) {
+      snprintf(msg, cap, "it belongs under data.%s, as data.%s.%s", name, name, ex);
+      return 1;
+    }
+    w = snprintf(names + nused, sizeof(names) - nused, "%s%s", owners ? " and " : "", name);
+    nused += w > 0 && (size_t)w < sizeof(names) - nused ? (size_t)w : 0;
+    w = snprintf(where + wused, sizeof(where) - wused, "%sdata.%s.%s", owners ? ", " : "", name,
+                 ex);
+    wused += w > 0 && (size_t)w < sizeof(where) - wused ? (size_t)w : 0;
+    owners++;
+  }
+  if (owners == 0)
+    return 0;
+  snprintf(msg, cap, "it belongs to format%s %s (as %s)%s%s", owners > 1 ? "s" : "", names, where,
+           fmt >= 0 ? "; this job's data.format is " : "", fmt >= 0 ? format_names[fmt] : "");
+  return 1;
+}
+
+/* A map under data: a format's key in the wrong one gets data_key_hint. */
+#define DATA_MAP(k, m, tbl, fl, chk)                                                    \
+  {.key = (k), .type = TD_YT_MAP, .flags = (fl), TD_YF_OFF(td_jobspec, m), .sub = (tbl), \
+   .check = (chk), .hint = data_key_hint}
+#define DATA_SECTION(k, tbl) {.key = (k), .type = TD_YT_MAP, .sub = (tbl), .hint = data_key_hint}
+
 static const td_yfield data_fields[] = {
     TD_YF_ENUM("format", td_jobspec, format, format_names, NULL, 0),
-    TD_YF_MAP("train", td_jobspec, train, split_fields, TD_YF_REQUIRED, NULL),
-    TD_YF_MAP("test", td_jobspec, test, split_fields, TD_YF_REQUIRED, NULL),
-    TD_YF_SECTION("normalize", normalize_fields, 0),
-    TD_YF_MAP("csv", td_jobspec, csv, csv_fields, 0, NULL),
-    TD_YF_MAP("raw", td_jobspec, raw, raw_fields, 0, NULL),
-    TD_YF_SECTION("validation", validation_fields, 0),
+    DATA_MAP("train", train, split_fields, TD_YF_REQUIRED, check_split),
+    DATA_MAP("test", test, split_fields, TD_YF_REQUIRED, check_split),
+    DATA_SECTION("normalize", normalize_fields),
+    DATA_MAP("csv", csv, csv_fields, 0, NULL),
+    DATA_MAP("raw", raw, raw_fields, 0, NULL),
+    DATA_SECTION("validation", validation_fields),
     TD_YF_INT("shuffle_window", td_jobspec, shuffle_window, 0, UINT32_MAX, 0),
     {0},
 };
 
 static const td_yfield optimizer_fields[] = {
     TD_YF_ENUM("type", td_optimizer, kind, opt_names, NULL, TD_YF_REQUIRED),
-    TD_YF_FLOAT("lr", td_optimizer, lr, 0, 10, TD_YF_REQUIRED | TD_YF_LO_OPEN),
+    TD_YF_FLOAT("lr", td_optimizer, lr, 0, 10, TD_YF_LO_OPEN), /* default: check_optimizer */
     TD_YF_FLOAT("beta1", td_optimizer, beta1, 0, 1, TD_YF_HI_OPEN),
     TD_YF_FLOAT("beta2", td_optimizer, beta2, 0, 1, TD_YF_HI_OPEN),
     TD_YF_FLOAT("eps", td_optimizer, eps, 0, 1, TD_YF_LO_OPEN),
@@ -307,7 +418,8 @@ static const td_yfield train_fields[] = {
     TD_YF_INT("batch_size", td_jobspec, batch_size, 1, 65536, TD_YF_REQUIRED),
     TD_YF_INT("epochs", td_jobspec, epochs, 1, 10000, TD_YF_REQUIRED),
     TD_YF_U64("seed", td_jobspec, seed, 0),
-    TD_YF_MAP("optimizer", td_jobspec, opt, optimizer_fields, TD_YF_REQUIRED, check_optimizer),
+    {.key = "optimizer", .type = TD_YT_MAP, .flags = TD_YF_REQUIRED, TD_YF_OFF(td_jobspec, opt),
+     .sub = optimizer_fields, .check = check_optimizer, .shorthand = "type"},
     TD_YF_FLOAT("clip_grad_norm", td_jobspec, clip_grad_norm, 0, 1e6, 0),
     TD_YF_MAP("schedule", td_jobspec, schedule, schedule_fields, 0, check_schedule),
     TD_YF_SECTION("loss", loss_fields, 0),
@@ -365,7 +477,8 @@ static const td_yfield checkpoint_fields[] = {
 static const td_yfield job_fields[] = {
     TD_YF_STR("name", td_jobspec, name, TD_YF_NONEMPTY, check_name),
     TD_YF_SECTION("model", model_fields, TD_YF_REQUIRED),
-    TD_YF_SECTION("data", data_fields, TD_YF_REQUIRED),
+    {.key = "data", .type = TD_YT_MAP, .flags = TD_YF_REQUIRED, .sub = data_fields,
+     .hint = data_key_hint},
     TD_YF_SECTION("train", train_fields, TD_YF_REQUIRED),
     TD_YF_SECTION("memory", memory_fields, 0),
     TD_YF_SECTION("checkpoint", checkpoint_fields, 0),
@@ -402,6 +515,10 @@ static int node_line(const td_ynode *root, const char *section, const char *key)
 /* The data keys that depend on the format. */
 static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
   static const char *const splits[] = {"train", "test"};
+  /* data.*.features by the name that fits the format: an idx file holds images. */
+  static const char *const samples_key[] = {
+      [TD_DATA_IDX] = "images", [TD_DATA_NPY] = "features", [TD_DATA_CSV] = "features",
+      [TD_DATA_RAW] = "features"};
   const td_ynode *data = td_yaml_get(root, "data");
   int has_labels = s->format == TD_DATA_IDX || s->format == TD_DATA_NPY;
   td_data_raw *r = &s->raw;
@@ -412,6 +529,12 @@ static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t err
     const td_ynode *n = td_yaml_get(data, splits[i]);
     int line = n != NULL ? n->key_line : 0;
 
+    if (sp->images[0] == '\0') {
+      td_yaml_errf(err, errlen, line, "key 'data.%s.%s' is required (the samples' file; '%s' "
+                   "is its other name)", splits[i], samples_key[s->format],
+                   s->format == TD_DATA_IDX ? "features" : "images");
+      return TD_EJOBSPEC;
+    }
     if (has_labels && sp->labels[0] == '\0') {
       td_yaml_errf(err, errlen, line, "key 'data.%s.labels' is required (format %s)", splits[i],
                    format_names[s->format]);
@@ -553,6 +676,7 @@ int td_jobspec_parse(const char *text, size_t len, const char *base_dir, td_jobs
                      char *err, size_t errlen) {
   td_ynode *root = NULL;
   td_jobspec *spec;
+  parse_ctx ctx = {.base_dir = base_dir};
   int rc;
 
   if (err != NULL && errlen > 0)
@@ -560,6 +684,7 @@ int td_jobspec_parse(const char *text, size_t len, const char *base_dir, td_jobs
   rc = td_yaml_parse(text, len, TD_JOBFILE_MAX, &root, err, errlen);
   if (rc < 0)
     return rc == TD_EINVAL ? TD_EJOBSPEC : rc;
+  ctx.root = root;
   spec = malloc(sizeof(*spec));
   if (spec == NULL) {
     rc = TD_ENOMEM;
@@ -571,7 +696,7 @@ int td_jobspec_parse(const char *text, size_t len, const char *base_dir, td_jobs
     goto free_spec;
   }
   jobspec_defaults(spec);
-  rc = td_yaml_bind(root, job_fields, spec, (void *)base_dir, "job file", err, errlen);
+  rc = td_yaml_bind(root, job_fields, spec, &ctx, "job file", err, errlen);
   if (rc < 0) {
     rc = TD_EJOBSPEC;
     goto free_spec;

@@ -93,8 +93,8 @@ static inline size_t td_dtype_size(td_dtype t) {
 }
 
 typedef struct td_data_split {
-  char images[TD_PATH_MAX]; /* the samples (csv, raw: the one file, labels inside); absolute
-                               once parsed with a base dir */
+  char images[TD_PATH_MAX]; /* the samples, data.*.features or .images (csv, raw: the one
+                               file, labels inside); absolute once parsed with a base dir */
   char labels[TD_PATH_MAX]; /* idx, npy: the labels; "" for csv and raw */
   uint32_t limit;           /* use only the first N samples; 0 = all */
 } td_data_split;

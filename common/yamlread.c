@@ -608,7 +608,7 @@ static void store_int(void *p, size_t size, int64_t v) {
   }
 }
 
-static int bind_map(bind_ctx *c, const td_yfield *fields, const td_ynode *n, void *base);
+static int bind_map(bind_ctx *c, const td_yfield *owner, const td_ynode *n, void *base);
 static int bind_value(bind_ctx *c, const td_yfield *f, const td_ynode *n, void *base);
 
 static int bind_str(bind_ctx *c, const td_yfield *f, const td_ynode *n, char *p) {
@@ -677,7 +677,7 @@ static int bind_float(bind_ctx *c, const td_yfield *f, const td_ynode *n, void *
 }
 
 static int bind_enum(bind_ctx *c, const td_yfield *f, const td_ynode *n, void *p) {
-  char list[256] = "", buf[96];
+  char list[256] = "", buf[96], hint[400];
   size_t used = 0;
 
   if (n->kind == TD_YAML_SCALAR) {
@@ -687,6 +687,8 @@ static int bind_enum(bind_ctx *c, const td_yfield *f, const td_ynode *n, void *p
         return 0;
       }
     }
+    if (f->hint != NULL && f->hint(f, n->text, c->user, hint, sizeof(hint)) != 0)
+      return key_fail(c, value_line(n), "%s", hint);
   }
   for (size_t i = 0; f->names[i] != NULL && used < sizeof(list); i++) {
     int k = snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "", f->names[i]);
@@ -760,7 +762,7 @@ static int bind_value(bind_ctx *c, const td_yfield *f, const td_ynode *n, void *
   case TD_YT_FLOAT: rc = bind_float(c, f, n, p); break;
   case TD_YT_ENUM:  rc = bind_enum(c, f, n, p); break;
   case TD_YT_SIZE:  rc = bind_size(c, f, n, p); break;
-  case TD_YT_MAP:   rc = bind_map(c, f->sub, n, p); break;
+  case TD_YT_MAP:   rc = bind_map(c, f, n, p); break;
   case TD_YT_SEQ:   rc = bind_seq(c, f, n, base); break;
   default:
     return key_fail(c, value_line(n), "internal error: field type %d", (int)f->type);
@@ -794,17 +796,20 @@ static size_t edit_distance(const char *a, const char *b) {
   return row[lb];
 }
 
-static int unknown_key(bind_ctx *c, const td_yfield *fields, const td_ynode *kid) {
+static int unknown_key(bind_ctx *c, const td_yfield *owner, const td_ynode *kid) {
   const char *best = NULL;
   size_t best_d = 3;
   size_t old = push_key(c, kid->key);
+  char hint[400];
 
-  for (const td_yfield *f = fields; f->key != NULL; f++) {
+  for (const td_yfield *f = owner->sub; f->key != NULL; f++) {
     size_t d = edit_distance(kid->key, f->key);
     if (d < best_d)
       best_d = d, best = f->key;
   }
-  if (best != NULL)
+  if (owner->hint != NULL && owner->hint(owner, kid->key, c->user, hint, sizeof(hint)) != 0)
+    td_yaml_errf(c->err, c->errlen, kid->key_line, "unknown key '%s': %s", c->path, hint);
+  else if (best != NULL)
     td_yaml_errf(c->err, c->errlen, kid->key_line, "unknown key '%s' (did you mean '%s'?)",
                  c->path, best);
   else
@@ -813,23 +818,41 @@ static int unknown_key(bind_ctx *c, const td_yfield *fields, const td_ynode *kid
   return TD_EINVAL;
 }
 
-static int bind_map(bind_ctx *c, const td_yfield *fields, const td_ynode *n, void *base) {
+const td_yfield *td_yaml_field(const td_yfield *fields, const char *key) {
+  while (fields->key != NULL && strcmp(fields->key, key) != 0)
+    fields++;
+  return fields->key != NULL ? fields : NULL;
+}
+
+/* owner is the MAP field whose table (owner->sub) n is bound with. */
+static int bind_map(bind_ctx *c, const td_yfield *owner, const td_ynode *n, void *base) {
+  const td_yfield *fields = owner->sub, *alone = NULL;
   size_t nkids = 0;
   int rc;
 
-  if (n->kind == TD_YAML_MAP)
+  if (n->kind == TD_YAML_MAP) {
     nkids = n->len;
-  else if (!td_yaml_is_null(n))
-    return type_fail(c, n, "a map");
+  } else if (owner->shorthand != NULL && n->kind == TD_YAML_SCALAR && !td_yaml_is_null(n)) {
+    alone = td_yaml_field(fields, owner->shorthand);
+    if (alone == NULL)
+      return key_fail(c, value_line(n), "internal error: no key '%s'", owner->shorthand);
+    if ((rc = bind_value(c, alone, n, base)) < 0)
+      return rc;
+  } else if (!td_yaml_is_null(n)) {
+    char what[96];
+
+    if (owner->shorthand == NULL)
+      return type_fail(c, n, "a map");
+    snprintf(what, sizeof(what), "a map, or its '%s' alone", owner->shorthand);
+    return type_fail(c, n, what);
+  }
   for (size_t i = 0; i < nkids; i++) {
     const td_ynode *kid = n->kids[i];
-    const td_yfield *f = fields;
+    const td_yfield *f = td_yaml_field(fields, kid->key);
     size_t old;
 
-    while (f->key != NULL && strcmp(f->key, kid->key) != 0)
-      f++;
-    if (f->key == NULL)
-      return unknown_key(c, fields, kid);
+    if (f == NULL)
+      return unknown_key(c, owner, kid);
     old = push_key(c, kid->key);
     rc = bind_value(c, f, kid, base);
     pop_to(c, old);
@@ -837,7 +860,7 @@ static int bind_map(bind_ctx *c, const td_yfield *fields, const td_ynode *n, voi
       return rc;
   }
   for (const td_yfield *f = fields; f->key != NULL; f++) {
-    if ((f->flags & TD_YF_REQUIRED) && td_yaml_get(n, f->key) == NULL) {
+    if ((f->flags & TD_YF_REQUIRED) && f != alone && td_yaml_get(n, f->key) == NULL) {
       size_t old = push_key(c, f->key);
       td_yaml_errf(c->err, c->errlen, value_line(n), "key '%s' is required", c->path);
       pop_to(c, old);
@@ -850,6 +873,7 @@ static int bind_map(bind_ctx *c, const td_yfield *fields, const td_ynode *n, voi
 int td_yaml_bind(const td_ynode *root, const td_yfield *fields, void *base, void *user,
                  const char *what, char *err, size_t errlen) {
   bind_ctx c = {.user = user, .err = err, .errlen = errlen};
+  const td_yfield top = {.type = TD_YT_MAP, .sub = fields};
   char buf[96];
 
   if (root == NULL) {
@@ -861,5 +885,5 @@ int td_yaml_bind(const td_ynode *root, const td_yfield *fields, void *base, void
                  describe(root, buf, sizeof(buf)));
     return TD_EINVAL;
   }
-  return bind_map(&c, fields, root, base);
+  return bind_map(&c, &top, root, base);
 }

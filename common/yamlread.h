@@ -79,6 +79,13 @@ typedef struct td_yfield td_yfield;
 typedef int (*td_ycheck_fn)(const td_yfield *f, void *p, const td_ynode *n,
                             void *user, char *msg, size_t cap);
 
+/* Called for what a table does not know: a key that a MAP's table lacks
+ * (f is the MAP field, text the key) or a value that is none of an ENUM's
+ * names (f the ENUM, text the value).  Return nonzero with a message in
+ * msg to say it instead of "did you mean" or the list of names. */
+typedef int (*td_yhint_fn)(const td_yfield *f, const char *text, void *user, char *msg,
+                           size_t cap);
+
 struct td_yfield {
   const char *key;       /* NULL ends a table */
   td_yfield_type type;
@@ -93,6 +100,8 @@ struct td_yfield {
   const td_yfield *sub;     /* MAP: table; SEQ: the item (key unused) */
   size_t count_offset;      /* SEQ: int count, from the same struct */
   td_ycheck_fn check;
+  td_yhint_fn hint;         /* MAP, ENUM: see td_yhint_fn */
+  const char *shorthand;    /* MAP: a plain value v stands for {shorthand: v} */
 };
 
 #define TD_YF_OFF(st, m) .offset = offsetof(st, m), .size = sizeof(((st *)0)->m)
@@ -125,6 +134,9 @@ struct td_yfield {
  * the first problem; base may then be partly written. */
 int td_yaml_bind(const td_ynode *root, const td_yfield *fields, void *base,
                  void *user, const char *what, char *err, size_t errlen);
+
+/* The field of a table with this key, or NULL. */
+const td_yfield *td_yaml_field(const td_yfield *fields, const char *key);
 
 /* td_read_file with a message: "cannot read job file 'x': No such file
  * or directory", "job file 'x' is larger than 1 MiB".  Returns its codes. */

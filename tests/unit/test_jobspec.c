@@ -319,12 +319,14 @@ START_TEST(integer_overflow) {
 END_TEST
 
 START_TEST(missing_required) {
-  expect_exact(job_with("images: tr-i, ", ""), "line 6: key 'data.train.images' is required");
+  expect_exact(job_with("images: tr-i, ", ""),
+               "line 6: key 'data.train.images' is required (the samples' file; 'features' is "
+               "its other name)");
   expect_err(job_with("  test: {images: /abs/te-i, labels: te-l}\n", ""), "line 5",
              "key 'data.test' is required");
   expect_err(job_with("  batch_size: 8\n", ""), "line 8", "key 'train.batch_size' is required");
-  expect_err(job_with("{type: sgd, lr: 0.1}", "{type: sgd}"), "line 11",
-             "key 'train.optimizer.lr' is required");
+  expect_err(job_with("{type: sgd, lr: 0.1}", "{lr: 0.1}"), "line 11",
+             "key 'train.optimizer.type' is required");
   expect_err(job_with("type: dense, ", ""), "line 4", "key 'model.layers[0].type' is required");
   expect_err(job_with("model:\n  input: [4]\n  layers:\n    - {type: dense, units: 3}\n", ""),
              "line 1", "key 'model' is required");
@@ -724,6 +726,153 @@ START_TEST(precision_keys) {
 }
 END_TEST
 
+/* MIN_JOB with a csv file: data.train is line 7, data.test line 8. */
+static const char *csv_job(const char *train, const char *test) {
+  static char text[4096];
+  const char *split = strstr(MIN_JOB, "  train: {"), *rest = strstr(MIN_JOB, "train:\n  batch");
+
+  snprintf(text, sizeof(text), "%.*s  format: csv\n  train: {%s}\n  test: {%s}\n%s",
+           (int)(split - MIN_JOB), MIN_JOB, train, test, rest);
+  return text;
+}
+
+START_TEST(features_key) {
+  td_jobspec s;
+
+  expect_ok(csv_job("features: t.csv", "images: u.csv"), "/base", &s);
+  ck_assert_int_eq(s.format, TD_DATA_CSV);
+  ck_assert_str_eq(s.train.images, "/base/t.csv");
+  ck_assert_str_eq(s.test.images, "/base/u.csv");
+  expect_ok(job_with("images: tr-i", "features: tr-i"), "/base", &s);
+  ck_assert_str_eq(s.train.images, "/base/tr-i");
+  expect_exact(csv_job("features: t.csv", "limit: 5"),
+               "line 8: key 'data.test.features' is required (the samples' file; 'images' is its "
+               "other name)");
+  expect_exact(csv_job("features: t.csv, images: t.csv", "features: t.csv"),
+               "line 7: key 'data.train': 'features' and 'images' are two names of one key; give "
+               "one of them");
+  expect_err(csv_job("features: \"\"", "features: t.csv"), "line 7",
+             "key 'data.train.features': must not be empty");
+  expect_err(csv_job("features: t.csv, labels: l", "features: t.csv"), "line 7",
+             "a csv file holds its own labels (data.csv.label_column); remove this key");
+}
+END_TEST
+
+/* A format's own key in the wrong place names the format it belongs to. */
+START_TEST(format_key_hints) {
+  static const struct {
+    const char *from, *to, *msg;
+  } cases[] = {
+      {"data:\n", "data:\n  label_column: 0\n",
+       "line 6: unknown key 'data.label_column': it belongs to format csv (as "
+       "data.csv.label_column); this job's data.format is idx"},
+      {"labels: tr-l}", "labels: tr-l, record_bytes: 9}",
+       "line 6: unknown key 'data.train.record_bytes': it belongs to format raw (as "
+       "data.raw.record_bytes); this job's data.format is idx"},
+      {"data:\n", "data:\n  format: npy\n  dtype: uint8\n",
+       "line 7: unknown key 'data.dtype': it belongs to formats csv and raw (as "
+       "data.csv.dtype, data.raw.dtype); this job's data.format is npy"},
+      {"data:\n", "data:\n  format: csv\n  csv: {record_shape: [4]}\n",
+       "line 7: unknown key 'data.csv.record_shape': it belongs to format raw (as "
+       "data.raw.record_shape); this job's data.format is csv"},
+      {"data:\n", "data:\n  validation: {label_offset: 1}\n",
+       "line 6: unknown key 'data.validation.label_offset': it belongs to format raw (as "
+       "data.raw.label_offset); this job's data.format is idx"},
+      /* a format that is not one says nothing of it */
+      {"data:\n", "data:\n  header_bytes: 0\n  format: parquet\n",
+       "line 6: unknown key 'data.header_bytes': it belongs to format raw (as "
+       "data.raw.header_bytes)"},
+      /* typos still get "did you mean", other keys nothing */
+      {"labels: tr-l}", "lables: tr-l}",
+       "line 6: unknown key 'data.train.lables' (did you mean 'labels'?)"},
+      {"data:\n", "data:\n  delimiter: ';'\n", "line 6: unknown key 'data.delimiter'"},
+  };
+
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+    expect_exact(job_with(cases[i].from, cases[i].to), cases[i].msg);
+  /* where the format has the key: the section to write it under */
+  expect_exact(csv_job("features: t.csv, header: true", "features: t.csv"),
+               "line 7: unknown key 'data.train.header': it belongs under data.csv, as "
+               "data.csv.header");
+}
+END_TEST
+
+START_TEST(optimizer_defaults) {
+  static const struct {
+    const char *opt;
+    td_opt_kind kind;
+    float lr;
+  } cases[] = {
+      {"adam", TD_OPT_ADAM, 1e-3f},          {"adamw", TD_OPT_ADAMW, 1e-3f},
+      {"sgd", TD_OPT_SGD, 0.01f},            {"{type: adam}", TD_OPT_ADAM, 1e-3f},
+      {"{type: sgd}", TD_OPT_SGD, 0.01f},    {"{type: adamw, lr: 0.5}", TD_OPT_ADAMW, 0.5f},
+      {"\"adam\"", TD_OPT_ADAM, 1e-3f},
+  };
+  td_jobspec s;
+
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    expect_ok(job_with("{type: sgd, lr: 0.1}", cases[i].opt), NULL, &s);
+    ck_assert_int_eq(s.opt.kind, cases[i].kind);
+    ck_assert_float_eq(s.opt.lr, cases[i].lr);
+    ck_assert_double_eq(s.schedule.lr, (double)cases[i].lr);
+    ck_assert_float_eq(s.opt.beta1, 0.9f);
+    ck_assert_float_eq(s.opt.beta2, 0.999f);
+    ck_assert_float_eq(s.opt.eps, 1e-8f);
+    ck_assert_float_eq(s.opt.momentum, 0.0f);
+    ck_assert_float_eq(s.opt.weight_decay, 0.0f);
+  }
+  expect_exact(job_with("{type: sgd, lr: 0.1}", "adan"),
+               "line 11: key 'train.optimizer': must be one of sgd, adam, adamw; got 'adan'");
+  expect_exact(job_with("{type: sgd, lr: 0.1}", "[adam]"),
+               "line 11: key 'train.optimizer': expected a map, or its 'type' alone, got a "
+               "sequence");
+  expect_err(job_with("{type: sgd, lr: 0.1}", ""), "line 11",
+             "key 'train.optimizer.type' is required");
+}
+END_TEST
+
+START_TEST(softmax_layer) {
+  expect_exact(job_with("units: 3}", "units: 3}\n    - {type: softmax}"),
+               "line 5: key 'model.layers[1].type': there is no softmax layer: the loss (softmax "
+               "cross-entropy) already applies softmax to the last dense layer's scores; remove "
+               "this layer");
+  expect_err(job_with("units: 3}", "units: 3}\n    - {type: log_softmax}"), "line 5",
+             "there is no log_softmax layer: the loss (softmax cross-entropy) already applies");
+  expect_err(job_with("units: 3}", "units: 3}\n    - {type: Softmax}"), "line 5",
+             "there is no Softmax layer");
+  expect_exact(job_with("units: 3}", "units: 3}\n    - {type: sigmoid}"),
+               "line 5: key 'model.layers[1].type': there is no sigmoid layer: the loss (softmax "
+               "cross-entropy) turns the last dense layer's scores into probabilities (for two "
+               "classes, end with a dense layer of 2 units); between layers, use relu or gelu");
+  /* anything else still lists the layer types */
+  expect_err(job_with("units: 3}", "units: 3}\n    - {type: sofmax}"), "line 5",
+             "must be one of dense, relu,");
+}
+END_TEST
+
+START_TEST(tilde_paths) {
+  static const char *const why =
+      "write the path in full (e.g. /home/alice/data.csv) or relative to the job file; '~' is "
+      "not expanded";
+  char want[512];
+  td_jobspec s;
+
+  snprintf(want, sizeof(want), "line 6: key 'data.train.images': %s", why);
+  expect_exact(job_with("images: tr-i", "images: ~/tr-i"), want); /* base dir NULL */
+  expect_err(job_with("images: tr-i", "images: ~/tr-i"), "line 6", why); /* base dir /base */
+  expect_err(job_with("labels: tr-l", "labels: ~alice/tr-l"), "line 6",
+             "key 'data.train.labels': write the path in full");
+  snprintf(want, sizeof(want), "line 8: key 'output': %s", why);
+  expect_exact(job_with("train:\n", "output: ~/m.safetensors\ntrain:\n"), want);
+  /* a file named ~x is reachable, and a lone ~ is YAML's null */
+  expect_ok(job_with("images: tr-i", "images: ./~x"), "/base", &s);
+  ck_assert_str_eq(s.train.images, "/base/./~x");
+  expect_ok(job_with("images: tr-i", "images: a/~x"), "/base", &s);
+  ck_assert_str_eq(s.train.images, "/base/a/~x");
+  expect_err(job_with("images: tr-i", "images: ~"), "line 6", "must not be empty");
+}
+END_TEST
+
 static Suite *jobspec_suite(void) {
   Suite *s = suite_create("jobspec");
   TCase *tc = tcase_create("core");
@@ -757,6 +906,11 @@ static Suite *jobspec_suite(void) {
   tcase_add_test(tc, cnn_shape_errors);
   tcase_add_test(tc, training_keys);
   tcase_add_test(tc, precision_keys);
+  tcase_add_test(tc, features_key);
+  tcase_add_test(tc, format_key_hints);
+  tcase_add_test(tc, optimizer_defaults);
+  tcase_add_test(tc, softmax_layer);
+  tcase_add_test(tc, tilde_paths);
   suite_add_tcase(s, tc);
   return s;
 }

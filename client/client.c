@@ -14,7 +14,7 @@
 enum {
   OPT_SOCKET, OPT_JSON, OPT_TIMEOUT, OPT_HELP, OPT_VERSION,
   OPT_WAIT, OPT_NAME, OPT_STATE, OPT_LIMIT, OPT_OWNER, OPT_MINE, OPT_DEVICE, OPT_FOLLOW,
-  OPT_TAIL, OPT_BUDGET, OPT_DRAIN, OPT_RESUME, OPT_ONCE,
+  OPT_TAIL, OPT_BUDGET, OPT_DRAIN, OPT_RESUME, OPT_ONCE, OPT_TOPIC, OPT_COUNT,
 };
 
 /* Bits of the command options a command accepts. */
@@ -45,6 +45,8 @@ static const struct opt_def {
   {"drain",   0,   0, OPT_DRAIN,   1},
   {"resume",  0,   0, OPT_RESUME,  1},
   {"once",    0,   0, OPT_ONCE,    1},
+  {"topic",   0,   1, OPT_TOPIC,   1},
+  {"count",   0,   1, OPT_COUNT,   1},
 };
 
 typedef int (*cmd_fn)(cli *c, const cli_args *a);
@@ -74,6 +76,12 @@ static const struct command {
    "terminal, a line every 2 seconds otherwise, then the outcome.  A job that\n"
    "has already ended only prints its outcome.  Ctrl-C stops waiting, not the\n"
    "job.  With --json, prints the job's final state as JSON.\n"
+   "\n"
+   "The progress shows the training loss (and accuracy when traind reports it),\n"
+   "the speed, the micro-batch when the job accumulates (micro-batch 48x3), and\n"
+   "the ETA once the job has run 10 s and done 5% of its steps.  A re-plan and\n"
+   "each epoch's end (train, validation and test results) get a line of their\n"
+   "own; a queued job shows why it waits.\n"
    "\n"
    "Exit status 0 if the job succeeded, 1 if it failed or was cancelled, 130\n"
    "after Ctrl-C.\n"},
@@ -117,15 +125,38 @@ static const struct command {
    "first, then in submission order.\n"},
   {"top", NULL, "[--once]", 0, 0, CMD_OPT(OPT_ONCE), cli_cmd_top,
    "a live view of devices and jobs",
-   "Show the devices and the running and queued jobs (up to 50 of each), with\n"
-   "progress, loss, memory in use of the planned memory and speed, refreshed\n"
-   "every second until Ctrl-C (exit status 0).\n"
+   "Show the devices and the running and queued jobs (up to 50 of each),\n"
+   "refreshed every second until Ctrl-C (exit status 0).  Running jobs: progress,\n"
+   "loss, test accuracy, micro-batch (MICRO: 48x3 is a micro-batch of 48\n"
+   "accumulated 3 times, after a re-plan or to fit; - is the whole batch), memory\n"
+   "in use of the planned memory and speed.  Queued jobs: why each waits\n"
+   "(REASON).  The view fits the terminal's width ($COLUMNS, else 80, when the\n"
+   "output is not a terminal): the least needed columns go first, then long\n"
+   "lines are cut with \"...\".\n"
    "\n"
    "  --once         print the view once and exit; also what happens when the\n"
    "                 output is not a terminal\n"
    "\n"
    "With --json, one object per refresh: devices, running (as `show` gives\n"
    "them) and queued (as `ls` gives them).\n"},
+  {"watch", NULL, "[--topic PREFIX ...] [--count N] [--json]", 0, 0,
+   CMD_OPT(OPT_TOPIC) | CMD_OPT(OPT_COUNT), cli_cmd_watch, "print traind's events as they happen",
+   "Print each event of traind's status socket as it comes, one line each:\n"
+   "the time, the topic, the job and the fields that matter, e.g.\n"
+   "\n"
+   "  14:02:11.532 job.state    job 7: state=running device=cpu0\n"
+   "  14:02:12.018 job.replan   job 7: device=cpu0 micro-batch=16x4 reserves=\"9.50 MiB\"\n"
+   "\n"
+   "until Ctrl-C (exit status 130).  Topics: job.state, job.progress, job.eval,\n"
+   "job.replan, job.oom, device.  Every subscriber sees every job's events (the\n"
+   "status socket has no credentials); an event missed while the output was\n"
+   "slow is not sent again.\n"
+   "\n"
+   "  --topic PREFIX  only topics that start with PREFIX (job.state, job.);\n"
+   "                  may be given up to 16 times.  Default: all\n"
+   "  --count N       exit after N events\n"
+   "\n"
+   "With --json, one object per event: its fields and \"topic\".\n"},
   {"info", NULL, "", 0, 0, 0, cli_cmd_info, "show the daemon's version, uptime and sockets",
    "Show traind's version and protocol, its uptime, its sockets and its jobs.\n"},
   {"devices", NULL, "", 0, 0, 0, cli_cmd_devices, "show each device's memory budget",
@@ -192,7 +223,7 @@ static void print_help(FILE *f) {
           "  2    usage error: a bad option or argument, an unreadable job file\n"
           "  3    traind refused the request (the message says why)\n"
           "  4    cannot reach traind: not running, no access, or no answer in time\n"
-          "  130  interrupted by Ctrl-C (submit --wait, wait, logs --follow)\n",
+          "  130  interrupted by Ctrl-C (submit --wait, wait, logs --follow, watch)\n",
           cfg.socket);
 }
 
@@ -351,6 +382,18 @@ static int apply_opt(parsed *p, const struct opt_def *o, const char *val) {
     break;
   case OPT_ONCE:
     p->a.once = 1;
+    break;
+  case OPT_TOPIC:
+    if (val[0] == '\0' || strlen(val) > TD_PROTO_MAX_TOPIC)
+      return usage_error(p->cmd, "--topic needs a topic prefix of 1 to %d bytes, e.g. job.state",
+                         TD_PROTO_MAX_TOPIC);
+    if (p->a.ntopics == CLI_WATCH_TOPICS)
+      return usage_error(p->cmd, "at most %d --topic options", CLI_WATCH_TOPICS);
+    p->a.topics[p->a.ntopics++] = val;
+    break;
+  case OPT_COUNT:
+    if (cli_parse_uint(val, 1, 1e12, &p->a.count) != 0)
+      return usage_error(p->cmd, "invalid --count '%s' (a number of events, 1 or more)", val);
     break;
   }
   return 0;

@@ -39,6 +39,8 @@ typedef struct cli {
   char munge_err[256];      /* why there is none, for traind's EAUTH */
 } cli;
 
+#define CLI_WATCH_TOPICS 16
+
 typedef struct cli_args {
   const char *pos[2];
   int npos;
@@ -55,6 +57,9 @@ typedef struct cli_args {
   uint64_t budget;    /* device --budget; 0: unchanged */
   int drain;          /* device: 1 --drain, 0 --resume, -1 neither */
   int once;           /* top --once */
+  const char *topics[CLI_WATCH_TOPICS]; /* watch --topic */
+  int ntopics;
+  uint64_t count;     /* watch --count; 0: until Ctrl-C */
 } cli_args;
 
 #define CLI_LOGS_TAIL_DEFAULT (64u << 10)
@@ -122,6 +127,48 @@ void cli_print_plan_line(FILE *f, const msgpack_object *plan);
 /* One "<indent>label  size" line per part. */
 void cli_print_plan_table(FILE *f, const msgpack_object *plan, const char *indent);
 
+/* The terminal's width: the window's (ws_col, 0 if unknown), else $COLUMNS
+ * (env, may be NULL), else 80.  cli_term_columns asks fd's terminal. */
+size_t cli_columns_from(unsigned ws_col, const char *env);
+size_t cli_term_columns(int fd);
+/* One line of s[0..len) at most cols wide, "..." at its end if cut, then a
+ * newline. */
+void cli_put_fitted(FILE *f, const char *s, size_t len, size_t cols);
+/* "48x3" for a micro-batch of 48 accumulated 3 times; "-" for the whole
+ * batch at once. */
+void cli_fmt_micro(uint64_t micro_batch, uint64_t accumulation, char *buf, size_t cap);
+
+/* An ETA means something once the job has run CLI_ETA_AFTER_S seconds and
+ * done CLI_ETA_AFTER_PCT percent of its steps, whichever comes later:
+ * before that, its rate is start-up (loading, warm-up), not training. */
+#define CLI_ETA_AFTER_S 10.0
+#define CLI_ETA_AFTER_PCT 5u
+int cli_eta_due(double ran_s, uint64_t done, uint64_t total);
+
+/* What the progress line of wait shows; a value below 0 (NAN for loss and
+ * accuracy) is not known and not shown, nor an accumulation of 1. */
+typedef struct cli_progress {
+  uint64_t epoch, epochs, step, steps;
+  double loss, train_acc, sps, eta;
+  uint64_t micro_batch, accumulation;
+} cli_progress;
+/* "[epoch 1/2] [####----] 23%  step ..." (bar, for a terminal) or
+ * "epoch 1/2  step 10/40 (25%)  loss ..." (a line of a log).  Wider than
+ * cols (0: no limit), the speed, then the bar, then the accuracy give way
+ * (the caller cuts what is still too wide). */
+void cli_fmt_progress_line(const cli_progress *p, int bar, size_t cols, char *buf, size_t cap);
+/* "epoch 1/2 done: train loss 0.41, acc 0.86; val acc 0.85; test loss
+ * 0.43, acc 0.84", each known part of it. */
+typedef struct cli_epoch_end {
+  uint64_t epoch, epochs;
+  double train_loss, train_acc, val_loss, val_acc, test_loss, test_acc;
+} cli_epoch_end;
+void cli_fmt_epoch_end(const cli_epoch_end *e, char *buf, size_t cap);
+/* An event of the status socket for a terminal: the topic, "job N:" and
+ * the fields that matter as key=value (all plain ones for an unknown
+ * topic), sanitized. */
+void cli_fmt_event(const char *topic, const msgpack_object *m, char *buf, size_t cap);
+
 #define CLI_TABLE_MAX_COLS 16
 
 /* Cells live in one growing text buffer (NUL-terminated, sanitized), so a
@@ -145,6 +192,8 @@ void cli_table_cell(cli_table *t, const char *fmt, ...) __attribute__((format(pr
 void cli_table_text(cli_table *t, const char *s, size_t len);
 /* 0, or CLI_EXIT_JOB after saying "out of memory". */
 int cli_table_print(const cli_table *t, FILE *f);
+/* The width of the table as printed, in columns. */
+size_t cli_table_width(const cli_table *t);
 void cli_table_free(cli_table *t);
 
 /* Job tables (ls, top): columns chosen from one list, each read from a
@@ -152,6 +201,8 @@ void cli_table_free(cli_table *t);
 typedef enum cli_job_col {
   CLI_COL_ID, CLI_COL_NAME, CLI_COL_OWNER, CLI_COL_STATE, CLI_COL_DEVICE, CLI_COL_PROGRESS,
   CLI_COL_LOSS, CLI_COL_ACC, CLI_COL_SUBMITTED, CLI_COL_MEM, CLI_COL_SPEED,
+  CLI_COL_MICRO,  /* "48x3" from the plan when it accumulates, else "-" */
+  CLI_COL_REASON, /* a queued job's wait_reason */
 } cli_job_col;
 void cli_job_table_init(cli_table *t, const cli_job_col *cols, size_t ncols);
 void cli_job_row(cli_table *t, const cli_job_col *cols, size_t ncols, const msgpack_object *job);
@@ -199,8 +250,14 @@ int cli_cmd_logs(cli *c, const cli_args *a);
 /* top.c */
 int cli_cmd_top(cli *c, const cli_args *a);
 
+/* watch.c */
+int cli_cmd_watch(cli *c, const cli_args *a);
+
 /* wait.c: submit --wait and wait. */
 int cli_wait(cli *c, uint64_t id);
+/* The status socket's address from `info` (malloc'd; NULL if traind names
+ * none): 0, or an exit code with the message printed. */
+int cli_status_address(cli *c, char **addr);
 /* Ctrl-C sets cli_interrupted instead of ending the process; *old is the
  * action to put back with sigaction(SIGINT, old, NULL). */
 void cli_catch_sigint(struct sigaction *old);

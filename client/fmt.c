@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 
 #include "client.h"
@@ -458,6 +459,14 @@ int cli_table_print(const cli_table *t, FILE *f) {
   return 0;
 }
 
+size_t cli_table_width(const cli_table *t) {
+  size_t c, w = 0;
+
+  for (c = 0; c < t->ncols; c++)
+    w += t->width[c] + (c > 0 ? 2 : 0);
+  return w;
+}
+
 void cli_table_free(cli_table *t) {
   if (t == NULL)
     return;
@@ -491,7 +500,9 @@ static void str_cell(cli_table *t, const msgpack_object *map, const char *key,
   cli_table_text(t, s, len);
 }
 
-enum col_kind { COL_U64, COL_STR, COL_PROGRESS, COL_METRIC, COL_AGE, COL_MEM, COL_SPEED };
+enum col_kind {
+  COL_U64, COL_STR, COL_PROGRESS, COL_METRIC, COL_AGE, COL_MEM, COL_SPEED, COL_MICRO,
+};
 
 static const struct job_col {
   const char *head, *key, *dflt;
@@ -509,6 +520,8 @@ static const struct job_col {
   [CLI_COL_SUBMITTED] = {"SUBMITTED", "submitted_ms", "-", 'l', COL_AGE},
   [CLI_COL_MEM] = {"MEM/PLAN", "mem", "-", 'r', COL_MEM},
   [CLI_COL_SPEED] = {"SAMPLES/S", "samples_per_sec", "-", 'r', COL_SPEED},
+  [CLI_COL_MICRO] = {"MICRO", "plan", "-", 'r', COL_MICRO},
+  [CLI_COL_REASON] = {"REASON", "wait_reason", "-", 'l', COL_STR},
 };
 
 void cli_job_table_init(cli_table *t, const cli_job_col *cols, size_t ncols) {
@@ -540,8 +553,9 @@ static void mem_cell(cli_table *t, const msgpack_object *job) {
 }
 
 static void job_cell(cli_table *t, const struct job_col *col, const msgpack_object *job) {
+  const msgpack_object *plan;
   char buf[96];
-  uint64_t u;
+  uint64_t u, acc;
   int64_t i;
   double v;
 
@@ -570,6 +584,13 @@ static void job_cell(cli_table *t, const struct job_col *col, const msgpack_obje
     return;
   case COL_MEM:
     mem_cell(t, job);
+    return;
+  case COL_MICRO:
+    if (td_obj_map(job, col->key, &plan) != 0 || td_obj_u64(plan, "micro_batch", &u) != 0 ||
+        td_obj_u64(plan, "accumulation", &acc) != 0)
+      break;
+    cli_fmt_micro(u, acc, buf, sizeof(buf));
+    cli_table_text(t, buf, strlen(buf));
     return;
   case COL_SPEED:
     if (td_obj_f64(job, col->key, &v) != 0 || !(v > 0 && v < 1e15))
@@ -624,4 +645,344 @@ int cli_print_devices(FILE *f, const msgpack_object *devs) {
   rc = cli_table_print(&t, f);
   cli_table_free(&t);
   return rc;
+}
+
+size_t cli_columns_from(unsigned ws_col, const char *env) {
+  uint64_t n;
+
+  if (ws_col > 0)
+    return ws_col;
+  if (env != NULL && cli_parse_uint(env, 1, 10000, &n) == 0)
+    return (size_t)n;
+  return 80;
+}
+
+size_t cli_term_columns(int fd) {
+  struct winsize ws;
+
+  if (ioctl(fd, TIOCGWINSZ, &ws) != 0)
+    ws.ws_col = 0;
+  return cli_columns_from(ws.ws_col, getenv("COLUMNS"));
+}
+
+void cli_put_fitted(FILE *f, const char *s, size_t len, size_t cols) {
+  size_t n = cli_fit_width(s, len, cols);
+
+  if (n < len && cols > 3) { /* cut: say so, within the width */
+    fwrite(s, 1, cli_fit_width(s, len, cols - 3), f);
+    fputs("...", f);
+  } else {
+    fwrite(s, 1, n, f);
+  }
+  fputc('\n', f);
+}
+
+void cli_fmt_micro(uint64_t micro_batch, uint64_t accumulation, char *buf, size_t cap) {
+  if (micro_batch > 0 && accumulation > 1)
+    snprintf(buf, cap, "%" PRIu64 "x%" PRIu64, micro_batch, accumulation);
+  else
+    snprintf(buf, cap, "-");
+}
+
+int cli_eta_due(double ran_s, uint64_t done, uint64_t total) {
+  return total > 0 && ran_s >= CLI_ETA_AFTER_S && done * 100 >= total * CLI_ETA_AFTER_PCT;
+}
+
+/* printf at the end of what buf holds, cut to fit. */
+static void append(char *buf, size_t cap, const char *fmt, ...)
+  __attribute__((format(printf, 3, 4)));
+static void append(char *buf, size_t cap, const char *fmt, ...) {
+  size_t len = strlen(buf);
+  va_list ap;
+
+  if (len + 1 >= cap)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(buf + len, cap - len, fmt, ap);
+  va_end(ap);
+}
+
+static int known(double v) {
+  return isfinite(v) && v >= 0;
+}
+
+#define BAR_WIDTH 18
+
+/* Parts of the progress line that give way (in give_way's order) to a narrow
+ * terminal. */
+enum { PL_BAR = 1, PL_SPEED = 2, PL_ACC = 4 };
+
+static void progress_parts(const cli_progress *p, unsigned parts, char *buf, size_t cap) {
+  char num[32];
+
+  buf[0] = '\0';
+  if (parts & PL_BAR)
+    append(buf, cap, "[epoch %" PRIu64 "/%" PRIu64 "]", p->epoch, p->epochs);
+  else
+    append(buf, cap, "epoch %" PRIu64 "/%" PRIu64, p->epoch, p->epochs);
+  if (p->steps > 0) {
+    uint64_t step = p->step < p->steps ? p->step : p->steps;
+    unsigned pct = (unsigned)(step * 100 / p->steps);
+
+    if (parts & PL_BAR) {
+      size_t fill = (size_t)(step * BAR_WIDTH / p->steps), i;
+
+      append(buf, cap, " [");
+      for (i = 0; i < BAR_WIDTH; i++)
+        append(buf, cap, "%c", i < fill ? '#' : '-');
+      append(buf, cap, "] %3u%%  step %" PRIu64 "/%" PRIu64, pct, p->step, p->steps);
+    } else {
+      append(buf, cap, "  step %" PRIu64 "/%" PRIu64 " (%u%%)", p->step, p->steps, pct);
+    }
+  }
+  if (known(p->loss))
+    append(buf, cap, "  loss %.4f", p->loss);
+  if (known(p->train_acc) && (parts & PL_ACC))
+    append(buf, cap, "  acc %.4f", p->train_acc);
+  if (p->sps > 0 && p->sps < 1e15 && (parts & PL_SPEED)) {
+    cli_fmt_count((uint64_t)(p->sps + 0.5), num, sizeof(num));
+    append(buf, cap, "  %s samples/s", num);
+  }
+  if (p->accumulation > 1 && p->micro_batch > 0)
+    append(buf, cap, "  micro-batch %" PRIu64 "x%" PRIu64, p->micro_batch, p->accumulation);
+  if (p->eta >= 0 && p->eta < 1e9) {
+    cli_fmt_clock(p->eta, num, sizeof(num));
+    append(buf, cap, "  ETA %s", num);
+  }
+}
+
+void cli_fmt_progress_line(const cli_progress *p, int bar, size_t cols, char *buf, size_t cap) {
+  static const unsigned give_way[] = {PL_SPEED, PL_BAR, PL_ACC};
+  unsigned parts = (bar ? PL_BAR : 0) | PL_SPEED | PL_ACC;
+  size_t i;
+
+  progress_parts(p, parts, buf, cap);
+  for (i = 0; cols > 0 && i < TD_ARRAY_SIZE(give_way) && text_width(buf) > cols; i++) {
+    if (!(parts & give_way[i]))
+      continue;
+    parts &= ~give_way[i];
+    progress_parts(p, parts, buf, cap);
+  }
+}
+
+/* " loss 0.4100, acc 0.8600" of a split, as far as it is known. */
+static void split_text(char *buf, size_t cap, const char *sep, const char *split, double loss,
+                       double acc) {
+  if (!known(loss) && !known(acc))
+    return;
+  append(buf, cap, "%s%s", sep, split);
+  if (known(loss))
+    append(buf, cap, " loss %.4f%s", loss, known(acc) ? "," : "");
+  if (known(acc))
+    append(buf, cap, " acc %.4f", acc);
+}
+
+void cli_fmt_epoch_end(const cli_epoch_end *e, char *buf, size_t cap) {
+  buf[0] = '\0';
+  append(buf, cap, "epoch %" PRIu64, e->epoch);
+  if (e->epochs > 0)
+    append(buf, cap, "/%" PRIu64, e->epochs);
+  append(buf, cap, " done");
+  split_text(buf, cap, ": ", "train", e->train_loss, e->train_acc);
+  split_text(buf, cap, strchr(buf, ':') ? "; " : ": ", "val", e->val_loss, e->val_acc);
+  split_text(buf, cap, strchr(buf, ':') ? "; " : ": ", "test", e->test_loss, e->test_acc);
+}
+
+/* Events for the terminal: per topic, the fields that matter, as
+ * key=value; a topic not listed shows all its plain fields. */
+enum ev_kind { EV_STR, EV_UINT, EV_OF, EV_REAL, EV_SIZE, EV_COUNT, EV_CLOCK, EV_MICRO };
+
+static const struct ev_field {
+  const char *topic, *label, *key, *key2; /* key2: EV_OF's whole, EV_MICRO's accumulation */
+  enum ev_kind kind;
+} ev_fields[] = {
+  {"job.state", "state", "state", NULL, EV_STR},
+  {"job.state", "device", "device", NULL, EV_STR},
+  {"job.state", "name", "name", NULL, EV_STR},
+  {"job.state", "error", "error", NULL, EV_STR},
+  {"job.progress", "epoch", "epoch", "epochs", EV_OF},
+  {"job.progress", "step", "step", "steps", EV_OF},
+  {"job.progress", "loss", "loss", NULL, EV_REAL},
+  {"job.progress", "acc", "train_accuracy", NULL, EV_REAL},
+  {"job.progress", "test_acc", "accuracy", NULL, EV_REAL},
+  {"job.progress", "samples/s", "samples_per_sec", NULL, EV_COUNT},
+  {"job.progress", "eta", "eta_s", NULL, EV_CLOCK},
+  {"job.progress", "mem", "mem", NULL, EV_SIZE},
+  {"job.eval", "epoch", "epoch", NULL, EV_UINT},
+  {"job.eval", "test_acc", "accuracy", NULL, EV_REAL},
+  {"job.eval", "test_loss", "loss", NULL, EV_REAL},
+  {"job.eval", "val_acc", "val_accuracy", NULL, EV_REAL},
+  {"job.eval", "val_loss", "val_loss", NULL, EV_REAL},
+  {"job.replan", "device", "device", NULL, EV_STR},
+  {"job.replan", "micro-batch", "plan.micro_batch", "plan.accumulation", EV_MICRO},
+  {"job.replan", "reserves", "plan.total", NULL, EV_SIZE},
+  {"job.oom", "device", "device", NULL, EV_STR},
+  {"job.oom", "phase", "phase", NULL, EV_STR},
+  {"job.oom", "requested", "requested", NULL, EV_SIZE},
+  {"job.oom", "free", "free", NULL, EV_SIZE},
+  {"job.oom", "micro-batch", "micro_batch", NULL, EV_UINT},
+  {"device", "device", "name", NULL, EV_STR},
+  {"device", "budget", "budget", NULL, EV_SIZE},
+  {"device", "reserved", "reserved", NULL, EV_SIZE},
+  {"device", "jobs", "jobs", NULL, EV_UINT},
+};
+
+/* "plan.total": a key of a map inside the map. */
+static const msgpack_object *ev_value(const msgpack_object *m, const char *key) {
+  const char *dot = strchr(key, '.');
+  const msgpack_object *o;
+  char outer[32];
+
+  if (dot == NULL)
+    return td_obj_get(m, key, &o) == 0 ? o : NULL;
+  snprintf(outer, sizeof(outer), "%.*s", (int)(dot - key), key);
+  if (td_obj_map(m, outer, &m) != 0)
+    return NULL;
+  return td_obj_get(m, dot + 1, &o) == 0 ? o : NULL;
+}
+
+static int ev_uint(const msgpack_object *o, uint64_t *v) {
+  if (o == NULL || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+    return -1;
+  *v = o->via.u64;
+  return 0;
+}
+
+static int ev_real(const msgpack_object *o, double *v) {
+  if (o == NULL)
+    return -1;
+  if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64)
+    *v = o->via.f64;
+  else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+    *v = (double)o->via.u64;
+  else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+    *v = (double)o->via.i64;
+  else
+    return -1;
+  return 0;
+}
+
+/* A string field, sanitized and quoted when it has spaces; "" is left out. */
+static void ev_str(char *buf, size_t cap, const char *label, const msgpack_object *o) {
+  char text[256];
+  size_t n;
+
+  if (o == NULL || o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0)
+    return;
+  n = o->via.str.size < sizeof(text) - 1 ? o->via.str.size : sizeof(text) - 1;
+  memcpy(text, o->via.str.ptr, n);
+  text[n] = '\0';
+  cli_sanitize(text);
+  if (text[0] == '\0')
+    return;
+  if (strpbrk(text, " \"") != NULL)
+    append(buf, cap, " %s=\"%s\"", label, text);
+  else
+    append(buf, cap, " %s=%s", label, text);
+}
+
+static void ev_field_text(char *buf, size_t cap, const struct ev_field *e,
+                          const msgpack_object *m) {
+  const msgpack_object *o = ev_value(m, e->key);
+  char num[32];
+  uint64_t u, u2;
+  double v;
+
+  switch (e->kind) {
+  case EV_STR:
+    ev_str(buf, cap, e->label, o);
+    return;
+  case EV_UINT:
+    if (ev_uint(o, &u) == 0)
+      append(buf, cap, " %s=%" PRIu64, e->label, u);
+    return;
+  case EV_OF:
+    if (ev_uint(o, &u) == 0 && ev_uint(ev_value(m, e->key2), &u2) == 0)
+      append(buf, cap, " %s=%" PRIu64 "/%" PRIu64, e->label, u, u2);
+    else if (ev_uint(o, &u) == 0)
+      append(buf, cap, " %s=%" PRIu64, e->label, u);
+    return;
+  case EV_MICRO:
+    if (ev_uint(o, &u) != 0)
+      return;
+    if (ev_uint(ev_value(m, e->key2), &u2) != 0)
+      u2 = 1;
+    append(buf, cap, " %s=%" PRIu64 "x%" PRIu64, e->label, u, u2);
+    return;
+  case EV_REAL:
+    if (ev_real(o, &v) == 0 && known(v))
+      append(buf, cap, " %s=%.4f", e->label, v);
+    return;
+  case EV_SIZE:
+    if (ev_uint(o, &u) != 0)
+      return;
+    td_format_size(u, num, sizeof(num));
+    append(buf, cap, " %s=\"%s\"", e->label, num);
+    return;
+  case EV_COUNT:
+    if (ev_real(o, &v) != 0 || !(v > 0 && v < 1e15))
+      return;
+    cli_fmt_count((uint64_t)(v + 0.5), num, sizeof(num));
+    append(buf, cap, " %s=%s", e->label, num);
+    return;
+  case EV_CLOCK:
+    if (ev_real(o, &v) != 0 || !known(v))
+      return;
+    cli_fmt_clock(v, num, sizeof(num));
+    append(buf, cap, " %s=%s", e->label, num);
+    return;
+  }
+}
+
+/* A topic no table row names: its plain fields, as they come. */
+static void ev_any(char *buf, size_t cap, const msgpack_object *m) {
+  char label[64];
+  uint32_t i;
+  double v;
+
+  for (i = 0; i < m->via.map.size; i++) {
+    const msgpack_object *k = &m->via.map.ptr[i].key, *o = &m->via.map.ptr[i].val;
+    size_t n;
+
+    if (k->type != MSGPACK_OBJECT_STR || k->via.str.size == 0)
+      continue;
+    n = k->via.str.size < sizeof(label) - 1 ? k->via.str.size : sizeof(label) - 1;
+    memcpy(label, k->via.str.ptr, n);
+    label[n] = '\0';
+    cli_sanitize(label);
+    if (strcmp(label, "v") == 0 || strcmp(label, "id") == 0)
+      continue;
+    if (o->type == MSGPACK_OBJECT_STR)
+      ev_str(buf, cap, label, o);
+    else if (o->type == MSGPACK_OBJECT_BOOLEAN)
+      append(buf, cap, " %s=%s", label, o->via.boolean ? "true" : "false");
+    else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+      append(buf, cap, " %s=%" PRIu64, label, (uint64_t)o->via.u64);
+    else if (ev_real(o, &v) == 0)
+      append(buf, cap, " %s=%.6g", label, v);
+  }
+}
+
+void cli_fmt_event(const char *topic, const msgpack_object *m, char *buf, size_t cap) {
+  char name[64];
+  uint64_t id;
+  size_t i;
+  int listed = 0;
+
+  snprintf(name, sizeof(name), "%s", topic);
+  cli_sanitize(name);
+  buf[0] = '\0';
+  append(buf, cap, "%-12s", name);
+  if (m->type != MSGPACK_OBJECT_MAP)
+    return;
+  if (td_obj_u64(m, "id", &id) == 0)
+    append(buf, cap, " job %" PRIu64 ":", id);
+  for (i = 0; i < TD_ARRAY_SIZE(ev_fields); i++) {
+    if (strcmp(ev_fields[i].topic, topic) != 0)
+      continue;
+    listed = 1;
+    ev_field_text(buf, cap, &ev_fields[i], m);
+  }
+  if (!listed)
+    ev_any(buf, cap, m);
 }

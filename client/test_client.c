@@ -434,10 +434,48 @@ START_TEST(job_rows_read_list_and_show_maps) {
   cli_job_table_init(&t, cols, sizeof(cols) / sizeof(cols[0]));
   cli_job_row(&t, cols, sizeof(cols) / sizeof(cols[0]), packed_obj(&run));
   cli_job_row(&t, cols, sizeof(cols) / sizeof(cols[0]), packed_obj(&queued));
+  ck_assert_uint_eq(cli_table_width(&t), 69);
   s = table_text(&t);
   ck_assert_str_eq(s, "ID  OWNER  DEVICE  PROGRESS      LOSS             MEM/PLAN  SAMPLES/S\n"
                       "12  ann    -       2/5 17/469  0.2500  3.00 MiB / 4.00 MiB     12,346\n"
                       "12  ann    -       2/5         0.2500                    -          -\n");
+  free(s);
+  packed_free(&run);
+  packed_free(&queued);
+}
+END_TEST
+
+START_TEST(micro_and_reason_columns) {
+  static const cli_job_col cols[] = {CLI_COL_ID, CLI_COL_MICRO, CLI_COL_REASON};
+  packed run, queued;
+  cli_table t;
+  char *s;
+
+  packed_init(&run);
+  msgpack_pack_map(&run.pk, 3);
+  key(&run, "id");
+  msgpack_pack_uint64(&run.pk, 4);
+  key(&run, "wait_reason");
+  msgpack_pack_str_with_body(&run.pk, "", 0);
+  key(&run, "plan");
+  msgpack_pack_map(&run.pk, 2);
+  key(&run, "micro_batch");
+  msgpack_pack_uint64(&run.pk, 48);
+  key(&run, "accumulation");
+  msgpack_pack_uint64(&run.pk, 3);
+  packed_init(&queued);
+  msgpack_pack_map(&queued.pk, 2);
+  key(&queued, "id");
+  msgpack_pack_uint64(&queued.pk, 5);
+  key(&queued, "wait_reason");
+  msgpack_pack_str_with_body(&queued.pk, "behind job 4", 12);
+  cli_job_table_init(&t, cols, 3);
+  cli_job_row(&t, cols, 3, packed_obj(&run));
+  cli_job_row(&t, cols, 3, packed_obj(&queued));
+  s = table_text(&t);
+  ck_assert_str_eq(s, "ID  MICRO  REASON\n"
+                      " 4   48x3  -\n"
+                      " 5      -  behind job 4\n");
   free(s);
   packed_free(&run);
   packed_free(&queued);
@@ -460,6 +498,170 @@ START_TEST(formats_progress_and_metrics) {
   ck_assert_str_eq(b, "0.2500");
   cli_fmt_metric(job, "accuracy", b, sizeof(b));
   ck_assert_str_eq(b, "-");
+  packed_free(&p);
+}
+END_TEST
+
+START_TEST(columns_come_from_the_window_then_env) {
+  ck_assert_uint_eq(cli_columns_from(132, "60"), 132);
+  ck_assert_uint_eq(cli_columns_from(0, "160"), 160);
+  ck_assert_uint_eq(cli_columns_from(0, NULL), 80);
+  ck_assert_uint_eq(cli_columns_from(0, ""), 80);
+  ck_assert_uint_eq(cli_columns_from(0, "wide"), 80);
+  ck_assert_uint_eq(cli_columns_from(0, "0"), 80);
+}
+END_TEST
+
+static char *fitted(const char *s, size_t cols) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+
+  ck_assert_ptr_nonnull(f);
+  cli_put_fitted(f, s, strlen(s), cols);
+  fclose(f);
+  return buf;
+}
+
+START_TEST(fitted_lines_say_they_were_cut) {
+  char *s;
+
+  s = fitted("waiting for 12 MiB", 40);
+  ck_assert_str_eq(s, "waiting for 12 MiB\n");
+  free(s);
+  s = fitted("waiting for 12 MiB", 10);
+  ck_assert_str_eq(s, "waiting...\n");
+  free(s);
+  s = fitted("\xc3\xa9t\xc3\xa9 long line", 6); /* widths in code points */
+  ck_assert_str_eq(s, "\xc3\xa9t\xc3\xa9...\n");
+  free(s);
+  s = fitted("abcdef", 2);
+  ck_assert_str_eq(s, "ab\n");
+  free(s);
+}
+END_TEST
+
+START_TEST(micro_batch_and_eta_rule) {
+  char b[32];
+
+  cli_fmt_micro(48, 3, b, sizeof(b));
+  ck_assert_str_eq(b, "48x3");
+  cli_fmt_micro(64, 1, b, sizeof(b));
+  ck_assert_str_eq(b, "-");
+  cli_fmt_micro(0, 4, b, sizeof(b));
+  ck_assert_str_eq(b, "-");
+  /* 10 s and 5% of the steps, whichever is later */
+  ck_assert(!cli_eta_due(3, 900, 1000));
+  ck_assert(!cli_eta_due(60, 49, 1000));
+  ck_assert(cli_eta_due(10, 50, 1000));
+  ck_assert(!cli_eta_due(100, 0, 0));
+}
+END_TEST
+
+START_TEST(progress_line_shows_what_is_known) {
+  cli_progress p = {.epoch = 1, .epochs = 2, .step = 10, .steps = 40, .loss = 0.5,
+                    .train_acc = NAN, .sps = 1234, .eta = -1, .micro_batch = 64,
+                    .accumulation = 1};
+  char b[256];
+
+  cli_fmt_progress_line(&p, 0, 0, b, sizeof(b));
+  ck_assert_str_eq(b, "epoch 1/2  step 10/40 (25%)  loss 0.5000  1,234 samples/s");
+  cli_fmt_progress_line(&p, 1, 0, b, sizeof(b));
+  ck_assert_str_eq(b, "[epoch 1/2] [####--------------]  25%  step 10/40  loss 0.5000  "
+                      "1,234 samples/s");
+  p.train_acc = 0.75;
+  p.micro_batch = 16;
+  p.accumulation = 4;
+  p.eta = 83;
+  cli_fmt_progress_line(&p, 0, 0, b, sizeof(b));
+  ck_assert_str_eq(b, "epoch 1/2  step 10/40 (25%)  loss 0.5000  acc 0.7500  1,234 samples/s"
+                      "  micro-batch 16x4  ETA 1:23");
+  /* narrow: the speed, then the bar, then the accuracy give way */
+  cli_fmt_progress_line(&p, 1, 80, b, sizeof(b));
+  ck_assert_str_eq(b, "epoch 1/2  step 10/40 (25%)  loss 0.5000  acc 0.7500  micro-batch 16x4"
+                      "  ETA 1:23");
+  cli_fmt_progress_line(&p, 1, 60, b, sizeof(b));
+  ck_assert_str_eq(b, "epoch 1/2  step 10/40 (25%)  loss 0.5000  micro-batch 16x4  ETA 1:23");
+  cli_fmt_progress_line(&p, 1, 200, b, sizeof(b));
+  ck_assert_ptr_nonnull(strstr(b, "[####"));
+}
+END_TEST
+
+START_TEST(epoch_end_shows_each_split_known) {
+  cli_epoch_end e = {.epoch = 2, .epochs = 5, .train_loss = 0.41, .train_acc = -1,
+                     .val_loss = -1, .val_acc = 0.85, .test_loss = 0.43, .test_acc = 0.84};
+  char b[256];
+
+  cli_fmt_epoch_end(&e, b, sizeof(b));
+  ck_assert_str_eq(b, "epoch 2/5 done: train loss 0.4100; val acc 0.8500; test loss 0.4300, "
+                      "acc 0.8400");
+  e.train_loss = NAN;
+  e.val_acc = -1;
+  e.val_loss = 0.5;
+  e.train_acc = 0.9;
+  cli_fmt_epoch_end(&e, b, sizeof(b));
+  ck_assert_str_eq(b, "epoch 2/5 done: train acc 0.9000; val loss 0.5000; test loss 0.4300, "
+                      "acc 0.8400");
+  e = (cli_epoch_end){.epoch = 1, .train_loss = -1, .train_acc = -1, .val_loss = -1,
+                      .val_acc = -1, .test_loss = -1, .test_acc = 0.5};
+  cli_fmt_epoch_end(&e, b, sizeof(b));
+  ck_assert_str_eq(b, "epoch 1 done: test acc 0.5000");
+}
+END_TEST
+
+START_TEST(events_show_the_fields_that_matter) {
+  packed p;
+  char b[512];
+
+  packed_init(&p);
+  msgpack_pack_map(&p.pk, 6);
+  key(&p, "v");
+  msgpack_pack_uint64(&p.pk, 1);
+  key(&p, "id");
+  msgpack_pack_uint64(&p.pk, 7);
+  key(&p, "name");
+  msgpack_pack_str_with_body(&p.pk, "my\x1b[2Jjob", 9);
+  key(&p, "state");
+  msgpack_pack_str_with_body(&p.pk, "running", 7);
+  key(&p, "device");
+  msgpack_pack_str_with_body(&p.pk, "cpu0", 4);
+  key(&p, "error");
+  msgpack_pack_str_with_body(&p.pk, "", 0);
+  cli_fmt_event("job.state", packed_obj(&p), b, sizeof(b));
+  ck_assert_str_eq(b, "job.state    job 7: state=running device=cpu0 name=my?[2Jjob");
+  packed_free(&p);
+
+  packed_init(&p);
+  msgpack_pack_map(&p.pk, 3);
+  key(&p, "id");
+  msgpack_pack_uint64(&p.pk, 7);
+  key(&p, "device");
+  msgpack_pack_str_with_body(&p.pk, "cpu0", 4);
+  key(&p, "plan");
+  msgpack_pack_map(&p.pk, 3);
+  key(&p, "micro_batch");
+  msgpack_pack_uint64(&p.pk, 16);
+  key(&p, "accumulation");
+  msgpack_pack_uint64(&p.pk, 4);
+  key(&p, "total");
+  msgpack_pack_uint64(&p.pk, 10u << 20);
+  cli_fmt_event("job.replan", packed_obj(&p), b, sizeof(b));
+  ck_assert_str_eq(b, "job.replan   job 7: device=cpu0 micro-batch=16x4 reserves=\"10.00 MiB\"");
+  packed_free(&p);
+
+  /* a topic this client does not know: its plain fields */
+  packed_init(&p);
+  msgpack_pack_map(&p.pk, 4);
+  key(&p, "v");
+  msgpack_pack_uint64(&p.pk, 1);
+  key(&p, "what");
+  msgpack_pack_str_with_body(&p.pk, "two words", 9);
+  key(&p, "ok");
+  msgpack_pack_true(&p.pk);
+  key(&p, "x");
+  msgpack_pack_double(&p.pk, 0.5);
+  cli_fmt_event("new\ttopic", packed_obj(&p), b, sizeof(b));
+  ck_assert_str_eq(b, "new?topic    what=\"two words\" ok=true x=0.5");
   packed_free(&p);
 }
 END_TEST
@@ -519,6 +721,13 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, formats_progress_and_metrics);
   tcase_add_test(tc, job_rows_read_list_and_show_maps);
   tcase_add_test(tc, device_rows_show_state);
+  tcase_add_test(tc, columns_come_from_the_window_then_env);
+  tcase_add_test(tc, fitted_lines_say_they_were_cut);
+  tcase_add_test(tc, micro_batch_and_eta_rule);
+  tcase_add_test(tc, progress_line_shows_what_is_known);
+  tcase_add_test(tc, epoch_end_shows_each_split_known);
+  tcase_add_test(tc, events_show_the_fields_that_matter);
+  tcase_add_test(tc, micro_and_reason_columns);
   suite_add_tcase(s, tc);
   tc = tcase_create("arguments");
   tcase_add_test(tc, bounds_come_from_the_catalogue);

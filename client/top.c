@@ -1,7 +1,10 @@
 /* top: a live view of the devices and of the running and queued jobs.
  * traind has no one request for it, so each refresh asks `devices`, `list`
  * for each state and `show` for each running job (memory in use and the
- * plan are only in `show`): a handful of requests a second. */
+ * plan are only in `show`): a handful of requests a second.
+ *
+ * It fits the terminal's width: columns that matter least go first, then
+ * lines are cut (a queued job's reason, last, is what gets cut). */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -14,9 +17,22 @@
 #define TOP_EVERY_S 1.0
 #define TOP_JOBS 50 /* of each state */
 
-static const cli_job_col top_columns[] = {
-  CLI_COL_ID,       CLI_COL_NAME, CLI_COL_OWNER, CLI_COL_STATE, CLI_COL_DEVICE,
-  CLI_COL_PROGRESS, CLI_COL_LOSS, CLI_COL_MEM,   CLI_COL_SPEED,
+/* Each table's columns, and which to leave out first when it is too wide
+ * (lowest drop first; 0 never). */
+typedef struct top_col {
+  cli_job_col col;
+  int drop;
+} top_col;
+
+static const top_col running_cols[] = {
+  {CLI_COL_ID, 0},       {CLI_COL_NAME, 0},  {CLI_COL_OWNER, 2}, {CLI_COL_DEVICE, 5},
+  {CLI_COL_PROGRESS, 0}, {CLI_COL_LOSS, 6},  {CLI_COL_ACC, 1},   {CLI_COL_MICRO, 7},
+  {CLI_COL_MEM, 4},      {CLI_COL_SPEED, 3},
+};
+
+static const top_col queued_cols[] = {
+  {CLI_COL_ID, 0}, {CLI_COL_NAME, 0}, {CLI_COL_OWNER, 2}, {CLI_COL_SUBMITTED, 1},
+  {CLI_COL_REASON, 0},
 };
 
 typedef struct view {
@@ -88,11 +104,44 @@ static void print_json_view(const view *v) {
   fputs("}\n", stdout);
 }
 
-static int render(FILE *f, const cli *c, const view *v, int live) {
+/* One table of jobs in at most cols columns of text, leaving out columns
+ * by their drop order until it fits. */
+static int print_jobs(FILE *f, const top_col *tc, size_t ntc, const msgpack_object *const *jobs,
+                      size_t njobs, size_t width) {
+  cli_job_col cols[CLI_TABLE_MAX_COLS];
+  int dropped = 0, rc;
+  cli_table t;
+
+  for (;;) {
+    size_t n = 0, i;
+    int next = 0;
+
+    for (i = 0; i < ntc && n < CLI_TABLE_MAX_COLS; i++) {
+      if (tc[i].drop > 0 && tc[i].drop <= dropped)
+        continue;
+      cols[n++] = tc[i].col;
+      if (tc[i].drop > dropped && (next == 0 || tc[i].drop < next))
+        next = tc[i].drop;
+    }
+    cli_job_table_init(&t, cols, n);
+    for (i = 0; i < njobs; i++)
+      cli_job_row(&t, cols, n, jobs[i]);
+    if (cli_table_width(&t) <= width || next == 0)
+      break;
+    cli_table_free(&t);
+    dropped = next;
+  }
+  rc = cli_table_print(&t, f);
+  cli_table_free(&t);
+  return rc;
+}
+
+static int render(FILE *f, const cli *c, const view *v, int live, size_t width) {
+  const msgpack_object *queued[TOP_JOBS];
   char clock[16] = "";
   time_t now = time(NULL);
+  size_t nq = 0;
   struct tm tm;
-  cli_table t;
   uint32_t i;
   int rc;
 
@@ -103,50 +152,50 @@ static int render(FILE *f, const cli *c, const view *v, int live) {
   rc = cli_print_devices(f, v->devs);
   if (rc != 0)
     return rc;
-  fputc('\n', f);
   if (v->njobs == 0 && v->queue->via.array.size == 0) {
-    fputs("no running or queued jobs\n", f);
+    fputs("\nno running or queued jobs\n", f);
     return 0;
   }
-  cli_job_table_init(&t, top_columns, TD_ARRAY_SIZE(top_columns));
-  for (i = 0; i < v->njobs; i++)
-    cli_job_row(&t, top_columns, TD_ARRAY_SIZE(top_columns), v->jobs[i]);
-  for (i = 0; i < v->queue->via.array.size; i++)
+  if (v->njobs > 0) {
+    fputc('\n', f);
+    rc = print_jobs(f, running_cols, TD_ARRAY_SIZE(running_cols), v->jobs, v->njobs, width);
+    if (rc != 0)
+      return rc;
+  }
+  for (i = 0; i < v->queue->via.array.size && nq < TOP_JOBS; i++)
     if (v->queue->via.array.ptr[i].type == MSGPACK_OBJECT_MAP)
-      cli_job_row(&t, top_columns, TD_ARRAY_SIZE(top_columns), &v->queue->via.array.ptr[i]);
-  rc = cli_table_print(&t, f);
-  cli_table_free(&t);
+      queued[nq++] = &v->queue->via.array.ptr[i];
+  if (nq > 0) {
+    fputc('\n', f);
+    rc = print_jobs(f, queued_cols, TD_ARRAY_SIZE(queued_cols), queued, nq, width);
+  }
   return rc;
 }
 
-/* The frame over the last one, cut to the terminal so nothing wraps or
- * scrolls. */
-static void draw(const char *frame, size_t len) {
-  size_t cols = 0, rows = 0, line = 0;
+/* The frame, every line fitted to the width; live, over the last one and
+ * cut to the terminal's height, so nothing wraps or scrolls. */
+static void draw(const char *frame, size_t len, size_t cols, int live) {
+  size_t rows = 0, line = 0;
   const char *p = frame, *nl;
   struct winsize ws;
 
-  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0) {
-    cols = ws.ws_col;
-    rows = ws.ws_row;
+  if (live) {
+    if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0)
+      rows = ws.ws_row;
+    fputs("\033[H\033[2J", stdout);
   }
-  fputs("\033[H\033[2J", stdout);
   for (; p < frame + len && (rows < 2 || line < rows - 1); p = nl + 1, line++) {
-    size_t n;
-
     nl = memchr(p, '\n', (size_t)(frame + len - p));
     if (nl == NULL)
       nl = frame + len;
-    n = (size_t)(nl - p);
-    fwrite(p, 1, cols > 0 ? cli_fit_width(p, n, cols) : n, stdout);
-    fputc('\n', stdout);
+    cli_put_fitted(stdout, p, (size_t)(nl - p), cols);
   }
   fflush(stdout);
 }
 
 static int show(const cli *c, const view *v, int live) {
+  size_t len = 0, width = cli_term_columns(STDOUT_FILENO);
   char *frame = NULL;
-  size_t len = 0;
   FILE *f;
   int rc;
 
@@ -155,20 +204,18 @@ static int show(const cli *c, const view *v, int live) {
     fflush(stdout);
     return 0;
   }
-  if (!live)
-    return render(stdout, c, v, 0);
   f = open_memstream(&frame, &len);
   if (f == NULL) {
     cli_fail("out of memory");
     return CLI_EXIT_JOB;
   }
-  rc = render(f, c, v, 1);
+  rc = render(f, c, v, live, width);
   if (fclose(f) != 0 && rc == 0) {
     cli_fail("out of memory");
     rc = CLI_EXIT_JOB;
   }
   if (rc == 0)
-    draw(frame, len);
+    draw(frame, len, width, live);
   free(frame);
   return rc;
 }

@@ -2,13 +2,20 @@
  * and top against the real traind, worker and loader, on a temporary socket
  * and state directory per test. */
 #include <check.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <fcntl.h>
 #include <nanomsg/nn.h>
+#include <pty.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -188,6 +195,104 @@ static uint64_t submit(const char *name, int hidden, int epochs, int limit) {
   ck_assert_msg(p != NULL, "no id in %s", out);
   ck_assert(sscanf(p + 5, " %llu", &id) == 1);
   return id;
+}
+
+/* traind-client in the background (for what must run while the test acts:
+ * watch, wait), its stdout and stderr into the file out.  With pty_cols,
+ * on a pseudo-terminal that wide instead: a reader process copies what the
+ * terminal shows into the file, and exits with the client's status. */
+static pid_t spawn_client(const char *out, unsigned short pty_cols, ...) {
+  char exe[512];
+  const char *argv[32], *root = getenv("TD_BUILD_ROOT");
+  int argc = 0, fd;
+  va_list ap;
+  pid_t pid;
+
+  snprintf(exe, sizeof(exe), "%s/client/traind-client", root != NULL ? root : "build");
+  argv[argc++] = exe;
+  argv[argc++] = "--socket";
+  argv[argc++] = g_sock;
+  va_start(ap, pty_cols);
+  for (const char *a; (a = va_arg(ap, const char *)) != NULL && argc < 31;)
+    argv[argc++] = a;
+  va_end(ap);
+  argv[argc] = NULL;
+  fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  ck_assert_msg(fd >= 0, "cannot write %s", out);
+  pid = fork();
+  ck_assert(pid >= 0);
+  if (pid > 0) {
+    close(fd);
+    return pid;
+  }
+  if (pty_cols == 0) {
+    dup2(fd, 1);
+    dup2(fd, 2);
+    execv(exe, (char *const *)argv);
+    _exit(127);
+  } else {
+    struct winsize ws = {.ws_row = 24, .ws_col = pty_cols};
+    char buf[4096];
+    int master, status;
+    ssize_t n;
+    pid_t child = forkpty(&master, NULL, NULL, &ws);
+
+    if (child < 0)
+      _exit(126);
+    if (child == 0) {
+      execv(exe, (char *const *)argv);
+      _exit(127);
+    }
+    /* EIO once the client has exited and closed the terminal */
+    while ((n = read(master, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR))
+      if (n > 0 && write(fd, buf, (size_t)n) != n)
+        break;
+    if (waitpid(child, &status, 0) != child || !WIFEXITED(status))
+      _exit(125);
+    _exit(WEXITSTATUS(status));
+  }
+  return -1;
+}
+
+/* The exit status of a spawned client; killed and failed after timeout_s. */
+static int client_exit(pid_t pid, int timeout_s) {
+  int status;
+
+  for (int i = 0; i < timeout_s * 20; i++) {
+    pid_t r = waitpid(pid, &status, WNOHANG);
+
+    ck_assert(r >= 0);
+    if (r == pid)
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    th_msleep(50);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  ck_abort_msg("traind-client was still running after %d s", timeout_s);
+  return -1;
+}
+
+static void read_text(const char *path, char *out, size_t cap) {
+  FILE *f = fopen(path, "r");
+  size_t n;
+
+  ck_assert_msg(f != NULL, "cannot read %s", path);
+  n = fread(out, 1, cap - 1, f);
+  out[n] = '\0';
+  fclose(f);
+}
+
+/* Every line of text at most cols columns (the text is ASCII). */
+static void expect_width(const char *text, size_t cols) {
+  for (const char *p = text, *nl; *p != '\0'; p = nl + 1) {
+    nl = strchr(p, '\n');
+    if (nl == NULL)
+      nl = p + strlen(p);
+    ck_assert_msg((size_t)(nl - p) <= cols, "a line of %zu columns, over %zu:\n%.*s\nin:\n%s",
+                  (size_t)(nl - p), cols, (int)(nl - p), p, text);
+    if (*nl == '\0')
+      break;
+  }
 }
 
 static const char *me(void) {
@@ -429,6 +534,138 @@ START_TEST(ls_mine_lists_own_jobs) {
 }
 END_TEST
 
+/* watch tails the status socket: the state events of a job, as JSON lines
+ * with their topic. */
+START_TEST(watch_prints_state_events) {
+  char path[512], out[8192], err[4096], want[64];
+  uint64_t id;
+  pid_t pid;
+  int rc, lines = 0;
+
+  start_daemon("2GiB");
+  snprintf(path, sizeof(path), "%s/watch.out", g_dir);
+  pid = spawn_client(path, 0, "--json", "watch", "--topic", "job.state", "--count", "2", NULL);
+  th_msleep(500); /* a SUB socket joins late: give it time to subscribe */
+  id = submit("watched", 32, 1, 500);
+  rc = client_exit(pid, 60);
+  read_text(path, out, sizeof(out));
+  ck_assert_msg(rc == 0, "watch exited %d: %s", rc, out);
+  snprintf(want, sizeof(want), "\"id\":%llu,", (unsigned long long)id);
+  for (const char *p = out; *p != '\0'; lines++) {
+    ck_assert_msg(strncmp(p, "{\"topic\":\"job.state\",", 21) == 0, "%s", out);
+    p = strchr(p, '\n');
+    ck_assert_msg(p != NULL, "%s", out);
+    p++;
+  }
+  ck_assert_msg(lines == 2 && strstr(out, want) != NULL && strstr(out, "\"v\":") == NULL,
+                "%s", out);
+  ck_assert_msg(strstr(out, "\"state\":\"running\"") != NULL, "%s", out);
+  wait_state(id, "succeeded", 60);
+
+  /* the human form: time, topic, job, fields */
+  pid = spawn_client(path, 0, "watch", "--count", "1", NULL);
+  th_msleep(500);
+  CLIENT_OK(out, "device", "cpu0", "--drain");
+  rc = client_exit(pid, 30);
+  read_text(path, out, sizeof(out));
+  ck_assert_msg(rc == 0 && strstr(out, " device ") != NULL && strstr(out, "device=cpu0") != NULL,
+                "%s", out);
+  rc = client(out, sizeof(out), err, sizeof(err), "watch", "--count", "0", NULL);
+  ck_assert_int_eq(rc, 2);
+  rc = client(out, sizeof(out), err, sizeof(err), "watch", "--topic", "", NULL);
+  ck_assert_int_eq(rc, 2);
+}
+END_TEST
+
+/* top fits the width it is given, and says why a queued job waits. */
+START_TEST(top_fits_the_width_and_says_why_jobs_wait) {
+  char out[16384], budget[32];
+  uint64_t a, b, total;
+
+  start_daemon("2GiB");
+  CLIENT_OK(out, "device", "cpu0", "--drain");
+  a = submit("endless", 128, 1000, 0);
+  b = submit("waiting-for-its-turn", 128, 1, 1000);
+  total = plan_total(a);
+  snprintf(budget, sizeof(budget), "%llu", (unsigned long long)(total + total / 2));
+  CLIENT_OK(out, "device", "cpu0", "--budget", budget, "--resume");
+  wait_state(a, "running", 30);
+  expect_state(b, "queued");
+
+  setenv("COLUMNS", "160", 1);
+  CLIENT_OK(out, "top", "--once");
+  expect_width(out, 160);
+  ck_assert_msg(strstr(out, "MICRO") != NULL && strstr(out, "REASON") != NULL &&
+                strstr(out, "SAMPLES/S") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "waiting-for-its-turn") != NULL && strstr(out, "waiting for ") != NULL &&
+                strstr(out, " on cpu0 (") != NULL, "%s", out);
+
+  setenv("COLUMNS", "80", 1);
+  CLIENT_OK(out, "top", "--once");
+  expect_width(out, 80);
+  ck_assert_msg(strstr(out, "endless") != NULL && strstr(out, "REASON") != NULL &&
+                strstr(out, "waiting for ") != NULL, "%s", out);
+  unsetenv("COLUMNS");
+  snprintf(budget, sizeof(budget), "%llu", (unsigned long long)a);
+  CLIENT_OK(out, "cancel", budget);
+}
+END_TEST
+
+/* A lower budget re-plans a running job; wait, on a terminal, says so on
+ * a line of its own above the progress line, which then shows the
+ * micro-batch. */
+START_TEST(wait_shows_a_replan) {
+  char yaml[4096], path[512], probe[512], out[65536], id_s[24], budget[32], want[64];
+  const char *p;
+  uint64_t id = 0, small;
+  pid_t pid;
+  int rc;
+
+  /* the budget of the same job at batch 16 makes it micro-batch 16x4
+   * (from a throwaway traind with its own munged, so before ours) */
+  th_job_yaml(yaml, sizeof(yaml), "probe", 1024, 1, 100, 16);
+  ck_assert_int_eq(th_plan_total(yaml, &small), 0);
+  start_daemon("1GiB");
+  snprintf(probe, sizeof(probe), "%s/squeezed.yaml", g_dir);
+  th_job_yaml(yaml, sizeof(yaml), "squeezed", 1024, 20, 0, 64);
+  strncat(yaml, "memory:\n  min_micro_batch: 4\n", sizeof(yaml) - strlen(yaml) - 1);
+  write_text(probe, yaml);
+  CLIENT_OK(out, "--json", "submit", probe);
+  p = strstr(out, "\"id\":");
+  ck_assert_msg(p != NULL && sscanf(p + 5, " %" SCNu64, &id) == 1, "%s", out);
+  snprintf(id_s, sizeof(id_s), "%" PRIu64, id);
+
+  snprintf(path, sizeof(path), "%s/wait.out", g_dir);
+  pid = spawn_client(path, 80, "wait", id_s, NULL);
+  wait_state(id, "running", 30);
+  {
+    int s = th_connect(g_sock, 10000);
+    ck_assert(s >= 0);
+    ck_assert_int_eq(th_wait_training(s, id, 60000), 0);
+    nn_close(s);
+  }
+  snprintf(budget, sizeof(budget), "%" PRIu64, small);
+  CLIENT_OK(out, "device", "cpu0", "--budget", budget);
+  for (int i = 0; i < 600 && plan_part(id, "micro_batch") != 16; i++)
+    th_msleep(100);
+  ck_assert_uint_eq(plan_part(id, "micro_batch"), 16);
+  ck_assert_uint_eq(plan_part(id, "accumulation"), 4);
+  th_msleep(1500); /* a progress line or two at the new plan */
+  CLIENT_OK(out, "cancel", id_s);
+  rc = client_exit(pid, 60);
+  read_text(path, out, sizeof(out));
+  ck_assert_msg(rc == 1, "wait exited %d: %s", rc, out);
+  p = strstr(out, "re-planned on cpu0: micro-batch 16x4 (was 64x1), reserving ");
+  ck_assert_msg(p != NULL, "%s", out);
+  /* the re-plan line replaced the progress line, and the progress line
+   * came back under it with the micro-batch */
+  snprintf(want, sizeof(want), "\r\033[Kjob %s re-planned", id_s);
+  ck_assert_msg(strstr(out, want) != NULL, "%s", out);
+  ck_assert_msg(strstr(p, "micro-batch 16x4") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "was cancelled") != NULL, "%s", out);
+}
+END_TEST
+
 static Suite *client_cmds_suite(void) {
   Suite *s = suite_create("client_cmds");
   TCase *tc = tcase_create("commands");
@@ -442,6 +679,9 @@ static Suite *client_cmds_suite(void) {
   tcase_add_test(tc, budget_below_plan_holds_jobs);
   tcase_add_test(tc, wait_exit_codes);
   tcase_add_test(tc, ls_mine_lists_own_jobs);
+  tcase_add_test(tc, watch_prints_state_events);
+  tcase_add_test(tc, top_fits_the_width_and_says_why_jobs_wait);
+  tcase_add_test(tc, wait_shows_a_replan);
   suite_add_tcase(s, tc);
   return s;
 }

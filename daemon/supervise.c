@@ -689,22 +689,44 @@ const char *td_run_libexec(const td_daemon *d) {
   return access(probe, X_OK) == 0 ? d->exe_dir : TD_LIBEXECDIR;
 }
 
+/* traind's environment less JOURNAL_STREAM (malloc'd array of borrowed
+ * strings; NULL when out of memory).  Under systemd traind's stderr is the
+ * journal, but a job's processes write to the job's log file: they must
+ * not take it for the journal (td_log's "<N>" lines without a time). */
+static char **td__job_env(void) {
+  extern char **environ;
+  size_t n = 0, k = 0;
+  char **env;
+
+  while (environ[n] != NULL)
+    n++;
+  if ((env = calloc(n + 1, sizeof(*env))) == NULL)
+    return NULL;
+  for (size_t i = 0; i < n; i++)
+    if (strncmp(environ[i], "JOURNAL_STREAM=", 15) != 0)
+      env[k++] = environ[i];
+  return env;
+}
+
 /* Spawn one of the run's processes; on failure the reason is the run's
  * error and the handle is closed. */
 static int td__spawn(td_run *r, uv_process_t *p, char **args, uv_stdio_container_t *io,
                      int nio, uv_exit_cb exit_cb) {
   uv_process_options_t opt;
+  char **env = td__job_env();
   int rc;
 
   memset(&opt, 0, sizeof(opt));
   opt.file = args[0];
   opt.args = args;
+  opt.env = env; /* NULL (out of memory): traind's own, which still works */
   opt.stdio = io;
   opt.stdio_count = nio;
   opt.exit_cb = exit_cb;
   p->data = r;
   r->nhandles++;
   rc = uv_spawn(r->d->loop, p, &opt);
+  free(env);
   if (rc < 0) {
     snprintf(r->error_event, sizeof(r->error_event), "cannot start %s: %s", args[0],
              uv_strerror(rc));

@@ -162,10 +162,23 @@ static int fail(int rc, const char *fmt, ...) {
   return rc == TD_ECUDA ? EXIT_CUDA : EXIT_JOB;
 }
 
+/* A log line as td_log writes it, from a signal handler: no stdio. */
 static void on_term(int sig) {
-  static const char msg[] = "traind-worker: cancelled by a signal\n";
+  static const char msg[] = "] info: cancelled by a signal\n";
+  char line[TD_LOG_STAMP_MAX + 64], pid[16];
+  size_t n = td_log_stamp(line, sizeof(line)), k = sizeof(pid);
+  unsigned v = (unsigned)getpid();
 
-  (void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
+  do
+    pid[--k] = (char)('0' + v % 10);
+  while ((v /= 10) != 0 && k > 0);
+  memcpy(line + n, " traind-worker[", 15);
+  n += 15;
+  memcpy(line + n, pid + k, sizeof(pid) - k);
+  n += sizeof(pid) - k;
+  memcpy(line + n, msg, sizeof(msg) - 1);
+  n += sizeof(msg) - 1;
+  (void)!write(STDERR_FILENO, line, n);
   _exit(128 + sig);
 }
 
@@ -241,7 +254,7 @@ static int parse_args(int argc, char **argv, args *a) {
     return 0;
   if (optind < argc || !a->job || !a->base_dir || !a->ring || !a->device || !a->output ||
       a->budget == 0 || a->micro_batch == 0) {
-    fprintf(stderr, "traind-worker: missing or extra arguments\n");
+    td_error("missing or extra arguments");
     return -1;
   }
   return 0;

@@ -931,14 +931,17 @@ close_dir:
 
 int td_run_set_budget(td_daemon *d, td_job *j, uint64_t budget) {
   td_run *r = j->run;
-  char line[48];
+  const td_device *dev = td_sched_device(d, j->device);
+  char line[80];
   uv_buf_t buf;
   int n;
 
-  (void)d;
   if (r == NULL || !r->worker_running || !r->control_open)
     return TD_ESTATE;
-  n = snprintf(line, sizeof(line), "budget %llu\n", (unsigned long long)budget);
+  /* The device's budget too: a job that must leave the device is sent a
+   * token budget, and its log should say what really changed. */
+  n = snprintf(line, sizeof(line), "budget %llu device=%llu\n", (unsigned long long)budget,
+               (unsigned long long)(dev != NULL ? dev->budget : 0));
   buf = uv_buf_init(line, (unsigned)n);
   /* A line is far below the pipe's buffer and PIPE_BUF: it goes whole or
    * not at all, and the loop never waits on it. */

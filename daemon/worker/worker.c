@@ -55,6 +55,7 @@
 #include "dataset.h"
 #include "error.h"
 #include "jobspec.h"
+#include "kvline.h"
 #include "log.h"
 #include "model.h"
 #include "plan.h"
@@ -495,8 +496,24 @@ static int resume(trainer *t, const char *path) {
   return 0;
 }
 
+/* The budget line of the log: this job's budget, and the device's when
+ * traind said it ("" otherwise). */
+static void budget_text(unsigned long long bytes, uint64_t device_budget, const char *device,
+                        char *out, size_t cap) {
+  char job[32], dev[32];
+
+  td_format_size(bytes, job, sizeof(job));
+  if (device_budget == 0) {
+    snprintf(out, cap, "%s (%llu bytes)", job, bytes);
+    return;
+  }
+  td_format_size(device_budget, dev, sizeof(dev));
+  snprintf(out, cap, "%s (%llu bytes; the budget of %s for all its jobs is now %s)", job, bytes,
+           device, dev);
+}
+
 /* Commands from traind on stdin (a pipe), read without blocking at step
- * boundaries: "budget BYTES". */
+ * boundaries: "budget BYTES [device=BYTES]". */
 static char ctl_buf[256];
 static size_t ctl_len;
 
@@ -518,15 +535,34 @@ static int apply_control(trainer *t) {
 
     *nl = '\0';
     if (sscanf(ctl_buf, "budget %llu", &bytes) == 1 && bytes > 0) {
-      td_info("traind set the budget to %llu bytes", bytes);
+      uint64_t dev_budget = td_kv_u64(ctl_buf, "device", 0);
+      char what[192];
+
       rc = td_model_set_budget(t->model, bytes, &replanned);
+      if (rc == TD_ENOFIT) {
+        char dev[32];
+
+        /* traind wants the job off the device for now: the budget it
+         * sent is a token, and only the device's says why. */
+        td_format_size(dev_budget, dev, sizeof(dev));
+        if (dev_budget > 0)
+          snprintf(what, sizeof(what), "the budget of %s was lowered to %s, which leaves this "
+                   "job too little for its smallest allowed micro-batch (%u)", t->a->device, dev,
+                   td_jobspec_min_micro_batch(t->spec));
+        else
+          snprintf(what, sizeof(what), "traind lowered this job's budget below what its "
+                   "smallest allowed micro-batch (%u) needs", td_jobspec_min_micro_batch(t->spec));
+        td_warn("%s: checkpointing; the job waits in the queue for memory", what);
+        /* the weights are intact: it resumes from here */
+        checkpoint_final(t);
+        return fail(rc, "%s", what);
+      }
+      budget_text(bytes, dev_budget, t->a->device, what, sizeof(what));
+      td_info("traind set this job's budget to %s", what);
       if (rc == TD_EOOM) { /* the next step re-plans again */
         on_oom(NULL, td_model_last_oom(t->model));
       } else if (rc < 0) {
-        if (rc == TD_ENOFIT) /* the weights are intact: it resumes from here */
-          checkpoint_final(t);
-        return fail(rc, "the budget was lowered to %llu bytes: %s", bytes,
-                    td_model_error(t->model));
+        return fail(rc, "the budget was set to %s: %s", what, td_model_error(t->model));
       } else {
         emit_replan(t->model);
       }

@@ -59,6 +59,7 @@ void td_job_free(td_job *j) {
     return;
   free(j->model);
   free(j->error);
+  free(j->warning);
   free(j->yaml);
   free(j->base_dir);
   free(j->spec);

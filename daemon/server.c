@@ -72,7 +72,7 @@ static void td__pack_job_row(td_pack *p, const td_job *j) {
 }
 
 static void td__pack_job_full(td_pack *p, const td_job *j) {
-  td_pack_map(p, TD_JOB_ROW_FIELDS + 12);
+  td_pack_map(p, TD_JOB_ROW_FIELDS + 13);
   td__pack_job_fields(p, j);
   td_pack_kv_u64(p, "retries", j->retries);
   td_pack_kv_u64(p, "mem", j->mem);
@@ -83,6 +83,7 @@ static void td__pack_job_full(td_pack *p, const td_job *j) {
   td_pack_kv_f64(p, "val_accuracy", j->val_accuracy);
   td_pack_kv_str(p, "model", TD_JOB_STR(j->model));
   td_pack_kv_str(p, "error", TD_JOB_STR(j->error));
+  td_pack_kv_str(p, "warning", TD_JOB_STR(j->warning));
   td__pack_plan(p, &j->plan);
   td_pack_kv_i64(p, "exit_status", j->exit_status);
   td_pack_str(p, "checkpoint");

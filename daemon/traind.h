@@ -87,6 +87,8 @@ typedef struct td_job {
   char wait_reason[192];
   double acct_mono;        /* fair share: its usage is counted up to here
                               (td_now_mono) while it holds a reservation */
+  char *warning;           /* what went wrong in a job that still succeeded (its
+                              model kept elsewhere); NULL if nothing did */
 } td_job;
 
 typedef struct td_device {

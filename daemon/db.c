@@ -581,3 +581,55 @@ rollback:
   sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
   return err;
 }
+
+int td_db_override_save(td_db *db, const char *name, uint64_t budget, int drain) {
+  sqlite3_stmt *st = NULL;
+  int rc, err;
+
+  if (budget > INT64_MAX)
+    return TD_EINVAL;
+  rc = budget == 0 && !drain
+           ? sqlite3_prepare_v2(db->h, "DELETE FROM device_overrides WHERE name=?", -1, &st,
+                                NULL)
+           : sqlite3_prepare_v2(db->h,
+                                "INSERT OR REPLACE INTO device_overrides(name,budget,drain,at_ms)"
+                                " VALUES(?,?,?,?)", -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return td__db_err(db, rc, "device override");
+  sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+  if (budget != 0 || drain) {
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)budget);
+    sqlite3_bind_int(st, 3, drain != 0);
+    sqlite3_bind_int64(st, 4, td_now_unix_ms());
+  }
+  /* One statement: its own transaction, durable when it returns. */
+  rc = sqlite3_step(st);
+  err = rc == SQLITE_DONE ? 0 : td__db_err(db, rc, "device override");
+  sqlite3_finalize(st);
+  return err;
+}
+
+int td_db_override_load(td_db *db,
+                        int (*fn)(void *arg, const char *name, uint64_t budget, int drain),
+                        void *arg) {
+  sqlite3_stmt *st;
+  int rc, err = 0;
+
+  rc = sqlite3_prepare_v2(db->h, "SELECT name,budget,drain FROM device_overrides ORDER BY name",
+                          -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return td__db_err(db, rc, "device override load");
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *name = (const char *)sqlite3_column_text(st, 0);
+    sqlite3_int64 budget = sqlite3_column_int64(st, 1);
+
+    /* The database is an operator's to edit: a negative budget is none. */
+    if ((err = fn(arg, name ? name : "", budget > 0 ? (uint64_t)budget : 0,
+                  sqlite3_column_int(st, 2) != 0)) < 0)
+      break;
+  }
+  if (err == 0 && rc != SQLITE_DONE)
+    err = td__db_err(db, rc, "device override load");
+  sqlite3_finalize(st);
+  return err;
+}

@@ -247,10 +247,10 @@ START_TEST(sigterm_then_restart) {
   same_weights(ref, id);
   /* A finished job's checkpoint is gone. */
   ck_assert_int_ne(access(ckpt, F_OK), 0);
-  ck_assert_uint_eq(shown_ckpt(id, "bytes"), 0);
-  ck_assert_uint_eq(shown_ckpt(id, "step"), 0);
   ck_assert_int_eq(th_show_u64(g_sock, id, "started_ms", &started_again), 0);
   ck_assert_uint_eq(started_again, started);
+  ck_assert_uint_eq(shown_ckpt(id, "bytes"), 0);
+  ck_assert_uint_eq(shown_ckpt(id, "step"), 0);
 }
 END_TEST
 

@@ -625,10 +625,23 @@ static void device_row(cli_table *t, const msgpack_object *dev) {
     cli_table_cell(t, "%" PRIu64, njobs);
   else
     cli_table_cell(t, "?");
-  if (td_obj_bool(dev, "draining", &draining) == 0)
-    cli_table_cell(t, "%s", draining ? "draining" : "active");
-  else
-    cli_table_cell(t, "?");
+  {
+    const char *why;
+    size_t whylen = 0;
+    uint64_t over = 0;
+
+    /* unusable (a failed probe) outranks draining: nothing runs there */
+    if (td_obj_str(dev, "unusable", &why, &whylen) != 0)
+      whylen = 0;
+    td_obj_u64(dev, "override_budget", &over);
+    if (whylen > 0)
+      cli_table_cell(t, "unusable");
+    else if (td_obj_bool(dev, "draining", &draining) == 0)
+      cli_table_cell(t, "%s%s", draining ? "draining" : "active",
+                     over > 0 ? " (budget set by an admin)" : "");
+    else
+      cli_table_cell(t, "?");
+  }
 }
 
 int cli_print_devices(FILE *f, const msgpack_object *devs) {

@@ -73,6 +73,16 @@ static const char *const td__migrations[] = {
     "  name TEXT NOT NULL DEFAULT '',"
     "  usage REAL NOT NULL DEFAULT 0,"
     "  at_ms INTEGER NOT NULL DEFAULT 0);",
+
+    /* A job that succeeded with something to say (its model kept in the
+     * job's directory), and the admins' device changes, which a restart
+     * or a reload must not drop without a word. */
+    "ALTER TABLE jobs ADD COLUMN warning TEXT NOT NULL DEFAULT '';"
+    "CREATE TABLE device_overrides ("
+    "  name TEXT PRIMARY KEY,"
+    "  budget INTEGER NOT NULL DEFAULT 0,"
+    "  drain INTEGER NOT NULL DEFAULT 0,"
+    "  at_ms INTEGER NOT NULL DEFAULT 0);",
 };
 
 #define TD_DB_SCHEMA_VERSION ((int)(sizeof(td__migrations) / sizeof(td__migrations[0])))
@@ -233,7 +243,7 @@ int td_db_open(const char *path, td_db **out, char *err, size_t errlen) {
     rc = sqlite3_prepare_v2(db->h,
         "UPDATE jobs SET state=?,device=?,started_ms=?,finished_ms=?,loss=?,accuracy=?,"
         "samples_per_sec=?,model=?,error=?,exit_status=?,epoch=?,epochs=?,step=?,steps=?,"
-        "retries=?,priority=? WHERE id=?", -1, &db->update, NULL);
+        "retries=?,priority=?,warning=? WHERE id=?", -1, &db->update, NULL);
   if (rc == SQLITE_OK)
     rc = sqlite3_prepare_v2(db->h,
         "INSERT INTO job_history(job_id,at_ms,state,detail) VALUES(?,?,?,?)", -1,
@@ -371,7 +381,8 @@ int td_db_update(td_db *db, const td_job *j, const char *detail) {
   sqlite3_bind_int64(st, 14, j->steps);
   sqlite3_bind_int64(st, 15, j->retries);
   sqlite3_bind_int(st, 16, j->priority);
-  sqlite3_bind_int64(st, 17, (sqlite3_int64)j->id);
+  sqlite3_bind_text(st, 17, TD_JOB_STR(j->warning), -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 18, (sqlite3_int64)j->id);
   rc = sqlite3_step(st);
   if (rc != SQLITE_DONE) {
     err = td__db_err(db, rc, "update");
@@ -400,7 +411,7 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
   rc = sqlite3_prepare_v2(db->h,
       "SELECT id,name,state,priority,device,job_yaml,base_dir,submitted_ms,started_ms,"
       "finished_ms,epochs,loss,accuracy,samples_per_sec,model,error,exit_status,epoch,step,steps,"
-      "owner,retries,uid,gid,sample_dtype"
+      "owner,retries,uid,gid,sample_dtype,warning"
       " FROM jobs ORDER BY id", -1, &st, NULL);
   if (rc != SQLITE_OK)
     return td__db_err(db, rc, "load");
@@ -456,6 +467,7 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
     j->uid = (uint32_t)sqlite3_column_int64(st, 22);
     j->gid = (uint32_t)sqlite3_column_int64(st, 23);
     j->sample_dtype = sqlite3_column_int(st, 24);
+    td_job_set(&j->warning, (const char *)sqlite3_column_text(st, 25));
     if ((err = fn(arg, j)) < 0)
       break;
   }
@@ -567,5 +579,57 @@ rollback:
   sqlite3_finalize(hist);
   sqlite3_finalize(job);
   sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+  return err;
+}
+
+int td_db_override_save(td_db *db, const char *name, uint64_t budget, int drain) {
+  sqlite3_stmt *st = NULL;
+  int rc, err;
+
+  if (budget > INT64_MAX)
+    return TD_EINVAL;
+  rc = budget == 0 && !drain
+           ? sqlite3_prepare_v2(db->h, "DELETE FROM device_overrides WHERE name=?", -1, &st,
+                                NULL)
+           : sqlite3_prepare_v2(db->h,
+                                "INSERT OR REPLACE INTO device_overrides(name,budget,drain,at_ms)"
+                                " VALUES(?,?,?,?)", -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return td__db_err(db, rc, "device override");
+  sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+  if (budget != 0 || drain) {
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)budget);
+    sqlite3_bind_int(st, 3, drain != 0);
+    sqlite3_bind_int64(st, 4, td_now_unix_ms());
+  }
+  /* One statement: its own transaction, durable when it returns. */
+  rc = sqlite3_step(st);
+  err = rc == SQLITE_DONE ? 0 : td__db_err(db, rc, "device override");
+  sqlite3_finalize(st);
+  return err;
+}
+
+int td_db_override_load(td_db *db,
+                        int (*fn)(void *arg, const char *name, uint64_t budget, int drain),
+                        void *arg) {
+  sqlite3_stmt *st;
+  int rc, err = 0;
+
+  rc = sqlite3_prepare_v2(db->h, "SELECT name,budget,drain FROM device_overrides ORDER BY name",
+                          -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return td__db_err(db, rc, "device override load");
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *name = (const char *)sqlite3_column_text(st, 0);
+    sqlite3_int64 budget = sqlite3_column_int64(st, 1);
+
+    /* The database is an operator's to edit: a negative budget is none. */
+    if ((err = fn(arg, name ? name : "", budget > 0 ? (uint64_t)budget : 0,
+                  sqlite3_column_int(st, 2) != 0)) < 0)
+      break;
+  }
+  if (err == 0 && rc != SQLITE_DONE)
+    err = td__db_err(db, rc, "device override load");
+  sqlite3_finalize(st);
   return err;
 }

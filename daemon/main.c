@@ -59,6 +59,7 @@ void td_job_free(td_job *j) {
     return;
   free(j->model);
   free(j->error);
+  free(j->warning);
   free(j->yaml);
   free(j->base_dir);
   free(j->spec);
@@ -184,6 +185,63 @@ static int td__restore(void *arg, td_job *j) {
   return 0;
 }
 
+uint64_t td_device_limit(const td_device *dev) {
+  return dev->override_budget != 0 && dev->override_budget < dev->cfg_limit
+             ? dev->override_budget
+             : dev->cfg_limit;
+}
+
+static int td__override_one(void *arg, const char *name, uint64_t budget, int drain) {
+  td_daemon *d = arg;
+  td_device *dev = td_sched_device(d, name);
+
+  if (dev == NULL) {
+    td_info("device %s: an admin's change is recorded for it, but it is not configured; the "
+            "change applies if it comes back", name);
+    return 0;
+  }
+  dev->override_budget = budget;
+  dev->override_drain = drain;
+  return 0;
+}
+
+/* The admins' device changes (`device`), recorded in the database, over
+ * the config's budgets: at start and after SIGHUP, said in the log. */
+static void td__overrides_apply(td_daemon *d, const char *when) {
+  int rc;
+
+  for (int i = 0; i < d->ndevices; i++) {
+    d->devices[i].override_budget = 0;
+    d->devices[i].override_drain = 0;
+  }
+  if ((rc = td_db_override_load(d->db, td__override_one, d)) < 0)
+    td_error("cannot read the admins' device changes from the database (%s): the devices "
+             "run as the config says", td_strerror(rc));
+  for (int i = 0; i < d->ndevices; i++) {
+    td_device *dev = &d->devices[i];
+    char ob[32], cb[32];
+
+    if (td_device_limit(dev) != dev->limit)
+      td_device_set_limit(dev, td_device_limit(dev));
+    if (dev->override_drain)
+      dev->draining = 1;
+    if (dev->override_budget == 0 && !dev->override_drain)
+      continue;
+    td_format_size(dev->override_budget, ob, sizeof(ob));
+    td_format_size(dev->cfg_limit, cb, sizeof(cb));
+    if (dev->override_budget != 0 && dev->override_budget < dev->cfg_limit)
+      td_warn("device %s: %s, an admin's budget of %s is in force (the config says %s); "
+              "`traind-client device %s --budget %llu` goes back to the config's", dev->name,
+              when, ob, cb, dev->name, (unsigned long long)dev->cfg_limit);
+    else if (dev->override_budget != 0)
+      td_info("device %s: %s, an admin's budget of %s is recorded, but the config's %s is "
+              "lower and applies", dev->name, when, ob, cb);
+    if (dev->override_drain)
+      td_warn("device %s: %s, it is drained by an admin and takes no new job; "
+              "`traind-client device %s --resume` ends it", dev->name, when, dev->name);
+  }
+}
+
 static void td__close_walk(uv_handle_t *h, void *arg) {
   (void)arg;
   if (!uv_is_closing(h))
@@ -261,15 +319,16 @@ static void td__reload(td_daemon *d) {
       dev = &d->devices[d->ndevices++];
       memset(dev, 0, sizeof(*dev));
       td_strlcpy(dev->name, next.devices[i].name, sizeof(dev->name));
-      dev->limit = next.devices[i].budget;
+      dev->cfg_limit = dev->limit = next.devices[i].budget;
       td_probe_start(d, dev); /* admits nothing until it answers */
     }
     if (dev != NULL && dev->unusable[0] != '\0') {
-      dev->limit = next.devices[i].budget;
+      dev->cfg_limit = dev->limit = next.devices[i].budget;
       td_probe_start(d, dev); /* its probe failed: SIGHUP tries again */
     }
     if (dev != NULL) {
-      td_device_set_limit(dev, next.devices[i].budget);
+      dev->cfg_limit = next.devices[i].budget;
+      td_device_set_limit(dev, td_device_limit(dev));
       dev->draining = 0;
     }
   }
@@ -277,6 +336,7 @@ static void td__reload(td_daemon *d) {
   for (int i = 0; i < d->ndevices; i++)
     if (d->devices[i].draining)
       td_warn("SIGHUP: device %s is no longer configured: draining it", d->devices[i].name);
+  td__overrides_apply(d, "after SIGHUP");
   td_info("SIGHUP: configuration reloaded from %s", d->config_path);
   td_sched_run(d);
 }
@@ -418,6 +478,8 @@ int main(int argc, char **argv) {
   d->loop = uv_default_loop();
   d->start_mono = td_now_mono();
   td_sched_init(d);
+  for (int i = 0; i < d->ndevices; i++)
+    d->devices[i].cfg_limit = d->cfg.devices[i].budget;
   td_probe_devices(d);
   td_run_cleanup_stale();
   td_shmcache_sweep();
@@ -434,6 +496,10 @@ int main(int argc, char **argv) {
     td_error("cannot load the jobs from %s: %s", dbpath, td_strerror(rc));
     goto close_sockets;
   }
+  /* After the jobs came back: a job that fits the config's budget but not
+   * an admin's lower one waits (as it would have before the restart),
+   * rather than fail as too big. */
+  td__overrides_apply(d, "as before the restart");
   td_retain_start(d); /* before the first pass, so a backlog does not wait */
 
   uv_signal_init(d->loop, &d->sig_term);

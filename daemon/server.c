@@ -72,7 +72,7 @@ static void td__pack_job_row(td_pack *p, const td_job *j) {
 }
 
 static void td__pack_job_full(td_pack *p, const td_job *j) {
-  td_pack_map(p, TD_JOB_ROW_FIELDS + 12);
+  td_pack_map(p, TD_JOB_ROW_FIELDS + 13);
   td__pack_job_fields(p, j);
   td_pack_kv_u64(p, "retries", j->retries);
   td_pack_kv_u64(p, "mem", j->mem);
@@ -83,6 +83,7 @@ static void td__pack_job_full(td_pack *p, const td_job *j) {
   td_pack_kv_f64(p, "val_accuracy", j->val_accuracy);
   td_pack_kv_str(p, "model", TD_JOB_STR(j->model));
   td_pack_kv_str(p, "error", TD_JOB_STR(j->error));
+  td_pack_kv_str(p, "warning", TD_JOB_STR(j->warning));
   td__pack_plan(p, &j->plan);
   td_pack_kv_i64(p, "exit_status", j->exit_status);
   td_pack_str(p, "checkpoint");
@@ -444,7 +445,7 @@ static int td__op_info(td_daemon *d, const td_ident *who, const msgpack_object *
 }
 
 static void td__pack_device(td_pack *p, const td_device *dev) {
-  td_pack_map(p, 9);
+  td_pack_map(p, 12);
   td_pack_kv_str(p, "name", dev->name);
   td_pack_kv_u64(p, "budget", dev->budget);
   td_pack_kv_u64(p, "limit", dev->limit);
@@ -454,6 +455,9 @@ static void td__pack_device(td_pack *p, const td_device *dev) {
   td_pack_kv_u64(p, "reserved", dev->reserved);
   td_pack_kv_u64(p, "jobs", dev->njobs);
   td_pack_kv_bool(p, "draining", dev->draining);
+  td_pack_kv_u64(p, "config_budget", dev->cfg_limit);
+  td_pack_kv_u64(p, "override_budget", dev->override_budget);
+  td_pack_kv_bool(p, "override_drain", dev->override_drain);
 }
 
 static int td__op_devices(td_daemon *d, const td_ident *who, const msgpack_object *req,
@@ -469,11 +473,14 @@ static int td__op_devices(td_daemon *d, const td_ident *who, const msgpack_objec
   return 0;
 }
 
+/* An admin's change is recorded before it is made, so a restart or a
+ * reload keeps it (td__overrides_apply in main.c); the config's budget is
+ * the most a device may have. */
 static int td__op_device(td_daemon *d, const td_ident *who, const msgpack_object *req,
                          td_pack *rep, char *err, size_t errlen) {
   char name[32];
-  uint64_t budget;
-  int drain;
+  uint64_t budget, ob;
+  int drain, od, has_budget, has_drain, rc;
   td_device *dev;
 
   if (!who->admin) {
@@ -487,16 +494,46 @@ static int td__op_device(td_daemon *d, const td_ident *who, const msgpack_object
     snprintf(err, errlen, "no device named '%s'; `traind-client devices` lists them", name);
     return TD_ENOENT;
   }
-  if (td_obj_u64(req, "budget", &budget) == 0 && budget != dev->limit) {
-    td_info("device %s: budget %llu -> %llu bytes (%llu reserved)", dev->name,
-            (unsigned long long)dev->limit, (unsigned long long)budget,
-            (unsigned long long)dev->reserved);
-    td_device_set_limit(dev, budget); /* still capped by what the probe found free */
+  has_budget = td_obj_u64(req, "budget", &budget) == 0;
+  has_drain = td_obj_bool(req, "drain", &drain) == 0;
+  ob = dev->override_budget;
+  od = dev->override_drain;
+  if (has_budget) {
+    if (budget > dev->cfg_limit) {
+      char want[32], cfg[32];
+
+      td_format_size(budget, want, sizeof(want));
+      td_format_size(dev->cfg_limit, cfg, sizeof(cfg));
+      snprintf(err, errlen, "device %s: %s is more than the %s traind's configuration gives it; "
+               "`device` may lower a budget, not raise it: raise it in %s and reload traind "
+               "(systemctl reload traind)", name, want, cfg,
+               d->config_path ? d->config_path : "a config file");
+      return TD_EINVAL;
+    }
+    ob = budget == dev->cfg_limit ? 0 : budget; /* the config's own: no override */
+  }
+  if (has_drain)
+    od = drain;
+  if (ob != dev->override_budget || od != dev->override_drain) {
+    if ((rc = td_db_override_save(d->db, dev->name, ob, od)) < 0) {
+      td__db_fail(d, rc, "the device change", err, errlen);
+      return rc;
+    }
+    dev->override_budget = ob;
+    dev->override_drain = od;
+  }
+  if (has_budget && td_device_limit(dev) != dev->limit) {
+    td_info("device %s: budget %llu -> %llu bytes (%llu reserved)%s", dev->name,
+            (unsigned long long)dev->limit, (unsigned long long)td_device_limit(dev),
+            (unsigned long long)dev->reserved,
+            ob != 0 ? "; kept across restarts and reloads until an admin sets it back" : "");
+    td_device_set_limit(dev, td_device_limit(dev)); /* still capped by what the probe found free */
     td_sched_squeeze(d, dev);
   }
-  if (td_obj_bool(req, "drain", &drain) == 0 && drain != dev->draining) {
+  if (has_drain && drain != dev->draining) {
     dev->draining = drain;
-    td_info("device %s: %s", dev->name, drain ? "draining: no new jobs" : "resumed");
+    td_info("device %s: %s", dev->name, drain ? "draining: no new jobs, until an admin resumes "
+            "it (kept across restarts and reloads)" : "resumed");
   }
   td_publish_device(d, dev);
   td_pack_reply_ok(rep, 1);

@@ -215,6 +215,14 @@ static void td__on_event(td_run *r, const char *line) {
     j->samples_per_sec = td_kv_f64(line, "samples_per_sec", j->samples_per_sec);
     if (td_kv_get(line, "model", model, sizeof(model)) == 0)
       td_job_set(&j->model, model);
+  } else if (strcmp(word, "warning") == 0) {
+    char msg[512];
+
+    /* the job still succeeds, but its owner must hear of it */
+    if (td_kv_get(line, "msg", msg, sizeof(msg)) == 0) {
+      td_job_set(&j->warning, msg);
+      td_warn("job %llu: %s", (unsigned long long)j->id, msg);
+    }
   } else if (strcmp(word, "error") == 0) {
     td_kv_get(line, "msg", r->error_event, sizeof(r->error_event));
   } else if (strcmp(word, "plan") == 0) {
@@ -588,7 +596,8 @@ static void td__run_finish(td_run *r) {
     snprintf(why, sizeof(why), "cancelled");
   } else if (r->worker_status == 0 && r->worker_signal == 0 && r->done_seen) {
     s = TD_JOB_SUCCEEDED;
-    snprintf(why, sizeof(why), "finished");
+    snprintf(why, sizeof(why), "finished%s%s", j->warning ? ", with a warning: " : "",
+             TD_JOB_STR(j->warning));
   } else if (r->worker_signal == 0 && r->worker_status == TD_WORKER_EXIT_STOPPED) {
     s = TD_JOB_QUEUED;
     if (j->ckpt_bytes > 0)
@@ -631,8 +640,11 @@ static void td__run_finish(td_run *r) {
       s = TD_JOB_QUEUED;
     }
   }
-  if (s == TD_JOB_SUCCEEDED || s == TD_JOB_CANCELLED)
+  if (s == TD_JOB_SUCCEEDED || s == TD_JOB_CANCELLED) {
     td__ckpt_remove(r->dir_fd);
+    /* `show` must not name a checkpoint that is gone */
+    j->ckpt_step = j->ckpt_epoch = j->ckpt_batch = j->ckpt_bytes = 0;
+  }
   close(r->dir_fd);
   if (s == TD_JOB_QUEUED) {
     j->device[0] = '\0';
@@ -689,22 +701,44 @@ const char *td_run_libexec(const td_daemon *d) {
   return access(probe, X_OK) == 0 ? d->exe_dir : TD_LIBEXECDIR;
 }
 
+/* traind's environment less JOURNAL_STREAM (malloc'd array of borrowed
+ * strings; NULL when out of memory).  Under systemd traind's stderr is the
+ * journal, but a job's processes write to the job's log file: they must
+ * not take it for the journal (td_log's "<N>" lines without a time). */
+static char **td__job_env(void) {
+  extern char **environ;
+  size_t n = 0, k = 0;
+  char **env;
+
+  while (environ[n] != NULL)
+    n++;
+  if ((env = calloc(n + 1, sizeof(*env))) == NULL)
+    return NULL;
+  for (size_t i = 0; i < n; i++)
+    if (strncmp(environ[i], "JOURNAL_STREAM=", 15) != 0)
+      env[k++] = environ[i];
+  return env;
+}
+
 /* Spawn one of the run's processes; on failure the reason is the run's
  * error and the handle is closed. */
 static int td__spawn(td_run *r, uv_process_t *p, char **args, uv_stdio_container_t *io,
                      int nio, uv_exit_cb exit_cb) {
   uv_process_options_t opt;
+  char **env = td__job_env();
   int rc;
 
   memset(&opt, 0, sizeof(opt));
   opt.file = args[0];
   opt.args = args;
+  opt.env = env; /* NULL (out of memory): traind's own, which still works */
   opt.stdio = io;
   opt.stdio_count = nio;
   opt.exit_cb = exit_cb;
   p->data = r;
   r->nhandles++;
   rc = uv_spawn(r->d->loop, p, &opt);
+  free(env);
   if (rc < 0) {
     snprintf(r->error_event, sizeof(r->error_event), "cannot start %s: %s", args[0],
              uv_strerror(rc));
@@ -740,6 +774,7 @@ static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
 
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   char dir[TD_PATH_MAX], worker[TD_PATH_MAX + 32], *yaml, output[TD_PATH_MAX], budget[32],
+      fallback[TD_PATH_MAX],
       micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32], overhead[32],
       as_user[sizeof(((td_run *)0)->as_user)];
   uv_stdio_container_t io[4];
@@ -814,10 +849,14 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     goto close_log;
   }
 
+  /* The job's directory keeps the model when the job names no output, and
+   * when its output cannot be written at the end. */
+  snprintf(fallback, sizeof(fallback), "%.*s/model.safetensors", (int)(sizeof(fallback) - 20),
+           dir);
   if (j->spec->output[0] != '\0')
     td_strlcpy(output, j->spec->output, sizeof(output));
   else
-    snprintf(output, sizeof(output), "%.*s/model.safetensors", (int)(sizeof(output) - 20), dir);
+    td_strlcpy(output, fallback, sizeof(output));
   snprintf(r->job_path, sizeof(r->job_path), "%s/job.yaml", dir);
   snprintf(worker, sizeof(worker), "%s/traind-worker", td_run_libexec(d));
   snprintf(budget, sizeof(budget), "%llu", (unsigned long long)j->plan.total);
@@ -855,8 +894,8 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     char *args[] = {worker, "--job", r->job_path, "--base-dir", j->base_dir, "--ring",
                     r->ring_name, "--device", j->device, "--budget", budget, "--micro-batch",
                     micro, "--output", output, "--events-fd", events_fd, "--checkpoint", ckpt,
-                    "--overhead", overhead, NULL, NULL, NULL, NULL, NULL};
-    size_t n = TD_ARRAY_SIZE(args) - 5;
+                    "--overhead", overhead, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    size_t n = TD_ARRAY_SIZE(args) - 7;
 
     if (r->as_user[0] != '\0') {
       args[n++] = "--as-user";
@@ -865,6 +904,10 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     if (resume) {
       args[n++] = "--resume";
       args[n++] = ckpt;
+    }
+    if (strcmp(output, fallback) != 0) {
+      args[n++] = "--fallback-output";
+      args[n++] = fallback;
     }
     uv_pipe_init(d->loop, &r->control, 0);
     r->control.data = r;
@@ -889,8 +932,12 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   else
     td__close(r, (uv_handle_t *)&r->events);
 
-  j->started_ms = td_now_unix_ms();
+  /* When it first started: a run after a restart or a retry goes on with
+   * the same job.  The ETA counts from this run's start. */
+  if (j->started_ms == 0)
+    j->started_ms = td_now_unix_ms();
   j->started_mono = td_now_mono();
+  td_job_set(&j->warning, NULL);
   j->epoch = j->step = j->steps = 0;
   j->resumed_step = 0;
   j->epochs = j->spec->epochs;
@@ -909,14 +956,17 @@ close_dir:
 
 int td_run_set_budget(td_daemon *d, td_job *j, uint64_t budget) {
   td_run *r = j->run;
-  char line[48];
+  const td_device *dev = td_sched_device(d, j->device);
+  char line[80];
   uv_buf_t buf;
   int n;
 
-  (void)d;
   if (r == NULL || !r->worker_running || !r->control_open)
     return TD_ESTATE;
-  n = snprintf(line, sizeof(line), "budget %llu\n", (unsigned long long)budget);
+  /* The device's budget too: a job that must leave the device is sent a
+   * token budget, and its log should say what really changed. */
+  n = snprintf(line, sizeof(line), "budget %llu device=%llu\n", (unsigned long long)budget,
+               (unsigned long long)(dev != NULL ? dev->budget : 0));
   buf = uv_buf_init(line, (unsigned)n);
   /* A line is far below the pipe's buffer and PIPE_BUF: it goes whole or
    * not at all, and the loop never waits on it. */

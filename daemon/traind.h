@@ -87,6 +87,8 @@ typedef struct td_job {
   char wait_reason[192];
   double acct_mono;        /* fair share: its usage is counted up to here
                               (td_now_mono) while it holds a reservation */
+  char *warning;           /* what went wrong in a job that still succeeded (its
+                              model kept elsewhere); NULL if nothing did */
 } td_job;
 
 typedef struct td_device {
@@ -102,6 +104,12 @@ typedef struct td_device {
   uint64_t overhead;       /* bytes each worker holds outside its plan's arenas */
   int probing;             /* not measured yet: admits nothing */
   char unusable[192];      /* why the probe failed; "" if it did not */
+  /* An admin's changes (the `device` request), kept in the database
+   * across restarts and reloads; limit = min(cfg_limit, override_budget). */
+  uint64_t cfg_limit;      /* the config file's budget */
+  uint64_t override_budget; /* 0: none */
+  int override_drain;      /* drained by an admin (draining also when the
+                              device left the config) */
 } td_device;
 
 /* One user: the per-user limits and the fair-share record (fairshare.c). */
@@ -152,6 +160,8 @@ void td_job_free(td_job *j);
 /* Set spec->sample_dtype from the train split's header (td_dataset_probe:
  * headers only), before any plan is made for it. */
 int td_job_learn_dtype(td_jobspec *spec, char *err, size_t errlen);
+/* A device's limit: the config's budget, or an admin's lower override. */
+uint64_t td_device_limit(const td_device *dev);
 /* Replace a job's optional string (model, error) with a copy of s. */
 void td_job_set(char **field, const char *s);
 #define TD_JOB_STR(s) ((s) != NULL ? (s) : "")
@@ -185,6 +195,14 @@ int td_db_usage_save(td_db *db, td_user *users, size_t n, int64_t at_ms);
 /* Remove the jobs, their history and their idempotency keys in one
  * transaction. */
 int td_db_delete_jobs(td_db *db, const uint64_t *ids, size_t n);
+
+/* db.c: admins' device overrides, durable before the `device` reply says
+ * ok.  budget 0 and drain 0 remove the device's row. */
+int td_db_override_save(td_db *db, const char *name, uint64_t budget, int drain);
+/* Call fn for every recorded override. */
+int td_db_override_load(td_db *db,
+                        int (*fn)(void *arg, const char *name, uint64_t budget, int drain),
+                        void *arg);
 
 /* sched.c */
 void td_sched_init(td_daemon *d);

@@ -8,7 +8,14 @@
  *
  * Memory: the model re-plans itself when a step runs out of memory (events
  * "oom" and "replan").  traind may lower the budget through stdin, one line
- * "budget BYTES", applied at the next step boundary.
+ * "budget BYTES device=BYTES" (this job's budget, then the device's, which
+ * the log quotes: a job traind wants off the device gets a token budget),
+ * applied at the next step boundary.
+ *
+ * The model goes to --output.  If that cannot be written (its directory
+ * removed or closed to the user since the submit), it goes to
+ * --fallback-output (the job's directory) instead, and the job still
+ * succeeds: event "warning msg=..." says where, then "done ... model=PATH".
  *
  * Checkpoints (--checkpoint PATH): the model's whole state (tensor "state",
  * td_model_state_floats fp32 values) and its data position, written
@@ -31,7 +38,7 @@
  * checkpoint and the model are all the user's business.  A failure there
  * is an "error" event and exit 2.
  *
- * Exit status: 0 done, 1 job error, 2 usage (or --as-user failed), 3 sticky CUDA error, 4 needs
+ * Exit status: 0 done (with or without a warning), 1 job error, 2 usage (or --as-user failed), 3 sticky CUDA error, 4 needs
  * more memory than it has (even its smallest micro-batch does not fit: traind
  * queues it again), 5 stopped by SIGUSR1 after a checkpoint (queued again,
  * resumes from it), 143 SIGTERM (cancelled: no checkpoint).
@@ -40,6 +47,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdarg.h>
@@ -55,6 +63,7 @@
 #include "dataset.h"
 #include "error.h"
 #include "jobspec.h"
+#include "kvline.h"
 #include "log.h"
 #include "model.h"
 #include "plan.h"
@@ -70,6 +79,7 @@ enum { EXIT_JOB = 1, EXIT_USAGE = 2, EXIT_CUDA = 3, EXIT_NEEDMEM = 4, EXIT_STOPP
 
 typedef struct args {
   const char *job, *base_dir, *ring, *device, *output;
+  const char *fallback; /* --fallback-output: where the model goes if output fails; or NULL */
   const char *checkpoint, *resume; /* NULL: none */
   const char *probe; /* --probe DEVICE: measure it and exit */
   const char *as_user; /* --as-user NAME:UID:GID: become it first; NULL: stay */
@@ -99,7 +109,7 @@ static void usage(FILE *f) {
              "                     --budget BYTES --micro-batch N --output PATH "
              "[--events-fd N]\n"
              "                     [--checkpoint PATH] [--resume PATH] [--overhead BYTES]\n"
-             "                     [--as-user NAME:UID:GID]\n"
+             "                     [--as-user NAME:UID:GID] [--fallback-output PATH]\n"
              "       traind-worker --probe DEVICE\n");
 }
 
@@ -162,10 +172,23 @@ static int fail(int rc, const char *fmt, ...) {
   return rc == TD_ECUDA ? EXIT_CUDA : EXIT_JOB;
 }
 
+/* A log line as td_log writes it, from a signal handler: no stdio. */
 static void on_term(int sig) {
-  static const char msg[] = "traind-worker: cancelled by a signal\n";
+  static const char msg[] = "] info: cancelled by a signal\n";
+  char line[TD_LOG_STAMP_MAX + 64], pid[16];
+  size_t n = td_log_stamp(line, sizeof(line)), k = sizeof(pid);
+  unsigned v = (unsigned)getpid();
 
-  (void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
+  do
+    pid[--k] = (char)('0' + v % 10);
+  while ((v /= 10) != 0 && k > 0);
+  memcpy(line + n, " traind-worker[", 15);
+  n += 15;
+  memcpy(line + n, pid + k, sizeof(pid) - k);
+  n += sizeof(pid) - k;
+  memcpy(line + n, msg, sizeof(msg) - 1);
+  n += sizeof(msg) - 1;
+  (void)!write(STDERR_FILENO, line, n);
   _exit(128 + sig);
 }
 
@@ -190,6 +213,7 @@ static int parse_args(int argc, char **argv, args *a) {
       {"checkpoint", required_argument, NULL, 'c'}, {"resume", required_argument, NULL, 'R'},
       {"overhead", required_argument, NULL, 'O'}, {"probe", required_argument, NULL, 'P'},
       {"as-user", required_argument, NULL, 'u'},   {"help", no_argument, NULL, 'h'},
+      {"fallback-output", required_argument, NULL, 'F'},
       {NULL, 0, NULL, 0},
   };
   uint32_t fd;
@@ -207,28 +231,29 @@ static int parse_args(int argc, char **argv, args *a) {
     case 'R': a->resume = optarg; break;
     case 'P': a->probe = optarg; break;
     case 'u': a->as_user = optarg; break;
+    case 'F': a->fallback = optarg; break;
     case 'O':
       if (td_parse_size(optarg, &a->overhead) < 0) {
-        fprintf(stderr, "traind-worker: --overhead '%s' is not a byte count\n", optarg);
+        td_error("--overhead '%s' is not a byte count", optarg);
         return -1;
       }
       break;
     case 'B':
       if (td_parse_size(optarg, &a->budget) < 0) {
-        fprintf(stderr, "traind-worker: --budget '%s' is not a byte count\n", optarg);
+        td_error("--budget '%s' is not a byte count", optarg);
         return -1;
       }
       break;
     case 'm':
       if (parse_u32(optarg, &a->micro_batch) < 0 || a->micro_batch == 0) {
-        fprintf(stderr, "traind-worker: --micro-batch '%s' is not a positive integer\n",
+        td_error("--micro-batch '%s' is not a positive integer",
                 optarg);
         return -1;
       }
       break;
     case 'e':
       if (parse_u32(optarg, &fd) < 0 || fd > INT32_MAX) {
-        fprintf(stderr, "traind-worker: --events-fd '%s' is not a file descriptor\n", optarg);
+        td_error("--events-fd '%s' is not a file descriptor", optarg);
         return -1;
       }
       a->events_fd = (int)fd;
@@ -241,7 +266,7 @@ static int parse_args(int argc, char **argv, args *a) {
     return 0;
   if (optind < argc || !a->job || !a->base_dir || !a->ring || !a->device || !a->output ||
       a->budget == 0 || a->micro_batch == 0) {
-    fprintf(stderr, "traind-worker: missing or extra arguments\n");
+    td_error("missing or extra arguments");
     return -1;
   }
   return 0;
@@ -482,8 +507,24 @@ static int resume(trainer *t, const char *path) {
   return 0;
 }
 
+/* The budget line of the log: this job's budget, and the device's when
+ * traind said it ("" otherwise). */
+static void budget_text(unsigned long long bytes, uint64_t device_budget, const char *device,
+                        char *out, size_t cap) {
+  char job[32], dev[32];
+
+  td_format_size(bytes, job, sizeof(job));
+  if (device_budget == 0) {
+    snprintf(out, cap, "%s (%llu bytes)", job, bytes);
+    return;
+  }
+  td_format_size(device_budget, dev, sizeof(dev));
+  snprintf(out, cap, "%s (%llu bytes; the budget of %s for all its jobs is now %s)", job, bytes,
+           device, dev);
+}
+
 /* Commands from traind on stdin (a pipe), read without blocking at step
- * boundaries: "budget BYTES". */
+ * boundaries: "budget BYTES [device=BYTES]". */
 static char ctl_buf[256];
 static size_t ctl_len;
 
@@ -505,15 +546,34 @@ static int apply_control(trainer *t) {
 
     *nl = '\0';
     if (sscanf(ctl_buf, "budget %llu", &bytes) == 1 && bytes > 0) {
-      td_info("traind set the budget to %llu bytes", bytes);
+      uint64_t dev_budget = td_kv_u64(ctl_buf, "device", 0);
+      char what[192];
+
       rc = td_model_set_budget(t->model, bytes, &replanned);
+      if (rc == TD_ENOFIT) {
+        char dev[32];
+
+        /* traind wants the job off the device for now: the budget it
+         * sent is a token, and only the device's says why. */
+        td_format_size(dev_budget, dev, sizeof(dev));
+        if (dev_budget > 0)
+          snprintf(what, sizeof(what), "the budget of %s was lowered to %s, which leaves this "
+                   "job too little for its smallest allowed micro-batch (%u)", t->a->device, dev,
+                   td_jobspec_min_micro_batch(t->spec));
+        else
+          snprintf(what, sizeof(what), "traind lowered this job's budget below what its "
+                   "smallest allowed micro-batch (%u) needs", td_jobspec_min_micro_batch(t->spec));
+        td_warn("%s: checkpointing; the job waits in the queue for memory", what);
+        /* the weights are intact: it resumes from here */
+        checkpoint_final(t);
+        return fail(rc, "%s", what);
+      }
+      budget_text(bytes, dev_budget, t->a->device, what, sizeof(what));
+      td_info("traind set this job's budget to %s", what);
       if (rc == TD_EOOM) { /* the next step re-plans again */
         on_oom(NULL, td_model_last_oom(t->model));
       } else if (rc < 0) {
-        if (rc == TD_ENOFIT) /* the weights are intact: it resumes from here */
-          checkpoint_final(t);
-        return fail(rc, "the budget was lowered to %llu bytes: %s", bytes,
-                    td_model_error(t->model));
+        return fail(rc, "the budget was set to %s: %s", what, td_model_error(t->model));
       } else {
         emit_replan(t->model);
       }
@@ -646,12 +706,71 @@ static int on_val(trainer *t, const td_batch_hdr *h, const uint8_t *px, const ui
   return 0;
 }
 
+/* Why path could not be written, and the code for it: what its directory
+ * shows (the writer keeps only "input/output error" for a directory that is
+ * gone or closed to the job's user), else the errno the write left. */
+static int write_cause(const char *path, int rc, int saved, char *out, size_t cap) {
+  char dir[TD_PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  struct stat st;
+  int e = 0;
+
+  if (slash == NULL)
+    td_strlcpy(dir, ".", sizeof(dir));
+  else
+    snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+  if (stat(dir, &st) < 0)
+    e = errno;
+  else if (!S_ISDIR(st.st_mode))
+    e = ENOTDIR;
+  else if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) < 0)
+    e = errno;
+  if (e == ENOENT) {
+    snprintf(out, cap, "no such directory: %s", dir);
+    return TD_ENOENT;
+  }
+  if (e == ENOTDIR) {
+    snprintf(out, cap, "not a directory: %s", dir);
+    return TD_ENOENT;
+  }
+  if (e == EACCES || e == EPERM) {
+    struct passwd pw, *res = NULL;
+    char buf[1024];
+
+    if (getpwuid_r(geteuid(), &pw, buf, sizeof(buf), &res) == 0 && res != NULL)
+      snprintf(out, cap, "permission denied: %s may not write in %s", pw.pw_name, dir);
+    else
+      snprintf(out, cap, "permission denied: uid %u may not write in %s", (unsigned)geteuid(),
+               dir);
+    return TD_EPERM;
+  }
+  if (e == 0 && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+    snprintf(out, cap, "%s is a directory", path);
+    return TD_EINVAL;
+  }
+  if (e == 0 && rc == TD_EIO && saved != 0)
+    e = saved;
+  if (e != 0) {
+    snprintf(out, cap, "%s", strerror(e));
+    if (out[0] >= 'A' && out[0] <= 'Z' && out[1] >= 'a' && out[1] <= 'z')
+      out[0] = (char)(out[0] - 'A' + 'a'); /* "Read-only file system": mid-sentence */
+    return e == ENOSPC || e == EDQUOT || e == EFBIG ? TD_ENOSPC : TD_EIO;
+  }
+  snprintf(out, cap, "%s", td_strerror(rc));
+  return rc;
+}
+
+/* A failure of the model's file itself, not of the device or of memory:
+ * another place may still take the model. */
+static int is_write_error(int rc) { return rc == TD_EIO || rc == TD_ENOSPC || rc == TD_ETOOBIG; }
+
 static int on_end(trainer *t) {
   char epochs[16], acc[32], seed[32];
   const td_st_meta meta[] = {
       {"format", "pt"},       {"traind.job", t->spec->name}, {"traind.epochs", epochs},
       {"traind.seed", seed},  {"traind.accuracy", acc},
   };
+  const char *model = t->a->output, *fallback = t->a->fallback;
   sigset_t term;
   int rc;
 
@@ -665,11 +784,39 @@ static int on_end(trainer *t) {
   sigaddset(&term, SIGTERM);
   sigaddset(&term, SIGINT);
   sigprocmask(SIG_BLOCK, &term, NULL);
-  if ((rc = td_model_save(t->model, t->a->output, meta, TD_ARRAY_SIZE(meta))) < 0)
-    return fail(rc, "%s", td_model_error(t->model));
+  errno = 0;
+  if ((rc = td_model_save(t->model, model, meta, TD_ARRAY_SIZE(meta))) < 0) {
+    int saved = errno, code;
+    char cause[384], cause2[384], warning[1024];
+
+    if (!is_write_error(rc))
+      return fail(rc, "%s", td_model_error(t->model));
+    code = write_cause(model, rc, saved, cause, sizeof(cause));
+    if (fallback == NULL || strcmp(fallback, model) == 0)
+      return fail(code, "cannot write the model to %s: %s", model, cause);
+    /* The training is done: losing it for a path would waste all of it. */
+    td_error("cannot write the model to %s: %s; writing it to the job's directory instead",
+             model, cause);
+    errno = 0;
+    if ((rc = td_model_save(t->model, fallback, meta, TD_ARRAY_SIZE(meta))) < 0) {
+      saved = errno;
+      if (!is_write_error(rc))
+        return fail(rc, "cannot write the model to %s: %s; nor to %s: %s", model, cause,
+                    fallback, td_model_error(t->model));
+      write_cause(fallback, rc, saved, cause2, sizeof(cause2));
+      return fail(code, "cannot write the model to %s: %s; nor to %s: %s", model, cause,
+                  fallback, cause2);
+    }
+    snprintf(warning, sizeof(warning), "the model could not be written to %s (%s), so it was "
+             "kept in the job's directory: %s; copy it from there, since traind removes it "
+             "with the job (retention)", model, cause, fallback);
+    td_warn("%s", warning);
+    emit("warning msg=%s", warning);
+    model = fallback;
+  }
   emit("done accuracy=%.6f loss=%.6f samples_per_sec=%.1f model=%s", t->accuracy, t->loss,
-       t->train_time > 0 ? (double)t->train_samples / t->train_time : 0.0, t->a->output);
-  td_info("done: model written to %s", t->a->output);
+       t->train_time > 0 ? (double)t->train_samples / t->train_time : 0.0, model);
+  td_info("done: model written to %s", model);
   return 0;
 }
 

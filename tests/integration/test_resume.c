@@ -126,21 +126,24 @@ static unsigned long long resumed_step(uint64_t id) {
   return step;
 }
 
-/* What `show` says of the job's checkpoints: the step this run resumed at. */
-static uint64_t shown_resumed_step(uint64_t id) {
+/* A field of what `show` says of the job's checkpoints. */
+static uint64_t shown_ckpt(uint64_t id, const char *key) {
   const msgpack_object *job, *ckpt;
   char err[256];
-  uint64_t step = 0;
+  uint64_t v = 0;
   td_msg *m = NULL;
   int code = 0;
 
   ck_assert_int_eq(th_rpc_simple(g_sock, "show", "id", id, &m, &code, err, sizeof(err)), 0);
   ck_assert_int_eq(td_obj_map(td_msg_root(m), "job", &job), 0);
   ck_assert_int_eq(td_obj_map(job, "checkpoint", &ckpt), 0);
-  ck_assert_int_eq(td_obj_u64(ckpt, "resumed_step", &step), 0);
+  ck_assert_int_eq(td_obj_u64(ckpt, key, &v), 0);
   td_msg_free(m);
-  return step;
+  return v;
 }
+
+/* The step this run resumed at. */
+static uint64_t shown_resumed_step(uint64_t id) { return shown_ckpt(id, "resumed_step"); }
 
 /* traind and the reference: the job run from start to end without a
  * break.  Then the same job again, running: *id. */
@@ -220,12 +223,16 @@ static int contains(const char *path, const char *text) {
 
 /* traind stopped by SIGTERM under a running job: the worker checkpoints,
  * the job is left queued, traind exits 0, and after a restart the job
- * resumes (at a step > 0) and ends with the reference's weights. */
+ * resumes (at a step > 0) and ends with the reference's weights.  `show`
+ * still says when it first started, and names no checkpoint once the job
+ * has succeeded (the file is gone). */
 START_TEST(sigterm_then_restart) {
   char ckpt[300];
-  uint64_t ref, id;
+  uint64_t ref, id, started = 0, started_again = 0;
 
   ref = reference_then_run("interrupted", &id);
+  ck_assert_int_eq(th_show_u64(g_sock, id, "started_ms", &started), 0);
+  ck_assert_uint_gt(started, 0);
   stop_traind();
   job_file(id, "checkpoint.tdck", ckpt, sizeof(ckpt));
   ck_assert_msg(access(ckpt, F_OK) == 0, "no checkpoint %s after the stop:\n%s", ckpt,
@@ -240,6 +247,10 @@ START_TEST(sigterm_then_restart) {
   same_weights(ref, id);
   /* A finished job's checkpoint is gone. */
   ck_assert_int_ne(access(ckpt, F_OK), 0);
+  ck_assert_int_eq(th_show_u64(g_sock, id, "started_ms", &started_again), 0);
+  ck_assert_uint_eq(started_again, started);
+  ck_assert_uint_eq(shown_ckpt(id, "bytes"), 0);
+  ck_assert_uint_eq(shown_ckpt(id, "step"), 0);
 }
 END_TEST
 

@@ -2,14 +2,19 @@
  * SIGKILL, a hung (stopped) worker, cancel of a queued, a just-admitted
  * and a training job, and what is left when traind itself is killed.
  * Every test runs on a device budget that holds one job, so a second job
- * waits and shows when the first one's reservation is released. */
+ * waits and shows when the first one's reservation is released.  Then what
+ * a job leaves behind: a model whose output cannot be written is kept in
+ * the job's directory (a success with a warning), a job's log lines carry
+ * the time even under systemd, and a cancelled job names no checkpoint. */
 #include <check.h>
 #include <errno.h>
 #include <nanomsg/nn.h>
+#include <regex.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -363,6 +368,132 @@ START_TEST(job_processes_end_with_traind) {
 }
 END_TEST
 
+/* The field of show's checkpoint map. */
+static uint64_t show_ckpt(uint64_t id, const char *key) {
+  const msgpack_object *job, *ck;
+  td_msg *m = NULL;
+  uint64_t v = UINT64_MAX;
+  int code = -1;
+
+  ck_assert(th_rpc_simple(g_sock, "show", "id", id, &m, &code, NULL, 0) == 0 && code == 0);
+  ck_assert(td_obj_map(td_msg_root(m), "job", &job) == 0);
+  ck_assert(td_obj_map(job, "checkpoint", &ck) == 0);
+  ck_assert(td_obj_u64(ck, key, &v) == 0);
+  td_msg_free(m);
+  return v;
+}
+
+/* The job's log file, malloc'd. */
+static char *job_log(uint64_t id) {
+  char path[300], *log = NULL;
+  size_t len;
+
+  snprintf(path, sizeof(path), "%s/jobs/%llu/log", g_d.state, (unsigned long long)id);
+  ck_assert_msg(td_read_file(path, 4 << 20, &log, &len) == 0, "cannot read %s", path);
+  return log;
+}
+
+/* A small job that writes its model to DIR/rel, run to success. */
+static uint64_t run_with_output(const char *name, const char *rel) {
+  char yaml[2600];
+  uint64_t id;
+
+  th_job_yaml(yaml, sizeof(yaml) - 300, name, 32, 1, 256, 64);
+  snprintf(yaml + strlen(yaml), 300, "output: %s/%s\n", g_d.dir, rel);
+  id = submit(yaml, name);
+  wait_state(id, "succeeded");
+  return id;
+}
+
+/* The output's directory is gone by the end of training (the client
+ * checks it at submit; the raw request here does not): the model is kept
+ * in the job's directory, the job succeeds, and says so and why. */
+START_TEST(unwritable_output_keeps_model) {
+  char model[512], want[512], warning[1024], *log;
+  struct stat st;
+  uint64_t a;
+
+  start(NULL);
+  a = run_with_output("lost", "gone/fm.safetensors");
+  ck_assert(th_show_str(g_sock, a, "model", model, sizeof(model)) == 0);
+  snprintf(want, sizeof(want), "%s/jobs/%llu/model.safetensors", g_d.state,
+           (unsigned long long)a);
+  ck_assert_str_eq(model, want);
+  ck_assert_msg(stat(model, &st) == 0 && st.st_size > 0, "no model at %s", model);
+  ck_assert(th_show_str(g_sock, a, "warning", warning, sizeof(warning)) == 0);
+  ck_assert_msg(strstr(warning, "gone/fm.safetensors") != NULL &&
+                    strstr(warning, "no such directory") != NULL && strstr(warning, want) != NULL,
+                "the warning does not say what failed, why and where the model is: %s", warning);
+  ck_assert_msg(strstr(warning, "input/output error") == NULL, "%s", warning);
+  log = job_log(a);
+  ck_assert_msg(strstr(log, want) != NULL, "the job's log does not say where the model is:\n%s",
+                log);
+  free(log);
+  /* A job whose output works has no warning. */
+  a = run_with_output("kept", "fm.safetensors");
+  ck_assert(th_show_str(g_sock, a, "warning", warning, sizeof(warning)) == 0);
+  ck_assert_str_eq(warning, "");
+}
+END_TEST
+
+/* Under systemd traind's own lines are the journal's ("<6>..."), but the
+ * job's worker and loader write to the job's log file: every line there
+ * starts with the time, none with a syslog prefix. */
+START_TEST(job_log_lines_carry_time) {
+  static const char stamp[] =
+      "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z traind-(worker|loader)"
+      "\\[[0-9]+\\] (info|warning|error|debug): ";
+  char yaml[2100], *log, *line, *save = NULL;
+  regex_t re;
+  uint64_t a;
+  int lines = 0;
+
+  setenv("JOURNAL_STREAM", "8:4242", 1); /* as systemd sets it */
+  start(NULL);
+  th_job_yaml(yaml, sizeof(yaml), "stamped", 32, 1, 256, 64);
+  a = submit(yaml, "stamped");
+  wait_state(a, "succeeded");
+  ck_assert_msg(strstr(th_log_tail(&g_d), "<6>") != NULL,
+                "traind's own lines are not in the journal's form:\n%s", th_log_tail(&g_d));
+  ck_assert(regcomp(&re, stamp, REG_EXTENDED | REG_NOSUB) == 0);
+  log = job_log(a);
+  for (line = strtok_r(log, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+    ck_assert_msg(regexec(&re, line, 0, NULL, 0) == 0, "a job log line without its time: %s",
+                  line);
+    lines++;
+  }
+  ck_assert_int_gt(lines, 2);
+  regfree(&re);
+  free(log);
+}
+END_TEST
+
+/* Cancelled, a job's checkpoint file is removed: show must not name it. */
+START_TEST(cancel_clears_checkpoint) {
+  char yaml[2200], state[32], path[300];
+  struct stat st;
+  uint64_t a;
+  int i;
+
+  start(NULL);
+  snprintf(yaml, sizeof(yaml), "%scheckpoint:\n  every_steps: 5\n  every_seconds: 0\n", g_long);
+  a = submit(yaml, "ckpt");
+  wait_state(a, "running");
+  for (i = 0; i < WAIT_MS / 20 && show_ckpt(a, "bytes") == 0; i++)
+    th_msleep(20);
+  ck_assert_msg(show_ckpt(a, "bytes") > 0, "no checkpoint reported:\n%s", th_log_tail(&g_d));
+  ck_assert_uint_gt(show_ckpt(a, "step"), 0);
+  cancel(a, state, sizeof(state));
+  wait_state(a, "cancelled");
+  snprintf(path, sizeof(path), "%s/jobs/%llu/checkpoint.tdck", g_d.state, (unsigned long long)a);
+  ck_assert_msg(stat(path, &st) < 0, "%s is still there", path);
+  ck_assert_uint_eq(show_ckpt(a, "bytes"), 0);
+  ck_assert_uint_eq(show_ckpt(a, "step"), 0);
+  ck_assert_uint_eq(show_ckpt(a, "epoch"), 0);
+  ck_assert_uint_eq(show_ckpt(a, "batch"), 0);
+}
+END_TEST
+
 static Suite *supervise_suite(void) {
   Suite *s = suite_create("supervise");
   TCase *tc = tcase_create("jobs");
@@ -376,6 +507,9 @@ static Suite *supervise_suite(void) {
   tcase_add_test(tc, cancel_admitted_job);
   tcase_add_test(tc, cancel_running_job);
   tcase_add_test(tc, job_processes_end_with_traind);
+  tcase_add_test(tc, unwritable_output_keeps_model);
+  tcase_add_test(tc, job_log_lines_carry_time);
+  tcase_add_test(tc, cancel_clears_checkpoint);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -381,22 +381,25 @@ enum show_kind { SHOW_STR, SHOW_U64, SHOW_I64, SHOW_TIME, SHOW_METRIC, SHOW_PROG
 static const struct show_row {
   const char *label, *key;
   enum show_kind kind;
+  int optional; /* not shown when missing or empty */
 } show_rows[] = {
-  {"id", "id", SHOW_U64},
-  {"name", "name", SHOW_STR},
-  {"owner", "owner", SHOW_STR},
-  {"state", "state", SHOW_STR},
-  {"waiting", "wait_reason", SHOW_STR},
-  {"device", "device", SHOW_STR},
-  {"priority", "priority", SHOW_I64},
-  {"submitted", "submitted_ms", SHOW_TIME},
-  {"started", "started_ms", SHOW_TIME},
-  {"finished", "finished_ms", SHOW_TIME},
-  {"progress", NULL, SHOW_PROGRESS},
-  {"loss", "loss", SHOW_METRIC},
-  {"test accuracy", "accuracy", SHOW_METRIC},
-  {"val accuracy", "val_accuracy", SHOW_METRIC},
-  {"model", "model", SHOW_STR},
+  {"id", "id", SHOW_U64, 0},
+  {"name", "name", SHOW_STR, 0},
+  {"owner", "owner", SHOW_STR, 0},
+  {"state", "state", SHOW_STR, 0},
+  {"waiting", "wait_reason", SHOW_STR, 1},
+  {"device", "device", SHOW_STR, 0},
+  {"priority", "priority", SHOW_I64, 0},
+  {"submitted", "submitted_ms", SHOW_TIME, 0},
+  {"started", "started_ms", SHOW_TIME, 0},
+  {"finished", "finished_ms", SHOW_TIME, 0},
+  {"progress", NULL, SHOW_PROGRESS, 0},
+  {"loss", "loss", SHOW_METRIC, 0},
+  {"train accuracy", "train_accuracy", SHOW_METRIC, 0},
+  {"test accuracy", "accuracy", SHOW_METRIC, 0},
+  {"val accuracy", "val_accuracy", SHOW_METRIC, 0},
+  {"model", "model", SHOW_STR, 0},
+  {"warning", "warning", SHOW_STR, 1},
 };
 
 static void show_value(const msgpack_object *job, const struct show_row *r) {
@@ -495,6 +498,12 @@ static void show_job(const msgpack_object *job) {
   if (td_obj_cstr(job, "state", state, sizeof(state)) != 0)
     snprintf(state, sizeof(state), "?");
   for (k = 0; k < TD_ARRAY_SIZE(show_rows); k++) {
+    const char *text;
+    size_t n;
+
+    if (show_rows[k].optional &&
+        (td_obj_str(job, show_rows[k].key, &text, &n) != 0 || n == 0))
+      continue;
     label(show_rows[k].label);
     show_value(job, &show_rows[k]);
     fputc('\n', stdout);

@@ -72,7 +72,7 @@ static void td__pack_job_row(td_pack *p, const td_job *j) {
 }
 
 static void td__pack_job_full(td_pack *p, const td_job *j) {
-  td_pack_map(p, TD_JOB_ROW_FIELDS + 13);
+  td_pack_map(p, TD_JOB_ROW_FIELDS + 15);
   td__pack_job_fields(p, j);
   td_pack_kv_u64(p, "retries", j->retries);
   td_pack_kv_u64(p, "mem", j->mem);
@@ -81,6 +81,8 @@ static void td__pack_job_full(td_pack *p, const td_job *j) {
   td_pack_kv_f64(p, "samples_per_sec", j->samples_per_sec);
   td_pack_kv_f64(p, "data_wait", j->data_wait);
   td_pack_kv_f64(p, "val_accuracy", j->val_accuracy);
+  td_pack_kv_f64(p, "val_loss", j->val_loss);
+  td_pack_kv_f64(p, "train_accuracy", j->train_accuracy);
   td_pack_kv_str(p, "model", TD_JOB_STR(j->model));
   td_pack_kv_str(p, "error", TD_JOB_STR(j->error));
   td_pack_kv_str(p, "warning", TD_JOB_STR(j->warning));
@@ -254,7 +256,7 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
   if (j == NULL)
     return TD_ENOMEM;
   j->accuracy = -1;
-  j->val_accuracy = -1;
+  j->val_accuracy = j->val_loss = j->train_accuracy = -1;
   j->spec = malloc(sizeof(*j->spec));
   j->yaml = strndup(yaml, ylen);
   if (j->spec == NULL || j->yaml == NULL) {
@@ -1178,7 +1180,7 @@ void td_publish_progress(td_daemon *d, const td_job *j, double eta_s) {
   td_pack p;
 
   td_pack_init(&p);
-  td_pack_event_begin(&p, "job.progress", 11);
+  td_pack_event_begin(&p, "job.progress", 12);
   td_pack_kv_u64(&p, "id", j->id);
   td_pack_kv_u64(&p, "epoch", j->epoch);
   td_pack_kv_u64(&p, "epochs", j->epochs);
@@ -1188,6 +1190,7 @@ void td_publish_progress(td_daemon *d, const td_job *j, double eta_s) {
   td_pack_kv_f64(&p, "samples_per_sec", j->samples_per_sec);
   td_pack_kv_f64(&p, "eta_s", eta_s);
   td_pack_kv_f64(&p, "accuracy", j->accuracy);
+  td_pack_kv_f64(&p, "train_accuracy", j->train_accuracy);
   td_pack_kv_f64(&p, "data_wait", j->data_wait);
   td_pack_kv_u64(&p, "mem", j->mem);
   td__publish(d, &p);
@@ -1197,11 +1200,15 @@ void td_publish_eval(td_daemon *d, const td_job *j, uint32_t epoch, double acc, 
   td_pack p;
 
   td_pack_init(&p);
-  td_pack_event_begin(&p, "job.eval", 4);
+  /* The worker evaluates the validation split first, so its numbers are
+   * this epoch's. */
+  td_pack_event_begin(&p, "job.eval", 6);
   td_pack_kv_u64(&p, "id", j->id);
   td_pack_kv_u64(&p, "epoch", epoch);
   td_pack_kv_f64(&p, "accuracy", acc);
   td_pack_kv_f64(&p, "loss", loss);
+  td_pack_kv_f64(&p, "val_accuracy", j->val_accuracy);
+  td_pack_kv_f64(&p, "val_loss", j->val_loss);
   td__publish(d, &p);
 }
 

@@ -192,6 +192,7 @@ static void td__on_event(td_run *r, const char *line) {
     j->step = td__kv_u32(line, "step", j->step);
     j->steps = td__kv_u32(line, "steps", j->steps);
     j->loss = td_kv_f64(line, "loss", j->loss);
+    j->train_accuracy = td_kv_f64(line, "train_accuracy", j->train_accuracy);
     j->samples_per_sec = td_kv_f64(line, "samples_per_sec", j->samples_per_sec);
     j->data_wait = td_kv_f64(line, "data_wait", j->data_wait);
     j->mem = td_kv_u64(line, "mem", j->mem);
@@ -207,6 +208,7 @@ static void td__on_event(td_run *r, const char *line) {
                     td_kv_f64(line, "loss", 0));
   } else if (strcmp(word, "val") == 0) {
     j->val_accuracy = td_kv_f64(line, "accuracy", j->val_accuracy);
+    j->val_loss = td_kv_f64(line, "loss", j->val_loss);
   } else if (strcmp(word, "done") == 0) {
     char model[TD_PATH_MAX];
 

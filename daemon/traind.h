@@ -64,6 +64,8 @@ typedef struct td_job {
   uint32_t epoch, epochs, step, steps;
   double loss, accuracy, samples_per_sec;
   double val_accuracy;     /* on the validation split; -1 if none */
+  double val_loss;         /* likewise */
+  double train_accuracy;   /* on the training batches of this epoch so far; -1: none */
   double data_wait;        /* fraction of the worker's time spent waiting for data */
   double started_mono;
 

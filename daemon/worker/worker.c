@@ -642,9 +642,10 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
     return 0;
   t->last_progress = now;
   td_backend_mem(t->be, &mem);
-  emit("progress epoch=%u epochs=%u step=%u steps=%u loss=%.6f samples_per_sec=%.1f mem=%llu "
-       "data_wait=%.4f", h->epoch + 1, t->spec->epochs, h->index + 1, h->nbatches,
-       t->train.loss_sum / (double)t->train.count,
+  emit("progress epoch=%u epochs=%u step=%u steps=%u loss=%.6f train_accuracy=%.6f "
+       "samples_per_sec=%.1f mem=%llu data_wait=%.4f", h->epoch + 1, t->spec->epochs,
+       h->index + 1, h->nbatches, t->train.loss_sum / (double)t->train.count,
+       (double)t->train.correct / (double)t->train.count,
        (double)t->train.count / (now - t->epoch_start > 0 ? now - t->epoch_start : 1e-9),
        (unsigned long long)(mem.used + mem.overhead),
        now > first_batch ? data_wait / (now - first_batch) : 0.0);

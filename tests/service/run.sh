@@ -267,6 +267,14 @@ ct cp /etc/traind/traind.yaml /etc/traind/traind.yaml.good
 ct sh -c 'echo "ring_slots: 1" >> /etc/traind/traind.yaml'
 code=0
 ct traind --check-config /etc/traind/traind.yaml >/dev/null 2>&1 || code=$?
+# A reload checks the file first: it fails, and traind runs on as it was.
+if ct systemctl reload traind >/dev/null 2>&1; then
+  bad "systemctl reload with a bad configuration returned 0"
+elif [ "$(ct systemctl is-active traind)" = active ]; then
+  ok "systemctl reload with a bad configuration fails, and traind runs on"
+else
+  bad "systemctl reload with a bad configuration stopped traind"
+fi
 if [ "$code" != 78 ]; then
   log "this traind exits $code, not 78, on a bad configuration: the unit restarts it (not counted)"
 else

@@ -17,13 +17,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dtype.h"
 #include "jobspec.h"
 
 #define TD_DATASET_MAX_CLASSES 256u
 #define TD_DATASET_MAX_SAMPLES UINT32_MAX
-
-/* "uint8", "int32", "float16", "float32", "int64". */
-const char *td_dtype_name(td_dtype t);
 
 /* Check the job's train and test files against its model: the sample
  * shape, the label count, the labels' range where it is cheap (label files

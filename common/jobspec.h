@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dtype.h"
 #include "lossscale.h"
 #include "schedule.h"
 
@@ -74,23 +75,6 @@ typedef enum {
 } td_remedy;
 
 #define TD_MAX_REMEDIES TD_REMEDY__COUNT
-
-/* Element types of samples as stored, and as they travel to the worker
- * (td_batch_hdr.dtype).  int64 occurs only in .npy label files. */
-typedef enum {
-  TD_DTYPE_U8 = 0, TD_DTYPE_I32, TD_DTYPE_F16, TD_DTYPE_F32, TD_DTYPE_I64, TD_DTYPE__COUNT
-} td_dtype;
-
-/* Bytes of one element; 0 for a value outside the enum. */
-static inline size_t td_dtype_size(td_dtype t) {
-  switch (t) {
-  case TD_DTYPE_U8: return 1;
-  case TD_DTYPE_F16: return 2;
-  case TD_DTYPE_I32: case TD_DTYPE_F32: return 4;
-  case TD_DTYPE_I64: return 8;
-  default: return 0;
-  }
-}
 
 typedef struct td_data_split {
   char images[TD_PATH_MAX]; /* the samples, data.*.features or .images (csv, raw: the one

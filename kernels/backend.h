@@ -20,8 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dtype.h"
 #include "half.h"
-#include "jobspec.h"
 
 #ifdef __cplusplus
 extern "C" {

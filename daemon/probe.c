@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h" /* td_device_probe only: traind links no backend */
+#include "devprobe.h"
 #include "error.h"
 #include "log.h"
 #include "traind.h"

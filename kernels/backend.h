@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "devprobe.h"
 #include "dtype.h"
 #include "half.h"
 
@@ -377,16 +378,9 @@ void td_backend_upload_async(td_backend *be, void *dst, const void *src, size_t 
  * failure (TD_EBACKEND, TD_ECUDA, TD_EIO) both are left untouched. */
 int td_backend_device_mem(td_backend *be, uint64_t *total, uint64_t *free_bytes);
 
-/* What a device offers a job, measured once per device when traind starts. */
-typedef struct td_device_probe {
-  uint64_t total;    /* device memory (CPU devices: the host's RAM) */
-  uint64_t free;     /* free before any traind worker touched it (MemAvailable) */
-  uint64_t overhead; /* a worker's bytes outside its plan's arenas: CUDA context,
-                      * stream, cuBLAS (with its workspace) and cuDNN handles;
-                      * 0 on the CPU */
-} td_device_probe;
-/* Probe device ("cpuN" or "cudaN").  CUDA: measured with cudaMemGetInfo
- * around making a backend the way td_backend_create does, against a helper
+/* Probe device ("cpuN" or "cudaN") into a td_device_probe (common/devprobe.h).
+ * CUDA: measured with cudaMemGetInfo around making a backend the way
+ * td_backend_create does, against a helper
  * process that holds a context of its own meanwhile (a context cannot
  * measure memory before it exists).  The calling process must not have
  * used CUDA before, and keeps a CUDA context afterwards: call it in a

@@ -1,0 +1,19 @@
+/* What a device offers a job, measured once per device when traind starts:
+ * `traind-worker --probe` (kernels' td_backend_probe) measures it and traind
+ * (daemon/probe.c) reads it.  Here, not in kernels/backend.h, so that traind
+ * needs nothing from the compute backends.
+ */
+#ifndef TD_DEVPROBE_H
+#define TD_DEVPROBE_H
+
+#include <stdint.h>
+
+typedef struct td_device_probe {
+  uint64_t total;    /* device memory (CPU devices: the host's RAM) */
+  uint64_t free;     /* free before any traind worker touched it (MemAvailable) */
+  uint64_t overhead; /* a worker's bytes outside its plan's arenas: CUDA context,
+                      * stream, cuBLAS (with its workspace) and cuDNN handles;
+                      * 0 on the CPU */
+} td_device_probe;
+
+#endif

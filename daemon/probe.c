@@ -14,6 +14,7 @@
 
 #include "devprobe.h"
 #include "error.h"
+#include "hostmem.h"
 #include "log.h"
 #include "traind.h"
 #include "util.h"
@@ -35,32 +36,6 @@ typedef struct td_probe {
   char line[512];
   size_t len;
 } td_probe;
-
-/* The CPU backend's td_backend_probe, without linking the backends (and
- * CUDA) into traind: the host's RAM and MemAvailable, overhead 0. */
-static int td__host_mem(uint64_t *total, uint64_t *avail) {
-  unsigned long long kib, t = 0, a = 0;
-  int found = 0;
-  char line[128];
-  FILE *f = fopen("/proc/meminfo", "r");
-
-  while (f != NULL && found != 3 && fgets(line, sizeof(line), f) != NULL) {
-    if (sscanf(line, "MemTotal: %llu kB", &kib) == 1) {
-      t = kib;
-      found |= 1;
-    } else if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) {
-      a = kib;
-      found |= 2;
-    }
-  }
-  if (f != NULL)
-    fclose(f);
-  if (found != 3)
-    return TD_EIO;
-  *total = (uint64_t)t * 1024;
-  *avail = a < t ? (uint64_t)a * 1024 : *total;
-  return 0;
-}
 
 void td_device_set_limit(td_device *dev, uint64_t limit) {
   dev->limit = limit;
@@ -208,12 +183,12 @@ void td_probe_start(td_daemon *d, td_device *dev) {
   dev->unusable[0] = '\0';
   if (dev->limit == 0)
     dev->limit = dev->budget;
-  /* A CPU device's probe reads /proc/meminfo: no child needed. */
+  /* A CPU device's probe is the CPU backend's (td_host_mem): no child needed. */
   if (strncmp(dev->name, "cpu", 3) == 0) {
     td_device_probe p = {0};
 
-    rc = td__host_mem(&p.total, &p.free);
-    td__probe_done(dev, rc, &p, "cannot read MemTotal and MemAvailable in /proc/meminfo");
+    rc = td_host_mem(&p.total, &p.free);
+    td__probe_done(dev, rc, &p, "cannot read the host's memory size (/proc/meminfo, sysconf)");
     return;
   }
   if ((pr = calloc(1, sizeof(*pr))) == NULL) {

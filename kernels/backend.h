@@ -379,8 +379,8 @@ void td_backend_upload_async(td_backend *be, void *dst, const void *src, size_t 
 int td_backend_device_mem(td_backend *be, uint64_t *total, uint64_t *free_bytes);
 
 /* Probe device ("cpuN" or "cudaN") into a td_device_probe (common/devprobe.h).
- * CUDA: measured with cudaMemGetInfo around making a backend the way
- * td_backend_create does, against a helper
+ * CPU: td_host_mem.  CUDA: measured with cudaMemGetInfo around making a
+ * backend the way td_backend_create does, against a helper
  * process that holds a context of its own meanwhile (a context cannot
  * measure memory before it exists).  The calling process must not have
  * used CUDA before, and keeps a CUDA context afterwards: call it in a

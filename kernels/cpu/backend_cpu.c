@@ -13,6 +13,7 @@
 
 #include "cpu_ops.h"
 #include "error.h"
+#include "hostmem.h"
 
 #define CPU_ALIGN 64
 #define CPU_MAX_LANES 16
@@ -316,42 +317,17 @@ static int cpu_host_register(td_backend *be, void *ptr, size_t bytes, char *err,
 
 static void cpu_host_unregister(td_backend *be, void *ptr) {}
 
-/* The host's RAM and MemAvailable: the CPU devices' memory. */
-static int host_mem(uint64_t *total, uint64_t *avail) {
-  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  unsigned long long kib = 0;
-  bool found = false;
-  char line[128];
-  FILE *f;
-
-  if (pages <= 0 || page <= 0)
-    return TD_EIO;
-  f = fopen("/proc/meminfo", "r");
-  while (f != NULL && !found && fgets(line, sizeof(line), f) != NULL)
-    found = sscanf(line, "MemAvailable: %llu kB", &kib) == 1;
-  if (f != NULL)
-    fclose(f);
-  if (!found) { /* no /proc, or a kernel before 3.14: free pages, a lower figure */
-    long avphys = sysconf(_SC_AVPHYS_PAGES);
-    if (avphys < 0)
-      return TD_EIO;
-    kib = (unsigned long long)avphys * (unsigned long long)page / 1024;
-  }
-  *total = (uint64_t)pages * (uint64_t)page;
-  *avail = kib * 1024 < *total ? kib * 1024 : *total;
-  return 0;
-}
-
 static int cpu_device_mem(td_backend *be, uint64_t *total, uint64_t *free_bytes) {
-  return host_mem(total, free_bytes);
+  return td_host_mem(total, free_bytes);
 }
 
 int td__backend_cpu_probe(const char *device, int ordinal, td_device_probe *out, char *err,
                           size_t errlen) {
   uint64_t total, avail;
 
-  if (host_mem(&total, &avail) < 0) {
-    snprintf(err, errlen, "%s: cannot read the host's memory size (sysconf)", device);
+  if (td_host_mem(&total, &avail) < 0) {
+    snprintf(err, errlen, "%s: cannot read the host's memory size (/proc/meminfo, sysconf)",
+             device);
     return TD_EIO;
   }
   *out = (td_device_probe){.total = total, .free = avail, .overhead = 0};

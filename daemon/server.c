@@ -25,76 +25,97 @@
 typedef int (*td_op_fn)(td_daemon *d, const td_ident *who, const msgpack_object *req,
                         td_pack *rep, char *err, size_t errlen);
 
-static void td__pack_plan_map(td_pack *p, const td_plan *pl);
+/* Replies and events are built as td_maps: proto.c counts the entries and
+ * checks each against the catalogue (PROTOCOL.md) as it is packed. */
 
+static void td__plan_fields(td_map *m, const td_plan *pl) {
+  td_map_kv_u64(m, "micro_batch", pl->micro_batch);
+  td_map_kv_u64(m, "accumulation", pl->accumulation);
+  td_map_kv_u64(m, "params", pl->params);
+  td_map_kv_u64(m, "grads", pl->grads);
+  td_map_kv_u64(m, "optim", pl->optim);
+  td_map_kv_u64(m, "activations", pl->activations);
+  td_map_kv_u64(m, "workspace", pl->workspace);
+  td_map_kv_u64(m, "staging", pl->staging);
+  td_map_kv_u64(m, "overhead", pl->overhead);
+  td_map_kv_u64(m, "total", pl->total);
+}
+
+/* "plan": the memory plan, into the map m. */
+static void td__map_plan(td_map *m, const td_plan *pl) {
+  td_map sub;
+
+  td_map_kv_map(m, "plan", &sub);
+  td__plan_fields(&sub, pl);
+  td_map_end(&sub);
+}
+
+/* The same for td__op_plan, which packs its reply with td_pack directly. */
 static void td__pack_plan(td_pack *p, const td_plan *pl) {
+  const td_replyfield *f = td_replydef_field(td_proto_reply_find("submit"), "plan", 4);
+  td_map sub;
+
   td_pack_str(p, "plan");
-  td__pack_plan_map(p, pl);
+  td_map_begin(&sub, p, f ? f->sub : NULL);
+  td__plan_fields(&sub, pl);
+  td_map_end(&sub);
 }
-
-static void td__pack_plan_map(td_pack *p, const td_plan *pl) {
-  td_pack_map(p, 10);
-  td_pack_kv_u64(p, "micro_batch", pl->micro_batch);
-  td_pack_kv_u64(p, "accumulation", pl->accumulation);
-  td_pack_kv_u64(p, "params", pl->params);
-  td_pack_kv_u64(p, "grads", pl->grads);
-  td_pack_kv_u64(p, "optim", pl->optim);
-  td_pack_kv_u64(p, "activations", pl->activations);
-  td_pack_kv_u64(p, "workspace", pl->workspace);
-  td_pack_kv_u64(p, "staging", pl->staging);
-  td_pack_kv_u64(p, "overhead", pl->overhead);
-  td_pack_kv_u64(p, "total", pl->total);
-}
-
-#define TD_JOB_ROW_FIELDS 14
 
 /* The fields of a `list` row; `show` sends these and more. */
-static void td__pack_job_fields(td_pack *p, const td_job *j) {
-  td_pack_kv_u64(p, "id", j->id);
-  td_pack_kv_str(p, "name", j->name);
-  td_pack_kv_str(p, "owner", j->owner);
-  td_pack_kv_str(p, "state", td_job_state_name(j->state));
-  td_pack_kv_str(p, "device", j->device);
-  td_pack_kv_i64(p, "priority", j->priority);
-  td_pack_kv_i64(p, "submitted_ms", j->submitted_ms);
-  td_pack_kv_u64(p, "epoch", j->epoch);
-  td_pack_kv_u64(p, "epochs", j->epochs);
-  td_pack_kv_u64(p, "step", j->step);
-  td_pack_kv_u64(p, "steps", j->steps);
-  td_pack_kv_f64(p, "loss", j->loss);
-  td_pack_kv_f64(p, "accuracy", j->accuracy);
-  td_pack_kv_str(p, "wait_reason", j->wait_reason);
+static void td__job_fields(td_map *m, const td_job *j) {
+  td_map_kv_u64(m, "id", j->id);
+  td_map_kv_str(m, "name", j->name);
+  td_map_kv_str(m, "owner", j->owner);
+  td_map_kv_str(m, "state", td_job_state_name(j->state));
+  td_map_kv_str(m, "device", j->device);
+  td_map_kv_i64(m, "priority", j->priority);
+  td_map_kv_i64(m, "submitted_ms", j->submitted_ms);
+  td_map_kv_u64(m, "epoch", j->epoch);
+  td_map_kv_u64(m, "epochs", j->epochs);
+  td_map_kv_u64(m, "step", j->step);
+  td_map_kv_u64(m, "steps", j->steps);
+  td_map_kv_f64(m, "loss", j->loss);
+  td_map_kv_f64(m, "accuracy", j->accuracy);
+  td_map_kv_str(m, "wait_reason", j->wait_reason);
 }
 
-static void td__pack_job_row(td_pack *p, const td_job *j) {
-  td_pack_map(p, TD_JOB_ROW_FIELDS);
-  td__pack_job_fields(p, j);
+/* One item of the array "jobs" just begun in list. */
+static void td__pack_job_row(td_map *list, const td_job *j) {
+  td_map row;
+
+  td_map_item(list, &row);
+  td__job_fields(&row, j);
+  td_map_end(&row);
 }
 
-static void td__pack_job_full(td_pack *p, const td_job *j) {
-  td_pack_map(p, TD_JOB_ROW_FIELDS + 15);
-  td__pack_job_fields(p, j);
-  td_pack_kv_u64(p, "retries", j->retries);
-  td_pack_kv_u64(p, "mem", j->mem);
-  td_pack_kv_i64(p, "started_ms", j->started_ms);
-  td_pack_kv_i64(p, "finished_ms", j->finished_ms);
-  td_pack_kv_f64(p, "samples_per_sec", j->samples_per_sec);
-  td_pack_kv_f64(p, "data_wait", j->data_wait);
-  td_pack_kv_f64(p, "val_accuracy", j->val_accuracy);
-  td_pack_kv_f64(p, "val_loss", j->val_loss);
-  td_pack_kv_f64(p, "train_accuracy", j->train_accuracy);
-  td_pack_kv_str(p, "model", TD_JOB_STR(j->model));
-  td_pack_kv_str(p, "error", TD_JOB_STR(j->error));
-  td_pack_kv_str(p, "warning", TD_JOB_STR(j->warning));
-  td__pack_plan(p, &j->plan);
-  td_pack_kv_i64(p, "exit_status", j->exit_status);
-  td_pack_str(p, "checkpoint");
-  td_pack_map(p, 5);
-  td_pack_kv_u64(p, "step", j->ckpt_step);
-  td_pack_kv_u64(p, "epoch", j->ckpt_epoch);
-  td_pack_kv_u64(p, "batch", j->ckpt_batch);
-  td_pack_kv_u64(p, "bytes", j->ckpt_bytes);
-  td_pack_kv_u64(p, "resumed_step", j->resumed_step);
+/* "job": everything about j, into the map m. */
+static void td__pack_job_full(td_map *m, const td_job *j) {
+  td_map job, ck;
+
+  td_map_kv_map(m, "job", &job);
+  td__job_fields(&job, j);
+  td_map_kv_u64(&job, "retries", j->retries);
+  td_map_kv_u64(&job, "mem", j->mem);
+  td_map_kv_i64(&job, "started_ms", j->started_ms);
+  td_map_kv_i64(&job, "finished_ms", j->finished_ms);
+  td_map_kv_f64(&job, "samples_per_sec", j->samples_per_sec);
+  td_map_kv_f64(&job, "data_wait", j->data_wait);
+  td_map_kv_f64(&job, "val_accuracy", j->val_accuracy);
+  td_map_kv_f64(&job, "val_loss", j->val_loss);
+  td_map_kv_f64(&job, "train_accuracy", j->train_accuracy);
+  td_map_kv_str(&job, "model", TD_JOB_STR(j->model));
+  td_map_kv_str(&job, "error", TD_JOB_STR(j->error));
+  td_map_kv_str(&job, "warning", TD_JOB_STR(j->warning));
+  td__map_plan(&job, &j->plan);
+  td_map_kv_i64(&job, "exit_status", j->exit_status);
+  td_map_kv_map(&job, "checkpoint", &ck);
+  td_map_kv_u64(&ck, "step", j->ckpt_step);
+  td_map_kv_u64(&ck, "epoch", j->ckpt_epoch);
+  td_map_kv_u64(&ck, "batch", j->ckpt_batch);
+  td_map_kv_u64(&ck, "bytes", j->ckpt_bytes);
+  td_map_kv_u64(&ck, "resumed_step", j->resumed_step);
+  td_map_end(&ck);
+  td_map_end(&job);
 }
 
 /* The job a request names, if who may act on it.  Under private_data
@@ -133,14 +154,17 @@ static void td__db_fail(const td_daemon *d, int rc, const char *what, char *err,
 }
 
 static void td__reply_submitted(td_pack *rep, const td_job *j, int duplicate) {
-  td_pack_reply_ok(rep, j->device[0] ? 6 : 5);
-  td_pack_kv_u64(rep, "id", j->id);
-  td_pack_kv_str(rep, "name", j->name);
-  td_pack_kv_str(rep, "state", td_job_state_name(j->state));
-  td_pack_kv_bool(rep, "duplicate", duplicate);
-  td__pack_plan(rep, &j->plan);
+  td_map m;
+
+  td_map_reply_ok(&m, rep, "submit");
+  td_map_kv_u64(&m, "id", j->id);
+  td_map_kv_str(&m, "name", j->name);
+  td_map_kv_str(&m, "state", td_job_state_name(j->state));
+  td_map_kv_bool(&m, "duplicate", duplicate);
+  td__map_plan(&m, &j->plan);
   if (j->device[0])
-    td_pack_kv_str(rep, "device", j->device);
+    td_map_kv_str(&m, "device", j->device);
+  td_map_end(&m);
 }
 
 /* The train split's stored type sizes the staging arena in every plan.
@@ -293,8 +317,11 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
   rc = td_sched_check_fit(d, j, err, errlen);
   if (rc == TD_ENOFIT) {
     /* The plan is the answer to "why does my job not fit". */
-    td_pack_reply_err_begin(rep, rc, err, 1);
-    td__pack_plan(rep, &j->plan);
+    td_map m;
+
+    td_map_reply_err(&m, rep, rc, err);
+    td__map_plan(&m, &j->plan);
+    td_map_end(&m);
   }
   if (rc < 0)
     goto free_job;
@@ -349,6 +376,7 @@ static int td__op_list(td_daemon *d, const td_ident *who, const msgpack_object *
   td_job_state filter = TD_JOB__NSTATES;
   uint64_t limit = TD_LIST_PAGE, after = 0, n = 0;
   size_t first = 0, i;
+  td_map m;
 
   if (td_obj_cstr(req, "state", state_s, sizeof(state_s)) == 0 &&
       td_job_state_parse(state_s, &filter) < 0) {
@@ -375,35 +403,37 @@ static int td__op_list(td_daemon *d, const td_ident *who, const msgpack_object *
   /* i is past the page's last row: is there a row after it? */
   while (i < d->njobs && !td__listed(d, who, d->jobs[i], filter, owner, device))
     i++;
-  td_pack_reply_ok(rep, 2);
-  td_pack_kv_bool(rep, "more", i < d->njobs);
-  td_pack_str(rep, "jobs");
-  td_pack_array(rep, (uint32_t)n);
+  td_map_reply_ok(&m, rep, "list");
+  td_map_kv_bool(&m, "more", i < d->njobs);
+  td_map_kv_array(&m, "jobs", (uint32_t)n);
   for (i = first; i < d->njobs && n > 0; i++) {
     if (!td__listed(d, who, d->jobs[i], filter, owner, device))
       continue;
-    td__pack_job_row(rep, d->jobs[i]);
+    td__pack_job_row(&m, d->jobs[i]);
     n--;
   }
+  td_map_end(&m);
   return 0;
 }
 
 static int td__op_show(td_daemon *d, const td_ident *who, const msgpack_object *req,
                        td_pack *rep, char *err, size_t errlen) {
   td_job *j;
+  td_map m;
   int rc = td__job_arg(d, who, req, &j, err, errlen);
 
   if (rc < 0)
     return rc;
-  td_pack_reply_ok(rep, 1);
-  td_pack_str(rep, "job");
-  td__pack_job_full(rep, j);
+  td_map_reply_ok(&m, rep, "show");
+  td__pack_job_full(&m, j);
+  td_map_end(&m);
   return 0;
 }
 
 static int td__op_cancel(td_daemon *d, const td_ident *who, const msgpack_object *req,
                          td_pack *rep, char *err, size_t errlen) {
   td_job *j;
+  td_map m;
   int rc = td__job_arg(d, who, req, &j, err, errlen);
 
   if (rc < 0)
@@ -425,53 +455,62 @@ static int td__op_cancel(td_daemon *d, const td_ident *who, const msgpack_object
              "cancelled", (unsigned long long)j->id, td_job_state_name(j->state));
     return TD_ESTATE;
   }
-  td_pack_reply_ok(rep, 2);
-  td_pack_kv_u64(rep, "id", j->id);
-  td_pack_kv_str(rep, "state", j->state == TD_JOB_RUNNING ? "cancelling"
-                                                           : td_job_state_name(j->state));
+  td_map_reply_ok(&m, rep, "cancel");
+  td_map_kv_u64(&m, "id", j->id);
+  td_map_kv_str(&m, "state", j->state == TD_JOB_RUNNING ? "cancelling"
+                                                         : td_job_state_name(j->state));
+  td_map_end(&m);
   return 0;
 }
 
 static int td__op_info(td_daemon *d, const td_ident *who, const msgpack_object *req,
                        td_pack *rep, char *err, size_t errlen) {
+  td_map m;
+
   (void)req;
   (void)err;
   (void)errlen;
-  td_pack_reply_ok(rep, 5);
-  td_pack_kv_str(rep, "version", TD_VERSION);
-  td_pack_kv_u64(rep, "protocol", TD_PROTO_VERSION);
-  td_pack_kv_f64(rep, "uptime_s", td_now_mono() - d->start_mono);
-  td_pack_kv_str(rep, "status_socket", d->cfg.status_socket);
-  td_pack_kv_u64(rep, "jobs", d->njobs);
+  td_map_reply_ok(&m, rep, "info");
+  td_map_kv_str(&m, "version", TD_VERSION);
+  td_map_kv_u64(&m, "protocol", TD_PROTO_VERSION);
+  td_map_kv_f64(&m, "uptime_s", td_now_mono() - d->start_mono);
+  td_map_kv_str(&m, "status_socket", d->cfg.status_socket);
+  td_map_kv_u64(&m, "jobs", d->njobs);
+  td_map_end(&m);
   return 0;
 }
 
-static void td__pack_device(td_pack *p, const td_device *dev) {
-  td_pack_map(p, 12);
-  td_pack_kv_str(p, "name", dev->name);
-  td_pack_kv_u64(p, "budget", dev->budget);
-  td_pack_kv_u64(p, "limit", dev->limit);
-  td_pack_kv_u64(p, "free", dev->free);
-  td_pack_kv_u64(p, "overhead", dev->overhead);
-  td_pack_kv_str(p, "unusable", dev->unusable);
-  td_pack_kv_u64(p, "reserved", dev->reserved);
-  td_pack_kv_u64(p, "jobs", dev->njobs);
-  td_pack_kv_bool(p, "draining", dev->draining);
-  td_pack_kv_u64(p, "config_budget", dev->cfg_limit);
-  td_pack_kv_u64(p, "override_budget", dev->override_budget);
-  td_pack_kv_bool(p, "override_drain", dev->override_drain);
+/* A device's entry, into the map e just begun and ended here. */
+static void td__pack_device(td_map *e, const td_device *dev) {
+  td_map_kv_str(e, "name", dev->name);
+  td_map_kv_u64(e, "budget", dev->budget);
+  td_map_kv_u64(e, "limit", dev->limit);
+  td_map_kv_u64(e, "free", dev->free);
+  td_map_kv_u64(e, "overhead", dev->overhead);
+  td_map_kv_str(e, "unusable", dev->unusable);
+  td_map_kv_u64(e, "reserved", dev->reserved);
+  td_map_kv_u64(e, "jobs", dev->njobs);
+  td_map_kv_bool(e, "draining", dev->draining);
+  td_map_kv_u64(e, "config_budget", dev->cfg_limit);
+  td_map_kv_u64(e, "override_budget", dev->override_budget);
+  td_map_kv_bool(e, "override_drain", dev->override_drain);
+  td_map_end(e);
 }
 
 static int td__op_devices(td_daemon *d, const td_ident *who, const msgpack_object *req,
                           td_pack *rep, char *err, size_t errlen) {
+  td_map m, e;
+
   (void)req;
   (void)err;
   (void)errlen;
-  td_pack_reply_ok(rep, 1);
-  td_pack_str(rep, "devices");
-  td_pack_array(rep, (uint32_t)d->ndevices);
-  for (int i = 0; i < d->ndevices; i++)
-    td__pack_device(rep, &d->devices[i]);
+  td_map_reply_ok(&m, rep, "devices");
+  td_map_kv_array(&m, "devices", (uint32_t)d->ndevices);
+  for (int i = 0; i < d->ndevices; i++) {
+    td_map_item(&m, &e);
+    td__pack_device(&e, &d->devices[i]);
+  }
+  td_map_end(&m);
   return 0;
 }
 
@@ -484,6 +523,7 @@ static int td__op_device(td_daemon *d, const td_ident *who, const msgpack_object
   uint64_t budget, ob;
   int drain, od, has_budget, has_drain, rc;
   td_device *dev;
+  td_map m, e;
 
   if (!who->admin) {
     snprintf(err, errlen, "only traind's admins (root%s%s) may change a device; %s is not one",
@@ -538,9 +578,10 @@ static int td__op_device(td_daemon *d, const td_ident *who, const msgpack_object
             "it (kept across restarts and reloads)" : "resumed");
   }
   td_publish_device(d, dev);
-  td_pack_reply_ok(rep, 1);
-  td_pack_str(rep, "device");
-  td__pack_device(rep, dev);
+  td_map_reply_ok(&m, rep, "device");
+  td_map_kv_map(&m, "device", &e);
+  td__pack_device(&e, dev);
+  td_map_end(&m);
   return 0;
 }
 
@@ -549,6 +590,7 @@ static int td__op_set_priority(td_daemon *d, const td_ident *who, const msgpack_
   td_job *j;
   int64_t prio = 0;
   int32_t was;
+  td_map m;
   int rc = td__job_arg(d, who, req, &j, err, errlen);
 
   if (rc < 0)
@@ -567,9 +609,10 @@ static int td__op_set_priority(td_daemon *d, const td_ident *who, const msgpack_
     td__db_fail(d, rc, "the new priority", err, errlen);
     return rc;
   }
-  td_pack_reply_ok(rep, 2);
-  td_pack_kv_u64(rep, "id", j->id);
-  td_pack_kv_i64(rep, "priority", j->priority);
+  td_map_reply_ok(&m, rep, "set-priority");
+  td_map_kv_u64(&m, "id", j->id);
+  td_map_kv_i64(&m, "priority", j->priority);
+  td_map_end(&m);
   return 0;
 }
 
@@ -586,6 +629,7 @@ static int td__op_logs(td_daemon *d, const td_ident *who, const msgpack_object *
   struct stat st;
   ssize_t got = 0;
   td_job *j;
+  td_map m;
   int fd, rc = td__job_arg(d, who, req, &j, err, errlen);
 
   if (rc < 0)
@@ -619,12 +663,12 @@ static int td__op_logs(td_daemon *d, const td_ident *who, const msgpack_object *
     close(fd);
   if (offset < 0)
     offset = 0;
-  td_pack_reply_ok(rep, 4);
-  td_pack_str(rep, "data");
-  td_pack_strn(rep, buf ? buf : "", (size_t)got);
-  td_pack_kv_u64(rep, "offset", (uint64_t)offset + (uint64_t)got);
-  td_pack_kv_u64(rep, "size", (uint64_t)st.st_size);
-  td_pack_kv_bool(rep, "done", j->state != TD_JOB_QUEUED && j->state != TD_JOB_RUNNING);
+  td_map_reply_ok(&m, rep, "logs");
+  td_map_kv_strn(&m, "data", buf ? buf : "", (size_t)got);
+  td_map_kv_u64(&m, "offset", (uint64_t)offset + (uint64_t)got);
+  td_map_kv_u64(&m, "size", (uint64_t)st.st_size);
+  td_map_kv_bool(&m, "done", j->state != TD_JOB_QUEUED && j->state != TD_JOB_RUNNING);
+  td_map_end(&m);
   free(buf);
   return 0;
 }
@@ -910,24 +954,40 @@ static int td__dispatch(td_daemon *d, const td_msgdef *def, const td_msg *msg,
   return 0;
 }
 
+static void td__reply_err(td_pack *rep, int rc, const char *msg) {
+  td_map m;
+
+  td_map_reply_err(&m, rep, rc, msg);
+  td_map_end(&m);
+}
+
 /* A handler may have packed an error reply with details of its own. */
 static void td__reply_error(td_pack *rep, int rc, char *err, size_t errlen) {
   if (rc < 0 && td_pack_len(rep) == 0) {
     if (err[0] == '\0')
       snprintf(err, errlen, "%s", td_strerror(rc));
-    td_pack_reply_err(rep, rc, err);
+    td__reply_err(rep, rc, err);
   }
 }
 
 static void td__send_reply(td_daemon *d, td_pack *rep) {
   if (td_pack_error(rep) < 0) {
     int code = td_pack_error(rep);
+    char msg[256];
+
+    if (code == TD_ETOOBIG)
+      snprintf(msg, sizeof(msg), "the reply would exceed the protocol's 2 MiB limit; ask for "
+               "less (list takes a limit and a state)");
+    else if (code == TD_EINTERNAL)
+      snprintf(msg, sizeof(msg), "traind built a reply its protocol catalogue does not "
+               "describe (a bug; please report it): %s", rep->why);
+    else
+      snprintf(msg, sizeof(msg), "traind ran out of memory building the reply");
+    if (code == TD_EINTERNAL)
+      td_warn("job socket: %s", msg);
     td_pack_free(rep);
     td_pack_init(rep);
-    td_pack_reply_err(rep, code,
-                      code == TD_ETOOBIG ? "the reply would exceed the protocol's 2 MiB limit; "
-                                           "ask for less (list takes a limit and a state)"
-                                         : "traind ran out of memory building the reply");
+    td__reply_err(rep, code, msg);
   }
   if (nn_send(d->rep_sock, td_pack_data(rep), td_pack_len(rep), NN_DONTWAIT) < 0)
     td_warn("job socket: reply not sent: %s", nn_strerror(errno));
@@ -1155,97 +1215,108 @@ void td_server_stop(td_daemon *d) {
     uv_close((uv_handle_t *)&d->rep_poll, NULL);
 }
 
-static void td__publish(td_daemon *d, td_pack *p) {
-  /* PUB never blocks; a subscriber too slow to keep up loses messages. */
-  nn_send(d->pub_sock, td_pack_data(p), td_pack_len(p), NN_DONTWAIT);
+/* Ends the event m packed into p and sends it. */
+static void td__publish(td_daemon *d, td_pack *p, td_map *m) {
+  td_map_end(m);
+  if (td_pack_error(p) < 0)
+    td_warn("status socket: an event was not sent: %s",
+            td_pack_error(p) == TD_EINTERNAL ? p->why : td_strerror(td_pack_error(p)));
+  else /* PUB never blocks; a subscriber too slow to keep up loses messages. */
+    nn_send(d->pub_sock, td_pack_data(p), td_pack_len(p), NN_DONTWAIT);
   td_pack_free(p);
 }
 
 void td_publish_state(td_daemon *d, const td_job *j) {
   td_pack p;
+  td_map m;
 
   td_pack_init(&p);
   /* Every subscriber gets every event: under private_data, nothing a
    * user wrote (names, paths in errors) goes out. */
-  td_pack_event_begin(&p, "job.state", 5);
-  td_pack_kv_u64(&p, "id", j->id);
-  td_pack_kv_str(&p, "name", d->cfg.private_data ? "" : j->name);
-  td_pack_kv_str(&p, "state", td_job_state_name(j->state));
-  td_pack_kv_str(&p, "device", j->device);
-  td_pack_kv_str(&p, "error", d->cfg.private_data ? "" : TD_JOB_STR(j->error));
-  td__publish(d, &p);
+  td_map_event(&m, &p, TD_TOPIC_JOB_STATE);
+  td_map_kv_u64(&m, "id", j->id);
+  td_map_kv_str(&m, "name", d->cfg.private_data ? "" : j->name);
+  td_map_kv_str(&m, "state", td_job_state_name(j->state));
+  td_map_kv_str(&m, "device", j->device);
+  td_map_kv_str(&m, "error", d->cfg.private_data ? "" : TD_JOB_STR(j->error));
+  td__publish(d, &p, &m);
 }
 
 void td_publish_progress(td_daemon *d, const td_job *j, double eta_s) {
   td_pack p;
+  td_map m;
 
   td_pack_init(&p);
-  td_pack_event_begin(&p, "job.progress", 12);
-  td_pack_kv_u64(&p, "id", j->id);
-  td_pack_kv_u64(&p, "epoch", j->epoch);
-  td_pack_kv_u64(&p, "epochs", j->epochs);
-  td_pack_kv_u64(&p, "step", j->step);
-  td_pack_kv_u64(&p, "steps", j->steps);
-  td_pack_kv_f64(&p, "loss", j->loss);
-  td_pack_kv_f64(&p, "samples_per_sec", j->samples_per_sec);
-  td_pack_kv_f64(&p, "eta_s", eta_s);
-  td_pack_kv_f64(&p, "accuracy", j->accuracy);
-  td_pack_kv_f64(&p, "train_accuracy", j->train_accuracy);
-  td_pack_kv_f64(&p, "data_wait", j->data_wait);
-  td_pack_kv_u64(&p, "mem", j->mem);
-  td__publish(d, &p);
+  td_map_event(&m, &p, TD_TOPIC_JOB_PROGRESS);
+  td_map_kv_u64(&m, "id", j->id);
+  td_map_kv_u64(&m, "epoch", j->epoch);
+  td_map_kv_u64(&m, "epochs", j->epochs);
+  td_map_kv_u64(&m, "step", j->step);
+  td_map_kv_u64(&m, "steps", j->steps);
+  td_map_kv_f64(&m, "loss", j->loss);
+  td_map_kv_f64(&m, "samples_per_sec", j->samples_per_sec);
+  td_map_kv_f64(&m, "eta_s", eta_s);
+  td_map_kv_f64(&m, "accuracy", j->accuracy);
+  td_map_kv_f64(&m, "train_accuracy", j->train_accuracy);
+  td_map_kv_f64(&m, "data_wait", j->data_wait);
+  td_map_kv_u64(&m, "mem", j->mem);
+  td__publish(d, &p, &m);
 }
 
 void td_publish_eval(td_daemon *d, const td_job *j, uint32_t epoch, double acc, double loss) {
   td_pack p;
+  td_map m;
 
   td_pack_init(&p);
   /* The worker evaluates the validation split first, so its numbers are
    * this epoch's. */
-  td_pack_event_begin(&p, "job.eval", 6);
-  td_pack_kv_u64(&p, "id", j->id);
-  td_pack_kv_u64(&p, "epoch", epoch);
-  td_pack_kv_f64(&p, "accuracy", acc);
-  td_pack_kv_f64(&p, "loss", loss);
-  td_pack_kv_f64(&p, "val_accuracy", j->val_accuracy);
-  td_pack_kv_f64(&p, "val_loss", j->val_loss);
-  td__publish(d, &p);
+  td_map_event(&m, &p, TD_TOPIC_JOB_EVAL);
+  td_map_kv_u64(&m, "id", j->id);
+  td_map_kv_u64(&m, "epoch", epoch);
+  td_map_kv_f64(&m, "accuracy", acc);
+  td_map_kv_f64(&m, "loss", loss);
+  td_map_kv_f64(&m, "val_accuracy", j->val_accuracy);
+  td_map_kv_f64(&m, "val_loss", j->val_loss);
+  td__publish(d, &p, &m);
 }
 
 void td_publish_device(td_daemon *d, const td_device *dev) {
   td_pack p;
+  td_map m;
 
   td_pack_init(&p);
-  td_pack_event_begin(&p, "device", 4);
-  td_pack_kv_str(&p, "name", dev->name);
-  td_pack_kv_u64(&p, "budget", dev->budget);
-  td_pack_kv_u64(&p, "reserved", dev->reserved);
-  td_pack_kv_u64(&p, "jobs", dev->njobs);
-  td__publish(d, &p);
+  td_map_event(&m, &p, TD_TOPIC_DEVICE);
+  td_map_kv_str(&m, "name", dev->name);
+  td_map_kv_u64(&m, "budget", dev->budget);
+  td_map_kv_u64(&m, "reserved", dev->reserved);
+  td_map_kv_u64(&m, "jobs", dev->njobs);
+  td__publish(d, &p, &m);
 }
 
 void td_publish_oom(td_daemon *d, const td_job *j, const char *phase, uint64_t requested,
                     uint64_t free_bytes, uint32_t micro_batch) {
   td_pack p;
+  td_map m;
 
   td_pack_init(&p);
-  td_pack_event_begin(&p, TD_TOPIC_JOB_OOM, 6);
-  td_pack_kv_u64(&p, "id", j->id);
-  td_pack_kv_str(&p, "device", j->device);
-  td_pack_kv_str(&p, "phase", phase);
-  td_pack_kv_u64(&p, "requested", requested);
-  td_pack_kv_u64(&p, "free", free_bytes);
-  td_pack_kv_u64(&p, "micro_batch", micro_batch);
-  td__publish(d, &p);
+  td_map_event(&m, &p, TD_TOPIC_JOB_OOM);
+  td_map_kv_u64(&m, "id", j->id);
+  td_map_kv_str(&m, "device", j->device);
+  td_map_kv_str(&m, "phase", phase);
+  td_map_kv_u64(&m, "requested", requested);
+  td_map_kv_u64(&m, "free", free_bytes);
+  td_map_kv_u64(&m, "micro_batch", micro_batch);
+  td__publish(d, &p, &m);
 }
 
 void td_publish_replan(td_daemon *d, const td_job *j) {
   td_pack p;
+  td_map m;
 
   td_pack_init(&p);
-  td_pack_event_begin(&p, TD_TOPIC_JOB_REPLAN, 3);
-  td_pack_kv_u64(&p, "id", j->id);
-  td_pack_kv_str(&p, "device", j->device);
-  td__pack_plan(&p, &j->plan);
-  td__publish(d, &p);
+  td_map_event(&m, &p, TD_TOPIC_JOB_REPLAN);
+  td_map_kv_u64(&m, "id", j->id);
+  td_map_kv_str(&m, "device", j->device);
+  td__map_plan(&m, &j->plan);
+  td__publish(d, &p, &m);
 }

@@ -71,6 +71,173 @@ static const td_msgdef defs[] = {
      "a job file's memory plan on each device, without submitting it"},
 };
 
+/* ---- the reply and event catalogue (PROTOCOL.md's tables) ---- */
+
+#define RF(name, type, sub) {name, TD_FT_##type, 1, sub}
+#define RF_OPT(name, type, sub) {name, TD_FT_##type, 0, sub}
+#define RDEF(name, fields, base, section, table) \
+  {name, fields, TD_ARRAY_SIZE(fields), base, section, table}
+
+static const td_replyfield plan_map_fields[] = {
+    RF("micro_batch", UINT, NULL), RF("accumulation", UINT, NULL), RF("params", UINT, NULL),
+    RF("grads", UINT, NULL),       RF("optim", UINT, NULL),        RF("activations", UINT, NULL),
+    RF("workspace", UINT, NULL),   RF("staging", UINT, NULL),      RF("overhead", UINT, NULL),
+    RF("total", UINT, NULL),
+};
+static const td_replydef plan_map =
+    RDEF("memory plan", plan_map_fields, NULL, "### submit", "`plan`, the memory plan:");
+
+static const td_replyfield job_row_fields[] = {
+    RF("id", UINT, NULL),        RF("name", STR, NULL),         RF("owner", STR, NULL),
+    RF("state", STR, NULL),      RF("device", STR, NULL),       RF("priority", INT, NULL),
+    RF("submitted_ms", INT, NULL), RF("epoch", UINT, NULL),     RF("epochs", UINT, NULL),
+    RF("step", UINT, NULL),      RF("steps", UINT, NULL),       RF("loss", FLOAT, NULL),
+    RF("accuracy", FLOAT, NULL), RF("wait_reason", STR, NULL),
+};
+static const td_replydef job_row =
+    RDEF("job row", job_row_fields, NULL, "### list", "Each element of `jobs`:");
+
+static const td_replyfield checkpoint_fields[] = {
+    RF("step", UINT, NULL),  RF("epoch", UINT, NULL),        RF("batch", UINT, NULL),
+    RF("bytes", UINT, NULL), RF("resumed_step", UINT, NULL),
+};
+static const td_replydef checkpoint =
+    RDEF("checkpoint", checkpoint_fields, NULL, "### show", "`checkpoint`:");
+
+static const td_replyfield job_full_fields[] = {
+    RF("retries", UINT, NULL),          RF("mem", UINT, NULL),
+    RF("started_ms", INT, NULL),        RF("finished_ms", INT, NULL),
+    RF("samples_per_sec", FLOAT, NULL), RF("data_wait", FLOAT, NULL),
+    RF("val_accuracy", FLOAT, NULL),    RF("val_loss", FLOAT, NULL),
+    RF("train_accuracy", FLOAT, NULL),  RF("model", STR, NULL),
+    RF("error", STR, NULL),             RF("warning", STR, NULL),
+    RF("plan", MAP, &plan_map),         RF("exit_status", INT, NULL),
+    RF("checkpoint", MAP, &checkpoint),
+};
+static const td_replydef job_full =
+    RDEF("job", job_full_fields, &job_row, "### show", "`job`: the fields of a `list` row, then:");
+
+static const td_replyfield device_entry_fields[] = {
+    RF("name", STR, NULL),           RF("budget", UINT, NULL),       RF("limit", UINT, NULL),
+    RF("free", UINT, NULL),          RF("overhead", UINT, NULL),     RF("unusable", STR, NULL),
+    RF("reserved", UINT, NULL),      RF("jobs", UINT, NULL),         RF("draining", BOOL, NULL),
+    RF("config_budget", UINT, NULL), RF("override_budget", UINT, NULL),
+    RF("override_drain", BOOL, NULL),
+};
+static const td_replydef device_entry =
+    RDEF("device entry", device_entry_fields, NULL, "### devices", "Each element of `devices`:");
+
+static const td_replyfield plan_device_fields[] = {
+    RF("name", STR, NULL),          RF("budget", UINT, NULL),      RF("free", UINT, NULL),
+    RF("fits", BOOL, NULL),         RF("fits_now", BOOL, NULL),    RF("micro_batch", UINT, NULL),
+    RF("accumulation", UINT, NULL), RF("plan", MAP, &plan_map),
+};
+static const td_replyfield plan_layer_fields[] = {
+    RF("index", UINT, NULL),  RF("type", STR, NULL),         RF("in", STR, NULL),
+    RF("out", STR, NULL),     RF("params", UINT, NULL),      RF("activations", UINT, NULL),
+    RF("storage", STR, NULL),
+};
+static const td_replyfield plan_tensor_fields[] = {RF("name", STR, NULL), RF("bytes", UINT, NULL)};
+static const td_replyfield plan_saving_fields[] = {
+    RF("remedy", STR, NULL), RF("available", BOOL, NULL), RF("saves", UINT, NULL),
+    RF("costs", UINT, NULL), RF("note", STR, NULL),
+};
+static const td_replydef plan_device =
+    RDEF("plan device", plan_device_fields, NULL, "### plan", "Each element of `devices`:");
+static const td_replydef plan_layer =
+    RDEF("layer", plan_layer_fields, NULL, "### plan", "Each element of `layers`:");
+static const td_replydef plan_tensor =
+    RDEF("tensor", plan_tensor_fields, NULL, "### plan", "Each element of `largest`:");
+static const td_replydef plan_saving =
+    RDEF("saving", plan_saving_fields, NULL, "### plan", "Each element of `savings`:");
+
+static const td_replyfield error_reply_fields[] = {
+    RF("error", STR, NULL), RF("message", STR, NULL), RF_OPT("plan", MAP, &plan_map),
+};
+static const td_replyfield submit_reply_fields[] = {
+    RF("id", UINT, NULL),        RF("name", STR, NULL),      RF("state", STR, NULL),
+    RF("duplicate", BOOL, NULL), RF("plan", MAP, &plan_map), RF_OPT("device", STR, NULL),
+};
+static const td_replyfield list_reply_fields[] = {
+    RF("more", BOOL, NULL), RF("jobs", ARRAY, &job_row),
+};
+static const td_replyfield show_reply_fields[] = {RF("job", MAP, &job_full)};
+static const td_replyfield cancel_reply_fields[] = {RF("id", UINT, NULL), RF("state", STR, NULL)};
+static const td_replyfield info_reply_fields[] = {
+    RF("version", STR, NULL),       RF("protocol", UINT, NULL), RF("uptime_s", FLOAT, NULL),
+    RF("status_socket", STR, NULL), RF("jobs", UINT, NULL),
+};
+static const td_replyfield devices_reply_fields[] = {RF("devices", ARRAY, &device_entry)};
+static const td_replyfield logs_reply_fields[] = {
+    RF("data", STR, NULL), RF("offset", UINT, NULL), RF("size", UINT, NULL), RF("done", BOOL, NULL),
+};
+static const td_replyfield priority_reply_fields[] = {
+    RF("id", UINT, NULL), RF("priority", INT, NULL),
+};
+static const td_replyfield device_reply_fields[] = {RF("device", MAP, &device_entry)};
+static const td_replyfield plan_reply_fields[] = {
+    RF("name", STR, NULL),              RF("batch_size", UINT, NULL),
+    RF("min_micro_batch", UINT, NULL),  RF("precision", STR, NULL),
+    RF("recompute", BOOL, NULL),        RF("batch_dependent", BOOL, NULL),
+    RF("plan", MAP, &plan_map),         RF("devices", ARRAY, &plan_device),
+    RF("layers", ARRAY, &plan_layer),   RF("largest", ARRAY, &plan_tensor),
+    RF("savings", ARRAY, &plan_saving),
+};
+
+static const td_replydef replies[] = {
+    RDEF("error", error_reply_fields, NULL, "## Framing", "An error reply:"),
+    RDEF("submit", submit_reply_fields, NULL, "### submit", "Reply:"),
+    RDEF("list", list_reply_fields, NULL, "### list", "Reply:"),
+    RDEF("show", show_reply_fields, NULL, "### show", "Reply:"),
+    RDEF("cancel", cancel_reply_fields, NULL, "### cancel", "Reply:"),
+    RDEF("info", info_reply_fields, NULL, "### info", "Reply:"),
+    RDEF("devices", devices_reply_fields, NULL, "### devices", "Reply:"),
+    RDEF("logs", logs_reply_fields, NULL, "### logs", "Reply:"),
+    RDEF("set-priority", priority_reply_fields, NULL, "### set-priority", "Reply:"),
+    RDEF("device", device_reply_fields, NULL, "### device", "Reply:"),
+    RDEF("plan", plan_reply_fields, NULL, "### plan", "Reply:"),
+};
+
+static const td_replyfield state_event_fields[] = {
+    RF("id", UINT, NULL),   RF("name", STR, NULL), RF("state", STR, NULL),
+    RF("device", STR, NULL), RF("error", STR, NULL),
+};
+static const td_replyfield progress_event_fields[] = {
+    RF("id", UINT, NULL),                RF("epoch", UINT, NULL),
+    RF("epochs", UINT, NULL),            RF("step", UINT, NULL),
+    RF("steps", UINT, NULL),             RF("loss", FLOAT, NULL),
+    RF("samples_per_sec", FLOAT, NULL),  RF("eta_s", FLOAT, NULL),
+    RF("accuracy", FLOAT, NULL),         RF("train_accuracy", FLOAT, NULL),
+    RF("data_wait", FLOAT, NULL),        RF("mem", UINT, NULL),
+};
+static const td_replyfield eval_event_fields[] = {
+    RF("id", UINT, NULL),            RF("epoch", UINT, NULL),     RF("accuracy", FLOAT, NULL),
+    RF("loss", FLOAT, NULL),         RF("val_accuracy", FLOAT, NULL),
+    RF("val_loss", FLOAT, NULL),
+};
+static const td_replyfield oom_event_fields[] = {
+    RF("id", UINT, NULL),        RF("device", STR, NULL), RF("phase", STR, NULL),
+    RF("requested", UINT, NULL), RF("free", UINT, NULL),  RF("micro_batch", UINT, NULL),
+};
+static const td_replyfield replan_event_fields[] = {
+    RF("id", UINT, NULL), RF("device", STR, NULL), RF("plan", MAP, &plan_map),
+};
+static const td_replyfield device_event_fields[] = {
+    RF("name", STR, NULL), RF("budget", UINT, NULL), RF("reserved", UINT, NULL),
+    RF("jobs", UINT, NULL),
+};
+
+/* Events are documented after "## Status socket"; the table is the
+ * section's only one. */
+static const td_replydef events[] = {
+    RDEF(TD_TOPIC_JOB_STATE, state_event_fields, NULL, "### " TD_TOPIC_JOB_STATE, NULL),
+    RDEF(TD_TOPIC_JOB_PROGRESS, progress_event_fields, NULL, "### " TD_TOPIC_JOB_PROGRESS, NULL),
+    RDEF(TD_TOPIC_JOB_EVAL, eval_event_fields, NULL, "### " TD_TOPIC_JOB_EVAL, NULL),
+    RDEF(TD_TOPIC_JOB_OOM, oom_event_fields, NULL, "### " TD_TOPIC_JOB_OOM, NULL),
+    RDEF(TD_TOPIC_JOB_REPLAN, replan_event_fields, NULL, "### " TD_TOPIC_JOB_REPLAN, NULL),
+    RDEF(TD_TOPIC_DEVICE, device_event_fields, NULL, "### " TD_TOPIC_DEVICE, NULL),
+};
+
 static const char *const ftype_names[] = {
     [TD_FT_STR] = "str",   [TD_FT_INT] = "int",  [TD_FT_UINT] = "uint",  [TD_FT_FLOAT] = "float",
     [TD_FT_BOOL] = "bool", [TD_FT_MAP] = "map",  [TD_FT_ARRAY] = "array",
@@ -844,6 +1011,161 @@ fail:
   return rc;
 }
 
+/* ---- the reply and event catalogue ---- */
+
+const td_replydef *td_proto_replies(size_t *n) {
+  *n = TD_ARRAY_SIZE(replies);
+  return replies;
+}
+
+const td_replydef *td_proto_events(size_t *n) {
+  *n = TD_ARRAY_SIZE(events);
+  return events;
+}
+
+static const td_replydef *def_find(const td_replydef *tab, size_t n, const char *name) {
+  for (size_t i = 0; name && i < n; i++)
+    if (strcmp(tab[i].name, name) == 0)
+      return &tab[i];
+  return NULL;
+}
+
+const td_replydef *td_proto_reply_find(const char *name) {
+  return def_find(replies, TD_ARRAY_SIZE(replies), name);
+}
+
+const td_replydef *td_proto_event_find(const char *topic) {
+  return def_find(events, TD_ARRAY_SIZE(events), topic);
+}
+
+static size_t def_count(const td_replydef *def) {
+  return (def->base ? def->base->nfields : 0) + def->nfields;
+}
+
+/* Field i of def counting base's first. */
+static const td_replyfield *def_at(const td_replydef *def, size_t i) {
+  size_t nb = def->base ? def->base->nfields : 0;
+  return i < nb ? &def->base->fields[i] : &def->fields[i - nb];
+}
+
+static int field_is(const td_replyfield *f, const char *name, size_t len) {
+  return strlen(f->name) == len && memcmp(f->name, name, len) == 0;
+}
+
+/* The index of field name in def, or -1; start is where to look first. */
+static long def_index(const td_replydef *def, const char *name, size_t len, size_t start) {
+  size_t n = def_count(def);
+  if (start < n && field_is(def_at(def, start), name, len))
+    return (long)start;
+  for (size_t i = 0; i < n; i++)
+    if (field_is(def_at(def, i), name, len))
+      return (long)i;
+  return -1;
+}
+
+const td_replyfield *td_replydef_field(const td_replydef *def, const char *name, size_t len) {
+  long i = def ? def_index(def, name, len, 0) : -1;
+  return i < 0 ? NULL : def_at(def, (size_t)i);
+}
+
+static int obj_has_type(const msgpack_object *o, td_ftype t) {
+  switch (t) {
+  case TD_FT_STR: return o->type == MSGPACK_OBJECT_STR;
+  case TD_FT_INT: return o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                         o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER;
+  case TD_FT_UINT: return o->type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+  case TD_FT_FLOAT: return o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64;
+  case TD_FT_BOOL: return o->type == MSGPACK_OBJECT_BOOLEAN;
+  case TD_FT_MAP: return o->type == MSGPACK_OBJECT_MAP;
+  case TD_FT_ARRAY: return o->type == MSGPACK_OBJECT_ARRAY;
+  }
+  return 0;
+}
+
+static int check_map(const td_replydef *def, const msgpack_object *o, int top, const char *path,
+                     char *err, size_t errlen) {
+  char q[48], sub[160];
+  int rc;
+  if (o->type != MSGPACK_OBJECT_MAP) {
+    seterr(err, errlen, "%s must be a map ('%s'), got %s", path, def->name, obj_type_name(o));
+    return TD_EPROTO;
+  }
+  for (uint32_t i = 0; i < o->via.map.size; i++) {
+    const msgpack_object_kv *kv = &o->via.map.ptr[i];
+    const msgpack_object_str *k = &kv->key.via.str;
+    const td_replyfield *f;
+    if (kv->key.type != MSGPACK_OBJECT_STR) {
+      seterr(err, errlen, "%s has a key that is not a string", path);
+      return TD_EPROTO;
+    }
+    if (top >= 1 && k->size == 1 && k->ptr[0] == 'v')
+      continue;
+    if (top >= 2 && k->size == 2 && memcmp(k->ptr, "ok", 2) == 0)
+      continue;
+    f = td_replydef_field(def, k->ptr, k->size);
+    quote(k->ptr, k->size, q, sizeof q);
+    if (!f) {
+      seterr(err, errlen, "%s has field '%s', which '%s' in the catalogue lacks", path, q,
+             def->name);
+      return TD_EPROTO;
+    }
+    snprintf(sub, sizeof sub, "%s.%s", path, q);
+    if (!obj_has_type(&kv->val, f->type)) {
+      seterr(err, errlen, "%s must be %s, got %s", sub, td_ftype_name(f->type),
+             obj_type_name(&kv->val));
+      return TD_EPROTO;
+    }
+    if (f->sub && f->type == TD_FT_MAP && (rc = check_map(f->sub, &kv->val, 0, sub, err,
+                                                          errlen)) != 0)
+      return rc;
+    for (uint32_t j = 0; f->sub && f->type == TD_FT_ARRAY && j < kv->val.via.array.size; j++) {
+      char item[176];
+      snprintf(item, sizeof item, "%s[%" PRIu32 "]", sub, j);
+      if ((rc = check_map(f->sub, &kv->val.via.array.ptr[j], 0, item, err, errlen)) != 0)
+        return rc;
+    }
+  }
+  for (size_t i = 0; i < def_count(def); i++) {
+    const td_replyfield *f = def_at(def, i);
+    const msgpack_object *v;
+    if (f->required && td_obj_get(o, f->name, &v) != 0) {
+      seterr(err, errlen, "%s lacks the required field '%s' of '%s'", path, f->name, def->name);
+      return TD_EPROTO;
+    }
+  }
+  return 0;
+}
+
+int td_proto_check_map(const td_replydef *def, const msgpack_object *map, int top, char *err,
+                       size_t errlen) {
+  return check_map(def, map, top, def->name, err, errlen);
+}
+
+int td_proto_check_reply(const char *op, const msgpack_object *root, char *err, size_t errlen) {
+  const td_replydef *def;
+  int ok;
+  if (td_obj_bool(root, "ok", &ok) != 0) {
+    seterr(err, errlen, "reply has no boolean 'ok'");
+    return TD_EPROTO;
+  }
+  def = td_proto_reply_find(ok ? op : "error");
+  if (!def) {
+    seterr(err, errlen, "no reply '%s' in the catalogue", op ? op : "(null)");
+    return TD_EPROTO;
+  }
+  return check_map(def, root, 2, def->name, err, errlen);
+}
+
+int td_proto_check_event(const char *topic, const msgpack_object *root, char *err,
+                         size_t errlen) {
+  const td_replydef *def = td_proto_event_find(topic);
+  if (!def) {
+    seterr(err, errlen, "no event '%s' in the catalogue", topic ? topic : "(null)");
+    return TD_EPROTO;
+  }
+  return check_map(def, root, 1, def->name, err, errlen);
+}
+
 /* ---- packing ---- */
 
 static void pk(td_pack *p, int rc) {
@@ -963,6 +1285,153 @@ int td_pack_error(const td_pack *p) {
 
 const void *td_pack_data(const td_pack *p) { return td_pack_error(p) ? NULL : p->sb.data; }
 size_t td_pack_len(const td_pack *p) { return td_pack_error(p) ? 0 : p->sb.size; }
+
+/* ---- maps under construction ---- */
+
+static void map_fail(td_map *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void map_fail(td_map *m, const char *fmt, ...) {
+  va_list ap;
+  if (m->p->err != 0)
+    return;
+  m->p->err = TD_EINTERNAL;
+  va_start(ap, fmt);
+  vsnprintf(m->p->why, sizeof m->p->why, fmt, ap);
+  va_end(ap);
+}
+
+void td_map_begin(td_map *m, td_pack *p, const td_replydef *def) {
+  memset(m, 0, sizeof *m);
+  m->p = p;
+  m->def = def;
+  m->at = p->sb.size;
+  PACK(p, msgpack_sbuffer_write(&p->sb, "\xdf\0\0\0\0", 5));
+}
+
+void td_map_end(td_map *m) {
+  td_pack *p = m->p;
+  unsigned char *h;
+  for (size_t i = 0; m->def && i < def_count(m->def); i++)
+    if (def_at(m->def, i)->required && !(m->seen >> i & 1))
+      map_fail(m, "'%s' lacks its required field '%s'", m->def->name, def_at(m->def, i)->name);
+  if (p->err != 0)
+    return;
+  h = (unsigned char *)p->sb.data + m->at + 1;
+  h[0] = (unsigned char)(m->n >> 24), h[1] = (unsigned char)(m->n >> 16);
+  h[2] = (unsigned char)(m->n >> 8), h[3] = (unsigned char)m->n;
+}
+
+/* Packs key k as the next entry; returns its field (NULL when unchecked
+ * or refused). */
+static const td_replyfield *map_key(td_map *m, const char *k, td_ftype t) {
+  const td_replyfield *f;
+  long i;
+  td_pack_str(m->p, k);
+  m->n++;
+  if (!m->def || m->p->err)
+    return NULL;
+  i = def_index(m->def, k, strlen(k), m->next);
+  if (i < 0) {
+    map_fail(m, "field '%s' is not in '%s' in the catalogue (proto/proto.c, PROTOCOL.md)", k,
+             m->def->name);
+    return NULL;
+  }
+  f = def_at(m->def, (size_t)i);
+  if (f->type != t)
+    map_fail(m, "field '%s' of '%s' is %s in the catalogue, packed as %s", k, m->def->name,
+             td_ftype_name(f->type), td_ftype_name(t));
+  else if (m->seen >> i & 1)
+    map_fail(m, "field '%s' of '%s' packed twice", k, m->def->name);
+  m->seen |= (uint64_t)1 << i;
+  m->next = (size_t)i + 1;
+  return f;
+}
+
+void td_map_kv_str(td_map *m, const char *k, const char *v) {
+  map_key(m, k, TD_FT_STR);
+  td_pack_str(m->p, v);
+}
+
+void td_map_kv_strn(td_map *m, const char *k, const char *v, size_t n) {
+  map_key(m, k, TD_FT_STR);
+  td_pack_strn(m->p, v, n);
+}
+
+void td_map_kv_i64(td_map *m, const char *k, int64_t v) {
+  map_key(m, k, TD_FT_INT);
+  td_pack_i64(m->p, v);
+}
+
+void td_map_kv_u64(td_map *m, const char *k, uint64_t v) {
+  map_key(m, k, TD_FT_UINT);
+  td_pack_u64(m->p, v);
+}
+
+void td_map_kv_f64(td_map *m, const char *k, double v) {
+  map_key(m, k, TD_FT_FLOAT);
+  td_pack_f64(m->p, v);
+}
+
+void td_map_kv_bool(td_map *m, const char *k, int v) {
+  map_key(m, k, TD_FT_BOOL);
+  td_pack_bool(m->p, v);
+}
+
+void td_map_kv_map(td_map *m, const char *k, td_map *sub) {
+  const td_replyfield *f = map_key(m, k, TD_FT_MAP);
+  td_map_begin(sub, m->p, f ? f->sub : NULL);
+}
+
+void td_map_kv_array(td_map *m, const char *k, uint32_t n) {
+  m->array = map_key(m, k, TD_FT_ARRAY);
+  td_pack_array(m->p, n);
+}
+
+void td_map_item(td_map *m, td_map *item) {
+  td_map_begin(item, m->p, m->array ? m->array->sub : NULL);
+}
+
+/* The entries every reply or event starts with: not catalogue fields. */
+static void map_header(td_map *m, int ok) {
+  td_pack_kv_u64(m->p, "v", TD_PROTO_VERSION);
+  m->n++;
+  if (ok >= 0) {
+    td_pack_kv_bool(m->p, "ok", ok);
+    m->n++;
+  }
+}
+
+void td_map_reply_ok(td_map *m, td_pack *p, const char *op) {
+  const td_replydef *def = td_proto_reply_find(op);
+  td_map_begin(m, p, def);
+  map_header(m, 1);
+  if (!def)
+    map_fail(m, "no reply to '%s' in the catalogue (proto/proto.c)", op ? op : "(null)");
+}
+
+void td_map_reply_err(td_map *m, td_pack *p, int code, const char *msg) {
+  td_map_begin(m, p, td_proto_reply_find("error"));
+  map_header(m, 0);
+  td_map_kv_str(m, "error", td_err_name(code));
+  td_map_kv_str(m, "message", msg && *msg ? msg : td_strerror(code));
+}
+
+int td_map_event(td_map *m, td_pack *p, const char *topic) {
+  size_t n = topic ? strlen(topic) : 0;
+  const td_replydef *def = td_proto_event_find(topic);
+  if (n == 0 || n > TD_PROTO_MAX_TOPIC) {
+    memset(m, 0, sizeof *m); /* td_map_end is harmless on it */
+    m->p = p;
+    if (p->err == 0)
+      p->err = TD_EINVAL;
+    return TD_EINVAL;
+  }
+  PACK(p, msgpack_sbuffer_write(&p->sb, topic, n + 1));
+  td_map_begin(m, p, def);
+  map_header(m, -1);
+  if (!def)
+    map_fail(m, "no event '%s' in the catalogue (proto/proto.c)", topic);
+  return p->err;
+}
 
 /* ---- replies ---- */
 

@@ -75,10 +75,57 @@ const char *td_ftype_name(td_ftype t);
 int td_proto_parse_request(const void *buf, size_t len, td_msg **out, const td_msgdef **def,
                            char *err, size_t errlen);
 
+/* The reply and event catalogue: every map traind sends, one table each.
+ * A field of type MAP has sub, the definition of that map; an ARRAY field
+ * with sub is an array of such maps.  A definition with base has base's
+ * fields first, then its own (show's job is a list row and more).  doc is
+ * where PROTOCOL.md has the map's table: the section's heading line, then
+ * the line just above the table (tests/unit/test_proto.c checks the two
+ * agree, both ways).  "v" of a reply or event and "ok" of a reply are
+ * implied, as "v" and "op" are in a request. */
+typedef struct td_replydef td_replydef;
+typedef struct td_replyfield {
+  const char *name;
+  td_ftype type;
+  int required;
+  const td_replydef *sub;
+} td_replyfield;
+struct td_replydef {
+  const char *name; /* the op, "error", the topic, or what a nested map is */
+  const td_replyfield *fields;
+  size_t nfields;
+  const td_replydef *base;
+  const char *section, *table;
+};
+#define TD_REPLY_MAX_FIELDS 64 /* base's and own together */
+
+/* Every success reply, one per op, and "error" (an error reply); *n of them. */
+const td_replydef *td_proto_replies(size_t *n);
+/* Every status event, by topic. */
+const td_replydef *td_proto_events(size_t *n);
+const td_replydef *td_proto_reply_find(const char *name);   /* NULL if unknown */
+const td_replydef *td_proto_event_find(const char *topic);  /* NULL if unknown */
+/* The field name of def or its base; NULL if it has none. */
+const td_replyfield *td_replydef_field(const td_replydef *def, const char *name, size_t len);
+
+/* Check a decoded map against def, recursively: every key known, every
+ * value of its type (FLOAT is a float, as traind sends), every required
+ * field present.  top: 0 for a nested map, 1 for an event's root ("v"
+ * allowed besides the fields), 2 for a reply's ("v" and "ok").  TD_EPROTO
+ * with the path of the first bad field in err. */
+int td_proto_check_map(const td_replydef *def, const msgpack_object *map, int top, char *err,
+                       size_t errlen);
+/* A whole decoded reply to op: the op's definition if "ok" is true, the
+ * error reply's otherwise. */
+int td_proto_check_reply(const char *op, const msgpack_object *root, char *err, size_t errlen);
+int td_proto_check_event(const char *topic, const msgpack_object *root, char *err,
+                         size_t errlen);
+
 /* Building messages: a thin layer over msgpack_sbuffer/msgpack_packer.
  * A td_pack must not be copied or moved after td_pack_init (the packer points
- * at the buffer).  Writes after a failure are ignored; td_pack_error tells. */
-typedef struct td_pack { msgpack_sbuffer sb; msgpack_packer pk; int err; } td_pack;
+ * at the buffer).  Writes after a failure are ignored; td_pack_error tells;
+ * why says what went wrong when the catalogue refused a field. */
+typedef struct td_pack { msgpack_sbuffer sb; msgpack_packer pk; int err; char why[160]; } td_pack;
 void td_pack_init(td_pack *p);
 void td_pack_free(td_pack *p);                 /* accepts NULL */
 void td_pack_map(td_pack *p, uint32_t n);
@@ -115,6 +162,48 @@ int td_pack_error(const td_pack *p);
 /* The bytes packed so far; NULL and 0 after td_pack_error() would fail. */
 const void *td_pack_data(const td_pack *p);
 size_t td_pack_len(const td_pack *p);
+
+/* A map under construction: no count is written by hand.  td_map_begin
+ * reserves a map32 header (0xdf and a 4-byte count) and td_map_end writes
+ * the number of entries packed into it, so one buffer holds everything and
+ * maps nest.  With a definition, every entry is checked as it is packed:
+ * a key the definition lacks, a value of another type than its field's, a
+ * key packed twice, or (at td_map_end) a required field missing fails the
+ * pack with TD_EINTERNAL and the reason in p->why, so a reply the
+ * catalogue does not describe is never sent.  def NULL: counted only.
+ * Entries go strictly into the innermost open map: finish a nested one
+ * (td_map_end) before packing into its parent again. */
+typedef struct td_map {
+  td_pack *p;
+  const td_replydef *def;
+  const td_replyfield *array; /* the last array field: its items' definition */
+  size_t at;                  /* offset of the header in p->sb */
+  uint32_t n;
+  uint64_t seen;              /* bit i: field i (base's first) packed */
+  size_t next;                /* field index expected next: fields usually come in order */
+} td_map;
+void td_map_begin(td_map *m, td_pack *p, const td_replydef *def);
+void td_map_end(td_map *m);
+void td_map_kv_str(td_map *m, const char *k, const char *v);
+void td_map_kv_strn(td_map *m, const char *k, const char *v, size_t n);
+void td_map_kv_i64(td_map *m, const char *k, int64_t v);
+void td_map_kv_u64(td_map *m, const char *k, uint64_t v);
+void td_map_kv_f64(td_map *m, const char *k, double v);
+void td_map_kv_bool(td_map *m, const char *k, int v);
+/* Key k and a nested map, begun in sub with k's definition; end it. */
+void td_map_kv_map(td_map *m, const char *k, td_map *sub);
+/* Key k and an array header for n items; each item a map begun with
+ * td_map_item (k's item definition) and ended before the next. */
+void td_map_kv_array(td_map *m, const char *k, uint32_t n);
+void td_map_item(td_map *m, td_map *item);
+/* A success reply to op: begun with "v" and "ok": true. */
+void td_map_reply_ok(td_map *m, td_pack *p, const char *op);
+/* An error reply, begun with "v", "ok": false, "error" and "message"; the
+ * catalogue's "error" says what else it may carry. */
+void td_map_reply_err(td_map *m, td_pack *p, int code, const char *msg);
+/* A status event: the topic, then a map begun with "v".  TD_EINVAL for an
+ * empty or over-long topic. */
+int td_map_event(td_map *m, td_pack *p, const char *topic);
 
 /* Client side.  Decode a reply; if "ok" is false copy its message into err
  * and return the code named by "error" (TD_EINTERNAL if the name is unknown).

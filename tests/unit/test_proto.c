@@ -1136,6 +1136,443 @@ START_TEST(test_protocol_md) {
 }
 END_TEST
 
+/* ---- the reply and event catalogue ---- */
+
+/* Every def reachable from the catalogue, each once. */
+struct defset {
+  const td_replydef *def[64];
+  int events[64]; /* a top-level event: documented after "## Status socket" */
+  size_t n;
+};
+
+static void defset_add(struct defset *ds, const td_replydef *d, int event) {
+  for (size_t i = 0; i < ds->n; i++)
+    if (ds->def[i] == d)
+      return;
+  ck_assert_uint_lt(ds->n, TD_ARRAY_SIZE(ds->def));
+  ds->def[ds->n] = d;
+  ds->events[ds->n++] = event;
+  if (d->base)
+    defset_add(ds, d->base, 0);
+  for (size_t i = 0; i < d->nfields; i++)
+    if (d->fields[i].sub)
+      defset_add(ds, d->fields[i].sub, 0);
+}
+
+static void defset_all(struct defset *ds) {
+  size_t n;
+  const td_replydef *r = td_proto_replies(&n);
+  ds->n = 0;
+  for (size_t i = 0; i < n; i++)
+    defset_add(ds, &r[i], 0);
+  r = td_proto_events(&n);
+  for (size_t i = 0; i < n; i++)
+    defset_add(ds, &r[i], 1);
+}
+
+START_TEST(test_catalogue_shape) {
+  struct defset ds;
+  size_t n;
+  const td_msgdef *req = td_proto_defs(&n);
+  for (size_t i = 0; i < n; i++)
+    ck_assert_msg(td_proto_reply_find(req[i].op), "no reply to '%s' in the catalogue", req[i].op);
+  ck_assert_ptr_nonnull(td_proto_reply_find("error"));
+  static const char *const topics[] = {TD_TOPIC_JOB_STATE, TD_TOPIC_JOB_PROGRESS,
+                                       TD_TOPIC_JOB_EVAL, TD_TOPIC_DEVICE,
+                                       TD_TOPIC_JOB_OOM, TD_TOPIC_JOB_REPLAN};
+  for (size_t t = 0; t < TD_ARRAY_SIZE(topics); t++)
+    ck_assert_msg(td_proto_event_find(topics[t]), "no event '%s' in the catalogue", topics[t]);
+  ck_assert_ptr_null(td_proto_reply_find("nope"));
+  ck_assert_ptr_null(td_proto_event_find("job.nope"));
+
+  defset_all(&ds);
+  for (size_t i = 0; i < ds.n; i++) {
+    const td_replydef *d = ds.def[i];
+    size_t nb = d->base ? d->base->nfields : 0;
+    ck_assert_msg(nb + d->nfields <= TD_REPLY_MAX_FIELDS, "'%s' has too many fields", d->name);
+    ck_assert_msg(d->section && d->section[0] == '#', "'%s' names no section", d->name);
+    for (size_t j = 0; j < d->nfields; j++) {
+      const td_replyfield *f = &d->fields[j];
+      /* a nested definition only where a map, or an array of maps, is */
+      ck_assert_msg(!f->sub || f->type == TD_FT_MAP || f->type == TD_FT_ARRAY,
+                    "'%s.%s' has a definition but is %s", d->name, f->name,
+                    td_ftype_name(f->type));
+      ck_assert_msg(f->type != TD_FT_MAP || f->sub, "map '%s.%s' has no definition", d->name,
+                    f->name);
+      /* names unique, base's included */
+      ck_assert_msg(td_replydef_field(d, f->name, strlen(f->name)) == f,
+                    "'%s' has field '%s' twice", d->name, f->name);
+    }
+  }
+}
+END_TEST
+
+/* A built map is a well-formed message, counts right, and checks out. */
+START_TEST(test_map_builder) {
+  td_pack p;
+  td_map m, sub, item;
+  td_msg *msg;
+  const msgpack_object *root, *o;
+  uint64_t u;
+
+  /* unchecked: 20 entries, so a fixmap could not have held them */
+  td_pack_init(&p);
+  td_map_begin(&m, &p, NULL);
+  td_pack_kv_u64(&p, "v", TD_PROTO_VERSION); /* raw entries are not counted... */
+  m.n++;                                     /* ...unless the caller says */
+  for (int i = 0; i < 19; i++) {
+    char k[8];
+    snprintf(k, sizeof k, "k%d", i);
+    td_map_kv_u64(&m, k, (uint64_t)i);
+  }
+  td_map_end(&m);
+  ck_assert_int_eq(td_pack_error(&p), 0);
+  ck_assert_uint_eq(((const unsigned char *)td_pack_data(&p))[0], 0xdf);
+  ck_assert_int_eq(td_msg_decode(td_pack_data(&p), td_pack_len(&p), &msg, err, sizeof err), 0);
+  ck_assert_uint_eq(td_msg_root(msg)->via.map.size, 20);
+  ck_assert_int_eq(td_obj_u64(td_msg_root(msg), "k18", &u), 0);
+  ck_assert_uint_eq(u, 18);
+  td_msg_free(msg);
+  td_pack_free(&p);
+
+  /* a checked reply with nested maps and an array of maps */
+  td_pack_init(&p);
+  td_map_reply_ok(&m, &p, "list");
+  td_map_kv_bool(&m, "more", 0);
+  td_map_kv_array(&m, "jobs", 2);
+  for (int i = 0; i < 2; i++) {
+    td_map_item(&m, &item);
+    td_map_kv_u64(&item, "id", (uint64_t)i + 1);
+    td_map_kv_str(&item, "name", "mnist");
+    td_map_kv_str(&item, "owner", "ann");
+    td_map_kv_str(&item, "state", "queued");
+    td_map_kv_str(&item, "device", "");
+    td_map_kv_i64(&item, "priority", -3);
+    td_map_kv_i64(&item, "submitted_ms", 1700000000000);
+    td_map_kv_u64(&item, "epoch", 0);
+    td_map_kv_u64(&item, "epochs", 3);
+    td_map_kv_u64(&item, "step", 0);
+    td_map_kv_u64(&item, "steps", 0);
+    td_map_kv_f64(&item, "loss", 0);
+    td_map_kv_f64(&item, "accuracy", -1);
+    td_map_kv_str(&item, "wait_reason", "");
+    td_map_end(&item);
+  }
+  td_map_end(&m);
+  ck_assert_msg(td_pack_error(&p) == 0, "%s", p.why);
+  ck_assert_int_eq(td_proto_parse_reply(td_pack_data(&p), td_pack_len(&p), &msg, err, sizeof err),
+                   0);
+  root = td_msg_root(msg);
+  ck_assert_int_eq(td_proto_check_reply("list", root, err, sizeof err), 0);
+  ck_assert_int_eq(td_obj_array(root, "jobs", &o), 0);
+  ck_assert_uint_eq(o->via.array.size, 2);
+  ck_assert_uint_eq(o->via.array.ptr[1].via.map.size, 14);
+  td_msg_free(msg);
+  td_pack_free(&p);
+
+  /* an error reply carrying a plan; an event */
+  td_pack_init(&p);
+  td_map_reply_err(&m, &p, TD_ENOFIT, "too big");
+  td_map_kv_map(&m, "plan", &sub);
+  td_map_kv_u64(&sub, "accumulation", 1);
+  for (size_t i = 0; i < TD_ARRAY_SIZE(plan_keys); i++)
+    td_map_kv_u64(&sub, plan_keys[i], 1u << i);
+  td_map_end(&sub);
+  td_map_end(&m);
+  ck_assert_msg(td_pack_error(&p) == 0, "%s", p.why);
+  int code;
+  ck_assert_int_eq(td_proto_decode_reply(td_pack_data(&p), td_pack_len(&p), &msg, &code, err,
+                                         sizeof err), 0);
+  ck_assert_int_eq(code, TD_ENOFIT);
+  ck_assert_str_eq(err, "too big");
+  ck_assert_int_eq(td_proto_check_reply("submit", td_msg_root(msg), err, sizeof err), 0);
+  td_msg_free(msg);
+  td_pack_free(&p);
+
+  td_pack_init(&p);
+  ck_assert_int_eq(td_map_event(&m, &p, TD_TOPIC_DEVICE), 0);
+  td_map_kv_str(&m, "name", "cpu0");
+  td_map_kv_u64(&m, "budget", 1 << 30);
+  td_map_kv_u64(&m, "reserved", 0);
+  td_map_kv_u64(&m, "jobs", 0);
+  td_map_end(&m);
+  ck_assert_msg(td_pack_error(&p) == 0, "%s", p.why);
+  const char *topic;
+  const void *body;
+  size_t blen;
+  ck_assert_int_eq(td_event_split(td_pack_data(&p), td_pack_len(&p), &topic, &body, &blen), 0);
+  ck_assert_int_eq(td_msg_decode(body, blen, &msg, err, sizeof err), 0);
+  ck_assert_int_eq(td_proto_check_event(topic, td_msg_root(msg), err, sizeof err), 0);
+  td_msg_free(msg);
+  td_pack_free(&p);
+
+  td_pack_init(&p);
+  ck_assert_int_eq(td_map_event(&m, &p, ""), TD_EINVAL);
+  td_map_end(&m);
+  ck_assert_uint_eq(td_pack_len(&p), 0);
+  td_pack_free(&p);
+}
+END_TEST
+
+/* What the catalogue refuses as it is packed: the reply is never sent. */
+START_TEST(test_map_builder_refuses) {
+  static const struct {
+    int what;
+    const char *why;
+  } cases[] = {
+      {0, "field 'colour' is not in 'cancel'"},
+      {1, "field 'id' of 'cancel' is uint in the catalogue, packed as int"},
+      {2, "field 'id' of 'cancel' packed twice"},
+      {3, "'cancel' lacks its required field 'state'"},
+      {4, "no reply to 'frobnicate'"},
+      {5, "no event 'job.nope'"},
+      {6, "field 'bogus' is not in 'checkpoint'"},
+  };
+  for (size_t i = 0; i < TD_ARRAY_SIZE(cases); i++) {
+    td_pack p;
+    td_map m, job, ck;
+    td_pack_init(&p);
+    if (cases[i].what == 4)
+      td_map_reply_ok(&m, &p, "frobnicate");
+    else if (cases[i].what == 5)
+      td_map_event(&m, &p, "job.nope");
+    else if (cases[i].what == 6)
+      td_map_reply_ok(&m, &p, "show");
+    else
+      td_map_reply_ok(&m, &p, "cancel");
+    switch (cases[i].what) {
+    case 0: td_map_kv_str(&m, "colour", "red"); break;
+    case 1: td_map_kv_i64(&m, "id", 1); break;
+    case 2: td_map_kv_u64(&m, "id", 1), td_map_kv_u64(&m, "id", 1); break;
+    case 3: td_map_kv_u64(&m, "id", 1); break;
+    case 6:
+      td_map_kv_map(&m, "job", &job);
+      td_map_kv_map(&job, "checkpoint", &ck);
+      td_map_kv_u64(&ck, "bogus", 1);
+      td_map_end(&ck);
+      td_map_end(&job);
+      break;
+    }
+    td_map_end(&m);
+    ck_assert_int_eq(td_pack_error(&p), TD_EINTERNAL);
+    ck_assert_ptr_null(td_pack_data(&p));
+    ck_assert_msg(strstr(p.why, cases[i].why), "case %zu: '%s' lacks '%s'", i, p.why,
+                  cases[i].why);
+    td_pack_free(&p);
+  }
+}
+END_TEST
+
+/* Decoded replies the catalogue refuses, with the path of the bad field. */
+START_TEST(test_check_reply) {
+  static const struct {
+    const char *op;
+    const char *json_like; /* packed below by hand */
+    const char *why;
+  } cases[] = {
+      {"cancel", "unknown", "cancel has field 'colour', which 'cancel' in the catalogue lacks"},
+      {"cancel", "missing", "cancel lacks the required field 'state' of 'cancel'"},
+      {"info", "float-as-int", "info.uptime_s must be float, got uint"},
+      {"cancel", "negative-uint", "cancel.id must be uint, got negative int"},
+      {"devices", "nested", "devices.devices[0] must be a map ('device entry'), got str"},
+      {"cancel", "error-reply", "error lacks the required field 'message' of 'error'"},
+      {"cancel", "v-not-ok", NULL},
+  };
+  for (size_t i = 0; i < TD_ARRAY_SIZE(cases); i++) {
+    const char *w = cases[i].json_like;
+    td_pack p;
+    td_msg *msg;
+    td_pack_init(&p);
+    if (strcmp(w, "unknown") == 0) {
+      td_pack_reply_ok(&p, 3);
+      td_pack_kv_u64(&p, "id", 1), td_pack_kv_str(&p, "state", "cancelled");
+      td_pack_kv_str(&p, "colour", "red");
+    } else if (strcmp(w, "missing") == 0) {
+      td_pack_reply_ok(&p, 1);
+      td_pack_kv_u64(&p, "id", 1);
+    } else if (strcmp(w, "float-as-int") == 0) {
+      td_pack_reply_ok(&p, 5);
+      td_pack_kv_str(&p, "version", "1"), td_pack_kv_u64(&p, "protocol", 1);
+      td_pack_kv_u64(&p, "uptime_s", 3), td_pack_kv_str(&p, "status_socket", "x");
+      td_pack_kv_u64(&p, "jobs", 0);
+    } else if (strcmp(w, "negative-uint") == 0) {
+      td_pack_reply_ok(&p, 2);
+      td_pack_kv_i64(&p, "id", -1), td_pack_kv_str(&p, "state", "cancelled");
+    } else if (strcmp(w, "nested") == 0) {
+      td_pack_reply_ok(&p, 1);
+      td_pack_str(&p, "devices");
+      td_pack_array(&p, 1);
+      td_pack_str(&p, "cpu0");
+    } else if (strcmp(w, "error-reply") == 0) {
+      td_pack_map(&p, 3);
+      td_pack_kv_u64(&p, "v", 1), td_pack_kv_bool(&p, "ok", 0);
+      td_pack_kv_str(&p, "error", "ENOENT");
+    } else {
+      td_pack_reply_ok(&p, 2);
+      td_pack_kv_u64(&p, "id", 1), td_pack_kv_str(&p, "state", "cancelled");
+    }
+    ck_assert_int_eq(td_msg_decode(td_pack_data(&p), td_pack_len(&p), &msg, err, sizeof err), 0);
+    int rc = td_proto_check_reply(cases[i].op, td_msg_root(msg), err, sizeof err);
+    if (cases[i].why) {
+      ck_assert_int_eq(rc, TD_EPROTO);
+      ck_assert_str_eq(err, cases[i].why);
+    } else {
+      ck_assert_msg(rc == 0, "%s", err);
+    }
+    /* an event's root may not carry "ok" */
+    if (!cases[i].why)
+      ck_assert_int_eq(td_proto_check_event(TD_TOPIC_DEVICE, td_msg_root(msg), err, sizeof err),
+                       TD_EPROTO);
+    td_msg_free(msg);
+    td_pack_free(&p);
+  }
+}
+END_TEST
+
+/* The rows of one reply/event table in PROTOCOL.md. */
+struct md_row {
+  char names[8][40];
+  int nnames;
+  char type[16];
+  int optional;
+};
+
+static char *md_line_end(char *s) {
+  char *e = strchr(s, '\n');
+  return e ? e : s + strlen(s);
+}
+
+static void md_cell(const char *a, const char *b, char *out, size_t cap) {
+  while (a < b && *a == ' ')
+    a++;
+  while (b > a && b[-1] == ' ')
+    b--;
+  snprintf(out, cap, "%.*s", (int)(b - a), a);
+}
+
+/* Finds def's table (after "## Status socket" for an event) and parses
+ * it into rows; returns the table's header line. */
+static char *md_table(char *md, const td_replydef *def, int event, struct md_row *rows,
+                      size_t cap, size_t *nrows) {
+  char pat[160];
+  char *from = md, *sec, *end, *pos;
+  if (event) {
+    from = strstr(md, "\n## Status socket\n");
+    ck_assert_ptr_nonnull(from);
+  }
+  snprintf(pat, sizeof pat, "\n%s\n", def->section);
+  sec = strstr(from, pat);
+  ck_assert_msg(sec, "PROTOCOL.md has no section '%s' for '%s'", def->section, def->name);
+  end = strstr(sec + strlen(pat) - 1, "\n#");
+  if (!end)
+    end = sec + strlen(sec);
+  pos = sec + strlen(pat);
+  if (def->table) {
+    snprintf(pat, sizeof pat, "\n%s\n", def->table);
+    pos = strstr(sec, pat);
+    ck_assert_msg(pos && pos < end, "PROTOCOL.md '%s' has no line '%s' (for '%s')",
+                  def->section, def->table, def->name);
+    pos += strlen(pat);
+    while (*pos == '\n')
+      pos++;
+    ck_assert_msg(*pos == '|', "PROTOCOL.md: no table right after '%s' in '%s'", def->table,
+                  def->section);
+  } else {
+    while (pos < end && *pos != '|')
+      pos = md_line_end(pos) + 1;
+    ck_assert_msg(pos < end, "PROTOCOL.md '%s' has no table", def->section);
+  }
+  char *header = pos;
+  ck_assert_msg(strncmp(header, "| field | type | meaning |\n", 27) == 0,
+                "PROTOCOL.md: the table of '%s' must have the columns field, type, meaning",
+                def->name);
+  pos = md_line_end(md_line_end(pos) + 1) + 1; /* past the header and the --- line */
+  *nrows = 0;
+  while (*pos == '|') {
+    char *le = md_line_end(pos), *c1 = strchr(pos + 1, '|'), *c2, *c3;
+    struct md_row *r = &rows[*nrows];
+    ck_assert_uint_lt(*nrows, cap);
+    ck_assert_msg(c1 && c1 < le && (c2 = strchr(c1 + 1, '|')) && c2 < le,
+                  "PROTOCOL.md: a row of '%s' has too few cells", def->name);
+    c3 = strchr(c2 + 1, '|');
+    ck_assert_msg(c3 && c3 <= le, "PROTOCOL.md: a row of '%s' has too few cells", def->name);
+    memset(r, 0, sizeof *r);
+    for (char *b = pos + 1; b < c1;) {
+      char *q = memchr(b, '`', (size_t)(c1 - b)), *qe;
+      if (!q)
+        break;
+      qe = memchr(q + 1, '`', (size_t)(c1 - q - 1));
+      ck_assert_msg(qe, "PROTOCOL.md: an unclosed ` in a row of '%s'", def->name);
+      ck_assert_int_lt(r->nnames, 8);
+      md_cell(q + 1, qe, r->names[r->nnames++], sizeof r->names[0]);
+      b = qe + 1;
+    }
+    ck_assert_msg(r->nnames > 0, "PROTOCOL.md: a row of '%s' names no field", def->name);
+    md_cell(c1 + 1, c2, r->type, sizeof r->type);
+    char meaning[16];
+    md_cell(c2 + 1, c3, meaning, sizeof meaning);
+    r->optional = strncmp(meaning, "optional", 8) == 0;
+    (*nrows)++;
+    pos = *le ? le + 1 : le;
+  }
+  return header;
+}
+
+/* Both ways: every field of each catalogue map is a row of its table in
+ * PROTOCOL.md with the same type and optionality, every row is a field,
+ * and every reply/event table in PROTOCOL.md belongs to a catalogue map. */
+START_TEST(test_protocol_md_replies) {
+  const char *src = getenv("TD_SOURCE_ROOT");
+  char path[1024], *md = NULL, *claimed[64];
+  size_t mdlen, nclaimed = 0;
+  struct defset ds;
+  snprintf(path, sizeof path, "%s/proto/PROTOCOL.md", src ? src : ".");
+  ck_assert_msg(td_read_file(path, 1 << 20, &md, &mdlen) == 0,
+                "cannot read %s (set TD_SOURCE_ROOT to the source tree)", path);
+  defset_all(&ds);
+  for (size_t i = 0; i < ds.n; i++) {
+    const td_replydef *d = ds.def[i];
+    struct md_row rows[40];
+    size_t nrows;
+    claimed[nclaimed++] = md_table(md, d, ds.events[i], rows, TD_ARRAY_SIZE(rows), &nrows);
+    for (size_t j = 0; j < d->nfields; j++) {
+      const td_replyfield *f = &d->fields[j];
+      int hit = 0;
+      for (size_t r = 0; r < nrows && !hit; r++)
+        for (int k = 0; k < rows[r].nnames && !hit; k++)
+          if (strcmp(rows[r].names[k], f->name) == 0) {
+            hit = 1;
+            ck_assert_msg(strcmp(rows[r].type, td_ftype_name(f->type)) == 0,
+                          "PROTOCOL.md says '%s' of '%s' is %s; the catalogue says %s", f->name,
+                          d->name, rows[r].type, td_ftype_name(f->type));
+            ck_assert_msg(rows[r].optional == !f->required,
+                          "PROTOCOL.md says '%s' of '%s' is %s; the catalogue says otherwise",
+                          f->name, d->name, rows[r].optional ? "optional" : "always there");
+          }
+      ck_assert_msg(hit, "PROTOCOL.md's table of '%s' (%s) lacks '%s'", d->name, d->section,
+                    f->name);
+    }
+    for (size_t r = 0; r < nrows; r++)
+      for (int k = 0; k < rows[r].nnames; k++) {
+        int hit = 0;
+        for (size_t j = 0; j < d->nfields && !hit; j++)
+          hit = strcmp(rows[r].names[k], d->fields[j].name) == 0;
+        ck_assert_msg(hit, "PROTOCOL.md's table of '%s' (%s) has '%s', which the catalogue "
+                      "(proto/proto.c) lacks", d->name, d->section, rows[r].names[k]);
+      }
+  }
+  for (char *h = strstr(md, "\n| field | type | meaning |\n"); h;
+       h = strstr(h + 1, "\n| field | type | meaning |\n")) {
+    int hit = 0;
+    for (size_t i = 0; i < nclaimed && !hit; i++)
+      hit = claimed[i] == h + 1;
+    ck_assert_msg(hit, "PROTOCOL.md has a reply/event table at byte %zu that no catalogue map "
+                  "(proto/proto.c) describes", (size_t)(h + 1 - md));
+  }
+  free(md);
+}
+END_TEST
+
 static Suite *proto_suite(void) {
   Suite *s = suite_create("proto");
   TCase *tc = tcase_create("roundtrip");
@@ -1172,6 +1609,11 @@ static Suite *proto_suite(void) {
   tcase_add_test(tc, test_ops);
   tcase_add_test(tc, test_accessors);
   tcase_add_test(tc, test_protocol_md);
+  tcase_add_test(tc, test_protocol_md_replies);
+  tcase_add_test(tc, test_catalogue_shape);
+  tcase_add_test(tc, test_map_builder);
+  tcase_add_test(tc, test_map_builder_refuses);
+  tcase_add_test(tc, test_check_reply);
   suite_add_tcase(s, tc);
   return s;
 }

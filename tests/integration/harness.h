@@ -33,9 +33,10 @@ typedef struct th_daemon {
  * may be NULL).  As root, traind serves several users and wants MUNGE
  * credentials: a private munged is started (own key and socket under the
  * directory), named in the config and in $TRAIND_MUNGE_SOCKET for the
- * client, and th_rpc signs every request with a credential from it.  If stub_workers, traind runs th_stub_libexec's stand-ins
- * instead of the real worker and loader, so jobs hold their reservation
- * and the rest stay queued, without training anything. */
+ * client, and th_rpc signs every request with a credential from it.  If
+ * stub_workers, traind runs th_stub_libexec's stand-ins instead of the
+ * real worker and loader, so jobs hold their reservation and the rest
+ * stay queued, without training anything. */
 int th_daemon_init(th_daemon *d, const char *budget, const char *extra, int stub_workers);
 /* Rewrite the config (same directory). */
 int th_daemon_config(th_daemon *d, const char *budget, const char *extra, int stub_workers);

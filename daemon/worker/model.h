@@ -112,8 +112,9 @@ typedef struct td_model_hooks {
 } td_model_hooks;
 
 /* td_model_train_step that survives running out of memory: on TD_EOOM in
- * any phase the partial step is discarded, the model is re-planned by the plan
- * chooser (td_plan_choose: no trial on the device) for what is free and the same step is redone from the same samples, so the
+ * any phase the partial step is discarded, the model is re-planned by the
+ * plan chooser for what is free (td_plan_choose, common/plan.h: no trial on
+ * the device) and the same step is redone from the same samples, so the
  * effective batch and the result do not change (up to summation order).
  * The job's remedies apply in its order: the whole batch as it runs now
  * first, then each listed remedy added to those before it (accumulate:

@@ -1,6 +1,7 @@
 #include "plan.h"
 
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -603,7 +604,7 @@ int td_plan_compute(const td_jobspec *spec, uint32_t micro_batch, td_precision p
                     uint64_t overhead, td_plan *out) {
   td_jobspec *s;
   td_layout *l;
-  td_plan p = {.micro_batch = micro_batch, .overhead = overhead, .precision = prec};
+  td_plan p = {.micro_batch = micro_batch, .overhead = overhead, .precision = prec, .shrink = 1};
   int rc;
 
   if ((unsigned)prec >= TD_PREC__COUNT)
@@ -672,5 +673,171 @@ int td_plan_fit(const td_jobspec *spec, td_precision prec, uint64_t overhead, ui
     }
   }
   *out = best;
+  return 0;
+}
+
+int td_plan_at(const td_jobspec *spec, uint32_t micro_batch, td_precision prec, bool recompute,
+               uint32_t shrink, uint64_t overhead, td_plan *out) {
+  td_jobspec *s;
+  td_plan p;
+  int rc;
+
+  if (shrink == 0 || spec->batch_size % shrink != 0)
+    return TD_EINVAL;
+  if ((s = malloc(sizeof(*s))) == NULL)
+    return TD_ENOMEM;
+  memcpy(s, spec, sizeof(*s));
+  s->recompute = recompute;
+  s->batch_size = spec->batch_size / shrink;
+  rc = td_plan_compute(s, micro_batch, prec, overhead, &p);
+  free(s);
+  if (rc < 0)
+    return rc;
+  p.shrink = shrink;
+  *out = p;
+  return 0;
+}
+
+unsigned td_plan_remedies(const td_jobspec *spec, const td_plan *plan) {
+  unsigned r = 0;
+
+  if (plan->shrink > 1)
+    r |= 1u << TD_REMEDY_SHRINK;
+  else if (plan->micro_batch < spec->batch_size)
+    r |= 1u << TD_REMEDY_ACCUMULATE;
+  if (plan->recompute && !spec->recompute)
+    r |= 1u << TD_REMEDY_RECOMPUTE;
+  if (plan->precision != spec->precision && plan->precision == TD_PREC_BF16)
+    r |= 1u << TD_REMEDY_BF16;
+  if (plan->precision != spec->precision && plan->precision == TD_PREC_FP16)
+    r |= 1u << TD_REMEDY_FP16;
+  return r;
+}
+
+void td_plan_remedies_text(unsigned remedies, char *buf, size_t cap) {
+  size_t n = 0;
+
+  if (cap == 0)
+    return;
+  buf[0] = '\0';
+  for (int r = 0; r < TD_REMEDY__COUNT; r++) {
+    if (!(remedies & (1u << r)))
+      continue;
+    n += (size_t)snprintf(buf + (n < cap ? n : cap - 1), n < cap ? cap - n : 1, "%s%s",
+                          n > 0 ? ", " : "", td_remedy_name((td_remedy)r));
+  }
+  if (n == 0)
+    snprintf(buf, cap, "none");
+}
+
+/* The chooser's configurations: stage -1 is spec as it is (its whole
+ * batch: no remedy allowed yet); stage k adds the job's k-th remedy to
+ * those before it (shrink aside: it comes after all of them). */
+static void stage_add(td_jobspec *s, td_remedy r) {
+  s->remedies[s->nremedies++] = r;
+  if (r == TD_REMEDY_RECOMPUTE)
+    s->recompute = 1;
+  else if (r == TD_REMEDY_BF16 && s->precision == TD_PREC_FP32)
+    s->precision = TD_PREC_BF16;
+  else if (r == TD_REMEDY_FP16 && s->precision == TD_PREC_FP32)
+    s->precision = TD_PREC_FP16;
+}
+
+/* The largest plan for s that fits budget, at most cap rows per
+ * micro-batch. */
+static int fit_capped(const td_jobspec *s, uint64_t budget, uint64_t overhead, uint32_t cap,
+                      td_plan *out) {
+  int rc = td_plan_fit(s, s->precision, overhead, budget, out);
+
+  if (rc == 0 && out->micro_batch > cap)
+    rc = cap >= td_jobspec_min_micro_batch(s)
+             ? td_plan_compute(s, cap, s->precision, overhead, out)
+             : TD_ENOFIT;
+  return rc;
+}
+
+/* shrink: the fewest updates k per batch (a divisor of it, so every
+ * update takes batch/k samples) whose plan at micro-batch batch/k, at most
+ * cap, fits budget; s has every other remedy applied. */
+static int fit_shrunk(td_jobspec *s, uint64_t budget, uint64_t overhead, uint32_t cap,
+                      td_plan *out) {
+  uint32_t b = s->batch_size, k = 2;
+  td_plan p;
+  int rc;
+
+  if (b < 2)
+    return TD_ENOFIT;
+  /* the largest micro-batch that fits, below the job's minimum too */
+  s->min_micro_batch = 1;
+  s->remedies[0] = TD_REMEDY_ACCUMULATE;
+  s->nremedies = 1;
+  if ((rc = td_plan_fit(s, s->precision, overhead, budget, &p)) < 0)
+    return rc;
+  if (p.micro_batch < cap)
+    cap = p.micro_batch;
+  while (k < b && (b % k != 0 || b / k > cap))
+    k++;
+  if (b / k > cap)
+    return TD_ENOFIT;
+  return td_plan_at(s, b / k, s->precision, s->recompute, k, overhead, out);
+}
+
+int td_plan_choose(const td_jobspec *spec, uint64_t budget, uint64_t overhead, uint32_t cap,
+                   td_plan_choice *out) {
+  td_jobspec *s = malloc(sizeof(*s));
+  td_plan p;
+  int rc = TD_ENOFIT;
+
+  if (s == NULL)
+    return TD_ENOMEM;
+  memcpy(s, spec, sizeof(*s));
+  s->nremedies = 0; /* what the stages so far allow */
+  for (int k = -1; k < spec->nremedies && k < TD_MAX_REMEDIES && rc == TD_ENOFIT; k++) {
+    if (k >= 0 && spec->remedies[k] == TD_REMEDY_SHRINK)
+      continue;
+    if (k >= 0)
+      stage_add(s, spec->remedies[k]);
+    rc = fit_capped(s, budget, overhead, cap, &p);
+  }
+  if (rc == TD_ENOFIT && td_jobspec_allows(spec, TD_REMEDY_SHRINK))
+    rc = fit_shrunk(s, budget, overhead, cap, &p);
+  free(s);
+  if (rc < 0)
+    return rc;
+  out->plan = p;
+  out->remedies = td_plan_remedies(spec, &p);
+  return 0;
+}
+
+int td_plan_smallest(const td_jobspec *spec, uint64_t overhead, td_plan_choice *out) {
+  td_jobspec *s = malloc(sizeof(*s));
+  td_plan best = {0}, p;
+  int first_rc = 0, found = 0, rc;
+
+  if (s == NULL)
+    return TD_ENOMEM;
+  memcpy(s, spec, sizeof(*s));
+  s->nremedies = 0;
+  for (int k = -1; k < spec->nremedies && k < TD_MAX_REMEDIES; k++) {
+    if (k >= 0 && spec->remedies[k] == TD_REMEDY_SHRINK)
+      continue;
+    if (k >= 0)
+      stage_add(s, spec->remedies[k]);
+    rc = td_plan_compute(s, td_jobspec_min_micro_batch(s), s->precision, overhead, &p);
+    if (rc < 0 && first_rc == 0)
+      first_rc = rc;
+    if (rc == 0 && (!found || p.total < best.total))
+      best = p, found = 1;
+  }
+  /* shrunk as far as it goes: updates of one sample */
+  if (td_jobspec_allows(spec, TD_REMEDY_SHRINK) && spec->batch_size >= 2 &&
+      (rc = td_plan_at(s, 1, s->precision, s->recompute, spec->batch_size, overhead, &p)) == 0 &&
+      (!found || p.total < best.total))
+    best = p, found = 1;
+  free(s);
+  if (!found)
+    return first_rc < 0 ? first_rc : TD_EINVAL;
+  out->plan = best;
+  out->remedies = td_plan_remedies(spec, &best);
   return 0;
 }

@@ -26,6 +26,7 @@
 #define TD_PLAN_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "jobspec.h"
@@ -39,6 +40,8 @@ typedef struct td_plan {
   uint64_t params, grads, optim, activations, workspace, staging, overhead, total;
   td_precision precision;
   bool recompute;         /* activation recomputation */
+  uint32_t shrink;        /* optimiser updates per batch: 1, or k under the shrink remedy
+                             (the plan is then that of a batch of batch_size / k) */
   /* the model holds batchnorm2d: cutting a batch into micro-batches
    * changes its statistics, so accumulation is not exact */
   bool batch_dependent;
@@ -129,5 +132,50 @@ int td_plan_compute(const td_jobspec *spec, uint32_t micro_batch, td_precision p
  * be planned at its smallest micro-batch.  No device is touched. */
 int td_plan_fit(const td_jobspec *spec, td_precision prec, uint64_t overhead, uint64_t budget,
                 td_plan *out);
+
+/* The plan of running spec at micro_batch with this precision and
+ * recomputation, each batch trained as shrink updates (1: the whole batch;
+ * k > 1, a divisor of the batch size: the plan of a batch of batch_size / k,
+ * micro_batch at most that).  td_plan_compute's errors; TD_EINVAL for a
+ * shrink that does not divide the batch. */
+int td_plan_at(const td_jobspec *spec, uint32_t micro_batch, td_precision prec, bool recompute,
+               uint32_t shrink, uint64_t overhead, td_plan *out);
+
+/* What the plan chooser decided: the plan (its micro_batch, accumulation,
+ * precision, recompute and shrink are the settings to run with) and which
+ * of the job's remedies it uses, as bits (1u << td_remedy): accumulate when
+ * the micro-batch is below the batch, recompute, bf16 or fp16 when they
+ * change what spec says, shrink when it trains a batch as several updates. */
+typedef struct td_plan_choice {
+  td_plan plan;
+  unsigned remedies;
+} td_plan_choice;
+
+/* The one plan chooser: admission, the `plan` request, the worker's re-plan
+ * and traind's books all call it.  The first configuration that fits
+ * budget bytes, at most cap rows per micro-batch (UINT32_MAX: no cap):
+ * spec as it is at its whole batch, then with the job's remedies
+ * (spec->remedies) added one by one in its order (accumulate: the largest
+ * micro-batch down to td_jobspec_min_micro_batch; recompute; bf16 or fp16
+ * from fp32, the first listed), and shrink last of all wherever the job
+ * lists it: the fewest updates k per batch, k a divisor of it, whose
+ * micro-batch batch/k fits (below memory.min_micro_batch too, down to 1).
+ * spec is the job as it runs now: a worker that already applied a remedy
+ * passes its spec with that precision or recompute.
+ * TD_ENOFIT (nothing written) when nothing fits; TD_EINVAL or TD_ETOOBIG
+ * for a spec that cannot be planned.  Pure: no device is touched. */
+int td_plan_choose(const td_jobspec *spec, uint64_t budget, uint64_t overhead, uint32_t cap,
+                   td_plan_choice *out);
+
+/* The smallest plan the chooser can choose (the least budget it admits
+ * anything in): over each of its configurations at its smallest
+ * micro-batch, the least total; the first of equals. */
+int td_plan_smallest(const td_jobspec *spec, uint64_t overhead, td_plan_choice *out);
+
+/* The remedies (bits 1u << td_remedy) plan applies to spec. */
+unsigned td_plan_remedies(const td_jobspec *spec, const td_plan *plan);
+
+/* "recompute, bf16" for those bits, in td_remedy order; "none" for 0. */
+void td_plan_remedies_text(unsigned remedies, char *buf, size_t cap);
 
 #endif

@@ -1,8 +1,9 @@
 /* Admission: a job runs only where its whole memory plan fits what the
  * device has left, and its plan stays reserved until it ends, so two
  * admissions can never count on the same bytes.  A job whose batch does
- * not fit is planned at the largest micro-batch that does (gradient
- * accumulation keeps the effective batch). */
+ * not fit is planned by the plan chooser (td_plan_choose), as its worker
+ * re-plans: the largest micro-batch that fits (gradient accumulation keeps
+ * the effective batch), then the job's other remedies in its order. */
 #include <stdio.h>
 #include <string.h>
 
@@ -28,19 +29,41 @@ static int td__may_use(const td_job *j, const td_device *dev) {
   return j->pin[0] == '\0' || strcmp(j->pin, dev->name) == 0;
 }
 
-/* The job's plan on a budget: its whole batch if that fits, else the
- * largest micro-batch that does (td_plan_fit), so admission never tries a
- * size on the device to find out. */
-static int td__fit(const td_job *j, const td_device *dev, uint64_t budget, td_plan *out) {
-  return td_plan_fit(j->spec, j->spec->precision, dev->overhead, budget, out);
+/* The job's plan on a budget, as its worker would choose it
+ * (td_plan_choose), so admission never tries a size on the device to find
+ * out. */
+static int td__fit(const td_job *j, const td_device *dev, uint64_t budget, td_plan_choice *out) {
+  return td_plan_choose(j->spec, budget, dev->overhead, UINT32_MAX, out);
+}
+
+/* The smallest plan the job may run at: with every remedy it allows. */
+static int td__smallest(const td_job *j, uint64_t overhead, td_plan *out) {
+  td_plan_choice c = {0};
+  int rc = td_plan_smallest(j->spec, overhead, &c);
+
+  *out = c.plan;
+  return rc;
+}
+
+/* Remedies other than accumulation change what is computed: fewer is
+ * better, and shrink (another effective batch) is worst. */
+static int td__remedy_cost(unsigned remedies) {
+  int n = 0;
+
+  if (remedies & (1u << TD_REMEDY_SHRINK))
+    return TD_REMEDY__COUNT;
+  for (int r = 0; r < TD_REMEDY__COUNT; r++)
+    n += r != TD_REMEDY_ACCUMULATE && (remedies & (1u << r)) != 0;
+  return n;
 }
 
 int td_sched_check_fit(td_daemon *d, td_job *j, char *err, size_t errlen) {
   uint64_t best = 0;
   const char *best_name = NULL;
   const td_device *best_dev = NULL, *broken = NULL;
-  char need[32], have[32];
-  td_plan p, min;
+  char need[32], have[32], remedies[64];
+  td_plan_choice c;
+  td_plan min;
   int rc;
 
   for (int i = 0; i < d->ndevices; i++) {
@@ -67,13 +90,11 @@ int td_sched_check_fit(td_daemon *d, td_job *j, char *err, size_t errlen) {
     return TD_EINVAL;
   }
   /* The plan shown until admission: what the largest device would run. */
-  if ((rc = td__fit(j, best_dev, best, &p)) == 0) {
-    j->plan = p;
+  if ((rc = td__fit(j, best_dev, best, &c)) == 0) {
+    j->plan = c.plan;
     return 0;
   }
-  if (rc != TD_ENOFIT ||
-      td_plan_compute(j->spec, td_jobspec_min_micro_batch(j->spec), j->spec->precision,
-                      best_dev->overhead, &min) < 0) {
+  if (rc != TD_ENOFIT || td__smallest(j, best_dev->overhead, &min) < 0) {
     snprintf(err, errlen, "the job's memory plan overflows (the model or batch is absurdly "
              "large); reduce layer sizes or train.batch_size");
     return TD_ETOOBIG;
@@ -81,12 +102,14 @@ int td_sched_check_fit(td_daemon *d, td_job *j, char *err, size_t errlen) {
   j->plan = min;
   td_format_size(min.total, need, sizeof(need));
   td_format_size(best, have, sizeof(have));
+  td_plan_remedies_text(td_plan_remedies(j->spec, &min), remedies, sizeof(remedies));
   snprintf(err, errlen,
-           "job needs %s (%llu bytes) even at its smallest micro-batch %u but the largest "
-           "device it may use (%s) has a budget of %s (%llu bytes); reduce the model or "
-           "memory.min_micro_batch, allow 'accumulate' in memory.remedies, or raise the "
-           "device budget (`traind-client plan FILE` shows where the bytes go)",
-           need, (unsigned long long)min.total, min.micro_batch, best_name, have,
+           "job needs %s (%llu bytes) even at its smallest micro-batch %u (remedies: %s) but "
+           "the largest device it may use (%s) has a budget of %s (%llu bytes); reduce the "
+           "model or memory.min_micro_batch, allow more in memory.remedies ('accumulate', "
+           "'recompute', 'bf16', 'shrink'), or raise the device budget (`traind-client plan "
+           "FILE` shows where the bytes go)",
+           need, (unsigned long long)min.total, min.micro_batch, remedies, best_name, have,
            (unsigned long long)best);
   return TD_ENOFIT;
 }
@@ -111,8 +134,7 @@ static void td__explain_nofit(const td_daemon *d, td_job *j) {
         blocked = dev;
       continue;
     }
-    if (td_plan_compute(j->spec, td_jobspec_min_micro_batch(j->spec), j->spec->precision,
-                        dev->overhead, &min) < 0 || min.total <= free_bytes)
+    if (td__smallest(j, dev->overhead, &min) < 0 || min.total <= free_bytes)
       continue;
     if (min.total - free_bytes < short_gap) {
       short_gap = min.total - free_bytes;
@@ -138,31 +160,38 @@ static void td__explain_nofit(const td_daemon *d, td_job *j) {
   }
 }
 
-/* Where the job goes now, and at what micro-batch.  A device that takes
- * the whole batch beats one that needs accumulation; among equals, best fit
- * (the least room left after the job), so big holes stay for big jobs.
- * Policy: a job that fits only at a smaller micro-batch is admitted at the
- * largest one that fits the free bytes now, rather than waiting for room
- * for its whole batch: accumulation keeps its maths the same.  NULL, with
- * the job's wait_reason saying why, when it fits nowhere now. */
-static td_device *td__pick(td_daemon *d, td_job *j, td_plan *plan) {
+/* Where the job goes now, and at what plan.  A device that needs fewer
+ * remedies beyond accumulation beats one that needs more (shrink last);
+ * then one that takes the whole batch beats one that needs accumulation;
+ * among equals, best fit (the least room left after the job), so big holes
+ * stay for big jobs.  Policy: a job that fits only at a smaller micro-batch
+ * or with a remedy is admitted with the plan the chooser gives for the
+ * free bytes now, rather than waiting for room for its whole batch: the
+ * worker would re-plan so anyway.  NULL, with the job's wait_reason saying
+ * why, when it fits nowhere now. */
+static td_device *td__pick(td_daemon *d, td_job *j, td_plan_choice *plan) {
   td_device *best = NULL;
-  td_plan best_plan = {0};
+  td_plan_choice best_plan = {0};
   uint64_t best_left = 0;
 
   for (int i = 0; i < d->ndevices; i++) {
     td_device *dev = &d->devices[i];
     uint64_t free_bytes = dev->budget > dev->reserved ? dev->budget - dev->reserved : 0;
-    td_plan p;
+    td_plan_choice c;
+    int cost, best_cost;
 
     if (!td__may_use(j, dev) || dev->draining || dev->probing || dev->unusable[0] != '\0' ||
-        td__fit(j, dev, free_bytes, &p) < 0)
+        td__fit(j, dev, free_bytes, &c) < 0)
       continue;
-    if (best == NULL || p.micro_batch > best_plan.micro_batch ||
-        (p.micro_batch == best_plan.micro_batch && free_bytes - p.total < best_left)) {
+    cost = td__remedy_cost(c.remedies);
+    best_cost = td__remedy_cost(best_plan.remedies);
+    if (best == NULL || cost < best_cost ||
+        (cost == best_cost && c.plan.micro_batch > best_plan.plan.micro_batch) ||
+        (cost == best_cost && c.plan.micro_batch == best_plan.plan.micro_batch &&
+         free_bytes - c.plan.total < best_left)) {
       best = dev;
-      best_plan = p;
-      best_left = free_bytes - p.total;
+      best_plan = c;
+      best_left = free_bytes - c.plan.total;
     }
   }
   if (best == NULL)
@@ -179,13 +208,19 @@ td_device *td_sched_device(td_daemon *d, const char *name) {
   return NULL;
 }
 
-static int td__admit(td_daemon *d, td_job *j, td_device *dev, const td_plan *plan) {
-  char err[512];
+static int td__admit(td_daemon *d, td_job *j, td_device *dev, const td_plan_choice *plan) {
+  char err[512], remedies[64];
   td_user *u;
   int rc;
 
+  td_plan_remedies_text(plan->remedies, remedies, sizeof(remedies));
+  td_info("job %llu admitted to %s: plan %llu bytes at micro-batch %u x %u, remedies %s, "
+          "%llu of %llu bytes reserved before", (unsigned long long)j->id, dev->name,
+          (unsigned long long)plan->plan.total, plan->plan.micro_batch,
+          plan->plan.accumulation, remedies, (unsigned long long)dev->reserved,
+          (unsigned long long)dev->budget);
   /* The chosen plan is what is reserved and what the worker is given. */
-  j->plan = *plan;
+  j->plan = plan->plan;
   j->wait_reason[0] = '\0';
   j->acct_mono = td_now_mono();
   if ((u = td_user_get(d, j->uid, j->owner)) != NULL)
@@ -270,11 +305,11 @@ static void td__pass_begin(td_daemon *d) {
  * with fitting, the first that fits somewhere now (skip aside: it is known
  * not to); the jobs tried and not fitting get their wait_reason. */
 static td_job *td__first_queued(td_daemon *d, int fitting, const td_job *skip, td_device **dev,
-                                td_plan *plan) {
+                                td_plan_choice *plan) {
   td_job *best = NULL;
   td_device *best_dev = NULL;
   double best_usage = 0;
-  td_plan p;
+  td_plan_choice p;
 
   for (size_t i = 0; i < d->njobs; i++) {
     td_job *j = d->jobs[i];
@@ -355,7 +390,7 @@ static void td__explain(td_daemon *d, const td_job *head, int backfill) {
 void td_sched_run(td_daemon *d) {
   td_job *j, *head;
   td_device *dev;
-  td_plan plan;
+  td_plan_choice plan;
   int backfill = 1;
 
   if (d->stopping)
@@ -384,10 +419,6 @@ void td_sched_run(td_daemon *d) {
       if (j == NULL)
         break;
     }
-    td_info("job %llu admitted to %s: plan %llu bytes at micro-batch %u x %u, %llu of %llu "
-            "bytes reserved before", (unsigned long long)j->id, dev->name,
-            (unsigned long long)plan.total, plan.micro_batch, plan.accumulation,
-            (unsigned long long)dev->reserved, (unsigned long long)dev->budget);
     td__admit(d, j, dev, &plan);
   }
   d->head_id = head != NULL ? head->id : 0;
@@ -402,7 +433,7 @@ void td_sched_run(td_daemon *d) {
 void td_sched_submitted(td_daemon *d, td_job *j) {
   td_job *head;
   td_device *dev;
-  td_plan plan;
+  td_plan_choice plan;
   td_user *u;
 
   if (d->stopping)
@@ -428,12 +459,6 @@ void td_sched_submitted(td_daemon *d, td_job *j) {
     td__admit(d, j, dev, &plan);
   else
     td__add_behind(j, head);
-}
-
-/* The smallest plan the job may run at. */
-static int td__min_plan(const td_job *j, td_plan *out) {
-  return td_plan_compute(j->spec, td_jobspec_min_micro_batch(j->spec), j->spec->precision,
-                         j->plan.overhead, out);
 }
 
 /* Running jobs on dev, largest plan first, at most cap. */
@@ -464,14 +489,16 @@ void td_sched_squeeze(td_daemon *d, td_device *dev) {
     return;
   excess = dev->reserved - dev->budget;
   n = td__running_on(d, dev, jobs, TD_ARRAY_SIZE(jobs));
-  /* First the largest jobs shrink their micro-batches, down to their
-   * smallest; if that is not enough, the largest go back to the queue
-   * (their budget drops below their smallest plan) until the rest fit. */
+  /* First the largest jobs re-plan smaller, down to their smallest plan
+   * (td_plan_smallest: every remedy they allow, shrink too); if that is
+   * not enough, the largest go back to the queue (their budget drops below
+   * their smallest plan) until the rest fit. */
   for (size_t i = 0; i < n && excess > 0; i++) {
     td_plan min;
     uint64_t room;
 
-    if (td__min_plan(jobs[i], &min) < 0 || min.total >= jobs[i]->plan.total)
+    if (td__smallest(jobs[i], jobs[i]->plan.overhead, &min) < 0 ||
+        min.total >= jobs[i]->plan.total)
       continue;
     room = jobs[i]->plan.total - min.total;
     give[i] = room < excess ? room : excess;

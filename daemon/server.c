@@ -771,7 +771,6 @@ static void td__pack_savings(td_pack *rep, const td_jobspec *spec, const td_plan
   } alts[] = {{"recompute", TD_REMEDY_RECOMPUTE, TD_PREC__COUNT, true},
               {"bf16", TD_REMEDY_BF16, TD_PREC_BF16, false},
               {"fp16", TD_REMEDY_FP16, TD_PREC_FP16, false}};
-  td_jobspec s = *spec;
   char note[160], size[32];
 
   td_pack_str(rep, "savings");
@@ -790,8 +789,8 @@ static void td__pack_savings(td_pack *rep, const td_jobspec *spec, const td_plan
     bool same = prec == spec->precision && (spec->recompute || !alts[i].recompute);
     td_plan alt = *whole;
 
-    s.recompute = spec->recompute || alts[i].recompute;
-    if (!same && td_plan_compute(&s, spec->batch_size, prec, 0, &alt) < 0)
+    if (!same && td_plan_at(spec, spec->batch_size, prec, spec->recompute || alts[i].recompute,
+                            1, 0, &alt) < 0)
       alt = *whole;
     td_format_size(alt.total, size, sizeof(size));
     if (same)
@@ -850,8 +849,9 @@ static int td__op_plan(td_daemon *d, const td_ident *who, const msgpack_object *
       (rc = td__sample_dtype(d, req, spec, err, errlen)) < 0)
     goto free_spec;
   min_mb = td_jobspec_min_micro_batch(spec);
-  if ((rc = td_plan_compute(spec, spec->batch_size, spec->precision, 0, &whole)) < 0 ||
-      (rc = td_plan_compute(spec, min_mb, spec->precision, 0, &small)) < 0 ||
+  if ((rc = td_plan_at(spec, spec->batch_size, spec->precision, spec->recompute, 1, 0,
+                       &whole)) < 0 ||
+      (rc = td_plan_at(spec, min_mb, spec->precision, spec->recompute, 1, 0, &small)) < 0 ||
       (rc = td_plan_layout(spec, spec->batch_size, &lay)) < 0) {
     snprintf(err, errlen, "the job's memory plan overflows (the model or batch is absurdly "
              "large); reduce layer sizes or train.batch_size");
@@ -874,22 +874,33 @@ static int td__op_plan(td_daemon *d, const td_ident *who, const msgpack_object *
   for (int i = 0; i < d->ndevices; i++) {
     const td_device *dev = &d->devices[i];
     uint64_t free_now = dev->budget > dev->reserved ? dev->budget - dev->reserved : 0;
-    td_plan p, now;
+    td_plan_choice c, now, least;
+    uint32_t nrem = 0;
     int fits, fits_now;
 
     if (only[0] != '\0' && strcmp(only, dev->name) != 0)
       continue;
-    fits = td_plan_fit(spec, spec->precision, dev->overhead, dev->budget, &p) == 0;
-    fits_now = td_plan_fit(spec, spec->precision, dev->overhead, free_now, &now) == 0;
-    td_pack_map(rep, 8);
+    /* what admission would choose (td_plan_choose), remedies and all */
+    fits = td_plan_choose(spec, dev->budget, dev->overhead, UINT32_MAX, &c) == 0;
+    fits_now = td_plan_choose(spec, free_now, dev->overhead, UINT32_MAX, &now) == 0;
+    if (!fits && td_plan_smallest(spec, dev->overhead, &least) < 0)
+      least = (td_plan_choice){.plan = small};
+    for (int r = 0; fits && r < TD_REMEDY__COUNT; r++)
+      nrem += (c.remedies & (1u << r)) != 0;
+    td_pack_map(rep, 9);
     td_pack_kv_str(rep, "name", dev->name);
     td_pack_kv_u64(rep, "budget", dev->budget);
     td_pack_kv_u64(rep, "free", free_now);
     td_pack_kv_bool(rep, "fits", fits);
     td_pack_kv_bool(rep, "fits_now", fits_now);
-    td_pack_kv_u64(rep, "micro_batch", fits ? p.micro_batch : 0);
-    td_pack_kv_u64(rep, "accumulation", fits ? p.accumulation : 0);
-    td__pack_plan(rep, fits ? &p : &small);
+    td_pack_kv_u64(rep, "micro_batch", fits ? c.plan.micro_batch : 0);
+    td_pack_kv_u64(rep, "accumulation", fits ? c.plan.accumulation : 0);
+    td_pack_str(rep, "remedies");
+    td_pack_array(rep, nrem);
+    for (int r = 0; fits && r < TD_REMEDY__COUNT; r++)
+      if (c.remedies & (1u << r))
+        td_pack_str(rep, td_remedy_name((td_remedy)r));
+    td__pack_plan(rep, fits ? &c.plan : &least.plan);
   }
   td__pack_layers(rep, &lay);
   td_pack_str(rep, "largest");

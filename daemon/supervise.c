@@ -108,39 +108,30 @@ static void td__on_replan(td_run *r, const char *line) {
   uint64_t total = td_kv_u64(line, "total", j->plan.total);
   uint32_t micro = (uint32_t)td_kv_u64(line, "micro_batch", j->plan.micro_batch);
   td_precision prec = j->plan.precision;
+  uint32_t shrink = 1;
   char name[16];
   td_plan p;
 
   td_info("job %llu: re-planned: %s", (unsigned long long)j->id, line);
   if (j->spec == NULL || micro < 1 || micro > j->spec->batch_size)
     goto publish;
-  /* A remedy may have changed the precision or turned on recomputation:
-   * plan what the worker now runs, not what the job file said. */
+  /* A remedy may have changed the precision, turned on recomputation or
+   * cut the batch into updates (shrink): plan what the worker now runs,
+   * not what the job file said, as the plan chooser plans it. */
   if (td_kv_get(line, "precision", name, sizeof(name)) == 0)
     for (int k = 0; k < TD_PREC__COUNT; k++)
       if (strcmp(name, td_precision_name((td_precision)k)) == 0)
         prec = (td_precision)k;
   {
-    td_jobspec *spec = malloc(sizeof(*spec));
-    int rc = TD_ENOMEM;
+    uint64_t eb = td_kv_u64(line, "effective_batch", j->spec->batch_size);
 
-    if (spec != NULL) {
-      *spec = *j->spec;
-      spec->recompute = td_kv_u64(line, "recompute", spec->recompute) != 0;
-      rc = td_plan_compute(spec, micro, prec, j->plan.overhead, &p);
-      free(spec);
-    }
-    if (rc < 0)
-      goto publish;
+    if (eb >= 1 && eb <= j->spec->batch_size && j->spec->batch_size % eb == 0)
+      shrink = (uint32_t)(j->spec->batch_size / eb);
   }
-  {
-    /* Under shrink a batch is several updates of one micro-batch each:
-     * the worker's count, not ceil(batch / micro_batch). */
-    uint64_t acc = td_kv_u64(line, "accumulation", p.accumulation);
-
-    if (acc >= 1 && acc <= p.accumulation)
-      p.accumulation = (uint32_t)acc;
-  }
+  if (td_plan_at(j->spec, micro, prec,
+                 td_kv_u64(line, "recompute", j->plan.recompute) != 0, shrink,
+                 j->plan.overhead, &p) < 0)
+    goto publish;
   if (p.total != total)
     td_warn("job %llu: the worker's plan (%llu bytes) differs from traind's (%llu)",
             (unsigned long long)j->id, (unsigned long long)total,
@@ -776,7 +767,7 @@ static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
 
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   char dir[TD_PATH_MAX], worker[TD_PATH_MAX + 32], *yaml, output[TD_PATH_MAX], budget[32],
-      fallback[TD_PATH_MAX],
+      fallback[TD_PATH_MAX], shrink[16],
       micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32], overhead[32],
       as_user[sizeof(((td_run *)0)->as_user)];
   uv_stdio_container_t io[4];
@@ -896,8 +887,9 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     char *args[] = {worker, "--job", r->job_path, "--base-dir", j->base_dir, "--ring",
                     r->ring_name, "--device", j->device, "--budget", budget, "--micro-batch",
                     micro, "--output", output, "--events-fd", events_fd, "--checkpoint", ckpt,
-                    "--overhead", overhead, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
-    size_t n = TD_ARRAY_SIZE(args) - 7;
+                    "--overhead", overhead, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                    NULL, NULL, NULL, NULL, NULL};
+    size_t n = TD_ARRAY_SIZE(args) - 12;
 
     if (r->as_user[0] != '\0') {
       args[n++] = "--as-user";
@@ -910,6 +902,19 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     if (strcmp(output, fallback) != 0) {
       args[n++] = "--fallback-output";
       args[n++] = fallback;
+    }
+    /* The remedies admission chose (td_plan_choose): the worker starts
+     * with them, so it runs the plan reserved for it. */
+    if (j->plan.precision != j->spec->precision) {
+      args[n++] = "--precision";
+      args[n++] = (char *)td_precision_name(j->plan.precision);
+    }
+    if (j->plan.recompute && !j->spec->recompute)
+      args[n++] = "--recompute";
+    if (j->plan.shrink > 1) {
+      snprintf(shrink, sizeof(shrink), "%u", j->plan.shrink);
+      args[n++] = "--shrink";
+      args[n++] = shrink;
     }
     uv_pipe_init(d->loop, &r->control, 0);
     r->control.data = r;

@@ -130,7 +130,7 @@ static const td_replydef device_entry =
 static const td_replyfield plan_device_fields[] = {
     RF("name", STR, NULL),          RF("budget", UINT, NULL),      RF("free", UINT, NULL),
     RF("fits", BOOL, NULL),         RF("fits_now", BOOL, NULL),    RF("micro_batch", UINT, NULL),
-    RF("accumulation", UINT, NULL), RF("plan", MAP, &plan_map),
+    RF("accumulation", UINT, NULL), RF("remedies", ARRAY, NULL),  RF("plan", MAP, &plan_map),
 };
 static const td_replyfield plan_layer_fields[] = {
     RF("index", UINT, NULL),  RF("type", STR, NULL),         RF("in", STR, NULL),

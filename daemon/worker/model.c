@@ -260,6 +260,12 @@ static void set_precision(td_model *m, td_precision prec) {
 
 int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch,
                     td_model **out, char *err, size_t errlen) {
+  return td_model_create_as(be, spec, micro_batch, 1, out, err, errlen);
+}
+
+int td_model_create_as(td_backend *be, const td_jobspec *spec, uint32_t micro_batch,
+                       uint32_t shrink, td_model **out, char *err, size_t errlen) {
+  td_jobspec *s = NULL;
   td_mem_stats mem;
   td_model *m;
   int rc;
@@ -270,7 +276,13 @@ int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch
   m->spec = *spec;
   m->batch_size = spec->batch_size;
   m->admitted_mb = micro_batch;
-  m->shrink = 1;
+  m->shrink = shrink;
+  if (shrink == 0 || spec->batch_size % shrink != 0 ||
+      (shrink > 1 && !td_jobspec_allows(spec, TD_REMEDY_SHRINK))) {
+    rc = fail(m, TD_EINVAL, "cannot train a batch of %u as %u updates", spec->batch_size,
+              shrink);
+    goto destroy;
+  }
   m->sched = spec->schedule;
   m->sched.lr = spec->opt.lr; /* a spec built in code may leave the schedule zeroed */
   if (td_schedule_check(&m->sched, NULL, 0) < 0) {
@@ -281,11 +293,21 @@ int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch
   for (int i = 0; i < spec->nlayers && i < TD_MAX_LAYERS; i++)
     m->nbn += spec->layers[i].type == TD_LAYER_BATCHNORM2D;
   td_backend_mem(be, &mem);
-  if ((rc = td_plan_layout(spec, micro_batch, &m->lay)) < 0 ||
-      (rc = td_plan_compute(spec, micro_batch, spec->precision, mem.overhead, &m->plan)) < 0) {
+  /* shrunk, the layout is that of a batch of batch_size / shrink */
+  if ((s = malloc(sizeof(*s))) == NULL) {
+    rc = fail(m, TD_ENOMEM, "no host memory to plan the model");
+    goto destroy;
+  }
+  *s = *spec;
+  s->batch_size = spec->batch_size / shrink;
+  if ((rc = td_plan_layout(s, micro_batch, &m->lay)) < 0 ||
+      (rc = td_plan_at(spec, micro_batch, spec->precision, spec->recompute != 0, shrink,
+                       mem.overhead, &m->plan)) < 0) {
     fail(m, rc, "cannot plan the model at micro-batch %u: %s", micro_batch, td_strerror(rc));
     goto destroy;
   }
+  free(s);
+  s = NULL;
   if ((rc = size_workspace(m)) < 0 || (rc = alloc_arenas(m, 0)) < 0)
     goto destroy;
   m->ready = true;
@@ -301,6 +323,7 @@ int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch
   return 0;
 
 destroy:
+  free(s);
   if (err != NULL && errlen > 0)
     snprintf(err, errlen, "%s", m->err);
   td_model_destroy(m);
@@ -339,7 +362,8 @@ static int replan_as(td_model *m, const td_jobspec *spec, uint32_t micro_batch,
   s.batch_size = m->batch_size / shrink;
   td_backend_mem(m->be, &mem);
   if ((rc = td_plan_layout(&s, micro_batch, &lay)) < 0 ||
-      (rc = td_plan_compute(&s, micro_batch, s.precision, mem.overhead, &plan)) < 0)
+      (rc = td_plan_at(spec, micro_batch, spec->precision, spec->recompute != 0, shrink,
+                       mem.overhead, &plan)) < 0)
     return fail(m, rc, "cannot plan the model at micro-batch %u: %s", micro_batch,
                 td_strerror(rc));
   /* Free first: the old and new arenas need not fit side by side. */
@@ -837,87 +861,19 @@ int td_model_train_step(td_model *m, const void *samples, const uint8_t *labels,
                        : train_once(m, samples, labels, count, 1.0, out);
 }
 
-/* The largest plan for spec that fits budget, at most cap rows per
- * micro-batch. */
-static int fit_one(td_model *m, const td_jobspec *spec, uint64_t budget, uint32_t cap,
-                   td_plan *out) {
-  td_mem_stats mem;
-  int rc;
-
-  td_backend_mem(m->be, &mem);
-  rc = td_plan_fit(spec, spec->precision, mem.overhead, budget, out);
-  if (rc == 0 && out->micro_batch > cap)
-    rc = cap >= td_jobspec_min_micro_batch(spec)
-             ? td_plan_compute(spec, cap, spec->precision, mem.overhead, out)
-             : TD_ENOFIT;
-  return rc;
-}
-
-/* shrink: the fewest updates k per batch (a divisor of it, so every
- * update takes batch/k samples) whose plan at micro-batch batch/k, at most
- * cap, fits budget; in *out the plan of a batch of batch/k. */
-static int fit_shrunk(td_model *m, const td_jobspec *spec, uint64_t budget, uint32_t cap,
-                      td_plan *out, uint32_t *shrink) {
-  td_jobspec s = *spec;
-  uint32_t b = m->batch_size, k = 2;
-  td_mem_stats mem;
-  td_plan p;
-  int rc;
-
-  if (b < 2)
-    return TD_ENOFIT;
-  /* the largest micro-batch that fits, below the job's minimum too */
-  s.min_micro_batch = 1;
-  s.remedies[0] = TD_REMEDY_ACCUMULATE;
-  s.nremedies = 1;
-  td_backend_mem(m->be, &mem);
-  if ((rc = td_plan_fit(&s, s.precision, mem.overhead, budget, &p)) < 0)
-    return rc;
-  if (p.micro_batch < cap)
-    cap = p.micro_batch;
-  while (k < b && (b % k != 0 || b / k > cap))
-    k++;
-  if (b / k > cap)
-    return TD_ENOFIT;
-  s.batch_size = b / k;
-  if ((rc = td_plan_compute(&s, b / k, s.precision, mem.overhead, out)) < 0)
-    return rc;
-  *shrink = k;
-  return 0;
-}
-
-/* The first configuration that fits budget: the current one at its whole
- * batch, then with the job's remedies added one by one in its order
- * (accumulate: smaller micro-batches; recompute; bf16 or fp16), and shrink
- * last of all wherever the job lists it.  *to gets the spec to re-plan
- * with, *shrink the updates per batch. */
+/* The plan chooser's configuration for budget, from the spec the model
+ * runs with now (common/plan.h: td_plan_choose), with the reason it fails
+ * in m->err.  *to gets the spec to re-plan with, *shrink the updates per
+ * batch. */
 static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out, td_jobspec *to,
                     uint32_t *shrink) {
-  td_jobspec s = m->spec;
-  bool shrinks = td_jobspec_allows(&m->spec, TD_REMEDY_SHRINK);
-  uint32_t updates = 1;
-  int rc = TD_ENOFIT;
+  td_mem_stats mem;
+  td_plan_choice c;
+  int rc;
 
-  s.nremedies = 0; /* what the stages so far allow */
-  for (int k = -1; k < m->spec.nremedies && rc == TD_ENOFIT; k++) {
-    if (k >= 0) {
-      td_remedy r = m->spec.remedies[k];
-
-      if (r == TD_REMEDY_SHRINK)
-        continue;
-      s.remedies[s.nremedies++] = r;
-      if (r == TD_REMEDY_RECOMPUTE)
-        s.recompute = 1;
-      else if (r == TD_REMEDY_BF16 && s.precision == TD_PREC_FP32)
-        s.precision = TD_PREC_BF16;
-      else if (r == TD_REMEDY_FP16 && s.precision == TD_PREC_FP32)
-        s.precision = TD_PREC_FP16;
-    }
-    rc = fit_one(m, &s, budget, cap, out);
-  }
-  if (rc == TD_ENOFIT && shrinks)
-    rc = fit_shrunk(m, &s, budget, cap, out, &updates);
-  if (rc == TD_ENOFIT && shrinks)
+  td_backend_mem(m->be, &mem);
+  rc = td_plan_choose(&m->spec, budget, mem.overhead, cap, &c);
+  if (rc == TD_ENOFIT && td_jobspec_allows(&m->spec, TD_REMEDY_SHRINK))
     return fail(m, rc, "%s: even the smallest allowed micro-batch (1, shrunk) does not fit in "
                 "%llu bytes", td_backend_device(m->be), (unsigned long long)budget);
   if (rc == TD_ENOFIT)
@@ -926,11 +882,11 @@ static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out, td
                 (unsigned long long)budget);
   if (rc < 0)
     return fail(m, rc, "cannot plan the model: %s", td_strerror(rc));
-  /* the job's own remedies stay as they were */
-  memcpy(s.remedies, m->spec.remedies, sizeof(s.remedies));
-  s.nremedies = m->spec.nremedies;
-  *to = s;
-  *shrink = updates;
+  *to = m->spec;
+  to->precision = c.plan.precision;
+  to->recompute = c.plan.recompute;
+  *out = c.plan;
+  *shrink = c.plan.shrink;
   return 0;
 }
 

@@ -46,6 +46,13 @@ typedef struct td_step_stats {
  * backend failure; a one-line reason goes to err. */
 int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch,
                     td_model **out, char *err, size_t errlen);
+/* td_model_create at a plan the chooser made (td_plan_choose): spec with
+ * the chosen precision and recompute, micro_batch, and each batch trained
+ * as shrink updates (1: none; else a divisor of the batch size, which the
+ * job must allow: see td_model_train_step_recover).  TD_EINVAL for another
+ * shrink. */
+int td_model_create_as(td_backend *be, const td_jobspec *spec, uint32_t micro_batch,
+                       uint32_t shrink, td_model **out, char *err, size_t errlen);
 /* Frees the arenas.  Accepts NULL. */
 void td_model_destroy(td_model *m);
 
@@ -105,9 +112,9 @@ typedef struct td_model_hooks {
 } td_model_hooks;
 
 /* td_model_train_step that survives running out of memory: on TD_EOOM in
- * any phase the partial step is discarded, the model is re-planned at the
- * largest micro-batch that fits what is free (td_plan_fit: no trial on the
- * device) and the same step is redone from the same samples, so the
+ * any phase the partial step is discarded, the model is re-planned by the
+ * plan chooser for what is free (td_plan_choose, common/plan.h: no trial on
+ * the device) and the same step is redone from the same samples, so the
  * effective batch and the result do not change (up to summation order).
  * The job's remedies apply in its order: the whole batch as it runs now
  * first, then each listed remedy added to those before it (accumulate:

@@ -85,6 +85,10 @@ typedef struct args {
   const char *as_user; /* --as-user NAME:UID:GID: become it first; NULL: stay */
   uint64_t budget, overhead;
   uint32_t micro_batch;
+  /* the remedies admission chose (td_plan_choose): -1 / 0 / 1 when absent */
+  int precision;       /* a td_precision, or -1: the job's */
+  int recompute;       /* 1: recompute activations, whatever the job says */
+  uint32_t shrink;     /* optimiser updates per batch; 1 without the shrink remedy */
   int events_fd;
 } args;
 
@@ -110,6 +114,7 @@ static void usage(FILE *f) {
              "[--events-fd N]\n"
              "                     [--checkpoint PATH] [--resume PATH] [--overhead BYTES]\n"
              "                     [--as-user NAME:UID:GID] [--fallback-output PATH]\n"
+             "                     [--precision bf16|fp16] [--recompute] [--shrink K]\n"
              "       traind-worker --probe DEVICE\n");
 }
 
@@ -214,12 +219,14 @@ static int parse_args(int argc, char **argv, args *a) {
       {"overhead", required_argument, NULL, 'O'}, {"probe", required_argument, NULL, 'P'},
       {"as-user", required_argument, NULL, 'u'},   {"help", no_argument, NULL, 'h'},
       {"fallback-output", required_argument, NULL, 'F'},
+      {"precision", required_argument, NULL, 'p'}, {"recompute", no_argument, NULL, 'C'},
+      {"shrink", required_argument, NULL, 'S'},
       {NULL, 0, NULL, 0},
   };
   uint32_t fd;
   int c;
 
-  *a = (args){.events_fd = -1};
+  *a = (args){.events_fd = -1, .precision = -1, .shrink = 1};
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
     case 'j': a->job = optarg; break;
@@ -232,6 +239,22 @@ static int parse_args(int argc, char **argv, args *a) {
     case 'P': a->probe = optarg; break;
     case 'u': a->as_user = optarg; break;
     case 'F': a->fallback = optarg; break;
+    case 'C': a->recompute = 1; break;
+    case 'p':
+      for (int k = 0; k < TD_PREC__COUNT; k++)
+        if (strcmp(optarg, td_precision_name((td_precision)k)) == 0)
+          a->precision = k;
+      if (a->precision < 0) {
+        td_error("--precision '%s' is not fp32, bf16 or fp16", optarg);
+        return -1;
+      }
+      break;
+    case 'S':
+      if (parse_u32(optarg, &a->shrink) < 0 || a->shrink == 0) {
+        td_error("--shrink '%s' is not a positive integer", optarg);
+        return -1;
+      }
+      break;
     case 'O':
       if (td_parse_size(optarg, &a->overhead) < 0) {
         td_error("--overhead '%s' is not a byte count", optarg);
@@ -966,6 +989,29 @@ int main(int argc, char **argv) {
   if (a.micro_batch > spec.batch_size)
     return fail(TD_EINVAL, "--micro-batch %u is larger than the batch size %u", a.micro_batch,
                 spec.batch_size);
+  /* Admission's remedies, which the job must allow: the model runs as
+   * they say from the start, as if it had re-planned to them. */
+  if (a.precision >= 0 && (td_precision)a.precision != spec.precision) {
+    td_remedy r = a.precision == TD_PREC_BF16 ? TD_REMEDY_BF16 : TD_REMEDY_FP16;
+
+    if (spec.precision != TD_PREC_FP32 || a.precision == TD_PREC_FP32 ||
+        !td_jobspec_allows(&spec, r))
+      return fail(TD_EINVAL, "--precision %s: the job runs %s and does not allow it",
+                  td_precision_name((td_precision)a.precision),
+                  td_precision_name(spec.precision));
+    spec.precision = (td_precision)a.precision;
+  }
+  if (a.recompute && !spec.recompute) {
+    if (!td_jobspec_allows(&spec, TD_REMEDY_RECOMPUTE))
+      return fail(TD_EINVAL, "--recompute: the job does not allow the recompute remedy");
+    spec.recompute = 1;
+  }
+  if (a.shrink > 1 && (!td_jobspec_allows(&spec, TD_REMEDY_SHRINK) ||
+                       spec.batch_size % a.shrink != 0 ||
+                       a.micro_batch > spec.batch_size / a.shrink))
+    return fail(TD_EINVAL, "--shrink %u: the job does not allow it, or it does not divide the "
+                "batch of %u into updates of at least --micro-batch %u", a.shrink,
+                spec.batch_size, a.micro_batch);
 
   if ((rc = td_backend_create(a.device, a.budget, &t.be, err, sizeof(err))) < 0)
     return fail(rc, "%s", err);
@@ -977,7 +1023,8 @@ int main(int argc, char **argv) {
   {
     td_mem_stats mem;
     td_backend_mem(t.be, &mem);
-    if ((rc = td_plan_compute(&spec, a.micro_batch, spec.precision, mem.overhead, &plan)) < 0) {
+    if ((rc = td_plan_at(&spec, a.micro_batch, spec.precision, spec.recompute != 0, a.shrink,
+                         mem.overhead, &plan)) < 0) {
       status = fail(rc, "cannot plan the job at micro-batch %u: %s", a.micro_batch,
                     td_strerror(rc));
       goto destroy_backend;
@@ -989,7 +1036,8 @@ int main(int argc, char **argv) {
        (unsigned long long)plan.optim, (unsigned long long)plan.activations,
        (unsigned long long)plan.workspace, (unsigned long long)plan.staging,
        (unsigned long long)plan.overhead, (unsigned long long)plan.total);
-  if ((rc = td_model_create(t.be, &spec, a.micro_batch, &t.model, err, sizeof(err))) < 0) {
+  if ((rc = td_model_create_as(t.be, &spec, a.micro_batch, a.shrink, &t.model, err,
+                               sizeof(err))) < 0) {
     status = fail(rc, "%s", err);
     goto destroy_backend;
   }
@@ -1038,8 +1086,15 @@ int main(int argc, char **argv) {
       td_warn("uploads from the data ring stay synchronous: cannot pin it: %s",
               td_backend_error(t.be));
   }
-  td_info("training %s on %s: micro-batch %u, plan %llu bytes", spec.name, a.device,
-          a.micro_batch, (unsigned long long)plan.total);
+  if (plan.precision != TD_PREC_FP32 || plan.recompute || plan.shrink > 1)
+    td_info("training %s on %s: micro-batch %u x %u, %s%s, %u update%s per batch, plan %llu "
+            "bytes", spec.name, a.device, a.micro_batch, plan.accumulation,
+            td_precision_name(plan.precision),
+            plan.recompute ? " with activation recomputation" : "", plan.shrink,
+            plan.shrink == 1 ? "" : "s", (unsigned long long)plan.total);
+  else
+    td_info("training %s on %s: micro-batch %u, plan %llu bytes", spec.name, a.device,
+            a.micro_batch, (unsigned long long)plan.total);
   {
     pthread_t hb;
     pthread_attr_t attr;

@@ -54,14 +54,12 @@ static uint64_t submit(const char *yaml, const char *key) {
   return id;
 }
 
-/* plan.total of a job file on the whole batch, from the `plan` request. */
-static uint64_t plan_total(const char *yaml, uint32_t *micro_on_cpu0) {
-  const msgpack_object *plan, *devs;
+/* The `plan` request's reply for a job file (the caller frees it). */
+static td_msg *plan_request(const char *yaml) {
   td_pack p;
   td_msg *m = NULL;
   char err[512];
   int code = -1;
-  uint64_t total = 0, mb = 0;
 
   td_pack_init(&p);
   td_pack_request(&p, "plan", 3);
@@ -70,6 +68,16 @@ static uint64_t plan_total(const char *yaml, uint32_t *micro_on_cpu0) {
   td_pack_kv_str(&p, "sample_dtype", th_sample_dtype(yaml, "/tmp"));
   ck_assert_int_eq(th_rpc_pack(g_sock, &p, &m, &code, err, sizeof(err)), 0);
   ck_assert_msg(code == 0, "plan refused: %s", err);
+  td_pack_free(&p);
+  return m;
+}
+
+/* plan.total of a job file on the whole batch, from the `plan` request. */
+static uint64_t plan_total(const char *yaml, uint32_t *micro_on_cpu0) {
+  const msgpack_object *plan, *devs;
+  td_msg *m = plan_request(yaml);
+  uint64_t total = 0, mb = 0;
+
   ck_assert_int_eq(td_obj_map(td_msg_root(m), "plan", &plan), 0);
   ck_assert_int_eq(td_obj_u64(plan, "total", &total), 0);
   ck_assert_int_eq(td_obj_array(td_msg_root(m), "devices", &devs), 0);
@@ -78,7 +86,6 @@ static uint64_t plan_total(const char *yaml, uint32_t *micro_on_cpu0) {
   if (micro_on_cpu0 != NULL)
     *micro_on_cpu0 = (uint32_t)mb;
   td_msg_free(m);
-  td_pack_free(&p);
   return total;
 }
 
@@ -304,6 +311,111 @@ START_TEST(test_injected_oom_recovers) {
 }
 END_TEST
 
+
+/* A deep MLP whose recomputed activations take less memory at its whole
+ * batch (batch 256, 1024 samples, one epoch), with the memory keys given:
+ * th_job_yaml's job with four dense+gelu layers for its hidden one. */
+static void deep_job(char *buf, size_t cap, const char *name, const char *memory) {
+  static const char deep[] = "    - {type: dense, units: 256}\n    - {type: gelu}\n"
+                             "    - {type: dense, units: 256}\n    - {type: gelu}\n"
+                             "    - {type: dense, units: 256}\n    - {type: gelu}\n"
+                             "    - {type: dense, units: 256}\n    - {type: gelu}\n";
+  char base[4096];
+  const char *from, *to;
+
+  th_job_yaml(base, sizeof(base), name, 256, 1, 1024, 256);
+  from = strstr(base, "  layers:\n");
+  to = strstr(base, "    - {type: dense, units: 10}\n");
+  ck_assert(from != NULL && to != NULL);
+  from += strlen("  layers:\n");
+  snprintf(buf, cap, "%.*s%s%smemory:\n%s", (int)(from - base), base, deep, to, memory);
+}
+
+/* The `plan` request's remedies for cpu0, comma-joined ("" for none). */
+static void plan_remedies(const char *yaml, char *out, size_t cap) {
+  const msgpack_object *devs, *rem;
+  td_msg *m = plan_request(yaml);
+  size_t n = 0;
+
+  ck_assert_int_eq(td_obj_array(td_msg_root(m), "devices", &devs), 0);
+  ck_assert_int_eq(td_obj_array(&devs->via.array.ptr[0], "remedies", &rem), 0);
+  out[0] = '\0';
+  for (uint32_t i = 0; i < rem->via.array.size; i++) {
+    const msgpack_object *o = &rem->via.array.ptr[i];
+
+    ck_assert_int_eq(o->type, MSGPACK_OBJECT_STR);
+    n += (size_t)snprintf(out + n, cap - n, "%s%.*s", i ? "," : "", (int)o->via.str.size,
+                          o->via.str.ptr);
+  }
+  td_msg_free(m);
+}
+
+/* A job that fits the device only with activation recomputation, which it
+ * allows (and not accumulation): admitted with recomputation, its worker
+ * runs that plan to the byte, and it succeeds.  Before, admission planned
+ * the job file's own settings only and refused it. */
+START_TEST(test_admitted_with_recompute) {
+  char yaml[8192], y[8192], remedies[64], path[300], *log = NULL;
+  uint64_t id, whole, rec;
+  size_t len;
+
+  start("1GiB");
+  deep_job(yaml, sizeof(yaml), "recomputed", "  remedies: [recompute]\n");
+  deep_job(y, sizeof(y), "probe", "  recompute: true\n  remedies: []\n");
+  whole = plan_total(yaml, NULL);
+  rec = plan_total(y, NULL);
+  ck_assert_uint_lt(rec, whole);
+  set_budget(rec);
+  plan_remedies(yaml, remedies, sizeof(remedies));
+  ck_assert_str_eq(remedies, "recompute");
+  id = submit(yaml, "rec");
+  wait_state(id, "succeeded", 180000);
+  ck_assert_uint_eq(show_plan(id, "total"), rec);
+  ck_assert_uint_eq(show_plan(id, "micro_batch"), 256);
+  ck_assert_uint_eq(show_plan(id, "accumulation"), 1);
+  ck_assert_uint_eq(reserved(), 0);
+  /* the worker started with recomputation, never ran out of memory */
+  snprintf(path, sizeof(path), "%s/jobs/%llu/log", g_d.state, (unsigned long long)id);
+  ck_assert_int_eq(td_read_file(path, 1 << 20, &log, &len), 0);
+  ck_assert_msg(strstr(log, "with activation recomputation") != NULL, "%s", log);
+  ck_assert_msg(strstr(log, "out of memory") == NULL, "%s", log);
+  free(log);
+  /* admission says which remedy it chose */
+  ck_assert_int_eq(td_read_file(g_d.log, 1 << 22, &log, &len), 0);
+  ck_assert_msg(strstr(log, "remedies recompute,") != NULL, "%s", log);
+  free(log);
+  stop();
+}
+END_TEST
+
+/* The same job on the same budget, not allowing recomputation: refused at
+ * submit, the message naming its smallest plan. */
+START_TEST(test_refused_without_the_remedy) {
+  char yaml[8192], y[8192], remedies[64], err[512];
+  uint64_t rec;
+  td_pack p;
+  td_msg *m = NULL;
+  int code = 0;
+
+  start("1GiB");
+  deep_job(yaml, sizeof(yaml), "whole", "  remedies: [bf16]\n");
+  deep_job(y, sizeof(y), "probe", "  recompute: true\n  remedies: []\n");
+  rec = plan_total(y, NULL);
+  set_budget(rec);
+  plan_remedies(yaml, remedies, sizeof(remedies));
+  ck_assert_str_eq(remedies, "");
+  td_pack_init(&p);
+  th_pack_submit(&p, yaml, "/tmp", "whole", NULL);
+  ck_assert_int_eq(th_rpc_pack(g_sock, &p, &m, &code, err, sizeof(err)), 0);
+  ck_assert_int_eq(code, TD_ENOFIT);
+  ck_assert_msg(strstr(err, "even at its smallest micro-batch 256") != NULL, "%s", err);
+  td_msg_free(m);
+  td_pack_free(&p);
+  ck_assert_uint_eq(reserved(), 0);
+  stop();
+}
+END_TEST
+
 static Suite *memory_suite(void) {
   Suite *s = suite_create("memory");
   TCase *tc = tcase_create("memory");
@@ -314,6 +426,8 @@ static Suite *memory_suite(void) {
   tcase_add_test(tc, test_below_minimum_waits);
   tcase_add_test(tc, test_admitted_at_smaller_micro_batch);
   tcase_add_test(tc, test_injected_oom_recovers);
+  tcase_add_test(tc, test_admitted_with_recompute);
+  tcase_add_test(tc, test_refused_without_the_remedy);
   suite_add_tcase(s, tc);
   return s;
 }

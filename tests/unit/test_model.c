@@ -544,6 +544,46 @@ START_TEST(test_remedies_in_order) {
 }
 END_TEST
 
+/* A model built at a chosen plan (td_model_create_as): the shrink it may
+ * start with, case by case, and its plan is the chooser's to the byte. */
+START_TEST(test_create_as) {
+  static const struct {
+    uint32_t micro_batch, shrink;
+    bool allows;
+    int rc;
+  } cases[] = {
+      {B, 1, false, 0},      {B / 2, 2, true, 0},      {B / 4, 4, true, 0},
+      {1, B, true, 0},       {B / 2, 2, false, TD_EINVAL}, {4, 3, true, TD_EINVAL},
+      {B, 0, true, TD_EINVAL}, {B, 2, true, TD_EINVAL},
+  };
+  td_jobspec s;
+
+  for (size_t i = 0; i < TD_ARRAY_SIZE(cases); i++) {
+    td_backend *be;
+    td_model *m = NULL;
+    td_plan want;
+
+    conv_spec(&s);
+    if (cases[i].allows)
+      s.remedies[s.nremedies++] = TD_REMEDY_SHRINK;
+    ck_assert_int_eq(td_backend_create("cpu0", (uint64_t)1 << 30, &be, NULL, 0), 0);
+    ck_assert_msg(td_model_create_as(be, &s, cases[i].micro_batch, cases[i].shrink, &m, NULL,
+                                     0) == cases[i].rc, "case %zu", i);
+    if (cases[i].rc == 0) {
+      ck_assert_int_eq(td_plan_at(&s, cases[i].micro_batch, s.precision, false,
+                                  cases[i].shrink, 0, &want), 0);
+      ck_assert_uint_eq(td_model_plan(m)->total, want.total);
+      ck_assert_uint_eq(td_model_plan(m)->activations, want.activations);
+      ck_assert_uint_eq(td_model_plan(m)->micro_batch, want.micro_batch);
+      ck_assert_uint_eq(td_model_plan(m)->accumulation, 1);
+      ck_assert_uint_eq(td_model_plan(m)->shrink, cases[i].shrink);
+      ck_assert_uint_eq(td_model_effective_batch(m), B / cases[i].shrink);
+    }
+    drop(m, be);
+  }
+}
+END_TEST
+
 /* The saved file has nn.Sequential's names and PyTorch's shapes. */
 START_TEST(test_save_names) {
   uint8_t px[B * 64], lb[B];
@@ -612,6 +652,7 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_resume_exact);
   tcase_add_test(tc, test_eval_mode);
   tcase_add_test(tc, test_remedies_in_order);
+  tcase_add_test(tc, test_create_as);
   tcase_add_test(tc, test_save_names);
   suite_add_tcase(s, tc);
   return s;

@@ -627,6 +627,222 @@ START_TEST(test_conv_overflow) {
 }
 END_TEST
 
+
+/* The deep MLP where recompute and bf16 each save memory at the whole
+ * batch (test_savings), batch 1024, with the job's remedies. */
+static void chooser_spec(td_jobspec *s, const td_remedy *remedies, int n) {
+  example_spec(s);
+  s->nlayers = 0;
+  for (int i = 0; i < 8; i++) {
+    s->layers[s->nlayers++] = (td_layer){.type = TD_LAYER_DENSE, .units = 512};
+    s->layers[s->nlayers++] = (td_layer){.type = TD_LAYER_GELU};
+  }
+  s->layers[s->nlayers++] = (td_layer){.type = TD_LAYER_DENSE, .units = 10};
+  s->batch_size = 1024;
+  s->nremedies = n;
+  for (int i = 0; i < n; i++)
+    s->remedies[i] = remedies[i];
+}
+
+#define RM(r) (1u << TD_REMEDY_##r)
+#define RA TD_REMEDY_ACCUMULATE
+#define RR TD_REMEDY_RECOMPUTE
+#define RS TD_REMEDY_SHRINK
+#define RH TD_REMEDY_BF16
+#define RF TD_REMEDY_FP16
+/* budgets, as the total of a reference plan plus a delta */
+enum { B_WHOLE, B_RECOMPUTE, B_BF16, B_HALF_BATCH, B_QUARTER_BATCH, B_ONE, B_NONE };
+
+/* The chooser, case by case: the first configuration that fits, in the
+ * job's order, and never a remedy the job does not list. */
+START_TEST(test_choose_table) {
+  static const struct {
+    const char *what;
+    td_remedy remedies[TD_MAX_REMEDIES];
+    int nremedies;
+    uint32_t min_mb, cap;
+    int budget;
+    int64_t delta;
+    int rc;
+    uint32_t micro_batch, accumulation, shrink; /* 0: below the batch, not checked */
+    td_precision prec;
+    bool recompute;
+    unsigned applied;
+  } cases[] = {
+      {"fits whole", {RA}, 1, 1, 0, B_WHOLE, 0, 0, 1024, 1, 1, TD_PREC_FP32, false, 0},
+      {"fits whole, no remedy listed", {0}, 0, 0, 0, B_WHOLE, 0, 0, 1024, 1, 1, TD_PREC_FP32,
+       false, 0},
+      {"a byte short: accumulate", {RA, RR, RH}, 3, 1, 0, B_WHOLE, -1, 0, 1023, 2, 1, TD_PREC_FP32,
+       false, RM(ACCUMULATE)},
+      {"recompute fits whole", {RR}, 1, 0, 0, B_RECOMPUTE, 0, 0, 1024, 1, 1, TD_PREC_FP32, true,
+       RM(RECOMPUTE)},
+      {"recompute first in the job's order", {RR, RA}, 2, 1, 0, B_RECOMPUTE, 0, 0, 1024, 1, 1,
+       TD_PREC_FP32, true, RM(RECOMPUTE)},
+      {"accumulate first in the job's order", {RA, RR}, 2, 1, 0, B_RECOMPUTE, 0, 0, 0, 0, 1,
+       TD_PREC_FP32, false, RM(ACCUMULATE)},
+      {"bf16 fits whole", {RH}, 1, 0, 0, B_BF16, 0, 0, 1024, 1, 1, TD_PREC_BF16, false, RM(BF16)},
+      {"fp16 fits whole", {RF}, 1, 0, 0, B_BF16, 0, 0, 1024, 1, 1, TD_PREC_FP16, false, RM(FP16)},
+      {"the first 16-bit remedy listed", {RH, RF}, 2, 0, 0, B_BF16, 0, 0, 1024, 1, 1, TD_PREC_BF16,
+       false, RM(BF16)},
+      {"shrink: two updates of half", {RS}, 1, 0, 0, B_HALF_BATCH, 0, 0, 512, 1, 2, TD_PREC_FP32,
+       false, RM(SHRINK)},
+      {"shrink after all else, below min_micro_batch", {RS, RA}, 2, 512, 0, B_QUARTER_BATCH, 0, 0,
+       256, 1, 4, TD_PREC_FP32, false, RM(SHRINK)},
+      {"shrink with recompute applied", {RS, RR}, 2, 0, 0, B_ONE, 0, 0, 0, 1, 0, TD_PREC_FP32,
+       true, RM(SHRINK) | RM(RECOMPUTE)},
+      {"capped", {RA}, 1, 1, 10, B_WHOLE, 0, 0, 10, 103, 1, TD_PREC_FP32, false, RM(ACCUMULATE)},
+      {"cap below min_micro_batch", {RA}, 1, 16, 10, B_WHOLE, 0,
+       TD_ENOFIT, 0, 0, 0, TD_PREC_FP32, false, 0},
+      {"nothing allowed, a byte short", {0}, 0, 0, 0, B_WHOLE, -1,
+       TD_ENOFIT, 0, 0, 0, TD_PREC_FP32, false, 0},
+      {"recompute not listed", {RA}, 1, 1024, 0, B_RECOMPUTE, 0,
+       TD_ENOFIT, 0, 0, 0, TD_PREC_FP32, false, 0},
+      {"bf16 not listed", {RA}, 1, 1024, 0, B_BF16, 0,
+       TD_ENOFIT, 0, 0, 0, TD_PREC_FP32, false, 0},
+      {"shrink not listed", {RA, RR, RH}, 3, 1024, 0, B_HALF_BATCH, 0,
+       TD_ENOFIT, 0, 0, 0, TD_PREC_FP32, false, 0},
+      {"nothing fits", {RA, RR, RH, RS}, 4, 1, 0, B_NONE, 0,
+       TD_ENOFIT, 0, 0, 0, TD_PREC_FP32, false, 0},
+  };
+  td_jobspec s;
+  td_plan ref[B_NONE + 1];
+
+  chooser_spec(&s, NULL, 0);
+  ck_assert_int_eq(td_plan_compute(&s, 1024, TD_PREC_FP32, 0, &ref[B_WHOLE]), 0);
+  s.recompute = 1;
+  ck_assert_int_eq(td_plan_compute(&s, 1024, TD_PREC_FP32, 0, &ref[B_RECOMPUTE]), 0);
+  s.recompute = 0;
+  ck_assert_int_eq(td_plan_compute(&s, 1024, TD_PREC_BF16, 0, &ref[B_BF16]), 0);
+  ck_assert_int_eq(td_plan_compute(&s, 512, TD_PREC_FP32, 0, &ref[B_HALF_BATCH]), 0);
+  ck_assert_int_eq(td_plan_compute(&s, 256, TD_PREC_FP32, 0, &ref[B_QUARTER_BATCH]), 0);
+  ck_assert_int_eq(td_plan_compute(&s, 1, TD_PREC_FP32, 0, &ref[B_ONE]), 0);
+  ref[B_NONE] = ref[B_ONE];
+  ref[B_NONE].total = 4096;
+  /* what the cases rely on */
+  ck_assert_uint_lt(ref[B_RECOMPUTE].total, ref[B_WHOLE].total);
+  ck_assert_uint_lt(ref[B_BF16].total, ref[B_WHOLE].total);
+
+  for (size_t i = 0; i < TD_ARRAY_SIZE(cases); i++) {
+    td_plan_choice c, want;
+    unsigned allowed = 0;
+
+    chooser_spec(&s, cases[i].remedies, cases[i].nremedies);
+    s.min_micro_batch = cases[i].min_mb;
+    memset(&c, 0xAB, sizeof(c));
+    ck_assert_msg(td_plan_choose(&s, ref[cases[i].budget].total + (uint64_t)cases[i].delta, 0,
+                                 cases[i].cap ? cases[i].cap : UINT32_MAX, &c) == cases[i].rc,
+                  "%s", cases[i].what);
+    if (cases[i].rc < 0) {
+      ck_assert_msg(c.plan.micro_batch == 0xABABABABu, "%s: written on failure", cases[i].what);
+      continue;
+    }
+    for (int k = 0; k < s.nremedies; k++)
+      allowed |= 1u << s.remedies[k];
+    ck_assert_msg((c.remedies & ~allowed) == 0, "%s: a remedy the job does not list",
+                  cases[i].what);
+    ck_assert_msg(c.remedies == cases[i].applied, "%s: remedies %#x", cases[i].what,
+                  c.remedies);
+    ck_assert_msg(c.plan.total <= ref[cases[i].budget].total + (uint64_t)cases[i].delta, "%s",
+                  cases[i].what);
+    if (cases[i].micro_batch != 0)
+      ck_assert_msg(c.plan.micro_batch == cases[i].micro_batch, "%s: micro-batch %u",
+                    cases[i].what, c.plan.micro_batch);
+    else
+      ck_assert_msg(c.plan.micro_batch < 1024, "%s", cases[i].what);
+    if (cases[i].accumulation != 0)
+      ck_assert_msg(c.plan.accumulation == cases[i].accumulation, "%s: accumulation %u",
+                    cases[i].what, c.plan.accumulation);
+    if (cases[i].shrink != 0)
+      ck_assert_msg(c.plan.shrink == cases[i].shrink, "%s: shrink %u", cases[i].what,
+                    c.plan.shrink);
+    else
+      ck_assert_msg(c.plan.shrink > 1 && 1024 % c.plan.shrink == 0 &&
+                    c.plan.micro_batch == 1024 / c.plan.shrink, "%s", cases[i].what);
+    ck_assert_int_eq(c.plan.precision, cases[i].prec);
+    ck_assert_int_eq(c.plan.recompute, cases[i].recompute);
+    /* the plan is that of its settings, byte for byte */
+    ck_assert_int_eq(td_plan_at(&s, c.plan.micro_batch, c.plan.precision, c.plan.recompute,
+                                c.plan.shrink, 0, &want.plan), 0);
+    ck_assert_msg(want.plan.total == c.plan.total && want.plan.activations == c.plan.activations &&
+                  want.plan.workspace == c.plan.workspace &&
+                  want.plan.accumulation == c.plan.accumulation, "%s", cases[i].what);
+    ck_assert_uint_eq(td_plan_remedies(&s, &c.plan), c.remedies);
+  }
+}
+END_TEST
+
+/* td_plan_smallest is the least budget the chooser takes: it fits there
+ * and nothing fits a byte below. */
+START_TEST(test_choose_smallest) {
+  static const struct {
+    td_remedy remedies[TD_MAX_REMEDIES];
+    int nremedies;
+    uint32_t min_mb;
+  } cases[] = {
+      {{0}, 0, 0}, {{RA}, 1, 1}, {{RA}, 1, 8}, {{RR}, 1, 0}, {{RH}, 1, 0}, {{RA, RH}, 2, 1},
+      {{RS}, 1, 0}, {{RA, RR, RH, RS}, 4, 4}, {{RF, RR}, 2, 0},
+  };
+  td_jobspec s;
+
+  for (size_t i = 0; i < TD_ARRAY_SIZE(cases); i++) {
+    td_plan_choice least, c;
+
+    chooser_spec(&s, cases[i].remedies, cases[i].nremedies);
+    s.min_micro_batch = cases[i].min_mb;
+    ck_assert_int_eq(td_plan_smallest(&s, 4096, &least), 0);
+    ck_assert_int_eq(td_plan_choose(&s, least.plan.total, 4096, UINT32_MAX, &c), 0);
+    ck_assert_msg(c.plan.total == least.plan.total, "case %zu", i);
+    ck_assert_msg(td_plan_choose(&s, least.plan.total - 1, 4096, UINT32_MAX, &c) == TD_ENOFIT,
+                  "case %zu", i);
+  }
+  /* with no remedy but accumulation it is the smallest micro-batch's plan */
+  {
+    td_plan_choice least;
+    td_plan p;
+
+    chooser_spec(&s, (const td_remedy[]){RA}, 1);
+    s.min_micro_batch = 8;
+    ck_assert_int_eq(td_plan_smallest(&s, 0, &least), 0);
+    ck_assert_int_eq(td_plan_compute(&s, 8, TD_PREC_FP32, 0, &p), 0);
+    ck_assert_uint_eq(least.plan.total, p.total);
+    ck_assert_uint_eq(least.remedies, RM(ACCUMULATE));
+  }
+}
+END_TEST
+
+/* The worker re-plans through the same chooser: the model it builds for a
+ * choice allocates exactly the chosen plan. */
+START_TEST(test_choose_exact) {
+  static const td_remedy remedies[] = {RR, RH, RS};
+  td_jobspec s;
+  td_plan half;
+  td_plan_choice c;
+  td_backend *be;
+  td_model *m;
+  td_mem_stats st;
+  char err[256];
+
+  chooser_spec(&s, remedies, 3);
+  /* room for half the batch with every other remedy: shrunk in two */
+  ck_assert_int_eq(td_plan_at(&s, 512, TD_PREC_BF16, true, 2, 0, &half), 0);
+  ck_assert_int_eq(td_plan_choose(&s, half.total, 0, UINT32_MAX, &c), 0);
+  ck_assert_uint_eq(c.plan.shrink, 2);
+  ck_assert_int_eq(c.plan.precision, TD_PREC_BF16);
+  ck_assert(c.plan.recompute);
+  s.precision = c.plan.precision;
+  s.recompute = c.plan.recompute;
+  ck_assert_int_eq(td_backend_create("cpu0", c.plan.total, &be, err, sizeof(err)), 0);
+  ck_assert_msg(td_model_create_as(be, &s, c.plan.micro_batch, c.plan.shrink, &m, err,
+                                   sizeof(err)) == 0, "%s", err);
+  ck_assert_uint_eq(td_model_plan(m)->total, c.plan.total);
+  ck_assert_uint_eq(td_model_effective_batch(m), 512);
+  td_backend_mem(be, &st);
+  ck_assert_uint_eq(st.peak, c.plan.total);
+  td_model_destroy(m);
+  td_backend_destroy(be);
+}
+END_TEST
+
 static Suite *plan_suite(void) {
   Suite *s = suite_create("plan");
   TCase *tc = tcase_create("plan"), *exact = tcase_create("exact");
@@ -641,12 +857,15 @@ static Suite *plan_suite(void) {
   tcase_add_test(tc, test_fit_overflow);
   tcase_add_test(tc, test_conv_overflow);
   tcase_add_test(tc, test_savings);
+  tcase_add_test(tc, test_choose_table);
+  tcase_add_test(tc, test_choose_smallest);
   suite_add_tcase(s, tc);
   tcase_add_test(exact, test_exact_example);
   tcase_add_test(exact, test_exact_shapes);
   tcase_add_test(exact, test_sample_dtypes);
   tcase_add_test(exact, test_conv_model);
   tcase_add_test(exact, test_exact_examples);
+  tcase_add_test(exact, test_choose_exact);
   tcase_set_timeout(exact, 120);
   suite_add_tcase(s, exact);
   return s;

@@ -39,6 +39,9 @@ static void td__plan_fields(td_map *m, const td_plan *pl) {
   td_map_kv_u64(m, "staging", pl->staging);
   td_map_kv_u64(m, "overhead", pl->overhead);
   td_map_kv_u64(m, "total", pl->total);
+  td_map_kv_str(m, "precision", td_precision_name(pl->precision));
+  td_map_kv_bool(m, "recompute", pl->recompute);
+  td_map_kv_u64(m, "shrink", pl->shrink);
 }
 
 /* "plan": the memory plan, into the map m. */
@@ -46,17 +49,6 @@ static void td__map_plan(td_map *m, const td_plan *pl) {
   td_map sub;
 
   td_map_kv_map(m, "plan", &sub);
-  td__plan_fields(&sub, pl);
-  td_map_end(&sub);
-}
-
-/* The same for td__op_plan, which packs its reply with td_pack directly. */
-static void td__pack_plan(td_pack *p, const td_plan *pl) {
-  const td_replyfield *f = td_replydef_field(td_proto_reply_find("submit"), "plan", 4);
-  td_map sub;
-
-  td_pack_str(p, "plan");
-  td_map_begin(&sub, p, f ? f->sub : NULL);
   td__plan_fields(&sub, pl);
   td_map_end(&sub);
 }
@@ -734,35 +726,49 @@ static void td__shape_str(const td_shape *sh, char *buf, size_t cap) {
     snprintf(buf, cap, "%u", sh->c);
 }
 
-static void td__pack_layers(td_pack *rep, const td_layout *lay) {
-  td_pack_str(rep, "layers");
-  td_pack_array(rep, (uint32_t)lay->nlayers);
+static void td__map_layers(td_map *m, const td_layout *lay) {
+  td_map_kv_array(m, "layers", (uint32_t)lay->nlayers);
   for (int i = 0; i < lay->nlayers; i++) {
     const td_layer_layout *ly = &lay->layers[i];
     uint64_t params = (ly->nweight + ly->nbias) * 4;
     char in[48], out[48];
+    td_map item;
 
     if (ly->running != TD_PLAN_NONE)
       params += 2 * (uint64_t)ly->in_shape.c * 4; /* running mean and variance */
     td__shape_str(&ly->in_shape, in, sizeof(in));
     td__shape_str(&ly->out_shape, out, sizeof(out));
-    td_pack_map(rep, 7);
-    td_pack_kv_u64(rep, "index", (uint64_t)i);
-    td_pack_kv_str(rep, "type", td_layer_type_name(ly->type));
-    td_pack_kv_str(rep, "in", in);
-    td_pack_kv_str(rep, "out", out);
-    td_pack_kv_u64(rep, "params", params);
-    td_pack_kv_u64(rep, "activations", ly->act_bytes);
-    td_pack_kv_str(rep, "storage", ly->act_bytes > 0                 ? "stored"
-                                   : ly->type == TD_LAYER_FLATTEN ? "view"
-                                                                  : "in place");
+    td_map_item(m, &item);
+    td_map_kv_u64(&item, "index", (uint64_t)i);
+    td_map_kv_str(&item, "type", td_layer_type_name(ly->type));
+    td_map_kv_str(&item, "in", in);
+    td_map_kv_str(&item, "out", out);
+    td_map_kv_u64(&item, "params", params);
+    td_map_kv_u64(&item, "activations", ly->act_bytes);
+    td_map_kv_str(&item, "storage", ly->act_bytes > 0                 ? "stored"
+                                    : ly->type == TD_LAYER_FLATTEN ? "view"
+                                                                   : "in place");
+    td_map_end(&item);
   }
 }
 
 /* What each remedy would change at the whole batch: a smaller micro-batch,
  * recomputation, 16-bit precision.  available: the job file allows it. */
-static void td__pack_savings(td_pack *rep, const td_jobspec *spec, const td_plan *whole,
-                             const td_plan *small) {
+static void td__map_saving(td_map *m, const char *remedy, int available, uint64_t saves,
+                           uint64_t costs, const char *note) {
+  td_map item;
+
+  td_map_item(m, &item);
+  td_map_kv_str(&item, "remedy", remedy);
+  td_map_kv_bool(&item, "available", available);
+  td_map_kv_u64(&item, "saves", saves);
+  td_map_kv_u64(&item, "costs", costs);
+  td_map_kv_str(&item, "note", note);
+  td_map_end(&item);
+}
+
+static void td__map_savings(td_map *m, const td_jobspec *spec, const td_plan *whole,
+                            const td_plan *small) {
   static const struct {
     const char *name;
     td_remedy remedy;
@@ -773,17 +779,12 @@ static void td__pack_savings(td_pack *rep, const td_jobspec *spec, const td_plan
               {"fp16", TD_REMEDY_FP16, TD_PREC_FP16, false}};
   char note[160], size[32];
 
-  td_pack_str(rep, "savings");
-  td_pack_array(rep, 1 + TD_ARRAY_SIZE(alts));
+  td_map_kv_array(m, "savings", 1 + TD_ARRAY_SIZE(alts));
   snprintf(note, sizeof(note), "micro-batch %u with %u accumulation steps (same effective "
            "batch)%s", small->micro_batch, small->accumulation,
            td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE) ? "" : "; not in memory.remedies");
-  td_pack_map(rep, 5);
-  td_pack_kv_str(rep, "remedy", "micro_batch");
-  td_pack_kv_bool(rep, "available", td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE));
-  td_pack_kv_u64(rep, "saves", whole->total - small->total);
-  td_pack_kv_u64(rep, "costs", 0);
-  td_pack_kv_str(rep, "note", note);
+  td__map_saving(m, "micro_batch", td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE),
+                 whole->total - small->total, 0, note);
   for (size_t i = 0; i < TD_ARRAY_SIZE(alts); i++) {
     td_precision prec = alts[i].prec == TD_PREC__COUNT ? spec->precision : alts[i].prec;
     bool same = prec == spec->precision && (spec->recompute || !alts[i].recompute);
@@ -798,12 +799,9 @@ static void td__pack_savings(td_pack *rep, const td_jobspec *spec, const td_plan
     else
       snprintf(note, sizeof(note), "%s at the whole batch%s", size,
                td_jobspec_allows(spec, alts[i].remedy) ? "" : "; not in memory.remedies");
-    td_pack_map(rep, 5);
-    td_pack_kv_str(rep, "remedy", alts[i].name);
-    td_pack_kv_bool(rep, "available", !same && td_jobspec_allows(spec, alts[i].remedy));
-    td_pack_kv_u64(rep, "saves", alt.total < whole->total ? whole->total - alt.total : 0);
-    td_pack_kv_u64(rep, "costs", alt.total > whole->total ? alt.total - whole->total : 0);
-    td_pack_kv_str(rep, "note", note);
+    td__map_saving(m, alts[i].name, !same && td_jobspec_allows(spec, alts[i].remedy),
+                   alt.total < whole->total ? whole->total - alt.total : 0,
+                   alt.total > whole->total ? alt.total - whole->total : 0, note);
   }
 }
 
@@ -820,6 +818,7 @@ static int td__op_plan(td_daemon *d, const td_ident *who, const msgpack_object *
   td_layout lay;
   td__tensor top[TD_PLAN_TOP];
   uint32_t ndev = 0, min_mb;
+  td_map m;
   char *text;
   int rc;
 
@@ -861,22 +860,22 @@ static int td__op_plan(td_daemon *d, const td_ident *who, const msgpack_object *
     ndev += only[0] == '\0' || strcmp(only, d->devices[i].name) == 0;
   ntop = td__largest(&lay, top);
 
-  td_pack_reply_ok(rep, 11);
-  td_pack_kv_str(rep, "name", spec->name);
-  td_pack_kv_u64(rep, "batch_size", spec->batch_size);
-  td_pack_kv_u64(rep, "min_micro_batch", min_mb);
-  td_pack_kv_str(rep, "precision", td_precision_name(spec->precision));
-  td_pack_kv_bool(rep, "recompute", spec->recompute);
-  td_pack_kv_bool(rep, "batch_dependent", whole.batch_dependent);
-  td__pack_plan(rep, &whole);
-  td_pack_str(rep, "devices");
-  td_pack_array(rep, ndev);
+  td_map_reply_ok(&m, rep, "plan");
+  td_map_kv_str(&m, "name", spec->name);
+  td_map_kv_u64(&m, "batch_size", spec->batch_size);
+  td_map_kv_u64(&m, "min_micro_batch", min_mb);
+  td_map_kv_str(&m, "precision", td_precision_name(spec->precision));
+  td_map_kv_bool(&m, "recompute", spec->recompute);
+  td_map_kv_bool(&m, "batch_dependent", whole.batch_dependent);
+  td__map_plan(&m, &whole);
+  td_map_kv_array(&m, "devices", ndev);
   for (int i = 0; i < d->ndevices; i++) {
     const td_device *dev = &d->devices[i];
     uint64_t free_now = dev->budget > dev->reserved ? dev->budget - dev->reserved : 0;
     td_plan_choice c, now, least;
     uint32_t nrem = 0;
     int fits, fits_now;
+    td_map e;
 
     if (only[0] != '\0' && strcmp(only, dev->name) != 0)
       continue;
@@ -887,30 +886,33 @@ static int td__op_plan(td_daemon *d, const td_ident *who, const msgpack_object *
       least = (td_plan_choice){.plan = small};
     for (int r = 0; fits && r < TD_REMEDY__COUNT; r++)
       nrem += (c.remedies & (1u << r)) != 0;
-    td_pack_map(rep, 9);
-    td_pack_kv_str(rep, "name", dev->name);
-    td_pack_kv_u64(rep, "budget", dev->budget);
-    td_pack_kv_u64(rep, "free", free_now);
-    td_pack_kv_bool(rep, "fits", fits);
-    td_pack_kv_bool(rep, "fits_now", fits_now);
-    td_pack_kv_u64(rep, "micro_batch", fits ? c.plan.micro_batch : 0);
-    td_pack_kv_u64(rep, "accumulation", fits ? c.plan.accumulation : 0);
-    td_pack_str(rep, "remedies");
-    td_pack_array(rep, nrem);
+    td_map_item(&m, &e);
+    td_map_kv_str(&e, "name", dev->name);
+    td_map_kv_u64(&e, "budget", dev->budget);
+    td_map_kv_u64(&e, "free", free_now);
+    td_map_kv_bool(&e, "fits", fits);
+    td_map_kv_bool(&e, "fits_now", fits_now);
+    td_map_kv_u64(&e, "micro_batch", fits ? c.plan.micro_batch : 0);
+    td_map_kv_u64(&e, "accumulation", fits ? c.plan.accumulation : 0);
+    td_map_kv_array(&e, "remedies", nrem); /* of strings */
     for (int r = 0; fits && r < TD_REMEDY__COUNT; r++)
       if (c.remedies & (1u << r))
         td_pack_str(rep, td_remedy_name((td_remedy)r));
-    td__pack_plan(rep, fits ? &c.plan : &least.plan);
+    td__map_plan(&e, fits ? &c.plan : &least.plan);
+    td_map_end(&e);
   }
-  td__pack_layers(rep, &lay);
-  td_pack_str(rep, "largest");
-  td_pack_array(rep, (uint32_t)ntop);
+  td__map_layers(&m, &lay);
+  td_map_kv_array(&m, "largest", (uint32_t)ntop);
   for (size_t i = 0; i < ntop; i++) {
-    td_pack_map(rep, 2);
-    td_pack_kv_str(rep, "name", top[i].name);
-    td_pack_kv_u64(rep, "bytes", top[i].bytes);
+    td_map item;
+
+    td_map_item(&m, &item);
+    td_map_kv_str(&item, "name", top[i].name);
+    td_map_kv_u64(&item, "bytes", top[i].bytes);
+    td_map_end(&item);
   }
-  td__pack_savings(rep, spec, &whole, &small);
+  td__map_savings(&m, spec, &whole, &small);
+  td_map_end(&m);
   rc = 0;
 free_spec:
   free(text);

@@ -1277,6 +1277,9 @@ START_TEST(test_map_builder) {
   td_map_kv_u64(&sub, "accumulation", 1);
   for (size_t i = 0; i < TD_ARRAY_SIZE(plan_keys); i++)
     td_map_kv_u64(&sub, plan_keys[i], 1u << i);
+  td_map_kv_str(&sub, "precision", "fp32");
+  td_map_kv_bool(&sub, "recompute", 0);
+  td_map_kv_u64(&sub, "shrink", 1);
   td_map_end(&sub);
   td_map_end(&m);
   ck_assert_msg(td_pack_error(&p) == 0, "%s", p.why);

@@ -437,6 +437,13 @@ int main(int argc, char **argv) {
     td_error("%s", err);
     return rc == TD_ECONFIG ? TD_EXIT_CONFIG : 1;
   }
+  if (td_auth_multi_user(d->auth))
+    td_info("serving several users: every request must carry a MUNGE credential (munged at "
+            "%s); jobs run as their submitters",
+            d->cfg.munge_socket[0] ? d->cfg.munge_socket : "its default socket");
+  else
+    td_info("serving one user, uid %u: requests need no credential, and only that user can "
+            "reach the sockets", (unsigned)getuid());
   signal(SIGPIPE, SIG_IGN);
   /* Past a file size limit (LimitFSIZE=) a write fails with EFBIG, which
    * submits report as a full disk, instead of killing traind. */

@@ -99,8 +99,8 @@ static const struct command {
    "  --device NAME  only jobs on device NAME, or that asked for it\n"
    "  --limit N      at most N jobs\n"
    "\n"
-   "The owner is the user name the submitting client reported; traind does not\n"
-   "verify it.\n"},
+   "The owner is the user who submitted the job, as MUNGE vouched for them.  With\n"
+   "traind's private_data setting you see only your own jobs.\n"},
   {"show", NULL, "ID", 1, 1, 0, cli_cmd_show, "show one job in detail",
    "Show everything traind knows about job ID: its owner, state, progress,\n"
    "times, memory in use and planned, model file and error, if any.\n"},

@@ -90,7 +90,8 @@ static const struct command {
      CMD_OPT(OPT_DEVICE),
    cli_cmd_ls, "list jobs",
    "List jobs: id, name, owner, state, device, progress (epoch and step),\n"
-   "training loss, test accuracy and submission time.\n"
+   "training loss, test accuracy, submission time and, for a queued job, why\n"
+   "it waits.\n"
    "\n"
    "  --state STATE  only jobs in STATE: queued, running, succeeded, failed,\n"
    "                 cancelled\n"

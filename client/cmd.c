@@ -268,9 +268,10 @@ int cli_cmd_wait(cli *c, const cli_args *a) {
 static const char *const job_states[] = {"queued", "running", "succeeded", "failed",
                                          "cancelled"};
 
+/* REASON last: it is long, and empty but for queued jobs. */
 static const cli_job_col ls_columns[] = {
-  CLI_COL_ID,       CLI_COL_NAME, CLI_COL_OWNER, CLI_COL_STATE,    CLI_COL_DEVICE,
-  CLI_COL_PROGRESS, CLI_COL_LOSS, CLI_COL_ACC,   CLI_COL_SUBMITTED,
+  CLI_COL_ID,       CLI_COL_NAME, CLI_COL_OWNER, CLI_COL_STATE,     CLI_COL_DEVICE,
+  CLI_COL_PROGRESS, CLI_COL_LOSS, CLI_COL_ACC,   CLI_COL_SUBMITTED, CLI_COL_REASON,
 };
 
 int cli_list(cli *c, const char *state, uint64_t limit, const char *owner, const char *device,

@@ -606,6 +606,9 @@ START_TEST(top_fits_the_width_and_says_why_jobs_wait) {
   ck_assert_msg(strstr(out, "endless") != NULL && strstr(out, "REASON") != NULL &&
                 strstr(out, "waiting for ") != NULL, "%s", out);
   unsetenv("COLUMNS");
+  /* ls says it too, as squeue's REASON column does */
+  CLIENT_OK(out, "ls");
+  ck_assert_msg(strstr(out, "REASON") != NULL && strstr(out, "waiting for ") != NULL, "%s", out);
   snprintf(budget, sizeof(budget), "%llu", (unsigned long long)a);
   CLIENT_OK(out, "cancel", budget);
 }

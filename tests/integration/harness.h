@@ -25,6 +25,7 @@ typedef struct th_daemon {
   char sockpath[192];  /* dir/traind.sock; "" when sock is a tcp:// address */
   char sock[200];      /* ipc://dir/traind.sock */
   char munge_sock[192];/* dir/munge/sock: a private munged's, when root runs the tests */
+  pid_t munged;        /* that munged, a child of the test; 0: none */
   pid_t pid;           /* > 0 while started */
 } th_daemon;
 
@@ -74,9 +75,9 @@ int th_stub_libexec(const char *dir);
 
 /* Start a munged with its own key under dir (made 0755, as munged wants);
  * its socket path goes to sock.  0 or TD_EIO (the reason on stderr). */
-int th_munged_start(const char *dir, char *sock, size_t cap);
-/* Stop the munged whose socket is sock. */
-void th_munged_stop(const char *sock);
+int th_munged_start(const char *dir, char *sock, size_t cap, pid_t *pid);
+/* Stop (and reap) that munged; pid <= 0: none. */
+void th_munged_stop(pid_t pid);
 /* Where th_rpc gets credentials ("" or NULL: it sends none).  Set by
  * th_daemon_init. */
 void th_set_munge_socket(const char *sock);

@@ -75,20 +75,24 @@ int td_job_learn_dtype(td_jobspec *spec, char *err, size_t errlen) {
   return rc;
 }
 
-td_job *td_daemon_find(td_daemon *d, uint64_t id) {
+size_t td_daemon_first_after(const td_daemon *d, uint64_t id) {
   size_t lo = 0, hi = d->njobs;
 
   /* Ids are assigned in increasing order, so the table is sorted. */
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
-    if (d->jobs[mid]->id == id)
-      return d->jobs[mid];
-    if (d->jobs[mid]->id < id)
+    if (d->jobs[mid]->id <= id)
       lo = mid + 1;
     else
       hi = mid;
   }
-  return NULL;
+  return lo;
+}
+
+td_job *td_daemon_find(td_daemon *d, uint64_t id) {
+  size_t i = id > 0 ? td_daemon_first_after(d, id - 1) : d->njobs;
+
+  return i < d->njobs && d->jobs[i]->id == id ? d->jobs[i] : NULL;
 }
 
 void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *detail) {

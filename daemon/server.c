@@ -367,7 +367,7 @@ static int td__op_list(td_daemon *d, const td_ident *who, const msgpack_object *
   char state_s[32], owner[33] = "", device[32] = "";
   td_job_state filter = TD_JOB__NSTATES;
   uint64_t limit = TD_LIST_PAGE, after = 0, n = 0;
-  size_t first = 0, i;
+  size_t first, i;
   td_map m;
 
   if (td_obj_cstr(req, "state", state_s, sizeof(state_s)) == 0 &&
@@ -380,15 +380,7 @@ static int td__op_list(td_daemon *d, const td_ident *who, const msgpack_object *
   td_obj_u64(req, "after", &after);
   td_obj_cstr(req, "owner", owner, sizeof(owner));
   td_obj_cstr(req, "device", device, sizeof(device));
-  /* ids ascend: the first one after `after` by binary search */
-  for (size_t lo = 0, hi = d->njobs; lo < hi;) {
-    size_t mid = lo + (hi - lo) / 2;
-    if (d->jobs[mid]->id <= after)
-      lo = mid + 1;
-    else
-      hi = mid;
-    first = lo;
-  }
+  first = td_daemon_first_after(d, after);
   for (i = first; i < d->njobs && n < limit; i++)
     if (td__listed(d, who, d->jobs[i], filter, owner, device))
       n++;

@@ -158,6 +158,8 @@ typedef struct td_daemon {
 
 /* main.c */
 td_job *td_daemon_find(td_daemon *d, uint64_t id);
+/* The index of the first job whose id is above id (njobs if none). */
+size_t td_daemon_first_after(const td_daemon *d, uint64_t id);
 void td_job_free(td_job *j);
 /* Set spec->sample_dtype from the train split's header (td_dataset_probe:
  * headers only), before any plan is made for it. */

@@ -1,7 +1,9 @@
 /* traind: the control plane.  One libuv loop owns the sockets, the job
  * table and the child processes; no training code and no GPU context live
  * here, so a crashing job cannot take the daemon down. */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <nanomsg/nn.h>
@@ -367,6 +369,48 @@ static void td__usage(FILE *f) {
           "state under $XDG_STATE_HOME/traind (or /var/lib/traind as root).\n");
 }
 
+/* A state directory that a traind before identities left (its own user,
+ * group traind, umask 022) held the database and every job's directory
+ * open to the group, while the state directory is now passable by the
+ * jobs' users: close what only traind may read.  The job directories of
+ * today (sticky, shared with one user by an ACL) are left as they are. */
+static void td__state_private(const char *state_dir) {
+  static const char *const db_files[] = {"jobs.db", "jobs.db-wal", "jobs.db-shm"};
+  struct stat st;
+  char path[TD_PATH_MAX + 16];
+  struct dirent *e;
+  DIR *jobs;
+  int fd;
+
+  for (size_t i = 0; i < TD_ARRAY_SIZE(db_files); i++) {
+    snprintf(path, sizeof(path), "%s/%s", state_dir, db_files[i]);
+    if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 077) != 0) {
+      td_warn("%s was mode %04o: made 0600, as only traind may read it", path,
+              (unsigned)(st.st_mode & 07777));
+      chmod(path, 0600);
+    }
+  }
+  snprintf(path, sizeof(path), "%s/jobs", state_dir);
+  fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0 || (jobs = fdopendir(fd)) == NULL) {
+    if (fd >= 0)
+      close(fd);
+    return;
+  }
+  if (fstat(fd, &st) == 0 && (st.st_mode & 0777) != 0711)
+    fchmod(fd, 0711); /* passable to the jobs' users, listable by nobody */
+  while ((e = readdir(jobs)) != NULL) {
+    if (e->d_name[0] == '.' ||
+        fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) ||
+        (st.st_mode & S_ISVTX) != 0 || (st.st_mode & 077) == 0)
+      continue;
+    td_info("job directory %s/%s was mode %04o: made 0700", path, e->d_name,
+            (unsigned)(st.st_mode & 07777));
+    fchmodat(fd, e->d_name, st.st_mode & 0700, 0);
+  }
+  closedir(jobs); /* closes fd */
+}
+
 /* A configuration traind cannot start with: systemd does not restart it
  * (RestartPreventExitStatus=), since the same file fails the same way.
  * EX_CONFIG of sysexits.h. */
@@ -480,6 +524,8 @@ int main(int argc, char **argv) {
               "make it searchable (chmod o+x %s, or StateDirectoryMode=0711) and keep jobs.db "
               "private", d->cfg.state_dir, (unsigned)(st.st_mode & 07777), d->cfg.state_dir);
   }
+  if (geteuid() == 0)
+    td__state_private(d->cfg.state_dir);
   snprintf(dbpath, sizeof(dbpath), "%s/jobs.db", d->cfg.state_dir);
   if (td_db_open(dbpath, &d->db, err, sizeof(err)) < 0) {
     td_error("%s", err);

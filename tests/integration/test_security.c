@@ -532,6 +532,31 @@ START_TEST(a_flood_is_limited_per_user) {
 }
 END_TEST
 
+/* A state directory from before identities (group-readable database and
+ * job directories) is closed at start: bob reads neither. */
+START_TEST(an_old_state_directory_is_made_private) {
+  char db[256], old[256], log[300], err[512];
+  struct stat st;
+
+  start(NULL);
+  ck_assert(th_daemon_stop(&g_d) == 0);
+  snprintf(db, sizeof(db), "%s/jobs.db", g_d.state);
+  snprintf(old, sizeof(old), "%s/jobs/99", g_d.state);
+  snprintf(log, sizeof(log), "%s/log", old);
+  ck_assert(chmod(db, 0644) == 0);
+  ck_assert(sh("mkdir -p %s && echo secret > %s && chmod 755 %s %s/jobs && chmod 644 %s", old,
+               log, old, g_d.state, log) == 0);
+  ck_assert_int_eq(access_as(BOB, log, R_OK), 0); /* as an old traind left it */
+  ck_assert(th_daemon_start(&g_d, 30000) == 0);
+  ck_assert(stat(db, &st) == 0);
+  ck_assert_uint_eq(st.st_mode & 077, 0);
+  ck_assert_int_eq(access_as(BOB, log, R_OK), -1);
+  ck_assert_int_eq(access_as(BOB, db, R_OK), -1);
+  ck_assert_int_eq(simple_as(BOB, "info", 0, err, sizeof(err)), 0);
+  teardown();
+}
+END_TEST
+
 /* tcp:// is allowed because every request is authenticated: the same
  * rules over loopback. */
 START_TEST(tcp_over_loopback_is_authenticated) {
@@ -635,6 +660,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, a_flood_is_limited_per_user);
   tcase_add_test(tc, many_subscribers_leave_traind_answering);
   tcase_add_test(tc, tcp_over_loopback_is_authenticated);
+  tcase_add_test(tc, an_old_state_directory_is_made_private);
   suite_add_tcase(s, tc);
   return s;
 }

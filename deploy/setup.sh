@@ -15,6 +15,7 @@ packages=(
   libuv1-dev libnanomsg-dev libmsgpack-dev libyaml-dev libsqlite3-dev
   libopenblas-dev zlib1g-dev libsystemd-dev check
   dataset-fashion-mnist sqlite3 systemd munge libmunge-dev
+  protobuf-c-compiler libprotobuf-c-dev
 )
 
 missing=()

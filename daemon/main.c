@@ -65,6 +65,7 @@ void td_job_free(td_job *j) {
   free(j->yaml);
   free(j->base_dir);
   free(j->spec);
+  td_losscurve_clear(&j->loss_curve);
   free(j);
 }
 

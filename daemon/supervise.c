@@ -187,6 +187,8 @@ static void td__on_event(td_run *r, const char *line) {
     j->samples_per_sec = td_kv_f64(line, "samples_per_sec", j->samples_per_sec);
     j->data_wait = td_kv_f64(line, "data_wait", j->data_wait);
     j->mem = td_kv_u64(line, "mem", j->mem);
+    td_losscurve_add(&j->loss_curve, (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps +
+                     j->step, j->loss);
     done = (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps + j->step;
     total = (uint64_t)j->epochs * j->steps;
     elapsed = td_now_mono() - j->started_mono;
@@ -887,7 +889,8 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     char *args[] = {worker, "--job", r->job_path, "--base-dir", j->base_dir, "--ring",
                     r->ring_name, "--device", j->device, "--budget", budget, "--micro-batch",
                     micro, "--output", output, "--events-fd", events_fd, "--checkpoint", ckpt,
-                    "--overhead", overhead, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                    "--overhead", overhead, "--tensorboard", dir, NULL, NULL, NULL, NULL, NULL,
+                    NULL, NULL,
                     NULL, NULL, NULL, NULL, NULL};
     size_t n = TD_ARRAY_SIZE(args) - 12;
 

@@ -496,8 +496,7 @@ static void show_curve(const msgpack_object *job) {
 
   if (n < 2)
     return;
-  label("loss curve");
-  fputc('\n', stdout);
+  puts("loss curve:");
   /* the indent and the axis' labels take about 14 columns */
   cli_plot(stdout, x, y, n, 6, width > 14 + 16 ? (width - 14 < 72 ? width - 14 : 72) : 16,
            cli_term_utf8(), "  ");

@@ -376,7 +376,9 @@ static void tb_write(const td_tfscalar *v, size_t n) {
     /* A full disk must not cost the training: the curves get a gap. */
     td_warn("cannot write TensorBoard events to %s: %s; training goes on, later events are "
             "tried again", td_tfevents_path(tb.w),
-            rc == TD_ENOSPC ? "no space left on the disk" : strerror(errno));
+            rc == TD_ENOSPC ? "no space left on the disk"
+            : rc == TD_EIO  ? strerror(errno)
+                            : td_strerror(rc));
     tb.warned = 1;
   }
 }

@@ -298,8 +298,10 @@ static void td__reload(td_daemon *d) {
   }
   if (strcmp(next.socket, d->cfg.socket) != 0 ||
       strcmp(next.status_socket, d->cfg.status_socket) != 0 ||
-      strcmp(next.state_dir, d->cfg.state_dir) != 0)
-    td_warn("SIGHUP: socket, status_socket and state_dir take effect only after a restart");
+      strcmp(next.state_dir, d->cfg.state_dir) != 0 ||
+      strcmp(next.metrics_listen, d->cfg.metrics_listen) != 0)
+    td_warn("SIGHUP: socket, status_socket, metrics_listen and state_dir take effect only "
+            "after a restart");
   d->cfg.log_level = next.log_level;
   d->cfg.ring_slots = next.ring_slots;
   d->cfg.max_jobs = next.max_jobs;

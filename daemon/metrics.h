@@ -50,7 +50,9 @@ char *td_metrics_snapshot(size_t *len);
  * by their base name). */
 const char *const *td_metrics_names(void);
 
-/* metrics_http.c: the HTTP server on its own thread, GET /metrics only. */
+/* metrics_http.c: the HTTP server on its own thread, GET /metrics only.
+ * TD_EPERM when the address family is not allowed (a sandbox without the
+ * network), TD_EIO when the address cannot be bound, with err saying why. */
 int td_metrics_http_start(const char *listen, char *err, size_t errlen);
 void td_metrics_http_stop(void);
 

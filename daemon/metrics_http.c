@@ -101,13 +101,14 @@ static int td__listen(const char *listen_addr, int *fdp, char *err, size_t errle
     return rc;
   fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) {
+    int sandbox = errno == EAFNOSUPPORT || errno == EPERM;
+
     snprintf(err, errlen, "cannot open a %s socket for %s: %s%s",
              ss.ss_family == AF_INET6 ? "IPv6" : "IPv4", listen_addr, strerror(errno),
-             errno == EAFNOSUPPORT || errno == EPERM
-                 ? " (under systemd, README's Monitoring section says how to give traind's "
-                   "unit the network it needs)"
-                 : "");
-    return TD_EIO;
+             sandbox ? " (under systemd, README's Monitoring section says how to give traind's "
+                       "unit the network it needs; metrics_listen: \"\" turns them off)"
+                     : "");
+    return sandbox ? TD_EPERM : TD_EIO;
   }
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (ss.ss_family == AF_INET6)

@@ -576,21 +576,17 @@ oom:
   return TD_ENOMEM;
 }
 
-static void td__render_devices(td__buf *b, const td_daemon *d) {
+static void td__render_devices(td__buf *b, const td_daemon *d, td_job *const *run,
+                               size_t nrun) {
   static const int fams[] = {TD__FAM_DEV_BUDGET, TD__FAM_DEV_RESERVED, TD__FAM_DEV_FREE,
                              TD__FAM_DEV_USED,   TD__FAM_DEV_TOTAL,    TD__FAM_DEV_RUNNING,
                              TD__FAM_DEV_DRAINING};
   uint64_t used[TD_MAX_DEVICES] = {0};
 
-  for (size_t i = 0; i < d->njobs; i++) {
-    const td_job *j = d->jobs[i];
-
-    if (j->state != TD_JOB_RUNNING)
-      continue;
+  for (size_t i = 0; i < nrun; i++)
     for (int k = 0; k < d->ndevices; k++)
-      if (strcmp(d->devices[k].name, j->device) == 0)
-        used[k] += j->mem;
-  }
+      if (strcmp(d->devices[k].name, run[i]->device) == 0)
+        used[k] += run[i]->mem;
   for (size_t f = 0; f < TD_ARRAY_SIZE(fams); f++) {
     td__header(b, fams[f]);
     for (int k = 0; k < d->ndevices; k++) {
@@ -614,22 +610,20 @@ static void td__render_devices(td__buf *b, const td_daemon *d) {
   }
 }
 
-static void td__render_jobs(td__buf *b, const td_daemon *d) {
+static void td__render_jobs(td__buf *b, const td_daemon *d, td_job *const *run, size_t nrun) {
   static const int fams[] = {TD__FAM_JOB_SPS, TD__FAM_JOB_LOSS, TD__FAM_JOB_STEP,
                              TD__FAM_JOB_DATA_WAIT, TD__FAM_JOB_PLANNED, TD__FAM_JOB_USED};
   int priv = d->cfg.private_data;
 
   for (size_t f = 0; f < TD_ARRAY_SIZE(fams); f++) {
     td__header(b, fams[f]);
-    for (size_t i = 0; i < d->njobs; i++) {
-      const td_job *j = d->jobs[i];
+    for (size_t i = 0; i < nrun; i++) {
+      const td_job *j = run[i];
       char id[24];
       const char *labels[] = {"id", id, "name", priv ? "" : j->name,
                               "owner", priv ? "" : j->owner, "device", j->device, NULL};
       double v = 0;
 
-      if (j->state != TD_JOB_RUNNING)
-        continue;
       snprintf(id, sizeof(id), "%llu", (unsigned long long)j->id);
       switch (fams[f]) {
       case TD__FAM_JOB_SPS: v = j->samples_per_sec; break;
@@ -734,15 +728,30 @@ int td_metrics_render(const td_daemon *d, char **out, size_t *len) {
   static const char *const build[] = {"version", TD_VERSION, "backend",
                                       TD_HAVE_CUDA ? "cpu,cuda" : "cpu", NULL};
   td__buf b = {0};
+  td_job **run = NULL;
+  size_t nrun = 0, cap = 0;
 
+  /* The running jobs, once: the queue may hold thousands of others. */
+  for (size_t i = 0; i < d->njobs; i++) {
+    td_job **slot;
+
+    if (d->jobs[i]->state != TD_JOB_RUNNING)
+      continue;
+    if ((slot = td__push((void **)&run, &nrun, &cap, sizeof(*run))) == NULL) {
+      b.oom = 1;
+      break;
+    }
+    *slot = d->jobs[i];
+  }
   td__header(&b, TD__FAM_BUILD_INFO);
   td__sample(&b, TD__FAM_BUILD_INFO, build, 1);
   td__header(&b, TD__FAM_START_TIME);
   td__sample(&b, TD__FAM_START_TIME, NULL,
              (double)td_now_unix_ms() / 1000.0 - (td_now_mono() - d->start_mono));
-  td__render_devices(&b, d);
+  td__render_devices(&b, d, run, nrun);
   td__render_counts(&b, d);
-  td__render_jobs(&b, d);
+  td__render_jobs(&b, d, run, nrun);
+  free(run);
   td__header(&b, TD__FAM_RENDER);
   td__sample(&b, TD__FAM_RENDER, NULL, td__m.render_s);
   if (b.oom || b.p == NULL) {

@@ -4,7 +4,8 @@
  * loopback port: GET /metrics and nothing else (404, 405), the numbers
  * follow requests, admissions and jobs, label values are escaped (a job
  * name a client chose with quotes, backslashes, a newline and a non-ASCII
- * letter), private_data leaves names and owners out, and idle or
+ * letter), private_data leaves names and owners out, a failed allocation
+ * is counted as an OOM, a re-plan and a recovery time, and idle or
  * half-sent HTTP connections leave the job socket answering.
  *
  * With --prometheus: the page passes `promtool check metrics`, and a real
@@ -290,6 +291,32 @@ START_TEST(test_private_data) {
 }
 END_TEST
 
+/* A worker's failed allocation (memory.fail_alloc) is an OOM event, a
+ * re-plan and, once it trains again, a time to recovery; the job's end is
+ * counted for its owner. */
+START_TEST(test_oom_counted) {
+  char yaml[4096], series[160], *page;
+  uint64_t id;
+
+  start("1GiB", NULL, 0);
+  th_job_yaml(yaml, sizeof(yaml), "faulty", 128, 1, 2000, 32);
+  strcat(yaml, "memory:\n  fail_alloc: 100\n");
+  id = submit_named(yaml, "fault", NULL);
+  ck_assert_int_eq(th_wait_state(g_sock, id, "succeeded", 120000, series, sizeof(series)), 0);
+  snprintf(series, sizeof(series), "traind_jobs_ended_total{outcome=\"succeeded\",owner=\"%s\"}",
+           me());
+  wait_sample(series, 1, 5000);
+  page = scrape();
+  ck_assert_msg(sample(page, "traind_oom_events_total{device=\"cpu0\"}") == 1, "%s", page);
+  ck_assert_msg(sample(page, "traind_replans_total{device=\"cpu0\"}") == 1, "%s", page);
+  ck_assert_msg(sample(page, "traind_oom_recovery_seconds_count") == 1, "%s", page);
+  ck_assert_msg(sample(page, "traind_oom_recovery_seconds_sum") > 0, "%s", page);
+  printf("OOM to the next step: %g s\n", sample(page, "traind_oom_recovery_seconds_sum"));
+  free(page);
+  stop();
+}
+END_TEST
+
 /* Connections that never finish their request, and more of them than the
  * endpoint takes, hold the HTTP thread's slots only: the job socket
  * answers at once, and the endpoint serves again once they go. */
@@ -569,6 +596,7 @@ static Suite *endpoint_suite(void) {
   tcase_add_test(tc, test_only_get_metrics);
   tcase_add_test(tc, test_counts_and_escaping);
   tcase_add_test(tc, test_private_data);
+  tcase_add_test(tc, test_oom_counted);
   tcase_add_test(tc, test_hostile_clients_do_not_stall);
   suite_add_tcase(s, tc);
   return s;
@@ -595,5 +623,5 @@ int main(int argc, char **argv) {
     }
     return th_run(prometheus_suite(), 1);
   }
-  return th_run(endpoint_suite(), 0);
+  return th_run(endpoint_suite(), 1);
 }

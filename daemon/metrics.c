@@ -47,7 +47,8 @@
   X(JOBS_ENDED, "traind_jobs_ended_total", "counter",                                          \
     "Jobs that ended since traind started, by outcome and owner")                             \
   X(QUEUE_WAIT, "traind_queue_wait_seconds", "histogram",                                      \
-    "Time a job waited in the queue before it was admitted to a device")                      \
+    "Time a job waited in the queue before it was admitted to a device: from submit, or "     \
+    "from going back to the queue")                                                           \
   X(ADMISSIONS, "traind_admissions_total", "counter", "Jobs admitted to a device")             \
   X(ADMIT_REMEDY, "traind_admission_remedies_total", "counter",                                \
     "Admissions by what the plan chooser used to fit the budget (whole_batch: nothing; an "    \
@@ -276,9 +277,12 @@ void td_metrics_admitted(const td_job *j, const td_device *dev, unsigned remedie
   for (int r = 0; r < TD_REMEDY__COUNT; r++)
     if (remedies & (1u << r))
       td__m.remedies[r]++;
+  /* From submit to a first start; from going back to the queue to a
+   * later one.  A job that ran before this traind started went back to
+   * the queue at a time no one kept: it is left out. */
   if (td__since_take(td__m.requeued, &td__m.nrequeued, j->id, &since))
     td__observe(&td__m.queue_wait, td_now_mono() - since);
-  else
+  else if (j->started_ms == 0)
     td__observe(&td__m.queue_wait, (double)(td_now_unix_ms() - j->submitted_ms) / 1000.0);
 }
 
@@ -465,17 +469,26 @@ static void td__series(td__buf *b, const char *name, const char *const *labels) 
   td__puts(b, "}");
 }
 
-/* A sample's value: integers exactly, others to 17 digits; NaN and the
- * infinities as the format spells them. */
+/* A sample's value: integers exactly, others in the fewest digits that
+ * read back as the same double (0.546376, not 0.54637599999999997); NaN
+ * and the infinities as the format spells them. */
 static void td__value(td__buf *b, double v) {
-  if (isnan(v))
+  char s[32];
+
+  if (isnan(v)) {
     td__puts(b, " NaN\n");
-  else if (isinf(v))
+  } else if (isinf(v)) {
     td__puts(b, v > 0 ? " +Inf\n" : " -Inf\n");
-  else if (v == floor(v) && fabs(v) < 9e15)
+  } else if (v == floor(v) && fabs(v) < 9e15) {
     td__printf(b, " %.0f\n", v);
-  else
-    td__printf(b, " %.17g\n", v);
+  } else {
+    for (int digits = 15; digits <= 17; digits++) {
+      snprintf(s, sizeof(s), "%.*g", digits, v);
+      if (strtod(s, NULL) == v)
+        break;
+    }
+    td__printf(b, " %s\n", s);
+  }
 }
 
 static void td__sample(td__buf *b, int fam, const char *const *labels, double v) {

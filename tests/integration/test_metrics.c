@@ -224,6 +224,36 @@ START_TEST(test_only_get_metrics) {
 }
 END_TEST
 
+/* A port another program holds is logged, and traind serves jobs without
+ * metrics: monitoring never stops training. */
+START_TEST(test_port_taken) {
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t alen = sizeof(a);
+  char cfg[128], want[160], *log = NULL;
+  size_t len;
+  int fd = socket(AF_INET, SOCK_STREAM, 0), code = -1;
+
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+  ck_assert_int_eq(listen(fd, 1), 0);
+  ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
+  snprintf(cfg, sizeof(cfg), "metrics_listen: 127.0.0.1:%d\n", ntohs(a.sin_port));
+  ck_assert_int_eq(th_daemon_init(&g_d, "1GiB", cfg, 1), 0);
+  ck_assert_msg(th_daemon_start(&g_d, 20000) == 0, "traind did not start: %s",
+                th_log_tail(&g_d));
+  g_sock = th_connect(g_d.sock, 10000);
+  ck_assert_int_eq(th_rpc_simple(g_sock, "info", NULL, 0, NULL, &code, NULL, 0), 0);
+  ck_assert_int_eq(code, 0);
+  ck_assert_int_eq(td_read_file(g_d.log, 1 << 22, &log, &len), 0);
+  snprintf(want, sizeof(want), "warning: metrics: not served: cannot listen on 127.0.0.1:%d: "
+           "Address already in use", ntohs(a.sin_port));
+  ck_assert_msg(strstr(log, want) != NULL, "no '%s' in:\n%s", want, log);
+  free(log);
+  close(fd);
+  stop();
+}
+END_TEST
+
 /* Requests, admissions and jobs show on the page; a name a client chose
  * is escaped as the format says. */
 START_TEST(test_counts_and_escaping) {
@@ -352,6 +382,8 @@ START_TEST(test_hostile_clients_do_not_stall) {
       th_msleep(100);
     }
     ck_assert_int_eq(status, 200);
+    printf("the endpoint served again %.2f s after the connections closed\n",
+           td_now_mono() - (end - 20));
     free(page);
   }
   stop();
@@ -594,6 +626,7 @@ static Suite *endpoint_suite(void) {
 
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_only_get_metrics);
+  tcase_add_test(tc, test_port_taken);
   tcase_add_test(tc, test_counts_and_escaping);
   tcase_add_test(tc, test_private_data);
   tcase_add_test(tc, test_oom_counted);

@@ -12,7 +12,8 @@
  * Prometheus (Debian's `prometheus`, on its own port and data directory)
  * scrapes traind every second while a job trains and its device's budget
  * is cut; its HTTP API then answers for the job's samples/s and the
- * re-plan counter.  Exits 77 (skipped) where the package is missing. */
+ * re-plan counter; every expression of the Grafana dashboard runs on it.
+ * Exits 77 (skipped) where the package is missing. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
@@ -528,6 +529,70 @@ static char *prom_wait(int port, const char *expr, double want, int timeout_ms) 
   return json;
 }
 
+/* expr with Grafana's variables given values, percent-encoded for a URL. */
+static void url_expr(const char *expr, char *out, size_t cap) {
+  static const char keep[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~";
+  size_t n = 0;
+
+  for (const char *p = expr; *p;) {
+    const char *s = p;
+    size_t len = 1;
+
+    if (strncmp(p, "$__rate_interval", 16) == 0)
+      s = "1m", len = 2, p += 16;
+    else if (strncmp(p, "$device", 7) == 0)
+      s = ".*", len = 2, p += 7;
+    else
+      p++;
+    for (size_t i = 0; i < len && n + 4 < cap; i++) {
+      if (strchr(keep, s[i]) != NULL)
+        out[n++] = s[i];
+      else
+        n += (size_t)snprintf(out + n, cap - n, "%%%02X", (unsigned char)s[i]);
+    }
+  }
+  out[n] = '\0';
+}
+
+/* Every expression of deploy/grafana-dashboard.json runs on this
+ * Prometheus; returns how many answered with data. */
+static int dashboard_queries(int port, int *total) {
+  const char *root = getenv("TD_SOURCE_ROOT");
+  char cmd[1024], line[2048], url[4096];
+  int with_data = 0;
+  FILE *p;
+
+  snprintf(cmd, sizeof(cmd),
+           "python3 -c 'import json, sys\n"
+           "def walk(n):\n"
+           "    if isinstance(n, dict):\n"
+           "        for k, v in n.items():\n"
+           "            yield from ([v] if k == \"expr\" else walk(v))\n"
+           "    elif isinstance(n, list):\n"
+           "        for v in n: yield from walk(v)\n"
+           "for e in walk(json.load(open(sys.argv[1]))): print(e.replace(chr(10), chr(32)))' "
+           "%s/deploy/grafana-dashboard.json", root ? root : ".");
+  ck_assert_ptr_nonnull(p = popen(cmd, "r"));
+  *total = 0;
+  while (fgets(line, sizeof(line), p) != NULL) {
+    char *json;
+
+    line[strcspn(line, "\n")] = '\0';
+    url_expr(line, url, sizeof(url));
+    json = prom_query(port, url);
+    ck_assert_msg(strstr(json, "\"status\":\"success\"") != NULL, "%s: %s", line, json);
+    if (strstr(json, "\"result\":[]") == NULL)
+      with_data++;
+    else
+      printf("dashboard: no data yet for %s\n", line);
+    (*total)++;
+    free(json);
+  }
+  ck_assert_int_eq(pclose(p), 0);
+  ck_assert_int_gt(*total, 0);
+  return with_data;
+}
+
 static void prom_teardown(void) {
   prom_kill();
 }
@@ -597,6 +662,8 @@ START_TEST(test_prometheus_scrapes) {
   json = prom_query(pport, expr);
   printf("Prometheus: traind_job_planned_bytes{id=\"%llu\"}: %s (the cut budget: %llu)\n",
          (unsigned long long)id, json, (unsigned long long)small);
+  /* The page that counted the re-plan has the new plan too. */
+  ck_assert_msg(prom_value(json) == (double)small, "%s", json);
   free(json);
   /* Still training after the re-plan, at the smaller micro-batch: its
    * step goes on. */
@@ -612,6 +679,12 @@ START_TEST(test_prometheus_scrapes) {
     printf("Prometheus: traind_job_step{id=\"%llu\"}: %g at the re-plan, then %s\n",
            (unsigned long long)id, step, json);
     free(json);
+  }
+
+  {
+    int total, with_data = dashboard_queries(pport, &total);
+
+    printf("dashboard: %d of %d expressions answered with data\n", with_data, total);
   }
 
   ck_assert_int_eq(th_rpc_simple(g_sock, "cancel", "id", id, NULL, &code, NULL, 0), 0);

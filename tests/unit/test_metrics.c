@@ -12,6 +12,7 @@
 
 #include "error.h"
 #include "metrics.h"
+#include "metrics_page.h"
 #include "util.h"
 
 /* main.c's, which this test does not link. */
@@ -19,14 +20,6 @@ const char *td_job_state_name(td_job_state s) {
   static const char *const names[] = {"queued", "running", "succeeded", "failed", "cancelled"};
   return (unsigned)s < TD_JOB__NSTATES ? names[s] : "unknown";
 }
-
-/* Check's messages must stay under 8 KiB: a page goes to stderr instead. */
-#define CHECK_PAGE(cond, page)                                                               \
-  do {                                                                                       \
-    if (!(cond))                                                                             \
-      fprintf(stderr, "%s\n", (page));                                                      \
-    ck_assert_msg(cond, "%s (the page is above)", #cond);                                    \
-  } while (0)
 
 static td_daemon g_d;
 static td_job g_jobs[4];
@@ -79,46 +72,17 @@ static char *render(void) {
   return page;
 }
 
-/* The value of the line that starts with series and a space; NAN if none. */
-static double sample(const char *page, const char *series) {
-  size_t n = strlen(series);
-
-  for (const char *p = page; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
-    if (strncmp(p, series, n) == 0 && p[n] == ' ')
-      return strtod(p + n + 1, NULL);
-  return NAN;
-}
-
 #define ASSERT_SAMPLE(page, series, want)                                                    \
   do {                                                                                       \
-    if (sample(page, series) != (want))                                                      \
+    if (th_page_sample(page, series) != (want))                                                      \
       fprintf(stderr, "%s\n", page);                                                        \
-    ck_assert_msg(sample(page, series) == (want), "%s: %g, not %g (the page is above)",      \
-                  series, sample(page, series), (double)(want));                             \
+    ck_assert_msg(th_page_sample(page, series) == (want), "%s: %g, not %g (the page is above)",      \
+                  series, th_page_sample(page, series), (double)(want));                             \
   } while (0)
 
 /* promtool's lint, where it is installed. */
 static void lint(const char *page) {
-  char path[] = "/tmp/test-metrics-page.XXXXXX", cmd[128], out[4096] = "";
-  FILE *p;
-  int fd, status;
-  size_t n = 0;
-
-  if (access("/usr/bin/promtool", X_OK) != 0)
-    return;
-  ck_assert_int_ge(fd = mkstemp(path), 0);
-  ck_assert_int_eq(write(fd, page, strlen(page)), (ssize_t)strlen(page));
-  close(fd);
-  snprintf(cmd, sizeof(cmd), "/usr/bin/promtool check metrics < %s 2>&1", path);
-  ck_assert_ptr_nonnull(p = popen(cmd, "r"));
-  while (n + 1 < sizeof(out) && fgets(out + n, (int)(sizeof(out) - n), p) != NULL)
-    n += strlen(out + n);
-  status = pclose(p);
-  unlink(path);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || out[0] != '\0')
-    fprintf(stderr, "%s\n", page);
-  ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0 && out[0] == '\0',
-                "promtool check metrics (the page is above):\n%.2000s", out);
+  (void)th_page_lint(page);
 }
 
 /* Every family has its HELP and TYPE once, in the table's order. */
@@ -225,7 +189,7 @@ START_TEST(histogram_buckets) {
   ASSERT_SAMPLE(page, "traind_db_commit_duration_seconds_bucket{le=\"1\"}", 3);
   ASSERT_SAMPLE(page, "traind_db_commit_duration_seconds_bucket{le=\"+Inf\"}", 4);
   ASSERT_SAMPLE(page, "traind_db_commit_duration_seconds_count", 4);
-  ck_assert_double_eq_tol(sample(page, "traind_db_commit_duration_seconds_sum"), 2.0042, 1e-12);
+  ck_assert_double_eq_tol(th_page_sample(page, "traind_db_commit_duration_seconds_sum"), 2.0042, 1e-12);
   lint(page);
   free(page);
 }
@@ -247,7 +211,7 @@ START_TEST(requests) {
   ASSERT_SAMPLE(page, "traind_request_duration_seconds_count{op=\"show\"}", 3);
   ASSERT_SAMPLE(page, "traind_request_duration_seconds_bucket{op=\"show\",le=\"0.0001\"}", 1);
   ASSERT_SAMPLE(page, "traind_request_duration_seconds_bucket{op=\"show\",le=\"0.00025\"}", 3);
-  ck_assert(isnan(sample(page, "traind_requests_total{op=\"show\",code=\"EPERM\"}")));
+  ck_assert(isnan(th_page_sample(page, "traind_requests_total{op=\"show\",code=\"EPERM\"}")));
   lint(page);
   free(page);
 }
@@ -296,7 +260,7 @@ START_TEST(events) {
   ASSERT_SAMPLE(page, "traind_jobs_ended_total{outcome=\"cancelled\",owner=\"bob\"}", 1);
   ASSERT_SAMPLE(page, "traind_jobs_ended_total{outcome=\"failed\",owner=\"alice\"}", 0);
   ASSERT_SAMPLE(page, "traind_queue_wait_seconds_count", 3);
-  CHECK_PAGE(sample(page, "traind_queue_wait_seconds_bucket{le=\"1\"}") >= 1, page);
+  CHECK_PAGE(th_page_sample(page, "traind_queue_wait_seconds_bucket{le=\"1\"}") >= 1, page);
   lint(page);
   free(page);
 }

@@ -36,6 +36,12 @@ static inline int td_cu_code(cudaError_t e) {
   case cudaErrorECCUncorrectable:
   case cudaErrorContextIsDestroyed:
   case cudaErrorUnknown:
+  case cudaErrorMpsClientTerminated:
+#if CUDART_VERSION >= 13000 /* driver_types.h: "the process must be terminated and relaunched" */
+  case cudaErrorContained:
+  case cudaErrorTensorMemoryLeak:
+  case cudaErrorExternalDevice:
+#endif
     return TD_ECUDA;
   default:
     return TD_EBACKEND;
@@ -97,7 +103,12 @@ struct td_cuda_conv_algos {
   size_t ws_fwd, ws_bwd_data, ws_bwd_filter;
 };
 
-#define TD_CUDA_ALGO_CACHE 32
+/* Geometries whose algorithms are kept: a conv layer runs at its
+ * micro-batch, at a smaller last one and (mixed precision) a sample at a
+ * time, and the model asks for the workspace of every row count it may run,
+ * so 32 thrashed beyond about ten layers; the linear search is nothing next
+ * to a cuDNN call. */
+#define TD_CUDA_ALGO_CACHE 256
 
 struct td_cuda_impl {
   int ordinal;

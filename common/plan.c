@@ -354,8 +354,10 @@ static int lay_layers(build *b, const td_shape *shapes) {
       break;
     }
     if (has_params(sl->type)) {
-      /* packed, so the optimiser updates them all in one sweep */
-      if ((rc = take(&params_end, ly->nweight, 1, F32, F32, &ly->weight)) < 0 ||
+      /* one region, so the optimiser updates them all in one sweep; each
+       * weight starts TD_PLAN_PARAM_ALIGN-aligned for cuBLAS and cuDNN, its
+       * bias right behind it (the ops read it there) */
+      if ((rc = take(&params_end, ly->nweight, 1, F32, TD_PLAN_PARAM_ALIGN, &ly->weight)) < 0 ||
           (rc = take(&params_end, ly->nbias, 1, F32, F32, &ly->bias)) < 0)
         return rc;
       ly->needs_dx = l->first_dense >= 0;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "devprobe.h"
 #include "error.h"
 #include "util.h"
 
@@ -634,6 +635,9 @@ int td_plan_compute(const td_jobspec *spec, uint32_t micro_batch, td_precision p
   {
     const uint64_t parts[] = {p.params, p.grads, p.optim, p.activations,
                               p.workspace, p.staging, p.overhead};
+
+    /* the probe's overhead bounds the rounding of this many allocations */
+    _Static_assert(TD_ARRAY_SIZE(parts) == TD_WORKER_ARENAS + 1, "arenas and the probe agree");
 
     for (size_t i = 0; i < TD_ARRAY_SIZE(parts); i++)
       if ((rc = add(p.total, parts[i], &p.total)) < 0)

@@ -114,6 +114,7 @@ struct td_cuda_impl {
   int ordinal;
   cudaStream_t stream;
   cublasHandle_t blas;
+  void *blas_ws; /* cuBLAS's workspace, ours: see td__backend_cuda_init */
   /* cuDNN, with descriptors made once and set per call (ops are serial) */
   cudnnHandle_t dnn;
   cudnnTensorDescriptor_t xdesc, ydesc, bdesc;

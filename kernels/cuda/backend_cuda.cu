@@ -1,6 +1,8 @@
 /* The CUDA backend: cuBLAS for sgemm, cuDNN for convolution and pooling
  * (conv.cu), small kernels for the rest (here, act.cu, norm.cu), all on one
- * stream.  Each op matches the CPU backend's (kernels/cpu/backend_cpu.c). */
+ * stream.  Each op matches the CPU backend's (kernels/cpu/backend_cpu.c);
+ * the element-wise ones bit for bit, in its order of operations with no
+ * fused multiply-adds (--fmad=false, meson.build). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,11 +100,14 @@ __global__ void adam_kernel(float *p, const float *g, float *m, float *v, size_t
 
 __global__ void sgd_kernel(float *p, const float *g, float *buf, size_t n, float lr,
                            float momentum, float weight_decay) {
+  /* the CPU backend's order of operations, so the bits are its */
   TD_GRID_STRIDE(i, n) {
-    float d = g[i] + weight_decay * p[i];
+    float d;
     if (momentum != 0.0f) {
-      d += momentum * buf[i];
+      d = momentum * buf[i] + g[i] + weight_decay * p[i];
       buf[i] = d;
+    } else {
+      d = g[i] + weight_decay * p[i];
     }
     p[i] -= lr * d;
   }

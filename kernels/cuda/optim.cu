@@ -1,6 +1,7 @@
 /* Optimisers, gradient clipping, the finite check and half-precision
  * storage: element-wise kernels in the CPU backend's order of operations
- * (kernels/cpu/optim.c). */
+ * (kernels/cpu/optim.c), each multiply and add rounded as there (built with
+ * --fmad=false: see meson.build), so an update gives the CPU's bits. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

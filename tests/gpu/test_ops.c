@@ -211,6 +211,33 @@ static void tw_expect(gpu *g, twin *t, const char *what) {
   free(h[1]);
 }
 
+/* tw_expect, and in the fp32 pass the same bits: element-wise kernels
+ * built with --fmad=false in the CPU backend's order of operations round
+ * each step as the CPU does (meson.build), so an optimiser step does not
+ * drift from the reference. */
+static void tw_expect_exact(gpu *g, twin *t, const char *what) {
+  float *h[NB];
+  size_t first = t->n;
+
+  tw_expect(g, t, what);
+  if (precisions[prec].half)
+    return;
+  for (int b = 0; b < NB; b++) {
+    h[b] = malloc((t->n > 0 ? t->n : 1) * sizeof(float));
+    ck_assert_ptr_nonnull(h[b]);
+    td_backend_download(g->be[b], h[b], t->b[b].ptr, t->n * sizeof(float));
+    ck_assert_int_eq(td_backend_sync(g->be[b]), 0);
+  }
+  for (size_t i = 0; i < t->n && first == t->n; i++)
+    if (memcmp(&h[0][i], &h[1][i], sizeof(float)) != 0)
+      first = i;
+  ck_assert_msg(first == t->n, "%s: not the CPU's bits (fused multiply-adds?); [%zu]: %s %a, "
+                "%s %a", what, first, devices[0], (double)h[0][first], devices[1],
+                (double)h[1][first]);
+  free(h[0]);
+  free(h[1]);
+}
+
 START_TEST(test_sgemm) {
   const int m = 67, n = 45, k = 129;
   bool ta = _i & 1, tb = _i & 2;
@@ -340,11 +367,11 @@ START_TEST(test_optimisers) {
     td_backend_adam(g.be[b], P(p, b), P(gr, b), P(m, b), P(v, b), N, &ah);
     td_backend_sgd(g.be[b], P(q, b), P(gr, b), P(buf, b), N, &sh);
   }
-  tw_expect(&g, p, "adam param");
-  tw_expect(&g, m, "adam m");
-  tw_expect(&g, v, "adam v");
-  tw_expect(&g, q, "sgd param");
-  tw_expect(&g, buf, "sgd momentum");
+  tw_expect_exact(&g, p, "adam param");
+  tw_expect_exact(&g, m, "adam m");
+  tw_expect_exact(&g, v, "adam v");
+  tw_expect_exact(&g, q, "sgd param");
+  tw_expect_exact(&g, buf, "sgd momentum");
   gpu_close(&g);
 }
 END_TEST
@@ -366,10 +393,10 @@ START_TEST(test_dense) {
     td_backend_dense_bwd(g.be[b], P(x, b), P(w, b), P(dy, b), part ? NULL : P(dx, b), P(dw, b),
                          part ? NULL : P(db, b), n, in, out, part ? 0.0f : 1.0f);
   }
-  tw_expect(&g, y, "dense y");
-  tw_expect(&g, dx, "dense dx");
-  tw_expect(&g, dw, "dense dw");
-  tw_expect(&g, db, "dense db");
+  tw_expect_exact(&g, y, "dense y");
+  tw_expect_exact(&g, dx, "dense dx");
+  tw_expect_exact(&g, dw, "dense dw");
+  tw_expect_exact(&g, db, "dense db");
   gpu_close(&g);
 }
 END_TEST
@@ -405,15 +432,15 @@ START_TEST(test_conv2d) {
     td_backend_conv2d_bwd(g.be[b], d, P(x, b), P(w, b), P(dy, b), P(dx, b), P(dw, b), P(db, b),
                           1.0f, work->b[b].ptr, ws);
   }
-  tw_expect(&g, y, "conv2d y");
-  tw_expect(&g, dx, "conv2d dx");
-  tw_expect(&g, dw, "conv2d dw");
-  tw_expect(&g, db, "conv2d db");
+  tw_expect_exact(&g, y, "conv2d y");
+  tw_expect_exact(&g, dx, "conv2d dx");
+  tw_expect_exact(&g, dw, "conv2d dw");
+  tw_expect_exact(&g, db, "conv2d db");
   /* the weight gradient alone, overwritten (the first layer's backward) */
   for (int b = 0; b < NB; b++)
     td_backend_conv2d_bwd(g.be[b], d, P(x, b), P(w, b), P(dy, b), NULL, P(dw, b), NULL, 0.0f,
                           work->b[b].ptr, work->b[b].bytes);
-  tw_expect(&g, dw, "conv2d dw alone");
+  tw_expect_exact(&g, dw, "conv2d dw alone");
   gpu_close(&g);
 }
 END_TEST
@@ -478,8 +505,8 @@ START_TEST(test_pool2d) {
     td_backend_pool2d_fwd(g.be[b], mode, d, P(x, b), P(y, b));
     td_backend_pool2d_bwd(g.be[b], mode, d, P(x, b), P(y, b), P(dy, b), P(dx, b));
   }
-  tw_expect(&g, y, "pool2d y");
-  tw_expect(&g, dx, "pool2d dx");
+  tw_expect_exact(&g, y, "pool2d y");
+  tw_expect_exact(&g, dx, "pool2d dx");
   gpu_close(&g);
 }
 END_TEST
@@ -510,20 +537,20 @@ START_TEST(test_batchnorm) {
     td_backend_batchnorm2d_fwd(g.be[b], d, false, P(x, b), P(ye, b), P(ga, b), P(be, b),
                                P(rm, b), P(rv, b), NULL, NULL);
   }
-  tw_expect(&g, y, "batchnorm y");
-  tw_expect(&g, sm, "batchnorm save_mean");
-  tw_expect(&g, si, "batchnorm save_invstd");
-  tw_expect(&g, rm, "batchnorm running_mean");
-  tw_expect(&g, rv, "batchnorm running_var");
-  tw_expect(&g, dx, "batchnorm dx");
-  tw_expect(&g, dg, "batchnorm dgamma");
-  tw_expect(&g, dbt, "batchnorm dbeta");
-  tw_expect(&g, ye, "batchnorm y (evaluation)");
+  tw_expect_exact(&g, y, "batchnorm y");
+  tw_expect_exact(&g, sm, "batchnorm save_mean");
+  tw_expect_exact(&g, si, "batchnorm save_invstd");
+  tw_expect_exact(&g, rm, "batchnorm running_mean");
+  tw_expect_exact(&g, rv, "batchnorm running_var");
+  tw_expect_exact(&g, dx, "batchnorm dx");
+  tw_expect_exact(&g, dg, "batchnorm dgamma");
+  tw_expect_exact(&g, dbt, "batchnorm dbeta");
+  tw_expect_exact(&g, ye, "batchnorm y (evaluation)");
   for (int b = 0; b < NB; b++) /* without dx, parameter gradients overwritten */
     td_backend_batchnorm2d_bwd(g.be[b], d, P(x, b), P(dy, b), NULL, P(ga, b), P(sm, b),
                                P(si, b), 0.0f, P(dg, b), P(dbt, b));
-  tw_expect(&g, dg, "batchnorm dgamma alone");
-  tw_expect(&g, dbt, "batchnorm dbeta alone");
+  tw_expect_exact(&g, dg, "batchnorm dgamma alone");
+  tw_expect_exact(&g, dbt, "batchnorm dbeta alone");
   gpu_close(&g);
 }
 END_TEST
@@ -547,18 +574,18 @@ START_TEST(test_layernorm) {
     td_backend_layernorm_bwd(g.be[b], P(x, b), P(dy, b), P(dx, b), rows, cols, P(ga, b),
                              P(sm, b), P(si, b), 1.0f, P(dg, b), P(dbt, b));
   }
-  tw_expect(&g, y, "layernorm y");
-  tw_expect(&g, sm, "layernorm save_mean");
+  tw_expect_exact(&g, y, "layernorm y");
+  tw_expect_exact(&g, sm, "layernorm save_mean");
   if (cols > 1) /* one column: no variance, and invstd is 1/sqrt(eps) on both */
-    tw_expect(&g, si, "layernorm save_invstd");
-  tw_expect(&g, dx, "layernorm dx");
-  tw_expect(&g, dg, "layernorm dgamma");
-  tw_expect(&g, dbt, "layernorm dbeta");
+    tw_expect_exact(&g, si, "layernorm save_invstd");
+  tw_expect_exact(&g, dx, "layernorm dx");
+  tw_expect_exact(&g, dg, "layernorm dgamma");
+  tw_expect_exact(&g, dbt, "layernorm dbeta");
   for (int b = 0; b < NB; b++) /* without dx, parameter gradients overwritten */
     td_backend_layernorm_bwd(g.be[b], P(x, b), P(dy, b), NULL, rows, cols, P(ga, b), P(sm, b),
                              P(si, b), 0.0f, P(dg, b), P(dbt, b));
-  tw_expect(&g, dg, "layernorm dgamma alone");
-  tw_expect(&g, dbt, "layernorm dbeta alone");
+  tw_expect_exact(&g, dg, "layernorm dgamma alone");
+  tw_expect_exact(&g, dbt, "layernorm dbeta alone");
   gpu_close(&g);
 }
 END_TEST
@@ -587,12 +614,12 @@ START_TEST(test_optimisers_full) {
       td_backend_adamw(g.be[b], P(r, b), P(gr, b), P(m, b), P(v, b), N, &ah);
     }
   }
-  tw_expect(&g, p, "nesterov param");
-  tw_expect(&g, bp, "nesterov buffer");
-  tw_expect(&g, q, "dampened param");
-  tw_expect(&g, r, "adamw param");
-  tw_expect(&g, m, "adamw m");
-  tw_expect(&g, v, "adamw v");
+  tw_expect_exact(&g, p, "nesterov param");
+  tw_expect_exact(&g, bp, "nesterov buffer");
+  tw_expect_exact(&g, q, "dampened param");
+  tw_expect_exact(&g, r, "adamw param");
+  tw_expect_exact(&g, m, "adamw m");
+  tw_expect_exact(&g, v, "adamw v");
   gpu_close(&g);
 }
 END_TEST

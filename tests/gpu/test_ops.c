@@ -5,9 +5,11 @@
  *
  * Exits 77 (skipped) where the build has no CUDA backend or no CUDA device
  * answers.  It runs on one GPU (written for an H100): `meson test -C BUILD
- * --suite gpu`, or tests/gpu/run.sh.  The probe runs in a child process, so
- * the Check children each make their own CUDA context (a context does not
- * survive fork).
+ * --suite gpu`, or tests/gpu/run.sh.  The device facts run first, each in
+ * a Check child that makes its own CUDA context (the probe forks, and a
+ * context does not survive fork); then the ops of all three precision
+ * passes in this process, one context for them all (CK_FORK=yes: a child
+ * per test).
  *
  * The ops run once per precision.  bf16 and fp16 are storage formats over
  * fp32 maths (td_backend_round_half): each input is rounded to the format
@@ -965,10 +967,10 @@ START_TEST(test_plan_exact) {
 }
 END_TEST
 
-/* The ops, run in every precision pass; the device facts, in the first. */
-static Suite *ops_suite(bool device) {
+/* The ops, run in every precision pass. */
+static Suite *ops_suite(void) {
   Suite *s = suite_create(precisions[prec].name);
-  TCase *tc = tcase_create("cpu_vs_device"), *dev;
+  TCase *tc = tcase_create("cpu_vs_device");
 
   tcase_set_timeout(tc, 120);
   tcase_add_loop_test(tc, test_sgemm, 0, 4);
@@ -987,9 +989,14 @@ static Suite *ops_suite(bool device) {
   tcase_add_loop_test(tc, test_batchnorm, 0, (int)TD_ARRAY_SIZE(bn_cases));
   tcase_add_loop_test(tc, test_layernorm, 0, (int)TD_ARRAY_SIZE(ln_cases));
   suite_add_tcase(s, tc);
-  if (!device)
-    return s;
-  dev = tcase_create("device");
+  return s;
+}
+
+/* The device facts, once (fp32). */
+static Suite *device_suite(void) {
+  Suite *s = suite_create("device");
+  TCase *dev = tcase_create("device");
+
   tcase_set_timeout(dev, 120);
   tcase_add_test(dev, test_conv2d_short_workspace);
   tcase_add_test(dev, test_oom);
@@ -1024,6 +1031,21 @@ static int probe_device(void) {
   return WEXITSTATUS(status);
 }
 
+/* Runs suite s, printing "== name: what" and Check's "N%: Checks" line;
+ * the failures. */
+static int run_suite(Suite *s, const char *name, enum fork_status fork, const char *what) {
+  SRunner *sr = srunner_create(s);
+  int failed;
+
+  printf("== %s: %s\n", name, what);
+  fflush(stdout);
+  srunner_set_fork_status(sr, fork);
+  srunner_run_all(sr, CK_NORMAL);
+  failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed;
+}
+
 int main(void) {
   const char *self = getenv("TD_GPU_SELFTEST");
   int failed = 0, rc;
@@ -1038,14 +1060,20 @@ int main(void) {
   }
   if ((rc = probe_device()) != 0)
     return rc == 77 ? 77 : EXIT_FAILURE;
+  /* The device facts first, each test in a child of its own: the probe
+   * forks, and a process that has used CUDA cannot hand it to a child. */
+  failed += run_suite(device_suite(), "device", CK_FORK, "out of memory, device memory, pinned "
+                      "uploads, probe, plan check");
+  /* Then every op, three precision passes in this one process: forked, each
+   * of about 150 tests made a process with its own CUDA context and cuBLAS
+   * and cuDNN handles, minutes of the device run's budget.  CK_FORK=yes in
+   * the environment forks per test again, to isolate a crash. */
   for (prec = 0; prec < TD_ARRAY_SIZE(precisions); prec++) {
-    SRunner *sr = srunner_create(ops_suite(prec == 0));
+    char what[64];
 
-    printf("== %s: tolerance %g\n", precisions[prec].name, precisions[prec].tol);
-    fflush(stdout);
-    srunner_run_all(sr, CK_NORMAL);
-    failed += srunner_ntests_failed(sr);
-    srunner_free(sr);
+    snprintf(what, sizeof(what), "tolerance %g", precisions[prec].tol);
+    failed += run_suite(ops_suite(), precisions[prec].name,
+                        getenv("CK_FORK") != NULL ? CK_FORK_GETENV : CK_NOFORK, what);
   }
   return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

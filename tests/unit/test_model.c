@@ -732,6 +732,46 @@ START_TEST(test_workspace_every_row_count) {
 }
 END_TEST
 
+/* The GPU probe adds one allocation granule per arena to the overhead
+ * (cudaMalloc rounds each allocation up): that bound holds only while a
+ * model makes exactly TD_WORKER_ARENAS allocations and nothing else. */
+static int allocs;
+
+static int counting_alloc(td_backend *be, uint64_t bytes, void **out, uint64_t *avail) {
+  allocs++;
+  return cpu_ops->alloc(be, bytes, out, avail);
+}
+
+START_TEST(test_arenas_the_probe_counts) {
+  uint8_t px[B * 64], lb[B];
+  td_backend *be;
+  td_backend_ops fake;
+  td_model *m = NULL;
+  td_step_stats st;
+  td_jobspec s;
+  char err[256];
+
+  norm_spec(&s); /* Adam, a conv workspace: no arena is empty */
+  ck_assert_int_eq(td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, NULL, 0), 0);
+  cpu_ops = be->ops;
+  fake = *be->ops;
+  fake.alloc = counting_alloc;
+  be->ops = &fake;
+  allocs = 0;
+  ck_assert_msg(td_model_create(be, &s, B, &m, err, sizeof(err)) == 0, "%s", err);
+  batch(0, px, lb, &s);
+  ck_assert_msg(td_model_train_step(m, px, lb, B, &st) == 0, "%s", td_model_error(m));
+  ck_assert_msg(td_model_eval(m, px, lb, B, &st) == 0, "%s", td_model_error(m));
+  ck_assert_int_eq(allocs, TD_WORKER_ARENAS);
+  /* a re-plan allocates the per-micro-batch arenas again, after freeing them */
+  ck_assert_msg(td_model_replan(m, B / 2) == 0, "%s", td_model_error(m));
+  ck_assert_int_eq(allocs, TD_WORKER_ARENAS + 3);
+  td_model_destroy(m);
+  be->ops = cpu_ops;
+  td_backend_destroy(be);
+}
+END_TEST
+
 static Suite *model_suite(void) {
   Suite *s = suite_create("model");
   TCase *tc = tcase_create("model");
@@ -749,6 +789,7 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_create_as);
   tcase_add_test(tc, test_save_names);
   tcase_add_test(tc, test_workspace_every_row_count);
+  tcase_add_test(tc, test_arenas_the_probe_counts);
   suite_add_tcase(s, tc);
   return s;
 }

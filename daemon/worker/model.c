@@ -619,7 +619,10 @@ static int step_failed(td_model *m, const char *phase) {
 
   if (rc == TD_EOOM)
     note_oom(m, phase);
-  td_backend_sync(m->be);
+  /* the wait may find the context dead behind an out-of-memory failure:
+   * that wins, or the caller would re-plan on a dead context */
+  if (td_backend_sync(m->be) == TD_ECUDA)
+    rc = TD_ECUDA;
   return fail(m, rc, "%s (in the %s pass)", td_backend_error(m->be), phase);
 }
 

@@ -772,6 +772,47 @@ START_TEST(test_arenas_the_probe_counts) {
 }
 END_TEST
 
+/* A device whose stream dies once armed: its sync finds a sticky error. */
+static bool dying;
+
+static void dying_sync(td_backend *be) {
+  cpu_ops->sync(be);
+  if (dying)
+    td__backend_fail(be, TD_ECUDA, "%s: an illegal memory access was encountered", be->device);
+}
+
+/* An out-of-memory failure in a step whose wait then finds the context
+ * dead reports the sticky error: re-planning would run on a dead context. */
+START_TEST(test_sticky_error_after_oom) {
+  uint8_t px[B * 64], lb[B];
+  td_backend *be;
+  td_backend_ops fake;
+  td_model *m = NULL;
+  td_step_stats st;
+  td_jobspec s;
+  char err[256];
+
+  conv_spec(&s);
+  ck_assert_int_eq(td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, NULL, 0), 0);
+  cpu_ops = be->ops;
+  fake = *be->ops;
+  fake.sync = dying_sync;
+  be->ops = &fake;
+  dying = false;
+  ck_assert_msg(td_model_create(be, &s, B, &m, err, sizeof(err)) == 0, "%s", err);
+  batch(0, px, lb, &s);
+  dying = true;
+  td_backend_inject_oom(be, 2);
+  ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), TD_ECUDA);
+  ck_assert_msg(strstr(td_model_error(m), "illegal memory access") != NULL, "%s",
+                td_model_error(m));
+  ck_assert_int_eq(td_model_train_step_recover(m, px, lb, B, NULL, &st), TD_ECUDA);
+  td_model_destroy(m);
+  be->ops = cpu_ops;
+  td_backend_destroy(be);
+}
+END_TEST
+
 static Suite *model_suite(void) {
   Suite *s = suite_create("model");
   TCase *tc = tcase_create("model");
@@ -790,6 +831,7 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_save_names);
   tcase_add_test(tc, test_workspace_every_row_count);
   tcase_add_test(tc, test_arenas_the_probe_counts);
+  tcase_add_test(tc, test_sticky_error_after_oom);
   suite_add_tcase(s, tc);
   return s;
 }

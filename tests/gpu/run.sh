@@ -347,8 +347,8 @@ fi
 # --- 2. plan accuracy ----------------------------------------------------
 say "== 2. plan accuracy: planned bytes vs measured peak"
 t0=$(date +%s)
-# gpu_ops' check: the example MLP's peak from cudaMemGetInfo against its plan
-# plus the probe's overhead, at several micro-batches ("plan ... ok|FAIL");
+# gpu_ops' check: the example MLP's and CNNs' peaks from cudaMemGetInfo
+# against their plans plus the probe's overhead ("plan ... ok|FAIL");
 # and the e2e job's own peak (nvidia-smi, its worker) against its plan.
 exact=$(grep -E '^plan ' "$out/plan-exact.txt" 2>/dev/null)
 exact_figs=$(grep -E '^(plan|probe) ' "$out/plan-exact.txt" 2>/dev/null | "$py" -c '
@@ -358,10 +358,12 @@ for line in sys.stdin:
     m = re.match(r"probe (\S+): total (\d+) free (\d+) overhead (\d+)", line)
     if m:
         d["probe"] = {"device": m[1], "total": int(m[2]), "free": int(m[3]), "overhead": int(m[4])}
-    m = re.search(r"micro_batch (\d+): planned (\d+) .* measured (\d+) diff (-?\d+) tolerance (\d+) (\w+)", line)
+    m = re.search(r"^plan \S+ (\S+) micro_batch (\d+): planned (\d+) .*created in ([0-9.]+) s\) "
+                  r"measured (\d+) diff (-?\d+) tolerance (\d+) (\w+)", line)
     if m:
-        d["mb%s" % m[1]] = {"planned": int(m[2]), "measured": int(m[3]), "diff": int(m[4]),
-                            "tolerance": int(m[5]), "ok": m[6] == "ok"}
+        d["%s/mb%s" % (m[1], m[2])] = {"planned": int(m[3]), "create_s": float(m[4]),
+                                       "measured": int(m[5]), "diff": int(m[6]),
+                                       "tolerance": int(m[7]), "ok": m[8] == "ok"}
 print(json.dumps(d))' 2>/dev/null)
 figs=
 for f in "$out"/plan-*.json; do
@@ -384,9 +386,9 @@ figs+="${figs:+, }\"exact\": ${exact_figs:-null}, \"e2e_job\": {\"planned\": ${e
 if grep -q FAIL <<<"$exact $job_ok"; then
   record plan fail $(( $(date +%s) - t0 )) "measured peak off the plan: $(grep FAIL <<<"$exact" | head -2 | tr '\n' ';')${job:+ e2e job: $job}" "{$figs}"
 elif [ -n "$exact" ] && [ "$job_ok" = ok ]; then
-  record plan pass $(( $(date +%s) - t0 )) "$(wc -l <<<"$exact") micro-batches and the e2e job's own peak match plan + probe overhead (within 2% or 16 MiB)" "{$figs}"
+  record plan pass $(( $(date +%s) - t0 )) "$(wc -l <<<"$exact") models and micro-batches and the e2e job's own peak match plan + probe overhead (within 2% or 16 MiB)" "{$figs}"
 elif [ -n "$exact" ] && [ "$gpu" = 1 ] && [ "$dev" = cpu0 ]; then
-  record plan pass $(( $(date +%s) - t0 )) "$(wc -l <<<"$exact") micro-batches match the plan exactly (selftest: no per-process peak on the CPU)" "{$figs}"
+  record plan pass $(( $(date +%s) - t0 )) "$(wc -l <<<"$exact") models and micro-batches match the plan exactly (selftest: no per-process peak on the CPU)" "{$figs}"
 else
   record plan partial $(( $(date +%s) - t0 )) "planned bytes recorded;$( [ -z "$exact" ] && echo " gpu_ops' plan check did not run;")$( [ -z "$job" ] && echo " no per-process peak of the e2e job")" "{$figs}"
 fi

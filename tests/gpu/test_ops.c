@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -899,18 +900,28 @@ START_TEST(test_probe) {
 }
 END_TEST
 
-/* The example MLP at a few micro-batches: the device memory a step really
+/* Example models at a few micro-batches: the device memory a step really
  * took (the probe's free memory less cudaMemGetInfo's after the step: this
  * process alone on the GPU) against td_plan_compute's total with the
- * probe's overhead; within 2% or 16 MiB, whichever is larger.  The CPU
- * backend (selftest) must match exactly. */
-static const uint32_t plan_micro_batches[] = {1, 16, 64, 128};
+ * probe's overhead, what traind admits by; within 2% or 16 MiB, whichever
+ * is larger.  The CNNs also run cuDNN's convolutions, whose workspace the
+ * model sizes for every row count (the seconds td_model_create takes are
+ * reported).  The CPU backend (selftest) must match exactly. */
+static const struct {
+  const char *example;
+  uint32_t micro_batch;
+} plan_cases[] = {
+    {"fashion-mnist-mlp", 1},  {"fashion-mnist-mlp", 16},      {"fashion-mnist-mlp", 64},
+    {"fashion-mnist-mlp", 128}, {"fashion-mnist-cnn", 1},      {"fashion-mnist-cnn", 32},
+    {"fashion-mnist-cnn-bf16", 32},
+};
 
 START_TEST(test_plan_exact) {
-  const char *root = getenv("TD_SOURCE_ROOT");
-  uint32_t mb = plan_micro_batches[_i];
+  const char *root = getenv("TD_SOURCE_ROOT"), *ex = plan_cases[_i].example;
+  uint32_t mb = plan_cases[_i].micro_batch;
   uint64_t total = 0, f1 = 0, f2 = 0, measured, planned, tol, diff;
   td_jobspec *spec = calloc(1, sizeof(*spec));
+  struct timespec t0, t1;
   td_device_probe p;
   td_step_stats st;
   td_mem_stats mem;
@@ -920,11 +931,13 @@ START_TEST(test_plan_exact) {
   char path[1024], err[256];
 
   ck_assert_ptr_nonnull(spec);
-  snprintf(path, sizeof(path), "%s/examples/fashion-mnist-mlp.yaml", root ? root : ".");
+  snprintf(path, sizeof(path), "%s/examples/%s.yaml", root ? root : ".", ex);
   ck_assert_msg(td_jobspec_load(path, spec, err, sizeof(err)) == 0, "%s: %s", path, err);
   ck_assert_int_eq(probe_in_child(devices[1], &p), 0);
   ck_assert_int_eq(td_backend_create(devices[1], TD_BUDGET_UNLIMITED, &be, err, sizeof(err)), 0);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
   ck_assert_msg(td_model_create(be, spec, mb, &m, err, sizeof(err)) == 0, "%s", err);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
   ck_assert_int_eq(td_backend_device_mem(be, &total, &f1), 0);
 
   const td_layout *l = td_model_layout(m);
@@ -951,13 +964,15 @@ START_TEST(test_plan_exact) {
     tol = planned / 50 > (16u << 20) ? planned / 50 : (16u << 20);
   }
   diff = measured > planned ? measured - planned : planned - measured;
-  report("plan %s fashion-mnist-mlp micro_batch %u: planned %llu (arenas %llu + overhead %llu) "
-         "measured %llu diff %lld tolerance %llu %s", devices[1], mb,
+  report("plan %s %s micro_batch %u: planned %llu (arenas %llu + overhead %llu; the model's "
+         "%llu, created in %.3f s) measured %llu diff %lld tolerance %llu %s", devices[1], ex, mb,
          (unsigned long long)planned, (unsigned long long)(planned - p.overhead),
-         (unsigned long long)p.overhead, (unsigned long long)measured,
-         (long long)measured - (long long)planned, (unsigned long long)tol,
-         diff <= tol ? "ok" : "FAIL");
-  ck_assert_msg(diff <= tol, "micro-batch %u: measured %llu, planned %llu", mb,
+         (unsigned long long)p.overhead,
+         (unsigned long long)(td_model_plan(m)->total - td_model_plan(m)->overhead),
+         (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9,
+         (unsigned long long)measured, (long long)measured - (long long)planned,
+         (unsigned long long)tol, diff <= tol ? "ok" : "FAIL");
+  ck_assert_msg(diff <= tol, "%s, micro-batch %u: measured %llu, planned %llu", ex, mb,
                 (unsigned long long)measured, (unsigned long long)planned);
   td_model_destroy(m);
   td_backend_destroy(be);
@@ -1003,7 +1018,7 @@ static Suite *device_suite(void) {
   tcase_add_test(dev, test_device_mem);
   tcase_add_test(dev, test_upload_async);
   tcase_add_test(dev, test_probe);
-  tcase_add_loop_test(dev, test_plan_exact, 0, (int)TD_ARRAY_SIZE(plan_micro_batches));
+  tcase_add_loop_test(dev, test_plan_exact, 0, (int)TD_ARRAY_SIZE(plan_cases));
   suite_add_tcase(s, dev);
   return s;
 }

@@ -234,7 +234,8 @@ void cuda_sgd(td_backend *be, float *p, const float *g, float *buf, size_t n, fl
  * after the probe measured the overhead.  Made with the backend, it is part
  * of the overhead the probe measures, so the plan counts it.  The size is
  * NVIDIA's suggestion (cuBLAS docs, cublasSetWorkspace): 32 MiB on Hopper
- * and later, 4 MiB before. */
+ * and later, 4 MiB before.  The sum of squares' partials ride behind it in
+ * the same allocation (cudaMalloc rounds each one up to 2 MiB). */
 int blas_workspace(td_backend *be, td_cuda_impl *c) {
   int major = 0, rc;
   size_t bytes;
@@ -243,8 +244,10 @@ int blas_workspace(td_backend *be, td_cuda_impl *c) {
                                                    c->ordinal))) < 0)
     return rc;
   bytes = (size_t)(major >= 9 ? 32 : 4) << 20;
-  if ((rc = TD_CU_CHECK(be, cudaMalloc(&c->blas_ws, bytes))) < 0)
+  if ((rc = TD_CU_CHECK(be, cudaMalloc(&c->blas_ws, bytes + kTdSumsqBlocks * sizeof(double)))) <
+      0)
     return rc;
+  c->sumsq_part = reinterpret_cast<double *>(static_cast<char *>(c->blas_ws) + bytes);
   return TD_CU_CHECK(be, cublasSetWorkspace(c->blas, c->blas_ws, bytes));
 }
 

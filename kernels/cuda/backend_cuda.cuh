@@ -114,7 +114,9 @@ struct td_cuda_impl {
   int ordinal;
   cudaStream_t stream;
   cublasHandle_t blas;
-  void *blas_ws; /* cuBLAS's workspace, ours: see td__backend_cuda_init */
+  void *blas_ws;      /* cuBLAS's workspace, ours, then the sumsq partials: see
+                         blas_workspace in backend_cuda.cu */
+  double *sumsq_part; /* kTdSumsqBlocks per-block sums of td__cuda_sumsq */
   /* cuDNN, with descriptors made once and set per call (ops are serial) */
   cudnnHandle_t dnn;
   cudnnTensorDescriptor_t xdesc, ydesc, bdesc;
@@ -132,6 +134,9 @@ static inline td_cuda_impl *td_cuda(td_backend *be) {
 static inline cudaStream_t td_cuda_stream(td_backend *be) { return td_cuda(be)->stream; }
 
 constexpr int kTdThreads = 256;
+/* Blocks of td__cuda_sumsq's first pass (optim.cu): at most one block of
+ * the second adds them. */
+constexpr int kTdSumsqBlocks = 256;
 constexpr size_t kTdMaxBlocks = 65535;
 
 /* Blocks for a grid-stride loop over n elements. */

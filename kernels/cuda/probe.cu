@@ -94,10 +94,11 @@ cudaError_t context_free(int ordinal, size_t *free_bytes, size_t *total) {
   _exit(0);
 }
 
-/* The ops whose kernels a worker loads in its first step: the dense
- * layer's GEMMs (forward, weight and input gradients) at a shape that takes
- * cuBLAS's usual kernels, not its tiny-matrix ones, and a convolution and
- * pooling through cuDNN.  Their buffers are freed before the measure. */
+/* The ops whose kernels a worker loads in its first step (CUDA loads a
+ * kernel when it first runs): the dense layer's GEMMs (forward, weight and
+ * input gradients) at a shape that takes cuBLAS's usual kernels, not its
+ * tiny-matrix ones, a convolution and pooling through cuDNN, and our own
+ * kernels of an MLP's step.  Their buffers are freed before the measure. */
 int exercise(td_backend *be) {
   const int g = 256;                                          /* GEMM side */
   const td_conv2d_desc d = {2, 3, 16, 16, 8, 3, 3, 1, 1, 1, 1}; /* 16x16 out */
@@ -108,17 +109,30 @@ int exercise(td_backend *be) {
   int rc;
 
   if ((rc = td_backend_conv2d_workspace(be, &d, &work)) < 0 ||
-      (rc = td_backend_alloc(be, (3 * gemm + 2 * xs + 2 * ws + 8 + 3 * ys) * sizeof(float),
-                             &buf)) < 0 ||
+      (rc = td_backend_alloc(be, (3 * gemm + 2 * g + 2 * xs + 2 * ws + 8 + 3 * ys) *
+                                     sizeof(float), &buf)) < 0 ||
       (rc = td_backend_alloc(be, work, &wbuf)) < 0)
     goto free_bufs;
   {
     float *a = static_cast<float *>(buf.ptr), *b = a + gemm, *c = b + gemm;
-    float *x = c + gemm, *dx = x + xs, *w = dx + xs, *dw = w + ws, *bias = dw + ws;
+    float *gb = c + gemm, *gdb = gb + g; /* the dense layer's bias and its gradient */
+    float *x = gdb + g, *dx = x + xs, *w = dx + xs, *dw = w + ws, *bias = dw + ws;
     float *y = bias + 8, *dy = y + ys, *py = dy + ys;
+    const td_adam_hparams adam = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1}; /* lr .. step */
+    float *xs_list[1] = {a};
+    const size_t ns[1] = {gemm};
 
-    td_backend_dense_fwd(be, a, b, nullptr, c, g, g, g);
-    td_backend_dense_bwd(be, a, b, c, a, b, nullptr, g, g, g, 0.0f);
+    /* zeroed memory: labels 0, nothing to overflow */
+    td_backend_normalize(be, TD_DTYPE_U8, a, b, gemm, 1.0f / 255.0f, 0.5f, 0.25f);
+    td_backend_dense_fwd(be, a, b, gb, c, g, g, g);
+    td_backend_relu_fwd(be, c, c, gemm);
+    td_backend_softmax_xent(be, c, reinterpret_cast<const uint8_t *>(x), g, 8, 1.0f, y, dw);
+    td_backend_relu_bwd(be, c, c, c, gemm);
+    td_backend_dense_bwd(be, a, b, c, a, b, gdb, g, g, g, 0.0f);
+    td_backend_clip_grad_norm(be, xs_list, ns, 1, 1.0f, dx);
+    td_backend_check_finite(be, a, gemm, dx);
+    td_backend_adam(be, b, a, c, y, ys, &adam);
+    td_backend_round_half(be, TD_HALF_BF16, a, gemm);
     td_backend_conv2d_fwd(be, &d, x, w, bias, y, wbuf.ptr, work);
     td_backend_conv2d_bwd(be, &d, x, w, dy, dx, dw, bias, 0.0f, wbuf.ptr, work);
     td_backend_pool2d_fwd(be, TD_POOL_MAX, &pd, y, py);

@@ -214,25 +214,35 @@ static uint64_t conv_workspace(const td_layout *l) {
   return l->half_params != TD_PLAN_NONE ? l->half_params : l->workspace;
 }
 
-/* The plan counts the CPU backend's conv2d workspace; where another
- * backend's algorithms need more, the workspace arena grows to it (and the
- * model's plan says so), the 16-bit weights moving up behind it. */
+static uint32_t chunk_of(const td_model *m, const td_layer_layout *ly, uint32_t n);
+
+/* The plan counts the CPU backend's conv2d workspace, which does not depend
+ * on the rows; another backend's (cuDNN's) may, and not only upwards.  A
+ * conv layer runs at every row count up to its step: the micro-batch, a last
+ * slice of any size (a batch or an evaluation of any count), one sample at a
+ * time in mixed precision.  So the workspace arena grows to the most any of
+ * those needs (and the model's plan says so), the 16-bit weights moving up
+ * behind it.  One query per row count: cuDNN answers from its heuristics on
+ * the host, and this runs only when the model is (re-)planned. */
 static int size_workspace(td_model *m) {
   uint64_t have = conv_workspace(&m->lay), need = have, grow;
 
   for (int i = 0; i < m->lay.nlayers; i++) {
-    td_conv2d_desc d;
-    uint64_t bytes;
-    int rc;
+    uint32_t top = chunk_of(m, &m->lay.layers[i], m->lay.micro_batch);
 
     if (m->lay.layers[i].type != TD_LAYER_CONV2D)
       continue;
-    d = window_of(m, i, m->lay.micro_batch);
-    if ((rc = td_backend_conv2d_workspace(m->be, &d, &bytes)) < 0)
-      return fail(m, rc, "%s: no conv2d workspace size for layer %d: %s",
-                  td_backend_device(m->be), i, td_backend_error(m->be));
-    if (bytes > need)
-      need = bytes;
+    for (uint32_t n = 1; n <= top; n++) {
+      td_conv2d_desc d = window_of(m, i, n);
+      uint64_t bytes;
+      int rc;
+
+      if ((rc = td_backend_conv2d_workspace(m->be, &d, &bytes)) < 0)
+        return fail(m, rc, "%s: no conv2d workspace size for layer %d at %u rows: %s",
+                    td_backend_device(m->be), i, n, td_backend_error(m->be));
+      if (bytes > need)
+        need = bytes;
+    }
   }
   if (need <= have)
     return 0;
@@ -609,7 +619,10 @@ static int step_failed(td_model *m, const char *phase) {
 
   if (rc == TD_EOOM)
     note_oom(m, phase);
-  td_backend_sync(m->be);
+  /* the wait may find the context dead behind an out-of-memory failure:
+   * that wins, or the caller would re-plan on a dead context */
+  if (td_backend_sync(m->be) == TD_ECUDA)
+    rc = TD_ECUDA;
   return fail(m, rc, "%s (in the %s pass)", td_backend_error(m->be), phase);
 }
 

@@ -18,6 +18,7 @@
 
 #include "dataset.h"
 #include "error.h"
+#include "jobdesc.h"
 #include "log.h"
 #include "shmcache.h"
 #include "td_config.h"
@@ -63,6 +64,7 @@ void td_job_free(td_job *j) {
   free(j->error);
   free(j->warning);
   free(j->yaml);
+  free(j->desc);
   free(j->base_dir);
   free(j->spec);
   free(j);
@@ -126,6 +128,37 @@ void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *deta
   }
 }
 
+/* A job written by a traind from before descriptions: its YAML is parsed
+ * this once, its dataset's type filled in as submit does now, and its
+ * description recorded, so that it runs (and restarts) from that. */
+static int td__restore_yaml(td_daemon *d, td_job *j, char *err, size_t errlen) {
+  td_pack p;
+  int rc;
+
+  rc = td_jobspec_parse(j->yaml, strlen(j->yaml), j->base_dir, j->spec, err, errlen);
+  free(j->yaml); /* the database keeps it */
+  j->yaml = NULL;
+  if (rc == 0 && j->sample_dtype >= 0) {
+    j->spec->sample_dtype = (td_dtype)j->sample_dtype;
+  } else if (rc == 0 && td_auth_multi_user(d->auth)) {
+    /* From before identities: traind cannot tell whose rights it has. */
+    snprintf(err, errlen, "this job was submitted before traind knew who submits jobs; "
+             "submit it again");
+    rc = TD_EAUTH;
+  } else if (rc == 0) {
+    rc = td_job_learn_dtype(j->spec, err, errlen); /* its one user's own files */
+  }
+  if (rc < 0)
+    return rc;
+  td_pack_init(&p);
+  if ((rc = td_jobdesc_encode(j->spec, &p)) == 0)
+    rc = td_db_job_desc_save(d->db, j->id, td_pack_data(&p), td_pack_len(&p));
+  td_pack_free(&p);
+  if (rc < 0)
+    snprintf(err, errlen, "cannot record the job's description: %s", td_strerror(rc));
+  return rc;
+}
+
 /* Bring back a job from the database: one that was queued or running when
  * traind stopped runs again, from its checkpoint if it has one. */
 static int td__restore(void *arg, td_job *j) {
@@ -156,19 +189,12 @@ static int td__restore(void *arg, td_job *j) {
   j->spec = malloc(sizeof(*j->spec));
   if (j->spec == NULL)
     return TD_ENOMEM;
-  rc = td_jobspec_parse(j->yaml, strlen(j->yaml), j->base_dir, j->spec, err, sizeof(err));
-  free(j->yaml); /* the database keeps it */
-  j->yaml = NULL;
-  if (rc == 0 && j->sample_dtype >= 0) {
-    j->spec->sample_dtype = (td_dtype)j->sample_dtype;
-  } else if (rc == 0 && td_auth_multi_user(d->auth)) {
-    /* From before identities: traind cannot tell whose rights it has. */
-    snprintf(err, sizeof(err), "this job was submitted before traind knew who submits jobs; "
-             "submit it again");
-    rc = TD_EAUTH;
-  } else if (rc == 0) {
-    rc = td_job_learn_dtype(j->spec, err, sizeof(err)); /* its one user's own files */
-  }
+  if (j->desc != NULL)
+    rc = td_jobdesc_decode(j->desc, j->desc_len, j->spec, err, sizeof(err));
+  else
+    rc = td__restore_yaml(d, j, err, sizeof(err));
+  free(j->desc); /* the database keeps it */
+  j->desc = NULL;
   if (rc == 0)
     rc = td_plan_compute(j->spec, j->spec->batch_size, j->spec->precision, 0, &j->plan);
   if (rc == 0)

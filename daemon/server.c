@@ -16,6 +16,7 @@
 
 #include "dataset.h"
 #include "error.h"
+#include "jobdesc.h"
 #include "log.h"
 #include "proto.h"
 #include "td_config.h"
@@ -197,6 +198,21 @@ static int td__sample_dtype(td_daemon *d, const msgpack_object *req, td_jobspec 
   return rc;
 }
 
+/* j->desc: the description of j->spec, for the database. */
+static int td__job_desc(td_job *j) {
+  td_pack p;
+  int rc;
+
+  td_pack_init(&p);
+  if ((rc = td_jobdesc_encode(j->spec, &p)) == 0 &&
+      (j->desc = malloc(td_pack_len(&p))) != NULL) {
+    memcpy(j->desc, td_pack_data(&p), td_pack_len(&p));
+    j->desc_len = td_pack_len(&p);
+  }
+  td_pack_free(&p);
+  return rc < 0 ? rc : j->desc != NULL ? 0 : TD_ENOMEM;
+}
+
 /* A submit whose key was seen: REQ resent it, or the client retried.  The
  * same user with the same job file gets the job made the first time; a
  * key reused for something else is refused, never answered with another
@@ -295,6 +311,10 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
   if ((rc = td__sample_dtype(d, req, j->spec, err, errlen)) < 0)
     goto free_job;
   j->sample_dtype = (int)j->spec->sample_dtype;
+  /* From here on the job is its description: stored with it, restored
+   * from it, handed to its worker and loader (proto/jobdesc.h). */
+  if ((rc = td__job_desc(j)) < 0)
+    goto free_job;
   j->uid = who->uid;
   j->gid = who->gid;
   td_strlcpy(j->owner, who->name, sizeof(j->owner));
@@ -335,8 +355,10 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
   d->jobs[d->njobs++] = j;
   d->nactive++;
   user->active++;
-  free(j->yaml); /* recorded; read back when the job starts */
+  free(j->yaml); /* recorded, for `show` */
+  free(j->desc); /* recorded; j->spec is the same */
   j->yaml = NULL;
+  j->desc = NULL;
   td_info("job %llu (%s) submitted: plan %llu bytes at micro-batch %u",
           (unsigned long long)j->id, j->name, (unsigned long long)j->plan.total,
           j->plan.micro_batch);

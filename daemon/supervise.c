@@ -1,9 +1,11 @@
 /* Supervision: each running job is one traind-loader and one traind-worker,
- * joined by a shared-memory ring that traind creates and removes.  The
- * worker reports on a pipe (fd 3), one framed message per event
- * (proto/imsg.h; a message the catalogue refuses fails the job).  Whatever happens to
- * either process, the job ends with a state and a reason, the ring is
- * unlinked and the job's reservation is released; traind itself goes on.
+ * joined by a shared-memory ring that traind creates and removes.  Both read
+ * the job's description (job.tdj, proto/jobdesc.h), which traind writes into
+ * the job's directory.  The worker reports on a pipe (fd 3), one framed
+ * message per event (proto/imsg.h: a message the catalogue refuses fails the
+ * job), and takes commands on its stdin.  Whatever happens to either
+ * process, the job ends with a state and a reason, the ring is unlinked and
+ * the job's reservation is released; traind itself goes on.
  *
  * A job whose directory holds a checkpoint resumes from it: the worker
  * starts first with --resume and says where its data continues ("resumed"
@@ -344,7 +346,7 @@ static void td__bad_report(td_run *r, const char *why) {
   snprintf(r->error_event, sizeof(r->error_event), "the worker sent traind a malformed "
            "message (%s)", why);
   r->bad_report = 1;
-  uv_read_stop((uv_stream_t *)&r->events);
+  td__close(r, (uv_handle_t *)&r->events);
   if (r->worker_running)
     uv_process_kill(&r->worker, SIGKILL);
   if (r->loader_running)

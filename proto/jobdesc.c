@@ -279,25 +279,63 @@ int td_jobdesc_encode(const td_jobspec *spec, td_pack *p) {
 
 /* ---- decoding ---- */
 
-static int read_struct(const jd_field *fields, const msgpack_object *map, char *base,
-                       const char *path, char *err, size_t errlen);
+/* Where a value is, for messages: "layers[3].units".  Built as the
+ * decoder descends (no formatting per field: a restore decodes 10,000). */
+typedef struct jd_path {
+  char s[128];
+  size_t n;
+} jd_path;
 
-/* One value into the member at `at`; path names it in messages. */
-static int read_value(const jd_field *f, const msgpack_object *o, char *at, const char *path,
+static size_t path_push(jd_path *p, const char *name, uint32_t index, int is_index) {
+  size_t was = p->n, len;
+  char num[16];
+
+  if (is_index) {
+    int k = (int)sizeof(num);
+
+    num[--k] = ']';
+    do
+      num[--k] = (char)('0' + index % 10);
+    while ((index /= 10) != 0);
+    num[--k] = '[';
+    name = num + k;
+    len = sizeof(num) - (size_t)k;
+  } else {
+    len = strlen(name);
+    if (p->n > 0 && p->n + 1 < sizeof(p->s))
+      p->s[p->n++] = '.';
+  }
+  if (p->n + len >= sizeof(p->s))
+    len = sizeof(p->s) - 1 - p->n;
+  memcpy(p->s + p->n, name, len);
+  p->n += len;
+  p->s[p->n] = '\0';
+  return was;
+}
+
+static void path_pop(jd_path *p, size_t was) {
+  p->n = was;
+  p->s[was] = '\0';
+}
+
+static int read_struct(const jd_field *fields, const msgpack_object *map, char *base,
+                       jd_path *path, char *err, size_t errlen);
+
+/* One value into the member at `at`. */
+static int read_value(const jd_field *f, const msgpack_object *o, char *at, jd_path *path,
                       char *err, size_t errlen) {
   static const td_ftype ftype[] = {[JD_UINT] = TD_FT_UINT, [JD_INT] = TD_FT_INT,
                                    [JD_FLOAT] = TD_FT_FLOAT, [JD_BOOL] = TD_FT_BOOL,
                                    [JD_STR] = TD_FT_STR, [JD_MAP] = TD_FT_MAP,
                                    [JD_LIST] = TD_FT_ARRAY};
-  td_field tf = {path, ftype[f->kind], 1, f->min, f->max};
-  char sub[128];
+  td_field tf = {path->s, ftype[f->kind], 1, f->min, f->max};
   int rc;
 
   if (f->kind == JD_STR)
     tf.max = (double)(f->size - 1);
   else if (f->kind == JD_MAP)
     tf.min = 0, tf.max = TD_PROTO_MAX_ITEMS;
-  if ((rc = td_proto_check_field(&desc_def, &tf, o, err, errlen)) < 0)
+  if (td_proto_check_field(&desc_def, &tf, o, err, errlen) < 0)
     return TD_EJOBSPEC;
   switch (f->kind) {
   case JD_UINT: set_uint(at, f->size, o->via.u64); return 0;
@@ -310,8 +348,8 @@ static int read_value(const jd_field *f, const msgpack_object *o, char *at, cons
                                                             : o->via.f64;
 
     if (((f->flags & JD_LO_OPEN) && v == f->min) || ((f->flags & JD_HI_OPEN) && v == f->max)) {
-      seterr(err, errlen, "field '%s' in the job description is %g; it must be %s %g", path, v,
-             v == f->min ? "more than" : "less than", v);
+      seterr(err, errlen, "field '%s' in the job description is %g; it must be %s %g", path->s,
+             v, v == f->min ? "more than" : "less than", v);
       return TD_EJOBSPEC;
     }
     set_float(at, f->size, v);
@@ -325,9 +363,11 @@ static int read_value(const jd_field *f, const msgpack_object *o, char *at, cons
   case JD_MAP: return read_struct(f->sub, o, at, path, err, errlen);
   case JD_LIST:
     for (uint32_t i = 0; i < o->via.array.size; i++) {
-      snprintf(sub, sizeof(sub), "%s[%" PRIu32 "]", path, i);
-      if ((rc = read_value(f->sub, &o->via.array.ptr[i], at + i * f->item_size, sub, err,
-                           errlen)) < 0)
+      size_t was = path_push(path, NULL, i, 1);
+
+      rc = read_value(f->sub, &o->via.array.ptr[i], at + i * f->item_size, path, err, errlen);
+      path_pop(path, was);
+      if (rc < 0)
         return rc;
     }
     *(int *)(at - f->off + f->count) = (int)o->via.array.size;
@@ -336,34 +376,44 @@ static int read_value(const jd_field *f, const msgpack_object *o, char *at, cons
   return TD_EINTERNAL;
 }
 
-/* Every key known, every field present. */
+/* Every key known, every field present (check_tree made keys unique). */
 static int read_struct(const jd_field *fields, const msgpack_object *map, char *base,
-                       const char *path, char *err, size_t errlen) {
-  char sub[128];
+                       jd_path *path, char *err, size_t errlen) {
+  uint64_t seen = 0;
+  size_t next = 0; /* the encoder writes the fields in order: try that first */
   int rc;
 
   for (uint32_t i = 0; i < map->via.map.size; i++) {
     const msgpack_object_str *k = &map->via.map.ptr[i].key.via.str;
-    const jd_field *f = fields;
+    size_t f = next, was;
 
-    while (f->name != NULL && (strlen(f->name) != k->size || memcmp(f->name, k->ptr, k->size)))
-      f++;
-    if (f->name == NULL && !(path[0] == '\0' && k->size == 1 && k->ptr[0] == 'v')) {
-      seterr(err, errlen, "unknown field '%s%s%.*s' in the job description", path,
-             path[0] ? "." : "", (int)(k->size > 32 ? 32 : k->size), k->ptr);
+#define JD_IS(f) (strncmp(fields[f].name, k->ptr, k->size) == 0 && fields[f].name[k->size] == '\0')
+    if (fields[f].name == NULL || !JD_IS(f))
+      for (f = 0; fields[f].name != NULL && !JD_IS(f); f++) {
+      }
+#undef JD_IS
+    if (fields[f].name == NULL) {
+      if (path->n == 0 && k->size == 1 && k->ptr[0] == 'v')
+        continue;
+      seterr(err, errlen, "unknown field '%s%s%.*s' in the job description", path->s,
+             path->n ? "." : "", (int)(k->size > 32 ? 32 : k->size), k->ptr);
       return TD_EJOBSPEC;
     }
-  }
-  for (const jd_field *f = fields; f->name != NULL; f++) {
-    const msgpack_object *o;
-
-    snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "", f->name);
-    if (td_obj_get(map, f->name, &o) < 0) {
-      seterr(err, errlen, "the job description lacks field '%s'", sub);
-      return TD_EJOBSPEC;
-    }
-    if ((rc = read_value(f, o, base + f->off, sub, err, errlen)) < 0)
+    seen |= 1ull << f;
+    next = f + 1;
+    was = path_push(path, fields[f].name, 0, 0);
+    rc = read_value(&fields[f], &map->via.map.ptr[i].val, base + fields[f].off, path, err,
+                    errlen);
+    path_pop(path, was);
+    if (rc < 0)
       return rc;
+  }
+  for (size_t f = 0; fields[f].name != NULL; f++) {
+    if (!(seen >> f & 1)) {
+      seterr(err, errlen, "the job description lacks field '%s%s%s'", path->s,
+             path->n ? "." : "", fields[f].name);
+      return TD_EJOBSPEC;
+    }
   }
   return 0;
 }
@@ -426,6 +476,7 @@ static int check_rules(td_jobspec *s, char *err, size_t errlen) {
 
 int td_jobdesc_decode(const void *buf, size_t len, td_jobspec *out, char *err, size_t errlen) {
   const msgpack_object *root, *v;
+  jd_path path = {"", 0};
   td_jobspec *s = NULL;
   td_msg *m = NULL;
   char why[256];
@@ -457,7 +508,7 @@ int td_jobdesc_decode(const void *buf, size_t len, td_jobspec *out, char *err, s
     rc = TD_ENOMEM;
     goto free_msg;
   }
-  if ((rc = read_struct(job_fields, root, (char *)s, "", err, errlen)) < 0 ||
+  if ((rc = read_struct(job_fields, root, (char *)s, &path, err, errlen)) < 0 ||
       (rc = check_rules(s, err, errlen)) < 0)
     goto free_spec;
   *out = *s;

@@ -9,6 +9,7 @@
 #include "error.h"
 #include "imsg.h"
 #include "jobdesc.h"
+#include "util.h"
 
 static int write_seed(const char *dir, const char *name, const void *data, size_t len) {
   char path[1024];
@@ -77,6 +78,30 @@ int main(int argc, char **argv) {
 
     for (size_t i = 0; i < n; i++)
       fail |= imsg_seed(argv[1], (td_imsg_dir)side, &defs[i]);
+  }
+  {
+    /* a worker's run as traind reads it: plan, progress, eval, done */
+    static const char *const run[] = {"plan", "heartbeat", "progress", "eval", "done"};
+    unsigned char stream[1 + 5 * 4096] = {0};
+    size_t n = 1, nd;
+    const td_msgdef *defs = td_imsg_defs(TD_IMSG_REPORT, &nd);
+
+    for (size_t k = 0; k < sizeof(run) / sizeof(run[0]); k++) {
+      char path[1024];
+      unsigned char *one;
+      size_t len;
+
+      for (size_t i = 0; i < nd; i++)
+        if (strcmp(defs[i].op, run[k]) == 0)
+          fail |= imsg_seed(argv[1], TD_IMSG_REPORT, &defs[i]);
+      snprintf(path, sizeof path, "%s/%s", argv[1], run[k]);
+      if (td_read_file(path, 4097, (char **)&one, &len) == 0) {
+        memcpy(stream + n, one + 1, len - 1);
+        n += len - 1;
+        free(one);
+      }
+    }
+    fail |= write_seed(argv[1], "stream", stream, n);
   }
   for (size_t i = 0; i < sizeof(examples) / sizeof(examples[0]); i++) {
     char path[1024], out[1024], err[512];

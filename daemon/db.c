@@ -350,20 +350,56 @@ int td_db_job_yaml(td_db *db, uint64_t id, char **out) {
   return *out != NULL ? 0 : TD_ENOMEM;
 }
 
-int td_db_job_desc_save(td_db *db, uint64_t id, const void *desc, size_t len) {
-  sqlite3_stmt *st;
-  int rc;
+int td_db_job_desc_record(td_db *db, td_job **jobs, size_t n) {
+  sqlite3_stmt *st = NULL;
+  size_t i, k = 0;
+  int rc, err = 0;
 
-  if (len > INT_MAX)
-    return TD_ETOOBIG;
+  for (i = 0; i < n && jobs[i]->desc == NULL; i++) {
+  }
+  if (i == n)
+    return 0;
+  if ((err = td__exec(db, "BEGIN IMMEDIATE")) < 0)
+    return err;
   rc = sqlite3_prepare_v2(db->h, "UPDATE jobs SET job_desc=? WHERE id=?", -1, &st, NULL);
-  if (rc != SQLITE_OK)
-    return td__db_err(db, rc, "job description update");
-  sqlite3_bind_blob(st, 1, desc, (int)len, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, (sqlite3_int64)id);
-  rc = sqlite3_step(st);
+  if (rc != SQLITE_OK) {
+    err = td__db_err(db, rc, "job description update");
+    goto rollback;
+  }
+  for (; i < n; i++) {
+    td_job *j = jobs[i];
+
+    if (j->desc == NULL)
+      continue;
+    if (j->desc_len > INT_MAX) {
+      err = TD_ETOOBIG;
+      goto rollback;
+    }
+    sqlite3_reset(st);
+    sqlite3_bind_blob(st, 1, j->desc, (int)j->desc_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)j->id);
+    if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
+      err = td__db_err(db, rc, "job description update");
+      goto rollback;
+    }
+    k++;
+  }
   sqlite3_finalize(st);
-  return rc == SQLITE_DONE ? 0 : td__db_err(db, rc, "job description update");
+  st = NULL;
+  if ((err = td__exec(db, "COMMIT")) < 0)
+    goto rollback;
+  for (i = 0; i < n; i++) {
+    free(jobs[i]->desc);
+    jobs[i]->desc = NULL;
+  }
+  td_info("job database %s: recorded the descriptions of %zu jobs from before descriptions",
+          db->path, k);
+  return 0;
+
+rollback:
+  sqlite3_finalize(st);
+  sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+  return err;
 }
 
 int td_db_find_key(td_db *db, const char *key, uint64_t *id) {

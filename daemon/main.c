@@ -129,8 +129,9 @@ void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *deta
 }
 
 /* A job written by a traind from before descriptions: its YAML is parsed
- * this once, its dataset's type filled in as submit does now, and its
- * description recorded, so that it runs (and restarts) from that. */
+ * this once and its dataset's type filled in, as submit does now; its
+ * description is left in j->desc, to be recorded with the others' in one
+ * transaction once all are loaded (td_db_job_desc_record). */
 static int td__restore_yaml(td_daemon *d, td_job *j, char *err, size_t errlen) {
   td_pack p;
   int rc;
@@ -151,11 +152,16 @@ static int td__restore_yaml(td_daemon *d, td_job *j, char *err, size_t errlen) {
   if (rc < 0)
     return rc;
   td_pack_init(&p);
-  if ((rc = td_jobdesc_encode(j->spec, &p)) == 0)
-    rc = td_db_job_desc_save(d->db, j->id, td_pack_data(&p), td_pack_len(&p));
+  if ((rc = td_jobdesc_encode(j->spec, &p)) == 0 &&
+      (j->desc = malloc(td_pack_len(&p))) == NULL)
+    rc = TD_ENOMEM;
+  if (rc == 0) {
+    memcpy(j->desc, td_pack_data(&p), td_pack_len(&p));
+    j->desc_len = td_pack_len(&p);
+  }
   td_pack_free(&p);
   if (rc < 0)
-    snprintf(err, errlen, "cannot record the job's description: %s", td_strerror(rc));
+    snprintf(err, errlen, "cannot make the job's description: %s", td_strerror(rc));
   return rc;
 }
 
@@ -189,12 +195,13 @@ static int td__restore(void *arg, td_job *j) {
   j->spec = malloc(sizeof(*j->spec));
   if (j->spec == NULL)
     return TD_ENOMEM;
-  if (j->desc != NULL)
+  if (j->desc != NULL) {
     rc = td_jobdesc_decode(j->desc, j->desc_len, j->spec, err, sizeof(err));
-  else
+    free(j->desc); /* the database keeps it */
+    j->desc = NULL;
+  } else {
     rc = td__restore_yaml(d, j, err, sizeof(err));
-  free(j->desc); /* the database keeps it */
-  j->desc = NULL;
+  }
   if (rc == 0)
     rc = td_plan_compute(j->spec, j->spec->batch_size, j->spec->precision, 0, &j->plan);
   if (rc == 0)
@@ -204,6 +211,8 @@ static int td__restore(void *arg, td_job *j) {
      * gone): fail it with the reason rather than keep it forever. */
     td_job_set(&j->error, err);
     j->finished_ms = td_now_unix_ms();
+    free(j->desc); /* an ended job needs none */
+    j->desc = NULL;
     td_job_transition(d, j, TD_JOB_FAILED, err);
     return 0;
   }
@@ -577,6 +586,11 @@ int main(int argc, char **argv) {
   }
   if ((rc = td_db_load(d->db, td__restore, d)) < 0) {
     td_error("cannot load the jobs from %s: %s", dbpath, td_strerror(rc));
+    goto close_sockets;
+  }
+  /* Jobs from before descriptions got theirs now: recorded at once. */
+  if ((rc = td_db_job_desc_record(d->db, d->jobs, d->njobs)) < 0) {
+    td_error("cannot record the jobs' descriptions in %s: %s", dbpath, td_strerror(rc));
     goto close_sockets;
   }
   /* After the jobs came back: a job that fits the config's budget but not

@@ -185,9 +185,10 @@ int td_db_find_key(td_db *db, const char *key, uint64_t *id);
  * does not keep it in memory: 10,000 queued jobs would hold 10,000 copies).
  * TD_ENOENT for an unknown id. */
 int td_db_job_yaml(td_db *db, uint64_t id, char **out);
-/* Record the description of a job from before descriptions (made from its
- * YAML when it is first loaded). */
-int td_db_job_desc_save(td_db *db, uint64_t id, const void *desc, size_t len);
+/* Record, in one transaction, the descriptions made for jobs from before
+ * descriptions (those of jobs[] whose desc is set: made from their YAML as
+ * they were loaded), then free them. */
+int td_db_job_desc_record(td_db *db, td_job **jobs, size_t n);
 /* Persist the job's state, device, times and results, with a history row. */
 int td_db_update(td_db *db, const td_job *j, const char *detail);
 /* Call fn for every job in id order; fn takes ownership of the job.  A

@@ -347,6 +347,8 @@ static int read_value(const jd_field *f, const msgpack_object *o, char *at, jd_p
                : o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? (double)o->via.i64
                                                             : o->via.f64;
 
+    if (f->size == sizeof(float))
+      v = (float)v; /* the bounds hold for what is stored: 1e-50 is a float 0 */
     if (((f->flags & JD_LO_OPEN) && v == f->min) || ((f->flags & JD_HI_OPEN) && v == f->max)) {
       seterr(err, errlen, "field '%s' in the job description is %g; it must be %s %g", path->s,
              v, v == f->min ? "more than" : "less than", v);
@@ -387,7 +389,8 @@ static int read_struct(const jd_field *fields, const msgpack_object *map, char *
     const msgpack_object_str *k = &map->via.map.ptr[i].key.via.str;
     size_t f = next, was;
 
-#define JD_IS(f) (strncmp(fields[f].name, k->ptr, k->size) == 0 && fields[f].name[k->size] == '\0')
+#define JD_IS(f) \
+  (strnlen(fields[f].name, k->size + 1) == k->size && memcmp(fields[f].name, k->ptr, k->size) == 0)
     if (fields[f].name == NULL || !JD_IS(f))
       for (f = 0; fields[f].name != NULL && !JD_IS(f); f++) {
       }

@@ -194,6 +194,27 @@ START_TEST(a_damaged_description_is_refused) {
 }
 END_TEST
 
+/* Inputs that once broke the decoder (tests/fuzz/corpus/hostile/jobdesc):
+ * each is refused, with a reason. */
+START_TEST(the_hostile_seeds_are_refused) {
+  static const char *const seeds[] = {"key-with-nul", "float-under-its-bound-once-stored"};
+  const char *src = getenv("TD_SOURCE_ROOT");
+
+  for (size_t i = 0; i < TD_ARRAY_SIZE(seeds); i++) {
+    char path[1024], *data;
+    td_jobspec out;
+    size_t len;
+
+    snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/hostile/jobdesc/%s", src ? src : ".",
+             seeds[i]);
+    ck_assert_msg(td_read_file(path, 1 << 20, &data, &len) == 0, "cannot read %s", path);
+    ck_assert_int_eq(decode(data, len, &out), TD_EJOBSPEC);
+    ck_assert(err[0] != '\0');
+    free(data);
+  }
+}
+END_TEST
+
 /* Run a program of the build with args; its exit status, its stderr in log. */
 static int run(const char *const *argv, char *log, size_t cap) {
   char path[] = "/tmp/test-jobdesc-XXXXXX";
@@ -270,6 +291,7 @@ int main(void) {
   tcase_add_test(tc, a_value_out_of_bounds_is_refused_by_name);
   tcase_add_test(tc, another_version_is_refused_as_such);
   tcase_add_test(tc, a_damaged_description_is_refused);
+  tcase_add_test(tc, the_hostile_seeds_are_refused);
   tcase_add_test(tc, worker_and_loader_refuse_a_newer_description);
   suite_add_tcase(s, tc);
   sr = srunner_create(s);

@@ -133,7 +133,6 @@ void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *deta
  * description is left in j->desc, to be recorded with the others' in one
  * transaction once all are loaded (td_db_job_desc_record). */
 static int td__restore_yaml(td_daemon *d, td_job *j, char *err, size_t errlen) {
-  td_pack p;
   int rc;
 
   rc = td_jobspec_parse(j->yaml, strlen(j->yaml), j->base_dir, j->spec, err, errlen);
@@ -151,16 +150,7 @@ static int td__restore_yaml(td_daemon *d, td_job *j, char *err, size_t errlen) {
   }
   if (rc < 0)
     return rc;
-  td_pack_init(&p);
-  if ((rc = td_jobdesc_encode(j->spec, &p)) == 0 &&
-      (j->desc = malloc(td_pack_len(&p))) == NULL)
-    rc = TD_ENOMEM;
-  if (rc == 0) {
-    memcpy(j->desc, td_pack_data(&p), td_pack_len(&p));
-    j->desc_len = td_pack_len(&p);
-  }
-  td_pack_free(&p);
-  if (rc < 0)
+  if ((rc = td_jobdesc_encode_alloc(j->spec, &j->desc, &j->desc_len)) < 0)
     snprintf(err, errlen, "cannot make the job's description: %s", td_strerror(rc));
   return rc;
 }

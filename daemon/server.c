@@ -198,21 +198,6 @@ static int td__sample_dtype(td_daemon *d, const msgpack_object *req, td_jobspec 
   return rc;
 }
 
-/* j->desc: the description of j->spec, for the database. */
-static int td__job_desc(td_job *j) {
-  td_pack p;
-  int rc;
-
-  td_pack_init(&p);
-  if ((rc = td_jobdesc_encode(j->spec, &p)) == 0 &&
-      (j->desc = malloc(td_pack_len(&p))) != NULL) {
-    memcpy(j->desc, td_pack_data(&p), td_pack_len(&p));
-    j->desc_len = td_pack_len(&p);
-  }
-  td_pack_free(&p);
-  return rc < 0 ? rc : j->desc != NULL ? 0 : TD_ENOMEM;
-}
-
 /* A submit whose key was seen: REQ resent it, or the client retried.  The
  * same user with the same job file gets the job made the first time; a
  * key reused for something else is refused, never answered with another
@@ -313,7 +298,7 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
   j->sample_dtype = (int)j->spec->sample_dtype;
   /* From here on the job is its description: stored with it, restored
    * from it, handed to its worker and loader (proto/jobdesc.h). */
-  if ((rc = td__job_desc(j)) < 0)
+  if ((rc = td_jobdesc_encode_alloc(j->spec, &j->desc, &j->desc_len)) < 0)
     goto free_job;
   j->uid = who->uid;
   j->gid = who->gid;

@@ -277,6 +277,23 @@ int td_jobdesc_encode(const td_jobspec *spec, td_pack *p) {
   return td_pack_error(p);
 }
 
+int td_jobdesc_encode_alloc(const td_jobspec *spec, unsigned char **out, size_t *len) {
+  unsigned char *buf = NULL;
+  td_pack p;
+  int rc;
+
+  td_pack_init(&p);
+  if ((rc = td_jobdesc_encode(spec, &p)) == 0 && (buf = malloc(td_pack_len(&p))) == NULL)
+    rc = TD_ENOMEM;
+  if (rc == 0) {
+    memcpy(buf, td_pack_data(&p), td_pack_len(&p));
+    *out = buf;
+    *len = td_pack_len(&p);
+  }
+  td_pack_free(&p);
+  return rc;
+}
+
 /* ---- decoding ---- */
 
 /* Where a value is, for messages: "layers[3].units".  Built as the

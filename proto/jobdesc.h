@@ -29,6 +29,9 @@
 /* Pack spec into p (td_pack_init'ed by the caller, freed by the caller).
  * 0, or TD_ENOMEM. */
 int td_jobdesc_encode(const td_jobspec *spec, td_pack *p);
+/* The same into a buffer of its own, malloc'd (*out, *len: written only on
+ * success), for keeping.  0 or TD_ENOMEM. */
+int td_jobdesc_encode_alloc(const td_jobspec *spec, unsigned char **out, size_t *len);
 
 /* Decode len bytes into *out (written only on success).  TD_EVERSION for
  * another version, TD_EJOBSPEC (TD_ETOOBIG for over TD_JOBDESC_MAX bytes,

@@ -231,11 +231,47 @@ static void set_bool(void *p, size_t size, int v) {
 
 static void pack_struct(td_map *m, const jd_field *fields, const char *base);
 
+static int list_count(const jd_field *f, const char *at) {
+  int n = *(const int *)(at - f->off + f->count);
+  size_t cap = f->size / f->item_size;
+
+  return n < 0 ? 0 : (size_t)n > cap ? (int)cap : n;
+}
+
+/* Whether a member is zero (a map: all of its members), so that it can be
+ * left out: a description holds what differs from zero, and a reader takes
+ * a field that is not there for 0 (descriptions of a queue of 10,000 jobs
+ * stay small). */
+static int is_zero(const jd_field *f, const char *at) {
+  switch (f->kind) {
+  case JD_UINT: return get_uint(at, f->size) == 0;
+  case JD_INT: return get_int(at) == 0;
+  case JD_FLOAT: return get_float(at, f->size) == 0 && !signbit(get_float(at, f->size));
+  case JD_BOOL: return !get_bool(at, f->size);
+  case JD_STR: return at[0] == '\0';
+  case JD_LIST: return list_count(f, at) == 0;
+  case JD_MAP:
+    for (const jd_field *s = f->sub; s->name != NULL; s++)
+      if (!is_zero(s, at + s->off))
+        return 0;
+    return 1;
+  }
+  return 0;
+}
+
 static void pack_value(td_pack *p, const jd_field *f, const char *at) {
   switch (f->kind) {
   case JD_UINT: td_pack_u64(p, get_uint(at, f->size)); break;
   case JD_INT: td_pack_i64(p, get_int(at)); break;
-  case JD_FLOAT: td_pack_f64(p, get_float(at, f->size)); break;
+  case JD_FLOAT:
+    /* a float member as a msgpack float32: exact, and 5 bytes, not 9 */
+    if (f->size == sizeof(float)) {
+      if (p->err == 0 && msgpack_pack_float(&p->pk, *(const float *)at) != 0)
+        p->err = TD_ENOMEM;
+    } else {
+      td_pack_f64(p, get_float(at, f->size));
+    }
+    break;
   case JD_BOOL: td_pack_bool(p, get_bool(at, f->size)); break;
   case JD_STR: td_pack_strn(p, at, strnlen(at, f->size - 1)); break;
   case JD_MAP: {
@@ -247,10 +283,8 @@ static void pack_value(td_pack *p, const jd_field *f, const char *at) {
     break;
   }
   case JD_LIST: {
-    int n = *(const int *)(at - f->off + f->count);
-    size_t cap = f->size / f->item_size;
+    int n = list_count(f, at);
 
-    n = n < 0 ? 0 : (size_t)n > cap ? (int)cap : n;
     td_pack_array(p, (uint32_t)n);
     for (int i = 0; i < n; i++)
       pack_value(p, f->sub, at + (size_t)i * f->item_size);
@@ -261,6 +295,8 @@ static void pack_value(td_pack *p, const jd_field *f, const char *at) {
 
 static void pack_struct(td_map *m, const jd_field *fields, const char *base) {
   for (const jd_field *f = fields; f->name != NULL; f++) {
+    if (is_zero(f, base + f->off))
+      continue;
     td_pack_str(m->p, f->name);
     m->n++;
     pack_value(m->p, f, base + f->off);
@@ -428,12 +464,28 @@ static int read_struct(const jd_field *fields, const msgpack_object *map, char *
     if (rc < 0)
       return rc;
   }
+  /* A field left out is zero, which must be within its bounds too. */
   for (size_t f = 0; fields[f].name != NULL; f++) {
-    if (!(seen >> f & 1)) {
-      seterr(err, errlen, "the job description lacks field '%s%s%s'", path->s,
-             path->n ? "." : "", fields[f].name);
-      return TD_EJOBSPEC;
-    }
+    static const msgpack_object zero[] = {
+        [JD_UINT] = {.type = MSGPACK_OBJECT_POSITIVE_INTEGER},
+        [JD_INT] = {.type = MSGPACK_OBJECT_POSITIVE_INTEGER},
+        [JD_FLOAT] = {.type = MSGPACK_OBJECT_FLOAT64},
+        [JD_BOOL] = {.type = MSGPACK_OBJECT_BOOLEAN},
+        [JD_STR] = {.type = MSGPACK_OBJECT_STR, .via.str = {0, ""}},
+        [JD_MAP] = {.type = MSGPACK_OBJECT_MAP},
+        [JD_LIST] = {.type = MSGPACK_OBJECT_ARRAY},
+    };
+    size_t was;
+
+    if (seen >> f & 1)
+      continue;
+    was = path_push(path, fields[f].name, 0, 0);
+    rc = read_value(&fields[f], &zero[fields[f].kind], base + fields[f].off, path, err, errlen);
+    if (rc < 0 && fields[f].kind != JD_MAP) /* a map's says which of its fields */
+      seterr(err, errlen, "the job description lacks field '%s' (it may not be 0)", path->s);
+    path_pop(path, was);
+    if (rc < 0)
+      return rc;
   }
   return 0;
 }

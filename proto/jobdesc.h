@@ -6,7 +6,8 @@
  * there on the job travels as this description, which nobody parses as
  * YAML again.  One map {"v": TD_JOBDESC_VERSION, field: value, ...}, the
  * version first; every td_jobspec field is a key (nested structs are maps,
- * arrays are arrays), all of them present.  proto/INTERNAL.md describes it.
+ * arrays are arrays of their used elements), left out when it is zero.
+ * proto/INTERNAL.md describes it.
  *
  * The decoder checks what the YAML parser checks: every field's type and
  * bounds, every count, every string's length, and the rules across fields

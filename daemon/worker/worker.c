@@ -357,6 +357,7 @@ static double data_wait, first_batch;
 typedef struct trainer {
   const args *a;
   const td_jobspec *spec;
+  const td_jobspec *job;   /* as the job file says, before admission's remedies */
   td_backend *be;
   td_model *model;
   td_ring *ring;
@@ -379,15 +380,28 @@ typedef struct trainer {
   int check_resume;        /* the first train batch must be at the resumed position */
 } trainer;
 
-/* The remedy a plan applies shows in its precision and recompute. */
-static void emit_replan(const td_model *m) {
-  const td_plan *p = td_model_plan(m);
-  bool split = p->batch_dependent && p->accumulation > 1;
+/* Whether every plan the run has trained at so far gives the whole batch's
+ * bits (td_plan_bit_identical against the job file's spec): once one did
+ * not, the weights differ from an undisturbed run's for good. */
+static bool run_bit_identical = true;
 
+/* The remedy a plan applies shows in its precision and recompute. */
+static void emit_replan(const trainer *t) {
+  const td_model *m = t->model;
+  const td_plan *p = td_model_plan(m);
+  bool split = p->batch_dependent && p->accumulation > 1, was = run_bit_identical;
+
+  run_bit_identical = was && td_plan_bit_identical(t->job, p);
   emit("replan micro_batch=%u accumulation=%u total=%llu precision=%s recompute=%d "
-       "batch_dependent=%d effective_batch=%u", p->micro_batch, p->accumulation,
-       (unsigned long long)p->total, td_precision_name(p->precision), p->recompute,
-       p->batch_dependent, td_model_effective_batch(m));
+       "batch_dependent=%d effective_batch=%u bit_identical=%d", p->micro_batch,
+       p->accumulation, (unsigned long long)p->total, td_precision_name(p->precision),
+       p->recompute, p->batch_dependent, td_model_effective_batch(m), run_bit_identical);
+  if (was && !run_bit_identical)
+    td_warn("from here on the weights are no longer bit for bit those of an undisturbed run: "
+            "micro-batch %u is not a whole number of %d-sample blocks%s", p->micro_batch,
+            TD_PLAN_BLOCK_ROWS, p->precision != t->job->precision || p->shrink > 1
+                                    ? ", or a remedy changed the precision or the batch"
+                                    : "");
   td_info("re-planned: micro-batch %u x %u, %s%s, %llu bytes", p->micro_batch,
           p->accumulation, td_precision_name(p->precision),
           p->recompute ? " with activation recomputation" : "", (unsigned long long)p->total);
@@ -598,7 +612,7 @@ static int apply_control(trainer *t) {
       } else if (rc < 0) {
         return fail(rc, "the budget was set to %s: %s", what, td_model_error(t->model));
       } else {
-        emit_replan(t->model);
+        emit_replan(t);
       }
     } else {
       td_warn("ignoring an unknown command from traind: %s", ctl_buf);
@@ -612,7 +626,7 @@ static int apply_control(trainer *t) {
 }
 
 static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const uint8_t *lb) {
-  const td_model_hooks hooks = {.oom = on_oom, .replan = on_replan, .arg = t->model};
+  const td_model_hooks hooks = {.oom = on_oom, .replan = on_replan, .arg = t};
   td_step_stats st;
   td_mem_stats mem;
   double now;
@@ -927,7 +941,7 @@ int main(int argc, char **argv) {
   struct sigaction sa = {.sa_handler = on_term};
   struct sigaction sa_stop = {.sa_handler = on_stop, .sa_flags = SA_RESTART};
   char *text = NULL, err[512];
-  td_jobspec spec;
+  static td_jobspec spec, job; /* job: as its file says */
   td_plan plan;
   trainer t = {0};
   args a;
@@ -989,6 +1003,7 @@ int main(int argc, char **argv) {
   if (a.micro_batch > spec.batch_size)
     return fail(TD_EINVAL, "--micro-batch %u is larger than the batch size %u", a.micro_batch,
                 spec.batch_size);
+  job = spec;
   /* Admission's remedies, which the job must allow: the model runs as
    * they say from the start, as if it had re-planned to them. */
   if (a.precision >= 0 && (td_precision)a.precision != spec.precision) {
@@ -1019,6 +1034,7 @@ int main(int argc, char **argv) {
   td_backend_set_overhead(t.be, a.overhead);
   t.a = &a;
   t.spec = &spec;
+  t.job = &job;
   status = EXIT_JOB;
   {
     td_mem_stats mem;
@@ -1030,6 +1046,7 @@ int main(int argc, char **argv) {
       goto destroy_backend;
     }
   }
+  run_bit_identical = td_plan_bit_identical(&job, &plan);
   emit("plan micro_batch=%u params=%llu grads=%llu optim=%llu activations=%llu workspace=%llu "
        "staging=%llu overhead=%llu total=%llu", plan.micro_batch,
        (unsigned long long)plan.params, (unsigned long long)plan.grads,

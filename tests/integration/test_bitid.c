@@ -172,6 +172,18 @@ static uint64_t show_plan(uint64_t id, const char *key, bool *flag) {
   return v;
 }
 
+/* The job's log holds needle. */
+static void assert_logged(uint64_t id, const char *needle) {
+  char path[512], *log = NULL;
+  size_t len;
+
+  snprintf(path, sizeof(path), "%s/jobs/%llu/log", g_d.state, (unsigned long long)id);
+  ck_assert_int_eq(td_read_file(path, 16 << 20, &log, &len), 0);
+  ck_assert_msg(strstr(log, needle) != NULL, "job %llu's log lacks '%s'", (unsigned long long)id,
+                needle);
+  free(log);
+}
+
 static void assert_same_file(const char *a, const char *b) {
   char pa[256], pb[256], *ta = NULL, *tb = NULL;
   size_t la, lb;
@@ -187,8 +199,10 @@ static void assert_same_file(const char *a, const char *b) {
 }
 
 /* One example: undisturbed; the budget cut to 90% of the plan after `cut`
- * steps; the budget cut twice (two re-plans); memory.fail_alloc.  Each ends
- * with the undisturbed run's file, and show says bit_identical. */
+ * steps; the budget cut twice (two re-plans); memory.fail_alloc; the device
+ * taken away (the job checkpoints and waits in the queue) and given back
+ * smaller (it resumes at a smaller micro-batch).  Each ends with the
+ * undisturbed run's file, and show says bit_identical. */
 static void example_runs(const char *name, int limit, int cut, int fail_at,
                          const char *memory) {
   char yaml[16384], fail[256];
@@ -228,18 +242,30 @@ static void example_runs(const char *name, int limit, int cut, int fail_at,
   example(yaml, sizeof(yaml), name, limit, "fail.st", fail);
   id = submit(yaml, "fail");
   wait_state(id, "succeeded", 300000);
+  assert_logged(id, "out of memory");
   assert_same_file("ref.st", "fail.st");
+
+  example(yaml, sizeof(yaml), name, limit, "requeue.st", memory);
+  id = submit(yaml, "requeue");
+  wait_step(id, (uint64_t)cut);
+  set_budget(total / 8 > (1u << 20) ? total / 8 : 1u << 20); /* below its smallest plan */
+  wait_state(id, "queued", 60000);
+  set_budget(total * 9 / 10);
+  wait_state(id, "succeeded", 300000);
+  assert_logged(id, "resumed from");
+  ck_assert_uint_lt(show_plan(id, "micro_batch", NULL), mb);
+  assert_same_file("ref.st", "requeue.st");
   stop();
 }
 
-START_TEST(test_mlp) { example_runs("fashion-mnist-mlp", 12800, 6, 300, ""); }
+START_TEST(test_mlp) { example_runs("fashion-mnist-mlp", 25600, 6, 300, ""); }
 END_TEST
 
-START_TEST(test_cnn) { example_runs("fashion-mnist-cnn", 960, 8, 400, "  min_micro_batch: 8\n"); }
+START_TEST(test_cnn) { example_runs("fashion-mnist-cnn", 6400, 20, 400, "  min_micro_batch: 8\n"); }
 END_TEST
 
 START_TEST(test_cnn_bf16) {
-  example_runs("fashion-mnist-cnn-bf16", 640, 6, 400, "  min_micro_batch: 8\n");
+  example_runs("fashion-mnist-cnn-bf16", 6400, 20, 400, "  min_micro_batch: 8\n");
 }
 END_TEST
 
@@ -251,7 +277,7 @@ START_TEST(test_tiny_budget_says_so) {
   bool bit = true;
 
   start();
-  example(yaml, sizeof(yaml), "fashion-mnist-mlp", 6400, "tiny.st", "");
+  example(yaml, sizeof(yaml), "fashion-mnist-mlp", 60000, "tiny.st", "");
   /* the plans at 16 and 8 rows: the budget goes between them */
   example(y16, sizeof(y16), "fashion-mnist-mlp", 6400, "x.st", "");
   replace(y16, sizeof(y16), "batch_size: 128", "batch_size: 16");

@@ -9,7 +9,6 @@
 
 #include "dropout_mask.h"
 #include "error.h"
-#include "plan.h"
 #include "util.h"
 
 #ifndef TD_WITH_CUDA
@@ -320,9 +319,6 @@ void td_backend_softmax_xent_smooth(td_backend *be, const float *logits,
     be->ops->softmax_xent(be, logits, labels, rows, classes, smoothing, grad_scale, dlogits,
                           stats);
 }
-
-_Static_assert(TD_BLOCK_ROWS == TD_PLAN_BLOCK_ROWS,
-               "the planner keeps micro-batches whole blocks of the backends' rows");
 
 /* A product's bits depend on its shape (BLAS picks kernels and blocking by
  * it), so the dense ops multiply TD_BLOCK_ROWS rows at a time: a row gets

@@ -105,7 +105,8 @@ const char *td_backend_error(const td_backend *be);
  * micro-batches that are whole numbers of blocks gives the whole batch's
  * gradient to the bit (BatchNorm aside: its statistics are the call's).
  * The plan chooser keeps micro-batches whole blocks where the budget lets
- * it (td_plan.bit_identical). */
+ * it (td_plan.bit_identical; common/plan.h's TD_PLAN_BLOCK_ROWS is this
+ * number, which tests/unit/test_splits.c checks). */
 #define TD_BLOCK_ROWS 16
 
 /* C[m,n] = alpha * op(A)[m,k] op(B)[k,n] + beta * C; lda/ldb/ldc are the row

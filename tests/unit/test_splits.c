@@ -241,6 +241,9 @@ END_TEST
 /* The plan chooser keeps a split micro-batch whole blocks where the job
  * allows it, and says when it cannot. */
 START_TEST(test_plan_whole_blocks) {
+  /* the planner's block is the backends' (common/ cannot include kernels/) */
+  ck_assert_int_eq(TD_PLAN_BLOCK_ROWS, TD_BLOCK_ROWS);
+
   td_jobspec s;
   td_plan_choice c;
   td_plan at40, at20, at8, at5;

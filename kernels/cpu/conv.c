@@ -171,8 +171,10 @@ typedef struct conv_split {
 
 /* Pieces narrower than this make sgemm slow. */
 #define CONV_MIN_BLOCK 16
-/* Pieces per sample at most: the forward pass can use as many lanes. */
-#define CONV_PIECES 4
+/* Pieces per sample at most: the forward pass can use as many lanes, the
+ * backward pass two (one block each); more pieces measured slower (smaller
+ * products). */
+#define CONV_PIECES 2
 
 static conv_split split_of(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
                            size_t extra, int items) {

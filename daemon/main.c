@@ -18,9 +18,11 @@
 
 #include "dataset.h"
 #include "error.h"
+#include "ledger.h"
 #include "log.h"
 #include "shmcache.h"
 #include "td_config.h"
+#include "td_sched.h"
 #include "traind.h"
 #include "util.h"
 
@@ -199,7 +201,7 @@ uint64_t td_device_limit(const td_device *dev) {
 
 static int td__override_one(void *arg, const char *name, uint64_t budget, int drain) {
   td_daemon *d = arg;
-  td_device *dev = td_sched_device(d, name);
+  td_device *dev = td_ledger_device(d, name);
 
   if (dev == NULL) {
     td_info("device %s: an admin's change is recorded for it, but it is not configured; the "
@@ -230,7 +232,7 @@ static void td__overrides_apply(td_daemon *d, const char *when) {
     if (td_device_limit(dev) != dev->limit)
       td_device_set_limit(dev, td_device_limit(dev));
     if (dev->override_drain)
-      dev->draining = 1;
+      td_ledger_drain(dev, 1);
     if (dev->override_budget == 0 && !dev->override_drain)
       continue;
     td_format_size(dev->override_budget, ob, sizeof(ob));
@@ -318,9 +320,9 @@ static void td__reload(td_daemon *d) {
   td_strlcpy(d->cfg.libexec_dir, next.libexec_dir, sizeof(d->cfg.libexec_dir));
   td_log_init("traind", d->cfg.log_level);
   for (int i = 0; i < d->ndevices; i++)
-    d->devices[i].draining = 1;
+    td_ledger_drain(&d->devices[i], 1);
   for (int i = 0; i < next.ndevices; i++) {
-    td_device *dev = td_sched_device(d, next.devices[i].name);
+    td_device *dev = td_ledger_device(d, next.devices[i].name);
     if (dev == NULL && d->ndevices < TD_MAX_DEVICES) {
       dev = &d->devices[d->ndevices++];
       memset(dev, 0, sizeof(*dev));
@@ -335,7 +337,7 @@ static void td__reload(td_daemon *d) {
     if (dev != NULL) {
       dev->cfg_limit = next.devices[i].budget;
       td_device_set_limit(dev, td_device_limit(dev));
-      dev->draining = 0;
+      td_ledger_drain(dev, 0);
     }
   }
   /* A device gone from the file keeps running its jobs but takes no more. */
@@ -534,7 +536,7 @@ int main(int argc, char **argv) {
 
   d->loop = uv_default_loop();
   d->start_mono = td_now_mono();
-  td_sched_init(d);
+  td_ledger_init(d);
   for (int i = 0; i < d->ndevices; i++)
     d->devices[i].cfg_limit = d->cfg.devices[i].budget;
   td_probe_devices(d);

@@ -16,9 +16,11 @@
 
 #include "dataset.h"
 #include "error.h"
+#include "ledger.h"
 #include "log.h"
 #include "proto.h"
 #include "td_config.h"
+#include "td_sched.h"
 #include "traind.h"
 #include "util.h"
 
@@ -515,7 +517,7 @@ static int td__op_device(td_daemon *d, const td_ident *who, const msgpack_object
     return TD_EPERM;
   }
   td_obj_cstr(req, "name", name, sizeof(name));
-  dev = td_sched_device(d, name);
+  dev = td_ledger_device(d, name);
   if (dev == NULL) {
     snprintf(err, errlen, "no device named '%s'; `traind-client devices` lists them", name);
     return TD_ENOENT;
@@ -557,7 +559,7 @@ static int td__op_device(td_daemon *d, const td_ident *who, const msgpack_object
     td_sched_squeeze(d, dev);
   }
   if (has_drain && drain != dev->draining) {
-    dev->draining = drain;
+    td_ledger_drain(dev, drain);
     td_info("device %s: %s", dev->name, drain ? "draining: no new jobs, until an admin resumes "
             "it (kept across restarts and reloads)" : "resumed");
   }
@@ -822,7 +824,7 @@ static int td__op_plan(td_daemon *d, const td_ident *who, const msgpack_object *
     return TD_EINVAL;
   }
   td_obj_cstr(req, "device", only, sizeof(only));
-  if (only[0] != '\0' && td_sched_device(d, only) == NULL) {
+  if (only[0] != '\0' && td_ledger_device(d, only) == NULL) {
     snprintf(err, errlen, "no device named '%s'; `traind-client devices` lists them", only);
     return TD_ENOENT;
   }

@@ -30,11 +30,13 @@
 
 #include "error.h"
 #include "kvline.h"
+#include "ledger.h"
 #include "log.h"
 #include "privdrop.h"
 #include "ring.h"
 #include "shmcache.h"
 #include "td_config.h"
+#include "td_sched.h"
 #include "traind.h"
 #include "util.h"
 
@@ -104,7 +106,6 @@ static uint32_t td__kv_u32(const char *line, const char *key, uint32_t dflt) {
  * lowered by traind is given back here, once the worker has let go). */
 static void td__on_replan(td_run *r, const char *line) {
   td_job *j = r->job;
-  td_device *dev = td_sched_device(r->d, j->device);
   uint64_t total = td_kv_u64(line, "total", j->plan.total);
   uint32_t micro = (uint32_t)td_kv_u64(line, "micro_batch", j->plan.micro_batch);
   td_precision prec = j->plan.precision;
@@ -142,17 +143,9 @@ static void td__on_replan(td_run *r, const char *line) {
      * reservation stays: bytes are never counted on twice. */
     int grew = total > j->plan.total && r->budget_sent >= total;
 
-    if (dev != NULL && total <= j->plan.total) {
-      uint64_t give = j->plan.total - total;
-      dev->reserved -= give <= dev->reserved ? give : dev->reserved;
-      td_publish_device(r->d, dev);
-    } else if (dev != NULL && grew) {
-      dev->reserved += total - j->plan.total;
-      td_publish_device(r->d, dev);
-    }
     if (total <= j->plan.total || grew) {
-      j->plan = p;
-      j->plan.total = total;
+      p.total = total;
+      td_ledger_replan(r->d, j, &p);
     }
   }
 publish:
@@ -582,7 +575,7 @@ static void td__run_finish(td_run *r) {
   }
   j->run = NULL;
   j->exit_status = r->worker_signal ? 128 + r->worker_signal : (int)r->worker_status;
-  td_sched_release(d, j);
+  td_ledger_release(d, j);
 
   if (j->cancel_requested) {
     s = TD_JOB_CANCELLED;
@@ -963,7 +956,7 @@ close_dir:
 
 int td_run_set_budget(td_daemon *d, td_job *j, uint64_t budget) {
   td_run *r = j->run;
-  const td_device *dev = td_sched_device(d, j->device);
+  const td_device *dev = td_ledger_device(d, j->device);
   char line[80];
   uv_buf_t buf;
   int n;

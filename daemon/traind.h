@@ -28,6 +28,9 @@ typedef enum {
 const char *td_job_state_name(td_job_state s);
 int td_job_state_parse(const char *s, td_job_state *out);
 
+/* A queued job's wait_reason, with its NUL. */
+#define TD_REASON_MAX 192
+
 typedef struct td_run td_run;
 typedef struct td_db td_db;
 typedef struct td_auth td_auth;
@@ -59,6 +62,7 @@ typedef struct td_job {
   char *base_dir;          /* the job file's directory, where relative paths resolve */
   td_jobspec *spec;        /* parsed; NULL once the job has ended */
   td_plan plan;            /* at the micro-batch it will run with */
+  uint64_t held;           /* bytes reserved for it on device (ledger.c); 0: none */
 
   /* progress, from the worker's events */
   uint32_t epoch, epochs, step, steps;
@@ -86,7 +90,7 @@ typedef struct td_job {
   /* Why it is still queued, for a person (squeue's REASON): filled by the
    * scheduler for each queued job it could not start; "" when it is not
    * waiting. */
-  char wait_reason[192];
+  char wait_reason[TD_REASON_MAX];
   double acct_mono;        /* fair share: its usage is counted up to here
                               (td_now_mono) while it holds a reservation */
   char *warning;           /* what went wrong in a job that still succeeded (its
@@ -208,28 +212,6 @@ int td_db_override_load(td_db *db,
                         int (*fn)(void *arg, const char *name, uint64_t budget, int drain),
                         void *arg);
 
-/* sched.c */
-void td_sched_init(td_daemon *d);
-/* Queue order: 1 if a comes before b.  Higher priority first, then among
- * equal priorities the job whose user has the smaller decayed usage
- * (usage_a, usage_b: fair share), then submission order. */
-int td_sched_before(const td_job *a, double usage_a, const td_job *b, double usage_b);
-/* Admit queued jobs that fit, highest priority first; start them. */
-void td_sched_run(td_daemon *d);
-/* Admission after a submit: only the new job is tried, unless it heads
- * the queue. */
-void td_sched_submitted(td_daemon *d, td_job *j);
-/* 0 if the job fits some device it may use when that is empty, at its
- * smallest allowed micro-batch or more; j->plan becomes the plan on the
- * largest such device.  TD_ENOFIT with a message naming the numbers (and
- * j->plan the smallest plan) otherwise. */
-int td_sched_check_fit(td_daemon *d, td_job *j, char *err, size_t errlen);
-void td_sched_release(td_daemon *d, td_job *j);
-td_device *td_sched_device(td_daemon *d, const char *name);
-/* The device's budget went below what its jobs hold: tell running jobs
- * lower budgets (largest first) so that they re-plan to fit. */
-void td_sched_squeeze(td_daemon *d, td_device *dev);
-
 /* fairshare.c: per-user usage, as Slurm's fair share: device bytes
  * reserved x seconds held, decayed with half-life fairshare_halflife_s. */
 /* usage x 2^(-elapsed_ms / (halflife_s * 1000)); no decay for elapsed <= 0. */
@@ -310,8 +292,6 @@ void td_probe_devices(td_daemon *d);
 /* Probe one device (added by SIGHUP) in the background: it admits nothing
  * until the answer comes. */
 void td_probe_start(td_daemon *d, td_device *dev);
-/* Apply a (new) configured limit: budget = min(limit, free at the probe). */
-void td_device_set_limit(td_device *dev, uint64_t limit);
 
 /* auth.c.  td_auth_lookup runs on the loop: 0 with *out (a credential
  * decoded before and not expired, or anyone at all for a traind of one

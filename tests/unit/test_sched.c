@@ -13,7 +13,9 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "ledger.h"
 #include "plan.h"
+#include "td_sched.h"
 #include "traind.h"
 #include "util.h"
 
@@ -170,11 +172,10 @@ START_TEST(test_order_table) {
   };
 
   for (size_t i = 0; i < TD_ARRAY_SIZE(cases); i++) {
-    td_job a = {.id = cases[i].ida, .priority = cases[i].pa};
-    td_job b = {.id = cases[i].idb, .priority = cases[i].pb};
+    td_sched_job a = {.id = cases[i].ida, .priority = cases[i].pa, .usage = cases[i].ua};
+    td_sched_job b = {.id = cases[i].idb, .priority = cases[i].pb, .usage = cases[i].ub};
 
-    ck_assert_msg(td_sched_before(&a, cases[i].ua, &b, cases[i].ub) == cases[i].a_first,
-                  "case %zu", i);
+    ck_assert_msg(td_sched_before(&a, &b) == cases[i].a_first, "case %zu", i);
   }
 }
 END_TEST

@@ -21,6 +21,7 @@
 #include "ledger.h"
 #include "log.h"
 #include "shmcache.h"
+#include "spawn.h"
 #include "td_config.h"
 #include "td_sched.h"
 #include "traind.h"

@@ -265,8 +265,6 @@ int td_retain_remove_dir(int parent_fd, const char *name);
 /* A job's checkpoint, in its directory beside its log. */
 #define TD_CHECKPOINT_FILE "checkpoint.tdck"
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen);
-/* Where traind-worker and traind-loader are. */
-const char *td_run_libexec(const td_daemon *d);
 /* Tell a running job's worker its new budget (it re-plans at its next step
  * and answers with a "replan" event, which lowers the reservation; a
  * budget raised above its plan lets a worker that runs below its admitted
@@ -280,7 +278,6 @@ void td_run_stop(td_daemon *d, td_job *j);
  * back to the queue and resumes from it.  SIGKILL after TD_STOP_GRACE_MS.
  * Falls back to td_run_stop if the worker cannot be told. */
 void td_run_checkpoint_stop(td_daemon *d, td_job *j);
-void td_run_cleanup_stale(void);
 void td_run_check_heartbeats(td_daemon *d);
 
 /* probe.c */

@@ -11,6 +11,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "error.h"
 #include "log.h"
 #include "traind.h"

@@ -4,8 +4,10 @@
  * release gives back nothing. */
 #include <string.h>
 
+#include "fairshare.h"
 #include "ledger.h"
 #include "log.h"
+#include "server.h"
 #include "util.h"
 
 void td_ledger_init(td_daemon *d) {

@@ -16,12 +16,19 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "dataset.h"
+#include "db.h"
 #include "error.h"
+#include "fairshare.h"
 #include "ledger.h"
 #include "log.h"
+#include "probe.h"
+#include "retain.h"
+#include "server.h"
 #include "shmcache.h"
 #include "spawn.h"
+#include "supervise.h"
 #include "td_config.h"
 #include "td_sched.h"
 #include "traind.h"

@@ -17,6 +17,7 @@
 #include "hostmem.h"
 #include "ledger.h"
 #include "log.h"
+#include "probe.h"
 #include "spawn.h"
 #include "td_sched.h"
 #include "traind.h"

@@ -12,8 +12,10 @@
 #include <string.h>
 
 #include "error.h"
+#include "fairshare.h"
 #include "ledger.h"
 #include "log.h"
+#include "supervise.h"
 #include "td_sched.h"
 #include "traind.h"
 #include "util.h"

@@ -17,14 +17,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "dataset.h"
+#include "db.h"
 #include "error.h"
+#include "fairshare.h"
 #include "ledger.h"
 #include "log.h"
 #include "logs.h"
 #include "planreport.h"
 #include "proto.h"
 #include "serialize.h"
+#include "server.h"
+#include "supervise.h"
 #include "td_config.h"
 #include "td_sched.h"
 #include "traind.h"

@@ -28,13 +28,16 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "error.h"
 #include "kvline.h"
 #include "ledger.h"
 #include "log.h"
 #include "ring.h"
+#include "server.h"
 #include "shmcache.h"
 #include "spawn.h"
+#include "supervise.h"
 #include "td_sched.h"
 #include "traind.h"
 #include "util.h"

@@ -8,8 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "db.h"
+#include "fairshare.h"
 #include "ledger.h"
 #include "log.h"
+#include "server.h"
 #include "traind.h"
 #include "util.h"
 

@@ -15,9 +15,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "error.h"
+#include "fairshare.h"
 #include "ledger.h"
 #include "plan.h"
+#include "retain.h"
+#include "server.h"
+#include "supervise.h"
 #include "td_sched.h"
 #include "traind.h"
 #include "util.h"

@@ -163,7 +163,7 @@ static int td__pick(const td__pass *p, size_t i, td_plan_choice *plan) {
 static int td__held(const td__pass *p, size_t i) {
   size_t u = p->v->jobs[i].user;
 
-  return p->v->max_running_per_user != 0 && u != TD_SCHED_NOUSER &&
+  return p->v->max_running_per_user != 0 && u != TD_SCHED_NONE &&
          p->running[u] >= p->v->max_running_per_user;
 }
 
@@ -176,7 +176,7 @@ static void td__start(td__pass *p, size_t i, int dev, const td_plan_choice *plan
   s->plan = *plan;
   p->started[i] = 1;
   p->reserved[dev] += plan->plan.total;
-  if (u != TD_SCHED_NOUSER)
+  if (u != TD_SCHED_NONE)
     p->running[u]++;
   p->out->reasons[i][0] = '\0';
 }
@@ -186,7 +186,7 @@ static void td__start(td__pass *p, size_t i, int dev, const td_plan_choice *plan
  * not to); the jobs tried and not fitting get their reason. */
 static size_t td__first_queued(const td__pass *p, int fitting, size_t skip, int *dev,
                                td_plan_choice *plan) {
-  size_t best = TD_SCHED_NOUSER;
+  size_t best = TD_SCHED_NONE;
   int best_dev = -1;
   td_plan_choice c;
 
@@ -195,7 +195,7 @@ static size_t td__first_queued(const td__pass *p, int fitting, size_t skip, int 
 
     if (p->started[i] || i == skip || td__held(p, i))
       continue;
-    if (best != TD_SCHED_NOUSER && !td_sched_before(&p->v->jobs[i], &p->v->jobs[best]))
+    if (best != TD_SCHED_NONE && !td_sched_before(&p->v->jobs[i], &p->v->jobs[best]))
       continue;
     if (fitting && (fit = td__pick(p, i, &c)) < 0)
       continue;
@@ -241,7 +241,7 @@ static void td__add_behind(const td__pass *p, size_t i, size_t head) {
   char *reason = p->out->reasons[i];
   size_t n = strnlen(reason, TD_REASON_MAX);
 
-  if (head != TD_SCHED_NOUSER && head != i && n < TD_REASON_MAX)
+  if (head != TD_SCHED_NONE && head != i && n < TD_REASON_MAX)
     snprintf(reason + n, TD_REASON_MAX - n, "; behind job %llu",
              (unsigned long long)p->v->jobs[head].id);
 }
@@ -256,7 +256,7 @@ static void td__explain(const td__pass *p, size_t head, int backfill) {
       continue;
     if (td__held(p, i))
       td__set_held(p, i);
-    else if (head != TD_SCHED_NOUSER && !backfill)
+    else if (head != TD_SCHED_NONE && !backfill)
       td__set_behind(p, i, head);
     else
       td__add_behind(p, i, head);
@@ -267,6 +267,9 @@ static int td__pass_init(td__pass *p, const td_sched_view *v, td_sched_out *out)
   memset(p, 0, sizeof(*p));
   p->v = v;
   p->out = out;
+  out->nstarts = 0;
+  out->head = TD_SCHED_NONE;
+  out->head_wait_since = v->head_wait_since;
   p->reserved = calloc((size_t)v->ndevs + 1, sizeof(*p->reserved));
   p->running = calloc(v->nusers + 1, sizeof(*p->running));
   p->started = calloc(v->njobs + 1, 1);
@@ -276,9 +279,6 @@ static int td__pass_init(td__pass *p, const td_sched_view *v, td_sched_out *out)
     p->reserved[k] = v->devs[k].reserved;
   for (size_t u = 0; u < v->nusers; u++)
     p->running[u] = v->users[u].running;
-  out->nstarts = 0;
-  out->head = TD_SCHED_NOUSER;
-  out->head_wait_since = v->head_wait_since;
   return 0;
 }
 
@@ -299,8 +299,8 @@ int td_sched_decide(const td_sched_view *v, td_sched_out *out) {
   for (i = 0; i < v->njobs; i++)
     out->reasons[i][0] = '\0';
   for (;;) {
-    head = td__first_queued(&p, 0, TD_SCHED_NOUSER, &dev, &plan);
-    if (head == TD_SCHED_NOUSER) {
+    head = td__first_queued(&p, 0, TD_SCHED_NONE, &dev, &plan);
+    if (head == TD_SCHED_NONE) {
       out->head_wait_since = 0;
       break;
     }
@@ -318,7 +318,7 @@ int td_sched_decide(const td_sched_view *v, td_sched_out *out) {
         break;
       }
       i = td__first_queued(&p, 1, head, &dev, &plan);
-      if (i == TD_SCHED_NOUSER)
+      if (i == TD_SCHED_NONE)
         break;
     }
     td__start(&p, i, dev, &plan);
@@ -338,6 +338,7 @@ void td_sched_decide_submitted(const td_sched_view *v, size_t job, size_t head,
 
   out->reasons[job][0] = '\0';
   if (td__pass_init(&p, v, out) < 0) {
+    out->head = head;
     snprintf(out->reasons[job], TD_REASON_MAX, "waiting: traind is out of memory");
     goto free_pass;
   }
@@ -531,7 +532,7 @@ static void td__view_job(td_daemon *d, td__view *w, td_job *j) {
   s->priority = j->priority;
   s->usage = u != NULL ? u->usage : 0;
   /* an index: td_user_get may move the users while the view is built */
-  s->user = u != NULL ? (size_t)(u - d->users) : TD_SCHED_NOUSER;
+  s->user = u != NULL ? (size_t)(u - d->users) : TD_SCHED_NONE;
   s->pin = j->pin;
   s->spec = j->spec;
 }
@@ -611,7 +612,7 @@ void td_sched_run(td_daemon *d) {
     if (td__view_users(d, &w) < 0 || td_sched_decide(&w.v, &w.out) < 0)
       goto nomem;
     d->head_wait_since = w.out.head_wait_since;
-    d->head_id = w.out.head != TD_SCHED_NOUSER ? w.sjobs[w.out.head].id : 0;
+    d->head_id = w.out.head != TD_SCHED_NONE ? w.sjobs[w.out.head].id : 0;
     if ((again = td__apply_starts(d, &w)) == 0)
       for (size_t i = 0; i < w.v.njobs; i++)
         if (td__waiting(w.jobs[i]))

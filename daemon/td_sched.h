@@ -20,15 +20,16 @@
 /* How long the head of the queue may be passed by smaller jobs
  * (backfill) before everything waits for it. */
 #define TD_BACKFILL_WINDOW_S 300.0
-/* A job's user, when it has none in the view. */
-#define TD_SCHED_NOUSER SIZE_MAX
+/* An index that names nothing: a job without a user in the view, or no
+ * head. */
+#define TD_SCHED_NONE SIZE_MAX
 
 /* A waiting job, as admission sees it. */
 typedef struct td_sched_job {
   uint64_t id;             /* submission order */
   int32_t priority;
   double usage;            /* its user's fair-share usage; all decayed to one instant */
-  size_t user;             /* index in the view's users; TD_SCHED_NOUSER: none */
+  size_t user;             /* index in the view's users; TD_SCHED_NONE: none */
   const char *pin;         /* the only device it may use; "" any */
   const td_jobspec *spec;  /* what the plan chooser plans */
 } td_sched_job;
@@ -71,7 +72,7 @@ typedef struct td_sched_out {
   size_t nstarts;
   char (*reasons)[TD_REASON_MAX]; /* why each job waits ("" for one that starts) */
   size_t head;             /* the queue's head: the first job in queue order that
-                              is not held; TD_SCHED_NOUSER: none */
+                              is not held; TD_SCHED_NONE: none */
   double head_wait_since;  /* the view's, as the pass leaves it */
 } td_sched_out;
 

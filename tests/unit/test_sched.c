@@ -725,7 +725,7 @@ START_TEST(test_decide_table) {
                             reasons[i], 0) == 0,
                     "%s: job %zu waits for '%s', want '%s'", cases[c].desc, i, reasons[i],
                     cases[c].want_reasons[i]);
-    ck_assert_msg(out.head == (cases[c].want_head < 0 ? TD_SCHED_NOUSER
+    ck_assert_msg(out.head == (cases[c].want_head < 0 ? TD_SCHED_NONE
                                                      : (size_t)cases[c].want_head),
                   "%s: head %zu", cases[c].desc, out.head);
     ck_assert_msg(out.head_wait_since == cases[c].want_wait_since, "%s: waits since %g",

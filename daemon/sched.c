@@ -15,6 +15,7 @@
 #include "fairshare.h"
 #include "ledger.h"
 #include "log.h"
+#include "metrics.h"
 #include "supervise.h"
 #include "td_sched.h"
 #include "traind.h"
@@ -471,6 +472,7 @@ static int td__admit(td_daemon *d, td_job *j, td_device *dev, const td_plan_choi
   if ((u = td_user_get(d, j->uid, j->owner)) != NULL)
     u->running++;
   td_ledger_reserve(d, dev, j, &plan->plan);
+  td_metrics_admitted(j, dev, plan->remedies);
   rc = td_run_start(d, j, err, sizeof(err));
   if (rc < 0) {
     td_ledger_release(d, j);

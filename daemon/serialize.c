@@ -83,6 +83,13 @@ void td_ser_job(td_map *m, const td_job *j) {
   td_map_kv_u64(&ck, "bytes", j->ckpt_bytes);
   td_map_kv_u64(&ck, "resumed_step", j->resumed_step);
   td_map_end(&ck);
+  /* [step, loss] pairs: a map each would double the reply's size */
+  td_map_kv_array(&job, "loss_curve", (uint32_t)td_losscurve_len(&j->loss_curve));
+  for (size_t i = 0; i < td_losscurve_len(&j->loss_curve); i++) {
+    td_pack_array(job.p, 2);
+    td_pack_u64(job.p, j->loss_curve.pts[i].step);
+    td_pack_f64(job.p, j->loss_curve.pts[i].loss);
+  }
   td_map_end(&job);
 }
 

@@ -25,6 +25,7 @@
 #include "ledger.h"
 #include "log.h"
 #include "logs.h"
+#include "metrics.h"
 #include "planreport.h"
 #include "proto.h"
 #include "serialize.h"
@@ -595,6 +596,7 @@ typedef struct td__pending {
   time_t expires;
   int rc;
   char err[512];
+  double t0;               /* when it arrived (td_now_mono), for its latency */
 } td__pending;
 
 /* Runs the op for who; returns whether the scheduler should run. */
@@ -679,6 +681,7 @@ static void td__decode_done(uv_work_t *w, int status) {
   }
   td__reply_error(&rep, rc, p->err, sizeof(p->err));
   td__send_reply(d, &rep);
+  td_metrics_request(p->def->op, rc, td_now_mono() - p->t0);
   if (changes)
     td_sched_run(d);
   uv_poll_start(&d->rep_poll, UV_READABLE, td__on_request);
@@ -693,8 +696,9 @@ free_pending:
  * or -1 when the request went to a worker thread to have its credential
  * checked (it is answered from there, and the socket waits). */
 static int td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) {
+  double t0 = td_now_mono();
   char err[1024] = "";
-  const td_msgdef *def;
+  const td_msgdef *def = NULL;
   const char *cred = NULL;
   size_t credlen = 0;
   td_msg *msg = NULL;
@@ -718,6 +722,7 @@ static int td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) {
     p->msg = msg;
     p->def = def;
     p->credlen = credlen;
+    p->t0 = t0;
     p->work.data = p;
     if (uv_queue_work(d->loop, &p->work, td__decode_work, td__decode_done) < 0) {
       free(p->cred);
@@ -732,6 +737,7 @@ static int td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) {
     changes = td__dispatch(d, def, msg, &who, rep, err, sizeof(err), &rc);
 reply:
   td__reply_error(rep, rc, err, sizeof(err));
+  td_metrics_request(msg != NULL ? def->op : NULL, rc, td_now_mono() - t0);
   td_msg_free(msg);
   return changes;
 }

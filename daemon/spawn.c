@@ -148,8 +148,9 @@ int td_spawn_worker(const td_spawn_ctx *c, const char *dir, const char *ckpt, in
   char *args[] = {worker, "--job", (char *)c->job_path, "--base-dir", j->base_dir, "--ring",
                   (char *)c->ring_name, "--device", (char *)j->device, "--budget", budget,
                   "--micro-batch", micro, "--output", output, "--events-fd", events_fd,
-                  "--checkpoint", (char *)ckpt, "--overhead", overhead, NULL, NULL, NULL, NULL,
-                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+                  "--checkpoint", (char *)ckpt, "--overhead", overhead, "--tensorboard",
+                  (char *)dir, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                  NULL};
   size_t n = TD_ARRAY_SIZE(args) - 12;
 
   /* The job's directory keeps the model when the job names no output, and

@@ -64,6 +64,9 @@ typedef struct td_job {
 
   char *yaml;              /* job file text while it is being parsed; the database
                               keeps it (td_db_job_yaml) */
+  unsigned char *desc;     /* its description (proto/jobdesc.h) while it is being
+                              stored or restored; the database keeps it */
+  size_t desc_len;
   char *base_dir;          /* the job file's directory, where relative paths resolve */
   td_jobspec *spec;        /* parsed; NULL once the job has ended */
   td_plan plan;            /* at the micro-batch it will run with */

@@ -576,7 +576,8 @@ START_TEST(test_prometheus_scrapes) {
   int pport, code = -1;
   double t0 = td_now_mono();
 
-  th_job_yaml(yaml, sizeof(yaml), "scraped", 1024, 2, 60000, 64);
+  /* long enough to outlast the test on a quiet machine: it is cancelled */
+  th_job_yaml(yaml, sizeof(yaml), "scraped", 1024, 100, 60000, 64);
   strcat(yaml, "memory:\n  min_micro_batch: 4\n");
   th_job_yaml(small_yaml, sizeof(small_yaml), "probe", 1024, 1, 100, 16);
   small = plan_total(small_yaml); /* the plan at micro-batch 16: what the budget drops to */

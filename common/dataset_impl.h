@@ -72,6 +72,8 @@ struct td__format {
   int (*load_file)(td_split *s, int k, uint8_t *samples, uint8_t *labels, uint32_t classes,
                    char *err, size_t errlen);
   uint32_t load_align; /* a whole-split load's ranges start at multiples of it */
+  int load_to_end;     /* load_file reads the file to its end, checking it (a gzip
+                          CRC); not raw, whose size alone gives its records */
 };
 
 extern const td__format td__format_idx, td__format_npy, td__format_csv, td__format_raw;
@@ -94,8 +96,7 @@ void td__records_read_cost(const td_split *s, uint64_t *gap, uint64_t *per);
 int td__records_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples,
                      uint8_t *labels, uint32_t classes, char *err, size_t errlen);
 int td__records_check_labels(td_split *s, uint32_t classes, char *err, size_t errlen);
-/* to_end: read the rest of the file too, checking it (a gzip CRC) */
 int td__records_load_file(td_split *s, int k, uint8_t *samples, uint8_t *labels,
-                          uint32_t classes, int to_end, char *err, size_t errlen);
+                          uint32_t classes, char *err, size_t errlen);
 
 #endif

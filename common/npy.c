@@ -370,11 +370,6 @@ close_cur:
   return rc;
 }
 
-static int npy_load_file(td_split *s, int k, uint8_t *samples, uint8_t *labels,
-                         uint32_t classes, char *err, size_t errlen) {
-  return td__records_load_file(s, k, samples, labels, classes, 1, err, errlen);
-}
-
 const td__format td__format_npy = {
     .open = open_npy,
     .needs_scan = td__records_needs_scan,
@@ -382,6 +377,7 @@ const td__format td__format_npy = {
     .read_cost = td__records_read_cost,
     .read = td__records_read,
     .check_labels = td__records_check_labels,
-    .load_file = npy_load_file,
+    .load_file = td__records_load_file,
     .load_align = 1,
+    .load_to_end = 1,
 };

@@ -64,12 +64,6 @@ static int raw_scan(td_split *s, uint32_t max_points, char *err, size_t errlen) 
   return raw_records(s, td_dfile_size(s->sf), err, errlen);
 }
 
-/* Its size known from the records alone, the file is not read to its end. */
-static int raw_load_file(td_split *s, int k, uint8_t *samples, uint8_t *labels,
-                         uint32_t classes, char *err, size_t errlen) {
-  return td__records_load_file(s, k, samples, labels, classes, 0, err, errlen);
-}
-
 const td__format td__format_raw = {
     .open = open_raw,
     .needs_scan = td__records_needs_scan,
@@ -77,6 +71,7 @@ const td__format td__format_raw = {
     .read_cost = td__records_read_cost,
     .read = td__records_read,
     .check_labels = td__records_check_labels,
-    .load_file = raw_load_file,
+    .load_file = td__records_load_file,
     .load_align = 1,
+    .load_to_end = 0,
 };

@@ -269,12 +269,13 @@ int td__records_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples,
   return read_fixed(s, first, n, samples, labels, classes, 0, err, errlen);
 }
 
-/* gzip: one task per file, each decoding it front to back (and, to_end,
- * checking it to its end). */
+/* gzip: one task per file, each decoding it front to back (and checking
+ * it to its end). */
 int td__records_load_file(td_split *s, int k, uint8_t *samples, uint8_t *labels,
-                          uint32_t classes, int to_end, char *err, size_t errlen) {
+                          uint32_t classes, char *err, size_t errlen) {
   return read_fixed(s, 0, s->count, k == 0 ? samples : NULL,
-                    k == 1 || s->lab.f == s->sf ? labels : NULL, classes, to_end, err, errlen);
+                    k == 1 || s->lab.f == s->sf ? labels : NULL, classes, s->fmt->load_to_end,
+                    err, errlen);
 }
 
 /* The labels of the first MiB of records. */

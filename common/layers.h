@@ -115,7 +115,7 @@ typedef struct td_layer_def {
   /* the plan */
   bool needs_x, needs_y;    /* what the backward op reads: the stored input, output */
   bool in_place;            /* the forward op may overwrite its input (when nothing
-                               else reads it) and the backward op its gradient */
+                               else reads it) */
   bool grad_in_place;       /* the backward op may overwrite the output's gradient */
   bool view;                /* no op at all: the output is the input's bytes (flatten) */
   td_layer_stats stats;

@@ -203,6 +203,7 @@ typedef enum cli_job_col {
   CLI_COL_LOSS, CLI_COL_ACC, CLI_COL_SUBMITTED, CLI_COL_MEM, CLI_COL_SPEED,
   CLI_COL_MICRO,  /* "48x3" from the plan when it accumulates, else "-" */
   CLI_COL_REASON, /* a queued job's wait_reason */
+  CLI_COL_TREND,  /* a sparkline of show's last loss_curve points */
 } cli_job_col;
 void cli_job_table_init(cli_table *t, const cli_job_col *cols, size_t ncols);
 void cli_job_row(cli_table *t, const cli_job_col *cols, size_t ncols, const msgpack_object *job);
@@ -210,6 +211,26 @@ void cli_job_row(cli_table *t, const cli_job_col *cols, size_t ncols, const msgp
  * STATE, of one device map or an array of them.  0, or CLI_EXIT_JOB after
  * saying "out of memory". */
 int cli_print_devices(FILE *f, const msgpack_object *devs);
+
+/* plot.c: the loss curve as text. */
+#define CLI_LOSS_CURVE_MAX 512 /* points in show's loss_curve (PROTOCOL.md) */
+/* Whether the locale's character set is UTF-8, from LC_ALL, LC_CTYPE and
+ * LANG (the first set wins, as POSIX says); cli_term_utf8 reads them. */
+int cli_utf8_from(const char *lc_all, const char *lc_ctype, const char *lang);
+int cli_term_utf8(void);
+/* show's loss_curve, its last cap points, into x (step) and y (loss); the
+ * count.  Malformed pairs are skipped. */
+size_t cli_loss_curve(const msgpack_object *job, double *x, double *y, size_t cap);
+/* A line plot of the points in rows lines of cols characters, each line
+ * starting with indent and the loss axis (its top and bottom values
+ * printed), then the step axis and its range: rows + 2 lines, the count
+ * returned; nothing (0) when no loss is finite, rows < 2 or cols < 4.
+ * Points whose loss is not finite are left out. */
+int cli_plot(FILE *f, const double *x, const double *y, size_t n, size_t rows, size_t cols,
+             int utf8, const char *indent);
+/* One character per value, its height in 8 levels from the smallest to
+ * the largest finite one ('!' for one that is not finite), into buf. */
+void cli_sparkline(const double *y, size_t n, int utf8, char *buf, size_t cap);
 
 /* cmd.c: one function per command. */
 int cli_cmd_submit(cli *c, const cli_args *a);

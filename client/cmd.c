@@ -488,6 +488,20 @@ static void show_checkpoint(const msgpack_object *job) {
   fputc('\n', stdout);
 }
 
+/* The loss so far, a plot 6 lines high as wide as the terminal allows. */
+static void show_curve(const msgpack_object *job) {
+  static double x[CLI_LOSS_CURVE_MAX], y[CLI_LOSS_CURVE_MAX];
+  size_t n = cli_loss_curve(job, x, y, CLI_LOSS_CURVE_MAX);
+  size_t width = cli_term_columns(STDOUT_FILENO);
+
+  if (n < 2)
+    return;
+  puts("loss curve:");
+  /* the indent and the axis' labels take about 14 columns */
+  cli_plot(stdout, x, y, n, 6, width > 14 + 16 ? (width - 14 < 72 ? width - 14 : 72) : 16,
+           cli_term_utf8(), "  ");
+}
+
 static void show_job(const msgpack_object *job) {
   const msgpack_object *plan = NULL;
   char buf[96], state[16] = "?", *err;
@@ -524,6 +538,7 @@ static void show_job(const msgpack_object *job) {
     printf("%" PRId64 "\n", i);
   }
   show_checkpoint(job);
+  show_curve(job);
   if (td_obj_map(job, "plan", &plan) != 0)
     plan = NULL;
   show_mem(job, plan);

@@ -502,7 +502,10 @@ static void str_cell(cli_table *t, const msgpack_object *map, const char *key,
 
 enum col_kind {
   COL_U64, COL_STR, COL_PROGRESS, COL_METRIC, COL_AGE, COL_MEM, COL_SPEED, COL_MICRO,
+  COL_TREND,
 };
+
+#define TREND_POINTS 12 /* of the loss curve, the most recent */
 
 static const struct job_col {
   const char *head, *key, *dflt;
@@ -522,6 +525,7 @@ static const struct job_col {
   [CLI_COL_SPEED] = {"SAMPLES/S", "samples_per_sec", "-", 'r', COL_SPEED},
   [CLI_COL_MICRO] = {"MICRO", "plan", "-", 'r', COL_MICRO},
   [CLI_COL_REASON] = {"REASON", "wait_reason", "-", 'l', COL_STR},
+  [CLI_COL_TREND] = {"TREND", "loss_curve", "-", 'l', COL_TREND},
 };
 
 void cli_job_table_init(cli_table *t, const cli_job_col *cols, size_t ncols) {
@@ -598,6 +602,16 @@ static void job_cell(cli_table *t, const struct job_col *col, const msgpack_obje
     cli_fmt_count((uint64_t)(v + 0.5), buf, sizeof(buf));
     cli_table_text(t, buf, strlen(buf));
     return;
+  case COL_TREND: {
+    double xs[TREND_POINTS], ys[TREND_POINTS];
+    size_t n = cli_loss_curve(job, xs, ys, TREND_POINTS);
+
+    if (n < 2)
+      break;
+    cli_sparkline(ys, n, cli_term_utf8(), buf, sizeof(buf));
+    cli_table_text(t, buf, strlen(buf));
+    return;
+  }
   }
   cli_table_text(t, col->dflt, strlen(col->dflt));
 }

@@ -482,6 +482,129 @@ START_TEST(micro_and_reason_columns) {
 }
 END_TEST
 
+/* The plot's golden output: Braille in UTF-8, ASCII halves otherwise. */
+START_TEST(plot_draws_the_curve) {
+  static const double x[] = {1, 2, 3, 4, 5, 6, 7, 8}, y[] = {4, 3, 2.5, 2, 1.5, 1.25, 1.125, 1};
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+
+  ck_assert_int_eq(cli_plot(f, x, y, 8, 3, 8, 1, ""), 5);
+  ck_assert_int_eq(cli_plot(f, x, y, 8, 3, 8, 0, "> "), 5);
+  /* nothing to draw: no finite loss, too small */
+  ck_assert_int_eq(cli_plot(f, x, (const double[]){NAN, INFINITY}, 2, 3, 8, 1, ""), 0);
+  ck_assert_int_eq(cli_plot(f, x, y, 8, 1, 8, 1, ""), 0);
+  fclose(f);
+  ck_assert_str_eq(buf, "4 \u2524\u2831\u2840\n"
+                        "  \u2502 \u2811\u2824\u2840\n"
+                        "1 \u2524   \u2808\u2812\u2824\u2884\u28c0\n"
+                        "  \u2514\u2500\u2500\u2500\u2500\u2500\u2500\u2500\u2500\n"
+                        "   1 step 8\n"
+                        "> 4 +'.\n"
+                        ">   | '..\n"
+                        "> 1 +    '...\n"
+                        ">   +--------\n"
+                        ">    1 step 8\n");
+  free(buf);
+}
+END_TEST
+
+/* A diverged point is left out of the plot, and a flat curve sits in the
+ * middle. */
+START_TEST(plot_skips_nan_and_centres_flat) {
+  static const double x[] = {10, 20, 30}, y[] = {2, NAN, 2};
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+
+  ck_assert_int_eq(cli_plot(f, x, y, 3, 2, 4, 0, ""), 4);
+  fclose(f);
+  ck_assert_str_eq(buf, "2 +....\n"
+                        "2 +\n"
+                        "  +----\n"
+                        "   step 30\n");
+  free(buf);
+}
+END_TEST
+
+START_TEST(sparkline_levels) {
+  static const double up[] = {1, 2, 3, 4, 5, 6, 7, 8};
+  char buf[64];
+
+  cli_sparkline(up, 8, 1, buf, sizeof(buf));
+  ck_assert_str_eq(buf, "\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588");
+  cli_sparkline(up, 8, 0, buf, sizeof(buf));
+  ck_assert_str_eq(buf, "_.-:=+*#");
+  cli_sparkline((const double[]){3, NAN, 1}, 3, 0, buf, sizeof(buf));
+  ck_assert_str_eq(buf, "#!_");
+  cli_sparkline((const double[]){0.5, 0.5}, 2, 1, buf, sizeof(buf));
+  ck_assert_str_eq(buf, "\u2584\u2584");
+  /* cut to the buffer, never half a character */
+  cli_sparkline(up, 8, 1, buf, 8);
+  ck_assert_str_eq(buf, "\u2581\u2582");
+}
+END_TEST
+
+START_TEST(utf8_comes_from_the_locale) {
+  ck_assert_int_eq(cli_utf8_from(NULL, NULL, "en_GB.UTF-8"), 1);
+  ck_assert_int_eq(cli_utf8_from(NULL, NULL, "de_DE.utf8"), 1);
+  ck_assert_int_eq(cli_utf8_from(NULL, NULL, "C"), 0);
+  ck_assert_int_eq(cli_utf8_from(NULL, NULL, NULL), 0);
+  ck_assert_int_eq(cli_utf8_from("C", "en_US.UTF-8", "en_US.UTF-8"), 0);
+  ck_assert_int_eq(cli_utf8_from("", "C.UTF-8", "C"), 1);
+  ck_assert_int_eq(cli_utf8_from(NULL, "", "POSIX"), 0);
+}
+END_TEST
+
+/* top's TREND: the last 12 pairs of show's loss_curve, in ASCII under
+ * LANG=C; a malformed pair is skipped, a job with fewer than two points
+ * shows "-". */
+START_TEST(trend_column_reads_the_loss_curve) {
+  static const cli_job_col cols[] = {CLI_COL_ID, CLI_COL_TREND};
+  double xs[CLI_LOSS_CURVE_MAX], ys[CLI_LOSS_CURVE_MAX];
+  packed run, fresh;
+  cli_table t;
+  char *s;
+
+  setenv("LANG", "C", 1);
+  unsetenv("LC_ALL");
+  unsetenv("LC_CTYPE");
+  packed_init(&run);
+  msgpack_pack_map(&run.pk, 2);
+  key(&run, "id");
+  msgpack_pack_uint64(&run.pk, 7);
+  key(&run, "loss_curve");
+  msgpack_pack_array(&run.pk, 21);
+  for (int i = 0; i < 20; i++) {
+    msgpack_pack_array(&run.pk, 2);
+    msgpack_pack_uint64(&run.pk, (uint64_t)(i + 1) * 10);
+    msgpack_pack_double(&run.pk, i < 12 ? 9.0 : 8.0 - (i - 12)); /* the last 8: 8 .. 1 */
+  }
+  msgpack_pack_array(&run.pk, 1); /* malformed */
+  msgpack_pack_uint64(&run.pk, 1);
+  packed_init(&fresh);
+  msgpack_pack_map(&fresh.pk, 2);
+  key(&fresh, "id");
+  msgpack_pack_uint64(&fresh.pk, 8);
+  key(&fresh, "loss_curve");
+  msgpack_pack_array(&fresh.pk, 0);
+
+  ck_assert_uint_eq(cli_loss_curve(packed_obj(&run), xs, ys, CLI_LOSS_CURVE_MAX), 20);
+  ck_assert(xs[19] == 200 && ys[19] == 1.0);
+  cli_job_table_init(&t, cols, 2);
+  cli_job_row(&t, cols, 2, packed_obj(&run));
+  cli_job_row(&t, cols, 2, packed_obj(&fresh));
+  s = table_text(&t);
+  /* the last 12 pairs, of which 11 well formed: 9 9 9 8 7 6 5 4 3 2 1 */
+  ck_assert_str_eq(s, "ID  TREND\n"
+                      " 7  ###*+==:-._\n"
+                      " 8  -\n");
+  free(s);
+  packed_free(&run);
+  packed_free(&fresh);
+}
+END_TEST
+
 START_TEST(formats_progress_and_metrics) {
   packed p;
   const msgpack_object *job;
@@ -728,6 +851,11 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, epoch_end_shows_each_split_known);
   tcase_add_test(tc, events_show_the_fields_that_matter);
   tcase_add_test(tc, micro_and_reason_columns);
+  tcase_add_test(tc, plot_draws_the_curve);
+  tcase_add_test(tc, plot_skips_nan_and_centres_flat);
+  tcase_add_test(tc, sparkline_levels);
+  tcase_add_test(tc, utf8_comes_from_the_locale);
+  tcase_add_test(tc, trend_column_reads_the_loss_curve);
   suite_add_tcase(s, tc);
   tc = tcase_create("arguments");
   tcase_add_test(tc, bounds_come_from_the_catalogue);

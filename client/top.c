@@ -25,9 +25,9 @@ typedef struct top_col {
 } top_col;
 
 static const top_col running_cols[] = {
-  {CLI_COL_ID, 0},       {CLI_COL_NAME, 0},  {CLI_COL_OWNER, 2}, {CLI_COL_DEVICE, 5},
-  {CLI_COL_PROGRESS, 0}, {CLI_COL_LOSS, 6},  {CLI_COL_ACC, 1},   {CLI_COL_MICRO, 7},
-  {CLI_COL_MEM, 4},      {CLI_COL_SPEED, 3},
+  {CLI_COL_ID, 0},       {CLI_COL_NAME, 0},  {CLI_COL_OWNER, 3}, {CLI_COL_DEVICE, 6},
+  {CLI_COL_PROGRESS, 0}, {CLI_COL_LOSS, 7},  {CLI_COL_TREND, 1}, {CLI_COL_ACC, 2},
+  {CLI_COL_MICRO, 8},    {CLI_COL_MEM, 5},   {CLI_COL_SPEED, 4},
 };
 
 static const top_col queued_cols[] = {

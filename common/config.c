@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pwd.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -64,6 +66,69 @@ static int check_socket(const td_yfield *f, void *p, const td_ynode *n, void *us
     return 1;
   }
   return 0;
+}
+
+int td_config_listen_addr(const char *s, struct sockaddr_storage *out, unsigned *len, char *err,
+                          size_t errlen) {
+  struct sockaddr_storage ss;
+  char host[64], ex[64];
+  const char *colon, *port, *text = s;
+  int v6 = s[0] == '[';
+  unsigned long v;
+  char *end;
+  size_t hl;
+
+  memset(&ss, 0, sizeof(ss));
+  if (v6) {
+    const char *close = strchr(s, ']');
+    if (close == NULL || close[1] != ':')
+      goto bad;
+    hl = (size_t)(close - s - 1);
+    port = close + 2;
+    s++;
+  } else {
+    if ((colon = strrchr(s, ':')) == NULL || memchr(s, ':', (size_t)(colon - s)) != NULL)
+      goto bad;
+    hl = (size_t)(colon - s);
+    port = colon + 1;
+  }
+  if (hl == 0 || hl >= sizeof(host) || *port < '0' || *port > '9')
+    goto bad;
+  memcpy(host, s, hl);
+  host[hl] = '\0';
+  v = strtoul(port, &end, 10);
+  if (*end != '\0' || v < 1 || v > 65535)
+    goto bad;
+  if (v6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1)
+      goto bad;
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons((uint16_t)v);
+    *len = sizeof(*a);
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+      goto bad;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)v);
+    *len = sizeof(*a);
+  }
+  *out = ss;
+  return 0;
+bad:
+  td_yaml_excerpt(ex, sizeof(ex), text);
+  snprintf(err, errlen, "must be an IP address and a port, such as 127.0.0.1:9464 or "
+           "[::1]:9464 (\"\" turns metrics off), got '%s'", ex);
+  return TD_EINVAL;
+}
+
+static int check_listen(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
+                        size_t cap) {
+  struct sockaddr_storage ss;
+  unsigned len;
+
+  return *(const char *)p != '\0' && td_config_listen_addr(p, &ss, &len, msg, cap) < 0;
 }
 
 static int check_abs_dir(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
@@ -136,6 +201,7 @@ static const td_yfield device_item = {
 static const td_yfield config_fields[] = {
     TD_YF_STR("socket", td_config, socket, TD_YF_NONEMPTY, check_socket),
     TD_YF_STR("status_socket", td_config, status_socket, TD_YF_NONEMPTY, check_socket),
+    TD_YF_STR("metrics_listen", td_config, metrics_listen, 0, check_listen),
     TD_YF_STR("state_dir", td_config, state_dir, TD_YF_NONEMPTY, check_abs_dir),
     TD_YF_STR("libexec_dir", td_config, libexec_dir, 0, check_abs_dir),
     TD_YF_ENUM("log_level", td_config, log_level, log_names, log_values, 0),
@@ -209,6 +275,10 @@ void td_config_defaults(td_config *c) {
   c->heartbeat_timeout_ms = 60000;
   c->multi_user = TD_MULTI_USER_AUTO;
   c->socket_mode = geteuid() == 0 ? 0660 : 0600;
+  /* As root (a service) on loopback; a traind of one person serves no
+   * TCP port that every local user could read its job names from. */
+  if (geteuid() == 0)
+    strcpy(c->metrics_listen, "127.0.0.1:9464");
   c->max_jobs_per_user = 1000;
   c->retention_days = 30;
   c->retention_jobs = 20000;
@@ -310,6 +380,8 @@ void td_config_print(const td_config *c, FILE *f) {
   print_quoted(f, c->socket);
   fputs("\nstatus_socket: ", f);
   print_quoted(f, c->status_socket);
+  fputs("\nmetrics_listen: ", f);
+  print_quoted(f, c->metrics_listen);
   fputs("\nstate_dir: ", f);
   print_quoted(f, c->state_dir);
   fputs("\nlibexec_dir: ", f);

@@ -21,6 +21,8 @@ typedef struct td_device_conf {
 typedef struct td_config {
   char socket[256];        /* nanomsg address of the job socket, e.g. ipc:///run/traind/traind.sock */
   char status_socket[256]; /* PUB socket address */
+  char metrics_listen[64]; /* Prometheus' HTTP endpoint, HOST:PORT (an IP literal);
+                              "" = off.  Default 127.0.0.1:9464 as root, else off */
   char state_dir[1024];
   char libexec_dir[1024];  /* where traind-worker and traind-loader live; "" = next to the traind binary */
   int log_level;           /* TD_LOG_* from log.h; YAML: error|warning|info|debug */
@@ -73,6 +75,14 @@ int td_config_load(const char *path, td_config *out, char *err, size_t errlen);
 
 /* The effective config as YAML that td_config_parse accepts back. */
 void td_config_print(const td_config *c, FILE *f);
+
+/* metrics_listen's "HOST:PORT", HOST an IPv4 address or an IPv6 one in
+ * brackets ([::1]:9464), PORT 1..65535: the socket address to bind.
+ * TD_EINVAL (with a message in err) for anything else; nothing is looked
+ * up (no DNS at start).  out and len are written only on success. */
+struct sockaddr_storage;
+int td_config_listen_addr(const char *s, struct sockaddr_storage *out, unsigned *len, char *err,
+                          size_t errlen);
 
 /* 1 when name is a device name: (cpu|cuda) and one or two digits. */
 int td_device_name_valid(const char *name);

@@ -385,6 +385,11 @@ static const td_yfield checkpoint_fields[] = {
     {0},
 };
 
+static const td_yfield tensorboard_fields[] = {
+    TD_YF_INT("every_steps", td_jobspec, tb_every_steps, 0, 1000000, 0),
+    {0},
+};
+
 static const td_yfield job_fields[] = {
     TD_YF_STR("name", td_jobspec, name, TD_YF_NONEMPTY, check_name),
     TD_YF_SECTION("model", model_fields, TD_YF_REQUIRED),
@@ -393,6 +398,7 @@ static const td_yfield job_fields[] = {
     TD_YF_SECTION("train", train_fields, TD_YF_REQUIRED),
     TD_YF_SECTION("memory", memory_fields, 0),
     TD_YF_SECTION("checkpoint", checkpoint_fields, 0),
+    TD_YF_SECTION("tensorboard", tensorboard_fields, 0),
     TD_YF_INT("priority", td_jobspec, priority, -1000, 1000, 0),
     TD_YF_INT("max_retries", td_jobspec, max_retries, 0, 100, 0),
     TD_YF_STR("device", td_jobspec, device, 0, check_device),
@@ -415,6 +421,7 @@ static void jobspec_defaults(td_jobspec *s) {
   s->loss_scale = td_lossscale_defaults();
   s->min_micro_batch = 1;
   s->ckpt_every_seconds = 300;
+  s->tb_every_steps = 10;
 }
 
 static int node_line(const td_ynode *root, const char *section, const char *key) {

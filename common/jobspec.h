@@ -165,6 +165,11 @@ typedef struct td_jobspec {
   uint64_t ckpt_every_steps;
   double ckpt_every_seconds;
 
+  /* TensorBoard event files in the job's directory: the training scalars
+   * every tb_every_steps train batches and at each epoch's end (the rest:
+   * once an epoch, and at each re-plan); 0 writes no event file */
+  uint32_t tb_every_steps;
+
   char output[TD_PATH_MAX]; /* safetensors path; "" = the job's state dir */
 } td_jobspec;
 

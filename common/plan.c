@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "devprobe.h"
 #include "error.h"
 #include "layers.h"
 #include "util.h"
@@ -313,8 +314,10 @@ static int lay_layers(build *b, const td_shape *shapes) {
     if (sz.workspace > l->workspace)
       l->workspace = sz.workspace;
     if (d->trainable) {
-      /* packed, so the optimiser updates them all in one sweep */
-      if ((rc = take(&params_end, ly->nweight, 1, F32, F32, &ly->weight)) < 0 ||
+      /* one region, so the optimiser updates them all in one sweep; each
+       * weight starts TD_PLAN_PARAM_ALIGN-aligned for cuBLAS and cuDNN, its
+       * bias right behind it (the ops read it there) */
+      if ((rc = take(&params_end, ly->nweight, 1, F32, TD_PLAN_PARAM_ALIGN, &ly->weight)) < 0 ||
           (rc = take(&params_end, ly->nbias, 1, F32, F32, &ly->bias)) < 0)
         return rc;
       ly->needs_dx = l->first_dense >= 0;
@@ -590,6 +593,9 @@ int td_plan_compute(const td_jobspec *spec, uint32_t micro_batch, td_precision p
   {
     const uint64_t parts[] = {p.params, p.grads, p.optim, p.activations,
                               p.workspace, p.staging, p.overhead};
+
+    /* the probe's overhead bounds the rounding of this many allocations */
+    _Static_assert(TD_ARRAY_SIZE(parts) == TD_WORKER_ARENAS + 1, "arenas and the probe agree");
 
     for (size_t i = 0; i < TD_ARRAY_SIZE(parts); i++)
       if ((rc = add(p.total, parts[i], &p.total)) < 0)

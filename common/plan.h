@@ -32,6 +32,11 @@
 #include "jobspec.h"
 
 #define TD_PLAN_ALIGN 64                    /* bytes; every tensor starts aligned */
+/* Each layer's weight (and so its gradient and optimiser moments) starts at
+ * this many bytes into its arena: cuBLAS and cuDNN pick their fastest
+ * kernels for 256-byte aligned operands, and cudaMalloc's arenas start so.
+ * The CPU backend gets the same layout: its plan stays its peak. */
+#define TD_PLAN_PARAM_ALIGN 256
 #define TD_PLAN_LIMIT ((uint64_t)1 << 62)   /* larger totals are TD_ETOOBIG */
 
 typedef struct td_plan {
@@ -87,7 +92,9 @@ typedef struct td_layout {
   int nlayers;
   td_layer_layout layers[TD_MAX_LAYERS];
   int first_dense;        /* the first layer with parameters: the backward pass stops here */
-  uint64_t nparams;       /* trainable fp32 parameters */
+  uint64_t nparams;       /* floats of trainable fp32 parameters, with the zeros that
+                             pad each weight to TD_PLAN_PARAM_ALIGN (they stay 0: no
+                             op writes a gradient there) */
   uint64_t nbuffers;      /* fp32 non-trainable buffers after them (BN running stats) */
   uint64_t half_params;   /* mixed precision: the 16-bit copy of the parameters, bytes
                              into the workspace arena; TD_PLAN_NONE in fp32 */

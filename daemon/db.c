@@ -13,6 +13,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "traind.h"
 #include "util.h"
 
@@ -150,7 +151,11 @@ static int td__db_err(td_db *db, int rc, const char *what) {
 }
 
 static int td__exec(td_db *db, const char *sql) {
+  double t0 = td_now_mono();
   int rc = sqlite3_exec(db->h, sql, NULL, NULL, NULL);
+
+  if (strcmp(sql, "COMMIT") == 0)
+    td_metrics_db_commit(td_now_mono() - t0);
   return rc == SQLITE_OK ? 0 : td__db_err(db, rc, sql);
 }
 

@@ -19,6 +19,7 @@
 #include "dataset.h"
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "shmcache.h"
 #include "td_config.h"
 #include "traind.h"
@@ -65,6 +66,7 @@ void td_job_free(td_job *j) {
   free(j->yaml);
   free(j->base_dir);
   free(j->spec);
+  td_losscurve_clear(&j->loss_curve);
   free(j);
 }
 
@@ -100,6 +102,7 @@ td_job *td_daemon_find(td_daemon *d, uint64_t id) {
 void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *detail) {
   int rc;
 
+  td_metrics_job_state(j, s);
   if (td__terminal(s) && !td__terminal(j->state)) {
     td_user *u = td_user_get(d, j->uid, j->owner);
 
@@ -296,8 +299,10 @@ static void td__reload(td_daemon *d) {
   }
   if (strcmp(next.socket, d->cfg.socket) != 0 ||
       strcmp(next.status_socket, d->cfg.status_socket) != 0 ||
-      strcmp(next.state_dir, d->cfg.state_dir) != 0)
-    td_warn("SIGHUP: socket, status_socket and state_dir take effect only after a restart");
+      strcmp(next.state_dir, d->cfg.state_dir) != 0 ||
+      strcmp(next.metrics_listen, d->cfg.metrics_listen) != 0)
+    td_warn("SIGHUP: socket, status_socket, metrics_listen and state_dir take effect only "
+            "after a restart");
   d->cfg.log_level = next.log_level;
   d->cfg.ring_slots = next.ring_slots;
   d->cfg.max_jobs = next.max_jobs;
@@ -569,6 +574,7 @@ int main(int argc, char **argv) {
   uv_timer_init(d->loop, &d->heartbeat);
   d->heartbeat.data = d;
   uv_timer_start(&d->heartbeat, td__on_heartbeat, 1000, 1000);
+  td_metrics_start(d);
 
   td_info("traind %s ready: jobs on %s, status on %s, state in %s, %d device(s)", TD_VERSION,
           d->cfg.socket, d->cfg.status_socket, d->cfg.state_dir, d->ndevices);
@@ -580,6 +586,7 @@ int main(int argc, char **argv) {
   uv_walk(d->loop, td__close_walk, NULL);
   uv_run(d->loop, UV_RUN_DEFAULT);
   uv_loop_close(d->loop);
+  td_metrics_stop();
   td_fairshare_save(d);
   td_info("stopped");
 

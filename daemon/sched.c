@@ -9,6 +9,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "traind.h"
 #include "util.h"
 
@@ -228,6 +229,7 @@ static int td__admit(td_daemon *d, td_job *j, td_device *dev, const td_plan_choi
   td_strlcpy(j->device, dev->name, sizeof(j->device));
   dev->reserved += j->plan.total;
   dev->njobs++;
+  td_metrics_admitted(j, dev, plan->remedies);
   td_publish_device(d, dev);
   rc = td_run_start(d, j, err, sizeof(err));
   if (rc < 0) {

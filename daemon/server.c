@@ -17,6 +17,7 @@
 #include "dataset.h"
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "td_config.h"
 #include "traind.h"
@@ -107,6 +108,13 @@ static void td__pack_job_full(td_map *m, const td_job *j) {
   td_map_kv_u64(&ck, "bytes", j->ckpt_bytes);
   td_map_kv_u64(&ck, "resumed_step", j->resumed_step);
   td_map_end(&ck);
+  /* [step, loss] pairs: a map each would double the reply's size */
+  td_map_kv_array(&job, "loss_curve", (uint32_t)td_losscurve_len(&j->loss_curve));
+  for (size_t i = 0; i < td_losscurve_len(&j->loss_curve); i++) {
+    td_pack_array(job.p, 2);
+    td_pack_u64(job.p, j->loss_curve.pts[i].step);
+    td_pack_f64(job.p, j->loss_curve.pts[i].loss);
+  }
   td_map_end(&job);
 }
 
@@ -940,6 +948,7 @@ typedef struct td__pending {
   time_t expires;
   int rc;
   char err[512];
+  double t0;               /* when it arrived (td_now_mono), for its latency */
 } td__pending;
 
 /* Runs the op for who; returns whether the scheduler should run. */
@@ -1024,6 +1033,7 @@ static void td__decode_done(uv_work_t *w, int status) {
   }
   td__reply_error(&rep, rc, p->err, sizeof(p->err));
   td__send_reply(d, &rep);
+  td_metrics_request(p->def->op, rc, td_now_mono() - p->t0);
   if (changes)
     td_sched_run(d);
   uv_poll_start(&d->rep_poll, UV_READABLE, td__on_request);
@@ -1038,8 +1048,9 @@ free_pending:
  * or -1 when the request went to a worker thread to have its credential
  * checked (it is answered from there, and the socket waits). */
 static int td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) {
+  double t0 = td_now_mono();
   char err[1024] = "";
-  const td_msgdef *def;
+  const td_msgdef *def = NULL;
   const char *cred = NULL;
   size_t credlen = 0;
   td_msg *msg = NULL;
@@ -1063,6 +1074,7 @@ static int td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) {
     p->msg = msg;
     p->def = def;
     p->credlen = credlen;
+    p->t0 = t0;
     p->work.data = p;
     if (uv_queue_work(d->loop, &p->work, td__decode_work, td__decode_done) < 0) {
       free(p->cred);
@@ -1077,6 +1089,7 @@ static int td__handle(td_daemon *d, const void *buf, size_t len, td_pack *rep) {
     changes = td__dispatch(d, def, msg, &who, rep, err, sizeof(err), &rc);
 reply:
   td__reply_error(rep, rc, err, sizeof(err));
+  td_metrics_request(msg != NULL ? def->op : NULL, rc, td_now_mono() - t0);
   td_msg_free(msg);
   return changes;
 }

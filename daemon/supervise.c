@@ -31,6 +31,7 @@
 #include "error.h"
 #include "kvline.h"
 #include "log.h"
+#include "metrics.h"
 #include "privdrop.h"
 #include "ring.h"
 #include "shmcache.h"
@@ -156,6 +157,7 @@ static void td__on_replan(td_run *r, const char *line) {
     }
   }
 publish:
+  td_metrics_replan(j);
   td_publish_replan(r->d, j);
   /* Room given back: a queued job may fit now. */
   td_sched_run(r->d);
@@ -187,11 +189,14 @@ static void td__on_event(td_run *r, const char *line) {
     j->samples_per_sec = td_kv_f64(line, "samples_per_sec", j->samples_per_sec);
     j->data_wait = td_kv_f64(line, "data_wait", j->data_wait);
     j->mem = td_kv_u64(line, "mem", j->mem);
+    td_losscurve_add(&j->loss_curve, (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps +
+                     j->step, j->loss);
     done = (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps + j->step;
     total = (uint64_t)j->epochs * j->steps;
     elapsed = td_now_mono() - j->started_mono;
     if (done > 0 && total >= done)
       eta = elapsed * (double)(total - done) / (double)done;
+    td_metrics_progress(j);
     td_publish_progress(d, j, eta);
   } else if (strcmp(word, "eval") == 0) {
     j->accuracy = td_kv_f64(line, "accuracy", j->accuracy);
@@ -225,6 +230,7 @@ static void td__on_event(td_run *r, const char *line) {
 
     td_warn("job %llu: out of memory: %s", (unsigned long long)j->id, line);
     td_kv_get(line, "phase", phase, sizeof(phase));
+    td_metrics_oom(j);
     td_publish_oom(d, j, phase, td_kv_u64(line, "requested", 0), td_kv_u64(line, "free", 0),
                    td__kv_u32(line, "micro_batch", 0));
   } else if (strcmp(word, "replan") == 0) {
@@ -887,7 +893,8 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     char *args[] = {worker, "--job", r->job_path, "--base-dir", j->base_dir, "--ring",
                     r->ring_name, "--device", j->device, "--budget", budget, "--micro-batch",
                     micro, "--output", output, "--events-fd", events_fd, "--checkpoint", ckpt,
-                    "--overhead", overhead, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                    "--overhead", overhead, "--tensorboard", dir, NULL, NULL, NULL, NULL, NULL,
+                    NULL, NULL,
                     NULL, NULL, NULL, NULL, NULL};
     size_t n = TD_ARRAY_SIZE(args) - 12;
 

@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "jobspec.h"
+#include "losscurve.h"
 #include "plan.h"
 
 typedef enum {
@@ -91,6 +92,7 @@ typedef struct td_job {
                               (td_now_mono) while it holds a reservation */
   char *warning;           /* what went wrong in a job that still succeeded (its
                               model kept elsewhere); NULL if nothing did */
+  td_losscurve loss_curve; /* the loss at each progress report, bounded (`show`) */
 } td_job;
 
 typedef struct td_device {

@@ -14,7 +14,8 @@ packages=(
   build-essential pkg-config meson ninja-build
   libuv1-dev libnanomsg-dev libmsgpack-dev libyaml-dev libsqlite3-dev
   libopenblas-dev zlib1g-dev libsystemd-dev check
-  dataset-fashion-mnist sqlite3 systemd munge libmunge-dev
+  dataset-fashion-mnist sqlite3 systemd munge libmunge-dev libmicrohttpd-dev
+  protobuf-c-compiler libprotobuf-c-dev
 )
 
 missing=()

@@ -118,7 +118,10 @@ const char *td_backend_device(const td_backend *be) { return be->device; }
 void td__backend_fail(td_backend *be, int code, const char *fmt, ...) {
   va_list ap;
 
-  if (be->status != 0)
+  /* The first failure wins, except that a sticky error (the context is
+   * gone) wins over anything before it: an earlier out-of-memory must not
+   * hide it until the next step. */
+  if (be->status != 0 && (code != TD_ECUDA || be->status == TD_ECUDA))
     return;
   be->status = code;
   va_start(ap, fmt);

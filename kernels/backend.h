@@ -86,7 +86,8 @@ int td_backend_status(const td_backend *be);
 void td_backend_upload(td_backend *be, void *dst, const void *src, size_t bytes);
 void td_backend_download(td_backend *be, void *dst, const void *src, size_t bytes);
 /* Wait for queued ops; return the first failure latched since the last sync
- * (TD_EOOM, TD_EBACKEND; TD_ECUDA stays latched for good) or 0. */
+ * (TD_EOOM, TD_EBACKEND; TD_ECUDA, a dead context, wins over any earlier
+ * one and stays latched for good) or 0. */
 int td_backend_sync(td_backend *be);
 /* The message of the last latched failure ("" if none). */
 const char *td_backend_error(const td_backend *be);

@@ -130,7 +130,8 @@ struct td_backend {
   unsigned nhosts;
 };
 
-/* Latch a failure (the first one since the last sync wins). */
+/* Latch a failure (the first one since the last sync wins, but TD_ECUDA,
+ * sticky, replaces any other). */
 void td__backend_fail(td_backend *be, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -113,7 +113,7 @@ static const td_replyfield job_full_fields[] = {
     RF("train_accuracy", FLOAT, NULL),  RF("model", STR, NULL),
     RF("error", STR, NULL),             RF("warning", STR, NULL),
     RF("plan", MAP, &plan_map),         RF("exit_status", INT, NULL),
-    RF("checkpoint", MAP, &checkpoint),
+    RF("checkpoint", MAP, &checkpoint), RF("loss_curve", ARRAY, NULL),
 };
 static const td_replydef job_full =
     RDEF("job", job_full_fields, &job_row, "### show", "`job`: the fields of a `list` row, then:");

@@ -208,8 +208,9 @@ static uint64_t conv_workspace(const td_layout *l) {
 
 static int layer_workspace(td_model *m, int i, uint64_t *bytes);
 
-/* The plan counts the CPU backend's conv2d workspace; where another
- * backend's algorithms need more, the workspace arena grows to it (and the
+/* The plan counts the CPU backend's conv2d workspace, which does not depend
+ * on the rows; another backend's (cuDNN's) may, and not only upwards.  So
+ * the workspace arena grows to the most any layer's op needs (and the
  * model's plan says so), the 16-bit weights moving up behind it. */
 static int size_workspace(td_model *m) {
   uint64_t have = conv_workspace(&m->lay), need = have, grow;
@@ -457,13 +458,26 @@ static void conv2d_bwd(const layer_call *c) {
                         c->m->work.ptr, conv_workspace(&c->m->lay));
 }
 
+/* A conv layer runs at every row count up to its step: the micro-batch, a
+ * last slice of any size (a batch or an evaluation of any count), one
+ * sample at a time in mixed precision; cuDNN's workspace may differ at
+ * each, so the most of them.  One query per row count: cuDNN answers from
+ * its heuristics on the host, and this runs only when the model is
+ * (re-)planned. */
 static int conv2d_workspace(td_model *m, int i, uint64_t *bytes) {
-  td_conv2d_desc d = window_of(m, i, m->lay.micro_batch);
-  int rc;
+  uint32_t top = chunk_of(m, &m->lay.layers[i], m->lay.micro_batch);
 
-  if ((rc = td_backend_conv2d_workspace(m->be, &d, bytes)) < 0)
-    return fail(m, rc, "%s: no conv2d workspace size for layer %d: %s",
-                td_backend_device(m->be), i, td_backend_error(m->be));
+  for (uint32_t n = 1; n <= top; n++) {
+    td_conv2d_desc d = window_of(m, i, n);
+    uint64_t need;
+    int rc;
+
+    if ((rc = td_backend_conv2d_workspace(m->be, &d, &need)) < 0)
+      return fail(m, rc, "%s: no conv2d workspace size for layer %d at %u rows: %s",
+                  td_backend_device(m->be), i, n, td_backend_error(m->be));
+    if (need > *bytes)
+      *bytes = need;
+  }
   return 0;
 }
 
@@ -694,7 +708,10 @@ static int step_failed(td_model *m, const char *phase) {
 
   if (rc == TD_EOOM)
     note_oom(m, phase);
-  td_backend_sync(m->be);
+  /* the wait may find the context dead behind an out-of-memory failure:
+   * that wins, or the caller would re-plan on a dead context */
+  if (td_backend_sync(m->be) == TD_ECUDA)
+    rc = TD_ECUDA;
   return fail(m, rc, "%s (in the %s pass)", td_backend_error(m->be), phase);
 }
 
@@ -1132,28 +1149,95 @@ free_all:
 }
 
 /* The state: parameters and buffers, the optimiser's, then (with
- * BatchNorm) num_batches_tracked as two exact floats, low 24 bits first. */
+ * BatchNorm) num_batches_tracked as two exact floats, low 24 bits first.
+ * The tensors are packed end to end, each layer's weight then its bias, in
+ * the parameters and in every optimiser slot: the arenas' alignment padding
+ * (TD_PLAN_PARAM_ALIGN) is not in it, so a checkpoint does not depend on
+ * the layout (one written before weights were aligned still resumes). */
+static uint64_t packed_params(const td_layout *l) {
+  uint64_t n = 0;
+
+  for (int i = 0; i < l->nlayers; i++)
+    n += l->layers[i].nweight + l->layers[i].nbias;
+  return n;
+}
+
+/* Copy one region laid out as the parameter arena (padded) to its packed
+ * form, or back; returns the floats of the packed form. */
+static uint64_t pack_params(const td_layout *l, float *packed, float *padded, bool pack) {
+  uint64_t k = 0;
+
+  for (int i = 0; i < l->nlayers; i++) {
+    const td_layer_layout *ly = &l->layers[i];
+    const uint64_t at[2] = {ly->weight / sizeof(float), ly->bias / sizeof(float)};
+    const uint64_t count[2] = {ly->nweight, ly->nbias};
+
+    for (int t = 0; t < 2; t++) {
+      if (count[t] == 0)
+        continue;
+      if (pack)
+        memcpy(packed + k, padded + at[t], count[t] * sizeof(float));
+      else
+        memcpy(padded + at[t], packed + k, count[t] * sizeof(float));
+      k += count[t];
+    }
+  }
+  return k;
+}
+
+static uint32_t optim_slots(const td_model *m) {
+  return m->lay.nparams == 0 ? 0
+                             : (uint32_t)(m->optim.bytes / (m->lay.nparams * sizeof(float)));
+}
+
 uint64_t td_model_state_floats(const td_model *m) {
-  return m->lay.nparams + m->lay.nbuffers + m->optim.bytes / sizeof(float) +
+  return packed_params(&m->lay) * (1 + optim_slots(m)) + m->lay.nbuffers +
          (m->nbn > 0 ? 2 : 0);
+}
+
+/* The arenas (parameters and buffers, then the optimiser's) as one host
+ * buffer and the state's packed form, one way or the other. */
+static void pack_state(const td_model *m, float *state, float *arenas, bool pack) {
+  const td_layout *l = &m->lay;
+  const uint64_t packed = packed_params(l);
+  float *optim = arenas + l->nparams + l->nbuffers;
+
+  pack_params(l, state, arenas, pack);
+  if (pack)
+    memcpy(state + packed, arenas + l->nparams, l->nbuffers * sizeof(float));
+  else
+    memcpy(arenas + l->nparams, state + packed, l->nbuffers * sizeof(float));
+  for (uint32_t s = 0; s < optim_slots(m); s++)
+    pack_params(l, state + packed + l->nbuffers + s * packed, optim + s * l->nparams, pack);
 }
 
 int td_model_get_state(td_model *m, float *dst) {
   uint64_t pb = (m->lay.nparams + m->lay.nbuffers) * sizeof(float);
-  float *tail = (float *)((char *)dst + pb + m->optim.bytes);
+  float *tail = dst + td_model_state_floats(m) - (m->nbn > 0 ? 2 : 0);
+  float *host = malloc(pb + m->optim.bytes + 1);
+  int rc;
 
-  td_backend_download(m->be, dst, m->params.ptr, pb);
-  td_backend_download(m->be, (char *)dst + pb, m->optim.ptr, m->optim.bytes);
-  if (m->nbn > 0) {
-    tail[0] = (float)(m->bn_batches & 0xffffff);
-    tail[1] = (float)(m->bn_batches >> 24);
+  if (host == NULL)
+    return fail(m, TD_ENOMEM, "no host memory for the model's state (%llu bytes)",
+                (unsigned long long)(pb + m->optim.bytes));
+  td_backend_download(m->be, host, m->params.ptr, pb);
+  td_backend_download(m->be, (char *)host + pb, m->optim.ptr, m->optim.bytes);
+  if ((rc = sync_or_fail(m)) == 0) {
+    pack_state(m, dst, host, true);
+    if (m->nbn > 0) {
+      tail[0] = (float)(m->bn_batches & 0xffffff);
+      tail[1] = (float)(m->bn_batches >> 24);
+    }
   }
-  return sync_or_fail(m);
+  free(host);
+  return rc;
 }
 
 int td_model_set_state(td_model *m, const float *src, uint64_t n) {
   uint64_t pb = (m->lay.nparams + m->lay.nbuffers) * sizeof(float);
-  const float *tail = (const float *)((const char *)src + pb + m->optim.bytes);
+  const float *tail = src + n - (m->nbn > 0 ? 2 : 0);
+  float *host;
+  int rc;
 
   if (n != td_model_state_floats(m))
     return fail(m, TD_EINVAL, "the state holds %llu values, the model %llu",
@@ -1161,11 +1245,18 @@ int td_model_set_state(td_model *m, const float *src, uint64_t n) {
   if (m->nbn > 0) {
     if (!(tail[0] >= 0 && tail[0] < 16777216.0f && tail[1] >= 0 && tail[1] < 16777216.0f))
       return fail(m, TD_EINVAL, "the state's BatchNorm batch count is not valid");
-    m->bn_batches = (uint64_t)tail[0] | (uint64_t)tail[1] << 24;
   }
-  td_backend_upload(m->be, m->params.ptr, src, pb);
-  td_backend_upload(m->be, m->optim.ptr, (const char *)src + pb, m->optim.bytes);
-  return sync_or_fail(m);
+  if ((host = calloc(1, pb + m->optim.bytes + 1)) == NULL) /* the padding stays 0 */
+    return fail(m, TD_ENOMEM, "no host memory for the model's state (%llu bytes)",
+                (unsigned long long)(pb + m->optim.bytes));
+  pack_state(m, (float *)src, host, false);
+  td_backend_upload(m->be, m->params.ptr, host, pb);
+  td_backend_upload(m->be, m->optim.ptr, (char *)host + pb, m->optim.bytes);
+  rc = sync_or_fail(m);
+  free(host);
+  if (rc == 0 && m->nbn > 0)
+    m->bn_batches = (uint64_t)tail[0] | (uint64_t)tail[1] << 24;
+  return rc;
 }
 
 void td_model_get_progress(const td_model *m, td_model_progress *out) {

@@ -173,7 +173,8 @@ int td_model_eval(td_model *m, const void *samples, const uint8_t *labels,
 
 /* Copy the trainable parameters (or their gradients) to or from host
  * memory: nparams floats in the plan's layout (per layer with parameters:
- * weight then bias; the norms: gamma then beta). */
+ * weight then bias; the norms: gamma then beta; zeros up to the next
+ * weight's TD_PLAN_PARAM_ALIGN boundary). */
 int td_model_get_params(td_model *m, float *dst);
 int td_model_set_params(td_model *m, const float *src);
 int td_model_get_grads(td_model *m, float *dst);

@@ -29,6 +29,11 @@
  * there), or, if the file cannot be used, a warning naming why, the event
  * "resume_failed msg=..." and training from scratch (the loader at 0, 0).
  *
+ * --tensorboard DIR: TensorBoard event files go to DIR (the job's
+ * directory), a new file each run (tfevents.h); see tb_train for the tags.
+ * The job file's tensorboard.every_steps sets how often (0: none).  A write
+ * that fails is a warning in the job log, never the job's failure.
+ *
  * --overhead BYTES is the device's per-process overhead from traind's probe
  * (counted in every plan, as admission counted it).  --probe DEVICE alone
  * measures a device for traind and exits: see probe_main.
@@ -56,6 +61,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -69,6 +75,8 @@
 #include "plan.h"
 #include "privdrop.h"
 #include "ring.h"
+#include "schedule.h"
+#include "tfevents.h"
 #include "util.h"
 
 enum { EXIT_JOB = 1, EXIT_USAGE = 2, EXIT_CUDA = 3, EXIT_NEEDMEM = 4, EXIT_STOPPED = 5 };
@@ -83,6 +91,7 @@ typedef struct args {
   const char *checkpoint, *resume; /* NULL: none */
   const char *probe; /* --probe DEVICE: measure it and exit */
   const char *as_user; /* --as-user NAME:UID:GID: become it first; NULL: stay */
+  const char *tb_dir;  /* --tensorboard DIR: event files there; NULL: none */
   uint64_t budget, overhead;
   uint32_t micro_batch;
   /* the remedies admission chose (td_plan_choose): -1 / 0 / 1 when absent */
@@ -115,6 +124,7 @@ static void usage(FILE *f) {
              "                     [--checkpoint PATH] [--resume PATH] [--overhead BYTES]\n"
              "                     [--as-user NAME:UID:GID] [--fallback-output PATH]\n"
              "                     [--precision bf16|fp16] [--recompute] [--shrink K]\n"
+             "                     [--tensorboard DIR]\n"
              "       traind-worker --probe DEVICE\n");
 }
 
@@ -220,7 +230,7 @@ static int parse_args(int argc, char **argv, args *a) {
       {"as-user", required_argument, NULL, 'u'},   {"help", no_argument, NULL, 'h'},
       {"fallback-output", required_argument, NULL, 'F'},
       {"precision", required_argument, NULL, 'p'}, {"recompute", no_argument, NULL, 'C'},
-      {"shrink", required_argument, NULL, 'S'},
+      {"shrink", required_argument, NULL, 'S'},  {"tensorboard", required_argument, NULL, 'T'},
       {NULL, 0, NULL, 0},
   };
   uint32_t fd;
@@ -239,6 +249,7 @@ static int parse_args(int argc, char **argv, args *a) {
     case 'P': a->probe = optarg; break;
     case 'u': a->as_user = optarg; break;
     case 'F': a->fallback = optarg; break;
+    case 'T': a->tb_dir = optarg; break;
     case 'C': a->recompute = 1; break;
     case 'p':
       for (int k = 0; k < TD_PREC__COUNT; k++)
@@ -343,10 +354,67 @@ static int check_batch(const td_batch_hdr *h, size_t len, const td_jobspec *spec
   return 0;
 }
 
+/* TensorBoard.  Every scalar's step is the global train batch, epoch x
+ * batches per epoch + batch (1-based), as progress events count and
+ * `show`'s loss curve plots, so a resumed run continues the same axis. */
+static struct {
+  td_tfevents *w;  /* NULL: no event file */
+  uint32_t every;  /* train scalars every this many batches */
+  uint64_t step;   /* the train batch in progress, or the last one done */
+  int warned;      /* the job log has said a write failed */
+} tb;
+
+static void tb_write(const td_tfscalar *v, size_t n) {
+  struct timespec ts;
+  int rc;
+
+  if (tb.w == NULL)
+    return;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  rc = td_tfevents_scalars(tb.w, (int64_t)tb.step, (double)ts.tv_sec + ts.tv_nsec * 1e-9, v, n);
+  if (rc < 0 && !tb.warned) {
+    /* A full disk must not cost the training: the curves get a gap. */
+    td_warn("cannot write TensorBoard events to %s: %s; training goes on, later events are "
+            "tried again", td_tfevents_path(tb.w),
+            rc == TD_ENOSPC ? "no space left on the disk"
+            : rc == TD_EIO  ? strerror(errno)
+                            : td_strerror(rc));
+    tb.warned = 1;
+  }
+}
+
+static void tb_open(const args *a, const td_jobspec *spec) {
+  char err[512];
+  int rc;
+
+  if (a->tb_dir == NULL || spec->tb_every_steps == 0)
+    return;
+  tb.every = spec->tb_every_steps;
+  if ((rc = td_tfevents_open(a->tb_dir, (double)td_now_unix_ms() / 1000.0, &tb.w, err,
+                             sizeof(err))) < 0)
+    td_warn("no TensorBoard events: %s", err);
+}
+
+static void tb_close(void) {
+  if (tb.w != NULL && td_tfevents_close(tb.w) < 0 && !tb.warned)
+    td_warn("cannot write the last TensorBoard events: %s", strerror(errno));
+  tb.w = NULL;
+}
+
+/* "test" or "val": once an epoch, at its last train batch. */
+static void tb_eval(const char *split, double acc, double loss) {
+  char tag_acc[16], tag_loss[16];
+
+  snprintf(tag_acc, sizeof(tag_acc), "%s/accuracy", split);
+  snprintf(tag_loss, sizeof(tag_loss), "%s/loss", split);
+  tb_write((const td_tfscalar[]){{tag_acc, acc}, {tag_loss, loss}}, 2);
+}
+
 static void emit_eval(uint32_t epoch, pass *test, double *acc, double *loss) {
   *acc = (double)test->correct / (double)test->count;
   *loss = test->loss_sum / (double)test->count;
   emit("eval epoch=%u accuracy=%.6f loss=%.6f", epoch + 1, *acc, *loss);
+  tb_eval("test", *acc, *loss);
   td_info("epoch %u: test accuracy %.4f, loss %.4f", epoch + 1, *acc, *loss);
   *test = (pass){0};
 }
@@ -379,6 +447,36 @@ typedef struct trainer {
   int check_resume;        /* the first train batch must be at the resumed position */
 } trainer;
 
+/* The training scalars after train batch h, every tb.every batches and at
+ * each epoch's end: loss, accuracy and samples/s are the epoch's so far, as
+ * in progress events; data_wait the fraction of the time since the first
+ * batch spent waiting for the loader; the learning rate the last update's
+ * (the schedule's, scaled as the shrink remedy scales it); memory the
+ * device bytes in use (with the process overhead) and the plan's total. */
+static void tb_train(const trainer *t, const td_batch_hdr *h, double now) {
+  td_schedule sched = t->spec->schedule;
+  uint64_t steps = td_model_steps(t->model);
+  td_mem_stats mem;
+
+  if (tb.w == NULL || (tb.step % tb.every != 0 && h->index + 1 != h->nbatches))
+    return;
+  sched.lr = t->spec->opt.lr;
+  td_backend_mem(t->be, &mem);
+  tb_write((const td_tfscalar[]){
+               {"train/loss", t->train.loss_sum / (double)t->train.count},
+               {"train/accuracy", (double)t->train.correct / (double)t->train.count},
+               {"train/samples_per_sec",
+                (double)t->train.count / (now - t->epoch_start > 0 ? now - t->epoch_start : 1e-9)},
+               {"train/data_wait", now > first_batch ? data_wait / (now - first_batch) : 0.0},
+               {"train/learning_rate", td_schedule_lr(&sched, steps > 0 ? steps - 1 : 0) *
+                                           td_model_effective_batch(t->model) /
+                                           t->spec->batch_size},
+               {"memory/used_bytes", (double)(mem.used + mem.overhead)},
+               {"memory/planned_bytes", (double)td_model_plan(t->model)->total},
+           },
+           7);
+}
+
 /* The remedy a plan applies shows in its precision and recompute. */
 static void emit_replan(const td_model *m) {
   const td_plan *p = td_model_plan(m);
@@ -388,6 +486,10 @@ static void emit_replan(const td_model *m) {
        "batch_dependent=%d effective_batch=%u", p->micro_batch, p->accumulation,
        (unsigned long long)p->total, td_precision_name(p->precision), p->recompute,
        p->batch_dependent, td_model_effective_batch(m));
+  tb_write((const td_tfscalar[]){{"replan/micro_batch", p->micro_batch},
+                                 {"replan/accumulation", p->accumulation},
+                                 {"replan/planned_bytes", (double)p->total}},
+           3);
   td_info("re-planned: micro-batch %u x %u, %s%s, %llu bytes", p->micro_batch,
           p->accumulation, td_precision_name(p->precision),
           p->recompute ? " with activation recomputation" : "", (unsigned long long)p->total);
@@ -401,6 +503,9 @@ static void on_oom(void *arg, const td_model_oom *o) {
   (void)arg;
   emit("oom requested=%llu free=%llu phase=%s micro_batch=%u", (unsigned long long)o->asked,
        (unsigned long long)o->free, o->phase, o->micro_batch);
+  tb_write((const td_tfscalar[]){{"oom/requested_bytes", (double)o->asked},
+                                 {"oom/free_bytes", (double)o->free}},
+           2);
   td_warn("out of memory in the %s phase at micro-batch %u (%llu bytes asked, %llu free): "
           "discarding the step and re-planning", o->phase, o->micro_batch,
           (unsigned long long)o->asked, (unsigned long long)o->free);
@@ -618,6 +723,7 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
   double now;
   int rc;
 
+  tb.step = (uint64_t)h->epoch * h->nbatches + h->index + 1;
   if ((rc = apply_control(t)) != 0)
     return rc;
   if (stop_requested)
@@ -661,6 +767,7 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
   if (td_checkpoint_due(&t->policy, td_model_steps(t->model), now, t->ckpt_step, t->ckpt_time) ||
       (h->index + 1 == h->nbatches && now - t->ckpt_time >= EPOCH_CKPT_MIN_INTERVAL))
     checkpoint_write(t);
+  tb_train(t, h, now);
   if (now - t->last_progress < PROGRESS_INTERVAL && h->index + 1 != h->nbatches)
     return 0;
   t->last_progress = now;
@@ -724,6 +831,7 @@ static int on_val(trainer *t, const td_batch_hdr *h, const uint8_t *px, const ui
     double loss = t->val.loss_sum / (double)t->val.count;
 
     emit("val epoch=%u accuracy=%.6f loss=%.6f", h->epoch + 1, acc, loss);
+    tb_eval("val", acc, loss);
     td_info("epoch %u: validation accuracy %.4f, loss %.4f", h->epoch + 1, acc, loss);
     t->val = (pass){0};
   }
@@ -1112,7 +1220,9 @@ int main(int argc, char **argv) {
     pthread_sigmask(SIG_SETMASK, &old, NULL);
   }
   t.ckpt_time = td_now_mono();
+  tb_open(&a, &spec);
   status = train(&t);
+  tb_close();
 
   if (t.ring_map != NULL)
     td_backend_host_unregister(t.be, t.ring_map);

@@ -36,6 +36,12 @@ static inline int td_cu_code(cudaError_t e) {
   case cudaErrorECCUncorrectable:
   case cudaErrorContextIsDestroyed:
   case cudaErrorUnknown:
+  case cudaErrorMpsClientTerminated:
+#if CUDART_VERSION >= 13000 /* driver_types.h: "the process must be terminated and relaunched" */
+  case cudaErrorContained:
+  case cudaErrorTensorMemoryLeak:
+  case cudaErrorExternalDevice:
+#endif
     return TD_ECUDA;
   default:
     return TD_EBACKEND;
@@ -97,12 +103,20 @@ struct td_cuda_conv_algos {
   size_t ws_fwd, ws_bwd_data, ws_bwd_filter;
 };
 
-#define TD_CUDA_ALGO_CACHE 32
+/* Geometries whose algorithms are kept: a conv layer runs at its
+ * micro-batch, at a smaller last one and (mixed precision) a sample at a
+ * time, and the model asks for the workspace of every row count it may run,
+ * so 32 thrashed beyond about ten layers; the linear search is nothing next
+ * to a cuDNN call. */
+#define TD_CUDA_ALGO_CACHE 256
 
 struct td_cuda_impl {
   int ordinal;
   cudaStream_t stream;
   cublasHandle_t blas;
+  void *blas_ws;      /* cuBLAS's workspace, ours, then the sumsq partials: see
+                         blas_workspace in backend_cuda.cu */
+  double *sumsq_part; /* kTdSumsqBlocks per-block sums of td__cuda_sumsq */
   /* cuDNN, with descriptors made once and set per call (ops are serial) */
   cudnnHandle_t dnn;
   cudnnTensorDescriptor_t xdesc, ydesc, bdesc;
@@ -120,6 +134,9 @@ static inline td_cuda_impl *td_cuda(td_backend *be) {
 static inline cudaStream_t td_cuda_stream(td_backend *be) { return td_cuda(be)->stream; }
 
 constexpr int kTdThreads = 256;
+/* Blocks of td__cuda_sumsq's first pass (optim.cu): at most one block of
+ * the second adds them. */
+constexpr int kTdSumsqBlocks = 256;
 constexpr size_t kTdMaxBlocks = 65535;
 
 /* Blocks for a grid-stride loop over n elements. */

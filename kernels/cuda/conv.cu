@@ -115,7 +115,22 @@ int conv_algos(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
   return 0;
 }
 
-bool workspace_ok(td_backend *be, const char *op, uint64_t have, size_t need) {
+/* backend.h's contract is one figure for the forward and backward ops, the
+ * largest of the three algorithms' needs: a workspace sized for it serves
+ * every op, and one short of it is refused by every op alike. */
+size_t workspace_most(const td_cuda_conv_algos *a) {
+  size_t most = a->ws_fwd;
+
+  if (a->ws_bwd_data > most)
+    most = a->ws_bwd_data;
+  if (a->ws_bwd_filter > most)
+    most = a->ws_bwd_filter;
+  return most;
+}
+
+bool workspace_ok(td_backend *be, const char *op, uint64_t have, const td_cuda_conv_algos *a) {
+  size_t need = workspace_most(a);
+
   if (have >= need)
     return true;
   td__backend_fail(be, TD_EINVAL, "%s: %s: workspace of %llu bytes, %llu needed", be->device,
@@ -189,17 +204,11 @@ void td__cuda_dnn_destroy(td_cuda_impl *c) {
 int td__cuda_conv2d_workspace(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
                               uint64_t *bytes) {
   const td_cuda_conv_algos *a;
-  size_t most;
   int rc;
 
   if ((rc = conv_algos(be, d, oh, ow, &a)) < 0)
     return rc;
-  most = a->ws_fwd;
-  if (a->ws_bwd_data > most)
-    most = a->ws_bwd_data;
-  if (a->ws_bwd_filter > most)
-    most = a->ws_bwd_filter;
-  *bytes = most;
+  *bytes = workspace_most(a);
   return 0;
 }
 
@@ -209,7 +218,7 @@ void td__cuda_conv2d_fwd(td_backend *be, const td_conv2d_desc *d, int oh, int ow
   td_cuda_impl *c = td_cuda(be);
   const td_cuda_conv_algos *a;
 
-  if (conv_algos(be, d, oh, ow, &a) < 0 || !workspace_ok(be, "conv2d_fwd", work_bytes, a->ws_fwd))
+  if (conv_algos(be, d, oh, ow, &a) < 0 || !workspace_ok(be, "conv2d_fwd", work_bytes, a))
     return;
   if (TD_CU_CHECK(be, cudnnConvolutionForward(c->dnn, &kOne, c->xdesc, x, c->wdesc, w, c->conv,
                                               a->fwd, work, a->ws_fwd, &kZero, c->ydesc,
@@ -225,9 +234,7 @@ void td__cuda_conv2d_bwd(td_backend *be, const td_conv2d_desc *d, int oh, int ow
   td_cuda_impl *c = td_cuda(be);
   const td_cuda_conv_algos *a;
 
-  if (conv_algos(be, d, oh, ow, &a) < 0 ||
-      !workspace_ok(be, "conv2d_bwd", work_bytes, a->ws_bwd_filter) ||
-      (dx != nullptr && !workspace_ok(be, "conv2d_bwd", work_bytes, a->ws_bwd_data)))
+  if (conv_algos(be, d, oh, ow, &a) < 0 || !workspace_ok(be, "conv2d_bwd", work_bytes, a))
     return;
   if (TD_CU_CHECK(be, cudnnConvolutionBackwardFilter(c->dnn, &kOne, c->xdesc, x, c->ydesc, dy,
                                                      c->conv, a->bwd_filter, work,

@@ -14,7 +14,8 @@ template <> __device__ inline float widen<uint16_t>(uint16_t v) {
 }
 
 /* Rounded multiply, then add: no fused multiply-add, so the result is the
- * CPU backend's bit for bit (C11 builds do not contract either). */
+ * CPU backend's bit for bit (the C side is built with -ffp-contract=off;
+ * the intrinsics say it even where --fmad=false, meson.build, is dropped). */
 template <typename T>
 __global__ void normalize_kernel(const T *x, float *y, size_t n, float mul, float add) {
   TD_GRID_STRIDE(i, n) y[i] = __fadd_rn(__fmul_rn(widen(x[i]), mul), add);

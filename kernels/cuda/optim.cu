@@ -1,6 +1,7 @@
 /* Optimisers, gradient clipping, the finite check and half-precision
  * storage: element-wise kernels in the CPU backend's order of operations
- * (kernels/cpu/optim.c). */
+ * (kernels/cpu/optim.c), each multiply and add rounded as there (built with
+ * --fmad=false: see meson.build), so an update gives the CPU's bits. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -8,9 +9,12 @@
 
 namespace {
 
-/* One block sums the squares: the order is fixed, so a clipped step is the
- * same on every run (a resumed job must match an undisturbed one). */
-constexpr int kSumsqThreads = 1024;
+/* The sum of squares in two passes: up to kTdSumsqBlocks blocks each sum a
+ * fixed grid-stride share into their slot of the backend's partials, then
+ * one block adds the slots in order.  The split depends on n alone, never
+ * on the GPU, so a clipped step is the same on every run (a resumed job
+ * must match an undisturbed one); one block for all of it used one SM. */
+constexpr int kSumsqThreads = 256;
 
 __global__ void sgd_momentum_kernel(float *p, const float *g, float *buf, size_t n, float lr,
                                     float momentum, float dampening, float weight_decay,
@@ -43,25 +47,40 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_
   }
 }
 
-__global__ void sumsq_kernel(const float *x, size_t n, float *acc) {
-  __shared__ double part[kSumsqThreads / 32];
+/* The block's sum of s, in thread 0 (blockDim.x a multiple of 32). */
+__device__ double block_sum(double s) {
+  __shared__ double warps[32];
   const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  double s = 0.0;
 
-  for (size_t i = threadIdx.x; i < n; i += blockDim.x)
-    s += (double)x[i] * x[i];
   for (int o = 16; o > 0; o >>= 1)
     s += __shfl_down_sync(0xffffffffu, s, o);
   if (lane == 0)
-    part[warp] = s;
+    warps[warp] = s;
   __syncthreads();
+  s = 0.0;
   if (warp == 0) {
-    s = lane < (blockDim.x >> 5) ? part[lane] : 0.0;
+    s = lane < (blockDim.x >> 5) ? warps[lane] : 0.0;
     for (int o = 16; o > 0; o >>= 1)
       s += __shfl_down_sync(0xffffffffu, s, o);
-    if (lane == 0)
-      acc[0] = (float)((double)acc[0] + s);
   }
+  return s;
+}
+
+__global__ void sumsq_part_kernel(const float *x, size_t n, double *part) {
+  double s = 0.0;
+
+  TD_GRID_STRIDE(i, n) s += (double)x[i] * x[i];
+  s = block_sum(s);
+  if (threadIdx.x == 0)
+    part[blockIdx.x] = s;
+}
+
+/* One block of kTdSumsqBlocks threads: slot i is thread i's. */
+__global__ void sumsq_total_kernel(const double *part, unsigned nparts, float *acc) {
+  double s = block_sum(threadIdx.x < nparts ? part[threadIdx.x] : 0.0);
+
+  if (threadIdx.x == 0)
+    acc[0] = (float)((double)acc[0] + s);
 }
 
 __global__ void clip_coef_kernel(float *norm, float max_norm) {
@@ -126,7 +145,14 @@ void td__cuda_adamw(td_backend *be, float *p, const float *g, float *m, float *v
 }
 
 void td__cuda_sumsq(td_backend *be, const float *x, size_t n, float *acc) {
-  sumsq_kernel<<<1, kSumsqThreads, 0, td_cuda_stream(be)>>>(x, n, acc);
+  size_t want = (n + kSumsqThreads - 1) / kSumsqThreads;
+  unsigned blocks = (unsigned)(want < (size_t)kTdSumsqBlocks ? want : kTdSumsqBlocks);
+  double *part = td_cuda(be)->sumsq_part;
+
+  sumsq_part_kernel<<<blocks, kSumsqThreads, 0, td_cuda_stream(be)>>>(x, n, part);
+  if (TD_CU_CHECK_LAUNCH(be) < 0)
+    return;
+  sumsq_total_kernel<<<1, kTdSumsqBlocks, 0, td_cuda_stream(be)>>>(part, blocks, acc);
   TD_CU_CHECK_LAUNCH(be);
 }
 

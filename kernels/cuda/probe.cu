@@ -3,10 +3,13 @@
  * cudaMemGetInfo needs a context, so it cannot see the memory from before
  * the caller's own context.  A helper process makes a context first and
  * reads the free memory A; the caller then makes its context (free B) and a
- * backend as td_backend_create does, runs one sgemm so cuBLAS allocates its
- * workspace (free C).  The helper's context is in A and C alike, so the
- * overhead is A - C; the free memory before either context is A plus one
- * context, A - B. */
+ * backend as td_backend_create does (cuBLAS's workspace included), runs
+ * the dense layer's three GEMMs at a real shape, a convolution forward and
+ * backward and a pooling through cuDNN, so that the kernels CUDA loads
+ * lazily on first use are loaded (free C).  The helper's context is in A
+ * and C alike, so the overhead is A - C, plus what cudaMalloc rounds the
+ * worker's arenas up to (below); the free memory before either context is
+ * A plus one context, A - B. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -19,6 +22,12 @@
 #include "input.cuh"
 
 namespace {
+
+/* cudaMalloc reserves device memory in 2 MiB pages: each of the worker's
+ * arenas (TD_WORKER_ARENAS, one allocation each) may hold up to a page more
+ * than the plan's bytes.  The overhead counts that bound, so a plan never
+ * falls short of what the device reserves. */
+constexpr size_t kTdAllocGranule = (size_t)2 << 20;
 
 struct helper_msg {
   int rc;
@@ -85,12 +94,62 @@ cudaError_t context_free(int ordinal, size_t *free_bytes, size_t *total) {
   _exit(0);
 }
 
+/* The ops whose kernels a worker loads in its first step (CUDA loads a
+ * kernel when it first runs): the dense layer's GEMMs (forward, weight and
+ * input gradients) at a shape that takes cuBLAS's usual kernels, not its
+ * tiny-matrix ones, a convolution and pooling through cuDNN, and our own
+ * kernels of an MLP's step.  Their buffers are freed before the measure. */
+int exercise(td_backend *be) {
+  const int g = 256;                                          /* GEMM side */
+  const td_conv2d_desc d = {2, 3, 16, 16, 8, 3, 3, 1, 1, 1, 1}; /* 16x16 out */
+  const td_conv2d_desc pd = {2, 8, 16, 16, 0, 2, 2, 2, 2, 0, 0};
+  const size_t gemm = (size_t)g * g, xs = 2 * 3 * 16 * 16, ws = 8 * 3 * 9, ys = 2 * 8 * 16 * 16;
+  uint64_t work = 0;
+  td_buf buf = {}, wbuf = {};
+  int rc;
+
+  if ((rc = td_backend_conv2d_workspace(be, &d, &work)) < 0 ||
+      (rc = td_backend_alloc(be, (3 * gemm + 2 * g + 2 * xs + 2 * ws + 8 + 3 * ys) *
+                                     sizeof(float), &buf)) < 0 ||
+      (rc = td_backend_alloc(be, work, &wbuf)) < 0)
+    goto free_bufs;
+  {
+    float *a = static_cast<float *>(buf.ptr), *b = a + gemm, *c = b + gemm;
+    float *gb = c + gemm, *gdb = gb + g; /* the dense layer's bias and its gradient */
+    float *x = gdb + g, *dx = x + xs, *w = dx + xs, *dw = w + ws, *bias = dw + ws;
+    float *y = bias + 8, *dy = y + ys, *py = dy + ys;
+    const td_adam_hparams adam = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1}; /* lr .. step */
+    float *xs_list[1] = {a};
+    const size_t ns[1] = {gemm};
+
+    /* zeroed memory: labels 0, nothing to overflow */
+    td_backend_normalize(be, TD_DTYPE_U8, a, b, gemm, 1.0f / 255.0f, 0.5f, 0.25f);
+    td_backend_dense_fwd(be, a, b, gb, c, g, g, g);
+    td_backend_relu_fwd(be, c, c, gemm);
+    td_backend_softmax_xent(be, c, reinterpret_cast<const uint8_t *>(x), g, 8, 1.0f, y, dw);
+    td_backend_relu_bwd(be, c, c, c, gemm);
+    td_backend_dense_bwd(be, a, b, c, a, b, gdb, g, g, g, 0.0f);
+    td_backend_clip_grad_norm(be, xs_list, ns, 1, 1.0f, dx);
+    td_backend_check_finite(be, a, gemm, dx);
+    td_backend_adam(be, b, a, c, y, ys, &adam);
+    td_backend_round_half(be, TD_HALF_BF16, a, gemm);
+    td_backend_conv2d_fwd(be, &d, x, w, bias, y, wbuf.ptr, work);
+    td_backend_conv2d_bwd(be, &d, x, w, dy, dx, dw, bias, 0.0f, wbuf.ptr, work);
+    td_backend_pool2d_fwd(be, TD_POOL_MAX, &pd, y, py);
+    td_backend_pool2d_bwd(be, TD_POOL_MAX, &pd, y, py, py, dy);
+  }
+  rc = td_backend_sync(be);
+free_bufs:
+  td_backend_free(be, &wbuf);
+  td_backend_free(be, &buf);
+  return rc;
+}
+
 /* The caller's side, with the helper holding its context: free memory
- * after a context (b) and after a backend that has run an sgemm (c). */
+ * after a context (b) and after a backend that has run its ops (c). */
 int measure(const char *device, int ordinal, size_t *b, size_t *c, char *err, size_t errlen) {
   size_t total;
   td_backend *be = nullptr;
-  td_buf buf = {};
   cudaError_t e;
   int rc;
 
@@ -100,16 +159,10 @@ int measure(const char *device, int ordinal, size_t *b, size_t *c, char *err, si
   }
   if ((rc = td_backend_create(device, TD_BUDGET_UNLIMITED, &be, err, errlen)) < 0)
     return rc;
-  if ((rc = td_backend_alloc(be, 3 * sizeof(float), &buf)) == 0) {
-    float *p = static_cast<float *>(buf.ptr);
-    td_backend_sgemm(be, false, false, 1, 1, 1, 1.0f, p, 1, p + 1, 1, 0.0f, p + 2, 1);
-    rc = td_backend_sync(be);
-    td_backend_free(be, &buf);
-  }
-  if (rc < 0) {
+  if ((rc = exercise(be)) < 0) {
     snprintf(err, errlen, "%s: probe: %s", device,
              td_backend_error(be)[0] != '\0' ? td_backend_error(be)
-                                               : "cannot run an sgemm on the device");
+                                               : "cannot run the ops on the device");
   } else if ((e = cudaMemGetInfo(c, &total)) != cudaSuccess) {
     snprintf(err, errlen, "%s: probe: cudaMemGetInfo: %s", device, cudaGetErrorString(e));
     rc = TD_EBACKEND;
@@ -162,7 +215,7 @@ extern "C" int td__backend_cuda_probe(const char *device, int ordinal, td_device
     size_t ctx = m.free > b ? m.free - b : 0;
     out->total = m.total;
     out->free = m.free + ctx < m.total ? m.free + ctx : m.total;
-    out->overhead = m.free > c ? m.free - c : 0;
+    out->overhead = (m.free > c ? m.free - c : 0) + TD_WORKER_ARENAS * kTdAllocGranule;
   }
 close_pipes:
   for (int fd : {up[0], up[1], down[0], down[1]})

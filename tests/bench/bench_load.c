@@ -7,6 +7,7 @@
  * submit is visible.
  *
  *   bench_load [JOBS]        (default 10000; the state lives under $TMPDIR or /tmp)
+ *   TD_BENCH_METRICS=PORT bench_load   also serve metrics on 127.0.0.1:PORT
  *
  * traind runs with stand-in workers and a device budget for one job: one
  * job "runs", the rest stay queued, and nothing trains. */
@@ -303,7 +304,7 @@ static const char *fs_name(const char *dir) {
 
 int main(int argc, char **argv) {
   int jobs = argc > 1 ? atoi(argv[1]) : 10000;
-  char yaml[2048], budget[32], extra[128], what[128], value[64];
+  char yaml[2048], budget[32], extra[256], what[128], value[64];
   double *v, ls[LS_RUNS], cls[5];
   uint64_t total = 0, rss0 = 0, rss = 0;
   lat first, last, peer;
@@ -323,8 +324,13 @@ int main(int argc, char **argv) {
     die("learning the job's plan", rc);
   snprintf(budget, sizeof(budget), "%llu",
            (unsigned long long)(total < (1u << 20) ? (1u << 20) : total + total / 2));
+  /* TD_BENCH_METRICS=PORT serves Prometheus' endpoint there, to measure
+   * the loop with a scraper hammering it (README, "Monitoring"). */
   snprintf(extra, sizeof(extra), "max_jobs: %d\nmax_jobs_per_user: %d\n"
-           "heartbeat_timeout_ms: 3600000\n", jobs + 100, jobs + 100);
+           "heartbeat_timeout_ms: 3600000\n%s%s%s", jobs + 100, jobs + 100,
+           getenv("TD_BENCH_METRICS") ? "metrics_listen: 127.0.0.1:" : "",
+           getenv("TD_BENCH_METRICS") ? getenv("TD_BENCH_METRICS") : "",
+           getenv("TD_BENCH_METRICS") ? "\n" : "");
   if ((rc = th_daemon_init(&d, budget, extra, 1)) < 0)
     die("making the state directory", rc);
   if ((rc = th_daemon_start(&d, 30000)) < 0) {

@@ -7,6 +7,8 @@
 #                       4 MiB packed; run.sh unpacks it)
 #   build-gpu/data/     the Fashion-MNIST files (Debian's dataset package is
 #                       not installed there)
+#   build-gpu/bin/      munged and mungekey: traind as root asks MUNGE who
+#                       each client is, and run.sh starts a private munged
 # Not copied: glibc, libstdc++, libgcc_s (the machine has its own) and the
 # CUDA libraries (CUDA 13 in /usr/local/cuda, cuDNN 9 in PyTorch's pip
 # packages).  Prints the bundle's size: the device tool carries 64 MiB at most.
@@ -26,7 +28,23 @@ export PATH=/usr/local/cuda/bin:$PATH
 if [ ! -f "$build/build.ninja" ]; then
   meson setup -Dcuda=enabled -Dgpu_sm=90 -Dbuildtype=release -Dtests=true "$build" "$root"
 fi
-ninja -C "$build" -j"$(nproc)"
+# What run.sh runs, and nothing else: every test program links the kernels'
+# CUDA code (about 0.6 MiB each), so the rest would not fit the carry.
+targets=(daemon/traind daemon/traind-worker daemon/traind-loader client/traind-client
+         tests/test_gpu_ops tests/bench_train tests/bench_mlp tests/gpu_hog)
+ninja -C "$build" -j"$(nproc)" "${targets[@]}"
+# programs a fuller build left there earlier stay behind too
+for f in "$build"/tests/* "$build"/client/test_client*; do
+  name=$(basename "$f" .p)
+  [[ " ${targets[*]} " == *" tests/$name "* ]] || rm -rf "$f"
+done
+
+mkdir -p "$build/bin"
+for tool in munged mungekey; do
+  path=$(command -v "$tool" || command -v "/usr/sbin/$tool") ||
+    { echo "bundle: $tool missing (apt-get install munge)" >&2; exit 1; }
+  cp "$path" "$build/bin/"
+done
 
 # What the machine has of its own, or gets elsewhere: never bundled.
 skip='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libcudnn|libnvrtc|libnvJitLink)\.'

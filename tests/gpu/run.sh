@@ -16,6 +16,11 @@
 # Without a GPU every GPU step says "skipped: no GPU" and the packing step
 # runs on cpu0, so the script can be dry-run anywhere.
 #
+# The steps run in the order of what their result is worth: env, gpu_ops (every
+# op, and the plan check), e2e (with the plans on the same traind), plan, oom,
+# memcheck, speed, packing.  Each has a fixed share of the budget (their sum
+# fits it), so a slow step cannot starve the ones after it.
+#
 # Environment: TD_BUILD (default build-gpu under the repo), TD_GPU_PYTHON
 # (default python3), TD_GPU_BUDGET_S (default 470: steps are cut short or
 # skipped so the run ends within it), TD_GPU_SELFTEST=1 (see below).
@@ -124,17 +129,39 @@ torch_ver=$("$py" -c 'import torch; print(torch.__version__, torch.cuda.is_avail
 say "python3 torch: $torch_ver; nvcc: $(nvcc --version 2>/dev/null | tail -1 || echo none)"
 
 t0=$(date +%s)
-missing=$(for b in daemon/traind daemon/traind-worker daemon/traind-loader client/traind-client \
-                   tests/test_gpu_ops tests/bench_train tests/bench_mlp; do
+bins=(daemon/traind daemon/traind-worker daemon/traind-loader client/traind-client
+      tests/test_gpu_ops tests/bench_train tests/bench_mlp tests/gpu_hog)
+missing=$(for b in "${bins[@]}"; do
             [ -x "$build/$b" ] || { echo "$b: not built"; continue; }
             tdenv ldd "$build/$b" | grep 'not found' | sed "s|^|$b: |"
           done | sort -u)
+# cuDNN 9 is a front library that loads its parts with dlopen at the first
+# call, where ldd of our binaries cannot see them: find them beside the
+# libcudnn.so.9 we resolve, and resolve each one's own libraries (the
+# runtime-compiled engines need NVRTC).
+cudnn=$(tdenv ldd "$build/tests/test_gpu_ops" 2>/dev/null | awk '$1 ~ /^libcudnn\.so/ && $3 ~ /^\// {print $3; exit}')
+cudnn_parts=
+if [ "$gpu" = 1 ] && grep -q TD_WITH_CUDA "$build/build.ninja" 2>/dev/null; then
+  missing=$({
+    echo "$missing"
+    [ -n "$cudnn" ] || echo "libcudnn.so.9: not found for tests/test_gpu_ops"
+    for part in graph ops cnn heuristic engines_precompiled engines_runtime_compiled; do
+      [ -n "$cudnn" ] || break
+      so=$(ls "$(dirname "$cudnn")"/libcudnn_"$part".so.9* 2>/dev/null | head -1)
+      [ -n "$so" ] || { echo "libcudnn_$part.so.9: not beside $cudnn"; continue; }
+      tdenv ldd "$so" | grep 'not found' | sed "s|^|$(basename "$so"): |"
+    done; } | sed '/^$/d' | sort -u)
+  for part in "$(dirname "${cudnn:-/nonexistent/x}")"/libcudnn_*.so.9; do
+    [ -e "$part" ] && cudnn_parts+="${cudnn_parts:+ }$(basename "$part" .so.9)"
+  done
+fi
+say "cuDNN: ${cudnn:-not linked} (parts found: ${cudnn_parts:-none checked})"
 if [ -n "$missing" ]; then
   echo "$missing"
   record env fail $(( $(date +%s) - t0 )) "missing: $(echo "$missing" | tr '\n' ';')"
 else
-  record env pass $(( $(date +%s) - t0 )) "gpu=$gpu device=$dev torch=$torch_ver" \
-    "{\"gpu\": $gpu, \"device\": \"$dev\"}"
+  record env pass $(( $(date +%s) - t0 )) "gpu=$gpu device=$dev torch=$torch_ver cudnn=${cudnn:-none}" \
+    "{\"gpu\": $gpu, \"device\": \"$dev\", \"cudnn_parts\": \"$cudnn_parts\"}"
 fi
 
 # Job files on the bundled data (the machine has no Debian dataset package).
@@ -149,7 +176,34 @@ mkjob() {
       "$root/examples/fashion-mnist-mlp.yaml" >"$1"
 }
 
-# --- a private traind ----------------------------------------------------
+# --- a private munged and traind -----------------------------------------
+# traind as root serves several users and asks MUNGE who each one is: a
+# private munged, as the integration tests start (tests/integration/
+# harness.c).  The device machine has none installed: bundle.sh carries
+# munged and mungekey in build-gpu/bin.
+munged_pid=
+munge_sock=
+start_munged() {
+  local d=$work/munge munged mungekey
+  [ "$(id -u)" = 0 ] || return 0
+  munged=$(command -v munged || command -v /usr/sbin/munged || echo "$build/bin/munged")
+  mungekey=$(command -v mungekey || command -v /usr/sbin/mungekey || echo "$build/bin/mungekey")
+  # munged wants every directory above its socket searchable by all
+  chmod 755 "$work"
+  mkdir -p "$d" && chmod 755 "$d"
+  tdenv "$mungekey" -c -f -k "$d/key" -b 1024 || { say "cannot make a munge key with $mungekey"; return 1; }
+  "${td_env[@]}" "$munged" --foreground --key-file="$d/key" --socket="$d/sock" --pid-file="$d/pid" \
+    --log-file="$d/log" --seed-file="$d/seed" --num-threads=2 &
+  munged_pid=$!
+  for _ in $(seq 100); do
+    [ -S "$d/sock" ] && { munge_sock=$d/sock; td_env+=(TRAIND_MUNGE_SOCKET="$munge_sock"); return 0; }
+    kill -0 "$munged_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  say "munged did not start:"; cat "$d/log" 2>/dev/null
+  return 1
+}
+start_munged
 td_pid=
 td_run=
 # start_traind NAME DEVICE BUDGET
@@ -161,6 +215,7 @@ socket: ipc://$td_run/traind.sock
 status_socket: ipc://$td_run/status.sock
 state_dir: $td_run/state
 log_level: info
+${munge_sock:+munge_socket: $munge_sock}
 devices:
   - {name: $2, budget: $3}
 YAML
@@ -189,37 +244,216 @@ cleanup() {
   stop_traind
   [ -n "${hog_pid:-}" ] && kill "$hog_pid" 2>/dev/null
   [ -n "${mon_pid:-}" ] && kill "$mon_pid" 2>/dev/null
+  [ -n "${munged_pid:-}" ] && kill "$munged_pid" 2>/dev/null && wait "$munged_pid" 2>/dev/null
+  munged_pid=
 }
 trap cleanup EXIT
 
-# GPU memory used (MiB), sampled in the background: its peak is the measured side.
+# GPU memory sampled in the background, every 0.2 s: "gpu MIB" (all of the
+# device's use) and "pid PID MIB" per process.  A job's own peak is its
+# worker's (traind and the loader hold no CUDA context), whatever else runs.
 mon_pid=
 mon_start() {
   [ "$gpu" = 1 ] && command -v nvidia-smi >/dev/null || return 0
-  ( while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null
-              sleep 0.2; done ) >"$1" &
+  ( while :; do
+      nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null | sed 's/^/gpu /'
+      nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null |
+        tr -d ',' | sed 's/^/pid /'
+      sleep 0.2
+    done ) >"$1" &
   mon_pid=$!
 }
 mon_stop() { [ -n "$mon_pid" ] && kill "$mon_pid" 2>/dev/null; wait "$mon_pid" 2>/dev/null; mon_pid=; }
-mib_max() { sort -n "$1" 2>/dev/null | tail -1; }
+# the device's most used MiB; the largest one process used
+gpu_max() { awk '$1 == "gpu" && $2 ~ /^[0-9]+$/ && $2 > m {m = $2} END {if (m != "") print m}' "$1" 2>/dev/null; }
+proc_max() { awk '$1 == "pid" && $3 ~ /^[0-9]+$/ && $3 > m {m = $3} END {if (m != "") print m}' "$1" 2>/dev/null; }
 
-# --- 1. op correctness ---------------------------------------------------
-say "== 1a. gpu_ops: every op on the device against the CPU backend (fp32, bf16, fp16),"
-say "       device memory, probe, pinned uploads, and the plan's exactness (plan-exact.txt)"
+# Each step's share of the budget, seconds (470 in all with the default; a
+# step that ends early leaves its rest to the ones after it).
+share_ops=130 share_e2e=55 share_oom=65 share_memcheck=55 share_speed=45 share_pack=80
+
+# --- 1a. op correctness --------------------------------------------------
+say "== 1a. gpu_ops: device facts and the plan check (plan-exact.txt), then every op on"
+say "       the device against the CPU backend (fp32, bf16, fp16)"
 t0=$(date +%s)
 rm -f "$out/plan-exact.txt"
-TD_GPU_OUT=$out tdenv timeout -k 10 "$(tmo 240)" "$build/tests/test_gpu_ops" >"$out/gpu_ops.txt" 2>&1
+TD_GPU_OUT=$out tdenv timeout -k 10 "$(tmo $share_ops)" "$build/tests/test_gpu_ops" >"$out/gpu_ops.txt" 2>&1
 rc=$?
 cat "$out/gpu_ops.txt"
-# one "N%: Checks" line per precision pass
+# one "N%: Checks" line per suite: the device facts, then each precision pass
 passes=$(paste -d' ' <(grep -E '^== ' "$out/gpu_ops.txt" | awk '{print $2}') \
                      <(grep -E '^[0-9]+%' "$out/gpu_ops.txt") | paste -sd';' -)
 case $rc in
   0) record gpu_ops pass $(( $(date +%s) - t0 )) "$passes" ;;
   77) record gpu_ops skipped $(( $(date +%s) - t0 )) "skipped: no GPU (test_gpu_ops exit 77)" ;;
+  124|137) record gpu_ops fail $(( $(date +%s) - t0 )) "out of its ${share_ops}s: $passes" ;;
   *) record gpu_ops fail $(( $(date +%s) - t0 )) "exit $rc: $passes" ;;
 esac
 
+# --- 3. end to end, and every plan, on one traind ------------------------
+# (before 2: the plan step compares the job's measured peak with its plan)
+say "== 3. end to end: traind on $dev, the client submits the example"
+t0=$(date +%s)
+job_peak_mib= gpu_peak_mib= e2e_planned=
+# A small MLP for packing (784-64-10, 10000 samples, 2 epochs); no remedies,
+# so a job runs at its whole batch or waits.
+mkjob "$work/pack.yaml" 2 10000
+sed -i -e '/units: 512/d' -e '/units: 256/s/256/64/' -e '0,/{type: relu}/{/{type: relu}/d}' \
+       -e 's|^memory:|memory:\n  remedies: []|' -e "s|^device:.*|device: $dev|" "$work/pack.yaml"
+cp "$work/pack.yaml" "$out/pack.yaml"
+if start_traind main "$dev" "$budget_big"; then
+  cli --json devices >"$out/devices.json" 2>&1
+  if [ "$gpu" != 1 ]; then
+    record e2e skipped 0 "skipped: no GPU"
+  elif late e2e; then :
+  else
+    mkjob "$td_run/fashion-mnist-mlp.yaml" 5 0
+    sed -i "s|^device:.*|device: $dev|" "$td_run/fashion-mnist-mlp.yaml"
+    cli --json plan "$td_run/fashion-mnist-mlp.yaml" --device "$dev" >"$out/e2e-plan.json"
+    e2e_planned=$(jget "$out/e2e-plan.json" 'd["plan"]["total"]')
+    base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null)
+    mon_start "$out/e2e-mem.txt"
+    tdenv timeout -k 10 "$(tmo $share_e2e)" "$build/client/traind-client" --socket "ipc://$td_run/traind.sock" \
+      submit "$td_run/fashion-mnist-mlp.yaml" --wait >"$out/e2e.txt" 2>&1 || true
+    mon_stop
+    cat "$out/e2e.txt"
+    cli --json show 1 >"$out/e2e-job.json"
+    state=$(jget "$out/e2e-job.json" 'd["job"]["state"]')
+    acc=$(jget "$out/e2e-job.json" 'd["job"]["accuracy"]')
+    sps=$(jget "$out/e2e-job.json" 'd["job"]["samples_per_sec"]')
+    secs=$(jget "$out/e2e-job.json" '(d["job"]["finished_ms"]-d["job"]["started_ms"])/1000 if d["job"].get("finished_ms") else "null"')
+    job_peak_mib=$(proc_max "$out/e2e-mem.txt")
+    top=$(gpu_max "$out/e2e-mem.txt")
+    [[ $base =~ ^[0-9]+$ && $top =~ ^[0-9]+$ ]] && gpu_peak_mib=$(( top - base ))
+    figs="{\"accuracy\": ${acc:-null}, \"samples_per_sec\": ${sps:-null}, \"train_seconds\": ${secs:-null}, \"job_peak_mib\": ${job_peak_mib:-null}, \"gpu_mem_peak_delta_mib\": ${gpu_peak_mib:-null}, \"planned_bytes\": ${e2e_planned:-null}}"
+    if [ "$state" = succeeded ]; then
+      record e2e pass $(( $(date +%s) - t0 )) "test accuracy $acc after 5 epochs, $secs s on $dev" "$figs"
+    else
+      record e2e fail $(( $(date +%s) - t0 )) "job state ${state:-unknown}: $(jget "$out/e2e-job.json" 'd["job"]["error"]')" "$figs"
+    fi
+  fi
+  # the examples' plans and the packing job's, from the same traind
+  for ex in "$root"/examples/*.yaml; do
+    name=$(basename "$ex" .yaml)
+    sed "s|/usr/share/datasets/fashion-mnist|$data|" "$ex" >"$td_run/$name.yaml"
+    cli --json plan "$td_run/$name.yaml" --device "$dev" >"$out/plan-$name.json" 2>&1
+  done
+  cli --json plan "$work/pack.yaml" --device "$dev" >"$out/pack-plan.json" 2>&1
+  stop_traind
+else
+  record e2e fail $(( $(date +%s) - t0 )) "traind did not start"
+fi
+
+# --- 2. plan accuracy ----------------------------------------------------
+say "== 2. plan accuracy: planned bytes vs measured peak"
+t0=$(date +%s)
+# gpu_ops' check: the example MLP's and CNNs' peaks from cudaMemGetInfo
+# against their plans plus the probe's overhead ("plan ... ok|FAIL");
+# and the e2e job's own peak (nvidia-smi, its worker) against its plan.
+exact=$(grep -E '^plan ' "$out/plan-exact.txt" 2>/dev/null)
+exact_figs=$(grep -E '^(plan|probe) ' "$out/plan-exact.txt" 2>/dev/null | "$py" -c '
+import json, re, sys
+d = {}
+for line in sys.stdin:
+    m = re.match(r"probe (\S+): total (\d+) free (\d+) overhead (\d+)", line)
+    if m:
+        d["probe"] = {"device": m[1], "total": int(m[2]), "free": int(m[3]), "overhead": int(m[4])}
+    m = re.search(r"^plan \S+ (\S+) micro_batch (\d+): planned (\d+) .*created in ([0-9.]+) s\) "
+                  r"measured (\d+) diff (-?\d+) tolerance (\d+) (\w+)", line)
+    if m:
+        d["%s/mb%s" % (m[1], m[2])] = {"planned": int(m[3]), "create_s": float(m[4]),
+                                       "measured": int(m[5]), "diff": int(m[6]),
+                                       "tolerance": int(m[7]), "ok": m[8] == "ok"}
+print(json.dumps(d))' 2>/dev/null)
+figs=
+for f in "$out"/plan-*.json; do
+  [ -f "$f" ] || continue
+  name=$(basename "$f" .json); name=${name#plan-}
+  planned=$(jget "$f" 'd["plan"]["total"]')
+  say "$name: planned ${planned:-?} bytes on $dev"
+  figs+="${figs:+, }\"$name\": {\"planned_bytes\": ${planned:-null}}"
+done
+job=
+if [[ $job_peak_mib =~ ^[0-9]+$ && $e2e_planned =~ ^[0-9]+$ ]]; then
+  # within 2% or 16 MiB, whichever is larger, as gpu_ops' check
+  job=$(awk -v p="$e2e_planned" -v m="$job_peak_mib" 'BEGIN {
+    meas = m * 1048576; tol = p / 50 > 16777216 ? p / 50 : 16777216; d = meas - p
+    printf "%s %d %d %d", ((d < 0 ? -d : d) <= tol ? "ok" : "FAIL"), meas, d, tol }')
+  say "e2e job: planned $e2e_planned bytes, its worker's peak ${job_peak_mib} MiB: $job"
+fi
+read -r job_ok job_meas job_diff job_tol <<<"${job:-}"
+figs+="${figs:+, }\"exact\": ${exact_figs:-null}, \"e2e_job\": {\"planned\": ${e2e_planned:-null}, \"peak_bytes\": ${job_meas:-null}, \"diff\": ${job_diff:-null}, \"tolerance\": ${job_tol:-null}, \"ok\": $( [ "$job_ok" = ok ] && echo true || echo "${job_ok:+false}${job_ok:-null}")}"
+if grep -q FAIL <<<"$exact $job_ok"; then
+  record plan fail $(( $(date +%s) - t0 )) "measured peak off the plan: $(grep FAIL <<<"$exact" | head -2 | tr '\n' ';')${job:+ e2e job: $job}" "{$figs}"
+elif [ -n "$exact" ] && [ "$job_ok" = ok ]; then
+  record plan pass $(( $(date +%s) - t0 )) "$(wc -l <<<"$exact") models and micro-batches and the e2e job's own peak match plan + probe overhead (within 2% or 16 MiB)" "{$figs}"
+elif [ -n "$exact" ] && [ "$gpu" = 1 ] && [ "$dev" = cpu0 ]; then
+  record plan pass $(( $(date +%s) - t0 )) "$(wc -l <<<"$exact") models and micro-batches match the plan exactly (selftest: no per-process peak on the CPU)" "{$figs}"
+else
+  record plan partial $(( $(date +%s) - t0 )) "planned bytes recorded;$( [ -z "$exact" ] && echo " gpu_ops' plan check did not run;")$( [ -z "$job" ] && echo " no per-process peak of the e2e job")" "{$figs}"
+fi
+
+# --- 4. real OOM ---------------------------------------------------------
+say "== 4. real OOM: gpu_hog holds the GPU's memory"
+t0=$(date +%s)
+hog_pid=
+if [ "$gpu" != 1 ]; then
+  record oom skipped 0 "skipped: no GPU"
+elif late oom; then :
+elif [ ! -x "$build/tests/gpu_hog" ]; then
+  record oom fail 0 "no tests/gpu_hog in $build (built without the CUDA backend?)"
+elif ! start_traind oom "$dev" "$budget_big"; then
+  record oom fail $(( $(date +%s) - t0 )) "traind did not start"
+else
+  oom_end=$(( $(date +%s) + $(tmo $share_oom) ))
+  # Leave the worker room for its context and handles (the probe's overhead
+  # less the arenas' rounding it counts) and 2 MiB for its arenas: its
+  # context comes up and its first allocations fail for real.
+  over=$(cli --json devices 2>/dev/null | "$py" -c '
+import json,sys; print(json.load(sys.stdin)["devices"][0]["overhead"])' 2>/dev/null)
+  leave=256
+  [[ $over =~ ^[0-9]+$ ]] && [ "$over" -gt $(( 12 << 20 )) ] && leave=$(( (over >> 20) - 12 + 2 ))
+  tdenv "$build/tests/gpu_hog" "$leave" >"$out/oom-hog.txt" 2>&1 &
+  hog_pid=$!
+  for _ in $(seq 100); do grep -q holds "$out/oom-hog.txt" && break; kill -0 "$hog_pid" 2>/dev/null || break; sleep 0.2; done
+  cat "$out/oom-hog.txt"
+fi
+if [ -n "$hog_pid" ] && ! grep -q holds "$out/oom-hog.txt"; then
+  record oom fail $(( $(date +%s) - t0 )) "gpu_hog: $(head -c 200 "$out/oom-hog.txt" | tr '\n' ' ')"
+  hog_pid=
+  stop_traind
+elif [ -n "$hog_pid" ]; then
+  mkjob "$td_run/oom.yaml" 1 10000
+  sed -i "s|^device:.*|device: $dev|" "$td_run/oom.yaml"
+  cli submit "$td_run/oom.yaml"
+  states=
+  # up to half the share under the hog, the rest after it
+  for _ in $(seq $(( (oom_end - $(date +%s)) / 2 ))); do
+    s=$(cli --json show 1 2>/dev/null | "$py" -c 'import json,sys; print(json.load(sys.stdin)["job"]["state"])' 2>/dev/null)
+    [ "${states##* }" != "$s" ] && states+=" $s"
+    case $s in succeeded|failed|cancelled) break ;; esac
+    sleep 1
+  done
+  kill "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; hog_pid=
+  # With the memory back the job should finish (or have failed cleanly).
+  left=$(( oom_end - $(date +%s) ))
+  tdenv timeout "$(( left > 5 ? left : 5 ))" "$build/client/traind-client" --socket "ipc://$td_run/traind.sock" wait 1 \
+    >/dev/null 2>&1 || true
+  cli --json show 1 >"$out/oom-job.json" 2>&1
+  cli logs 1 >"$out/oom-job.log" 2>&1 || true
+  final=$(jget "$out/oom-job.json" 'd["job"]["state"]')
+  err=$(jget "$out/oom-job.json" 'd["job"]["error"]')
+  alive=no; kill -0 "$td_pid" 2>/dev/null && alive=yes
+  detail="hog left ${leave} MiB; states under the hog:${states:- none}; after: ${final:-?}${err:+ ($err)}; traind alive: $alive"
+  if [ "$alive" = yes ] && [ -n "$final" ]; then
+    record oom pass $(( $(date +%s) - t0 )) "$detail"
+  else
+    record oom fail $(( $(date +%s) - t0 )) "$detail"
+  fi
+  stop_traind
+fi
+
+# --- 1b. memory errors ---------------------------------------------------
 say "== 1b. compute-sanitizer memcheck over a short training run"
 t0=$(date +%s)
 sanitizer=$(command -v compute-sanitizer ||
@@ -234,7 +468,7 @@ else
   mkjob "$work/memcheck.yaml" 1 2000
   # bench_mlp trains in-process (one epoch, 2000 samples); the sanitizer follows
   # its re-exec (OPENBLAS_CORETYPE) too.
-  tdenv timeout -k 10 "$(tmo 150)" "$sanitizer" --tool memcheck --error-exitcode 9 \
+  tdenv timeout -k 10 "$(tmo $share_memcheck)" "$sanitizer" --tool memcheck --error-exitcode 9 \
     --target-processes all --print-limit 20 \
     "$build/tests/bench_mlp" --device "$dev" --epochs 1 "$work/memcheck.yaml" \
     >"$out/memcheck.txt" 2>&1
@@ -248,134 +482,6 @@ else
   fi
 fi
 
-# --- 3. end to end (runs before 2: 2 compares against its measured peak) --
-say "== 3. end to end: traind on $dev, the client submits the example"
-t0=$(date +%s)
-peak_mib=
-if [ "$gpu" != 1 ]; then
-  record e2e skipped 0 "skipped: no GPU"
-elif late e2e; then :
-elif start_traind e2e "$dev" "$budget_big"; then
-  mkjob "$td_run/fashion-mnist-mlp.yaml" 5 0
-  sed -i "s|^device:.*|device: $dev|" "$td_run/fashion-mnist-mlp.yaml"
-  cli devices
-  cli --json plan "$td_run/fashion-mnist-mlp.yaml" --device "$dev" >"$out/e2e-plan.json"
-  base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null)
-  mon_start "$work/e2e-mem.txt"
-  tdenv timeout -k 10 "$(tmo 150)" "$build/client/traind-client" --socket "ipc://$td_run/traind.sock" \
-    submit "$td_run/fashion-mnist-mlp.yaml" --wait >"$out/e2e.txt" 2>&1 || true
-  mon_stop
-  cat "$out/e2e.txt"
-  cli --json show 1 >"$out/e2e-job.json"
-  state=$(jget "$out/e2e-job.json" 'd["job"]["state"]')
-  acc=$(jget "$out/e2e-job.json" 'd["job"]["accuracy"]')
-  sps=$(jget "$out/e2e-job.json" 'd["job"]["samples_per_sec"]')
-  secs=$(jget "$out/e2e-job.json" '(d["job"]["finished_ms"]-d["job"]["started_ms"])/1000')
-  top=$(mib_max "$work/e2e-mem.txt")
-  [[ $base =~ ^[0-9]+$ && $top =~ ^[0-9]+$ ]] && peak_mib=$(( top - base ))
-  figs="{\"accuracy\": ${acc:-null}, \"samples_per_sec\": ${sps:-null}, \"train_seconds\": ${secs:-null}, \"gpu_mem_peak_delta_mib\": ${peak_mib:-null}}"
-  if [ "$state" = succeeded ]; then
-    record e2e pass $(( $(date +%s) - t0 )) "test accuracy $acc after 5 epochs, $secs s on $dev" "$figs"
-  else
-    record e2e fail $(( $(date +%s) - t0 )) "job state ${state:-unknown}: $(jget "$out/e2e-job.json" 'd["job"]["error"]')" "$figs"
-  fi
-  stop_traind
-else
-  record e2e fail $(( $(date +%s) - t0 )) "traind did not start"
-fi
-
-# --- 2. plan accuracy ----------------------------------------------------
-say "== 2. plan accuracy: planned bytes vs measured peak, each example job"
-t0=$(date +%s)
-# gpu_ops' check: the example MLP's peak from cudaMemGetInfo against its plan
-# plus the probe's overhead, at several micro-batches ("plan ... ok|FAIL").
-exact=$(grep -E '^plan ' "$out/plan-exact.txt" 2>/dev/null)
-exact_figs=$(grep -E '^(plan|probe) ' "$out/plan-exact.txt" 2>/dev/null | "$py" -c '
-import json, re, sys
-d = {}
-for line in sys.stdin:
-    m = re.match(r"probe (\S+): total (\d+) free (\d+) overhead (\d+)", line)
-    if m:
-        d["probe"] = {"device": m[1], "total": int(m[2]), "free": int(m[3]), "overhead": int(m[4])}
-    m = re.search(r"micro_batch (\d+): planned (\d+) .* measured (\d+) diff (-?\d+) tolerance (\d+) (\w+)", line)
-    if m:
-        d["mb%s" % m[1]] = {"planned": int(m[2]), "measured": int(m[3]), "diff": int(m[4]),
-                            "tolerance": int(m[5]), "ok": m[6] == "ok"}
-print(json.dumps(d))' 2>/dev/null)
-if start_traind plan "$dev" "$budget_big"; then
-  figs=
-  for ex in "$root"/examples/*.yaml; do
-    name=$(basename "$ex" .yaml)
-    sed "s|/usr/share/datasets/fashion-mnist|$data|" "$ex" >"$td_run/$name.yaml"
-    cli --json plan "$td_run/$name.yaml" --device "$dev" >"$out/plan-$name.json" 2>&1
-    planned=$(jget "$out/plan-$name.json" 'd["plan"]["total"]')
-    say "$name: planned ${planned:-?} bytes on $dev"
-    figs+="${figs:+, }\"$name\": {\"planned_bytes\": ${planned:-null}"
-    [ "$name" = fashion-mnist-mlp ] && [ -n "$peak_mib" ] &&
-      figs+=", \"nvidia_smi_peak_delta_mib\": $peak_mib"
-    figs+="}"
-  done
-  stop_traind
-  figs+="${figs:+, }\"exact\": ${exact_figs:-null}"
-  if [ -z "$exact" ]; then
-    record plan partial $(( $(date +%s) - t0 )) "planned bytes recorded; no measured peak (gpu_ops' plan check did not run)$( [ -n "$peak_mib" ] && echo "; nvidia-smi sampled delta of the e2e run recorded")" "{$figs}"
-  elif grep -q FAIL <<<"$exact"; then
-    record plan fail $(( $(date +%s) - t0 )) "measured peak off the plan: $(grep FAIL <<<"$exact" | head -2 | tr '\n' ';')" "{$figs}"
-  else
-    record plan pass $(( $(date +%s) - t0 )) "$(wc -l <<<"$exact") micro-batches match plan + probe overhead (within 2% or 16 MiB on a GPU, exactly on the CPU)" "{$figs}"
-  fi
-else
-  record plan fail $(( $(date +%s) - t0 )) "traind did not start"
-fi
-
-# --- 4. real OOM ---------------------------------------------------------
-say "== 4. real OOM: a hog process holds the GPU's memory"
-t0=$(date +%s)
-hog_pid=
-if [ "$gpu" != 1 ]; then
-  record oom skipped 0 "skipped: no GPU"
-elif late oom; then :
-elif ! "$py" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-  record oom "not implemented" 0 "no PyTorch with CUDA to hog memory with"
-elif start_traind oom "$dev" "$budget_big"; then
-  # Leave 256 MiB free: less than a worker's CUDA context and the job.
-  "$py" -c '
-import sys, time, torch
-free, total = torch.cuda.mem_get_info()
-x = torch.empty(max(free - (256 << 20), 0), dtype=torch.uint8, device="cuda")
-print("hog holds %d MiB of %d" % (x.numel() >> 20, total >> 20), flush=True)
-time.sleep(3600)' >"$out/oom-hog.txt" 2>&1 &
-  hog_pid=$!
-  for _ in $(seq 100); do grep -q holds "$out/oom-hog.txt" && break; sleep 0.2; done
-  cat "$out/oom-hog.txt"
-  mkjob "$td_run/oom.yaml" 1 10000
-  cli submit "$td_run/oom.yaml"
-  states=
-  for _ in $(seq "$(tmo 60)"); do
-    s=$(cli --json show 1 2>/dev/null | "$py" -c 'import json,sys; print(json.load(sys.stdin)["job"]["state"])' 2>/dev/null)
-    [ "${states##* }" != "$s" ] && states+=" $s"
-    case $s in succeeded|failed|cancelled) break ;; esac
-    sleep 1
-  done
-  kill "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null; hog_pid=
-  # With the memory back the job should finish (or have failed cleanly).
-  tdenv timeout "$(tmo 60)" "$build/client/traind-client" --socket "ipc://$td_run/traind.sock" wait 1 \
-    >/dev/null 2>&1 || true
-  cli --json show 1 >"$out/oom-job.json" 2>&1
-  final=$(jget "$out/oom-job.json" 'd["job"]["state"]')
-  err=$(jget "$out/oom-job.json" 'd["job"]["error"]')
-  alive=no; kill -0 "$td_pid" 2>/dev/null && alive=yes
-  detail="states under the hog:${states:- none}; after: ${final:-?}${err:+ ($err)}; traind alive: $alive"
-  if [ "$alive" = yes ] && [ -n "$final" ]; then
-    record oom pass $(( $(date +%s) - t0 )) "$detail"
-  else
-    record oom fail $(( $(date +%s) - t0 )) "$detail"
-  fi
-  stop_traind
-else
-  record oom fail $(( $(date +%s) - t0 )) "traind did not start"
-fi
-
 # --- 5. speed vs PyTorch on the same GPU ---------------------------------
 say "== 5. speed: traind's model vs PyTorch, the example MLP, batch 128, Adam"
 t0=$(date +%s)
@@ -383,13 +489,17 @@ if [ "$gpu" != 1 ]; then
   record speed skipped 0 "skipped: no GPU"
 elif late speed; then :
 else
+  speed_end=$(( $(date +%s) + $(tmo $share_speed) ))
   mkjob "$work/speed.yaml" 1 0
-  tdenv timeout -k 10 "$(tmo 90)" "$build/tests/bench_train" --device "$dev" --no-torch \
+  tdenv timeout -k 5 "$(( (speed_end - $(date +%s)) / 2 ))" "$build/tests/bench_train" --device "$dev" --no-torch \
     --steps 500 --warmup 50 --repeats 2 "$work/speed.yaml" >"$out/speed-traind.txt" 2>&1
   cat "$out/speed-traind.txt"
   ours=$(awk '/^  traind \(td_model/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) {print $i; exit}}' \
          "$out/speed-traind.txt")
-  timeout -k 10 "$(tmo 60)" "$py" - >"$out/speed-torch.txt" 2>&1 <<'PY'
+  theirs=
+  if [[ $torch_ver == *True ]]; then
+    left=$(( speed_end - $(date +%s) ))
+    timeout -k 5 "$(( left > 5 ? left : 5 ))" "$py" - >"$out/speed-torch.txt" 2>&1 <<'PY'
 import time, torch
 from torch import nn
 torch.manual_seed(0)
@@ -420,11 +530,16 @@ for _ in range(2):
     best = max(best, 500 * 128 / (time.perf_counter() - t))
 print("samples_per_s=%.1f torch=%s" % (best, torch.__version__))
 PY
-  cat "$out/speed-torch.txt"
-  theirs=$(sed -n 's/.*samples_per_s=\([0-9.]*\).*/\1/p' "$out/speed-torch.txt")
+    cat "$out/speed-torch.txt"
+    theirs=$(sed -n 's/.*samples_per_s=\([0-9.]*\).*/\1/p' "$out/speed-torch.txt")
+  else
+    echo "no PyTorch with CUDA in $py ($torch_ver)" >"$out/speed-torch.txt"
+  fi
   figs="{\"traind_samples_per_s\": ${ours:-null}, \"torch_samples_per_s\": ${theirs:-null}}"
   if [ -n "$ours" ] && [ -n "$theirs" ]; then
     record speed pass $(( $(date +%s) - t0 )) "traind $ours samples/s, PyTorch $theirs ($(awk -v a="$ours" -v b="$theirs" 'BEGIN {printf "%.2fx", a / b}'))" "$figs"
+  elif [ -n "$ours" ]; then
+    record speed partial $(( $(date +%s) - t0 )) "traind $ours samples/s; PyTorch: $(head -c 200 "$out/speed-torch.txt" | tr '\n' ' ')" "$figs"
   else
     record speed fail $(( $(date +%s) - t0 )) "traind ${ours:-no figure}, PyTorch ${theirs:-no figure}" "$figs"
   fi
@@ -459,31 +574,23 @@ import json,sys; print(sum(j["state"] == "succeeded" for j in json.load(sys.stdi
   stop_traind
   echo "$(awk -v s="$s" -v e="$e" 'BEGIN {printf "%.2f", e - s}') $maxrun ${ok:-0}"
 }
-# A small MLP (784-64-10), 10000 samples, 2 epochs; no remedies, so a job runs
-# at its whole batch or waits.
-mkjob "$work/pack.yaml" 2 10000
-sed -i -e '/units: 512/d' -e '/units: 256/s/256/64/' -e '0,/{type: relu}/{/{type: relu}/d}' \
-       -e 's|^memory:|memory:\n  remedies: []|' -e "s|^device:.*|device: $dev|" "$work/pack.yaml"
-cp "$work/pack.yaml" "$out/pack.yaml"
 # each copy writes its own model: two jobs writing one file at once collide
 for i in $(seq 8); do
   sed "s|^output:.*|output: pack$i.safetensors|" "$work/pack.yaml" >"$work/pack$i.yaml"
 done
-if start_traind packplan "$dev" "$budget_big"; then
-  cli --json plan "$work/pack.yaml" --device "$dev" >"$out/pack-plan.json" 2>&1
-  stop_traind
-fi
 one=$(jget "$out/pack-plan.json" 'd["plan"]["total"]')
 if late packing; then :
 elif [ -z "$one" ]; then
-  record packing fail $(( $(date +%s) - t0 )) "no plan for the small job: $(head -c 300 "$out/pack-plan.json")"
+  record packing fail $(( $(date +%s) - t0 )) "no plan for the small job: $(head -c 300 "$out/pack-plan.json" 2>/dev/null)"
 else
+  pack_end=$(( $(date +%s) + $(tmo $share_pack) ))
   # room for one job, not two (and at least traind's 1 MiB)
   seq_budget=$(( one * 3 / 2 > 1048576 ? one * 3 / 2 : 1048576 ))
   [ $(( 2 * one )) -le "$seq_budget" ] && say "warning: the sequential budget admits two jobs"
   say "one job plans $one bytes; packed budget $budget_big, sequential budget ${seq_budget}B"
-  read -r p_s p_max p_ok < <(makespan packed "$budget_big" "$(tmo 120)")
-  read -r q_s q_max q_ok < <(makespan sequential "${seq_budget}B" "$(tmo 120)")
+  # a third of the share packed, the rest one at a time (each less traind's start)
+  read -r p_s p_max p_ok < <(makespan packed "$budget_big" $(( (pack_end - $(date +%s)) / 3 - 5 )))
+  read -r q_s q_max q_ok < <(makespan sequential "${seq_budget}B" $(( pack_end - $(date +%s) - 5 )))
   figs="{\"device\": \"$dev\", \"job_planned_bytes\": $one, \"packed_seconds\": $p_s, \"packed_max_running\": $p_max, \"packed_succeeded\": $p_ok, \"sequential_seconds\": $q_s, \"sequential_max_running\": $q_max, \"sequential_succeeded\": $q_ok}"
   detail="$dev: packed ${p_s}s (up to $p_max running, $p_ok/8 ok), sequential ${q_s}s (up to $q_max running, $q_ok/8 ok)"
   detail+=", speed-up $(awk -v a="$q_s" -v b="$p_s" 'BEGIN {printf "%.2fx", (b > 0 ? a / b : 0)}')"

@@ -87,6 +87,11 @@ int th_daemon_config(th_daemon *d, const char *budget, const char *extra, int st
   if (d->munge_sock[0] != '\0')
     snprintf(stub + strlen(stub), sizeof(stub) - strlen(stub), "munge_socket: %s\n",
              d->munge_sock);
+  /* As root traind serves metrics on 127.0.0.1:9464 by default: tests that
+   * run side by side must not race for the port, so only those that name
+   * one get one. */
+  if (extra == NULL || strstr(extra, "metrics_listen:") == NULL)
+    snprintf(stub + strlen(stub), sizeof(stub) - strlen(stub), "metrics_listen: \"\"\n");
   snprintf(text, sizeof(text),
            "socket: %s\n"
            "status_socket: ipc://%s/status.sock\n"

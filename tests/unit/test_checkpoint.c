@@ -616,6 +616,10 @@ START_TEST(test_model_resume_same_bits) {
   n = td_model_state_floats(a);
   np = td_model_nparams(a);
   ck_assert_uint_gt(n, np); /* parameters and Adam's moments */
+  /* packed end to end: none of the arenas' alignment padding, so the size
+   * (and the layout) is the one checkpoints had before weights were aligned */
+  ck_assert_uint_eq(n, 3 * (24 * 16 + 16 + 16 * 5 + 5));
+  ck_assert_uint_gt(np, 24 * 16 + 16 + 16 * 5 + 5);
   state = malloc(n * sizeof(float));
   straight = malloc(np * sizeof(float));
   resumed = malloc(np * sizeof(float));

@@ -1,4 +1,6 @@
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +87,7 @@ START_TEST(defaults_user) {
   ck_assert_str_eq(c.socket, "ipc:///tmp/xdg-run/traind/traind.sock");
   ck_assert_str_eq(c.status_socket, "ipc:///tmp/xdg-run/traind/status.sock");
   ck_assert_str_eq(c.state_dir, "/tmp/xdg-state/traind");
+  ck_assert_str_eq(c.metrics_listen, ""); /* one person's traind serves no TCP port */
 
   unsetenv("XDG_RUNTIME_DIR");
   unsetenv("XDG_STATE_HOME");
@@ -112,6 +115,7 @@ START_TEST(defaults_root) {
   ck_assert_str_eq(c.socket, "ipc:///run/traind/traind.sock");
   ck_assert_str_eq(c.status_socket, "ipc:///run/traind/status.sock");
   ck_assert_str_eq(c.state_dir, "/var/lib/traind");
+  ck_assert_str_eq(c.metrics_listen, "127.0.0.1:9464"); /* a service, on loopback */
 }
 END_TEST
 
@@ -229,6 +233,38 @@ START_TEST(invalid_sockets) {
 }
 END_TEST
 
+/* metrics_listen: an IP literal and a port, or "" for off. */
+START_TEST(metrics_listen) {
+  static const char *const bad[] = {"localhost:9464", "127.0.0.1", "127.0.0.1:", ":9464",
+                                    "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:94x",
+                                    "::1:9464", "[::1]9464", "[::1", "[]:1", "[127.0.0.1]:1",
+                                    "http://127.0.0.1:9464", "1.2.3.4:+9"};
+  struct sockaddr_storage ss;
+  char text[128], msg[256];
+  unsigned len;
+  td_config c;
+
+  expect_ok("metrics_listen: 127.0.0.1:9464\n", &c);
+  ck_assert_str_eq(c.metrics_listen, "127.0.0.1:9464");
+  expect_ok("metrics_listen: \"[::1]:9100\"\n", &c);
+  ck_assert_int_eq(td_config_listen_addr(c.metrics_listen, &ss, &len, msg, sizeof(msg)), 0);
+  ck_assert_int_eq(ss.ss_family, AF_INET6);
+  ck_assert_uint_eq(ntohs(((struct sockaddr_in6 *)&ss)->sin6_port), 9100);
+  expect_ok("metrics_listen: 0.0.0.0:1\n", &c);
+  expect_ok("metrics_listen: \"\"\n", &c);
+  ck_assert_str_eq(c.metrics_listen, "");
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    char want[256];
+
+    snprintf(text, sizeof(text), "metrics_listen: \"%s\"\n", bad[i]);
+    snprintf(want, sizeof(want), "line 1: key 'metrics_listen': must be an IP address and a "
+             "port, such as 127.0.0.1:9464 or [::1]:9464 (\"\" turns metrics off), got '%s'",
+             bad[i]);
+    expect_err(text, want);
+  }
+}
+END_TEST
+
 START_TEST(invalid_devices) {
   expect_err("devices: []\n", "line 1: key 'devices': must have between 1 and 16 entries, got 0");
   expect_err("devices:\n", "line 1: key 'devices': must have between 1 and 16 entries, got 0");
@@ -318,10 +354,12 @@ START_TEST(print_format) {
   strcpy(c.socket, "ipc:///run/traind/traind.sock");
   strcpy(c.status_socket, "ipc:///run/traind/status.sock");
   c.socket_mode = 0660; /* the default as root */
+  strcpy(c.metrics_listen, "127.0.0.1:9464");
   td_config_print(&c, f);
   fclose(f);
   ck_assert_str_eq(text, "socket: \"ipc:///run/traind/traind.sock\"\n"
                          "status_socket: \"ipc:///run/traind/status.sock\"\n"
+                         "metrics_listen: \"127.0.0.1:9464\"\n"
                          "state_dir: \"/var/lib/traind\"\n"
                          "libexec_dir: \"\"\n"
                          "log_level: info\n"
@@ -381,6 +419,7 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, deploy_file);
   tcase_add_test(tc, invalid_keys_and_types);
   tcase_add_test(tc, invalid_sockets);
+  tcase_add_test(tc, metrics_listen);
   tcase_add_test(tc, invalid_devices);
   tcase_add_test(tc, too_many_devices);
   tcase_add_test(tc, print_parse_round_trip);

@@ -165,6 +165,7 @@ START_TEST(defaults) {
   ck_assert_int_eq(s.priority, 0);
   ck_assert_str_eq(s.device, "");
   ck_assert_str_eq(s.output, "");
+  ck_assert_uint_eq(s.tb_every_steps, 10);
   ck_assert_uint_eq(td_jobspec_classes(&s), 3);
 }
 END_TEST
@@ -197,6 +198,12 @@ START_TEST(other_values) {
 
   expect_ok(job_with("[4]", "[1, 16777216]"), NULL, &s);
   ck_assert_uint_eq(td_jobspec_input_elems(&s), 1u << 24);
+
+  /* TensorBoard's scalars every step, or no event files at all */
+  expect_ok(job_with("train:\n", "tensorboard: {every_steps: 1}\ntrain:\n"), NULL, &s);
+  ck_assert_uint_eq(s.tb_every_steps, 1);
+  expect_ok(job_with("train:\n", "tensorboard:\n  every_steps: 0\ntrain:\n"), NULL, &s);
+  ck_assert_uint_eq(s.tb_every_steps, 0);
 
   /* an empty optional section means its defaults */
   expect_ok(job_with("train:\n", "memory:\ntrain:\n"), NULL, &s);
@@ -300,6 +307,12 @@ START_TEST(out_of_range) {
   expect_err(job_with("train:\n", "memory: {precision: fp8}\ntrain:\n"), "line 8",
              "'memory.precision': must be one of fp32, bf16, fp16; got 'fp8'");
   expect_err(job_with("data:\n", "data:\n  format: parquet\n"), "line 6", "'data.format'");
+  expect_err(job_with("train:\n", "tensorboard: {every_steps: -1}\ntrain:\n"), "line 8",
+             "'tensorboard.every_steps'");
+  expect_exact(job_with("train:\n", "tensorboard: {every_steps: 1000001}\ntrain:\n"),
+               "line 8: key 'tensorboard.every_steps': must be between 0 and 1000000, got 1000001");
+  expect_err(job_with("train:\n", "tensorboard: {every: 5}\ntrain:\n"), "line 8",
+             "unknown key 'tensorboard.every'");
 }
 END_TEST
 

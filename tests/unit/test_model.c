@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "backend_impl.h"
 #include "error.h"
 #include "jobspec.h"
 #include "model.h"
@@ -638,6 +639,180 @@ START_TEST(test_save_names) {
 }
 END_TEST
 
+/* A device whose conv2d workspace depends on the rows, and not only
+ * upwards (as cuDNN's may: another kernel for few rows): the CPU backend
+ * with the contract's check against its own figure.  It needs most at 1 row
+ * and at n % 5 == 2 (2, 7, 12), less at the micro-batch. */
+static const td_backend_ops *cpu_ops;
+
+static uint64_t rows_need(const td_conv2d_desc *d) {
+  return td_conv2d_workspace_cpu(d) + 64u * (uint64_t)d->n +
+         (d->n == 1 || d->n % 5 == 2 ? 4096u : 0u);
+}
+
+static int rows_workspace(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
+                          uint64_t *bytes) {
+  (void)be, (void)oh, (void)ow;
+  *bytes = rows_need(d);
+  return 0;
+}
+
+static bool rows_ok(td_backend *be, const char *op, const td_conv2d_desc *d, uint64_t have) {
+  if (have >= rows_need(d))
+    return true;
+  td__backend_fail(be, TD_EINVAL, "%s: %s: workspace of %llu bytes, %llu needed at %d rows",
+                   be->device, op, (unsigned long long)have,
+                   (unsigned long long)rows_need(d), d->n);
+  return false;
+}
+
+static void rows_fwd(td_backend *be, const td_conv2d_desc *d, int oh, int ow, const float *x,
+                     const float *w, const float *b, float *y, void *work, uint64_t bytes) {
+  if (rows_ok(be, "conv2d_fwd", d, bytes))
+    cpu_ops->conv2d_fwd(be, d, oh, ow, x, w, b, y, work, bytes);
+}
+
+static void rows_bwd(td_backend *be, const td_conv2d_desc *d, int oh, int ow, const float *x,
+                     const float *w, const float *dy, float *dx, float *dw, float *db,
+                     float beta, void *work, uint64_t bytes) {
+  if (rows_ok(be, "conv2d_bwd", d, bytes))
+    cpu_ops->conv2d_bwd(be, d, oh, ow, x, w, dy, dx, dw, db, beta, work, bytes);
+}
+
+/* The workspace covers every row count a conv layer runs at: the
+ * micro-batch, a smaller last slice (a short batch, an evaluation), one
+ * sample at a time in mixed precision; the plan says what was allocated. */
+START_TEST(test_workspace_every_row_count) {
+  static const td_precision precs[] = {TD_PREC_FP32, TD_PREC_BF16};
+  uint8_t px[B * 64], lb[B];
+
+  for (size_t p = 0; p < TD_ARRAY_SIZE(precs); p++) {
+    td_backend *be;
+    td_backend_ops fake;
+    td_model *m = NULL;
+    td_jobspec s;
+    td_step_stats st;
+    td_mem_stats mem;
+    char err[256];
+    uint64_t most = 0;
+
+    conv_spec(&s);
+    s.precision = precs[p];
+    ck_assert_int_eq(td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, NULL, 0), 0);
+    cpu_ops = be->ops;
+    fake = *be->ops;
+    fake.conv2d_workspace = rows_workspace;
+    fake.conv2d_fwd = rows_fwd;
+    fake.conv2d_bwd = rows_bwd;
+    be->ops = &fake;
+    ck_assert_msg(td_model_create(be, &s, B, &m, err, sizeof(err)) == 0, "%s", err);
+    for (int n = 1; n <= (precs[p] == TD_PREC_FP32 ? B : 1); n++) {
+      td_conv2d_desc d = {.n = n, .c = 1, .h = 8, .w = 8, .k = 4, .kh = 3, .kw = 3,
+                          .sh = 1, .sw = 1, .ph = 1, .pw = 1};
+      if (rows_need(&d) > most)
+        most = rows_need(&d);
+    }
+    if (precs[p] == TD_PREC_FP32)
+      ck_assert_uint_eq(td_model_plan(m)->workspace, most);
+    else
+      ck_assert_uint_ge(td_model_plan(m)->workspace, most);
+    batch(0, px, lb, &s);
+    ck_assert_msg(td_model_train_step(m, px, lb, B, &st) == 0, "%s", td_model_error(m));
+    ck_assert_msg(td_model_train_step(m, px, lb, 7, &st) == 0, "%s", td_model_error(m));
+    ck_assert_msg(td_model_eval(m, px, lb, 12, &st) == 0, "%s", td_model_error(m));
+    ck_assert_msg(td_model_replan(m, 6) == 0, "%s", td_model_error(m));
+    ck_assert_msg(td_model_train_step(m, px, lb, B, &st) == 0, "%s", td_model_error(m));
+    /* the CPU allocator counts what the plan says, to the byte */
+    td_backend_mem(be, &mem);
+    ck_assert_uint_eq(mem.used, td_model_plan(m)->total);
+    td_model_destroy(m);
+    be->ops = cpu_ops;
+    td_backend_destroy(be);
+  }
+}
+END_TEST
+
+/* The GPU probe adds one allocation granule per arena to the overhead
+ * (cudaMalloc rounds each allocation up): that bound holds only while a
+ * model makes exactly TD_WORKER_ARENAS allocations and nothing else. */
+static int allocs;
+
+static int counting_alloc(td_backend *be, uint64_t bytes, void **out, uint64_t *avail) {
+  allocs++;
+  return cpu_ops->alloc(be, bytes, out, avail);
+}
+
+START_TEST(test_arenas_the_probe_counts) {
+  uint8_t px[B * 64], lb[B];
+  td_backend *be;
+  td_backend_ops fake;
+  td_model *m = NULL;
+  td_step_stats st;
+  td_jobspec s;
+  char err[256];
+
+  norm_spec(&s); /* Adam, a conv workspace: no arena is empty */
+  ck_assert_int_eq(td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, NULL, 0), 0);
+  cpu_ops = be->ops;
+  fake = *be->ops;
+  fake.alloc = counting_alloc;
+  be->ops = &fake;
+  allocs = 0;
+  ck_assert_msg(td_model_create(be, &s, B, &m, err, sizeof(err)) == 0, "%s", err);
+  batch(0, px, lb, &s);
+  ck_assert_msg(td_model_train_step(m, px, lb, B, &st) == 0, "%s", td_model_error(m));
+  ck_assert_msg(td_model_eval(m, px, lb, B, &st) == 0, "%s", td_model_error(m));
+  ck_assert_int_eq(allocs, TD_WORKER_ARENAS);
+  /* a re-plan allocates the per-micro-batch arenas again, after freeing them */
+  ck_assert_msg(td_model_replan(m, B / 2) == 0, "%s", td_model_error(m));
+  ck_assert_int_eq(allocs, TD_WORKER_ARENAS + 3);
+  td_model_destroy(m);
+  be->ops = cpu_ops;
+  td_backend_destroy(be);
+}
+END_TEST
+
+/* A device whose stream dies once armed: its sync finds a sticky error. */
+static bool dying;
+
+static void dying_sync(td_backend *be) {
+  cpu_ops->sync(be);
+  if (dying)
+    td__backend_fail(be, TD_ECUDA, "%s: an illegal memory access was encountered", be->device);
+}
+
+/* An out-of-memory failure in a step whose wait then finds the context
+ * dead reports the sticky error: re-planning would run on a dead context. */
+START_TEST(test_sticky_error_after_oom) {
+  uint8_t px[B * 64], lb[B];
+  td_backend *be;
+  td_backend_ops fake;
+  td_model *m = NULL;
+  td_step_stats st;
+  td_jobspec s;
+  char err[256];
+
+  conv_spec(&s);
+  ck_assert_int_eq(td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, NULL, 0), 0);
+  cpu_ops = be->ops;
+  fake = *be->ops;
+  fake.sync = dying_sync;
+  be->ops = &fake;
+  dying = false;
+  ck_assert_msg(td_model_create(be, &s, B, &m, err, sizeof(err)) == 0, "%s", err);
+  batch(0, px, lb, &s);
+  dying = true;
+  td_backend_inject_oom(be, 2);
+  ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), TD_ECUDA);
+  ck_assert_msg(strstr(td_model_error(m), "illegal memory access") != NULL, "%s",
+                td_model_error(m));
+  ck_assert_int_eq(td_model_train_step_recover(m, px, lb, B, NULL, &st), TD_ECUDA);
+  td_model_destroy(m);
+  be->ops = cpu_ops;
+  td_backend_destroy(be);
+}
+END_TEST
+
 static Suite *model_suite(void) {
   Suite *s = suite_create("model");
   TCase *tc = tcase_create("model");
@@ -654,6 +829,9 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_remedies_in_order);
   tcase_add_test(tc, test_create_as);
   tcase_add_test(tc, test_save_names);
+  tcase_add_test(tc, test_workspace_every_row_count);
+  tcase_add_test(tc, test_arenas_the_probe_counts);
+  tcase_add_test(tc, test_sticky_error_after_oom);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -529,8 +529,17 @@ START_TEST(test_conv_model) {
   ck_assert_uint_eq(l.layers[5].out, 24);
   ck_assert(!l.layers[5].out_shape.spatial);
   ck_assert_uint_eq(l.classes, 5);
-  ck_assert_uint_eq(l.nparams, (4 * 2 * 9 + 4) + (4 + 4) + (6 * 4 * 9 + 6) + (24 + 24) +
-                                   (5 * 24 + 5));
+  /* each weight starts at a multiple of 256 bytes (64 floats), its bias
+   * right behind it: 0 (72 + 4), 128 (4 + 4), 192 (216 + 6), 448 (24 + 24),
+   * 512 (120 + 5) */
+  ck_assert_uint_eq(l.nparams, 512 + 5 * 24 + 5);
+  for (int i = 0; i < l.nlayers; i++) {
+    if (l.layers[i].weight == TD_PLAN_NONE)
+      continue;
+    ck_assert_uint_eq(l.layers[i].weight % TD_PLAN_PARAM_ALIGN, 0);
+    ck_assert_uint_eq(l.layers[i].bias, l.layers[i].weight + l.layers[i].nweight * 4);
+  }
+  ck_assert_uint_eq(l.layers[7].weight, 512 * 4);
   ck_assert_uint_eq(l.nbuffers, 2 * 4);
   ck_assert_uint_eq(l.layers[1].running, l.nparams * 4);
   ck_assert_int_eq(l.first_dense, 0);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "metrics.h"
 #include "plan.h"
 #include "traind.h"
 #include "util.h"
@@ -29,6 +30,9 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   return 0;
 }
 void td_publish_device(td_daemon *d, const td_device *dev) { (void)d, (void)dev; }
+void td_metrics_admitted(const td_job *j, const td_device *dev, unsigned remedies) {
+  (void)j, (void)dev, (void)remedies;
+}
 void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *detail) {
   (void)d, (void)detail;
   j->state = s;

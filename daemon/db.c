@@ -2,6 +2,7 @@
  * that returned has reached the disk and survives SIGKILL or power loss.
  * Operators read it with `sqlite3 STATE_DIR/jobs.db`. */
 #include <errno.h>
+#include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,6 +85,12 @@ static const char *const td__migrations[] = {
     "  budget INTEGER NOT NULL DEFAULT 0,"
     "  drain INTEGER NOT NULL DEFAULT 0,"
     "  at_ms INTEGER NOT NULL DEFAULT 0);",
+
+    /* The job as it runs: its description (proto/jobdesc.h), binary and
+     * versioned, made once at submit.  job_yaml stays what the user
+     * wrote, for `show`.  A row from before gets its description from its
+     * YAML when traind first loads it (daemon/main.c). */
+    "ALTER TABLE jobs ADD COLUMN job_desc BLOB;",
 };
 
 #define TD_DB_SCHEMA_VERSION ((int)(sizeof(td__migrations) / sizeof(td__migrations[0])))
@@ -241,7 +248,7 @@ int td_db_open(const char *path, td_db **out, char *err, size_t errlen) {
 
   rc = sqlite3_prepare_v2(db->h,
       "INSERT INTO jobs(key,name,state,priority,job_yaml,base_dir,submitted_ms,epochs,owner,"
-      "uid,gid,sample_dtype) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", -1, &db->insert, NULL);
+      "uid,gid,sample_dtype,job_desc) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)", -1, &db->insert, NULL);
   if (rc == SQLITE_OK)
     rc = sqlite3_prepare_v2(db->h, "SELECT id FROM jobs WHERE key=?", -1, &db->find_key, NULL);
   if (rc == SQLITE_OK)
@@ -308,6 +315,7 @@ int td_db_insert(td_db *db, td_job *j, const char *key) {
   sqlite3_bind_int64(st, 10, j->uid);
   sqlite3_bind_int64(st, 11, j->gid);
   sqlite3_bind_int(st, 12, j->sample_dtype);
+  sqlite3_bind_blob(st, 13, j->desc, (int)j->desc_len, SQLITE_STATIC);
   rc = sqlite3_step(st);
   if (rc != SQLITE_DONE) {
     err = td__db_err(db, rc, "insert");
@@ -345,6 +353,58 @@ int td_db_job_yaml(td_db *db, uint64_t id, char **out) {
   *out = strdup(text != NULL ? text : "");
   sqlite3_finalize(st);
   return *out != NULL ? 0 : TD_ENOMEM;
+}
+
+int td_db_job_desc_record(td_db *db, td_job **jobs, size_t n) {
+  sqlite3_stmt *st = NULL;
+  size_t i, k = 0;
+  int rc, err = 0;
+
+  for (i = 0; i < n && jobs[i]->desc == NULL; i++) {
+  }
+  if (i == n)
+    return 0;
+  if ((err = td__exec(db, "BEGIN IMMEDIATE")) < 0)
+    return err;
+  rc = sqlite3_prepare_v2(db->h, "UPDATE jobs SET job_desc=? WHERE id=?", -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    err = td__db_err(db, rc, "job description update");
+    goto rollback;
+  }
+  for (; i < n; i++) {
+    td_job *j = jobs[i];
+
+    if (j->desc == NULL)
+      continue;
+    if (j->desc_len > INT_MAX) {
+      err = TD_ETOOBIG;
+      goto rollback;
+    }
+    sqlite3_reset(st);
+    sqlite3_bind_blob(st, 1, j->desc, (int)j->desc_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)j->id);
+    if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
+      err = td__db_err(db, rc, "job description update");
+      goto rollback;
+    }
+    k++;
+  }
+  sqlite3_finalize(st);
+  st = NULL;
+  if ((err = td__exec(db, "COMMIT")) < 0)
+    goto rollback;
+  for (i = 0; i < n; i++) {
+    free(jobs[i]->desc);
+    jobs[i]->desc = NULL;
+  }
+  td_info("job database %s: recorded the descriptions of %zu jobs from before descriptions",
+          db->path, k);
+  return 0;
+
+rollback:
+  sqlite3_finalize(st);
+  sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+  return err;
 }
 
 int td_db_find_key(td_db *db, const char *key, uint64_t *id) {
@@ -416,7 +476,7 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
   rc = sqlite3_prepare_v2(db->h,
       "SELECT id,name,state,priority,device,job_yaml,base_dir,submitted_ms,started_ms,"
       "finished_ms,epochs,loss,accuracy,samples_per_sec,model,error,exit_status,epoch,step,steps,"
-      "owner,retries,uid,gid,sample_dtype,warning"
+      "owner,retries,uid,gid,sample_dtype,warning,job_desc"
       " FROM jobs ORDER BY id", -1, &st, NULL);
   if (rc != SQLITE_OK)
     return td__db_err(db, rc, "load");
@@ -436,7 +496,22 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
       j->state = TD_JOB_FAILED;
     j->priority = sqlite3_column_int(st, 3);
     td__col_str(st, 4, j->device, sizeof(j->device));
-    if (j->state == TD_JOB_QUEUED || j->state == TD_JOB_RUNNING) {
+    /* A job that may run again needs its description; one written
+     * before descriptions has only its YAML, to make one from. */
+    if ((j->state == TD_JOB_QUEUED || j->state == TD_JOB_RUNNING) &&
+        sqlite3_column_type(st, 26) == SQLITE_BLOB) {
+      int n = sqlite3_column_bytes(st, 26);
+      const void *b = sqlite3_column_blob(st, 26);
+
+      if ((j->desc = malloc(n > 0 ? (size_t)n : 1)) == NULL) {
+        free(j);
+        err = TD_ENOMEM;
+        break;
+      }
+      if (n > 0)
+        memcpy(j->desc, b, (size_t)n);
+      j->desc_len = (size_t)n;
+    } else if (j->state == TD_JOB_QUEUED || j->state == TD_JOB_RUNNING) {
       const char *y = (const char *)sqlite3_column_text(st, 5);
       j->yaml = strdup(y ? y : "");
       if (j->yaml == NULL) {

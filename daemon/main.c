@@ -18,6 +18,7 @@
 
 #include "dataset.h"
 #include "error.h"
+#include "jobdesc.h"
 #include "log.h"
 #include "metrics.h"
 #include "shmcache.h"
@@ -64,6 +65,7 @@ void td_job_free(td_job *j) {
   free(j->error);
   free(j->warning);
   free(j->yaml);
+  free(j->desc);
   free(j->base_dir);
   free(j->spec);
   td_losscurve_clear(&j->loss_curve);
@@ -129,6 +131,33 @@ void td_job_transition(td_daemon *d, td_job *j, td_job_state s, const char *deta
   }
 }
 
+/* A job written by a traind from before descriptions: its YAML is parsed
+ * this once and its dataset's type filled in, as submit does now; its
+ * description is left in j->desc, to be recorded with the others' in one
+ * transaction once all are loaded (td_db_job_desc_record). */
+static int td__restore_yaml(td_daemon *d, td_job *j, char *err, size_t errlen) {
+  int rc;
+
+  rc = td_jobspec_parse(j->yaml, strlen(j->yaml), j->base_dir, j->spec, err, errlen);
+  free(j->yaml); /* the database keeps it */
+  j->yaml = NULL;
+  if (rc == 0 && j->sample_dtype >= 0) {
+    j->spec->sample_dtype = (td_dtype)j->sample_dtype;
+  } else if (rc == 0 && td_auth_multi_user(d->auth)) {
+    /* From before identities: traind cannot tell whose rights it has. */
+    snprintf(err, errlen, "this job was submitted before traind knew who submits jobs; "
+             "submit it again");
+    rc = TD_EAUTH;
+  } else if (rc == 0) {
+    rc = td_job_learn_dtype(j->spec, err, errlen); /* its one user's own files */
+  }
+  if (rc < 0)
+    return rc;
+  if ((rc = td_jobdesc_encode_alloc(j->spec, &j->desc, &j->desc_len)) < 0)
+    snprintf(err, errlen, "cannot make the job's description: %s", td_strerror(rc));
+  return rc;
+}
+
 /* Bring back a job from the database: one that was queued or running when
  * traind stopped runs again, from its checkpoint if it has one. */
 static int td__restore(void *arg, td_job *j) {
@@ -159,18 +188,12 @@ static int td__restore(void *arg, td_job *j) {
   j->spec = malloc(sizeof(*j->spec));
   if (j->spec == NULL)
     return TD_ENOMEM;
-  rc = td_jobspec_parse(j->yaml, strlen(j->yaml), j->base_dir, j->spec, err, sizeof(err));
-  free(j->yaml); /* the database keeps it */
-  j->yaml = NULL;
-  if (rc == 0 && j->sample_dtype >= 0) {
-    j->spec->sample_dtype = (td_dtype)j->sample_dtype;
-  } else if (rc == 0 && td_auth_multi_user(d->auth)) {
-    /* From before identities: traind cannot tell whose rights it has. */
-    snprintf(err, sizeof(err), "this job was submitted before traind knew who submits jobs; "
-             "submit it again");
-    rc = TD_EAUTH;
-  } else if (rc == 0) {
-    rc = td_job_learn_dtype(j->spec, err, sizeof(err)); /* its one user's own files */
+  if (j->desc != NULL) {
+    rc = td_jobdesc_decode(j->desc, j->desc_len, j->spec, err, sizeof(err));
+    free(j->desc); /* the database keeps it */
+    j->desc = NULL;
+  } else {
+    rc = td__restore_yaml(d, j, err, sizeof(err));
   }
   if (rc == 0)
     rc = td_plan_compute(j->spec, j->spec->batch_size, j->spec->precision, 0, &j->plan);
@@ -181,6 +204,8 @@ static int td__restore(void *arg, td_job *j) {
      * gone): fail it with the reason rather than keep it forever. */
     td_job_set(&j->error, err);
     j->finished_ms = td_now_unix_ms();
+    free(j->desc); /* an ended job needs none */
+    j->desc = NULL;
     td_job_transition(d, j, TD_JOB_FAILED, err);
     return 0;
   }
@@ -556,6 +581,11 @@ int main(int argc, char **argv) {
   }
   if ((rc = td_db_load(d->db, td__restore, d)) < 0) {
     td_error("cannot load the jobs from %s: %s", dbpath, td_strerror(rc));
+    goto close_sockets;
+  }
+  /* Jobs from before descriptions got theirs now: recorded at once. */
+  if ((rc = td_db_job_desc_record(d->db, d->jobs, d->njobs)) < 0) {
+    td_error("cannot record the jobs' descriptions in %s: %s", dbpath, td_strerror(rc));
     goto close_sockets;
   }
   /* After the jobs came back: a job that fits the config's budget but not

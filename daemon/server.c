@@ -16,6 +16,7 @@
 
 #include "dataset.h"
 #include "error.h"
+#include "jobdesc.h"
 #include "log.h"
 #include "metrics.h"
 #include "proto.h"
@@ -303,6 +304,10 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
   if ((rc = td__sample_dtype(d, req, j->spec, err, errlen)) < 0)
     goto free_job;
   j->sample_dtype = (int)j->spec->sample_dtype;
+  /* From here on the job is its description: stored with it, restored
+   * from it, handed to its worker and loader (proto/jobdesc.h). */
+  if ((rc = td_jobdesc_encode_alloc(j->spec, &j->desc, &j->desc_len)) < 0)
+    goto free_job;
   j->uid = who->uid;
   j->gid = who->gid;
   td_strlcpy(j->owner, who->name, sizeof(j->owner));
@@ -343,8 +348,10 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
   d->jobs[d->njobs++] = j;
   d->nactive++;
   user->active++;
-  free(j->yaml); /* recorded; read back when the job starts */
+  free(j->yaml); /* recorded, for `show` */
+  free(j->desc); /* recorded; j->spec is the same */
   j->yaml = NULL;
+  j->desc = NULL;
   td_info("job %llu (%s) submitted: plan %llu bytes at micro-batch %u",
           (unsigned long long)j->id, j->name, (unsigned long long)j->plan.total,
           j->plan.micro_batch);

@@ -1,8 +1,11 @@
 /* Supervision: each running job is one traind-loader and one traind-worker,
- * joined by a shared-memory ring that traind creates and removes.  The
- * worker reports on a pipe (fd 3), one event per line.  Whatever happens to
- * either process, the job ends with a state and a reason, the ring is
- * unlinked and the job's reservation is released; traind itself goes on.
+ * joined by a shared-memory ring that traind creates and removes.  Both read
+ * the job's description (job.tdj, proto/jobdesc.h), which traind writes into
+ * the job's directory.  The worker reports on a pipe (fd 3), one framed
+ * message per event (proto/imsg.h: a message the catalogue refuses fails the
+ * job), and takes commands on its stdin.  Whatever happens to either
+ * process, the job ends with a state and a reason, the ring is unlinked and
+ * the job's reservation is released; traind itself goes on.
  *
  * A job whose directory holds a checkpoint resumes from it: the worker
  * starts first with --resume and says where its data continues ("resumed"
@@ -29,7 +32,8 @@
 #include <unistd.h>
 
 #include "error.h"
-#include "kvline.h"
+#include "imsg.h"
+#include "jobdesc.h"
 #include "log.h"
 #include "metrics.h"
 #include "privdrop.h"
@@ -46,7 +50,7 @@ struct td_run {
   td_job *job;
   uv_process_t worker, loader;
   uv_pipe_t events;
-  uv_pipe_t control;          /* the worker's stdin: "budget N" lines */
+  uv_pipe_t control;          /* the worker's stdin: commands (proto/imsg.h) */
   int control_open;
   int loader_pending;         /* started when the worker says where (resuming) */
   int stop_sent;              /* the worker was told to checkpoint and stop */
@@ -63,11 +67,11 @@ struct td_run {
   int dir_fd;                 /* the job directory, open */
   char as_user[64];           /* --as-user NAME:UID:GID; "" when traind is not root */
   int log_fd;
-  char line[4096];
-  size_t linelen;
+  td_imsg_frames frames;      /* the worker's reports, cut into messages */
+  int bad_report;             /* it sent one the catalogue refuses */
   int done_seen;
   int hung;                   /* killed for missing heartbeats */
-  double last_event;          /* td_now_mono() of the worker's last line */
+  double last_event;          /* td_now_mono() of the worker's last report */
   char error_event[512];
 };
 
@@ -93,45 +97,76 @@ static void td__maybe_close_timer(td_run *r) {
     td__close(r, (uv_handle_t *)&r->kill_timer);
 }
 
-/* A counter from an event line.  The worker runs as the job's user, so its
- * lines are outside input: a value past 32 bits is clamped, never cast. */
-static uint32_t td__kv_u32(const char *line, const char *key, uint32_t dflt) {
-  uint64_t v = td_kv_u64(line, key, dflt);
+/* The worker's reports (proto/imsg.h), one handler per kind.  The worker
+ * runs as the job's user, so a report is outside input: td_imsg_parse has
+ * checked every field's type and bounds against the catalogue before a
+ * handler sees it, and each field a kind declares is there. */
+typedef void (*td__report_fn)(td_run *r, const msgpack_object *m);
 
-  return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+static uint64_t td__u64(const msgpack_object *m, const char *key) {
+  uint64_t v = 0;
+
+  td_obj_u64(m, key, &v);
+  return v;
+}
+
+static double td__f64(const msgpack_object *m, const char *key) {
+  double v = 0;
+
+  td_obj_f64(m, key, &v);
+  return v;
+}
+
+static int td__bool(const msgpack_object *m, const char *key) {
+  int v = 0;
+
+  td_obj_bool(m, key, &v);
+  return v;
+}
+
+/* A string field, cut to fit out (the catalogue bounds it; out may be smaller). */
+static void td__str(const msgpack_object *m, const char *key, char *out, size_t cap) {
+  const char *s = "";
+  size_t n = 0;
+
+  td_obj_str(m, key, &s, &n);
+  if (n >= cap)
+    n = cap - 1;
+  memcpy(out, s, n);
+  out[n] = '\0';
 }
 
 /* The worker runs at a new plan: its reservation follows (a budget
  * lowered by traind is given back here, once the worker has let go). */
-static void td__on_replan(td_run *r, const char *line) {
+static void td__on_replan(td_run *r, const msgpack_object *m) {
   td_job *j = r->job;
   td_device *dev = td_sched_device(r->d, j->device);
-  uint64_t total = td_kv_u64(line, "total", j->plan.total);
-  uint32_t micro = (uint32_t)td_kv_u64(line, "micro_batch", j->plan.micro_batch);
+  uint64_t total = td__u64(m, "total"), eb = td__u64(m, "effective_batch");
+  uint32_t micro = (uint32_t)td__u64(m, "micro_batch");
   td_precision prec = j->plan.precision;
   uint32_t shrink = 1;
   char name[16];
   td_plan p;
 
-  td_info("job %llu: re-planned: %s", (unsigned long long)j->id, line);
-  if (j->spec == NULL || micro < 1 || micro > j->spec->batch_size)
+  td__str(m, "precision", name, sizeof(name));
+  /* The log line operators (and tests) know from before the catalogue. */
+  td_info("job %llu: re-planned: replan micro_batch=%u accumulation=%llu total=%llu "
+          "precision=%s recompute=%d batch_dependent=%d effective_batch=%llu",
+          (unsigned long long)j->id, micro, (unsigned long long)td__u64(m, "accumulation"),
+          (unsigned long long)total, name, td__bool(m, "recompute"),
+          td__bool(m, "batch_dependent"), (unsigned long long)eb);
+  if (j->spec == NULL || micro > j->spec->batch_size)
     goto publish;
   /* A remedy may have changed the precision, turned on recomputation or
    * cut the batch into updates (shrink): plan what the worker now runs,
    * not what the job file said, as the plan chooser plans it. */
-  if (td_kv_get(line, "precision", name, sizeof(name)) == 0)
-    for (int k = 0; k < TD_PREC__COUNT; k++)
-      if (strcmp(name, td_precision_name((td_precision)k)) == 0)
-        prec = (td_precision)k;
-  {
-    uint64_t eb = td_kv_u64(line, "effective_batch", j->spec->batch_size);
-
-    if (eb >= 1 && eb <= j->spec->batch_size && j->spec->batch_size % eb == 0)
-      shrink = (uint32_t)(j->spec->batch_size / eb);
-  }
-  if (td_plan_at(j->spec, micro, prec,
-                 td_kv_u64(line, "recompute", j->plan.recompute) != 0, shrink,
-                 j->plan.overhead, &p) < 0)
+  for (int k = 0; k < TD_PREC__COUNT; k++)
+    if (strcmp(name, td_precision_name((td_precision)k)) == 0)
+      prec = (td_precision)k;
+  if (eb <= j->spec->batch_size && j->spec->batch_size % eb == 0)
+    shrink = (uint32_t)(j->spec->batch_size / eb);
+  if (td_plan_at(j->spec, micro, prec, td__bool(m, "recompute"), shrink, j->plan.overhead,
+                 &p) < 0)
     goto publish;
   if (p.total != total)
     td_warn("job %llu: the worker's plan (%llu bytes) differs from traind's (%llu)",
@@ -163,112 +198,190 @@ publish:
   td_sched_run(r->d);
 }
 
-static void td__on_event(td_run *r, const char *line) {
+static void td__on_progress(td_run *r, const msgpack_object *m) {
   td_job *j = r->job;
-  td_daemon *d = r->d;
-  char word[16];
-  size_t n = strcspn(line, " ");
+  double elapsed, eta = -1;
+  uint64_t done, total;
 
-  /* Any line is a sign of life; the worker sends "heartbeat" when it has
-   * nothing else to say. */
-  r->last_event = td_now_mono();
-  if (n >= sizeof(word))
-    return;
-  memcpy(word, line, n);
-  word[n] = '\0';
-  if (strcmp(word, "progress") == 0) {
-    double elapsed, eta = -1;
-    uint64_t done, total;
+  /* The catalogue bounds the counters to 32 bits. */
+  j->epoch = (uint32_t)td__u64(m, "epoch");
+  j->epochs = (uint32_t)td__u64(m, "epochs");
+  j->step = (uint32_t)td__u64(m, "step");
+  j->steps = (uint32_t)td__u64(m, "steps");
+  j->loss = td__f64(m, "loss");
+  j->train_accuracy = td__f64(m, "train_accuracy");
+  j->samples_per_sec = td__f64(m, "samples_per_sec");
+  j->data_wait = td__f64(m, "data_wait");
+  j->mem = td__u64(m, "mem");
+  td_losscurve_add(&j->loss_curve, (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps +
+                   j->step, j->loss);
+  done = (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps + j->step;
+  total = (uint64_t)j->epochs * j->steps;
+  elapsed = td_now_mono() - j->started_mono;
+  if (done > 0 && total >= done)
+    eta = elapsed * (double)(total - done) / (double)done;
+  td_metrics_progress(j);
+  td_publish_progress(r->d, j, eta);
+}
 
-    j->epoch = td__kv_u32(line, "epoch", j->epoch);
-    j->epochs = td__kv_u32(line, "epochs", j->epochs);
-    j->step = td__kv_u32(line, "step", j->step);
-    j->steps = td__kv_u32(line, "steps", j->steps);
-    j->loss = td_kv_f64(line, "loss", j->loss);
-    j->train_accuracy = td_kv_f64(line, "train_accuracy", j->train_accuracy);
-    j->samples_per_sec = td_kv_f64(line, "samples_per_sec", j->samples_per_sec);
-    j->data_wait = td_kv_f64(line, "data_wait", j->data_wait);
-    j->mem = td_kv_u64(line, "mem", j->mem);
-    td_losscurve_add(&j->loss_curve, (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps +
-                     j->step, j->loss);
-    done = (uint64_t)(j->epoch > 0 ? j->epoch - 1 : 0) * j->steps + j->step;
-    total = (uint64_t)j->epochs * j->steps;
-    elapsed = td_now_mono() - j->started_mono;
-    if (done > 0 && total >= done)
-      eta = elapsed * (double)(total - done) / (double)done;
-    td_metrics_progress(j);
-    td_publish_progress(d, j, eta);
-  } else if (strcmp(word, "eval") == 0) {
-    j->accuracy = td_kv_f64(line, "accuracy", j->accuracy);
-    td_publish_eval(d, j, td__kv_u32(line, "epoch", 0), j->accuracy,
-                    td_kv_f64(line, "loss", 0));
-  } else if (strcmp(word, "val") == 0) {
-    j->val_accuracy = td_kv_f64(line, "accuracy", j->val_accuracy);
-    j->val_loss = td_kv_f64(line, "loss", j->val_loss);
-  } else if (strcmp(word, "done") == 0) {
-    char model[TD_PATH_MAX];
+static void td__on_eval(td_run *r, const msgpack_object *m) {
+  r->job->accuracy = td__f64(m, "accuracy");
+  td_publish_eval(r->d, r->job, (uint32_t)td__u64(m, "epoch"), r->job->accuracy,
+                  td__f64(m, "loss"));
+}
 
-    r->done_seen = 1;
-    j->accuracy = td_kv_f64(line, "accuracy", j->accuracy);
-    j->samples_per_sec = td_kv_f64(line, "samples_per_sec", j->samples_per_sec);
-    if (td_kv_get(line, "model", model, sizeof(model)) == 0)
-      td_job_set(&j->model, model);
-  } else if (strcmp(word, "warning") == 0) {
-    char msg[512];
+static void td__on_val(td_run *r, const msgpack_object *m) {
+  r->job->val_accuracy = td__f64(m, "accuracy");
+  r->job->val_loss = td__f64(m, "loss");
+}
 
-    /* the job still succeeds, but its owner must hear of it */
-    if (td_kv_get(line, "msg", msg, sizeof(msg)) == 0) {
-      td_job_set(&j->warning, msg);
-      td_warn("job %llu: %s", (unsigned long long)j->id, msg);
-    }
-  } else if (strcmp(word, "error") == 0) {
-    td_kv_get(line, "msg", r->error_event, sizeof(r->error_event));
-  } else if (strcmp(word, "plan") == 0) {
-    td_debug("job %llu: worker plan: %s", (unsigned long long)j->id, line);
-  } else if (strcmp(word, "oom") == 0) {
-    char phase[16] = "";
+static void td__on_done(td_run *r, const msgpack_object *m) {
+  char model[TD_PATH_MAX];
 
-    td_warn("job %llu: out of memory: %s", (unsigned long long)j->id, line);
-    td_kv_get(line, "phase", phase, sizeof(phase));
-    td_metrics_oom(j);
-    td_publish_oom(d, j, phase, td_kv_u64(line, "requested", 0), td_kv_u64(line, "free", 0),
-                   td__kv_u32(line, "micro_batch", 0));
-  } else if (strcmp(word, "replan") == 0) {
-    td__on_replan(r, line);
-  } else if (strcmp(word, "checkpoint") == 0) {
-    j->ckpt_step = td_kv_u64(line, "step", 0);
-    j->ckpt_epoch = td_kv_u64(line, "epoch", 0);
-    j->ckpt_batch = td_kv_u64(line, "batch", 0);
-    j->ckpt_bytes = td_kv_u64(line, "bytes", 0);
-    td_info("job %llu: checkpoint at step %llu (epoch %llu, %llu batches into it, %llu bytes)",
-            (unsigned long long)j->id, (unsigned long long)j->ckpt_step,
-            (unsigned long long)j->ckpt_epoch + 1, (unsigned long long)j->ckpt_batch,
-            (unsigned long long)j->ckpt_bytes);
-  } else if (strcmp(word, "resumed") == 0 || strcmp(word, "resume_failed") == 0) {
-    uint64_t epoch = 0, batch = 0;
+  r->done_seen = 1;
+  r->job->accuracy = td__f64(m, "accuracy");
+  r->job->samples_per_sec = td__f64(m, "samples_per_sec");
+  td__str(m, "model", model, sizeof(model));
+  td_job_set(&r->job->model, model);
+}
 
-    if (strcmp(word, "resumed") == 0) {
-      j->resumed_step = j->ckpt_step = td_kv_u64(line, "step", 0);
-      j->ckpt_epoch = epoch = td_kv_u64(line, "epoch", 0);
-      j->ckpt_batch = batch = td_kv_u64(line, "batch", 0);
-      j->ckpt_bytes = td_kv_u64(line, "bytes", 0);
-      td_info("job %llu: resumes from its checkpoint at step %llu (epoch %llu, %llu batches "
-              "into it)", (unsigned long long)j->id, (unsigned long long)j->resumed_step,
-              (unsigned long long)epoch + 1, (unsigned long long)batch);
-    } else {
-      char msg[512] = "";
-      td_kv_get(line, "msg", msg, sizeof(msg));
-      td_warn("job %llu: cannot resume from its checkpoint (%s): training from scratch",
-              (unsigned long long)j->id, msg);
-    }
-    /* Once per run, and not once the job is being stopped. */
-    if (r->loader_pending && r->worker_running && !r->stop_sent &&
-        td__spawn_loader(r, epoch, batch) < 0) {
-      td_ring_shutdown(r->ring, TD_EIO);
-      uv_process_kill(&r->worker, SIGTERM);
-    }
-    r->loader_pending = 0;
+/* The job still succeeds, but its owner must hear of it. */
+static void td__on_warning(td_run *r, const msgpack_object *m) {
+  char msg[512];
+
+  td__str(m, "msg", msg, sizeof(msg));
+  td_job_set(&r->job->warning, msg);
+  td_warn("job %llu: %s", (unsigned long long)r->job->id, msg);
+}
+
+static void td__on_error(td_run *r, const msgpack_object *m) {
+  td__str(m, "msg", r->error_event, sizeof(r->error_event));
+}
+
+static void td__on_plan(td_run *r, const msgpack_object *m) {
+  td_debug("job %llu: worker plan: micro_batch=%llu total=%llu", (unsigned long long)r->job->id,
+           (unsigned long long)td__u64(m, "micro_batch"), (unsigned long long)td__u64(m, "total"));
+}
+
+static void td__on_oom(td_run *r, const msgpack_object *m) {
+  char phase[16];
+
+  td__str(m, "phase", phase, sizeof(phase));
+  td_warn("job %llu: out of memory: oom requested=%llu free=%llu phase=%s micro_batch=%llu",
+          (unsigned long long)r->job->id, (unsigned long long)td__u64(m, "requested"),
+          (unsigned long long)td__u64(m, "free"), phase,
+          (unsigned long long)td__u64(m, "micro_batch"));
+  td_metrics_oom(r->job);
+  td_publish_oom(r->d, r->job, phase, td__u64(m, "requested"), td__u64(m, "free"),
+                 (uint32_t)td__u64(m, "micro_batch"));
+}
+
+static void td__on_checkpoint(td_run *r, const msgpack_object *m) {
+  td_job *j = r->job;
+
+  j->ckpt_step = td__u64(m, "step");
+  j->ckpt_epoch = td__u64(m, "epoch");
+  j->ckpt_batch = td__u64(m, "batch");
+  j->ckpt_bytes = td__u64(m, "bytes");
+  td_info("job %llu: checkpoint at step %llu (epoch %llu, %llu batches into it, %llu bytes)",
+          (unsigned long long)j->id, (unsigned long long)j->ckpt_step,
+          (unsigned long long)j->ckpt_epoch + 1, (unsigned long long)j->ckpt_batch,
+          (unsigned long long)j->ckpt_bytes);
+}
+
+/* The worker knows where its data continues: the loader starts there,
+ * once per run, and not once the job is being stopped. */
+static void td__resume_loader(td_run *r, uint64_t epoch, uint64_t batch) {
+  if (r->loader_pending && r->worker_running && !r->stop_sent &&
+      td__spawn_loader(r, epoch, batch) < 0) {
+    td_ring_shutdown(r->ring, TD_EIO);
+    uv_process_kill(&r->worker, SIGTERM);
   }
+  r->loader_pending = 0;
+}
+
+static void td__on_resumed(td_run *r, const msgpack_object *m) {
+  td_job *j = r->job;
+
+  j->resumed_step = j->ckpt_step = td__u64(m, "step");
+  j->ckpt_epoch = td__u64(m, "epoch");
+  j->ckpt_batch = td__u64(m, "batch");
+  j->ckpt_bytes = td__u64(m, "bytes");
+  td_info("job %llu: resumes from its checkpoint at step %llu (epoch %llu, %llu batches "
+          "into it)", (unsigned long long)j->id, (unsigned long long)j->resumed_step,
+          (unsigned long long)j->ckpt_epoch + 1, (unsigned long long)j->ckpt_batch);
+  td__resume_loader(r, j->ckpt_epoch, j->ckpt_batch);
+}
+
+static void td__on_resume_failed(td_run *r, const msgpack_object *m) {
+  char msg[512];
+
+  td__str(m, "msg", msg, sizeof(msg));
+  td_warn("job %llu: cannot resume from its checkpoint (%s): training from scratch",
+          (unsigned long long)r->job->id, msg);
+  td__resume_loader(r, 0, 0);
+}
+
+/* Every kind of td_imsg_defs(TD_IMSG_REPORT); NULL: nothing to do but
+ * note the sign of life, which every report is. */
+static const struct {
+  const char *op;
+  td__report_fn fn;
+} td__reports[] = {
+    {"heartbeat", NULL},
+    {"error", td__on_error},
+    {"plan", td__on_plan},
+    {"progress", td__on_progress},
+    {"eval", td__on_eval},
+    {"val", td__on_val},
+    {"replan", td__on_replan},
+    {"oom", td__on_oom},
+    {"checkpoint", td__on_checkpoint},
+    {"resumed", td__on_resumed},
+    {"resume_failed", td__on_resume_failed},
+    {"warning", td__on_warning},
+    {"done", td__on_done},
+};
+
+/* A worker that sends what the catalogue does not describe is broken or
+ * hostile: its job fails with the reason, and nothing more it says is
+ * read. */
+static void td__bad_report(td_run *r, const char *why) {
+  td_error("job %llu: its worker sent a malformed message (%s): stopping it",
+           (unsigned long long)r->job->id, why);
+  snprintf(r->error_event, sizeof(r->error_event), "the worker sent traind a malformed "
+           "message (%s)", why);
+  r->bad_report = 1;
+  td__close(r, (uv_handle_t *)&r->events);
+  if (r->worker_running)
+    uv_process_kill(&r->worker, SIGKILL);
+  if (r->loader_running)
+    uv_process_kill(&r->loader, SIGKILL);
+}
+
+static void td__on_report(td_run *r, const void *body, size_t len) {
+  const td_msgdef *def;
+  td_msg *m;
+  char why[256];
+  int rc;
+
+  if ((rc = td_imsg_parse(TD_IMSG_REPORT, body, len, &m, &def, why, sizeof(why))) < 0) {
+    if (rc == TD_ENOMEM)
+      td_error("job %llu: out of memory reading a report of its worker",
+               (unsigned long long)r->job->id);
+    else
+      td__bad_report(r, why);
+    return;
+  }
+  r->last_event = td_now_mono();
+  for (size_t i = 0; i < TD_ARRAY_SIZE(td__reports); i++) {
+    if (strcmp(td__reports[i].op, def->op) == 0) {
+      if (td__reports[i].fn != NULL)
+        td__reports[i].fn(r, td_msg_root(m));
+      break;
+    }
+  }
+  td_msg_free(m);
 }
 
 static void td__alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -280,19 +393,28 @@ static void td__alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 static void td__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   td_run *r = s->data;
+  size_t used = 0;
 
   if (nread < 0) {
     td__close(r, (uv_handle_t *)s);
     return;
   }
-  for (ssize_t i = 0; i < nread; i++) {
-    char c = buf->base[i];
-    if (c == '\n') {
-      r->line[r->linelen] = '\0';
-      td__on_event(r, r->line);
-      r->linelen = 0;
-    } else if (r->linelen + 1 < sizeof(r->line)) {
-      r->line[r->linelen++] = c;
+  /* Whole frames are handled as they complete; a frame is at most
+   * TD_IMSG_HDR + TD_IMSG_MAX bytes, so once those are taken out there is
+   * always room for more. */
+  while (used < (size_t)nread && !r->bad_report) {
+    const void *body;
+    size_t len;
+    char why[160];
+    int rc;
+
+    used += td_imsg_frames_put(&r->frames, buf->base + used, (size_t)nread - used);
+    while (!r->bad_report &&
+           (rc = td_imsg_frames_next(&r->frames, &body, &len, why, sizeof(why))) != 0) {
+      if (rc < 0)
+        td__bad_report(r, why);
+      else
+        td__on_report(r, body, len);
     }
   }
 }
@@ -569,6 +691,8 @@ close_fd:
 /* Crashes and hangs may be the machine's fault, not the job's: those are
  * retried when the job allows it; an error the job reported is not. */
 static int td__retryable(const td_run *r) {
+  if (r->bad_report)
+    return 0;
   return r->hung || r->worker_signal != 0 ||
          (r->worker_status >= 3 && r->worker_status != TD_WORKER_EXIT_NEEDMEM &&
           r->worker_status != TD_WORKER_EXIT_STOPPED);
@@ -593,7 +717,8 @@ static void td__run_finish(td_run *r) {
   if (j->cancel_requested) {
     s = TD_JOB_CANCELLED;
     snprintf(why, sizeof(why), "cancelled");
-  } else if (r->worker_status == 0 && r->worker_signal == 0 && r->done_seen) {
+  } else if (r->worker_status == 0 && r->worker_signal == 0 && r->done_seen &&
+             !r->bad_report) {
     s = TD_JOB_SUCCEEDED;
     snprintf(why, sizeof(why), "finished%s%s", j->warning ? ", with a warning: " : "",
              TD_JOB_STR(j->warning));
@@ -676,7 +801,9 @@ void td_run_check_heartbeats(td_daemon *d) {
   }
 }
 
-static int td__write_all(int fd, const char *s, size_t n) {
+static int td__write_all(int fd, const void *buf, size_t n) {
+  const char *s = buf;
+
   while (n > 0) {
     ssize_t w = write(fd, s, n);
     if (w < 0 && errno == EINTR)
@@ -772,11 +899,12 @@ static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
 }
 
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
-  char dir[TD_PATH_MAX], worker[TD_PATH_MAX + 32], *yaml, output[TD_PATH_MAX], budget[32],
+  char dir[TD_PATH_MAX], worker[TD_PATH_MAX + 32], output[TD_PATH_MAX], budget[32],
       fallback[TD_PATH_MAX], shrink[16],
       micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32], overhead[32],
       as_user[sizeof(((td_run *)0)->as_user)];
   uv_stdio_container_t io[4];
+  td_pack desc;
   td_run *r;
   int fd, dir_fd, rc, resume, as_root = geteuid() == 0;
   size_t slot;
@@ -790,23 +918,26 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   }
   if ((dir_fd = td__job_dir_open(d, j, dir, as_root, err, errlen)) < 0)
     return dir_fd;
-  if ((rc = td_db_job_yaml(d->db, j->id, &yaml)) < 0) {
-    snprintf(err, errlen, "cannot read the job file back from the database: %s",
-             td_strerror(rc));
+  /* The job's description, as traind holds it (restored from the
+   * database): the processes decode it, nobody parses the job file again.
+   * A fresh file each run: whatever stands at the name (the user's link,
+   * FIFO or file) goes, and O_EXCL refuses anything put back meanwhile. */
+  td_pack_init(&desc);
+  if ((rc = td_jobdesc_encode(j->spec, &desc)) < 0) {
+    snprintf(err, errlen, "cannot encode the job's description: %s", td_strerror(rc));
+    td_pack_free(&desc);
     goto close_dir;
   }
-  /* A fresh file each run: whatever stands at the name (the user's link,
-   * FIFO or file) goes, and O_EXCL refuses anything put back meanwhile. */
-  if (unlinkat(dir_fd, "job.yaml", 0) < 0 && errno != ENOENT)
-    td_debug("job %llu: removing the old %s/job.yaml: %s", (unsigned long long)j->id, dir,
-             strerror(errno));
-  fd = td__job_file_open(dir_fd, dir, "job.yaml", 0, j, as_root, err, errlen);
-  if (fd >= 0 && td__write_all(fd, yaml, strlen(yaml)) < 0) {
-    snprintf(err, errlen, "cannot write %s/job.yaml: %s", dir, strerror(errno));
+  if (unlinkat(dir_fd, TD_JOBDESC_FILE, 0) < 0 && errno != ENOENT)
+    td_debug("job %llu: removing the old %s/" TD_JOBDESC_FILE ": %s", (unsigned long long)j->id,
+             dir, strerror(errno));
+  fd = td__job_file_open(dir_fd, dir, TD_JOBDESC_FILE, 0, j, as_root, err, errlen);
+  if (fd >= 0 && td__write_all(fd, td_pack_data(&desc), td_pack_len(&desc)) < 0) {
+    snprintf(err, errlen, "cannot write %s/" TD_JOBDESC_FILE ": %s", dir, strerror(errno));
     close(fd);
     fd = TD_EIO;
   }
-  free(yaml);
+  td_pack_free(&desc);
   if (fd < 0) {
     rc = TD_EIO;
     goto close_dir;
@@ -856,7 +987,7 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     td_strlcpy(output, j->spec->output, sizeof(output));
   else
     td_strlcpy(output, fallback, sizeof(output));
-  snprintf(r->job_path, sizeof(r->job_path), "%s/job.yaml", dir);
+  snprintf(r->job_path, sizeof(r->job_path), "%s/" TD_JOBDESC_FILE, dir);
   snprintf(worker, sizeof(worker), "%s/traind-worker", td_run_libexec(d));
   snprintf(budget, sizeof(budget), "%llu", (unsigned long long)j->plan.total);
   snprintf(micro, sizeof(micro), "%u", j->plan.micro_batch);
@@ -971,21 +1102,32 @@ close_dir:
 int td_run_set_budget(td_daemon *d, td_job *j, uint64_t budget) {
   td_run *r = j->run;
   const td_device *dev = td_sched_device(d, j->device);
-  char line[80];
+  const void *frame;
+  size_t len;
+  td_imsg b;
   uv_buf_t buf;
-  int n;
+  int rc;
 
   if (r == NULL || !r->worker_running || !r->control_open)
     return TD_ESTATE;
   /* The device's budget too: a job that must leave the device is sent a
    * token budget, and its log should say what really changed. */
-  n = snprintf(line, sizeof(line), "budget %llu device=%llu\n", (unsigned long long)budget,
-               (unsigned long long)(dev != NULL ? dev->budget : 0));
-  buf = uv_buf_init(line, (unsigned)n);
-  /* A line is far below the pipe's buffer and PIPE_BUF: it goes whole or
-   * not at all, and the loop never waits on it. */
-  if (uv_try_write((uv_stream_t *)&r->control, &buf, 1) != n)
-    return TD_EIO;
+  td_imsg_begin(&b, TD_IMSG_CONTROL, "budget");
+  td_imsg_u64(&b, "bytes", budget);
+  td_imsg_u64(&b, "device", dev != NULL ? dev->budget : 0);
+  if ((rc = td_imsg_end(&b, &frame, &len)) < 0) {
+    td_error("job %llu: cannot pack a budget command: %s", (unsigned long long)j->id,
+             b.p.why[0] ? b.p.why : td_strerror(rc));
+    td_imsg_free(&b);
+    return rc;
+  }
+  buf = uv_buf_init((char *)frame, (unsigned)len);
+  /* A frame is at most PIPE_BUF bytes: it goes whole or not at all, and
+   * the loop never waits on it. */
+  rc = uv_try_write((uv_stream_t *)&r->control, &buf, 1) == (int)len ? 0 : TD_EIO;
+  td_imsg_free(&b);
+  if (rc < 0)
+    return rc;
   r->budget_sent = budget;
   td_info("job %llu: budget %s to %llu bytes", (unsigned long long)j->id,
           budget < j->plan.total ? "lowered" : "raised", (unsigned long long)budget);

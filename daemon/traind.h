@@ -57,6 +57,9 @@ typedef struct td_job {
 
   char *yaml;              /* job file text while it is being parsed; the database
                               keeps it (td_db_job_yaml) */
+  unsigned char *desc;     /* its description (proto/jobdesc.h) while it is being
+                              stored or restored; the database keeps it */
+  size_t desc_len;
   char *base_dir;          /* the job file's directory, where relative paths resolve */
   td_jobspec *spec;        /* parsed; NULL once the job has ended */
   td_plan plan;            /* at the micro-batch it will run with */
@@ -184,9 +187,15 @@ int td_db_find_key(td_db *db, const char *key, uint64_t *id);
  * does not keep it in memory: 10,000 queued jobs would hold 10,000 copies).
  * TD_ENOENT for an unknown id. */
 int td_db_job_yaml(td_db *db, uint64_t id, char **out);
+/* Record, in one transaction, the descriptions made for jobs from before
+ * descriptions (those of jobs[] whose desc is set: made from their YAML as
+ * they were loaded), then free them. */
+int td_db_job_desc_record(td_db *db, td_job **jobs, size_t n);
 /* Persist the job's state, device, times and results, with a history row. */
 int td_db_update(td_db *db, const td_job *j, const char *detail);
-/* Call fn for every job in id order; fn takes ownership of the job. */
+/* Call fn for every job in id order; fn takes ownership of the job.  A
+ * queued or running job comes with its description (desc), or with its
+ * YAML (yaml) if it has none yet. */
 int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg);
 
 /* db.c: fair share and retention. */

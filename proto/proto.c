@@ -605,25 +605,28 @@ static int check_tree(msgpack_object *o, char *err, size_t errlen) {
   }
 }
 
-static int check_version(const msgpack_object *root, char *err, size_t errlen) {
+static int check_version(const msgpack_object *root, uint64_t version, char *err,
+                         size_t errlen) {
   const msgpack_object *v;
+  if (version == 0)
+    return 0;
   if (td_obj_get(root, "v", &v) != 0) {
     seterr(err, errlen, "message has no protocol version 'v'");
     return TD_EPROTO;
   }
-  if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 == TD_PROTO_VERSION)
+  if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 == version)
     return 0;
   if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
     seterr(err, errlen,
-           "message has protocol version %" PRIu64 " but this side speaks version %d; "
-           "run a client and daemon of matching versions",
-           v->via.u64, TD_PROTO_VERSION);
+           "message has protocol version %" PRIu64 " but this side speaks version %" PRIu64
+           "; run a client and daemon of matching versions",
+           v->via.u64, version);
     return TD_EVERSION;
   }
   if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
     seterr(err, errlen,
-           "message has protocol version %" PRId64 " but this side speaks version %d", v->via.i64,
-           TD_PROTO_VERSION);
+           "message has protocol version %" PRId64 " but this side speaks version %" PRIu64,
+           v->via.i64, version);
     return TD_EVERSION;
   }
   seterr(err, errlen, "protocol version 'v' must be an integer, got %s", obj_type_name(v));
@@ -631,6 +634,11 @@ static int check_version(const msgpack_object *root, char *err, size_t errlen) {
 }
 
 int td_msg_decode(const void *buf, size_t len, td_msg **out, char *err, size_t errlen) {
+  return td_msg_decode_as(buf, len, TD_PROTO_VERSION, out, err, errlen);
+}
+
+int td_msg_decode_as(const void *buf, size_t len, uint64_t version, td_msg **out, char *err,
+                     size_t errlen) {
   td_msg *m;
   size_t off = 0;
   int rc = td_proto_check(buf, len, err, errlen);
@@ -667,7 +675,7 @@ int td_msg_decode(const void *buf, size_t len, td_msg **out, char *err, size_t e
     goto fail;
   }
   if ((rc = check_tree(&m->up.data, err, errlen)) != 0 ||
-      (rc = check_version(&m->up.data, err, errlen)) != 0)
+      (rc = check_version(&m->up.data, version, err, errlen)) != 0)
     goto fail;
   *out = m;
   return 0;
@@ -926,6 +934,11 @@ static int check_field(const td_msgdef *d, const td_field *f, const msgpack_obje
   default:
     return 0;
   }
+}
+
+int td_proto_check_field(const td_msgdef *d, const td_field *f, const msgpack_object *o,
+                         char *err, size_t errlen) {
+  return check_field(d, f, o, err, errlen);
 }
 
 static int validate(const td_msgdef *d, const msgpack_object *root, char *err, size_t errlen) {

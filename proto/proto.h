@@ -37,6 +37,10 @@ typedef struct td_msg td_msg;
  * (TD_EVERSION otherwise; a missing or non-integer "v" is TD_EPROTO).
  * Decoding n bytes allocates O(n) memory, never more. */
 int td_msg_decode(const void *buf, size_t len, td_msg **out, char *err, size_t errlen);
+/* The same for a message of another catalogue (proto/imsg.h, proto/jobdesc.h):
+ * its "v" must equal version; version 0 leaves "v" to the caller. */
+int td_msg_decode_as(const void *buf, size_t len, uint64_t version, td_msg **out, char *err,
+                     size_t errlen);
 void td_msg_free(td_msg *m);               /* accepts NULL */
 const msgpack_object *td_msg_root(const td_msg *m);
 
@@ -67,6 +71,12 @@ const td_msgdef *td_proto_find(const char *op, size_t oplen);   /* NULL if unkno
 const td_msgdef *td_proto_defs(size_t *n);
 /* "str", "uint", ... for messages and documentation. */
 const char *td_ftype_name(td_ftype t);
+
+/* One value against its field: type, bounds, no NUL in a string.  TD_ETOOBIG
+ * for an over-long string or container, TD_EPROTO otherwise, with err
+ * naming f->name and d->op.  For other catalogues built of td_field. */
+int td_proto_check_field(const td_msgdef *d, const td_field *f, const msgpack_object *o,
+                         char *err, size_t errlen);
 
 /* Decode, find the op, validate every field against its definition: type,
  * bounds, required present, unknown refused.  Strings must not contain NUL.

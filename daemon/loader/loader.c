@@ -1,6 +1,6 @@
 /* traind-loader: reads a job's dataset and feeds its worker's ring.
  *
- *   traind-loader --job FILE --ring NAME [--base-dir DIR] [--parent-pid PID]
+ *   traind-loader --job FILE.tdj --ring NAME [--base-dir DIR] [--parent-pid PID]
  *                 [--start-epoch E [--start-batch B]] [--memory-budget BYTES]
  *                 [--threads N] [--no-cache] [--as-user NAME:UID:GID]
  *
@@ -22,8 +22,10 @@
  * chunks while the current one is sent, so at most two windows are in
  * memory, and shuffling happens within a window.
  *
- * --base-dir resolves the job's relative data paths (default: the job
- * file's directory).  --parent-pid names traind: it becomes the ring's peer
+ * --job is the job's description (proto/jobdesc.h), made by traind at
+ * submit; one of another format version is a usage error (exit 2).
+ * --base-dir is accepted and unused: the description's paths are
+ * absolute.  --parent-pid names traind: it becomes the ring's peer
  * and the loader exits if it is already gone.  --start-epoch/--start-batch
  * resume at a train batch of an epoch (from a checkpoint's data position).
  * --as-user makes the loader that user (privdrop.h) before it opens
@@ -43,6 +45,7 @@
 
 #include "dataset.h"
 #include "error.h"
+#include "jobdesc.h"
 #include "jobspec.h"
 #include "log.h"
 #include "privdrop.h"
@@ -267,19 +270,11 @@ static int plan_memory(struct loader *L) {
   return 0;
 }
 
-static int loader_prepare(struct loader *L, const char *job_path, const char *base_dir) {
+/* L->spec is the job's description, read. */
+static int loader_prepare(struct loader *L) {
   uint64_t elems, need, nval = 0, ntrain, train_batches;
-  char *text;
-  size_t len;
   int err, have_test;
 
-  err = td_read_file(job_path, TD_JOBFILE_MAX, &text, &len);
-  if (err < 0)
-    return loader_fail(L, err, "%s: cannot read the job file: %s", job_path, td_strerror(err));
-  err = td_jobspec_parse(text, len, base_dir, &L->spec, L->err, sizeof(L->err));
-  free(text);
-  if (err < 0)
-    return err;
   elems = td_jobspec_input_elems(&L->spec);
   L->classes = td_jobspec_classes(&L->spec);
   if (elems < 1 || elems > UINT32_MAX / 8 || L->spec.batch_size < 1)
@@ -681,7 +676,7 @@ static void on_sigterm(int sig) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: traind-loader --job FILE --ring NAME [--base-dir DIR] [--parent-pid PID]\n"
+  fprintf(f, "usage: traind-loader --job FILE.tdj --ring NAME [--base-dir DIR] [--parent-pid PID]\n"
              "                     [--start-epoch E [--start-batch B]] [--memory-budget BYTES]\n"
              "                     [--threads N] [--no-cache] [--as-user NAME:UID:GID]\n"
              "Feeds a job's dataset, as batches, into the shared-memory ring NAME.\n");
@@ -715,9 +710,10 @@ int main(int argc, char **argv) {
       {NULL, 0, NULL, 0},
   };
   static struct loader L;
-  const char *job = NULL, *ring_name = NULL, *base_dir = NULL, *as_user = NULL;
-  char dir[TD_PATH_MAX], *slash, why[512];
+  const char *job = NULL, *ring_name = NULL, *as_user = NULL;
+  char why[512];
   uint32_t parent = 0, threads = 0;
+  int desc_err;
   struct sigaction sa;
   long cpus;
   int c, err;
@@ -727,7 +723,7 @@ int main(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
     case 'j': job = optarg; break;
-    case 'b': base_dir = optarg; break;
+    case 'b': break; /* accepted, unused: a description's paths are absolute */
     case 'r': ring_name = optarg; break;
     case 'p':
       if (parse_u32(optarg, &parent) < 0 || parent < 1 || parent > INT_MAX)
@@ -771,15 +767,13 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (base_dir == NULL) {
-    if (td_strlcpy(dir, job, sizeof(dir)) < 0)
-      goto bad_usage;
-    slash = strrchr(dir, '/');
-    if (slash == NULL)
-      strcpy(dir, ".");
-    else
-      *(slash == dir ? slash + 1 : slash) = '\0'; /* "/job.yaml" -> "/" */
-    base_dir = dir;
+  /* The job's description (proto/jobdesc.h), as traind made it at submit.
+   * One of another version is a usage error, said before anything is
+   * opened; any other problem goes to the worker through the ring. */
+  desc_err = td_jobdesc_load(job, &L.spec, L.err, sizeof(L.err));
+  if (desc_err == TD_EVERSION) {
+    td_error("%s", L.err);
+    return 2;
   }
   cpus = sysconf(_SC_NPROCESSORS_ONLN);
   L.threads = threads > 0 ? (int)threads : cpus < 1 ? 1 : cpus > 4 ? 4 : (int)cpus;
@@ -809,7 +803,7 @@ int main(int argc, char **argv) {
   td_shmcache_sweep();
   the_loader = &L;
 
-  err = loader_prepare(&L, job, base_dir);
+  err = desc_err < 0 ? desc_err : loader_prepare(&L);
   if (err == 0)
     err = loader_run(&L);
   if (err == TD_ECLOSED) {
@@ -822,7 +816,7 @@ int main(int argc, char **argv) {
     td_error("%s", L.err);
     put_marker(L.ring, TD_BATCH_ERROR, 0, err, L.err);
     loader_free(&L);
-    return 1;
+    return err == TD_EVERSION ? 2 : 1;
   }
   loader_free(&L);
   return 0;

@@ -1,33 +1,37 @@
 /* traind-worker: trains one job on one device.
  *
- * It reads the job file, builds the model on the device's backend inside the
- * memory plan's arenas, then drains the loader's shared-memory ring: a TRAIN
- * batch is one optimiser step, TEST batches are evaluated, END writes the
- * model.  It reports to traind as one line per event on the events fd and
- * logs to stderr (the job log).
+ * It reads the job's description (--job, proto/jobdesc.h: traind parsed the
+ * job file at submit; --base-dir is accepted and unused, its paths are
+ * absolute), builds the model on the device's backend inside the memory
+ * plan's arenas, then drains the loader's shared-memory ring: a TRAIN batch
+ * is one optimiser step, TEST batches are evaluated, END writes the model.
+ * It reports to traind with one framed message per event on the events fd
+ * (proto/imsg.h, catalogued in proto/INTERNAL.md) and logs to stderr (the
+ * job log).  A description of another format version is a usage error
+ * (exit 2), said so in the log.
  *
  * Memory: the model re-plans itself when a step runs out of memory (events
- * "oom" and "replan").  traind may lower the budget through stdin, one line
- * "budget BYTES device=BYTES" (this job's budget, then the device's, which
- * the log quotes: a job traind wants off the device gets a token budget),
- * applied at the next step boundary.
+ * "oom" and "replan").  traind may lower the budget through stdin, with a
+ * "budget" command (this job's budget, then the device's, which the log
+ * quotes: a job traind wants off the device gets a token budget), applied
+ * at the next step boundary.
  *
  * The model goes to --output.  If that cannot be written (its directory
  * removed or closed to the user since the submit), it goes to
  * --fallback-output (the job's directory) instead, and the job still
- * succeeds: event "warning msg=..." says where, then "done ... model=PATH".
+ * succeeds: event "warning" says where, then "done" names the model's path.
  *
  * Checkpoints (--checkpoint PATH): the model's whole state (tensor "state",
  * td_model_state_floats fp32 values) and its data position, written
  * atomically when the job's policy says one is due, at the end of an epoch
  * (at most one a second), before exiting 4, and when traind sends SIGUSR1
  * (at the next batch, or once the ring is shut down and empty; then it
- * exits 5).  Each one is an event "checkpoint step=N epoch=E batch=B
- * bytes=N": E is the epoch in progress (0-based), B its train batches
- * already done.  --resume PATH starts from a checkpoint:
- * event "resumed step=N epoch=E batch=B bytes=N" (the loader must start
- * there), or, if the file cannot be used, a warning naming why, the event
- * "resume_failed msg=..." and training from scratch (the loader at 0, 0).
+ * exits 5).  Each one is an event "checkpoint" (step, epoch, batch,
+ * bytes): epoch is the one in progress (0-based), batch its train batches
+ * already done.  --resume PATH starts from a checkpoint: event "resumed"
+ * with the same fields (the loader must start there), or, if the file
+ * cannot be used, a warning naming why, the event "resume_failed" and
+ * training from scratch (the loader at 0, 0).
  *
  * --tensorboard DIR: TensorBoard event files go to DIR (the job's
  * directory), a new file each run (tfevents.h); see tb_train for the tags.
@@ -68,8 +72,9 @@
 #include "checkpoint.h"
 #include "dataset.h"
 #include "error.h"
+#include "imsg.h"
+#include "jobdesc.h"
 #include "jobspec.h"
-#include "kvline.h"
 #include "log.h"
 #include "model.h"
 #include "plan.h"
@@ -118,7 +123,7 @@ static atomic_uint beats;
 static atomic_int waiting;
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: traind-worker --job FILE --base-dir DIR --ring NAME --device NAME\n"
+  fprintf(f, "usage: traind-worker --job FILE.tdj --ring NAME --device NAME [--base-dir DIR]\n"
              "                     --budget BYTES --micro-batch N --output PATH "
              "[--events-fd N]\n"
              "                     [--checkpoint PATH] [--resume PATH] [--overhead BYTES]\n"
@@ -128,28 +133,34 @@ static void usage(FILE *f) {
              "       traind-worker --probe DEVICE\n");
 }
 
-/* One event, one write(), so traind never reads half a line. */
-static void emit(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void emit(const char *fmt, ...) {
-  char line[1024];
-  va_list ap;
-  int n;
+/* Send a report begun with td_imsg_begin (and free it): one frame, one
+ * write() of at most PIPE_BUF bytes, so the heartbeat thread's frames and
+ * the main loop's never interleave. */
+static void emit(td_imsg *b) {
+  const void *frame;
+  size_t len;
+  int rc;
 
-  if (events_fd < 0)
+  if (events_fd < 0) {
+    td_imsg_free(b);
     return;
-  va_start(ap, fmt);
-  n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
-  va_end(ap);
-  if (n < 0)
-    return;
-  if ((size_t)n > sizeof(line) - 2)
-    n = (int)sizeof(line) - 2;
-  for (int i = 0; i < n; i++)
-    if (line[i] == '\n')
-      line[i] = ' ';
-  line[n++] = '\n';
-  while (write(events_fd, line, (size_t)n) < 0 && errno == EINTR) {
   }
+  if ((rc = td_imsg_end(b, &frame, &len)) < 0)
+    td_warn("cannot report to traind: %s", b->p.why[0] ? b->p.why : td_strerror(rc));
+  else
+    while (write(events_fd, frame, len) < 0 && errno == EINTR) {
+    }
+  td_imsg_free(b);
+}
+
+/* A report with no fields, or with one string field key. */
+static void emit_msg(const char *op, const char *key, const char *msg) {
+  td_imsg b;
+
+  td_imsg_begin(&b, TD_IMSG_REPORT, op);
+  if (key != NULL)
+    td_imsg_str(&b, key, msg);
+  emit(&b);
 }
 
 static void *heartbeat_main(void *arg) {
@@ -162,7 +173,7 @@ static void *heartbeat_main(void *arg) {
     sleep(1);
     now = atomic_load(&beats);
     if (now != last || atomic_load(&waiting))
-      emit("heartbeat");
+      emit_msg("heartbeat", NULL, NULL);
     last = now;
   }
   return NULL;
@@ -181,7 +192,14 @@ static int fail(int rc, const char *fmt, ...) {
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
   td_error("%s", msg);
-  emit("error code=%s msg=%s", td_err_name(rc), msg);
+  {
+    td_imsg b;
+
+    td_imsg_begin(&b, TD_IMSG_REPORT, "error");
+    td_imsg_str(&b, "code", td_err_name(rc));
+    td_imsg_str(&b, "msg", msg);
+    emit(&b);
+  }
   if (rc == TD_ENOFIT)
     return EXIT_NEEDMEM;
   return rc == TD_ECUDA ? EXIT_CUDA : EXIT_JOB;
@@ -298,7 +316,7 @@ static int parse_args(int argc, char **argv, args *a) {
   }
   if (a->probe != NULL && optind == argc)
     return 0;
-  if (optind < argc || !a->job || !a->base_dir || !a->ring || !a->device || !a->output ||
+  if (optind < argc || !a->job || !a->ring || !a->device || !a->output ||
       a->budget == 0 || a->micro_batch == 0) {
     td_error("missing or extra arguments");
     return -1;
@@ -410,10 +428,21 @@ static void tb_eval(const char *split, double acc, double loss) {
   tb_write((const td_tfscalar[]){{tag_acc, acc}, {tag_loss, loss}}, 2);
 }
 
+/* "eval" (the test set) or "val" (the validation split) of an epoch. */
+static void emit_pass(const char *op, uint32_t epoch, double acc, double loss) {
+  td_imsg b;
+
+  td_imsg_begin(&b, TD_IMSG_REPORT, op);
+  td_imsg_u64(&b, "epoch", epoch);
+  td_imsg_f64(&b, "accuracy", acc);
+  td_imsg_f64(&b, "loss", loss);
+  emit(&b);
+}
+
 static void emit_eval(uint32_t epoch, pass *test, double *acc, double *loss) {
   *acc = (double)test->correct / (double)test->count;
   *loss = test->loss_sum / (double)test->count;
-  emit("eval epoch=%u accuracy=%.6f loss=%.6f", epoch + 1, *acc, *loss);
+  emit_pass("eval", epoch + 1, *acc, *loss);
   tb_eval("test", *acc, *loss);
   td_info("epoch %u: test accuracy %.4f, loss %.4f", epoch + 1, *acc, *loss);
   *test = (pass){0};
@@ -481,11 +510,17 @@ static void tb_train(const trainer *t, const td_batch_hdr *h, double now) {
 static void emit_replan(const td_model *m) {
   const td_plan *p = td_model_plan(m);
   bool split = p->batch_dependent && p->accumulation > 1;
+  td_imsg b;
 
-  emit("replan micro_batch=%u accumulation=%u total=%llu precision=%s recompute=%d "
-       "batch_dependent=%d effective_batch=%u", p->micro_batch, p->accumulation,
-       (unsigned long long)p->total, td_precision_name(p->precision), p->recompute,
-       p->batch_dependent, td_model_effective_batch(m));
+  td_imsg_begin(&b, TD_IMSG_REPORT, "replan");
+  td_imsg_u64(&b, "micro_batch", p->micro_batch);
+  td_imsg_u64(&b, "accumulation", p->accumulation);
+  td_imsg_u64(&b, "total", p->total);
+  td_imsg_str(&b, "precision", td_precision_name(p->precision));
+  td_imsg_bool(&b, "recompute", p->recompute);
+  td_imsg_bool(&b, "batch_dependent", p->batch_dependent);
+  td_imsg_u64(&b, "effective_batch", td_model_effective_batch(m));
+  emit(&b);
   tb_write((const td_tfscalar[]){{"replan/micro_batch", p->micro_batch},
                                  {"replan/accumulation", p->accumulation},
                                  {"replan/planned_bytes", (double)p->total}},
@@ -500,9 +535,15 @@ static void emit_replan(const td_model *m) {
 }
 
 static void on_oom(void *arg, const td_model_oom *o) {
+  td_imsg b;
+
   (void)arg;
-  emit("oom requested=%llu free=%llu phase=%s micro_batch=%u", (unsigned long long)o->asked,
-       (unsigned long long)o->free, o->phase, o->micro_batch);
+  td_imsg_begin(&b, TD_IMSG_REPORT, "oom");
+  td_imsg_u64(&b, "requested", o->asked);
+  td_imsg_u64(&b, "free", o->free);
+  td_imsg_str(&b, "phase", o->phase);
+  td_imsg_u64(&b, "micro_batch", o->micro_batch);
+  emit(&b);
   tb_write((const td_tfscalar[]){{"oom/requested_bytes", (double)o->asked},
                                  {"oom/free_bytes", (double)o->free}},
            2);
@@ -520,6 +561,18 @@ static void state_tensor(trainer *t, td_ckpt_tensor *out) {
   *out = (td_ckpt_tensor){.name = "state", .dtype = "F32", .rank = 1,
                           .shape = {t->state_floats}, .data = t->state,
                           .bytes = t->state_floats * sizeof(float)};
+}
+
+/* "checkpoint" (written) or "resumed" (read): where the data stands. */
+static void emit_position(const char *op, const td_ckpt_state *st, uint64_t bytes) {
+  td_imsg b;
+
+  td_imsg_begin(&b, TD_IMSG_REPORT, op);
+  td_imsg_u64(&b, "step", st->step);
+  td_imsg_u64(&b, "epoch", st->epoch);
+  td_imsg_u64(&b, "batch", st->batch);
+  td_imsg_u64(&b, "bytes", bytes);
+  emit(&b);
 }
 
 /* Write a checkpoint of the model now.  A failure is logged and training
@@ -553,9 +606,7 @@ static int checkpoint_write(trainer *t) {
     return rc;
   }
   t->ckpt_current = 1;
-  emit("checkpoint step=%llu epoch=%llu batch=%llu bytes=%llu", (unsigned long long)st.step,
-       (unsigned long long)st.epoch, (unsigned long long)st.batch,
-       stat(t->a->checkpoint, &sb) == 0 ? (unsigned long long)sb.st_size : 0ull);
+  emit_position("checkpoint", &st, stat(t->a->checkpoint, &sb) == 0 ? (uint64_t)sb.st_size : 0);
   td_info("checkpoint at step %llu (epoch %llu, %llu batches into it) written to %s",
           (unsigned long long)st.step, (unsigned long long)st.epoch + 1,
           (unsigned long long)st.batch, t->a->checkpoint);
@@ -609,7 +660,7 @@ static int resume(trainer *t, const char *path) {
              (unsigned long long)st.epoch + 1, t->spec->epochs);
   if (rc < 0 || err[0] != '\0') {
     td_warn("cannot resume from the checkpoint: %s; training from scratch", err);
-    emit("resume_failed msg=%s", err);
+    emit_msg("resume_failed", "msg", err);
     return 0;
   }
   td_model_get_progress(t->model, &p);
@@ -626,9 +677,7 @@ static int resume(trainer *t, const char *path) {
   t->ckpt_step = st.step;
   t->ckpt_current = 1;
   t->check_resume = 1;
-  emit("resumed step=%llu epoch=%llu batch=%llu bytes=%llu", (unsigned long long)st.step,
-       (unsigned long long)st.epoch, (unsigned long long)st.batch,
-       stat(path, &sb) == 0 ? (unsigned long long)sb.st_size : 0ull);
+  emit_position("resumed", &st, stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0);
   td_info("resumed from %s at step %llu (epoch %llu, %llu batches into it)", path,
           (unsigned long long)st.step, (unsigned long long)st.epoch + 1,
           (unsigned long long)st.batch);
@@ -651,68 +700,86 @@ static void budget_text(unsigned long long bytes, uint64_t device_budget, const 
            device, dev);
 }
 
+/* traind's "budget" command (proto/imsg.h): run within bytes from the
+ * next step on; device is the device's budget, which the log quotes. */
+static int apply_budget(trainer *t, uint64_t bytes, uint64_t dev_budget) {
+  char what[192];
+  bool replanned;
+  int rc;
+
+  rc = td_model_set_budget(t->model, bytes, &replanned);
+  if (rc == TD_ENOFIT) {
+    char dev[32];
+
+    /* traind wants the job off the device for now: the budget it
+     * sent is a token, and only the device's says why. */
+    td_format_size(dev_budget, dev, sizeof(dev));
+    if (dev_budget > 0)
+      snprintf(what, sizeof(what), "the budget of %s was lowered to %s, which leaves this "
+               "job too little for its smallest allowed micro-batch (%u)", t->a->device, dev,
+               td_jobspec_min_micro_batch(t->spec));
+    else
+      snprintf(what, sizeof(what), "traind lowered this job's budget below what its "
+               "smallest allowed micro-batch (%u) needs", td_jobspec_min_micro_batch(t->spec));
+    td_warn("%s: checkpointing; the job waits in the queue for memory", what);
+    /* the weights are intact: it resumes from here */
+    checkpoint_final(t);
+    return fail(rc, "%s", what);
+  }
+  budget_text(bytes, dev_budget, t->a->device, what, sizeof(what));
+  td_info("traind set this job's budget to %s", what);
+  if (rc == TD_EOOM) /* the next step re-plans again */
+    on_oom(NULL, td_model_last_oom(t->model));
+  else if (rc < 0)
+    return fail(rc, "the budget was set to %s: %s", what, td_model_error(t->model));
+  else
+    emit_replan(t->model);
+  return 0;
+}
+
 /* Commands from traind on stdin (a pipe), read without blocking at step
- * boundaries: "budget BYTES [device=BYTES]". */
-static char ctl_buf[256];
-static size_t ctl_len;
+ * boundaries, as framed messages (proto/imsg.h). */
+static td_imsg_frames ctl_frames;
 
 static int apply_control(trainer *t) {
-  char *nl;
-  ssize_t n;
+  unsigned char chunk[1024];
+  ssize_t n = 0;
 
-  if (t->ctl_fd < 0)
-    return 0;
-  while ((n = read(t->ctl_fd, ctl_buf + ctl_len, sizeof(ctl_buf) - 1 - ctl_len)) > 0)
-    ctl_len += (size_t)n;
-  if (n == 0)
-    t->ctl_fd = -1; /* traind closed it */
-  ctl_buf[ctl_len] = '\0';
-  while ((nl = strchr(ctl_buf, '\n')) != NULL) {
-    unsigned long long bytes;
-    bool replanned;
+  while (t->ctl_fd >= 0) {
+    const void *body;
+    size_t len, used = 0;
+    char why[256];
     int rc;
 
-    *nl = '\0';
-    if (sscanf(ctl_buf, "budget %llu", &bytes) == 1 && bytes > 0) {
-      uint64_t dev_budget = td_kv_u64(ctl_buf, "device", 0);
-      char what[192];
+    if ((n = read(t->ctl_fd, chunk, sizeof(chunk))) <= 0)
+      break;
+    while (used < (size_t)n) {
+      used += td_imsg_frames_put(&ctl_frames, chunk + used, (size_t)n - used);
+      while ((rc = td_imsg_frames_next(&ctl_frames, &body, &len, why, sizeof(why))) != 0) {
+        const td_msgdef *def;
+        td_msg *m;
+        uint64_t bytes = 0, dev = 0;
 
-      rc = td_model_set_budget(t->model, bytes, &replanned);
-      if (rc == TD_ENOFIT) {
-        char dev[32];
-
-        /* traind wants the job off the device for now: the budget it
-         * sent is a token, and only the device's says why. */
-        td_format_size(dev_budget, dev, sizeof(dev));
-        if (dev_budget > 0)
-          snprintf(what, sizeof(what), "the budget of %s was lowered to %s, which leaves this "
-                   "job too little for its smallest allowed micro-batch (%u)", t->a->device, dev,
-                   td_jobspec_min_micro_batch(t->spec));
-        else
-          snprintf(what, sizeof(what), "traind lowered this job's budget below what its "
-                   "smallest allowed micro-batch (%u) needs", td_jobspec_min_micro_batch(t->spec));
-        td_warn("%s: checkpointing; the job waits in the queue for memory", what);
-        /* the weights are intact: it resumes from here */
-        checkpoint_final(t);
-        return fail(rc, "%s", what);
+        if (rc < 0) {
+          /* Nothing after a bad frame can be trusted to start a frame. */
+          td_warn("ignoring traind's commands from here on: %s", why);
+          t->ctl_fd = -1;
+          return 0;
+        }
+        if (td_imsg_parse(TD_IMSG_CONTROL, body, len, &m, &def, why, sizeof(why)) < 0) {
+          td_warn("ignoring a command from traind: %s", why);
+          continue;
+        }
+        td_obj_u64(td_msg_root(m), "bytes", &bytes);
+        td_obj_u64(td_msg_root(m), "device", &dev);
+        td_msg_free(m);
+        if (strcmp(def->op, "budget") == 0 && (rc = apply_budget(t, bytes, dev)) != 0)
+          return rc;
       }
-      budget_text(bytes, dev_budget, t->a->device, what, sizeof(what));
-      td_info("traind set this job's budget to %s", what);
-      if (rc == TD_EOOM) { /* the next step re-plans again */
-        on_oom(NULL, td_model_last_oom(t->model));
-      } else if (rc < 0) {
-        return fail(rc, "the budget was set to %s: %s", what, td_model_error(t->model));
-      } else {
-        emit_replan(t->model);
-      }
-    } else {
-      td_warn("ignoring an unknown command from traind: %s", ctl_buf);
     }
-    ctl_len -= (size_t)(nl + 1 - ctl_buf);
-    memmove(ctl_buf, nl + 1, ctl_len + 1);
   }
-  if (ctl_len == sizeof(ctl_buf) - 1)
-    ctl_len = 0; /* a line too long to be a command */
+  if (n == 0)
+    t->ctl_fd = -1; /* traind closed it */
   return 0;
 }
 
@@ -772,13 +839,22 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
     return 0;
   t->last_progress = now;
   td_backend_mem(t->be, &mem);
-  emit("progress epoch=%u epochs=%u step=%u steps=%u loss=%.6f train_accuracy=%.6f "
-       "samples_per_sec=%.1f mem=%llu data_wait=%.4f", h->epoch + 1, t->spec->epochs,
-       h->index + 1, h->nbatches, t->train.loss_sum / (double)t->train.count,
-       (double)t->train.correct / (double)t->train.count,
-       (double)t->train.count / (now - t->epoch_start > 0 ? now - t->epoch_start : 1e-9),
-       (unsigned long long)(mem.used + mem.overhead),
-       now > first_batch ? data_wait / (now - first_batch) : 0.0);
+  {
+    td_imsg b;
+
+    td_imsg_begin(&b, TD_IMSG_REPORT, "progress");
+    td_imsg_u64(&b, "epoch", h->epoch + 1);
+    td_imsg_u64(&b, "epochs", t->spec->epochs);
+    td_imsg_u64(&b, "step", h->index + 1);
+    td_imsg_u64(&b, "steps", h->nbatches);
+    td_imsg_f64(&b, "loss", t->train.loss_sum / (double)t->train.count);
+    td_imsg_f64(&b, "train_accuracy", (double)t->train.correct / (double)t->train.count);
+    td_imsg_f64(&b, "samples_per_sec", (double)t->train.count /
+                (now - t->epoch_start > 0 ? now - t->epoch_start : 1e-9));
+    td_imsg_u64(&b, "mem", mem.used + mem.overhead);
+    td_imsg_f64(&b, "data_wait", now > first_batch ? data_wait / (now - first_batch) : 0.0);
+    emit(&b);
+  }
   if (h->index + 1 == h->nbatches) {
     t->train_time += now - t->epoch_start;
     t->accuracy = (double)t->train.correct / (double)t->train.count;
@@ -830,7 +906,7 @@ static int on_val(trainer *t, const td_batch_hdr *h, const uint8_t *px, const ui
     double acc = (double)t->val.correct / (double)t->val.count;
     double loss = t->val.loss_sum / (double)t->val.count;
 
-    emit("val epoch=%u accuracy=%.6f loss=%.6f", h->epoch + 1, acc, loss);
+    emit_pass("val", h->epoch + 1, acc, loss);
     tb_eval("val", acc, loss);
     td_info("epoch %u: validation accuracy %.4f, loss %.4f", h->epoch + 1, acc, loss);
     t->val = (pass){0};
@@ -943,11 +1019,20 @@ static int on_end(trainer *t) {
              "kept in the job's directory: %s; copy it from there, since traind removes it "
              "with the job (retention)", model, cause, fallback);
     td_warn("%s", warning);
-    emit("warning msg=%s", warning);
+    emit_msg("warning", "msg", warning);
     model = fallback;
   }
-  emit("done accuracy=%.6f loss=%.6f samples_per_sec=%.1f model=%s", t->accuracy, t->loss,
-       t->train_time > 0 ? (double)t->train_samples / t->train_time : 0.0, model);
+  {
+    td_imsg b;
+
+    td_imsg_begin(&b, TD_IMSG_REPORT, "done");
+    td_imsg_f64(&b, "accuracy", t->accuracy);
+    td_imsg_f64(&b, "loss", t->loss);
+    td_imsg_f64(&b, "samples_per_sec",
+                t->train_time > 0 ? (double)t->train_samples / t->train_time : 0.0);
+    td_imsg_str(&b, "model", model);
+    emit(&b);
+  }
   td_info("done: model written to %s", model);
   return 0;
 }
@@ -1034,12 +1119,11 @@ static int probe_main(const char *device) {
 int main(int argc, char **argv) {
   struct sigaction sa = {.sa_handler = on_term};
   struct sigaction sa_stop = {.sa_handler = on_stop, .sa_flags = SA_RESTART};
-  char *text = NULL, err[512];
+  char err[512];
   td_jobspec spec;
   td_plan plan;
   trainer t = {0};
   args a;
-  size_t len;
   int rc, status;
 
   td_log_init("traind-worker", TD_LOG_INFO);
@@ -1079,20 +1163,11 @@ int main(int argc, char **argv) {
   if (strncmp(a.device, "cpu", 3) == 0)
     tune_blas(argv);
 
-  if ((rc = td_read_file(a.job, TD_JOBFILE_MAX, &text, &len)) < 0)
-    return fail(rc, "cannot read the job file %s: %s", a.job, why(rc));
-  rc = td_jobspec_parse(text, len, a.base_dir, &spec, err, sizeof(err));
-  free(text);
-  if (rc < 0)
-    return fail(rc, "%s: %s", a.job, err);
-  {
-    td_dataset_info info;
-
-    /* The samples' stored type sizes the staging arena; the loader reads
-     * the same headers. */
-    if ((rc = td_dataset_probe(&spec, &info, err, sizeof(err))) < 0)
-      return fail(rc, "%s", err);
-    spec.sample_dtype = info.dtype;
+  /* The job's description, with the samples' stored type (which sizes
+   * the staging arena) as traind learnt it at submit. */
+  if ((rc = td_jobdesc_load(a.job, &spec, err, sizeof(err))) < 0) {
+    status = fail(rc, "%s", err);
+    return rc == TD_EVERSION ? EXIT_USAGE : status;
   }
   if (a.micro_batch > spec.batch_size)
     return fail(TD_EINVAL, "--micro-batch %u is larger than the batch size %u", a.micro_batch,
@@ -1138,12 +1213,21 @@ int main(int argc, char **argv) {
       goto destroy_backend;
     }
   }
-  emit("plan micro_batch=%u params=%llu grads=%llu optim=%llu activations=%llu workspace=%llu "
-       "staging=%llu overhead=%llu total=%llu", plan.micro_batch,
-       (unsigned long long)plan.params, (unsigned long long)plan.grads,
-       (unsigned long long)plan.optim, (unsigned long long)plan.activations,
-       (unsigned long long)plan.workspace, (unsigned long long)plan.staging,
-       (unsigned long long)plan.overhead, (unsigned long long)plan.total);
+  {
+    td_imsg b;
+
+    td_imsg_begin(&b, TD_IMSG_REPORT, "plan");
+    td_imsg_u64(&b, "micro_batch", plan.micro_batch);
+    td_imsg_u64(&b, "params", plan.params);
+    td_imsg_u64(&b, "grads", plan.grads);
+    td_imsg_u64(&b, "optim", plan.optim);
+    td_imsg_u64(&b, "activations", plan.activations);
+    td_imsg_u64(&b, "workspace", plan.workspace);
+    td_imsg_u64(&b, "staging", plan.staging);
+    td_imsg_u64(&b, "overhead", plan.overhead);
+    td_imsg_u64(&b, "total", plan.total);
+    emit(&b);
+  }
   if ((rc = td_model_create_as(t.be, &spec, a.micro_batch, a.shrink, &t.model, err,
                                sizeof(err))) < 0) {
     status = fail(rc, "%s", err);

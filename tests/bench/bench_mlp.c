@@ -22,8 +22,11 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "dataset.h"
 #include "error.h"
 #include "idx.h"
+#include "imsg.h"
+#include "jobdesc.h"
 #include "jobspec.h"
 #include "model.h"
 #include "ring.h"
@@ -164,15 +167,60 @@ static pid_t spawn(char *const argv[], int events_fd) {
   return pid;
 }
 
+/* A worker's report as one line: "kind key=value ...". */
+static void print_report(double t, const msgpack_object *m) {
+  const char *op = "";
+  size_t oplen = 0;
+
+  td_obj_str(m, "op", &op, &oplen);
+  printf("%6.1fs %.*s", t, (int)oplen, op);
+  for (uint32_t i = 0; i < m->via.map.size; i++) {
+    const msgpack_object_kv *kv = &m->via.map.ptr[i];
+    const msgpack_object *v = &kv->val;
+    int k = (int)kv->key.via.str.size;
+
+    if ((k == 1 && kv->key.via.str.ptr[0] == 'v') || (k == 2 && !memcmp(kv->key.via.str.ptr, "op", 2)))
+      continue;
+    printf(" %.*s=", k, kv->key.via.str.ptr);
+    if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+      printf("%llu", (unsigned long long)v->via.u64);
+    else if (v->type == MSGPACK_OBJECT_FLOAT64 || v->type == MSGPACK_OBJECT_FLOAT32)
+      printf("%.6g", v->via.f64);
+    else if (v->type == MSGPACK_OBJECT_BOOLEAN)
+      printf("%d", v->via.boolean);
+    else if (v->type == MSGPACK_OBJECT_STR)
+      printf("%.*s", (int)v->via.str.size, v->via.str.ptr);
+  }
+  printf("\n");
+  fflush(stdout);
+}
+
 static int pipeline(const char *build_dir, const char *job, const char *base_dir,
-                    const td_jobspec *spec, const char *keep) {
-  char ring[64], loader[1024], worker[1024], budget[32], micro[16], out[1024];
+                    td_jobspec *spec, const char *keep) {
+  char ring[64], loader[1024], worker[1024], budget[32], micro[16], out[1024], desc[64],
+      err[512];
   uint32_t in_elems = (uint32_t)td_jobspec_input_elems(spec);
   int fds[2], status, rc;
   pid_t lp, wp;
-  FILE *events;
-  char line[1024];
+  static td_imsg_frames frames;
+  unsigned char chunk[4096];
+  ssize_t n;
+  td_dataset_info info;
   double t0 = td_now_mono();
+
+  (void)job;
+  /* The worker and loader read a description, with the samples' type
+   * filled in as traind fills it in at submit. */
+  snprintf(desc, sizeof(desc), "/tmp/bench-mlp-%d.tdj", (int)getpid());
+  if (td_dataset_probe(spec, &info, err, sizeof(err)) < 0) {
+    fprintf(stderr, "bench_mlp: %s\n", err);
+    return 1;
+  }
+  spec->sample_dtype = info.dtype;
+  if (td_jobdesc_save(desc, spec, err, sizeof(err)) < 0) {
+    fprintf(stderr, "bench_mlp: %s\n", err);
+    return 1;
+  }
 
   snprintf(ring, sizeof(ring), "/traind-bench-%d", (int)getpid());
   snprintf(loader, sizeof(loader), "%s/daemon/traind-loader", build_dir);
@@ -189,25 +237,47 @@ static int pipeline(const char *build_dir, const char *job, const char *base_dir
   }
   if (pipe(fds) < 0)
     return 1;
-  char *largv[] = {loader, "--job", (char *)job, "--base-dir", (char *)base_dir, "--ring",
+  char *largv[] = {loader, "--job", desc, "--base-dir", (char *)base_dir, "--ring",
                    ring, NULL};
-  char *wargv[] = {worker, "--job", (char *)job, "--base-dir", (char *)base_dir, "--ring",
+  char *wargv[] = {worker, "--job", desc, "--base-dir", (char *)base_dir, "--ring",
                    ring, "--device", "cpu0", "--budget", budget, "--micro-batch", micro,
                    "--output", out, "--events-fd", "3", NULL};
   lp = spawn(largv, -1);
   wp = spawn(wargv, fds[1]);
   close(fds[1]);
-  events = fdopen(fds[0], "r");
-  while (events != NULL && fgets(line, sizeof(line), events) != NULL) {
-    const char *step = strstr(line, " step="), *steps = strstr(line, " steps=");
+  while ((n = read(fds[0], chunk, sizeof(chunk))) > 0) {
+    size_t used = 0;
 
-    /* of the progress events, only each epoch's last */
-    if (strncmp(line, "progress ", 9) == 0 && step != NULL && steps != NULL &&
-        strtoul(step + 6, NULL, 10) != strtoul(steps + 7, NULL, 10))
-      continue;
-    printf("%6.1fs %s", td_now_mono() - t0, line);
-    fflush(stdout);
+    while (used < (size_t)n) {
+      const void *body;
+      size_t len;
+
+      used += td_imsg_frames_put(&frames, chunk + used, (size_t)n - used);
+      while ((rc = td_imsg_frames_next(&frames, &body, &len, err, sizeof(err))) == 1) {
+        const td_msgdef *def;
+        td_msg *m;
+        uint64_t step = 0, steps = 0;
+
+        if (td_imsg_parse(TD_IMSG_REPORT, body, len, &m, &def, err, sizeof(err)) < 0) {
+          fprintf(stderr, "bench_mlp: a report of the worker: %s\n", err);
+          continue;
+        }
+        td_obj_u64(td_msg_root(m), "step", &step);
+        td_obj_u64(td_msg_root(m), "steps", &steps);
+        /* of the progress events, only each epoch's last */
+        if (strcmp(def->op, "heartbeat") != 0 &&
+            (strcmp(def->op, "progress") != 0 || step == steps))
+          print_report(td_now_mono() - t0, td_msg_root(m));
+        td_msg_free(m);
+      }
+      if (rc < 0) {
+        fprintf(stderr, "bench_mlp: the worker's reports: %s\n", err);
+        break;
+      }
+    }
   }
+  close(fds[0]);
+  unlink(desc);
   waitpid(wp, &status, 0);
   printf("worker exit %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
   kill(lp, SIGTERM);

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "jobdesc.h"
 #include "jobspec.h"
 #include "ring.h"
 #include "util.h"
@@ -152,6 +153,7 @@ static double bench_ring(size_t slot, int copy_out, double seconds) {
 
 struct loader_run {
   char ring[64];
+  char desc[64];
   td_ring *r;
   pid_t pid;
 };
@@ -163,7 +165,10 @@ static int loader_start(struct loader_run *lr, const char *loader, const char *j
   td_jobspec spec;
   size_t slot;
 
-  if (td_jobspec_load(job, &spec, err, sizeof(err)) < 0) {
+  /* The loader reads a description, as traind writes it. */
+  snprintf(lr->desc, sizeof(lr->desc), "/tmp/bench-ring-%d-%d.tdj", (int)getpid(), which);
+  if (td_jobspec_load(job, &spec, err, sizeof(err)) < 0 ||
+      td_jobdesc_save(lr->desc, &spec, err, sizeof(err)) < 0) {
     fprintf(stderr, "bench_ring: %s\n", err);
     return -1;
   }
@@ -175,7 +180,7 @@ static int loader_start(struct loader_run *lr, const char *loader, const char *j
     return -1;
   lr->pid = fork();
   if (lr->pid == 0) {
-    const char *argv[] = {loader, "--job", job, "--ring", lr->ring, "--memory-budget", budget,
+    const char *argv[] = {loader, "--job", lr->desc, "--ring", lr->ring, "--memory-budget", budget,
                           NULL};
     execv(loader, (char **)argv);
     fprintf(stderr, "bench_ring: cannot run %s: %s\n", loader, strerror(errno));
@@ -190,6 +195,7 @@ static void loader_stop(struct loader_run *lr) {
   waitpid(lr->pid, NULL, 0);
   td_ring_close(lr->r);
   td_ring_unlink(lr->ring);
+  unlink(lr->desc);
 }
 
 /* Drain a loader: samples/s and GB/s from its first batch on. */

@@ -9,9 +9,9 @@
 #
 # Time: fuzz_proto and fuzz_jobspec run SECONDS each (default 60); the file
 # and event-line readers (fuzz_idx, fuzz_npy, fuzz_csv, fuzz_raw,
-# fuzz_safetensors, fuzz_checkpoint, fuzz_kvline, fuzz_shmcache) SECONDS/3
-# each, so CI's `run.sh 60` fuzzes for 2 * 60 + 8 * 20 s = 4 min 40 s in
-# all, plus the build.  Longer runs by hand: run.sh 600.
+# fuzz_safetensors, fuzz_checkpoint, fuzz_shmcache) and the worker's messages
+# and job description (fuzz_imsg, fuzz_jobdesc) SECONDS/3 each, so CI's
+# `run.sh 60` fuzzes for 2 * 60 + 9 * 20 s = 5 min in all, plus the build.  Longer runs by hand: run.sh 600.
 #
 # Needs clang and libFuzzer (Debian 12: clang, libclang-rt-14-dev); installs
 # them when missing and run as root, as deploy/setup.sh does.
@@ -61,7 +61,8 @@ targets=(
   "fuzz_raw|3|$corpus/raw $corpus/hostile/raw|16384|"
   "fuzz_safetensors|3|$corpus/safetensors $corpus/hostile/safetensors|16384|"
   "fuzz_checkpoint|3|$corpus/checkpoint $corpus/hostile/checkpoint|16384|"
-  "fuzz_kvline|3|$corpus/kvline $corpus/hostile/kvline|8192|"
+  "fuzz_imsg|3|$corpus/imsg $corpus/hostile/imsg|16384|"
+  "fuzz_jobdesc|3|$corpus/jobdesc $corpus/hostile/jobdesc|65536|"
   "fuzz_shmcache|3|$corpus/shmcache $corpus/hostile/shmcache|16384|"
 )
 names=()

@@ -25,6 +25,7 @@
 #include "datafile.h"
 #include "dataset.h"
 #include "error.h"
+#include "jobdesc.h"
 #include "jobspec.h"
 #include "ring.h"
 #include "shmcache.h"
@@ -146,7 +147,14 @@ static void parse_job(const char *text, td_jobspec *spec) {
   ck_assert_msg(rc == 0, "job: %s", errbuf);
 }
 
-static void write_job(const char *text) { write_file("job.yaml", text, strlen(text)); }
+/* The loader reads a job's description, as traind writes it (job.tdj). */
+static void write_job(const char *text) {
+  td_jobspec spec;
+
+  parse_job(text, &spec);
+  ck_assert_msg(td_jobdesc_save(tmp_path("job.tdj"), &spec, errbuf, sizeof(errbuf)) == 0, "%s",
+                errbuf);
+}
 
 /* The check fails with code, naming the file and each fragment. */
 static void expect_check_fail(const td_jobspec *spec, int code, const char *file, const char *f1,
@@ -1124,7 +1132,7 @@ static void ring_name(char *buf, size_t cap, int which) {
   snprintf(buf, cap, "/traind-test-data-%d-%d-%d", (int)getppid(), (int)getpid(), which);
 }
 
-/* Start the loader on tmpdir/job.yaml with extra arguments (NULL-ended). */
+/* Start the loader on tmpdir/job.tdj with extra arguments (NULL-ended). */
 static pid_t spawn_loader(const char *ring, size_t slot_bytes, td_ring **r, const char **extra) {
   char exe[PATH_MAX];
   pid_t pid;
@@ -1138,7 +1146,7 @@ static pid_t spawn_loader(const char *ring, size_t slot_bytes, td_ring **r, cons
   ck_assert_int_ge(pid, 0);
   if (pid == 0) {
     char ppid[32];
-    const char *argv[32] = {exe, "--job", tmp_path("job.yaml"), "--ring", ring, "--parent-pid",
+    const char *argv[32] = {exe, "--job", tmp_path("job.tdj"), "--ring", ring, "--parent-pid",
                             ppid};
     int n = 7, fd = open(tmp_path("loader.err"), O_WRONLY | O_CREAT | O_APPEND, 0644);
     snprintf(ppid, sizeof(ppid), "%d", (int)getppid());

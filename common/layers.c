@@ -113,7 +113,10 @@ static void conv2d_sizes(const td_layer *l, const td_shape *in, const td_shape *
                          td_layer_sizes *s) {
   s->nweight = (uint64_t)l->filters * in->c * l->kernel * l->kernel;
   s->nbias = l->filters;
-  s->workspace = (uint64_t)in->c * l->kernel * l->kernel * out->h * out->w * F32;
+  /* td_conv2d_workspace_cpu: one sample's columns and two partial weight
+   * gradients (the blocks' sums, kernels/backend.h) */
+  s->workspace = ((uint64_t)in->c * l->kernel * l->kernel * out->h * out->w +
+                  2 * (s->nweight + s->nbias)) * F32;
 }
 
 static void batchnorm2d_sizes(const td_layer *l, const td_shape *in, const td_shape *out,

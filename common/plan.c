@@ -586,6 +586,8 @@ int td_plan_compute(const td_jobspec *spec, uint32_t micro_batch, td_precision p
   p.staging = l->stage_bytes;
   p.recompute = l->recompute;
   p.batch_dependent = td_jobspec_batch_dependent(spec) != 0;
+  p.bit_identical = p.accumulation == 1 ||
+                    (micro_batch % TD_PLAN_BLOCK_ROWS == 0 && !p.batch_dependent);
   p.params = (l->nparams + l->nbuffers) * F32;
   if ((rc = mul(l->nparams, F32, &p.grads)) < 0 ||
       (rc = mul(p.grads, l->optim_slots, &p.optim)) < 0)
@@ -658,6 +660,7 @@ int td_plan_at(const td_jobspec *spec, uint32_t micro_batch, td_precision prec, 
   if (rc < 0)
     return rc;
   p.shrink = shrink;
+  p.bit_identical = p.bit_identical && shrink == 1; /* k updates are other maths */
   *out = p;
   return 0;
 }
@@ -676,6 +679,10 @@ unsigned td_plan_remedies(const td_jobspec *spec, const td_plan *plan) {
   if (plan->precision != spec->precision && plan->precision == TD_PREC_FP16)
     r |= 1u << TD_REMEDY_FP16;
   return r;
+}
+
+bool td_plan_bit_identical(const td_jobspec *spec, const td_plan *plan) {
+  return plan->bit_identical && plan->shrink <= 1 && plan->precision == spec->precision;
 }
 
 void td_plan_remedies_text(unsigned remedies, char *buf, size_t cap) {
@@ -712,11 +719,19 @@ static void stage_add(td_jobspec *s, td_remedy r) {
 static int fit_capped(const td_jobspec *s, uint64_t budget, uint64_t overhead, uint32_t cap,
                       td_plan *out) {
   int rc = td_plan_fit(s, s->precision, overhead, budget, out);
+  uint32_t mb;
 
   if (rc == 0 && out->micro_batch > cap)
     rc = cap >= td_jobspec_min_micro_batch(s)
              ? td_plan_compute(s, cap, s->precision, overhead, out)
              : TD_ENOFIT;
+  /* Whole blocks keep the whole batch's bits (td_plan.bit_identical): a
+   * split micro-batch goes down to a multiple of the block where the job
+   * allows one; below a block it runs as it is, and says so. */
+  mb = out->micro_batch / TD_PLAN_BLOCK_ROWS * TD_PLAN_BLOCK_ROWS;
+  if (rc == 0 && out->micro_batch < s->batch_size && mb != out->micro_batch && mb > 0 &&
+      mb >= td_jobspec_min_micro_batch(s))
+    rc = td_plan_compute(s, mb, s->precision, overhead, out);
   return rc;
 }
 
@@ -768,6 +783,7 @@ int td_plan_choose(const td_jobspec *spec, uint64_t budget, uint64_t overhead, u
   free(s);
   if (rc < 0)
     return rc;
+  p.bit_identical = td_plan_bit_identical(spec, &p);
   out->plan = p;
   out->remedies = td_plan_remedies(spec, &p);
   return 0;

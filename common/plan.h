@@ -50,7 +50,16 @@ typedef struct td_plan {
   /* the model holds batchnorm2d: cutting a batch into micro-batches
    * changes its statistics, so accumulation is not exact */
   bool batch_dependent;
+  /* the micro-batch is the whole batch or a whole number of blocks of
+   * TD_PLAN_BLOCK_ROWS samples (and no BatchNorm statistics are cut, no
+   * shrink): the gradients are those of the whole batch to the bit */
+  bool bit_identical;
 } td_plan;
+
+/* The rows the backends run and sum a batch in (kernels/backend.h:
+ * TD_BLOCK_ROWS, which must agree): a micro-batch that is a whole number of
+ * blocks gives the whole batch's bits. */
+#define TD_PLAN_BLOCK_ROWS 16
 
 /* Where one layer's tensors live.  Parameter offsets are bytes into the
  * parameter arena; the gradient arena and each optimiser moment use the same
@@ -181,6 +190,9 @@ int td_plan_smallest(const td_jobspec *spec, uint64_t overhead, td_plan_choice *
 
 /* The remedies (bits 1u << td_remedy) plan applies to spec. */
 unsigned td_plan_remedies(const td_jobspec *spec, const td_plan *plan);
+/* Whether training at plan gives bit for bit what spec trained on its whole
+ * batch gives: plan.bit_identical at spec's own precision. */
+bool td_plan_bit_identical(const td_jobspec *spec, const td_plan *plan);
 
 /* "recompute, bf16" for those bits, in td_remedy order; "none" for 0. */
 void td_plan_remedies_text(unsigned remedies, char *buf, size_t cap);

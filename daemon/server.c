@@ -44,6 +44,7 @@ static void td__plan_fields(td_map *m, const td_plan *pl) {
   td_map_kv_str(m, "precision", td_precision_name(pl->precision));
   td_map_kv_bool(m, "recompute", pl->recompute);
   td_map_kv_u64(m, "shrink", pl->shrink);
+  td_map_kv_bool(m, "bit_identical", pl->bit_identical);
 }
 
 /* "plan": the memory plan, into the map m. */

@@ -187,6 +187,8 @@ static void td__on_replan(td_run *r, const msgpack_object *m) {
       td_publish_device(r->d, dev);
     }
     if (total <= j->plan.total || grew) {
+      /* once a re-plan has changed the maths, the run stays changed */
+      p.bit_identical = td_plan_bit_identical(j->spec, &p) && j->plan.bit_identical;
       j->plan = p;
       j->plan.total = total;
     }

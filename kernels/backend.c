@@ -323,21 +323,36 @@ void td_backend_softmax_xent_smooth(td_backend *be, const float *logits,
                           stats);
 }
 
+/* A product's bits depend on its shape (BLAS picks kernels and blocking by
+ * it), so the dense ops multiply TD_BLOCK_ROWS rows at a time: a row gets
+ * the same bits in any call that starts on a block boundary. */
 void td_backend_dense_fwd(td_backend *be, const float *x, const float *w, const float *b,
                           float *y, int n, int in, int out) {
-  td_backend_sgemm(be, false, true, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+  for (int r = 0; r < n; r += TD_BLOCK_ROWS) {
+    int rows = n - r < TD_BLOCK_ROWS ? n - r : TD_BLOCK_ROWS;
+
+    td_backend_sgemm(be, false, true, rows, out, in, 1.0f, x + (size_t)r * in, in, w, in,
+                     0.0f, y + (size_t)r * out, out);
+  }
   if (b != NULL)
     td_backend_bias_add(be, y, b, (size_t)(n > 0 ? n : 0), (size_t)(out > 0 ? out : 0));
 }
 
 void td_backend_dense_bwd(td_backend *be, const float *x, const float *w, const float *dy,
                           float *dx, float *dw, float *db, int n, int in, int out, float beta) {
-  td_backend_sgemm(be, true, false, out, in, n, 1.0f, dy, out, x, in, beta, dw, in);
+  /* dw: each block's dy^T x added to the sum so far, in block order */
+  for (int r = 0; r < n; r += TD_BLOCK_ROWS) {
+    int rows = n - r < TD_BLOCK_ROWS ? n - r : TD_BLOCK_ROWS;
+
+    td_backend_sgemm(be, true, false, out, in, rows, 1.0f, dy + (size_t)r * out, out,
+                     x + (size_t)r * in, in, r == 0 ? beta : 1.0f, dw, in);
+    if (dx != NULL)
+      td_backend_sgemm(be, false, false, rows, in, out, 1.0f, dy + (size_t)r * out, out, w, in,
+                       0.0f, dx + (size_t)r * in, in);
+  }
   if (db != NULL)
     td_backend_bias_grad(be, dy, (size_t)(n > 0 ? n : 0), (size_t)(out > 0 ? out : 0), beta,
                          db);
-  if (dx != NULL)
-    td_backend_sgemm(be, false, false, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
 }
 
 int td_conv2d_out(const td_conv2d_desc *d, bool pool, int *oh, int *ow, char *err,
@@ -414,7 +429,10 @@ uint64_t td_conv2d_workspace_cpu(const td_conv2d_desc *d) {
 
   if (td_conv2d_out(d, false, &oh, &ow, NULL, 0) < 0)
     return 0;
-  return (uint64_t)d->c * d->kh * d->kw * oh * ow * sizeof(float);
+  /* one sample's columns, and room for two partial gradients (dw and db)
+   * that the backward pass sums a block of samples into */
+  return ((uint64_t)d->c * d->kh * d->kw * oh * ow +
+          2 * ((uint64_t)d->k * d->c * d->kh * d->kw + d->k)) * sizeof(float);
 }
 
 void td_backend_conv2d_fwd(td_backend *be, const td_conv2d_desc *d, const float *x,

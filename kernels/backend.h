@@ -92,8 +92,28 @@ int td_backend_sync(td_backend *be);
 /* The message of the last latched failure ("" if none). */
 const char *td_backend_error(const td_backend *be);
 
+/* Determinism.  Every op gives the same bits for the same inputs whatever
+ * the number of threads (the CPU backend cuts its work into tiles of a fixed
+ * size, never into one piece per thread), and an op over the rows of a
+ * batch gives each row, and each sum over rows, the same bits however the
+ * batch is cut into calls, as long as every call starts on a multiple of
+ * TD_BLOCK_ROWS rows from the batch's first: products run a block of
+ * TD_BLOCK_ROWS rows at a time (the batch's last block may be shorter), and
+ * a sum over rows is either a chain over the rows in order (bias and norm
+ * gradients, the loss: beta 0 starts it, beta 1 goes on with it) or, for
+ * the weight gradients of products, each block's sum added to the total in
+ * block order.  So gradient accumulation over
+ * micro-batches that are whole numbers of blocks gives the whole batch's
+ * gradient to the bit (BatchNorm aside: its statistics are the call's).
+ * The plan chooser keeps micro-batches whole blocks where the budget lets
+ * it (td_plan.bit_identical; common/plan.h's TD_PLAN_BLOCK_ROWS is this
+ * number, which tests/unit/test_splits.c checks). */
+#define TD_BLOCK_ROWS 16
+
 /* C[m,n] = alpha * op(A)[m,k] op(B)[k,n] + beta * C; lda/ldb/ldc are the row
- * strides of A, B, C as stored.  beta 0 ignores C's old contents. */
+ * strides of A, B, C as stored.  beta 0 ignores C's old contents.  Each
+ * element's bits depend on m, n and k (not on the thread count): callers
+ * that need a row's result not to depend on the call use the dense ops. */
 void td_backend_sgemm(td_backend *be, bool trans_a, bool trans_b, int m, int n, int k,
                       float alpha, const float *a, int lda, const float *b, int ldb,
                       float beta, float *c, int ldc);
@@ -102,7 +122,8 @@ void td_backend_fill(td_backend *be, float *x, size_t n, float value);
 /* y[r, c] += bias[c] */
 void td_backend_bias_add(td_backend *be, float *y, const float *bias, size_t rows,
                          size_t cols);
-/* db[c] = beta * db[c] + sum_r dy[r, c]  (beta 0 ignores db's old contents) */
+/* db[c] = beta * db[c] + sum_r dy[r, c]  (beta 0 ignores db's old contents),
+ * the rows added one after another in order (see above) */
 void td_backend_bias_grad(td_backend *be, const float *dy, size_t rows, size_t cols,
                           float beta, float *db);
 /* y = max(x, 0); x == y is fine. */
@@ -114,8 +135,9 @@ void td_backend_relu_bwd(td_backend *be, const float *y, const float *dy, float 
 void td_backend_normalize_u8(td_backend *be, const uint8_t *x, float *y, size_t n,
                              float mean, float std);
 /* Softmax cross-entropy over rows of logits[rows, classes] with uint8 labels
- * (each < classes; the caller checks).  Adds the summed loss to stats[0] and
- * the number of rows whose first arg-max is the label to stats[1].  If
+ * (each < classes; the caller checks).  Adds each row's loss in turn to
+ * stats[0] (an fp32 chain, so a split does not change it) and the number of rows
+ * whose first arg-max is the label to stats[1].  If
  * dlogits is not NULL it gets (softmax - onehot) * grad_scale. */
 void td_backend_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
                              size_t rows, size_t classes, float grad_scale,
@@ -146,11 +168,14 @@ void td_backend_sgd(td_backend *be, float *param, const float *grad, float *buf,
  * micro-batches of one step accumulate). */
 
 /* Dense (nn.Linear's layout): y[n, out] = x[n, in] w[out, in]^T + b[out]; b
- * may be NULL.  Compositions of sgemm and the bias ops, not ops of their own. */
+ * may be NULL.  Compositions of sgemm and the bias ops, not ops of their own,
+ * run a block of TD_BLOCK_ROWS rows at a time: the products' shapes, and so
+ * their bits, do not depend on n. */
 void td_backend_dense_fwd(td_backend *be, const float *x, const float *w, const float *b,
                           float *y, int n, int in, int out);
-/* dw = beta dw + dy^T x; db = beta db + colsum(dy) (skipped when db is NULL);
- * dx = dy w, skipped when dx is NULL (nothing before the layer needs it). */
+/* dw = beta dw + dy^T x, each block's product added in turn; db = beta db +
+ * colsum(dy) (skipped when db is NULL); dx = dy w, skipped when dx is NULL
+ * (nothing before the layer needs it). */
 void td_backend_dense_bwd(td_backend *be, const float *x, const float *w, const float *dy,
                           float *dx, float *dw, float *db, int n, int in, int out, float beta);
 
@@ -173,7 +198,8 @@ int td_conv2d_out(const td_conv2d_desc *d, bool pool, int *oh, int *ow, char *er
                   size_t errlen);
 
 /* Workspace bytes td_backend_conv2d_fwd and _bwd need for d on this backend,
- * with its fixed algorithms (CPU: one sample's im2col matrix; CUDA: cuDNN's
+ * with its fixed algorithms (CPU: one sample's im2col matrix and two
+ * partial weight gradients; CUDA: cuDNN's
  * implicit-precomputed GEMM forward and its deterministic backward
  * algorithms, the largest of the three).  TD_EINVAL for a bad geometry; a
  * backend error (the CUDA backend asks cuDNN) otherwise. */
@@ -190,7 +216,8 @@ void td_backend_conv2d_fwd(td_backend *be, const td_conv2d_desc *d, const float 
                            const float *w, const float *b, float *y, void *work,
                            uint64_t work_bytes);
 /* From dy[n, k, oh, ow]: dw = beta dw + dL/dw; db = beta db + dL/db (skipped
- * when db is NULL); dx = dL/dx (skipped when dx is NULL). */
+ * when db is NULL); dx = dL/dx (skipped when dx is NULL).  dw and db are
+ * sums over blocks of TD_BLOCK_ROWS samples folded in order. */
 void td_backend_conv2d_bwd(td_backend *be, const td_conv2d_desc *d, const float *x,
                            const float *w, const float *dy, float *dx, float *dw, float *db,
                            float beta, void *work, uint64_t work_bytes);
@@ -267,7 +294,7 @@ void td_backend_layernorm_fwd(td_backend *be, const float *x, float *y, size_t r
                               size_t cols, const float *gamma, const float *beta, float eps,
                               float *save_mean, float *save_invstd);
 /* dx (skipped when NULL); dgamma = beta dgamma + sum over rows of dy xhat;
- * dbeta likewise of dy. */
+ * dbeta likewise of dy; both a chain over the rows in order. */
 void td_backend_layernorm_bwd(td_backend *be, const float *x, const float *dy, float *dx,
                               size_t rows, size_t cols, const float *gamma,
                               const float *save_mean, const float *save_invstd, float beta,

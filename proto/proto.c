@@ -83,7 +83,7 @@ static const td_replyfield plan_map_fields[] = {
     RF("grads", UINT, NULL),       RF("optim", UINT, NULL),        RF("activations", UINT, NULL),
     RF("workspace", UINT, NULL),   RF("staging", UINT, NULL),      RF("overhead", UINT, NULL),
     RF("total", UINT, NULL),       RF("precision", STR, NULL),     RF("recompute", BOOL, NULL),
-    RF("shrink", UINT, NULL),
+    RF("shrink", UINT, NULL),      RF("bit_identical", BOOL, NULL),
 };
 static const td_replydef plan_map =
     RDEF("memory plan", plan_map_fields, NULL, "### submit", "`plan`, the memory plan:");

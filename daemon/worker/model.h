@@ -6,7 +6,8 @@
  * (common/plan.h) and lays the tensors out with td_plan_layout; nothing is
  * allocated after that.  A step takes a whole batch and runs it in
  * micro-batch slices, accumulating gradients, so the update does not depend
- * on the micro-batch (up to summation order; dropout masks are keyed by the
+ * on the micro-batch (bit for bit when it is a whole number of
+ * TD_BLOCK_ROWS-sample blocks, kernels/backend.h; dropout masks are keyed by the
  * sample's index in the batch) - except with batchnorm2d, whose statistics
  * are each micro-batch's own (td_plan.batch_dependent).  The shrink
  * remedy alone changes that: a batch becomes k smaller updates (see
@@ -119,7 +120,8 @@ typedef struct td_model_hooks {
  * any phase the partial step is discarded, the model is re-planned by the
  * plan chooser for what is free (td_plan_choose, common/plan.h: no trial on
  * the device) and the same step is redone from the same samples, so the
- * effective batch and the result do not change (up to summation order).
+ * effective batch and the result do not change (bit for bit while the
+ * micro-batch is whole blocks: td_plan.bit_identical).
  * The job's remedies apply in its order: the whole batch as it runs now
  * first, then each listed remedy added to those before it (accumulate:
  * smaller micro-batches; recompute; bf16 or fp16 from fp32).

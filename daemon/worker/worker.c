@@ -454,6 +454,7 @@ static double data_wait, first_batch;
 typedef struct trainer {
   const args *a;
   const td_jobspec *spec;
+  const td_jobspec *job;   /* as the job file says, before admission's remedies */
   td_backend *be;
   td_model *model;
   td_ring *ring;
@@ -506,12 +507,19 @@ static void tb_train(const trainer *t, const td_batch_hdr *h, double now) {
            7);
 }
 
+/* Whether every plan the run has trained at so far gives the whole batch's
+ * bits (td_plan_bit_identical against the job file's spec): once one did
+ * not, the weights differ from an undisturbed run's for good. */
+static bool run_bit_identical = true;
+
 /* The remedy a plan applies shows in its precision and recompute. */
-static void emit_replan(const td_model *m) {
+static void emit_replan(const trainer *t) {
+  const td_model *m = t->model;
   const td_plan *p = td_model_plan(m);
-  bool split = p->batch_dependent && p->accumulation > 1;
+  bool split = p->batch_dependent && p->accumulation > 1, was = run_bit_identical;
   td_imsg b;
 
+  run_bit_identical = was && td_plan_bit_identical(t->job, p);
   td_imsg_begin(&b, TD_IMSG_REPORT, "replan");
   td_imsg_u64(&b, "micro_batch", p->micro_batch);
   td_imsg_u64(&b, "accumulation", p->accumulation);
@@ -525,6 +533,12 @@ static void emit_replan(const td_model *m) {
                                  {"replan/accumulation", p->accumulation},
                                  {"replan/planned_bytes", (double)p->total}},
            3);
+  if (was && !run_bit_identical)
+    td_warn("from here on the weights are no longer bit for bit those of an undisturbed run: "
+            "micro-batch %u is not a whole number of %d-sample blocks%s", p->micro_batch,
+            TD_PLAN_BLOCK_ROWS, p->precision != t->job->precision || p->shrink > 1
+                                    ? ", or a remedy changed the precision or the batch"
+                                    : "");
   td_info("re-planned: micro-batch %u x %u, %s%s, %llu bytes", p->micro_batch,
           p->accumulation, td_precision_name(p->precision),
           p->recompute ? " with activation recomputation" : "", (unsigned long long)p->total);
@@ -733,7 +747,7 @@ static int apply_budget(trainer *t, uint64_t bytes, uint64_t dev_budget) {
   else if (rc < 0)
     return fail(rc, "the budget was set to %s: %s", what, td_model_error(t->model));
   else
-    emit_replan(t->model);
+    emit_replan(t);
   return 0;
 }
 
@@ -784,7 +798,7 @@ static int apply_control(trainer *t) {
 }
 
 static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const uint8_t *lb) {
-  const td_model_hooks hooks = {.oom = on_oom, .replan = on_replan, .arg = t->model};
+  const td_model_hooks hooks = {.oom = on_oom, .replan = on_replan, .arg = t};
   td_step_stats st;
   td_mem_stats mem;
   double now;
@@ -1120,7 +1134,7 @@ int main(int argc, char **argv) {
   struct sigaction sa = {.sa_handler = on_term};
   struct sigaction sa_stop = {.sa_handler = on_stop, .sa_flags = SA_RESTART};
   char err[512];
-  td_jobspec spec;
+  static td_jobspec spec, job; /* job: as its file says */
   td_plan plan;
   trainer t = {0};
   args a;
@@ -1172,6 +1186,7 @@ int main(int argc, char **argv) {
   if (a.micro_batch > spec.batch_size)
     return fail(TD_EINVAL, "--micro-batch %u is larger than the batch size %u", a.micro_batch,
                 spec.batch_size);
+  job = spec;
   /* Admission's remedies, which the job must allow: the model runs as
    * they say from the start, as if it had re-planned to them. */
   if (a.precision >= 0 && (td_precision)a.precision != spec.precision) {
@@ -1202,6 +1217,7 @@ int main(int argc, char **argv) {
   td_backend_set_overhead(t.be, a.overhead);
   t.a = &a;
   t.spec = &spec;
+  t.job = &job;
   status = EXIT_JOB;
   {
     td_mem_stats mem;
@@ -1213,6 +1229,7 @@ int main(int argc, char **argv) {
       goto destroy_backend;
     }
   }
+  run_bit_identical = td_plan_bit_identical(&job, &plan);
   {
     td_imsg b;
 

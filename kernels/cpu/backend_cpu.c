@@ -92,15 +92,19 @@ static void pool_destroy(cpu_pool *p) {
   free(p);
 }
 
-/* As many lanes as cores this process may run on; NULL (one lane) when
- * that is one or the threads cannot be made. */
+/* As many lanes as cores this process may run on (or TRAIND_CPU_LANES);
+ * NULL (one lane) when that is one or the threads cannot be made. */
 static cpu_pool *pool_create(void) {
+  const char *env = getenv("TRAIND_CPU_LANES");
   cpu_set_t set;
   int cores = 1;
   cpu_pool *p;
 
   if (sched_getaffinity(0, sizeof(set), &set) == 0)
     cores = CPU_COUNT(&set);
+  /* testing: results must not depend on it, and tests check that they do not */
+  if (env != NULL && atoi(env) > 0)
+    cores = atoi(env);
   cores = cores > CPU_MAX_LANES ? CPU_MAX_LANES : cores;
   if (cores <= 1 || (p = calloc(1, sizeof(*p))) == NULL)
     return NULL;
@@ -140,7 +144,8 @@ void td__cpu_parallel(td_backend *be, int lanes, td__cpu_task *fn, void *arg) {
     fn(arg, 0);
     return;
   }
-  /* sgemm calls on several threads at once must not each start OpenBLAS's */
+  /* sgemm calls on several threads at once must not each start OpenBLAS's
+   * (the backend sets one thread; a caller may have changed it since) */
   blas = openblas_get_num_threads();
   if (blas != 1)
     openblas_set_num_threads(1);
@@ -183,14 +188,53 @@ static void cpu_copy(td_backend *be, void *dst, const void *src, size_t bytes) {
 
 static void cpu_sync(td_backend *be) {}
 
-/* OpenBLAS's own threads: splitting dense products over the lanes was
- * measured slower on the MLP (each lane packs the shared operand again). */
+/* A product is cut into tiles of C of a fixed size, each one OpenBLAS call
+ * on one thread, and the lanes share the tiles out.  OpenBLAS's own
+ * threads would make the bits depend on the core count (it picks kernels
+ * and splits by its thread count); fixed tiles give each element the same
+ * arithmetic on any machine. */
+#define GEMM_TILE 256
+#define GEMM_MIN_PARALLEL (1 << 18) /* multiply-adds below which one lane is faster */
+
+typedef struct gemm_args {
+  bool ta, tb;
+  int m, n, k, tm, tn;
+  float alpha, beta;
+  const float *a, *b;
+  float *c;
+  int lda, ldb, ldc, lanes;
+} gemm_args;
+
+static void gemm_lane(void *arg, int lane) {
+  const gemm_args *g = arg;
+  long tiles = (long)g->tm * g->tn;
+
+  for (long t = tiles * lane / g->lanes; t < tiles * (lane + 1) / g->lanes; t++) {
+    int i = (int)(t / g->tn) * GEMM_TILE, j = (int)(t % g->tn) * GEMM_TILE;
+    int m = g->m - i < GEMM_TILE ? g->m - i : GEMM_TILE;
+    int n = g->n - j < GEMM_TILE ? g->n - j : GEMM_TILE;
+    const float *a = g->ta ? g->a + i : g->a + (size_t)i * g->lda;
+    const float *b = g->tb ? g->b + (size_t)j * g->ldb : g->b + j;
+
+    cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
+                g->tb ? CblasTrans : CblasNoTrans, m, n, g->k, g->alpha, a, g->lda, b, g->ldb,
+                g->beta, g->c + (size_t)i * g->ldc + j, g->ldc);
+  }
+}
+
 static void cpu_sgemm(td_backend *be, bool trans_a, bool trans_b, int m, int n, int k,
                       float alpha, const float *a, int lda, const float *b, int ldb,
                       float beta, float *c, int ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta,
-              c, ldc);
+  gemm_args g = {.ta = trans_a, .tb = trans_b, .m = m, .n = n, .k = k,
+                 .tm = (m + GEMM_TILE - 1) / GEMM_TILE, .tn = (n + GEMM_TILE - 1) / GEMM_TILE,
+                 .alpha = alpha, .beta = beta, .a = a, .b = b, .c = c, .lda = lda,
+                 .ldb = ldb, .ldc = ldc};
+  int lanes = td__cpu_lanes(be);
+
+  if ((double)m * n * k < GEMM_MIN_PARALLEL)
+    lanes = 1;
+  g.lanes = lanes < g.tm * g.tn ? lanes : g.tm * g.tn;
+  td__cpu_parallel(be, g.lanes, gemm_lane, &g);
 }
 
 CPU_CLONES
@@ -235,13 +279,12 @@ static void cpu_relu_bwd(td_backend *be, const float *y, const float *dy, float 
 }
 
 /* With smoothing s the target is (1 - s) onehot + s / classes: the loss is
- * lse - (1 - s) z[label] - s mean(z). */
+ * lse - (1 - s) z[label] - s mean(z).  Each row's loss goes onto stats[0]
+ * in turn, so the sum does not depend on how a batch was split. */
 static void cpu_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
                              size_t rows, size_t classes, float smoothing, float grad_scale,
                              float *dlogits, float *stats) {
   const float off = smoothing / (float)classes, on = 1.0f - smoothing + off;
-  double loss = 0.0;
-  size_t correct = 0;
 
   for (size_t r = 0; r < rows; r++) {
     const float *z = logits + r * classes;
@@ -263,9 +306,9 @@ static void cpu_softmax_xent(td_backend *be, const float *logits, const uint8_t 
         memset(dlogits + r * classes, 0, classes * sizeof(float));
       continue;
     }
-    loss += (double)(logf(sum) + max - (1.0f - smoothing) * z[label] -
-                     smoothing * zsum / (float)classes);
-    correct += best == label;
+    stats[0] += logf(sum) + max - (1.0f - smoothing) * z[label] -
+                smoothing * zsum / (float)classes;
+    stats[1] += best == label ? 1.0f : 0.0f;
     if (dlogits != NULL) {
       float *d = dlogits + r * classes;
       float inv = grad_scale / sum;
@@ -274,8 +317,6 @@ static void cpu_softmax_xent(td_backend *be, const float *logits, const uint8_t 
       d[label] -= (on - off) * grad_scale;
     }
   }
-  stats[0] += (float)loss;
-  stats[1] += (float)correct;
 }
 
 CPU_CLONES
@@ -381,6 +422,8 @@ static const td_backend_ops cpu_ops = {
 
 int td__backend_cpu_init(td_backend *be, int ordinal, char *err, size_t errlen) {
   be->ops = &cpu_ops;
+  /* one OpenBLAS thread per call: the lanes are the parallelism (cpu_sgemm) */
+  openblas_set_num_threads(1);
   be->impl = pool_create();
   be->mem.overhead = 0;
   return 0;

@@ -1,8 +1,11 @@
 /* Conv2d on the CPU: the input is unrolled into column matrices (im2col)
  * that OpenBLAS sgemm multiplies with the weights.  The workspace holds one
- * sample's columns (what the planner counts); the backend's lanes each take
- * a slice of it and work through their samples a block of output positions
- * at a time, so the lanes share nothing but the weights. */
+ * sample's columns and two partial gradients (what the planner counts); the
+ * backend's lanes each take a slice of it and work through their samples a
+ * piece of output positions at a time, so the lanes share nothing but the
+ * weights.  The pieces and the blocks of samples whose gradients are summed
+ * together are fixed by the geometry, never by the lane count, so the bits
+ * are the same on any machine (kernels/backend.h: determinism). */
 #include <cblas.h>
 #include <string.h>
 
@@ -153,44 +156,42 @@ static bool workspace_ok(td_backend *be, const char *op, const td_conv2d_desc *d
   return false;
 }
 
-/* How the work is cut: lanes, and blocks of blk output positions (nblk a
- * sample) whose columns fit a lane's slice of the one-sample workspace
- * beside `extra` floats per lane after the first (its partial gradients). */
+/* How the work is cut.  A sample's output positions go in pieces of blk,
+ * fixed by the geometry alone (never by the lane count), so a product's
+ * shape, and so its bits, is the same on any machine.  The lanes then take
+ * what fits the workspace: a slice of columns each (one piece), and in the
+ * backward pass a partial gradient each ("extra" floats). */
 typedef struct conv_split {
   const td_conv2d_desc *d;
   int oh, ow, ckk, ohw;
   int lanes, blk, nblk;
-  size_t slice; /* floats of workspace per lane */
+  size_t slice; /* floats of workspace per lane: columns, then extra */
   bool direct;
 } conv_split;
 
-/* Blocks narrower than this make sgemm slow enough that fewer lanes are faster. */
+/* Pieces narrower than this make sgemm slow. */
 #define CONV_MIN_BLOCK 16
+/* Pieces per sample at most: the forward pass can use as many lanes, the
+ * backward pass two (one block each); more pieces measured slower (smaller
+ * products). */
+#define CONV_PIECES 2
 
 static conv_split split_of(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
-                           size_t extra) {
+                           size_t extra, int items) {
   conv_split s = {.d = d, .oh = oh, .ow = ow, .ckk = d->c * d->kh * d->kw, .ohw = oh * ow,
                   .direct = is_pointwise(d)};
-  size_t cols = (size_t)s.ckk * s.ohw; /* the workspace, in floats */
-  int lanes = td__cpu_lanes(be) < d->n ? td__cpu_lanes(be) : d->n;
+  uint64_t work = td_conv2d_workspace_cpu(d) / sizeof(float);
+  int pieces = s.ohw / CONV_MIN_BLOCK < CONV_PIECES ? s.ohw / CONV_MIN_BLOCK : CONV_PIECES;
+  size_t lanes;
 
-  for (; lanes > 1; lanes--) {
-    size_t need = (size_t)(lanes - 1) * extra;
-    size_t least = s.ohw < CONV_MIN_BLOCK ? (size_t)s.ohw : CONV_MIN_BLOCK;
-
-    if (need < cols && (s.direct || (cols - need) / lanes / s.ckk >= least))
-      break;
-  }
-  s.lanes = lanes < 1 ? 1 : lanes;
-  s.slice = s.lanes == 1 ? cols : (cols - (s.lanes - 1) * extra) / s.lanes;
-  if (s.direct) { /* no columns: whole samples */
-    s.blk = s.ohw;
-  } else {
-    int most = (int)(s.slice / s.ckk < (size_t)s.ohw ? s.slice / s.ckk : (size_t)s.ohw);
-    s.nblk = (s.ohw + most - 1) / most;
-    s.blk = (s.ohw + s.nblk - 1) / s.nblk; /* even blocks */
-  }
+  pieces = s.direct || pieces < 1 ? 1 : pieces;
+  s.blk = (s.ohw + pieces - 1) / pieces;
   s.nblk = (s.ohw + s.blk - 1) / s.blk;
+  s.slice = (s.direct ? 0 : (size_t)s.ckk * s.blk) + extra;
+  lanes = s.slice == 0 ? (size_t)td__cpu_lanes(be) : work / s.slice;
+  lanes = lanes < (size_t)td__cpu_lanes(be) ? lanes : (size_t)td__cpu_lanes(be);
+  lanes = lanes < (size_t)items ? lanes : (size_t)items;
+  s.lanes = lanes < 1 ? 1 : (int)lanes;
   return s;
 }
 
@@ -238,42 +239,41 @@ static void conv_fwd_lane(void *arg, int lane) {
 void td__cpu_conv2d_fwd(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
                         const float *x, const float *w, const float *b, float *y, void *work,
                         uint64_t work_bytes) {
-  conv_fwd_args a = {.s = split_of(be, d, oh, ow, 0), .x = x, .w = w, .b = b, .y = y,
-                     .work = work};
+  conv_fwd_args a = {.x = x, .w = w, .b = b, .y = y, .work = work};
 
   if (!workspace_ok(be, "conv2d_fwd", d, work_bytes))
     return;
+  a.s = split_of(be, d, oh, ow, 0, d->n * 4);
+  a.s.lanes = a.s.lanes < d->n * a.s.nblk ? a.s.lanes : d->n * a.s.nblk;
   td__cpu_parallel(be, a.s.lanes, conv_fwd_lane, &a);
 }
 
 typedef struct conv_bwd_args {
   conv_split s;
   const float *x, *w, *dy;
-  float *dx, *dw, *db, *work;
-  float beta;
+  float *dx, *work;
+  bool db;
+  int first; /* the round's first block */
 } conv_bwd_args;
 
-/* A lane's samples, contiguous, so each dx sample has one writer.  Lane 0
- * accumulates into dw and db (applying beta), the others into partials in
- * their slice, which the caller adds in lane order. */
+/* Block first + lane (TD_BLOCK_ROWS samples): its dx, and its dw and db
+ * summed from zero into the lane's partial, which the caller adds to the
+ * total in block order. */
 static void conv_bwd_lane(void *arg, int lane) {
   const conv_bwd_args *a = arg;
   const conv_split *s = &a->s;
   const td_conv2d_desc *d = s->d;
   const size_t in_sz = (size_t)d->c * d->h * d->w, out_sz = (size_t)d->k * s->ohw;
-  float *col = a->work + (size_t)lane * s->slice, *dw = a->dw, *db = a->db;
-  float beta = a->beta;
+  float *col = a->work + (size_t)lane * s->slice;
+  float *dw = col + (s->direct ? 0 : (size_t)s->ckk * s->blk);
+  float *db = a->db ? dw + (size_t)d->k * s->ckk : NULL;
+  int n0 = (a->first + lane) * TD_BLOCK_ROWS;
+  int n1 = n0 + TD_BLOCK_ROWS < d->n ? n0 + TD_BLOCK_ROWS : d->n;
+  float beta = 0.0f;
 
-  if (lane > 0) {
-    dw = a->work + (size_t)s->lanes * s->slice +
-         (size_t)(lane - 1) * ((size_t)d->k * s->ckk + d->k);
-    db = a->db == NULL ? NULL : dw + (size_t)d->k * s->ckk;
-    beta = 0.0f;
-  }
-  if (db != NULL)
-    for (int k = 0; k < d->k; k++)
-      db[k] = beta == 0.0f ? 0.0f : beta * db[k];
-  for (int n = d->n * lane / s->lanes; n < d->n * (lane + 1) / s->lanes; n++) {
+  for (int k = 0; db != NULL && k < d->k; k++)
+    db[k] = 0.0f;
+  for (int n = n0; n < n1; n++) {
     const float *xn = a->x + n * in_sz, *dyn = a->dy + n * out_sz;
     float *dxn = a->dx == NULL ? NULL : a->dx + n * in_sz;
 
@@ -283,7 +283,7 @@ static void conv_bwd_lane(void *arg, int lane) {
       int p1 = p0 + s->blk < s->ohw ? p0 + s->blk : s->ohw, len = p1 - p0, ldb;
       const float *cb = block_cols(s, xn, p0, p1, col, &ldb);
 
-      /* dw += dy_n col^T, the lane's first product applying beta */
+      /* dw += dy_n col^T, the block's first product starting it */
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->k, s->ckk, len, 1.0f, dyn + p0,
                   s->ohw, cb, ldb, beta, dw, s->ckk);
       beta = 1.0f;
@@ -304,24 +304,42 @@ static void conv_bwd_lane(void *arg, int lane) {
   }
 }
 
+/* total = beta total + part (beta 0: part alone) */
+static void fold(float *total, const float *part, size_t n, float beta) {
+  if (beta == 1.0f) {
+    td__cpu_add(total, part, n);
+    return;
+  }
+  for (size_t i = 0; i < n; i++)
+    total[i] = (beta == 0.0f ? 0.0f : beta * total[i]) + part[i];
+}
+
+/* Rounds of as many blocks as there are lanes; after each, the blocks'
+ * partial sums go onto dw and db in block order, so neither the lane count
+ * nor where a micro-batch starts (on a block boundary) changes a bit. */
 void td__cpu_conv2d_bwd(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
                         const float *x, const float *w, const float *dy, float *dx, float *dw,
                         float *db, float beta, void *work, uint64_t work_bytes) {
-  conv_bwd_args a = {.x = x, .w = w, .dy = dy, .dx = dx, .dw = dw, .db = db, .work = work,
-                     .beta = beta};
-  size_t nw, extra;
+  conv_bwd_args a = {.x = x, .w = w, .dy = dy, .dx = dx, .work = work, .db = db != NULL};
+  int blocks = (d->n + TD_BLOCK_ROWS - 1) / TD_BLOCK_ROWS;
+  size_t nw;
 
   if (!workspace_ok(be, "conv2d_bwd", d, work_bytes))
     return;
   nw = (size_t)d->k * d->c * d->kh * d->kw;
-  extra = nw + d->k;
-  a.s = split_of(be, d, oh, ow, extra);
-  td__cpu_parallel(be, a.s.lanes, conv_bwd_lane, &a);
-  for (int l = 1; l < a.s.lanes; l++) {
-    const float *pw = a.work + (size_t)a.s.lanes * a.s.slice + (size_t)(l - 1) * extra;
+  a.s = split_of(be, d, oh, ow, nw + d->k, blocks);
+  for (a.first = 0; a.first < blocks; a.first += a.s.lanes) {
+    int lanes = blocks - a.first < a.s.lanes ? blocks - a.first : a.s.lanes;
 
-    td__cpu_add(dw, pw, nw);
-    if (db != NULL)
-      td__cpu_add(db, pw + nw, (size_t)d->k);
+    td__cpu_parallel(be, lanes, conv_bwd_lane, &a);
+    for (int l = 0; l < lanes; l++) {
+      const float *pw = a.work + (size_t)l * a.s.slice +
+                        (a.s.direct ? 0 : (size_t)a.s.ckk * a.s.blk);
+
+      fold(dw, pw, nw, beta);
+      if (db != NULL)
+        fold(db, pw + nw, (size_t)d->k, beta);
+      beta = 1.0f;
+    }
   }
 }

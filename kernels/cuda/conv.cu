@@ -212,43 +212,74 @@ int td__cuda_conv2d_workspace(td_backend *be, const td_conv2d_desc *d, int oh, i
   return 0;
 }
 
+/* cuDNN may tile by the batch size, so both passes run TD_BLOCK_ROWS samples
+ * a call (kernels/backend.h: determinism): a sample's bits, and each block's
+ * weight gradient, do not depend on where a micro-batch was cut. */
+static td_conv2d_desc block_of(const td_conv2d_desc *d, int n0) {
+  td_conv2d_desc b = *d;
+
+  b.n = d->n - n0 < TD_BLOCK_ROWS ? d->n - n0 : TD_BLOCK_ROWS;
+  return b;
+}
+
 void td__cuda_conv2d_fwd(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
                          const float *x, const float *w, const float *b, float *y, void *work,
                          uint64_t work_bytes) {
   td_cuda_impl *c = td_cuda(be);
-  const td_cuda_conv_algos *a;
+  const size_t in_sz = (size_t)d->c * d->h * d->w, out_sz = (size_t)d->k * oh * ow;
 
-  if (conv_algos(be, d, oh, ow, &a) < 0 || !workspace_ok(be, "conv2d_fwd", work_bytes, a))
-    return;
-  if (TD_CU_CHECK(be, cudnnConvolutionForward(c->dnn, &kOne, c->xdesc, x, c->wdesc, w, c->conv,
-                                              a->fwd, work, a->ws_fwd, &kZero, c->ydesc,
-                                              y)) < 0)
-    return;
-  if (b != nullptr)
-    TD_CU_CHECK(be, cudnnAddTensor(c->dnn, &kOne, c->bdesc, b, &kOne, c->ydesc, y));
+  for (int n0 = 0; n0 < d->n; n0 += TD_BLOCK_ROWS) {
+    const td_conv2d_desc bd = block_of(d, n0);
+    const float *xb = x + n0 * in_sz;
+    float *yb = y + n0 * out_sz;
+    const td_cuda_conv_algos *a;
+
+    if (conv_algos(be, &bd, oh, ow, &a) < 0 ||
+        !workspace_ok(be, "conv2d_fwd", work_bytes, a))
+      return;
+    if (TD_CU_CHECK(be, cudnnConvolutionForward(c->dnn, &kOne, c->xdesc, xb, c->wdesc, w,
+                                                c->conv, a->fwd, work, a->ws_fwd, &kZero,
+                                                c->ydesc, yb)) < 0)
+      return;
+    if (b != nullptr &&
+        TD_CU_CHECK(be, cudnnAddTensor(c->dnn, &kOne, c->bdesc, b, &kOne, c->ydesc, yb)) < 0)
+      return;
+  }
 }
 
 void td__cuda_conv2d_bwd(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
                          const float *x, const float *w, const float *dy, float *dx, float *dw,
                          float *db, float beta, void *work, uint64_t work_bytes) {
   td_cuda_impl *c = td_cuda(be);
-  const td_cuda_conv_algos *a;
+  const size_t in_sz = (size_t)d->c * d->h * d->w, out_sz = (size_t)d->k * oh * ow;
 
-  if (conv_algos(be, d, oh, ow, &a) < 0 || !workspace_ok(be, "conv2d_bwd", work_bytes, a))
-    return;
-  if (TD_CU_CHECK(be, cudnnConvolutionBackwardFilter(c->dnn, &kOne, c->xdesc, x, c->ydesc, dy,
-                                                     c->conv, a->bwd_filter, work,
-                                                     a->ws_bwd_filter, &beta, c->wdesc,
-                                                     dw)) < 0)
-    return;
-  if (db != nullptr &&
-      TD_CU_CHECK(be, cudnnConvolutionBackwardBias(c->dnn, &kOne, c->ydesc, dy, &beta, c->bdesc,
-                                                   db)) < 0)
-    return;
-  if (dx != nullptr)
-    TD_CU_CHECK(be, cudnnConvolutionBackwardData(c->dnn, &kOne, c->wdesc, w, c->ydesc, dy,
-                                                 c->conv, a->bwd_data, work, a->ws_bwd_data,
-                                                 &kZero, c->xdesc, dx));
+  /* each block's gradient is added to the sum so far (cuDNN's beta), in
+   * block order */
+  for (int n0 = 0; n0 < d->n; n0 += TD_BLOCK_ROWS) {
+    const td_conv2d_desc bd = block_of(d, n0);
+    const float *xb = x + n0 * in_sz, *dyb = dy + n0 * out_sz;
+    const float bb = n0 == 0 ? beta : 1.0f;
+    const td_cuda_conv_algos *a;
+
+    if (conv_algos(be, &bd, oh, ow, &a) < 0 ||
+        !workspace_ok(be, "conv2d_bwd", work_bytes, a))
+      return;
+    if (TD_CU_CHECK(be, cudnnConvolutionBackwardFilter(c->dnn, &kOne, c->xdesc, xb, c->ydesc,
+                                                       dyb, c->conv, a->bwd_filter, work,
+                                                       a->ws_bwd_filter, &bb, c->wdesc,
+                                                       dw)) < 0)
+      return;
+    if (db != nullptr &&
+        TD_CU_CHECK(be, cudnnConvolutionBackwardBias(c->dnn, &kOne, c->ydesc, dyb, &bb,
+                                                     c->bdesc, db)) < 0)
+      return;
+    if (dx != nullptr &&
+        TD_CU_CHECK(be, cudnnConvolutionBackwardData(c->dnn, &kOne, c->wdesc, w, c->ydesc, dyb,
+                                                     c->conv, a->bwd_data, work,
+                                                     a->ws_bwd_data, &kZero, c->xdesc,
+                                                     dx + n0 * in_sz)) < 0)
+      return;
+  }
 }
 
 void td__cuda_pool2d_fwd(td_backend *be, td_pool_mode mode, const td_conv2d_desc *d, int oh,

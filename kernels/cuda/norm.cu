@@ -171,20 +171,24 @@ __global__ void ln_bwd_kernel(const T *x, const T *dy, T *dx, size_t rows, size_
   }
 }
 
-/* One thread per column: a warp reads consecutive columns of a row. */
+/* One thread per column: a warp reads consecutive columns of a row.  The
+ * rows go onto the sums so far one after another (a chain, as on the CPU),
+ * so a batch cut into calls gives the same bits (kernels/backend.h). */
 template <typename T>
 __global__ void ln_param_grad_kernel(const T *x, const T *dy, size_t rows, size_t cols,
                                      const float *save_mean, const float *save_invstd,
                                      float beta, float *dgamma, float *dbeta) {
   TD_GRID_STRIDE(c, cols) {
-    float g = 0.0f, b = 0.0f;
+    float g = beta == 0.0f ? 0.0f : beta * dgamma[c];
+    float b = beta == 0.0f ? 0.0f : beta * dbeta[c];
+
     for (size_t r = 0; r < rows; r++) {
       float v = td_ld(dy, r * cols + c);
       g += v * (td_ld(x, r * cols + c) - save_mean[r]) * save_invstd[r];
       b += v;
     }
-    dgamma[c] = accumulate(dgamma[c], beta, g);
-    dbeta[c] = accumulate(dbeta[c], beta, b);
+    dgamma[c] = g;
+    dbeta[c] = b;
   }
 }
 

@@ -264,7 +264,8 @@ START_TEST(test_below_minimum_waits) {
 END_TEST
 
 /* A job whose whole batch does not fit is admitted at the largest
- * micro-batch that does, chosen from the plan. */
+ * micro-batch that does, chosen from the plan (whole 16-sample blocks:
+ * td_plan.bit_identical). */
 START_TEST(test_admitted_at_smaller_micro_batch) {
   char yaml[8192], y[8192];
   uint64_t id, small;
@@ -272,15 +273,15 @@ START_TEST(test_admitted_at_smaller_micro_batch) {
 
   start("1GiB");
   job(yaml, sizeof(yaml), "accum", 256, 64, 3000, 1, NULL);
-  job(y, sizeof(y), "probe", 256, 24, 100, 1, NULL);
+  job(y, sizeof(y), "probe", 256, 32, 100, 1, NULL);
   small = plan_total(y, NULL);
   set_budget(small);
   plan_total(yaml, &mb);
-  ck_assert_uint_eq(mb, 24);
+  ck_assert_uint_eq(mb, 32);
   id = submit(yaml, "acc");
   wait_state(id, "succeeded", 120000);
-  ck_assert_uint_eq(show_plan(id, "micro_batch"), 24);
-  ck_assert_uint_eq(show_plan(id, "accumulation"), 3);
+  ck_assert_uint_eq(show_plan(id, "micro_batch"), 32);
+  ck_assert_uint_eq(show_plan(id, "accumulation"), 2);
   stop();
 }
 END_TEST

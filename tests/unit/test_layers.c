@@ -184,7 +184,9 @@ START_TEST(test_conv2d_matches_direct) {
 
   ck_assert_int_eq(td_backend_conv2d_workspace(p.be, d, &ws), 0);
   ck_assert_uint_eq(ws, td_conv2d_workspace_cpu(d));
-  ck_assert_uint_eq(ws, (uint64_t)d->c * d->kh * d->kw * oh * ow * 4);
+  /* one sample's columns and two partial gradients (dw, db) */
+  ck_assert_uint_eq(ws, ((uint64_t)d->c * d->kh * d->kw * oh * ow +
+                         2 * ((uint64_t)d->k * d->c * d->kh * d->kw + d->k)) * 4);
   float *work = dalloc(&p, NULL, ws / 4);
   naive_conv(d, oh, ow, x, w, b, dy, wy, wdx, wdw, wdb);
 
@@ -709,17 +711,17 @@ START_TEST(test_conv2d_bad_calls_latch_einval) {
 
   bufs_open(&p);
   float *x = drand(&p, 72, 1, 0), *w = drand(&p, 54, 1, 0), *y = dalloc(&p, NULL, 108);
-  float *work = dalloc(&p, NULL, 2 * 9 * 36);
+  float *work = dalloc(&p, NULL, 2 * 9 * 36 + 2 * (54 + 3));
 
   bad.kh = 9;
   ck_assert_int_eq(td_backend_conv2d_workspace(p.be, &bad, &ws), TD_EINVAL);
   td_backend_fill(p.be, y, 108, 5.0f);
-  td_backend_conv2d_fwd(p.be, &bad, x, w, NULL, y, work, 2 * 9 * 36 * 4);
+  td_backend_conv2d_fwd(p.be, &bad, x, w, NULL, y, work, (2 * 9 * 36 + 2 * (54 + 3)) * 4);
   expect_failure(p.be, TD_EINVAL, "conv2d_fwd");
   ck_assert_float_eq(y[0], 5.0f); /* nothing ran */
 
-  td_backend_conv2d_fwd(p.be, &d, x, w, NULL, y, work, 2 * 9 * 36 * 4 - 4);
-  expect_failure(p.be, TD_EINVAL, "workspace of 2588 bytes, 2592 needed");
+  td_backend_conv2d_fwd(p.be, &d, x, w, NULL, y, work, (2 * 9 * 36 + 2 * (54 + 3)) * 4 - 4);
+  expect_failure(p.be, TD_EINVAL, "workspace of 3044 bytes, 3048 needed");
   td_backend_pool2d_fwd(p.be, TD_POOL_MAX, &bad, x, y);
   expect_failure(p.be, TD_EINVAL, "pool2d_fwd");
   ck_assert_float_eq(y[0], 5.0f);

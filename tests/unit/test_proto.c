@@ -1280,6 +1280,7 @@ START_TEST(test_map_builder) {
   td_map_kv_str(&sub, "precision", "fp32");
   td_map_kv_bool(&sub, "recompute", 0);
   td_map_kv_u64(&sub, "shrink", 1);
+  td_map_kv_bool(&sub, "bit_identical", 1);
   td_map_end(&sub);
   td_map_end(&m);
   ck_assert_msg(td_pack_error(&p) == 0, "%s", p.why);

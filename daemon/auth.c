@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "error.h"
 #include "log.h"
 #include "traind.h"

@@ -12,6 +12,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "error.h"
 #include "log.h"
 #include "metrics.h"

@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "db.h"
 #include "error.h"
+#include "fairshare.h"
 #include "log.h"
 #include "traind.h"
 #include "util.h"

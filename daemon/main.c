@@ -16,13 +16,23 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "dataset.h"
+#include "db.h"
 #include "error.h"
+#include "fairshare.h"
 #include "jobdesc.h"
+#include "ledger.h"
 #include "log.h"
 #include "metrics.h"
+#include "probe.h"
+#include "retain.h"
+#include "server.h"
 #include "shmcache.h"
+#include "spawn.h"
+#include "supervise.h"
 #include "td_config.h"
+#include "td_sched.h"
 #include "traind.h"
 #include "util.h"
 
@@ -227,7 +237,7 @@ uint64_t td_device_limit(const td_device *dev) {
 
 static int td__override_one(void *arg, const char *name, uint64_t budget, int drain) {
   td_daemon *d = arg;
-  td_device *dev = td_sched_device(d, name);
+  td_device *dev = td_ledger_device(d, name);
 
   if (dev == NULL) {
     td_info("device %s: an admin's change is recorded for it, but it is not configured; the "
@@ -258,7 +268,7 @@ static void td__overrides_apply(td_daemon *d, const char *when) {
     if (td_device_limit(dev) != dev->limit)
       td_device_set_limit(dev, td_device_limit(dev));
     if (dev->override_drain)
-      dev->draining = 1;
+      td_ledger_drain(dev, 1);
     if (dev->override_budget == 0 && !dev->override_drain)
       continue;
     td_format_size(dev->override_budget, ob, sizeof(ob));
@@ -348,9 +358,9 @@ static void td__reload(td_daemon *d) {
   td_strlcpy(d->cfg.libexec_dir, next.libexec_dir, sizeof(d->cfg.libexec_dir));
   td_log_init("traind", d->cfg.log_level);
   for (int i = 0; i < d->ndevices; i++)
-    d->devices[i].draining = 1;
+    td_ledger_drain(&d->devices[i], 1);
   for (int i = 0; i < next.ndevices; i++) {
-    td_device *dev = td_sched_device(d, next.devices[i].name);
+    td_device *dev = td_ledger_device(d, next.devices[i].name);
     if (dev == NULL && d->ndevices < TD_MAX_DEVICES) {
       dev = &d->devices[d->ndevices++];
       memset(dev, 0, sizeof(*dev));
@@ -365,7 +375,7 @@ static void td__reload(td_daemon *d) {
     if (dev != NULL) {
       dev->cfg_limit = next.devices[i].budget;
       td_device_set_limit(dev, td_device_limit(dev));
-      dev->draining = 0;
+      td_ledger_drain(dev, 0);
     }
   }
   /* A device gone from the file keeps running its jobs but takes no more. */
@@ -564,7 +574,7 @@ int main(int argc, char **argv) {
 
   d->loop = uv_default_loop();
   d->start_mono = td_now_mono();
-  td_sched_init(d);
+  td_ledger_init(d);
   for (int i = 0; i < d->ndevices; i++)
     d->devices[i].cfg_limit = d->cfg.devices[i].budget;
   td_probe_devices(d);

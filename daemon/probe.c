@@ -15,7 +15,11 @@
 #include "devprobe.h"
 #include "error.h"
 #include "hostmem.h"
+#include "ledger.h"
 #include "log.h"
+#include "probe.h"
+#include "spawn.h"
+#include "td_sched.h"
 #include "traind.h"
 #include "util.h"
 
@@ -36,24 +40,6 @@ typedef struct td_probe {
   char line[512];
   size_t len;
 } td_probe;
-
-void td_device_set_limit(td_device *dev, uint64_t limit) {
-  dev->limit = limit;
-  if (dev->probing || dev->unusable[0] != '\0') {
-    dev->budget = 0;
-    return;
-  }
-  dev->budget = limit;
-  if (dev->free < limit) {
-    char lim[32], fr[32];
-
-    dev->budget = dev->free;
-    td_format_size(limit, lim, sizeof(lim));
-    td_format_size(dev->free, fr, sizeof(fr));
-    td_warn("device %s: the configured budget %s is more than the %s free when traind "
-            "started: its budget is %s", dev->name, lim, fr, fr);
-  }
-}
 
 /* The probe's answer: apply it, or mark the device unusable with why. */
 static void td__probe_done(td_device *dev, int rc, const td_device_probe *p,

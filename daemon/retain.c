@@ -17,8 +17,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "error.h"
 #include "log.h"
+#include "retain.h"
 #include "traind.h"
 #include "util.h"
 

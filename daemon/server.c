@@ -1,7 +1,10 @@
 /* The job socket (nanomsg REP) and the status socket (nanomsg PUB), driven
  * by the libuv loop through the REP socket's NN_RCVFD.  Every request is
  * answered at once: nothing here waits on a worker or the network, so a
- * cooked REP socket never holds up the next client. */
+ * cooked REP socket never holds up the next client.  This file dispatches
+ * requests and decides who may make them; the fields of jobs, devices and
+ * plans are written by serialize.c, the `plan` report by planreport.c and
+ * the `logs` reply by logs.c. */
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -14,111 +17,28 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "dataset.h"
+#include "db.h"
 #include "error.h"
+#include "fairshare.h"
 #include "jobdesc.h"
+#include "ledger.h"
 #include "log.h"
+#include "logs.h"
 #include "metrics.h"
+#include "planreport.h"
 #include "proto.h"
+#include "serialize.h"
+#include "server.h"
+#include "supervise.h"
 #include "td_config.h"
+#include "td_sched.h"
 #include "traind.h"
 #include "util.h"
 
 typedef int (*td_op_fn)(td_daemon *d, const td_ident *who, const msgpack_object *req,
                         td_pack *rep, char *err, size_t errlen);
-
-/* Replies and events are built as td_maps: proto.c counts the entries and
- * checks each against the catalogue (PROTOCOL.md) as it is packed. */
-
-static void td__plan_fields(td_map *m, const td_plan *pl) {
-  td_map_kv_u64(m, "micro_batch", pl->micro_batch);
-  td_map_kv_u64(m, "accumulation", pl->accumulation);
-  td_map_kv_u64(m, "params", pl->params);
-  td_map_kv_u64(m, "grads", pl->grads);
-  td_map_kv_u64(m, "optim", pl->optim);
-  td_map_kv_u64(m, "activations", pl->activations);
-  td_map_kv_u64(m, "workspace", pl->workspace);
-  td_map_kv_u64(m, "staging", pl->staging);
-  td_map_kv_u64(m, "overhead", pl->overhead);
-  td_map_kv_u64(m, "total", pl->total);
-  td_map_kv_str(m, "precision", td_precision_name(pl->precision));
-  td_map_kv_bool(m, "recompute", pl->recompute);
-  td_map_kv_u64(m, "shrink", pl->shrink);
-  td_map_kv_bool(m, "bit_identical", pl->bit_identical);
-}
-
-/* "plan": the memory plan, into the map m. */
-static void td__map_plan(td_map *m, const td_plan *pl) {
-  td_map sub;
-
-  td_map_kv_map(m, "plan", &sub);
-  td__plan_fields(&sub, pl);
-  td_map_end(&sub);
-}
-
-/* The fields of a `list` row; `show` sends these and more. */
-static void td__job_fields(td_map *m, const td_job *j) {
-  td_map_kv_u64(m, "id", j->id);
-  td_map_kv_str(m, "name", j->name);
-  td_map_kv_str(m, "owner", j->owner);
-  td_map_kv_str(m, "state", td_job_state_name(j->state));
-  td_map_kv_str(m, "device", j->device);
-  td_map_kv_i64(m, "priority", j->priority);
-  td_map_kv_i64(m, "submitted_ms", j->submitted_ms);
-  td_map_kv_u64(m, "epoch", j->epoch);
-  td_map_kv_u64(m, "epochs", j->epochs);
-  td_map_kv_u64(m, "step", j->step);
-  td_map_kv_u64(m, "steps", j->steps);
-  td_map_kv_f64(m, "loss", j->loss);
-  td_map_kv_f64(m, "accuracy", j->accuracy);
-  td_map_kv_str(m, "wait_reason", j->wait_reason);
-}
-
-/* One item of the array "jobs" just begun in list. */
-static void td__pack_job_row(td_map *list, const td_job *j) {
-  td_map row;
-
-  td_map_item(list, &row);
-  td__job_fields(&row, j);
-  td_map_end(&row);
-}
-
-/* "job": everything about j, into the map m. */
-static void td__pack_job_full(td_map *m, const td_job *j) {
-  td_map job, ck;
-
-  td_map_kv_map(m, "job", &job);
-  td__job_fields(&job, j);
-  td_map_kv_u64(&job, "retries", j->retries);
-  td_map_kv_u64(&job, "mem", j->mem);
-  td_map_kv_i64(&job, "started_ms", j->started_ms);
-  td_map_kv_i64(&job, "finished_ms", j->finished_ms);
-  td_map_kv_f64(&job, "samples_per_sec", j->samples_per_sec);
-  td_map_kv_f64(&job, "data_wait", j->data_wait);
-  td_map_kv_f64(&job, "val_accuracy", j->val_accuracy);
-  td_map_kv_f64(&job, "val_loss", j->val_loss);
-  td_map_kv_f64(&job, "train_accuracy", j->train_accuracy);
-  td_map_kv_str(&job, "model", TD_JOB_STR(j->model));
-  td_map_kv_str(&job, "error", TD_JOB_STR(j->error));
-  td_map_kv_str(&job, "warning", TD_JOB_STR(j->warning));
-  td__map_plan(&job, &j->plan);
-  td_map_kv_i64(&job, "exit_status", j->exit_status);
-  td_map_kv_map(&job, "checkpoint", &ck);
-  td_map_kv_u64(&ck, "step", j->ckpt_step);
-  td_map_kv_u64(&ck, "epoch", j->ckpt_epoch);
-  td_map_kv_u64(&ck, "batch", j->ckpt_batch);
-  td_map_kv_u64(&ck, "bytes", j->ckpt_bytes);
-  td_map_kv_u64(&ck, "resumed_step", j->resumed_step);
-  td_map_end(&ck);
-  /* [step, loss] pairs: a map each would double the reply's size */
-  td_map_kv_array(&job, "loss_curve", (uint32_t)td_losscurve_len(&j->loss_curve));
-  for (size_t i = 0; i < td_losscurve_len(&j->loss_curve); i++) {
-    td_pack_array(job.p, 2);
-    td_pack_u64(job.p, j->loss_curve.pts[i].step);
-    td_pack_f64(job.p, j->loss_curve.pts[i].loss);
-  }
-  td_map_end(&job);
-}
 
 /* The job a request names, if who may act on it.  Under private_data
  * another user's job does not exist as far as who can tell. */
@@ -163,7 +83,7 @@ static void td__reply_submitted(td_pack *rep, const td_job *j, int duplicate) {
   td_map_kv_str(&m, "name", j->name);
   td_map_kv_str(&m, "state", td_job_state_name(j->state));
   td_map_kv_bool(&m, "duplicate", duplicate);
-  td__map_plan(&m, &j->plan);
+  td_ser_plan(&m, &j->plan);
   if (j->device[0])
     td_map_kv_str(&m, "device", j->device);
   td_map_end(&m);
@@ -326,7 +246,7 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
     td_map m;
 
     td_map_reply_err(&m, rep, rc, err);
-    td__map_plan(&m, &j->plan);
+    td_ser_plan(&m, &j->plan);
     td_map_end(&m);
   }
   if (rc < 0)
@@ -409,7 +329,7 @@ static int td__op_list(td_daemon *d, const td_ident *who, const msgpack_object *
   for (i = first; i < d->njobs && n > 0; i++) {
     if (!td__listed(d, who, d->jobs[i], filter, owner, device))
       continue;
-    td__pack_job_row(&m, d->jobs[i]);
+    td_ser_job_row(&m, d->jobs[i]);
     n--;
   }
   td_map_end(&m);
@@ -425,7 +345,7 @@ static int td__op_show(td_daemon *d, const td_ident *who, const msgpack_object *
   if (rc < 0)
     return rc;
   td_map_reply_ok(&m, rep, "show");
-  td__pack_job_full(&m, j);
+  td_ser_job(&m, j);
   td_map_end(&m);
   return 0;
 }
@@ -480,23 +400,6 @@ static int td__op_info(td_daemon *d, const td_ident *who, const msgpack_object *
   return 0;
 }
 
-/* A device's entry, into the map e just begun and ended here. */
-static void td__pack_device(td_map *e, const td_device *dev) {
-  td_map_kv_str(e, "name", dev->name);
-  td_map_kv_u64(e, "budget", dev->budget);
-  td_map_kv_u64(e, "limit", dev->limit);
-  td_map_kv_u64(e, "free", dev->free);
-  td_map_kv_u64(e, "overhead", dev->overhead);
-  td_map_kv_str(e, "unusable", dev->unusable);
-  td_map_kv_u64(e, "reserved", dev->reserved);
-  td_map_kv_u64(e, "jobs", dev->njobs);
-  td_map_kv_bool(e, "draining", dev->draining);
-  td_map_kv_u64(e, "config_budget", dev->cfg_limit);
-  td_map_kv_u64(e, "override_budget", dev->override_budget);
-  td_map_kv_bool(e, "override_drain", dev->override_drain);
-  td_map_end(e);
-}
-
 static int td__op_devices(td_daemon *d, const td_ident *who, const msgpack_object *req,
                           td_pack *rep, char *err, size_t errlen) {
   td_map m, e;
@@ -508,7 +411,7 @@ static int td__op_devices(td_daemon *d, const td_ident *who, const msgpack_objec
   td_map_kv_array(&m, "devices", (uint32_t)d->ndevices);
   for (int i = 0; i < d->ndevices; i++) {
     td_map_item(&m, &e);
-    td__pack_device(&e, &d->devices[i]);
+    td_ser_device(&e, &d->devices[i]);
   }
   td_map_end(&m);
   return 0;
@@ -531,7 +434,7 @@ static int td__op_device(td_daemon *d, const td_ident *who, const msgpack_object
     return TD_EPERM;
   }
   td_obj_cstr(req, "name", name, sizeof(name));
-  dev = td_sched_device(d, name);
+  dev = td_ledger_device(d, name);
   if (dev == NULL) {
     snprintf(err, errlen, "no device named '%s'; `traind-client devices` lists them", name);
     return TD_ENOENT;
@@ -573,14 +476,14 @@ static int td__op_device(td_daemon *d, const td_ident *who, const msgpack_object
     td_sched_squeeze(d, dev);
   }
   if (has_drain && drain != dev->draining) {
-    dev->draining = drain;
+    td_ledger_drain(dev, drain);
     td_info("device %s: %s", dev->name, drain ? "draining: no new jobs, until an admin resumes "
             "it (kept across restarts and reloads)" : "resumed");
   }
   td_publish_device(d, dev);
   td_map_reply_ok(&m, rep, "device");
   td_map_kv_map(&m, "device", &e);
-  td__pack_device(&e, dev);
+  td_ser_device(&e, dev);
   td_map_end(&m);
   return 0;
 }
@@ -616,203 +519,6 @@ static int td__op_set_priority(td_daemon *d, const td_ident *who, const msgpack_
   return 0;
 }
 
-#define TD_LOGS_DEFAULT_MAX (64u << 10)
-
-/* Logs are read in bounded pieces, so a huge log never blocks the loop or
- * makes a huge reply; a client that follows one asks again from offset. */
-static int td__op_logs(td_daemon *d, const td_ident *who, const msgpack_object *req,
-                       td_pack *rep, char *err, size_t errlen) {
-  char path[TD_PATH_MAX + 64];
-  char *buf = NULL;
-  uint64_t max = TD_LOGS_DEFAULT_MAX;
-  int64_t offset = -1;
-  struct stat st;
-  ssize_t got = 0;
-  td_job *j;
-  td_map m;
-  int fd, rc = td__job_arg(d, who, req, &j, err, errlen);
-
-  if (rc < 0)
-    return rc;
-  td_obj_i64(req, "offset", &offset);
-  td_obj_u64(req, "max", &max);
-  snprintf(path, sizeof(path), "%s/jobs/%llu/log", d->cfg.state_dir, (unsigned long long)j->id);
-  /* The job's directory belongs to its user, who may have put a link to
-   * someone else's file in the log's place. */
-  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-  if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
-    close(fd);
-    fd = -1;
-  }
-  if (fd < 0) {
-    /* A job that never started has no log yet. */
-    st.st_size = 0;
-  } else {
-    if (offset < 0 || offset > st.st_size)
-      offset = st.st_size > (off_t)max ? st.st_size - (off_t)max : 0;
-    buf = malloc(max);
-    if (buf == NULL) {
-      close(fd);
-      return TD_ENOMEM;
-    }
-    got = pread(fd, buf, max, offset);
-    if (got < 0)
-      got = 0;
-  }
-  if (fd >= 0)
-    close(fd);
-  if (offset < 0)
-    offset = 0;
-  td_map_reply_ok(&m, rep, "logs");
-  td_map_kv_strn(&m, "data", buf ? buf : "", (size_t)got);
-  td_map_kv_u64(&m, "offset", (uint64_t)offset + (uint64_t)got);
-  td_map_kv_u64(&m, "size", (uint64_t)st.st_size);
-  td_map_kv_bool(&m, "done", j->state != TD_JOB_QUEUED && j->state != TD_JOB_RUNNING);
-  td_map_end(&m);
-  free(buf);
-  return 0;
-}
-
-/* One tensor of the plan, for "largest tensors". */
-typedef struct td__tensor {
-  char name[48];
-  uint64_t bytes;
-} td__tensor;
-
-/* name: layer < 0 ? what : "<layer>.<what>" */
-static void td__add_tensor(td__tensor *t, size_t *n, size_t cap, uint64_t bytes, int layer,
-                           const char *what) {
-  size_t k;
-
-  if (bytes == 0)
-    return;
-  /* kept sorted, largest first; the smallest falls off */
-  for (k = *n; k > 0 && t[k - 1].bytes < bytes; k--)
-    if (k < cap)
-      t[k] = t[k - 1];
-  if (k >= cap)
-    return;
-  if (layer < 0)
-    snprintf(t[k].name, sizeof(t[k].name), "%s", what);
-  else
-    snprintf(t[k].name, sizeof(t[k].name), "%d.%s", layer, what);
-  t[k].bytes = bytes;
-  if (*n < cap)
-    (*n)++;
-}
-
-#define TD_PLAN_TOP 8
-
-/* The largest tensors the worker allocates at the layout's micro-batch. */
-static size_t td__largest(const td_layout *l, td__tensor *t) {
-  static const char *const moments[2][2] = {{"weight.momentum", "weight.exp_avg"},
-                                            {"", "weight.exp_avg_sq"}};
-  uint64_t mb = l->micro_batch;
-  size_t n = 0;
-
-  td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->in_elems * 4, -1, "input (normalised)");
-  td__add_tensor(t, &n, TD_PLAN_TOP, mb * l->classes * 4, -1, "logits");
-  td__add_tensor(t, &n, TD_PLAN_TOP, l->workspace, -1, "workspace");
-  td__add_tensor(t, &n, TD_PLAN_TOP, l->stage_bytes, -1, "input staging");
-  for (int i = 0; i < l->nlayers; i++) {
-    const td_layer_layout *ly = &l->layers[i];
-    uint64_t w = ly->nweight * 4;
-
-    td__add_tensor(t, &n, TD_PLAN_TOP, w, i, "weight");
-    td__add_tensor(t, &n, TD_PLAN_TOP, w, i, "weight.grad");
-    for (uint32_t k = 0; w > 0 && k < l->optim_slots && k < 2; k++)
-      td__add_tensor(t, &n, TD_PLAN_TOP, w, i, moments[k][l->optim_slots - 1]);
-    td__add_tensor(t, &n, TD_PLAN_TOP, ly->act_bytes, i, "output");
-  }
-  return n;
-}
-
-static void td__shape_str(const td_shape *sh, char *buf, size_t cap) {
-  if (sh->spatial)
-    snprintf(buf, cap, "%ux%ux%u", sh->c, sh->h, sh->w);
-  else
-    snprintf(buf, cap, "%u", sh->c);
-}
-
-static void td__map_layers(td_map *m, const td_layout *lay) {
-  td_map_kv_array(m, "layers", (uint32_t)lay->nlayers);
-  for (int i = 0; i < lay->nlayers; i++) {
-    const td_layer_layout *ly = &lay->layers[i];
-    uint64_t params = (ly->nweight + ly->nbias) * 4;
-    char in[48], out[48];
-    td_map item;
-
-    if (ly->running != TD_PLAN_NONE)
-      params += 2 * (uint64_t)ly->in_shape.c * 4; /* running mean and variance */
-    td__shape_str(&ly->in_shape, in, sizeof(in));
-    td__shape_str(&ly->out_shape, out, sizeof(out));
-    td_map_item(m, &item);
-    td_map_kv_u64(&item, "index", (uint64_t)i);
-    td_map_kv_str(&item, "type", td_layer_type_name(ly->type));
-    td_map_kv_str(&item, "in", in);
-    td_map_kv_str(&item, "out", out);
-    td_map_kv_u64(&item, "params", params);
-    td_map_kv_u64(&item, "activations", ly->act_bytes);
-    td_map_kv_str(&item, "storage", ly->act_bytes > 0                 ? "stored"
-                                    : ly->type == TD_LAYER_FLATTEN ? "view"
-                                                                   : "in place");
-    td_map_end(&item);
-  }
-}
-
-/* What each remedy would change at the whole batch: a smaller micro-batch,
- * recomputation, 16-bit precision.  available: the job file allows it. */
-static void td__map_saving(td_map *m, const char *remedy, int available, uint64_t saves,
-                           uint64_t costs, const char *note) {
-  td_map item;
-
-  td_map_item(m, &item);
-  td_map_kv_str(&item, "remedy", remedy);
-  td_map_kv_bool(&item, "available", available);
-  td_map_kv_u64(&item, "saves", saves);
-  td_map_kv_u64(&item, "costs", costs);
-  td_map_kv_str(&item, "note", note);
-  td_map_end(&item);
-}
-
-static void td__map_savings(td_map *m, const td_jobspec *spec, const td_plan *whole,
-                            const td_plan *small) {
-  static const struct {
-    const char *name;
-    td_remedy remedy;
-    td_precision prec; /* TD_PREC__COUNT: the job's */
-    bool recompute;
-  } alts[] = {{"recompute", TD_REMEDY_RECOMPUTE, TD_PREC__COUNT, true},
-              {"bf16", TD_REMEDY_BF16, TD_PREC_BF16, false},
-              {"fp16", TD_REMEDY_FP16, TD_PREC_FP16, false}};
-  char note[160], size[32];
-
-  td_map_kv_array(m, "savings", 1 + TD_ARRAY_SIZE(alts));
-  snprintf(note, sizeof(note), "micro-batch %u with %u accumulation steps (same effective "
-           "batch)%s", small->micro_batch, small->accumulation,
-           td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE) ? "" : "; not in memory.remedies");
-  td__map_saving(m, "micro_batch", td_jobspec_allows(spec, TD_REMEDY_ACCUMULATE),
-                 whole->total - small->total, 0, note);
-  for (size_t i = 0; i < TD_ARRAY_SIZE(alts); i++) {
-    td_precision prec = alts[i].prec == TD_PREC__COUNT ? spec->precision : alts[i].prec;
-    bool same = prec == spec->precision && (spec->recompute || !alts[i].recompute);
-    td_plan alt = *whole;
-
-    if (!same && td_plan_at(spec, spec->batch_size, prec, spec->recompute || alts[i].recompute,
-                            1, 0, &alt) < 0)
-      alt = *whole;
-    td_format_size(alt.total, size, sizeof(size));
-    if (same)
-      snprintf(note, sizeof(note), "the job already runs this way");
-    else
-      snprintf(note, sizeof(note), "%s at the whole batch%s", size,
-               td_jobspec_allows(spec, alts[i].remedy) ? "" : "; not in memory.remedies");
-    td__map_saving(m, alts[i].name, !same && td_jobspec_allows(spec, alts[i].remedy),
-                   alt.total < whole->total ? whole->total - alt.total : 0,
-                   alt.total > whole->total ? alt.total - whole->total : 0, note);
-  }
-}
-
 /* "Why does my job not fit": the plan of a job file on each device, per
  * layer, its largest tensors and what each remedy would save.  Nothing
  * is submitted or reserved. */
@@ -820,13 +526,8 @@ static int td__op_plan(td_daemon *d, const td_ident *who, const msgpack_object *
                        td_pack *rep, char *err, size_t errlen) {
   char base[TD_PATH_MAX], only[32] = "";
   const char *yaml;
-  size_t ylen, ntop;
+  size_t ylen;
   td_jobspec *spec;
-  td_plan whole, small;
-  td_layout lay;
-  td__tensor top[TD_PLAN_TOP];
-  uint32_t ndev = 0, min_mb;
-  td_map m;
   char *text;
   int rc;
 
@@ -838,7 +539,7 @@ static int td__op_plan(td_daemon *d, const td_ident *who, const msgpack_object *
     return TD_EINVAL;
   }
   td_obj_cstr(req, "device", only, sizeof(only));
-  if (only[0] != '\0' && td_sched_device(d, only) == NULL) {
+  if (only[0] != '\0' && td_ledger_device(d, only) == NULL) {
     snprintf(err, errlen, "no device named '%s'; `traind-client devices` lists them", only);
     return TD_ENOENT;
   }
@@ -855,77 +556,23 @@ static int td__op_plan(td_daemon *d, const td_ident *who, const msgpack_object *
   if ((rc = td_jobspec_parse(text, ylen, base, spec, err, errlen)) < 0 ||
       (rc = td__sample_dtype(d, req, spec, err, errlen)) < 0)
     goto free_spec;
-  min_mb = td_jobspec_min_micro_batch(spec);
-  if ((rc = td_plan_at(spec, spec->batch_size, spec->precision, spec->recompute, 1, 0,
-                       &whole)) < 0 ||
-      (rc = td_plan_at(spec, min_mb, spec->precision, spec->recompute, 1, 0, &small)) < 0 ||
-      (rc = td_plan_layout(spec, spec->batch_size, &lay)) < 0) {
-    snprintf(err, errlen, "the job's memory plan overflows (the model or batch is absurdly "
-             "large); reduce layer sizes or train.batch_size");
-    goto free_spec;
-  }
-  for (int i = 0; i < d->ndevices; i++)
-    ndev += only[0] == '\0' || strcmp(only, d->devices[i].name) == 0;
-  ntop = td__largest(&lay, top);
-
-  td_map_reply_ok(&m, rep, "plan");
-  td_map_kv_str(&m, "name", spec->name);
-  td_map_kv_u64(&m, "batch_size", spec->batch_size);
-  td_map_kv_u64(&m, "min_micro_batch", min_mb);
-  td_map_kv_str(&m, "precision", td_precision_name(spec->precision));
-  td_map_kv_bool(&m, "recompute", spec->recompute);
-  td_map_kv_bool(&m, "batch_dependent", whole.batch_dependent);
-  td__map_plan(&m, &whole);
-  td_map_kv_array(&m, "devices", ndev);
-  for (int i = 0; i < d->ndevices; i++) {
-    const td_device *dev = &d->devices[i];
-    uint64_t free_now = dev->budget > dev->reserved ? dev->budget - dev->reserved : 0;
-    td_plan_choice c, now, least;
-    uint32_t nrem = 0;
-    int fits, fits_now;
-    td_map e;
-
-    if (only[0] != '\0' && strcmp(only, dev->name) != 0)
-      continue;
-    /* what admission would choose (td_plan_choose), remedies and all */
-    fits = td_plan_choose(spec, dev->budget, dev->overhead, UINT32_MAX, &c) == 0;
-    fits_now = td_plan_choose(spec, free_now, dev->overhead, UINT32_MAX, &now) == 0;
-    if (!fits && td_plan_smallest(spec, dev->overhead, &least) < 0)
-      least = (td_plan_choice){.plan = small};
-    for (int r = 0; fits && r < TD_REMEDY__COUNT; r++)
-      nrem += (c.remedies & (1u << r)) != 0;
-    td_map_item(&m, &e);
-    td_map_kv_str(&e, "name", dev->name);
-    td_map_kv_u64(&e, "budget", dev->budget);
-    td_map_kv_u64(&e, "free", free_now);
-    td_map_kv_bool(&e, "fits", fits);
-    td_map_kv_bool(&e, "fits_now", fits_now);
-    td_map_kv_u64(&e, "micro_batch", fits ? c.plan.micro_batch : 0);
-    td_map_kv_u64(&e, "accumulation", fits ? c.plan.accumulation : 0);
-    td_map_kv_array(&e, "remedies", nrem); /* of strings */
-    for (int r = 0; fits && r < TD_REMEDY__COUNT; r++)
-      if (c.remedies & (1u << r))
-        td_pack_str(rep, td_remedy_name((td_remedy)r));
-    td__map_plan(&e, fits ? &c.plan : &least.plan);
-    td_map_end(&e);
-  }
-  td__map_layers(&m, &lay);
-  td_map_kv_array(&m, "largest", (uint32_t)ntop);
-  for (size_t i = 0; i < ntop; i++) {
-    td_map item;
-
-    td_map_item(&m, &item);
-    td_map_kv_str(&item, "name", top[i].name);
-    td_map_kv_u64(&item, "bytes", top[i].bytes);
-    td_map_end(&item);
-  }
-  td__map_savings(&m, spec, &whole, &small);
-  td_map_end(&m);
-  rc = 0;
+  rc = td_planreport(d, spec, only, rep, err, errlen);
 free_spec:
   free(text);
   free(spec);
   return rc;
+}
+
+/* Logs are read in bounded pieces (logs.c); only the job's owner and
+ * admins may. */
+static int td__op_logs(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                       td_pack *rep, char *err, size_t errlen) {
+  td_job *j;
+  int rc = td__job_arg(d, who, req, &j, err, errlen);
+
+  if (rc < 0)
+    return rc;
+  return td_logs_reply(d, j, req, rep);
 }
 
 /* changes: the op may let a queued job start (reads are answered without
@@ -1343,6 +990,6 @@ void td_publish_replan(td_daemon *d, const td_job *j) {
   td_map_event(&m, &p, TD_TOPIC_JOB_REPLAN);
   td_map_kv_u64(&m, "id", j->id);
   td_map_kv_str(&m, "device", j->device);
-  td__map_plan(&m, &j->plan);
+  td_ser_plan(&m, &j->plan);
   td__publish(d, &p, &m);
 }

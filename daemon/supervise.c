@@ -6,6 +6,9 @@
  * job), and takes commands on its stdin.  Whatever happens to either
  * process, the job ends with a state and a reason, the ring is unlinked and
  * the job's reservation is released; traind itself goes on.
+ * This file owns the run's handles and watches the processes; spawn.c
+ * builds their command lines, starts them and creates the ring, and the
+ * ledger (ledger.c) holds and releases the reservation.
  *
  * A job whose directory holds a checkpoint resumes from it: the worker
  * starts first with --resume and says where its data continues ("resumed"
@@ -18,32 +21,31 @@
  * FIFOs or hard links to other files there: whatever traind itself does in
  * it goes through the directory's descriptor, never follows a link, never
  * blocks on a FIFO, and uses only regular files with one link. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "error.h"
 #include "imsg.h"
 #include "jobdesc.h"
+#include "ledger.h"
 #include "log.h"
 #include "metrics.h"
-#include "privdrop.h"
 #include "ring.h"
+#include "server.h"
 #include "shmcache.h"
-#include "td_config.h"
+#include "spawn.h"
+#include "supervise.h"
+#include "td_sched.h"
 #include "traind.h"
 #include "util.h"
-
-#define TD_RING_PREFIX "traind-"
 
 struct td_run {
   td_daemon *d;
@@ -140,7 +142,6 @@ static void td__str(const msgpack_object *m, const char *key, char *out, size_t 
  * lowered by traind is given back here, once the worker has let go). */
 static void td__on_replan(td_run *r, const msgpack_object *m) {
   td_job *j = r->job;
-  td_device *dev = td_sched_device(r->d, j->device);
   uint64_t total = td__u64(m, "total"), eb = td__u64(m, "effective_batch");
   uint32_t micro = (uint32_t)td__u64(m, "micro_batch");
   td_precision prec = j->plan.precision;
@@ -178,19 +179,11 @@ static void td__on_replan(td_run *r, const msgpack_object *m) {
      * reservation stays: bytes are never counted on twice. */
     int grew = total > j->plan.total && r->budget_sent >= total;
 
-    if (dev != NULL && total <= j->plan.total) {
-      uint64_t give = j->plan.total - total;
-      dev->reserved -= give <= dev->reserved ? give : dev->reserved;
-      td_publish_device(r->d, dev);
-    } else if (dev != NULL && grew) {
-      dev->reserved += total - j->plan.total;
-      td_publish_device(r->d, dev);
-    }
     if (total <= j->plan.total || grew) {
       /* once a re-plan has changed the maths, the run stays changed */
       p.bit_identical = td_plan_bit_identical(j->spec, &p) && j->plan.bit_identical;
-      j->plan = p;
-      j->plan.total = total;
+      p.total = total;
+      td_ledger_replan(r->d, j, &p);
     }
   }
 publish:
@@ -516,46 +509,6 @@ static void td__ckpt_remove(int dir_fd) {
   unlinkat(dir_fd, TD_CHECKPOINT_FILE ".tmp", 0);
 }
 
-/* The identity the job's processes take, "NAME:UID:GID" (out[0] = '\0'
- * when traind is not root: they run as traind, like every job of a
- * personal traind). */
-static int td__job_identity(const td_job *j, char *out, size_t cap, char *err, size_t errlen) {
-  char name[TD_IDENTITY_NAME_MAX + 1] = "";
-  td_identity id;
-
-  out[0] = '\0';
-  if (geteuid() != 0)
-    return 0;
-  if (j->uid == (uint32_t)-1 || j->gid == (uint32_t)-1) {
-    snprintf(err, errlen, "job %llu was submitted before traind recorded who submits each job, "
-             "so it cannot run as its submitter: submit it again",
-             (unsigned long long)j->id);
-    return TD_ESTATE;
-  }
-  if (j->owner[0] != '\0') {
-    td_strlcpy(name, j->owner, sizeof(name));
-  } else {
-    struct passwd pw, *res = NULL;
-    char buf[4096];
-
-    if (getpwuid_r((uid_t)j->uid, &pw, buf, sizeof(buf), &res) != 0 || res == NULL ||
-        td_strlcpy(name, pw.pw_name, sizeof(name)) < 0) {
-      snprintf(err, errlen, "the job's submitter, uid %u, has no user name to run its job as",
-               j->uid);
-      return TD_EINVAL;
-    }
-  }
-  /* Parsed as the processes will parse it: one form, checked once here. */
-  if (snprintf(out, cap, "%s:%u:%u", name, j->uid, j->gid) >= (int)cap ||
-      td_identity_parse(out, &id) < 0) {
-    snprintf(err, errlen, "the job's owner '%s' (uid %u) is not a user name its job can run as",
-             name, j->uid);
-    out[0] = '\0';
-    return TD_EINVAL;
-  }
-  return 0;
-}
-
 /* A POSIX ACL (the system.posix_acl_access xattr: a version, then
  * entries sorted by tag and id, little-endian) of owner rwx, the job's user
  * rwx, nobody else. */
@@ -714,7 +667,7 @@ static void td__run_finish(td_run *r) {
   }
   j->run = NULL;
   j->exit_status = r->worker_signal ? 128 + r->worker_signal : (int)r->worker_status;
-  td_sched_release(d, j);
+  td_ledger_release(d, j);
 
   if (j->cancel_requested) {
     s = TD_JOB_CANCELLED;
@@ -818,101 +771,52 @@ static int td__write_all(int fd, const void *buf, size_t n) {
   return 0;
 }
 
-/* The configured directory, else traind's own (a build tree), else the
- * installed libexec directory. */
-const char *td_run_libexec(const td_daemon *d) {
-  char probe[TD_PATH_MAX + 32];
-
-  if (d->cfg.libexec_dir[0])
-    return d->cfg.libexec_dir;
-  snprintf(probe, sizeof(probe), "%s/traind-worker", d->exe_dir);
-  return access(probe, X_OK) == 0 ? d->exe_dir : TD_LIBEXECDIR;
+/* What the run's processes are told (spawn.h). */
+static void td__spawn_ctx(td_run *r, td_spawn_ctx *c) {
+  *c = (td_spawn_ctx){.loop = r->d->loop, .d = r->d, .job = r->job, .job_path = r->job_path,
+                      .ring_name = r->ring_name, .as_user = r->as_user, .log_fd = r->log_fd};
 }
 
-/* traind's environment less JOURNAL_STREAM (malloc'd array of borrowed
- * strings; NULL when out of memory).  Under systemd traind's stderr is the
- * journal, but a job's processes write to the job's log file: they must
- * not take it for the journal (td_log's "<N>" lines without a time). */
-static char **td__job_env(void) {
-  extern char **environ;
-  size_t n = 0, k = 0;
-  char **env;
+/* Start the loader at a data position (0, 0: the beginning); on failure
+ * the reason is the run's error and the handle is closed. */
+static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
+  td_spawn_ctx c;
 
-  while (environ[n] != NULL)
-    n++;
-  if ((env = calloc(n + 1, sizeof(*env))) == NULL)
-    return NULL;
-  for (size_t i = 0; i < n; i++)
-    if (strncmp(environ[i], "JOURNAL_STREAM=", 15) != 0)
-      env[k++] = environ[i];
-  return env;
-}
-
-/* Spawn one of the run's processes; on failure the reason is the run's
- * error and the handle is closed. */
-static int td__spawn(td_run *r, uv_process_t *p, char **args, uv_stdio_container_t *io,
-                     int nio, uv_exit_cb exit_cb) {
-  uv_process_options_t opt;
-  char **env = td__job_env();
-  int rc;
-
-  memset(&opt, 0, sizeof(opt));
-  opt.file = args[0];
-  opt.args = args;
-  opt.env = env; /* NULL (out of memory): traind's own, which still works */
-  opt.stdio = io;
-  opt.stdio_count = nio;
-  opt.exit_cb = exit_cb;
-  p->data = r;
+  td__spawn_ctx(r, &c);
+  r->loader.data = r;
   r->nhandles++;
-  rc = uv_spawn(r->d->loop, p, &opt);
-  free(env);
-  if (rc < 0) {
-    snprintf(r->error_event, sizeof(r->error_event), "cannot start %s: %s", args[0],
-             uv_strerror(rc));
-    td__close(r, (uv_handle_t *)p);
+  if (td_spawn_loader(&c, epoch, batch, &r->loader, td__on_loader_exit, r->error_event,
+                      sizeof(r->error_event)) < 0) {
+    td__close(r, (uv_handle_t *)&r->loader);
+    return TD_EIO;
+  }
+  r->loader_running = 1;
+  return 0;
+}
+
+/* Start the worker, its stdin the control pipe; on failure as above. */
+static int td__spawn_worker(td_run *r, const char *dir, const char *ckpt, int resume) {
+  td_spawn_ctx c;
+
+  td__spawn_ctx(r, &c);
+  r->worker.data = r;
+  r->nhandles++;
+  if (td_spawn_worker(&c, dir, ckpt, resume, &r->control, &r->events, &r->worker,
+                      td__on_worker_exit, r->error_event, sizeof(r->error_event)) < 0) {
+    td__close(r, (uv_handle_t *)&r->worker);
     return TD_EIO;
   }
   return 0;
 }
 
-/* Start the loader at a data position (0, 0: the beginning). */
-static int td__spawn_loader(td_run *r, uint64_t epoch, uint64_t batch) {
-  td_daemon *d = r->d;
-  char loader[TD_PATH_MAX + 32], parent[16], se[24], sb[24];
-  char *args[] = {loader, "--job", r->job_path, "--base-dir", r->job->base_dir, "--ring",
-                  r->ring_name, "--parent-pid", parent, "--start-epoch", se, "--start-batch",
-                  sb, r->as_user[0] ? "--as-user" : NULL, r->as_user, NULL};
-  uv_stdio_container_t io[3];
-
-  snprintf(loader, sizeof(loader), "%s/traind-loader", td_run_libexec(d));
-  snprintf(parent, sizeof(parent), "%d", (int)getpid());
-  snprintf(se, sizeof(se), "%llu", (unsigned long long)epoch);
-  snprintf(sb, sizeof(sb), "%llu", (unsigned long long)batch);
-  io[0].flags = UV_IGNORE;
-  io[1].flags = UV_INHERIT_FD;
-  io[1].data.fd = r->log_fd;
-  io[2].flags = UV_INHERIT_FD;
-  io[2].data.fd = r->log_fd;
-  if (td__spawn(r, &r->loader, args, io, 3, td__on_loader_exit) < 0)
-    return TD_EIO;
-  r->loader_running = 1;
-  return 0;
-}
-
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
-  char dir[TD_PATH_MAX], worker[TD_PATH_MAX + 32], output[TD_PATH_MAX], budget[32],
-      fallback[TD_PATH_MAX], shrink[16],
-      micro[16], events_fd[8], ckpt[TD_PATH_MAX + 32], overhead[32],
-      as_user[sizeof(((td_run *)0)->as_user)];
-  uv_stdio_container_t io[4];
+  char dir[TD_PATH_MAX], ckpt[TD_PATH_MAX + 32], as_user[sizeof(((td_run *)0)->as_user)];
   td_pack desc;
   td_run *r;
   int fd, dir_fd, rc, resume, as_root = geteuid() == 0;
-  size_t slot;
   struct stat st;
 
-  if ((rc = td__job_identity(j, as_user, sizeof(as_user), err, errlen)) < 0)
+  if ((rc = td_spawn_identity(j, as_user, sizeof(as_user), err, errlen)) < 0)
     return rc;
   if ((rc = td__job_dir(d, j, dir, sizeof(dir))) < 0) {
     snprintf(err, errlen, "the job directory's name under %s is too long", d->cfg.state_dir);
@@ -964,48 +868,15 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
     goto free_run;
   }
 
-  snprintf(r->ring_name, sizeof(r->ring_name), "/" TD_RING_PREFIX "%d-%llu", (int)getpid(),
-           (unsigned long long)j->id);
-  /* samples travel in their stored type (the plan checked the product) */
-  slot = td_batch_bytes(j->spec->batch_size,
-                        (uint32_t)(td_jobspec_input_elems(j->spec) *
-                                   td_dtype_size(j->spec->sample_dtype)));
-  td_ring_unlink(r->ring_name);
-  /* As root the ring is the job's user's, whose processes open it. */
-  rc = td_ring_create_owned(r->ring_name, d->cfg.ring_slots, slot,
-                            as_root ? (uid_t)j->uid : (uid_t)-1,
-                            as_root ? (gid_t)j->gid : (gid_t)-1, &r->ring);
-  if (rc < 0) {
-    snprintf(err, errlen, "cannot create the shared-memory ring %s (%zu-byte slots): %s",
-             r->ring_name, slot, td_strerror(rc));
+  if ((rc = td_spawn_ring(d, j, as_root, r->ring_name, sizeof(r->ring_name), &r->ring, err,
+                          errlen)) < 0)
     goto close_log;
-  }
 
-  /* The job's directory keeps the model when the job names no output, and
-   * when its output cannot be written at the end. */
-  snprintf(fallback, sizeof(fallback), "%.*s/model.safetensors", (int)(sizeof(fallback) - 20),
-           dir);
-  if (j->spec->output[0] != '\0')
-    td_strlcpy(output, j->spec->output, sizeof(output));
-  else
-    td_strlcpy(output, fallback, sizeof(output));
   snprintf(r->job_path, sizeof(r->job_path), "%s/" TD_JOBDESC_FILE, dir);
-  snprintf(worker, sizeof(worker), "%s/traind-worker", td_run_libexec(d));
-  snprintf(budget, sizeof(budget), "%llu", (unsigned long long)j->plan.total);
-  snprintf(micro, sizeof(micro), "%u", j->plan.micro_batch);
-  snprintf(overhead, sizeof(overhead), "%llu", (unsigned long long)j->plan.overhead);
-  snprintf(events_fd, sizeof(events_fd), "3");
   td__ckpt_path(d, j, ckpt, sizeof(ckpt));
   /* The worker, as the user, reads it; traind only looks whether it is there. */
   resume = fstatat(dir_fd, TD_CHECKPOINT_FILE, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
            S_ISREG(st.st_mode);
-
-  io[1].flags = UV_INHERIT_FD;
-  io[1].data.fd = r->log_fd;
-  io[2].flags = UV_INHERIT_FD;
-  io[2].data.fd = r->log_fd;
-  io[3].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-  io[3].data.stream = (uv_stream_t *)&r->events;
 
   /* From here on every failure ends the job through td__run_finish, once
    * all handles are closed, so there is one way a job ends. */
@@ -1022,47 +893,11 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   else
     td__spawn_loader(r, 0, 0);
   if (r->loader_running || r->loader_pending) {
-    /* Room at the end for the optional pairs and the NULL. */
-    char *args[] = {worker, "--job", r->job_path, "--base-dir", j->base_dir, "--ring",
-                    r->ring_name, "--device", j->device, "--budget", budget, "--micro-batch",
-                    micro, "--output", output, "--events-fd", events_fd, "--checkpoint", ckpt,
-                    "--overhead", overhead, "--tensorboard", dir, NULL, NULL, NULL, NULL, NULL,
-                    NULL, NULL,
-                    NULL, NULL, NULL, NULL, NULL};
-    size_t n = TD_ARRAY_SIZE(args) - 12;
-
-    if (r->as_user[0] != '\0') {
-      args[n++] = "--as-user";
-      args[n++] = r->as_user;
-    }
-    if (resume) {
-      args[n++] = "--resume";
-      args[n++] = ckpt;
-    }
-    if (strcmp(output, fallback) != 0) {
-      args[n++] = "--fallback-output";
-      args[n++] = fallback;
-    }
-    /* The remedies admission chose (td_plan_choose): the worker starts
-     * with them, so it runs the plan reserved for it. */
-    if (j->plan.precision != j->spec->precision) {
-      args[n++] = "--precision";
-      args[n++] = (char *)td_precision_name(j->plan.precision);
-    }
-    if (j->plan.recompute && !j->spec->recompute)
-      args[n++] = "--recompute";
-    if (j->plan.shrink > 1) {
-      snprintf(shrink, sizeof(shrink), "%u", j->plan.shrink);
-      args[n++] = "--shrink";
-      args[n++] = shrink;
-    }
     uv_pipe_init(d->loop, &r->control, 0);
     r->control.data = r;
     r->nhandles++;
     r->control_open = 1;
-    io[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
-    io[0].data.stream = (uv_stream_t *)&r->control;
-    if (td__spawn(r, &r->worker, args, io, 4, td__on_worker_exit) < 0) {
+    if (td__spawn_worker(r, dir, ckpt, resume) < 0) {
       r->control_open = 0;
       td__close(r, (uv_handle_t *)&r->control);
       td_ring_shutdown(r->ring, TD_EIO);
@@ -1103,7 +938,7 @@ close_dir:
 
 int td_run_set_budget(td_daemon *d, td_job *j, uint64_t budget) {
   td_run *r = j->run;
-  const td_device *dev = td_sched_device(d, j->device);
+  const td_device *dev = td_ledger_device(d, j->device);
   const void *frame;
   size_t len;
   td_imsg b;
@@ -1169,31 +1004,4 @@ void td_run_checkpoint_stop(td_daemon *d, td_job *j) {
     uv_process_kill(&r->loader, SIGTERM);
   if (!uv_is_closing((uv_handle_t *)&r->kill_timer))
     uv_timer_start(&r->kill_timer, td__on_kill_timer, TD_STOP_GRACE_MS, 0);
-}
-
-/* Segments named /traind-PID-JOB whose traind is gone are left over from a
- * crash: remove them. */
-void td_run_cleanup_stale(void) {
-  DIR *dir = opendir("/dev/shm");
-  struct dirent *e;
-
-  if (dir == NULL)
-    return;
-  while ((e = readdir(dir)) != NULL) {
-    char name[300];
-    long pid;
-    char *end;
-
-    if (strncmp(e->d_name, TD_RING_PREFIX, strlen(TD_RING_PREFIX)) != 0)
-      continue;
-    pid = strtol(e->d_name + strlen(TD_RING_PREFIX), &end, 10);
-    if (end == e->d_name + strlen(TD_RING_PREFIX) || *end != '-' || pid <= 0)
-      continue;
-    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-      continue;
-    snprintf(name, sizeof(name), "/%s", e->d_name);
-    if (shm_unlink(name) == 0)
-      td_info("removed shared-memory segment %s left by a traind that died", name);
-  }
-  closedir(dir);
 }

@@ -1,10 +1,13 @@
 /* The scheduler's decisions without the loop: queue order (priority, fair
  * share, submission), max_running_per_user, backfill, the reasons a job
- * waits, the fair-share decay and retention's choice.  sched.c,
- * fairshare.c and retain.c are linked with stand-ins for the effects they
- * call (starting a run, the database, publishing). */
+ * waits, the fair-share decay and retention's choice.  The pure decision
+ * (td_sched_decide) is tested with a table of cases over views; the
+ * daemon's side of it with sched.c, ledger.c, fairshare.c and retain.c
+ * linked with stand-ins for the effects they call (starting a run, the
+ * database, publishing). */
 #include <check.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,9 +15,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "error.h"
+#include "fairshare.h"
+#include "ledger.h"
 #include "metrics.h"
 #include "plan.h"
+#include "retain.h"
+#include "server.h"
+#include "supervise.h"
+#include "td_sched.h"
 #include "traind.h"
 #include "util.h"
 
@@ -174,11 +184,10 @@ START_TEST(test_order_table) {
   };
 
   for (size_t i = 0; i < TD_ARRAY_SIZE(cases); i++) {
-    td_job a = {.id = cases[i].ida, .priority = cases[i].pa};
-    td_job b = {.id = cases[i].idb, .priority = cases[i].pb};
+    td_sched_job a = {.id = cases[i].ida, .priority = cases[i].pa, .usage = cases[i].ua};
+    td_sched_job b = {.id = cases[i].idb, .priority = cases[i].pb, .usage = cases[i].ub};
 
-    ck_assert_msg(td_sched_before(&a, cases[i].ua, &b, cases[i].ub) == cases[i].a_first,
-                  "case %zu", i);
+    ck_assert_msg(td_sched_before(&a, &b) == cases[i].a_first, "case %zu", i);
   }
 }
 END_TEST
@@ -435,6 +444,405 @@ START_TEST(test_reason_prefers_memory) {
 }
 END_TEST
 
+/* The pure decision, case by case.  Sizes are in units of plans computed
+ * at setup, so the cases hold whatever the planner's numbers are. */
+enum { SZ_SMALL, SZ_BIG, SZ_BIG_RECOMPUTE, SZ_BIG_BF16, SZ_BIG_SHRINK2, SZ_BIG_ACC512, SZ__N };
+enum { K_SMALL, K_BIG, K_RECOMPUTE, K_BF16, K_SHRINK, K_ACCUMULATE, K__N };
+
+typedef struct {
+  int sz;
+  double mult;
+  int64_t plus;
+} bytes_expr;
+
+typedef struct {
+  int kind, user;
+  int32_t priority;
+  const char *pin;
+} job_case;
+
+typedef struct {
+  const char *name;
+  bytes_expr budget, reserved;
+  uint64_t overhead;
+  int draining, probing;
+  const char *unusable;
+} dev_case;
+
+typedef struct {
+  const char *name;
+  uint32_t running;
+  double usage;
+} user_case;
+
+static td_jobspec g_kinds[K__N];
+static uint64_t g_sizes[SZ__N];
+
+static uint64_t bytes(bytes_expr e) {
+  return e.mult == 0 ? (uint64_t)e.plus : (uint64_t)(e.mult * (double)g_sizes[e.sz]) + e.plus;
+}
+
+static void kinds_setup(void) {
+  static const td_remedy only[K__N] = {
+      [K_RECOMPUTE] = TD_REMEDY_RECOMPUTE, [K_BF16] = TD_REMEDY_BF16,
+      [K_SHRINK] = TD_REMEDY_SHRINK, [K_ACCUMULATE] = TD_REMEDY_ACCUMULATE};
+  td_plan p;
+
+  spec(&g_kinds[K_SMALL], 16, 8);
+  for (int k = K_BIG; k < K__N; k++) {
+    td_jobspec *s = &g_kinds[k];
+
+    /* deep enough that recomputation saves activations (test_plan's
+     * chooser_spec) */
+    spec(s, 512, 1024);
+    s->nlayers = 0;
+    for (int l = 0; l < 8; l++) {
+      s->layers[s->nlayers++] = (td_layer){.type = TD_LAYER_DENSE, .units = 512};
+      s->layers[s->nlayers++] = (td_layer){.type = TD_LAYER_GELU};
+    }
+    s->layers[s->nlayers++] = (td_layer){.type = TD_LAYER_DENSE, .units = 10};
+    if (k != K_BIG) {
+      g_kinds[k].remedies[0] = only[k];
+      g_kinds[k].nremedies = 1;
+    }
+  }
+  ck_assert_int_eq(td_plan_at(&g_kinds[K_SMALL], 8, TD_PREC_FP32, 0, 1, 0, &p), 0);
+  g_sizes[SZ_SMALL] = p.total;
+  ck_assert_int_eq(td_plan_at(&g_kinds[K_BIG], 1024, TD_PREC_FP32, 0, 1, 0, &p), 0);
+  g_sizes[SZ_BIG] = p.total;
+  ck_assert_int_eq(td_plan_at(&g_kinds[K_BIG], 1024, TD_PREC_FP32, 1, 1, 0, &p), 0);
+  g_sizes[SZ_BIG_RECOMPUTE] = p.total;
+  ck_assert_int_eq(td_plan_at(&g_kinds[K_BIG], 1024, TD_PREC_BF16, 0, 1, 0, &p), 0);
+  g_sizes[SZ_BIG_BF16] = p.total;
+  ck_assert_int_eq(td_plan_at(&g_kinds[K_BIG], 512, TD_PREC_FP32, 0, 2, 0, &p), 0);
+  g_sizes[SZ_BIG_SHRINK2] = p.total;
+  ck_assert_int_eq(td_plan_at(&g_kinds[K_BIG], 512, TD_PREC_FP32, 0, 1, 0, &p), 0);
+  g_sizes[SZ_BIG_ACC512] = p.total;
+  /* each remedy alone makes the big job fit where it does not as it is */
+  for (int z = SZ_BIG_RECOMPUTE; z < SZ__N; z++)
+    ck_assert_uint_lt(g_sizes[z], g_sizes[SZ_BIG]);
+  ck_assert_uint_gt(g_sizes[SZ_BIG], 4 * g_sizes[SZ_SMALL]);
+}
+
+#define S(m) {SZ_SMALL, m, 0}
+#define B(m) {SZ_BIG, m, 0}
+#define NOW 1000.0
+
+START_TEST(test_decide_table) {
+  static const struct {
+    const char *desc;
+    job_case jobs[6];
+    dev_case devs[3];
+    user_case users[3];
+    uint32_t max_running;
+    double head_wait_since;
+    const char *want_starts;     /* "J@D" per start, in order; [remedies] when any */
+    const char *want_reasons[6]; /* fnmatch patterns, one per job */
+    int want_head;               /* -1: none */
+    double want_wait_since;
+  } cases[] = {
+      {"packing: the tighter of two devices (best fit)", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(10)}, {.name = "cpu1", .budget = S(2)}}, {{.name = "alice"}},
+       0, 0, "0@1", {""}, -1, 0},
+      {"packing by bytes: two of three fit",
+       {{K_SMALL, 0, 0, ""}, {K_SMALL, 0, 0, ""}, {K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(2.5)}}, {{.name = "alice"}}, 0, 0, "0@0 1@0",
+       {"", "", "waiting for * on cpu0 (* free)"}, 2, NOW},
+      {"packing: reserved bytes are not free", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(3), .reserved = S(2.5)}}, {{.name = "alice"}}, 0, 0, "",
+       {"waiting for * on cpu0 (* free)"}, 0, NOW},
+      {"packing: each device full, the third job waits",
+       {{K_SMALL, 0, 0, ""}, {K_SMALL, 0, 0, ""}, {K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(1.5)}, {.name = "cpu1", .budget = S(1.2)}},
+       {{.name = "alice"}}, 0, 0, "0@1 1@0", {"", "", "waiting for * on cpu0 (* free)"}, 2, NOW},
+      {"fair share: the user who used less starts first",
+       {{K_SMALL, 0, 0, ""}, {K_SMALL, 1, 0, ""}}, {{.name = "cpu0", .budget = S(1.5)}},
+       {{"alice", 0, 1e9}, {"bob", 0, 1e6}}, 0, 0, "1@0", {"waiting for * on cpu0 (* free)", ""}, 0,
+       NOW},
+      {"priority beats usage", {{K_SMALL, 1, 0, ""}, {K_SMALL, 0, 3, ""}},
+       {{.name = "cpu0", .budget = S(1.5)}}, {{"alice", 0, 1e12}, {"bob", 0, 0}}, 0, 0, "1@0",
+       {"waiting for * on cpu0 (* free)", ""}, 0, NOW},
+      {"negative priorities order the same way", {{K_SMALL, 0, -3, ""}, {K_SMALL, 0, -2, ""}},
+       {{.name = "cpu0", .budget = S(1.5)}}, {{.name = "alice"}}, 0, 0, "1@0",
+       {"waiting for * on cpu0 (* free)", ""}, 0, NOW},
+      {"ties: one user, equal priority, submission order",
+       {{K_SMALL, 0, 1, ""}, {K_SMALL, 0, 1, ""}}, {{.name = "cpu0", .budget = S(1.5)}},
+       {{.name = "alice"}}, 0, 0, "0@0", {"", "waiting for * on cpu0 (* free)"}, 1, NOW},
+      {"ties: two users of equal usage, submission order",
+       {{K_SMALL, 1, 0, ""}, {K_SMALL, 0, 0, ""}}, {{.name = "cpu0", .budget = S(1.5)}},
+       {{"alice", 0, 5}, {"bob", 0, 5}}, 0, 0, "0@0", {"", "waiting for * on cpu0 (* free)"}, 1,
+       NOW},
+      {"ties: two devices of equal room, the first", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(2)}, {.name = "cpu1", .budget = S(2)}}, {{.name = "alice"}}, 0,
+       0, "0@0", {""}, -1, 0},
+      {"max_running_per_user: the user's third is held, another's passes",
+       {{K_SMALL, 0, 0, ""}, {K_SMALL, 0, 0, ""}, {K_SMALL, 0, 0, ""}, {K_SMALL, 1, 0, ""}},
+       {{.name = "cpu0", .budget = S(10)}}, {{.name = "alice", .running = 1}, {.name = "bob"}}, 2,
+       0, "0@0 3@0", {"", "held: alice has 2 running jobs, the max_running_per_user limit",
+       "held: alice has 2 running jobs, the max_running_per_user limit", ""}, -1, 0},
+      {"max_running_per_user: a user without a name is named by uid", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(10)}}, {{.name = "", .running = 1}}, 1, 0, "",
+       {"held: uid 1000 has 1 running jobs, the max_running_per_user limit"}, -1, 0},
+      {"max_running_per_user 0: no limit", {{K_SMALL, 0, 0, ""}, {K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(10)}}, {{.name = "alice", .running = 50}}, 0, 0, "0@0 1@0",
+       {"", ""}, -1, 0},
+      {"a draining device takes nothing; the other does", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(10), .draining = 1}, {.name = "cpu1", .budget = S(5)}},
+       {{.name = "alice"}}, 0, 0, "0@1", {""}, -1, 0},
+      {"only a draining device: it says so", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(10), .draining = 1}}, {{.name = "alice"}}, 0, 0, "",
+       {"device cpu0 is draining"}, 0, NOW},
+      {"a device being probed", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(10), .probing = 1}}, {{.name = "alice"}}, 0, 0, "",
+       {"device cpu0 is being probed"}, 0, NOW},
+      {"an unusable device", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(10), .unusable = "no such GPU"}}, {{.name = "alice"}}, 0, 0,
+       "", {"device cpu0 is unusable: no such GPU"}, 0, NOW},
+      {"a device short of memory is named before a draining one", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(10), .draining = 1}, {.name = "cpu1", .budget = S(0.5)}},
+       {{.name = "alice"}}, 0, 0, "", {"waiting for * on cpu1 (* free)"}, 0, NOW},
+      {"pinned: only its device, though another has room", {{K_SMALL, 0, 0, "cpu1"}},
+       {{.name = "cpu0", .budget = S(10)}, {.name = "cpu1", .budget = S(0.5)}}, {{.name = "alice"}},
+       0, 0, "", {"waiting for * on cpu1 (* free)"}, 0, NOW},
+      {"pinned to a device traind does not have", {{K_SMALL, 0, 0, "gpu9"}},
+       {{.name = "cpu0", .budget = S(10)}}, {{.name = "alice"}}, 0, 0, "",
+       {"no device it may use (gpu9) can take it"}, 0, NOW},
+      {"remedy: fits only with recomputation", {{K_RECOMPUTE, 0, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG_RECOMPUTE, 1, 0}}}, {{.name = "alice"}}, 0, 0,
+       "0@0[recompute]", {""}, -1, 0},
+      {"remedy: fits only in bf16", {{K_BF16, 0, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG_BF16, 1, 0}}}, {{.name = "alice"}}, 0, 0, "0@0[bf16]",
+       {""}, -1, 0},
+      {"remedy: fits only as two updates per batch (shrink)", {{K_SHRINK, 0, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG_SHRINK2, 1, 0}}}, {{.name = "alice"}}, 0, 0,
+       "0@0[shrink]", {""}, -1, 0},
+      {"remedy: accumulation at half the batch", {{K_ACCUMULATE, 0, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG_ACC512, 1, 0}}}, {{.name = "alice"}}, 0, 0,
+       "0@0[accumulate]", {""}, -1, 0},
+      {"no remedy allowed: the same budget does not do", {{K_BIG, 0, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG_RECOMPUTE, 1, 0}}}, {{.name = "alice"}}, 0, 0, "",
+       {"waiting for * on cpu0 (* free)"}, 0, NOW},
+      {"a device that needs no remedy beats a tighter one that does", {{K_RECOMPUTE, 0, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG_RECOMPUTE, 1, 0}}, {.name = "cpu1", .budget = B(3)}},
+       {{.name = "alice"}}, 0, 0, "0@1", {""}, -1, 0},
+      {"the whole batch beats accumulation", {{K_ACCUMULATE, 0, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG_ACC512, 1, 0}}, {.name = "cpu1", .budget = B(3)}},
+       {{.name = "alice"}}, 0, 0, "0@1", {""}, -1, 0},
+      {"overhead: the plan holds it, so the device with none takes the job", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_SMALL, 1, 4096}, .overhead = 1 << 20},
+       {.name = "cpu1", .budget = {SZ_SMALL, 1, 4096}}}, {{.name = "alice"}}, 0, 0, "0@1", {""}, -1,
+       0},
+      {"overhead: alone, the device is short", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_SMALL, 1, 4096}, .overhead = 1 << 20}}, {{.name = "alice"}},
+       0, 0, "", {"waiting for * on cpu0 (* free)"}, 0, NOW},
+      {"too big for every device: the closest is named", {{K_BIG, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(1)}, {.name = "cpu1", .budget = S(3)}}, {{.name = "alice"}}, 0,
+       0, "", {"waiting for * on cpu1 (* free)"}, 0, NOW},
+      {"backfill: a small job passes the big head that waits",
+       {{K_BIG, 0, 5, ""}, {K_SMALL, 1, 0, ""}}, {{.name = "cpu0", .budget = {SZ_BIG, 1, -1}}},
+       {{.name = "alice"}, {.name = "bob"}}, 0, 0, "1@0", {"waiting for * on cpu0 (* free)", ""}, 0,
+       NOW},
+      {"backfill inside the window: the head has waited 100 s",
+       {{K_BIG, 0, 5, ""}, {K_SMALL, 1, 0, ""}}, {{.name = "cpu0", .budget = {SZ_BIG, 1, -1}}},
+       {{.name = "alice"}, {.name = "bob"}}, 0, NOW - 100, "1@0",
+       {"waiting for * on cpu0 (* free)", ""}, 0, NOW - 100},
+      {"past the window nothing passes the head", {{K_BIG, 0, 5, ""}, {K_SMALL, 1, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG, 1, -1}}}, {{.name = "alice"}, {.name = "bob"}}, 0,
+       NOW - 400, "", {"waiting for * on cpu0 (* free)", "behind job 1 (higher priority)"}, 0,
+       NOW - 400},
+      {"behind the head by fair share", {{K_BIG, 0, 0, ""}, {K_SMALL, 1, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG, 1, -1}}}, {{"alice", 0, 1}, {"bob", 0, 2}}, 0,
+       NOW - 400, "", {"*", "behind job 1 (its user has used less lately (fair share))"}, 0,
+       NOW - 400},
+      {"behind the head by submission", {{K_BIG, 0, 0, ""}, {K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG, 1, -1}}}, {{.name = "alice"}}, 0, NOW - 400, "",
+       {"*", "behind job 1 (submitted earlier)"}, 0, NOW - 400},
+      {"waiting for memory, and behind the head", {{K_BIG, 0, 5, ""}, {K_BIG, 1, 0, ""}},
+       {{.name = "cpu0", .budget = {SZ_BIG, 1, -1}}}, {{.name = "alice"}, {.name = "bob"}}, 0, 0,
+       "", {"waiting for * on cpu0 (* free)", "waiting for * on cpu0 (* free); behind job 1"}, 0,
+       NOW},
+      {"a head that starts ends the wait", {{K_SMALL, 0, 0, ""}},
+       {{.name = "cpu0", .budget = S(2)}}, {{.name = "alice"}}, 0, NOW - 50, "0@0", {""}, -1, 0},
+      {"a held head is passed over: the next is the head", {{K_SMALL, 0, 9, ""}, {K_BIG, 1, 0, ""}},
+       {{.name = "cpu0", .budget = S(2)}}, {{.name = "alice", .running = 1}, {.name = "bob"}}, 1, 0,
+       "", {"held: alice has 1 running jobs, the max_running_per_user limit",
+       "waiting for * on cpu0 (* free)"}, 1, NOW},
+      {"a start that brings its user to the limit holds the user's next",
+       {{K_SMALL, 0, 0, ""}, {K_SMALL, 0, 0, ""}, {K_SMALL, 1, 0, ""}},
+       {{.name = "cpu0", .budget = S(10)}}, {{.name = "alice"}, {.name = "bob"}}, 1, 0, "0@0 2@0",
+       {"", "held: alice has 1 running jobs, the max_running_per_user limit", ""}, -1, 0},
+      {"nothing queued", {{-1, 0, 0, NULL}}, {{.name = "cpu0", .budget = S(2)}},
+       {{.name = "alice"}}, 0, NOW - 9, "", {""}, -1, 0},
+  };
+
+  for (size_t c = 0; c < TD_ARRAY_SIZE(cases); c++) {
+    td_sched_job jobs[6];
+    td_sched_dev devs[3];
+    td_sched_user users[3];
+    td_sched_start starts[6];
+    char reasons[6][TD_REASON_MAX], got[256] = "";
+    td_sched_view v = {.jobs = jobs, .devs = devs, .users = users, .now = NOW,
+                       .max_running_per_user = cases[c].max_running,
+                       .head_wait_since = cases[c].head_wait_since,
+                       .backfill_window_s = TD_BACKFILL_WINDOW_S};
+    td_sched_out out = {.starts = starts, .reasons = reasons};
+
+    for (size_t i = 0; i < 3 && cases[c].users[i].name != NULL; i++, v.nusers++)
+      users[i] = (td_sched_user){.uid = 1000 + (uint32_t)i, .name = cases[c].users[i].name,
+                                 .running = cases[c].users[i].running};
+    for (int k = 0; k < 3 && cases[c].devs[k].name != NULL; k++, v.ndevs++) {
+      const dev_case *dc = &cases[c].devs[k];
+
+      devs[k] = (td_sched_dev){.name = dc->name, .budget = bytes(dc->budget),
+                               .reserved = bytes(dc->reserved), .overhead = dc->overhead,
+                               .draining = dc->draining, .probing = dc->probing,
+                               .unusable = dc->unusable ? dc->unusable : ""};
+    }
+    for (size_t i = 0; i < 6 && cases[c].jobs[i].kind >= 0 && cases[c].jobs[i].pin != NULL;
+         i++, v.njobs++) {
+      const job_case *jc = &cases[c].jobs[i];
+
+      jobs[i] = (td_sched_job){.id = i + 1, .priority = jc->priority,
+                               .usage = cases[c].users[jc->user].usage,
+                               .user = (size_t)jc->user, .pin = jc->pin,
+                               .spec = &g_kinds[jc->kind]};
+    }
+    memset(reasons, 'x', sizeof(reasons));
+    ck_assert_int_eq(td_sched_decide(&v, &out), 0);
+    for (size_t i = 0; i < out.nstarts; i++) {
+      char rem[64] = "";
+
+      if (out.starts[i].plan.remedies != 0) {
+        rem[0] = '[';
+        td_plan_remedies_text(out.starts[i].plan.remedies, rem + 1, sizeof(rem) - 2);
+        strcat(rem, "]");
+      }
+      snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%zu@%d%s", i ? " " : "",
+               out.starts[i].job, out.starts[i].dev, rem);
+      /* what is reserved is what the chooser gives for that device's room */
+      ck_assert_uint_le(out.starts[i].plan.plan.total, devs[out.starts[i].dev].budget);
+    }
+    ck_assert_msg(strcmp(got, cases[c].want_starts) == 0, "%s: started '%s', want '%s'",
+                  cases[c].desc, got, cases[c].want_starts);
+    for (size_t i = 0; i < v.njobs; i++)
+      ck_assert_msg(fnmatch(cases[c].want_reasons[i] ? cases[c].want_reasons[i] : "",
+                            reasons[i], 0) == 0,
+                    "%s: job %zu waits for '%s', want '%s'", cases[c].desc, i, reasons[i],
+                    cases[c].want_reasons[i]);
+    ck_assert_msg(out.head == (cases[c].want_head < 0 ? TD_SCHED_NONE
+                                                     : (size_t)cases[c].want_head),
+                  "%s: head %zu", cases[c].desc, out.head);
+    ck_assert_msg(out.head_wait_since == cases[c].want_wait_since, "%s: waits since %g",
+                  cases[c].desc, out.head_wait_since);
+  }
+}
+END_TEST
+
+/* Two starts on one device in one pass never count on the same bytes:
+ * a pass over many small jobs fills the device and no more. */
+START_TEST(test_decide_never_overbooks) {
+  enum { N = 64 };
+  td_sched_job jobs[N];
+  td_sched_dev dev = {.name = "cpu0", .unusable = ""};
+  td_sched_user user = {.uid = 1000, .name = "alice"};
+  td_sched_start starts[N];
+  char reasons[N][TD_REASON_MAX];
+  td_sched_view v = {.jobs = jobs, .njobs = N, .devs = &dev, .ndevs = 1, .users = &user,
+                     .nusers = 1, .now = NOW, .backfill_window_s = TD_BACKFILL_WINDOW_S};
+  td_sched_out out = {.starts = starts, .reasons = reasons};
+
+  for (uint64_t budget = 0; budget < 12 * g_sizes[SZ_SMALL]; budget += g_sizes[SZ_SMALL] / 3) {
+    uint64_t sum = 0;
+
+    for (size_t i = 0; i < N; i++)
+      jobs[i] = (td_sched_job){.id = i + 1, .user = 0, .pin = "", .spec = &g_kinds[K_SMALL]};
+    dev.budget = budget;
+    ck_assert_int_eq(td_sched_decide(&v, &out), 0);
+    for (size_t i = 0; i < out.nstarts; i++)
+      sum += out.starts[i].plan.plan.total;
+    ck_assert_uint_le(sum, budget);
+    ck_assert_uint_eq(out.nstarts, budget / g_sizes[SZ_SMALL]);
+  }
+}
+END_TEST
+
+/* The submit shortcut: held, a new head, behind, or a backfill start. */
+START_TEST(test_decide_submitted_table) {
+  static const struct {
+    const char *desc;
+    int32_t head_prio, job_prio;
+    int job_big;
+    uint32_t running, max_running;
+    double waited;
+    const char *want_reason;
+    int want_start, want_head_is_job;
+  } cases[] = {
+      {"backfills inside the window", 5, 0, 0, 0, 0, 100, "", 1, 0},
+      {"past the window: behind the head", 5, 0, 0, 0, 0, 400,
+       "behind job 1 (higher priority)", 0, 0},
+      {"a higher priority: the new head, and it starts", 0, 9, 0, 0, 0, 400, "", 1, 1},
+      {"a higher priority that does not fit: the new head, waiting", 0, 9, 1, 0, 0, 400,
+       "waiting for * on cpu0 (* free)", 0, 1},
+      {"does not fit inside the window", 5, 0, 1, 0, 0, 100,
+       "waiting for * on cpu0 (* free); behind job 1", 0, 0},
+      {"held", 5, 0, 0, 2, 2, 100,
+       "held: bob has 2 running jobs, the max_running_per_user limit", 0, 0},
+  };
+
+  for (size_t c = 0; c < TD_ARRAY_SIZE(cases); c++) {
+    td_sched_job jobs[2] = {
+        {.id = 1, .priority = cases[c].head_prio, .user = 0, .pin = "",
+         .spec = &g_kinds[K_BIG]},
+        {.id = 2, .priority = cases[c].job_prio, .user = 1, .pin = "",
+         .spec = &g_kinds[cases[c].job_big ? K_BIG : K_SMALL]}};
+    td_sched_dev dev = {.name = "cpu0", .budget = g_sizes[SZ_BIG] - 1, .unusable = ""};
+    td_sched_user users[2] = {{.uid = 1000, .name = "alice"},
+                              {.uid = 1001, .name = "bob", .running = cases[c].running}};
+    td_sched_start starts[2];
+    char reasons[2][TD_REASON_MAX] = {"the head's own", ""};
+    td_sched_view v = {.jobs = jobs, .njobs = 2, .devs = &dev, .ndevs = 1, .users = users,
+                       .nusers = 2, .now = NOW, .head_wait_since = NOW - cases[c].waited,
+                       .max_running_per_user = cases[c].max_running,
+                       .backfill_window_s = TD_BACKFILL_WINDOW_S};
+    td_sched_out out = {.starts = starts, .reasons = reasons};
+
+    td_sched_decide_submitted(&v, 1, 0, &out);
+    ck_assert_msg(fnmatch(cases[c].want_reason, reasons[1], 0) == 0, "%s: '%s'",
+                  cases[c].desc, reasons[1]);
+    ck_assert_str_eq(reasons[0], "the head's own");
+    ck_assert_msg(out.nstarts == (size_t)cases[c].want_start, "%s", cases[c].desc);
+    ck_assert_msg(out.head == (cases[c].want_head_is_job ? 1u : 0u), "%s", cases[c].desc);
+  }
+}
+END_TEST
+
+/* The squeeze's arithmetic: re-plan smaller first, then send back. */
+START_TEST(test_squeeze_table) {
+  static const struct {
+    const char *desc;
+    size_t n;
+    uint64_t total[4], smallest[4], excess, want[4];
+  } cases[] = {
+      {"one job re-plans smaller", 1, {100}, {40}, 30, {70}},
+      {"the largest gives first", 2, {100, 50}, {40, 10}, 70, {40, 40}},
+      {"not enough room in re-plans: the largest goes back", 2, {100, 50}, {90, 45}, 20,
+       {1, 45}},
+      {"no smaller plan: it goes back", 1, {100}, {0}, 1, {1}},
+      {"nothing to give", 2, {100, 50}, {40, 10}, 0, {0, 0}},
+  };
+
+  for (size_t c = 0; c < TD_ARRAY_SIZE(cases); c++) {
+    uint64_t budget[4];
+
+    td_sched_squeeze_plan(cases[c].total, cases[c].smallest, cases[c].n, cases[c].excess,
+                          budget);
+    for (size_t i = 0; i < cases[c].n; i++)
+      ck_assert_msg(budget[i] == cases[c].want[i], "%s: job %zu gets %llu", cases[c].desc, i,
+                    (unsigned long long)budget[i]);
+  }
+}
+END_TEST
+
 static void mk(const char *root, const char *rel, int dir) {
   char path[512];
   int fd;
@@ -536,6 +944,13 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_reason_memory_behind);
   tcase_add_test(tc, test_reason_device);
   tcase_add_test(tc, test_reason_prefers_memory);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("decide");
+  tcase_add_checked_fixture(tc, kinds_setup, NULL);
+  tcase_add_test(tc, test_decide_table);
+  tcase_add_test(tc, test_decide_never_overbooks);
+  tcase_add_test(tc, test_decide_submitted_table);
+  tcase_add_test(tc, test_squeeze_table);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataset_impl.h"
 #include "datafile.h"
 #include "error.h"
 
@@ -166,3 +167,349 @@ int td_csv_parse_line(const td_csv_fmt *fmt, const char *p, size_t n, void *valu
                         (unsigned long long)where->offset, fmt->columns, col + 1);
   return 0;
 }
+
+/* The CSV format of a job's data: one file, a sample per line with its
+ * label in a column.  Lines have no fixed size, so a scan notes where
+ * every CSV_STRIDE-th one starts, and a read decodes from the noted line
+ * at or before its first. */
+
+#define CSV_STRIDE 1024u /* lines between two noted offsets */
+#define CSV_MAX_LINE ((size_t)16 << 20)
+#define CSV_FIRST_BUF ((size_t)256 << 10)
+#define CHECK_CSV_BYTES ((uint64_t)64 << 10)
+
+/* Lines of a cursor's data, each without its '\n'. */
+struct lines {
+  td_dcur *c;
+  const char *path;
+  char *buf;
+  size_t cap, len, pos;
+  uint64_t base; /* data offset of buf[0] */
+  int eof;
+};
+
+static int lines_init(struct lines *L, td_dfile *f, uint64_t off, char *err, size_t errlen) {
+  memset(L, 0, sizeof(*L));
+  L->path = td_dfile_path(f);
+  L->base = off;
+  L->cap = CSV_FIRST_BUF;
+  L->buf = malloc(L->cap);
+  if (L->buf == NULL)
+    return TD_ENOMEM;
+  return td_dcur_open(f, off, &L->c, err, errlen);
+}
+
+static void lines_free(struct lines *L) {
+  td_dcur_close(L->c);
+  free(L->buf);
+}
+
+/* The next line: 1, or 0 at the end of the data. */
+static int lines_next(struct lines *L, const char **p, size_t *n, uint64_t *off, char *err,
+                      size_t errlen) {
+  size_t got;
+  int rc;
+
+  for (;;) {
+    char *start = L->buf + L->pos, *nl = memchr(start, '\n', L->len - L->pos);
+
+    if (nl != NULL || (L->eof && L->pos < L->len)) {
+      *p = start;
+      *n = nl != NULL ? (size_t)(nl - start) : L->len - L->pos;
+      *off = L->base + L->pos;
+      L->pos = nl != NULL ? (size_t)(nl + 1 - L->buf) : L->len;
+      return 1;
+    }
+    if (L->eof)
+      return 0;
+    memmove(L->buf, start, L->len - L->pos);
+    L->base += L->pos;
+    L->len -= L->pos;
+    L->pos = 0;
+    if (L->len == L->cap) {
+      char *grown;
+      if (L->cap >= CSV_MAX_LINE)
+        return td_data_errf(err, errlen, L->path, "line at offset %llu too long: expected "
+                            "at most %zu bytes, got more", (unsigned long long)L->base,
+                            CSV_MAX_LINE);
+      grown = realloc(L->buf, 2 * L->cap);
+      if (grown == NULL)
+        return TD_ENOMEM;
+      L->buf = grown;
+      L->cap *= 2;
+    }
+    if ((rc = td_dcur_read(L->c, L->buf + L->len, L->cap - L->len, &got)) < 0)
+      return rc;
+    L->eof = got < L->cap - L->len;
+    L->len += got;
+  }
+}
+
+static void excerpt(char *dst, size_t cap, const char *p, size_t n) {
+  size_t k = n < cap - 4 ? n : cap - 4;
+
+  snprintf(dst, cap, "%.*s%s", (int)k, p, n > k ? "..." : "");
+  for (char *q = dst; *q; q++)
+    if ((unsigned char)*q < 0x20 || (unsigned char)*q == 0x7f)
+      *q = '?';
+}
+
+static int open_csv(td_split *s, const td_jobspec *spec, const td_data_split *ds, char *err,
+                    size_t errlen) {
+  struct lines L;
+  const char *p;
+  char shown[48];
+  size_t n;
+  uint64_t off;
+  uint32_t cols;
+  int rc, line = 1;
+
+  if ((rc = td_dfile_open(ds->images, &s->sf, err, errlen)) < 0)
+    return rc;
+  if ((rc = lines_init(&L, s->sf, 0, err, errlen)) < 0)
+    goto free_lines;
+  if ((rc = lines_next(&L, &p, &n, &off, err, errlen)) < 0)
+    goto free_lines;
+  if (rc == 1 && spec->csv.header) {
+    line++;
+    if ((rc = lines_next(&L, &p, &n, &off, err, errlen)) < 0)
+      goto free_lines;
+  }
+  if (rc == 0) {
+    rc = td_data_errf(err, errlen, ds->images, "no samples at offset %llu: expected a line of "
+                      "numbers%s, got the end of the file", (unsigned long long)L.base,
+                      spec->csv.header ? " after the header line" : "");
+    goto free_lines;
+  }
+  excerpt(shown, sizeof(shown), p, n);
+  if (!td_csv_numeric(p, n)) {
+    rc = td_data_errf(err, errlen, ds->images, "line %d at offset %llu: expected numbers, "
+                      "got '%s'%s", line, (unsigned long long)off, shown,
+                      spec->csv.header ? "" : " (if it names the columns, set data.csv.header:"
+                                              " true)");
+    goto free_lines;
+  }
+  cols = td_csv_columns(p, n);
+  if (cols != s->elems + 1) {
+    rc = td_data_errf(err, errlen, ds->images, "line %d at offset %llu: expected %u columns "
+                      "(the label and model.input's %u values), got %u", line,
+                      (unsigned long long)off, s->elems + 1, s->elems, cols);
+    goto free_lines;
+  }
+  if (spec->csv.label_column >= cols) {
+    rc = td_data_errf(err, errlen, ds->images, "line %d at offset %llu: expected a label in "
+                      "column %u (data.csv.label_column, from 0), got %u columns", line,
+                      (unsigned long long)off, spec->csv.label_column, cols);
+    goto free_lines;
+  }
+  s->csv = (td_csv_fmt){.columns = cols, .label_column = spec->csv.label_column,
+                        .dtype = spec->csv.dtype};
+  s->header = spec->csv.header;
+  s->dtype = spec->csv.dtype;
+  snprintf(s->params, sizeof(s->params), "csv=%u,%d,%d", s->csv.label_column, s->header,
+           (int)s->dtype);
+  rc = 0;
+
+free_lines:
+  lines_free(&L);
+  return rc;
+}
+
+static int csv_needs_scan(const td_split *s, int random_access) {
+  return s->line_off == NULL;
+}
+
+/* CSV scan: count lines and note where every CSV_STRIDE-th record starts. */
+struct csv_scan {
+  td_split *s;
+  uint64_t off;        /* data offset of the next byte */
+  uint64_t line_start; /* of the line being read */
+  uint64_t lines;      /* complete lines so far, the header included */
+  uint64_t want;       /* records to find */
+  uint64_t cap;
+  char *err;
+  size_t errlen;
+};
+
+static int csv_note_line(struct csv_scan *cs) {
+  td_split *s = cs->s;
+  uint64_t rec = cs->lines - (uint64_t)s->header;
+
+  if (cs->lines >= (uint64_t)s->header && rec % CSV_STRIDE == 0) {
+    if (s->nline_off == cs->cap) {
+      uint64_t cap = cs->cap ? 2 * cs->cap : 64;
+      uint64_t *grown = realloc(s->line_off, cap * sizeof(*grown));
+      if (grown == NULL)
+        return TD_ENOMEM;
+      s->line_off = grown;
+      cs->cap = cap;
+    }
+    s->line_off[s->nline_off++] = cs->line_start;
+  }
+  return 0;
+}
+
+static int csv_scan_fn(void *ctx, const uint8_t *data, size_t n) {
+  struct csv_scan *cs = ctx;
+  const uint8_t *p = data, *end = data + n, *nl;
+  int rc;
+
+  while ((nl = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+    if ((rc = csv_note_line(cs)) < 0)
+      return rc;
+    cs->lines++;
+    p = nl + 1;
+    cs->line_start = cs->off + (uint64_t)(p - data);
+    if (cs->lines - (uint64_t)cs->s->header >= cs->want && cs->lines >= (uint64_t)cs->s->header)
+      return 1;
+  }
+  cs->off += n;
+  if (cs->off - cs->line_start > CSV_MAX_LINE)
+    return td_data_errf(cs->err, cs->errlen, td_dfile_path(cs->s->sf), "line %llu at offset "
+                        "%llu too long: expected at most %zu bytes, got more",
+                        (unsigned long long)cs->lines + 1, (unsigned long long)cs->line_start,
+                        CSV_MAX_LINE);
+  return 0;
+}
+
+static int scan_csv(td_split *s, uint32_t max_points, char *err, size_t errlen) {
+  struct csv_scan cs = {.s = s, .want = s->limit > 0 ? s->limit : UINT64_MAX, .err = err,
+                        .errlen = errlen};
+  uint64_t records;
+  int rc;
+
+  free(s->line_off);
+  s->line_off = NULL;
+  s->nline_off = 0;
+  rc = td_dfile_scan(s->sf, td_dfile_is_gzip(s->sf) ? TD__SCAN_SPACING : 0, max_points,
+                     csv_scan_fn, &cs, err, errlen);
+  if (rc < 0)
+    return rc;
+  /* An unterminated last line is a line too, unless the scan stopped. */
+  if (cs.off > cs.line_start && cs.lines - (uint64_t)s->header < cs.want) {
+    if ((rc = csv_note_line(&cs)) < 0)
+      return rc;
+    cs.lines++;
+  }
+  records = cs.lines > (uint64_t)s->header ? cs.lines - (uint64_t)s->header : 0;
+  if (records == 0)
+    return td_data_errf(err, errlen, td_dfile_path(s->sf), "no samples at offset %llu: "
+                        "expected a line of numbers, got the end of the file",
+                        (unsigned long long)cs.off);
+  if (records > TD_DATASET_MAX_SAMPLES)
+    return td_data_errf(err, errlen, td_dfile_path(s->sf), "too many lines: expected at most "
+                        "%u samples, got more", TD_DATASET_MAX_SAMPLES);
+  td__split_set_records(s, records);
+  return 0;
+}
+
+/* Bytes per line, from the noted offsets (the scan may have stopped at
+ * the limit, before the file's end). */
+static void csv_read_cost(const td_split *s, uint64_t *gap, uint64_t *per) {
+  uint64_t line = s->nline_off > 1
+      ? s->line_off[s->nline_off - 1] / ((s->nline_off - 1) * (uint64_t)CSV_STRIDE) + 1
+      : 1024;
+  uint64_t g = td_dfile_max_gap(s->sf);
+
+  *gap = (g == UINT64_MAX ? 0 : g) + (uint64_t)CSV_STRIDE * line;
+  *per = line;
+}
+
+static int read_csv(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, uint8_t *labels,
+                    uint32_t classes, char *err, size_t errlen) {
+  uint64_t k = first / CSV_STRIDE, skip = first % CSV_STRIDE, label, off;
+  uint8_t *row = NULL;
+  struct lines L;
+  td_csv_where where = {.path = td_dfile_path(s->sf)};
+  const char *p;
+  size_t len;
+  int rc;
+
+  if (k >= s->nline_off)
+    return td_data_errf(err, errlen, where.path, "internal error: no offset for line %llu",
+                        (unsigned long long)first);
+  if (samples == NULL && (row = malloc(s->sample_bytes)) == NULL)
+    return TD_ENOMEM;
+  if ((rc = lines_init(&L, s->sf, s->line_off[k], err, errlen)) < 0)
+    goto free_lines;
+  where.line = (uint64_t)s->header + k * CSV_STRIDE;
+  for (uint64_t j = 0; j < skip + n; j++) {
+    if ((rc = lines_next(&L, &p, &len, &off, err, errlen)) < 0)
+      goto free_lines;
+    where.line++;
+    if (rc == 0) {
+      rc = td_data_errf(err, errlen, where.path, "truncated at offset %llu: expected line "
+                        "%llu, got the end of the file (did it change?)",
+                        (unsigned long long)L.base + L.len, (unsigned long long)where.line);
+      goto free_lines;
+    }
+    if (j < skip)
+      continue;
+    where.offset = off;
+    rc = td_csv_parse_line(&s->csv, p, len,
+                           samples != NULL ? samples + (j - skip) * s->sample_bytes : row, &label,
+                           &where, err, errlen);
+    if (rc < 0)
+      goto free_lines;
+    if (label >= classes) {
+      rc = td_data_errf(err, errlen, where.path, "line %llu: label at index %llu is %llu, but "
+                        "the model has %u classes (labels 0..%u)",
+                        (unsigned long long)where.line, (unsigned long long)(first + j - skip),
+                        (unsigned long long)label, classes, classes - 1);
+      goto free_lines;
+    }
+    if (labels != NULL)
+      labels[j - skip] = (uint8_t)label;
+  }
+  rc = 0;
+
+free_lines:
+  lines_free(&L);
+  free(row);
+  return rc;
+}
+
+
+/* The labels of the first 64 KiB of lines. */
+static int csv_check_labels(td_split *s, uint32_t classes, char *err, size_t errlen) {
+  struct lines L;
+  td_csv_where where = {.path = td_dfile_path(s->sf)};
+  uint8_t *row = malloc(s->sample_bytes);
+  const char *p;
+  size_t len;
+  uint64_t label;
+  int rc;
+
+  if (row == NULL)
+    return TD_ENOMEM;
+  if ((rc = lines_init(&L, s->sf, 0, err, errlen)) < 0)
+    goto free_csv;
+  while ((rc = lines_next(&L, &p, &len, &where.offset, err, errlen)) == 1 &&
+         where.offset < CHECK_CSV_BYTES) {
+    if (++where.line == 1 && s->header)
+      continue;
+    if ((rc = td_csv_parse_line(&s->csv, p, len, row, &label, &where, err, errlen)) < 0)
+      goto free_csv;
+    if (label >= classes) {
+      rc = td_data_errf(err, errlen, where.path, "line %llu at offset %llu: label is %llu, "
+                        "but the model has %u classes (labels 0..%u)",
+                        (unsigned long long)where.line, (unsigned long long)where.offset,
+                        (unsigned long long)label, classes, classes - 1);
+      goto free_csv;
+    }
+  }
+free_csv:
+  lines_free(&L);
+  free(row);
+  return rc < 0 ? rc : 0;
+}
+
+const td__format td__format_csv = {
+    .open = open_csv,
+    .needs_scan = csv_needs_scan,
+    .scan = scan_csv,
+    .read_cost = csv_read_cost,
+    .read = read_csv,
+    .check_labels = csv_check_labels,
+    .load_align = CSV_STRIDE,
+};

@@ -10,6 +10,9 @@
  * line), so td_dataset_check can run at submit on traind's loop.  Every
  * message names the file, the offset and what was expected:
  * "<path>: <what> at offset N: expected X, got Y".
+ *
+ * Each format is one ops table (dataset_impl.h) in its parser's file:
+ * idx.c, npy.c, csvdata.c, rawdata.c; dataset.c dispatches through it.
  */
 #ifndef TD_DATASET_H
 #define TD_DATASET_H
@@ -19,6 +22,9 @@
 
 #include "dtype.h"
 #include "jobspec.h"
+/* what the loader uses beside the splits: the sample order, the threads */
+#include "order.h"
+#include "parallel.h"
 
 #define TD_DATASET_MAX_CLASSES 256u
 #define TD_DATASET_MAX_SAMPLES UINT32_MAX
@@ -99,46 +105,5 @@ int td_split_cache_key(const td_split *s, char *buf, size_t cap);
  * TD_EDATA "<path>: label at index I is V, but the model has C classes". */
 int td_labels_check(const uint8_t *labels, uint64_t n, uint64_t first, uint32_t classes,
                     const char *path, char *err, size_t errlen);
-
-/* The order samples are trained in.
- *
- * A pass of n samples is cut into chunks of `chunk` samples (the last may
- * be short) and the chunks into windows of `wchunks` chunks.  With
- * shuffling, the chunk order is a permutation drawn from (seed, epoch), and
- * the samples inside each window are permuted again from (seed, epoch,
- * window): a sample moves only within its window.  wchunks == 0 is one
- * window of everything: a full shuffle.  Nothing depends on micro-batches,
- * threads or timing. */
-typedef struct td_order {
-  uint64_t n;
-  uint32_t chunk;   /* >= 1 */
-  uint32_t wchunks; /* 0: one window */
-  uint64_t seed;
-  uint32_t epoch;
-  int shuffle;      /* 0: file order */
-} td_order;
-
-uint64_t td_order_chunks(const td_order *o);
-/* Chunks per window: wchunks, or all of them for wchunks 0. */
-uint64_t td_order_window_span(const td_order *o);
-uint64_t td_order_windows(const td_order *o);
-/* Samples in chunk k. */
-uint32_t td_order_chunk_size(const td_order *o, uint64_t k);
-/* The epoch's chunk order (td_order_chunks entries): window w is entries
- * [w * span, (w + 1) * span), its samples concatenated in that order. */
-void td_order_chunk_perm(const td_order *o, uint32_t *perm);
-/* The order of window w's count samples (indexes into its concatenation). */
-void td_order_window_perm(const td_order *o, uint64_t w, uint32_t *perm, uint32_t count);
-
-/* perm = a permutation of 0..n-1 drawn from (seed, epoch, stream): a
- * Fisher-Yates shuffle with splitmix64. */
-void td_shuffle(uint32_t *perm, uint32_t n, uint64_t seed, uint32_t epoch, uint64_t stream);
-
-/* Run fn(ctx, task) for every task in 0..ntasks-1 on up to nthreads
- * threads (the caller's included); stop at the first failure and return
- * it, its message in err. */
-typedef int (*td_task_fn)(void *ctx, uint64_t task, char *err, size_t errlen);
-int td_parallel(int nthreads, uint64_t ntasks, td_task_fn fn, void *ctx, char *err,
-                size_t errlen);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataset_impl.h"
 #include "datafile.h"
 #include "error.h"
 #include "util.h"
@@ -189,3 +190,66 @@ void td_idx_free(td_idx *x) {
   free(x->data);
   memset(x, 0, sizeof(*x));
 }
+
+/* The IDX format of a job's data: images and labels in two files. */
+
+static int open_idx(td_split *s, const td_jobspec *spec, const td_data_split *ds, char *err,
+                    size_t errlen) {
+  char want[64], got[64];
+  td_dcur *c = NULL;
+  td_idx_hdr h, hl;
+  int rc;
+
+  if ((rc = td__records_open_file(ds->images, &s->sf, &c, err, errlen)) < 0 ||
+      (rc = td_idx_read_header(c, ds->images, 0, &h, err, errlen)) < 0)
+    goto close_cur;
+  td_dcur_close(c);
+  c = NULL;
+  if (h.item_bytes != s->elems) {
+    td_dims_str(spec->input_dims, spec->input_rank, want, sizeof(want));
+    td_dims_str(h.dims + 1, h.rank - 1, got, sizeof(got));
+    rc = td_data_errf(err, errlen, ds->images, "each image has %llu bytes at offset 8, but "
+                      "the model's input has %u elements: expected %s, got %s",
+                      (unsigned long long)h.item_bytes, s->elems, want,
+                      h.rank > 1 ? got : "scalars");
+    goto close_cur;
+  }
+  if ((rc = td__records_open_file(ds->labels, &s->lf, &c, err, errlen)) < 0 ||
+      (rc = td_idx_read_header(c, ds->labels, 0, &hl, err, errlen)) < 0)
+    goto close_cur;
+  if (hl.item_bytes != 1) {
+    td_dims_str(hl.dims, hl.rank, got, sizeof(got));
+    rc = td_data_errf(err, errlen, ds->labels, "label shape at offset 4: expected one label "
+                      "byte per sample (rank 1), got %s", got);
+    goto close_cur;
+  }
+  if (hl.dims[0] != h.dims[0]) {
+    rc = td_data_errf(err, errlen, ds->labels, "%u labels at offset 4, but %u images: "
+                      "expected one label per image of %s", hl.dims[0], h.dims[0], ds->images);
+    goto close_cur;
+  }
+  s->dtype = TD_DTYPE_U8;
+  s->label_dtype = TD_DTYPE_U8;
+  s->samp = (td__field){s->sf, h.data_off, h.item_bytes, 0, h.item_bytes};
+  s->lab = (td__field){s->lf, hl.data_off, 1, 0, 1};
+  td__split_set_records(s, h.dims[0]);
+  if ((rc = td__records_check_plain_size(&s->samp, s->records, "images", err, errlen)) < 0)
+    goto close_cur;
+  rc = td__records_check_plain_size(&s->lab, s->records, "labels", err, errlen);
+
+close_cur:
+  td_dcur_close(c);
+  return rc;
+}
+
+const td__format td__format_idx = {
+    .open = open_idx,
+    .needs_scan = td__records_needs_scan,
+    .scan = td__records_scan,
+    .read_cost = td__records_read_cost,
+    .read = td__records_read,
+    .check_labels = td__records_check_labels,
+    .load_file = td__records_load_file,
+    .load_align = 1,
+    .load_to_end = 1,
+};

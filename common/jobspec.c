@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "layers.h"
 #include "util.h"
 #include "yamlread.h"
 
@@ -20,13 +21,6 @@ typedef struct parse_ctx {
   const td_ynode *root;
 } parse_ctx;
 
-static const char *const layer_names[TD_LAYER__COUNT + 1] = {
-    [TD_LAYER_DENSE] = "dense",           [TD_LAYER_RELU] = "relu",
-    [TD_LAYER_CONV2D] = "conv2d",         [TD_LAYER_MAXPOOL2D] = "maxpool2d",
-    [TD_LAYER_AVGPOOL2D] = "avgpool2d",   [TD_LAYER_GELU] = "gelu",
-    [TD_LAYER_DROPOUT] = "dropout",       [TD_LAYER_FLATTEN] = "flatten",
-    [TD_LAYER_BATCHNORM2D] = "batchnorm2d", [TD_LAYER_LAYERNORM] = "layernorm",
-};
 static const char *const precision_names[TD_PREC__COUNT + 1] = {
     [TD_PREC_FP32] = "fp32", [TD_PREC_BF16] = "bf16", [TD_PREC_FP16] = "fp16"};
 static const char *const remedy_names[TD_REMEDY__COUNT + 1] = {
@@ -44,7 +38,6 @@ static const int label_dtype_values[] = {TD_DTYPE_U8, TD_DTYPE_I32};
 static const char *const bool_names[] = {"false", "true", NULL};
 static const char *const opt_names[] = {
     [TD_OPT_SGD] = "sgd", [TD_OPT_ADAM] = "adam", [TD_OPT_ADAMW] = "adamw", NULL};
-static const char *const gelu_names[] = {"none", "tanh", NULL};
 static const char *const sched_names[] = {
     [TD_SCHED_CONSTANT] = "constant", [TD_SCHED_STEP] = "step", [TD_SCHED_COSINE] = "cosine",
     NULL};
@@ -65,26 +58,6 @@ static const struct {
     {"eps", OPT_ADAMS, offsetof(td_optimizer, eps), 1e-8f},
     {"momentum", OPT_BIT(TD_OPT_SGD), offsetof(td_optimizer, momentum), 0.0f},
     {"dampening", OPT_BIT(TD_OPT_SGD), offsetof(td_optimizer, dampening), 0.0f},
-};
-
-/* Layer keys, as bits, and which each type takes (and needs). */
-enum { LK_UNITS, LK_FILTERS, LK_KERNEL, LK_STRIDE, LK_PADDING, LK_APPROX, LK_P, LK_EPS,
-       LK_MOMENTUM, LK__COUNT };
-static const char *const layer_key_names[LK__COUNT] = {
-    "units", "filters", "kernel", "stride", "padding", "approximate", "p", "eps", "momentum"};
-#define LK(k) (1u << LK_##k)
-static const struct {
-  unsigned takes, needs;
-} layer_keys[TD_LAYER__COUNT] = {
-    [TD_LAYER_DENSE] = {LK(UNITS), LK(UNITS)},
-    [TD_LAYER_CONV2D] = {LK(FILTERS) | LK(KERNEL) | LK(STRIDE) | LK(PADDING),
-                         LK(FILTERS) | LK(KERNEL)},
-    [TD_LAYER_MAXPOOL2D] = {LK(KERNEL) | LK(STRIDE) | LK(PADDING), LK(KERNEL)},
-    [TD_LAYER_AVGPOOL2D] = {LK(KERNEL) | LK(STRIDE) | LK(PADDING), LK(KERNEL)},
-    [TD_LAYER_GELU] = {LK(APPROX), 0},
-    [TD_LAYER_DROPOUT] = {LK(P), LK(P)},
-    [TD_LAYER_BATCHNORM2D] = {LK(EPS) | LK(MOMENTUM), 0},
-    [TD_LAYER_LAYERNORM] = {LK(EPS), 0},
 };
 
 static int check_name(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
@@ -133,33 +106,6 @@ static int resolve_path(const td_yfield *f, void *p, const td_ynode *n, void *us
     return 1;
   }
   memcpy(s, joined, (size_t)len + 1);
-  return 0;
-}
-
-static int check_layer(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
-                       size_t cap) {
-  td_layer *l = p;
-  unsigned takes = layer_keys[l->type].takes, needs = layer_keys[l->type].needs;
-
-  l->line = n->line;
-  for (int k = 0; k < LK__COUNT; k++) {
-    int given = td_yaml_get(n, layer_key_names[k]) != NULL;
-
-    if (given && !(takes & (1u << k))) {
-      snprintf(msg, cap, "a %s layer has no '%s'", layer_names[l->type], layer_key_names[k]);
-      return 1;
-    }
-    if (!given && (needs & (1u << k))) {
-      snprintf(msg, cap, "a %s layer needs '%s'", layer_names[l->type], layer_key_names[k]);
-      return 1;
-    }
-  }
-  if ((takes & LK(STRIDE)) && td_yaml_get(n, "stride") == NULL)
-    l->stride = l->type == TD_LAYER_CONV2D ? 1 : l->kernel;
-  if ((takes & LK(EPS)) && td_yaml_get(n, "eps") == NULL)
-    l->eps = 1e-5f;
-  if ((takes & LK(MOMENTUM)) && td_yaml_get(n, "momentum") == NULL)
-    l->momentum = 0.1f;
   return 0;
 }
 
@@ -219,41 +165,6 @@ static int check_schedule(const td_yfield *f, void *p, const td_ynode *n, void *
   return 0;
 }
 
-/* Layers people add from habit that the model must not have. */
-static int layer_type_hint(const td_yfield *f, const char *text, void *user, char *msg,
-                           size_t cap) {
-  if (strcasecmp(text, "softmax") == 0 || strcasecmp(text, "log_softmax") == 0 ||
-      strcasecmp(text, "logsoftmax") == 0) {
-    snprintf(msg, cap, "there is no %s layer: the loss (softmax cross-entropy) already applies "
-             "softmax to the last dense layer's scores; remove this layer", text);
-    return 1;
-  }
-  if (strcasecmp(text, "sigmoid") == 0) {
-    snprintf(msg, cap, "there is no sigmoid layer: the loss (softmax cross-entropy) turns the "
-             "last dense layer's scores into probabilities (for two classes, end with a dense "
-             "layer of 2 units); between layers, use relu or gelu");
-    return 1;
-  }
-  return 0;
-}
-
-static const td_yfield layer_fields[] = {
-    {.key = "type", .type = TD_YT_ENUM, .flags = TD_YF_REQUIRED, TD_YF_OFF(td_layer, type),
-     .names = layer_names, .hint = layer_type_hint},
-    TD_YF_INT("units", td_layer, units, 1, 65536, 0),
-    TD_YF_INT("filters", td_layer, filters, 1, 65536, 0),
-    TD_YF_INT("kernel", td_layer, kernel, 1, 4096, 0),
-    TD_YF_INT("stride", td_layer, stride, 1, 4096, 0),
-    TD_YF_INT("padding", td_layer, padding, 0, 4096, 0),
-    TD_YF_ENUM("approximate", td_layer, approximate, gelu_names, NULL, 0),
-    TD_YF_FLOAT("p", td_layer, p, 0, 1, TD_YF_HI_OPEN),
-    TD_YF_FLOAT("eps", td_layer, eps, 0, 1, TD_YF_LO_OPEN),
-    TD_YF_FLOAT("momentum", td_layer, momentum, 0, 1, 0),
-    {0},
-};
-static const td_yfield layer_item = {
-    .type = TD_YT_MAP, .sub = layer_fields, .size = sizeof(td_layer), .check = check_layer,
-};
 static const td_yfield dim_item = {
     .type = TD_YT_INT, .size = sizeof(uint32_t), .min = 1, .max = INPUT_ELEMS_MAX,
 };
@@ -261,7 +172,7 @@ static const td_yfield dim_item = {
 static const td_yfield model_fields[] = {
     TD_YF_SEQ("input", td_jobspec, input_dims, input_rank, 1, TD_MAX_RANK, &dim_item,
               TD_YF_REQUIRED, NULL),
-    TD_YF_SEQ("layers", td_jobspec, layers, nlayers, 1, TD_MAX_LAYERS, &layer_item,
+    TD_YF_SEQ("layers", td_jobspec, layers, nlayers, 1, TD_MAX_LAYERS, &td_layer_yfield,
               TD_YF_REQUIRED, NULL),
     {0},
 };
@@ -620,15 +531,16 @@ static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errl
                  (unsigned long long)elems, INPUT_ELEMS_MAX);
     return TD_EJOBSPEC;
   }
-  if (first->type == TD_LAYER_RELU) {
+  if (td_layer_def_of(first->type)->not_first) {
     td_yaml_errf(err, errlen, first->line,
-                 "key 'model.layers[0]': the first layer must not be relu (start with dense)");
+                 "key 'model.layers[0]': the first layer must not be %s (start with dense)",
+                 td_layer_names[first->type]);
     return TD_EJOBSPEC;
   }
   if (last->type != TD_LAYER_DENSE) {
     td_yaml_errf(err, errlen, last->line,
                  "key 'model.layers[%d]': the last layer must be dense (it gives the class "
-                 "scores), got %s", s->nlayers - 1, layer_names[last->type]);
+                 "scores), got %s", s->nlayers - 1, td_layer_names[last->type]);
     return TD_EJOBSPEC;
   }
   {
@@ -766,33 +678,6 @@ uint64_t td_shape_elems(const td_shape *s) {
   return (uint64_t)s->c * s->h * s->w;
 }
 
-/* Why a window (conv2d or pooling) does not fit its input, or "". */
-static int window_out(const td_layer *l, const td_shape *in, uint32_t *oh, uint32_t *ow,
-                      char *msg, size_t cap) {
-  const char *what = layer_names[l->type];
-  uint64_t k = l->kernel, pad = l->padding;
-  uint64_t st = l->stride ? l->stride : l->type == TD_LAYER_CONV2D ? 1 : l->kernel;
-  uint64_t hp = in->h + 2 * pad, wp = in->w + 2 * pad;
-
-  if (k == 0 || st == 0) {
-    snprintf(msg, cap, "%s needs a kernel and a stride of at least 1", what);
-    return TD_EJOBSPEC;
-  }
-  if (l->type != TD_LAYER_CONV2D && 2 * pad > k) {
-    snprintf(msg, cap, "%s padding %llu is more than half its %llux%llu window", what,
-             (unsigned long long)pad, (unsigned long long)k, (unsigned long long)k);
-    return TD_EJOBSPEC;
-  }
-  if (k > hp || k > wp) {
-    snprintf(msg, cap, "%s kernel %llu is larger than its %ux%u input (padding %llu)", what,
-             (unsigned long long)k, in->h, in->w, (unsigned long long)pad);
-    return TD_EJOBSPEC;
-  }
-  *oh = (uint32_t)((hp - k) / st + 1);
-  *ow = (uint32_t)((wp - k) / st + 1);
-  return 0;
-}
-
 int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1], int *bad,
                       char *msg, size_t cap) {
   uint64_t elems = td_jobspec_input_elems(spec);
@@ -821,8 +706,8 @@ int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1]
   }
   for (int i = 0; i < spec->nlayers; i++) {
     const td_layer *l = &spec->layers[i];
+    const td_layer_def *d;
     td_shape in = cur;
-    uint32_t oh, ow;
     uint64_t big = 0;
     int rc;
 
@@ -831,53 +716,23 @@ int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1]
       snprintf(msg, cap, "unknown layer type %d", (int)l->type);
       return TD_EJOBSPEC;
     }
-    if (!in.spatial && (l->type == TD_LAYER_CONV2D || l->type == TD_LAYER_MAXPOOL2D ||
-                        l->type == TD_LAYER_AVGPOOL2D || l->type == TD_LAYER_BATCHNORM2D)) {
+    d = td_layer_def_of(l->type);
+    if (!in.spatial && d->spatial) {
       if (i == 0)
         snprintf(msg, cap, "%s needs a [C, H, W] input, and model.input is flat (give it as "
-                 "[H, W] or [C, H, W])", layer_names[l->type]);
+                 "[H, W] or [C, H, W])", td_layer_names[l->type]);
       else
         snprintf(msg, cap, "%s needs a [C, H, W] input, and layer %d (%s) gives %u flat "
-                 "features", layer_names[l->type], i - 1, layer_names[spec->layers[i - 1].type],
-                 in.c);
+                 "features", td_layer_names[l->type], i - 1,
+                 td_layer_names[spec->layers[i - 1].type], in.c);
       return TD_EJOBSPEC;
     }
-    switch (l->type) {
-    case TD_LAYER_DENSE:
-      if (l->units == 0) {
-        snprintf(msg, cap, "a dense layer needs 'units'");
-        return TD_EJOBSPEC;
-      }
-      cur = (td_shape){l->units, 1, 1, 0};
-      break;
-    case TD_LAYER_CONV2D:
-      if (l->filters == 0) {
-        snprintf(msg, cap, "a conv2d layer needs 'filters'");
-        return TD_EJOBSPEC;
-      }
-      if ((rc = window_out(l, &in, &oh, &ow, msg, cap)) < 0)
-        return rc;
-      cur = (td_shape){l->filters, oh, ow, 1};
-      /* the im2col matrix of one sample, and the weight */
-      big = (uint64_t)in.c * l->kernel * l->kernel * oh * ow;
-      if ((uint64_t)l->filters * in.c * l->kernel * l->kernel > big)
-        big = (uint64_t)l->filters * in.c * l->kernel * l->kernel;
-      break;
-    case TD_LAYER_MAXPOOL2D:
-    case TD_LAYER_AVGPOOL2D:
-      if ((rc = window_out(l, &in, &oh, &ow, msg, cap)) < 0)
-        return rc;
-      cur = (td_shape){in.c, oh, ow, 1};
-      break;
-    case TD_LAYER_FLATTEN:
-      cur = (td_shape){(uint32_t)td_shape_elems(&in), 1, 1, 0};
-      break;
-    default: /* element-wise and normalisation layers keep the shape */
-      break;
-    }
+    /* without a shape of its own a layer keeps its input's */
+    if (d->shape != NULL && (rc = d->shape(l, &in, &cur, &big, msg, cap)) < 0)
+      return rc;
     if (td_shape_elems(&cur) > INT_MAX || big > INT_MAX) {
       snprintf(msg, cap, "%s needs a tensor of %llu values per sample, more than %d",
-               layer_names[l->type],
+               td_layer_names[l->type],
                (unsigned long long)(big > td_shape_elems(&cur) ? big : td_shape_elems(&cur)),
                INT_MAX);
       return TD_ETOOBIG;
@@ -890,7 +745,8 @@ int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1]
 
 int td_jobspec_batch_dependent(const td_jobspec *spec) {
   for (int i = 0; i < spec->nlayers && i < TD_MAX_LAYERS; i++)
-    if (spec->layers[i].type == TD_LAYER_BATCHNORM2D)
+    if ((unsigned)spec->layers[i].type < TD_LAYER__COUNT &&
+        td_layer_def_of(spec->layers[i].type)->batch_dependent)
       return 1;
   return 0;
 }
@@ -926,5 +782,5 @@ const char *td_precision_name(td_precision p) {
 }
 
 const char *td_layer_type_name(td_layer_type t) {
-  return (unsigned)t < TD_LAYER__COUNT ? layer_names[t] : "unknown";
+  return (unsigned)t < TD_LAYER__COUNT ? td_layer_names[t] : "unknown";
 }

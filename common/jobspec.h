@@ -20,17 +20,17 @@
 #define TD_MAX_RANK      4
 #define TD_JOBFILE_MAX   (1u << 20) /* bytes of YAML a job file may hold */
 
+/* The layer types, in the order of their values, with their names in job
+ * files; everything else about each is its row in common/layers.c. */
+#define TD_LAYER_TYPES(X)                                                                   \
+  X(DENSE, "dense") X(RELU, "relu") X(CONV2D, "conv2d") X(MAXPOOL2D, "maxpool2d")          \
+  X(AVGPOOL2D, "avgpool2d") X(GELU, "gelu") X(DROPOUT, "dropout") X(FLATTEN, "flatten")    \
+  X(BATCHNORM2D, "batchnorm2d") X(LAYERNORM, "layernorm")
+
 typedef enum {
-  TD_LAYER_DENSE = 0,
-  TD_LAYER_RELU,
-  TD_LAYER_CONV2D,
-  TD_LAYER_MAXPOOL2D,
-  TD_LAYER_AVGPOOL2D,
-  TD_LAYER_GELU,
-  TD_LAYER_DROPOUT,
-  TD_LAYER_FLATTEN,
-  TD_LAYER_BATCHNORM2D,
-  TD_LAYER_LAYERNORM,
+#define TD_LAYER_ENUM(id, name) TD_LAYER_##id,
+  TD_LAYER_TYPES(TD_LAYER_ENUM)
+#undef TD_LAYER_ENUM
   TD_LAYER__COUNT
 } td_layer_type;
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataset_impl.h"
 #include "datafile.h"
 #include "error.h"
 #include "util.h"
@@ -299,3 +300,84 @@ free_text:
   free(text);
   return rc;
 }
+
+/* The npy format of a job's data: features and labels in two files. */
+
+static int open_npy(td_split *s, const td_jobspec *spec, const td_data_split *ds, char *err,
+                    size_t errlen) {
+  char want[64], shape[160], lshape[160];
+  td_dcur *c = NULL;
+  td_npy_hdr h, hl;
+  size_t lsize;
+  int rc;
+
+  if ((rc = td__records_open_file(ds->images, &s->sf, &c, err, errlen)) < 0 ||
+      (rc = td_npy_read_header(c, ds->images, &h, err, errlen)) < 0)
+    goto close_cur;
+  td_dcur_close(c);
+  c = NULL;
+  td_npy_shape_str(&h, shape, sizeof(shape));
+  td_dims_str(spec->input_dims, spec->input_rank, want, sizeof(want));
+  if (h.item_elems != s->elems || h.rank < 2) {
+    rc = td_data_errf(err, errlen, ds->images, "shape at offset 10: expected (N, %s) or another "
+                      "shape with %u elements per sample (model.input), got %s", want,
+                      s->elems, shape);
+    goto close_cur;
+  }
+  if (h.dtype == TD_DTYPE_I64) {
+    rc = td_data_errf(err, errlen, ds->images, "dtype at offset 10: expected uint8, int32, "
+                      "float16 or float32 samples, got int64");
+    goto close_cur;
+  }
+  if ((rc = td__records_open_file(ds->labels, &s->lf, &c, err, errlen)) < 0 ||
+      (rc = td_npy_read_header(c, ds->labels, &hl, err, errlen)) < 0)
+    goto close_cur;
+  td_npy_shape_str(&hl, lshape, sizeof(lshape));
+  if (hl.item_elems != 1 || hl.rank > 2) {
+    rc = td_data_errf(err, errlen, ds->labels, "shape at offset 10: expected (N,), one label "
+                      "per sample, got %s", lshape);
+    goto close_cur;
+  }
+  if (hl.dtype != TD_DTYPE_U8 && hl.dtype != TD_DTYPE_I32 && hl.dtype != TD_DTYPE_I64) {
+    rc = td_data_errf(err, errlen, ds->labels, "dtype at offset 10: expected integer labels "
+                      "(uint8, int32 or int64), got %s", td_dtype_name(hl.dtype));
+    goto close_cur;
+  }
+  if (hl.shape[0] != h.shape[0]) {
+    rc = td_data_errf(err, errlen, ds->labels, "shape at offset 10: expected %llu labels, one "
+                      "per sample of %s %s, got %s", (unsigned long long)h.shape[0],
+                      ds->images, shape, lshape);
+    goto close_cur;
+  }
+  if (h.shape[0] > TD_DATASET_MAX_SAMPLES) {
+    rc = td_data_errf(err, errlen, ds->images, "shape at offset 10: expected at most %u "
+                      "samples, got %s", TD_DATASET_MAX_SAMPLES, shape);
+    goto close_cur;
+  }
+  lsize = td_dtype_size(hl.dtype);
+  s->dtype = h.dtype;
+  s->label_dtype = hl.dtype;
+  s->samp = (td__field){s->sf, h.data_off, h.item_elems * td_dtype_size(h.dtype), 0,
+                           h.item_elems * td_dtype_size(h.dtype)};
+  s->lab = (td__field){s->lf, hl.data_off, lsize, 0, lsize};
+  td__split_set_records(s, h.shape[0]);
+  if ((rc = td__records_check_plain_size(&s->samp, s->records, "samples", err, errlen)) < 0)
+    goto close_cur;
+  rc = td__records_check_plain_size(&s->lab, s->records, "labels", err, errlen);
+
+close_cur:
+  td_dcur_close(c);
+  return rc;
+}
+
+const td__format td__format_npy = {
+    .open = open_npy,
+    .needs_scan = td__records_needs_scan,
+    .scan = td__records_scan,
+    .read_cost = td__records_read_cost,
+    .read = td__records_read,
+    .check_labels = td__records_check_labels,
+    .load_file = td__records_load_file,
+    .load_align = 1,
+    .load_to_end = 1,
+};

@@ -7,6 +7,7 @@
 
 #include "devprobe.h"
 #include "error.h"
+#include "layers.h"
 #include "util.h"
 
 #define F32 ((uint64_t)sizeof(float))
@@ -46,28 +47,6 @@ static uint32_t optim_slots(const td_optimizer *opt) {
     return 2;
   return opt->momentum != 0.0f ? 1 : 0;
 }
-
-static bool has_params(td_layer_type t) {
-  return t == TD_LAYER_DENSE || t == TD_LAYER_CONV2D || t == TD_LAYER_BATCHNORM2D ||
-         t == TD_LAYER_LAYERNORM;
-}
-
-/* What each layer's backward op reads, and whether its forward may
- * overwrite its input (when nothing else needs it). */
-static const struct {
-  bool needs_x, needs_y, in_place, grad_in_place;
-} layer_traits[TD_LAYER__COUNT] = {
-    [TD_LAYER_DENSE] = {.needs_x = true},
-    [TD_LAYER_RELU] = {.needs_y = true, .in_place = true, .grad_in_place = true},
-    [TD_LAYER_CONV2D] = {.needs_x = true},
-    [TD_LAYER_MAXPOOL2D] = {.needs_x = true, .needs_y = true},
-    [TD_LAYER_AVGPOOL2D] = {.needs_x = true, .needs_y = true},
-    [TD_LAYER_GELU] = {.needs_x = true, .grad_in_place = true},
-    [TD_LAYER_DROPOUT] = {.in_place = true, .grad_in_place = true},
-    [TD_LAYER_FLATTEN] = {.in_place = true, .grad_in_place = true},
-    [TD_LAYER_BATCHNORM2D] = {.needs_x = true},
-    [TD_LAYER_LAYERNORM] = {.needs_x = true},
-};
 
 /* The liveness planner.  A logical tensor is used by ops at integer times;
  * ops of the forward pass (and the loss) are phase 0, the recomputation and
@@ -257,7 +236,7 @@ static void forward_uses(build *b, int i, int phase) {
   const layer_ids *id = &b->ids[i];
   planner *p = b->p;
 
-  if (ly->type == TD_LAYER_FLATTEN)
+  if (td_layer_def_of(ly->type)->view)
     return;
   use(p, b->act[i], phase, false);
   use(p, id->tx, phase, true);
@@ -275,7 +254,7 @@ static void backward_uses(build *b, int i) {
   const layer_ids *id = &b->ids[i];
   planner *p = b->p;
 
-  if (ly->type == TD_LAYER_FLATTEN)
+  if (td_layer_def_of(ly->type)->view)
     return;
   use(p, b->grad[i + 1], 1, false);
   if (ly->needs_x)
@@ -304,15 +283,16 @@ static int lay_layers(build *b, const td_shape *shapes) {
     return rc;
   for (int i = 0; i < spec->nlayers; i++) {
     const td_layer *sl = &spec->layers[i];
+    const td_layer_def *d = td_layer_def_of(sl->type);
     td_layer_layout *ly = &l->layers[i];
     layer_ids *id = &b->ids[i];
     const td_shape *in = &shapes[i], *out = &shapes[i + 1];
     uint64_t fin = td_shape_elems(in), fout = td_shape_elems(out);
+    td_layer_sizes sz = {0};
     bool last = i == spec->nlayers - 1;
-    /* in place when nothing reads the input after this op */
+    /* in place when nothing reads the input after this op (a view always) */
     bool producer_needs_y = i > 0 && l->layers[i - 1].needs_y;
-    bool in_place = layer_traits[sl->type].in_place &&
-                    (sl->type == TD_LAYER_FLATTEN || !producer_needs_y);
+    bool in_place = d->in_place && (d->view || !producer_needs_y);
 
     *id = (layer_ids){-1, -1, -1, -1, -1, -1, -1, -1};
     ly->type = sl->type;
@@ -320,44 +300,20 @@ static int lay_layers(build *b, const td_shape *shapes) {
     ly->out_shape = *out;
     ly->in = (uint32_t)fin;
     ly->out = (uint32_t)fout;
-    ly->needs_x = layer_traits[sl->type].needs_x;
-    ly->needs_y = layer_traits[sl->type].needs_y;
+    ly->needs_x = d->needs_x;
+    ly->needs_y = d->needs_y;
     ly->weight = ly->bias = ly->running = TD_PLAN_NONE;
     /* spatial ops index the whole micro-batch with int */
-    if ((sl->type == TD_LAYER_CONV2D || sl->type == TD_LAYER_MAXPOOL2D ||
-         sl->type == TD_LAYER_AVGPOOL2D || sl->type == TD_LAYER_BATCHNORM2D) &&
-        (n * fin > INT_MAX || n * fout > INT_MAX))
+    if (d->spatial && (n * fin > INT_MAX || n * fout > INT_MAX))
       return TD_ETOOBIG;
 
-    switch (sl->type) {
-    case TD_LAYER_DENSE:
-      ly->nweight = fout * fin;
-      ly->nbias = fout;
-      break;
-    case TD_LAYER_CONV2D:
-      ly->nweight = (uint64_t)sl->filters * in->c * sl->kernel * sl->kernel;
-      ly->nbias = sl->filters;
-      {
-        /* td_conv2d_workspace_cpu: one sample's columns and two partial
-         * weight gradients (the blocks' sums, kernels/backend.h) */
-        uint64_t ws = ((uint64_t)in->c * sl->kernel * sl->kernel * out->h * out->w +
-                       2 * (ly->nweight + ly->nbias)) * F32;
-
-        if (ws > l->workspace)
-          l->workspace = ws;
-      }
-      break;
-    case TD_LAYER_BATCHNORM2D:
-      ly->nweight = ly->nbias = in->c;
-      break;
-    case TD_LAYER_LAYERNORM:
-      ly->nweight = ly->nbias = fin;
-      break;
-    default:
-      ly->nweight = ly->nbias = 0;
-      break;
-    }
-    if (has_params(sl->type)) {
+    if (d->sizes != NULL)
+      d->sizes(sl, in, out, &sz);
+    ly->nweight = sz.nweight;
+    ly->nbias = sz.nbias;
+    if (sz.workspace > l->workspace)
+      l->workspace = sz.workspace;
+    if (d->trainable) {
       /* one region, so the optimiser updates them all in one sweep; each
        * weight starts TD_PLAN_PARAM_ALIGN-aligned for cuBLAS and cuDNN, its
        * bias right behind it (the ops read it there) */
@@ -368,11 +324,11 @@ static int lay_layers(build *b, const td_shape *shapes) {
       if (l->first_dense < 0)
         l->first_dense = i;
     }
-    if (sl->type == TD_LAYER_BATCHNORM2D) {
+    if (sz.nrunning > 0) {
       ly->running = buf_floats; /* floats after the trainable ones, made bytes below */
-      buf_floats += 2 * (uint64_t)in->c;
+      buf_floats += sz.nrunning;
     }
-    if (!has_params(sl->type))
+    if (!d->trainable)
       ly->needs_dx = l->first_dense >= 0;
 
     /* the stored output */
@@ -386,25 +342,24 @@ static int lay_layers(build *b, const td_shape *shapes) {
         return rc;
       ly->act_bytes = p->t[b->act[i + 1]].bytes;
     }
-    if (sl->type == TD_LAYER_BATCHNORM2D || sl->type == TD_LAYER_LAYERNORM) {
-      uint64_t count = sl->type == TD_LAYER_BATCHNORM2D ? in->c : n;
+    if (d->stats != TD_STATS_NONE) {
+      uint64_t count = d->stats == TD_STATS_CHANNEL ? in->c : n;
 
       if ((rc = new_tensor(p, 2, count, F32, &id->stats)) < 0)
         return rc;
-      if (sl->type == TD_LAYER_BATCHNORM2D && spec->recompute &&
-          (rc = new_tensor(p, 2, in->c, F32, &id->junk)) < 0)
-        return rc;
     }
+    /* recomputed, the forward op must not move the running statistics
+     * again: they go to scratch */
+    if (sz.nrunning > 0 && spec->recompute &&
+        (rc = new_tensor(p, sz.nrunning, 1, F32, &id->junk)) < 0)
+      return rc;
     /* mixed precision: the spatial ops (BatchNorm aside: its statistics
      * span the micro-batch) widen and run a sample at a time, so their
      * fp32 scratch is one sample's */
     ly->chunk = (uint32_t)n;
-    if (sl->type == TD_LAYER_CONV2D || sl->type == TD_LAYER_MAXPOOL2D ||
-        sl->type == TD_LAYER_AVGPOOL2D ||
-        (in->spatial && (sl->type == TD_LAYER_RELU || sl->type == TD_LAYER_GELU ||
-                         sl->type == TD_LAYER_DROPOUT)))
+    if (d->chunk == TD_CHUNK_SAMPLE || (d->chunk == TD_CHUNK_SPATIAL && in->spatial))
       ly->chunk = 1;
-    if (b->half && sl->type != TD_LAYER_FLATTEN) {
+    if (b->half && !d->view) {
       bool same = in_place;
       uint64_t rows = ly->chunk;
 
@@ -417,7 +372,7 @@ static int lay_layers(build *b, const td_shape *shapes) {
       if (ly->needs_y && !last && (rc = new_tensor(p, rows, fout, F32, &id->by)) < 0)
         return rc;
       /* dense and conv2d compute with 16-bit weights; the norms keep fp32 */
-      if (sl->type == TD_LAYER_DENSE || sl->type == TD_LAYER_CONV2D) {
+      if (d->half_weights) {
         if ((rc = new_tensor(p, ly->nweight + ly->nbias, 1, F32, &id->tw)) < 0 ||
             (rc = new_tensor(p, ly->nweight + ly->nbias, 1, F32, &id->bw)) < 0)
           return rc;
@@ -457,7 +412,7 @@ static int lay_grads(build *b) {
   for (int i = L - 1; i > l->first_dense; i--) {
     const td_layer_layout *ly = &l->layers[i];
 
-    if (layer_traits[ly->type].grad_in_place) {
+    if (td_layer_def_of(ly->type)->grad_in_place) {
       b->grad[i] = b->grad[i + 1];
       continue;
     }
@@ -490,7 +445,7 @@ static void schedule(build *b, int stats, int input_tmp) {
 
   /* segments start at each layer with parameters */
   for (int i = l->first_dense; i < L; i++)
-    if (has_params(l->layers[i].type))
+    if (td_layer_def_of(l->layers[i].type)->trainable)
       seg_start[nseg++] = i;
   seg_start[nseg] = L;
   end = L;

@@ -15,9 +15,9 @@
  * recomputation, each segment's forward again) each layer's backward.  Every
  * tensor lives from the op that writes it to the last op that reads it;
  * tensors whose lives do not overlap share bytes.  What the backward pass
- * keeps: dense and conv2d their input, relu its output, pooling both, gelu
- * its input, batchnorm2d and layernorm their input and statistics; dropout
- * nothing (its mask is recomputed from its key).  relu and dropout work in
+ * keeps (each type's row in common/layers.c says it): dense and conv2d
+ * their input, relu its output, pooling both, gelu its input, batchnorm2d
+ * and layernorm their input and statistics; dropout nothing (its mask is recomputed from its key).  relu and dropout work in
  * place when nothing needs their input; flatten is a view.  In bf16/fp16
  * the activations are stored as 16-bit and widened into short-lived fp32
  * scratch tensors for the op that reads them.

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "layers.h"
 #include "lossscale.h"
 #include "schedule.h"
 #include "util.h"
@@ -36,7 +37,7 @@ struct td_model {
   td_lossscale snap_ls;
   uint64_t steps;         /* training steps taken, skipped ones included */
   uint64_t bn_batches;    /* BatchNorm's num_batches_tracked: training micro-batches */
-  int nbn;                /* batchnorm2d layers */
+  int nbn;                /* layers with running statistics (batchnorm2d) */
   td_buf params, grads, optim, act, work, stage;
   char err[256];
 };
@@ -76,8 +77,6 @@ static float rng_uniform(uint64_t *s, float bound) {
   return (float)((2.0 * u - 1.0) * bound);
 }
 
-static float bn_eps(const td_layer *l) { return l->eps > 0.0f ? l->eps : 1e-5f; }
-
 /* PyTorch's defaults: nn.Linear and nn.Conv2d U(-1/sqrt(fan_in), 1/sqrt(fan_in))
  * for weight and bias, the norms gamma 1 and beta 0, running var 1. */
 static int init_weights(td_model *m, uint64_t seed) {
@@ -94,9 +93,8 @@ static int init_weights(td_model *m, uint64_t seed) {
     float *w = (float *)((char *)host + (ly->weight == TD_PLAN_NONE ? 0 : ly->weight));
     float *b = (float *)((char *)host + (ly->bias == TD_PLAN_NONE ? 0 : ly->bias));
 
-    switch (ly->type) {
-    case TD_LAYER_DENSE:
-    case TD_LAYER_CONV2D: {
+    switch (td_layer_def_of(ly->type)->init) {
+    case TD_INIT_FAN_IN: {
       float bound = 1.0f / sqrtf((float)(ly->nweight / ly->nbias));
 
       for (uint64_t j = 0; j < ly->nweight; j++)
@@ -105,8 +103,7 @@ static int init_weights(td_model *m, uint64_t seed) {
         b[j] = rng_uniform(&s, bound);
       break;
     }
-    case TD_LAYER_BATCHNORM2D:
-    case TD_LAYER_LAYERNORM:
+    case TD_INIT_ONES:
       for (uint64_t j = 0; j < ly->nweight; j++)
         w[j] = 1.0f;
       if (ly->running != TD_PLAN_NONE) {
@@ -116,7 +113,7 @@ static int init_weights(td_model *m, uint64_t seed) {
           var[j] = 1.0f;
       }
       break;
-    default:
+    case TD_INIT_NONE:
       break;
     }
   }
@@ -189,7 +186,7 @@ static void free_step_arenas(td_model *m) {
 static td_conv2d_desc window_of(const td_model *m, int i, uint32_t n) {
   const td_layer *sl = &m->spec.layers[i];
   const td_shape *in = &m->lay.layers[i].in_shape;
-  int stride = (int)(sl->stride ? sl->stride : sl->type == TD_LAYER_CONV2D ? 1 : sl->kernel);
+  int stride = (int)td_layer_stride(sl);
 
   return (td_conv2d_desc){.n = (int)n, .c = (int)in->c, .h = (int)in->h, .w = (int)in->w,
                           .k = (int)sl->filters, .kh = (int)sl->kernel, .kw = (int)sl->kernel,
@@ -202,47 +199,30 @@ static td_batchnorm_desc bn_desc(const td_model *m, int i, uint32_t n) {
   const td_shape *in = &m->lay.layers[i].in_shape;
 
   return (td_batchnorm_desc){.n = (int)n, .c = (int)in->c, .hw = (int)(in->h * in->w),
-                             .eps = bn_eps(sl),
-                             .momentum = sl->momentum > 0.0f ? sl->momentum : 0.1f};
-}
-
-static td_pool_mode pool_mode(td_layer_type t) {
-  return t == TD_LAYER_MAXPOOL2D ? TD_POOL_MAX : TD_POOL_AVG;
+                             .eps = td_layer_eps(sl), .momentum = td_layer_momentum(sl)};
 }
 
 static uint64_t conv_workspace(const td_layout *l) {
   return l->half_params != TD_PLAN_NONE ? l->half_params : l->workspace;
 }
 
-static uint32_t chunk_of(const td_model *m, const td_layer_layout *ly, uint32_t n);
+static int layer_workspace(td_model *m, int i, uint64_t *bytes);
 
 /* The plan counts the CPU backend's conv2d workspace, which does not depend
- * on the rows; another backend's (cuDNN's) may, and not only upwards.  A
- * conv layer runs at every row count up to its step: the micro-batch, a last
- * slice of any size (a batch or an evaluation of any count), one sample at a
- * time in mixed precision.  So the workspace arena grows to the most any of
- * those needs (and the model's plan says so), the 16-bit weights moving up
- * behind it.  One query per row count: cuDNN answers from its heuristics on
- * the host, and this runs only when the model is (re-)planned. */
+ * on the rows; another backend's (cuDNN's) may, and not only upwards.  So
+ * the workspace arena grows to the most any layer's op needs (and the
+ * model's plan says so), the 16-bit weights moving up behind it. */
 static int size_workspace(td_model *m) {
   uint64_t have = conv_workspace(&m->lay), need = have, grow;
 
   for (int i = 0; i < m->lay.nlayers; i++) {
-    uint32_t top = chunk_of(m, &m->lay.layers[i], m->lay.micro_batch);
+    uint64_t bytes = 0;
+    int rc;
 
-    if (m->lay.layers[i].type != TD_LAYER_CONV2D)
-      continue;
-    for (uint32_t n = 1; n <= top; n++) {
-      td_conv2d_desc d = window_of(m, i, n);
-      uint64_t bytes;
-      int rc;
-
-      if ((rc = td_backend_conv2d_workspace(m->be, &d, &bytes)) < 0)
-        return fail(m, rc, "%s: no conv2d workspace size for layer %d at %u rows: %s",
-                    td_backend_device(m->be), i, n, td_backend_error(m->be));
-      if (bytes > need)
-        need = bytes;
-    }
+    if ((rc = layer_workspace(m, i, &bytes)) < 0)
+      return rc;
+    if (bytes > need)
+      need = bytes;
   }
   if (need <= have)
     return 0;
@@ -300,8 +280,6 @@ int td_model_create_as(td_backend *be, const td_jobspec *spec, uint32_t micro_ba
     goto destroy;
   }
   set_precision(m, spec->precision);
-  for (int i = 0; i < spec->nlayers && i < TD_MAX_LAYERS; i++)
-    m->nbn += spec->layers[i].type == TD_LAYER_BATCHNORM2D;
   td_backend_mem(be, &mem);
   /* shrunk, the layout is that of a batch of batch_size / shrink */
   if ((s = malloc(sizeof(*s))) == NULL) {
@@ -318,6 +296,8 @@ int td_model_create_as(td_backend *be, const td_jobspec *spec, uint32_t micro_ba
   }
   free(s);
   s = NULL;
+  for (int i = 0; i < m->lay.nlayers; i++)
+    m->nbn += m->lay.layers[i].running != TD_PLAN_NONE;
   if ((rc = size_workspace(m)) < 0 || (rc = alloc_arenas(m, 0)) < 0)
     goto destroy;
   m->ready = true;
@@ -426,22 +406,223 @@ static uint32_t chunk_of(const td_model *m, const td_layer_layout *ly, uint32_t 
   return half(m) && ly->chunk < n ? ly->chunk : n;
 }
 
+/* One op call of layer i on rows [r, r + rows) of a micro-batch, as the
+ * layer's functions see it: fp32 tensors, the 16-bit ones widened. */
+typedef struct layer_call {
+  td_model *m;
+  int i;
+  const td_layer_layout *ly;
+  const td_layer *sl;
+  uint32_t r, rows;
+  const float *w;           /* weight then bias as the op reads them (half_weights) */
+  float *x, *y;             /* the input and output rows (backward: those it needs) */
+  float *dy, *dx, *dw, *db; /* backward: gradients; dx NULL when nothing needs it */
+  float beta;               /* backward: 1 adds the parameter gradients to the arena's */
+  bool training;            /* forward: dropout drops, BatchNorm uses the batch's stats */
+  bool again;               /* forward: the backward pass recomputing it */
+  uint64_t sample;          /* row 0's index in the step's batch */
+} layer_call;
+
+typedef void (*layer_fn)(const layer_call *c);
+
+/* What runs for one layer type: its forward op (also its recomputation)
+ * and backward op, each calling the backend's ops, so they run on every
+ * backend; workspace: the bytes this backend's op needs beyond the plan's
+ * (NULL: none).  The rest of what a type is lives in common/layers.c. */
+typedef struct layer_ops {
+  layer_fn fwd, bwd;
+  int (*workspace)(td_model *m, int i, uint64_t *bytes);
+} layer_ops;
+
+static void dense_fwd(const layer_call *c) {
+  td_backend_dense_fwd(c->m->be, c->x, c->w, c->w + c->ly->nweight, c->y, (int)c->rows,
+                       (int)c->ly->in, (int)c->ly->out);
+}
+
+static void dense_bwd(const layer_call *c) {
+  td_backend_dense_bwd(c->m->be, c->x, c->w, c->dy, c->dx, c->dw, c->db, (int)c->rows,
+                       (int)c->ly->in, (int)c->ly->out, c->beta);
+}
+
+static void conv2d_fwd(const layer_call *c) {
+  td_conv2d_desc d = window_of(c->m, c->i, c->rows);
+
+  td_backend_conv2d_fwd(c->m->be, &d, c->x, c->w, c->w + c->ly->nweight, c->y, c->m->work.ptr,
+                        conv_workspace(&c->m->lay));
+}
+
+static void conv2d_bwd(const layer_call *c) {
+  td_conv2d_desc d = window_of(c->m, c->i, c->rows);
+
+  td_backend_conv2d_bwd(c->m->be, &d, c->x, c->w, c->dy, c->dx, c->dw, c->db, c->beta,
+                        c->m->work.ptr, conv_workspace(&c->m->lay));
+}
+
+/* A conv layer runs at every row count up to its step: the micro-batch, a
+ * last slice of any size (a batch or an evaluation of any count), one
+ * sample at a time in mixed precision; cuDNN's workspace may differ at
+ * each, so the most of them.  One query per row count: cuDNN answers from
+ * its heuristics on the host, and this runs only when the model is
+ * (re-)planned. */
+static int conv2d_workspace(td_model *m, int i, uint64_t *bytes) {
+  uint32_t top = chunk_of(m, &m->lay.layers[i], m->lay.micro_batch);
+
+  for (uint32_t n = 1; n <= top; n++) {
+    td_conv2d_desc d = window_of(m, i, n);
+    uint64_t need;
+    int rc;
+
+    if ((rc = td_backend_conv2d_workspace(m->be, &d, &need)) < 0)
+      return fail(m, rc, "%s: no conv2d workspace size for layer %d at %u rows: %s",
+                  td_backend_device(m->be), i, n, td_backend_error(m->be));
+    if (need > *bytes)
+      *bytes = need;
+  }
+  return 0;
+}
+
+static void pool2d_fwd(const layer_call *c, td_pool_mode mode) {
+  td_conv2d_desc d = window_of(c->m, c->i, c->rows);
+
+  td_backend_pool2d_fwd(c->m->be, mode, &d, c->x, c->y);
+}
+
+static void pool2d_bwd(const layer_call *c, td_pool_mode mode) {
+  td_conv2d_desc d = window_of(c->m, c->i, c->rows);
+
+  td_backend_pool2d_bwd(c->m->be, mode, &d, c->x, c->y, c->dy, c->dx);
+}
+
+static void maxpool2d_fwd(const layer_call *c) { pool2d_fwd(c, TD_POOL_MAX); }
+static void maxpool2d_bwd(const layer_call *c) { pool2d_bwd(c, TD_POOL_MAX); }
+static void avgpool2d_fwd(const layer_call *c) { pool2d_fwd(c, TD_POOL_AVG); }
+static void avgpool2d_bwd(const layer_call *c) { pool2d_bwd(c, TD_POOL_AVG); }
+
+static void relu_fwd(const layer_call *c) {
+  td_backend_relu_fwd(c->m->be, c->x, c->y, (size_t)c->rows * c->ly->out);
+}
+
+static void relu_bwd(const layer_call *c) {
+  td_backend_relu_bwd(c->m->be, c->y, c->dy, c->dx, (size_t)c->rows * c->ly->out);
+}
+
+static td_gelu_kind gelu_kind(const td_layer *l) {
+  return l->approximate ? TD_GELU_TANH : TD_GELU_ERF;
+}
+
+static void gelu_fwd(const layer_call *c) {
+  td_backend_gelu_fwd(c->m->be, gelu_kind(c->sl), c->x, c->y, (size_t)c->rows * c->ly->out);
+}
+
+static void gelu_bwd(const layer_call *c) {
+  td_backend_gelu_bwd(c->m->be, gelu_kind(c->sl), c->x, c->dy, c->dx,
+                      (size_t)c->rows * c->ly->out);
+}
+
+/* The mask is keyed by the sample and the step, so forward, recomputation
+ * and backward draw the same one however the batch is cut. */
+static td_dropout_key dropout_key(const layer_call *c) {
+  return (td_dropout_key){.seed = c->m->spec.seed, .layer = (uint32_t)c->i,
+                          .step = c->m->steps, .sample = c->sample + c->r};
+}
+
+static void dropout_fwd(const layer_call *c) {
+  td_dropout_key key = dropout_key(c);
+
+  /* evaluation: the identity (p 0 copies when not in place) */
+  td_backend_dropout(c->m->be, c->x, c->y, c->rows, c->ly->out, c->training ? c->sl->p : 0.0f,
+                     &key);
+}
+
+static void dropout_bwd(const layer_call *c) {
+  td_dropout_key key = dropout_key(c);
+
+  td_backend_dropout(c->m->be, c->dy, c->dx, c->rows, c->ly->out, c->sl->p, &key);
+}
+
+/* never cut: the statistics are the micro-batch's */
+static void batchnorm2d_fwd(const layer_call *c) {
+  td_model *m = c->m;
+  const td_layer_layout *ly = c->ly;
+  td_batchnorm_desc d = bn_desc(m, c->i, c->rows);
+  float *run = c->again ? act(m, ly->junk) : at(&m->params, ly->running);
+  float *st = act(m, ly->stats);
+
+  td_backend_batchnorm2d_fwd(m->be, &d, c->training, c->x, c->y, at(&m->params, ly->weight),
+                             at(&m->params, ly->bias), run, run + d.c, st, st + d.c);
+}
+
+static void batchnorm2d_bwd(const layer_call *c) {
+  td_model *m = c->m;
+  td_batchnorm_desc d = bn_desc(m, c->i, c->rows);
+  float *st = act(m, c->ly->stats);
+
+  td_backend_batchnorm2d_bwd(m->be, &d, c->x, c->dy, c->dx, at(&m->params, c->ly->weight), st,
+                             st + d.c, c->beta, c->dw, c->db);
+}
+
+static void layernorm_fwd(const layer_call *c) {
+  td_model *m = c->m;
+  const td_layer_layout *ly = c->ly;
+  float *st = act(m, ly->stats) + c->r;
+
+  td_backend_layernorm_fwd(m->be, c->x, c->y, c->rows, ly->in, at(&m->params, ly->weight),
+                           at(&m->params, ly->bias), td_layer_eps(c->sl), st,
+                           st + m->lay.micro_batch);
+}
+
+static void layernorm_bwd(const layer_call *c) {
+  td_model *m = c->m;
+  const td_layer_layout *ly = c->ly;
+  float *st = act(m, ly->stats) + c->r;
+
+  td_backend_layernorm_bwd(m->be, c->x, c->dy, c->dx, c->rows, ly->in,
+                           at(&m->params, ly->weight), st, st + m->lay.micro_batch, c->beta,
+                           c->dw, c->db);
+}
+
+/* A view (flatten) has no row: nothing runs. */
+static const layer_ops layer_table[TD_LAYER__COUNT] = {
+    [TD_LAYER_DENSE] = {dense_fwd, dense_bwd, NULL},
+    [TD_LAYER_RELU] = {relu_fwd, relu_bwd, NULL},
+    [TD_LAYER_CONV2D] = {conv2d_fwd, conv2d_bwd, conv2d_workspace},
+    [TD_LAYER_MAXPOOL2D] = {maxpool2d_fwd, maxpool2d_bwd, NULL},
+    [TD_LAYER_AVGPOOL2D] = {avgpool2d_fwd, avgpool2d_bwd, NULL},
+    [TD_LAYER_GELU] = {gelu_fwd, gelu_bwd, NULL},
+    [TD_LAYER_DROPOUT] = {dropout_fwd, dropout_bwd, NULL},
+    [TD_LAYER_BATCHNORM2D] = {batchnorm2d_fwd, batchnorm2d_bwd, NULL},
+    [TD_LAYER_LAYERNORM] = {layernorm_fwd, layernorm_bwd, NULL},
+};
+
+int td_model_layer_runs(td_layer_type t) {
+  return (unsigned)t < TD_LAYER__COUNT && layer_table[t].fwd != NULL &&
+         layer_table[t].bwd != NULL;
+}
+
+static int layer_workspace(td_model *m, int i, uint64_t *bytes) {
+  const layer_ops *ops = &layer_table[m->lay.layers[i].type];
+
+  *bytes = 0;
+  return ops->workspace != NULL ? ops->workspace(m, i, bytes) : 0;
+}
+
 /* Layer i's forward op on n rows whose first is sample `sample` of the
  * step's batch.  again: the backward pass recomputing it (BatchNorm then
  * leaves its running statistics alone). */
 static void layer_fwd(td_model *m, int i, uint32_t n, bool training, bool again,
                       uint64_t sample) {
   const td_layer_layout *ly = &m->lay.layers[i];
-  const td_layer *sl = &m->spec.layers[i];
+  const td_layer_def *def = td_layer_def_of(ly->type);
   td_backend *be = m->be;
   bool in_place = ly->x == ly->y;
   uint32_t step = chunk_of(m, ly, n);
-  const float *w = NULL;
+  layer_call c = {.m = m, .i = i, .ly = ly, .sl = &m->spec.layers[i], .training = training,
+                  .again = again, .sample = sample};
 
-  if (ly->type == TD_LAYER_FLATTEN)
+  if (def->view)
     return;
-  if (ly->type == TD_LAYER_DENSE || ly->type == TD_LAYER_CONV2D)
-    w = weights(m, i, ly->tw);
+  if (def->half_weights)
+    c.w = weights(m, i, ly->tw);
   for (uint32_t r = 0; r < n; r += step) {
     uint32_t rows = n - r < step ? n - r : step;
     size_t nout = (size_t)rows * ly->out;
@@ -450,58 +631,11 @@ static void layer_fwd(td_model *m, int i, uint32_t n, bool training, bool again,
                : in_place  ? x
                            : act(m, ly->ty);
 
-    switch (ly->type) {
-    case TD_LAYER_DENSE:
-      td_backend_dense_fwd(be, x, w, w + ly->nweight, y, (int)rows, (int)ly->in, (int)ly->out);
-      break;
-    case TD_LAYER_CONV2D: {
-      td_conv2d_desc d = window_of(m, i, rows);
-
-      td_backend_conv2d_fwd(be, &d, x, w, w + ly->nweight, y, m->work.ptr,
-                            conv_workspace(&m->lay));
-      break;
-    }
-    case TD_LAYER_MAXPOOL2D:
-    case TD_LAYER_AVGPOOL2D: {
-      td_conv2d_desc d = window_of(m, i, rows);
-
-      td_backend_pool2d_fwd(be, pool_mode(ly->type), &d, x, y);
-      break;
-    }
-    case TD_LAYER_RELU:
-      td_backend_relu_fwd(be, x, y, nout);
-      break;
-    case TD_LAYER_GELU:
-      td_backend_gelu_fwd(be, sl->approximate ? TD_GELU_TANH : TD_GELU_ERF, x, y, nout);
-      break;
-    case TD_LAYER_DROPOUT: {
-      td_dropout_key key = {.seed = m->spec.seed, .layer = (uint32_t)i, .step = m->steps,
-                            .sample = sample + r};
-
-      /* evaluation: the identity (p 0 copies when not in place) */
-      td_backend_dropout(be, x, y, rows, ly->out, training ? sl->p : 0.0f, &key);
-      break;
-    }
-    case TD_LAYER_BATCHNORM2D: { /* never cut: the statistics are the micro-batch's */
-      td_batchnorm_desc d = bn_desc(m, i, rows);
-      float *run = again ? act(m, ly->junk) : at(&m->params, ly->running);
-      float *st = act(m, ly->stats);
-
-      td_backend_batchnorm2d_fwd(be, &d, training, x, y, at(&m->params, ly->weight),
-                                 at(&m->params, ly->bias), run, run + d.c, st, st + d.c);
-      break;
-    }
-    case TD_LAYER_LAYERNORM: {
-      float *st = act(m, ly->stats) + r;
-
-      td_backend_layernorm_fwd(be, x, y, rows, ly->in, at(&m->params, ly->weight),
-                               at(&m->params, ly->bias), bn_eps(sl), st,
-                               st + m->lay.micro_batch);
-      break;
-    }
-    default:
-      break;
-    }
+    c.r = r;
+    c.rows = rows;
+    c.x = x;
+    c.y = y;
+    layer_table[ly->type].fwd(&c);
     if (!half(m))
       continue;
     if (ly->half_y)
@@ -516,78 +650,33 @@ static void layer_fwd(td_model *m, int i, uint32_t n, bool training, bool again,
  * previous micro-batches'. */
 static void layer_bwd(td_model *m, int i, uint32_t n, float beta, uint64_t sample) {
   const td_layer_layout *ly = &m->lay.layers[i];
-  const td_layer *sl = &m->spec.layers[i];
+  const td_layer_def *def = td_layer_def_of(ly->type);
   td_backend *be = m->be;
-  float *dw = at(&m->grads, ly->weight), *db = at(&m->grads, ly->bias);
   uint32_t step = chunk_of(m, ly, n);
-  const float *w = NULL;
+  layer_call c = {.m = m, .i = i, .ly = ly, .sl = &m->spec.layers[i],
+                  .dw = at(&m->grads, ly->weight), .db = at(&m->grads, ly->bias),
+                  .sample = sample};
 
-  if (ly->type == TD_LAYER_FLATTEN)
+  if (def->view)
     return;
-  if (ly->type == TD_LAYER_DENSE || ly->type == TD_LAYER_CONV2D)
-    w = weights(m, i, ly->bw);
+  if (def->half_weights)
+    c.w = weights(m, i, ly->bw);
   for (uint32_t r = 0; r < n; r += step) {
     uint32_t rows = n - r < step ? n - r : step;
-    size_t nin = (size_t)rows * ly->in, nout = (size_t)rows * ly->out;
-    float *dy = act(m, ly->dy) + (size_t)r * ly->out;
-    float *dx = ly->needs_dx ? act(m, ly->dx) + (size_t)r * ly->in : NULL;
-    float *x = ly->needs_x ? load(m, ly->x, ly->half_x, ly->bx, r, rows, ly->in) : NULL;
-    float *y = ly->needs_y ? load(m, ly->y, ly->half_y, ly->by, r, rows, ly->out) : NULL;
-    float b = r == 0 ? beta : 1.0f; /* later rows add to the first's */
+    size_t nin = (size_t)rows * ly->in;
 
-    switch (ly->type) {
-    case TD_LAYER_DENSE:
-      td_backend_dense_bwd(be, x, w, dy, dx, dw, db, (int)rows, (int)ly->in, (int)ly->out, b);
-      break;
-    case TD_LAYER_CONV2D: {
-      td_conv2d_desc d = window_of(m, i, rows);
-
-      td_backend_conv2d_bwd(be, &d, x, w, dy, dx, dw, db, b, m->work.ptr,
-                            conv_workspace(&m->lay));
-      break;
-    }
-    case TD_LAYER_MAXPOOL2D:
-    case TD_LAYER_AVGPOOL2D: {
-      td_conv2d_desc d = window_of(m, i, rows);
-
-      td_backend_pool2d_bwd(be, pool_mode(ly->type), &d, x, y, dy, dx);
-      break;
-    }
-    case TD_LAYER_RELU:
-      td_backend_relu_bwd(be, y, dy, dx, nout);
-      break;
-    case TD_LAYER_GELU:
-      td_backend_gelu_bwd(be, sl->approximate ? TD_GELU_TANH : TD_GELU_ERF, x, dy, dx, nout);
-      break;
-    case TD_LAYER_DROPOUT: {
-      td_dropout_key key = {.seed = m->spec.seed, .layer = (uint32_t)i, .step = m->steps,
-                            .sample = sample + r};
-
-      td_backend_dropout(be, dy, dx, rows, ly->out, sl->p, &key);
-      break;
-    }
-    case TD_LAYER_BATCHNORM2D: {
-      td_batchnorm_desc d = bn_desc(m, i, rows);
-      float *st = act(m, ly->stats);
-
-      td_backend_batchnorm2d_bwd(be, &d, x, dy, dx, at(&m->params, ly->weight), st, st + d.c,
-                                 b, dw, db);
-      break;
-    }
-    case TD_LAYER_LAYERNORM: {
-      float *st = act(m, ly->stats) + r;
-
-      td_backend_layernorm_bwd(be, x, dy, dx, rows, ly->in, at(&m->params, ly->weight), st,
-                               st + m->lay.micro_batch, b, dw, db);
-      break;
-    }
-    default:
-      break;
-    }
+    c.r = r;
+    c.rows = rows;
+    c.dy = act(m, ly->dy) + (size_t)r * ly->out;
+    c.dx = ly->needs_dx ? act(m, ly->dx) + (size_t)r * ly->in : NULL;
+    c.x = ly->needs_x ? load(m, ly->x, ly->half_x, ly->bx, r, rows, ly->in) : NULL;
+    c.y = ly->needs_y ? load(m, ly->y, ly->half_y, ly->by, r, rows, ly->out) : NULL;
+    c.beta = r == 0 ? beta : 1.0f; /* later rows add to the first's */
+    layer_table[ly->type].bwd(&c);
     /* activation gradients are what a 16-bit one would hold: an fp16
      * overflow shows as inf, for the loss scaler to find */
-    if (half(m) && dx != NULL)
-      td_backend_round_half(be, half_kind(m), dx, nin);
+    if (half(m) && c.dx != NULL)
+      td_backend_round_half(be, half_kind(m), c.dx, nin);
   }
 }
 
@@ -1020,62 +1109,35 @@ int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t 
     goto free_all;
   for (int i = 0; i < l->nlayers; i++) {
     const td_layer_layout *ly = &l->layers[i];
-    const td_shape *in = &ly->in_shape;
+    const td_layer_def *def = td_layer_def_of(ly->type);
     const char *base = (const char *)host;
-    td_st_tensor w = {.dtype = "F32", .data = base + ly->weight,
-                      .bytes = ly->nweight * sizeof(float)};
-    td_st_tensor b = {.dtype = "F32", .rank = 1, .shape = {ly->nbias},
-                      .data = base + ly->bias, .bytes = ly->nbias * sizeof(float)};
+    const td_layer_sizes sz = {.nweight = ly->nweight, .nbias = ly->nbias};
+    td_layer_tensor lt[TD_LAYER_MAX_TENSORS];
+    int k, nt = def->tensors != NULL ? def->tensors(&m->spec.layers[i], &ly->in_shape,
+                                                     &ly->out_shape, &sz, lt)
+                                     : 0;
 
-    switch (ly->type) {
-    case TD_LAYER_DENSE:
-      w.rank = 2;
-      w.shape[0] = ly->out;
-      w.shape[1] = ly->in;
-      break;
-    case TD_LAYER_CONV2D:
-      w.rank = 4;
-      w.shape[0] = ly->nbias;
-      w.shape[1] = in->c;
-      w.shape[2] = w.shape[3] = m->spec.layers[i].kernel;
-      break;
-    case TD_LAYER_BATCHNORM2D:
-      w.rank = 1;
-      w.shape[0] = in->c;
-      break;
-    case TD_LAYER_LAYERNORM: /* normalized_shape: the input's */
-      if (in->spatial) {
-        w.rank = b.rank = 3;
-        w.shape[0] = b.shape[0] = in->c;
-        w.shape[1] = b.shape[1] = in->h;
-        w.shape[2] = b.shape[2] = in->w;
-      } else {
-        w.rank = 1;
-        w.shape[0] = in->c;
+    for (k = 0; k < nt && n < MAX_SAVED; k++, n++) {
+      const td_layer_tensor *x = &lt[k];
+      uint64_t elems = 1;
+
+      for (int d = 0; d < x->rank; d++)
+        elems *= x->shape[d];
+      snprintf(names[n], sizeof(names[n]), "%d.%s", i, x->name);
+      t[n] = (td_st_tensor){.name = names[n], .dtype = "F32", .rank = (uint32_t)x->rank,
+                            .bytes = elems * sizeof(float)};
+      memcpy(t[n].shape, x->shape, (size_t)x->rank * sizeof(x->shape[0]));
+      switch (x->src) {
+      case TD_LT_WEIGHT: t[n].data = base + ly->weight + x->at * sizeof(float); break;
+      case TD_LT_BIAS: t[n].data = base + ly->bias + x->at * sizeof(float); break;
+      case TD_LT_RUNNING: t[n].data = base + ly->running + x->at * sizeof(float); break;
+      case TD_LT_TRACKED:
+        t[n].dtype = "I64";
+        t[n].data = &tracked;
+        t[n].bytes = sizeof(tracked);
+        break;
       }
-      break;
-    default:
-      continue;
     }
-    snprintf(names[n], sizeof(names[n]), "%d.weight", i);
-    w.name = names[n];
-    t[n++] = w;
-    snprintf(names[n], sizeof(names[n]), "%d.bias", i);
-    b.name = names[n];
-    t[n++] = b;
-    if (ly->type != TD_LAYER_BATCHNORM2D)
-      continue;
-    for (int k = 0; k < 2; k++) {
-      snprintf(names[n], sizeof(names[n]), "%d.%s", i, k == 0 ? "running_mean" : "running_var");
-      t[n] = (td_st_tensor){.name = names[n], .dtype = "F32", .rank = 1, .shape = {in->c},
-                            .data = base + ly->running + (uint64_t)k * in->c * sizeof(float),
-                            .bytes = (uint64_t)in->c * sizeof(float)};
-      n++;
-    }
-    snprintf(names[n], sizeof(names[n]), "%d.num_batches_tracked", i);
-    t[n] = (td_st_tensor){.name = names[n], .dtype = "I64", .rank = 0, .data = &tracked,
-                          .bytes = sizeof(tracked)};
-    n++;
   }
   if ((rc = td_safetensors_write(path, t, n, meta, nmeta)) < 0)
     fail(m, rc, "cannot write the model to %s: %s", path, td_strerror(rc));

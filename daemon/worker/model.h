@@ -57,6 +57,10 @@ int td_model_create_as(td_backend *be, const td_jobspec *spec, uint32_t micro_ba
 /* Frees the arenas.  Accepts NULL. */
 void td_model_destroy(td_model *m);
 
+/* Whether the model has forward and backward functions for layer type t
+ * (a view, which runs nothing, has none). */
+int td_model_layer_runs(td_layer_type t);
+
 const td_plan *td_model_plan(const td_model *m);
 const td_layout *td_model_layout(const td_model *m);
 uint64_t td_model_nparams(const td_model *m);

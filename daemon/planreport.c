@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "layers.h"
 #include "planreport.h"
 #include "serialize.h"
 #include "util.h"
@@ -92,7 +93,7 @@ static void td__map_layers(td_map *m, const td_layout *lay) {
     td_map_kv_u64(&item, "params", params);
     td_map_kv_u64(&item, "activations", ly->act_bytes);
     td_map_kv_str(&item, "storage", ly->act_bytes > 0                 ? "stored"
-                                    : ly->type == TD_LAYER_FLATTEN ? "view"
+                                    : td_layer_def_of(ly->type)->view ? "view"
                                                                    : "in place");
     td_map_end(&item);
   }

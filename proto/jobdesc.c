@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "layers.h"
 #include "util.h"
 
 /* What a C member is.  Integers and floats are stored by their size. */
@@ -504,9 +505,10 @@ static int check_rules(td_jobspec *s, char *err, size_t errlen) {
            "elements", ELEMS_MAX);
     return TD_EJOBSPEC;
   }
-  if (s->layers[0].type == TD_LAYER_RELU || s->layers[s->nlayers - 1].type != TD_LAYER_DENSE) {
+  if (td_layer_def_of(s->layers[0].type)->not_first ||
+      s->layers[s->nlayers - 1].type != TD_LAYER_DENSE) {
     seterr(err, errlen, "field 'layers' in the job description: the first layer must not be "
-           "relu and the last must be dense");
+           "%s and the last must be dense", td_layer_type_name(s->layers[0].type));
     return TD_EJOBSPEC;
   }
   if (td_jobspec_shapes(s, shapes, &bad, why, sizeof(why)) < 0) {

@@ -1,7 +1,8 @@
 /* Device probes: what each configured device offers a job, measured once
  * when traind starts (issue #4).  A CUDA probe makes a CUDA context, which
  * traind must never hold, so it runs in a `traind-worker --probe DEVICE`
- * child that prints one line; a CPU device is measured in-process (its
+ * child that sends one catalogued report (proto/INTERNAL.md: "probe" or
+ * "probe_failed") on its stdout; a CPU device is measured in-process (its
  * probe touches no GPU).  The result caps the device's budget by the memory
  * free then, and gives the per-process overhead every plan on the device
  * counts.  A probe that fails leaves the device unusable, with the reason:
@@ -15,6 +16,7 @@
 #include "devprobe.h"
 #include "error.h"
 #include "hostmem.h"
+#include "imsg.h"
 #include "ledger.h"
 #include "log.h"
 #include "probe.h"
@@ -37,7 +39,7 @@ typedef struct td_probe {
   int64_t status;
   int term_signal, exited, timed_out;
   int reported;            /* the device has its answer already */
-  char line[512];
+  unsigned char out_buf[TD_IMSG_HDR + TD_IMSG_MAX]; /* the report's frame */
   size_t len;
 } td_probe;
 
@@ -63,22 +65,42 @@ static void td__probe_done(td_device *dev, int rc, const td_device_probe *p,
   td_device_set_limit(dev, dev->limit);
 }
 
-/* "probe total=N free=N overhead=N", or "probe error=CODE msg=TEXT". */
-static int td__probe_parse(const char *line, td_device_probe *out, char *why, size_t cap) {
-  unsigned long long total, fr, over;
-  const char *msg;
+/* The worker's one report: "probe" with the figures, or "probe_failed"
+ * with why.  Anything else (nothing, a malformed frame) is a failure too. */
+static int td__probe_parse(const unsigned char *buf, size_t len, td_device_probe *out,
+                           char *why, size_t cap) {
+  static td_imsg_frames frames; /* 8 KiB: not on the loop's stack */
+  const td_msgdef *def;
+  const msgpack_object *root;
+  const void *body;
+  size_t blen;
+  td_msg *m;
+  int rc;
 
-  if (sscanf(line, "probe total=%llu free=%llu overhead=%llu", &total, &fr, &over) == 3) {
-    *out = (td_device_probe){.total = total, .free = fr, .overhead = over};
-    return 0;
+  frames = (td_imsg_frames){0};
+  td_imsg_frames_put(&frames, buf, len);
+  if ((rc = td_imsg_frames_next(&frames, &body, &blen, why, cap)) <= 0) {
+    if (rc == 0)
+      snprintf(why, cap, len == 0 ? "traind-worker --probe gave no answer"
+                                  : "traind-worker --probe's answer was cut short");
+    return TD_EBACKEND;
   }
-  if (strncmp(line, "probe error=", 12) == 0 && (msg = strstr(line, " msg=")) != NULL)
-    snprintf(why, cap, "%s", msg + 5);
-  else if (line[0] != '\0')
-    snprintf(why, cap, "traind-worker --probe answered '%.200s'", line);
-  else
-    snprintf(why, cap, "traind-worker --probe gave no answer");
-  return TD_EBACKEND;
+  if (td_imsg_parse(TD_IMSG_REPORT, body, blen, &m, &def, why, cap) < 0)
+    return TD_EBACKEND;
+  root = td_msg_root(m);
+  rc = TD_EBACKEND;
+  if (strcmp(def->op, "probe") == 0) {
+    td_obj_u64(root, "total", &out->total);
+    td_obj_u64(root, "free", &out->free);
+    td_obj_u64(root, "overhead", &out->overhead);
+    rc = 0;
+  } else if (strcmp(def->op, "probe_failed") == 0) {
+    td_obj_cstr(root, "msg", why, cap);
+  } else {
+    snprintf(why, cap, "traind-worker --probe sent '%s', not its probe report", def->op);
+  }
+  td_msg_free(m);
+  return rc;
 }
 
 static void td__probe_closed(uv_handle_t *h) {
@@ -94,9 +116,8 @@ static void td__probe_closed(uv_handle_t *h) {
     free(pr);
     return;
   }
-  pr->line[pr->len] = '\0';
-  pr->line[strcspn(pr->line, "\n")] = '\0';
-  rc = td__probe_parse(pr->line, &p, why, sizeof(why));
+  p = (td_device_probe){0};
+  rc = td__probe_parse(pr->out_buf, pr->len, &p, why, sizeof(why));
   if (pr->timed_out) {
     snprintf(why, sizeof(why), "traind-worker --probe did not answer in %d s (killed)",
              TD_PROBE_TIMEOUT_MS / 1000);
@@ -123,7 +144,7 @@ static void td__probe_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   td_probe *pr = h->data;
 
   (void)hint;
-  *buf = uv_buf_init(pr->line + pr->len, (unsigned)(sizeof(pr->line) - 1 - pr->len));
+  *buf = uv_buf_init((char *)pr->out_buf + pr->len, (unsigned)(sizeof(pr->out_buf) - pr->len));
 }
 
 static void td__probe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
@@ -132,8 +153,8 @@ static void td__probe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   (void)buf;
   if (n > 0)
     pr->len += (size_t)n;
-  /* a full buffer is more than one line: the rest is not read */
-  if (n < 0 || pr->len == sizeof(pr->line) - 1) {
+  /* a full buffer holds the largest report: the rest is not read */
+  if (n < 0 || pr->len == sizeof(pr->out_buf)) {
     uv_read_stop(s);
     td__probe_close(pr, (uv_handle_t *)s);
   }

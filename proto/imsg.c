@@ -63,6 +63,10 @@ static const td_field done_fields[] = {
     F("model", STR, 1, 1023),
 };
 
+static const td_field probe_fields[] = {
+    F("total", UINT, ANY_U64), F("free", UINT, ANY_U64), F("overhead", UINT, ANY_U64),
+};
+
 static const td_msgdef reports[] = {
     {"heartbeat", NULL, 0, "alive, with nothing else to say (each second)"},
     KIND("error", error_fields, "why the worker is failing; it exits next"),
@@ -77,6 +81,8 @@ static const td_msgdef reports[] = {
     KIND("resume_failed", msg_fields, "the checkpoint cannot be used; it starts from scratch"),
     KIND("warning", msg_fields, "the job still succeeds, but its owner must hear of this"),
     KIND("done", done_fields, "the model is written; it exits 0 next"),
+    KIND("probe", probe_fields, "traind-worker --probe: what the device offers a job"),
+    KIND("probe_failed", error_fields, "traind-worker --probe: the device cannot be used"),
 };
 
 static const td_field budget_fields[] = {

@@ -1110,24 +1110,32 @@ static int train(trainer *t) {
   }
 }
 
-/* --probe: one line on stdout for traind, "probe total=N free=N
- * overhead=N" (exit 0) or "probe error=CODE msg=..." (exit 1).  A process
- * of its own: the probe leaves a CUDA context behind. */
+/* --probe: one report on stdout for traind, "probe" (exit 0) or
+ * "probe_failed" (exit 1), framed as the events are (proto/INTERNAL.md).
+ * A process of its own: the probe leaves a CUDA context behind. */
 static int probe_main(const char *device) {
   td_device_probe p;
+  td_imsg b;
+  const void *frame;
+  size_t len;
   char err[512] = "";
-  int rc = td_backend_probe(device, &p, err, sizeof(err));
+  int rc = td_backend_probe(device, &p, err, sizeof(err)), sent;
 
   if (rc < 0) {
-    for (char *c = err; *c; c++)
-      if (*c == '\n')
-        *c = ' ';
-    printf("probe error=%s msg=%s\n", td_err_name(rc), err[0] ? err : td_strerror(rc));
-    return EXIT_JOB;
+    td_imsg_begin(&b, TD_IMSG_REPORT, "probe_failed");
+    td_imsg_str(&b, "code", td_err_name(rc));
+    td_imsg_str(&b, "msg", err[0] ? err : td_strerror(rc));
+  } else {
+    td_imsg_begin(&b, TD_IMSG_REPORT, "probe");
+    td_imsg_u64(&b, "total", p.total);
+    td_imsg_u64(&b, "free", p.free);
+    td_imsg_u64(&b, "overhead", p.overhead);
   }
-  printf("probe total=%llu free=%llu overhead=%llu\n", (unsigned long long)p.total,
-         (unsigned long long)p.free, (unsigned long long)p.overhead);
-  return fflush(stdout) == 0 ? 0 : EXIT_JOB;
+  sent = td_imsg_end(&b, &frame, &len) == 0 && write(STDOUT_FILENO, frame, len) == (ssize_t)len;
+  if (!sent)
+    td_error("cannot send the probe's report: %s", b.p.why[0] ? b.p.why : strerror(errno));
+  td_imsg_free(&b);
+  return rc == 0 && sent ? 0 : EXIT_JOB;
 }
 
 int main(int argc, char **argv) {

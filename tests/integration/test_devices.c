@@ -76,6 +76,10 @@ START_TEST(test_probe_failure_unusable) {
   }
   ck_assert_msg(strstr(th_log_tail(&g_d), "the device probe failed: ") != NULL, "%s",
                 th_log_tail(&g_d));
+  /* the reason is the worker's own (its probe_failed report, decoded), not
+   * a report traind could not read */
+  ck_assert_msg(strstr(th_log_tail(&g_d), "the device probe failed: cuda0: ") != NULL, "%s",
+                th_log_tail(&g_d));
   ck_assert_uint_eq(device_budget("cuda0"), 0);
   {
     char out[4096], errs[4096], *row;

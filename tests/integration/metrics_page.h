@@ -18,8 +18,9 @@
 
 #define CHECK_PAGE(cond, page)                                                               \
   do {                                                                                       \
+    const char *page_ = (page);                                                              \
     if (!(cond))                                                                             \
-      fprintf(stderr, "%s\n", (page));                                                       \
+      fprintf(stderr, "%s\n", page_ != NULL ? page_ : "(no page)");                          \
     ck_assert_msg(cond, "%s (the page is above)", #cond);                                    \
   } while (0)
 

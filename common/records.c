@@ -201,15 +201,17 @@ static int i64_to_i32(const uint8_t *src, uint8_t *dst, uint32_t n) {
   return bad;
 }
 
+typedef int (*convert_fn)(const uint8_t *src, uint8_t *dst, uint32_t n);
+
 /* The first value of a sample that its conversion refused. */
-static int convert_fail(const td_split *s, const uint8_t *src, uint64_t index, char *err,
-                        size_t errlen) {
+static int convert_fail(const td_split *s, convert_fn conv, const uint8_t *src, uint64_t index,
+                        char *err, size_t errlen) {
   const char *path = td_dfile_path(s->sf);
   uint32_t e;
 
   for (e = 0; e + 1 < s->elems; e++) {
     uint8_t one[4];
-    if ((s->stored == TD_DTYPE_F64 ? f64_to_f32 : i64_to_i32)(src + 8 * (size_t)e, one, 1))
+    if (conv(src + 8 * (size_t)e, one, 1))
       break;
   }
   if (s->stored == TD_DTYPE_I64) {
@@ -239,12 +241,11 @@ static int convert_fail(const td_split *s, const uint8_t *src, uint64_t index, c
  * s->dtype into dst, sample_bytes apart: the first is sample `first`. */
 static int convert_samples(const td_split *s, const uint8_t *src, uint64_t stride, uint64_t k,
                            uint64_t first, uint8_t *dst, char *err, size_t errlen) {
-  int (*conv)(const uint8_t *, uint8_t *, uint32_t) =
-      s->stored == TD_DTYPE_F64 ? f64_to_f32 : i64_to_i32;
+  convert_fn conv = s->stored == TD_DTYPE_F64 ? f64_to_f32 : i64_to_i32;
 
   for (uint64_t j = 0; j < k; j++)
     if (conv(src + j * stride, dst + j * s->sample_bytes, s->elems))
-      return convert_fail(s, src + j * stride, first + j, err, errlen);
+      return convert_fail(s, conv, src + j * stride, first + j, err, errlen);
   return 0;
 }
 

@@ -60,11 +60,14 @@ int td_split_open(const td_jobspec *spec, td_split_which which, td_split **out, 
     return TD_EINVAL;
   }
   s->fmt = formats[spec->format];
+  s->stored = TD_DTYPE__COUNT;
   rc = s->fmt->open(s, spec, ds, err, errlen);
   if (rc < 0) {
     td_split_close(s);
     return rc;
   }
+  if (s->stored == TD_DTYPE__COUNT)
+    s->stored = s->dtype;
   s->sample_bytes = (uint32_t)(s->elems * td_dtype_size(s->dtype));
   if (s->count == 0) {
     td_split_close(s);

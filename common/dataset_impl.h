@@ -32,7 +32,9 @@ struct td_split {
   td_data_format format;
   uint64_t limit;   /* 0 = all */
   uint32_t elems;
-  td_dtype dtype;
+  td_dtype dtype;    /* of the samples as they are read (sample_bytes) */
+  td_dtype stored;   /* of the samples in the file: dtype, or int64 or float64 (npy)
+                        converted to dtype as records are read */
   uint32_t sample_bytes;
   uint64_t records; /* in the file; UINT64_MAX until known */
   uint64_t count;

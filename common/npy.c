@@ -16,7 +16,7 @@ static const struct {
   td_dtype dtype;
 } npy_types[] = {
     {"u1", TD_DTYPE_U8}, {"i4", TD_DTYPE_I32}, {"f2", TD_DTYPE_F16},
-    {"f4", TD_DTYPE_F32}, {"i8", TD_DTYPE_I64},
+    {"f4", TD_DTYPE_F32}, {"i8", TD_DTYPE_I64}, {"f8", TD_DTYPE_F64},
 };
 
 /* The header text being parsed, with where it starts in the file. */
@@ -153,8 +153,8 @@ static int parse_descr(struct lex *l, const char *descr, uint64_t at, td_npy_hdr
     return 0;
   }
   return td_data_errf(l->err, l->errlen, l->path, "unsupported dtype at offset %llu: expected "
-                      "uint8 ('|u1'), int32 ('<i4'), float16 ('<f2'), float32 ('<f4') or "
-                      "int64 ('<i8', labels), got '%s'", (unsigned long long)at, descr);
+                      "uint8 ('|u1'), int32 ('<i4'), int64 ('<i8'), float16 ('<f2'), float32 "
+                      "('<f4') or float64 ('<f8'), got '%s'", (unsigned long long)at, descr);
 }
 
 /* {'descr': '<f4', 'fortran_order': False, 'shape': (60000, 28, 28), } */
@@ -324,11 +324,6 @@ static int open_npy(td_split *s, const td_jobspec *spec, const td_data_split *ds
                       s->elems, shape);
     goto close_cur;
   }
-  if (h.dtype == TD_DTYPE_I64) {
-    rc = td_data_errf(err, errlen, ds->images, "dtype at offset 10: expected uint8, int32, "
-                      "float16 or float32 samples, got int64");
-    goto close_cur;
-  }
   if ((rc = td__records_open_file(ds->labels, &s->lf, &c, err, errlen)) < 0 ||
       (rc = td_npy_read_header(c, ds->labels, &hl, err, errlen)) < 0)
     goto close_cur;
@@ -355,7 +350,12 @@ static int open_npy(td_split *s, const td_jobspec *spec, const td_data_split *ds
     goto close_cur;
   }
   lsize = td_dtype_size(hl.dtype);
-  s->dtype = h.dtype;
+  /* numpy's default types: int64 and float64 samples are read as int32 and
+   * float32 (records.c), which is what the worker takes; int32 rather than
+   * float32 for int64 so that integer inputs (indices) stay exact. */
+  s->stored = h.dtype;
+  s->dtype = h.dtype == TD_DTYPE_I64 ? TD_DTYPE_I32 : h.dtype == TD_DTYPE_F64 ? TD_DTYPE_F32 :
+             h.dtype;
   s->label_dtype = hl.dtype;
   s->samp = (td__field){s->sf, h.data_off, h.item_elems * td_dtype_size(h.dtype), 0,
                            h.item_elems * td_dtype_size(h.dtype)};

@@ -3,7 +3,9 @@
  * 'fortran_order' and 'shape', then the array.
  *
  * Only what a dataset needs is accepted: C order, little-endian (or
- * one-byte) uint8, int32, float16, float32 and int64, rank 1..8.
+ * one-byte) uint8, int32, int64, float16, float32 and float64, rank 1..8.
+ * Samples of int64 and float64 (numpy's defaults) are read as int32 and
+ * float32; labels of any integer type become class bytes.
  */
 #ifndef TD_NPY_H
 #define TD_NPY_H

@@ -1,7 +1,11 @@
 /* Fixed-size records: what the formats whose samples and labels sit at
  * fixed places (idx, npy, raw) share.  A split's samples and labels are
- * fields of records, in one file or in two.
+ * fields of records, in one file or in two.  Samples stored as int64 or
+ * float64 (npy) are converted to int32 or float32 as each block of records
+ * is read, whether the reader streams ranges or loads a whole file, so the
+ * loader, its cache and the worker only ever see the narrower type.
  */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,10 +134,16 @@ static int convert_labels(const td_split *s, const uint8_t *raw, uint64_t n, uin
   return 0;
 }
 
+/* Where a value of sample `first + i / elems` element `i % elems` sits. */
+static uint64_t sample_offset(const td_split *s, uint64_t first, uint64_t i) {
+  return s->samp.off + (first + i / s->elems) * s->samp.rec + s->samp.at +
+         (i % s->elems) * td_dtype_size(s->stored);
+}
+
 /* Floats must be finite: a NaN would train nothing and say nothing. */
 static int check_finite(const td_split *s, const uint8_t *samples, uint64_t n, uint64_t first,
                         char *err, size_t errlen) {
-  uint64_t elems = n * s->elems, size = td_dtype_size(s->dtype), i;
+  uint64_t elems = n * s->elems, i;
   const char *bad = NULL;
 
   if (s->dtype == TD_DTYPE_F32) {
@@ -157,15 +167,95 @@ static int check_finite(const td_split *s, const uint8_t *samples, uint64_t n, u
                       "%llu: expected a finite number, got %s",
                       (unsigned long long)(first + i / s->elems),
                       (unsigned long long)(i % s->elems),
-                      (unsigned long long)(s->samp.off + (first + i / s->elems) * s->samp.rec +
-                                           s->samp.at + (i % s->elems) * size), bad);
+                      (unsigned long long)sample_offset(s, first, i), bad);
+}
+
+/* float64 to float32 as C's cast rounds (to nearest); what float32 cannot
+ * hold (NaN, infinity, beyond FLT_MAX once rounded) makes bad, which the
+ * caller turns into an error: one loop without a branch, so it vectorises. */
+static int f64_to_f32(const uint8_t *src, uint8_t *dst, uint32_t n) {
+  int bad = 0;
+
+  for (uint32_t i = 0; i < n; i++) {
+    double d;
+    float f;
+    memcpy(&d, src + 8 * (size_t)i, 8);
+    f = (float)d;
+    bad |= !(fabsf(f) <= FLT_MAX);
+    memcpy(dst + 4 * (size_t)i, &f, 4);
+  }
+  return bad;
+}
+
+static int i64_to_i32(const uint8_t *src, uint8_t *dst, uint32_t n) {
+  int bad = 0;
+
+  for (uint32_t i = 0; i < n; i++) {
+    int64_t v;
+    int32_t o;
+    memcpy(&v, src + 8 * (size_t)i, 8);
+    bad |= v < INT32_MIN || v > INT32_MAX;
+    o = (int32_t)v;
+    memcpy(dst + 4 * (size_t)i, &o, 4);
+  }
+  return bad;
+}
+
+typedef int (*convert_fn)(const uint8_t *src, uint8_t *dst, uint32_t n);
+
+/* The first value of a sample that its conversion refused. */
+static int convert_fail(const td_split *s, convert_fn conv, const uint8_t *src, uint64_t index,
+                        char *err, size_t errlen) {
+  const char *path = td_dfile_path(s->sf);
+  uint32_t e;
+
+  for (e = 0; e + 1 < s->elems; e++) {
+    uint8_t one[4];
+    if (conv(src + 8 * (size_t)e, one, 1))
+      break;
+  }
+  if (s->stored == TD_DTYPE_I64) {
+    int64_t v;
+    memcpy(&v, src + 8 * (size_t)e, 8);
+    return td_data_errf(err, errlen, path, "sample %llu element %u at offset %llu: expected an "
+                        "int64 value that fits int32 (int64 samples are read as int32), got "
+                        "%lld (save the features with .astype('<f4') if they are not indices)",
+                        (unsigned long long)index, e,
+                        (unsigned long long)sample_offset(s, index, e), (long long)v);
+  } else {
+    double d;
+    memcpy(&d, src + 8 * (size_t)e, 8);
+    if (isnan(d) || isinf(d))
+      return td_data_errf(err, errlen, path, "sample %llu element %u at offset %llu: expected "
+                          "a finite number, got %s", (unsigned long long)index, e,
+                          (unsigned long long)sample_offset(s, index, e),
+                          isnan(d) ? "NaN" : "infinity");
+    return td_data_errf(err, errlen, path, "sample %llu element %u at offset %llu: expected a "
+                        "float64 value that fits float32 (float64 samples are read as float32, "
+                        "|x| <= %g), got %g", (unsigned long long)index, e,
+                        (unsigned long long)sample_offset(s, index, e), (double)FLT_MAX, d);
+  }
+}
+
+/* k records' samples, stride apart in src, converted from s->stored to
+ * s->dtype into dst, sample_bytes apart: the first is sample `first`. */
+static int convert_samples(const td_split *s, const uint8_t *src, uint64_t stride, uint64_t k,
+                           uint64_t first, uint8_t *dst, char *err, size_t errlen) {
+  convert_fn conv = s->stored == TD_DTYPE_F64 ? f64_to_f32 : i64_to_i32;
+
+  for (uint64_t j = 0; j < k; j++)
+    if (conv(src + j * stride, dst + j * s->sample_bytes, s->elems))
+      return convert_fail(s, conv, src + j * stride, first + j, err, errlen);
+  return 0;
 }
 
 /* Records [first, first + n) of one file, each wanted field copied out
- * (dst NULL: not wanted).  The file must hold them. */
+ * (dst NULL: not wanted), or converted where conv names the split (its
+ * samples, stored as int64 or float64).  The file must hold them. */
 struct want {
   const td__field *fd;
   uint8_t *dst;
+  const td_split *conv;
 };
 
 /* total > 0: the file holds total records, and after reading these the
@@ -181,7 +271,7 @@ static int read_records(td_dfile *f, const struct want *w, int nw, uint64_t firs
 
   if ((rc = td_dcur_open(f, at, &c, err, errlen)) < 0)
     return rc;
-  if (nw == 1 && fd->at == 0 && fd->bytes == rec) {
+  if (nw == 1 && fd->at == 0 && fd->bytes == rec && w[0].conv == NULL) {
     if ((rc = td_dcur_read(c, w[0].dst, (size_t)(n * rec), &got)) < 0)
       goto close_cur;
     if (got < n * rec)
@@ -202,10 +292,17 @@ static int read_records(td_dfile *f, const struct want *w, int nw, uint64_t firs
       goto close_cur;
     if (got < k * rec)
       goto truncated;
-    for (int i = 0; i < nw; i++)
+    for (int i = 0; i < nw; i++) {
+      if (w[i].conv != NULL) {
+        if ((rc = convert_samples(w[i].conv, bounce + w[i].fd->at, rec, k, first + done,
+                                  w[i].dst + done * w[i].conv->sample_bytes, err, errlen)) < 0)
+          goto close_cur;
+        continue;
+      }
       for (uint64_t j = 0; j < k; j++)
         memcpy(w[i].dst + (done + j) * w[i].fd->bytes, bounce + j * rec + w[i].fd->at,
                (size_t)w[i].fd->bytes);
+    }
   }
 
 check_rest:
@@ -246,18 +343,18 @@ static int read_fixed(td_split *s, uint64_t first, uint64_t n, uint8_t *samples,
       return TD_ENOMEM;
   }
   if (samples != NULL)
-    w[nw++] = (struct want){&s->samp, samples};
+    w[nw++] = (struct want){&s->samp, samples, s->stored != s->dtype ? s : NULL};
   if (lraw != NULL && s->lab.f == s->sf)
-    w[nw++] = (struct want){&s->lab, lraw};
+    w[nw++] = (struct want){&s->lab, lraw, NULL};
   if (nw > 0)
     rc = read_records(s->sf, w, nw, first, n, total, err, errlen);
   if (rc == 0 && lraw != NULL && s->lab.f != s->sf) {
-    w[0] = (struct want){&s->lab, lraw};
+    w[0] = (struct want){&s->lab, lraw, NULL};
     rc = read_records(s->lab.f, w, 1, first, n, total, err, errlen);
   }
   if (rc == 0 && lraw != NULL)
     rc = convert_labels(s, lraw, n, first, labels, classes, err, errlen);
-  if (rc == 0 && samples != NULL)
+  if (rc == 0 && samples != NULL && s->stored == s->dtype) /* converted: checked then */
     rc = check_finite(s, samples, n, first, err, errlen);
   if (lraw != labels)
     free(lraw);

@@ -73,6 +73,13 @@ write("npy", "f32-i32-gzip-stream", head(GZ | GZ << 2 | STREAM, 3, 2) + x_f4 + S
 x_f2 = npy("<f2", (2, 2), struct.pack("<4e", 0.5, -1, 2, 3), version=2)
 y_u1 = npy("|u1", (2,), bytes([1, 1]), version=3)
 write("npy", "f16-v2-u8-v3", head(GZ2, 2, 2) + x_f2 + SEP + y_u1)
+# numpy's defaults, converted as read: float64 (one value rounds, one is
+# float32's largest) and int64 samples.
+x_f8 = npy("<f8", (2, 3), struct.pack("<6d", 0.1, -1, 2, 3.4028234663852886e38, 0, 1e3))
+write("npy", "f64-i64-gzip-stream", head(GZ | STREAM, 3, 2) + x_f8 + SEP +
+      npy("<i8", (2,), struct.pack("<2q", 1, 0)))
+x_i8 = npy("<i8", (2, 2), struct.pack("<4q", -2147483648, 2147483647, 0, 5))
+write("npy", "i64-u8", head(PLAIN, 2, 2) + x_i8 + SEP + y_u1)
 
 # CSV: mode bit 5 a header line, bit 6 uint8; label column (2 bytes) ------
 CSV_HEADER, CSV_U8 = 0x20, 0x40

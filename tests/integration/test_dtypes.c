@@ -1,8 +1,11 @@
 /* Integration: samples of any stored type (issue #6).  A job on a float32
  * .npy dataset runs through traind, loader and worker end to end, and
  * trains as the same values stored as uint8 pixels do (float32 x / 255
- * with normalisation's scale 1 against uint8 x with scale 1/255). */
+ * with normalisation's scale 1 against uint8 x with scale 1/255).  The
+ * same values saved as numpy's defaults, float64 samples and int64 labels,
+ * are read as float32 and class bytes and train to the same bits. */
 #include <check.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +66,7 @@ static void make_data(uint8_t *px, float *fx, uint8_t *labels) {
   }
 }
 
-static void job_yaml(char *buf, size_t cap, const char *name, const char *x) {
+static void job_yaml(char *buf, size_t cap, const char *name, const char *x, const char *y) {
   snprintf(buf, cap,
            "name: %s\n"
            "model:\n"
@@ -74,15 +77,15 @@ static void job_yaml(char *buf, size_t cap, const char *name, const char *x) {
            "    - {type: dense, units: 4}\n"
            "data:\n"
            "  format: npy\n"
-           "  train: {images: %s/%s, labels: %s/y.npy}\n"
-           "  test: {images: %s/%s, labels: %s/y.npy}\n"
+           "  train: {images: %s/%s, labels: %s/%s}\n"
+           "  test: {images: %s/%s, labels: %s/%s}\n"
            "  normalize: {mean: 0.3, std: 0.3}\n"
            "train:\n"
            "  batch_size: 32\n"
            "  epochs: 3\n"
            "  seed: 5\n"
            "  optimizer: {type: sgd, lr: 0.1}\n",
-           name, g_d.dir, x, g_d.dir, g_d.dir, x, g_d.dir);
+           name, g_d.dir, x, g_d.dir, y, g_d.dir, x, g_d.dir, y);
 }
 
 /* Run a job to success; its accuracy and loss from `show`. */
@@ -107,8 +110,10 @@ static void run_job(const char *yaml, const char *key, double *acc, double *loss
 START_TEST(test_float32_npy) {
   static uint8_t px[N * SIDE * SIDE], labels[N];
   static float fx[N * SIDE * SIDE];
+  static double dx[N * SIDE * SIDE];
+  static int64_t labels64[N];
   char path[256], yaml[2048];
-  double acc8, loss8, acc32, loss32;
+  double acc8, loss8, acc32, loss32, acc64, loss64;
 
   ck_assert_int_eq(th_daemon_init(&g_d, "1GiB", NULL, 0), 0);
   make_data(px, fx, labels);
@@ -118,18 +123,33 @@ START_TEST(test_float32_npy) {
   write_npy(path, "<f4", 1, fx, sizeof(fx));
   snprintf(path, sizeof(path), "%s/y.npy", g_d.dir);
   write_npy(path, "|u1", 0, labels, sizeof(labels));
+  for (int i = 0; i < N * SIDE * SIDE; i++) {
+    dx[i] = (double)px[i] / 255.0;
+    ck_assert((float)dx[i] == fx[i]); /* the loader's conversion gives x32.npy's values */
+  }
+  for (int i = 0; i < N; i++)
+    labels64[i] = labels[i];
+  snprintf(path, sizeof(path), "%s/x64.npy", g_d.dir);
+  write_npy(path, "<f8", 1, dx, sizeof(dx));
+  snprintf(path, sizeof(path), "%s/y64.npy", g_d.dir);
+  write_npy(path, "<i8", 0, labels64, sizeof(labels64));
   ck_assert_msg(th_daemon_start(&g_d, 10000) == 0, "traind did not start: %s",
                 th_log_tail(&g_d));
   g_sock = th_connect(g_d.sock, 10000);
   ck_assert_int_ge(g_sock, 0);
 
-  job_yaml(yaml, sizeof(yaml), "f32", "x32.npy");
+  job_yaml(yaml, sizeof(yaml), "f32", "x32.npy", "y.npy");
   run_job(yaml, "k-f32", &acc32, &loss32);
-  job_yaml(yaml, sizeof(yaml), "u8", "x8.npy");
+  job_yaml(yaml, sizeof(yaml), "u8", "x8.npy", "y.npy");
   run_job(yaml, "k-u8", &acc8, &loss8);
+  job_yaml(yaml, sizeof(yaml), "f64", "x64.npy", "y64.npy");
+  run_job(yaml, "k-f64", &acc64, &loss64);
   ck_assert_msg(acc32 > 0.9, "float32 accuracy %f", acc32);
   ck_assert_double_eq_tol(acc32, acc8, 1e-6);
   ck_assert_double_eq_tol(loss32, loss8, 1e-4);
+  /* The same float32 samples and labels after conversion: the same run. */
+  ck_assert_msg(acc64 == acc32 && loss64 == loss32, "float64: accuracy %.9g loss %.9g, "
+                "float32: %.9g %.9g", acc64, loss64, acc32, loss32);
 
   ck_assert_msg(th_daemon_stop(&g_d) == 0, "traind did not stop cleanly: %s",
                 th_log_tail(&g_d));

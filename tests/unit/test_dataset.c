@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -291,8 +292,8 @@ START_TEST(test_npy_errors) {
   expect_check_fail(&spec, TD_EDATA, "x.npy", "Fortran", "offset");
   write_npy("x.npy", ">f4", "False", shape, 3, data, NPY_N * 64);
   expect_check_fail(&spec, TD_EDATA, "x.npy", "big-endian", "'>f4'");
-  write_npy("x.npy", "<f8", "False", shape, 3, data, NPY_N * 128);
-  expect_check_fail(&spec, TD_EDATA, "x.npy", "unsupported dtype", "'<f8'");
+  write_npy("x.npy", "<c8", "False", shape, 3, data, NPY_N * 128);
+  expect_check_fail(&spec, TD_EDATA, "x.npy", "unsupported dtype", "'<c8'");
   write_npy("x.npy", "<f4", "False", bad, 3, data, NPY_N * 100);
   expect_check_fail(&spec, TD_EDATA, "x.npy", "expected (N, 4 x 4)", "got (50, 5, 5)");
   write_npy("x.npy", "<f4", "False", shape, 3, data, NPY_N * 64 - 3); /* truncated */
@@ -358,6 +359,122 @@ START_TEST(test_npy_errors) {
   /* A missing file. */
   unlink(tmp_path("y.npy"));
   expect_check_fail(&spec, TD_EDATA, "y.npy", "No such file", NULL);
+}
+END_TEST
+
+/* numpy's default types: float64 and int64 samples are read as float32 and
+ * int32 (as C's casts convert), whole, in ranges and from gzip; what the
+ * narrower type cannot hold is refused naming the sample. */
+START_TEST(test_npy_wide) {
+  uint64_t shape[] = {NPY_N, 4, 4}, lshape[] = {NPY_N};
+  static double d[NPY_N * 16];
+  static int64_t q[NPY_N * 16], lab[NPY_N];
+  static float wantf[NPY_N * 16];
+  static int32_t wanti[NPY_N * 16];
+  /* exact in float32, then ones the cast rounds (ties to even) */
+  static const double special[] = {0.5, -3.0, 0x1p-149, FLT_MAX, -FLT_MAX, 0.1, -0.1,
+                                   1.0 + 0x1p-24, 1.0 + 0x1p-23 + 0x1p-24, 1e-300,
+                                   0x1.fffffefffffffp127, 16777217.0, 3.141592653589793};
+  td_jobspec spec;
+  td_dataset_info info;
+  uint8_t *x, *y;
+  uint64_t count;
+
+  parse_job(job_text("[4, 4]", 10, NPY_DATA, 8, 1), &spec);
+  for (size_t i = 0; i < NPY_N * 16; i++) {
+    d[i] = i < sizeof(special) / sizeof(special[0]) ? special[i] : (double)i * 0.37 - 50.0;
+    wantf[i] = (float)d[i];
+    q[i] = i < 4 ? (int64_t[]){INT32_MIN, INT32_MAX, -1, 0}[i] : (int64_t)i * 1000003 - 7;
+    wanti[i] = (int32_t)q[i];
+  }
+  ck_assert(wantf[0] == 0.5f && wantf[3] == FLT_MAX && wantf[7] == 1.0f);
+  ck_assert(wantf[8] == 1.0f + 0x1p-22f && wantf[10] == FLT_MAX && wantf[11] == 16777216.0f);
+  for (size_t i = 0; i < NPY_N; i++)
+    lab[i] = (int64_t)(i % 10);
+  write_npy("y.npy", "<i8", "False", lshape, 1, lab, sizeof(lab));
+
+  for (int k = 0; k < 2; k++) {
+    const void *want = k == 0 ? (const void *)wantf : (const void *)wanti;
+    td_split *s;
+
+    write_npy("x.npy", k == 0 ? "<f8" : "<i8", "False", shape, 3, k == 0 ? (void *)d : (void *)q,
+              sizeof(d));
+    ck_assert_msg(td_dataset_check(&spec, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+    ck_assert_int_eq(td_dataset_probe(&spec, &info, errbuf, sizeof(errbuf)), 0);
+    ck_assert_int_eq(info.dtype, k == 0 ? TD_DTYPE_F32 : TD_DTYPE_I32);
+    ck_assert_uint_eq(info.sample_bytes, 16 * 4);
+    load_all(&spec, TD_SPLIT_TRAIN, 3, &x, &y, &count);
+    ck_assert_uint_eq(count, NPY_N);
+    ck_assert_mem_eq(x, want, NPY_N * 64);
+    for (size_t i = 0; i < NPY_N; i++)
+      ck_assert_uint_eq(y[i], i % 10);
+    /* A range, as the loader streams. */
+    ck_assert_int_eq(td_split_open(&spec, TD_SPLIT_TRAIN, &s, errbuf, sizeof(errbuf)), 0);
+    ck_assert_msg(td_split_read(s, 7, 11, x, y, 10, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+    ck_assert_mem_eq(x, (const uint8_t *)want + 7 * 64, 11 * 64);
+    ck_assert_uint_eq(y[0], 7);
+    td_split_close(s);
+    free(x);
+    free(y);
+  }
+
+  /* gzip: the whole-file load decodes front to back, converting as it goes. */
+  {
+    static uint8_t buf[128 + sizeof(d)];
+    struct stat st;
+    FILE *f;
+    size_t n;
+
+    write_npy("x.npy", "<f8", "False", shape, 3, d, sizeof(d));
+    ck_assert_int_eq(stat(tmp_path("x.npy"), &st), 0);
+    ck_assert_uint_le((size_t)st.st_size, sizeof(buf));
+    f = fopen(tmp_path("x.npy"), "rb");
+    ck_assert_ptr_nonnull(f);
+    n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    write_gz("x.npy", buf, n, 2);
+    load_all(&spec, TD_SPLIT_TRAIN, 2, &x, &y, &count);
+    ck_assert_mem_eq(x, wantf, NPY_N * 64);
+    free(x);
+    free(y);
+  }
+
+  /* What float32 or int32 cannot hold, named by sample, element and offset
+   * (the data starts at 128: the header is padded to 64). */
+  d[5 * 16 + 3] = NAN;
+  write_npy("x.npy", "<f8", "False", shape, 3, d, sizeof(d));
+  load_fails(&spec, "sample 5 element 3 at offset 792", "finite number, got NaN");
+  d[5 * 16 + 3] = -INFINITY;
+  write_npy("x.npy", "<f8", "False", shape, 3, d, sizeof(d));
+  load_fails(&spec, "sample 5 element 3", "got infinity");
+  d[5 * 16 + 3] = 1e39;
+  write_npy("x.npy", "<f8", "False", shape, 3, d, sizeof(d));
+  load_fails(&spec, "sample 5 element 3", "fits float32");
+  load_fails(&spec, "x.npy", "got 1e+39");
+  d[5 * 16 + 3] = -0x1.ffffffp127; /* rounds to -infinity */
+  write_npy("x.npy", "<f8", "False", shape, 3, d, sizeof(d));
+  load_fails(&spec, "sample 5 element 3", "fits float32");
+  q[9 * 16 + 15] = (int64_t)INT32_MAX + 1;
+  write_npy("x.npy", "<i8", "False", shape, 3, q, sizeof(q));
+  load_fails(&spec, "sample 9 element 15 at offset 1400", "got 2147483648");
+  q[9 * 16 + 15] = INT64_MIN;
+  write_npy("x.npy", "<i8", "False", shape, 3, q, sizeof(q));
+  load_fails(&spec, "sample 9 element 15", "fits int32");
+
+  /* Big-endian is refused with the fix; float labels are not classes. */
+  write_npy("x.npy", ">f8", "False", shape, 3, d, sizeof(d));
+  expect_check_fail(&spec, TD_EDATA, "x.npy", "big-endian", "astype('<f8')");
+  write_npy("x.npy", "<f4", "False", shape, 3, wantf, sizeof(wantf));
+  write_npy("y.npy", "<f8", "False", lshape, 1, d, NPY_N * 8);
+  expect_check_fail(&spec, TD_EDATA, "y.npy", "integer labels", "float64");
+  /* int64 labels: out of the classes, negative, or beyond a long long's sign. */
+  lab[17] = 10;
+  write_npy("y.npy", "<i8", "False", lshape, 1, lab, sizeof(lab));
+  expect_check_fail(&spec, TD_EDATA, "y.npy", "label at index 17 is 10", "10 classes");
+  lab[17] = INT64_MIN;
+  write_npy("y.npy", "<i8", "False", lshape, 1, lab, sizeof(lab));
+  expect_check_fail(&spec, TD_EDATA, "y.npy", "label at index 17 is -9223372036854775808",
+                    NULL);
 }
 END_TEST
 
@@ -1797,6 +1914,7 @@ static Suite *dataset_suite(void) {
   tcase_set_timeout(tr, 60);
   tcase_add_test(tr, test_npy_formats);
   tcase_add_test(tr, test_npy_errors);
+  tcase_add_test(tr, test_npy_wide);
   tcase_add_test(tr, test_csv);
   tcase_add_test(tr, test_csv_errors);
   tcase_add_test(tr, test_raw);

@@ -45,6 +45,20 @@ static int decode(const void *buf, size_t len, td_jobspec *out) {
   return td_jobdesc_decode(buf, len, out, err, sizeof(err));
 }
 
+/* Struct padding is unspecified after an assignment (the parser assigns
+ * td_lossscale_defaults()'s value): the padded member is copied member by
+ * member into zeroed bytes before the specs are compared byte for byte. */
+static void scrub(td_jobspec *s) {
+  td_lossscale_cfg ls = s->loss_scale;
+
+  memset(&s->loss_scale, 0, sizeof(s->loss_scale));
+  s->loss_scale.enabled = ls.enabled;
+  s->loss_scale.init_scale = ls.init_scale;
+  s->loss_scale.growth_factor = ls.growth_factor;
+  s->loss_scale.backoff_factor = ls.backoff_factor;
+  s->loss_scale.growth_interval = ls.growth_interval;
+}
+
 static size_t first_difference(const void *a, const void *b, size_t n) {
   size_t i = 0;
 
@@ -72,6 +86,8 @@ START_TEST(every_example_survives_the_trip) {
     ck_assert(memcmp(da, db, la) == 0);
     /* and the spec itself, every byte: a member the description's table
      * forgets (one added to td_jobspec later) shows here */
+    scrub(&a);
+    scrub(&b);
     ck_assert_msg(memcmp(&a, &b, sizeof(a)) == 0, "%s: the decoded spec differs at byte %zu",
                   examples[i], first_difference(&a, &b, sizeof(a)));
     ck_assert_str_eq(a.name, b.name);

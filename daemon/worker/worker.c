@@ -1067,9 +1067,10 @@ static int run_callbacks(trainer *t, uint32_t epoch, double acc, double loss) {
     p.lr_factor = t->cb.lr_factor;
     if (td_model_set_progress(t->model, &p) < 0)
       return fail(TD_EINVAL, "reduce_lr_on_plateau: %s", td_model_error(t->model));
-    td_info("reduce_lr_on_plateau: %s has not improved for %u epochs: the learning rate is "
+    td_info("reduce_lr_on_plateau: %s has not improved for %u epoch%s: the learning rate is "
             "now %g times the schedule's (%g at its base)", td_monitor_name(c->plateau.monitor),
-            c->plateau.patience, t->cb.lr_factor, t->spec->opt.lr * t->cb.lr_factor);
+            c->plateau.patience, c->plateau.patience == 1 ? "" : "s", t->cb.lr_factor,
+            t->spec->opt.lr * t->cb.lr_factor);
   }
   if (d.stop && epoch < t->spec->epochs) {
     t->stop_pending = 1;

@@ -33,6 +33,15 @@
  * cannot be used, a warning naming why, the event "resume_failed" and
  * training from scratch (the loader at 0, 0).
  *
+ * Callbacks (the job's callbacks section, common/callbacks.h) judge each
+ * epoch's validation numbers: keep_best writes the model to
+ * <output stem>.best.safetensors; reduce_lr_on_plateau scales the rate
+ * (td_model_progress.lr_factor); early stopping ends the job after that
+ * epoch's test pass exactly as END would (the model written, "done", exit
+ * 0).  Their state is in every checkpoint, and in a job with callbacks the
+ * epoch's checkpoint is written after its validation pass, not at its last
+ * train batch, so that it holds what they made of that epoch.
+ *
  * --tensorboard DIR: TensorBoard event files go to DIR (the job's
  * directory), a new file each run (tfevents.h); see tb_train for the tags.
  * The job file's tensorboard.every_steps sets how often (0: none).  A write
@@ -510,7 +519,7 @@ static void tb_train(const trainer *t, const td_batch_hdr *h, double now) {
                {"train/data_wait", now > first_batch ? data_wait / (now - first_batch) : 0.0},
                {"train/learning_rate", td_schedule_lr(&sched, steps > 0 ? steps - 1 : 0) *
                                            td_model_effective_batch(t->model) /
-                                           t->spec->batch_size},
+                                           t->spec->batch_size * t->cb.lr_factor},
                {"memory/used_bytes", (double)(mem.used + mem.overhead)},
                {"memory/planned_bytes", (double)td_model_plan(t->model)->total},
            },

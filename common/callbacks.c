@@ -38,6 +38,14 @@ void td_callbacks_epoch_end(const td_callbacks *c, td_cb_state *st, uint32_t epo
                                        [TD_MONITOR_VAL_ACCURACY] = val_accuracy};
 
   *out = (td_cb_decision){0};
+  if (epoch <= st->epoch) {
+    /* Judged already: only whether early stopping ended the job there,
+     * which is what its state after that epoch says. */
+    out->stop = epoch == st->epoch && c->early_stop.enabled && st->es_wait > 0 &&
+                st->es_wait >= c->early_stop.patience && epoch > 1;
+    return;
+  }
+  st->epoch = epoch;
   if (c->keep_best.enabled) {
     const td_cb_keep_best *k = &c->keep_best;
 

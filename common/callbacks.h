@@ -57,6 +57,7 @@ typedef struct td_callbacks {
 /* What the callbacks keep between epochs.  A best of +-inf (by the mode)
  * means none seen yet: td_callbacks_init. */
 typedef struct td_cb_state {
+  uint32_t epoch;        /* the last epoch judged (1-based); 0 none */
   double es_best;        /* early stopping's best value */
   uint32_t es_wait;      /* its epochs without improvement */
   double kb_best;        /* keep_best's best value */
@@ -79,7 +80,10 @@ bool td_callbacks_any(const td_callbacks *c);
 /* The state before the first epoch. */
 void td_callbacks_init(const td_callbacks *c, td_cb_state *st);
 /* After epoch (1-based) with the validation split's loss and accuracy.
- * base_lr is the optimiser's rate (optimizer.lr), for min_lr. */
+ * base_lr is the optimiser's rate (optimizer.lr), for min_lr.  An epoch
+ * already judged changes nothing and decides nothing new, but says again
+ * whether early stopping ended the job there: a job resumed from a
+ * checkpoint at an epoch's end sees that epoch's validation again. */
 void td_callbacks_epoch_end(const td_callbacks *c, td_cb_state *st, uint32_t epoch,
                             double val_loss, double val_accuracy, double base_lr,
                             td_cb_decision *out);

@@ -34,6 +34,7 @@ static const struct {
     {"loss_scale", FIELD_F32, offsetof(td_ckpt_state, loss_scale), false},
     {"good_steps", FIELD_U32, offsetof(td_ckpt_state, good_steps), false},
     {"skipped", FIELD_U64, offsetof(td_ckpt_state, skipped), false},
+    CB("epoch", FIELD_U32, epoch),
     CB("es_best", FIELD_F64, es_best),
     CB("es_wait", FIELD_U32, es_wait),
     CB("kb_best", FIELD_F64, kb_best),

@@ -38,9 +38,8 @@
  * <output stem>.best.safetensors; reduce_lr_on_plateau scales the rate
  * (td_model_progress.lr_factor); early stopping ends the job after that
  * epoch's test pass exactly as END would (the model written, "done", exit
- * 0).  Their state is in every checkpoint, and in a job with callbacks the
- * epoch's checkpoint is written after its validation pass, not at its last
- * train batch, so that it holds what they made of that epoch.
+ * 0).  Their state is in every checkpoint, the last epoch judged with it,
+ * so that a resumed job judges each epoch once.
  *
  * --tensorboard DIR: TensorBoard event files go to DIR (the job's
  * directory), a new file each run (tfevents.h); see tb_train for the tags.
@@ -488,7 +487,8 @@ typedef struct trainer {
   /* callbacks (callbacks.h), on the validation split at each epoch's end */
   int cb_on;               /* the job has callbacks and a validation split */
   td_cb_state cb;          /* what they keep; in every checkpoint */
-  int stop_pending;        /* early stopping: end once this epoch's test pass is done */
+  uint32_t stop_pending;   /* early stopping: the epoch (1-based) to end after, once its
+                              test pass is done; 0 none */
   int finished;            /* the model is written: train() returns */
   char best_path[TD_PATH_MAX]; /* keep_best's file, beside --output */
 } trainer;
@@ -875,11 +875,8 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
   t->train_samples += st.count;
 
   now = td_now_mono();
-  /* With callbacks the epoch's checkpoint waits for validation (on_val):
-   * it must hold what the callbacks made of it. */
   if (td_checkpoint_due(&t->policy, td_model_steps(t->model), now, t->ckpt_step, t->ckpt_time) ||
-      (h->index + 1 == h->nbatches && !t->cb_on &&
-       now - t->ckpt_time >= EPOCH_CKPT_MIN_INTERVAL))
+      (h->index + 1 == h->nbatches && now - t->ckpt_time >= EPOCH_CKPT_MIN_INTERVAL))
     checkpoint_write(t);
   tb_train(t, h, now);
   if (now - t->last_progress < PROGRESS_INTERVAL && h->index + 1 != h->nbatches)
@@ -1058,15 +1055,15 @@ static void save_best(trainer *t, uint32_t epoch, double value) {
           td_monitor_name(k->monitor), value, t->best_path);
 }
 
-/* The callbacks' decisions on epoch's validation numbers, then the epoch's
- * checkpoint (deferred from its last train batch so that it holds them). */
+/* The callbacks' decisions on an epoch's validation numbers.  A checkpoint
+ * needs no rewrite for them: one from before the judgement resumes before
+ * the validation pass (the loader sends an epoch's validation again when it
+ * resumes at its end), one from after it holds the epoch as judged. */
 static int run_callbacks(trainer *t, uint32_t epoch, double acc, double loss) {
   const td_callbacks *c = &t->spec->callbacks;
   td_cb_decision d;
-  double now;
 
   td_callbacks_epoch_end(c, &t->cb, epoch, loss, acc, t->spec->opt.lr, &d);
-  t->ckpt_current = 0;
   if (d.save_best)
     save_best(t, epoch, t->cb.kb_best);
   if (d.lr_reduced) {
@@ -1082,16 +1079,12 @@ static int run_callbacks(trainer *t, uint32_t epoch, double acc, double loss) {
             t->spec->opt.lr * t->cb.lr_factor);
   }
   if (d.stop && epoch < t->spec->epochs) {
-    t->stop_pending = 1;
+    t->stop_pending = epoch;
     td_info("early stopping: %s has not improved by more than %g for %u epoch%s (best %.4f): "
             "training ends after epoch %u of %u", td_monitor_name(c->early_stop.monitor),
             (double)c->early_stop.min_delta, t->cb.es_wait, t->cb.es_wait == 1 ? "" : "s",
             t->cb.es_best, epoch, t->spec->epochs);
-    return 0;
   }
-  now = td_now_mono();
-  if (t->ckpt_step == td_model_steps(t->model) || now - t->ckpt_time >= EPOCH_CKPT_MIN_INTERVAL)
-    checkpoint_write(t);
   return 0;
 }
 
@@ -1107,7 +1100,7 @@ static int on_end(trainer *t) {
 
   if (t->test.count > 0)
     emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
-  snprintf(epochs, sizeof(epochs), "%u", t->stop_pending ? t->epoch + 1 : t->spec->epochs);
+  snprintf(epochs, sizeof(epochs), "%u", t->stop_pending ? t->stop_pending : t->spec->epochs);
   snprintf(seed, sizeof(seed), "%llu", (unsigned long long)t->spec->seed);
   snprintf(acc, sizeof(acc), "%.6f", t->accuracy);
   /* Past this point the job finishes: a cancel must not leave half a file. */

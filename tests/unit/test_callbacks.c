@@ -70,6 +70,7 @@ START_TEST(decision_tables) {
   const cb_case *k = &cases[_i];
   td_cb_state st;
   char got[64] = "", want[64];
+  bool last_stop = false;
 
   td_callbacks_init(&k->c, &st);
   for (int e = 0; e < k->n; e++) {
@@ -81,12 +82,25 @@ START_TEST(decision_tables) {
       strcat(got, " ");
     if (!d.stop && !d.save_best && !d.lr_reduced)
       strcat(got, ".");
+    last_stop = d.stop;
     if (d.stop)
       strcat(got, "S");
     if (d.save_best)
       strcat(got, "B");
     if (d.lr_reduced)
       strcat(got, "R");
+  }
+  /* the last epoch seen again (a resume at its end): its stop stands */
+  {
+    td_cb_state again = st;
+    td_cb_decision d;
+
+    td_callbacks_epoch_end(&k->c, &again, (uint32_t)k->n, k->v[k->n - 1], k->v[k->n - 1],
+                           k->base_lr, &d);
+    ck_assert_msg(d.stop == last_stop, "%s: replayed, stop %d, first %d", k->name, d.stop,
+                  last_stop);
+    ck_assert(!d.save_best && !d.lr_reduced);
+    ck_assert(memcmp(&again, &st, sizeof(st)) == 0);
   }
   strcpy(want, k->want);
   ck_assert_msg(strcmp(got, want) == 0, "%s: got '%s', want '%s'", k->name, got, want);
@@ -129,6 +143,34 @@ START_TEST(state_resumes) {
 }
 END_TEST
 
+/* A resumed job sees the validation of the epoch its checkpoint ended
+ * again: judged once, it changes nothing the second time, but a stop
+ * there stands. */
+START_TEST(replayed_epoch_changes_nothing) {
+  const td_callbacks c = {.early_stop = {1, LOSS, 1, 0},
+                          .keep_best = {1, LOSS},
+                          .plateau = {1, LOSS, 0.5f, 1, 0, 0, 0}};
+  td_cb_state st, before;
+  td_cb_decision d;
+
+  td_callbacks_init(&c, &st);
+  td_callbacks_epoch_end(&c, &st, 1, 1.0, 0.5, 0.1, &d);
+  ck_assert(d.save_best && !d.stop && !d.lr_reduced);
+  td_callbacks_epoch_end(&c, &st, 2, 1.5, 0.5, 0.1, &d);
+  ck_assert(d.stop && d.lr_reduced && !d.save_best);
+  before = st;
+  /* the stop stands, nothing else happens again */
+  td_callbacks_epoch_end(&c, &st, 2, 1.5, 0.5, 0.1, &d);
+  ck_assert(d.stop && !d.lr_reduced && !d.save_best);
+  ck_assert(memcmp(&st, &before, sizeof(st)) == 0);
+  td_callbacks_epoch_end(&c, &st, 1, 0.1, 0.5, 0.1, &d);
+  ck_assert(!d.stop && !d.lr_reduced && !d.save_best);
+  ck_assert(memcmp(&st, &before, sizeof(st)) == 0);
+  ck_assert_uint_eq(st.epoch, 2);
+  ck_assert(st.lr_factor == 0.5);
+}
+END_TEST
+
 START_TEST(off_decides_nothing) {
   const td_callbacks c = {0};
   td_cb_state st;
@@ -154,6 +196,7 @@ static Suite *callbacks_suite(void) {
   tcase_add_loop_test(tc, decision_tables, 0, (int)(sizeof(cases) / sizeof(cases[0])));
   tcase_add_test(tc, state_resumes);
   tcase_add_test(tc, off_decides_nothing);
+  tcase_add_test(tc, replayed_epoch_changes_nothing);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -176,7 +176,7 @@ START_TEST(test_callbacks_state) {
   free(buf);
 
   f.st.has_callbacks = true;
-  f.st.cb = (td_cb_state){.es_best = 0.123456789012345678, .es_wait = 2, .kb_best = -INFINITY,
+  f.st.cb = (td_cb_state){.epoch = 3, .es_best = 0.123456789012345678, .es_wait = 2, .kb_best = -INFINITY,
                           .kb_epoch = 0, .rp_best = INFINITY, .rp_wait = 7, .rp_cooldown = 1,
                           .lr_factor = 0.1f * 0.1f};
   ck_assert_msg(td_checkpoint_write(f.path, &f.st, f.t, NT, err, sizeof(err)) == 0, "%s", err);
@@ -213,7 +213,7 @@ START_TEST(test_callbacks_partial) {
   ck_assert_int_eq(td_safetensors_write(f.path, &w, 1, meta, TD_ARRAY_SIZE(meta)), 0);
   dest_init(&d, &f);
   ck_assert_int_eq(td_checkpoint_read(f.path, &d.st, d.t, 1, err, sizeof(err)), TD_EDATA);
-  ck_assert_msg(strstr(err, "1 of the 8 callback values") != NULL, "%s", err);
+  ck_assert_msg(strstr(err, "1 of the 9 callback values") != NULL, "%s", err);
   ck_assert(dest_untouched(&d));
   fixture_free(&f);
 }

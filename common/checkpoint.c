@@ -12,23 +12,37 @@
 #include "error.h"
 #include "util.h"
 
-typedef enum { FIELD_STR, FIELD_U64, FIELD_U32, FIELD_F32 } field_type;
+typedef enum { FIELD_STR, FIELD_U64, FIELD_U32, FIELD_F32, FIELD_F64 } field_type;
 
-/* The state's metadata keys, in the order the checksum covers them. */
+#define CB(k, t, m) {"cb." k, t, offsetof(td_ckpt_state, cb) + offsetof(td_cb_state, m), true}
+
+/* The state's metadata keys, in the order the checksum covers them.  The
+ * optional ones are all there or all absent (has_callbacks); the checksum
+ * covers those there, so a checkpoint from before them still checks. */
 static const struct {
   const char *key;
   field_type type;
   size_t off;
+  bool optional;
 } fields[] = {
-    {"job", FIELD_STR, offsetof(td_ckpt_state, job)},
-    {"step", FIELD_U64, offsetof(td_ckpt_state, step)},
-    {"epoch", FIELD_U64, offsetof(td_ckpt_state, epoch)},
-    {"batch", FIELD_U64, offsetof(td_ckpt_state, batch)},
-    {"seed", FIELD_U64, offsetof(td_ckpt_state, seed)},
-    {"rng", FIELD_U64, offsetof(td_ckpt_state, rng)},
-    {"loss_scale", FIELD_F32, offsetof(td_ckpt_state, loss_scale)},
-    {"good_steps", FIELD_U32, offsetof(td_ckpt_state, good_steps)},
-    {"skipped", FIELD_U64, offsetof(td_ckpt_state, skipped)},
+    {"job", FIELD_STR, offsetof(td_ckpt_state, job), false},
+    {"step", FIELD_U64, offsetof(td_ckpt_state, step), false},
+    {"epoch", FIELD_U64, offsetof(td_ckpt_state, epoch), false},
+    {"batch", FIELD_U64, offsetof(td_ckpt_state, batch), false},
+    {"seed", FIELD_U64, offsetof(td_ckpt_state, seed), false},
+    {"rng", FIELD_U64, offsetof(td_ckpt_state, rng), false},
+    {"loss_scale", FIELD_F32, offsetof(td_ckpt_state, loss_scale), false},
+    {"good_steps", FIELD_U32, offsetof(td_ckpt_state, good_steps), false},
+    {"skipped", FIELD_U64, offsetof(td_ckpt_state, skipped), false},
+    CB("epoch", FIELD_U32, epoch),
+    CB("es_best", FIELD_F64, es_best),
+    CB("es_wait", FIELD_U32, es_wait),
+    CB("kb_best", FIELD_F64, kb_best),
+    CB("kb_epoch", FIELD_U32, kb_epoch),
+    CB("rp_best", FIELD_F64, rp_best),
+    CB("rp_wait", FIELD_U32, rp_wait),
+    CB("rp_cooldown", FIELD_U32, rp_cooldown),
+    CB("lr_factor", FIELD_F64, lr_factor),
 };
 
 enum { NFIELDS = TD_ARRAY_SIZE(fields), VALUE_MAX = 80 };
@@ -64,6 +78,9 @@ static void format_field(const td_ckpt_state *st, size_t i, char out[VALUE_MAX])
     break;
   case FIELD_F32: /* 9 significant digits give the float back exactly */
     snprintf(out, VALUE_MAX, "%.9g", (double)*(const float *)(const void *)p);
+    break;
+  case FIELD_F64: /* and 17 the double; a best not seen yet is inf or -inf */
+    snprintf(out, VALUE_MAX, "%.17g", *(const double *)(const void *)p);
     break;
   }
 }
@@ -110,6 +127,16 @@ static bool parse_field(const char *s, size_t i, td_ckpt_state *st) {
       return false;
     memcpy(p, &f, sizeof(f));
     return true;
+  case FIELD_F64: {
+    double d;
+
+    errno = 0;
+    d = strtod(s, &end);
+    if (end == s || *end != '\0' || isnan(d) || (errno != 0 && !isinf(d)))
+      return false;
+    memcpy(p, &d, sizeof(d));
+    return true;
+  }
   }
   return false;
 }
@@ -165,6 +192,7 @@ int td_checkpoint_write(const char *path, const td_ckpt_state *st, const td_ckpt
   char values[NFIELDS][VALUE_MAX], version[24], crc[9];
   td_st_meta meta[NMETA];
   td_st_tensor *st_t;
+  size_t nmeta = 2;
   int rc;
 
   if (memchr(st->job, '\0', sizeof(st->job)) == NULL)
@@ -192,13 +220,15 @@ int td_checkpoint_write(const char *path, const td_ckpt_state *st, const td_ckpt
   meta[0] = (td_st_meta){"format", TD_CKPT_FORMAT};
   meta[1] = (td_st_meta){"version", version};
   for (size_t i = 0; i < NFIELDS; i++) {
+    if (fields[i].optional && !st->has_callbacks)
+      continue;
     format_field(st, i, values[i]);
-    meta[2 + i] = (td_st_meta){fields[i].key, values[i]};
+    meta[nmeta++] = (td_st_meta){fields[i].key, values[i]};
   }
-  checksum(meta, NMETA - 1, st_t, n, crc);
-  meta[NMETA - 1] = (td_st_meta){"crc32", crc};
+  checksum(meta, nmeta, st_t, n, crc);
+  meta[nmeta++] = (td_st_meta){"crc32", crc};
 
-  rc = td_safetensors_write(path, st_t, n, meta, NMETA);
+  rc = td_safetensors_write(path, st_t, n, meta, nmeta);
   if (rc == TD_EINVAL)
     fail(err, errlen, rc, "checkpoint: a tensor has an unknown dtype, a rank over %d or a "
          "byte count that does not match its shape", TD_ST_MAX_RANK);
@@ -269,7 +299,7 @@ int td_checkpoint_parse(const void *buf, size_t len, td_ckpt_state *st,
   uint64_t hlen = 0, data_len, sum = 0, v;
   td_ckpt_state out = {0};
   td_st_file *f;
-  size_t have;
+  size_t have, nmeta = 2, noptional = 0, optional_there = 0;
   int rc;
 
   if ((rc = td_safetensors_parse(buf, len, &f, why, sizeof(why))) < 0)
@@ -294,10 +324,18 @@ int td_checkpoint_parse(const void *buf, size_t len, td_ckpt_state *st,
     goto free_file;
   }
   for (size_t i = 0; i < NFIELDS; i++) {
-    if ((values[i] = td_safetensors_meta(f, fields[i].key)) == NULL) {
+    values[i] = td_safetensors_meta(f, fields[i].key);
+    noptional += fields[i].optional;
+    optional_there += fields[i].optional && values[i] != NULL;
+    if (values[i] == NULL && !fields[i].optional) {
       fail(err, errlen, rc, "checkpoint is damaged: metadata '%s' is missing", fields[i].key);
       goto free_file;
     }
+  }
+  if (optional_there > 0 && optional_there < noptional) {
+    fail(err, errlen, rc, "checkpoint is damaged: it holds %zu of the %zu callback values",
+         optional_there, noptional);
+    goto free_file;
   }
   if ((crc_file = td_safetensors_meta(f, "crc32")) == NULL) {
     fail(err, errlen, rc, "checkpoint is damaged: it has no checksum");
@@ -317,8 +355,9 @@ int td_checkpoint_parse(const void *buf, size_t len, td_ckpt_state *st,
   meta[0] = (td_st_meta){"format", fmt};
   meta[1] = (td_st_meta){"version", ver};
   for (size_t i = 0; i < NFIELDS; i++)
-    meta[2 + i] = (td_st_meta){fields[i].key, values[i]};
-  checksum(meta, NMETA - 1, all, have, crc);
+    if (values[i] != NULL)
+      meta[nmeta++] = (td_st_meta){fields[i].key, values[i]};
+  checksum(meta, nmeta, all, have, crc);
   if (strcmp(crc, crc_file) != 0) {
     fail(err, errlen, rc, "checkpoint is damaged: checksum %s, the contents give %s",
          crc_file, crc);
@@ -334,12 +373,18 @@ int td_checkpoint_parse(const void *buf, size_t len, td_ckpt_state *st,
     goto free_all;
   }
 
+  out.has_callbacks = optional_there > 0;
   for (size_t i = 0; i < NFIELDS; i++) {
-    if (!parse_field(values[i], i, &out)) {
+    if (values[i] != NULL && !parse_field(values[i], i, &out)) {
       fail(err, errlen, rc, "checkpoint is damaged: metadata '%s' has a bad value '%.40s'",
            fields[i].key, values[i]);
       goto free_all;
     }
+  }
+  if (out.has_callbacks && !(out.cb.lr_factor > 0.0 && out.cb.lr_factor <= 1.0)) {
+    fail(err, errlen, rc, "checkpoint is damaged: learning-rate factor %g is not in (0, 1]",
+         out.cb.lr_factor);
+    goto free_all;
   }
   if ((rc = check_tensors(f, t, n, err, errlen)) < 0)
     goto free_all;

@@ -6,7 +6,9 @@
  * loads as a model; optimiser state; fp32 master weights), each with its
  * dtype and shape.  "__metadata__" strings: the format and its version,
  * the job, the step, the data position (epoch and batch within it), the
- * RNG, the loss scaler's state, and a CRC-32 over all of it (metadata,
+ * RNG, the loss scaler's state, the callbacks' state ("cb.*", only in a job
+ * that has callbacks; a checkpoint without them, as those written before
+ * callbacks existed, still reads), and a CRC-32 over all of it (metadata,
  * names, shapes and data), so a damaged file is refused, not resumed from.
  *
  * Reading checks everything before it writes anything: the file's
@@ -20,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "callbacks.h"
 #include "safetensors.h"
 
 #define TD_CKPT_FORMAT "traind-checkpoint"
@@ -36,6 +39,8 @@ typedef struct td_ckpt_state {
   float loss_scale;           /* 1 without loss scaling; a finite number > 0 */
   uint32_t good_steps;        /* the loss scaler's growth tracker */
   uint64_t skipped;           /* steps the loss scaler skipped */
+  bool has_callbacks;         /* cb holds the callbacks' state; else none was written */
+  td_cb_state cb;
 } td_ckpt_state;
 
 /* One tensor: host memory the writer reads and the reader fills. */

@@ -390,6 +390,49 @@ static const td_yfield tensorboard_fields[] = {
     {0},
 };
 
+static const char *const monitor_names[] = {
+    [TD_MONITOR_VAL_LOSS] = "val_loss", [TD_MONITOR_VAL_ACCURACY] = "val_accuracy", NULL};
+
+/* A callback is on when its key is there, even with no key of its own. */
+static int enable_callback(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
+                           size_t cap) {
+  *(int *)p = 1; /* enabled is each callback struct's first member */
+  return 0;
+}
+
+static const td_yfield early_stop_fields[] = {
+    TD_YF_ENUM("monitor", td_cb_early_stop, monitor, monitor_names, NULL, 0),
+    TD_YF_INT("patience", td_cb_early_stop, patience, 0, 10000, 0),
+    TD_YF_FLOAT("min_delta", td_cb_early_stop, min_delta, 0, 1e6, 0),
+    {0},
+};
+
+static const td_yfield keep_best_fields[] = {
+    TD_YF_ENUM("monitor", td_cb_keep_best, monitor, monitor_names, NULL, 0),
+    {0},
+};
+
+static const td_yfield plateau_fields[] = {
+    TD_YF_ENUM("monitor", td_cb_plateau, monitor, monitor_names, NULL, 0),
+    TD_YF_FLOAT("factor", td_cb_plateau, factor, 0, 1, TD_YF_LO_OPEN | TD_YF_HI_OPEN),
+    TD_YF_INT("patience", td_cb_plateau, patience, 0, 10000, 0),
+    TD_YF_FLOAT("min_delta", td_cb_plateau, min_delta, 0, 1e6, 0),
+    TD_YF_INT("cooldown", td_cb_plateau, cooldown, 0, 10000, 0),
+    TD_YF_FLOAT("min_lr", td_cb_plateau, min_lr, 0, 10, 0),
+    {0},
+};
+
+#define CALLBACK_MAP(k, m, tbl)                                                          \
+  {.key = (k), .type = TD_YT_MAP, TD_YF_OFF(td_callbacks, m), .sub = (tbl),              \
+   .check = enable_callback, .shorthand = "monitor"}
+
+static const td_yfield callbacks_fields[] = {
+    CALLBACK_MAP("early_stopping", early_stop, early_stop_fields),
+    CALLBACK_MAP("keep_best", keep_best, keep_best_fields),
+    CALLBACK_MAP("reduce_lr_on_plateau", plateau, plateau_fields),
+    {0},
+};
+
 static const td_yfield job_fields[] = {
     TD_YF_STR("name", td_jobspec, name, TD_YF_NONEMPTY, check_name),
     TD_YF_SECTION("model", model_fields, TD_YF_REQUIRED),
@@ -399,6 +442,7 @@ static const td_yfield job_fields[] = {
     TD_YF_SECTION("memory", memory_fields, 0),
     TD_YF_SECTION("checkpoint", checkpoint_fields, 0),
     TD_YF_SECTION("tensorboard", tensorboard_fields, 0),
+    TD_YF_MAP("callbacks", td_jobspec, callbacks, callbacks_fields, 0, NULL),
     TD_YF_INT("priority", td_jobspec, priority, -1000, 1000, 0),
     TD_YF_INT("max_retries", td_jobspec, max_retries, 0, 100, 0),
     TD_YF_STR("device", td_jobspec, device, 0, check_device),
@@ -422,6 +466,10 @@ static void jobspec_defaults(td_jobspec *s) {
   s->min_micro_batch = 1;
   s->ckpt_every_seconds = 300;
   s->tb_every_steps = 10;
+  /* Keras' defaults */
+  s->callbacks.plateau.factor = 0.1f;
+  s->callbacks.plateau.patience = 10;
+  s->callbacks.plateau.min_delta = 1e-4f;
 }
 
 static int node_line(const td_ynode *root, const char *section, const char *key) {
@@ -520,10 +568,32 @@ static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t err
   return 0;
 }
 
+/* Every callback watches the validation split: a job without one has
+ * nothing for them to see. */
+static int check_callbacks(const td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
+  static const char *const keys[] = {"early_stopping", "keep_best", "reduce_lr_on_plateau"};
+  const td_callbacks *c = &s->callbacks;
+  const td_monitor monitors[] = {c->early_stop.monitor, c->keep_best.monitor, c->plateau.monitor};
+  const int on[] = {c->early_stop.enabled, c->keep_best.enabled, c->plateau.enabled};
+
+  if (s->val_fraction > 0 || s->val_count > 0)
+    return 0;
+  for (size_t i = 0; i < TD_ARRAY_SIZE(keys); i++) {
+    if (!on[i])
+      continue;
+    td_yaml_errf(err, errlen, node_line(root, "callbacks", keys[i]),
+                 "key 'callbacks.%s' monitors %s, and the job has no validation split (add "
+                 "data.validation, e.g. {fraction: 0.1})", keys[i], td_monitor_name(monitors[i]));
+    return TD_EJOBSPEC;
+  }
+  return 0;
+}
+
 /* What one key's table cannot say: rules across keys. */
 static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
   const td_layer *first = &s->layers[0], *last = &s->layers[s->nlayers - 1];
   uint64_t elems = td_jobspec_input_elems(s);
+  int rc;
 
   if (elems > INPUT_ELEMS_MAX) {
     td_yaml_errf(err, errlen, node_line(root, "model", "input"),
@@ -588,6 +658,8 @@ static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errl
                  s->batch_size, s->min_micro_batch);
     return TD_EJOBSPEC;
   }
+  if ((rc = check_callbacks(s, root, err, errlen)) < 0)
+    return rc;
   return check_data(s, root, err, errlen);
 }
 

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "callbacks.h"
 #include "dtype.h"
 #include "lossscale.h"
 #include "schedule.h"
@@ -169,6 +170,9 @@ typedef struct td_jobspec {
    * every tb_every_steps train batches and at each epoch's end (the rest:
    * once an epoch, and at each re-plan); 0 writes no event file */
   uint32_t tb_every_steps;
+
+  /* callbacks at each epoch's end, on the validation split (callbacks.h) */
+  td_callbacks callbacks;
 
   char output[TD_PATH_MAX]; /* safetensors path; "" = the job's state dir */
 } td_jobspec;

@@ -130,6 +130,36 @@ static const jd_field loss_scale_fields[] = {
     {0},
 };
 
+static const jd_field early_stop_fields[] = {
+    I("enabled", td_cb_early_stop, enabled, 0, 1),
+    I("monitor", td_cb_early_stop, monitor, 0, TD_MONITOR__COUNT - 1),
+    U("patience", td_cb_early_stop, patience, 0, 10000),
+    FL("min_delta", td_cb_early_stop, min_delta, 0, 1e6, 0),
+    {0},
+};
+static const jd_field keep_best_fields[] = {
+    I("enabled", td_cb_keep_best, enabled, 0, 1),
+    I("monitor", td_cb_keep_best, monitor, 0, TD_MONITOR__COUNT - 1),
+    {0},
+};
+/* factor may be 0 in a spec built in code, with the callback off */
+static const jd_field plateau_fields[] = {
+    I("enabled", td_cb_plateau, enabled, 0, 1),
+    I("monitor", td_cb_plateau, monitor, 0, TD_MONITOR__COUNT - 1),
+    FL("factor", td_cb_plateau, factor, 0, 1, JD_HI_OPEN),
+    U("patience", td_cb_plateau, patience, 0, 10000),
+    FL("min_delta", td_cb_plateau, min_delta, 0, 1e6, 0),
+    U("cooldown", td_cb_plateau, cooldown, 0, 10000),
+    FL("min_lr", td_cb_plateau, min_lr, 0, 10, 0),
+    {0},
+};
+static const jd_field callbacks_fields[] = {
+    MAP("early_stop", td_callbacks, early_stop, early_stop_fields),
+    MAP("keep_best", td_callbacks, keep_best, keep_best_fields),
+    MAP("plateau", td_callbacks, plateau, plateau_fields),
+    {0},
+};
+
 /* td_jobspec, member by member, in its order. */
 static const jd_field job_fields[] = {
     S("name", td_jobspec, name, 1),
@@ -166,6 +196,7 @@ static const jd_field job_fields[] = {
     FL("ckpt_every_seconds", td_jobspec, ckpt_every_seconds, 0, 1e7, 0),
 
     U("tb_every_steps", td_jobspec, tb_every_steps, 0, 1000000),
+    MAP("callbacks", td_jobspec, callbacks, callbacks_fields),
     S("output", td_jobspec, output, 0),
     {0},
 };
@@ -539,6 +570,10 @@ static int check_rules(td_jobspec *s, char *err, size_t errlen) {
                td_remedy_name(s->remedies[i]));
         return TD_EJOBSPEC;
       }
+  if (s->callbacks.plateau.enabled && s->callbacks.plateau.factor == 0.0f) {
+    seterr(err, errlen, "field 'callbacks.plateau.factor' in the job description is 0");
+    return TD_EJOBSPEC;
+  }
   if (s->device[0] != '\0' && !td_device_name_valid(s->device)) {
     seterr(err, errlen, "field 'device' in the job description is not a device name");
     return TD_EJOBSPEC;

@@ -36,6 +36,7 @@ struct td_model {
   uint64_t snap_steps, snap_bn;
   td_lossscale snap_ls;
   uint64_t steps;         /* training steps taken, skipped ones included */
+  double lr_factor;       /* reduce-on-plateau's, on the schedule's rate; 0 means 1 */
   uint64_t bn_batches;    /* BatchNorm's num_batches_tracked: training micro-batches */
   int nbn;                /* layers with running statistics (batchnorm2d) */
   td_buf params, grads, optim, act, work, stage;
@@ -816,7 +817,9 @@ static int update(td_model *m, double lr_scale, bool *took) {
   }
   if (m->spec.clip_grad_norm > 0.0f)
     td_backend_clip_grad_norm(be, &g, &n, 1, m->spec.clip_grad_norm, stats + ST_NORM);
-  lr = (float)(td_schedule_lr(&m->sched, m->steps) * lr_scale);
+  /* times 1.0 without a reduction: exact, the same bits as ever */
+  lr = (float)(td_schedule_lr(&m->sched, m->steps) * lr_scale *
+               (m->lr_factor > 0.0 ? m->lr_factor : 1.0));
   taken = m->steps - m->ls.skipped + 1; /* this update's 1-based count */
   switch (o->kind) {
   case TD_OPT_ADAM:
@@ -1261,7 +1264,8 @@ int td_model_set_state(td_model *m, const float *src, uint64_t n) {
 
 void td_model_get_progress(const td_model *m, td_model_progress *out) {
   *out = (td_model_progress){.steps = m->steps, .loss_scale = m->ls.scale,
-                             .good_steps = m->ls.good_steps, .skipped = m->ls.skipped};
+                             .good_steps = m->ls.good_steps, .skipped = m->ls.skipped,
+                             .lr_factor = m->lr_factor};
 }
 
 int td_model_set_progress(td_model *m, const td_model_progress *p) {
@@ -1274,7 +1278,10 @@ int td_model_set_progress(td_model *m, const td_model_progress *p) {
   if (m->ls.cfg.enabled && td_lossscale_restore(&m->ls, p->loss_scale, p->good_steps) < 0)
     return fail(m, TD_EINVAL, "loss scale %g with %u good steps does not fit the job's "
                 "loss_scale settings", (double)p->loss_scale, p->good_steps);
+  if (!(p->lr_factor >= 0.0 && p->lr_factor <= 1.0))
+    return fail(m, TD_EINVAL, "learning-rate factor %g is not in (0, 1]", p->lr_factor);
   m->ls.skipped = p->skipped;
   m->steps = p->steps;
+  m->lr_factor = p->lr_factor;
   return 0;
 }

@@ -197,6 +197,7 @@ typedef struct td_model_progress {
   float loss_scale;    /* 1 without dynamic loss scaling */
   uint32_t good_steps; /* the loss scaler's growth tracker */
   uint64_t skipped;    /* steps the loss scaler skipped */
+  double lr_factor;    /* times the schedule's rate (reduce-on-plateau); 0: none, as 1 */
 } td_model_progress;
 void td_model_get_progress(const td_model *m, td_model_progress *out);
 /* TD_EINVAL for a loss scale that is not finite and positive. */

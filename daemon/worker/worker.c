@@ -33,6 +33,14 @@
  * cannot be used, a warning naming why, the event "resume_failed" and
  * training from scratch (the loader at 0, 0).
  *
+ * Callbacks (the job's callbacks section, common/callbacks.h) judge each
+ * epoch's validation numbers: keep_best writes the model to
+ * <output stem>.best.safetensors; reduce_lr_on_plateau scales the rate
+ * (td_model_progress.lr_factor); early stopping ends the job after that
+ * epoch's test pass exactly as END would (the model written, "done", exit
+ * 0).  Their state is in every checkpoint, the last epoch judged with it,
+ * so that a resumed job judges each epoch once.
+ *
  * --tensorboard DIR: TensorBoard event files go to DIR (the job's
  * directory), a new file each run (tfevents.h); see tb_train for the tags.
  * The job file's tensorboard.every_steps sets how often (0: none).  A write
@@ -475,7 +483,18 @@ typedef struct trainer {
   double ckpt_time;
   int ckpt_current;        /* the last checkpoint holds exactly the model's state now */
   int check_resume;        /* the first train batch must be at the resumed position */
+
+  /* callbacks (callbacks.h), on the validation split at each epoch's end */
+  int cb_on;               /* the job has callbacks and a validation split */
+  td_cb_state cb;          /* what they keep; in every checkpoint */
+  uint32_t stop_pending;   /* early stopping: the epoch (1-based) to end after, once its
+                              test pass is done; 0 none */
+  int finished;            /* the model is written: train() returns */
+  char best_path[TD_PATH_MAX]; /* keep_best's file, beside --output */
 } trainer;
+
+static int finish_early(trainer *t);
+static int run_callbacks(trainer *t, uint32_t epoch, double acc, double loss);
 
 /* The training scalars after train batch h, every tb.every batches and at
  * each epoch's end: loss, accuracy and samples/s are the epoch's so far, as
@@ -500,7 +519,7 @@ static void tb_train(const trainer *t, const td_batch_hdr *h, double now) {
                {"train/data_wait", now > first_batch ? data_wait / (now - first_batch) : 0.0},
                {"train/learning_rate", td_schedule_lr(&sched, steps > 0 ? steps - 1 : 0) *
                                            td_model_effective_batch(t->model) /
-                                           t->spec->batch_size},
+                                           t->spec->batch_size * t->cb.lr_factor},
                {"memory/used_bytes", (double)(mem.used + mem.overhead)},
                {"memory/planned_bytes", (double)td_model_plan(t->model)->total},
            },
@@ -614,6 +633,8 @@ static int checkpoint_write(trainer *t) {
   st.loss_scale = p.loss_scale;
   st.good_steps = p.good_steps;
   st.skipped = p.skipped;
+  st.has_callbacks = t->cb_on;
+  st.cb = t->cb;
   state_tensor(t, &ten);
   if ((rc = td_checkpoint_write(t->a->checkpoint, &st, &ten, 1, err, sizeof(err))) < 0) {
     td_warn("no checkpoint at step %llu: %s", (unsigned long long)st.step, err);
@@ -682,6 +703,13 @@ static int resume(trainer *t, const char *path) {
   p.loss_scale = st.loss_scale;
   p.good_steps = st.good_steps;
   p.skipped = st.skipped;
+  if (t->cb_on && st.has_callbacks) {
+    t->cb = st.cb;
+    p.lr_factor = st.cb.lr_factor;
+  } else if (t->cb_on) {
+    td_info("the checkpoint holds no callback state (written before callbacks, or by a job "
+            "without them): early stopping, keep_best and reduce_lr_on_plateau start afresh");
+  }
   if ((rc = td_model_set_state(t->model, t->state, t->state_floats)) < 0 ||
       (rc = td_model_set_progress(t->model, &p)) < 0)
     return fail(rc, "cannot load the checkpoint %s into the model: %s", path,
@@ -804,6 +832,8 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
   double now;
   int rc;
 
+  if (t->stop_pending) /* the epoch had no test pass to wait for */
+    return finish_early(t);
   tb.step = (uint64_t)h->epoch * h->nbatches + h->index + 1;
   if ((rc = apply_control(t)) != 0)
     return rc;
@@ -896,8 +926,11 @@ static int on_test(trainer *t, const td_batch_hdr *h, const uint8_t *px, const u
   t->test.loss_sum += st.loss_sum;
   t->test.correct += st.correct;
   t->test.count += st.count;
-  if (h->index + 1 == h->nbatches)
+  if (h->index + 1 == h->nbatches) {
     emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
+    if (t->stop_pending)
+      return finish_early(t);
+  }
   return 0;
 }
 
@@ -924,6 +957,8 @@ static int on_val(trainer *t, const td_batch_hdr *h, const uint8_t *px, const ui
     tb_eval("val", acc, loss);
     td_info("epoch %u: validation accuracy %.4f, loss %.4f", h->epoch + 1, acc, loss);
     t->val = (pass){0};
+    if (t->cb_on)
+      return run_callbacks(t, h->epoch + 1, acc, loss);
   }
   return 0;
 }
@@ -986,6 +1021,73 @@ static int write_cause(const char *path, int rc, int saved, char *out, size_t ca
  * another place may still take the model. */
 static int is_write_error(int rc) { return rc == TD_EIO || rc == TD_ENOSPC || rc == TD_ETOOBIG; }
 
+/* <output without .safetensors>.best.safetensors */
+static void best_path(const char *output, char *out, size_t cap) {
+  static const char ext[] = ".safetensors";
+  size_t n = strlen(output);
+
+  if (n >= sizeof(ext) - 1 && strcmp(output + n - (sizeof(ext) - 1), ext) == 0)
+    n -= sizeof(ext) - 1;
+  snprintf(out, cap, "%.*s.best%s", (int)n, output, ext);
+}
+
+/* keep_best: this epoch's model beside the last one.  A failure is logged
+ * and training goes on: the job's model is still written at the end. */
+static void save_best(trainer *t, uint32_t epoch, double value) {
+  const td_cb_keep_best *k = &t->spec->callbacks.keep_best;
+  char ep[16], val[32], seed[32];
+  const td_st_meta meta[] = {
+      {"format", "pt"},        {"traind.job", t->spec->name}, {"traind.epoch", ep},
+      {"traind.seed", seed},   {"traind.monitor", td_monitor_name(k->monitor)},
+      {"traind.value", val},
+  };
+  int rc;
+
+  snprintf(ep, sizeof(ep), "%u", epoch);
+  snprintf(seed, sizeof(seed), "%llu", (unsigned long long)t->spec->seed);
+  snprintf(val, sizeof(val), "%.6f", value);
+  if ((rc = td_model_save(t->model, t->best_path, meta, TD_ARRAY_SIZE(meta))) < 0) {
+    td_warn("keep_best: cannot write the best model to %s: %s", t->best_path,
+            td_model_error(t->model));
+    return;
+  }
+  td_info("keep_best: epoch %u has the best %s so far (%.4f): model written to %s", epoch,
+          td_monitor_name(k->monitor), value, t->best_path);
+}
+
+/* The callbacks' decisions on an epoch's validation numbers.  A checkpoint
+ * needs no rewrite for them: one from before the judgement resumes before
+ * the validation pass (the loader sends an epoch's validation again when it
+ * resumes at its end), one from after it holds the epoch as judged. */
+static int run_callbacks(trainer *t, uint32_t epoch, double acc, double loss) {
+  const td_callbacks *c = &t->spec->callbacks;
+  td_cb_decision d;
+
+  td_callbacks_epoch_end(c, &t->cb, epoch, loss, acc, t->spec->opt.lr, &d);
+  if (d.save_best)
+    save_best(t, epoch, t->cb.kb_best);
+  if (d.lr_reduced) {
+    td_model_progress p;
+
+    td_model_get_progress(t->model, &p);
+    p.lr_factor = t->cb.lr_factor;
+    if (td_model_set_progress(t->model, &p) < 0)
+      return fail(TD_EINVAL, "reduce_lr_on_plateau: %s", td_model_error(t->model));
+    td_info("reduce_lr_on_plateau: %s has not improved for %u epoch%s: the learning rate is "
+            "now %g times the schedule's (%g at its base)", td_monitor_name(c->plateau.monitor),
+            c->plateau.patience, c->plateau.patience == 1 ? "" : "s", t->cb.lr_factor,
+            t->spec->opt.lr * t->cb.lr_factor);
+  }
+  if (d.stop && epoch < t->spec->epochs) {
+    t->stop_pending = epoch;
+    td_info("early stopping: %s has not improved by more than %g for %u epoch%s (best %.4f): "
+            "training ends after epoch %u of %u", td_monitor_name(c->early_stop.monitor),
+            (double)c->early_stop.min_delta, t->cb.es_wait, t->cb.es_wait == 1 ? "" : "s",
+            t->cb.es_best, epoch, t->spec->epochs);
+  }
+  return 0;
+}
+
 static int on_end(trainer *t) {
   char epochs[16], acc[32], seed[32];
   const td_st_meta meta[] = {
@@ -998,7 +1100,7 @@ static int on_end(trainer *t) {
 
   if (t->test.count > 0)
     emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
-  snprintf(epochs, sizeof(epochs), "%u", t->spec->epochs);
+  snprintf(epochs, sizeof(epochs), "%u", t->stop_pending ? t->stop_pending : t->spec->epochs);
   snprintf(seed, sizeof(seed), "%llu", (unsigned long long)t->spec->seed);
   snprintf(acc, sizeof(acc), "%.6f", t->accuracy);
   /* Past this point the job finishes: a cancel must not leave half a file. */
@@ -1051,6 +1153,14 @@ static int on_end(trainer *t) {
   return 0;
 }
 
+/* Early stopping: the job ends here, as succeeded, with the model as it is. */
+static int finish_early(trainer *t) {
+  int rc = on_end(t);
+
+  t->finished = 1;
+  return rc;
+}
+
 /* Drain the ring until END (0) or a failure (the exit status). */
 static int train(trainer *t) {
   const td_layout *l = td_model_layout(t->model);
@@ -1094,7 +1204,7 @@ static int train(trainer *t) {
       rc = (h->kind == TD_BATCH_TRAIN  ? on_train
             : h->kind == TD_BATCH_TEST ? on_test
                                        : on_val)(t, h, td_batch_pixels(h), td_batch_labels(h));
-      if (rc != 0)
+      if (rc != 0 || t->finished)
         return rc;
       break;
     case TD_BATCH_END:
@@ -1279,6 +1389,10 @@ int main(int argc, char **argv) {
       td_warn("no checkpoints: out of host memory for the model's %llu-value state",
               (unsigned long long)t.state_floats);
   }
+  t.cb_on = td_callbacks_any(&spec.callbacks) && (spec.val_fraction > 0 || spec.val_count > 0);
+  td_callbacks_init(&spec.callbacks, &t.cb);
+  if (spec.callbacks.keep_best.enabled)
+    best_path(a.output, t.best_path, sizeof(t.best_path));
   if (a.resume != NULL && (status = resume(&t, a.resume)) != 0)
     goto destroy_model;
   if (a.checkpoint == NULL) {

@@ -156,6 +156,69 @@ START_TEST(test_round_trip) {
 }
 END_TEST
 
+/* The callbacks' state rides along, +-inf included; a checkpoint without
+ * it (as every one written before callbacks) reads as before, with none. */
+START_TEST(test_callbacks_state) {
+  char err[256], *buf;
+  td_st_file *sf;
+  size_t len;
+  fixture f;
+  dest d;
+
+  buf = written(&f, &len);
+  ck_assert_int_eq(td_safetensors_load(f.path, 1 << 20, &sf, err, sizeof(err)), 0);
+  ck_assert_ptr_null(td_safetensors_meta(sf, "cb.es_best"));
+  td_safetensors_free(sf);
+  dest_init(&d, &f);
+  ck_assert_int_eq(td_checkpoint_read(f.path, &d.st, d.t, NT, err, sizeof(err)), 0);
+  ck_assert(!d.st.has_callbacks);
+  expect_same(&d, &f);
+  free(buf);
+
+  f.st.has_callbacks = true;
+  f.st.cb = (td_cb_state){.epoch = 3, .es_best = 0.123456789012345678, .es_wait = 2, .kb_best = -INFINITY,
+                          .kb_epoch = 0, .rp_best = INFINITY, .rp_wait = 7, .rp_cooldown = 1,
+                          .lr_factor = 0.1f * 0.1f};
+  ck_assert_msg(td_checkpoint_write(f.path, &f.st, f.t, NT, err, sizeof(err)) == 0, "%s", err);
+  dest_init(&d, &f);
+  ck_assert_msg(td_checkpoint_read(f.path, &d.st, d.t, NT, err, sizeof(err)) == 0, "%s", err);
+  ck_assert(d.st.has_callbacks);
+  ck_assert_mem_eq(&d.st.cb, &f.st.cb, sizeof(f.st.cb));
+  ck_assert_uint_eq(d.st.step, f.st.step);
+
+  /* a factor out of (0, 1] is damage, not a state */
+  f.st.cb.lr_factor = 2.0;
+  ck_assert_int_eq(td_checkpoint_write(f.path, &f.st, f.t, NT, err, sizeof(err)), 0);
+  dest_init(&d, &f);
+  ck_assert_int_eq(td_checkpoint_read(f.path, &d.st, d.t, NT, err, sizeof(err)), TD_EDATA);
+  ck_assert_ptr_nonnull(strstr(err, "factor"));
+  ck_assert(dest_untouched(&d));
+  fixture_free(&f);
+}
+END_TEST
+
+/* Some of the callbacks' values without the others: damaged. */
+START_TEST(test_callbacks_partial) {
+  td_st_tensor w = {"0.weight", "F32", 2, {W_OUT, W_IN}, NULL, W_OUT * W_IN * 4};
+  const td_st_meta meta[] = {
+      {"format", TD_CKPT_FORMAT}, {"version", "1"}, {"job", "j"}, {"step", "1"},
+      {"epoch", "0"}, {"batch", "1"}, {"seed", "0"}, {"rng", "0"}, {"loss_scale", "1"},
+      {"good_steps", "0"}, {"skipped", "0"}, {"cb.es_best", "1"}, {"crc32", "00000000"}};
+  char err[256];
+  fixture f;
+  dest d;
+
+  fixture_init(&f);
+  w.data = f.w;
+  ck_assert_int_eq(td_safetensors_write(f.path, &w, 1, meta, TD_ARRAY_SIZE(meta)), 0);
+  dest_init(&d, &f);
+  ck_assert_int_eq(td_checkpoint_read(f.path, &d.st, d.t, 1, err, sizeof(err)), TD_EDATA);
+  ck_assert_msg(strstr(err, "1 of the 9 callback values") != NULL, "%s", err);
+  ck_assert(dest_untouched(&d));
+  fixture_free(&f);
+}
+END_TEST
+
 START_TEST(test_every_bit_flip) {
   char err[256], *buf;
   size_t len;
@@ -673,6 +736,8 @@ int main(void) {
   int failed;
 
   tcase_add_test(tc, test_round_trip);
+  tcase_add_test(tc, test_callbacks_state);
+  tcase_add_test(tc, test_callbacks_partial);
   tcase_add_test(tc, test_every_bit_flip);
   tcase_add_test(tc, test_random_byte_changes);
   tcase_add_test(tc, test_truncated);

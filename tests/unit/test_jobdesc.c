@@ -111,6 +111,31 @@ START_TEST(every_example_survives_the_trip) {
 }
 END_TEST
 
+/* Callbacks, all on and none at its default, come back to the byte. */
+START_TEST(callbacks_survive_the_trip) {
+  td_jobspec a, b;
+  size_t la, lb;
+  void *da, *db;
+
+  load_example("fashion-mnist-mlp", &a);
+  a.sample_dtype = TD_DTYPE_U8;
+  a.val_fraction = 0.1f;
+  a.callbacks = (td_callbacks){
+      .early_stop = {1, TD_MONITOR_VAL_ACCURACY, 3, 0.25f},
+      .keep_best = {1, TD_MONITOR_VAL_ACCURACY},
+      .plateau = {1, TD_MONITOR_VAL_ACCURACY, 0.5f, 4, 0.125f, 2, 1e-5f}};
+  da = encode(&a, &la);
+  ck_assert_msg(decode(da, la, &b) == 0, "%s", err);
+  ck_assert_msg(memcmp(&a, &b, sizeof(a)) == 0, "the decoded spec differs at byte %zu",
+                first_difference(&a, &b, sizeof(a)));
+  db = encode(&b, &lb);
+  ck_assert_uint_eq(la, lb);
+  ck_assert(memcmp(da, db, la) == 0);
+  free(da);
+  free(db);
+}
+END_TEST
+
 /* A description of s after change(s), and the decoder's verdict on it. */
 static int with(void (*change)(td_jobspec *)) {
   td_jobspec s, out;
@@ -139,6 +164,11 @@ static void twice(td_jobspec *s) {
 }
 static void micro_over_batch(td_jobspec *s) { s->min_micro_batch = s->batch_size + 1; }
 static void no_name(td_jobspec *s) { s->name[0] = '\0'; }
+static void big_factor(td_jobspec *s) {
+  s->callbacks.plateau = (td_cb_plateau){.enabled = 1, .factor = 1.5f};
+}
+static void zero_factor(td_jobspec *s) { s->callbacks.plateau = (td_cb_plateau){.enabled = 1}; }
+static void bad_monitor(td_jobspec *s) { s->callbacks.early_stop.monitor = TD_MONITOR__COUNT; }
 
 START_TEST(a_value_out_of_bounds_is_refused_by_name) {
   static const struct {
@@ -148,7 +178,8 @@ START_TEST(a_value_out_of_bounds_is_refused_by_name) {
       {big_batch, "batch_size"},    {big_units, "units"},         {bad_layer, "layers[1].type"},
       {zero_lr, "opt.lr"},          {nan_std, "norm_std"},        {bad_dtype, "sample_dtype"},
       {broken_chain, "layers[2]"}, {twice, "remedies"},          {micro_over_batch, "min_micro"},
-      {no_name, "name"},
+      {no_name, "name"},            {big_factor, "callbacks.plateau.factor"},
+      {zero_factor, "callbacks.plateau.factor"}, {bad_monitor, "callbacks.early_stop.monitor"},
   };
 
   for (size_t i = 0; i < TD_ARRAY_SIZE(cases); i++) {
@@ -316,6 +347,7 @@ int main(void) {
   int failed;
 
   tcase_add_test(tc, every_example_survives_the_trip);
+  tcase_add_test(tc, callbacks_survive_the_trip);
   tcase_add_test(tc, a_value_out_of_bounds_is_refused_by_name);
   tcase_add_test(tc, another_version_is_refused_as_such);
   tcase_add_test(tc, a_damaged_description_is_refused);

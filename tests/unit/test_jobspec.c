@@ -717,6 +717,76 @@ START_TEST(training_keys) {
 }
 END_TEST
 
+/* MIN_JOB with a validation split (line 12) and callbacks (lines 13 on). */
+static const char *cb_job(const char *callbacks) {
+  static char text[4096];
+
+  snprintf(text, sizeof(text), "%s", job_with("  test: {images: /abs/te-i, labels: te-l}\n",
+                                            "  test: {images: /abs/te-i, labels: te-l}\n"
+                                            "  validation: {fraction: 0.1}\n"));
+  strcat(text, callbacks);
+  return text;
+}
+
+START_TEST(callbacks_keys) {
+  td_jobspec s;
+
+  /* off unless named; Keras' defaults */
+  expect_ok(cb_job(""), NULL, &s);
+  ck_assert(!td_callbacks_any(&s.callbacks));
+  expect_ok(cb_job("callbacks:\n"
+                   "  early_stopping: {monitor: val_accuracy, patience: 3, min_delta: 0.01}\n"
+                   "  keep_best: val_accuracy\n"
+                   "  reduce_lr_on_plateau: {factor: 0.5, patience: 2, cooldown: 1, "
+                   "min_lr: 0.0001}\n"),
+            NULL, &s);
+  ck_assert(s.callbacks.early_stop.enabled);
+  ck_assert_int_eq(s.callbacks.early_stop.monitor, TD_MONITOR_VAL_ACCURACY);
+  ck_assert_uint_eq(s.callbacks.early_stop.patience, 3);
+  ck_assert_float_eq(s.callbacks.early_stop.min_delta, 0.01f);
+  ck_assert(s.callbacks.keep_best.enabled);
+  ck_assert_int_eq(s.callbacks.keep_best.monitor, TD_MONITOR_VAL_ACCURACY);
+  ck_assert(s.callbacks.plateau.enabled);
+  ck_assert_int_eq(s.callbacks.plateau.monitor, TD_MONITOR_VAL_LOSS);
+  ck_assert_float_eq(s.callbacks.plateau.factor, 0.5f);
+  ck_assert_uint_eq(s.callbacks.plateau.patience, 2);
+  ck_assert_uint_eq(s.callbacks.plateau.cooldown, 1);
+  ck_assert_float_eq(s.callbacks.plateau.min_lr, 0.0001f);
+  ck_assert_float_eq(s.callbacks.plateau.min_delta, 1e-4f);
+  /* a key with nothing under it is on, with its defaults */
+  expect_ok(cb_job("callbacks:\n  early_stopping:\n  reduce_lr_on_plateau: {}\n"), NULL, &s);
+  ck_assert(s.callbacks.early_stop.enabled);
+  ck_assert_int_eq(s.callbacks.early_stop.monitor, TD_MONITOR_VAL_LOSS);
+  ck_assert_uint_eq(s.callbacks.early_stop.patience, 0);
+  ck_assert(!s.callbacks.keep_best.enabled);
+  ck_assert(s.callbacks.plateau.enabled);
+  ck_assert_float_eq(s.callbacks.plateau.factor, 0.1f);
+  ck_assert_uint_eq(s.callbacks.plateau.patience, 10);
+
+  expect_err(cb_job("callbacks:\n  early_stopping: {monitor: loss}\n"), "line 14",
+             "'callbacks.early_stopping.monitor'");
+  expect_err(cb_job("callbacks:\n  early_stopping: {patience: -1}\n"), "line 14",
+             "'callbacks.early_stopping.patience'");
+  expect_err(cb_job("callbacks:\n  reduce_lr_on_plateau: {factor: 1}\n"), "line 14",
+             "'callbacks.reduce_lr_on_plateau.factor'");
+  expect_err(cb_job("callbacks:\n  reduce_lr_on_plateau: {factor: 0}\n"), "line 14",
+             "'callbacks.reduce_lr_on_plateau.factor'");
+  expect_err(cb_job("callbacks:\n  keep_best: {monitor: val_loss, every: 2}\n"), "line 14",
+             "every");
+  expect_err(cb_job("callbacks:\n  early_stop: {}\n"), "line 14", "early_stop");
+  /* every callback watches the validation split */
+  expect_exact(MIN_JOB "callbacks:\n  keep_best: {monitor: val_accuracy}\n",
+               "line 13: key 'callbacks.keep_best' monitors val_accuracy, and the job has no "
+               "validation split (add data.validation, e.g. {fraction: 0.1})");
+  expect_err(MIN_JOB "callbacks:\n  reduce_lr_on_plateau: {}\n", "line 13",
+             "'callbacks.reduce_lr_on_plateau' monitors val_loss");
+  expect_ok(replaced(cb_job("callbacks:\n  early_stopping: {patience: 1}\n"), "{fraction: 0.1}",
+                     "{count: 5}"),
+            NULL, &s);
+  ck_assert(s.callbacks.early_stop.enabled);
+}
+END_TEST
+
 START_TEST(precision_keys) {
   td_jobspec s;
 
@@ -919,6 +989,7 @@ static Suite *jobspec_suite(void) {
   tcase_add_test(tc, cnn_shape_errors);
   tcase_add_test(tc, training_keys);
   tcase_add_test(tc, precision_keys);
+  tcase_add_test(tc, callbacks_keys);
   tcase_add_test(tc, features_key);
   tcase_add_test(tc, format_key_hints);
   tcase_add_test(tc, optimizer_defaults);

@@ -813,6 +813,51 @@ START_TEST(test_sticky_error_after_oom) {
 }
 END_TEST
 
+/* reduce_lr_on_plateau's factor: a model at lr 0.1 with factor 0.5 takes
+ * exactly the steps of one at lr 0.05 (halving is exact), and the factor
+ * comes back from its progress; one out of (0, 1] is refused. */
+START_TEST(test_lr_factor) {
+  uint8_t px[B * 64], lb[B];
+  td_jobspec s, h;
+  td_backend *be, *be2;
+  td_model *m, *r;
+  td_model_progress pr;
+  td_step_stats st;
+  float *a, *b;
+  uint64_t ns;
+
+  conv_spec(&s);
+  s.opt.lr = 0.1f;
+  h = s;
+  h.opt.lr = 0.05f;
+  m = make(&s, 8, &be);
+  r = make(&h, 8, &be2);
+  td_model_get_progress(m, &pr);
+  ck_assert(pr.lr_factor == 0.0); /* none: as 1 */
+  pr.lr_factor = 0.5;
+  ck_assert_int_eq(td_model_set_progress(m, &pr), 0);
+  for (int k = 0; k < 4; k++) {
+    batch(k, px, lb, &s);
+    ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+    ck_assert_int_eq(td_model_train_step(r, px, lb, B, &st), 0);
+  }
+  ns = td_model_state_floats(m);
+  a = malloc(ns * sizeof(float));
+  b = malloc(ns * sizeof(float));
+  ck_assert_int_eq(td_model_get_state(m, a), 0);
+  ck_assert_int_eq(td_model_get_state(r, b), 0);
+  ck_assert_msg(memcmp(a, b, ns * sizeof(float)) == 0, "factor 0.5 is not half the rate");
+  td_model_get_progress(m, &pr);
+  ck_assert(pr.lr_factor == 0.5);
+  pr.lr_factor = 1.5;
+  ck_assert_int_eq(td_model_set_progress(m, &pr), TD_EINVAL);
+  free(a);
+  free(b);
+  drop(r, be2);
+  drop(m, be);
+}
+END_TEST
+
 static Suite *model_suite(void) {
   Suite *s = suite_create("model");
   TCase *tc = tcase_create("model");
@@ -825,6 +870,7 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_fp16_overflow_skips);
   tcase_add_test(tc, test_clip_and_schedule);
   tcase_add_test(tc, test_resume_exact);
+  tcase_add_test(tc, test_lr_factor);
   tcase_add_test(tc, test_eval_mode);
   tcase_add_test(tc, test_remedies_in_order);
   tcase_add_test(tc, test_create_as);

@@ -52,11 +52,14 @@ typedef struct td_layer {
   int line;            /* line in the job file, for messages */
 } td_layer;
 
-/* What a layer's input or output is per sample: [c, h, w], or flat [c]
- * features (h = w = 1, spatial false). */
+/* What a layer's input or output is per sample: [c, h, w] (spatial), a
+ * sequence [T, D] of T positions with D features each (seq: c = T, h = D,
+ * w = 1; layers that act per position see T * n rows of D), or flat [c]
+ * features (h = w = 1, neither). */
 typedef struct td_shape {
   uint32_t c, h, w;
   int spatial;
+  int seq;
 } td_shape;
 
 typedef enum { TD_OPT_SGD = 0, TD_OPT_ADAM, TD_OPT_ADAMW } td_opt_kind;

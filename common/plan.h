@@ -7,8 +7,9 @@
  * BatchNorm's running statistics), gradients, optimiser state, activations,
  * workspace (the largest conv2d's im2col matrix or conv1d's block of
  * columns, then in mixed precision the 16-bit copy of the parameters the
- * forward and backward passes read) and input staging (one micro-batch of samples in their stored type,
- * spec->sample_dtype, and their one-byte labels).
+ * forward and backward passes read) and input staging (one micro-batch of
+ * samples in their stored type, spec->sample_dtype, and their one-byte
+ * labels).
  *
  * The activation arena is laid out by a liveness plan over one micro-batch's
  * schedule: normalise, each layer's forward, the loss, then (with activation

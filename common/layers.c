@@ -1,5 +1,6 @@
 #include "layers.h"
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -154,9 +155,16 @@ static int conv1d_shape(const td_layer *l, const td_shape *in, td_shape *out, ui
     return TD_EJOBSPEC;
   }
   ol = (lp - k) / st + 1;
+  /* its products take a block of samples' columns at once, indexed by int */
+  if (TD_PLAN_BLOCK_ROWS * ol * ck > INT_MAX) {
+    snprintf(msg, cap, "conv1d's columns for a block of %d samples would hold %llu values, "
+             "more than %d (use a shorter sequence, fewer channels or a smaller kernel)",
+             TD_PLAN_BLOCK_ROWS, (unsigned long long)(TD_PLAN_BLOCK_ROWS * ol * ck), INT_MAX);
+    return TD_ETOOBIG;
+  }
   *out = (td_shape){(uint32_t)ol, l->filters, 1, 0, 1};
-  /* the columns of a block of samples (one product), and the weight */
-  *big = TD_PLAN_BLOCK_ROWS * ol * ck;
+  /* one sample's columns, and the weight */
+  *big = ol * ck;
   if ((uint64_t)l->filters * ck > *big)
     *big = (uint64_t)l->filters * ck;
   return 0;

@@ -604,12 +604,13 @@ int td_conv1d_out(const td_conv1d_desc *d, int *ol, char *err, size_t errlen) {
     return TD_EINVAL;
   }
   o = (lp - d->kw) / d->stride + 1;
-  /* every matrix the products see stays indexable by int (BLAS, cuBLAS) */
+  /* every matrix the products see stays indexable by int (BLAS, cuBLAS);
+   * the whole call's x and y are addressed a block at a time */
   const double sizes[] = {
-      (double)d->n * d->l * d->c,
-      (double)d->n * o * d->k,
       (double)d->k * d->c * d->kw,
       (double)conv1d_block(d) * o * d->c * d->kw, /* a block's columns */
+      (double)conv1d_block(d) * o * d->k,
+      (double)conv1d_block(d) * d->l * d->c,
   };
   for (size_t i = 0; i < TD_ARRAY_SIZE(sizes); i++) {
     if (sizes[i] > (double)INT_MAX) {

@@ -956,6 +956,12 @@ START_TEST(sequence_layers) {
              "conv1d kernel 9 is longer than its sequence of 6 (padding 1)");
   expect_err(seq_job("    - {type: conv2d, filters: 3, kernel: 2}\n"), "line 5",
              "conv2d needs a [C, H, W] input, and gets a sequence [6, 4]");
+  /* a block of columns past what a product indexes */
+  snprintf(text, sizeof(text), "%s",
+           seq_job("    - {type: conv1d, filters: 1, kernel: 4096, padding: 4096}\n"));
+  expect_err(replaced(text, "[6, 4]", "[4096, 4096]"), "line 5",
+             "conv1d's columns for a block of 16 samples would hold 2199291691008 values, more "
+             "than 2147483647");
   /* [C, H, W] pools to [C] */
   snprintf(text, sizeof(text), "%s",
            job_with("    - {type: dense", "    - {type: conv2d, filters: 3, kernel: 2}\n"

@@ -594,62 +594,53 @@ static void act_bwd(const layer_call *c) {
   td_backend_act_bwd(c->m->be, act_kind(c), c->y, c->dy, c->dx, (size_t)c->rows * c->ly->out);
 }
 
-/* The feature axis as [outer, dim, inner]: C of a flat row, D of each
- * position of a sequence, C of each pixel of [C, H, W]. */
-static void softmax_axis(const layer_call *c, size_t *outer, size_t *dim, size_t *inner) {
+/* A tensor of rows seen as [outer, mid, inner], for an op along mid. */
+typedef struct axes3 {
+  size_t outer, mid, inner;
+} axes3;
+
+/* softmax's feature axis: C of a flat row, D of each position of a
+ * sequence, C of each pixel of [C, H, W]. */
+static axes3 softmax_axes(const layer_call *c) {
   const td_shape *in = &c->ly->in_shape;
 
-  *outer = c->rows;
-  *dim = in->c;
-  *inner = (size_t)in->h * in->w;
-  if (in->seq) {
-    *outer = (size_t)c->rows * in->c;
-    *dim = in->h;
-    *inner = 1;
-  }
+  if (in->seq)
+    return (axes3){(size_t)c->rows * in->c, in->h, 1};
+  return (axes3){c->rows, in->c, (size_t)in->h * in->w};
 }
 
 static void softmax_fwd(const layer_call *c) {
-  size_t outer, dim, inner;
+  axes3 a = softmax_axes(c);
 
-  softmax_axis(c, &outer, &dim, &inner);
-  td_backend_softmax_fwd(c->m->be, c->x, c->y, outer, dim, inner);
+  td_backend_softmax_fwd(c->m->be, c->x, c->y, a.outer, a.mid, a.inner);
 }
 
 static void softmax_bwd(const layer_call *c) {
-  size_t outer, dim, inner;
+  axes3 a = softmax_axes(c);
 
-  softmax_axis(c, &outer, &dim, &inner);
-  td_backend_softmax_bwd(c->m->be, c->y, c->dy, c->dx, outer, dim, inner);
+  td_backend_softmax_bwd(c->m->be, c->y, c->dy, c->dx, a.outer, a.mid, a.inner);
 }
 
-/* What global average pooling averages, as [outer, count, inner]: each
- * plane of [C, H, W]; the positions of a sequence [T, D]. */
-static void gap_axes(const layer_call *c, size_t *outer, size_t *count, size_t *inner) {
+/* What global average pooling averages: each plane of [C, H, W], the
+ * positions of a sequence [T, D]. */
+static axes3 pooled_axes(const layer_call *c) {
   const td_shape *in = &c->ly->in_shape;
 
-  *outer = (size_t)c->rows * in->c;
-  *count = (size_t)in->h * in->w;
-  *inner = 1;
-  if (in->seq) {
-    *outer = c->rows;
-    *count = in->c;
-    *inner = in->h;
-  }
+  if (in->seq)
+    return (axes3){c->rows, in->c, in->h};
+  return (axes3){(size_t)c->rows * in->c, (size_t)in->h * in->w, 1};
 }
 
 static void global_avg_pool_fwd(const layer_call *c) {
-  size_t outer, count, inner;
+  axes3 a = pooled_axes(c);
 
-  gap_axes(c, &outer, &count, &inner);
-  td_backend_mean_fwd(c->m->be, c->x, c->y, outer, count, inner);
+  td_backend_mean_fwd(c->m->be, c->x, c->y, a.outer, a.mid, a.inner);
 }
 
 static void global_avg_pool_bwd(const layer_call *c) {
-  size_t outer, count, inner;
+  axes3 a = pooled_axes(c);
 
-  gap_axes(c, &outer, &count, &inner);
-  td_backend_mean_bwd(c->m->be, c->dy, c->dx, outer, count, inner);
+  td_backend_mean_bwd(c->m->be, c->dy, c->dx, a.outer, a.mid, a.inner);
 }
 
 /* A sequence [L, C_in] (c = L, h = C_in) for n rows. */

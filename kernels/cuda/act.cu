@@ -1,5 +1,6 @@
 /* GELU and dropout: element-wise kernels over any storage type (td_ld /
- * td_st), computing in float like the CPU backend (kernels/cpu/act.c). */
+ * td_st), computing in float like the CPU backend (kernels/cpu/act.c);
+ * then sigmoid, tanh and softmax over a feature axis, on fp32. */
 #include "act.cuh"
 #include "dropout_mask.h"
 

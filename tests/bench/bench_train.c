@@ -9,13 +9,14 @@
  *             settings; the fastest is the peer the ratio is taken against
  *   ceiling   OpenBLAS SGEMM alone, the step's products in the shapes, counts
  *             and order the CPU backend runs them (dense layers once per
- *             batch, conv2d once per sample on its im2col columns): the speed
- *             if everything else took no time
+ *             batch, conv2d once per sample on its im2col columns, conv1d
+ *             once per block of 16 samples): the speed if everything else
+ *             took no time
  *
  * and each one's GFLOP/s in FLOP terms: a dense layer costs 2 in out per
- * sample forward, a conv2d 2 k c kh kw oh ow, as much again for the weight
- * gradient, and as much for the input gradient where a layer before it has
- * parameters.  With no job it measures examples/fashion-mnist-mlp.yaml and
+ * sample forward, a conv2d 2 k c kh kw oh ow, a conv1d 2 k c kw ol, as much
+ * again for the weight gradient, and as much for the input gradient where a
+ * layer before it has parameters.  With no job it measures examples/fashion-mnist-mlp.yaml and
  * examples/fashion-mnist-cnn.yaml, a table each, and notes the issue's
  * targets.  A program that prints numbers, not a test: nothing here asserts
  * a time.

@@ -172,6 +172,7 @@ static const td_yfield dim_item = {
 static const td_yfield model_fields[] = {
     TD_YF_SEQ("input", td_jobspec, input_dims, input_rank, 1, TD_MAX_RANK, &dim_item,
               TD_YF_REQUIRED, NULL),
+    TD_YF_ENUM("sequence", td_jobspec, input_seq, bool_names, NULL, 0),
     TD_YF_SEQ("layers", td_jobspec, layers, nlayers, 1, TD_MAX_LAYERS, &td_layer_yfield,
               TD_YF_REQUIRED, NULL),
     {0},
@@ -610,7 +611,11 @@ static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errl
   if (last->type != TD_LAYER_DENSE) {
     td_yaml_errf(err, errlen, last->line,
                  "key 'model.layers[%d]': the last layer must be dense (it gives the class "
-                 "scores), got %s", s->nlayers - 1, td_layer_names[last->type]);
+                 "scores), got %s%s", s->nlayers - 1, td_layer_names[last->type],
+                 last->type == TD_LAYER_SOFTMAX || last->type == TD_LAYER_SIGMOID
+                     ? " (the loss, softmax cross-entropy, turns the scores into "
+                       "probabilities itself: remove it)"
+                     : "");
     return TD_EJOBSPEC;
   }
   {
@@ -765,12 +770,19 @@ int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1]
              INT_MAX);
     return TD_ETOOBIG;
   }
-  if (spec->input_rank == 2)
-    cur = (td_shape){1, spec->input_dims[0], spec->input_dims[1], 1};
+  if (spec->input_seq && spec->input_rank != 2) {
+    snprintf(msg, cap, "a sequence input is [T, D] (positions, features): 2 dimensions, not "
+             "%d", spec->input_rank);
+    return TD_EJOBSPEC;
+  }
+  if (spec->input_seq)
+    cur = (td_shape){spec->input_dims[0], spec->input_dims[1], 1, 0, 1};
+  else if (spec->input_rank == 2)
+    cur = (td_shape){1, spec->input_dims[0], spec->input_dims[1], 1, 0};
   else if (spec->input_rank == 3)
-    cur = (td_shape){spec->input_dims[0], spec->input_dims[1], spec->input_dims[2], 1};
+    cur = (td_shape){spec->input_dims[0], spec->input_dims[1], spec->input_dims[2], 1, 0};
   else
-    cur = (td_shape){(uint32_t)elems, 1, 1, 0};
+    cur = (td_shape){(uint32_t)elems, 1, 1, 0, 0};
   shapes[0] = cur;
   if (spec->nlayers < 1 || spec->nlayers > TD_MAX_LAYERS) {
     snprintf(msg, cap, "a model has 1 to %d layers", TD_MAX_LAYERS);
@@ -790,7 +802,10 @@ int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1]
     }
     d = td_layer_def_of(l->type);
     if (!in.spatial && d->spatial) {
-      if (i == 0)
+      if (in.seq)
+        snprintf(msg, cap, "%s needs a [C, H, W] input, and gets a sequence [%u, %u]",
+                 td_layer_names[l->type], in.c, in.h);
+      else if (i == 0)
         snprintf(msg, cap, "%s needs a [C, H, W] input, and model.input is flat (give it as "
                  "[H, W] or [C, H, W])", td_layer_names[l->type]);
       else

@@ -26,7 +26,9 @@
 #define TD_LAYER_TYPES(X)                                                                   \
   X(DENSE, "dense") X(RELU, "relu") X(CONV2D, "conv2d") X(MAXPOOL2D, "maxpool2d")          \
   X(AVGPOOL2D, "avgpool2d") X(GELU, "gelu") X(DROPOUT, "dropout") X(FLATTEN, "flatten")    \
-  X(BATCHNORM2D, "batchnorm2d") X(LAYERNORM, "layernorm")
+  X(BATCHNORM2D, "batchnorm2d") X(LAYERNORM, "layernorm")                                \
+  X(SIGMOID, "sigmoid") X(TANH, "tanh") X(SOFTMAX, "softmax")                              \
+  X(GLOBAL_AVG_POOL, "global_avg_pool") X(CONV1D, "conv1d")
 
 typedef enum {
 #define TD_LAYER_ENUM(id, name) TD_LAYER_##id,
@@ -41,10 +43,11 @@ typedef enum {
 typedef struct td_layer {
   td_layer_type type;
   uint32_t units;      /* dense: output features */
-  uint32_t filters;    /* conv2d: output channels */
-  uint16_t kernel;     /* conv2d, pooling: square window side (<= 4096) */
-  uint16_t stride;     /* conv2d: 1; pooling: kernel (0 in a spec built in code: the same) */
-  uint16_t padding;    /* conv2d, pooling: zeros on each side */
+  uint32_t filters;    /* conv2d, conv1d: output channels */
+  uint16_t kernel;     /* conv2d, pooling: square window side; conv1d: its width (<= 4096) */
+  uint16_t stride;     /* conv2d, conv1d: 1; pooling: kernel (0 in a spec built in code: the
+                          same) */
+  uint16_t padding;    /* conv2d, conv1d, pooling: zeros on each side */
   uint8_t approximate; /* gelu: 0 exact (erf), 1 tanh */
   float p;             /* dropout: probability of dropping */
   float eps;           /* batchnorm2d, layernorm: 1e-5 (0 in code: the same) */
@@ -122,6 +125,8 @@ typedef struct td_jobspec {
   /* model */
   uint32_t input_dims[TD_MAX_RANK]; /* e.g. {28, 28} */
   int input_rank;
+  int input_seq;                    /* model.sequence: an input [T, D] is a sequence of T
+                                       positions (conv1d...), not a one-channel image */
   td_layer layers[TD_MAX_LAYERS];
   int nlayers;
 

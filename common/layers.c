@@ -1,11 +1,13 @@
 #include "layers.h"
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 #include "error.h"
+#include "plan.h"
 
 #define F32 ((uint64_t)sizeof(float))
 
@@ -60,7 +62,7 @@ static int dense_shape(const td_layer *l, const td_shape *in, td_shape *out, uin
     snprintf(msg, cap, "a dense layer needs 'units'");
     return TD_EJOBSPEC;
   }
-  *out = (td_shape){l->units, 1, 1, 0};
+  *out = (td_shape){l->units, 1, 1, 0, 0};
   return 0;
 }
 
@@ -76,7 +78,7 @@ static int conv2d_shape(const td_layer *l, const td_shape *in, td_shape *out, ui
   }
   if ((rc = window_out(l, in, false, &oh, &ow, msg, cap)) < 0)
     return rc;
-  *out = (td_shape){l->filters, oh, ow, 1};
+  *out = (td_shape){l->filters, oh, ow, 1, 0};
   /* the im2col matrix of one sample, and the weight */
   *big = (uint64_t)in->c * l->kernel * l->kernel * oh * ow;
   if (weight > *big)
@@ -91,13 +93,80 @@ static int pool2d_shape(const td_layer *l, const td_shape *in, td_shape *out, ui
 
   if ((rc = window_out(l, in, true, &oh, &ow, msg, cap)) < 0)
     return rc;
-  *out = (td_shape){in->c, oh, ow, 1};
+  *out = (td_shape){in->c, oh, ow, 1, 0};
   return 0;
 }
 
 static int flatten_shape(const td_layer *l, const td_shape *in, td_shape *out, uint64_t *big,
                          char *msg, size_t cap) {
-  *out = (td_shape){(uint32_t)td_shape_elems(in), 1, 1, 0};
+  *out = (td_shape){(uint32_t)td_shape_elems(in), 1, 1, 0, 0};
+  return 0;
+}
+
+/* [C] for a flat shape, [T, D] for a sequence, [C, H, W] otherwise. */
+static void shape_text(const td_shape *s, char *buf, size_t cap) {
+  if (s->seq)
+    snprintf(buf, cap, "a sequence [%u, %u]", s->c, s->h);
+  else if (s->spatial)
+    snprintf(buf, cap, "[%u, %u, %u]", s->c, s->h, s->w);
+  else
+    snprintf(buf, cap, "[%u] flat", s->c);
+}
+
+/* spatial [C, H, W] -> [C] (the mean of each plane), sequence [T, D] -> [D]
+ * (the mean over positions) */
+static int global_avg_pool_shape(const td_layer *l, const td_shape *in, td_shape *out,
+                                 uint64_t *big, char *msg, size_t cap) {
+  char got[64];
+
+  if (!in->spatial && !in->seq) {
+    shape_text(in, got, sizeof(got));
+    snprintf(msg, cap, "global_avg_pool needs a [C, H, W] or a sequence [T, D] input; got %s",
+             got);
+    return TD_EJOBSPEC;
+  }
+  *out = (td_shape){in->seq ? in->h : in->c, 1, 1, 0, 0};
+  return 0;
+}
+
+/* A sequence [L, C_in] (channels last) -> [L', filters]. */
+static int conv1d_shape(const td_layer *l, const td_shape *in, td_shape *out, uint64_t *big,
+                        char *msg, size_t cap) {
+  uint64_t k = l->kernel, pad = l->padding, st = td_layer_stride(l), lp = in->c + 2 * pad;
+  uint64_t ol, ck = (uint64_t)in->h * k;
+  char got[64];
+
+  if (!in->seq) {
+    shape_text(in, got, sizeof(got));
+    snprintf(msg, cap, "conv1d needs a sequence [T, D] input; got %s", got);
+    return TD_EJOBSPEC;
+  }
+  if (l->filters == 0) {
+    snprintf(msg, cap, "a conv1d layer needs 'filters'");
+    return TD_EJOBSPEC;
+  }
+  if (k == 0 || st == 0) {
+    snprintf(msg, cap, "conv1d needs a kernel and a stride of at least 1");
+    return TD_EJOBSPEC;
+  }
+  if (k > lp) {
+    snprintf(msg, cap, "conv1d kernel %llu is longer than its sequence of %u (padding %llu)",
+             (unsigned long long)k, in->c, (unsigned long long)pad);
+    return TD_EJOBSPEC;
+  }
+  ol = (lp - k) / st + 1;
+  /* its products take a block of samples' columns at once, indexed by int */
+  if (TD_PLAN_BLOCK_ROWS * ol * ck > INT_MAX) {
+    snprintf(msg, cap, "conv1d's columns for a block of %d samples would hold %llu values, "
+             "more than %d (use a shorter sequence, fewer channels or a smaller kernel)",
+             TD_PLAN_BLOCK_ROWS, (unsigned long long)(TD_PLAN_BLOCK_ROWS * ol * ck), INT_MAX);
+    return TD_ETOOBIG;
+  }
+  *out = (td_shape){(uint32_t)ol, l->filters, 1, 0, 1};
+  /* one sample's columns, and the weight */
+  *big = ol * ck;
+  if ((uint64_t)l->filters * ck > *big)
+    *big = (uint64_t)l->filters * ck;
   return 0;
 }
 
@@ -128,6 +197,14 @@ static void batchnorm2d_sizes(const td_layer *l, const td_shape *in, const td_sh
 static void layernorm_sizes(const td_layer *l, const td_shape *in, const td_shape *out,
                             td_layer_sizes *s) {
   s->nweight = s->nbias = td_shape_elems(in);
+}
+
+static void conv1d_sizes(const td_layer *l, const td_shape *in, const td_shape *out,
+                         td_layer_sizes *s) {
+  s->nweight = (uint64_t)l->filters * in->h * l->kernel;
+  s->nbias = l->filters;
+  /* td_conv1d_workspace: the columns of a block of samples */
+  s->workspace = TD_PLAN_BLOCK_ROWS * (uint64_t)out->c * in->h * l->kernel * F32;
 }
 
 /* The tensors of a saved model, as nn.Sequential names them */
@@ -181,6 +258,14 @@ static int layernorm_tensors(const td_layer *l, const td_shape *in, const td_sha
   return n;
 }
 
+/* nn.Conv1d's weight [out, in, k] */
+static int conv1d_tensors(const td_layer *l, const td_shape *in, const td_shape *out,
+                          const td_layer_sizes *s, td_layer_tensor t[TD_LAYER_MAX_TENSORS]) {
+  const uint64_t w[] = {s->nbias, in->h, l->kernel};
+
+  return weight_bias(t, 3, w, s->nbias);
+}
+
 #define WINDOW_KEYS (TD_LK(KERNEL) | TD_LK(STRIDE) | TD_LK(PADDING))
 
 static const td_layer_def defs[TD_LAYER__COUNT] = {
@@ -225,6 +310,22 @@ static const td_layer_def defs[TD_LAYER__COUNT] = {
         .sizes = layernorm_sizes, .trainable = true,
         .init = TD_INIT_ONES, .tensors = layernorm_tensors,
         .needs_x = true, .stats = TD_STATS_ROW, .chunk = TD_CHUNK_BATCH},
+    [TD_LAYER_SIGMOID] = {
+        .not_first = true,
+        .needs_y = true, .in_place = true, .grad_in_place = true, .chunk = TD_CHUNK_SPATIAL},
+    [TD_LAYER_TANH] = {
+        .not_first = true,
+        .needs_y = true, .in_place = true, .grad_in_place = true, .chunk = TD_CHUNK_SPATIAL},
+    [TD_LAYER_SOFTMAX] = { /* over the features: C of [C], D of [T, D], C per pixel */
+        .not_first = true,
+        .needs_y = true, .in_place = true, .grad_in_place = true, .chunk = TD_CHUNK_SPATIAL},
+    [TD_LAYER_GLOBAL_AVG_POOL] = {
+        .shape = global_avg_pool_shape, .chunk = TD_CHUNK_SPATIAL},
+    [TD_LAYER_CONV1D] = {
+        .takes = TD_LK(FILTERS) | WINDOW_KEYS, .needs = TD_LK(FILTERS) | TD_LK(KERNEL),
+        .shape = conv1d_shape, .sizes = conv1d_sizes, .trainable = true,
+        .init = TD_INIT_FAN_IN, .tensors = conv1d_tensors,
+        .needs_x = true, .chunk = TD_CHUNK_BATCH, .half_weights = true},
 };
 
 const td_layer_def *td_layer_def_of(td_layer_type t) { return &defs[t]; }
@@ -276,16 +377,9 @@ static int check_layer(const td_yfield *f, void *p, const td_ynode *n, void *use
 /* Layers people add from habit that the model must not have. */
 static int layer_type_hint(const td_yfield *f, const char *text, void *user, char *msg,
                            size_t cap) {
-  if (strcasecmp(text, "softmax") == 0 || strcasecmp(text, "log_softmax") == 0 ||
-      strcasecmp(text, "logsoftmax") == 0) {
+  if (strcasecmp(text, "log_softmax") == 0 || strcasecmp(text, "logsoftmax") == 0) {
     snprintf(msg, cap, "there is no %s layer: the loss (softmax cross-entropy) already applies "
-             "softmax to the last dense layer's scores; remove this layer", text);
-    return 1;
-  }
-  if (strcasecmp(text, "sigmoid") == 0) {
-    snprintf(msg, cap, "there is no sigmoid layer: the loss (softmax cross-entropy) turns the "
-             "last dense layer's scores into probabilities (for two classes, end with a dense "
-             "layer of 2 units); between layers, use relu or gelu");
+             "log-softmax to the last dense layer's scores; remove this layer", text);
     return 1;
   }
   return 0;

@@ -5,19 +5,22 @@
  *
  * Arenas (one allocation each): parameters (the fp32 master copy and
  * BatchNorm's running statistics), gradients, optimiser state, activations,
- * workspace (the largest conv2d's im2col matrix, then in mixed precision the
- * 16-bit copy of the parameters the forward and backward passes read) and
- * input staging (one micro-batch of samples in their stored type,
- * spec->sample_dtype, and their one-byte labels).
+ * workspace (the largest conv2d's im2col matrix or conv1d's block of
+ * columns, then in mixed precision the 16-bit copy of the parameters the
+ * forward and backward passes read) and input staging (one micro-batch of
+ * samples in their stored type, spec->sample_dtype, and their one-byte
+ * labels).
  *
  * The activation arena is laid out by a liveness plan over one micro-batch's
  * schedule: normalise, each layer's forward, the loss, then (with activation
  * recomputation, each segment's forward again) each layer's backward.  Every
  * tensor lives from the op that writes it to the last op that reads it;
  * tensors whose lives do not overlap share bytes.  What the backward pass
- * keeps (each type's row in common/layers.c says it): dense and conv2d
- * their input, relu its output, pooling both, gelu its input, batchnorm2d
- * and layernorm their input and statistics; dropout nothing (its mask is recomputed from its key).  relu and dropout work in
+ * keeps (each type's row in common/layers.c says it): dense, conv2d and
+ * conv1d their input, relu, sigmoid, tanh and softmax their output, pooling
+ * both, gelu its input, batchnorm2d and layernorm their input and
+ * statistics; dropout nothing (its mask is recomputed from its key), nor
+ * global_avg_pool.  relu, sigmoid, tanh, softmax and dropout work in
  * place when nothing needs their input; flatten is a view.  In bf16/fp16
  * the activations are stored as 16-bit and widened into short-lived fp32
  * scratch tensors for the op that reads them.

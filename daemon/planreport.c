@@ -69,6 +69,8 @@ static size_t td__largest(const td_layout *l, td__tensor *t) {
 static void td__shape_str(const td_shape *sh, char *buf, size_t cap) {
   if (sh->spatial)
     snprintf(buf, cap, "%ux%ux%u", sh->c, sh->h, sh->w);
+  else if (sh->seq)
+    snprintf(buf, cap, "%ux%u", sh->c, sh->h);
   else
     snprintf(buf, cap, "%u", sh->c);
 }

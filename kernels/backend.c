@@ -545,6 +545,168 @@ void td_backend_layernorm_bwd(td_backend *be, const float *x, const float *dy, f
                            dgamma, dbeta);
 }
 
+void td_backend_act_fwd(td_backend *be, td_act_kind kind, const float *x, float *y, size_t n) {
+  if (n > 0 && op_live(be, "act_fwd"))
+    be->ops->act_fwd(be, kind, x, y, n);
+}
+
+void td_backend_act_bwd(td_backend *be, td_act_kind kind, const float *y, const float *dy,
+                        float *dx, size_t n) {
+  if (n > 0 && op_live(be, "act_bwd"))
+    be->ops->act_bwd(be, kind, y, dy, dx, n);
+}
+
+void td_backend_softmax_fwd(td_backend *be, const float *x, float *y, size_t outer, size_t dim,
+                            size_t inner) {
+  if (outer > 0 && dim > 0 && inner > 0 && op_live(be, "softmax_fwd"))
+    be->ops->softmax_fwd(be, x, y, outer, dim, inner);
+}
+
+void td_backend_softmax_bwd(td_backend *be, const float *y, const float *dy, float *dx,
+                            size_t outer, size_t dim, size_t inner) {
+  if (outer > 0 && dim > 0 && inner > 0 && op_live(be, "softmax_bwd"))
+    be->ops->softmax_bwd(be, y, dy, dx, outer, dim, inner);
+}
+
+void td_backend_mean_fwd(td_backend *be, const float *x, float *y, size_t outer, size_t count,
+                         size_t inner) {
+  if (outer > 0 && count > 0 && inner > 0 && op_live(be, "mean_fwd"))
+    be->ops->mean_fwd(be, x, y, outer, count, inner);
+}
+
+void td_backend_mean_bwd(td_backend *be, const float *dy, float *dx, size_t outer,
+                         size_t count, size_t inner) {
+  if (outer > 0 && count > 0 && inner > 0 && op_live(be, "mean_bwd"))
+    be->ops->mean_bwd(be, dy, dx, outer, count, inner);
+}
+
+/* Rows of a block: TD_BLOCK_ROWS samples, fewer when the call has fewer. */
+static int conv1d_block(const td_conv1d_desc *d) {
+  return d->n < TD_BLOCK_ROWS ? d->n : TD_BLOCK_ROWS;
+}
+
+int td_conv1d_out(const td_conv1d_desc *d, int *ol, char *err, size_t errlen) {
+  char scratch[1];
+  long long lp = (long long)d->l + 2LL * d->pad, o;
+
+  if (err == NULL || errlen == 0) {
+    err = scratch;
+    errlen = sizeof(scratch);
+  }
+  if (d->n <= 0 || d->l <= 0 || d->c <= 0 || d->k <= 0 || d->kw <= 0 || d->stride <= 0 ||
+      d->pad < 0) {
+    snprintf(err, errlen, "conv1d: sizes must be positive (input %dx%dx%d, %d outputs, window "
+             "%d, stride %d, padding %d)", d->n, d->l, d->c, d->k, d->kw, d->stride, d->pad);
+    return TD_EINVAL;
+  }
+  if (lp < d->kw) {
+    snprintf(err, errlen, "conv1d: window %d is longer than the padded input %lld", d->kw, lp);
+    return TD_EINVAL;
+  }
+  o = (lp - d->kw) / d->stride + 1;
+  /* every matrix the products see stays indexable by int (BLAS, cuBLAS);
+   * the whole call's x and y are addressed a block at a time */
+  const double sizes[] = {
+      (double)d->k * d->c * d->kw,
+      (double)conv1d_block(d) * o * d->c * d->kw, /* a block's columns */
+      (double)conv1d_block(d) * o * d->k,
+      (double)conv1d_block(d) * d->l * d->c,
+  };
+  for (size_t i = 0; i < TD_ARRAY_SIZE(sizes); i++) {
+    if (sizes[i] > (double)INT_MAX) {
+      snprintf(err, errlen, "conv1d: a tensor of %.0f elements is more than %d", sizes[i],
+               INT_MAX);
+      return TD_EINVAL;
+    }
+  }
+  *ol = (int)o;
+  return 0;
+}
+
+uint64_t td_conv1d_workspace(const td_conv1d_desc *d) {
+  int ol;
+
+  if (td_conv1d_out(d, &ol, NULL, 0) < 0)
+    return 0;
+  return (uint64_t)conv1d_block(d) * ol * d->c * d->kw * sizeof(float);
+}
+
+/* Checks the geometry and the workspace; a bad one latches TD_EINVAL. */
+static bool conv1d_ok(td_backend *be, const char *op, const td_conv1d_desc *d,
+                      uint64_t work_bytes, int *ol) {
+  char why[192];
+
+  if (td_conv1d_out(d, ol, why, sizeof(why)) < 0) {
+    td__backend_fail(be, TD_EINVAL, "%s: %s: %s", be->device, op, why);
+    return false;
+  }
+  if (work_bytes < td_conv1d_workspace(d)) {
+    td__backend_fail(be, TD_EINVAL, "%s: %s: workspace of %llu bytes, %llu needed", be->device,
+                     op, (unsigned long long)work_bytes,
+                     (unsigned long long)td_conv1d_workspace(d));
+    return false;
+  }
+  return true;
+}
+
+static void im2col1d(td_backend *be, const td_conv1d_desc *d, int ol, const float *x, int rows,
+                     float *col) {
+  if (op_live(be, "im2col1d"))
+    be->ops->im2col1d(be, d, ol, x, rows, col);
+}
+
+static void col2im1d(td_backend *be, const td_conv1d_desc *d, int ol, const float *col,
+                     int rows, float *dx) {
+  if (op_live(be, "col2im1d"))
+    be->ops->col2im1d(be, d, ol, col, rows, dx);
+}
+
+void td_backend_conv1d_fwd(td_backend *be, const td_conv1d_desc *d, const float *x,
+                           const float *w, const float *b, float *y, void *work,
+                           uint64_t work_bytes) {
+  const size_t in_sz = (size_t)d->l * d->c;
+  int ol, ck = d->c * d->kw;
+
+  if (!conv1d_ok(be, "conv1d_fwd", d, work_bytes, &ol))
+    return;
+  for (int r = 0; r < d->n; r += TD_BLOCK_ROWS) {
+    int rows = d->n - r < TD_BLOCK_ROWS ? d->n - r : TD_BLOCK_ROWS;
+
+    im2col1d(be, d, ol, x + (size_t)r * in_sz, rows, work);
+    td_backend_sgemm(be, false, true, rows * ol, d->k, ck, 1.0f, work, ck, w, ck, 0.0f,
+                     y + (size_t)r * ol * d->k, d->k);
+  }
+  if (b != NULL)
+    td_backend_bias_add(be, y, b, (size_t)d->n * ol, (size_t)d->k);
+}
+
+void td_backend_conv1d_bwd(td_backend *be, const td_conv1d_desc *d, const float *x,
+                           const float *w, const float *dy, float *dx, float *dw, float *db,
+                           float beta, void *work, uint64_t work_bytes) {
+  const size_t in_sz = (size_t)d->l * d->c;
+  int ol, ck = d->c * d->kw;
+
+  if (!conv1d_ok(be, "conv1d_bwd", d, work_bytes, &ol))
+    return;
+  for (int r = 0; r < d->n; r += TD_BLOCK_ROWS) {
+    int rows = d->n - r < TD_BLOCK_ROWS ? d->n - r : TD_BLOCK_ROWS;
+    const float *dyb = dy + (size_t)r * ol * d->k;
+
+    /* dw += dy_block^T cols, then the same workspace takes the columns'
+     * gradient dy_block w, folded back onto dx */
+    im2col1d(be, d, ol, x + (size_t)r * in_sz, rows, work);
+    td_backend_sgemm(be, true, false, d->k, ck, rows * ol, 1.0f, dyb, d->k, work, ck,
+                     r == 0 ? beta : 1.0f, dw, ck);
+    if (dx == NULL)
+      continue;
+    td_backend_sgemm(be, false, false, rows * ol, ck, d->k, 1.0f, dyb, d->k, w, ck, 0.0f, work,
+                     ck);
+    col2im1d(be, d, ol, work, rows, dx + (size_t)r * in_sz);
+  }
+  if (db != NULL)
+    td_backend_bias_grad(be, dy, (size_t)d->n * ol, (size_t)d->k, beta, db);
+}
+
 void td_backend_sgd_momentum(td_backend *be, float *param, const float *grad, float *buf,
                              size_t n, const td_sgdm_hparams *h) {
   if (h->nesterov && (h->momentum <= 0.0f || h->dampening != 0.0f)) {

@@ -300,6 +300,64 @@ void td_backend_layernorm_bwd(td_backend *be, const float *x, const float *dy, f
                               const float *save_mean, const float *save_invstd, float beta,
                               float *dgamma, float *dbeta);
 
+/* Sigmoid and tanh, element-wise; the backward op reads the output y:
+ * dx = dy y (1 - y), dy (1 - y^2).  x == y and dy == dx are fine. */
+typedef enum { TD_ACT_SIGMOID = 0, TD_ACT_TANH } td_act_kind;
+void td_backend_act_fwd(td_backend *be, td_act_kind kind, const float *x, float *y, size_t n);
+void td_backend_act_bwd(td_backend *be, td_act_kind kind, const float *y, const float *dy,
+                        float *dx, size_t n);
+
+/* x seen as [outer, dim, inner]: softmax along dim, for each (outer, inner)
+ * (PyTorch's Softmax(dim=1) on [outer, dim, inner]: inner 1 for rows of
+ * features, H*W for the channels of each pixel).  The backward op reads y:
+ * dx = y (dy - sum over dim of dy y).  x == y and dy == dx are fine. */
+void td_backend_softmax_fwd(td_backend *be, const float *x, float *y, size_t outer, size_t dim,
+                            size_t inner);
+void td_backend_softmax_bwd(td_backend *be, const float *y, const float *dy, float *dx,
+                            size_t outer, size_t dim, size_t inner);
+
+/* x seen as [outer, count, inner]: y[outer, inner] = the mean over count (global
+ * average pooling: [n*C, H*W, 1] for planes, [n, T, D] for sequences), each
+ * a sum in order divided by count; dx = dy / count over the same. */
+void td_backend_mean_fwd(td_backend *be, const float *x, float *y, size_t outer, size_t count,
+                         size_t inner);
+void td_backend_mean_bwd(td_backend *be, const float *dy, float *dx, size_t outer,
+                         size_t count, size_t inner);
+
+/* A 1-D convolution over sequences, channels last (the project's [T, D]
+ * layout): x [n, l, c] -> y [n, ol, k] with
+ *   y[s, o, f] = b[f] + sum over ci, j of w[f, ci, j] x[s, o*stride - pad + j, ci]
+ * (x 0 outside), w in nn.Conv1d's layout [k, c, kw].  Compositions of
+ * sgemm and the column ops, not ops of their own: a block of TD_BLOCK_ROWS
+ * samples is unrolled into the workspace ([rows*ol, c*kw]) and multiplied
+ * at a time, so the bits of a row, and of each block's weight gradient,
+ * do not depend on how the batch is cut (dense's rule), on any backend. */
+typedef struct td_conv1d_desc {
+  int n, l, c;   /* input: samples, positions, channels */
+  int k;         /* output channels */
+  int kw;        /* window */
+  int stride, pad;
+} td_conv1d_desc;
+
+/* The output length of d; TD_EINVAL with a reason in err (may be NULL) for
+ * sizes that are not positive, a window longer than the padded input, or
+ * a block's columns of more than INT_MAX elements; nothing written then. */
+int td_conv1d_out(const td_conv1d_desc *d, int *ol, char *err, size_t errlen);
+/* Workspace bytes the conv1d ops need for d (one block's columns), the
+ * same on every backend; 0 for a bad geometry. */
+uint64_t td_conv1d_workspace(const td_conv1d_desc *d);
+/* b may be NULL.  A bad geometry or a short workspace latches TD_EINVAL. */
+void td_backend_conv1d_fwd(td_backend *be, const td_conv1d_desc *d, const float *x,
+                           const float *w, const float *b, float *y, void *work,
+                           uint64_t work_bytes);
+/* dw = beta dw + each block's dy^T cols added in block order; db = beta db
+ * + colsum(dy), a chain over the rows (skipped when db is NULL); dx (skipped
+ * when NULL): each input element the sum of its windows' column gradients,
+ * in window order. */
+void td_backend_conv1d_bwd(td_backend *be, const td_conv1d_desc *d, const float *x,
+                           const float *w, const float *dy, float *dx, float *dw, float *db,
+                           float beta, void *work, uint64_t work_bytes);
+
 /* td_backend_softmax_xent with label smoothing s in [0, 1) (PyTorch's
  * CrossEntropyLoss(label_smoothing=s)): the target is (1 - s) onehot + s /
  * classes, the loss added to stats[0] is -sum target * log softmax and the

@@ -79,6 +79,25 @@ typedef struct td_backend_ops {
                         size_t rows, size_t cols, const float *gamma,
                         const float *save_mean, const float *save_invstd, float beta,
                         float *dgamma, float *dbeta);
+  void (*act_fwd)(td_backend *be, td_act_kind kind, const float *x, float *y, size_t n);
+  void (*act_bwd)(td_backend *be, td_act_kind kind, const float *y, const float *dy,
+                  float *dx, size_t n);
+  void (*softmax_fwd)(td_backend *be, const float *x, float *y, size_t outer, size_t dim,
+                      size_t inner);
+  void (*softmax_bwd)(td_backend *be, const float *y, const float *dy, float *dx,
+                      size_t outer, size_t dim, size_t inner);
+  void (*mean_fwd)(td_backend *be, const float *x, float *y, size_t outer, size_t count,
+                   size_t inner);
+  void (*mean_bwd)(td_backend *be, const float *dy, float *dx, size_t outer, size_t count,
+                   size_t inner);
+  /* conv1d's columns of samples [0, rows) of x (d's geometry, ol outputs):
+   * col[s*ol + o, ci*kw + j] = x[s, o*stride - pad + j, ci], 0 outside; and
+   * the adjoint, dx[s, p, ci] = the sum over j in order of col at the
+   * (o, j) with o*stride - pad + j = p (dx overwritten). */
+  void (*im2col1d)(td_backend *be, const td_conv1d_desc *d, int ol, const float *x, int rows,
+                   float *col);
+  void (*col2im1d)(td_backend *be, const td_conv1d_desc *d, int ol, const float *col,
+                   int rows, float *dx);
 
   /* Optimisers.  sgd_momentum: first is step 1 (the buffer starts as d).
    * adamw: decay = 1 - lr weight_decay, step_size = lr / bc1, and

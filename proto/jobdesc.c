@@ -164,6 +164,7 @@ static const jd_field callbacks_fields[] = {
 static const jd_field job_fields[] = {
     S("name", td_jobspec, name, 1),
     LIST("input_dims", td_jobspec, input_dims, input_rank, 1, TD_MAX_RANK, &dim_item),
+    I("input_seq", td_jobspec, input_seq, 0, 1),
     LIST("layers", td_jobspec, layers, nlayers, 1, TD_MAX_LAYERS, &layer_item),
     I("format", td_jobspec, format, 0, TD_DATA_RAW),
     MAP("train", td_jobspec, train, split_fields),

@@ -582,6 +582,90 @@ static void layernorm_bwd(const layer_call *c) {
                            c->dw, c->db);
 }
 
+static td_act_kind act_kind(const layer_call *c) {
+  return c->ly->type == TD_LAYER_TANH ? TD_ACT_TANH : TD_ACT_SIGMOID;
+}
+
+static void act_fwd(const layer_call *c) {
+  td_backend_act_fwd(c->m->be, act_kind(c), c->x, c->y, (size_t)c->rows * c->ly->out);
+}
+
+static void act_bwd(const layer_call *c) {
+  td_backend_act_bwd(c->m->be, act_kind(c), c->y, c->dy, c->dx, (size_t)c->rows * c->ly->out);
+}
+
+/* A tensor of rows seen as [outer, mid, inner], for an op along mid. */
+typedef struct axes3 {
+  size_t outer, mid, inner;
+} axes3;
+
+/* softmax's feature axis: C of a flat row, D of each position of a
+ * sequence, C of each pixel of [C, H, W]. */
+static axes3 softmax_axes(const layer_call *c) {
+  const td_shape *in = &c->ly->in_shape;
+
+  if (in->seq)
+    return (axes3){(size_t)c->rows * in->c, in->h, 1};
+  return (axes3){c->rows, in->c, (size_t)in->h * in->w};
+}
+
+static void softmax_fwd(const layer_call *c) {
+  axes3 a = softmax_axes(c);
+
+  td_backend_softmax_fwd(c->m->be, c->x, c->y, a.outer, a.mid, a.inner);
+}
+
+static void softmax_bwd(const layer_call *c) {
+  axes3 a = softmax_axes(c);
+
+  td_backend_softmax_bwd(c->m->be, c->y, c->dy, c->dx, a.outer, a.mid, a.inner);
+}
+
+/* What global average pooling averages: each plane of [C, H, W], the
+ * positions of a sequence [T, D]. */
+static axes3 pooled_axes(const layer_call *c) {
+  const td_shape *in = &c->ly->in_shape;
+
+  if (in->seq)
+    return (axes3){c->rows, in->c, in->h};
+  return (axes3){(size_t)c->rows * in->c, (size_t)in->h * in->w, 1};
+}
+
+static void global_avg_pool_fwd(const layer_call *c) {
+  axes3 a = pooled_axes(c);
+
+  td_backend_mean_fwd(c->m->be, c->x, c->y, a.outer, a.mid, a.inner);
+}
+
+static void global_avg_pool_bwd(const layer_call *c) {
+  axes3 a = pooled_axes(c);
+
+  td_backend_mean_bwd(c->m->be, c->dy, c->dx, a.outer, a.mid, a.inner);
+}
+
+/* A sequence [L, C_in] (c = L, h = C_in) for n rows. */
+static td_conv1d_desc conv1d_of(const layer_call *c) {
+  const td_shape *in = &c->ly->in_shape;
+
+  return (td_conv1d_desc){.n = (int)c->rows, .l = (int)in->c, .c = (int)in->h,
+                          .k = (int)c->sl->filters, .kw = (int)c->sl->kernel,
+                          .stride = (int)td_layer_stride(c->sl), .pad = (int)c->sl->padding};
+}
+
+static void conv1d_fwd(const layer_call *c) {
+  td_conv1d_desc d = conv1d_of(c);
+
+  td_backend_conv1d_fwd(c->m->be, &d, c->x, c->w, c->w + c->ly->nweight, c->y, c->m->work.ptr,
+                        conv_workspace(&c->m->lay));
+}
+
+static void conv1d_bwd(const layer_call *c) {
+  td_conv1d_desc d = conv1d_of(c);
+
+  td_backend_conv1d_bwd(c->m->be, &d, c->x, c->w, c->dy, c->dx, c->dw, c->db, c->beta,
+                        c->m->work.ptr, conv_workspace(&c->m->lay));
+}
+
 /* A view (flatten) has no row: nothing runs. */
 static const layer_ops layer_table[TD_LAYER__COUNT] = {
     [TD_LAYER_DENSE] = {dense_fwd, dense_bwd, NULL},
@@ -593,6 +677,12 @@ static const layer_ops layer_table[TD_LAYER__COUNT] = {
     [TD_LAYER_DROPOUT] = {dropout_fwd, dropout_bwd, NULL},
     [TD_LAYER_BATCHNORM2D] = {batchnorm2d_fwd, batchnorm2d_bwd, NULL},
     [TD_LAYER_LAYERNORM] = {layernorm_fwd, layernorm_bwd, NULL},
+    [TD_LAYER_SIGMOID] = {act_fwd, act_bwd, NULL},
+    [TD_LAYER_TANH] = {act_fwd, act_bwd, NULL},
+    [TD_LAYER_SOFTMAX] = {softmax_fwd, softmax_bwd, NULL},
+    [TD_LAYER_GLOBAL_AVG_POOL] = {global_avg_pool_fwd, global_avg_pool_bwd, NULL},
+    /* its workspace, one block's columns, is the same on every backend: the plan's */
+    [TD_LAYER_CONV1D] = {conv1d_fwd, conv1d_bwd, NULL},
 };
 
 int td_model_layer_runs(td_layer_type t) {

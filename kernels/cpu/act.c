@@ -1,4 +1,5 @@
-/* GELU, dropout and the small vector loops the other CPU ops share. */
+/* GELU, sigmoid, tanh, softmax over a feature axis, dropout, and the small
+ * vector loops the other CPU ops share. */
 #include <math.h>
 
 #include "cpu_ops.h"
@@ -75,4 +76,65 @@ float td__cpu_sum(const float *restrict x, size_t n) {
   for (int j = 0; j < 16; j++)
     s += acc[j];
   return s;
+}
+
+void td__cpu_act_fwd(td_backend *be, td_act_kind kind, const float *x, float *y, size_t n) {
+  if (kind == TD_ACT_TANH) {
+    for (size_t i = 0; i < n; i++)
+      y[i] = tanhf(x[i]);
+    return;
+  }
+  for (size_t i = 0; i < n; i++)
+    y[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+
+CPU_CLONES
+void td__cpu_act_bwd(td_backend *be, td_act_kind kind, const float *y, const float *dy,
+                     float *dx, size_t n) {
+  if (kind == TD_ACT_TANH) {
+    for (size_t i = 0; i < n; i++)
+      dx[i] = dy[i] * (1.0f - y[i] * y[i]);
+    return;
+  }
+  for (size_t i = 0; i < n; i++)
+    dx[i] = dy[i] * y[i] * (1.0f - y[i]);
+}
+
+/* One (outer, inner) line at a time, dim elements `inner` apart: the max,
+ * the exponentials (written to y, so x == y works), their sum in order. */
+void td__cpu_softmax_fwd(td_backend *be, const float *x, float *y, size_t outer, size_t dim,
+                         size_t inner) {
+  for (size_t o = 0; o < outer; o++) {
+    for (size_t i = 0; i < inner; i++) {
+      const float *xl = x + o * dim * inner + i;
+      float *yl = y + o * dim * inner + i;
+      float max = xl[0], sum = 0.0f;
+
+      for (size_t d = 1; d < dim; d++)
+        max = xl[d * inner] > max ? xl[d * inner] : max;
+      for (size_t d = 0; d < dim; d++) {
+        float e = expf(xl[d * inner] - max);
+        yl[d * inner] = e;
+        sum += e;
+      }
+      for (size_t d = 0; d < dim; d++)
+        yl[d * inner] /= sum;
+    }
+  }
+}
+
+/* The dot product of the line first, so dy == dx works. */
+void td__cpu_softmax_bwd(td_backend *be, const float *y, const float *dy, float *dx,
+                         size_t outer, size_t dim, size_t inner) {
+  for (size_t o = 0; o < outer; o++) {
+    for (size_t i = 0; i < inner; i++) {
+      size_t base = o * dim * inner + i;
+      float dot = 0.0f;
+
+      for (size_t d = 0; d < dim; d++)
+        dot += dy[base + d * inner] * y[base + d * inner];
+      for (size_t d = 0; d < dim; d++)
+        dx[base + d * inner] = y[base + d * inner] * (dy[base + d * inner] - dot);
+    }
+  }
 }

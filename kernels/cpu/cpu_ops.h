@@ -43,12 +43,31 @@ void td__cpu_pool2d_fwd(td_backend *be, td_pool_mode mode, const td_conv2d_desc 
 void td__cpu_pool2d_bwd(td_backend *be, td_pool_mode mode, const td_conv2d_desc *d, int oh,
                         int ow, const float *x, const float *y, const float *dy, float *dx);
 
+/* pool.c: global average pooling */
+void td__cpu_mean_fwd(td_backend *be, const float *x, float *y, size_t outer, size_t count,
+                      size_t inner);
+void td__cpu_mean_bwd(td_backend *be, const float *dy, float *dx, size_t outer, size_t count,
+                      size_t inner);
+
+/* seq1d.c */
+void td__cpu_im2col1d(td_backend *be, const td_conv1d_desc *d, int ol, const float *x,
+                      int rows, float *col);
+void td__cpu_col2im1d(td_backend *be, const td_conv1d_desc *d, int ol, const float *col,
+                      int rows, float *dx);
+
 /* act.c */
 void td__cpu_gelu_fwd(td_backend *be, td_gelu_kind kind, const float *x, float *y, size_t n);
 void td__cpu_gelu_bwd(td_backend *be, td_gelu_kind kind, const float *x, const float *dy,
                       float *dx, size_t n);
 void td__cpu_dropout(td_backend *be, const float *x, float *y, size_t rows, size_t cols,
                      uint64_t key, uint64_t sample, uint32_t threshold, float scale);
+void td__cpu_act_fwd(td_backend *be, td_act_kind kind, const float *x, float *y, size_t n);
+void td__cpu_act_bwd(td_backend *be, td_act_kind kind, const float *y, const float *dy,
+                     float *dx, size_t n);
+void td__cpu_softmax_fwd(td_backend *be, const float *x, float *y, size_t outer, size_t dim,
+                         size_t inner);
+void td__cpu_softmax_bwd(td_backend *be, const float *y, const float *dy, float *dx,
+                         size_t outer, size_t dim, size_t inner);
 /* x += v; x += y; the sum of x in a fixed order */
 void td__cpu_add_scalar(float *x, float v, size_t n);
 void td__cpu_add(float *x, const float *y, size_t n);

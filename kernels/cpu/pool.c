@@ -1,5 +1,6 @@
 /* Max and average pooling on the CPU, (sample, channel) planes split over
- * the backend's lanes.  The backward pass finds each max window's arg-max
+ * the backend's lanes, and global average pooling (a mean per plane or per
+ * sequence feature).  The backward pass finds each max window's arg-max
  * again from x, so the forward keeps no index tensor.  On a tie the first
  * largest element in row-major order of the window wins (padding never). */
 #include <string.h>
@@ -230,4 +231,33 @@ void td__cpu_pool2d_bwd(td_backend *be, td_pool_mode mode, const td_conv2d_desc 
                  .x = x, .dy = dy, .dx = dx};
 
   td__cpu_parallel(be, a.lanes, pool_lane, &a);
+}
+
+/* Global average pooling: each output a sum over count in order, the rows
+ * of a line added one after another (so inner sums vectorise across the
+ * line without changing any element's order), then divided by count. */
+CPU_CLONES
+void td__cpu_mean_fwd(td_backend *be, const float *restrict x, float *restrict y, size_t outer,
+                      size_t count, size_t inner) {
+  for (size_t o = 0; o < outer; o++) {
+    float *restrict yo = y + o * inner;
+    const float *xo = x + o * count * inner;
+
+    for (size_t i = 0; i < inner; i++)
+      yo[i] = xo[i];
+    for (size_t r = 1; r < count; r++)
+      for (size_t i = 0; i < inner; i++)
+        yo[i] += xo[r * inner + i];
+    for (size_t i = 0; i < inner; i++)
+      yo[i] /= (float)count;
+  }
+}
+
+CPU_CLONES
+void td__cpu_mean_bwd(td_backend *be, const float *restrict dy, float *restrict dx,
+                      size_t outer, size_t count, size_t inner) {
+  for (size_t o = 0; o < outer; o++)
+    for (size_t r = 0; r < count; r++)
+      for (size_t i = 0; i < inner; i++)
+        dx[(o * count + r) * inner + i] = dy[o * inner + i] / (float)count;
 }

@@ -1,5 +1,5 @@
 /* The CUDA backend: cuBLAS for sgemm, cuDNN for convolution and pooling
- * (conv.cu), small kernels for the rest (here, act.cu, norm.cu), all on one
+ * (conv.cu), small kernels for the rest (here, act.cu, norm.cu, seq1d.cu), all on one
  * stream.  Each op matches the CPU backend's (kernels/cpu/backend_cpu.c);
  * the element-wise ones bit for bit, in its order of operations with no
  * fused multiply-adds (--fmad=false, meson.build). */
@@ -13,6 +13,7 @@
 #include "input.cuh"
 #include "norm.cuh"
 #include "optim.cuh"
+#include "seq1d.cuh"
 
 namespace {
 
@@ -307,6 +308,14 @@ const td_backend_ops cuda_ops = {
     .batchnorm2d_bwd = td__cuda_batchnorm2d_bwd,
     .layernorm_fwd = td__cuda_layernorm_fwd,
     .layernorm_bwd = td__cuda_layernorm_bwd,
+    .act_fwd = td__cuda_act_fwd,
+    .act_bwd = td__cuda_act_bwd,
+    .softmax_fwd = td__cuda_softmax_fwd,
+    .softmax_bwd = td__cuda_softmax_bwd,
+    .mean_fwd = td__cuda_mean_fwd,
+    .mean_bwd = td__cuda_mean_bwd,
+    .im2col1d = td__cuda_im2col1d,
+    .col2im1d = td__cuda_col2im1d,
     .sgd_momentum = td__cuda_sgd_momentum,
     .adamw = td__cuda_adamw,
     .sumsq = td__cuda_sumsq,

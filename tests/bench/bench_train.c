@@ -9,13 +9,14 @@
  *             settings; the fastest is the peer the ratio is taken against
  *   ceiling   OpenBLAS SGEMM alone, the step's products in the shapes, counts
  *             and order the CPU backend runs them (dense layers once per
- *             batch, conv2d once per sample on its im2col columns): the speed
- *             if everything else took no time
+ *             batch, conv2d once per sample on its im2col columns, conv1d
+ *             once per block of 16 samples): the speed if everything else
+ *             took no time
  *
  * and each one's GFLOP/s in FLOP terms: a dense layer costs 2 in out per
- * sample forward, a conv2d 2 k c kh kw oh ow, as much again for the weight
- * gradient, and as much for the input gradient where a layer before it has
- * parameters.  With no job it measures examples/fashion-mnist-mlp.yaml and
+ * sample forward, a conv2d 2 k c kh kw oh ow, a conv1d 2 k c kw ol, as much
+ * again for the weight gradient, and as much for the input gradient where a
+ * layer before it has parameters.  With no job it measures examples/fashion-mnist-mlp.yaml and
  * examples/fashion-mnist-cnn.yaml, a table each, and notes the issue's
  * targets.  A program that prints numbers, not a test: nothing here asserts
  * a time.
@@ -67,7 +68,7 @@ typedef struct gemm_op {
 } gemm_op;
 
 typedef struct model_shape {
-  gemm_op op[3 * TD_MAX_LAYERS]; /* forward ops in layer order, then backward ones */
+  gemm_op op[4 * TD_MAX_LAYERS]; /* forward ops in layer order, then backward ones */
   int nop;
   double flops; /* per sample, all products of a step */
   bool conv;    /* has a conv2d: the CNN target applies */
@@ -108,7 +109,9 @@ static void describe(const td_jobspec *spec, char *buf, size_t cap) {
  * input gradient):
  *   dense   y = x W^T;  dW = dY^T x;  dX = dY W                 (once)
  *   conv2d  y_n = W col_n;  dW += dY_n col_n^T;  dcol = W^T dY_n (per sample;
- *           col_n: im2col of sample n, [c kh kw, oh ow], kernels/cpu/conv.c) */
+ *           col_n: im2col of sample n, [c kh kw, oh ow], kernels/cpu/conv.c)
+ *   conv1d  y_b = col_b W^T;  dW += dY_b^T col_b;  dcol = dY_b W (per block b
+ *           of 16 samples; col_b: [rows ol, c kw], kernels/backend.c) */
 static int shape_of(const td_jobspec *spec, uint32_t bs, model_shape *s) {
   td_layout *l = malloc(sizeof(*l));
   int rc;
@@ -143,6 +146,23 @@ static int shape_of(const td_jobspec *spec, uint32_t bs, model_shape *s) {
         else
           add_op(s, n, ly->needs_dx ? 2 : 1, (gemm){false, true, k, ckk, ohw},
                  (gemm){true, false, ckk, ohw, k});
+      } else if (sl->type == TD_LAYER_CONV1D) {
+        int k = (int)ly->out_shape.h, ol = (int)ly->out_shape.c;
+        int ck = (int)(ly->in_shape.h * sl->kernel);
+
+        /* the whole blocks, then the short last one */
+        for (int b = 0; b < 2; b++) {
+          int count = b == 0 ? n / TD_BLOCK_ROWS : n % TD_BLOCK_ROWS > 0;
+          int m = (b == 0 ? TD_BLOCK_ROWS : n % TD_BLOCK_ROWS) * ol;
+
+          if (count == 0)
+            continue;
+          if (pass == 0)
+            add_op(s, count, 1, (gemm){false, true, m, k, ck}, (gemm){0});
+          else
+            add_op(s, count, ly->needs_dx ? 2 : 1, (gemm){true, false, k, ck, m},
+                   (gemm){false, false, m, ck, k});
+        }
       }
     }
   }

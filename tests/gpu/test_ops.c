@@ -404,6 +404,97 @@ START_TEST(test_dense) {
 }
 END_TEST
 
+/* _i 0 sigmoid, 1 tanh; the backward op reads the forward's output */
+START_TEST(test_act) {
+  td_act_kind kind = _i ? TD_ACT_TANH : TD_ACT_SIGMOID;
+  gpu g;
+
+  gpu_open(&g);
+  twin *x = tw_rand(&g, BIG, 8, 0), *y = tw_zero(&g, BIG), *dy = tw_rand(&g, BIG, 1, 0);
+  twin *dx = tw_zero(&g, BIG);
+  for (int b = 0; b < NB; b++) {
+    td_backend_act_fwd(g.be[b], kind, P(x, b), P(y, b), BIG);
+    td_backend_act_bwd(g.be[b], kind, P(y, b), P(dy, b), P(dx, b), BIG);
+  }
+  tw_expect(&g, y, "act_fwd");
+  tw_expect(&g, dx, "act_bwd");
+  gpu_close(&g);
+}
+END_TEST
+
+/* softmax over [outer, dim, inner]: rows of features, the channels of each
+ * pixel, a few wide rows; the last one in place as the model runs it.
+ * Global average pooling over planes and over positions: one sum in order
+ * per output, the same bits as the CPU in fp32. */
+START_TEST(test_softmax_and_mean) {
+  static const size_t shapes[][3] = {{3000, 10, 1}, {17, 64, 300}, {5, 4096, 1}};
+  gpu g;
+
+  gpu_open(&g);
+  for (size_t i = 0; i < TD_ARRAY_SIZE(shapes); i++) {
+    size_t o = shapes[i][0], d = shapes[i][1], in = shapes[i][2], n = o * d * in;
+    twin *x = tw_rand(&g, n, 6, 0), *y = tw_zero(&g, n), *dy = tw_rand(&g, n, 1, 0);
+    twin *dx = tw_zero(&g, n), *m = tw_zero(&g, o * in), *dm = tw_rand(&g, o * in, 1, 0);
+    twin *dmx = tw_zero(&g, n);
+
+    for (int b = 0; b < NB; b++) {
+      td_backend_softmax_fwd(g.be[b], P(x, b), P(y, b), o, d, in);
+      td_backend_softmax_bwd(g.be[b], P(y, b), P(dy, b), P(dx, b), o, d, in);
+      td_backend_mean_fwd(g.be[b], P(x, b), P(m, b), o, d, in);
+      td_backend_mean_bwd(g.be[b], P(dm, b), P(dmx, b), o, d, in);
+      if (i == TD_ARRAY_SIZE(shapes) - 1) {
+        td_backend_softmax_fwd(g.be[b], P(x, b), P(x, b), o, d, in);
+        td_backend_softmax_bwd(g.be[b], P(x, b), P(dy, b), P(dy, b), o, d, in);
+      }
+    }
+    tw_expect(&g, y, "softmax_fwd");
+    tw_expect(&g, dx, "softmax_bwd");
+    tw_expect_exact(&g, m, "mean_fwd");
+    tw_expect_exact(&g, dmx, "mean_bwd");
+  }
+  gpu_close(&g);
+}
+END_TEST
+
+/* conv1d: cuBLAS's products against OpenBLAS's on the same columns (the
+ * column ops are copies and sums in one order, so only the products
+ * differ). */
+static const td_conv1d_desc conv1d_cases[] = {
+    /* n   l   c   k  kw stride pad */
+    {40, 28, 28, 64, 3, 1, 1}, /* three blocks, the last short */
+    {16, 50, 64, 128, 5, 2, 2},
+    {3, 9, 3, 4, 4, 3, 0},
+    {7, 12, 5, 6, 1, 1, 0},
+};
+
+START_TEST(test_conv1d) {
+  const td_conv1d_desc *d = &conv1d_cases[_i];
+  const uint64_t ws = td_conv1d_workspace(d), wsb[NB] = {ws, ws};
+  int ol;
+  gpu g;
+
+  ck_assert_int_eq(td_conv1d_out(d, &ol, NULL, 0), 0);
+  size_t xn = (size_t)d->n * d->l * d->c, wn = (size_t)d->k * d->c * d->kw;
+  size_t yn = (size_t)d->n * ol * d->k;
+  gpu_open(&g);
+  twin *x = tw_rand(&g, xn, 1, 0), *w = tw_rand(&g, wn, 0.3f, 0), *bi = tw_rand(&g, d->k, 1, 0);
+  twin *y = tw_zero(&g, yn), *dy = tw_rand(&g, yn, 1, 0), *dx = tw_zero(&g, xn);
+  twin *dw = tw_rand(&g, wn, 1, 0), *db = tw_rand(&g, d->k, 1, 0);
+  twin *work = tw_alloc(&g, NULL, wsb, 0);
+  for (int b = 0; b < NB; b++) {
+    td_backend_conv1d_fwd(g.be[b], d, P(x, b), P(w, b), P(bi, b), P(y, b), work->b[b].ptr, ws);
+    /* beta 1 on top of the random old gradients, then dx */
+    td_backend_conv1d_bwd(g.be[b], d, P(x, b), P(w, b), P(dy, b), P(dx, b), P(dw, b), P(db, b),
+                          1.0f, work->b[b].ptr, ws);
+  }
+  tw_expect(&g, y, "conv1d y");
+  tw_expect(&g, dx, "conv1d dx");
+  tw_expect(&g, dw, "conv1d dw");
+  tw_expect_exact(&g, db, "conv1d db");
+  gpu_close(&g);
+}
+END_TEST
+
 static const td_conv2d_desc conv_cases[] = {
     /* n   c   h   w   k  kh kw sh sw ph pw */
     {8, 16, 28, 28, 32, 3, 3, 1, 1, 1, 1},
@@ -1003,6 +1094,9 @@ static Suite *ops_suite(void) {
   tcase_add_loop_test(tc, test_pool2d, 0, 3 * (int)TD_ARRAY_SIZE(pool_cases));
   tcase_add_loop_test(tc, test_batchnorm, 0, (int)TD_ARRAY_SIZE(bn_cases));
   tcase_add_loop_test(tc, test_layernorm, 0, (int)TD_ARRAY_SIZE(ln_cases));
+  tcase_add_loop_test(tc, test_act, 0, 2);
+  tcase_add_test(tc, test_softmax_and_mean);
+  tcase_add_loop_test(tc, test_conv1d, 0, (int)TD_ARRAY_SIZE(conv1d_cases));
   suite_add_tcase(s, tc);
   return s;
 }

@@ -272,6 +272,13 @@ START_TEST(test_cnn_bf16) {
 }
 END_TEST
 
+/* A small model: at 8 rows its plan is under the 1 MiB the requeue step
+ * leaves, so it may not go below a block. */
+START_TEST(test_conv1d) {
+  example_runs("fashion-mnist-conv1d", 6400, 20, 400, "  min_micro_batch: 16\n");
+}
+END_TEST
+
 /* A budget below the plan at one block: the job still runs, at a micro-batch
  * that is not whole blocks, and show says it is no longer bit-identical. */
 START_TEST(test_tiny_budget_says_so) {
@@ -308,6 +315,7 @@ static Suite *bitid_suite(void) {
   tcase_add_test(tc, test_mlp);
   tcase_add_test(tc, test_cnn);
   tcase_add_test(tc, test_cnn_bf16);
+  tcase_add_test(tc, test_conv1d);
   tcase_add_test(tc, test_tiny_budget_says_so);
   suite_add_tcase(s, tc);
   return s;

@@ -359,6 +359,11 @@ START_TEST(plan_of_a_cnn) {
   ck_assert_msg(strstr(out, "\"storage\":\"view\"") != NULL, "%s", out);
   ck_assert_msg(strstr(out, "\"batch_dependent\":false") != NULL, "%s", out);
   ck_assert_msg(strstr(out, "\"precision\":\"fp32\"") != NULL, "%s", out);
+  /* a sequence is positions x features */
+  snprintf(job, sizeof(job), "%s/examples/fashion-mnist-conv1d.yaml", src);
+  CLIENT_OK(out, "plan", job);
+  ck_assert_msg(strstr(out, "28x28 -> 28x64") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "13x128 -> 128") != NULL, "%s", out);
 }
 END_TEST
 

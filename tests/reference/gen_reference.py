@@ -187,6 +187,85 @@ def case_xent():
         put(p + "dlogits", dz)
 
 
+def case_sigmoid_tanh():
+    for op, fn in (("sigmoid", torch.sigmoid), ("tanh", torch.tanh)):
+        x = rand(4, 10, scale=2.0).requires_grad_(True)
+        y = fn(x)
+        dy = rand(4, 10)
+        (dx,) = grads(y, (x,), dy)
+        for name, t in (("x", x), ("dy", dy), ("y", y), ("dx", dx)):
+            put(f"{op}/0/" + name, t)
+
+
+# x shape, the softmax's dim: rows of features, a sequence [N, T, D], the
+# channels of each pixel [N, C, H, W] (nn.Softmax(dim=1))
+SOFTMAX_CASES = [((5, 7), 1), ((3, 4, 6), 2), ((2, 3, 4, 5), 1)]
+
+
+def axes(shape, dim):
+    """[outer, dim, inner] around dim."""
+    outer = inner = 1
+    for s in shape[:dim]:
+        outer *= s
+    for s in shape[dim + 1:]:
+        inner *= s
+    return [outer, shape[dim], inner]
+
+
+def case_softmax():
+    for i, (xs, dim) in enumerate(SOFTMAX_CASES):
+        x = rand(*xs, scale=2.0).requires_grad_(True)
+        y = F.softmax(x, dim=dim)
+        dy = rand(*xs)
+        (dx,) = grads(y, (x,), dy)
+        p = f"softmax/{i}/"
+        put(p + "params", torch.tensor(axes(xs, dim)))
+        for name, t in (("x", x), ("dy", dy), ("y", y), ("dx", dx)):
+            put(p + name, t)
+
+
+def case_global_avg_pool():
+    # [N, C, H, W]: AdaptiveAvgPool2d(1) then Flatten; a sequence [N, T, D]:
+    # the mean over positions
+    x = rand(2, 3, 4, 5).requires_grad_(True)
+    y = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+    seq = rand(3, 5, 4).requires_grad_(True)
+    for i, (xin, out, params) in enumerate(((x, y, [6, 20, 1]),
+                                            (seq, seq.mean(dim=1), [3, 5, 4]))):
+        dy = rand(*out.shape)
+        (dx,) = grads(out, (xin,), dy)
+        p = f"global_avg_pool/{i}/"
+        put(p + "params", torch.tensor(params))
+        for name, t in (("x", xin), ("dy", dy), ("y", out), ("dx", dx)):
+            put(p + name, t)
+
+
+CONV1D_CASES = [
+    # n, length, channels in, filters, kernel, stride, padding
+    (2, 9, 3, 4, 3, 1, 1),
+    (3, 10, 2, 3, 4, 2, 0),
+    (1, 7, 4, 2, 5, 3, 2),
+    (2, 6, 3, 5, 1, 1, 0),
+    (18, 5, 2, 3, 3, 1, 1),  # more than a block of 16 samples
+]
+
+
+def case_conv1d():
+    """Sequences are channels last, [N, L, C]: nn.Conv1d on the transpose."""
+    for i, (n, length, c, f, k, stride, pad) in enumerate(CONV1D_CASES):
+        x, w, b = rand(n, length, c), rand(f, c, k, scale=0.5), rand(f)
+        for t in (x, w, b):
+            t.requires_grad_(True)
+        y = F.conv1d(x.transpose(1, 2), w, b, stride=stride, padding=pad).transpose(1, 2)
+        dy = rand(*y.shape)
+        dx, dw, db = grads(y, (x, w, b), dy)
+        p = f"conv1d/{i}/"
+        put(p + "params", torch.tensor([stride, pad]))
+        for name, t in (("x", x), ("w", w), ("b", b), ("dy", dy), ("y", y), ("dx", dx),
+                        ("dw", dw), ("db", db)):
+            put(p + name, t)
+
+
 def write(path):
     out = bytearray(MAGIC)
     out += struct.pack("<I", len(tensors))
@@ -203,8 +282,10 @@ def write(path):
 
 def main():
     torch.use_deterministic_algorithms(True)
+    # new cases go last: the generator's draws for the earlier ones stay put
     for case in (case_dense, case_conv2d, case_pool2d, case_activations, case_batchnorm,
-                 case_layernorm, case_xent):
+                 case_layernorm, case_xent, case_sigmoid_tanh, case_softmax,
+                 case_global_avg_pool, case_conv1d):
         case()
     path = sys.argv[1] if len(sys.argv) > 1 else "layers.bin"
     size = write(path)

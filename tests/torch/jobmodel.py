@@ -26,6 +26,27 @@ class FlatLinear(nn.Linear):
         return super().forward(x.flatten(1))
 
 
+class SeqConv1d(nn.Conv1d):
+    """nn.Conv1d on traind's sequences, which are channels last ([n, T, D]):
+    the weight is nn.Conv1d's own [out, in, kernel]; only the input and the
+    output are transposed around it."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class GlobalAvgPool(nn.Module):
+    """traind's global_avg_pool: [n, C, H, W] -> [n, C] (AdaptiveAvgPool2d(1)
+    then Flatten), a sequence [n, T, D] -> [n, D] (the mean over positions)."""
+
+    def __init__(self, seq):
+        super().__init__()
+        self.seq = seq
+
+    def forward(self, x):
+        return x.mean(dim=1) if self.seq else x.mean(dim=(2, 3))
+
+
 def _pair(v, default):
     if v is None:
         v = default
@@ -41,12 +62,19 @@ def _pool_out(size, k, s, p):
 def build(job):
     """(module, input shape without the batch) for a parsed job file."""
     dims = [int(d) for d in job["model"]["input"]]
-    # [H, W] is one channel: [1, H, W]; [C, H, W] and [features] as written
-    x_shape = [1] + dims if len(dims) == 2 else dims
+    # [H, W] is one channel: [1, H, W]; [C, H, W] and [features] as written;
+    # a sequence [T, D] (model.sequence) as written
+    seq = bool(job["model"].get("sequence", False))
+    x_shape = [1] + dims if len(dims) == 2 and not seq else dims
     shape = list(x_shape)
     layers = []
     for spec in job["model"]["layers"]:
         t = spec["type"]
+        # what the layer gets: a sequence [T, D] while seq stays true
+        if t in ("dense", "flatten", "global_avg_pool"):
+            was_seq, seq = seq, False
+        else:
+            was_seq = seq
         if t == "dense":
             feats = 1
             for d in shape:
@@ -86,6 +114,23 @@ def build(job):
                                          momentum=float(spec.get("momentum", 0.1))))
         elif t == "layernorm":
             layers.append(nn.LayerNorm(shape, eps=float(spec.get("eps", 1e-5))))
+        elif t == "sigmoid":
+            layers.append(nn.Sigmoid())
+        elif t == "tanh":
+            layers.append(nn.Tanh())
+        elif t == "softmax":
+            # the features: of each position of a sequence, the channels of a pixel
+            layers.append(nn.Softmax(dim=2 if seq else 1))
+        elif t == "global_avg_pool":
+            layers.append(GlobalAvgPool(was_seq))
+            shape = [shape[1] if was_seq else shape[0]]
+        elif t == "conv1d":
+            k = int(spec["kernel"])
+            s = int(spec.get("stride", 1))
+            p = int(spec.get("padding", 0))
+            length, c = shape
+            layers.append(SeqConv1d(c, int(spec["filters"]), k, s, p))
+            shape = [_pool_out(length, k, s, p), int(spec["filters"])]
         else:
             raise ValueError("layer type %r has no PyTorch equivalent here" % t)
     return nn.Sequential(*layers), x_shape

@@ -1,7 +1,8 @@
 #!/bin/sh
-# For every example job: td_model_probe trains its model a few steps and
-# saves it; load_check.py loads the file into PyTorch's nn.Sequential and
-# must reproduce traind's evaluation.  Skipped (77) without PyTorch.
+# For every example job, and the jobs in tests/torch/jobs (layers no example
+# uses): td_model_probe trains its model a few steps and saves it;
+# load_check.py loads the file into PyTorch's nn.Sequential and must
+# reproduce traind's evaluation.  Skipped (77) without PyTorch.
 #
 #   load_check.sh PROBE SOURCE_ROOT
 set -eu
@@ -16,7 +17,7 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 status=0
-for job in "$src"/examples/*.yaml; do
+for job in "$src"/examples/*.yaml "$src"/tests/torch/jobs/*.yaml; do
   out=$("$probe" "$job" "$tmp") || { echo "$job: td_model_probe failed"; status=1; continue; }
   loss=$(echo "$out" | sed -n 's/.*loss_sum=\([^ ]*\).*/\1/p')
   correct=$(echo "$out" | sed -n 's/.*correct=\([^ ]*\).*/\1/p')

@@ -353,8 +353,8 @@ END_TEST
 START_TEST(layer_rules) {
   expect_exact(job_with("units: 3}", "units: 3}\n    - {type: conv}"),
                "line 5: key 'model.layers[1].type': must be one of dense, relu, conv2d, "
-               "maxpool2d, avgpool2d, gelu, dropout, flatten, batchnorm2d, layernorm; got "
-               "'conv'");
+               "maxpool2d, avgpool2d, gelu, dropout, flatten, batchnorm2d, layernorm, sigmoid, "
+               "tanh, softmax, global_avg_pool, conv1d; got 'conv'");
   expect_exact(job_with("units: 3}", "units: 3}\n    - {type: relu}"),
                "line 5: key 'model.layers[1]': the last layer must be dense (it gives the class "
                "scores), got relu");
@@ -914,19 +914,83 @@ START_TEST(optimizer_defaults) {
 }
 END_TEST
 
+/* MIN_JOB with the sequence input [6, 4] and its dense layer preceded by
+ * layers (each "    - {...}\n"). */
+static const char *seq_job(const char *layers) {
+  static char text[1024];
+  char lines[512];
+
+  snprintf(lines, sizeof(lines), "%s    - {type: dense", layers);
+  snprintf(text, sizeof(text), "%s", job_with("    - {type: dense", lines));
+  return replaced(text, "  input: [4]\n", "  input: [6, 4]\n  sequence: true\n");
+}
+
+/* model.sequence, and the layers that need a sequence or a spatial input */
+START_TEST(sequence_layers) {
+  td_shape sh[TD_MAX_LAYERS + 1];
+  char text[1024], msg[200];
+  td_jobspec s;
+  int bad;
+
+  expect_ok(seq_job("    - {type: conv1d, filters: 3, kernel: 3}\n"
+                    "    - {type: global_avg_pool}\n"), NULL, &s);
+  ck_assert_int_eq(s.input_seq, 1);
+  ck_assert_int_eq(s.layers[0].stride, 1);
+  ck_assert_int_eq(td_jobspec_shapes(&s, sh, &bad, msg, sizeof(msg)), 0);
+  ck_assert(sh[0].seq && sh[0].c == 6 && sh[0].h == 4 && sh[0].w == 1 && !sh[0].spatial);
+  ck_assert(sh[1].seq && sh[1].c == 4 && sh[1].h == 3); /* [L', filters] */
+  ck_assert(!sh[2].seq && !sh[2].spatial && sh[2].c == 3 && sh[2].h == 1);
+
+  expect_exact(job_with("    - {type: dense", "    - {type: conv1d, filters: 2, kernel: 2}\n"
+                        "    - {type: dense"),
+               "line 4: key 'model.layers[0]': conv1d needs a sequence [T, D] input; got [4] "
+               "flat");
+  expect_exact(job_with("units: 3}", "units: 3}\n    - {type: global_avg_pool}\n"
+                        "    - {type: dense, units: 2}"),
+               "line 5: key 'model.layers[1]': global_avg_pool needs a [C, H, W] or a sequence "
+               "[T, D] input; got [3] flat");
+  expect_err(job_with("  input: [4]\n", "  input: [4]\n  sequence: true\n"), "line 2",
+             "key 'model.input': a sequence input is [T, D] (positions, features): 2 "
+             "dimensions, not 1");
+  expect_err(seq_job("    - {type: conv1d, filters: 3, kernel: 9, padding: 1}\n"), "line 5",
+             "conv1d kernel 9 is longer than its sequence of 6 (padding 1)");
+  expect_err(seq_job("    - {type: conv2d, filters: 3, kernel: 2}\n"), "line 5",
+             "conv2d needs a [C, H, W] input, and gets a sequence [6, 4]");
+  /* a block of columns past what a product indexes */
+  snprintf(text, sizeof(text), "%s",
+           seq_job("    - {type: conv1d, filters: 1, kernel: 4096, padding: 4096}\n"));
+  expect_err(replaced(text, "[6, 4]", "[4096, 4096]"), "line 5",
+             "conv1d's columns for a block of 16 samples would hold 2199291691008 values, more "
+             "than 2147483647");
+  /* [C, H, W] pools to [C] */
+  snprintf(text, sizeof(text), "%s",
+           job_with("    - {type: dense", "    - {type: conv2d, filters: 3, kernel: 2}\n"
+                    "    - {type: global_avg_pool}\n    - {type: dense"));
+  expect_ok(replaced(text, "  input: [4]\n", "  input: [2, 5, 5]\n"), NULL, &s);
+  ck_assert_int_eq(td_jobspec_shapes(&s, sh, &bad, msg, sizeof(msg)), 0);
+  ck_assert(!sh[2].seq && !sh[2].spatial && sh[2].c == 3 && sh[2].h == 1);
+}
+END_TEST
+
 START_TEST(softmax_layer) {
+  td_jobspec s;
+
+  /* softmax and sigmoid are layers, but the scores the loss reads come from
+   * a dense layer: the loss applies softmax itself */
   expect_exact(job_with("units: 3}", "units: 3}\n    - {type: softmax}"),
-               "line 5: key 'model.layers[1].type': there is no softmax layer: the loss (softmax "
-               "cross-entropy) already applies softmax to the last dense layer's scores; remove "
-               "this layer");
+               "line 5: key 'model.layers[1]': the last layer must be dense (it gives the class "
+               "scores), got softmax (the loss, softmax cross-entropy, turns the scores into "
+               "probabilities itself: remove it)");
+  expect_err(job_with("units: 3}", "units: 3}\n    - {type: sigmoid}"), "line 5",
+             "got sigmoid (the loss, softmax cross-entropy, turns the scores into");
   expect_err(job_with("units: 3}", "units: 3}\n    - {type: log_softmax}"), "line 5",
-             "there is no log_softmax layer: the loss (softmax cross-entropy) already applies");
-  expect_err(job_with("units: 3}", "units: 3}\n    - {type: Softmax}"), "line 5",
-             "there is no Softmax layer");
-  expect_exact(job_with("units: 3}", "units: 3}\n    - {type: sigmoid}"),
-               "line 5: key 'model.layers[1].type': there is no sigmoid layer: the loss (softmax "
-               "cross-entropy) turns the last dense layer's scores into probabilities (for two "
-               "classes, end with a dense layer of 2 units); between layers, use relu or gelu");
+             "there is no log_softmax layer: the loss (softmax cross-entropy) already applies "
+             "log-softmax");
+  expect_err(job_with("units: 3}", "units: 3}\n    - {type: LogSoftmax}"), "line 5",
+             "there is no LogSoftmax layer");
+  /* between layers they are fine */
+  expect_ok(job_with("units: 3}", "units: 3}\n    - {type: softmax}\n    - {type: sigmoid}\n"
+                     "    - {type: tanh}\n    - {type: dense, units: 2}"), NULL, &s);
   /* anything else still lists the layer types */
   expect_err(job_with("units: 3}", "units: 3}\n    - {type: sofmax}"), "line 5",
              "must be one of dense, relu,");
@@ -994,6 +1058,7 @@ static Suite *jobspec_suite(void) {
   tcase_add_test(tc, format_key_hints);
   tcase_add_test(tc, optimizer_defaults);
   tcase_add_test(tc, softmax_layer);
+  tcase_add_test(tc, sequence_layers);
   tcase_add_test(tc, tilde_paths);
   suite_add_tcase(s, tc);
   return s;

@@ -373,6 +373,222 @@ START_TEST(test_conv2d_deterministic) {
 }
 END_TEST
 
+/* ---- conv1d against direct loops ---- */
+
+/* y = conv1d(x, w) + b on channels-last sequences; with dy: dx, dw, db. */
+static void naive_conv1d(const td_conv1d_desc *d, int ol, const float *x, const float *w,
+                         const float *b, const float *dy, double *y, double *dx, double *dw,
+                         double *db) {
+  for (int n = 0; n < d->n; n++) {
+    for (int o = 0; o < ol; o++) {
+      for (int k = 0; k < d->k; k++) {
+        size_t yi = ((size_t)n * ol + o) * d->k + k;
+        double acc = b[k];
+
+        for (int c = 0; c < d->c; c++) {
+          for (int j = 0; j < d->kw; j++) {
+            int pos = o * d->stride - d->pad + j;
+            size_t wi = ((size_t)k * d->c + c) * d->kw + j, xi;
+
+            if (pos < 0 || pos >= d->l)
+              continue;
+            xi = ((size_t)n * d->l + pos) * d->c + c;
+            acc += (double)w[wi] * x[xi];
+            dx[xi] += (double)w[wi] * dy[yi];
+            dw[wi] += (double)x[xi] * dy[yi];
+          }
+        }
+        y[yi] = acc;
+        db[k] += dy[yi];
+      }
+    }
+  }
+}
+
+static const td_conv1d_desc conv1d_cases[] = {
+    /* n  l  c  k kw stride pad */
+    {2, 9, 3, 4, 3, 1, 1},
+    {3, 10, 2, 3, 4, 2, 0},
+    {1, 7, 4, 2, 5, 3, 2},
+    {2, 6, 3, 5, 1, 1, 0},   /* pointwise */
+    {1, 4, 2, 3, 4, 1, 0},   /* the window is the input: one output */
+    {2, 3, 2, 2, 3, 2, 3},   /* padding as large as the window */
+    {40, 12, 5, 6, 3, 1, 1}, /* three blocks, the last short */
+    {33, 20, 8, 16, 5, 2, 2},
+};
+
+START_TEST(test_conv1d_matches_direct) {
+  const td_conv1d_desc *d = &conv1d_cases[_i];
+  bufs p;
+  int ol;
+
+  bufs_open(&p);
+  ck_assert_int_eq(td_conv1d_out(d, &ol, NULL, 0), 0);
+  size_t xn = (size_t)d->n * d->l * d->c, wn = (size_t)d->k * d->c * d->kw;
+  size_t yn = (size_t)d->n * ol * d->k;
+  uint64_t ws = td_conv1d_workspace(d);
+  float *x = drand(&p, xn, 1, 0), *w = drand(&p, wn, 0.5f, 0), *b = drand(&p, d->k, 1, 0);
+  float *dy = drand(&p, yn, 1, 0), *y = dalloc(&p, NULL, yn), *dx = dalloc(&p, NULL, xn);
+  float *dw = dalloc(&p, NULL, wn), *db = dalloc(&p, NULL, d->k);
+  float *work = dalloc(&p, NULL, ws / 4);
+  double *wy = dvec(yn), *wdx = dvec(xn), *wdw = dvec(wn), *wdb = dvec(d->k);
+
+  /* a block of samples' columns */
+  ck_assert_uint_eq(ws, (uint64_t)(d->n < 16 ? d->n : 16) * ol * d->c * d->kw * 4);
+  naive_conv1d(d, ol, x, w, b, dy, wy, wdx, wdw, wdb);
+  td_backend_fill(p.be, work, ws / 4, NAN); /* whatever the workspace held */
+  td_backend_fill(p.be, dx, xn, NAN);       /* dx is overwritten */
+  td_backend_conv1d_fwd(p.be, d, x, w, b, y, work, ws);
+  td_backend_fill(p.be, dw, wn, NAN); /* beta 0 ignores the old contents */
+  td_backend_fill(p.be, db, d->k, NAN);
+  td_backend_conv1d_bwd(p.be, d, x, w, dy, dx, dw, db, 0.0f, work, ws);
+  ck_assert_int_eq(td_backend_sync(p.be), 0);
+  expect_close("y", y, wy, yn, 1e-5);
+  expect_close("dx", dx, wdx, xn, 1e-5);
+  expect_close("dw", dw, wdw, wn, 1e-5);
+  expect_close("db", db, wdb, d->k, 1e-5);
+  free(wy), free(wdx), free(wdw), free(wdb);
+  bufs_close(&p);
+}
+END_TEST
+
+/* A batch cut into calls that start on block boundaries (16 samples) gives
+ * the whole batch's outputs and gradients to the bit: the gradient
+ * accumulation of a split micro-batch. */
+START_TEST(test_conv1d_split_bits) {
+  const td_conv1d_desc whole = {48, 11, 3, 4, 3, 2, 1};
+  static const int cuts[][4] = {{16, 32, 48, 48}, {32, 48, 48, 48}, {16, 48, 48, 48}};
+  bufs p;
+  int ol;
+
+  bufs_open(&p);
+  ck_assert_int_eq(td_conv1d_out(&whole, &ol, NULL, 0), 0);
+  size_t in_sz = (size_t)whole.l * whole.c, out_sz = (size_t)ol * whole.k;
+  size_t wn = (size_t)whole.k * whole.c * whole.kw;
+  uint64_t ws = td_conv1d_workspace(&whole);
+  float *x = drand(&p, whole.n * in_sz, 1, 0), *w = drand(&p, wn, 0.5f, 0);
+  float *b = drand(&p, whole.k, 1, 0), *dy = drand(&p, whole.n * out_sz, 1, 0);
+  float *work = dalloc(&p, NULL, ws / 4), *ref[4], *got[4];
+
+  for (int r = 0; r < 2; r++) {
+    float **o = r == 0 ? ref : got;
+
+    o[0] = dalloc(&p, NULL, whole.n * out_sz);
+    o[1] = dalloc(&p, NULL, whole.n * in_sz);
+    o[2] = dalloc(&p, NULL, wn);
+    o[3] = dalloc(&p, NULL, whole.k);
+  }
+  td_backend_conv1d_fwd(p.be, &whole, x, w, b, ref[0], work, ws);
+  td_backend_conv1d_bwd(p.be, &whole, x, w, dy, ref[1], ref[2], ref[3], 0.0f, work, ws);
+  for (size_t c = 0; c < TD_ARRAY_SIZE(cuts); c++) {
+    int from = 0;
+
+    for (int k = 0; k < 4 && from < whole.n; k++) {
+      td_conv1d_desc d = whole;
+
+      d.n = cuts[c][k] - from;
+      td_backend_conv1d_fwd(p.be, &d, x + from * in_sz, w, b, got[0] + from * out_sz, work,
+                            ws);
+      td_backend_conv1d_bwd(p.be, &d, x + from * in_sz, w, dy + from * out_sz,
+                            got[1] + from * in_sz, got[2], got[3], from == 0 ? 0.0f : 1.0f,
+                            work, ws);
+      from = cuts[c][k];
+    }
+    ck_assert_int_eq(td_backend_sync(p.be), 0);
+    ck_assert(memcmp(ref[0], got[0], whole.n * out_sz * 4) == 0);
+    ck_assert(memcmp(ref[1], got[1], whole.n * in_sz * 4) == 0);
+    ck_assert_msg(memcmp(ref[2], got[2], wn * 4) == 0, "cut %zu: dw differs", c);
+    ck_assert_msg(memcmp(ref[3], got[3], (size_t)whole.k * 4) == 0, "cut %zu: db differs", c);
+  }
+  bufs_close(&p);
+}
+END_TEST
+
+START_TEST(test_conv1d_geometry) {
+  td_conv1d_desc d = {2, 10, 3, 4, 3, 2, 1};
+  char err[160];
+  bufs p;
+  int ol = -1;
+  float *x;
+
+  ck_assert_int_eq(td_conv1d_out(&d, &ol, err, sizeof(err)), 0);
+  ck_assert_int_eq(ol, 5); /* (10 + 2 - 3) / 2 + 1, PyTorch's floor */
+  d.kw = 13;
+  ck_assert_int_eq(td_conv1d_out(&d, &ol, err, sizeof(err)), TD_EINVAL);
+  ck_assert_ptr_nonnull(strstr(err, "window 13 is longer than the padded input 12"));
+  ck_assert_int_eq(ol, 5); /* untouched */
+  ck_assert_uint_eq(td_conv1d_workspace(&d), 0);
+  d = (td_conv1d_desc){2, 10, 3, 4, 3, 0, 1};
+  ck_assert_int_eq(td_conv1d_out(&d, &ol, err, sizeof(err)), TD_EINVAL);
+  ck_assert_ptr_nonnull(strstr(err, "sizes must be positive"));
+  d = (td_conv1d_desc){16, 1 << 20, 64, 4, 64, 1, 0}; /* a block's columns past INT_MAX */
+  ck_assert_int_eq(td_conv1d_out(&d, &ol, err, sizeof(err)), TD_EINVAL);
+  ck_assert_ptr_nonnull(strstr(err, "more than"));
+
+  /* a bad geometry or a short workspace latches TD_EINVAL and runs nothing */
+  bufs_open(&p);
+  d = (td_conv1d_desc){2, 10, 3, 4, 3, 2, 1};
+  x = dalloc(&p, NULL, 256);
+  td_backend_conv1d_fwd(p.be, &d, x, x, NULL, x, x, 8);
+  expect_failure(p.be, TD_EINVAL, "conv1d_fwd: workspace of 8 bytes");
+  d.stride = 0;
+  td_backend_conv1d_bwd(p.be, &d, x, x, x, x, x, NULL, 0.0f, x, 1024);
+  expect_failure(p.be, TD_EINVAL, "conv1d_bwd: conv1d: sizes must be positive");
+  bufs_close(&p);
+}
+END_TEST
+
+/* Softmax along a strided axis and the means against double loops. */
+START_TEST(test_softmax_and_mean_direct) {
+  const size_t outer = 3, dim = 5, inner = 4, n = outer * dim * inner;
+  bufs p;
+
+  bufs_open(&p);
+  float *x = drand(&p, n, 3, 0), *dy = drand(&p, n, 1, 0), *y = dalloc(&p, NULL, n);
+  float *dx = dalloc(&p, NULL, n), *m = dalloc(&p, NULL, outer * inner);
+  float *dm = drand(&p, outer * inner, 1, 0), *dmx = dalloc(&p, NULL, n), *xi = dalloc(&p, x, n);
+  double *wy = dvec(n), *wdx = dvec(n), *wm = dvec(outer * inner), *wdm = dvec(n);
+
+  for (size_t o = 0; o < outer; o++) {
+    for (size_t i = 0; i < inner; i++) {
+      double max = -INFINITY, sum = 0.0, dot = 0.0;
+
+      for (size_t d = 0; d < dim; d++)
+        max = fmax(max, x[(o * dim + d) * inner + i]);
+      for (size_t d = 0; d < dim; d++)
+        sum += exp(x[(o * dim + d) * inner + i] - max);
+      for (size_t d = 0; d < dim; d++) {
+        size_t e = (o * dim + d) * inner + i;
+        wy[e] = exp(x[e] - max) / sum;
+        dot += wy[e] * dy[e];
+        wm[o * inner + i] += x[e] / (double)dim;
+        wdm[e] = dm[o * inner + i] / (double)dim;
+      }
+      for (size_t d = 0; d < dim; d++) {
+        size_t e = (o * dim + d) * inner + i;
+        wdx[e] = wy[e] * (dy[e] - dot);
+      }
+    }
+  }
+  td_backend_softmax_fwd(p.be, x, y, outer, dim, inner);
+  td_backend_softmax_bwd(p.be, y, dy, dx, outer, dim, inner);
+  td_backend_mean_fwd(p.be, x, m, outer, dim, inner);
+  td_backend_mean_bwd(p.be, dm, dmx, outer, dim, inner);
+  /* in place: y over x, dx over dy, as the plan runs them */
+  td_backend_softmax_fwd(p.be, xi, xi, outer, dim, inner);
+  td_backend_softmax_bwd(p.be, xi, dy, dy, outer, dim, inner);
+  ck_assert_int_eq(td_backend_sync(p.be), 0);
+  expect_close("softmax y", y, wy, n, 1e-6);
+  expect_close("softmax dx", dx, wdx, n, 1e-5);
+  expect_close("mean y", m, wm, outer * inner, 1e-6);
+  expect_close("mean dx", dmx, wdm, n, 1e-6);
+  ck_assert(memcmp(xi, y, n * 4) == 0);
+  ck_assert(memcmp(dy, dx, n * 4) == 0);
+  free(wy), free(wdx), free(wm), free(wdm);
+  bufs_close(&p);
+}
+END_TEST
+
 /* ---- element-wise ops, the loss and the norms against double loops ---- */
 
 static double gelu_ref(td_gelu_kind kind, double v, double *grad) {
@@ -746,6 +962,8 @@ typedef struct fd_ctx {
   td_conv2d_desc d;
   td_pool_mode pool;
   td_gelu_kind gelu;
+  td_act_kind act;
+  td_conv1d_desc c1;
   td_batchnorm_desc bn;
   int rows, cols;
   td_buf labels;
@@ -928,6 +1146,71 @@ static void xent_bwd(fd_ctx *c) {
                                  c->gin[0], c->aux[0]);
 }
 
+static void act_setup(fd_ctx *c) {
+  fd_input(c, 30, 2, 0);
+  fd_output(c, 30);
+}
+static void tanh_setup(fd_ctx *c) {
+  act_setup(c);
+  c->act = TD_ACT_TANH;
+}
+static void act_fwd(fd_ctx *c) { td_backend_act_fwd(c->p->be, c->act, c->in[0], c->out, 30); }
+static void act_bwd(fd_ctx *c) {
+  td_backend_act_bwd(c->p->be, c->act, c->out, c->dout, c->gin[0], 30);
+}
+
+/* [outer, dim, inner] in rows, cols, d.h (inner) */
+static void softmax_setup_axes(fd_ctx *c, int outer, int dim, int inner) {
+  c->rows = outer, c->cols = dim, c->d.h = inner;
+  fd_input(c, (size_t)outer * dim * inner, 2, 0);
+  fd_output(c, (size_t)outer * dim * inner);
+}
+static void softmax_setup(fd_ctx *c) { softmax_setup_axes(c, 4, 6, 1); }
+static void softmax_pixels_setup(fd_ctx *c) { softmax_setup_axes(c, 2, 3, 5); }
+static void softmax_fwd(fd_ctx *c) {
+  td_backend_softmax_fwd(c->p->be, c->in[0], c->out, c->rows, c->cols, c->d.h);
+}
+static void softmax_bwd(fd_ctx *c) {
+  td_backend_softmax_bwd(c->p->be, c->out, c->dout, c->gin[0], c->rows, c->cols, c->d.h);
+}
+
+static void gap_setup_axes(fd_ctx *c, int outer, int count, int inner) {
+  c->rows = outer, c->cols = count, c->d.h = inner;
+  fd_input(c, (size_t)outer * count * inner, 1, 0);
+  fd_output(c, (size_t)outer * inner);
+}
+static void gap_planes_setup(fd_ctx *c) { gap_setup_axes(c, 6, 9, 1); }
+static void gap_seq_setup(fd_ctx *c) { gap_setup_axes(c, 2, 5, 4); }
+static void gap_fwd(fd_ctx *c) {
+  td_backend_mean_fwd(c->p->be, c->in[0], c->out, c->rows, c->cols, c->d.h);
+}
+static void gap_bwd(fd_ctx *c) {
+  td_backend_mean_bwd(c->p->be, c->dout, c->gin[0], c->rows, c->cols, c->d.h);
+}
+
+static void conv1d_setup_desc(fd_ctx *c, td_conv1d_desc d) {
+  int ol;
+
+  c->c1 = d;
+  ck_assert_int_eq(td_conv1d_out(&d, &ol, NULL, 0), 0);
+  fd_input(c, (size_t)d.n * d.l * d.c, 1, 0);
+  fd_input(c, (size_t)d.k * d.c * d.kw, 0.5f, 0);
+  fd_input(c, (size_t)d.k, 1, 0);
+  fd_output(c, (size_t)d.n * ol * d.k);
+  c->work_bytes = td_conv1d_workspace(&d);
+  c->aux[0] = dalloc(c->p, NULL, c->work_bytes / 4);
+}
+static void conv1d_setup(fd_ctx *c) { conv1d_setup_desc(c, (td_conv1d_desc){2, 7, 3, 2, 3, 1, 1}); }
+static void conv1d_setup_strided(fd_ctx *c) { conv1d_setup_desc(c, (td_conv1d_desc){2, 9, 2, 3, 4, 2, 2}); }
+static void conv1d_fwd(fd_ctx *c) {
+  td_backend_conv1d_fwd(c->p->be, &c->c1, c->in[0], c->in[1], c->in[2], c->out, c->aux[0],
+                        c->work_bytes);
+}
+static void conv1d_bwd(fd_ctx *c) {
+  td_backend_conv1d_bwd(c->p->be, &c->c1, c->in[0], c->in[1], c->dout, c->gin[0], c->gin[1],
+                        c->gin[2], 0.0f, c->aux[0], c->work_bytes);
+}
+
 static const fd_case fd_cases[] = {
     {"dense", dense_setup, dense_fwd, dense_bwd},
     {"conv2d", conv_setup, conv_fwd, conv_bwd},
@@ -943,6 +1226,14 @@ static const fd_case fd_cases[] = {
     {"batchnorm2d", bn_setup, bn_fwd, bn_bwd},
     {"layernorm", ln_setup, ln_fwd, ln_bwd},
     {"softmax cross-entropy, smoothed", xent_setup, xent_fwd, xent_bwd},
+    {"sigmoid", act_setup, act_fwd, act_bwd},
+    {"tanh", tanh_setup, act_fwd, act_bwd},
+    {"softmax", softmax_setup, softmax_fwd, softmax_bwd},
+    {"softmax over channels", softmax_pixels_setup, softmax_fwd, softmax_bwd},
+    {"global_avg_pool, planes", gap_planes_setup, gap_fwd, gap_bwd},
+    {"global_avg_pool, sequences", gap_seq_setup, gap_fwd, gap_bwd},
+    {"conv1d", conv1d_setup, conv1d_fwd, conv1d_bwd},
+    {"conv1d strided", conv1d_setup_strided, conv1d_fwd, conv1d_bwd},
 };
 
 static double fd_loss(fd_ctx *c, const fd_case *k) {
@@ -1001,7 +1292,8 @@ END_TEST
 /* beta 1 adds a second micro-batch's parameter gradients to the first's,
  * for every op that has parameters. */
 START_TEST(test_param_grads_accumulate) {
-  static const int with_params[] = {0, 1, 11, 12}; /* dense, conv2d, batchnorm2d, layernorm */
+  /* dense, conv2d, batchnorm2d, layernorm, conv1d */
+  static const int with_params[] = {0, 1, 11, 12, 20};
   const fd_case *k = &fd_cases[with_params[_i]];
   fd_ctx c;
   bufs p;
@@ -1022,6 +1314,9 @@ START_TEST(test_param_grads_accumulate) {
                          1.0f);
   else if (k->bwd == conv_bwd)
     td_backend_conv2d_bwd(p.be, &c.d, c.in[0], c.in[1], c.dout, NULL, c.gin[1], c.gin[2], 1.0f,
+                          c.aux[0], c.work_bytes);
+  else if (k->bwd == conv1d_bwd)
+    td_backend_conv1d_bwd(p.be, &c.c1, c.in[0], c.in[1], c.dout, NULL, c.gin[1], c.gin[2], 1.0f,
                           c.aux[0], c.work_bytes);
   else if (k->bwd == bn_bwd)
     td_backend_batchnorm2d_bwd(p.be, &c.bn, c.in[0], c.dout, NULL, c.in[1], c.aux[2], c.aux[3],
@@ -1313,6 +1608,69 @@ static void ref_xent(bufs *p, const ref_file *f, const char *c) {
   td_backend_free(p->be, &bl);
 }
 
+static void ref_act(bufs *p, const ref_file *f, const char *c) {
+  const ref_tensor *x = ref_get(f, c, "x");
+  td_act_kind kind = strncmp(c, "tanh/", 5) == 0 ? TD_ACT_TANH : TD_ACT_SIGMOID;
+  float *y = dalloc(p, NULL, x->n), *dx = dalloc(p, NULL, x->n);
+
+  td_backend_act_fwd(p->be, kind, ref_dev(p, f, c, "x"), y, x->n);
+  td_backend_act_bwd(p->be, kind, y, ref_dev(p, f, c, "dy"), dx, x->n);
+  ck_assert_int_eq(td_backend_sync(p->be), 0);
+  ref_expect(f, c, "y", y);
+  ref_expect(f, c, "dx", dx);
+}
+
+/* params: [outer, dim, inner] of the softmax's axis */
+static void ref_softmax(bufs *p, const ref_file *f, const char *c) {
+  const ref_tensor *x = ref_get(f, c, "x");
+  size_t outer = (size_t)ref_param(f, c, 0), dim = (size_t)ref_param(f, c, 1);
+  size_t inner = (size_t)ref_param(f, c, 2);
+  float *y = dalloc(p, NULL, x->n), *dx = dalloc(p, NULL, x->n);
+
+  ck_assert_uint_eq(outer * dim * inner, x->n);
+  td_backend_softmax_fwd(p->be, ref_dev(p, f, c, "x"), y, outer, dim, inner);
+  td_backend_softmax_bwd(p->be, y, ref_dev(p, f, c, "dy"), dx, outer, dim, inner);
+  ck_assert_int_eq(td_backend_sync(p->be), 0);
+  ref_expect(f, c, "y", y);
+  ref_expect(f, c, "dx", dx);
+}
+
+/* params: [outer, count, inner] of the mean */
+static void ref_gap(bufs *p, const ref_file *f, const char *c) {
+  const ref_tensor *x = ref_get(f, c, "x"), *y = ref_get(f, c, "y");
+  size_t outer = (size_t)ref_param(f, c, 0), count = (size_t)ref_param(f, c, 1);
+  size_t inner = (size_t)ref_param(f, c, 2);
+  float *gy = dalloc(p, NULL, y->n), *dx = dalloc(p, NULL, x->n);
+
+  ck_assert_uint_eq(outer * count * inner, x->n);
+  ck_assert_uint_eq(outer * inner, y->n);
+  td_backend_mean_fwd(p->be, ref_dev(p, f, c, "x"), gy, outer, count, inner);
+  td_backend_mean_bwd(p->be, ref_dev(p, f, c, "dy"), dx, outer, count, inner);
+  ck_assert_int_eq(td_backend_sync(p->be), 0);
+  ref_expect(f, c, "y", gy);
+  ref_expect(f, c, "dx", dx);
+}
+
+/* x [n, l, c] channels last, w [k, c, kw]; params: stride, padding */
+static void ref_conv1d(bufs *p, const ref_file *f, const char *c) {
+  const ref_tensor *x = ref_get(f, c, "x"), *w = ref_get(f, c, "w"), *y = ref_get(f, c, "y");
+  td_conv1d_desc d = {(int)x->dims[0], (int)x->dims[1], (int)x->dims[2], (int)w->dims[0],
+                      (int)w->dims[2], (int)ref_param(f, c, 0), (int)ref_param(f, c, 1)};
+  uint64_t ws = td_conv1d_workspace(&d);
+  float *gy = dalloc(p, NULL, y->n), *dx = dalloc(p, NULL, x->n), *dw = dalloc(p, NULL, w->n);
+  float *db = dalloc(p, NULL, w->dims[0]), *xd = ref_dev(p, f, c, "x");
+  float *wd = ref_dev(p, f, c, "w"), *work = dalloc(p, NULL, ws / 4);
+
+  ck_assert_uint_gt(ws, 0);
+  td_backend_conv1d_fwd(p->be, &d, xd, wd, ref_dev(p, f, c, "b"), gy, work, ws);
+  td_backend_conv1d_bwd(p->be, &d, xd, wd, ref_dev(p, f, c, "dy"), dx, dw, db, 0.0f, work, ws);
+  ck_assert_int_eq(td_backend_sync(p->be), 0);
+  ref_expect(f, c, "y", gy);
+  ref_expect(f, c, "dx", dx);
+  ref_expect(f, c, "dw", dw);
+  ref_expect(f, c, "db", db);
+}
+
 static const struct {
   const char *op;
   const char *marker; /* the tensor every case of the op has */
@@ -1328,6 +1686,11 @@ static const struct {
     {"batchnorm2d", "x", 1, ref_batchnorm},
     {"layernorm", "x", 2, ref_layernorm},
     {"xent", "logits", 3, ref_xent},
+    {"sigmoid", "x", 1, ref_act},
+    {"tanh", "x", 1, ref_act},
+    {"softmax", "x", 3, ref_softmax},
+    {"global_avg_pool", "x", 2, ref_gap},
+    {"conv1d", "x", 5, ref_conv1d},
 };
 
 START_TEST(test_matches_pytorch) {
@@ -1374,11 +1737,15 @@ static Suite *layers_suite(void) {
   tcase_add_test(tc, test_dropout_mask_keyed_by_sample);
   tcase_add_test(tc, test_conv2d_geometry);
   tcase_add_test(tc, test_conv2d_bad_calls_latch_einval);
+  tcase_add_loop_test(tc, test_conv1d_matches_direct, 0, (int)TD_ARRAY_SIZE(conv1d_cases));
+  tcase_add_test(tc, test_conv1d_split_bits);
+  tcase_add_test(tc, test_conv1d_geometry);
+  tcase_add_test(tc, test_softmax_and_mean_direct);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("gradients");
   tcase_add_loop_test(tc, test_finite_differences, 0, (int)TD_ARRAY_SIZE(fd_cases));
-  tcase_add_loop_test(tc, test_param_grads_accumulate, 0, 4);
+  tcase_add_loop_test(tc, test_param_grads_accumulate, 0, 5);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("pytorch");

@@ -39,10 +39,22 @@ START_TEST(test_names_unique) {
 }
 END_TEST
 
+/* Whether type t works on sequences only (conv1d): its tests then give it
+ * a sequence [6, 12] instead of the [2, 6, 6] input. */
+static bool sequence_only(int t) {
+  const td_layer_def *d = td_layer_def_of((td_layer_type)t);
+  td_layer l = {.type = (td_layer_type)t, .units = 5, .filters = 3, .kernel = 2};
+  td_shape in = {2, 6, 6, 1, 0}, out;
+  uint64_t big = 0;
+  char msg[128];
+
+  return d->shape != NULL && d->shape(&l, &in, &out, &big, msg, sizeof(msg)) < 0;
+}
+
 START_TEST(test_rows_complete) {
   const td_layer_def *d = td_layer_def_of((td_layer_type)_i);
   td_layer l = {.type = (td_layer_type)_i, .units = 5, .filters = 3, .kernel = 2};
-  td_shape in = {2, 6, 6, 1}, out = in;
+  td_shape in = {2, 6, 6, 1, 0}, out = in;
   td_layer_sizes sz = {0};
   td_layer_tensor t[TD_LAYER_MAX_TENSORS];
   uint64_t big = 0;
@@ -54,8 +66,10 @@ START_TEST(test_rows_complete) {
   ck_assert(!d->view || (d->in_place && d->grad_in_place && d->shape != NULL));
   ck_assert_uint_eq(d->needs & ~d->takes, 0);
   ck_assert(!d->stride_is_kernel || (d->takes & TD_LK(STRIDE)));
+  if (sequence_only(_i))
+    in = out = (td_shape){6, 12, 1, 0, 1};
   if (d->shape != NULL)
-    ck_assert_int_eq(d->shape(&l, &in, &out, &big, msg, sizeof(msg)), 0);
+    ck_assert_msg(d->shape(&l, &in, &out, &big, msg, sizeof(msg)) == 0, "%s", msg);
   if (d->sizes != NULL)
     d->sizes(&l, &in, &out, &sz);
   /* parameters: trainable ones, an init and the names they are saved by */
@@ -87,7 +101,7 @@ START_TEST(test_rows_complete) {
 }
 END_TEST
 
-/* conv2d, the type, dense: a job file for type t with the keys it needs
+/* conv2d (conv1d on a sequence), the type, dense: a job file for type t with the keys it needs
  * (less those in omit) and extra after them. */
 static void job_text(int t, unsigned omit, const char *extra, char *buf, size_t cap) {
   const td_layer_def *d = td_layer_def_of((td_layer_type)t);
@@ -100,9 +114,9 @@ static void job_text(int t, unsigned omit, const char *extra, char *buf, size_t 
                             needed_value[k]);
   snprintf(buf, cap,
            "model:\n"
-           "  input: [2, 6, 6]\n"
+           "  input: %s\n"
            "  layers:\n"
-           "    - {type: conv2d, filters: 2, kernel: 3, padding: 1}\n"
+           "    - {type: %s, filters: 2, kernel: 3, padding: 1}\n"
            "    - {type: %s%s%s}\n"
            "    - {type: dense, units: 4}\n"
            "data:\n"
@@ -112,7 +126,8 @@ static void job_text(int t, unsigned omit, const char *extra, char *buf, size_t 
            "  batch_size: 6\n"
            "  epochs: 1\n"
            "  optimizer: adam\n",
-           td_layer_names[t], keys, extra);
+           sequence_only(t) ? "[6, 12]\n  sequence: true" : "[2, 6, 6]",
+           sequence_only(t) ? "conv1d" : "conv2d", td_layer_names[t], keys, extra);
 }
 
 /* Parse, plan, build in exactly the plan's bytes, train, evaluate, save. */
@@ -167,7 +182,7 @@ static void round_trip(int t, td_precision prec, bool recompute) {
 
     nt = d->tensors(&s.layers[1], &lay->layers[1].in_shape, &lay->layers[1].out_shape, &sz, lt);
   }
-  /* conv2d's and dense's weight and bias, and the type's own */
+  /* conv2d's (conv1d's) and dense's weight and bias, and the type's own */
   ck_assert_uint_eq(td_safetensors_count(f), 4 + (size_t)nt);
   for (int k = 0; k < nt; k++) {
     td_st_tensor x;

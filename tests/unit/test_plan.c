@@ -9,6 +9,7 @@
 #include "backend.h"
 #include "error.h"
 #include "jobspec.h"
+#include "lossscale.h"
 #include "model.h"
 #include "plan.h"
 #include "util.h"
@@ -573,6 +574,85 @@ START_TEST(test_conv_model) {
 }
 END_TEST
 
+/* A sequence model and a softmax over channels: conv1d's workspace (a block
+ * of samples' columns), the activations in place, and the plan exact in
+ * every precision, with and without recomputation. */
+START_TEST(test_sequence_model) {
+  static const td_layer seq[] = {
+      {.type = TD_LAYER_CONV1D, .filters = 8, .kernel = 3, .stride = 1, .padding = 1},
+      {.type = TD_LAYER_SIGMOID},
+      {.type = TD_LAYER_CONV1D, .filters = 5, .kernel = 5, .stride = 2},
+      {.type = TD_LAYER_TANH},
+      {.type = TD_LAYER_SOFTMAX},
+      {.type = TD_LAYER_GLOBAL_AVG_POOL},
+      {.type = TD_LAYER_DENSE, .units = 4},
+  };
+  static const td_layer img[] = {
+      {.type = TD_LAYER_CONV2D, .filters = 4, .kernel = 3, .stride = 1, .padding = 1},
+      {.type = TD_LAYER_SOFTMAX},
+      {.type = TD_LAYER_GLOBAL_AVG_POOL},
+      {.type = TD_LAYER_DENSE, .units = 3},
+  };
+  /* [20, 6] -> conv1d [20, 8] -> conv1d [8, 5] */
+  td_conv1d_desc c1 = {.n = 16, .l = 20, .c = 6, .k = 8, .kw = 3, .stride = 1, .pad = 1};
+  td_conv1d_desc c2 = {.n = 16, .l = 20, .c = 8, .k = 5, .kw = 5, .stride = 2};
+  td_jobspec s;
+  td_layout l;
+
+  example_spec(&s);
+  s.input_dims[0] = 20;
+  s.input_dims[1] = 6;
+  s.input_seq = 1;
+  memcpy(s.layers, seq, sizeof(seq));
+  s.nlayers = (int)TD_ARRAY_SIZE(seq);
+  s.batch_size = 20;
+  ck_assert_int_eq(td_plan_layout(&s, 20, &l), 0);
+  ck_assert(l.layers[0].in_shape.seq && l.layers[2].out_shape.seq);
+  ck_assert_uint_eq(l.layers[2].out_shape.c, 8);
+  ck_assert_uint_eq(l.layers[2].out_shape.h, 5);
+  ck_assert_uint_eq(l.layers[5].out, 5);
+  /* conv1d's weight [filters, in, kernel] and bias */
+  ck_assert_uint_eq(l.layers[0].nweight, 8 * 6 * 3);
+  ck_assert_uint_eq(l.layers[2].nweight, 5 * 8 * 5);
+  ck_assert_uint_eq(l.layers[2].nbias, 5);
+  {
+    uint64_t a = td_conv1d_workspace(&c1), b = td_conv1d_workspace(&c2);
+
+    ck_assert_uint_eq(l.workspace, a > b ? a : b);
+  }
+  /* sigmoid, tanh and softmax work in place, with their gradients */
+  ck_assert_uint_eq(l.layers[1].y, l.layers[1].x);
+  ck_assert_uint_eq(l.layers[3].y, l.layers[3].x);
+  ck_assert_uint_ne(l.layers[4].y, l.layers[4].x); /* tanh keeps its output */
+  ck_assert_uint_eq(l.layers[4].dx, l.layers[4].dy);
+  ck_assert_uint_ne(l.layers[5].dx, l.layers[5].dy);
+  for (int prec = 0; prec < TD_PREC__COUNT; prec++) {
+    for (int rec = 0; rec < 2; rec++) {
+      s.precision = (td_precision)prec;
+      s.recompute = rec;
+      s.loss_scale = td_lossscale_defaults();
+      s.loss_scale.enabled = prec == TD_PREC_FP16;
+      exact_case(&s, 20);
+      exact_case(&s, 7);
+      exact_case(&s, 1);
+    }
+  }
+
+  example_spec(&s);
+  s.input_rank = 3;
+  s.input_dims[0] = 2;
+  s.input_dims[1] = s.input_dims[2] = 6;
+  memcpy(s.layers, img, sizeof(img));
+  s.nlayers = (int)TD_ARRAY_SIZE(img);
+  s.batch_size = 10;
+  exact_case(&s, 10);
+  exact_case(&s, 3);
+  s.precision = TD_PREC_BF16;
+  s.recompute = 1;
+  exact_case(&s, 3);
+}
+END_TEST
+
 /* A deep GELU MLP keeps every block's dense output and GELU output for the
  * backward pass: 16-bit storage and recomputation both shrink the
  * activation arena, and the plan shows by how much. */
@@ -874,6 +954,7 @@ static Suite *plan_suite(void) {
   tcase_add_test(exact, test_exact_shapes);
   tcase_add_test(exact, test_sample_dtypes);
   tcase_add_test(exact, test_conv_model);
+  tcase_add_test(exact, test_sequence_model);
   tcase_add_test(exact, test_exact_examples);
   tcase_add_test(exact, test_choose_exact);
   tcase_set_timeout(exact, 120);

@@ -1,9 +1,10 @@
 /* Bit-identical training under any split (kernels/backend.h: determinism):
  * a batch cut into micro-batches of whole 16-row blocks, a different cut
  * at every step chosen at random, gives the whole batch's gradients and
- * weights to the bit, for every layer type (BatchNorm excepted) and
- * optimiser, in fp32 and mixed precision; and neither the number of the
- * CPU backend's lanes nor OpenBLAS's thread count changes a bit. */
+ * weights to the bit, for every layer type (BatchNorm excepted; the
+ * sequence layers on a model of their own) and optimiser, in fp32 and
+ * mixed precision; and neither the number of the CPU backend's lanes nor
+ * OpenBLAS's thread count changes a bit. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,11 +20,12 @@
 #define BATCH 48 /* three blocks */
 #define STEPS 6
 
-typedef enum { NET_MLP, NET_CNN, NET_LN } net_kind;
+typedef enum { NET_MLP, NET_CNN, NET_LN, NET_SEQ } net_kind;
 
 /* MLP: dense relu dense relu dense.  CNN (with dropout): conv relu maxpool
  * conv relu avgpool flatten dense gelu dropout dense.  LN: dense layernorm
- * gelu dense. */
+ * gelu dense.  SEQ, on a sequence [12, 12]: conv1d tanh conv1d (strided)
+ * sigmoid softmax global_avg_pool dense. */
 static void spec_of(td_jobspec *s, net_kind net, td_opt_kind opt, td_precision prec) {
   static const td_layer mlp[] = {
       {.type = TD_LAYER_DENSE, .units = 40}, {.type = TD_LAYER_RELU},
@@ -47,16 +49,31 @@ static void spec_of(td_jobspec *s, net_kind net, td_opt_kind opt, td_precision p
       {.type = TD_LAYER_DENSE, .units = 32}, {.type = TD_LAYER_LAYERNORM},
       {.type = TD_LAYER_GELU},               {.type = TD_LAYER_DENSE, .units = 10},
   };
-  const td_layer *l = net == NET_MLP ? mlp : net == NET_CNN ? cnn : ln;
-  int n = net == NET_MLP ? (int)TD_ARRAY_SIZE(mlp)
+  static const td_layer seq[] = {
+      {.type = TD_LAYER_CONV1D, .filters = 8, .kernel = 3, .stride = 1, .padding = 1},
+      {.type = TD_LAYER_TANH},
+      {.type = TD_LAYER_CONV1D, .filters = 6, .kernel = 3, .stride = 2},
+      {.type = TD_LAYER_SIGMOID},
+      {.type = TD_LAYER_SOFTMAX},
+      {.type = TD_LAYER_GLOBAL_AVG_POOL},
+      {.type = TD_LAYER_DENSE, .units = 10},
+  };
+  const td_layer *l = net == NET_MLP ? mlp : net == NET_CNN ? cnn : net == NET_LN ? ln : seq;
+  int n = net == NET_MLP   ? (int)TD_ARRAY_SIZE(mlp)
           : net == NET_CNN ? (int)TD_ARRAY_SIZE(cnn)
-                           : (int)TD_ARRAY_SIZE(ln);
+          : net == NET_LN  ? (int)TD_ARRAY_SIZE(ln)
+                           : (int)TD_ARRAY_SIZE(seq);
 
   memset(s, 0, sizeof(*s));
   snprintf(s->name, sizeof(s->name), "bitid");
   s->input_rank = 3;
   s->input_dims[0] = 1;
   s->input_dims[1] = s->input_dims[2] = 12;
+  if (net == NET_SEQ) { /* [12, 12]: 12 positions of 12 features */
+    s->input_rank = 2;
+    s->input_seq = 1;
+    s->input_dims[0] = s->input_dims[1] = 12;
+  }
   memcpy(s->layers, l, (size_t)n * sizeof(*l));
   s->nlayers = n;
   s->batch_size = BATCH;
@@ -180,9 +197,14 @@ START_TEST(test_cnn_sgd_fp16) { random_splits(NET_CNN, TD_OPT_SGD, TD_PREC_FP16)
 END_TEST
 START_TEST(test_layernorm_adam) { random_splits(NET_LN, TD_OPT_ADAM, TD_PREC_FP32); }
 END_TEST
+START_TEST(test_seq_adam) { random_splits(NET_SEQ, TD_OPT_ADAM, TD_PREC_FP32); }
+END_TEST
+START_TEST(test_seq_sgd_bf16) { random_splits(NET_SEQ, TD_OPT_SGD, TD_PREC_BF16); }
+END_TEST
 
 /* A split that is not whole blocks is not promised: the test above is not
- * vacuous, since such a split does change bits (here, on the MLP). */
+ * vacuous, since such a split does change bits (here, on the MLP and the
+ * sequence model). */
 START_TEST(test_other_split_differs) {
   uint8_t px[BATCH * 144], lb[BATCH];
   float *a, *b;
@@ -193,7 +215,7 @@ START_TEST(test_other_split_differs) {
   char err[256];
   uint64_t n;
 
-  spec_of(&s, NET_MLP, TD_OPT_ADAM, TD_PREC_FP32);
+  spec_of(&s, _i == 0 ? NET_MLP : NET_SEQ, TD_OPT_ADAM, TD_PREC_FP32);
   ck_assert_int_eq(td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, err, sizeof(err)), 0);
   ck_assert_int_eq(td_model_create(be, &s, BATCH, &m, err, sizeof(err)), 0);
   n = td_model_nparams(m);
@@ -217,12 +239,12 @@ END_TEST
  * count (which the backend overrides) do not change a bit. */
 START_TEST(test_thread_count) {
   static const char *const lanes[] = {"1", "2", "3", "5"};
-  const td_precision precs[] = {TD_PREC_FP32, TD_PREC_BF16};
+  const td_precision precs[] = {TD_PREC_FP32, TD_PREC_BF16, TD_PREC_FP32};
   td_jobspec s;
   trace ref, got;
 
   for (size_t p = 0; p < TD_ARRAY_SIZE(precs); p++) {
-    spec_of(&s, NET_CNN, TD_OPT_ADAM, precs[p]);
+    spec_of(&s, p < 2 ? NET_CNN : NET_SEQ, TD_OPT_ADAM, precs[p]);
     setenv("TRAIND_CPU_LANES", "1", 1);
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
     run(&s, 0, &ref);
@@ -300,7 +322,9 @@ static Suite *bitid_suite(void) {
   tcase_add_test(tc, test_cnn_adamw_bf16);
   tcase_add_test(tc, test_cnn_sgd_fp16);
   tcase_add_test(tc, test_layernorm_adam);
-  tcase_add_test(tc, test_other_split_differs);
+  tcase_add_test(tc, test_seq_adam);
+  tcase_add_test(tc, test_seq_sgd_bf16);
+  tcase_add_loop_test(tc, test_other_split_differs, 0, 2);
   tcase_add_test(tc, test_thread_count);
   tcase_add_test(tc, test_plan_whole_blocks);
   suite_add_tcase(s, tc);

@@ -91,6 +91,20 @@ typedef struct td_layer_layout {
                                 rows): 1 for conv2d, pooling and element-wise ops on
                                 [C, H, W] tensors, else micro_batch */
   uint64_t act_bytes;        /* stored output bytes (0: in place or a view) */
+  /* the graph: x and in above are the first input's */
+  int ninputs;               /* 1, or a join's (add, concat) */
+  uint64_t xs[TD_MAX_INPUTS];  /* each input's stored rows */
+  uint32_t ins[TD_MAX_INPUTS]; /* and its features per sample */
+  uint8_t half_xs;           /* bit k: input k is stored 16-bit */
+  uint64_t txs[TD_MAX_INPUTS]; /* a join in mixed precision: each input widened (ty: the
+                                  fp32 result) */
+  bool has_dy;               /* its output has a gradient: its backward op runs */
+  uint64_t dx_sum;           /* TD_PLAN_NONE, or the gradient its dx is then added to: the
+                                input feeds several layers, and a later one's share came
+                                first (dx is then scratch, or dy's bytes) */
+  uint64_t dxs[TD_MAX_INPUTS]; /* a join: each input's gradient (TD_PLAN_NONE: none
+                                  needed; add's may be dy itself) */
+  uint8_t dxs_sum;           /* bit k: add the share to dxs[k] rather than write it */
 } td_layer_layout;
 
 typedef struct td_layout {

@@ -10,6 +10,7 @@
 #include "act.cuh"
 #include "backend_cuda.cuh"
 #include "conv.cuh"
+#include "graph.cuh"
 #include "input.cuh"
 #include "norm.cuh"
 #include "optim.cuh"
@@ -316,6 +317,8 @@ const td_backend_ops cuda_ops = {
     .to_half = td__cuda_to_half,
     .from_half = td__cuda_from_half,
     .round_half = td__cuda_round_half,
+    .add = td__cuda_add,
+    .copy2d = td__cuda_copy2d,
     .normalize = td__cuda_normalize,
     .host_register = td__cuda_host_register,
     .host_unregister = td__cuda_host_unregister,

@@ -42,7 +42,7 @@ END_TEST
 START_TEST(test_rows_complete) {
   const td_layer_def *d = td_layer_def_of((td_layer_type)_i);
   td_layer l = {.type = (td_layer_type)_i, .units = 5, .filters = 3, .kernel = 2};
-  td_shape in = {2, 6, 6, 1}, out = in;
+  td_shape in = {2, 6, 6, 1, 0}, out = in;
   td_layer_sizes sz = {0};
   td_layer_tensor t[TD_LAYER_MAX_TENSORS];
   uint64_t big = 0;
@@ -98,6 +98,9 @@ static void job_text(int t, unsigned omit, const char *extra, char *buf, size_t 
     if ((d->needs & ~omit) & (1u << k))
       n += (size_t)snprintf(keys + n, sizeof(keys) - n, ", %s: %s", td_layer_key_names[k],
                             needed_value[k]);
+  /* a join takes the conv2d's output twice */
+  if (d->join != NULL)
+    snprintf(keys + n, sizeof(keys) - n, ", inputs: [0, 0]");
   snprintf(buf, cap,
            "model:\n"
            "  input: [2, 6, 6]\n"

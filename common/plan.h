@@ -21,6 +21,22 @@
  * place when nothing needs their input; flatten is a view.  In bf16/fp16
  * the activations are stored as 16-bit and widened into short-lived fp32
  * scratch tensors for the op that reads them.
+ *
+ * A model may be a graph (td_layer.inputs): file order is a topological
+ * order, the forward pass runs in it and the backward pass in reverse.
+ * Liveness is the same rule over the graph: an output lives until its last
+ * reader, forward or backward.  An op works in place only over an input
+ * that it alone reads (through views too) and that its own segment makes;
+ * add may take its first or second input's bytes.  A tensor read by one
+ * layer gets its gradient from that layer's backward op (in place where
+ * the op allows; add hands its own gradient, uncopied, to one input read
+ * nowhere else, and copies it to the others).  A tensor read by several
+ * gets one gradient tensor: the reader the backward pass meets first (the
+ * last in the file) writes it, each later one writes its share into
+ * scratch (or over its own output's gradient) and adds it, a fixed order
+ * whatever the micro-batch or the threads.  Recomputation runs by segments
+ * of the file's order, each from a layer with parameters to the next; what
+ * a segment reads from an earlier one stays stored until then.
  */
 #ifndef TD_PLAN_H
 #define TD_PLAN_H

@@ -1218,6 +1218,7 @@ int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t 
     const char *base = (const char *)host;
     const td_layer_sizes sz = {.nweight = ly->nweight, .nbias = ly->nbias};
     td_layer_tensor lt[TD_LAYER_MAX_TENSORS];
+    char node[TD_LAYER_NAME_MAX];
     int k, nt = def->tensors != NULL ? def->tensors(&m->spec.layers[i], &ly->in_shape,
                                                      &ly->out_shape, &sz, lt)
                                      : 0;
@@ -1228,8 +1229,6 @@ int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t 
 
       for (int d = 0; d < x->rank; d++)
         elems *= x->shape[d];
-      char node[TD_LAYER_NAME_MAX];
-
       snprintf(names[n], sizeof(names[n]), "%s.%s", td_jobspec_node_name(&m->spec, i + 1, node),
                x->name);
       t[n] = (td_st_tensor){.name = names[n], .dtype = "F32", .rank = (uint32_t)x->rank,

@@ -1060,6 +1060,36 @@ START_TEST(graph_errors) {
 }
 END_TEST
 
+/* concat: inputs of one kind, the dimensions other than the features equal. */
+START_TEST(graph_concat_errors) {
+  static const struct {
+    const char *layers, *msg;
+  } cases[] = {
+      {"    - {type: conv2d, filters: 2, kernel: 3, padding: 1, name: a}\n"
+       "    - {type: conv2d, filters: 3, kernel: 3, inputs: [input], name: b}\n"
+       "    - {type: concat, inputs: [a, b]}\n"
+       "    - {type: dense, units: 3}\n",
+       "line 6: key 'model.layers[2]': concat joins along the channels, and the rest must "
+       "agree: 'a' gives [2, 6, 6] while 'b' gives [3, 4, 4]"},
+      {"    - {type: conv2d, filters: 2, kernel: 3, padding: 1, name: a}\n"
+       "    - {type: flatten}\n"
+       "    - {type: concat, inputs: [a, 1]}\n"
+       "    - {type: dense, units: 3}\n",
+       "line 6: key 'model.layers[2]': concat joins inputs of one kind, and 'a' gives "
+       "[C, H, W] while '1' gives flat features"},
+  };
+
+  for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+    char text[4096];
+
+    /* replaced() reuses one buffer: one replacement at a time */
+    snprintf(text, sizeof(text), "%s", replaced(MIN_JOB, "input: [4]", "input: [1, 6, 6]"));
+    expect_exact(replaced(text, "    - {type: dense, units: 3}\n", cases[k].layers),
+                 cases[k].msg);
+  }
+}
+END_TEST
+
 static Suite *jobspec_suite(void) {
   Suite *s = suite_create("jobspec");
   TCase *tc = tcase_create("core");
@@ -1101,6 +1131,7 @@ static Suite *jobspec_suite(void) {
   tcase_add_test(tc, tilde_paths);
   tcase_add_test(tc, graph_parses);
   tcase_add_test(tc, graph_errors);
+  tcase_add_test(tc, graph_concat_errors);
   suite_add_tcase(s, tc);
   return s;
 }

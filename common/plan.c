@@ -295,19 +295,22 @@ static void backward_uses(build *b, int i) {
 
 /* Whether the layer c may overwrite act t in place: c alone reads it (and,
  * through a view, the view's input), the op that made it does not read
- * its output backward, and both are recomputed together (a segment's
- * recomputation must find its inputs from before it as they were). */
+ * its output backward, and with recomputation both are recomputed together
+ * (a segment's recomputation must find its inputs from before it as they
+ * were). */
 static bool may_overwrite(const build *b, int t, int c) {
+  bool rec = b->spec->recompute != 0;
+
   for (;;) {
     int p;
 
     if (b->readers[t] != 1)
       return false;
     if (t == 0)
-      return b->seg[c] < 0;
+      return !rec || b->seg[c] < 0;
     p = t - 1;
     if (!td_layer_def_of(b->spec->layers[p].type)->view)
-      return !b->l->layers[p].needs_y && b->seg[p] == b->seg[c];
+      return !b->l->layers[p].needs_y && (!rec || b->seg[p] == b->seg[c]);
     t = b->src[p][0];
   }
 }

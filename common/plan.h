@@ -26,8 +26,8 @@
  * order, the forward pass runs in it and the backward pass in reverse.
  * Liveness is the same rule over the graph: an output lives until its last
  * reader, forward or backward.  An op works in place only over an input
- * that it alone reads (through views too) and that its own segment makes;
- * add may take its first or second input's bytes.  A tensor read by one
+ * that it alone reads (through views too) and, with recomputation, that
+ * its own segment makes; add may take its first or second input's bytes.  A tensor read by one
  * layer gets its gradient from that layer's backward op (in place where
  * the op allows; add hands its own gradient, uncopied, to one input read
  * nowhere else, and copies it to the others).  A tensor read by several

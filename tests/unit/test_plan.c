@@ -615,6 +615,28 @@ START_TEST(test_graph_layout) {
   ck_assert_uint_eq(l.layers[1].act_bytes, 0);
   ck_assert_uint_ne(l.layers[4].act_bytes, 0);
 
+  /* add works in place over an input read nowhere else; with
+   * recomputation only over one its own segment makes (dense 1's, not
+   * dense 0's: the segment from dense 1 reruns the add from dense 0's) */
+  {
+    static const td_layer two[] = {
+        {.type = TD_LAYER_DENSE, .units = 8},
+        {.type = TD_LAYER_DENSE, .units = 8, .inputs = {0}, .ninputs = 1},
+        {.type = TD_LAYER_ADD, IN2(1, 2)},
+        {.type = TD_LAYER_DENSE, .units = 5},
+    };
+
+    graph_spec(&s, two, (int)TD_ARRAY_SIZE(two), false);
+    ck_assert_int_eq(td_plan_layout(&s, 12, &l), 0);
+    ck_assert_uint_eq(l.layers[2].act_bytes, 0);
+    ck_assert_uint_eq(l.layers[2].y, l.layers[2].xs[0]);
+    s.recompute = 1;
+    ck_assert_int_eq(td_plan_layout(&s, 12, &l), 0);
+    ck_assert_uint_eq(l.layers[2].act_bytes, 0);
+    ck_assert_uint_eq(l.layers[2].y, l.layers[2].xs[1]);
+    exact_case(&s, 5);
+  }
+
   /* the branch from the input has no gradient */
   graph_spec(&s, skip_input, (int)TD_ARRAY_SIZE(skip_input), false);
   ck_assert_int_eq(td_plan_layout(&s, 12, &l), 0);

@@ -162,18 +162,26 @@ static int by_off(const void *a, const void *b, void *arg) {
   return t[x].off < t[y].off ? -1 : t[x].off > t[y].off;
 }
 
-/* Greedy by size: each tensor, largest first, goes to the lowest offset
- * where it overlaps no tensor placed before it that is live at the same
- * time.  *size gets the arena's size, *peak the most bytes live at once. */
-static int place(planner *p, uint64_t *size, uint64_t *peak) {
-  int order[MAX_TENSORS], busy[MAX_TENSORS], nord = 0;
-  uint64_t end = 0, top = 0;
+static int first_use(const tensor *t) { return t->used[0] ? t->lo[0] : t->lo[1]; }
+
+/* The first born first, then the largest. */
+static int by_birth(const void *a, const void *b, void *arg) {
+  const tensor *t = arg;
+  int x = *(const int *)a, y = *(const int *)b;
+
+  if (first_use(&t[x]) != first_use(&t[y]))
+    return first_use(&t[x]) < first_use(&t[y]) ? -1 : 1;
+  return by_size_desc(a, b, arg);
+}
+
+/* Greedy: each tensor, in order, goes to the lowest offset where it
+ * overlaps no tensor placed before it that is live at the same time;
+ * *end gets the arena's size. */
+static int greedy(planner *p, const int *order, int nord, uint64_t *end) {
+  int busy[MAX_TENSORS];
   int rc;
 
-  for (int i = 0; i < p->n; i++)
-    if (p->t[i].alias < 0 && p->t[i].bytes > 0 && (p->t[i].used[0] || p->t[i].used[1]))
-      order[nord++] = i;
-  qsort_r(order, (size_t)nord, sizeof(int), by_size_desc, p->t);
+  *end = 0;
   for (int k = 0; k < nord; k++) {
     tensor *t = &p->t[order[k]];
     uint64_t off = 0;
@@ -194,8 +202,37 @@ static int place(planner *p, uint64_t *size, uint64_t *peak) {
     t->off = off;
     if ((rc = add(off, t->bytes, &off)) < 0)
       return rc;
-    if (off > end)
-      end = off;
+    if (off > *end)
+      *end = off;
+  }
+  return 0;
+}
+
+/* Greedy by size (largest first), and by birth; the smaller arena wins (a
+ * tie: by size).  A graph's short-lived tensors between long-lived ones
+ * can fragment the first, which is exact for a chain.  *size gets the
+ * arena's size, *peak the most bytes live at once. */
+static int place(planner *p, uint64_t *size, uint64_t *peak) {
+  int order[MAX_TENSORS], nord = 0;
+  uint64_t end, end2, top = 0, offs[MAX_TENSORS];
+  int rc;
+
+  for (int i = 0; i < p->n; i++)
+    if (p->t[i].alias < 0 && p->t[i].bytes > 0 && (p->t[i].used[0] || p->t[i].used[1]))
+      order[nord++] = i;
+  qsort_r(order, (size_t)nord, sizeof(int), by_birth, p->t);
+  if ((rc = greedy(p, order, nord, &end2)) < 0)
+    return rc;
+  for (int k = 0; k < nord; k++)
+    offs[k] = p->t[order[k]].off;
+  qsort_r(order, (size_t)nord, sizeof(int), by_size_desc, p->t);
+  if ((rc = greedy(p, order, nord, &end)) < 0)
+    return rc;
+  if (end2 < end) {
+    qsort_r(order, (size_t)nord, sizeof(int), by_birth, p->t);
+    for (int k = 0; k < nord; k++)
+      p->t[order[k]].off = offs[k];
+    end = end2;
   }
   for (int time = 0; time <= p->time; time++) {
     uint64_t live = 0;

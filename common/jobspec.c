@@ -590,6 +590,93 @@ static int check_callbacks(const td_jobspec *s, const td_ynode *root, char *err,
   return 0;
 }
 
+/* The layer a name in model.layers[i].inputs means, as a shapes[] index
+ * (0 the model's input), or -1 with why in msg. */
+static int input_of(const td_jobspec *s, int i, const char *name, char *msg, size_t cap) {
+  char ex[48], list[200] = "input", buf[TD_LAYER_NAME_MAX];
+  size_t used = strlen(list);
+  int t = -1;
+
+  td_yaml_excerpt(ex, sizeof(ex), name);
+  if (strcmp(name, "input") == 0)
+    return 0;
+  for (int j = 0; j < s->nlayers && t < 0; j++) {
+    const char *nm = td_jobspec_node_name(s, j + 1, buf);
+
+    if (strcmp(nm, name) == 0)
+      t = j + 1;
+  }
+  if (t < 0 && name[0] >= '0' && name[0] <= '9') {
+    char *end;
+    long j = strtol(name, &end, 10);
+
+    if (*end == '\0' && j >= 0 && j < s->nlayers && s->layers[j].name[0] != '\0') {
+      snprintf(msg, cap, "layer %ld is named '%s': name it so", j, s->layers[j].name);
+      return -1;
+    }
+  }
+  if (t == i + 1) {
+    snprintf(msg, cap, "'%s' is this layer itself: a layer cannot read its own output (that "
+             "would be a cycle)", ex);
+    return -1;
+  }
+  if (t > i + 1) {
+    snprintf(msg, cap, "'%s' is model.layers[%d], which comes after this one: list the layers "
+             "so that each comes after its inputs (a graph without cycles, in order)", ex,
+             t - 1);
+    return -1;
+  }
+  if (t >= 0)
+    return t;
+  for (int j = 0; j < i && used < sizeof(list); j++) {
+    int w = snprintf(list + used, sizeof(list) - used, ", %s",
+                     td_jobspec_node_name(s, j + 1, buf));
+
+    used += w > 0 ? (size_t)w : 0;
+  }
+  if (used >= sizeof(list))
+    memcpy(list + sizeof(list) - 5, " ...", 5);
+  snprintf(msg, cap, "'%s' names no layer before this one (those are: %s)", ex, list);
+  return -1;
+}
+
+/* model.layers[i].inputs: names made indices, now that every name is known. */
+static int resolve_inputs(td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
+  const td_ynode *layers = td_yaml_get(td_yaml_get(root, "model"), "layers");
+
+  for (int i = 0; layers != NULL && i < s->nlayers && (size_t)i < layers->len; i++) {
+    const td_ynode *n = td_yaml_get(layers->kids[i], "inputs");
+    char why[300];
+
+    s->layers[i].ninputs = 0;
+    if (n == NULL)
+      continue;
+    if (n->kind != TD_YAML_SEQ || n->len < 1 || n->len > TD_MAX_INPUTS) {
+      td_yaml_errf(err, errlen, n->key_line, "key 'model.layers[%d].inputs' must be a list of "
+                   "1 to %d layer names (or 'input'), e.g. [a, b]", i, TD_MAX_INPUTS);
+      return TD_EJOBSPEC;
+    }
+    for (size_t k = 0; k < n->len; k++) {
+      const td_ynode *x = n->kids[k];
+      int t;
+
+      if (x->kind != TD_YAML_SCALAR || td_yaml_is_null(x)) {
+        td_yaml_errf(err, errlen, x->line, "key 'model.layers[%d].inputs[%zu]' must be a "
+                     "layer's name, its index, or 'input'", i, k);
+        return TD_EJOBSPEC;
+      }
+      if ((t = input_of(s, i, x->text, why, sizeof(why))) < 0) {
+        td_yaml_errf(err, errlen, x->line, "key 'model.layers[%d].inputs[%zu]': %s", i, k,
+                     why);
+        return TD_EJOBSPEC;
+      }
+      s->layers[i].inputs[k] = (uint8_t)t;
+    }
+    s->layers[i].ninputs = (int)n->len;
+  }
+  return 0;
+}
+
 /* What one key's table cannot say: rules across keys. */
 static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
   const td_layer *first = &s->layers[0], *last = &s->layers[s->nlayers - 1];
@@ -618,9 +705,11 @@ static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errl
                      : "");
     return TD_EJOBSPEC;
   }
+  if ((rc = resolve_inputs(s, root, err, errlen)) < 0)
+    return rc;
   {
     td_shape shapes[TD_MAX_LAYERS + 1];
-    char why[200];
+    char why[300];
     int bad;
 
     if (td_jobspec_shapes(s, shapes, &bad, why, sizeof(why)) < 0) {
@@ -755,10 +844,125 @@ uint64_t td_shape_elems(const td_shape *s) {
   return (uint64_t)s->c * s->h * s->w;
 }
 
+void td_shape_text(const td_shape *s, char *buf, size_t cap) {
+  if (s->spatial)
+    snprintf(buf, cap, "[%u, %u, %u]", s->c, s->h, s->w);
+  else if (s->seq)
+    snprintf(buf, cap, "[%u, %u]", s->c, s->h);
+  else
+    snprintf(buf, cap, "[%u]", s->c);
+}
+
+int td_layer_inputs(const td_jobspec *spec, int i, uint8_t src[TD_MAX_INPUTS]) {
+  const td_layer *l = &spec->layers[i];
+
+  if (l->ninputs <= 0 || l->ninputs > TD_MAX_INPUTS) {
+    src[0] = (uint8_t)i;
+    return 1;
+  }
+  memcpy(src, l->inputs, (size_t)l->ninputs);
+  return l->ninputs;
+}
+
+int td_jobspec_is_chain(const td_jobspec *spec) {
+  for (int i = 0; i < spec->nlayers && i < TD_MAX_LAYERS; i++) {
+    uint8_t src[TD_MAX_INPUTS];
+
+    if (td_layer_inputs(spec, i, src) != 1 || src[0] != i)
+      return 0;
+  }
+  return 1;
+}
+
+const char *td_jobspec_node_name(const td_jobspec *spec, int t, char *buf) {
+  if (t <= 0)
+    return "input";
+  if (spec->layers[t - 1].name[0] != '\0')
+    return spec->layers[t - 1].name;
+  snprintf(buf, TD_LAYER_NAME_MAX, "%d", t - 1);
+  return buf;
+}
+
+/* The graph's own rules: names, and inputs that come before the layer in
+ * the right number. */
+static int check_graph(const td_jobspec *spec, int *bad, char *msg, size_t cap) {
+  for (int i = 0; i < spec->nlayers; i++) {
+    const td_layer *l = &spec->layers[i];
+    bool join = (unsigned)l->type < TD_LAYER__COUNT && td_layer_def_of(l->type)->join != NULL;
+    uint8_t src[TD_MAX_INPUTS];
+    int n;
+
+    *bad = i;
+    if (memchr(l->name, '\0', sizeof(l->name)) == NULL) {
+      snprintf(msg, cap, "its name is not terminated");
+      return TD_EJOBSPEC;
+    }
+    if (l->name[0] != '\0' && td_layer_name_check(l->name, msg, cap) < 0)
+      return TD_EJOBSPEC;
+    for (int j = 0; j < i && l->name[0] != '\0'; j++) {
+      if (strcmp(spec->layers[j].name, l->name) == 0) {
+        snprintf(msg, cap, "the name '%s' is model.layers[%d]'s already: names are unique",
+                 l->name, j);
+        return TD_EJOBSPEC;
+      }
+    }
+    if (l->ninputs < 0 || l->ninputs > TD_MAX_INPUTS) {
+      snprintf(msg, cap, "a layer has at most %d inputs", TD_MAX_INPUTS);
+      return TD_EJOBSPEC;
+    }
+    n = td_layer_inputs(spec, i, src);
+    for (int k = 0; k < n; k++) {
+      if (src[k] > i) {
+        snprintf(msg, cap, "input %d is layer %d, which is not before this one: the layers "
+                 "are listed so that each comes after its inputs (a graph without cycles)", k,
+                 src[k] - 1);
+        return TD_EJOBSPEC;
+      }
+    }
+    if (join && n < 2) {
+      snprintf(msg, cap, "%s joins two or more inputs: list them, as inputs: [a, b]",
+               td_layer_names[l->type]);
+      return TD_EJOBSPEC;
+    }
+    if (!join && n != 1) {
+      snprintf(msg, cap, "a %s layer takes one input, and %d are listed (add or concat join "
+               "several)", td_layer_type_name(l->type), n);
+      return TD_EJOBSPEC;
+    }
+  }
+  return 0;
+}
+
+/* A layer whose output nothing reads and that is not the last is surely a
+ * mistake: its work would be lost. */
+static int check_unused(const td_jobspec *spec, int *bad, char *msg, size_t cap) {
+  bool read[TD_MAX_LAYERS + 1] = {false};
+  char buf[TD_LAYER_NAME_MAX];
+
+  for (int i = 0; i < spec->nlayers; i++) {
+    uint8_t src[TD_MAX_INPUTS];
+    int n = td_layer_inputs(spec, i, src);
+
+    for (int k = 0; k < n; k++)
+      read[src[k]] = true;
+  }
+  for (int i = 0; i < spec->nlayers - 1; i++) {
+    if (!read[i + 1]) {
+      *bad = i;
+      snprintf(msg, cap, "nothing reads this layer's output ('%s'), and only the last layer "
+               "is the model's output: list it in a later layer's inputs, or remove it",
+               td_jobspec_node_name(spec, i + 1, buf));
+      return TD_EJOBSPEC;
+    }
+  }
+  return 0;
+}
+
 int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1], int *bad,
                       char *msg, size_t cap) {
   uint64_t elems = td_jobspec_input_elems(spec);
   td_shape cur;
+  int rc;
 
   *bad = -1;
   if (spec->input_rank < 1 || spec->input_rank > TD_MAX_RANK || elems == 0) {
@@ -788,12 +992,15 @@ int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1]
     snprintf(msg, cap, "a model has 1 to %d layers", TD_MAX_LAYERS);
     return TD_EJOBSPEC;
   }
+  if ((rc = check_graph(spec, bad, msg, cap)) < 0)
+    return rc;
   for (int i = 0; i < spec->nlayers; i++) {
     const td_layer *l = &spec->layers[i];
     const td_layer_def *d;
-    td_shape in = cur;
+    uint8_t src[TD_MAX_INPUTS];
+    int nin = td_layer_inputs(spec, i, src);
+    td_shape in = shapes[src[0]];
     uint64_t big = 0;
-    int rc;
 
     *bad = i;
     if ((unsigned)l->type >= TD_LAYER__COUNT) {
@@ -805,18 +1012,34 @@ int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1]
       if (in.seq)
         snprintf(msg, cap, "%s needs a [C, H, W] input, and gets a sequence [%u, %u]",
                  td_layer_names[l->type], in.c, in.h);
-      else if (i == 0)
+      else if (src[0] == 0)
         snprintf(msg, cap, "%s needs a [C, H, W] input, and model.input is flat (give it as "
                  "[H, W] or [C, H, W])", td_layer_names[l->type]);
       else
-        snprintf(msg, cap, "%s needs a [C, H, W] input, and layer %d (%s) gives %u flat "
-                 "features", td_layer_names[l->type], i - 1,
-                 td_layer_names[spec->layers[i - 1].type], in.c);
+        snprintf(msg, cap, "%s needs a [C, H, W] input, and layer %d (%s%s%s) gives %u flat "
+                 "features", td_layer_names[l->type], src[0] - 1,
+                 td_layer_names[spec->layers[src[0] - 1].type],
+                 spec->layers[src[0] - 1].name[0] ? " " : "", spec->layers[src[0] - 1].name,
+                 in.c);
       return TD_EJOBSPEC;
     }
-    /* without a shape of its own a layer keeps its input's */
-    if (d->shape != NULL && (rc = d->shape(l, &in, &cur, &big, msg, cap)) < 0)
-      return rc;
+    if (d->join != NULL) {
+      td_shape ins[TD_MAX_INPUTS];
+      char bufs[TD_MAX_INPUTS][TD_LAYER_NAME_MAX];
+      const char *names[TD_MAX_INPUTS];
+
+      for (int k = 0; k < nin; k++) {
+        ins[k] = shapes[src[k]];
+        names[k] = td_jobspec_node_name(spec, src[k], bufs[k]);
+      }
+      if ((rc = d->join(l, ins, names, nin, &cur, msg, cap)) < 0)
+        return rc;
+    } else if (d->shape != NULL) {
+      if ((rc = d->shape(l, &in, &cur, &big, msg, cap)) < 0)
+        return rc;
+    } else {
+      cur = in; /* without a shape of its own a layer keeps its input's */
+    }
     if (td_shape_elems(&cur) > INT_MAX || big > INT_MAX) {
       snprintf(msg, cap, "%s needs a tensor of %llu values per sample, more than %d",
                td_layer_names[l->type],
@@ -826,6 +1049,8 @@ int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1]
     }
     shapes[i + 1] = cur;
   }
+  if ((rc = check_unused(spec, bad, msg, cap)) < 0)
+    return rc;
   *bad = -1;
   return 0;
 }

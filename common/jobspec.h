@@ -20,6 +20,8 @@
 #define TD_MAX_LAYERS    64
 #define TD_MAX_RANK      4
 #define TD_JOBFILE_MAX   (1u << 20) /* bytes of YAML a job file may hold */
+#define TD_LAYER_NAME_MAX 32       /* a layer's name, its NUL included */
+#define TD_MAX_INPUTS    8         /* inputs of one layer (add, concat) */
 
 /* The layer types, in the order of their values, with their names in job
  * files; everything else about each is its row in common/layers.c. */
@@ -28,7 +30,8 @@
   X(AVGPOOL2D, "avgpool2d") X(GELU, "gelu") X(DROPOUT, "dropout") X(FLATTEN, "flatten")    \
   X(BATCHNORM2D, "batchnorm2d") X(LAYERNORM, "layernorm")                                \
   X(SIGMOID, "sigmoid") X(TANH, "tanh") X(SOFTMAX, "softmax")                              \
-  X(GLOBAL_AVG_POOL, "global_avg_pool") X(CONV1D, "conv1d")
+  X(GLOBAL_AVG_POOL, "global_avg_pool") X(CONV1D, "conv1d")                                \
+  X(ADD, "add") X(CONCAT, "concat")
 
 typedef enum {
 #define TD_LAYER_ENUM(id, name) TD_LAYER_##id,
@@ -53,6 +56,14 @@ typedef struct td_layer {
   float eps;           /* batchnorm2d, layernorm: 1e-5 (0 in code: the same) */
   float momentum;      /* batchnorm2d: running statistics' rate, 0.1 (0 in code: the same) */
   int line;            /* line in the job file, for messages */
+  /* The model as a graph.  name: "" is the layer's index ("3"); a given one
+   * is an identifier, so the two never meet.  inputs: where each input
+   * comes from as an index of td_jobspec_shapes' shapes (0 the model's
+   * input, j + 1 layer j's output), always earlier in the file; ninputs 0
+   * is the previous layer (the model's input for the first): a chain. */
+  char name[TD_LAYER_NAME_MAX];
+  uint8_t inputs[TD_MAX_INPUTS];
+  int ninputs;
 } td_layer;
 
 /* What a layer's input or output is per sample: [c, h, w] (spatial), a
@@ -194,15 +205,28 @@ int td_jobspec_parse(const char *text, size_t len, const char *base_dir,
 /* Read and parse a file; base_dir is the file's directory. */
 int td_jobspec_load(const char *path, td_jobspec *out, char *err, size_t errlen);
 
-/* The shape of every layer's input: shapes[0] is the model's input,
- * shapes[i + 1] layer i's output.  TD_EJOBSPEC with "key
- * 'model.layers[i]': what was expected" in msg (and *bad = i, -1 for the
- * input) when the chain does not hold; TD_ETOOBIG for a layer of more than
- * 2^31 - 1 values per sample. */
+/* The shape of every layer's output: shapes[0] is the model's input,
+ * shapes[i + 1] layer i's output.  TD_EJOBSPEC with what was expected in
+ * msg (and *bad = i, -1 for the input) when the model does not hold
+ * together: a layer's inputs of the wrong count, kind or shape, one not
+ * earlier in the file, a name that is not an identifier or is given
+ * twice, a layer that nothing reads and that is not the last; TD_ETOOBIG
+ * for a layer of more than 2^31 - 1 values per sample. */
 int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1], int *bad,
                       char *msg, size_t cap);
 /* Values per sample of a shape. */
 uint64_t td_shape_elems(const td_shape *s);
+/* "[8, 14, 14]", "[10, 64]" (a sequence) or "[64]". */
+void td_shape_text(const td_shape *s, char *buf, size_t cap);
+
+/* The inputs of layer i as shapes[] indices into src; returns how many
+ * (the previous layer's output, or the model's input, when it names none). */
+int td_layer_inputs(const td_jobspec *spec, int i, uint8_t src[TD_MAX_INPUTS]);
+/* Whether every layer reads the one before it: a plain list. */
+int td_jobspec_is_chain(const td_jobspec *spec);
+/* What a model names shapes[] index t by: "input", a layer's name, or its
+ * index.  buf holds TD_LAYER_NAME_MAX bytes. */
+const char *td_jobspec_node_name(const td_jobspec *spec, int t, char *buf);
 /* Whether the model holds a layer whose result depends on how a batch is
  * cut into micro-batches (batchnorm2d: statistics per micro-batch). */
 int td_jobspec_batch_dependent(const td_jobspec *spec);

@@ -170,6 +170,84 @@ static int conv1d_shape(const td_layer *l, const td_shape *in, td_shape *out, ui
   return 0;
 }
 
+/* Joins */
+
+static int join_kind(const td_shape *s) { return s->spatial ? 2 : s->seq ? 1 : 0; }
+
+static const char *const kind_names[] = {"flat features", "a sequence [T, D]", "[C, H, W]"};
+
+/* The inputs of a join are all of one kind. */
+static int join_kinds(const td_layer *l, const td_shape *in, const char *const *names, int nin,
+                      char *msg, size_t cap) {
+  for (int k = 1; k < nin; k++) {
+    if (join_kind(&in[k]) != join_kind(&in[0])) {
+      snprintf(msg, cap, "%s joins inputs of one kind, and '%s' gives %s while '%s' gives %s",
+               td_layer_names[l->type], names[0], kind_names[join_kind(&in[0])], names[k],
+               kind_names[join_kind(&in[k])]);
+      return TD_EJOBSPEC;
+    }
+  }
+  return 0;
+}
+
+static int add_shape(const td_layer *l, const td_shape *in, const char *const *names, int nin,
+                     td_shape *out, char *msg, size_t cap) {
+  int rc;
+
+  if ((rc = join_kinds(l, in, names, nin, msg, cap)) < 0)
+    return rc;
+  for (int k = 1; k < nin; k++) {
+    if (in[k].c != in[0].c || in[k].h != in[0].h || in[k].w != in[0].w) {
+      char a[48], b[48];
+
+      td_shape_text(&in[0], a, sizeof(a));
+      td_shape_text(&in[k], b, sizeof(b));
+      snprintf(msg, cap, "add needs inputs of one shape, and '%s' gives %s while '%s' gives %s",
+               names[0], a, names[k], b);
+      return TD_EJOBSPEC;
+    }
+  }
+  *out = in[0];
+  return 0;
+}
+
+/* Along the features: C of [C, H, W] and of flat inputs, D of [T, D]; the
+ * other dimensions agree. */
+static int concat_shape(const td_layer *l, const td_shape *in, const char *const *names,
+                        int nin, td_shape *out, char *msg, size_t cap) {
+  uint64_t sum = 0;
+  int rc;
+
+  if ((rc = join_kinds(l, in, names, nin, msg, cap)) < 0)
+    return rc;
+  for (int k = 0; k < nin; k++) {
+    bool same = in[0].seq ? in[k].c == in[0].c : in[k].h == in[0].h && in[k].w == in[0].w;
+
+    if (!same) {
+      char a[48], b[48];
+
+      td_shape_text(&in[0], a, sizeof(a));
+      td_shape_text(&in[k], b, sizeof(b));
+      snprintf(msg, cap, "concat joins along the %s, and the rest must agree: '%s' gives %s "
+               "while '%s' gives %s", in[0].seq ? "features (D of [T, D])" : "channels",
+               names[0], a, names[k], b);
+      return TD_EJOBSPEC;
+    }
+    sum += in[0].seq ? in[k].h : in[k].c;
+  }
+  if (sum > INT32_MAX) {
+    snprintf(msg, cap, "concat gives %llu features, more than %d", (unsigned long long)sum,
+             INT32_MAX);
+    return TD_ETOOBIG;
+  }
+  *out = in[0];
+  if (in[0].seq)
+    out->h = (uint32_t)sum;
+  else
+    out->c = (uint32_t)sum;
+  return 0;
+}
+
 /* What each holds */
 
 static void dense_sizes(const td_layer *l, const td_shape *in, const td_shape *out,
@@ -326,6 +404,15 @@ static const td_layer_def defs[TD_LAYER__COUNT] = {
         .shape = conv1d_shape, .sizes = conv1d_sizes, .trainable = true,
         .init = TD_INIT_FAN_IN, .tensors = conv1d_tensors,
         .needs_x = true, .chunk = TD_CHUNK_BATCH, .half_weights = true},
+    /* joins: the sum in input order; the inputs side by side.  Neither reads
+     * an activation backward: add passes its gradient on (the plan lets
+     * one input share it), concat hands each input its slice. */
+    [TD_LAYER_ADD] = {
+        .not_first = true, .join = add_shape,
+        .in_place = true, .chunk = TD_CHUNK_SPATIAL},
+    [TD_LAYER_CONCAT] = {
+        .not_first = true, .join = concat_shape,
+        .chunk = TD_CHUNK_SPATIAL},
 };
 
 const td_layer_def *td_layer_def_of(td_layer_type t) { return &defs[t]; }
@@ -374,6 +461,27 @@ static int check_layer(const td_yfield *f, void *p, const td_ynode *n, void *use
   return 0;
 }
 
+/* A name is an identifier (PyTorch's module names, and never an index, so
+ * given and default names cannot meet); "input" is the model's input. */
+int td_layer_name_check(const char *s, char *msg, size_t cap) {
+  if (strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_0123456789") != strlen(s) ||
+      s[0] == '\0' || (s[0] >= '0' && s[0] <= '9')) {
+    snprintf(msg, cap, "a layer's name is a letter or '_' then letters, digits and '_' "
+             "(e.g. block1_conv)");
+    return TD_EJOBSPEC;
+  }
+  if (strcmp(s, "input") == 0) {
+    snprintf(msg, cap, "'input' names the model's input; give the layer another name");
+    return TD_EJOBSPEC;
+  }
+  return 0;
+}
+
+static int check_layer_name(const td_yfield *f, void *p, const td_ynode *n, void *user,
+                            char *msg, size_t cap) {
+  return td_layer_name_check(p, msg, cap) < 0;
+}
+
 /* Layers people add from habit that the model must not have. */
 static int layer_type_hint(const td_yfield *f, const char *text, void *user, char *msg,
                            size_t cap) {
@@ -398,6 +506,10 @@ static const td_yfield layer_fields[] = {
     TD_YF_FLOAT("p", td_layer, p, 0, 1, TD_YF_HI_OPEN),
     TD_YF_FLOAT("eps", td_layer, eps, 0, 1, TD_YF_LO_OPEN),
     TD_YF_FLOAT("momentum", td_layer, momentum, 0, 1, 0),
+    /* any type: the graph (the parser resolves the names once every
+     * layer's is known) */
+    TD_YF_STR("name", td_layer, name, TD_YF_NONEMPTY, check_layer_name),
+    {.key = "inputs", .type = TD_YT_NODE},
     {0},
 };
 

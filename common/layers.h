@@ -102,6 +102,11 @@ typedef struct td_layer_def {
   bool spatial;
   int (*shape)(const td_layer *l, const td_shape *in, td_shape *out, uint64_t *big,
                char *msg, size_t cap);
+  /* joins (add, concat): two or more inputs (in[nin], named names[k] in
+   * messages) make the output, or a message without the key; NULL: the
+   * layer takes one input */
+  int (*join)(const td_layer *l, const td_shape *in, const char *const *names, int nin,
+              td_shape *out, char *msg, size_t cap);
   /* NULL: no parameters, buffers or workspace */
   void (*sizes)(const td_layer *l, const td_shape *in, const td_shape *out,
                 td_layer_sizes *s);
@@ -115,7 +120,7 @@ typedef struct td_layer_def {
   /* the plan */
   bool needs_x, needs_y;    /* what the backward op reads: the stored input, output */
   bool in_place;            /* the forward op may overwrite its input (when nothing
-                               else reads it) */
+                               else reads it; a join: its first or second) */
   bool grad_in_place;       /* the backward op may overwrite the output's gradient */
   bool view;                /* no op at all: the output is the input's bytes (flatten) */
   td_layer_stats stats;
@@ -137,6 +142,9 @@ extern const char *const td_layer_key_names[TD_LK__COUNT];
 /* One layer of a job file's model.layers, for td_yaml_bind: the keys with
  * their bounds, each type's keys checked and defaults filled. */
 extern const td_yfield td_layer_yfield;
+
+/* 0, or TD_EJOBSPEC with why s cannot name a layer in msg. */
+int td_layer_name_check(const char *s, char *msg, size_t cap);
 
 /* The values a spec built in code may leave 0, as the layer uses them. */
 uint16_t td_layer_stride(const td_layer *l);

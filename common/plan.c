@@ -53,7 +53,7 @@ static uint32_t optim_slots(const td_optimizer *opt) {
  * the backward pass phase 1.  A tensor whose first phase-1 use writes it
  * (it is recomputed) lives twice, once in each phase; any other lives from
  * its first use to its last. */
-#define MAX_TENSORS (TD_MAX_LAYERS * 16 + 8)
+#define MAX_TENSORS (TD_MAX_LAYERS * 24 + 8)
 
 typedef struct tensor {
   uint64_t bytes, off;
@@ -162,18 +162,26 @@ static int by_off(const void *a, const void *b, void *arg) {
   return t[x].off < t[y].off ? -1 : t[x].off > t[y].off;
 }
 
-/* Greedy by size: each tensor, largest first, goes to the lowest offset
- * where it overlaps no tensor placed before it that is live at the same
- * time.  *size gets the arena's size, *peak the most bytes live at once. */
-static int place(planner *p, uint64_t *size, uint64_t *peak) {
-  int order[MAX_TENSORS], busy[MAX_TENSORS], nord = 0;
-  uint64_t end = 0, top = 0;
+static int first_use(const tensor *t) { return t->used[0] ? t->lo[0] : t->lo[1]; }
+
+/* The first born first, then the largest. */
+static int by_birth(const void *a, const void *b, void *arg) {
+  const tensor *t = arg;
+  int x = *(const int *)a, y = *(const int *)b;
+
+  if (first_use(&t[x]) != first_use(&t[y]))
+    return first_use(&t[x]) < first_use(&t[y]) ? -1 : 1;
+  return by_size_desc(a, b, arg);
+}
+
+/* Greedy: each tensor, in order, goes to the lowest offset where it
+ * overlaps no tensor placed before it that is live at the same time;
+ * *end gets the arena's size. */
+static int greedy(planner *p, const int *order, int nord, uint64_t *end) {
+  int busy[MAX_TENSORS];
   int rc;
 
-  for (int i = 0; i < p->n; i++)
-    if (p->t[i].alias < 0 && p->t[i].bytes > 0 && (p->t[i].used[0] || p->t[i].used[1]))
-      order[nord++] = i;
-  qsort_r(order, (size_t)nord, sizeof(int), by_size_desc, p->t);
+  *end = 0;
   for (int k = 0; k < nord; k++) {
     tensor *t = &p->t[order[k]];
     uint64_t off = 0;
@@ -194,8 +202,37 @@ static int place(planner *p, uint64_t *size, uint64_t *peak) {
     t->off = off;
     if ((rc = add(off, t->bytes, &off)) < 0)
       return rc;
-    if (off > end)
-      end = off;
+    if (off > *end)
+      *end = off;
+  }
+  return 0;
+}
+
+/* Greedy by size (largest first), and by birth; the smaller arena wins (a
+ * tie: by size).  A graph's short-lived tensors between long-lived ones
+ * can fragment the first, which is exact for a chain.  *size gets the
+ * arena's size, *peak the most bytes live at once. */
+static int place(planner *p, uint64_t *size, uint64_t *peak) {
+  int order[MAX_TENSORS], nord = 0;
+  uint64_t end, end2, top = 0, offs[MAX_TENSORS];
+  int rc;
+
+  for (int i = 0; i < p->n; i++)
+    if (p->t[i].alias < 0 && p->t[i].bytes > 0 && (p->t[i].used[0] || p->t[i].used[1]))
+      order[nord++] = i;
+  qsort_r(order, (size_t)nord, sizeof(int), by_birth, p->t);
+  if ((rc = greedy(p, order, nord, &end2)) < 0)
+    return rc;
+  for (int k = 0; k < nord; k++)
+    offs[k] = p->t[order[k]].off;
+  qsort_r(order, (size_t)nord, sizeof(int), by_size_desc, p->t);
+  if ((rc = greedy(p, order, nord, &end)) < 0)
+    return rc;
+  if (end2 < end) {
+    qsort_r(order, (size_t)nord, sizeof(int), by_birth, p->t);
+    for (int k = 0; k < nord; k++)
+      p->t[order[k]].off = offs[k];
+    end = end2;
   }
   for (int time = 0; time <= p->time; time++) {
     uint64_t live = 0;
@@ -218,15 +255,27 @@ static uint64_t offset_of(const planner *p, int id) {
 /* The ids of one layer's tensors while the schedule is built. */
 typedef struct layer_ids {
   int stats, junk, tx, ty, tw, bx, by, bw;
+  int txs[TD_MAX_INPUTS]; /* a join's widened inputs (mixed precision) */
+  int dx, dx_sum;         /* where its backward op writes dx, and the gradient it then
+                             adds dx to (-1: dx is that gradient itself) */
+  int dxs[TD_MAX_INPUTS]; /* a join's inputs' gradients */
+  uint8_t dxs_sum;        /* bit k: its share is added to dxs[k] */
 } layer_ids;
 
 typedef struct build {
   const td_jobspec *spec;
   td_layout *l;
   planner *p;
-  int act[TD_MAX_LAYERS + 1];  /* stored input of layer i, output of layer i - 1 */
+  int act[TD_MAX_LAYERS + 1];  /* the model's input (0) and each layer's output (i + 1) */
   int grad[TD_MAX_LAYERS + 1]; /* their gradients */
   layer_ids ids[TD_MAX_LAYERS];
+  uint8_t src[TD_MAX_LAYERS][TD_MAX_INPUTS]; /* each layer's inputs, act indices */
+  int nsrc[TD_MAX_LAYERS];
+  int readers[TD_MAX_LAYERS + 1]; /* inputs (edges) that read act t */
+  bool wants[TD_MAX_LAYERS + 1];  /* act t needs a gradient: a layer with parameters
+                                     made it or one before it */
+  int seg[TD_MAX_LAYERS];         /* the recomputation segment (its first layer) layer
+                                     i is in; -1 before the first with parameters */
   bool half;
 } build;
 
@@ -238,7 +287,10 @@ static void forward_uses(build *b, int i, int phase) {
 
   if (td_layer_def_of(ly->type)->view)
     return;
-  use(p, b->act[i], phase, false);
+  for (int k = 0; k < b->nsrc[i]; k++) {
+    use(p, b->act[b->src[i][k]], phase, false);
+    use(p, id->txs[k], phase, true);
+  }
   use(p, id->tx, phase, true);
   use(p, id->tw, phase, true);
   use(p, id->ty, phase, true);
@@ -254,11 +306,16 @@ static void backward_uses(build *b, int i) {
   const layer_ids *id = &b->ids[i];
   planner *p = b->p;
 
-  if (td_layer_def_of(ly->type)->view)
+  if (!ly->has_dy)
+    return;
+  /* a view passes its gradient on: nothing runs unless another tensor
+   * holds its input's (a fan-out) */
+  if (td_layer_def_of(ly->type)->view &&
+      (!ly->needs_dx || (root(p, id->dx) == root(p, b->grad[i + 1]) && id->dx_sum < 0)))
     return;
   use(p, b->grad[i + 1], 1, false);
   if (ly->needs_x)
-    use(p, b->act[i], 1, false);
+    use(p, b->act[b->src[i][0]], 1, false);
   if (ly->needs_y)
     use(p, b->act[i + 1], 1, false);
   use(p, id->stats, 1, false);
@@ -266,8 +323,55 @@ static void backward_uses(build *b, int i) {
   use(p, id->by, 1, true);
   use(p, id->bw, 1, true);
   if (ly->needs_dx)
-    use(p, b->grad[i], 1, true);
+    use(p, id->dx, 1, true);
+  use(p, id->dx_sum, 1, false);
+  for (int k = 0; k < b->nsrc[i]; k++)
+    use(p, id->dxs[k], 1, !(id->dxs_sum & (1u << k)));
   p->time++;
+}
+
+/* Whether the layer c may overwrite act t in place: c alone reads it (and,
+ * through a view, the view's input), the op that made it does not read
+ * its output backward, and with recomputation both are recomputed together
+ * (a segment's recomputation must find its inputs from before it as they
+ * were). */
+static bool may_overwrite(const build *b, int t, int c) {
+  bool rec = b->spec->recompute != 0;
+
+  for (;;) {
+    int p;
+
+    if (b->readers[t] != 1)
+      return false;
+    if (t == 0)
+      return !rec || b->seg[c] < 0;
+    p = t - 1;
+    if (!td_layer_def_of(b->spec->layers[p].type)->view)
+      return !b->l->layers[p].needs_y && (!rec || b->seg[p] == b->seg[c]);
+    t = b->src[p][0];
+  }
+}
+
+/* The graph: inputs, readers, who needs a gradient, segments. */
+static void lay_graph(build *b) {
+  const td_jobspec *spec = b->spec;
+  int seg = -1;
+
+  memset(b->readers, 0, sizeof(b->readers));
+  b->wants[0] = false;
+  for (int i = 0; i < spec->nlayers; i++) {
+    const td_layer_def *d = td_layer_def_of(spec->layers[i].type);
+
+    b->nsrc[i] = td_layer_inputs(spec, i, b->src[i]);
+    b->wants[i + 1] = d->trainable;
+    for (int k = 0; k < b->nsrc[i]; k++) {
+      b->readers[b->src[i][k]]++;
+      b->wants[i + 1] = b->wants[i + 1] || b->wants[b->src[i][k]];
+    }
+    if (d->trainable)
+      seg = i;
+    b->seg[i] = seg;
+  }
 }
 
 /* Parameters, shapes and the tensors of each layer. */
@@ -278,6 +382,7 @@ static int lay_layers(build *b, const td_shape *shapes) {
   uint64_t n = l->micro_batch, params_end = 0, buf_floats = 0, elem = b->half ? F16 : F32;
   int rc;
 
+  lay_graph(b);
   if ((rc = new_tensor(p, n, shapes[0].c * (uint64_t)shapes[0].h * shapes[0].w, elem,
                        &b->act[0])) < 0)
     return rc;
@@ -286,15 +391,15 @@ static int lay_layers(build *b, const td_shape *shapes) {
     const td_layer_def *d = td_layer_def_of(sl->type);
     td_layer_layout *ly = &l->layers[i];
     layer_ids *id = &b->ids[i];
-    const td_shape *in = &shapes[i], *out = &shapes[i + 1];
+    const uint8_t *src = b->src[i];
+    const td_shape *in = &shapes[src[0]], *out = &shapes[i + 1];
     uint64_t fin = td_shape_elems(in), fout = td_shape_elems(out);
     td_layer_sizes sz = {0};
     bool last = i == spec->nlayers - 1;
-    /* in place when nothing reads the input after this op (a view always) */
-    bool producer_needs_y = i > 0 && l->layers[i - 1].needs_y;
-    bool in_place = d->in_place && (d->view || !producer_needs_y);
+    int over = -1; /* the input it overwrites in place */
 
-    *id = (layer_ids){-1, -1, -1, -1, -1, -1, -1, -1};
+    memset(id, 0xff, sizeof(*id)); /* every id -1 */
+    id->dxs_sum = 0;
     ly->type = sl->type;
     ly->in_shape = *in;
     ly->out_shape = *out;
@@ -303,6 +408,10 @@ static int lay_layers(build *b, const td_shape *shapes) {
     ly->needs_x = d->needs_x;
     ly->needs_y = d->needs_y;
     ly->weight = ly->bias = ly->running = TD_PLAN_NONE;
+    ly->ninputs = b->nsrc[i];
+    ly->has_dy = b->wants[i + 1];
+    for (int k = 0; k < b->nsrc[i]; k++)
+      ly->ins[k] = (uint32_t)td_shape_elems(&shapes[src[k]]);
     /* spatial ops index the whole micro-batch with int */
     if (d->spatial && (n * fin > INT_MAX || n * fout > INT_MAX))
       return TD_ETOOBIG;
@@ -320,20 +429,26 @@ static int lay_layers(build *b, const td_shape *shapes) {
       if ((rc = take(&params_end, ly->nweight, 1, F32, TD_PLAN_PARAM_ALIGN, &ly->weight)) < 0 ||
           (rc = take(&params_end, ly->nbias, 1, F32, F32, &ly->bias)) < 0)
         return rc;
-      ly->needs_dx = l->first_dense >= 0;
       if (l->first_dense < 0)
         l->first_dense = i;
     }
+    ly->needs_dx = false;
+    for (int k = 0; k < b->nsrc[i]; k++)
+      ly->needs_dx = ly->needs_dx || b->wants[src[k]];
     if (sz.nrunning > 0) {
       ly->running = buf_floats; /* floats after the trainable ones, made bytes below */
       buf_floats += sz.nrunning;
     }
-    if (!d->trainable)
-      ly->needs_dx = l->first_dense >= 0;
 
-    /* the stored output */
-    if (in_place) {
-      b->act[i + 1] = b->act[i];
+    /* the stored output: in place when nothing else reads the input (a
+     * view always); a join may take its first or second input's bytes */
+    if (d->in_place && d->view)
+      over = 0;
+    for (int k = 0; d->in_place && over < 0 && k < (d->join != NULL ? 2 : 1); k++)
+      if (may_overwrite(b, src[k], i))
+        over = k;
+    if (over >= 0) {
+      b->act[i + 1] = b->act[src[over]];
       ly->act_bytes = 0;
     } else {
       uint64_t oelem = last ? F32 : elem;
@@ -359,8 +474,15 @@ static int lay_layers(build *b, const td_shape *shapes) {
     ly->chunk = (uint32_t)n;
     if (d->chunk == TD_CHUNK_SAMPLE || (d->chunk == TD_CHUNK_SPATIAL && in->spatial))
       ly->chunk = 1;
-    if (b->half && !d->view) {
-      bool same = in_place;
+    if (b->half && d->join != NULL) {
+      /* each input widened, the result made in fp32 and narrowed */
+      for (int k = 0; k < b->nsrc[i]; k++)
+        if ((rc = new_tensor(p, ly->chunk, ly->ins[k], F32, &id->txs[k])) < 0)
+          return rc;
+      if ((rc = new_tensor(p, ly->chunk, fout, F32, &id->ty)) < 0)
+        return rc;
+    } else if (b->half && !d->view) {
+      bool same = over >= 0;
       uint64_t rows = ly->chunk;
 
       if ((rc = new_tensor(p, rows, fin, F32, &id->tx)) < 0)
@@ -398,28 +520,66 @@ static int lay_layers(build *b, const td_shape *shapes) {
   return 0;
 }
 
-/* Gradient tensors, from the logits back to the first layer with parameters. */
+/* Gradient tensors, from the logits back to the first layer with
+ * parameters.  The gradient of a tensor that one layer reads is what that
+ * layer's backward op writes, in place where the op allows (relu, dropout,
+ * a view; add hands it to one of its inputs as it is).  One that several
+ * read is the sum of their shares, added in the order the backward pass
+ * meets them (the last reader first): the first writes it, each later one
+ * writes its share to scratch (or in place over its own output's gradient)
+ * and adds it, so the bits never depend on the micro-batch or the threads. */
 static int lay_grads(build *b) {
   td_layout *l = b->l;
   planner *p = b->p;
   uint64_t n = l->micro_batch, widest = l->classes;
+  bool handed[TD_MAX_LAYERS] = {false}; /* add gave its gradient to an input */
   int L = l->nlayers, rc;
 
   for (int i = 0; i <= L; i++)
     b->grad[i] = -1;
   if ((rc = new_tensor(p, n, l->classes, F32, &b->grad[L])) < 0)
     return rc;
-  for (int i = L - 1; i > l->first_dense; i--) {
-    const td_layer_layout *ly = &l->layers[i];
+  for (int t = L - 1; t >= 1; t--) {
+    uint64_t width = td_shape_elems(&l->layers[t - 1].out_shape);
+    int q = 0;
 
-    if (td_layer_def_of(ly->type)->grad_in_place) {
-      b->grad[i] = b->grad[i + 1];
+    if (!b->wants[t])
       continue;
+    for (int c = L - 1; c >= t; c--) {
+      const td_layer_def *d = td_layer_def_of(l->layers[c].type);
+      layer_ids *id = &b->ids[c];
+
+      for (int k = 0; k < b->nsrc[c]; k++) {
+        if (b->src[c][k] != t)
+          continue;
+        if (q == 0 && b->readers[t] == 1 && d->join == NULL && d->grad_in_place) {
+          b->grad[t] = b->grad[c + 1];
+        } else if (q == 0 && b->readers[t] == 1 && l->layers[c].type == TD_LAYER_ADD &&
+                   !handed[c]) {
+          b->grad[t] = b->grad[c + 1];
+          handed[c] = true;
+        } else if (q == 0) {
+          if ((rc = new_tensor(p, n, width, F32, &b->grad[t])) < 0)
+            return rc;
+          if (width > widest)
+            widest = width;
+        }
+        if (d->join != NULL) {
+          id->dxs[k] = b->grad[t];
+          if (q > 0)
+            id->dxs_sum |= (uint8_t)(1u << k);
+        } else if (q == 0) {
+          id->dx = b->grad[t];
+        } else {
+          id->dx_sum = b->grad[t];
+          if (d->grad_in_place)
+            id->dx = b->grad[c + 1];
+          else if ((rc = new_tensor(p, n, width, F32, &id->dx)) < 0)
+            return rc;
+        }
+        q++;
+      }
     }
-    if ((rc = new_tensor(p, n, ly->in, F32, &b->grad[i])) < 0)
-      return rc;
-    if (ly->in > widest)
-      widest = ly->in;
   }
   l->grad_width = (uint32_t)widest;
   return 0;
@@ -522,14 +682,26 @@ int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out)
     td_layer_layout *ly = &l->layers[i];
     const layer_ids *id = &b.ids[i];
 
-    ly->x = offset_of(p, b.act[i]);
+    ly->x = offset_of(p, b.act[b.src[i][0]]);
     ly->y = offset_of(p, b.act[i + 1]);
-    ly->half_x = p->t[root(p, b.act[i])].half;
+    ly->half_x = p->t[root(p, b.act[b.src[i][0]])].half;
     ly->half_y = p->t[root(p, b.act[i + 1])].half;
     ly->stats = offset_of(p, id->stats);
     ly->junk = offset_of(p, id->junk);
     ly->dy = offset_of(p, b.grad[i + 1]);
-    ly->dx = ly->needs_dx ? offset_of(p, b.grad[i]) : TD_PLAN_NONE;
+    ly->dx = ly->needs_dx ? offset_of(p, id->dx) : TD_PLAN_NONE;
+    ly->dx_sum = offset_of(p, id->dx_sum);
+    ly->half_xs = 0;
+    ly->dxs_sum = id->dxs_sum;
+    for (int k = 0; k < TD_MAX_INPUTS; k++) {
+      bool is = k < b.nsrc[i];
+
+      ly->xs[k] = is ? offset_of(p, b.act[b.src[i][k]]) : TD_PLAN_NONE;
+      if (is && p->t[root(p, b.act[b.src[i][k]])].half)
+        ly->half_xs |= (uint8_t)(1u << k);
+      ly->txs[k] = is ? offset_of(p, id->txs[k]) : TD_PLAN_NONE;
+      ly->dxs[k] = is && b.wants[b.src[i][k]] ? offset_of(p, id->dxs[k]) : TD_PLAN_NONE;
+    }
     ly->tx = offset_of(p, id->tx);
     ly->ty = offset_of(p, id->ty);
     ly->tw = offset_of(p, id->tw);

@@ -24,6 +24,22 @@
  * place when nothing needs their input; flatten is a view.  In bf16/fp16
  * the activations are stored as 16-bit and widened into short-lived fp32
  * scratch tensors for the op that reads them.
+ *
+ * A model may be a graph (td_layer.inputs): file order is a topological
+ * order, the forward pass runs in it and the backward pass in reverse.
+ * Liveness is the same rule over the graph: an output lives until its last
+ * reader, forward or backward.  An op works in place only over an input
+ * that it alone reads (through views too) and, with recomputation, that
+ * its own segment makes; add may take its first or second input's bytes.  A tensor read by one
+ * layer gets its gradient from that layer's backward op (in place where
+ * the op allows; add hands its own gradient, uncopied, to one input read
+ * nowhere else, and copies it to the others).  A tensor read by several
+ * gets one gradient tensor: the reader the backward pass meets first (the
+ * last in the file) writes it, each later one writes its share into
+ * scratch (or over its own output's gradient) and adds it, a fixed order
+ * whatever the micro-batch or the threads.  Recomputation runs by segments
+ * of the file's order, each from a layer with parameters to the next; what
+ * a segment reads from an earlier one stays stored until then.
  */
 #ifndef TD_PLAN_H
 #define TD_PLAN_H
@@ -94,6 +110,20 @@ typedef struct td_layer_layout {
                                 rows): 1 for conv2d, pooling and element-wise ops on
                                 [C, H, W] tensors, else micro_batch */
   uint64_t act_bytes;        /* stored output bytes (0: in place or a view) */
+  /* the graph: x and in above are the first input's */
+  int ninputs;               /* 1, or a join's (add, concat) */
+  uint64_t xs[TD_MAX_INPUTS];  /* each input's stored rows */
+  uint32_t ins[TD_MAX_INPUTS]; /* and its features per sample */
+  uint8_t half_xs;           /* bit k: input k is stored 16-bit */
+  uint64_t txs[TD_MAX_INPUTS]; /* a join in mixed precision: each input widened (ty: the
+                                  fp32 result) */
+  bool has_dy;               /* its output has a gradient: its backward op runs */
+  uint64_t dx_sum;           /* TD_PLAN_NONE, or the gradient its dx is then added to: the
+                                input feeds several layers, and a later one's share came
+                                first (dx is then scratch, or dy's bytes) */
+  uint64_t dxs[TD_MAX_INPUTS]; /* a join: each input's gradient (TD_PLAN_NONE: none
+                                  needed; add's may be dy itself) */
+  uint8_t dxs_sum;           /* bit k: add the share to dxs[k] rather than write it */
 } td_layer_layout;
 
 typedef struct td_layout {

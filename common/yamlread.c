@@ -764,6 +764,7 @@ static int bind_value(bind_ctx *c, const td_yfield *f, const td_ynode *n, void *
   case TD_YT_SIZE:  rc = bind_size(c, f, n, p); break;
   case TD_YT_MAP:   rc = bind_map(c, f, n, p); break;
   case TD_YT_SEQ:   rc = bind_seq(c, f, n, base); break;
+  case TD_YT_NODE:  rc = 0; break;
   default:
     return key_fail(c, value_line(n), "internal error: field type %d", (int)f->type);
   }

@@ -61,6 +61,8 @@ typedef enum {
   TD_YT_MAP,     /* the fields in sub, stored from offset; null reads as {} */
   TD_YT_SEQ,     /* min..max items described by sub[0], stride size, from
                     offset; the count goes to the int at count_offset */
+  TD_YT_NODE,    /* any value, stored nowhere: the check hook reads the node
+                    (a value only the whole document can resolve) */
 } td_yfield_type;
 
 enum {

@@ -469,6 +469,23 @@ void td_backend_pool2d_bwd(td_backend *be, td_pool_mode mode, const td_conv2d_de
     be->ops->pool2d_bwd(be, mode, d, oh, ow, x, y, dy, dx);
 }
 
+void td_backend_add(td_backend *be, const float *a, const float *b, float *y, size_t n) {
+  if (n > 0 && op_live(be, "add"))
+    be->ops->add(be, a, b, y, n);
+}
+
+void td_backend_copy2d(td_backend *be, const float *src, size_t src_ld, float *dst,
+                       size_t dst_ld, size_t rows, size_t cols, float beta) {
+  if (rows == 0 || cols == 0 || !op_live(be, "copy2d"))
+    return;
+  if (src_ld < cols || dst_ld < cols || (beta != 0.0f && beta != 1.0f)) {
+    td__backend_fail(be, TD_EINVAL, "%s: copy2d of %zu columns with strides %zu and %zu, "
+                     "beta %g", be->device, cols, src_ld, dst_ld, (double)beta);
+    return;
+  }
+  be->ops->copy2d(be, src, src_ld, dst, dst_ld, rows, cols, beta);
+}
+
 void td_backend_gelu_fwd(td_backend *be, td_gelu_kind kind, const float *x, float *y,
                          size_t n) {
   if (n > 0 && op_live(be, "gelu_fwd"))

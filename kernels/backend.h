@@ -357,6 +357,15 @@ void td_backend_conv1d_fwd(td_backend *be, const td_conv1d_desc *d, const float 
 void td_backend_conv1d_bwd(td_backend *be, const td_conv1d_desc *d, const float *x,
                            const float *w, const float *dy, float *dx, float *dw, float *db,
                            float beta, void *work, uint64_t work_bytes);
+/* Model graphs (add, concat, and a layer's output that feeds several).
+ * y = a + b element-wise; y may be a or b.  A sum of more is a chain of
+ * these in input order. */
+void td_backend_add(td_backend *be, const float *a, const float *b, float *y, size_t n);
+/* For r < rows, c < cols: dst[r * dst_ld + c] = src[r * src_ld + c] (beta
+ * 0: dst's old contents ignored), or += it (beta 1).  concat's columns in
+ * and out, and the gradients a fan-out sums.  The ranges must not overlap. */
+void td_backend_copy2d(td_backend *be, const float *src, size_t src_ld, float *dst,
+                       size_t dst_ld, size_t rows, size_t cols, float beta);
 
 /* td_backend_softmax_xent with label smoothing s in [0, 1) (PyTorch's
  * CrossEntropyLoss(label_smoothing=s)): the target is (1 - s) onehot + s /

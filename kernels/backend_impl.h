@@ -99,6 +99,11 @@ typedef struct td_backend_ops {
   void (*col2im1d)(td_backend *be, const td_conv1d_desc *d, int ol, const float *col,
                    int rows, float *dx);
 
+  /* Graphs: y = a + b; dst = src (beta 0) or dst += src (beta 1), row by row */
+  void (*add)(td_backend *be, const float *a, const float *b, float *y, size_t n);
+  void (*copy2d)(td_backend *be, const float *src, size_t src_ld, float *dst, size_t dst_ld,
+                 size_t rows, size_t cols, float beta);
+
   /* Optimisers.  sgd_momentum: first is step 1 (the buffer starts as d).
    * adamw: decay = 1 - lr weight_decay, step_size = lr / bc1, and
    * bc2_sqrt = sqrt(1 - beta2^step): p = p decay - step_size m / (sqrt(v) /

@@ -58,6 +58,11 @@ static const jd_field dim_item = {"", JD_UINT, 0, sizeof(uint32_t), 1, ELEMS_MAX
 static const jd_field remedy_item = {"", JD_INT, 0, sizeof(td_remedy), 0, TD_REMEDY__COUNT - 1,
                                      0, NULL, 0, 0};
 
+/* An input of a layer: a shapes[] index (td_jobspec_shapes checks it is
+ * earlier than the layer). */
+static const jd_field input_item = {"", JD_UINT, 0, sizeof(uint8_t), 0, TD_MAX_LAYERS, 0, NULL,
+                                    0, 0};
+
 /* A field a layer type does not use is 0, so every bound takes 0. */
 static const jd_field layer_fields[] = {
     I("type", td_layer, type, 0, TD_LAYER__COUNT - 1),
@@ -71,6 +76,8 @@ static const jd_field layer_fields[] = {
     FL("eps", td_layer, eps, 0, 1, 0),
     FL("momentum", td_layer, momentum, 0, 1, 0),
     I("line", td_layer, line, 0, INT_MAX),
+    S("name", td_layer, name, 0),
+    LIST("inputs", td_layer, inputs, ninputs, 0, TD_MAX_INPUTS, &input_item),
     {0},
 };
 static const jd_field layer_item = {"", JD_MAP, 0, sizeof(td_layer), 0, 0, 0, layer_fields, 0, 0};

@@ -422,6 +422,14 @@ typedef struct layer_call {
   bool training;            /* forward: dropout drops, BatchNorm uses the batch's stats */
   bool again;               /* forward: the backward pass recomputing it */
   uint64_t sample;          /* row 0's index in the step's batch */
+  /* joins (add, concat): every input's rows (xs[0] is x) and, backward,
+   * each input's gradient rows (NULL when nothing needs it; add's may be dy
+   * itself), with bit k of dxs_sum set where the share is added to what
+   * dxs[k] holds instead of written */
+  int nx;
+  float *xs[TD_MAX_INPUTS];
+  float *dxs[TD_MAX_INPUTS];
+  uint8_t dxs_sum;
 } layer_call;
 
 typedef void (*layer_fn)(const layer_call *c);
@@ -666,6 +674,62 @@ static void conv1d_bwd(const layer_call *c) {
                         c->m->work.ptr, conv_workspace(&c->m->lay));
 }
 
+/* add: the sum in input order, as PyTorch's a + b + c; backward, each input
+ * gets dy (the one the plan handed dy itself to gets nothing to do). */
+static void add_fwd(const layer_call *c) {
+  size_t n = (size_t)c->rows * c->ly->out;
+
+  td_backend_add(c->m->be, c->xs[0], c->xs[1], c->y, n);
+  for (int k = 2; k < c->nx; k++)
+    td_backend_add(c->m->be, c->y, c->xs[k], c->y, n);
+}
+
+static void add_bwd(const layer_call *c) {
+  size_t n = (size_t)c->rows * c->ly->out;
+
+  for (int k = 0; k < c->nx; k++) {
+    bool sum = c->dxs_sum & (1u << k);
+
+    if (c->dxs[k] != NULL && (c->dxs[k] != c->dy || sum))
+      td_backend_copy2d(c->m->be, c->dy, n, c->dxs[k], n, 1, n, sum ? 1.0f : 0.0f);
+  }
+}
+
+/* concat: along C of [C, H, W] and flat rows (each sample's block of each
+ * input is contiguous), along D of [T, D] (each position's). */
+static void concat_geometry(const layer_call *c, size_t *outer, size_t *width) {
+  const td_shape *o = &c->ly->out_shape;
+
+  *outer = o->seq ? o->c : 1;
+  *width = c->ly->out / *outer;
+}
+
+static void concat_fwd(const layer_call *c) {
+  size_t outer, width, off = 0;
+
+  concat_geometry(c, &outer, &width);
+  for (int k = 0; k < c->nx; k++) {
+    size_t w = c->ly->ins[k] / outer;
+
+    td_backend_copy2d(c->m->be, c->xs[k], w, c->y + off, width, c->rows * outer, w, 0.0f);
+    off += w;
+  }
+}
+
+static void concat_bwd(const layer_call *c) {
+  size_t outer, width, off = 0;
+
+  concat_geometry(c, &outer, &width);
+  for (int k = 0; k < c->nx; k++) {
+    size_t w = c->ly->ins[k] / outer;
+
+    if (c->dxs[k] != NULL)
+      td_backend_copy2d(c->m->be, c->dy + off, width, c->dxs[k], w, c->rows * outer, w,
+                        c->dxs_sum & (1u << k) ? 1.0f : 0.0f);
+    off += w;
+  }
+}
+
 /* A view (flatten) has no row: nothing runs. */
 static const layer_ops layer_table[TD_LAYER__COUNT] = {
     [TD_LAYER_DENSE] = {dense_fwd, dense_bwd, NULL},
@@ -683,6 +747,8 @@ static const layer_ops layer_table[TD_LAYER__COUNT] = {
     [TD_LAYER_GLOBAL_AVG_POOL] = {global_avg_pool_fwd, global_avg_pool_bwd, NULL},
     /* its workspace, one block's columns, is the same on every backend: the plan's */
     [TD_LAYER_CONV1D] = {conv1d_fwd, conv1d_bwd, NULL},
+    [TD_LAYER_ADD] = {add_fwd, add_bwd, NULL},
+    [TD_LAYER_CONCAT] = {concat_fwd, concat_bwd, NULL},
 };
 
 int td_model_layer_runs(td_layer_type t) {
@@ -714,14 +780,22 @@ static void layer_fwd(td_model *m, int i, uint32_t n, bool training, bool again,
     return;
   if (def->half_weights)
     c.w = weights(m, i, ly->tw);
+  c.nx = ly->ninputs;
   for (uint32_t r = 0; r < n; r += step) {
     uint32_t rows = n - r < step ? n - r : step;
     size_t nout = (size_t)rows * ly->out;
-    float *x = load(m, ly->x, ly->half_x, ly->tx, r, rows, ly->in);
-    float *y = !ly->half_y ? act(m, ly->y) + (size_t)r * ly->out
-               : in_place  ? x
-                           : act(m, ly->ty);
+    float *x, *y;
 
+    if (def->join != NULL) {
+      /* each input widened on its own; the result in ty (mixed precision) */
+      for (int k = 0; k < ly->ninputs; k++)
+        c.xs[k] = load(m, ly->xs[k], ly->half_xs & (1u << k), ly->txs[k], r, rows, ly->ins[k]);
+      x = c.xs[0];
+      y = !ly->half_y ? act(m, ly->y) + (size_t)r * ly->out : act(m, ly->ty);
+    } else {
+      x = load(m, ly->x, ly->half_x, ly->tx, r, rows, ly->in);
+      y = !ly->half_y ? act(m, ly->y) + (size_t)r * ly->out : in_place ? x : act(m, ly->ty);
+    }
     c.r = r;
     c.rows = rows;
     c.x = x;
@@ -737,6 +811,14 @@ static void layer_fwd(td_model *m, int i, uint32_t n, bool training, bool again,
   }
 }
 
+/* A tensor several layers read: their gradients' shares summed into the
+ * first's, in the order the backward pass meets them. */
+static void sum_grad(td_model *m, float *sum, const float *share, size_t n) {
+  td_backend_add(m->be, sum, share, sum, n);
+  if (half(m))
+    td_backend_round_half(m->be, half_kind(m), sum, n);
+}
+
 /* Layer i's backward op; beta 1 adds its parameter gradients to the
  * previous micro-batches'. */
 static void layer_bwd(td_model *m, int i, uint32_t n, float beta, uint64_t sample) {
@@ -746,10 +828,20 @@ static void layer_bwd(td_model *m, int i, uint32_t n, float beta, uint64_t sampl
   uint32_t step = chunk_of(m, ly, n);
   layer_call c = {.m = m, .i = i, .ly = ly, .sl = &m->spec.layers[i],
                   .dw = at(&m->grads, ly->weight), .db = at(&m->grads, ly->bias),
-                  .sample = sample};
+                  .sample = sample, .nx = ly->ninputs, .dxs_sum = ly->dxs_sum};
 
-  if (def->view)
+  if (!ly->has_dy)
     return;
+  if (def->view) {
+    size_t nin = (size_t)n * ly->in;
+
+    /* its gradient is dy: moved only where another reader's share is there */
+    if (ly->needs_dx && ly->dx != ly->dy)
+      td_backend_copy2d(be, act(m, ly->dy), nin, act(m, ly->dx), nin, 1, nin, 0.0f);
+    if (ly->needs_dx && ly->dx_sum != TD_PLAN_NONE)
+      sum_grad(m, act(m, ly->dx_sum), act(m, ly->dx), nin);
+    return;
+  }
   if (def->half_weights)
     c.w = weights(m, i, ly->bw);
   for (uint32_t r = 0; r < n; r += step) {
@@ -762,12 +854,19 @@ static void layer_bwd(td_model *m, int i, uint32_t n, float beta, uint64_t sampl
     c.dx = ly->needs_dx ? act(m, ly->dx) + (size_t)r * ly->in : NULL;
     c.x = ly->needs_x ? load(m, ly->x, ly->half_x, ly->bx, r, rows, ly->in) : NULL;
     c.y = ly->needs_y ? load(m, ly->y, ly->half_y, ly->by, r, rows, ly->out) : NULL;
+    for (int k = 0; def->join != NULL && k < ly->ninputs; k++)
+      c.dxs[k] = ly->dxs[k] != TD_PLAN_NONE ? act(m, ly->dxs[k]) + (size_t)r * ly->ins[k] : NULL;
     c.beta = r == 0 ? beta : 1.0f; /* later rows add to the first's */
     layer_table[ly->type].bwd(&c);
     /* activation gradients are what a 16-bit one would hold: an fp16
      * overflow shows as inf, for the loss scaler to find */
-    if (half(m) && c.dx != NULL)
+    if (half(m) && def->join == NULL && c.dx != NULL)
       td_backend_round_half(be, half_kind(m), c.dx, nin);
+    for (int k = 0; half(m) && def->join != NULL && k < ly->ninputs; k++)
+      if (c.dxs[k] != NULL)
+        td_backend_round_half(be, half_kind(m), c.dxs[k], (size_t)rows * ly->ins[k]);
+    if (def->join == NULL && c.dx != NULL && ly->dx_sum != TD_PLAN_NONE)
+      sum_grad(m, act(m, ly->dx_sum) + (size_t)r * ly->in, c.dx, nin);
   }
 }
 
@@ -1178,15 +1277,18 @@ int td_model_get_grads(td_model *m, float *dst) {
   return sync_or_fail(m);
 }
 
-/* nn.Sequential's names: "<i>.weight", "<i>.bias", and for BatchNorm2d
- * "<i>.running_mean", "<i>.running_var", "<i>.num_batches_tracked". */
+/* "<layer>.weight", "<layer>.bias", and for BatchNorm2d
+ * "<layer>.running_mean", "<layer>.running_var",
+ * "<layer>.num_batches_tracked", where <layer> is the layer's name, its
+ * index when it has none: nn.Sequential's names for a plain list, and for a
+ * graph a module whose submodules have the layers' names. */
 #define MAX_SAVED (5 * TD_MAX_LAYERS)
 
 int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t nmeta) {
   const td_layout *l = &m->lay;
   uint64_t bytes = (l->nparams + l->nbuffers) * sizeof(float);
   td_st_tensor *t = calloc(MAX_SAVED, sizeof(*t));
-  char (*names)[32] = calloc(MAX_SAVED, sizeof(*names));
+  char (*names)[TD_LAYER_NAME_MAX + 32] = calloc(MAX_SAVED, sizeof(*names));
   int64_t tracked = (int64_t)m->bn_batches;
   size_t n = 0;
   float *host = malloc(bytes ? bytes : 1);
@@ -1206,6 +1308,7 @@ int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t 
     const char *base = (const char *)host;
     const td_layer_sizes sz = {.nweight = ly->nweight, .nbias = ly->nbias};
     td_layer_tensor lt[TD_LAYER_MAX_TENSORS];
+    char node[TD_LAYER_NAME_MAX];
     int k, nt = def->tensors != NULL ? def->tensors(&m->spec.layers[i], &ly->in_shape,
                                                      &ly->out_shape, &sz, lt)
                                      : 0;
@@ -1216,7 +1319,8 @@ int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t 
 
       for (int d = 0; d < x->rank; d++)
         elems *= x->shape[d];
-      snprintf(names[n], sizeof(names[n]), "%d.%s", i, x->name);
+      snprintf(names[n], sizeof(names[n]), "%s.%s", td_jobspec_node_name(&m->spec, i + 1, node),
+               x->name);
       t[n] = (td_st_tensor){.name = names[n], .dtype = "F32", .rank = (uint32_t)x->rank,
                             .bytes = elems * sizeof(float)};
       memcpy(t[n].shape, x->shape, (size_t)x->rank * sizeof(x->shape[0]));

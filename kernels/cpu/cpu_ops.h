@@ -106,6 +106,11 @@ void td__cpu_from_half(td_backend *be, td_half_kind kind, const uint16_t *x, flo
                        size_t n);
 void td__cpu_round_half(td_backend *be, td_half_kind kind, float *x, size_t n);
 
+/* graph.c */
+void td__cpu_sum2(td_backend *be, const float *a, const float *b, float *y, size_t n);
+void td__cpu_copy2d(td_backend *be, const float *src, size_t src_ld, float *dst, size_t dst_ld,
+                    size_t rows, size_t cols, float beta);
+
 /* input.c */
 void td__cpu_normalize(td_backend *be, td_dtype dtype, const void *x, float *y, size_t n,
                        float mul, float add);

@@ -10,6 +10,7 @@
 #include "act.cuh"
 #include "backend_cuda.cuh"
 #include "conv.cuh"
+#include "graph.cuh"
 #include "input.cuh"
 #include "norm.cuh"
 #include "optim.cuh"
@@ -316,6 +317,8 @@ const td_backend_ops cuda_ops = {
     .mean_bwd = td__cuda_mean_bwd,
     .im2col1d = td__cuda_im2col1d,
     .col2im1d = td__cuda_col2im1d,
+    .add = td__cuda_add,
+    .copy2d = td__cuda_copy2d,
     .sgd_momentum = td__cuda_sgd_momentum,
     .adamw = td__cuda_adamw,
     .sumsq = td__cuda_sumsq,

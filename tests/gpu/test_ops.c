@@ -313,6 +313,30 @@ START_TEST(test_gelu) {
 }
 END_TEST
 
+/* The graph's joins: add, and copy2d's copy (a strided cudaMemcpy2D) and
+ * sum (a kernel), each the CPU's bits. */
+START_TEST(test_graph_ops) {
+  const size_t rows = 4099, src_ld = 4103, dst_ld = 4111, cols = 4097;
+  gpu g;
+
+  gpu_open(&g);
+  twin *a = tw_rand(&g, BIG, 1, 0), *bb = tw_rand(&g, BIG, 1, 0), *y = tw_zero(&g, BIG);
+  twin *src = tw_rand(&g, rows * src_ld, 1, 0), *dst = tw_rand(&g, rows * dst_ld, 1, 0);
+  twin *acc = tw_rand(&g, rows * dst_ld, 1, 0);
+  for (int b = 0; b < NB; b++) {
+    td_backend_add(g.be[b], P(a, b), P(bb, b), P(y, b), BIG);
+    td_backend_add(g.be[b], P(y, b), P(a, b), P(a, b), BIG); /* in place */
+    td_backend_copy2d(g.be[b], P(src, b), src_ld, P(dst, b), dst_ld, rows, cols, 0.0f);
+    td_backend_copy2d(g.be[b], P(src, b), src_ld, P(acc, b), dst_ld, rows, cols, 1.0f);
+  }
+  tw_expect_exact(&g, y, "add");
+  tw_expect_exact(&g, a, "add in place");
+  tw_expect_exact(&g, dst, "copy2d");
+  tw_expect_exact(&g, acc, "copy2d beta 1");
+  gpu_close(&g);
+}
+END_TEST
+
 START_TEST(test_dropout) {
   const size_t rows = 4099, cols = 4097; /* both past one grid */
   const td_dropout_key key = {.seed = 11, .layer = 2, .step = 1234567, .sample = 96};
@@ -1084,6 +1108,7 @@ static Suite *ops_suite(void) {
   tcase_add_loop_test(tc, test_normalize, 0, 4);
   tcase_add_loop_test(tc, test_gelu, 0, 2);
   tcase_add_test(tc, test_dropout);
+  tcase_add_test(tc, test_graph_ops);
   tcase_add_test(tc, test_softmax_xent);
   tcase_add_test(tc, test_optimisers);
   tcase_add_test(tc, test_optimisers_full);

@@ -1,9 +1,12 @@
-"""A traind job file's model as the equivalent torch.nn.Sequential, and a
+"""A traind job file's model as the equivalent torch.nn.Sequential (a plain
+list of layers) or Graph (a model whose layers name their inputs), and a
 reader for the safetensors files traind writes.
 
-traind names a model's tensors as nn.Sequential does ("<layer index>.weight",
-"<i>.bias", BatchNorm's "<i>.running_mean", ...), so the module built here
-loads a traind model with load_state_dict(strict=True).  Used by the
+traind names a model's tensors "<layer>.weight", "<layer>.bias",
+BatchNorm's "<layer>.running_mean", ..., where <layer> is the layer's name
+or, without one, its index: nn.Sequential's names for a plain list, and a
+Graph's submodules, named by the layers, for a graph.  So the module built
+here loads a traind model with load_state_dict(strict=True).  Used by the
 training benchmark's PyTorch peer (tests/bench/bench_train.py) and by the
 check that PyTorch loads and reproduces a traind model
 (tests/torch/load_check.py).
@@ -59,16 +62,55 @@ def _pool_out(size, k, s, p):
     return (size + 2 * p - k) // s + 1
 
 
+class Graph(nn.Module):
+    """A model as traind's graph: each layer reads the outputs it names
+    ("input" is the model's), in file order; the last one is the output.
+    add sums its inputs in order, concat joins them along the features."""
+
+    def __init__(self, nodes):
+        super().__init__()
+        self.nodes = [(name, kind, inputs, dim) for name, kind, inputs, dim, _ in nodes]
+        for name, _, _, _, module in nodes:
+            if module is not None:
+                # as add_module does, without its refusal of names that are
+                # nn.Module attributes ("eval", "training"): any layer name
+                self._modules[name] = module
+
+    def forward(self, x):
+        out = {"input": x}
+        for name, kind, inputs, dim in self.nodes:
+            xs = [out[i] for i in inputs]
+            if kind == "add":
+                y = xs[0]
+                for v in xs[1:]:
+                    y = y + v
+            elif kind == "concat":
+                y = torch.cat(xs, dim)
+            else:
+                y = self._modules[name](xs[0])
+            out[name] = y
+        return y
+
+
 def build(job):
     """(module, input shape without the batch) for a parsed job file."""
     dims = [int(d) for d in job["model"]["input"]]
     # [H, W] is one channel: [1, H, W]; [C, H, W] and [features] as written;
     # a sequence [T, D] (model.sequence) as written
-    seq = bool(job["model"].get("sequence", False))
-    x_shape = [1] + dims if len(dims) == 2 and not seq else dims
-    shape = list(x_shape)
+    seq_in = bool(job["model"].get("sequence", False))
+    x_shape = [1] + dims if len(dims) == 2 and not seq_in else dims
+    specs = job["model"]["layers"]
+    names = [str(s.get("name", i)) for i, s in enumerate(specs)]
+    shapes = {"input": list(x_shape)}
+    seqs = {"input": seq_in}
+    nodes = []
     layers = []
-    for spec in job["model"]["layers"]:
+    for i, spec in enumerate(specs):
+        inputs = [str(v) for v in spec.get("inputs", [names[i - 1] if i > 0 else "input"])]
+        shape = list(shapes[inputs[0]])
+        seq = seqs[inputs[0]]
+        made = len(layers)
+        dim = 0
         t = spec["type"]
         # what the layer gets: a sequence [T, D] while seq stays true
         if t in ("dense", "flatten", "global_avg_pool"):
@@ -131,8 +173,18 @@ def build(job):
             length, c = shape
             layers.append(SeqConv1d(c, int(spec["filters"]), k, s, p))
             shape = [_pool_out(length, k, s, p), int(spec["filters"])]
+        elif t in ("add", "concat"):
+            # the features: C of [C, H, W] and of flat ones, D of [T, D]
+            dim = 2 if len(shape) == 2 else 1
+            if t == "concat":
+                shape[dim - 1] = sum(shapes[v][dim - 1] for v in inputs)
         else:
             raise ValueError("layer type %r has no PyTorch equivalent here" % t)
+        shapes[names[i]] = shape
+        seqs[names[i]] = seq
+        nodes.append((names[i], t, inputs, dim, layers[-1] if len(layers) > made else None))
+    if any("inputs" in s or "name" in s for s in specs):
+        return Graph(nodes), x_shape
     return nn.Sequential(*layers), x_shape
 
 

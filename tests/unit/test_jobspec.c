@@ -354,7 +354,7 @@ START_TEST(layer_rules) {
   expect_exact(job_with("units: 3}", "units: 3}\n    - {type: conv}"),
                "line 5: key 'model.layers[1].type': must be one of dense, relu, conv2d, "
                "maxpool2d, avgpool2d, gelu, dropout, flatten, batchnorm2d, layernorm, sigmoid, "
-               "tanh, softmax, global_avg_pool, conv1d; got 'conv'");
+               "tanh, softmax, global_avg_pool, conv1d, add, concat; got 'conv'");
   expect_exact(job_with("units: 3}", "units: 3}\n    - {type: relu}"),
                "line 5: key 'model.layers[1]': the last layer must be dense (it gives the class "
                "scores), got relu");
@@ -1020,6 +1020,140 @@ START_TEST(tilde_paths) {
 }
 END_TEST
 
+/* A model as a graph: names, inputs, add and concat. */
+#define GRAPH_LAYERS                                       \
+  "    - {type: dense, units: 6, name: stem}\n"           \
+  "    - {type: relu}\n"                                   \
+  "    - {type: dense, units: 6}\n"                        \
+  "    - {type: add, inputs: [2, stem], name: sum}\n"      \
+  "    - {type: dense, units: 2, inputs: [sum]}\n"         \
+  "    - {type: concat, inputs: [sum, 4]}\n"               \
+  "    - {type: dense, units: 3}\n"
+
+static const char *graph_job(const char *layers) {
+  static char text[4096];
+
+  snprintf(text, sizeof(text), "%s", replaced(MIN_JOB, "    - {type: dense, units: 3}\n", layers));
+  return text;
+}
+
+START_TEST(graph_parses) {
+  td_jobspec s;
+  td_shape shapes[TD_MAX_LAYERS + 1];
+  char err[512], msg[200], name[TD_LAYER_NAME_MAX];
+  uint8_t src[TD_MAX_INPUTS];
+  int bad;
+
+  ck_assert_msg(td_jobspec_parse(graph_job(GRAPH_LAYERS), strlen(graph_job(GRAPH_LAYERS)), NULL,
+                                 &s, err, sizeof(err)) == 0, "%s", err);
+  ck_assert_int_eq(s.nlayers, 7);
+  ck_assert_str_eq(s.layers[0].name, "stem");
+  ck_assert_str_eq(s.layers[1].name, "");
+  ck_assert_int_eq(s.layers[1].ninputs, 0); /* the default: the previous layer */
+  ck_assert_int_eq(td_layer_inputs(&s, 1, src), 1);
+  ck_assert_int_eq(src[0], 1);
+  ck_assert_int_eq(s.layers[3].type, TD_LAYER_ADD);
+  ck_assert_int_eq(s.layers[3].ninputs, 2);
+  ck_assert_int_eq(s.layers[3].inputs[0], 3); /* layer 2's output */
+  ck_assert_int_eq(s.layers[3].inputs[1], 1); /* stem's */
+  ck_assert_int_eq(s.layers[5].type, TD_LAYER_CONCAT);
+  ck_assert_str_eq(td_jobspec_node_name(&s, 2, name), "1");
+  ck_assert_str_eq(td_jobspec_node_name(&s, 4, name), "sum");
+  ck_assert_str_eq(td_jobspec_node_name(&s, 0, name), "input");
+  ck_assert(!td_jobspec_is_chain(&s));
+  ck_assert_int_eq(td_jobspec_shapes(&s, shapes, &bad, msg, sizeof(msg)), 0);
+  ck_assert_uint_eq(shapes[6].c, 8); /* 6 + 2 */
+  /* a plain list is a chain, and so is one that names the previous layer */
+  ck_assert_int_eq(td_jobspec_parse(MIN_JOB, strlen(MIN_JOB), NULL, &s, err, sizeof(err)), 0);
+  ck_assert(td_jobspec_is_chain(&s));
+  job_with("units: 3}", "units: 3, inputs: [input]}");
+  ck_assert_int_eq(td_jobspec_parse(buf, strlen(buf), NULL, &s, err, sizeof(err)), 0);
+  ck_assert(td_jobspec_is_chain(&s));
+}
+END_TEST
+
+START_TEST(graph_errors) {
+  /* the first layer is line 4, the add line 7 */
+  static const struct {
+    const char *from, *to, *line, *msg;
+  } cases[] = {
+      {"[2, stem]", "[2, stme]", "line 7",
+       "key 'model.layers[3].inputs[1]': 'stme' names no layer before this one (those are: "
+       "input, stem, 1, 2)"},
+      {"inputs: [sum]", "inputs: [sum, 6]", "line 8",
+       "key 'model.layers[4].inputs[1]': '6' is model.layers[6], which comes after this one: "
+       "list the layers so that each comes after its inputs"},
+      {"[2, stem], name: sum", "[2, sum], name: sum", "line 7",
+       "key 'model.layers[3].inputs[1]': 'sum' is this layer itself: a layer cannot read its "
+       "own output (that would be a cycle)"},
+      {"[2, stem]", "[0, stem]", "line 7",
+       "key 'model.layers[3].inputs[0]': layer 0 is named 'stem': name it so"},
+      {"    - {type: dense, units: 6}\n    - {type: add",
+       "    - {type: dense, units: 5}\n    - {type: add", "line 7",
+       "key 'model.layers[3]': add needs inputs of one shape, and '2' gives [5] while 'stem' "
+       "gives [6]"},
+      {"[sum, 4]", "[sum, 1]", "line 8",
+       "key 'model.layers[4]': nothing reads this layer's output ('4'), and only the last layer "
+       "is the model's output"},
+      {"inputs: [2, stem]", "inputs: [2]", "line 7",
+       "key 'model.layers[3]': add joins two or more inputs"},
+      {"inputs: [sum]", "inputs: [sum, stem]", "line 8",
+       "key 'model.layers[4]': a dense layer takes one input, and 2 are listed"},
+      {"name: stem", "name: 2x", "line 4",
+       "key 'model.layers[0].name': a layer's name is a letter or '_' then letters"},
+      {"name: stem", "name: input", "line 4", "'input' names the model's input"},
+      {"{type: relu}", "{type: relu, name: stem}", "line 5",
+       "key 'model.layers[1]': the name 'stem' is model.layers[0]'s already"},
+      {"inputs: [sum]", "inputs: sum", "line 8", "key 'model.layers[4].inputs' must be a list"},
+      {"inputs: [sum]", "inputs: [[sum]]", "line 8",
+       "key 'model.layers[4].inputs[0]' must be a layer's name"},
+      {"{type: relu}", "{type: relu, inputs: []}", "line 5",
+       "key 'model.layers[1].inputs' must be a list of 1 to 8"},
+      {"{type: relu}", "{type: relu, inputs: [a, b, c, d, e, f, g, h, i]}", "line 5",
+       "1 to 8 layer names"},
+      {"{type: dense, units: 6, name: stem}", "{type: add, inputs: [input, input], name: stem}",
+       "line 4", "key 'model.layers[0]': the first layer must not be add"},
+  };
+
+  for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+    char layers[1024];
+
+    snprintf(layers, sizeof(layers), "%s", replaced(GRAPH_LAYERS, cases[k].from, cases[k].to));
+    expect_err(graph_job(layers), cases[k].line, cases[k].msg);
+  }
+}
+END_TEST
+
+/* concat: inputs of one kind, the dimensions other than the features equal. */
+START_TEST(graph_concat_errors) {
+  static const struct {
+    const char *layers, *msg;
+  } cases[] = {
+      {"    - {type: conv2d, filters: 2, kernel: 3, padding: 1, name: a}\n"
+       "    - {type: conv2d, filters: 3, kernel: 3, inputs: [input], name: b}\n"
+       "    - {type: concat, inputs: [a, b]}\n"
+       "    - {type: dense, units: 3}\n",
+       "line 6: key 'model.layers[2]': concat joins along the channels, and the rest must "
+       "agree: 'a' gives [2, 6, 6] while 'b' gives [3, 4, 4]"},
+      {"    - {type: conv2d, filters: 2, kernel: 3, padding: 1, name: a}\n"
+       "    - {type: flatten}\n"
+       "    - {type: concat, inputs: [a, 1]}\n"
+       "    - {type: dense, units: 3}\n",
+       "line 6: key 'model.layers[2]': concat joins inputs of one kind, and 'a' gives "
+       "[C, H, W] while '1' gives flat features"},
+  };
+
+  for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+    char text[4096];
+
+    /* replaced() reuses one buffer: one replacement at a time */
+    snprintf(text, sizeof(text), "%s", replaced(MIN_JOB, "input: [4]", "input: [1, 6, 6]"));
+    expect_exact(replaced(text, "    - {type: dense, units: 3}\n", cases[k].layers),
+                 cases[k].msg);
+  }
+}
+END_TEST
+
 static Suite *jobspec_suite(void) {
   Suite *s = suite_create("jobspec");
   TCase *tc = tcase_create("core");
@@ -1060,6 +1194,9 @@ static Suite *jobspec_suite(void) {
   tcase_add_test(tc, softmax_layer);
   tcase_add_test(tc, sequence_layers);
   tcase_add_test(tc, tilde_paths);
+  tcase_add_test(tc, graph_parses);
+  tcase_add_test(tc, graph_errors);
+  tcase_add_test(tc, graph_concat_errors);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1365,13 +1365,13 @@ static int64_t ref_uint(const char *raw, size_t len, size_t *at, int bytes) {
   return (int64_t)v;
 }
 
-static void ref_load(ref_file *f) {
+static void ref_load_file(ref_file *f, const char *file) {
   const char *root = getenv("TD_SOURCE_ROOT");
   char path[512];
   size_t len, at = sizeof(ref_magic);
   int64_t count;
 
-  snprintf(path, sizeof(path), "%s/tests/reference/layers.bin", root != NULL ? root : ".");
+  snprintf(path, sizeof(path), "%s/tests/reference/%s", root != NULL ? root : ".", file);
   ck_assert_msg(td_read_file(path, 4u << 20, &f->raw, &len) == 0,
                 "%s: cannot read the reference vectors (set TD_SOURCE_ROOT)", path);
   ck_assert_msg(len > sizeof(ref_magic) && memcmp(f->raw, ref_magic, sizeof(ref_magic)) == 0,
@@ -1405,6 +1405,8 @@ static void ref_load(ref_file *f) {
   }
   ck_assert_msg(at == len, "%s: %zu trailing bytes", path, len - at);
 }
+
+static void ref_load(ref_file *f) { ref_load_file(f, "layers.bin"); }
 
 static void ref_close(ref_file *f) {
   free(f->t);
@@ -1721,6 +1723,124 @@ START_TEST(test_matches_pytorch) {
 }
 END_TEST
 
+/* ---- The joins of a graph (tests/reference/graph.bin) ---- */
+
+/* One add or concat case: its inputs x0.. joined as PyTorch's a + b + c
+ * or torch.cat along dim 1 ([n, f], [n, C, H, W]) or 2 ([n, T, D]). */
+static void ref_join(const ref_file *f, const char *prefix, bool concat) {
+  const ref_tensor *t[8], *yt = ref_get(f, prefix, "y");
+  float *x[8], *dx[8], *y, *dy;
+  size_t rows = yt->dims[0] * (yt->rank == 3 ? yt->dims[1] : 1), width = yt->n / rows, off = 0;
+  char name[8];
+  bufs p;
+  int nx = 0;
+
+  bufs_open(&p);
+  for (; nx < 8; nx++) {
+    snprintf(name, sizeof(name), "x%d", nx);
+    if ((t[nx] = ref_find(f, prefix, name)) == NULL)
+      break;
+    x[nx] = ref_dev(&p, f, prefix, name);
+    dx[nx] = dalloc(&p, NULL, t[nx]->n);
+  }
+  ck_assert_int_ge(nx, 2);
+  y = dalloc(&p, NULL, yt->n);
+  dy = ref_dev(&p, f, prefix, "dy");
+  for (int k = 0; k < nx; k++) {
+    size_t w = t[k]->n / rows;
+
+    if (concat) {
+      td_backend_copy2d(p.be, x[k], w, y + off, width, rows, w, 0.0f);
+      td_backend_copy2d(p.be, dy + off, width, dx[k], w, rows, w, 0.0f);
+    } else {
+      if (k > 0)
+        td_backend_add(p.be, k == 1 ? x[0] : y, x[k], y, yt->n);
+      td_backend_copy2d(p.be, dy, yt->n, dx[k], yt->n, 1, yt->n, 0.0f);
+    }
+    off += w;
+  }
+  ck_assert_int_eq(td_backend_sync(p.be), 0);
+  ref_expect(f, prefix, "y", y);
+  for (int k = 0; k < nx; k++) {
+    snprintf(name, sizeof(name), "dx%d", k);
+    ref_expect(f, prefix, name, dx[k]);
+  }
+  /* beta 1 adds: a second share doubles each gradient */
+  for (int k = 0; concat && k < nx; k++) {
+    size_t w = t[k]->n / rows;
+    double *want = dvec(t[k]->n);
+
+    for (size_t i = 0; i < t[k]->n; i++)
+      want[i] = 2.0 * dx[k][i];
+    td_backend_copy2d(p.be, dx[k], w, dx[k], w, rows, w, 1.0f);
+    ck_assert_int_eq(td_backend_sync(p.be), 0);
+    expect_close("concat beta 1", dx[k], want, t[k]->n, 0.0);
+    free(want);
+  }
+  bufs_close(&p);
+}
+
+START_TEST(test_joins_match_pytorch) {
+  static const char *const ops[] = {"add/", "concat/"};
+  ref_file f;
+  int cases[2] = {0, 0};
+
+  ref_load_file(&f, "graph.bin");
+  for (uint32_t i = 0; i < f.count; i++) {
+    const char *name = f.t[i].name;
+    size_t nl = strlen(name);
+    char prefix[64];
+
+    for (int o = 0; o < 2; o++) {
+      if (strncmp(name, ops[o], strlen(ops[o])) != 0 || nl < 2 || strcmp(name + nl - 2, "/y") != 0)
+        continue;
+      snprintf(prefix, sizeof(prefix), "%.*s", (int)(nl - 1), name);
+      ref_join(&f, prefix, o == 1);
+      cases[o]++;
+    }
+  }
+  ck_assert_int_ge(cases[0], 2);
+  ck_assert_int_ge(cases[1], 3);
+  ref_close(&f);
+}
+END_TEST
+
+/* y = relu(x w^T + b) + x: x's gradient is the dense layer's share plus
+ * the add's, summed as the model sums a fan-out. */
+START_TEST(test_residual_matches_pytorch) {
+  const char *pre = "residual/0/";
+  ref_file f;
+  bufs p;
+  float *x, *w, *b, *dy, *h, *y, *g, *dx, *dw, *db;
+
+  ref_load_file(&f, "graph.bin");
+  bufs_open(&p);
+  x = ref_dev(&p, &f, pre, "x");
+  w = ref_dev(&p, &f, pre, "w");
+  b = ref_dev(&p, &f, pre, "b");
+  dy = ref_dev(&p, &f, pre, "dy");
+  h = dalloc(&p, NULL, 24);
+  y = dalloc(&p, NULL, 24);
+  g = dalloc(&p, NULL, 24);
+  dx = dalloc(&p, NULL, 24);
+  dw = dalloc(&p, NULL, 36);
+  db = dalloc(&p, NULL, 6);
+  td_backend_dense_fwd(p.be, x, w, b, h, 4, 6, 6);
+  td_backend_relu_fwd(p.be, h, h, 24);
+  td_backend_add(p.be, h, x, y, 24);
+  td_backend_relu_bwd(p.be, h, dy, g, 24);
+  td_backend_dense_bwd(p.be, x, w, g, dx, dw, db, 4, 6, 6, 0.0f);
+  td_backend_add(p.be, dx, dy, dx, 24);
+  ck_assert_int_eq(td_backend_sync(p.be), 0);
+  ref_expect(&f, pre, "y", y);
+  ref_expect(&f, pre, "dx", dx);
+  ref_expect(&f, pre, "dw", dw);
+  ref_expect(&f, pre, "db", db);
+  bufs_close(&p);
+  ref_close(&f);
+}
+END_TEST
+
 static Suite *layers_suite(void) {
   Suite *s = suite_create("layers");
   TCase *tc = tcase_create("ops");
@@ -1750,6 +1870,8 @@ static Suite *layers_suite(void) {
 
   tc = tcase_create("pytorch");
   tcase_add_loop_test(tc, test_matches_pytorch, 0, (int)TD_ARRAY_SIZE(ref_ops));
+  tcase_add_test(tc, test_joins_match_pytorch);
+  tcase_add_test(tc, test_residual_matches_pytorch);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -112,6 +112,9 @@ static void job_text(int t, unsigned omit, const char *extra, char *buf, size_t 
     if ((d->needs & ~omit) & (1u << k))
       n += (size_t)snprintf(keys + n, sizeof(keys) - n, ", %s: %s", td_layer_key_names[k],
                             needed_value[k]);
+  /* a join takes the conv2d's output twice */
+  if (d->join != NULL)
+    snprintf(keys + n, sizeof(keys) - n, ", inputs: [0, 0]");
   snprintf(buf, cap,
            "model:\n"
            "  input: %s\n"

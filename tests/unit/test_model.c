@@ -69,6 +69,32 @@ static void norm_spec(td_jobspec *s) {
                           .eps = 1e-8f};
 }
 
+/* A graph: a residual conv block (conv bn relu conv bn, added to the
+ * block's input), and a head that concatenates the flattened map with a
+ * dense layer of it.  Some layers named, the rest by index. */
+static void graph_spec(td_jobspec *s) {
+  static const td_layer layers[] = {
+      {.type = TD_LAYER_CONV2D, .filters = 4, .kernel = 3, .stride = 1, .padding = 1,
+       .name = "stem"},
+      {.type = TD_LAYER_RELU},
+      {.type = TD_LAYER_CONV2D, .filters = 4, .kernel = 3, .stride = 1, .padding = 1},
+      {.type = TD_LAYER_BATCHNORM2D, .eps = 1e-5f, .momentum = 0.1f, .name = "bn"},
+      {.type = TD_LAYER_RELU},
+      {.type = TD_LAYER_CONV2D, .filters = 4, .kernel = 3, .stride = 1, .padding = 1},
+      {.type = TD_LAYER_ADD, .inputs = {2, 6}, .ninputs = 2, .name = "res"},
+      {.type = TD_LAYER_MAXPOOL2D, .kernel = 2, .stride = 2},
+      {.type = TD_LAYER_FLATTEN, .name = "flat"},
+      {.type = TD_LAYER_DENSE, .units = 16, .name = "hidden"},
+      {.type = TD_LAYER_GELU},
+      {.type = TD_LAYER_CONCAT, .inputs = {9, 11}, .ninputs = 2},
+      {.type = TD_LAYER_DENSE, .units = 4, .name = "head"},
+  };
+
+  conv_spec(s);
+  memcpy(s->layers, layers, sizeof(layers));
+  s->nlayers = (int)TD_ARRAY_SIZE(layers);
+}
+
 /* Step k's samples: the same whatever happened before. */
 static void batch(int k, uint8_t *px, uint8_t *lb, const td_jobspec *s) {
   uint32_t in = (uint32_t)td_jobspec_input_elems(s), classes = td_jobspec_classes(s);
@@ -639,6 +665,106 @@ START_TEST(test_save_names) {
 }
 END_TEST
 
+/* A residual model learns: the loss on a batch it trains on falls. */
+START_TEST(test_graph_trains) {
+  uint8_t px[B * 64], lb[B];
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_step_stats st;
+  double first = 0.0;
+
+  graph_spec(&s);
+  m = make(&s, 8, &be);
+  batch(0, px, lb, &s);
+  for (int k = 0; k < 60; k++) {
+    ck_assert_msg(td_model_train_step(m, px, lb, B, &st) == 0, "%s", td_model_error(m));
+    ck_assert(isfinite(st.loss_sum));
+    if (k == 0)
+      first = st.loss_sum;
+  }
+  ck_assert_msg(st.loss_sum < 0.5 * first, "loss %g after 60 steps, %g at first", st.loss_sum,
+                first);
+  drop(m, be);
+}
+END_TEST
+
+/* Recomputing a graph's segments changes no bit, in fp32 and bf16. */
+START_TEST(test_graph_recompute_bitwise) {
+  static const td_precision precs[] = {TD_PREC_FP32, TD_PREC_BF16};
+  uint8_t px[B * 64], lb[B];
+
+  for (size_t pi = 0; pi < TD_ARRAY_SIZE(precs); pi++) {
+    td_jobspec s;
+    float *st[2];
+    uint64_t ns = 0;
+
+    graph_spec(&s);
+    s.precision = precs[pi];
+    batch(2, px, lb, &s);
+    for (int rec = 0; rec < 2; rec++) {
+      td_backend *be;
+      td_model *m;
+      td_step_stats stats;
+
+      s.recompute = rec;
+      m = make(&s, 8, &be);
+      ns = td_model_state_floats(m);
+      st[rec] = malloc(ns * sizeof(float));
+      for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(td_model_train_step(m, px, lb, B, &stats), 0);
+      ck_assert_int_eq(td_model_get_state(m, st[rec]), 0);
+      drop(m, be);
+    }
+    ck_assert_msg(memcmp(st[0], st[1], ns * sizeof(float)) == 0,
+                  "state differs with recomputation (precision %d)", precs[pi]);
+    free(st[0]);
+    free(st[1]);
+  }
+}
+END_TEST
+
+/* A graph's tensors are named by its layers' names, an index where a
+ * layer has none. */
+START_TEST(test_graph_save_names) {
+  static const char *const present[] = {"stem.weight", "2.bias", "bn.running_mean",
+                                        "bn.num_batches_tracked", "5.weight", "hidden.weight",
+                                        "head.bias"};
+  uint8_t px[B * 64], lb[B];
+  char path[] = "/tmp/td-model-XXXXXX";
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_step_stats st;
+  td_st_file *f;
+  td_st_tensor t;
+  char *buf, err[256];
+  size_t len;
+  int fd;
+
+  graph_spec(&s);
+  m = make(&s, 16, &be);
+  batch(0, px, lb, &s);
+  ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+  fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  ck_assert_int_eq(td_model_save(m, path, NULL, 0), 0);
+  ck_assert_int_eq(td_read_file(path, 1 << 24, &buf, &len), 0);
+  ck_assert_int_eq(td_safetensors_parse(buf, len, &f, err, sizeof(err)), 0);
+  for (size_t k = 0; k < TD_ARRAY_SIZE(present); k++)
+    ck_assert_msg(td_safetensors_find(f, present[k], &t) == 0, "%s missing", present[k]);
+  ck_assert_int_eq(td_safetensors_find(f, "head.weight", &t), 0);
+  ck_assert_uint_eq(t.shape[1], 16 + 64); /* the concatenation */
+  ck_assert_int_ne(td_safetensors_find(f, "0.weight", &t), 0);
+  ck_assert_uint_eq(td_safetensors_count(f), 2 + 2 + 5 + 2 + 2 + 2);
+  td_safetensors_free(f);
+  free(buf);
+  unlink(path);
+  drop(m, be);
+}
+END_TEST
+
 /* A device whose conv2d workspace depends on the rows, and not only
  * upwards (as cuDNN's may: another kernel for few rows): the CPU backend
  * with the contract's check against its own figure.  It needs most at 1 row
@@ -878,6 +1004,9 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_workspace_every_row_count);
   tcase_add_test(tc, test_arenas_the_probe_counts);
   tcase_add_test(tc, test_sticky_error_after_oom);
+  tcase_add_test(tc, test_graph_trains);
+  tcase_add_test(tc, test_graph_recompute_bitwise);
+  tcase_add_test(tc, test_graph_save_names);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -496,6 +496,157 @@ START_TEST(test_exact_examples) {
 }
 END_TEST
 
+/* Graphs: inputs are shapes[] indices (0 the model's input, j + 1 layer
+ * j's output). */
+#define IN2(a, b) .inputs = {a, b}, .ninputs = 2
+static const td_layer residual_mlp[] = {
+    {.type = TD_LAYER_DENSE, .units = 16}, {.type = TD_LAYER_RELU},
+    {.type = TD_LAYER_DENSE, .units = 16}, {.type = TD_LAYER_RELU},
+    {.type = TD_LAYER_ADD, IN2(2, 4)},     /* relu 1 feeds dense 2 and this */
+    {.type = TD_LAYER_DENSE, .units = 16},
+    {.type = TD_LAYER_ADD, IN2(6, 5)},     /* add 4's output feeds two too */
+    {.type = TD_LAYER_DENSE, .units = 5},
+};
+static const td_layer residual_cnn[] = {
+    {.type = TD_LAYER_CONV2D, .filters = 4, .kernel = 3, .stride = 1, .padding = 1},
+    {.type = TD_LAYER_BATCHNORM2D}, {.type = TD_LAYER_RELU},
+    {.type = TD_LAYER_CONV2D, .filters = 4, .kernel = 3, .stride = 1, .padding = 1},
+    {.type = TD_LAYER_BATCHNORM2D},
+    {.type = TD_LAYER_ADD, IN2(3, 5)}, {.type = TD_LAYER_RELU}, {.type = TD_LAYER_FLATTEN},
+    {.type = TD_LAYER_DENSE, .units = 5},
+};
+static const td_layer concat_head[] = {
+    {.type = TD_LAYER_CONV2D, .filters = 3, .kernel = 3, .stride = 1, .padding = 1},
+    {.type = TD_LAYER_RELU},
+    {.type = TD_LAYER_CONV2D, .filters = 2, .kernel = 1, .stride = 1},
+    {.type = TD_LAYER_CONV2D, .filters = 3, .kernel = 3, .stride = 1, .padding = 1,
+     .inputs = {2}, .ninputs = 1},
+    {.type = TD_LAYER_CONCAT, IN2(3, 4)}, /* [5, 6, 6] */
+    {.type = TD_LAYER_FLATTEN},           /* a view that feeds two layers */
+    {.type = TD_LAYER_DENSE, .units = 8}, {.type = TD_LAYER_GELU},
+    {.type = TD_LAYER_CONCAT, IN2(6, 8)}, /* 180 + 8 */
+    {.type = TD_LAYER_DENSE, .units = 5},
+};
+/* a branch without parameters before it: no gradient flows there */
+static const td_layer skip_input[] = {
+    {.type = TD_LAYER_DENSE, .units = 8}, {.type = TD_LAYER_FLATTEN, .inputs = {0}, .ninputs = 1},
+    {.type = TD_LAYER_CONCAT, IN2(1, 2)}, {.type = TD_LAYER_DROPOUT, .p = 0.25f},
+    {.type = TD_LAYER_DENSE, .units = 5},
+};
+
+static void graph_spec(td_jobspec *s, const td_layer *layers, int n, bool spatial) {
+  example_spec(s);
+  if (spatial) {
+    s->input_rank = 3;
+    s->input_dims[0] = 2;
+    s->input_dims[1] = s->input_dims[2] = 6;
+  } else {
+    s->input_rank = 1;
+    s->input_dims[0] = 12;
+  }
+  memcpy(s->layers, layers, (size_t)n * sizeof(*layers));
+  s->nlayers = n;
+  s->batch_size = 12;
+  s->min_micro_batch = 1;
+}
+
+/* Residual and multi-branch models: the CPU backend's peak is the plan, to
+ * the byte, at every precision, with and without recomputation. */
+START_TEST(test_exact_graphs) {
+  static const struct {
+    const td_layer *layers;
+    int n;
+    bool spatial;
+  } models[] = {
+      {residual_mlp, (int)TD_ARRAY_SIZE(residual_mlp), false},
+      {residual_cnn, (int)TD_ARRAY_SIZE(residual_cnn), true},
+      {concat_head, (int)TD_ARRAY_SIZE(concat_head), true},
+      {skip_input, (int)TD_ARRAY_SIZE(skip_input), false},
+  };
+  td_jobspec s;
+  td_shape shapes[TD_MAX_LAYERS + 1];
+  char msg[200];
+  int bad;
+
+  graph_spec(&s, models[_i].layers, models[_i].n, models[_i].spatial);
+  ck_assert_msg(td_jobspec_shapes(&s, shapes, &bad, msg, sizeof(msg)) == 0, "layer %d: %s", bad,
+                msg);
+  ck_assert(!td_jobspec_is_chain(&s));
+  for (int prec = 0; prec < TD_PREC__COUNT; prec++) {
+    for (int rec = 0; rec < 2; rec++) {
+      const uint32_t micros[] = {12, 5, 1};
+
+      s.precision = (td_precision)prec;
+      s.recompute = rec;
+      s.loss_scale = td_lossscale_defaults();
+      s.loss_scale.enabled = prec == TD_PREC_FP16;
+      for (size_t k = 0; k < TD_ARRAY_SIZE(micros); k++)
+        exact_case(&s, micros[k]);
+    }
+  }
+}
+END_TEST
+
+/* What the plan does for a residual MLP: the add that reads a tensor read
+ * nowhere else gives it its own gradient (no copy), and the tensor two
+ * layers read gets its own gradient that the second share is added to. */
+START_TEST(test_graph_layout) {
+  td_jobspec s;
+  td_layout l;
+
+  graph_spec(&s, residual_mlp, (int)TD_ARRAY_SIZE(residual_mlp), false);
+  ck_assert_int_eq(td_plan_layout(&s, 12, &l), 0);
+  /* add 4: relu 3's output (read once) takes dy as its gradient; relu 1's
+   * (read by dense 2 and the add) is written by the add's copy, then dense
+   * 2's share is added to it */
+  ck_assert_uint_eq(l.layers[4].dxs[1], l.layers[4].dy);
+  ck_assert_uint_ne(l.layers[4].dxs[0], l.layers[4].dy);
+  ck_assert_uint_eq(l.layers[4].dxs_sum, 0);
+  ck_assert_uint_eq(l.layers[2].dx_sum, l.layers[4].dxs[0]);
+  ck_assert_uint_ne(l.layers[2].dx, l.layers[2].dx_sum);
+  /* add 4's output feeds dense 5 and add 6: the add (last) writes its
+   * gradient, dense 5 adds its share; dense 5's output takes add 6's dy */
+  ck_assert_uint_eq(l.layers[5].dx_sum, l.layers[6].dxs[1]);
+  ck_assert_uint_eq(l.layers[6].dxs[0], l.layers[6].dy);
+  ck_assert(l.layers[4].has_dy && l.layers[0].has_dy);
+  ck_assert(!l.layers[0].needs_dx);
+  ck_assert_uint_le(l.act_peak, l.act_bytes);
+  /* in place: relu over the dense layers' outputs, nothing over a tensor
+   * two layers read */
+  ck_assert_uint_eq(l.layers[1].act_bytes, 0);
+  ck_assert_uint_ne(l.layers[4].act_bytes, 0);
+
+  /* add works in place over an input read nowhere else; with
+   * recomputation only over one its own segment makes (dense 1's, not
+   * dense 0's: the segment from dense 1 reruns the add from dense 0's) */
+  {
+    static const td_layer two[] = {
+        {.type = TD_LAYER_DENSE, .units = 8},
+        {.type = TD_LAYER_DENSE, .units = 8, .inputs = {0}, .ninputs = 1},
+        {.type = TD_LAYER_ADD, IN2(1, 2)},
+        {.type = TD_LAYER_DENSE, .units = 5},
+    };
+
+    graph_spec(&s, two, (int)TD_ARRAY_SIZE(two), false);
+    ck_assert_int_eq(td_plan_layout(&s, 12, &l), 0);
+    ck_assert_uint_eq(l.layers[2].act_bytes, 0);
+    ck_assert_uint_eq(l.layers[2].y, l.layers[2].xs[0]);
+    s.recompute = 1;
+    ck_assert_int_eq(td_plan_layout(&s, 12, &l), 0);
+    ck_assert_uint_eq(l.layers[2].act_bytes, 0);
+    ck_assert_uint_eq(l.layers[2].y, l.layers[2].xs[1]);
+    exact_case(&s, 5);
+  }
+
+  /* the branch from the input has no gradient */
+  graph_spec(&s, skip_input, (int)TD_ARRAY_SIZE(skip_input), false);
+  ck_assert_int_eq(td_plan_layout(&s, 12, &l), 0);
+  ck_assert(!l.layers[1].has_dy);
+  ck_assert_uint_eq(l.layers[2].dxs[1], TD_PLAN_NONE);
+  ck_assert_uint_ne(l.layers[2].dxs[0], TD_PLAN_NONE);
+}
+END_TEST
+
 /* A convolutional model by hand: parameters, BatchNorm's buffers, the conv
  * workspace (the CPU backend's figure), and the batch-dependence flag. */
 START_TEST(test_conv_model) {
@@ -957,6 +1108,8 @@ static Suite *plan_suite(void) {
   tcase_add_test(exact, test_sequence_model);
   tcase_add_test(exact, test_exact_examples);
   tcase_add_test(exact, test_choose_exact);
+  tcase_add_loop_test(exact, test_exact_graphs, 0, 4);
+  tcase_add_test(tc, test_graph_layout);
   tcase_set_timeout(exact, 120);
   suite_add_tcase(s, exact);
   return s;

@@ -20,12 +20,14 @@
 #define BATCH 48 /* three blocks */
 #define STEPS 6
 
-typedef enum { NET_MLP, NET_CNN, NET_LN, NET_SEQ } net_kind;
+typedef enum { NET_MLP, NET_CNN, NET_LN, NET_SEQ, NET_GRAPH } net_kind;
 
 /* MLP: dense relu dense relu dense.  CNN (with dropout): conv relu maxpool
  * conv relu avgpool flatten dense gelu dropout dense.  LN: dense layernorm
  * gelu dense.  SEQ, on a sequence [12, 12]: conv1d tanh conv1d (strided)
- * sigmoid softmax global_avg_pool dense. */
+ * sigmoid softmax global_avg_pool dense.  GRAPH: two residual conv blocks
+ * (the second's input feeds a conv and the add), and a head that
+ * concatenates the flattened map with a dense layer of it. */
 static void spec_of(td_jobspec *s, net_kind net, td_opt_kind opt, td_precision prec) {
   static const td_layer mlp[] = {
       {.type = TD_LAYER_DENSE, .units = 40}, {.type = TD_LAYER_RELU},
@@ -58,11 +60,32 @@ static void spec_of(td_jobspec *s, net_kind net, td_opt_kind opt, td_precision p
       {.type = TD_LAYER_GLOBAL_AVG_POOL},
       {.type = TD_LAYER_DENSE, .units = 10},
   };
-  const td_layer *l = net == NET_MLP ? mlp : net == NET_CNN ? cnn : net == NET_LN ? ln : seq;
+  static const td_layer graph[] = {
+      {.type = TD_LAYER_CONV2D, .filters = 6, .kernel = 3, .stride = 1, .padding = 1},
+      {.type = TD_LAYER_RELU},
+      {.type = TD_LAYER_CONV2D, .filters = 6, .kernel = 3, .stride = 1, .padding = 1},
+      {.type = TD_LAYER_RELU},
+      {.type = TD_LAYER_ADD, .inputs = {2, 4}, .ninputs = 2},
+      {.type = TD_LAYER_CONV2D, .filters = 6, .kernel = 3, .stride = 1, .padding = 1},
+      {.type = TD_LAYER_ADD, .inputs = {5, 6}, .ninputs = 2},
+      {.type = TD_LAYER_MAXPOOL2D, .kernel = 2, .stride = 2},
+      {.type = TD_LAYER_FLATTEN},
+      {.type = TD_LAYER_DENSE, .units = 20},
+      {.type = TD_LAYER_GELU},
+      {.type = TD_LAYER_CONCAT, .inputs = {9, 11}, .ninputs = 2},
+      {.type = TD_LAYER_DROPOUT, .p = 0.25f},
+      {.type = TD_LAYER_DENSE, .units = 10},
+  };
+  const td_layer *l = net == NET_MLP   ? mlp
+                       : net == NET_CNN ? cnn
+                       : net == NET_LN  ? ln
+                       : net == NET_SEQ ? seq
+                                        : graph;
   int n = net == NET_MLP   ? (int)TD_ARRAY_SIZE(mlp)
           : net == NET_CNN ? (int)TD_ARRAY_SIZE(cnn)
           : net == NET_LN  ? (int)TD_ARRAY_SIZE(ln)
-                           : (int)TD_ARRAY_SIZE(seq);
+          : net == NET_SEQ ? (int)TD_ARRAY_SIZE(seq)
+                           : (int)TD_ARRAY_SIZE(graph);
 
   memset(s, 0, sizeof(*s));
   snprintf(s->name, sizeof(s->name), "bitid");
@@ -201,6 +224,10 @@ START_TEST(test_seq_adam) { random_splits(NET_SEQ, TD_OPT_ADAM, TD_PREC_FP32); }
 END_TEST
 START_TEST(test_seq_sgd_bf16) { random_splits(NET_SEQ, TD_OPT_SGD, TD_PREC_BF16); }
 END_TEST
+START_TEST(test_graph_adam) { random_splits(NET_GRAPH, TD_OPT_ADAM, TD_PREC_FP32); }
+END_TEST
+START_TEST(test_graph_sgd_bf16) { random_splits(NET_GRAPH, TD_OPT_SGD, TD_PREC_BF16); }
+END_TEST
 
 /* A split that is not whole blocks is not promised: the test above is not
  * vacuous, since such a split does change bits (here, on the MLP and the
@@ -324,6 +351,8 @@ static Suite *bitid_suite(void) {
   tcase_add_test(tc, test_layernorm_adam);
   tcase_add_test(tc, test_seq_adam);
   tcase_add_test(tc, test_seq_sgd_bf16);
+  tcase_add_test(tc, test_graph_adam);
+  tcase_add_test(tc, test_graph_sgd_bf16);
   tcase_add_loop_test(tc, test_other_split_differs, 0, 2);
   tcase_add_test(tc, test_thread_count);
   tcase_add_test(tc, test_plan_whole_blocks);

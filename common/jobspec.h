@@ -26,7 +26,8 @@
 #define TD_LAYER_TYPES(X)                                                                   \
   X(DENSE, "dense") X(RELU, "relu") X(CONV2D, "conv2d") X(MAXPOOL2D, "maxpool2d")          \
   X(AVGPOOL2D, "avgpool2d") X(GELU, "gelu") X(DROPOUT, "dropout") X(FLATTEN, "flatten")    \
-  X(BATCHNORM2D, "batchnorm2d") X(LAYERNORM, "layernorm")
+  X(BATCHNORM2D, "batchnorm2d") X(LAYERNORM, "layernorm")                                 \
+  X(EMBEDDING, "embedding") X(POS_EMBEDDING, "pos_embedding") X(ATTENTION, "attention")
 
 typedef enum {
 #define TD_LAYER_ENUM(id, name) TD_LAYER_##id,
@@ -49,6 +50,10 @@ typedef struct td_layer {
   float p;             /* dropout: probability of dropping */
   float eps;           /* batchnorm2d, layernorm: 1e-5 (0 in code: the same) */
   float momentum;      /* batchnorm2d: running statistics' rate, 0.1 (0 in code: the same) */
+  uint32_t vocab;      /* embedding: number of token ids */
+  uint32_t dim;        /* embedding: features per position */
+  uint16_t heads;      /* attention: heads, dividing the features */
+  uint8_t causal;      /* attention: 1 masks the positions after each query */
   int line;            /* line in the job file, for messages */
 } td_layer;
 
@@ -198,6 +203,10 @@ int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1]
                       char *msg, size_t cap);
 /* Values per sample of a shape. */
 uint64_t td_shape_elems(const td_shape *s);
+/* Rows per sample an op that acts per position sees (a sequence's T, else
+ * 1), and the features of each row (D, else every value). */
+uint32_t td_shape_rows(const td_shape *s);
+uint32_t td_shape_width(const td_shape *s);
 /* Whether the model holds a layer whose result depends on how a batch is
  * cut into micro-batches (batchnorm2d: statistics per micro-batch). */
 int td_jobspec_batch_dependent(const td_jobspec *spec);

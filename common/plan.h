@@ -17,10 +17,12 @@
  * tensors whose lives do not overlap share bytes.  What the backward pass
  * keeps (each type's row in common/layers.c says it): dense and conv2d
  * their input, relu its output, pooling both, gelu its input, batchnorm2d
- * and layernorm their input and statistics; dropout nothing (its mask is recomputed from its key).  relu and dropout work in
+ * and layernorm their input and statistics, attention its input and what
+ * its row names (td_layer_sizes.saved); dropout nothing (its mask is recomputed from its key).  relu and dropout work in
  * place when nothing needs their input; flatten is a view.  In bf16/fp16
  * the activations are stored as 16-bit and widened into short-lived fp32
- * scratch tensors for the op that reads them.
+ * scratch tensors for the op that reads them; token ids (an embedding's
+ * input) stay fp32, exact.
  */
 #ifndef TD_PLAN_H
 #define TD_PLAN_H
@@ -78,8 +80,12 @@ typedef struct td_layer_layout {
   uint64_t running;          /* batchnorm2d: running mean then var [2c], params arena */
   uint64_t x, y;             /* stored input and output (in place: x == y) */
   bool half_x, half_y;       /* stored as 16-bit (bf16/fp16 runs) */
-  uint64_t stats;            /* batchnorm2d [2c], layernorm [2 rows]: mean, invstd */
+  uint64_t stats;            /* batchnorm2d [2c], layernorm [2 rows] (a sequence: [2 rows
+                                T]): mean, invstd */
   uint64_t junk;             /* batchnorm2d recomputed: where its running stats go */
+  uint64_t saved;            /* what the forward op keeps for the backward op beyond x and
+                                y, fp32 (attention: td_layer_sizes.saved per sample) */
+  uint64_t scratch;          /* the backward op's own fp32 scratch (td_layer_sizes.scratch) */
   uint64_t dy, dx;           /* fp32 gradients of the output and input */
   uint64_t tx, ty, tw;       /* mixed precision forward scratch: fp32 input, output
                                 (tx for an in-place op), widened weight and bias */

@@ -70,6 +70,10 @@ static const jd_field layer_fields[] = {
     FL("p", td_layer, p, 0, 1, JD_HI_OPEN),
     FL("eps", td_layer, eps, 0, 1, 0),
     FL("momentum", td_layer, momentum, 0, 1, 0),
+    U("vocab", td_layer, vocab, 0, 1u << 24),
+    U("dim", td_layer, dim, 0, 65536),
+    U("heads", td_layer, heads, 0, 4096),
+    U("causal", td_layer, causal, 0, 1),
     I("line", td_layer, line, 0, INT_MAX),
     {0},
 };

@@ -622,16 +622,16 @@ static void layernorm_bwd(const layer_call *c) {
                            st + m->lay.micro_batch * t, c->beta, c->dw, c->db);
 }
 
-/* The ids are the input as it came (fp32, exact); vocab and dim from the
- * weight's shape. */
+/* The ids are the input as it came (fp32, exact): T a sample, one per
+ * position of the output. */
 static void embedding_fwd(const layer_call *c) {
   td_backend_embedding_fwd(c->m->be, c->x, at(&c->m->params, c->ly->weight), c->y,
-                           positions(c), c->sl->vocab, td_shape_width(&c->ly->out_shape));
+                           (size_t)c->rows * c->ly->in, c->sl->vocab, c->sl->dim);
 }
 
 static void embedding_bwd(const layer_call *c) {
-  td_backend_embedding_bwd(c->m->be, c->x, c->dy, c->dw, positions(c), c->sl->vocab,
-                           td_shape_width(&c->ly->out_shape), c->beta);
+  td_backend_embedding_bwd(c->m->be, c->x, c->dy, c->dw, (size_t)c->rows * c->ly->in,
+                           c->sl->vocab, c->sl->dim, c->beta);
 }
 
 /* [T, D] added to each sample; the gradient flows through unchanged (dx is
@@ -822,12 +822,15 @@ static int step_failed(td_model *m, const char *phase) {
   return fail(m, rc, "%s (in the %s pass)", td_backend_error(m->be), phase);
 }
 
-/* uint8 pixels are scaled to [0, 1] as torchvision's ToTensor does; the
- * other types, and token ids of any type, are taken as they are. */
-static float input_scale(const td_model *m) {
-  if (td_layer_def_of(m->spec.layers[0].type)->ids)
-    return 1.0f;
-  return m->lay.in_dtype == TD_DTYPE_U8 ? 1.0f / 255.0f : 1.0f;
+/* (x * scale - mean) / std: uint8 pixels are scaled to [0, 1] as
+ * torchvision's ToTensor does, the other types taken as they are; token
+ * ids of any type are taken exactly (scale 1, mean 0, std 1). */
+static void input_norm(const td_model *m, float *scale, float *mean, float *std) {
+  bool ids = td_layer_def_of(m->spec.layers[0].type)->ids;
+
+  *scale = !ids && m->lay.in_dtype == TD_DTYPE_U8 ? 1.0f / 255.0f : 1.0f;
+  *mean = ids ? 0.0f : m->spec.norm_mean;
+  *std = ids ? 1.0f : m->spec.norm_std;
 }
 
 /* Token ids for an embedding: whole numbers below its vocabulary.  Checked
@@ -879,13 +882,14 @@ static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
   float *stats = act(m, l->stats);
   uint8_t *stage_px = m->stage.ptr, *stage_lb = stage_px + l->stage_labels;
   size_t esize = td_dtype_size(l->in_dtype);
-  float scale = input_scale(m);
+  float scale, mean, std;
   float grad_scale = td_lossscale_scale(&m->ls) / (float)count;
   int rc;
 
   if ((rc = check_batch(m, labels, count, grads)) < 0 ||
       (rc = check_ids(m, samples, count)) < 0)
     return rc;
+  input_norm(m, &scale, &mean, &std);
   td_backend_fill(be, stats, 2, 0.0f);
   if (half(m))
     td_backend_to_half(be, half_kind(m), m->params.ptr,
@@ -900,13 +904,13 @@ static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
                             esize, nin * esize);
     td_backend_upload_async(be, stage_lb, labels + off, n);
     if (l->layers[0].half_x) {
-      td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input_tmp), nin, scale,
-                           m->spec.norm_mean, m->spec.norm_std);
+      td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input_tmp), nin, scale, mean,
+                           std);
       td_backend_to_half(be, half_kind(m), act(m, l->input_tmp),
                          (uint16_t *)act(m, l->input), nin);
     } else {
-      td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input), nin, scale,
-                           m->spec.norm_mean, m->spec.norm_std);
+      td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input), nin, scale, mean,
+                           std);
     }
     for (int i = 0; i < l->nlayers; i++)
       layer_fwd(m, i, n, grads, false, off);

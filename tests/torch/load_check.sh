@@ -1,5 +1,6 @@
 #!/bin/sh
-# For every example job: td_model_probe trains its model a few steps and
+# For every example job (and the jobs beside this script, for the layers no
+# example has): td_model_probe trains its model a few steps and
 # saves it; load_check.py loads the file into PyTorch's nn.Sequential and
 # must reproduce traind's evaluation.  Skipped (77) without PyTorch.
 #
@@ -16,7 +17,7 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 status=0
-for job in "$src"/examples/*.yaml; do
+for job in "$src"/examples/*.yaml "$src"/tests/torch/*.yaml; do
   out=$("$probe" "$job" "$tmp") || { echo "$job: td_model_probe failed"; status=1; continue; }
   loss=$(echo "$out" | sed -n 's/.*loss_sum=\([^ ]*\).*/\1/p')
   correct=$(echo "$out" | sed -n 's/.*correct=\([^ ]*\).*/\1/p')

@@ -13,6 +13,7 @@
 #include "input.cuh"
 #include "norm.cuh"
 #include "optim.cuh"
+#include "seq.cuh"
 
 namespace {
 
@@ -307,6 +308,11 @@ const td_backend_ops cuda_ops = {
     .batchnorm2d_bwd = td__cuda_batchnorm2d_bwd,
     .layernorm_fwd = td__cuda_layernorm_fwd,
     .layernorm_bwd = td__cuda_layernorm_bwd,
+    .embedding_fwd = td__cuda_embedding_fwd,
+    .embedding_bwd = td__cuda_embedding_bwd,
+    .add_rows = td__cuda_add_rows,
+    .attn_fwd = td__cuda_attn_fwd,
+    .attn_bwd = td__cuda_attn_bwd,
     .sgd_momentum = td__cuda_sgd_momentum,
     .adamw = td__cuda_adamw,
     .sumsq = td__cuda_sumsq,

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "dataset.h"
 #include "error.h"
 #include "layers.h"
 #include "lossscale.h"
@@ -647,6 +648,31 @@ START_TEST(test_block_bad_id) {
 }
 END_TEST
 
+/* The loader's check of the ids it decodes, in each stored type: the
+ * file, the sample's index and the position. */
+START_TEST(test_ids_check) {
+  const uint8_t u8[6] = {0, 1, 2, 3, 4, 5};
+  const int32_t i32[6] = {0, 1, 2, 3, -1, 5};
+  const float f32[6] = {0, 1, 2, 3, 4, 4.5f};
+  char err[256];
+
+  ck_assert_int_eq(td_ids_check(u8, TD_DTYPE_U8, 3, 2, 10, 6, "a.bin", err, sizeof(err)), 0);
+  ck_assert_int_eq(td_ids_check(u8, TD_DTYPE_U8, 3, 2, 10, 5, "a.bin", err, sizeof(err)),
+                   TD_EDATA);
+  ck_assert_msg(strstr(err, "a.bin") != NULL &&
+                    strstr(err, "sample at index 12, position 1: token id 5") != NULL,
+                "%s", err);
+  ck_assert_int_eq(td_ids_check((const uint8_t *)i32, TD_DTYPE_I32, 3, 2, 0, 6, "b.npy", err,
+                                sizeof(err)),
+                   TD_EDATA);
+  ck_assert_msg(strstr(err, "sample at index 2, position 0: token id -1") != NULL, "%s", err);
+  ck_assert_int_eq(td_ids_check((const uint8_t *)f32, TD_DTYPE_F32, 3, 2, 0, 6, "c.npy", err,
+                                sizeof(err)),
+                   TD_EDATA);
+  ck_assert_msg(strstr(err, "token id 4.5") != NULL, "%s", err);
+}
+END_TEST
+
 /* The job file: the keys, where an embedding may go, what the last layer
  * may give, and that ids are not normalised. */
 START_TEST(test_job_file) {
@@ -721,6 +747,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_attention_bad_desc);
   tcase_add_test(tc, test_block_trains);
   tcase_add_test(tc, test_block_bad_id);
+  tcase_add_test(tc, test_ids_check);
   tcase_add_test(tc, test_job_file);
   suite_add_tcase(s, tc);
   return s;

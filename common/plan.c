@@ -540,6 +540,7 @@ int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out)
     ly->stats = offset_of(p, id->stats);
     ly->junk = offset_of(p, id->junk);
     ly->saved = offset_of(p, id->saved);
+    ly->saved_bytes = id->saved >= 0 ? p->t[id->saved].bytes : 0;
     ly->scratch = offset_of(p, id->scratch);
     ly->dy = offset_of(p, b.grad[i + 1]);
     ly->dx = ly->needs_dx ? offset_of(p, b.grad[i]) : TD_PLAN_NONE;

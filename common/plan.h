@@ -86,6 +86,7 @@ typedef struct td_layer_layout {
   uint64_t saved;            /* what the forward op keeps for the backward op beyond x and
                                 y, fp32 (attention: td_layer_sizes.saved per sample) */
   uint64_t scratch;          /* the backward op's own fp32 scratch (td_layer_sizes.scratch) */
+  uint64_t saved_bytes;      /* the saved tensor's bytes at micro_batch (0: none) */
   uint64_t dy, dx;           /* fp32 gradients of the output and input */
   uint64_t tx, ty, tw;       /* mixed precision forward scratch: fp32 input, output
                                 (tx for an in-place op), widened weight and bias */

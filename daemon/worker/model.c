@@ -87,7 +87,8 @@ static float rng_normal(uint64_t *s) {
 }
 
 /* PyTorch's defaults: nn.Linear and nn.Conv2d U(-1/sqrt(fan_in), 1/sqrt(fan_in))
- * for weight and bias, the norms gamma 1 and beta 0, running var 1. */
+ * for weight and bias, the norms gamma 1 and beta 0, running var 1,
+ * nn.Embedding N(0, 1), nn.MultiheadAttention's (the row's init says which). */
 static int init_weights(td_model *m, uint64_t seed) {
   const td_layout *l = &m->lay;
   uint64_t count = l->nparams + l->nbuffers, s = seed;

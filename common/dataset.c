@@ -7,6 +7,7 @@
 
 #include "dataset_impl.h"
 #include "error.h"
+#include "half.h"
 #include "parallel.h"
 #include "util.h"
 
@@ -123,6 +124,27 @@ int td_labels_check(const uint8_t *labels, uint64_t n, uint64_t first, uint32_t 
   for (uint64_t i = 0; i < n; i++)
     if (labels[i] >= classes)
       return td__label_fail(path, first + i, labels[i], classes, err, errlen);
+  return 0;
+}
+
+int td_ids_check(const uint8_t *samples, td_dtype dtype, uint64_t n, uint32_t elems,
+                 uint64_t first, uint32_t vocab, const char *path, char *err, size_t errlen) {
+  for (uint64_t i = 0; i < n * elems; i++) {
+    double id;
+
+    switch (dtype) {
+    case TD_DTYPE_U8: id = samples[i]; break;
+    case TD_DTYPE_I32: id = ((const int32_t *)(const void *)samples)[i]; break;
+    case TD_DTYPE_F16: id = td_f16_to_f32(((const uint16_t *)(const void *)samples)[i]); break;
+    case TD_DTYPE_F32: id = ((const float *)(const void *)samples)[i]; break;
+    default: return 0;
+    }
+    if (!(id >= 0.0 && id < vocab) || id != floor(id))
+      return td_data_errf(err, errlen, path, "sample at index %llu, position %llu: token id "
+                          "%g is not an id of the embedding's vocabulary (0 to %u)",
+                          (unsigned long long)(first + i / elems),
+                          (unsigned long long)(i % elems), id, vocab - 1);
+  }
   return 0;
 }
 

@@ -101,6 +101,15 @@ int td_split_load(td_split *s, uint8_t *samples, uint8_t *labels, uint32_t class
  * equal data.  TD_ETOOBIG when cap is too small. */
 int td_split_cache_key(const td_split *s, char *buf, size_t cap);
 
+/* Token ids for a model whose first layer is an embedding of vocab ids:
+ * the first of n samples of elems values (sample numbers first..) holding
+ * one that is not a whole number below vocab: TD_EDATA "<path>: sample at
+ * index I, position P: token id V is not an id of the embedding's
+ * vocabulary (0 to vocab - 1)".  dtype as decoded (uint8, int32, float16,
+ * float32). */
+int td_ids_check(const uint8_t *samples, td_dtype dtype, uint64_t n, uint32_t elems,
+                 uint64_t first, uint32_t vocab, const char *path, char *err, size_t errlen);
+
 /* The first of n labels (sample numbers first..) that is >= classes:
  * TD_EDATA "<path>: label at index I is V, but the model has C classes". */
 int td_labels_check(const uint8_t *labels, uint64_t n, uint64_t first, uint32_t classes,

@@ -720,6 +720,20 @@ static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errl
         td_yaml_errf(err, errlen, s->layers[bad].line, "key 'model.layers[%d]': %s", bad, why);
       return TD_EJOBSPEC;
     }
+    /* the loss takes one row of class scores per sample */
+    if (shapes[s->nlayers].seq) {
+      td_yaml_errf(err, errlen, last->line,
+                   "key 'model.layers[%d]': the last layer gives a sequence [%u, %u], not "
+                   "class scores: put a flatten before it", s->nlayers - 1,
+                   shapes[s->nlayers].c, shapes[s->nlayers].h);
+      return TD_EJOBSPEC;
+    }
+  }
+  if (td_layer_def_of(first->type)->ids && (s->norm_mean != 0.0f || s->norm_std != 1.0f)) {
+    td_yaml_errf(err, errlen, node_line(root, "data", "normalize"),
+                 "key 'data.normalize': the first layer (%s) reads token ids, which are "
+                 "taken as they are; remove data.normalize", td_layer_names[first->type]);
+    return TD_EJOBSPEC;
   }
   s->schedule.lr = s->opt.lr;
   {
@@ -958,6 +972,12 @@ static int check_unused(const td_jobspec *spec, int *bad, char *msg, size_t cap)
   return 0;
 }
 
+uint32_t td_shape_rows(const td_shape *s) { return s->seq ? s->c : 1; }
+
+uint32_t td_shape_width(const td_shape *s) {
+  return s->seq ? s->h : (uint32_t)td_shape_elems(s);
+}
+
 int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1], int *bad,
                       char *msg, size_t cap) {
   uint64_t elems = td_jobspec_input_elems(spec);
@@ -1008,6 +1028,11 @@ int td_jobspec_shapes(const td_jobspec *spec, td_shape shapes[TD_MAX_LAYERS + 1]
       return TD_EJOBSPEC;
     }
     d = td_layer_def_of(l->type);
+    if (d->ids && i > 0) {
+      snprintf(msg, cap, "%s must be the model's first layer (it reads the token ids of "
+               "model.input)", td_layer_names[l->type]);
+      return TD_EJOBSPEC;
+    }
     if (!in.spatial && d->spatial) {
       if (in.seq)
         snprintf(msg, cap, "%s needs a [C, H, W] input, and gets a sequence [%u, %u]",

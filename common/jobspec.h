@@ -31,7 +31,8 @@
   X(BATCHNORM2D, "batchnorm2d") X(LAYERNORM, "layernorm")                                \
   X(SIGMOID, "sigmoid") X(TANH, "tanh") X(SOFTMAX, "softmax")                              \
   X(GLOBAL_AVG_POOL, "global_avg_pool") X(CONV1D, "conv1d")                                \
-  X(ADD, "add") X(CONCAT, "concat")
+  X(ADD, "add") X(CONCAT, "concat")                                                        \
+  X(EMBEDDING, "embedding") X(POS_EMBEDDING, "pos_embedding") X(ATTENTION, "attention")
 
 typedef enum {
 #define TD_LAYER_ENUM(id, name) TD_LAYER_##id,
@@ -55,6 +56,10 @@ typedef struct td_layer {
   float p;             /* dropout: probability of dropping */
   float eps;           /* batchnorm2d, layernorm: 1e-5 (0 in code: the same) */
   float momentum;      /* batchnorm2d: running statistics' rate, 0.1 (0 in code: the same) */
+  uint32_t vocab;      /* embedding: number of token ids */
+  uint32_t dim;        /* embedding: features per position */
+  uint16_t heads;      /* attention: heads, dividing the features */
+  uint8_t causal;      /* attention: 1 masks the positions after each query */
   int line;            /* line in the job file, for messages */
   /* The model as a graph.  name: "" is the layer's index ("3"); a given one
    * is an identifier, so the two never meet.  inputs: where each input
@@ -227,6 +232,10 @@ int td_jobspec_is_chain(const td_jobspec *spec);
 /* What a model names shapes[] index t by: "input", a layer's name, or its
  * index.  buf holds TD_LAYER_NAME_MAX bytes. */
 const char *td_jobspec_node_name(const td_jobspec *spec, int t, char *buf);
+/* Rows per sample an op that acts per position sees (a sequence's T, else
+ * 1), and the features of each row (D, else every value). */
+uint32_t td_shape_rows(const td_shape *s);
+uint32_t td_shape_width(const td_shape *s);
 /* Whether the model holds a layer whose result depends on how a batch is
  * cut into micro-batches (batchnorm2d: statistics per micro-batch). */
 int td_jobspec_batch_dependent(const td_jobspec *spec);

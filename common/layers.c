@@ -23,9 +23,12 @@ const char *const td_layer_key_names[TD_LK__COUNT] = {
     [TD_LK_PADDING] = "padding", [TD_LK_APPROXIMATE] = "approximate",
     [TD_LK_P] = "p",             [TD_LK_EPS] = "eps",
     [TD_LK_MOMENTUM] = "momentum",
+    [TD_LK_VOCAB] = "vocab",     [TD_LK_DIM] = "dim",
+    [TD_LK_HEADS] = "heads",     [TD_LK_CAUSAL] = "causal",
 };
 
 static const char *const gelu_names[] = {"none", "tanh", NULL};
+static const char *const bool_names[] = {"false", "true", NULL};
 
 /* Shapes */
 
@@ -62,7 +65,11 @@ static int dense_shape(const td_layer *l, const td_shape *in, td_shape *out, uin
     snprintf(msg, cap, "a dense layer needs 'units'");
     return TD_EJOBSPEC;
   }
-  *out = (td_shape){l->units, 1, 1, 0, 0};
+  /* on a sequence it acts per position: [T, D] -> [T, units] */
+  if (in->seq)
+    *out = (td_shape){in->c, l->units, 1, 0, 1};
+  else
+    *out = (td_shape){l->units, 1, 1, 0, 0};
   return 0;
 }
 
@@ -248,12 +255,65 @@ static int concat_shape(const td_layer *l, const td_shape *in, const char *const
   return 0;
 }
 
+/* Token ids [T] -> [T, dim]. */
+static int embedding_shape(const td_layer *l, const td_shape *in, td_shape *out, uint64_t *big,
+                           char *msg, size_t cap) {
+  if (l->vocab == 0 || l->dim == 0) {
+    snprintf(msg, cap, "an embedding layer needs 'vocab' and 'dim'");
+    return TD_EJOBSPEC;
+  }
+  if (in->spatial || in->seq) {
+    snprintf(msg, cap, "embedding reads token ids: model.input must be [T], one id per "
+             "position");
+    return TD_EJOBSPEC;
+  }
+  *out = (td_shape){in->c, l->dim, 1, 0, 1};
+  *big = (uint64_t)l->vocab * l->dim;
+  return 0;
+}
+
+static int need_seq(const td_layer *l, const td_shape *in, char *msg, size_t cap) {
+  if (in->seq)
+    return 0;
+  snprintf(msg, cap, "%s needs a sequence [T, D] input (start the model with an embedding); "
+           "it gets %s", td_layer_names[l->type],
+           in->spatial ? "a [C, H, W] input" : "flat features");
+  return TD_EJOBSPEC;
+}
+
+static int pos_embedding_shape(const td_layer *l, const td_shape *in, td_shape *out,
+                               uint64_t *big, char *msg, size_t cap) {
+  int rc = need_seq(l, in, msg, cap);
+
+  if (rc == 0)
+    *out = *in;
+  return rc;
+}
+
+static int attention_shape(const td_layer *l, const td_shape *in, td_shape *out, uint64_t *big,
+                           char *msg, size_t cap) {
+  int rc;
+
+  if ((rc = need_seq(l, in, msg, cap)) < 0)
+    return rc;
+  if (l->heads == 0 || in->h % l->heads != 0) {
+    snprintf(msg, cap, "attention's %u heads must divide its %u features", l->heads, in->h);
+    return TD_EJOBSPEC;
+  }
+  *out = *in;
+  /* the probabilities of one sample, and the input projection's weight */
+  *big = (uint64_t)l->heads * in->c * in->c;
+  if (3 * (uint64_t)in->h * in->h > *big)
+    *big = 3 * (uint64_t)in->h * in->h;
+  return 0;
+}
+
 /* What each holds */
 
 static void dense_sizes(const td_layer *l, const td_shape *in, const td_shape *out,
                         td_layer_sizes *s) {
-  s->nweight = td_shape_elems(out) * td_shape_elems(in);
-  s->nbias = td_shape_elems(out);
+  s->nweight = (uint64_t)td_shape_width(out) * td_shape_width(in);
+  s->nbias = td_shape_width(out);
 }
 
 static void conv2d_sizes(const td_layer *l, const td_shape *in, const td_shape *out,
@@ -274,7 +334,31 @@ static void batchnorm2d_sizes(const td_layer *l, const td_shape *in, const td_sh
 
 static void layernorm_sizes(const td_layer *l, const td_shape *in, const td_shape *out,
                             td_layer_sizes *s) {
-  s->nweight = s->nbias = td_shape_elems(in);
+  s->nweight = s->nbias = td_shape_width(in); /* a sequence: per position, over D */
+}
+
+static void embedding_sizes(const td_layer *l, const td_shape *in, const td_shape *out,
+                            td_layer_sizes *s) {
+  s->nweight = (uint64_t)l->vocab * l->dim;
+}
+
+static void pos_embedding_sizes(const td_layer *l, const td_shape *in, const td_shape *out,
+                                td_layer_sizes *s) {
+  s->nweight = td_shape_elems(in);
+}
+
+/* in_proj [3D, D] then out_proj [D, D]; their biases [3D] then [D].  The
+ * forward op keeps Q, K, V [T, 3D], each head's probabilities [T, T] and the
+ * heads' output [T, D] for the backward op, which needs [T, 3D] and [T, D]
+ * of gradients and one head's [T, T] at a time (kernels/backend.h). */
+static void attention_sizes(const td_layer *l, const td_shape *in, const td_shape *out,
+                            td_layer_sizes *s) {
+  uint64_t t = in->c, d = in->h;
+
+  s->nweight = 4 * d * d;
+  s->nbias = 4 * d;
+  s->saved = 4 * t * d + (uint64_t)l->heads * t * t;
+  s->scratch = 4 * t * d + t * t;
 }
 
 static void conv1d_sizes(const td_layer *l, const td_shape *in, const td_shape *out,
@@ -296,7 +380,7 @@ static int weight_bias(td_layer_tensor *t, int rank, const uint64_t *wshape, uin
 
 static int dense_tensors(const td_layer *l, const td_shape *in, const td_shape *out,
                          const td_layer_sizes *s, td_layer_tensor t[TD_LAYER_MAX_TENSORS]) {
-  const uint64_t w[] = {td_shape_elems(out), td_shape_elems(in)};
+  const uint64_t w[] = {td_shape_width(out), td_shape_width(in)};
 
   return weight_bias(t, 2, w, s->nbias);
 }
@@ -328,6 +412,11 @@ static int layernorm_tensors(const td_layer *l, const td_shape *in, const td_sha
   const uint64_t chw[] = {in->c, in->h, in->w};
   int n;
 
+  if (in->seq) {
+    const uint64_t d[] = {in->h};
+
+    return weight_bias(t, 1, d, s->nbias);
+  }
   if (!in->spatial)
     return weight_bias(t, 1, chw, s->nbias);
   n = weight_bias(t, 3, chw, s->nbias);
@@ -342,6 +431,39 @@ static int conv1d_tensors(const td_layer *l, const td_shape *in, const td_shape 
   const uint64_t w[] = {s->nbias, in->h, l->kernel};
 
   return weight_bias(t, 3, w, s->nbias);
+}
+
+/* nn.Embedding's weight [vocab, dim] */
+static int embedding_tensors(const td_layer *l, const td_shape *in, const td_shape *out,
+                             const td_layer_sizes *s, td_layer_tensor t[TD_LAYER_MAX_TENSORS]) {
+  t[0] = (td_layer_tensor){.name = "weight", .src = TD_LT_WEIGHT, .rank = 2,
+                           .shape = {l->vocab, l->dim}};
+  return 1;
+}
+
+/* a Parameter [T, D], named as tests/torch/jobmodel.py's module has it */
+static int pos_embedding_tensors(const td_layer *l, const td_shape *in, const td_shape *out,
+                                 const td_layer_sizes *s,
+                                 td_layer_tensor t[TD_LAYER_MAX_TENSORS]) {
+  t[0] = (td_layer_tensor){.name = "weight", .src = TD_LT_WEIGHT, .rank = 2,
+                           .shape = {in->c, in->h}};
+  return 1;
+}
+
+/* nn.MultiheadAttention's names */
+static int attention_tensors(const td_layer *l, const td_shape *in, const td_shape *out,
+                             const td_layer_sizes *s, td_layer_tensor t[TD_LAYER_MAX_TENSORS]) {
+  uint64_t d = in->h;
+
+  t[0] = (td_layer_tensor){.name = "in_proj_weight", .src = TD_LT_WEIGHT, .rank = 2,
+                           .shape = {3 * d, d}};
+  t[1] = (td_layer_tensor){.name = "in_proj_bias", .src = TD_LT_BIAS, .rank = 1,
+                           .shape = {3 * d}};
+  t[2] = (td_layer_tensor){.name = "out_proj.weight", .src = TD_LT_WEIGHT, .at = 3 * d * d,
+                           .rank = 2, .shape = {d, d}};
+  t[3] = (td_layer_tensor){.name = "out_proj.bias", .src = TD_LT_BIAS, .at = 3 * d, .rank = 1,
+                           .shape = {d}};
+  return 4;
 }
 
 #define WINDOW_KEYS (TD_LK(KERNEL) | TD_LK(STRIDE) | TD_LK(PADDING))
@@ -413,6 +535,21 @@ static const td_layer_def defs[TD_LAYER__COUNT] = {
     [TD_LAYER_CONCAT] = {
         .not_first = true, .join = concat_shape,
         .chunk = TD_CHUNK_SPATIAL},
+    [TD_LAYER_EMBEDDING] = { /* its backward op reads the ids; no gradient before it */
+        .takes = TD_LK(VOCAB) | TD_LK(DIM), .needs = TD_LK(VOCAB) | TD_LK(DIM), .ids = true,
+        .shape = embedding_shape, .sizes = embedding_sizes, .trainable = true,
+        .init = TD_INIT_NORMAL, .tensors = embedding_tensors,
+        .needs_x = true, .chunk = TD_CHUNK_BATCH},
+    [TD_LAYER_POS_EMBEDDING] = { /* starts at zero, as a Parameter of torch.zeros */
+        .not_first = true,
+        .shape = pos_embedding_shape, .sizes = pos_embedding_sizes,
+        .trainable = true, .init = TD_INIT_ZEROS, .tensors = pos_embedding_tensors,
+        .in_place = true, .grad_in_place = true, .chunk = TD_CHUNK_BATCH},
+    [TD_LAYER_ATTENTION] = {
+        .takes = TD_LK(HEADS) | TD_LK(CAUSAL), .needs = TD_LK(HEADS), .not_first = true,
+        .shape = attention_shape, .sizes = attention_sizes, .trainable = true,
+        .init = TD_INIT_ATTENTION, .tensors = attention_tensors,
+        .needs_x = true, .chunk = TD_CHUNK_BATCH, .half_weights = true},
 };
 
 const td_layer_def *td_layer_def_of(td_layer_type t) { return &defs[t]; }
@@ -510,6 +647,10 @@ static const td_yfield layer_fields[] = {
      * layer's is known) */
     TD_YF_STR("name", td_layer, name, TD_YF_NONEMPTY, check_layer_name),
     {.key = "inputs", .type = TD_YT_NODE},
+    TD_YF_INT("vocab", td_layer, vocab, 1, 1 << 24, 0),
+    TD_YF_INT("dim", td_layer, dim, 1, 65536, 0),
+    TD_YF_INT("heads", td_layer, heads, 1, 4096, 0),
+    TD_YF_ENUM("causal", td_layer, causal, bool_names, NULL, 0),
     {0},
 };
 

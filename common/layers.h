@@ -37,6 +37,10 @@ typedef enum {
   TD_LK_P,
   TD_LK_EPS,
   TD_LK_MOMENTUM,
+  TD_LK_VOCAB,
+  TD_LK_DIM,
+  TD_LK_HEADS,
+  TD_LK_CAUSAL,
   TD_LK__COUNT
 } td_layer_key;
 
@@ -47,6 +51,10 @@ typedef struct td_layer_sizes {
   uint64_t nweight, nbias; /* trainable floats: weight (the norms' gamma), bias (beta) */
   uint64_t nrunning;       /* non-trainable fp32 buffers (BatchNorm's running mean, var) */
   uint64_t workspace;      /* bytes of the CPU backend's scratch for one op call */
+  uint64_t saved;          /* fp32 values per sample the forward op keeps for the backward
+                              op, in the activation arena (attention: Q, K, V, the
+                              probabilities and the heads' output) */
+  uint64_t scratch;        /* fp32 values per sample the backward op alone uses */
 } td_layer_sizes;
 
 /* Where a saved tensor's values come from. */
@@ -86,6 +94,10 @@ typedef enum {
   TD_INIT_NONE = 0,
   TD_INIT_FAN_IN, /* weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = nweight/nbias */
   TD_INIT_ONES,   /* gamma 1, beta 0; running variance 1 */
+  TD_INIT_NORMAL, /* weight N(0, 1) (nn.Embedding) */
+  TD_INIT_ZEROS,  /* all 0 (a Parameter made with torch.zeros) */
+  TD_INIT_ATTENTION, /* nn.MultiheadAttention: in_proj xavier_uniform, out_proj
+                        U(-1/sqrt(D), 1/sqrt(D)), biases 0 */
 } td_layer_init;
 
 typedef struct td_layer_def {
@@ -94,9 +106,13 @@ typedef struct td_layer_def {
   unsigned takes, needs;
   bool stride_is_kernel;
   bool not_first;           /* refused as the model's first layer */
+  bool ids;                 /* its input is token ids (model.input [T]): only as the first
+                               layer, and the input is taken exactly (no scaling, no
+                               normalisation, never stored in 16 bits) */
 
   /* shapes: spatial layers need a [C, H, W] input (and their ops index
-   * the whole micro-batch with int).  shape: the output for in, and the
+   * the whole micro-batch with int); a layer that needs a sequence [T, D]
+   * says so from its shape function.  shape: the output for in, and the
    * most values per sample any of its tensors holds (*big, 0: the
    * output's); a message without the key on error.  NULL: out = in. */
   bool spatial;

@@ -254,7 +254,7 @@ static uint64_t offset_of(const planner *p, int id) {
 
 /* The ids of one layer's tensors while the schedule is built. */
 typedef struct layer_ids {
-  int stats, junk, tx, ty, tw, bx, by, bw;
+  int stats, junk, tx, ty, tw, bx, by, bw, saved, scratch;
   int txs[TD_MAX_INPUTS]; /* a join's widened inputs (mixed precision) */
   int dx, dx_sum;         /* where its backward op writes dx, and the gradient it then
                              adds dx to (-1: dx is that gradient itself) */
@@ -295,6 +295,7 @@ static void forward_uses(build *b, int i, int phase) {
   use(p, id->tw, phase, true);
   use(p, id->ty, phase, true);
   use(p, id->stats, phase, true);
+  use(p, id->saved, phase, true);
   if (phase == 1)
     use(p, id->junk, phase, true);
   use(p, b->act[i + 1], phase, true);
@@ -319,6 +320,8 @@ static void backward_uses(build *b, int i) {
   if (ly->needs_y)
     use(p, b->act[i + 1], 1, false);
   use(p, id->stats, 1, false);
+  use(p, id->saved, 1, false);
+  use(p, id->scratch, 1, true);
   use(p, id->bx, 1, true);
   use(p, id->by, 1, true);
   use(p, id->bw, 1, true);
@@ -383,7 +386,9 @@ static int lay_layers(build *b, const td_shape *shapes) {
   int rc;
 
   lay_graph(b);
-  if ((rc = new_tensor(p, n, shapes[0].c * (uint64_t)shapes[0].h * shapes[0].w, elem,
+  /* token ids stay fp32: exact up to 2^24, where 16 bits would round them */
+  if ((rc = new_tensor(p, n, shapes[0].c * (uint64_t)shapes[0].h * shapes[0].w,
+                       td_layer_def_of(spec->layers[0].type)->ids ? F32 : elem,
                        &b->act[0])) < 0)
     return rc;
   for (int i = 0; i < spec->nlayers; i++) {
@@ -458,11 +463,15 @@ static int lay_layers(build *b, const td_shape *shapes) {
       ly->act_bytes = p->t[b->act[i + 1]].bytes;
     }
     if (d->stats != TD_STATS_NONE) {
-      uint64_t count = d->stats == TD_STATS_CHANNEL ? in->c : n;
+      uint64_t count = d->stats == TD_STATS_CHANNEL ? in->c : n * td_shape_rows(in);
 
       if ((rc = new_tensor(p, 2, count, F32, &id->stats)) < 0)
         return rc;
     }
+    if (sz.saved > 0 && (rc = new_tensor(p, n, sz.saved, F32, &id->saved)) < 0)
+      return rc;
+    if (sz.scratch > 0 && (rc = new_tensor(p, n, sz.scratch, F32, &id->scratch)) < 0)
+      return rc;
     /* recomputed, the forward op must not move the running statistics
      * again: they go to scratch */
     if (sz.nrunning > 0 && spec->recompute &&
@@ -667,7 +676,9 @@ int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out)
   if ((rc = new_tensor(p, 8, 1, F32, &stats)) < 0 || (rc = lay_layers(&b, shapes)) < 0 ||
       (rc = lay_grads(&b)) < 0)
     goto free_all;
-  if (b.half && (rc = new_tensor(p, micro_batch, l->in_elems, F32, &input_tmp)) < 0)
+  if (b.half && !p->t[b.act[0]].half) /* token ids: normalised straight into it */
+    input_tmp = -1;
+  else if (b.half && (rc = new_tensor(p, micro_batch, l->in_elems, F32, &input_tmp)) < 0)
     goto free_all;
   schedule(&b, stats, input_tmp);
   if ((rc = place(p, &l->act_bytes, &l->act_peak)) < 0)
@@ -688,6 +699,9 @@ int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out)
     ly->half_y = p->t[root(p, b.act[i + 1])].half;
     ly->stats = offset_of(p, id->stats);
     ly->junk = offset_of(p, id->junk);
+    ly->saved = offset_of(p, id->saved);
+    ly->saved_bytes = id->saved >= 0 ? p->t[id->saved].bytes : 0;
+    ly->scratch = offset_of(p, id->scratch);
     ly->dy = offset_of(p, b.grad[i + 1]);
     ly->dx = ly->needs_dx ? offset_of(p, id->dx) : TD_PLAN_NONE;
     ly->dx_sum = offset_of(p, id->dx_sum);

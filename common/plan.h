@@ -19,27 +19,29 @@
  * keeps (each type's row in common/layers.c says it): dense, conv2d and
  * conv1d their input, relu, sigmoid, tanh and softmax their output, pooling
  * both, gelu its input, batchnorm2d and layernorm their input and
- * statistics; dropout nothing (its mask is recomputed from its key), nor
- * global_avg_pool.  relu, sigmoid, tanh, softmax and dropout work in
- * place when nothing needs their input; flatten is a view.  In bf16/fp16
+ * statistics, attention its input and what its row names
+ * (td_layer_sizes.saved); dropout nothing (its mask is recomputed from its
+ * key), nor global_avg_pool.  relu, sigmoid, tanh, softmax and dropout work
+ * in place when nothing needs their input; flatten is a view.  In bf16/fp16
  * the activations are stored as 16-bit and widened into short-lived fp32
- * scratch tensors for the op that reads them.
+ * scratch tensors for the op that reads them; token ids (an embedding's
+ * input) stay fp32, exact.
  *
  * A model may be a graph (td_layer.inputs): file order is a topological
  * order, the forward pass runs in it and the backward pass in reverse.
  * Liveness is the same rule over the graph: an output lives until its last
  * reader, forward or backward.  An op works in place only over an input
  * that it alone reads (through views too) and, with recomputation, that
- * its own segment makes; add may take its first or second input's bytes.  A tensor read by one
- * layer gets its gradient from that layer's backward op (in place where
- * the op allows; add hands its own gradient, uncopied, to one input read
- * nowhere else, and copies it to the others).  A tensor read by several
- * gets one gradient tensor: the reader the backward pass meets first (the
- * last in the file) writes it, each later one writes its share into
- * scratch (or over its own output's gradient) and adds it, a fixed order
- * whatever the micro-batch or the threads.  Recomputation runs by segments
- * of the file's order, each from a layer with parameters to the next; what
- * a segment reads from an earlier one stays stored until then.
+ * its own segment makes; add may take its first or second input's bytes.
+ * A tensor read by one layer gets its gradient from that layer's backward
+ * op (in place where the op allows; add hands its own gradient, uncopied,
+ * to one input read nowhere else, and copies it to the others).  A tensor
+ * read by several gets one gradient tensor: the reader the backward pass
+ * meets first (the last in the file) writes it, each later one writes its
+ * share into scratch (or over its own output's gradient) and adds it, a
+ * fixed order whatever the micro-batch or the threads.  Recomputation runs
+ * by segments of the file's order, each from a layer with parameters to the
+ * next; what a segment reads from an earlier one stays stored until then.
  */
 #ifndef TD_PLAN_H
 #define TD_PLAN_H
@@ -97,8 +99,13 @@ typedef struct td_layer_layout {
   uint64_t running;          /* batchnorm2d: running mean then var [2c], params arena */
   uint64_t x, y;             /* stored input and output (in place: x == y) */
   bool half_x, half_y;       /* stored as 16-bit (bf16/fp16 runs) */
-  uint64_t stats;            /* batchnorm2d [2c], layernorm [2 rows]: mean, invstd */
+  uint64_t stats;            /* batchnorm2d [2c], layernorm [2 rows] (a sequence: [2 rows
+                                T]): mean, invstd */
   uint64_t junk;             /* batchnorm2d recomputed: where its running stats go */
+  uint64_t saved;            /* what the forward op keeps for the backward op beyond x and
+                                y, fp32 (attention: td_layer_sizes.saved per sample) */
+  uint64_t scratch;          /* the backward op's own fp32 scratch (td_layer_sizes.scratch) */
+  uint64_t saved_bytes;      /* the saved tensor's bytes at micro_batch (0: none) */
   uint64_t dy, dx;           /* fp32 gradients of the output and input */
   uint64_t tx, ty, tw;       /* mixed precision forward scratch: fp32 input, output
                                 (tx for an in-place op), widened weight and bias */

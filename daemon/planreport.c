@@ -62,6 +62,7 @@ static size_t td__largest(const td_layout *l, td__tensor *t) {
     for (uint32_t k = 0; w > 0 && k < l->optim_slots && k < 2; k++)
       td__add_tensor(t, &n, TD_PLAN_TOP, w, i, moments[k][l->optim_slots - 1]);
     td__add_tensor(t, &n, TD_PLAN_TOP, ly->act_bytes, i, "output");
+    td__add_tensor(t, &n, TD_PLAN_TOP, ly->saved_bytes, i, "saved");
   }
   return n;
 }

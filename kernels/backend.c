@@ -724,6 +724,65 @@ void td_backend_conv1d_bwd(td_backend *be, const td_conv1d_desc *d, const float 
     td_backend_bias_grad(be, dy, (size_t)d->n * ol, (size_t)d->k, beta, db);
 }
 
+void td_backend_embedding_fwd(td_backend *be, const float *ids, const float *w, float *y,
+                              size_t rows, size_t vocab, size_t dim) {
+  if (rows > 0 && dim > 0 && op_live(be, "embedding_fwd"))
+    be->ops->embedding_fwd(be, ids, w, y, rows, vocab, dim);
+}
+
+void td_backend_embedding_bwd(td_backend *be, const float *ids, const float *dy, float *dw,
+                              size_t rows, size_t vocab, size_t dim, float beta) {
+  if (vocab > 0 && dim > 0 && op_live(be, "embedding_bwd"))
+    be->ops->embedding_bwd(be, ids, dy, dw, rows, vocab, dim, beta);
+}
+
+void td_backend_add_rows(td_backend *be, const float *x, const float *b, float *y, size_t rows,
+                         size_t cols) {
+  if (rows > 0 && cols > 0 && op_live(be, "add_rows"))
+    be->ops->add_rows(be, x, b, y, rows, cols);
+}
+
+/* Sizes the ops index with int (BLAS, cuBLAS); a bad one latches TD_EINVAL. */
+static bool attention_ok(td_backend *be, const char *op, const td_attention_desc *a) {
+  if (a->n < 0 || a->t <= 0 || a->d <= 0 || a->heads <= 0 || a->d % a->heads != 0 ||
+      (double)a->n * a->t * 3 * a->d > (double)INT_MAX ||
+      (double)a->n * a->heads * a->t * a->t > (double)INT_MAX) {
+    td__backend_fail(be, TD_EINVAL, "%s: %s: bad size (%d sequences of %dx%d, %d heads)",
+                     be->device, op, a->n, a->t, a->d, a->heads);
+    return false;
+  }
+  return a->n > 0;
+}
+
+void td_backend_attention_fwd(td_backend *be, const td_attention_desc *a, const float *x,
+                              const float *w, const float *b, float *qkv, float *p, float *o,
+                              float *y) {
+  int rows = a->n * a->t, d = a->d;
+
+  if (!attention_ok(be, "attention_fwd", a))
+    return;
+  td_backend_dense_fwd(be, x, w, b, qkv, rows, d, 3 * d);
+  if (op_live(be, "attention_fwd"))
+    be->ops->attn_fwd(be, a, qkv, p, o);
+  td_backend_dense_fwd(be, o, w + (size_t)3 * d * d, b + (size_t)3 * d, y, rows, d, d);
+}
+
+void td_backend_attention_bwd(td_backend *be, const td_attention_desc *a, const float *x,
+                              const float *w, const float *qkv, const float *p,
+                              const float *o, const float *dy, float *dx, float *dw, float *db,
+                              float beta, float *dqkv, float *dout, float *dp) {
+  int rows = a->n * a->t, d = a->d;
+  size_t in_w = (size_t)3 * d * d;
+
+  if (!attention_ok(be, "attention_bwd", a))
+    return;
+  td_backend_dense_bwd(be, o, w + in_w, dy, dout, dw + in_w, db + (size_t)3 * d, rows, d, d,
+                       beta);
+  if (op_live(be, "attention_bwd"))
+    be->ops->attn_bwd(be, a, qkv, p, dout, dqkv, dp);
+  td_backend_dense_bwd(be, x, w, dqkv, dx, dw, db, rows, d, 3 * d, beta);
+}
+
 void td_backend_sgd_momentum(td_backend *be, float *param, const float *grad, float *buf,
                              size_t n, const td_sgdm_hparams *h) {
   if (h->nesterov && (h->momentum <= 0.0f || h->dampening != 0.0f)) {

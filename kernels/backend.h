@@ -366,6 +366,53 @@ void td_backend_add(td_backend *be, const float *a, const float *b, float *y, si
  * and out, and the gradients a fan-out sums.  The ranges must not overlap. */
 void td_backend_copy2d(td_backend *be, const float *src, size_t src_ld, float *dst,
                        size_t dst_ld, size_t rows, size_t cols, float beta);
+/* Sequences: a sample is [T, D], T positions of D features (common/jobspec.h);
+ * ops that act per position see n * T rows.  The parameter gradients keep
+ * the determinism above: a sum over rows is a chain in row order, or the
+ * products of dense_bwd, so a micro-batch of whole TD_BLOCK_ROWS-sample
+ * blocks gives the whole batch's bits. */
+
+/* nn.Embedding: y[r, :] = w[ids[r], :] for the rows of ids, token ids held
+ * exactly as floats, w [vocab, dim].  The caller checks the ids (the model
+ * refuses a sample with one that is not an integer in [0, vocab)); such an
+ * id gives a row of zeros, never a read outside w. */
+void td_backend_embedding_fwd(td_backend *be, const float *ids, const float *w, float *y,
+                              size_t rows, size_t vocab, size_t dim);
+/* dw = beta dw + the rows of dy added into the rows of their ids: each
+ * element of dw a chain over the rows in order (no atomics), so the bits
+ * do not depend on how the rows were cut into calls.  Ids outside [0,
+ * vocab) add nothing. */
+void td_backend_embedding_bwd(td_backend *be, const float *ids, const float *dy, float *dw,
+                              size_t rows, size_t vocab, size_t dim, float beta);
+/* y[r, c] = x[r, c] + b[c] (a learned positional embedding over [n, T*D]);
+ * x == y is fine.  Its backward is td_backend_bias_grad. */
+void td_backend_add_rows(td_backend *be, const float *x, const float *b, float *y, size_t rows,
+                         size_t cols);
+
+/* Multi-head self-attention over n sequences [t, d] as nn.MultiheadAttention
+ * computes it (batch_first, no dropout): qkv = x in_w^T + in_b, [t, 3d]
+ * holding Q, K, V; each head h takes features [h dh, (h + 1) dh) of each, dh
+ * = d / heads; p_h = softmax(Q_h K_h^T / sqrt(dh)), with causal set a query
+ * seeing only the positions up to its own; o_h = p_h V_h, the heads side by
+ * side in o [t, d]; y = o out_w^T + out_b.  w is in_w [3d, d] then out_w
+ * [d, d], b in_b [3d] then out_b [d]. */
+typedef struct td_attention_desc {
+  int n, t, d, heads;
+  bool causal;
+} td_attention_desc;
+/* What the forward op keeps for the backward op: qkv [n t, 3d], p [n,
+ * heads, t, t] and o [n t, d].  The projections are dense ops (blocks of
+ * TD_BLOCK_ROWS rows); the rest runs a (sample, head) at a time. */
+void td_backend_attention_fwd(td_backend *be, const td_attention_desc *a, const float *x,
+                              const float *w, const float *b, float *qkv, float *p, float *o,
+                              float *y);
+/* From dy [n t, d] and what the forward op kept: dw = beta dw + the
+ * projections' weight gradients, db likewise, dx (skipped when NULL).
+ * Scratch: dqkv [n t, 3d], dout [n t, d], dp [n, t, t]. */
+void td_backend_attention_bwd(td_backend *be, const td_attention_desc *a, const float *x,
+                              const float *w, const float *qkv, const float *p,
+                              const float *o, const float *dy, float *dx, float *dw, float *db,
+                              float beta, float *dqkv, float *dout, float *dp);
 
 /* td_backend_softmax_xent with label smoothing s in [0, 1) (PyTorch's
  * CrossEntropyLoss(label_smoothing=s)): the target is (1 - s) onehot + s /

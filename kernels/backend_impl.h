@@ -104,6 +104,19 @@ typedef struct td_backend_ops {
   void (*copy2d)(td_backend *be, const float *src, size_t src_ld, float *dst, size_t dst_ld,
                  size_t rows, size_t cols, float beta);
 
+  /* Sequences.  attn_fwd: from qkv, p and o; attn_bwd: from qkv, p and dout,
+   * dqkv, with dp [n, t, t] as scratch (the projections are the wrapper's). */
+  void (*embedding_fwd)(td_backend *be, const float *ids, const float *w, float *y,
+                        size_t rows, size_t vocab, size_t dim);
+  void (*embedding_bwd)(td_backend *be, const float *ids, const float *dy, float *dw,
+                        size_t rows, size_t vocab, size_t dim, float beta);
+  void (*add_rows)(td_backend *be, const float *x, const float *b, float *y, size_t rows,
+                   size_t cols);
+  void (*attn_fwd)(td_backend *be, const td_attention_desc *a, const float *qkv, float *p,
+                   float *o);
+  void (*attn_bwd)(td_backend *be, const td_attention_desc *a, const float *qkv,
+                   const float *p, const float *dout, float *dqkv, float *dp);
+
   /* Optimisers.  sgd_momentum: first is step 1 (the buffer starts as d).
    * adamw: decay = 1 - lr weight_decay, step_size = lr / bc1, and
    * bc2_sqrt = sqrt(1 - beta2^step): p = p decay - step_size m / (sqrt(v) /

@@ -47,6 +47,7 @@
 #include "error.h"
 #include "jobdesc.h"
 #include "jobspec.h"
+#include "layers.h"
 #include "log.h"
 #include "privdrop.h"
 #include "ring.h"
@@ -96,6 +97,8 @@ struct loader {
   td_ring *ring;
   uint32_t batch;
   uint32_t classes;
+  uint32_t vocab;       /* an embedding first: its ids, which the samples must hold; else 0 */
+  uint32_t elems;       /* values per sample */
   uint32_t sample_bytes;
   td_dtype dtype;
   uint64_t budget;
@@ -191,7 +194,11 @@ static int load_split(struct loader *L, int i, char *err, size_t errlen) {
       return rc;
   }
   L->data[i] = data;
-  /* A shared copy was decoded for a model with maybe more classes. */
+  /* A shared copy was decoded for a model with maybe more classes, or
+   * without an embedding. */
+  if (L->vocab > 0 && (rc = td_ids_check(data, L->dtype, count, L->elems, 0, L->vocab,
+                                         td_split_path(s), err, errlen)) < 0)
+    return rc;
   return td_labels_check(data + count * L->sample_bytes, count, 0, L->classes,
                          td_split_path(s), err, errlen);
 }
@@ -277,6 +284,10 @@ static int loader_prepare(struct loader *L) {
 
   elems = td_jobspec_input_elems(&L->spec);
   L->classes = td_jobspec_classes(&L->spec);
+  L->elems = (uint32_t)elems;
+  if (L->spec.nlayers > 0 && (unsigned)L->spec.layers[0].type < TD_LAYER__COUNT &&
+      td_layer_def_of(L->spec.layers[0].type)->ids)
+    L->vocab = L->spec.layers[0].vocab;
   if (elems < 1 || elems > UINT32_MAX / 8 || L->spec.batch_size < 1)
     return loader_fail(L, TD_EJOBSPEC, "the model's input size (%llu elements) or the batch "
                        "size (%u) is out of range", (unsigned long long)elems,
@@ -381,9 +392,14 @@ static int decode_task(void *ctx, uint64_t i, char *err, size_t errlen) {
   uint64_t k = d->chunks[i], first = k * L->chunk;
   uint64_t n = d->p->n - first < L->chunk ? d->p->n - first : L->chunk;
 
-  return td_split_read(d->p->split, d->p->base + first, n,
-                       d->B->samples + d->at[i] * L->sample_bytes, d->B->labels + d->at[i],
-                       L->classes, err, errlen);
+  uint8_t *samples = d->B->samples + d->at[i] * L->sample_bytes;
+  int rc = td_split_read(d->p->split, d->p->base + first, n, samples, d->B->labels + d->at[i],
+                         L->classes, err, errlen);
+
+  if (rc == 0 && L->vocab > 0)
+    rc = td_ids_check(samples, L->dtype, n, L->elems, d->p->base + first, L->vocab,
+                      td_split_path(d->p->split), err, errlen);
+  return rc;
 }
 
 /* Window w of a pass into buffer B: the order its samples are sent in

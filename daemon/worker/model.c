@@ -78,8 +78,17 @@ static float rng_uniform(uint64_t *s, float bound) {
   return (float)((2.0 * u - 1.0) * bound);
 }
 
+/* N(0, 1) by Box-Muller, one draw per value. */
+static float rng_normal(uint64_t *s) {
+  double u1 = ((double)(rng_next(s) >> 11) + 1.0) * (1.0 / 9007199254740992.0); /* (0, 1] */
+  double u2 = (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
+
+  return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
 /* PyTorch's defaults: nn.Linear and nn.Conv2d U(-1/sqrt(fan_in), 1/sqrt(fan_in))
- * for weight and bias, the norms gamma 1 and beta 0, running var 1. */
+ * for weight and bias, the norms gamma 1 and beta 0, running var 1,
+ * nn.Embedding N(0, 1), nn.MultiheadAttention's (the row's init says which). */
 static int init_weights(td_model *m, uint64_t seed) {
   const td_layout *l = &m->lay;
   uint64_t count = l->nparams + l->nbuffers, s = seed;
@@ -114,6 +123,23 @@ static int init_weights(td_model *m, uint64_t seed) {
           var[j] = 1.0f;
       }
       break;
+    case TD_INIT_NORMAL:
+      for (uint64_t j = 0; j < ly->nweight; j++)
+        w[j] = rng_normal(&s);
+      break;
+    case TD_INIT_ATTENTION: {
+      /* in_proj [3D, D]: xavier_uniform; out_proj [D, D]: nn.Linear's;
+       * the biases stay 0 */
+      uint64_t d = ly->in_shape.h;
+      float xavier = sqrtf(6.0f / (float)(4 * d)), linear = 1.0f / sqrtf((float)d);
+
+      for (uint64_t j = 0; j < 3 * d * d; j++)
+        w[j] = rng_uniform(&s, xavier);
+      for (uint64_t j = 3 * d * d; j < ly->nweight; j++)
+        w[j] = rng_uniform(&s, linear);
+      break;
+    }
+    case TD_INIT_ZEROS:
     case TD_INIT_NONE:
       break;
     }
@@ -443,14 +469,25 @@ typedef struct layer_ops {
   int (*workspace)(td_model *m, int i, uint64_t *bytes);
 } layer_ops;
 
+/* The rows an op acting per position sees for c's samples: T each in a
+ * sequence, else one. */
+static size_t positions(const layer_call *c) {
+  return (size_t)c->rows * td_shape_rows(&c->ly->in_shape);
+}
+
+/* On a sequence, per position: the blocks of TD_BLOCK_ROWS rows are then
+ * positions, and a micro-batch of whole sample blocks still starts each
+ * on a block boundary (T * 16k rows in). */
 static void dense_fwd(const layer_call *c) {
-  td_backend_dense_fwd(c->m->be, c->x, c->w, c->w + c->ly->nweight, c->y, (int)c->rows,
-                       (int)c->ly->in, (int)c->ly->out);
+  td_backend_dense_fwd(c->m->be, c->x, c->w, c->w + c->ly->nweight, c->y, (int)positions(c),
+                       (int)td_shape_width(&c->ly->in_shape),
+                       (int)td_shape_width(&c->ly->out_shape));
 }
 
 static void dense_bwd(const layer_call *c) {
-  td_backend_dense_bwd(c->m->be, c->x, c->w, c->dy, c->dx, c->dw, c->db, (int)c->rows,
-                       (int)c->ly->in, (int)c->ly->out, c->beta);
+  td_backend_dense_bwd(c->m->be, c->x, c->w, c->dy, c->dx, c->dw, c->db, (int)positions(c),
+                       (int)td_shape_width(&c->ly->in_shape),
+                       (int)td_shape_width(&c->ly->out_shape), c->beta);
 }
 
 static void conv2d_fwd(const layer_call *c) {
@@ -570,24 +607,91 @@ static void batchnorm2d_bwd(const layer_call *c) {
                              st + d.c, c->beta, c->dw, c->db);
 }
 
+/* On a sequence, per position over D (nn.LayerNorm(D) on [n, T, D]): a
+ * mean and inverse std per position. */
 static void layernorm_fwd(const layer_call *c) {
   td_model *m = c->m;
   const td_layer_layout *ly = c->ly;
-  float *st = act(m, ly->stats) + c->r;
+  size_t t = td_shape_rows(&ly->in_shape);
+  float *st = act(m, ly->stats) + c->r * t;
 
-  td_backend_layernorm_fwd(m->be, c->x, c->y, c->rows, ly->in, at(&m->params, ly->weight),
-                           at(&m->params, ly->bias), td_layer_eps(c->sl), st,
-                           st + m->lay.micro_batch);
+  td_backend_layernorm_fwd(m->be, c->x, c->y, positions(c), td_shape_width(&ly->in_shape),
+                           at(&m->params, ly->weight), at(&m->params, ly->bias),
+                           td_layer_eps(c->sl), st, st + m->lay.micro_batch * t);
 }
 
 static void layernorm_bwd(const layer_call *c) {
   td_model *m = c->m;
   const td_layer_layout *ly = c->ly;
-  float *st = act(m, ly->stats) + c->r;
+  size_t t = td_shape_rows(&ly->in_shape);
+  float *st = act(m, ly->stats) + c->r * t;
 
-  td_backend_layernorm_bwd(m->be, c->x, c->dy, c->dx, c->rows, ly->in,
-                           at(&m->params, ly->weight), st, st + m->lay.micro_batch, c->beta,
-                           c->dw, c->db);
+  td_backend_layernorm_bwd(m->be, c->x, c->dy, c->dx, positions(c),
+                           td_shape_width(&ly->in_shape), at(&m->params, ly->weight), st,
+                           st + m->lay.micro_batch * t, c->beta, c->dw, c->db);
+}
+
+/* The ids are the input as it came (fp32, exact): T a sample, one per
+ * position of the output. */
+static void embedding_fwd(const layer_call *c) {
+  td_backend_embedding_fwd(c->m->be, c->x, at(&c->m->params, c->ly->weight), c->y,
+                           (size_t)c->rows * c->ly->in, c->sl->vocab, c->sl->dim);
+}
+
+static void embedding_bwd(const layer_call *c) {
+  td_backend_embedding_bwd(c->m->be, c->x, c->dy, c->dw, (size_t)c->rows * c->ly->in,
+                           c->sl->vocab, c->sl->dim, c->beta);
+}
+
+/* [T, D] added to each sample; the gradient flows through unchanged (dx is
+ * dy's bytes: grad_in_place) */
+static void pos_embedding_fwd(const layer_call *c) {
+  td_backend_add_rows(c->m->be, c->x, at(&c->m->params, c->ly->weight), c->y, c->rows,
+                      c->ly->in);
+}
+
+static void pos_embedding_bwd(const layer_call *c) {
+  td_backend_bias_grad(c->m->be, c->dy, c->rows, c->ly->in, c->beta, c->dw);
+}
+
+/* What attention keeps, for micro_batch samples: qkv [mb T, 3D], o [mb T,
+ * D], p [mb, heads, T, T] (common/layers.c: attention_sizes); its
+ * backward scratch: dqkv, dout, then dp [mb, T, T].  Rows from c->r on. */
+typedef struct attn_bufs {
+  td_attention_desc a;
+  float *qkv, *o, *p, *dqkv, *dout, *dp;
+} attn_bufs;
+
+static attn_bufs attn_bufs_of(const layer_call *c) {
+  const td_layer_layout *ly = c->ly;
+  size_t mb = c->m->lay.micro_batch, t = ly->in_shape.c, d = ly->in_shape.h, h = c->sl->heads;
+  float *sv = act(c->m, ly->saved), *sc = act(c->m, ly->scratch);
+  attn_bufs b = {.a = {.n = (int)c->rows, .t = (int)t, .d = (int)d, .heads = (int)h,
+                       .causal = c->sl->causal != 0}};
+
+  b.qkv = sv + c->r * t * 3 * d;
+  b.o = sv + mb * t * 3 * d + c->r * t * d;
+  b.p = sv + mb * t * 4 * d + c->r * h * t * t;
+  if (sc != NULL) {
+    b.dqkv = sc + c->r * t * 3 * d;
+    b.dout = sc + mb * t * 3 * d + c->r * t * d;
+    b.dp = sc + mb * t * 4 * d + c->r * t * t;
+  }
+  return b;
+}
+
+static void attention_fwd(const layer_call *c) {
+  attn_bufs b = attn_bufs_of(c);
+
+  td_backend_attention_fwd(c->m->be, &b.a, c->x, c->w, c->w + c->ly->nweight, b.qkv, b.p, b.o,
+                           c->y);
+}
+
+static void attention_bwd(const layer_call *c) {
+  attn_bufs b = attn_bufs_of(c);
+
+  td_backend_attention_bwd(c->m->be, &b.a, c->x, c->w, b.qkv, b.p, b.o, c->dy, c->dx, c->dw,
+                           c->db, c->beta, b.dqkv, b.dout, b.dp);
 }
 
 static td_act_kind act_kind(const layer_call *c) {
@@ -749,6 +853,9 @@ static const layer_ops layer_table[TD_LAYER__COUNT] = {
     [TD_LAYER_CONV1D] = {conv1d_fwd, conv1d_bwd, NULL},
     [TD_LAYER_ADD] = {add_fwd, add_bwd, NULL},
     [TD_LAYER_CONCAT] = {concat_fwd, concat_bwd, NULL},
+    [TD_LAYER_EMBEDDING] = {embedding_fwd, embedding_bwd, NULL},
+    [TD_LAYER_POS_EMBEDDING] = {pos_embedding_fwd, pos_embedding_bwd, NULL},
+    [TD_LAYER_ATTENTION] = {attention_fwd, attention_bwd, NULL},
 };
 
 int td_model_layer_runs(td_layer_type t) {
@@ -905,9 +1012,42 @@ static int step_failed(td_model *m, const char *phase) {
   return fail(m, rc, "%s (in the %s pass)", td_backend_error(m->be), phase);
 }
 
-/* uint8 pixels are scaled to [0, 1] as torchvision's ToTensor does; the
- * other types are taken as they are. */
-static float input_scale(td_dtype t) { return t == TD_DTYPE_U8 ? 1.0f / 255.0f : 1.0f; }
+/* (x * scale - mean) / std: uint8 pixels are scaled to [0, 1] as
+ * torchvision's ToTensor does, the other types taken as they are; token
+ * ids of any type are taken exactly (scale 1, mean 0, std 1). */
+static void input_norm(const td_model *m, float *scale, float *mean, float *std) {
+  bool ids = td_layer_def_of(m->spec.layers[0].type)->ids;
+
+  *scale = !ids && m->lay.in_dtype == TD_DTYPE_U8 ? 1.0f / 255.0f : 1.0f;
+  *mean = ids ? 0.0f : m->spec.norm_mean;
+  *std = ids ? 1.0f : m->spec.norm_std;
+}
+
+/* Token ids for an embedding: whole numbers below its vocabulary.  Checked
+ * here, on the host, so a bad one names its sample instead of reaching the
+ * device (whose op would make it a row of zeros). */
+static int check_ids(td_model *m, const void *samples, uint32_t count) {
+  const td_layer *first = &m->spec.layers[0];
+  size_t n = (size_t)count * m->lay.in_elems;
+
+  if (!td_layer_def_of(first->type)->ids)
+    return 0;
+  for (size_t i = 0; i < n; i++) {
+    double id;
+
+    switch (m->lay.in_dtype) {
+    case TD_DTYPE_U8: id = ((const uint8_t *)samples)[i]; break;
+    case TD_DTYPE_I32: id = ((const int32_t *)samples)[i]; break;
+    case TD_DTYPE_F16: id = td_f16_to_f32(((const uint16_t *)samples)[i]); break;
+    default: id = ((const float *)samples)[i]; break;
+    }
+    if (!(id >= 0.0 && id < first->vocab) || id != floor(id))
+      return fail(m, TD_EDATA, "sample %zu of the batch: token id %g at position %zu is not "
+                  "an id of the embedding's vocabulary (0 to %u)", i / m->lay.in_elems, id,
+                  i % m->lay.in_elems, first->vocab - 1);
+  }
+  return 0;
+}
 
 /* Whether the model can take these samples now. */
 static int check_batch(td_model *m, const uint8_t *labels, uint32_t count, bool grads) {
@@ -932,12 +1072,14 @@ static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
   float *stats = act(m, l->stats);
   uint8_t *stage_px = m->stage.ptr, *stage_lb = stage_px + l->stage_labels;
   size_t esize = td_dtype_size(l->in_dtype);
-  float scale = input_scale(l->in_dtype);
+  float scale, mean, std;
   float grad_scale = td_lossscale_scale(&m->ls) / (float)count;
   int rc;
 
-  if ((rc = check_batch(m, labels, count, grads)) < 0)
+  if ((rc = check_batch(m, labels, count, grads)) < 0 ||
+      (rc = check_ids(m, samples, count)) < 0)
     return rc;
+  input_norm(m, &scale, &mean, &std);
   td_backend_fill(be, stats, 2, 0.0f);
   if (half(m))
     td_backend_to_half(be, half_kind(m), m->params.ptr,
@@ -951,14 +1093,14 @@ static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
     td_backend_upload_async(be, stage_px, (const char *)samples + (size_t)off * l->in_elems *
                             esize, nin * esize);
     td_backend_upload_async(be, stage_lb, labels + off, n);
-    if (half(m)) {
-      td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input_tmp), nin, scale,
-                           m->spec.norm_mean, m->spec.norm_std);
+    if (l->layers[0].half_x) {
+      td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input_tmp), nin, scale, mean,
+                           std);
       td_backend_to_half(be, half_kind(m), act(m, l->input_tmp),
                          (uint16_t *)act(m, l->input), nin);
     } else {
-      td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input), nin, scale,
-                           m->spec.norm_mean, m->spec.norm_std);
+      td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input), nin, scale, mean,
+                           std);
     }
     for (int i = 0; i < l->nlayers; i++)
       layer_fwd(m, i, n, grads, false, off);

@@ -1,5 +1,7 @@
 /* The worker's model: a sequential network (dense, conv2d, pooling, relu,
- * gelu, dropout, flatten, batchnorm2d, layernorm) trained with softmax
+ * gelu, dropout, flatten, batchnorm2d, layernorm; on sequences of token
+ * ids embedding, pos_embedding, attention, and dense and layernorm per
+ * position) trained with softmax
  * cross-entropy (label smoothing optional) on one compute backend.
  *
  * td_model_create allocates exactly the arenas of the job's memory plan
@@ -42,7 +44,9 @@ typedef struct td_step_stats {
 /* Build spec's model on be at micro_batch (1..batch_size) and initialise the
  * weights from spec->seed like PyTorch: nn.Linear and nn.Conv2d
  * U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, the norms'
- * gamma 1 and beta 0, BatchNorm's running variance 1.  TD_EOOM (be's td_mem_stats say what was asked and
+ * gamma 1 and beta 0, BatchNorm's running variance 1; nn.Embedding N(0, 1),
+ * nn.MultiheadAttention's (in_proj xavier-uniform, out_proj as nn.Linear,
+ * biases 0), a positional embedding 0.  TD_EOOM (be's td_mem_stats say what was asked and
  * free), TD_EINVAL/TD_ETOOBIG for a spec the planner refuses, TD_ENOMEM, or a
  * backend failure; a one-line reason goes to err. */
 int td_model_create(td_backend *be, const td_jobspec *spec, uint32_t micro_batch,
@@ -206,7 +210,10 @@ int td_model_set_progress(td_model *m, const td_model_progress *p);
 /* Write the weights as safetensors with PyTorch's nn.Sequential names:
  * "<layer index>.weight" (dense [out, in], conv2d [k, c, kh, kw], the norms
  * gamma) and "<layer index>.bias"; batchnorm2d also "<i>.running_mean",
- * "<i>.running_var" and "<i>.num_batches_tracked" (an I64 scalar). */
+ * "<i>.running_var" and "<i>.num_batches_tracked" (an I64 scalar); the
+ * embeddings "<i>.weight" alone; attention nn.MultiheadAttention's
+ * "<i>.in_proj_weight", "<i>.in_proj_bias", "<i>.out_proj.weight",
+ * "<i>.out_proj.bias" (common/layers.c names each type's). */
 int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t nmeta);
 
 #endif

@@ -90,6 +90,18 @@ void td__cpu_layernorm_bwd(td_backend *be, const float *x, const float *dy, floa
                            const float *save_mean, const float *save_invstd, float beta,
                            float *dgamma, float *dbeta);
 
+/* seq.c */
+void td__cpu_embedding_fwd(td_backend *be, const float *ids, const float *w, float *y,
+                           size_t rows, size_t vocab, size_t dim);
+void td__cpu_embedding_bwd(td_backend *be, const float *ids, const float *dy, float *dw,
+                           size_t rows, size_t vocab, size_t dim, float beta);
+void td__cpu_add_rows(td_backend *be, const float *x, const float *b, float *y, size_t rows,
+                      size_t cols);
+void td__cpu_attn_fwd(td_backend *be, const td_attention_desc *a, const float *qkv, float *p,
+                      float *o);
+void td__cpu_attn_bwd(td_backend *be, const td_attention_desc *a, const float *qkv,
+                      const float *p, const float *dout, float *dqkv, float *dp);
+
 /* optim.c */
 void td__cpu_sgd_momentum(td_backend *be, float *p, const float *g, float *buf, size_t n,
                           float lr, float momentum, float dampening, float weight_decay,

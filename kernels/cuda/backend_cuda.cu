@@ -15,6 +15,7 @@
 #include "norm.cuh"
 #include "optim.cuh"
 #include "seq1d.cuh"
+#include "seq.cuh"
 
 namespace {
 
@@ -319,6 +320,11 @@ const td_backend_ops cuda_ops = {
     .col2im1d = td__cuda_col2im1d,
     .add = td__cuda_add,
     .copy2d = td__cuda_copy2d,
+    .embedding_fwd = td__cuda_embedding_fwd,
+    .embedding_bwd = td__cuda_embedding_bwd,
+    .add_rows = td__cuda_add_rows,
+    .attn_fwd = td__cuda_attn_fwd,
+    .attn_bwd = td__cuda_attn_bwd,
     .sgd_momentum = td__cuda_sgd_momentum,
     .adamw = td__cuda_adamw,
     .sumsq = td__cuda_sumsq,

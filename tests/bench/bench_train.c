@@ -68,7 +68,7 @@ typedef struct gemm_op {
 } gemm_op;
 
 typedef struct model_shape {
-  gemm_op op[4 * TD_MAX_LAYERS]; /* forward ops in layer order, then backward ones */
+  gemm_op op[8 * TD_MAX_LAYERS]; /* forward ops in layer order, then backward ones */
   int nop;
   double flops; /* per sample, all products of a step */
   bool conv;    /* has a conv2d: the CNN target applies */
@@ -111,7 +111,11 @@ static void describe(const td_jobspec *spec, char *buf, size_t cap) {
  *   conv2d  y_n = W col_n;  dW += dY_n col_n^T;  dcol = W^T dY_n (per sample;
  *           col_n: im2col of sample n, [c kh kw, oh ow], kernels/cpu/conv.c)
  *   conv1d  y_b = col_b W^T;  dW += dY_b^T col_b;  dcol = dY_b W (per block b
- *           of 16 samples; col_b: [rows ol, c kw], kernels/backend.c) */
+ *           of 16 samples; col_b: [rows ol, c kw], kernels/backend.c)
+ * On a sequence [T, D] dense runs on bs T rows of D; attention is dense's
+ * projections (3D and D outputs) around S = Q K^T, O = P V and, backward,
+ * dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q, per sample and head
+ * (kernels/cpu/seq.c). */
 static int shape_of(const td_jobspec *spec, uint32_t bs, model_shape *s) {
   td_layout *l = malloc(sizeof(*l));
   int rc;
@@ -128,9 +132,25 @@ static int shape_of(const td_jobspec *spec, uint32_t bs, model_shape *s) {
       int i = pass == 0 ? j : l->nlayers - 1 - j;
       const td_layer_layout *ly = &l->layers[i];
       const td_layer *sl = &spec->layers[i];
-      int in = (int)ly->in, out = (int)ly->out, n = (int)bs;
+      int in = (int)td_shape_width(&ly->in_shape), out = (int)td_shape_width(&ly->out_shape);
+      int n = (int)(bs * td_shape_rows(&ly->in_shape));
 
-      if (sl->type == TD_LAYER_DENSE) {
+      if (sl->type == TD_LAYER_ATTENTION) {
+        int t = (int)ly->in_shape.c, d = (int)ly->in_shape.h, dh = d / (int)sl->heads;
+        int pairs = (int)bs * (int)sl->heads;
+
+        if (pass == 0) {
+          add_op(s, 1, 1, (gemm){false, true, n, 3 * d, d}, (gemm){0});
+          add_op(s, pairs, 2, (gemm){false, true, t, t, dh}, (gemm){false, false, t, dh, t});
+          add_op(s, 1, 1, (gemm){false, true, n, d, d}, (gemm){0});
+        } else {
+          add_op(s, 1, 2, (gemm){true, false, d, d, n}, (gemm){false, false, n, d, d});
+          add_op(s, pairs, 2, (gemm){false, true, t, t, dh}, (gemm){true, false, t, dh, t});
+          add_op(s, pairs, 2, (gemm){false, false, t, dh, t}, (gemm){true, false, t, dh, t});
+          add_op(s, 1, ly->needs_dx ? 2 : 1, (gemm){true, false, 3 * d, d, n},
+                 (gemm){false, false, n, d, 3 * d});
+        }
+      } else if (sl->type == TD_LAYER_DENSE) {
         if (pass == 0)
           add_op(s, 1, 1, (gemm){false, true, n, out, in}, (gemm){0});
         else

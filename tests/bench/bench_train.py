@@ -44,13 +44,17 @@ def main():
     batch = int(job["train"]["batch_size"])
     norm = job.get("data", {}).get("normalize", {}) or {}
     mean, std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
-    classes = model(torch.zeros([1] + list(x_shape))).shape[1]
+    classes = model(torch.zeros([1] + list(x_shape), dtype=torch.long if jobmodel.takes_ids(job)
+                                else torch.float32)).shape[1]
     nbatch = 16
     pixels = torch.randint(0, 256, [nbatch, batch] + list(x_shape), dtype=torch.uint8)
     labels = torch.randint(0, classes, (nbatch, batch), dtype=torch.int64)
 
     def step(i):
-        x = (pixels[i % nbatch].float() / 255.0 - mean) / std
+        if jobmodel.takes_ids(job):  # token ids, as they are (vocab >= 256)
+            x = pixels[i % nbatch].long()
+        else:
+            x = (pixels[i % nbatch].float() / 255.0 - mean) / std
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), labels[i % nbatch])
         loss.backward()

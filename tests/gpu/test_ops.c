@@ -708,6 +708,116 @@ START_TEST(test_layernorm) {
 }
 END_TEST
 
+/* The embedding's lookup and scatter and the positional embedding's add:
+ * element-wise and chains in row order, so the CPU's bits.  Ids exact in
+ * every pass (small integers), one outside the vocabulary. */
+START_TEST(test_embedding) {
+  enum { ROWS = 3000, VOCAB = 200, DIM = 96 };
+  float *ids = malloc(ROWS * sizeof(float));
+  const uint64_t id_bytes[NB] = {ROWS * sizeof(float), ROWS * sizeof(float)};
+  gpu g;
+
+  ck_assert_ptr_nonnull(ids);
+  for (int r = 0; r < ROWS; r++)
+    ids[r] = (float)((r * 37 + r / 7) % VOCAB);
+  ids[17] = VOCAB; /* a row of zeros, and no gradient */
+  gpu_open(&g);
+  twin *id = tw_alloc(&g, ids, id_bytes, ROWS), *w = tw_rand(&g, VOCAB * DIM, 1, 0);
+  twin *y = tw_zero(&g, ROWS * DIM), *dy = tw_rand(&g, ROWS * DIM, 1, 0);
+  twin *dw = tw_rand(&g, VOCAB * DIM, 1, 0), *pos = tw_rand(&g, 10 * DIM, 1, 0);
+  twin *z = tw_zero(&g, ROWS * DIM);
+  for (int b = 0; b < NB; b++) {
+    td_backend_embedding_fwd(g.be[b], P(id, b), P(w, b), P(y, b), ROWS, VOCAB, DIM);
+    td_backend_embedding_bwd(g.be[b], P(id, b), P(dy, b), P(dw, b), ROWS, VOCAB, DIM, 1.0f);
+    td_backend_add_rows(g.be[b], P(y, b), P(pos, b), P(z, b), ROWS / 10, 10 * DIM);
+  }
+  tw_expect_exact(&g, y, "embedding y");
+  tw_expect_exact(&g, dw, "embedding dw, added");
+  tw_expect_exact(&g, z, "pos_embedding y");
+  for (int b = 0; b < NB; b++)
+    td_backend_embedding_bwd(g.be[b], P(id, b), P(dy, b), P(dw, b), ROWS, VOCAB, DIM, 0.0f);
+  tw_expect_exact(&g, dw, "embedding dw");
+  gpu_close(&g);
+  free(ids);
+}
+END_TEST
+
+static const td_attention_desc attn_cases[] = {
+    {.n = 37, .t = 64, .d = 128, .heads = 4, .causal = true},
+    {.n = 5, .t = 200, .d = 96, .heads = 3, .causal = false},
+    {.n = 16, .t = 7, .d = 8, .heads = 8, .causal = true},
+};
+
+/* Attention against the CPU; and on the device, a batch cut after a block
+ * of TD_BLOCK_ROWS samples gives the whole batch's bits (the GEMMs run a
+ * block at a time). */
+START_TEST(test_attention) {
+  const td_attention_desc a = attn_cases[_i];
+  const size_t d = (size_t)a.d, rows = (size_t)a.n * a.t, pp = (size_t)a.heads * a.t * a.t;
+  gpu g;
+
+  gpu_open(&g);
+  twin *x = tw_rand(&g, rows * d, 1, 0), *w = tw_rand(&g, 4 * d * d, 0.3f, 0);
+  twin *bias = tw_rand(&g, 4 * d, 0.2f, 0), *qkv = tw_zero(&g, rows * 3 * d);
+  twin *p = tw_zero(&g, (size_t)a.n * pp), *o = tw_zero(&g, rows * d);
+  twin *y = tw_zero(&g, rows * d), *dy = tw_rand(&g, rows * d, 1, 0);
+  twin *dx = tw_zero(&g, rows * d), *dw = tw_zero(&g, 4 * d * d), *db = tw_zero(&g, 4 * d);
+  twin *dqkv = tw_zero(&g, rows * 3 * d), *dout = tw_zero(&g, rows * d);
+  twin *dp = tw_zero(&g, (size_t)a.n * a.t * a.t);
+  for (int b = 0; b < NB; b++) {
+    td_backend_attention_fwd(g.be[b], &a, P(x, b), P(w, b), P(bias, b), P(qkv, b), P(p, b),
+                             P(o, b), P(y, b));
+    td_backend_attention_bwd(g.be[b], &a, P(x, b), P(w, b), P(qkv, b), P(p, b), P(o, b),
+                             P(dy, b), P(dx, b), P(dw, b), P(db, b), 0.0f, P(dqkv, b),
+                             P(dout, b), P(dp, b));
+  }
+  /* before tw_expect rounds the outputs in a half pass */
+  if (a.n > TD_BLOCK_ROWS) {
+    const int cut = TD_BLOCK_ROWS;
+    const size_t r = (size_t)cut * a.t, n2 = rows * d;
+    const int b = 1; /* the device */
+    td_backend *be = g.be[b];
+    float *whole[3], *got;
+    float *const outs[3] = {P(y, b), P(dx, b), P(dw, b)};
+    const size_t lens[3] = {n2, n2, 4 * d * d};
+
+    for (int k = 0; k < 3; k++) {
+      whole[k] = malloc(lens[k] * sizeof(float));
+      td_backend_download(be, whole[k], outs[k], lens[k] * sizeof(float));
+    }
+    for (int part = 0; part < 2; part++) {
+      td_attention_desc h = a;
+      size_t at = part == 0 ? 0 : r;
+
+      h.n = part == 0 ? cut : a.n - cut;
+      td_backend_attention_fwd(be, &h, P(x, b) + at * d, P(w, b), P(bias, b),
+                               P(qkv, b) + at * 3 * d, P(p, b) + (at / a.t) * pp,
+                               P(o, b) + at * d, P(y, b) + at * d);
+      td_backend_attention_bwd(be, &h, P(x, b) + at * d, P(w, b), P(qkv, b) + at * 3 * d,
+                               P(p, b) + (at / a.t) * pp, P(o, b) + at * d, P(dy, b) + at * d,
+                               P(dx, b) + at * d, P(dw, b), P(db, b), part == 0 ? 0.0f : 1.0f,
+                               P(dqkv, b) + at * 3 * d, P(dout, b) + at * d,
+                               P(dp, b) + (at / a.t) * a.t * a.t);
+    }
+    for (int k = 0; k < 3; k++) {
+      got = malloc(lens[k] * sizeof(float));
+      td_backend_download(be, got, outs[k], lens[k] * sizeof(float));
+      ck_assert_int_eq(td_backend_sync(be), 0);
+      ck_assert_msg(memcmp(got, whole[k], lens[k] * sizeof(float)) == 0,
+                    "attention cut after %d samples: output %d has other bits", cut, k);
+      free(got);
+      free(whole[k]);
+    }
+  }
+  tw_expect(&g, p, "attention probabilities");
+  tw_expect(&g, y, "attention y");
+  tw_expect(&g, dx, "attention dx");
+  tw_expect(&g, dw, "attention dw");
+  tw_expect(&g, db, "attention db");
+  gpu_close(&g);
+}
+END_TEST
+
 /* SGD with Nesterov and with dampening, AdamW, over three steps; the
  * global-norm clip, the finite check and half-precision storage. */
 START_TEST(test_optimisers_full) {
@@ -1122,6 +1232,8 @@ static Suite *ops_suite(void) {
   tcase_add_loop_test(tc, test_act, 0, 2);
   tcase_add_test(tc, test_softmax_and_mean);
   tcase_add_loop_test(tc, test_conv1d, 0, (int)TD_ARRAY_SIZE(conv1d_cases));
+  tcase_add_test(tc, test_embedding);
+  tcase_add_loop_test(tc, test_attention, 0, (int)TD_ARRAY_SIZE(attn_cases));
   suite_add_tcase(s, tc);
   return s;
 }

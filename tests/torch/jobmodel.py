@@ -50,6 +50,34 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=1) if self.seq else x.mean(dim=(2, 3))
 
 
+class PosEmbedding(nn.Module):
+    """traind's pos_embedding: a learned [T, D] added to every sample."""
+
+    def __init__(self, t, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(t, d))
+
+    def forward(self, x):
+        return x + self.weight
+
+
+class SelfAttention(nn.MultiheadAttention):
+    """traind's attention: nn.MultiheadAttention (batch_first, its own
+    parameter names) with the input as query, key and value, and with
+    causal set a mask that hides the positions after each query."""
+
+    def __init__(self, d, heads, causal):
+        super().__init__(d, heads, batch_first=True)
+        self.causal = causal
+
+    def forward(self, x):
+        t = x.shape[1]
+        mask = None
+        if self.causal:
+            mask = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), diagonal=1)
+        return super().forward(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
 def _pair(v, default):
     if v is None:
         v = default
@@ -113,16 +141,28 @@ def build(job):
         dim = 0
         t = spec["type"]
         # what the layer gets: a sequence [T, D] while seq stays true
-        if t in ("dense", "flatten", "global_avg_pool"):
+        if t in ("flatten", "global_avg_pool"):
             was_seq, seq = seq, False
         else:
             was_seq = seq
-        if t == "dense":
+        if t == "dense" and seq:
+            layers.append(nn.Linear(shape[1], int(spec["units"])))
+            shape = [shape[0], int(spec["units"])]
+        elif t == "dense":
             feats = 1
             for d in shape:
                 feats *= d
             layers.append(FlatLinear(feats, int(spec["units"])))
             shape = [int(spec["units"])]
+        elif t == "embedding":
+            layers.append(nn.Embedding(int(spec["vocab"]), int(spec["dim"])))
+            shape = [shape[0], int(spec["dim"])]
+            seq = True
+        elif t == "pos_embedding":
+            layers.append(PosEmbedding(shape[0], shape[1]))
+        elif t == "attention":
+            layers.append(SelfAttention(shape[1], int(spec["heads"]),
+                                        bool(spec.get("causal", False))))
         elif t == "conv2d":
             k = _pair(spec.get("kernel"), 3)
             s = _pair(spec.get("stride"), 1)
@@ -151,11 +191,13 @@ def build(job):
             for d in shape:
                 feats *= d
             shape = [feats]
+            seq = False
         elif t == "batchnorm2d":
             layers.append(nn.BatchNorm2d(shape[0], eps=float(spec.get("eps", 1e-5)),
                                          momentum=float(spec.get("momentum", 0.1))))
         elif t == "layernorm":
-            layers.append(nn.LayerNorm(shape, eps=float(spec.get("eps", 1e-5))))
+            layers.append(nn.LayerNorm(shape[1:] if seq else shape,
+                                       eps=float(spec.get("eps", 1e-5))))
         elif t == "sigmoid":
             layers.append(nn.Sigmoid())
         elif t == "tanh":
@@ -186,6 +228,12 @@ def build(job):
     if any("inputs" in s or "name" in s for s in specs):
         return Graph(nodes), x_shape
     return nn.Sequential(*layers), x_shape
+
+
+def takes_ids(job):
+    """Whether the model reads token ids (an embedding first): its input is
+    then the samples as they are, as integers, never scaled."""
+    return job["model"]["layers"][0]["type"] == "embedding"
 
 
 def load_job(path):

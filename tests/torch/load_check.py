@@ -42,7 +42,10 @@ def main():
                           dtype=torch.uint8).long()
     norm = job.get("data", {}).get("normalize", {}) or {}
     mean, std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
-    x = ((px.float() / 255.0 - mean) / std).reshape([count] + list(x_shape))
+    if jobmodel.takes_ids(job):
+        x = px.long().reshape([count] + list(x_shape))
+    else:
+        x = ((px.float() / 255.0 - mean) / std).reshape([count] + list(x_shape))
     with torch.no_grad():
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits, lb, reduction="sum").item()

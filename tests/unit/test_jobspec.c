@@ -354,7 +354,8 @@ START_TEST(layer_rules) {
   expect_exact(job_with("units: 3}", "units: 3}\n    - {type: conv}"),
                "line 5: key 'model.layers[1].type': must be one of dense, relu, conv2d, "
                "maxpool2d, avgpool2d, gelu, dropout, flatten, batchnorm2d, layernorm, sigmoid, "
-               "tanh, softmax, global_avg_pool, conv1d, add, concat; got 'conv'");
+               "tanh, softmax, global_avg_pool, conv1d, add, concat, embedding, pos_embedding, "
+               "attention; got 'conv'");
   expect_exact(job_with("units: 3}", "units: 3}\n    - {type: relu}"),
                "line 5: key 'model.layers[1]': the last layer must be dense (it gives the class "
                "scores), got relu");

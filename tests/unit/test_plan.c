@@ -647,6 +647,53 @@ START_TEST(test_graph_layout) {
 }
 END_TEST
 
+/* A transformer block on token ids (embedding, positional embedding,
+ * layernorm and dense per position, attention with the Q, K, V and
+ * probabilities it keeps and its backward scratch), at every precision,
+ * with and without recomputation: the peak is the plan, to the byte; and
+ * the ids stay fp32 where the activations are 16-bit. */
+START_TEST(test_exact_transformer) {
+  static const td_layer layers[] = {
+      {.type = TD_LAYER_EMBEDDING, .vocab = 256, .dim = 12},
+      {.type = TD_LAYER_POS_EMBEDDING},
+      {.type = TD_LAYER_LAYERNORM},
+      {.type = TD_LAYER_ATTENTION, .heads = 3, .causal = 1},
+      {.type = TD_LAYER_DENSE, .units = 20},
+      {.type = TD_LAYER_GELU},
+      {.type = TD_LAYER_DENSE, .units = 12},
+      {.type = TD_LAYER_FLATTEN},
+      {.type = TD_LAYER_DENSE, .units = 5},
+  };
+  td_jobspec s;
+  td_layout l;
+
+  example_spec(&s);
+  s.input_rank = 1;
+  s.input_dims[0] = 10;
+  memcpy(s.layers, layers, sizeof(layers));
+  s.nlayers = (int)TD_ARRAY_SIZE(layers);
+  s.norm_mean = 0.0f;
+  s.norm_std = 1.0f;
+  s.batch_size = 12;
+  s.min_micro_batch = 1;
+  for (int prec = 0; prec < TD_PREC__COUNT; prec++) {
+    for (int rec = 0; rec < 2; rec++) {
+      const uint32_t micros[] = {12, 5, 1};
+
+      s.precision = (td_precision)prec;
+      s.recompute = rec;
+      s.loss_scale.enabled = prec == TD_PREC_FP16;
+      for (size_t k = 0; k < TD_ARRAY_SIZE(micros); k++)
+        exact_case(&s, micros[k]);
+      ck_assert_int_eq(td_plan_layout(&s, 5, &l), 0);
+      ck_assert(!l.layers[0].half_x);
+      ck_assert_uint_eq(l.input_tmp, TD_PLAN_NONE);
+      ck_assert(l.layers[3].saved != TD_PLAN_NONE && l.layers[3].scratch != TD_PLAN_NONE);
+    }
+  }
+}
+END_TEST
+
 /* A convolutional model by hand: parameters, BatchNorm's buffers, the conv
  * workspace (the CPU backend's figure), and the batch-dependence flag. */
 START_TEST(test_conv_model) {
@@ -1107,6 +1154,7 @@ static Suite *plan_suite(void) {
   tcase_add_test(exact, test_conv_model);
   tcase_add_test(exact, test_sequence_model);
   tcase_add_test(exact, test_exact_examples);
+  tcase_add_test(exact, test_exact_transformer);
   tcase_add_test(exact, test_choose_exact);
   tcase_add_loop_test(exact, test_exact_graphs, 0, 4);
   tcase_add_test(tc, test_graph_layout);

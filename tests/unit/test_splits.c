@@ -20,14 +20,16 @@
 #define BATCH 48 /* three blocks */
 #define STEPS 6
 
-typedef enum { NET_MLP, NET_CNN, NET_LN, NET_SEQ, NET_GRAPH } net_kind;
+typedef enum { NET_MLP, NET_CNN, NET_LN, NET_SEQ, NET_GRAPH, NET_TF } net_kind;
 
 /* MLP: dense relu dense relu dense.  CNN (with dropout): conv relu maxpool
  * conv relu avgpool flatten dense gelu dropout dense.  LN: dense layernorm
  * gelu dense.  SEQ, on a sequence [12, 12]: conv1d tanh conv1d (strided)
  * sigmoid softmax global_avg_pool dense.  GRAPH: two residual conv blocks
  * (the second's input feeds a conv and the add), and a head that
- * concatenates the flattened map with a dense layer of it. */
+ * concatenates the flattened map with a dense layer of it.  TF, a
+ * transformer block on the 144 bytes as token ids: embedding pos_embedding
+ * layernorm attention (causal) dense gelu dropout dense flatten dense. */
 static void spec_of(td_jobspec *s, net_kind net, td_opt_kind opt, td_precision prec) {
   static const td_layer mlp[] = {
       {.type = TD_LAYER_DENSE, .units = 40}, {.type = TD_LAYER_RELU},
@@ -76,16 +78,30 @@ static void spec_of(td_jobspec *s, net_kind net, td_opt_kind opt, td_precision p
       {.type = TD_LAYER_DROPOUT, .p = 0.25f},
       {.type = TD_LAYER_DENSE, .units = 10},
   };
-  const td_layer *l = net == NET_MLP   ? mlp
-                       : net == NET_CNN ? cnn
-                       : net == NET_LN  ? ln
-                       : net == NET_SEQ ? seq
-                                        : graph;
-  int n = net == NET_MLP   ? (int)TD_ARRAY_SIZE(mlp)
-          : net == NET_CNN ? (int)TD_ARRAY_SIZE(cnn)
-          : net == NET_LN  ? (int)TD_ARRAY_SIZE(ln)
-          : net == NET_SEQ ? (int)TD_ARRAY_SIZE(seq)
-                           : (int)TD_ARRAY_SIZE(graph);
+  static const td_layer tf[] = {
+      {.type = TD_LAYER_EMBEDDING, .vocab = 256, .dim = 8},
+      {.type = TD_LAYER_POS_EMBEDDING},
+      {.type = TD_LAYER_LAYERNORM},
+      {.type = TD_LAYER_ATTENTION, .heads = 2, .causal = 1},
+      {.type = TD_LAYER_DENSE, .units = 16},
+      {.type = TD_LAYER_GELU},
+      {.type = TD_LAYER_DROPOUT, .p = 0.25f},
+      {.type = TD_LAYER_DENSE, .units = 8},
+      {.type = TD_LAYER_FLATTEN},
+      {.type = TD_LAYER_DENSE, .units = 10},
+  };
+  const td_layer *l = net == NET_MLP     ? mlp
+                       : net == NET_CNN   ? cnn
+                       : net == NET_LN    ? ln
+                       : net == NET_SEQ   ? seq
+                       : net == NET_GRAPH ? graph
+                                          : tf;
+  int n = net == NET_MLP     ? (int)TD_ARRAY_SIZE(mlp)
+          : net == NET_CNN   ? (int)TD_ARRAY_SIZE(cnn)
+          : net == NET_LN    ? (int)TD_ARRAY_SIZE(ln)
+          : net == NET_SEQ   ? (int)TD_ARRAY_SIZE(seq)
+          : net == NET_GRAPH ? (int)TD_ARRAY_SIZE(graph)
+                             : (int)TD_ARRAY_SIZE(tf);
 
   memset(s, 0, sizeof(*s));
   snprintf(s->name, sizeof(s->name), "bitid");
@@ -116,6 +132,13 @@ static void spec_of(td_jobspec *s, net_kind net, td_opt_kind opt, td_precision p
   s->loss_scale = td_lossscale_defaults();
   s->loss_scale.enabled = prec == TD_PREC_FP16;
   s->clip_grad_norm = 1.0f;
+  if (net == NET_TF) { /* a sequence of 144 ids, taken as they are */
+    s->input_rank = 1;
+    s->input_dims[0] = 144;
+    s->sample_dtype = TD_DTYPE_U8;
+    s->norm_mean = 0.0f;
+    s->norm_std = 1.0f;
+  }
   s->min_micro_batch = 1;
   s->remedies[0] = TD_REMEDY_ACCUMULATE;
   s->nremedies = 1;
@@ -227,6 +250,31 @@ END_TEST
 START_TEST(test_graph_adam) { random_splits(NET_GRAPH, TD_OPT_ADAM, TD_PREC_FP32); }
 END_TEST
 START_TEST(test_graph_sgd_bf16) { random_splits(NET_GRAPH, TD_OPT_SGD, TD_PREC_BF16); }
+END_TEST
+START_TEST(test_transformer_adam) { random_splits(NET_TF, TD_OPT_ADAM, TD_PREC_FP32); }
+END_TEST
+START_TEST(test_transformer_adamw_bf16) { random_splits(NET_TF, TD_OPT_ADAMW, TD_PREC_BF16); }
+END_TEST
+
+/* The transformer's ops cut their work by samples across the lanes: the
+ * lane count changes no bit. */
+START_TEST(test_transformer_lanes) {
+  static const char *const lanes[] = {"2", "3"};
+  td_jobspec s;
+  trace ref, got;
+
+  spec_of(&s, NET_TF, TD_OPT_ADAM, TD_PREC_FP32);
+  setenv("TRAIND_CPU_LANES", "1", 1);
+  run(&s, 0, &ref);
+  for (size_t i = 0; i < TD_ARRAY_SIZE(lanes); i++) {
+    setenv("TRAIND_CPU_LANES", lanes[i], 1);
+    run(&s, 5u + (unsigned)i, &got);
+    assert_same(&got, &ref, lanes[i]);
+    trace_free(&got);
+  }
+  trace_free(&ref);
+  unsetenv("TRAIND_CPU_LANES");
+}
 END_TEST
 
 /* A split that is not whole blocks is not promised: the test above is not
@@ -353,6 +401,9 @@ static Suite *bitid_suite(void) {
   tcase_add_test(tc, test_seq_sgd_bf16);
   tcase_add_test(tc, test_graph_adam);
   tcase_add_test(tc, test_graph_sgd_bf16);
+  tcase_add_test(tc, test_transformer_adam);
+  tcase_add_test(tc, test_transformer_adamw_bf16);
+  tcase_add_test(tc, test_transformer_lanes);
   tcase_add_loop_test(tc, test_other_split_differs, 0, 2);
   tcase_add_test(tc, test_thread_count);
   tcase_add_test(tc, test_plan_whole_blocks);

@@ -399,6 +399,11 @@ static const struct show_row {
   {"train accuracy", "train_accuracy", SHOW_METRIC, 0},
   {"test accuracy", "accuracy", SHOW_METRIC, 0},
   {"val accuracy", "val_accuracy", SHOW_METRIC, 0},
+  {"test top-k accuracy", "top_k_accuracy", SHOW_METRIC, 0},
+  {"val top-k accuracy", "val_top_k_accuracy", SHOW_METRIC, 0},
+  {"train MAE", "train_mae", SHOW_METRIC, 0},
+  {"test MAE", "mae", SHOW_METRIC, 0},
+  {"val MAE", "val_mae", SHOW_METRIC, 0},
   {"model", "model", SHOW_STR, 0},
   {"warning", "warning", SHOW_STR, 1},
 };

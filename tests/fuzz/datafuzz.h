@@ -148,6 +148,7 @@ static void fd_write(fd_file *f, const uint8_t *p, size_t n, unsigned enc) {
 static void fd_load(const td_jobspec *spec, const fd_file *images, int streaming) {
   uint32_t classes = td_jobspec_classes(spec);
   uint8_t *samples = NULL, *labels = NULL, *x = NULL, *y = NULL;
+  size_t tb = 4;
   uint64_t count, sb;
   int scanned = 0, rc;
   char err[512] = "";
@@ -187,7 +188,8 @@ static void fd_load(const td_jobspec *spec, const fd_file *images, int streaming
   if (count * (sb + 1) > FD_BUDGET)
     goto close_split; /* a gzip bomb of the size fuzzing makes: not worth decoding */
   samples = malloc(count * sb + 1);
-  labels = malloc(count + 1);
+  tb = td_target_bytes(td_split_target(s));
+  labels = malloc(count * tb + 1);
   if (samples == NULL || labels == NULL)
     abort();
   if ((rc = td_split_load(s, samples, labels, classes, 1, err, sizeof(err))) < 0) {
@@ -199,9 +201,12 @@ static void fd_load(const td_jobspec *spec, const fd_file *images, int streaming
   if (fd_verbose())
     fprintf(stderr, "datafuzz: loaded %llu samples of %llu bytes\n", (unsigned long long)count,
             (unsigned long long)sb);
-  for (uint64_t i = 0; i < count; i++)
-    if (labels[i] >= classes)
+  for (uint64_t i = 0; i < count && td_split_target(s).dtype == TD_DTYPE_I32; i++) {
+    int32_t v;
+    memcpy(&v, labels + 4 * i, 4);
+    if (v < 0 || (uint32_t)v >= classes)
       fd_fail("loaded a label the model does not have", 0, "");
+  }
   if (td_split_dtype(s) == TD_DTYPE_F32)
     for (uint64_t i = 0; i < count * sb / 4; i++) {
       float v;
@@ -216,14 +221,14 @@ static void fd_load(const td_jobspec *spec, const fd_file *images, int streaming
     if (min < 1)
       fd_fail("td_split_min_read is 0", 0, "");
     x = malloc(3 * sb + 1);
-    y = malloc(3);
+    y = malloc(3 * tb);
     if (x == NULL || y == NULL)
       abort();
     for (size_t k = 0; k < sizeof(firsts) / sizeof(firsts[0]); k++) {
       uint64_t first = firsts[k], n = count - first < 3 ? count - first : 3;
       if ((rc = td_split_read(s, first, n, x, y, classes, err, sizeof(err))) < 0)
         fd_fail("td_split_read after a good load", rc, err);
-      if (memcmp(x, samples + first * sb, n * sb) != 0 || memcmp(y, labels + first, n) != 0)
+      if (memcmp(x, samples + first * sb, n * sb) != 0 || memcmp(y, labels + first * tb, n * tb) != 0)
         fd_fail("td_split_read differs from td_split_load", 0, "");
     }
   }

@@ -331,7 +331,7 @@ END_TEST
 START_TEST(test_softmax_xent) {
   enum { R = 3000, C = 10 };
   static const float smoothing[] = {0.0f, 0.1f};
-  uint8_t lab[R];
+  int32_t lab[R];
   const uint64_t lb[NB] = {R, R};
   gpu g;
 

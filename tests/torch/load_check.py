@@ -38,8 +38,8 @@ def main():
         data = f.read()
     count, feats = struct.unpack_from("<II", data, 0)
     px = torch.frombuffer(bytearray(data[8:8 + count * feats]), dtype=torch.uint8)
-    lb = torch.frombuffer(bytearray(data[8 + count * feats:8 + count * feats + count]),
-                          dtype=torch.uint8).long()
+    lb = torch.frombuffer(bytearray(data[8 + count * feats:8 + count * feats + 4 * count]),
+                          dtype=torch.int32).long()
     norm = job.get("data", {}).get("normalize", {}) or {}
     mean, std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
     x = ((px.float() / 255.0 - mean) / std).reshape([count] + list(x_shape))

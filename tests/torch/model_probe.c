@@ -7,7 +7,7 @@
  *   td_model_probe JOB.yaml OUTDIR [STEPS]
  *
  * Writes OUTDIR/model.safetensors and OUTDIR/eval.bin (u32 count, u32
- * features, then count*features uint8 pixels and count uint8 labels) and
+ * features, then count*features uint8 pixels and count int32 labels) and
  * prints "loss_sum=X correct=N count=N plan=BYTES peak=BYTES": the memory
  * plan beside the allocator's measured peak. */
 #include <stdio.h>
@@ -30,15 +30,16 @@ static uint32_t rand32(void) {
 }
 
 /* Pixels with some structure (a per-class bias), so training moves the loss. */
-static void fill(uint8_t *px, uint8_t *lb, uint32_t count, uint32_t in, uint32_t classes) {
+static void fill(uint8_t *px, int32_t *lb, uint32_t count, uint32_t in, uint32_t classes) {
   for (uint32_t i = 0; i < count; i++) {
-    lb[i] = (uint8_t)(rand32() % classes);
+    lb[i] = (int32_t)(rand32() % classes);
     for (uint32_t j = 0; j < in; j++)
-      px[(size_t)i * in + j] = (uint8_t)((rand32() & 127) + (j % classes == lb[i] ? 24 : 0));
+      px[(size_t)i * in + j] =
+          (uint8_t)((rand32() & 127) + ((int32_t)(j % classes) == lb[i] ? 24 : 0));
   }
 }
 
-static int write_eval(const char *path, const uint8_t *px, const uint8_t *lb, uint32_t count,
+static int write_eval(const char *path, const uint8_t *px, const int32_t *lb, uint32_t count,
                       uint32_t in) {
   FILE *f = fopen(path, "wb");
   uint32_t hdr[2] = {count, in};
@@ -47,14 +48,15 @@ static int write_eval(const char *path, const uint8_t *px, const uint8_t *lb, ui
   if (f == NULL)
     return TD_EIO;
   ok = fwrite(hdr, sizeof(hdr), 1, f) == 1 && fwrite(px, (size_t)count * in, 1, f) == 1 &&
-       fwrite(lb, count, 1, f) == 1;
+       fwrite(lb, count * sizeof(*lb), 1, f) == 1;
   return fclose(f) == 0 && ok ? 0 : TD_EIO;
 }
 
 int main(int argc, char **argv) {
   char err[512], path[TD_PATH_MAX + 32];
   uint32_t steps = argc > 3 ? (uint32_t)strtoul(argv[3], NULL, 10) : 5;
-  uint8_t *px = NULL, *lb = NULL;
+  uint8_t *px = NULL;
+  int32_t *lb = NULL;
   td_backend *be = NULL;
   td_model *m = NULL;
   td_step_stats st;
@@ -75,7 +77,7 @@ int main(int argc, char **argv) {
   classes = td_jobspec_classes(&spec);
   bs = spec.batch_size;
   n = bs > EVAL_COUNT ? bs : EVAL_COUNT;
-  if ((px = malloc((size_t)n * in)) == NULL || (lb = malloc(n)) == NULL)
+  if ((px = malloc((size_t)n * in)) == NULL || (lb = malloc(n * sizeof(*lb))) == NULL)
     goto out;
   if (td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, err, sizeof(err)) < 0 ||
       td_model_create(be, &spec, bs, &m, err, sizeof(err)) < 0) {

@@ -82,7 +82,7 @@ static void spec_of(td_jobspec *s, net_kind net, td_opt_kind opt, td_precision p
 }
 
 /* Step k's samples; the last step's batch is short (a tail block of 8). */
-static uint32_t batch(int k, uint8_t *px, uint8_t *lb) {
+static uint32_t batch(int k, uint8_t *px, int32_t *lb) {
   uint32_t n = k == STEPS - 1 ? BATCH - 8 : BATCH;
 
   for (uint32_t i = 0; i < n * 144; i++)
@@ -108,7 +108,8 @@ static void trace_free(trace *t) {
  * a random whole number of blocks (another seed).  The gradients of each
  * step and the final weights go to t. */
 static void run(const td_jobspec *s, unsigned seed, trace *t) {
-  uint8_t px[BATCH * 144], lb[BATCH];
+  uint8_t px[BATCH * 144];
+  int32_t lb[BATCH];
   td_backend *be;
   td_model *m;
   char err[256];
@@ -184,7 +185,8 @@ END_TEST
 /* A split that is not whole blocks is not promised: the test above is not
  * vacuous, since such a split does change bits (here, on the MLP). */
 START_TEST(test_other_split_differs) {
-  uint8_t px[BATCH * 144], lb[BATCH];
+  uint8_t px[BATCH * 144];
+  int32_t lb[BATCH];
   float *a, *b;
   td_jobspec s;
   td_backend *be;

@@ -1914,6 +1914,115 @@ START_TEST(test_loader_stops) {
 }
 END_TEST
 
+/* Float targets: npy labels of float32 or float64, (N,) or (N, K); CSV
+ * target columns; each checked against the loss and the model's outputs. */
+static const char *loss_job(const char *input, uint32_t outputs, const char *data,
+                            const char *loss) {
+  static char text[4096];
+
+  snprintf(text, sizeof(text), "%s  loss: %s\n", job_text(input, outputs, data, 8, 1), loss);
+  return text;
+}
+
+static void read_targets(const td_jobspec *spec, uint64_t n, float *t) {
+  td_split *s;
+  uint8_t *x;
+
+  ck_assert_msg(td_split_open(spec, TD_SPLIT_TRAIN, &s, errbuf, sizeof(errbuf)) == 0, "%s",
+                errbuf);
+  if (td_split_count(s) == UINT64_MAX)
+    ck_assert_msg(td_split_scan(s, 0, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+  ck_assert_uint_eq(td_split_count(s), n);
+  ck_assert_int_eq(td_split_target(s).dtype, TD_DTYPE_F32);
+  x = xmalloc(n * td_split_sample_bytes(s));
+  ck_assert_msg(td_split_read(s, 0, n, x, t, 1, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+  free(x);
+  td_split_close(s);
+}
+
+START_TEST(test_npy_float_targets) {
+  enum { N = 20, K = 3 };
+  static const char data[] =
+      "  format: npy\n  train: {features: x.npy, labels: y.npy}\n"
+      "  test: {features: x.npy, labels: y.npy}\n";
+  const uint64_t xs[] = {N, 4}, ys[] = {N, K}, y1[] = {N}, y2[] = {N, 2};
+  float x[N * 4] = {0}, y[N * K], got[N * K];
+  double y64[N * K];
+  uint8_t ids[N] = {0};
+  td_jobspec spec;
+
+  for (int i = 0; i < N * K; i++)
+    y[i] = (float)i / 8.0f - 1.0f, y64[i] = y[i];
+  write_npy("x.npy", "<f4", "False", xs, 2, x, sizeof(x));
+  write_npy("y.npy", "<f4", "False", ys, 2, y, sizeof(y));
+  parse_job(loss_job("[4]", K, data, "{kind: mse}"), &spec);
+  ck_assert_msg(td_dataset_check(&spec, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+  read_targets(&spec, N, got);
+  ck_assert_mem_eq(got, y, sizeof(y));
+  /* float64, numpy's default, is read as float32 */
+  write_npy("y.npy", "<f8", "False", ys, 2, y64, sizeof(y64));
+  ck_assert_msg(td_dataset_check(&spec, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+  memset(got, 0, sizeof(got));
+  read_targets(&spec, N, got);
+  ck_assert_mem_eq(got, y, sizeof(y));
+  /* soft cross-entropy and binary cross-entropy take them too */
+  parse_job(loss_job("[4]", K, data, "{targets: soft}"), &spec);
+  ck_assert_msg(td_dataset_check(&spec, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+  parse_job(loss_job("[4]", K, data, "{kind: binary_cross_entropy}"), &spec);
+  ck_assert_msg(td_dataset_check(&spec, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+  /* one output: (N,) */
+  write_npy("y.npy", "<f4", "False", y1, 1, y, N * 4);
+  parse_job(loss_job("[4]", 1, data, "{kind: mae}"), &spec);
+  ck_assert_msg(td_dataset_check(&spec, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+  /* the wrong width, the wrong kind */
+  write_npy("y.npy", "<f4", "False", y2, 2, y, N * 2 * 4);
+  parse_job(loss_job("[4]", K, data, "{kind: mse}"), &spec);
+  expect_check_fail(&spec, TD_EDATA, "y.npy", "expected (N, 3), a float target per model output",
+                    "got (20, 2)");
+  write_npy("y.npy", "|u1", "False", y1, 1, ids, sizeof(ids));
+  expect_check_fail(&spec, TD_EDATA, "y.npy", "loss mse needs float targets (3 per sample",
+                    "holds class integers");
+  parse_job(loss_job("[4]", K, data, "{targets: soft}"), &spec);
+  expect_check_fail(&spec, TD_EDATA, "y.npy", "loss cross_entropy over soft targets needs float "
+                    "targets", NULL);
+  /* a target that is not finite is refused, naming the sample */
+  y[2 * K + 1] = NAN;
+  write_npy("y.npy", "<f4", "False", ys, 2, y, sizeof(y));
+  parse_job(loss_job("[4]", K, data, "{kind: mse}"), &spec);
+  expect_check_fail(&spec, TD_EDATA, "y.npy", "target 1 of sample 2", "a finite float32");
+}
+END_TEST
+
+START_TEST(test_csv_target_columns) {
+  enum { N = 30 };
+  char text[N * 64], data[256];
+  size_t n = 0;
+  float got[N * 2];
+  td_jobspec spec;
+
+  /* columns: t1, x0, x1, x2, t0, x3 */
+  for (int i = 0; i < N; i++)
+    n += (size_t)snprintf(text + n, sizeof(text) - n, "%d.5,%d,%d,%d,-%d.25,%d\n", i, i, i + 1,
+                          i + 2, i, i + 3);
+  write_file("d.csv", text, n);
+  snprintf(data, sizeof(data), "  format: csv\n  csv: {target_columns: [4, 0]}\n"
+           "  train: {features: d.csv}\n  test: {features: d.csv}\n");
+  parse_job(loss_job("[4]", 2, data, "{kind: mse}"), &spec);
+  ck_assert_msg(td_dataset_check(&spec, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+  read_targets(&spec, N, got);
+  for (int i = 0; i < N; i++) {
+    ck_assert_float_eq(got[i * 2], -(float)i - 0.25f);
+    ck_assert_float_eq(got[i * 2 + 1], (float)i + 0.5f);
+  }
+  /* a line with a column too few */
+  write_file("d.csv", "1,2,3,4,5\n", 10);
+  expect_check_fail(&spec, TD_EDATA, "d.csv", "expected 6 columns (the 2 targets and "
+                    "model.input's 4 values), got 5", NULL);
+  write_file("d.csv", "1,2,3,4,5,6\n1,2,3,4,1e39,6\n", 25);
+  expect_check_fail(&spec, TD_EDATA, "d.csv", "line 2 column 5", "a finite float32 target");
+}
+END_TEST
+
 static Suite *dataset_suite(void) {
   Suite *s = suite_create("dataset");
   TCase *tr = tcase_create("readers");
@@ -1927,6 +2036,8 @@ static Suite *dataset_suite(void) {
   tcase_add_test(tr, test_csv);
   tcase_add_test(tr, test_csv_errors);
   tcase_add_test(tr, test_raw);
+  tcase_add_test(tr, test_npy_float_targets);
+  tcase_add_test(tr, test_csv_target_columns);
   tcase_add_test(tr, test_jobspec_data_keys);
   tcase_add_test(tr, test_gzip_random_access);
   tcase_add_test(tr, test_idx_split_random);

@@ -1002,6 +1002,19 @@ START_TEST(loss_kinds) {
 }
 END_TEST
 
+START_TEST(regression_example_parses) {
+  const char *root = getenv("TD_SOURCE_ROOT");
+  char path[PATH_MAX], err[512] = "";
+  td_jobspec s;
+
+  snprintf(path, sizeof(path), "%s/examples/csv-regression.yaml", root ? root : ".");
+  ck_assert_msg(td_jobspec_load(path, &s, err, sizeof(err)) == 0, "%s", err);
+  ck_assert_int_eq(s.loss, TD_LOSS_MSE);
+  ck_assert_uint_eq(s.csv.ntarget_columns, td_jobspec_classes(&s));
+  ck_assert_int_eq(s.callbacks.keep_best.monitor, TD_MONITOR_VAL_MAE);
+}
+END_TEST
+
 /* Every combination that cannot work, refused with what to do. */
 START_TEST(loss_errors) {
   expect_err(loss_job("{kind: hinge}"), "line 12", "'train.loss.kind'");
@@ -1087,6 +1100,7 @@ static Suite *jobspec_suite(void) {
   tcase_add_test(tc, tilde_paths);
   tcase_add_test(tc, loss_kinds);
   tcase_add_test(tc, loss_errors);
+  tcase_add_test(tc, regression_example_parses);
   suite_add_tcase(s, tc);
   return s;
 }

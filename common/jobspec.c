@@ -615,7 +615,7 @@ static int check_targets(const td_jobspec *s, const td_ynode *root, char *err, s
   const td_monitor monitors[] = {c->early_stop.monitor, c->keep_best.monitor, c->plateau.monitor};
   const int on[] = {c->early_stop.enabled, c->keep_best.enabled, c->plateau.enabled};
   td_target t = td_jobspec_target(s);
-  uint32_t outputs = td_jobspec_classes(s);
+  uint32_t outputs = td_jobspec_outputs(s);
   const char *lname = loss_names[s->loss];
   int line = loss != NULL ? loss->key_line : node_line(root, "train", "top_k");
 
@@ -946,10 +946,24 @@ uint32_t td_jobspec_classes(const td_jobspec *spec) {
   return 0;
 }
 
+/* The logits' width, as the planner lays them out (the last layer's
+ * output, all of it: a per-position dense gives T * units); the last dense
+ * layer's units when the shapes do not chain (the parser refuses that). */
+uint32_t td_jobspec_outputs(const td_jobspec *spec) {
+  td_shape shapes[TD_MAX_LAYERS + 1];
+  char why[8];
+  int bad;
+
+  if (spec->nlayers < 1 || spec->nlayers > TD_MAX_LAYERS ||
+      td_jobspec_shapes(spec, shapes, &bad, why, sizeof(why)) < 0)
+    return td_jobspec_classes(spec);
+  return (uint32_t)td_shape_elems(&shapes[spec->nlayers]);
+}
+
 td_target td_jobspec_target(const td_jobspec *spec) {
   if (spec->loss == TD_LOSS_CROSS_ENTROPY && !spec->soft_targets)
     return (td_target){TD_DTYPE_I32, 1};
-  return (td_target){TD_DTYPE_F32, td_jobspec_classes(spec)};
+  return (td_target){TD_DTYPE_F32, td_jobspec_outputs(spec)};
 }
 
 int td_jobspec_classifies(const td_jobspec *spec) {

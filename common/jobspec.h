@@ -228,6 +228,9 @@ uint64_t td_jobspec_input_elems(const td_jobspec *spec);
 /* Output features of the last layer that has them (the class count). */
 uint32_t td_jobspec_classes(const td_jobspec *spec);
 
+/* Values per sample of the model's output: the width of the logits (and of
+ * float targets). */
+uint32_t td_jobspec_outputs(const td_jobspec *spec);
 /* The job's target per sample, from its loss (and the model's outputs). */
 td_target td_jobspec_target(const td_jobspec *spec);
 static inline size_t td_target_bytes(td_target t) { return (size_t)t.width * 4u; }

@@ -50,6 +50,9 @@ typedef struct fd_format {
   /* The format's own keys of the data section ("  csv: {...}\n"), from
    * the mode's bits 5-7 and the configuration bytes; "" for none. */
   void (*keys)(char *buf, size_t cap, unsigned choice, const uint8_t *cfg, uint32_t elems);
+  /* The loss, from the same bits (", loss: {kind: mse}"), so that float
+   * targets are read too; NULL: the default, class integers. */
+  const char *(*loss)(unsigned choice);
   /* Anything else the format's own reader offers (idx: td_idx_load). */
   void (*extra)(const char *images, const char *labels, uint64_t limit);
 } fd_format;
@@ -334,10 +337,11 @@ static int fd_run(const fd_format *fmt, const uint8_t *data, size_t size) {
                "  train: {images: %s%s%s, limit: %u}\n"
                "  test: {images: %s%s%s}\n"
                "%s"
-               "train: {batch_size: 1, epochs: 1, optimizer: {type: sgd, lr: 0.1}}\n",
+               "train: {batch_size: 1, epochs: 1, optimizer: {type: sgd, lr: 0.1}%s}\n",
                elems, classes, fmt->name, images.path, fmt->has_labels ? ", labels: " : "",
                fmt->has_labels ? labels.path : "", limit, images.path,
-               fmt->has_labels ? ", labels: " : "", fmt->has_labels ? labels.path : "", keys);
+               fmt->has_labels ? ", labels: " : "", fmt->has_labels ? labels.path : "", keys,
+               fmt->loss != NULL ? fmt->loss((mode >> 5) & 7) : "");
   if (n < 0 || (size_t)n >= sizeof(job))
     abort();
   if (td_jobspec_parse(job, (size_t)n, NULL, &spec, err, sizeof(err)) < 0) {

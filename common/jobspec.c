@@ -503,6 +503,7 @@ static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t err
   int has_labels = s->format == TD_DATA_IDX || s->format == TD_DATA_NPY;
   td_data_raw *r = &s->raw;
   uint64_t elems = td_jobspec_input_elems(s), shape = 1, label_end, sample_end, sample_bytes;
+  uint64_t label_bytes;
 
   for (int i = 0; i < 2; i++) {
     const td_data_split *sp = i == 0 ? &s->train : &s->test;
@@ -558,12 +559,13 @@ static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t err
                  "has %llu", (unsigned long long)shape, (unsigned long long)elems);
     return TD_EJOBSPEC;
   }
+  /* float32 labels are a float target per output, one after another */
+  label_bytes = r->label_dtype == TD_DTYPE_F32 ? td_target_bytes(td_jobspec_target(s))
+                                               : td_dtype_size(r->label_dtype);
   if (r->sample_offset == UINT32_MAX)
-    r->sample_offset = r->label_offset == 0 ? (uint32_t)td_dtype_size(r->label_dtype) : 0;
+    r->sample_offset = r->label_offset == 0 ? (uint32_t)label_bytes : 0;
   sample_bytes = shape * td_dtype_size(r->dtype);
-  label_end = (uint64_t)r->label_offset +
-              (r->label_dtype == TD_DTYPE_F32 ? td_target_bytes(td_jobspec_target(s))
-                                              : td_dtype_size(r->label_dtype));
+  label_end = (uint64_t)r->label_offset + label_bytes;
   sample_end = (uint64_t)r->sample_offset + sample_bytes;
   if (r->label_offset < sample_end && r->sample_offset < label_end) {
     td_yaml_errf(err, errlen, node_line(data, "raw", "label_offset"),

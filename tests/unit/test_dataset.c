@@ -2023,6 +2023,37 @@ START_TEST(test_csv_target_columns) {
 }
 END_TEST
 
+/* Raw records with float targets: label_dtype float32, one per output at
+ * label_offset, the sample after them. */
+START_TEST(test_raw_float_targets) {
+  enum { N = 12, K = 2 };
+  uint8_t rec[N * (K * 4 + 4)];
+  float got[N * K];
+  char data[256];
+  td_jobspec spec;
+
+  for (int i = 0; i < N; i++) {
+    float t[K] = {(float)i * 0.5f, -(float)i};
+
+    memcpy(rec + i * 12, t, sizeof(t));
+    for (int j = 0; j < 4; j++)
+      rec[i * 12 + 8 + j] = (uint8_t)(i + j);
+  }
+  write_file("r.bin", rec, sizeof(rec));
+  snprintf(data, sizeof(data), "  format: raw\n  raw: {record_shape: [4], dtype: uint8, "
+           "label_dtype: float32}\n  train: {features: r.bin}\n  test: {features: r.bin}\n");
+  parse_job(loss_job("[4]", K, data, "{kind: mae}"), &spec);
+  ck_assert_uint_eq(spec.raw.sample_offset, 8);
+  ck_assert_uint_eq(spec.raw.record_bytes, 12);
+  ck_assert_msg(td_dataset_check(&spec, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
+  read_targets(&spec, N, got);
+  for (int i = 0; i < N; i++) {
+    ck_assert_float_eq(got[i * K], (float)i * 0.5f);
+    ck_assert_float_eq(got[i * K + 1], -(float)i);
+  }
+}
+END_TEST
+
 static Suite *dataset_suite(void) {
   Suite *s = suite_create("dataset");
   TCase *tr = tcase_create("readers");
@@ -2038,6 +2069,7 @@ static Suite *dataset_suite(void) {
   tcase_add_test(tr, test_raw);
   tcase_add_test(tr, test_npy_float_targets);
   tcase_add_test(tr, test_csv_target_columns);
+  tcase_add_test(tr, test_raw_float_targets);
   tcase_add_test(tr, test_jobspec_data_keys);
   tcase_add_test(tr, test_gzip_random_access);
   tcase_add_test(tr, test_idx_split_random);

@@ -151,6 +151,8 @@ typedef struct cli_progress {
   uint64_t epoch, epochs, step, steps;
   double loss, train_acc, sps, eta;
   uint64_t micro_batch, accumulation;
+  int more;         /* 1: train_mae is filled in (below 0: not measured) */
+  double train_mae; /* a regression's, in the accuracy's place */
 } cli_progress;
 /* "[epoch 1/2] [####----] 23%  step ..." (bar, for a terminal) or
  * "epoch 1/2  step 10/40 (25%)  loss ..." (a line of a log).  Wider than
@@ -162,6 +164,9 @@ void cli_fmt_progress_line(const cli_progress *p, int bar, size_t cols, char *bu
 typedef struct cli_epoch_end {
   uint64_t epoch, epochs;
   double train_loss, train_acc, val_loss, val_acc, test_loss, test_acc;
+  int more; /* 1: the fields below are filled in (below 0: not measured) */
+  uint64_t top_k;
+  double train_mae, val_mae, test_mae, val_top_k, test_top_k;
 } cli_epoch_end;
 void cli_fmt_epoch_end(const cli_epoch_end *e, char *buf, size_t cap);
 /* An event of the status socket for a terminal: the topic, "job N:" and

@@ -382,7 +382,8 @@ enum show_kind { SHOW_STR, SHOW_U64, SHOW_I64, SHOW_TIME, SHOW_METRIC, SHOW_PROG
 static const struct show_row {
   const char *label, *key;
   enum show_kind kind;
-  int optional; /* not shown when missing or empty */
+  int optional; /* 1: not shown when missing or empty; 2: a metric, not shown when missing
+                   or below 0 (not measured) */
 } show_rows[] = {
   {"id", "id", SHOW_U64, 0},
   {"name", "name", SHOW_STR, 0},
@@ -399,6 +400,12 @@ static const struct show_row {
   {"train accuracy", "train_accuracy", SHOW_METRIC, 0},
   {"test accuracy", "accuracy", SHOW_METRIC, 0},
   {"val accuracy", "val_accuracy", SHOW_METRIC, 0},
+  /* only for the jobs that measure them (top_k; loss mse, mae) */
+  {"test top-k", "top_k_accuracy", SHOW_METRIC, 2},
+  {"val top-k", "val_top_k_accuracy", SHOW_METRIC, 2},
+  {"train MAE", "train_mae", SHOW_METRIC, 2},
+  {"test MAE", "mae", SHOW_METRIC, 2},
+  {"val MAE", "val_mae", SHOW_METRIC, 2},
   {"model", "model", SHOW_STR, 0},
   {"warning", "warning", SHOW_STR, 1},
 };
@@ -516,8 +523,10 @@ static void show_job(const msgpack_object *job) {
     const char *text;
     size_t n;
 
-    if (show_rows[k].optional &&
+    if (show_rows[k].optional == 1 &&
         (td_obj_str(job, show_rows[k].key, &text, &n) != 0 || n == 0))
+      continue;
+    if (show_rows[k].optional == 2 && (td_obj_f64(job, show_rows[k].key, &v) != 0 || v < 0))
       continue;
     label(show_rows[k].label);
     show_value(job, &show_rows[k]);

@@ -766,6 +766,8 @@ static void progress_parts(const cli_progress *p, unsigned parts, char *buf, siz
     append(buf, cap, "  loss %.4f", p->loss);
   if (known(p->train_acc) && (parts & PL_ACC))
     append(buf, cap, "  acc %.4f", p->train_acc);
+  if (p->more && known(p->train_mae) && (parts & PL_ACC))
+    append(buf, cap, "  mae %.4f", p->train_mae);
   if (p->sps > 0 && p->sps < 1e15 && (parts & PL_SPEED)) {
     cli_fmt_count((uint64_t)(p->sps + 0.5), num, sizeof(num));
     append(buf, cap, "  %s samples/s", num);
@@ -792,16 +794,23 @@ void cli_fmt_progress_line(const cli_progress *p, int bar, size_t cols, char *bu
   }
 }
 
-/* " loss 0.4100, acc 0.8600" of a split, as far as it is known. */
+/* " loss 0.4100, acc 0.8600, top-5 0.9800" (or ", mae 0.1200") of a split,
+ * as far as it is known. */
 static void split_text(char *buf, size_t cap, const char *sep, const char *split, double loss,
-                       double acc) {
-  if (!known(loss) && !known(acc))
+                       double acc, uint64_t k, double top_k, double mae) {
+  const char *comma = "";
+
+  if (!known(loss) && !known(acc) && !known(top_k) && !known(mae))
     return;
   append(buf, cap, "%s%s", sep, split);
   if (known(loss))
-    append(buf, cap, " loss %.4f%s", loss, known(acc) ? "," : "");
+    append(buf, cap, " loss %.4f", loss), comma = ",";
   if (known(acc))
-    append(buf, cap, " acc %.4f", acc);
+    append(buf, cap, "%s acc %.4f", comma, acc), comma = ",";
+  if (known(top_k))
+    append(buf, cap, "%s top-%" PRIu64 " %.4f", comma, k, top_k), comma = ",";
+  if (known(mae))
+    append(buf, cap, "%s mae %.4f", comma, mae);
 }
 
 void cli_fmt_epoch_end(const cli_epoch_end *e, char *buf, size_t cap) {
@@ -810,9 +819,14 @@ void cli_fmt_epoch_end(const cli_epoch_end *e, char *buf, size_t cap) {
   if (e->epochs > 0)
     append(buf, cap, "/%" PRIu64, e->epochs);
   append(buf, cap, " done");
-  split_text(buf, cap, ": ", "train", e->train_loss, e->train_acc);
-  split_text(buf, cap, strchr(buf, ':') ? "; " : ": ", "val", e->val_loss, e->val_acc);
-  split_text(buf, cap, strchr(buf, ':') ? "; " : ": ", "test", e->test_loss, e->test_acc);
+  double none = -1;
+
+  split_text(buf, cap, ": ", "train", e->train_loss, e->train_acc, 0, none,
+             e->more ? e->train_mae : none);
+  split_text(buf, cap, strchr(buf, ':') ? "; " : ": ", "val", e->val_loss, e->val_acc, e->top_k,
+             e->more ? e->val_top_k : none, e->more ? e->val_mae : none);
+  split_text(buf, cap, strchr(buf, ':') ? "; " : ": ", "test", e->test_loss, e->test_acc,
+             e->top_k, e->more ? e->test_top_k : none, e->more ? e->test_mae : none);
 }
 
 /* Events for the terminal: per topic, the fields that matter, as
@@ -831,6 +845,7 @@ static const struct ev_field {
   {"job.progress", "step", "step", "steps", EV_OF},
   {"job.progress", "loss", "loss", NULL, EV_REAL},
   {"job.progress", "acc", "train_accuracy", NULL, EV_REAL},
+  {"job.progress", "mae", "train_mae", NULL, EV_REAL},
   {"job.progress", "test_acc", "accuracy", NULL, EV_REAL},
   {"job.progress", "samples/s", "samples_per_sec", NULL, EV_COUNT},
   {"job.progress", "eta", "eta_s", NULL, EV_CLOCK},
@@ -840,6 +855,10 @@ static const struct ev_field {
   {"job.eval", "test_loss", "loss", NULL, EV_REAL},
   {"job.eval", "val_acc", "val_accuracy", NULL, EV_REAL},
   {"job.eval", "val_loss", "val_loss", NULL, EV_REAL},
+  {"job.eval", "test_top_k", "top_k_accuracy", NULL, EV_REAL},
+  {"job.eval", "val_top_k", "val_top_k_accuracy", NULL, EV_REAL},
+  {"job.eval", "test_mae", "mae", NULL, EV_REAL},
+  {"job.eval", "val_mae", "val_mae", NULL, EV_REAL},
   {"job.replan", "device", "device", NULL, EV_STR},
   {"job.replan", "micro-batch", "plan.micro_batch", "plan.accumulation", EV_MICRO},
   {"job.replan", "reserves", "plan.total", NULL, EV_SIZE},

@@ -42,6 +42,7 @@ typedef struct watch {
   double seen_running; /* td_now_mono() when we saw it running, if started_ms is not known */
   int plan_running;    /* p's plan is the one it runs at, not a queued job's */
   double val_acc;      /* show's val_accuracy, -1 if none */
+  uint64_t top_k;      /* show's top_k, 0 if none */
   int have_progress;
 } watch;
 
@@ -244,6 +245,8 @@ static void update(watch *w, const msgpack_object *m) {
     w->started_ms = i;
   if (td_obj_f64(m, "val_accuracy", &v) == 0)
     w->val_acc = v;
+  if (td_obj_u64(m, "top_k", &u) == 0)
+    w->top_k = u;
   for (k = 0; k < TD_ARRAY_SIZE(counters); k++) {
     uint64_t *dst = (uint64_t *)((char *)w + counters[k].offset);
 
@@ -256,6 +259,8 @@ static void update(watch *w, const msgpack_object *m) {
     w->p.loss = v;
   if (td_obj_f64(m, "train_accuracy", &v) == 0)
     w->p.train_acc = v;
+  if (td_obj_f64(m, "train_mae", &v) == 0)
+    w->p.train_mae = v;
   if (td_obj_f64(m, "samples_per_sec", &v) == 0)
     w->p.sps = v;
   if (td_obj_f64(m, "eta_s", &v) == 0)
@@ -272,7 +277,9 @@ static void update(watch *w, const msgpack_object *m) {
 static void on_eval(watch *w, const msgpack_object *m) {
   cli_epoch_end e = {.epochs = w->p.epochs, .train_loss = w->p.loss,
                      .train_acc = w->p.train_acc, .val_loss = -1, .val_acc = w->val_acc,
-                     .test_loss = -1, .test_acc = -1};
+                     .test_loss = -1, .test_acc = -1, .more = 1, .top_k = w->top_k,
+                     .train_mae = w->p.train_mae, .val_mae = -1, .test_mae = -1,
+                     .val_top_k = -1, .test_top_k = -1};
   char line[256];
 
   if (w->quiet || td_obj_u64(m, "epoch", &e.epoch) != 0)
@@ -281,6 +288,10 @@ static void on_eval(watch *w, const msgpack_object *m) {
   td_obj_f64(m, "accuracy", &e.test_acc);
   td_obj_f64(m, "val_loss", &e.val_loss);
   td_obj_f64(m, "val_accuracy", &e.val_acc); /* when traind sends it; else show's */
+  td_obj_f64(m, "mae", &e.test_mae);
+  td_obj_f64(m, "val_mae", &e.val_mae);
+  td_obj_f64(m, "top_k_accuracy", &e.test_top_k);
+  td_obj_f64(m, "val_top_k_accuracy", &e.val_top_k);
   cli_fmt_epoch_end(&e, line, sizeof(line));
   print_above(w, line);
 }
@@ -444,7 +455,8 @@ static int receive(watch *w, int *sub) {
 
 int cli_wait(cli *c, uint64_t id) {
   watch w = {.c = c, .id = id, .eta = -1, .val_acc = -1,
-             .p = {.loss = NAN, .train_acc = NAN, .sps = -1, .eta = -1}};
+             .p = {.loss = NAN, .train_acc = NAN, .sps = -1, .eta = -1, .more = 1,
+                   .train_mae = -1}};
   struct sigaction old_int;
   char *status_addr = NULL;
   int sub = -1, rc;

@@ -3,14 +3,17 @@
 #include <math.h>
 
 static const char *const monitor_names[TD_MONITOR__COUNT] = {
-    [TD_MONITOR_VAL_LOSS] = "val_loss", [TD_MONITOR_VAL_ACCURACY] = "val_accuracy"};
+    [TD_MONITOR_VAL_LOSS] = "val_loss", [TD_MONITOR_VAL_ACCURACY] = "val_accuracy",
+    [TD_MONITOR_VAL_TOP_K] = "val_top_k", [TD_MONITOR_VAL_MAE] = "val_mae"};
 
 const char *td_monitor_name(td_monitor m) {
   return (unsigned)m < TD_MONITOR__COUNT ? monitor_names[m] : "unknown";
 }
 
 /* Keras' mode "auto": an accuracy is maximised, a loss minimised. */
-static bool maximised(td_monitor m) { return m == TD_MONITOR_VAL_ACCURACY; }
+static bool maximised(td_monitor m) {
+  return m == TD_MONITOR_VAL_ACCURACY || m == TD_MONITOR_VAL_TOP_K;
+}
 
 static double worst(td_monitor m) { return maximised(m) ? -INFINITY : INFINITY; }
 
@@ -35,8 +38,15 @@ void td_callbacks_epoch_end(const td_callbacks *c, td_cb_state *st, uint32_t epo
                             double val_loss, double val_accuracy, double base_lr,
                             td_cb_decision *out) {
   const double v[TD_MONITOR__COUNT] = {[TD_MONITOR_VAL_LOSS] = val_loss,
-                                       [TD_MONITOR_VAL_ACCURACY] = val_accuracy};
+                                       [TD_MONITOR_VAL_ACCURACY] = val_accuracy,
+                                       [TD_MONITOR_VAL_TOP_K] = NAN, [TD_MONITOR_VAL_MAE] = NAN};
 
+  td_callbacks_epoch_end_all(c, st, epoch, v, base_lr, out);
+}
+
+void td_callbacks_epoch_end_all(const td_callbacks *c, td_cb_state *st, uint32_t epoch,
+                                const double v[TD_MONITOR__COUNT], double base_lr,
+                                td_cb_decision *out) {
   *out = (td_cb_decision){0};
   if (epoch <= st->epoch) {
     /* Judged already: only whether early stopping ended the job there,

@@ -24,7 +24,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-typedef enum { TD_MONITOR_VAL_LOSS = 0, TD_MONITOR_VAL_ACCURACY, TD_MONITOR__COUNT } td_monitor;
+typedef enum {
+  TD_MONITOR_VAL_LOSS = 0,
+  TD_MONITOR_VAL_ACCURACY,
+  TD_MONITOR_VAL_TOP_K,    /* val_top_k: top-k accuracy (train.top_k) */
+  TD_MONITOR_VAL_MAE,      /* val_mae: mean absolute error (regression) */
+  TD_MONITOR__COUNT
+} td_monitor;
 
 typedef struct td_cb_early_stop {
   int enabled;
@@ -87,6 +93,11 @@ void td_callbacks_init(const td_callbacks *c, td_cb_state *st);
 void td_callbacks_epoch_end(const td_callbacks *c, td_cb_state *st, uint32_t epoch,
                             double val_loss, double val_accuracy, double base_lr,
                             td_cb_decision *out);
+/* The same with every monitored value, by td_monitor (one the job does not
+ * measure is NaN, which never improves). */
+void td_callbacks_epoch_end_all(const td_callbacks *c, td_cb_state *st, uint32_t epoch,
+                                const double v[TD_MONITOR__COUNT], double base_lr,
+                                td_cb_decision *out);
 
 const char *td_monitor_name(td_monitor m);
 

@@ -116,13 +116,22 @@ static int field_fail(const td_csv_where *w, uint32_t col, uint64_t off, const c
                       (unsigned long long)off, expected, shown);
 }
 
+/* Which target column col is, or -1. */
+static int target_of(const td_csv_fmt *fmt, uint32_t col) {
+  for (uint32_t k = 0; k < fmt->ntargets; k++)
+    if (fmt->target_columns[k] == col)
+      return (int)k;
+  return -1;
+}
+
 int td_csv_parse_line(const td_csv_fmt *fmt, const char *p, size_t n, void *values,
-                      uint64_t *label, const td_csv_where *where, char *err, size_t errlen) {
+                      uint64_t *label, float *targets, const td_csv_where *where, char *err,
+                      size_t errlen) {
   const char *line = p, *end = p + n, *q;
   float *f32 = values;
   uint8_t *u8 = values;
   uint32_t col = 0, k = 0;
-  int integer;
+  int integer, t;
   double v;
 
   for (;; col++) {
@@ -135,11 +144,19 @@ int td_csv_parse_line(const td_csv_fmt *fmt, const char *p, size_t n, void *valu
       return field_fail(where, col, where->offset + (uint64_t)(p - line), what, p,
                         (size_t)(end - p), err, errlen);
     }
+    t = fmt->ntargets > 0 ? target_of(fmt, col) : -1;
     if (parse_number(p, q, &v, &integer) < 0)
       return field_fail(where, col, where->offset + (uint64_t)(p - line),
-                        col == fmt->label_column ? "an integer class label" : "a number", p,
-                        (size_t)(q - p), err, errlen);
-    if (col == fmt->label_column) {
+                        fmt->ntargets == 0 && col == fmt->label_column ? "an integer class label"
+                                                                       : "a number",
+                        p, (size_t)(q - p), err, errlen);
+    if (t >= 0) {
+      float x = (float)v;
+      if (!isfinite(x))
+        return field_fail(where, col, where->offset + (uint64_t)(p - line),
+                          "a finite float32 target", p, (size_t)(q - p), err, errlen);
+      targets[t] = x;
+    } else if (fmt->ntargets == 0 && col == fmt->label_column) {
       if (!integer || v < 0 || v > 4294967295.0)
         return field_fail(where, col, where->offset + (uint64_t)(p - line),
                           "a class label (an integer >= 0)", p, (size_t)(q - p), err, errlen);
@@ -260,9 +277,9 @@ static int open_csv(td_split *s, const td_jobspec *spec, const td_data_split *ds
   const char *p;
   char shown[48];
   size_t n;
-  uint64_t off;
-  uint32_t cols;
-  int rc, line = 1;
+  uint64_t off, hash = 0xcbf29ce484222325ull;
+  uint32_t cols, nt;
+  int rc, k, line = 1;
 
   if ((rc = td_dfile_open(ds->images, &s->sf, err, errlen)) < 0)
     return rc;
@@ -290,24 +307,53 @@ static int open_csv(td_split *s, const td_jobspec *spec, const td_data_split *ds
     goto free_lines;
   }
   cols = td_csv_columns(p, n);
-  if (cols != s->elems + 1) {
-    rc = td_data_errf(err, errlen, ds->images, "line %d at offset %llu: expected %u columns "
-                      "(the label and model.input's %u values), got %u", line,
-                      (unsigned long long)off, s->elems + 1, s->elems, cols);
+  nt = spec->csv.ntarget_columns;
+  /* the job file's check, again: a read writes nt floats per target */
+  if (nt != (s->target.dtype == TD_DTYPE_F32 ? s->target.width : 0) ||
+      nt > TD_MAX_TARGET_COLUMNS) {
+    rc = td_data_errf(err, errlen, ds->images, "line %d: loss %s takes %u float targets a "
+                      "sample, and data.csv.target_columns names %u", line,
+                      td_loss_name(s->loss),
+                      s->target.dtype == TD_DTYPE_F32 ? s->target.width : 0, nt);
     goto free_lines;
   }
-  if (spec->csv.label_column >= cols) {
+  if (cols != s->elems + (nt > 0 ? nt : 1)) {
+    if (nt > 0)
+      rc = td_data_errf(err, errlen, ds->images, "line %d at offset %llu: expected %u columns "
+                        "(the %u targets and model.input's %u values), got %u", line,
+                        (unsigned long long)off, s->elems + nt, nt, s->elems, cols);
+    else
+      rc = td_data_errf(err, errlen, ds->images, "line %d at offset %llu: expected %u columns "
+                        "(the label and model.input's %u values), got %u", line,
+                        (unsigned long long)off, s->elems + 1, s->elems, cols);
+    goto free_lines;
+  }
+  if (nt == 0 && spec->csv.label_column >= cols) {
     rc = td_data_errf(err, errlen, ds->images, "line %d at offset %llu: expected a label in "
                       "column %u (data.csv.label_column, from 0), got %u columns", line,
                       (unsigned long long)off, spec->csv.label_column, cols);
     goto free_lines;
   }
+  for (uint32_t i = 0; i < nt; i++)
+    if (spec->csv.target_columns[i] >= cols) {
+      rc = td_data_errf(err, errlen, ds->images, "line %d at offset %llu: expected a target in "
+                        "column %u (data.csv.target_columns, from 0), got %u columns", line,
+                        (unsigned long long)off, spec->csv.target_columns[i], cols);
+      goto free_lines;
+    }
   s->csv = (td_csv_fmt){.columns = cols, .label_column = spec->csv.label_column,
-                        .dtype = spec->csv.dtype};
+                        .dtype = spec->csv.dtype, .ntargets = nt};
+  memcpy(s->csv.target_columns, spec->csv.target_columns, nt * sizeof(uint32_t));
   s->header = spec->csv.header;
   s->dtype = spec->csv.dtype;
-  snprintf(s->params, sizeof(s->params), "csv=%u,%d,%d", s->csv.label_column, s->header,
-           (int)s->dtype);
+  k = snprintf(s->params, sizeof(s->params), "csv=%u,%d,%d,%u", s->csv.label_column, s->header,
+               (int)s->dtype, nt);
+  /* the target columns too, hashed: 64 of them do not fit in params */
+  for (uint32_t i = 0; i < nt; i++)
+    hash = (hash ^ s->csv.target_columns[i]) * 0x100000001b3ull;
+  if (nt > 0 && k > 0 && (size_t)k < sizeof(s->params))
+    snprintf(s->params + k, sizeof(s->params) - (size_t)k, ",t%016llx",
+             (unsigned long long)hash);
   rc = 0;
 
 free_lines:
@@ -415,9 +461,11 @@ static void csv_read_cost(const td_split *s, uint64_t *gap, uint64_t *per) {
   *per = line;
 }
 
-static int read_csv(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, uint8_t *labels,
+static int read_csv(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, void *targets,
                     uint32_t classes, char *err, size_t errlen) {
-  uint64_t k = first / CSV_STRIDE, skip = first % CSV_STRIDE, label, off;
+  uint64_t k = first / CSV_STRIDE, skip = first % CSV_STRIDE, label = 0, off;
+  float tbuf[TD_MAX_TARGET_COLUMNS];
+  uint32_t nt = s->csv.ntargets;
   uint8_t *row = NULL;
   struct lines L;
   td_csv_where where = {.path = td_dfile_path(s->sf)};
@@ -448,9 +496,12 @@ static int read_csv(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, u
     where.offset = off;
     rc = td_csv_parse_line(&s->csv, p, len,
                            samples != NULL ? samples + (j - skip) * s->sample_bytes : row, &label,
-                           &where, err, errlen);
+                           targets != NULL ? (float *)targets + (j - skip) * nt : tbuf, &where,
+                           err, errlen);
     if (rc < 0)
       goto free_lines;
+    if (nt > 0)
+      continue;
     if (label >= classes) {
       rc = td_data_errf(err, errlen, where.path, "line %llu: label at index %llu is %llu, but "
                         "the model has %u classes (labels 0..%u)",
@@ -458,8 +509,8 @@ static int read_csv(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, u
                         (unsigned long long)label, classes, classes - 1);
       goto free_lines;
     }
-    if (labels != NULL)
-      labels[j - skip] = (uint8_t)label;
+    if (targets != NULL)
+      ((int32_t *)targets)[j - skip] = (int32_t)label;
   }
   rc = 0;
 
@@ -475,9 +526,10 @@ static int csv_check_labels(td_split *s, uint32_t classes, char *err, size_t err
   struct lines L;
   td_csv_where where = {.path = td_dfile_path(s->sf)};
   uint8_t *row = malloc(s->sample_bytes);
+  float tbuf[TD_MAX_TARGET_COLUMNS];
   const char *p;
   size_t len;
-  uint64_t label;
+  uint64_t label = 0;
   int rc;
 
   if (row == NULL)
@@ -488,9 +540,9 @@ static int csv_check_labels(td_split *s, uint32_t classes, char *err, size_t err
          where.offset < CHECK_CSV_BYTES) {
     if (++where.line == 1 && s->header)
       continue;
-    if ((rc = td_csv_parse_line(&s->csv, p, len, row, &label, &where, err, errlen)) < 0)
+    if ((rc = td_csv_parse_line(&s->csv, p, len, row, &label, tbuf, &where, err, errlen)) < 0)
       goto free_csv;
-    if (label >= classes) {
+    if (s->csv.ntargets == 0 && label >= classes) {
       rc = td_data_errf(err, errlen, where.path, "line %llu at offset %llu: label is %llu, "
                         "but the model has %u classes (labels 0..%u)",
                         (unsigned long long)where.line, (unsigned long long)where.offset,

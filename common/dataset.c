@@ -26,6 +26,7 @@ static const char *const split_names[] = {"train", "test"};
 const char *td_split_name(const td_split *s) { return split_names[s->which]; }
 const char *td_split_path(const td_split *s) { return td_dfile_path(s->sf); }
 td_dtype td_split_dtype(const td_split *s) { return s->dtype; }
+td_target td_split_target(const td_split *s) { return s->target; }
 uint32_t td_split_sample_bytes(const td_split *s) { return s->sample_bytes; }
 uint64_t td_split_count(const td_split *s) { return s->count; }
 
@@ -55,6 +56,8 @@ int td_split_open(const td_jobspec *spec, td_split_which which, td_split **out, 
   s->limit = ds->limit;
   s->elems = (uint32_t)elems;
   s->records = s->count = UINT64_MAX;
+  s->target = td_jobspec_target(spec);
+  s->loss = spec->loss;
   if ((unsigned)spec->format >= TD_ARRAY_SIZE(formats) || formats[spec->format] == NULL) {
     snprintf(err, errlen, "data format %d is unknown", (int)spec->format);
     td_split_close(s);
@@ -117,12 +120,23 @@ int td__label_fail(const char *path, uint64_t index, long long v, uint32_t class
                       classes - 1);
 }
 
-int td_labels_check(const uint8_t *labels, uint64_t n, uint64_t first, uint32_t classes,
+int td__target_kind_fail(const td_split *s, const char *path, int is_float, char *err,
+                         size_t errlen) {
+  if (is_float)
+    return td_data_errf(err, errlen, path, "labels at offset 0: loss %s takes class integers, "
+                        "and this file holds float targets (for probabilities per class set "
+                        "train.loss.targets: soft)", td_loss_name(s->loss));
+  return td_data_errf(err, errlen, path, "labels at offset 0: loss %s%s needs float targets "
+                      "(%u per sample, one per model output), and this file holds class "
+                      "integers", td_loss_name(s->loss),
+                      s->loss == TD_LOSS_CROSS_ENTROPY ? " over soft targets" : "",
+                      s->target.width);
+}
+
+int td_labels_check(const int32_t *labels, uint64_t n, uint64_t first, uint32_t classes,
                     const char *path, char *err, size_t errlen) {
-  if (classes >= 256)
-    return 0;
   for (uint64_t i = 0; i < n; i++)
-    if (labels[i] >= classes)
+    if (labels[i] < 0 || (uint32_t)labels[i] >= classes)
       return td__label_fail(path, first + i, labels[i], classes, err, errlen);
   return 0;
 }
@@ -148,7 +162,7 @@ int td_ids_check(const uint8_t *samples, td_dtype dtype, uint64_t n, uint32_t el
   return 0;
 }
 
-int td_split_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, uint8_t *labels,
+int td_split_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, void *targets,
                   uint32_t classes, char *err, size_t errlen) {
   if (s->count == UINT64_MAX || first > s->count || n > s->count - first) {
     snprintf(err, errlen, "%s: samples %llu..+%llu are outside the %s set", td_dfile_path(s->sf),
@@ -159,12 +173,12 @@ int td_split_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, uin
     return 0;
   if (classes > TD_DATASET_MAX_CLASSES)
     classes = TD_DATASET_MAX_CLASSES;
-  return s->fmt->read(s, first, n, samples, labels, classes, err, errlen);
+  return s->fmt->read(s, first, n, samples, targets, classes, err, errlen);
 }
 
 struct load {
   td_split *s;
-  uint8_t *samples, *labels;
+  uint8_t *samples, *targets;
   uint32_t classes;
   uint64_t per; /* samples per task; 0: a task per file */
 };
@@ -175,16 +189,17 @@ static int load_task(void *ctx, uint64_t t, char *err, size_t errlen) {
   uint64_t first, n;
 
   if (ld->per == 0)
-    return s->fmt->load_file(s, (int)t, ld->samples, ld->labels, ld->classes, err, errlen);
+    return s->fmt->load_file(s, (int)t, ld->samples, ld->targets, ld->classes, err, errlen);
   first = t * ld->per;
   n = s->count - first < ld->per ? s->count - first : ld->per;
-  return td_split_read(s, first, n, ld->samples + first * s->sample_bytes, ld->labels + first,
-                       ld->classes, err, errlen);
+  return td_split_read(s, first, n, ld->samples + first * s->sample_bytes,
+                       ld->targets + first * td_target_bytes(s->target), ld->classes, err,
+                       errlen);
 }
 
-int td_split_load(td_split *s, uint8_t *samples, uint8_t *labels, uint32_t classes,
+int td_split_load(td_split *s, uint8_t *samples, void *targets, uint32_t classes,
                   int nthreads, char *err, size_t errlen) {
-  struct load ld = {.s = s, .samples = samples, .labels = labels, .classes = classes};
+  struct load ld = {.s = s, .samples = samples, .targets = targets, .classes = classes};
   int gz = td_dfile_is_gzip(s->sf) || (s->lf != NULL && td_dfile_is_gzip(s->lf)), rc;
   uint64_t ntasks, align = s->fmt->load_align;
 
@@ -209,8 +224,9 @@ int td_split_cache_key(const td_split *s, char *buf, size_t cap) {
   size_t n;
   int k;
 
-  k = snprintf(buf, cap, "v1 fmt=%d elems=%u dtype=%d limit=%llu %s", (int)s->format, s->elems,
-               (int)s->dtype, (unsigned long long)s->limit, s->params);
+  k = snprintf(buf, cap, "v2 fmt=%d elems=%u dtype=%d target=%d/%u limit=%llu %s",
+               (int)s->format, s->elems, (int)s->dtype, (int)s->target.dtype, s->target.width,
+               (unsigned long long)s->limit, s->params);
   if (k < 0 || (size_t)k >= cap)
     return TD_ETOOBIG;
   n = (size_t)k;
@@ -246,8 +262,8 @@ int td_dataset_check(const td_jobspec *spec, char *err, size_t errlen) {
   if (errlen > 0)
     err[0] = '\0';
   if (classes < 1 || classes > TD_DATASET_MAX_CLASSES) {
-    snprintf(err, errlen, "the model has %u classes, but labels travel as one byte: expected "
-             "1..%u", classes, TD_DATASET_MAX_CLASSES);
+    snprintf(err, errlen, "the model has %u outputs: expected 1..%u", classes,
+             TD_DATASET_MAX_CLASSES);
     return TD_EDATA;
   }
   for (int i = 0; i < 2 && rc == 0; i++)

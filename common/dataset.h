@@ -3,8 +3,10 @@
  *
  * A job's data is two splits, train and test.  A split decodes to `count`
  * samples of sample_bytes bytes each (the elements in their stored type:
- * uint8 pixels stay uint8) and one label byte per sample.  Labels travel as
- * one byte, so a model has at most 256 classes.
+ * uint8 pixels stay uint8) and one target per sample, as the job's loss
+ * takes it (td_jobspec_target): a class id as int32 (whatever the file
+ * stores: uint8, int32 or int64), or one float32 per model output (float32
+ * or float64 labels, CSV target columns, raw float32 labels).
  *
  * Opening a split reads only the files' headers (and a CSV file's first
  * line), so td_dataset_check can run at submit on traind's loop.  Every
@@ -26,7 +28,7 @@
 #include "order.h"
 #include "parallel.h"
 
-#define TD_DATASET_MAX_CLASSES 256u
+#define TD_DATASET_MAX_CLASSES (1u << 24) /* class ids travel as int32 */
 #define TD_DATASET_MAX_SAMPLES UINT32_MAX
 
 /* Check the job's train and test files against its model: the sample
@@ -64,6 +66,8 @@ void td_split_close(td_split *s); /* accepts NULL */
 const char *td_split_name(const td_split *s); /* "train" or "test" */
 const char *td_split_path(const td_split *s); /* the samples' file */
 td_dtype td_split_dtype(const td_split *s);
+/* What a sample's target is as it is read: the job's (td_jobspec_target). */
+td_target td_split_target(const td_split *s);
 uint32_t td_split_sample_bytes(const td_split *s);
 /* Samples used (the limit applied); UINT64_MAX until td_split_scan for the
  * formats whose headers do not say (CSV, gzip-compressed raw). */
@@ -85,15 +89,16 @@ int td_split_scan(td_split *s, uint64_t index_bytes, char *err, size_t errlen);
 uint64_t td_split_min_read(const td_split *s);
 
 /* Decode samples [first, first + n): n * sample_bytes bytes into samples
- * and n label bytes into labels (either may be NULL), each label checked to
- * be < classes and each float finite.  Several threads may read one split
- * at once.  TD_EDATA naming the file, offset (CSV: line) and sample. */
-int td_split_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, uint8_t *labels,
+ * and n targets (td_target_bytes each) into targets (either may be NULL),
+ * each class id checked to be < classes and each float finite.  Several
+ * threads may read one split at once.  TD_EDATA naming the file, offset
+ * (CSV: line) and sample. */
+int td_split_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, void *targets,
                   uint32_t classes, char *err, size_t errlen);
 
 /* Decode all count samples with up to nthreads threads, and check the
  * rest of the files (a gzip stream to its end). */
-int td_split_load(td_split *s, uint8_t *samples, uint8_t *labels, uint32_t classes,
+int td_split_load(td_split *s, uint8_t *samples, void *targets, uint32_t classes,
                   int nthreads, char *err, size_t errlen);
 
 /* What the decoded data depends on: the files (device, inode, size,
@@ -110,9 +115,9 @@ int td_split_cache_key(const td_split *s, char *buf, size_t cap);
 int td_ids_check(const uint8_t *samples, td_dtype dtype, uint64_t n, uint32_t elems,
                  uint64_t first, uint32_t vocab, const char *path, char *err, size_t errlen);
 
-/* The first of n labels (sample numbers first..) that is >= classes:
+/* The first of n class ids (sample numbers first..) that is >= classes:
  * TD_EDATA "<path>: label at index I is V, but the model has C classes". */
-int td_labels_check(const uint8_t *labels, uint64_t n, uint64_t first, uint32_t classes,
+int td_labels_check(const int32_t *labels, uint64_t n, uint64_t first, uint32_t classes,
                     const char *path, char *err, size_t errlen);
 
 #endif

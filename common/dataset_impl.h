@@ -40,7 +40,9 @@ struct td_split {
   uint64_t count;
   td_dfile *sf, *lf; /* samples; a separate labels file (idx, npy) */
   td__field samp, lab;
-  td_dtype label_dtype;
+  td_dtype label_dtype; /* as stored: u8, i32, i64 (class ids), f32, f64 (float targets) */
+  td_target target;     /* as read: the job's */
+  td_loss_kind loss;    /* for messages */
   td_csv_fmt csv;
   int header;
   uint64_t *line_off; /* data offset of every 1024th record (csvdata.c) */
@@ -63,15 +65,15 @@ struct td__format {
   /* bytes a read may decode in vain at worst (from a gzip access point or
    * a noted line to its first sample), and bytes per sample */
   void (*read_cost)(const td_split *s, uint64_t *gap, uint64_t *per);
-  /* samples [first, first + n), in range, n > 0, classes <= 256 */
-  int (*read)(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, uint8_t *labels,
+  /* samples [first, first + n), in range, n > 0; targets as s->target */
+  int (*read)(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, void *targets,
               uint32_t classes, char *err, size_t errlen);
   /* the submit-time check of what labels are cheap to read */
   int (*check_labels)(td_split *s, uint32_t classes, char *err, size_t errlen);
   /* decode file k (0 samples, 1 labels) whole, front to back, when a gzip
    * file has no access points to start elsewhere; NULL: reads of ranges
    * always */
-  int (*load_file)(td_split *s, int k, uint8_t *samples, uint8_t *labels, uint32_t classes,
+  int (*load_file)(td_split *s, int k, uint8_t *samples, void *targets, uint32_t classes,
                    char *err, size_t errlen);
   uint32_t load_align; /* a whole-split load's ranges start at multiples of it */
   int load_to_end;     /* load_file reads the file to its end, checking it (a gzip
@@ -84,6 +86,10 @@ extern const td__format td__format_idx, td__format_npy, td__format_csv, td__form
 void td__split_set_records(td_split *s, uint64_t records);
 int td__label_fail(const char *path, uint64_t index, long long v, uint32_t classes, char *err,
                    size_t errlen);
+/* The file's labels are class integers (is_float 0) or floats, and the
+ * job's loss wants the other kind: TD_EDATA naming both. */
+int td__target_kind_fail(const td_split *s, const char *path, int is_float, char *err,
+                         size_t errlen);
 
 /* records.c: fixed-size records */
 int td__records_open_file(const char *path, td_dfile **f, td_dcur **c, char *err,
@@ -96,9 +102,9 @@ int td__records_needs_scan(const td_split *s, int random_access);
 int td__records_scan(td_split *s, uint32_t max_points, char *err, size_t errlen);
 void td__records_read_cost(const td_split *s, uint64_t *gap, uint64_t *per);
 int td__records_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples,
-                     uint8_t *labels, uint32_t classes, char *err, size_t errlen);
+                     void *targets, uint32_t classes, char *err, size_t errlen);
 int td__records_check_labels(td_split *s, uint32_t classes, char *err, size_t errlen);
-int td__records_load_file(td_split *s, int k, uint8_t *samples, uint8_t *labels,
+int td__records_load_file(td_split *s, int k, uint8_t *samples, void *targets,
                           uint32_t classes, char *err, size_t errlen);
 
 #endif

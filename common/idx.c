@@ -229,6 +229,10 @@ static int open_idx(td_split *s, const td_jobspec *spec, const td_data_split *ds
     goto close_cur;
   }
   s->dtype = TD_DTYPE_U8;
+  if (s->target.dtype != TD_DTYPE_I32) {
+    rc = td__target_kind_fail(s, ds->labels, 0, err, errlen);
+    goto close_cur;
+  }
   s->label_dtype = TD_DTYPE_U8;
   s->samp = (td__field){s->sf, h.data_off, h.item_bytes, 0, h.item_bytes};
   s->lab = (td__field){s->lf, hl.data_off, 1, 0, 1};

@@ -33,8 +33,12 @@ static const char *const format_names[] = {
 static const char *const dtype_names[] = {"uint8", "int32", "float16", "float32", NULL};
 static const char *const csv_dtype_names[] = {"float32", "uint8", NULL};
 static const int csv_dtype_values[] = {TD_DTYPE_F32, TD_DTYPE_U8};
-static const char *const label_dtype_names[] = {"uint8", "int32", NULL};
-static const int label_dtype_values[] = {TD_DTYPE_U8, TD_DTYPE_I32};
+static const char *const label_dtype_names[] = {"uint8", "int32", "float32", NULL};
+static const int label_dtype_values[] = {TD_DTYPE_U8, TD_DTYPE_I32, TD_DTYPE_F32};
+static const char *const loss_names[TD_LOSS__COUNT + 1] = {
+    [TD_LOSS_CROSS_ENTROPY] = "cross_entropy", [TD_LOSS_BCE] = "binary_cross_entropy",
+    [TD_LOSS_MSE] = "mse", [TD_LOSS_MAE] = "mae", NULL};
+static const char *const target_names[] = {"classes", "soft", NULL};
 static const char *const bool_names[] = {"false", "true", NULL};
 static const char *const opt_names[] = {
     [TD_OPT_SGD] = "sgd", [TD_OPT_ADAM] = "adam", [TD_OPT_ADAMW] = "adamw", NULL};
@@ -169,6 +173,10 @@ static const td_yfield dim_item = {
     .type = TD_YT_INT, .size = sizeof(uint32_t), .min = 1, .max = INPUT_ELEMS_MAX,
 };
 
+static const td_yfield column_item = {
+    .type = TD_YT_INT, .size = sizeof(uint32_t), .min = 0, .max = 65535,
+};
+
 static const td_yfield model_fields[] = {
     TD_YF_SEQ("input", td_jobspec, input_dims, input_rank, 1, TD_MAX_RANK, &dim_item,
               TD_YF_REQUIRED, NULL),
@@ -207,6 +215,8 @@ static const td_yfield csv_fields[] = {
     TD_YF_INT("label_column", td_data_csv, label_column, 0, 65535, 0),
     TD_YF_ENUM("header", td_data_csv, header, bool_names, NULL, 0),
     TD_YF_ENUM("dtype", td_data_csv, dtype, csv_dtype_names, csv_dtype_values, 0),
+    TD_YF_SEQ("target_columns", td_data_csv, target_columns, ntarget_columns, 1,
+              TD_MAX_TARGET_COLUMNS, &column_item, 0, NULL),
     {0},
 };
 
@@ -323,6 +333,8 @@ static const td_yfield schedule_fields[] = {
 
 static const td_yfield loss_fields[] = {
     TD_YF_FLOAT("label_smoothing", td_jobspec, label_smoothing, 0, 1, TD_YF_HI_OPEN),
+    TD_YF_ENUM("kind", td_jobspec, loss, loss_names, NULL, 0),
+    TD_YF_ENUM("targets", td_jobspec, soft_targets, target_names, NULL, 0),
     {0},
 };
 
@@ -335,6 +347,7 @@ static const td_yfield train_fields[] = {
     TD_YF_FLOAT("clip_grad_norm", td_jobspec, clip_grad_norm, 0, 1e6, 0),
     TD_YF_MAP("schedule", td_jobspec, schedule, schedule_fields, 0, check_schedule),
     TD_YF_SECTION("loss", loss_fields, 0),
+    TD_YF_INT("top_k", td_jobspec, top_k, 0, 1000, 0),
     {0},
 };
 
@@ -392,7 +405,8 @@ static const td_yfield tensorboard_fields[] = {
 };
 
 static const char *const monitor_names[] = {
-    [TD_MONITOR_VAL_LOSS] = "val_loss", [TD_MONITOR_VAL_ACCURACY] = "val_accuracy", NULL};
+    [TD_MONITOR_VAL_LOSS] = "val_loss", [TD_MONITOR_VAL_ACCURACY] = "val_accuracy",
+    [TD_MONITOR_VAL_TOP_K] = "val_top_k", [TD_MONITOR_VAL_MAE] = "val_mae", NULL};
 
 /* A callback is on when its key is there, even with no key of its own. */
 static int enable_callback(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
@@ -490,6 +504,7 @@ static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t err
   int has_labels = s->format == TD_DATA_IDX || s->format == TD_DATA_NPY;
   td_data_raw *r = &s->raw;
   uint64_t elems = td_jobspec_input_elems(s), shape = 1, label_end, sample_end, sample_bytes;
+  uint64_t label_bytes;
 
   for (int i = 0; i < 2; i++) {
     const td_data_split *sp = i == 0 ? &s->train : &s->test;
@@ -545,10 +560,13 @@ static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t err
                  "has %llu", (unsigned long long)shape, (unsigned long long)elems);
     return TD_EJOBSPEC;
   }
+  /* float32 labels are a float target per output, one after another */
+  label_bytes = r->label_dtype == TD_DTYPE_F32 ? td_target_bytes(td_jobspec_target(s))
+                                               : td_dtype_size(r->label_dtype);
   if (r->sample_offset == UINT32_MAX)
-    r->sample_offset = r->label_offset == 0 ? (uint32_t)td_dtype_size(r->label_dtype) : 0;
+    r->sample_offset = r->label_offset == 0 ? (uint32_t)label_bytes : 0;
   sample_bytes = shape * td_dtype_size(r->dtype);
-  label_end = (uint64_t)r->label_offset + td_dtype_size(r->label_dtype);
+  label_end = (uint64_t)r->label_offset + label_bytes;
   sample_end = (uint64_t)r->sample_offset + sample_bytes;
   if (r->label_offset < sample_end && r->sample_offset < label_end) {
     td_yaml_errf(err, errlen, node_line(data, "raw", "label_offset"),
@@ -677,6 +695,105 @@ static int resolve_inputs(td_jobspec *s, const td_ynode *root, char *err, size_t
   return 0;
 }
 
+/* The loss, its targets and the metrics agree with each other, with the
+ * model's outputs and with where the data's targets come from. */
+static int check_targets(const td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
+  static const char *const cb_keys[] = {"early_stopping", "keep_best", "reduce_lr_on_plateau"};
+  const td_ynode *loss = td_yaml_get(td_yaml_get(root, "train"), "loss");
+  const td_ynode *csv = td_yaml_get(td_yaml_get(root, "data"), "csv");
+  const td_callbacks *c = &s->callbacks;
+  const td_monitor monitors[] = {c->early_stop.monitor, c->keep_best.monitor, c->plateau.monitor};
+  const int on[] = {c->early_stop.enabled, c->keep_best.enabled, c->plateau.enabled};
+  td_target t = td_jobspec_target(s);
+  uint32_t outputs = td_jobspec_outputs(s);
+  const char *lname = loss_names[s->loss];
+  int line = loss != NULL ? loss->key_line : node_line(root, "train", "top_k");
+
+  if (s->soft_targets && s->loss != TD_LOSS_CROSS_ENTROPY) {
+    td_yaml_errf(err, errlen, line, "key 'train.loss.targets' applies only to cross_entropy "
+                 "(loss %s always takes float targets)", lname);
+    return TD_EJOBSPEC;
+  }
+  if (s->label_smoothing > 0 && t.dtype != TD_DTYPE_I32) {
+    td_yaml_errf(err, errlen, line, "key 'train.loss.label_smoothing' applies only to "
+                 "cross_entropy over class integers, and the loss is %s%s", lname,
+                 s->soft_targets ? " over soft targets" : "");
+    return TD_EJOBSPEC;
+  }
+  if (s->top_k > 0 && !td_jobspec_classifies(s)) {
+    td_yaml_errf(err, errlen, node_line(root, "train", "top_k"), "key 'train.top_k' applies "
+                 "only to cross_entropy (a class per sample), and the loss is %s", lname);
+    return TD_EJOBSPEC;
+  }
+  if (s->top_k > outputs) {
+    td_yaml_errf(err, errlen, node_line(root, "train", "top_k"), "key 'train.top_k': expected "
+                 "at most the model's %u classes, got %u", outputs, s->top_k);
+    return TD_EJOBSPEC;
+  }
+  for (size_t i = 0; i < TD_ARRAY_SIZE(cb_keys); i++) {
+    const char *why = NULL;
+
+    if (!on[i])
+      continue;
+    if (monitors[i] == TD_MONITOR_VAL_ACCURACY && !td_jobspec_classifies(s) &&
+        s->loss != TD_LOSS_BCE)
+      why = "measures no accuracy (monitor val_loss or val_mae)";
+    else if (monitors[i] == TD_MONITOR_VAL_TOP_K && s->top_k == 0)
+      why = "measures no top-k accuracy (set train.top_k)";
+    else if (monitors[i] == TD_MONITOR_VAL_MAE && s->loss != TD_LOSS_MSE && s->loss != TD_LOSS_MAE)
+      why = "measures no mean absolute error (only loss mse and mae do)";
+    if (why != NULL) {
+      td_yaml_errf(err, errlen, node_line(root, "callbacks", cb_keys[i]), "key 'callbacks.%s' "
+                   "monitors %s, and a job with loss %s %s", cb_keys[i],
+                   td_monitor_name(monitors[i]), lname, why);
+      return TD_EJOBSPEC;
+    }
+  }
+  if (s->format == TD_DATA_RAW &&
+      (s->raw.label_dtype == TD_DTYPE_F32) != (t.dtype == TD_DTYPE_F32)) {
+    td_yaml_errf(err, errlen, node_line(td_yaml_get(root, "data"), "raw", "label_dtype"),
+                 t.dtype == TD_DTYPE_F32
+                     ? "key 'data.raw.label_dtype': loss %s needs float targets (label_dtype "
+                       "float32, one per model output), got a class integer type"
+                     : "key 'data.raw.label_dtype': loss %s takes class integers (uint8 or "
+                       "int32), got float32", lname);
+    return TD_EJOBSPEC;
+  }
+  if (s->format != TD_DATA_CSV)
+    return 0;
+  if (t.dtype == TD_DTYPE_I32 && s->csv.ntarget_columns > 0) {
+    td_yaml_errf(err, errlen, csv->key_line, "key 'data.csv.target_columns' gives float "
+                 "targets, and loss %s takes class integers (data.csv.label_column; or "
+                 "train.loss.targets: soft)", lname);
+    return TD_EJOBSPEC;
+  }
+  if (t.dtype == TD_DTYPE_F32 && s->csv.ntarget_columns == 0) {
+    td_yaml_errf(err, errlen, csv != NULL ? csv->key_line : node_line(root, "data", "format"),
+                 "loss %s%s needs float targets: name their columns in "
+                 "data.csv.target_columns (one per model output, %u)", lname,
+                 s->soft_targets ? " over soft targets" : "", outputs);
+    return TD_EJOBSPEC;
+  }
+  if (t.dtype == TD_DTYPE_F32 && s->csv.ntarget_columns != outputs) {
+    td_yaml_errf(err, errlen, csv->key_line, "key 'data.csv.target_columns': expected one "
+                 "column per model output (%u), got %u", outputs, s->csv.ntarget_columns);
+    return TD_EJOBSPEC;
+  }
+  if (t.dtype == TD_DTYPE_F32 && td_yaml_get(csv, "label_column") != NULL) {
+    td_yaml_errf(err, errlen, csv->key_line, "key 'data.csv.label_column': the targets are "
+                 "data.csv.target_columns (loss %s); remove label_column", lname);
+    return TD_EJOBSPEC;
+  }
+  for (uint32_t i = 0; i < s->csv.ntarget_columns; i++)
+    for (uint32_t j = 0; j < i; j++)
+      if (s->csv.target_columns[i] == s->csv.target_columns[j]) {
+        td_yaml_errf(err, errlen, csv->key_line, "key 'data.csv.target_columns': column %u "
+                     "is named twice", s->csv.target_columns[i]);
+        return TD_EJOBSPEC;
+      }
+  return 0;
+}
+
 /* What one key's table cannot say: rules across keys. */
 static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
   const td_layer *first = &s->layers[0], *last = &s->layers[s->nlayers - 1];
@@ -766,7 +883,8 @@ static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errl
                  s->batch_size, s->min_micro_batch);
     return TD_EJOBSPEC;
   }
-  if ((rc = check_callbacks(s, root, err, errlen)) < 0)
+  if ((rc = check_callbacks(s, root, err, errlen)) < 0 ||
+      (rc = check_targets(s, root, err, errlen)) < 0)
     return rc;
   return check_data(s, root, err, errlen);
 }
@@ -1093,6 +1211,34 @@ uint32_t td_jobspec_classes(const td_jobspec *spec) {
     if (spec->layers[i].type == TD_LAYER_DENSE)
       return spec->layers[i].units;
   return 0;
+}
+
+/* The logits' width, as the planner lays them out (the last layer's
+ * output, all of it: a per-position dense gives T * units); the last dense
+ * layer's units when the shapes do not chain (the parser refuses that). */
+uint32_t td_jobspec_outputs(const td_jobspec *spec) {
+  td_shape shapes[TD_MAX_LAYERS + 1];
+  char why[8];
+  int bad;
+
+  if (spec->nlayers < 1 || spec->nlayers > TD_MAX_LAYERS ||
+      td_jobspec_shapes(spec, shapes, &bad, why, sizeof(why)) < 0)
+    return td_jobspec_classes(spec);
+  return (uint32_t)td_shape_elems(&shapes[spec->nlayers]);
+}
+
+td_target td_jobspec_target(const td_jobspec *spec) {
+  if (spec->loss == TD_LOSS_CROSS_ENTROPY && !spec->soft_targets)
+    return (td_target){TD_DTYPE_I32, 1};
+  return (td_target){TD_DTYPE_F32, td_jobspec_outputs(spec)};
+}
+
+int td_jobspec_classifies(const td_jobspec *spec) {
+  return spec->loss == TD_LOSS_CROSS_ENTROPY;
+}
+
+const char *td_loss_name(td_loss_kind k) {
+  return (unsigned)k < TD_LOSS__COUNT ? loss_names[k] : "unknown";
 }
 
 int td_jobspec_allows(const td_jobspec *spec, td_remedy r) {

@@ -12,6 +12,7 @@
 
 #include "callbacks.h"
 #include "dtype.h"
+#include "loss.h"
 #include "lossscale.h"
 #include "schedule.h"
 
@@ -87,6 +88,16 @@ typedef enum { TD_PREC_FP32 = 0, TD_PREC_BF16, TD_PREC_FP16, TD_PREC__COUNT } td
 
 typedef enum { TD_DATA_IDX = 0, TD_DATA_NPY, TD_DATA_CSV, TD_DATA_RAW } td_data_format;
 
+
+/* What one sample's target is as it travels (ring, staging arena): a class
+ * id (int32, width 1) or width float32 values. */
+typedef struct td_target {
+  td_dtype dtype; /* TD_DTYPE_I32 or TD_DTYPE_F32 */
+  uint32_t width;
+} td_target;
+
+#define TD_MAX_TARGET_COLUMNS 64
+
 /* What the worker may do, in the job's order, when memory runs short. */
 typedef enum {
   TD_REMEDY_ACCUMULATE = 0, /* smaller micro-batches, same effective batch */
@@ -110,6 +121,11 @@ typedef struct td_data_csv {
   uint32_t label_column; /* 0-based column holding the class */
   int header;            /* 1: the first line names the columns */
   td_dtype dtype;        /* the other columns as decoded: float32 or uint8 */
+  /* float targets (loss mse, mae, binary_cross_entropy, soft cross_entropy):
+   * their 0-based columns, in the order of the model's outputs, instead of
+   * label_column */
+  uint32_t target_columns[TD_MAX_TARGET_COLUMNS];
+  uint32_t ntarget_columns;
 } td_data_csv;
 
 /* Fixed-size records: [header_bytes] then records of record_bytes, each
@@ -118,7 +134,8 @@ typedef struct td_data_raw {
   uint32_t shape[TD_MAX_RANK]; /* one sample; the product is model.input's */
   int rank;
   td_dtype dtype;              /* the sample's elements, little-endian */
-  td_dtype label_dtype;        /* uint8 or int32 (little-endian) */
+  td_dtype label_dtype;        /* uint8 or int32 (little-endian); float32: a float target
+                                  per model output, one after another */
   uint32_t label_offset;
   uint32_t sample_offset;
   uint32_t record_bytes;
@@ -169,6 +186,9 @@ typedef struct td_jobspec {
   float clip_grad_norm;      /* max global gradient norm; 0 = no clipping */
   td_schedule schedule;      /* schedule.lr is opt.lr */
   float label_smoothing;     /* train.loss.label_smoothing, [0, 1) */
+  td_loss_kind loss;         /* train.loss.kind */
+  int soft_targets;          /* train.loss.targets: soft (cross_entropy over float targets) */
+  uint32_t top_k;            /* train.top_k: also count top-k hits; 0 = off */
 
   /* memory */
   td_precision precision;
@@ -245,6 +265,16 @@ uint64_t td_jobspec_input_elems(const td_jobspec *spec);
 
 /* Output features of the last layer that has them (the class count). */
 uint32_t td_jobspec_classes(const td_jobspec *spec);
+
+/* Values per sample of the model's output: the width of the logits (and of
+ * float targets). */
+uint32_t td_jobspec_outputs(const td_jobspec *spec);
+/* The job's target per sample, from its loss (and the model's outputs). */
+td_target td_jobspec_target(const td_jobspec *spec);
+static inline size_t td_target_bytes(td_target t) { return (size_t)t.width * 4u; }
+/* Whether the loss is a classification one: an accuracy is measured. */
+int td_jobspec_classifies(const td_jobspec *spec);
+const char *td_loss_name(td_loss_kind k);
 
 /* Whether the job file lists remedy r. */
 int td_jobspec_allows(const td_jobspec *spec, td_remedy r);

@@ -328,14 +328,28 @@ static int open_npy(td_split *s, const td_jobspec *spec, const td_data_split *ds
       (rc = td_npy_read_header(c, ds->labels, &hl, err, errlen)) < 0)
     goto close_cur;
   td_npy_shape_str(&hl, lshape, sizeof(lshape));
-  if (hl.item_elems != 1 || hl.rank > 2) {
+  if (hl.dtype == TD_DTYPE_F32 || hl.dtype == TD_DTYPE_F64) {
+    /* float targets: (N,) for one output, (N, K) for K */
+    if (s->target.dtype != TD_DTYPE_F32) {
+      rc = td__target_kind_fail(s, ds->labels, 1, err, errlen);
+      goto close_cur;
+    }
+    if (hl.item_elems != s->target.width || hl.rank > 2) {
+      rc = td_data_errf(err, errlen, ds->labels, "shape at offset 10: expected (N, %u), a "
+                        "float target per model output, got %s", s->target.width, lshape);
+      goto close_cur;
+    }
+  } else if (hl.dtype != TD_DTYPE_U8 && hl.dtype != TD_DTYPE_I32 && hl.dtype != TD_DTYPE_I64) {
+    rc = td_data_errf(err, errlen, ds->labels, "dtype at offset 10: expected integer labels "
+                      "(uint8, int32 or int64) or float targets (float32, float64), got %s",
+                      td_dtype_name(hl.dtype));
+    goto close_cur;
+  } else if (s->target.dtype != TD_DTYPE_I32) {
+    rc = td__target_kind_fail(s, ds->labels, 0, err, errlen);
+    goto close_cur;
+  } else if (hl.item_elems != 1 || hl.rank > 2) {
     rc = td_data_errf(err, errlen, ds->labels, "shape at offset 10: expected (N,), one label "
                       "per sample, got %s", lshape);
-    goto close_cur;
-  }
-  if (hl.dtype != TD_DTYPE_U8 && hl.dtype != TD_DTYPE_I32 && hl.dtype != TD_DTYPE_I64) {
-    rc = td_data_errf(err, errlen, ds->labels, "dtype at offset 10: expected integer labels "
-                      "(uint8, int32 or int64), got %s", td_dtype_name(hl.dtype));
     goto close_cur;
   }
   if (hl.shape[0] != h.shape[0]) {
@@ -349,7 +363,7 @@ static int open_npy(td_split *s, const td_jobspec *spec, const td_data_split *ds
                       "samples, got %s", TD_DATASET_MAX_SAMPLES, shape);
     goto close_cur;
   }
-  lsize = td_dtype_size(hl.dtype);
+  lsize = hl.item_elems * td_dtype_size(hl.dtype);
   /* numpy's default types: int64 and float64 samples are read as int32 and
    * float32 (records.c), which is what the worker takes; int32 rather than
    * float32 for int64 so that integer inputs (indices) stay exact. */

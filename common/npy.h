@@ -5,7 +5,8 @@
  * Only what a dataset needs is accepted: C order, little-endian (or
  * one-byte) uint8, int32, int64, float16, float32 and float64, rank 1..8.
  * Samples of int64 and float64 (numpy's defaults) are read as int32 and
- * float32; labels of any integer type become class bytes.
+ * float32; labels of any integer type become int32 class ids, float32 and
+ * float64 labels float32 targets.
  */
 #ifndef TD_NPY_H
 #define TD_NPY_H

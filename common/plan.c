@@ -736,7 +736,8 @@ int td_plan_layout(const td_jobspec *spec, uint32_t micro_batch, td_layout *out)
 
     if ((rc = take(&l->stage_bytes, micro_batch, l->in_elems,
                    td_dtype_size(spec->sample_dtype), 1, &px)) < 0 ||
-        (rc = take(&l->stage_bytes, micro_batch, 1, 1, TD_PLAN_ALIGN, &l->stage_labels)) < 0)
+        (rc = take(&l->stage_bytes, micro_batch, td_target_bytes(td_jobspec_target(spec)), 1,
+                    TD_PLAN_ALIGN, &l->stage_labels)) < 0)
       goto free_all;
   }
   memcpy(out, l, sizeof(*l));

@@ -8,8 +8,8 @@
  * workspace (the largest conv2d's im2col matrix or conv1d's block of
  * columns, then in mixed precision the 16-bit copy of the parameters the
  * forward and backward passes read) and input staging (one micro-batch of
- * samples in their stored type, spec->sample_dtype, and their one-byte
- * labels).
+ * samples in their stored type, spec->sample_dtype, and their targets:
+ * td_jobspec_target).
  *
  * The activation arena is laid out by a liveness plan over one micro-batch's
  * schedule: normalise, each layer's forward, the loss, then (with activation
@@ -157,11 +157,12 @@ typedef struct td_layout {
   uint64_t logits;        /* [micro_batch, classes], always fp32 */
   uint64_t dlogits;       /* its gradient */
   uint32_t grad_width;    /* widest activation gradient, features */
-  uint64_t stats;         /* 8 floats: summed loss, correct count, clip norm (2), inf flag */
+  uint64_t stats;         /* 8 floats: summed loss, correct count, clip norm (2), inf flag,
+                             top-k hits, summed absolute error */
   uint64_t act_bytes;     /* the arena */
   uint64_t act_peak;      /* the most bytes live at once (<= act_bytes) */
   uint64_t workspace;     /* bytes: the largest conv2d's at 0, then the 16-bit copy */
-  /* staging arena: samples at 0 */
+  /* staging arena: samples at 0, then the targets */
   uint64_t stage_labels;
   uint64_t stage_bytes;
 } td_layout;

@@ -38,12 +38,18 @@ static int open_raw(td_split *s, const td_jobspec *spec, const td_data_split *ds
 
   if ((rc = td_dfile_open(ds->images, &s->sf, err, errlen)) < 0)
     return rc;
+  if ((r->label_dtype == TD_DTYPE_F32) != (s->target.dtype == TD_DTYPE_F32)) {
+    td_dfile_close(s->sf);
+    s->sf = NULL;
+    return td__target_kind_fail(s, ds->images, r->label_dtype == TD_DTYPE_F32, err, errlen);
+  }
   s->dtype = r->dtype;
   s->label_dtype = r->label_dtype;
   s->samp = (td__field){s->sf, r->header_bytes, r->record_bytes, r->sample_offset,
                            (uint64_t)s->elems * td_dtype_size(r->dtype)};
   s->lab = (td__field){s->sf, r->header_bytes, r->record_bytes, r->label_offset,
-                          td_dtype_size(r->label_dtype)};
+                          r->label_dtype == TD_DTYPE_F32 ? td_target_bytes(s->target)
+                                                         : td_dtype_size(r->label_dtype)};
   snprintf(s->params, sizeof(s->params), "raw=%d,%d,%u,%u,%u,%llu", (int)r->dtype,
            (int)r->label_dtype, r->label_offset, r->sample_offset, r->record_bytes,
            (unsigned long long)r->header_bytes);

@@ -3,7 +3,8 @@
  * fields of records, in one file or in two.  Samples stored as int64 or
  * float64 (npy) are converted to int32 or float32 as each block of records
  * is read, whether the reader streams ranges or loads a whole file, so the
- * loader, its cache and the worker only ever see the narrower type.
+ * loader, its cache and the worker only ever see the narrower type; so are
+ * labels, to the job's targets (convert_labels).
  */
 #include <float.h>
 #include <math.h>
@@ -105,15 +106,42 @@ void td__records_read_cost(const td_split *s, uint64_t *gap, uint64_t *per) {
   }
 }
 
-/* Stored labels (u8, i32 or i64, little-endian) to bytes below classes. */
+/* Stored labels (little-endian) to the job's targets: class ids (u8, i32
+ * or i64) to int32 below classes, float targets (f32 or f64, width per
+ * record) to finite float32.  raw and out may be the same memory when the
+ * stored label is as wide as the target. */
 static int convert_labels(const td_split *s, const uint8_t *raw, uint64_t n, uint64_t first,
-                          uint8_t *out, uint32_t classes, char *err, size_t errlen) {
+                          void *out, uint32_t classes, char *err, size_t errlen) {
   const char *path = td_dfile_path(s->lab.f);
+  uint32_t w = s->target.width;
 
   for (uint64_t i = 0; i < n; i++) {
     const uint8_t *p = raw + i * s->lab.bytes;
     long long v;
 
+    if (s->target.dtype == TD_DTYPE_F32) {
+      for (uint32_t k = 0; k < w; k++) {
+        float f;
+
+        if (s->label_dtype == TD_DTYPE_F64) {
+          double d;
+
+          memcpy(&d, p + (size_t)k * 8, sizeof(d));
+          f = (float)d;
+        } else {
+          memcpy(&f, p + (size_t)k * 4, sizeof(f));
+        }
+        if (!isfinite(f))
+          return td_data_errf(err, errlen, path, "target %u of sample %llu at offset %llu: "
+                              "expected a finite float32, got %g", k,
+                              (unsigned long long)(first + i),
+                              (unsigned long long)(s->lab.off + (first + i) * s->lab.rec +
+                                                   s->lab.at),
+                              (double)f);
+        ((float *)out)[i * w + k] = f;
+      }
+      continue;
+    }
     switch (s->label_dtype) {
     case TD_DTYPE_U8: v = p[0]; break;
     case TD_DTYPE_I32:
@@ -129,7 +157,7 @@ static int convert_labels(const td_split *s, const uint8_t *raw, uint64_t n, uin
     }
     if (v < 0 || v >= (long long)classes)
       return td__label_fail(path, first + i, v, classes, err, errlen);
-    out[i] = (uint8_t)v;
+    ((int32_t *)out)[i] = (int32_t)v;
   }
   return 0;
 }
@@ -330,7 +358,7 @@ close_cur:
 }
 
 /* whole: read from the start to the end of the files, checking them. */
-static int read_fixed(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, uint8_t *labels,
+static int read_fixed(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, void *labels,
                       uint32_t classes, int whole, char *err, size_t errlen) {
   uint64_t total = whole ? s->records : 0;
   uint8_t *lraw = NULL;
@@ -338,7 +366,9 @@ static int read_fixed(td_split *s, uint64_t first, uint64_t n, uint8_t *samples,
   int nw = 0, rc = 0;
 
   if (labels != NULL) {
-    lraw = s->lab.bytes == 1 ? labels : malloc((size_t)(n * s->lab.bytes));
+    /* converted in place when the stored label is as wide as the target */
+    lraw = s->lab.bytes == td_target_bytes(s->target) ? labels
+                                                      : malloc((size_t)(n * s->lab.bytes));
     if (lraw == NULL)
       return TD_ENOMEM;
   }
@@ -356,19 +386,19 @@ static int read_fixed(td_split *s, uint64_t first, uint64_t n, uint8_t *samples,
     rc = convert_labels(s, lraw, n, first, labels, classes, err, errlen);
   if (rc == 0 && samples != NULL && s->stored == s->dtype) /* converted: checked then */
     rc = check_finite(s, samples, n, first, err, errlen);
-  if (lraw != labels)
+  if ((void *)lraw != labels)
     free(lraw);
   return rc;
 }
 
 int td__records_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples,
-                     uint8_t *labels, uint32_t classes, char *err, size_t errlen) {
+                     void *labels, uint32_t classes, char *err, size_t errlen) {
   return read_fixed(s, first, n, samples, labels, classes, 0, err, errlen);
 }
 
 /* gzip: one task per file, each decoding it front to back (and checking
  * it to its end). */
-int td__records_load_file(td_split *s, int k, uint8_t *samples, uint8_t *labels,
+int td__records_load_file(td_split *s, int k, uint8_t *samples, void *labels,
                           uint32_t classes, char *err, size_t errlen) {
   return read_fixed(s, 0, s->count, k == 0 ? samples : NULL,
                     k == 1 || s->lab.f == s->sf ? labels : NULL, classes, s->fmt->load_to_end,
@@ -378,14 +408,14 @@ int td__records_load_file(td_split *s, int k, uint8_t *samples, uint8_t *labels,
 /* The labels of the first MiB of records. */
 int td__records_check_labels(td_split *s, uint32_t classes, char *err, size_t errlen) {
   uint64_t n;
-  uint8_t *labels;
+  void *labels;
   int rc;
 
   if (s->count == UINT64_MAX)
     return 0; /* compressed raw: its size is unknown until decoded */
   n = CHECK_LABEL_BYTES / s->lab.rec;
   n = n < 1 ? 1 : n > s->count ? s->count : n;
-  labels = malloc((size_t)n);
+  labels = malloc((size_t)n * td_target_bytes(s->target));
   if (labels == NULL)
     return TD_ENOMEM;
   rc = td_split_read(s, 0, n, NULL, labels, classes, err, errlen);

@@ -18,7 +18,7 @@
 #include "util.h"
 
 #define RING_MAGIC 0x474e5254u /* "TRNG" little-endian */
-#define RING_VERSION 2u
+#define RING_VERSION 3u /* 3: batches carry target_bytes */
 #define RING_ALIGN 64u
 #define RING_WAIT_S 1
 #define RING_SHUTDOWN_WAIT_NS 50000000L /* 50 ms */
@@ -539,9 +539,10 @@ int td_batch_check(const void *slot, size_t len) {
   case TD_BATCH_VAL:
     if (h->count < 1 || h->sample_bytes < 1 || h->index >= h->nbatches ||
         td_dtype_size((td_dtype)h->dtype) == 0 ||
-        h->sample_bytes % td_dtype_size((td_dtype)h->dtype) != 0)
+        h->sample_bytes % td_dtype_size((td_dtype)h->dtype) != 0 || h->target_bytes < 4 ||
+        h->target_bytes % 4 != 0)
       return TD_EPROTO;
-    need = sizeof(*h) + (uint64_t)h->count * ((uint64_t)h->sample_bytes + 1);
+    need = sizeof(*h) + (uint64_t)h->count * ((uint64_t)h->sample_bytes + h->target_bytes);
     return need == len ? 0 : TD_EPROTO;
   case TD_BATCH_END:
   case TD_BATCH_ERROR:

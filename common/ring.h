@@ -114,7 +114,8 @@ void td_ring_get_stats(td_ring *r, td_ring_stats *out);
  * must be unregistered before td_ring_close unmaps it. */
 void *td_ring_mapping(const td_ring *r, size_t *bytes);
 
-/* A batch in a slot: hdr | count*sample_bytes samples | count labels.
+/* A batch in a slot: hdr | count*sample_bytes samples | count*target_bytes
+ * targets (int32 class ids, or float32 targets: td_jobspec_target).
  * TD_BATCH_ERROR carries a NUL-terminated message after the header.
  * TD_BATCH_VAL batches (the validation split, after each epoch's training)
  * come only when the job asks for a validation split. */
@@ -132,25 +133,29 @@ typedef struct td_batch_hdr {
   uint64_t first_sample; /* global sample number of sample 0 in the epoch order */
   int32_t error;         /* TD_BATCH_ERROR: a TD_E* code; message follows as text */
   uint32_t dtype;        /* the samples' element type as stored (td_dtype: 0 = uint8) */
+  uint32_t target_bytes; /* bytes of one sample's target: 4 (a class id) or 4 * outputs */
+  uint32_t reserved;     /* 0 */
 } td_batch_hdr;
 
 /* Slot bytes a batch of `batch` samples needs; the caller keeps the product
  * in range (td_ring_create refuses a slot over 1 GiB). */
-static inline size_t td_batch_bytes(uint32_t batch, uint32_t sample_bytes) {
-  return sizeof(td_batch_hdr) + (size_t)batch * ((size_t)sample_bytes + 1);
+static inline size_t td_batch_bytes(uint32_t batch, uint32_t sample_bytes,
+                                    uint32_t target_bytes) {
+  return sizeof(td_batch_hdr) + (size_t)batch * ((size_t)sample_bytes + target_bytes);
 }
 
 static inline const uint8_t *td_batch_pixels(const td_batch_hdr *h) {
   return (const uint8_t *)(h + 1);
 }
 
-static inline const uint8_t *td_batch_labels(const td_batch_hdr *h) {
+static inline const uint8_t *td_batch_targets(const td_batch_hdr *h) {
   return td_batch_pixels(h) + (size_t)h->count * h->sample_bytes;
 }
 
 /* Check a slot of len bytes before using it as a batch: a known kind, and
  * for TRAIN/TEST/VAL a count >= 1, a known dtype whose size divides
- * sample_bytes, and exactly td_batch_bytes(count, sample_bytes) bytes.
+ * sample_bytes, a target_bytes that is a positive multiple of 4, and exactly
+ * td_batch_bytes(count, sample_bytes, target_bytes) bytes.
  * 0 or TD_EPROTO. */
 int td_batch_check(const void *slot, size_t len);
 

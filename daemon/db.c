@@ -491,6 +491,7 @@ int td_db_load(td_db *db, int (*fn)(void *arg, td_job *j), void *arg) {
     }
     j->id = (uint64_t)sqlite3_column_int64(st, 0);
     j->val_accuracy = j->val_loss = j->train_accuracy = -1; /* not kept across restarts */
+    j->top_k_accuracy = j->val_top_k_accuracy = j->mae = j->val_mae = j->train_mae = -1;
     td__col_str(st, 1, j->name, sizeof(j->name));
     td__col_str(st, 2, state, sizeof(state));
     if (td_job_state_parse(state, &j->state) < 0)

@@ -72,6 +72,12 @@ void td_ser_job(td_map *m, const td_job *j) {
   td_map_kv_f64(&job, "val_accuracy", j->val_accuracy);
   td_map_kv_f64(&job, "val_loss", j->val_loss);
   td_map_kv_f64(&job, "train_accuracy", j->train_accuracy);
+  td_map_kv_u64(&job, "top_k", j->top_k);
+  td_map_kv_f64(&job, "top_k_accuracy", j->top_k_accuracy);
+  td_map_kv_f64(&job, "val_top_k_accuracy", j->val_top_k_accuracy);
+  td_map_kv_f64(&job, "mae", j->mae);
+  td_map_kv_f64(&job, "val_mae", j->val_mae);
+  td_map_kv_f64(&job, "train_mae", j->train_mae);
   td_map_kv_str(&job, "model", TD_JOB_STR(j->model));
   td_map_kv_str(&job, "error", TD_JOB_STR(j->error));
   td_map_kv_str(&job, "warning", TD_JOB_STR(j->warning));

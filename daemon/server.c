@@ -203,6 +203,7 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
     return TD_ENOMEM;
   j->accuracy = -1;
   j->val_accuracy = j->val_loss = j->train_accuracy = -1;
+  j->top_k_accuracy = j->val_top_k_accuracy = j->mae = j->val_mae = j->train_mae = -1;
   j->spec = malloc(sizeof(*j->spec));
   j->yaml = strndup(yaml, ylen);
   if (j->spec == NULL || j->yaml == NULL) {
@@ -225,6 +226,7 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
   if ((rc = td__sample_dtype(d, req, j->spec, err, errlen)) < 0)
     goto free_job;
   j->sample_dtype = (int)j->spec->sample_dtype;
+  j->top_k = j->spec->top_k;
   /* From here on the job is its description: stored with it, restored
    * from it, handed to its worker and loader (proto/jobdesc.h). */
   if ((rc = td_jobdesc_encode_alloc(j->spec, &j->desc, &j->desc_len)) < 0)
@@ -931,6 +933,7 @@ void td_publish_progress(td_daemon *d, const td_job *j, double eta_s) {
   td_map_kv_f64(&m, "eta_s", eta_s);
   td_map_kv_f64(&m, "accuracy", j->accuracy);
   td_map_kv_f64(&m, "train_accuracy", j->train_accuracy);
+  td_map_kv_f64(&m, "train_mae", j->train_mae);
   td_map_kv_f64(&m, "data_wait", j->data_wait);
   td_map_kv_u64(&m, "mem", j->mem);
   td__publish(d, &p, &m);
@@ -950,6 +953,10 @@ void td_publish_eval(td_daemon *d, const td_job *j, uint32_t epoch, double acc, 
   td_map_kv_f64(&m, "loss", loss);
   td_map_kv_f64(&m, "val_accuracy", j->val_accuracy);
   td_map_kv_f64(&m, "val_loss", j->val_loss);
+  td_map_kv_f64(&m, "top_k_accuracy", j->top_k_accuracy);
+  td_map_kv_f64(&m, "val_top_k_accuracy", j->val_top_k_accuracy);
+  td_map_kv_f64(&m, "mae", j->mae);
+  td_map_kv_f64(&m, "val_mae", j->val_mae);
   td__publish(d, &p, &m);
 }
 

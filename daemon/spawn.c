@@ -211,7 +211,8 @@ int td_spawn_ring(const td_daemon *d, const td_job *j, int as_root, char *name, 
   /* samples travel in their stored type (the plan checked the product) */
   slot = td_batch_bytes(j->spec->batch_size,
                         (uint32_t)(td_jobspec_input_elems(j->spec) *
-                                   td_dtype_size(j->spec->sample_dtype)));
+                                   td_dtype_size(j->spec->sample_dtype)),
+                        (uint32_t)td_target_bytes(td_jobspec_target(j->spec)));
   td_ring_unlink(name);
   /* As root the ring is the job's user's, whose processes open it. */
   rc = td_ring_create_owned(name, d->cfg.ring_slots, slot, as_root ? (uid_t)j->uid : (uid_t)-1,

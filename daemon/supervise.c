@@ -119,6 +119,14 @@ static double td__f64(const msgpack_object *m, const char *key) {
   return v;
 }
 
+/* A metric the worker may leave out: -1, not measured. */
+static double td__metric(const msgpack_object *m, const char *key) {
+  double v = -1;
+
+  td_obj_f64(m, key, &v);
+  return v;
+}
+
 static int td__bool(const msgpack_object *m, const char *key) {
   int v = 0;
 
@@ -205,6 +213,7 @@ static void td__on_progress(td_run *r, const msgpack_object *m) {
   j->steps = (uint32_t)td__u64(m, "steps");
   j->loss = td__f64(m, "loss");
   j->train_accuracy = td__f64(m, "train_accuracy");
+  j->train_mae = td__metric(m, "train_mae");
   j->samples_per_sec = td__f64(m, "samples_per_sec");
   j->data_wait = td__f64(m, "data_wait");
   j->mem = td__u64(m, "mem");
@@ -221,6 +230,8 @@ static void td__on_progress(td_run *r, const msgpack_object *m) {
 
 static void td__on_eval(td_run *r, const msgpack_object *m) {
   r->job->accuracy = td__f64(m, "accuracy");
+  r->job->top_k_accuracy = td__metric(m, "top_k");
+  r->job->mae = td__metric(m, "mae");
   td_publish_eval(r->d, r->job, (uint32_t)td__u64(m, "epoch"), r->job->accuracy,
                   td__f64(m, "loss"));
 }
@@ -228,6 +239,8 @@ static void td__on_eval(td_run *r, const msgpack_object *m) {
 static void td__on_val(td_run *r, const msgpack_object *m) {
   r->job->val_accuracy = td__f64(m, "accuracy");
   r->job->val_loss = td__f64(m, "loss");
+  r->job->val_top_k_accuracy = td__metric(m, "top_k");
+  r->job->val_mae = td__metric(m, "mae");
 }
 
 static void td__on_done(td_run *r, const msgpack_object *m) {
@@ -235,6 +248,8 @@ static void td__on_done(td_run *r, const msgpack_object *m) {
 
   r->done_seen = 1;
   r->job->accuracy = td__f64(m, "accuracy");
+  r->job->top_k_accuracy = td__metric(m, "top_k");
+  r->job->mae = td__metric(m, "mae");
   r->job->samples_per_sec = td__f64(m, "samples_per_sec");
   td__str(m, "model", model, sizeof(model));
   td_job_set(&r->job->model, model);

@@ -78,6 +78,11 @@ typedef struct td_job {
   double val_accuracy;     /* on the validation split; -1 if none */
   double val_loss;         /* likewise */
   double train_accuracy;   /* on the training batches of this epoch so far; -1: none */
+  /* the metrics beyond accuracy, -1 where the job's loss measures none (as
+   * the val_ ones, not kept across restarts) */
+  uint32_t top_k;          /* train.top_k; 0: none */
+  double top_k_accuracy, val_top_k_accuracy;
+  double mae, val_mae, train_mae; /* loss mse and mae */
   double data_wait;        /* fraction of the worker's time spent waiting for data */
   double started_mono;
 

@@ -284,12 +284,24 @@ void td_backend_normalize(td_backend *be, td_dtype dtype, const void *x, float *
   normalize(be, "normalize", dtype, x, y, n, scale, mean, std);
 }
 
-void td_backend_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
+void td_backend_softmax_xent(td_backend *be, const float *logits, const int32_t *labels,
                              size_t rows, size_t classes, float grad_scale,
                              float *dlogits, float *stats) {
-  if (rows > 0 && classes > 0 && op_live(be, "softmax_xent"))
-    be->ops->softmax_xent(be, logits, labels, rows, classes, 0.0f, grad_scale, dlogits,
-                          stats);
+  td_backend_softmax_xent_smooth(be, logits, labels, rows, classes, 0.0f, grad_scale, dlogits,
+                                 stats);
+}
+
+void td_backend_loss(td_backend *be, const td_loss_cfg *cfg, const float *logits,
+                     const void *targets, size_t rows, size_t width, float *dlogits,
+                     float *stats, float *extra) {
+  if ((unsigned)cfg->kind >= TD_LOSS__COUNT ||
+      !(cfg->smoothing >= 0.0f && cfg->smoothing < 1.0f)) {
+    td__backend_fail(be, TD_EINVAL, "%s: loss %d with label smoothing %g is not one it has",
+                     be->device, (int)cfg->kind, (double)cfg->smoothing);
+    return;
+  }
+  if (rows > 0 && width > 0 && op_live(be, "loss"))
+    be->ops->loss(be, cfg, logits, targets, rows, width, dlogits, stats, extra);
 }
 
 void td_backend_adam(td_backend *be, float *param, const float *grad, float *m, float *v,
@@ -310,17 +322,18 @@ void td_backend_sgd(td_backend *be, float *param, const float *grad, float *buf,
 }
 
 void td_backend_softmax_xent_smooth(td_backend *be, const float *logits,
-                                    const uint8_t *labels, size_t rows, size_t classes,
+                                    const int32_t *labels, size_t rows, size_t classes,
                                     float smoothing, float grad_scale, float *dlogits,
                                     float *stats) {
+  td_loss_cfg cfg = {.kind = TD_LOSS_CROSS_ENTROPY, .smoothing = smoothing,
+                     .grad_scale = grad_scale};
+
   if (!(smoothing >= 0.0f && smoothing < 1.0f)) {
     td__backend_fail(be, TD_EINVAL, "%s: label smoothing %g is not in [0, 1)", be->device,
                      (double)smoothing);
     return;
   }
-  if (rows > 0 && classes > 0 && op_live(be, "softmax_xent"))
-    be->ops->softmax_xent(be, logits, labels, rows, classes, smoothing, grad_scale, dlogits,
-                          stats);
+  td_backend_loss(be, &cfg, logits, labels, rows, classes, dlogits, stats, NULL);
 }
 
 /* A product's bits depend on its shape (BLAS picks kernels and blocking by

@@ -23,6 +23,7 @@
 #include "devprobe.h"
 #include "dtype.h"
 #include "half.h"
+#include "lossrow.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -134,14 +135,25 @@ void td_backend_relu_bwd(td_backend *be, const float *y, const float *dy, float 
 /* y = (x / 255 - mean) / std */
 void td_backend_normalize_u8(td_backend *be, const uint8_t *x, float *y, size_t n,
                              float mean, float std);
-/* Softmax cross-entropy over rows of logits[rows, classes] with uint8 labels
- * (each < classes; the caller checks).  Adds each row's loss in turn to
+/* Softmax cross-entropy over rows of logits[rows, classes] with int32 labels
+ * (each in 0..classes-1; the caller checks).  Adds each row's loss in turn to
  * stats[0] (an fp32 chain, so a split does not change it) and the number of rows
  * whose first arg-max is the label to stats[1].  If
  * dlogits is not NULL it gets (softmax - onehot) * grad_scale. */
-void td_backend_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
+void td_backend_softmax_xent(td_backend *be, const float *logits, const int32_t *labels,
                              size_t rows, size_t classes, float grad_scale,
                              float *dlogits, float *stats);
+
+/* The loss cfg->kind over rows of logits[rows, width] against targets (int32
+ * class ids, or float [rows, width]: lossrow.h), row after row: each row's
+ * loss is added in turn to stats[0] and its correct flag to stats[1] (fp32
+ * chains, so a split does not change them); extra (NULL: not wanted) gets
+ * the top-k hits at [0] and the rows' mean absolute errors at [1], chained
+ * the same way.  dlogits (NULL: forward only) gets the gradient times
+ * cfg->grad_scale. */
+void td_backend_loss(td_backend *be, const td_loss_cfg *cfg, const float *logits,
+                     const void *targets, size_t rows, size_t width, float *dlogits,
+                     float *stats, float *extra);
 
 /* PyTorch's Adam (weight decay added to the gradient, not AdamW); step is the
  * 1-based update count, for the bias corrections. */
@@ -419,7 +431,7 @@ void td_backend_attention_bwd(td_backend *be, const td_attention_desc *a, const 
  * classes, the loss added to stats[0] is -sum target * log softmax and the
  * gradient (softmax - target) * grad_scale.  s 0 is td_backend_softmax_xent. */
 void td_backend_softmax_xent_smooth(td_backend *be, const float *logits,
-                                    const uint8_t *labels, size_t rows, size_t classes,
+                                    const int32_t *labels, size_t rows, size_t classes,
                                     float smoothing, float grad_scale, float *dlogits,
                                     float *stats);
 

@@ -32,10 +32,10 @@ typedef struct td_backend_ops {
                     float *db);
   void (*relu_fwd)(td_backend *be, const float *x, float *y, size_t n);
   void (*relu_bwd)(td_backend *be, const float *y, const float *dy, float *dx, size_t n);
-  /* smoothing 0: plain cross-entropy */
-  void (*softmax_xent)(td_backend *be, const float *logits, const uint8_t *labels,
-                       size_t rows, size_t classes, float smoothing, float grad_scale,
-                       float *dlogits, float *stats);
+  /* every loss (lossrow.h); extra may be NULL */
+  void (*loss)(td_backend *be, const td_loss_cfg *cfg, const float *logits,
+               const void *targets, size_t rows, size_t width, float *dlogits, float *stats,
+               float *extra);
   /* Adam with the bias corrections folded in by the wrapper:
    * p -= step_size * m / (sqrt(v * inv_bc2) + eps). */
   void (*adam)(td_backend *be, float *p, const float *g, float *m, float *v, size_t n,

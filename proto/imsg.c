@@ -12,6 +12,8 @@
 #define ANY_F64 -HUGE_VAL, HUGE_VAL /* no bounds: NaN and the infinities too */
 #define MSG_MAX 2047              /* bytes of a message a person reads */
 #define F(name, type, ...) {name, TD_FT_##type, 1, __VA_ARGS__}
+/* optional: a reader takes its absence as -1, "not measured" */
+#define FO(name, type, ...) {name, TD_FT_##type, 0, __VA_ARGS__}
 #define KIND(op, fields, summary) {op, fields, TD_ARRAY_SIZE(fields), summary}
 
 /* ---- the catalogue (proto/INTERNAL.md's tables) ---- */
@@ -30,14 +32,18 @@ static const td_field plan_fields[] = {
 static const td_field progress_fields[] = {
     F("epoch", UINT, 1, 10000),          F("epochs", UINT, 1, 10000),
     F("step", UINT, 1, UINT32_MAX),      F("steps", UINT, 1, UINT32_MAX),
-    F("loss", FLOAT, ANY_F64),           F("train_accuracy", FLOAT, 0, 1),
+    F("loss", FLOAT, ANY_F64),           F("train_accuracy", FLOAT, -1, 1),
     F("samples_per_sec", FLOAT, 0, HUGE_VAL), F("mem", UINT, ANY_U64),
-    F("data_wait", FLOAT, 0, HUGE_VAL),
+    F("data_wait", FLOAT, 0, HUGE_VAL),  FO("train_mae", FLOAT, -1, HUGE_VAL),
 };
+/* -1: a metric the job's loss does not measure (an accuracy for mse, a
+ * MAE for cross_entropy, top-k without train.top_k) */
 static const td_field eval_fields[] = {
     F("epoch", UINT, 1, 10000),
-    F("accuracy", FLOAT, 0, 1),
+    F("accuracy", FLOAT, -1, 1),
     F("loss", FLOAT, ANY_F64),
+    FO("top_k", FLOAT, -1, 1),
+    FO("mae", FLOAT, -1, HUGE_VAL),
 };
 static const td_field replan_fields[] = {
     F("micro_batch", UINT, 1, 65536),     F("accumulation", UINT, 1, 65536),
@@ -59,6 +65,8 @@ static const td_field msg_fields[] = {
 static const td_field done_fields[] = {
     F("accuracy", FLOAT, -1, 1), /* -1: no pass measured one */
     F("loss", FLOAT, ANY_F64),
+    FO("top_k", FLOAT, -1, 1),
+    FO("mae", FLOAT, -1, HUGE_VAL),
     F("samples_per_sec", FLOAT, 0, HUGE_VAL),
     F("model", STR, 1, 1023),
 };
@@ -245,7 +253,7 @@ int td_imsg_end(td_imsg *b, const void **frame, size_t *len) {
   unsigned char *h;
 
   for (size_t i = 0; b->def != NULL && i < b->def->nfields; i++)
-    if (!(b->seen >> i & 1))
+    if (b->def->fields[i].required && !(b->seen >> i & 1))
       imsg_fail(b, "'%s' lacks its field '%s'", b->def->op, b->def->fields[i].name);
   td_map_end(&b->m);
   if (b->p.err != 0)

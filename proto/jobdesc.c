@@ -92,17 +92,20 @@ static const jd_field split_fields[] = {
     U("limit", td_data_split, limit, ANY_U32),
     {0},
 };
+static const jd_field column_item = {"", JD_UINT, 0, sizeof(uint32_t), 0, 65535, 0, NULL, 0, 0};
 static const jd_field csv_fields[] = {
     U("label_column", td_data_csv, label_column, 0, 65535),
     I("header", td_data_csv, header, 0, 1),
     I("dtype", td_data_csv, dtype, 0, TD_DTYPE_F32),
+    LIST("target_columns", td_data_csv, target_columns, ntarget_columns, 0,
+         TD_MAX_TARGET_COLUMNS, &column_item),
     {0},
 };
 /* Unused (another format): rank 0 and sample_offset UINT32_MAX. */
 static const jd_field raw_fields[] = {
     LIST("shape", td_data_raw, shape, rank, 0, TD_MAX_RANK, &dim_item),
     I("dtype", td_data_raw, dtype, 0, TD_DTYPE_F32),
-    I("label_dtype", td_data_raw, label_dtype, 0, TD_DTYPE_I32),
+    I("label_dtype", td_data_raw, label_dtype, 0, TD_DTYPE_F32),
     U("label_offset", td_data_raw, label_offset, 0, OFFSET_MAX),
     U("sample_offset", td_data_raw, sample_offset, ANY_U32),
     U("record_bytes", td_data_raw, record_bytes, 0, OFFSET_MAX),
@@ -195,6 +198,9 @@ static const jd_field job_fields[] = {
     FL("clip_grad_norm", td_jobspec, clip_grad_norm, 0, 1e6, 0),
     MAP("schedule", td_jobspec, schedule, schedule_fields),
     FL("label_smoothing", td_jobspec, label_smoothing, 0, 1, JD_HI_OPEN),
+    I("loss", td_jobspec, loss, 0, TD_LOSS__COUNT - 1),
+    I("soft_targets", td_jobspec, soft_targets, 0, 1),
+    U("top_k", td_jobspec, top_k, 0, 1000),
     I("precision", td_jobspec, precision, 0, TD_PREC__COUNT - 1),
     MAP("loss_scale", td_jobspec, loss_scale, loss_scale_fields),
     I("recompute", td_jobspec, recompute, 0, 1),
@@ -568,6 +574,13 @@ static int check_rules(td_jobspec *s, char *err, size_t errlen) {
   ls.enabled = true;
   if (td_lossscale_check(&ls, why, sizeof(why)) < 0) {
     seterr(err, errlen, "field 'loss_scale' in the job description: %s", why);
+    return TD_EJOBSPEC;
+  }
+  if ((s->soft_targets && s->loss != TD_LOSS_CROSS_ENTROPY) ||
+      (s->label_smoothing > 0 && td_jobspec_target(s).dtype != TD_DTYPE_I32) ||
+      s->top_k > td_jobspec_classes(s) || (s->top_k > 0 && !td_jobspec_classifies(s))) {
+    seterr(err, errlen, "field 'loss' in the job description: loss %s with its targets, "
+           "label smoothing and top_k do not go together", td_loss_name(s->loss));
     return TD_EJOBSPEC;
   }
   if (s->min_micro_batch > s->batch_size) {

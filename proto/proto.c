@@ -110,7 +110,10 @@ static const td_replyfield job_full_fields[] = {
     RF("started_ms", INT, NULL),        RF("finished_ms", INT, NULL),
     RF("samples_per_sec", FLOAT, NULL), RF("data_wait", FLOAT, NULL),
     RF("val_accuracy", FLOAT, NULL),    RF("val_loss", FLOAT, NULL),
-    RF("train_accuracy", FLOAT, NULL),  RF("model", STR, NULL),
+    RF("train_accuracy", FLOAT, NULL),  RF("top_k", UINT, NULL),
+    RF("top_k_accuracy", FLOAT, NULL),  RF("val_top_k_accuracy", FLOAT, NULL),
+    RF("mae", FLOAT, NULL),             RF("val_mae", FLOAT, NULL),
+    RF("train_mae", FLOAT, NULL),       RF("model", STR, NULL),
     RF("error", STR, NULL),             RF("warning", STR, NULL),
     RF("plan", MAP, &plan_map),         RF("exit_status", INT, NULL),
     RF("checkpoint", MAP, &checkpoint), RF("loss_curve", ARRAY, NULL),
@@ -209,12 +212,15 @@ static const td_replyfield progress_event_fields[] = {
     RF("steps", UINT, NULL),             RF("loss", FLOAT, NULL),
     RF("samples_per_sec", FLOAT, NULL),  RF("eta_s", FLOAT, NULL),
     RF("accuracy", FLOAT, NULL),         RF("train_accuracy", FLOAT, NULL),
+    RF("train_mae", FLOAT, NULL),
     RF("data_wait", FLOAT, NULL),        RF("mem", UINT, NULL),
 };
 static const td_replyfield eval_event_fields[] = {
     RF("id", UINT, NULL),            RF("epoch", UINT, NULL),     RF("accuracy", FLOAT, NULL),
     RF("loss", FLOAT, NULL),         RF("val_accuracy", FLOAT, NULL),
-    RF("val_loss", FLOAT, NULL),
+    RF("val_loss", FLOAT, NULL),     RF("top_k_accuracy", FLOAT, NULL),
+    RF("val_top_k_accuracy", FLOAT, NULL), RF("mae", FLOAT, NULL),
+    RF("val_mae", FLOAT, NULL),
 };
 static const td_replyfield oom_event_fields[] = {
     RF("id", UINT, NULL),        RF("device", STR, NULL), RF("phase", STR, NULL),

@@ -73,14 +73,14 @@ struct pass {
 };
 
 /* A window ready to send: count samples, sample i at ids[i] in samples
- * (sample_bytes each) and labels. */
+ * (sample_bytes each) and targets (target_bytes each). */
 struct window {
   const struct pass *pass;
   uint32_t epoch;
   uint64_t count;
   uint64_t skip; /* samples already sent before a resume */
   uint64_t pos;  /* the pass position of sample 0 */
-  const uint8_t *samples, *labels;
+  const uint8_t *samples, *targets;
   uint32_t *ids;
   int buf; /* streaming buffer, or -1 */
   int end; /* no more windows */
@@ -88,7 +88,7 @@ struct window {
 };
 
 struct buffer {
-  uint8_t *samples, *labels;
+  uint8_t *samples, *targets;
   uint32_t *ids, *perm;
 };
 
@@ -100,6 +100,7 @@ struct loader {
   uint32_t vocab;       /* an embedding first: its ids, which the samples must hold; else 0 */
   uint32_t elems;       /* values per sample */
   uint32_t sample_bytes;
+  uint32_t target_bytes; /* td_jobspec_target's */
   td_dtype dtype;
   uint64_t budget;
   int threads;
@@ -109,7 +110,7 @@ struct loader {
   int npasses;
   uint32_t chunk;
   int streaming;
-  /* in memory: each split's samples and labels */
+  /* in memory: each split's samples, then their targets */
   uint8_t *data[2];
   uint8_t *own[2];
   td_shmcache *cache[2];
@@ -157,7 +158,8 @@ static uint64_t default_budget(void) {
  * Both splits load at once, so each has its own err. */
 static int load_split(struct loader *L, int i, char *err, size_t errlen) {
   td_split *s = L->split[i];
-  uint64_t count = td_split_count(s), bytes = count * ((uint64_t)L->sample_bytes + 1);
+  uint64_t count = td_split_count(s),
+           bytes = count * ((uint64_t)L->sample_bytes + L->target_bytes);
   char key[TD_SHMCACHE_KEY_MAX];
   uint8_t *data;
   int rc = TD_ETOOBIG, ready = 0;
@@ -195,12 +197,15 @@ static int load_split(struct loader *L, int i, char *err, size_t errlen) {
   }
   L->data[i] = data;
   /* A shared copy was decoded for a model with maybe more classes, or
-   * without an embedding. */
+   * without an embedding (its key holds the targets' layout, so float
+   * targets are the job's). */
   if (L->vocab > 0 && (rc = td_ids_check(data, L->dtype, count, L->elems, 0, L->vocab,
                                          td_split_path(s), err, errlen)) < 0)
     return rc;
-  return td_labels_check(data + count * L->sample_bytes, count, 0, L->classes,
-                         td_split_path(s), err, errlen);
+  if (td_split_target(s).dtype != TD_DTYPE_I32)
+    return 0;
+  return td_labels_check((const int32_t *)(data + count * L->sample_bytes), count, 0,
+                         L->classes, td_split_path(s), err, errlen);
 }
 
 struct load_both {
@@ -221,7 +226,8 @@ static int load_task(void *ctx, uint64_t i, char *err, size_t errlen) {
 /* Sizes the windows: in memory, the job's shuffle window (or everything);
  * streaming, what two windows in the budget hold. */
 static int plan_memory(struct loader *L) {
-  uint64_t per_sample = (uint64_t)L->sample_bytes + 1 + 2 * sizeof(uint32_t), need = 0;
+  uint64_t per_sample = (uint64_t)L->sample_bytes + L->target_bytes + 2 * sizeof(uint32_t);
+  uint64_t need = 0;
   uint64_t fixed, avail, max_window, want;
   uint32_t wchunks;
 
@@ -229,6 +235,8 @@ static int plan_memory(struct loader *L) {
     if (L->split[i] != NULL)
       need += td_split_count(L->split[i]) * per_sample;
   L->streaming = need + OVERHEAD_BYTES > L->budget;
+  /* Sized as when a target was one byte, whatever it is now: the chunks
+   * decide the sample order, which a resumed checkpoint relies on. */
   L->chunk = (uint32_t)(CHUNK_BYTES / ((uint64_t)L->sample_bytes + 1));
   if (L->chunk < 1)
     L->chunk = 1;
@@ -293,8 +301,9 @@ static int loader_prepare(struct loader *L) {
                        "size (%u) is out of range", (unsigned long long)elems,
                        L->spec.batch_size);
   if (L->classes < 1 || L->classes > TD_DATASET_MAX_CLASSES)
-    return loader_fail(L, TD_EJOBSPEC, "the model has %u classes; labels travel as one byte, "
-                       "so 1..%u", L->classes, TD_DATASET_MAX_CLASSES);
+    return loader_fail(L, TD_EJOBSPEC, "the model has %u outputs: expected 1..%u",
+                       L->classes, TD_DATASET_MAX_CLASSES);
+  L->target_bytes = (uint32_t)td_target_bytes(td_jobspec_target(&L->spec));
   L->batch = L->spec.batch_size;
 
   have_test = L->spec.test.images[0] != '\0';
@@ -313,7 +322,7 @@ static int loader_prepare(struct loader *L) {
     return loader_fail(L, TD_EDATA, "%s: the test samples are %s, but the train samples are %s",
                        td_split_path(L->split[1]), td_dtype_name(td_split_dtype(L->split[1])),
                        td_dtype_name(L->dtype));
-  if (td_mul_u64(L->batch, (uint64_t)L->sample_bytes + 1, &need) < 0 ||
+  if (td_mul_u64(L->batch, (uint64_t)L->sample_bytes + L->target_bytes, &need) < 0 ||
       td_add_u64(need, sizeof(td_batch_hdr), &need) < 0 || need > td_ring_slot_bytes(L->ring))
     return loader_fail(L, TD_EINVAL, "a batch of %u samples of %u bytes (%s) does not fit the "
                        "ring's %zu-byte slots", L->batch, L->sample_bytes,
@@ -367,10 +376,10 @@ static int loader_prepare(struct loader *L) {
     B->perm = malloc(L->window_cap * sizeof(uint32_t) + 1);
     if (L->streaming) {
       B->samples = malloc(L->window_cap * L->sample_bytes + 1);
-      B->labels = malloc(L->window_cap + 1);
+      B->targets = malloc(L->window_cap * L->target_bytes + 1);
     }
     if (B->ids == NULL || B->perm == NULL ||
-        (L->streaming && (B->samples == NULL || B->labels == NULL)))
+        (L->streaming && (B->samples == NULL || B->targets == NULL)))
       return loader_fail(L, TD_ENOMEM, "out of memory for windows of %llu samples",
                          (unsigned long long)L->window_cap);
   }
@@ -393,8 +402,8 @@ static int decode_task(void *ctx, uint64_t i, char *err, size_t errlen) {
   uint64_t n = d->p->n - first < L->chunk ? d->p->n - first : L->chunk;
 
   uint8_t *samples = d->B->samples + d->at[i] * L->sample_bytes;
-  int rc = td_split_read(d->p->split, d->p->base + first, n, samples, d->B->labels + d->at[i],
-                         L->classes, err, errlen);
+  int rc = td_split_read(d->p->split, d->p->base + first, n, samples,
+                         d->B->targets + d->at[i] * L->target_bytes, L->classes, err, errlen);
 
   if (rc == 0 && L->vocab > 0)
     rc = td_ids_check(samples, L->dtype, n, L->elems, d->p->base + first, L->vocab,
@@ -424,7 +433,7 @@ static int fill_window(struct loader *L, const td_order *o, uint64_t w, struct b
     struct decode d = {L, p, chunks, at, B};
     rc = td_parallel(L->threads, nw, decode_task, &d, L->err, sizeof(L->err));
     win->samples = B->samples;
-    win->labels = B->labels;
+    win->targets = B->targets;
     win->ids = B->perm;
   } else {
     int i_split = p->split == L->split[0] ? 0 : 1;
@@ -440,7 +449,7 @@ static int fill_window(struct loader *L, const td_order *o, uint64_t w, struct b
     for (uint64_t i = 0; i < count; i++)
       B->perm[i] = B->ids[B->perm[i]];
     win->samples = L->data[i_split];
-    win->labels = L->data[i_split] + split_n * L->sample_bytes;
+    win->targets = L->data[i_split] + split_n * L->sample_bytes;
     win->ids = B->perm;
   }
   if (at != at_small)
@@ -456,7 +465,7 @@ static uint32_t open_filled;
 static int emit_window(struct loader *L, const struct window *win) {
   const struct pass *p = win->pass;
   uint32_t nbatches = (uint32_t)((p->n + L->batch - 1) / L->batch);
-  size_t sb = L->sample_bytes;
+  size_t sb = L->sample_bytes, tb = L->target_bytes;
   uint64_t i = win->skip;
   int rc;
 
@@ -479,6 +488,7 @@ static int emit_window(struct loader *L, const struct window *win) {
       h->count = (uint32_t)(p->n - b * L->batch < L->batch ? p->n - b * L->batch : L->batch);
       h->sample_bytes = L->sample_bytes;
       h->dtype = (uint32_t)L->dtype;
+      h->target_bytes = L->target_bytes;
       h->first_sample = b * L->batch;
       open_filled = 0;
     }
@@ -488,12 +498,12 @@ static int emit_window(struct loader *L, const struct window *win) {
     for (uint64_t j = 0; j < k; j++) {
       uint32_t s = win->ids[i + j];
       memcpy(pix + (open_filled + j) * sb, win->samples + (size_t)s * sb, sb);
-      lab[open_filled + j] = win->labels[s];
+      memcpy(lab + (open_filled + j) * tb, win->targets + (size_t)s * tb, tb);
     }
     open_filled += (uint32_t)k;
     i += k;
     if (open_filled == h->count) {
-      td_ring_write_end(L->ring, td_batch_bytes(h->count, L->sample_bytes));
+      td_ring_write_end(L->ring, td_batch_bytes(h->count, L->sample_bytes, L->target_bytes));
       open_batch = NULL;
     }
   }
@@ -673,7 +683,7 @@ static void loader_free(struct loader *L) {
   }
   for (int b = 0; b < NBUF; b++) {
     free(L->bufs[b].samples);
-    free(L->bufs[b].labels);
+    free(L->bufs[b].targets);
     free(L->bufs[b].ids);
     free(L->bufs[b].perm);
   }

@@ -13,12 +13,13 @@
 #include "util.h"
 
 /* The stats slot of the activation arena, in floats. */
-enum { ST_LOSS, ST_CORRECT, ST_NORM, ST_COEF, ST_INF };
+enum { ST_LOSS, ST_CORRECT, ST_NORM, ST_COEF, ST_INF, ST_TOPK, ST_ABS };
 
 struct td_model {
   td_backend *be;
   td_jobspec spec;        /* for re-planning; a remedy may change its precision and
                              recompute */
+  td_target target;       /* what a sample's target is (td_jobspec_target) */
   td_layout lay;
   td_plan plan;
   td_model_oom oom;       /* the last out-of-memory failure */
@@ -291,6 +292,7 @@ int td_model_create_as(td_backend *be, const td_jobspec *spec, uint32_t micro_ba
     return TD_ENOMEM;
   m->be = be;
   m->spec = *spec;
+  m->target = td_jobspec_target(spec);
   m->batch_size = spec->batch_size;
   m->admitted_mb = micro_batch;
   m->shrink = shrink;
@@ -1050,22 +1052,26 @@ static int check_ids(td_model *m, const void *samples, uint32_t count) {
 }
 
 /* Whether the model can take these samples now. */
-static int check_batch(td_model *m, const uint8_t *labels, uint32_t count, bool grads) {
+static int check_batch(td_model *m, const void *targets, uint32_t count, bool grads) {
+  const int32_t *labels = targets;
+
   m->err[0] = '\0';
   if (!m->ready)
     return fail(m, TD_ESTATE, "the model has no activation arena (a re-plan failed)");
   if (count == 0 || (grads && count > m->batch_size))
     return fail(m, TD_EINVAL, "a step takes 1 to %u samples, not %u", m->batch_size, count);
+  if (m->target.dtype != TD_DTYPE_I32)
+    return 0;
   for (uint32_t i = 0; i < count; i++)
-    if (labels[i] >= m->lay.classes)
-      return fail(m, TD_EDATA, "label %u of sample %u is out of range for %u classes",
+    if (labels[i] < 0 || (uint32_t)labels[i] >= m->lay.classes)
+      return fail(m, TD_EDATA, "label %d of sample %u is out of range for %u classes",
                   labels[i], i, m->lay.classes);
   return 0;
 }
 
 /* Queue the forward (and, with grads, backward) passes of count samples in
  * micro-batch slices; the loss statistics collect in the stats slot. */
-static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
+static int run_slices(td_model *m, const void *samples, const void *targets,
                       uint32_t count, bool grads) {
   const td_layout *l = &m->lay;
   td_backend *be = m->be;
@@ -1073,14 +1079,18 @@ static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
   uint8_t *stage_px = m->stage.ptr, *stage_lb = stage_px + l->stage_labels;
   size_t esize = td_dtype_size(l->in_dtype);
   float scale, mean, std;
-  float grad_scale = td_lossscale_scale(&m->ls) / (float)count;
+  size_t tbytes = td_target_bytes(m->target);
+  td_loss_cfg loss = {.kind = m->spec.loss, .soft = m->spec.soft_targets,
+                      .smoothing = m->spec.label_smoothing, .top_k = m->spec.top_k,
+                      .grad_scale = td_lossscale_scale(&m->ls) / (float)count};
   int rc;
 
-  if ((rc = check_batch(m, labels, count, grads)) < 0 ||
+  if ((rc = check_batch(m, targets, count, grads)) < 0 ||
       (rc = check_ids(m, samples, count)) < 0)
     return rc;
   input_norm(m, &scale, &mean, &std);
   td_backend_fill(be, stats, 2, 0.0f);
+  td_backend_fill(be, stats + ST_TOPK, 2, 0.0f);
   if (half(m))
     td_backend_to_half(be, half_kind(m), m->params.ptr,
                        (uint16_t *)((char *)m->work.ptr + l->half_params), l->nparams);
@@ -1092,7 +1102,8 @@ static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
      * ring): the caller keeps it until this step's sync. */
     td_backend_upload_async(be, stage_px, (const char *)samples + (size_t)off * l->in_elems *
                             esize, nin * esize);
-    td_backend_upload_async(be, stage_lb, labels + off, n);
+    td_backend_upload_async(be, stage_lb, (const char *)targets + (size_t)off * tbytes,
+                            (size_t)n * tbytes);
     if (l->layers[0].half_x) {
       td_backend_normalize(be, l->in_dtype, stage_px, act(m, l->input_tmp), nin, scale, mean,
                            std);
@@ -1106,9 +1117,8 @@ static int run_slices(td_model *m, const void *samples, const uint8_t *labels,
       layer_fwd(m, i, n, grads, false, off);
     /* The loss is the mean over the whole batch, so every slice scales by
      * 1/count (and by the loss scale). */
-    td_backend_softmax_xent_smooth(be, act(m, l->logits), stage_lb, n, l->classes,
-                                   m->spec.label_smoothing, grad_scale,
-                                   grads ? act(m, l->dlogits) : NULL, stats);
+    td_backend_loss(be, &loss, act(m, l->logits), stage_lb, n, l->classes,
+                    grads ? act(m, l->dlogits) : NULL, stats, stats + ST_TOPK);
     if (grads && half(m))
       td_backend_round_half(be, half_kind(m), act(m, l->dlogits), (size_t)n * l->classes);
     if (td_backend_status(be) != 0)
@@ -1184,31 +1194,33 @@ static int update(td_model *m, double lr_scale, bool *took) {
 
 /* Wait for the queued work and collect the loss statistics. */
 static int finish(td_model *m, uint32_t count, td_step_stats *out) {
-  float stats[2];
+  float stats[ST_ABS + 1];
   int rc;
 
   td_backend_download(m->be, stats, act(m, m->lay.stats), sizeof(stats));
   if ((rc = td_backend_sync(m->be)) < 0)
     return fail(m, rc, "%s", td_backend_error(m->be));
   out->loss_sum = stats[0];
-  out->correct = (uint32_t)stats[1];
+  out->correct = (uint32_t)stats[ST_CORRECT];
+  out->topk = (uint32_t)stats[ST_TOPK];
+  out->abs_sum = stats[ST_ABS];
   out->count = count;
   return 0;
 }
 
-int td_model_backward(td_model *m, const void *samples, const uint8_t *labels,
+int td_model_backward(td_model *m, const void *samples, const void *targets,
                       uint32_t count, td_step_stats *out) {
-  int rc = run_slices(m, samples, labels, count, true);
+  int rc = run_slices(m, samples, targets, count, true);
 
   return rc < 0 ? rc : finish(m, count, out);
 }
 
 /* One optimiser update from count samples, at the schedule's rate times
  * lr_scale. */
-static int train_once(td_model *m, const void *samples, const uint8_t *labels,
+static int train_once(td_model *m, const void *samples, const void *targets,
                       uint32_t count, double lr_scale, td_step_stats *out) {
   const td_lossscale ls = m->ls;
-  int rc = run_slices(m, samples, labels, count, true);
+  int rc = run_slices(m, samples, targets, count, true);
   bool took;
 
   if (rc < 0)
@@ -1262,13 +1274,13 @@ static int restore(td_model *m) {
 /* shrink: the batch as m->shrink updates of consecutive, near-equal slices,
  * each at the rate times its share of the batch (1/k when k divides it), so
  * every sample weighs in as it would in the whole batch's update. */
-static int train_shrunk(td_model *m, const void *samples, const uint8_t *labels,
+static int train_shrunk(td_model *m, const void *samples, const void *targets,
                         uint32_t count, td_step_stats *out) {
   size_t sample_bytes = (size_t)m->lay.in_elems * td_dtype_size(m->lay.in_dtype);
   td_step_stats sum = {0};
   int rc;
 
-  if ((rc = check_batch(m, labels, count, true)) < 0 || (rc = snapshot(m)) < 0)
+  if ((rc = check_batch(m, targets, count, true)) < 0 || (rc = snapshot(m)) < 0)
     return rc;
   for (uint32_t k = 0; k < m->shrink; k++) {
     uint32_t lo = (uint32_t)((uint64_t)count * k / m->shrink);
@@ -1277,7 +1289,8 @@ static int train_shrunk(td_model *m, const void *samples, const uint8_t *labels,
 
     if (n == 0)
       continue;
-    if ((rc = train_once(m, (const char *)samples + lo * sample_bytes, labels + lo, n,
+    if ((rc = train_once(m, (const char *)samples + lo * sample_bytes,
+                         (const char *)targets + lo * td_target_bytes(m->target), n,
                          (double)n / count, &st)) < 0) {
       int rrc = restore(m);
 
@@ -1285,16 +1298,18 @@ static int train_shrunk(td_model *m, const void *samples, const uint8_t *labels,
     }
     sum.loss_sum += st.loss_sum;
     sum.correct += st.correct;
+    sum.topk += st.topk;
+    sum.abs_sum += st.abs_sum;
   }
   sum.count = count;
   *out = sum;
   return 0;
 }
 
-int td_model_train_step(td_model *m, const void *samples, const uint8_t *labels,
+int td_model_train_step(td_model *m, const void *samples, const void *targets,
                         uint32_t count, td_step_stats *out) {
-  return m->shrink > 1 ? train_shrunk(m, samples, labels, count, out)
-                       : train_once(m, samples, labels, count, 1.0, out);
+  return m->shrink > 1 ? train_shrunk(m, samples, targets, count, out)
+                       : train_once(m, samples, targets, count, 1.0, out);
 }
 
 /* The plan chooser's configuration for budget, from the spec the model
@@ -1328,12 +1343,12 @@ static int fit_plan(td_model *m, uint64_t budget, uint32_t cap, td_plan *out, td
 
 #define MAX_RECOVERIES 64
 
-int td_model_train_step_recover(td_model *m, const void *samples, const uint8_t *labels,
+int td_model_train_step_recover(td_model *m, const void *samples, const void *targets,
                                 uint32_t count, const td_model_hooks *hooks,
                                 td_step_stats *out) {
   uint32_t cap = UINT32_MAX;
   /* Not ready: the last re-plan could not allocate (its oom is noted). */
-  int rc = m->ready ? td_model_train_step(m, samples, labels, count, out) : TD_EOOM;
+  int rc = m->ready ? td_model_train_step(m, samples, targets, count, out) : TD_EOOM;
 
   for (int attempt = 0; rc == TD_EOOM && attempt < MAX_RECOVERIES; attempt++) {
     const td_model_oom oom = m->oom;
@@ -1360,7 +1375,7 @@ int td_model_train_step_recover(td_model *m, const void *samples, const uint8_t 
       continue;
     if (hooks != NULL && hooks->replan != NULL)
       hooks->replan(hooks->arg, &m->plan);
-    rc = td_model_train_step(m, samples, labels, count, out);
+    rc = td_model_train_step(m, samples, targets, count, out);
   }
   return rc;
 }
@@ -1397,9 +1412,9 @@ int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned) {
   return 0;
 }
 
-int td_model_eval(td_model *m, const void *samples, const uint8_t *labels, uint32_t count,
+int td_model_eval(td_model *m, const void *samples, const void *targets, uint32_t count,
                   td_step_stats *out) {
-  int rc = run_slices(m, samples, labels, count, false);
+  int rc = run_slices(m, samples, targets, count, false);
 
   return rc < 0 ? rc : finish(m, count, out);
 }

@@ -1,8 +1,10 @@
 /* The worker's model: a sequential network (dense, conv2d, pooling, relu,
- * gelu, dropout, flatten, batchnorm2d, layernorm; on sequences of token
- * ids embedding, pos_embedding, attention, and dense and layernorm per
- * position) trained with softmax
- * cross-entropy (label smoothing optional) on one compute backend.
+ * gelu, dropout, flatten, batchnorm2d, layernorm, sigmoid, tanh, softmax,
+ * global_avg_pool, conv1d, add, concat; on sequences of token ids
+ * embedding, pos_embedding, attention, and dense and layernorm per
+ * position) trained with the job's loss (train.loss.kind: softmax
+ * cross-entropy, label smoothing optional, over class ids or soft targets;
+ * binary cross-entropy with logits; MSE; MAE) on one compute backend.
  *
  * td_model_create allocates exactly the arenas of the job's memory plan
  * (common/plan.h) and lays the tensors out with td_plan_layout; nothing is
@@ -36,8 +38,11 @@
 typedef struct td_model td_model;
 
 typedef struct td_step_stats {
-  double loss_sum;  /* cross-entropy summed over the samples */
-  uint32_t correct; /* samples whose arg-max is the label */
+  double loss_sum;  /* the loss summed over the samples */
+  uint32_t correct; /* samples whose arg-max is the label (binary_cross_entropy: whose
+                       outputs all agree with their targets) */
+  uint32_t topk;    /* samples whose label is among the train.top_k largest logits */
+  double abs_sum;   /* mse, mae: each sample's mean absolute error, summed */
   uint32_t count;
 } td_step_stats;
 
@@ -95,7 +100,8 @@ int td_model_replan(td_model *m, uint32_t micro_batch);
 
 /* count samples: [count, in_elems] elements of spec->sample_dtype (uint8,
  * int32, float16 or float32, little-endian, as the loader delivers them)
- * and labels [count], each label < the class count (TD_EDATA otherwise).
+ * and their targets as td_jobspec_target says: int32 class ids [count],
+ * each < the class count (TD_EDATA otherwise), or floats [count, outputs].
  * count is 1..batch_size for the training calls, any positive number for
  * eval.  The model's input is (x * scale - norm_mean) / norm_std with
  * scale 1/255 for uint8 (pixels to [0, 1], like torchvision's ToTensor)
@@ -105,13 +111,13 @@ int td_model_replan(td_model *m, uint32_t micro_batch);
  * returns, which syncs. */
 
 /* Gradients of the mean loss into the gradient arena; no update. */
-int td_model_backward(td_model *m, const void *samples, const uint8_t *labels,
+int td_model_backward(td_model *m, const void *samples, const void *targets,
                       uint32_t count, td_step_stats *out);
 /* td_model_backward, then one optimiser update (k of them under shrink,
  * see td_model_train_step_recover).  A step that fails (TD_EOOM in any
  * phase, in any of its updates) leaves the weights, the optimiser state
  * and the counters as they were: it can be redone. */
-int td_model_train_step(td_model *m, const void *samples, const uint8_t *labels,
+int td_model_train_step(td_model *m, const void *samples, const void *targets,
                         uint32_t count, td_step_stats *out);
 /* What td_model_train_step_recover tells as it recovers (each may be NULL). */
 typedef struct td_model_hooks {
@@ -157,7 +163,7 @@ typedef struct td_model_hooks {
  * TD_ENOFIT when even the job's smallest allowed micro-batch does not fit
  * (with shrink: not even micro-batch 1); the weights are then as before the
  * step. */
-int td_model_train_step_recover(td_model *m, const void *samples, const uint8_t *labels,
+int td_model_train_step_recover(td_model *m, const void *samples, const void *targets,
                                 uint32_t count, const td_model_hooks *hooks,
                                 td_step_stats *out);
 
@@ -173,8 +179,8 @@ int td_model_train_step_recover(td_model *m, const void *samples, const uint8_t 
  * be allocated. */
 int td_model_set_budget(td_model *m, uint64_t budget, bool *replanned);
 
-/* Forward pass only: loss and correct count. */
-int td_model_eval(td_model *m, const void *samples, const uint8_t *labels,
+/* Forward pass only: the loss and the metrics. */
+int td_model_eval(td_model *m, const void *samples, const void *targets,
                   uint32_t count, td_step_stats *out);
 
 /* Copy the trainable parameters (or their gradients) to or from host

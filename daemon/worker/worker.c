@@ -116,10 +116,49 @@ typedef struct args {
 
 /* Running sums of a pass (an epoch's training or its test set). */
 typedef struct pass {
-  double loss_sum;
-  uint64_t correct, count;
+  double loss_sum, abs_sum;
+  uint64_t correct, topk, count;
   uint32_t batches;
 } pass;
+
+/* A pass's numbers; -1 for a metric the job's loss does not measure:
+ * accuracy for mse and mae, top_k without train.top_k, mae for a
+ * classification. */
+typedef struct metrics {
+  double loss, accuracy, top_k, mae;
+} metrics;
+
+static metrics pass_metrics(const td_jobspec *spec, const pass *p) {
+  double n = p->count > 0 ? (double)p->count : 1.0;
+  int regression = spec->loss == TD_LOSS_MSE || spec->loss == TD_LOSS_MAE;
+
+  return (metrics){.loss = p->loss_sum / n,
+                   .accuracy = regression ? -1.0 : (double)p->correct / n,
+                   .top_k = spec->top_k > 0 ? (double)p->topk / n : -1.0,
+                   .mae = regression ? p->abs_sum / n : -1.0};
+}
+
+static void pass_add(pass *p, const td_step_stats *st) {
+  p->loss_sum += st->loss_sum;
+  p->abs_sum += st->abs_sum;
+  p->correct += st->correct;
+  p->topk += st->topk;
+  p->count += st->count;
+}
+
+/* "accuracy 0.9100" or "top-5 accuracy 0.9800" or "MAE 0.1200", for logs. */
+static void metrics_str(const td_jobspec *spec, const metrics *m, char *buf, size_t cap) {
+  int n = 0;
+
+  if (m->accuracy >= 0)
+    n = snprintf(buf, cap, "accuracy %.4f, ", m->accuracy);
+  if (n >= 0 && (size_t)n < cap && m->top_k >= 0)
+    n += snprintf(buf + n, cap - (size_t)n, "top-%u accuracy %.4f, ", spec->top_k, m->top_k);
+  if (n >= 0 && (size_t)n < cap && m->mae >= 0)
+    n += snprintf(buf + n, cap - (size_t)n, "MAE %.4f, ", m->mae);
+  if (n >= 0 && (size_t)n < cap)
+    snprintf(buf + n, cap - (size_t)n, "loss %.4f", m->loss);
+}
 
 static int events_fd = -1;
 
@@ -367,7 +406,13 @@ static int check_batch(const td_batch_hdr *h, size_t len, const td_jobspec *spec
              spec->batch_size);
     return TD_EDATA;
   }
-  if (td_mul_u64(h->count, (uint64_t)h->sample_bytes + 1, &need) < 0 ||
+  if (h->target_bytes != td_target_bytes(td_jobspec_target(spec))) {
+    snprintf(why, cap, "the loader sends %u-byte targets but loss %s takes %zu bytes a sample",
+             h->target_bytes, td_loss_name(spec->loss),
+             td_target_bytes(td_jobspec_target(spec)));
+    return TD_EDATA;
+  }
+  if (td_mul_u64(h->count, (uint64_t)h->sample_bytes + h->target_bytes, &need) < 0 ||
       td_add_u64(need, sizeof(*h), &need) < 0 || need > len) {
     snprintf(why, cap, "a batch of %u samples does not fit its %zu-byte slot", h->count, len);
     return TD_EDATA;
@@ -427,32 +472,51 @@ static void tb_close(void) {
   tb.w = NULL;
 }
 
-/* "test" or "val": once an epoch, at its last train batch. */
-static void tb_eval(const char *split, double acc, double loss) {
-  char tag_acc[16], tag_loss[16];
+/* "test" or "val": once an epoch, at its last train batch; only the
+ * metrics the job measures. */
+static void tb_eval(const char *split, const metrics *m) {
+  char tags[4][16];
+  td_tfscalar sc[4];
+  size_t n = 0;
 
-  snprintf(tag_acc, sizeof(tag_acc), "%s/accuracy", split);
-  snprintf(tag_loss, sizeof(tag_loss), "%s/loss", split);
-  tb_write((const td_tfscalar[]){{tag_acc, acc}, {tag_loss, loss}}, 2);
+  if (m->accuracy >= 0) {
+    snprintf(tags[n], sizeof(tags[n]), "%s/accuracy", split);
+    sc[n] = (td_tfscalar){tags[n], m->accuracy}, n++;
+  }
+  snprintf(tags[n], sizeof(tags[n]), "%s/loss", split);
+  sc[n] = (td_tfscalar){tags[n], m->loss}, n++;
+  if (m->top_k >= 0) {
+    snprintf(tags[n], sizeof(tags[n]), "%s/top_k", split);
+    sc[n] = (td_tfscalar){tags[n], m->top_k}, n++;
+  }
+  if (m->mae >= 0) {
+    snprintf(tags[n], sizeof(tags[n]), "%s/mae", split);
+    sc[n] = (td_tfscalar){tags[n], m->mae}, n++;
+  }
+  tb_write(sc, n);
 }
 
 /* "eval" (the test set) or "val" (the validation split) of an epoch. */
-static void emit_pass(const char *op, uint32_t epoch, double acc, double loss) {
+static void emit_pass(const char *op, uint32_t epoch, const metrics *m) {
   td_imsg b;
 
   td_imsg_begin(&b, TD_IMSG_REPORT, op);
   td_imsg_u64(&b, "epoch", epoch);
-  td_imsg_f64(&b, "accuracy", acc);
-  td_imsg_f64(&b, "loss", loss);
+  td_imsg_f64(&b, "accuracy", m->accuracy);
+  td_imsg_f64(&b, "loss", m->loss);
+  td_imsg_f64(&b, "top_k", m->top_k);
+  td_imsg_f64(&b, "mae", m->mae);
   emit(&b);
 }
 
-static void emit_eval(uint32_t epoch, pass *test, double *acc, double *loss) {
-  *acc = (double)test->correct / (double)test->count;
-  *loss = test->loss_sum / (double)test->count;
-  emit_pass("eval", epoch + 1, *acc, *loss);
-  tb_eval("test", *acc, *loss);
-  td_info("epoch %u: test accuracy %.4f, loss %.4f", epoch + 1, *acc, *loss);
+static void emit_eval(const td_jobspec *spec, uint32_t epoch, pass *test, metrics *out) {
+  char line[160];
+
+  *out = pass_metrics(spec, test);
+  emit_pass("eval", epoch + 1, out);
+  tb_eval("test", out);
+  metrics_str(spec, out, line, sizeof(line));
+  td_info("epoch %u: test %s", epoch + 1, line);
   *test = (pass){0};
 }
 
@@ -470,7 +534,7 @@ typedef struct trainer {
   uint32_t epoch, test_epoch;
   double epoch_start, last_progress, train_time;
   uint64_t train_samples;
-  double accuracy, loss; /* of the last test pass, else the last epoch's training */
+  metrics last;            /* of the last test pass, else the last epoch's training */
   int ctl_fd;            /* traind's commands; -1 if none */
   void *ring_map;        /* the ring's mapping, registered with the backend; or NULL */
 
@@ -494,7 +558,7 @@ typedef struct trainer {
 } trainer;
 
 static int finish_early(trainer *t);
-static int run_callbacks(trainer *t, uint32_t epoch, double acc, double loss);
+static int run_callbacks(trainer *t, uint32_t epoch, const metrics *m);
 
 /* The training scalars after train batch h, every tb.every batches and at
  * each epoch's end: loss, accuracy and samples/s are the epoch's so far, as
@@ -506,14 +570,17 @@ static void tb_train(const trainer *t, const td_batch_hdr *h, double now) {
   td_schedule sched = t->spec->schedule;
   uint64_t steps = td_model_steps(t->model);
   td_mem_stats mem;
+  metrics m;
 
   if (tb.w == NULL || (tb.step % tb.every != 0 && h->index + 1 != h->nbatches))
     return;
   sched.lr = t->spec->opt.lr;
   td_backend_mem(t->be, &mem);
+  m = pass_metrics(t->spec, &t->train);
   tb_write((const td_tfscalar[]){
-               {"train/loss", t->train.loss_sum / (double)t->train.count},
-               {"train/accuracy", (double)t->train.correct / (double)t->train.count},
+               {"train/loss", m.loss},
+               /* a regression's: its MAE, under its own name */
+               {m.mae >= 0 ? "train/mae" : "train/accuracy", m.mae >= 0 ? m.mae : m.accuracy},
                {"train/samples_per_sec",
                 (double)t->train.count / (now - t->epoch_start > 0 ? now - t->epoch_start : 1e-9)},
                {"train/data_wait", now > first_batch ? data_wait / (now - first_batch) : 0.0},
@@ -853,7 +920,7 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
   }
 
   if (t->test.count > 0)
-    emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
+    emit_eval(t->spec, t->test_epoch, &t->test, &t->last);
   if (t->train.batches == 0 || h->epoch != t->epoch) {
     t->epoch = h->epoch;
     t->train = (pass){0};
@@ -868,9 +935,7 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
   t->pos_epoch = h->epoch;
   t->pos_batch = (uint64_t)h->index + 1;
   t->ckpt_current = 0;
-  t->train.loss_sum += st.loss_sum;
-  t->train.correct += st.correct;
-  t->train.count += st.count;
+  pass_add(&t->train, &st);
   t->train.batches++;
   t->train_samples += st.count;
 
@@ -891,8 +956,11 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
     td_imsg_u64(&b, "epochs", t->spec->epochs);
     td_imsg_u64(&b, "step", h->index + 1);
     td_imsg_u64(&b, "steps", h->nbatches);
-    td_imsg_f64(&b, "loss", t->train.loss_sum / (double)t->train.count);
-    td_imsg_f64(&b, "train_accuracy", (double)t->train.correct / (double)t->train.count);
+    metrics m = pass_metrics(t->spec, &t->train);
+
+    td_imsg_f64(&b, "loss", m.loss);
+    td_imsg_f64(&b, "train_accuracy", m.accuracy);
+    td_imsg_f64(&b, "train_mae", m.mae);
     td_imsg_f64(&b, "samples_per_sec", (double)t->train.count /
                 (now - t->epoch_start > 0 ? now - t->epoch_start : 1e-9));
     td_imsg_u64(&b, "mem", mem.used + mem.overhead);
@@ -901,9 +969,8 @@ static int on_train(trainer *t, const td_batch_hdr *h, const uint8_t *px, const 
   }
   if (h->index + 1 == h->nbatches) {
     t->train_time += now - t->epoch_start;
-    t->accuracy = (double)t->train.correct / (double)t->train.count;
-    t->loss = t->train.loss_sum / (double)t->train.count;
-    td_info("epoch %u: training loss %.4f, %.0f samples/s", h->epoch + 1, t->loss,
+    t->last = pass_metrics(t->spec, &t->train);
+    td_info("epoch %u: training loss %.4f, %.0f samples/s", h->epoch + 1, t->last.loss,
             (double)t->train.count / (now - t->epoch_start));
   }
   return 0;
@@ -914,7 +981,7 @@ static int on_test(trainer *t, const td_batch_hdr *h, const uint8_t *px, const u
   int rc;
 
   if (t->test.count > 0 && h->epoch != t->test_epoch)
-    emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
+    emit_eval(t->spec, t->test_epoch, &t->test, &t->last);
   t->test_epoch = h->epoch;
   /* Evaluation changes no weight: after an OOM it is simply run again. */
   for (int tries = 0; (rc = td_model_eval(t->model, px, lb, h->count, &st)) == TD_EOOM &&
@@ -923,11 +990,9 @@ static int on_test(trainer *t, const td_batch_hdr *h, const uint8_t *px, const u
   if (rc < 0)
     return fail(rc, "epoch %u test batch %u: %s", h->epoch + 1, h->index + 1,
                 td_model_error(t->model));
-  t->test.loss_sum += st.loss_sum;
-  t->test.correct += st.correct;
-  t->test.count += st.count;
+  pass_add(&t->test, &st);
   if (h->index + 1 == h->nbatches) {
-    emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
+    emit_eval(t->spec, t->test_epoch, &t->test, &t->last);
     if (t->stop_pending)
       return finish_early(t);
   }
@@ -946,19 +1011,18 @@ static int on_val(trainer *t, const td_batch_hdr *h, const uint8_t *px, const ui
   if (rc < 0)
     return fail(rc, "epoch %u validation batch %u: %s", h->epoch + 1, h->index + 1,
                 td_model_error(t->model));
-  t->val.loss_sum += st.loss_sum;
-  t->val.correct += st.correct;
-  t->val.count += st.count;
+  pass_add(&t->val, &st);
   if (h->index + 1 == h->nbatches && t->val.count > 0) {
-    double acc = (double)t->val.correct / (double)t->val.count;
-    double loss = t->val.loss_sum / (double)t->val.count;
+    metrics m = pass_metrics(t->spec, &t->val);
+    char line[160];
 
-    emit_pass("val", h->epoch + 1, acc, loss);
-    tb_eval("val", acc, loss);
-    td_info("epoch %u: validation accuracy %.4f, loss %.4f", h->epoch + 1, acc, loss);
+    emit_pass("val", h->epoch + 1, &m);
+    tb_eval("val", &m);
+    metrics_str(t->spec, &m, line, sizeof(line));
+    td_info("epoch %u: validation %s", h->epoch + 1, line);
     t->val = (pass){0};
     if (t->cb_on)
-      return run_callbacks(t, h->epoch + 1, acc, loss);
+      return run_callbacks(t, h->epoch + 1, &m);
   }
   return 0;
 }
@@ -1059,11 +1123,14 @@ static void save_best(trainer *t, uint32_t epoch, double value) {
  * needs no rewrite for them: one from before the judgement resumes before
  * the validation pass (the loader sends an epoch's validation again when it
  * resumes at its end), one from after it holds the epoch as judged. */
-static int run_callbacks(trainer *t, uint32_t epoch, double acc, double loss) {
+static int run_callbacks(trainer *t, uint32_t epoch, const metrics *m) {
   const td_callbacks *c = &t->spec->callbacks;
+  const double v[TD_MONITOR__COUNT] = {
+      [TD_MONITOR_VAL_LOSS] = m->loss, [TD_MONITOR_VAL_ACCURACY] = m->accuracy,
+      [TD_MONITOR_VAL_TOP_K] = m->top_k, [TD_MONITOR_VAL_MAE] = m->mae};
   td_cb_decision d;
 
-  td_callbacks_epoch_end(c, &t->cb, epoch, loss, acc, t->spec->opt.lr, &d);
+  td_callbacks_epoch_end_all(c, &t->cb, epoch, v, t->spec->opt.lr, &d);
   if (d.save_best)
     save_best(t, epoch, t->cb.kb_best);
   if (d.lr_reduced) {
@@ -1099,10 +1166,10 @@ static int on_end(trainer *t) {
   int rc;
 
   if (t->test.count > 0)
-    emit_eval(t->test_epoch, &t->test, &t->accuracy, &t->loss);
+    emit_eval(t->spec, t->test_epoch, &t->test, &t->last);
   snprintf(epochs, sizeof(epochs), "%u", t->stop_pending ? t->stop_pending : t->spec->epochs);
   snprintf(seed, sizeof(seed), "%llu", (unsigned long long)t->spec->seed);
-  snprintf(acc, sizeof(acc), "%.6f", t->accuracy);
+  snprintf(acc, sizeof(acc), "%.6f", t->last.accuracy);
   /* Past this point the job finishes: a cancel must not leave half a file. */
   sigemptyset(&term);
   sigaddset(&term, SIGTERM);
@@ -1142,8 +1209,10 @@ static int on_end(trainer *t) {
     td_imsg b;
 
     td_imsg_begin(&b, TD_IMSG_REPORT, "done");
-    td_imsg_f64(&b, "accuracy", t->accuracy);
-    td_imsg_f64(&b, "loss", t->loss);
+    td_imsg_f64(&b, "accuracy", t->last.accuracy);
+    td_imsg_f64(&b, "loss", t->last.loss);
+    td_imsg_f64(&b, "top_k", t->last.top_k);
+    td_imsg_f64(&b, "mae", t->last.mae);
     td_imsg_f64(&b, "samples_per_sec",
                 t->train_time > 0 ? (double)t->train_samples / t->train_time : 0.0);
     td_imsg_str(&b, "model", model);
@@ -1203,7 +1272,7 @@ static int train(trainer *t) {
         return fail(rc, "bad batch from the loader: %s", why);
       rc = (h->kind == TD_BATCH_TRAIN  ? on_train
             : h->kind == TD_BATCH_TEST ? on_test
-                                       : on_val)(t, h, td_batch_pixels(h), td_batch_labels(h));
+                                       : on_val)(t, h, td_batch_pixels(h), td_batch_targets(h));
       if (rc != 0 || t->finished)
         return rc;
       break;

@@ -278,43 +278,20 @@ static void cpu_relu_bwd(td_backend *be, const float *y, const float *dy, float 
     dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
-/* With smoothing s the target is (1 - s) onehot + s / classes: the loss is
- * lse - (1 - s) z[label] - s mean(z).  Each row's loss goes onto stats[0]
- * in turn, so the sum does not depend on how a batch was split. */
-static void cpu_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
-                             size_t rows, size_t classes, float smoothing, float grad_scale,
-                             float *dlogits, float *stats) {
-  const float off = smoothing / (float)classes, on = 1.0f - smoothing + off;
-
+/* Row after row (lossrow.h), each row's sums added in turn, so the sums do
+ * not depend on how a batch was split. */
+static void cpu_loss(td_backend *be, const td_loss_cfg *cfg, const float *logits,
+                     const void *targets, size_t rows, size_t width, float *dlogits,
+                     float *stats, float *extra) {
   for (size_t r = 0; r < rows; r++) {
-    const float *z = logits + r * classes;
-    size_t label = labels[r], best = 0;
-    float max = z[0], sum = 0.0f, zsum = 0.0f;
+    td_loss_row row = td__loss_row(cfg, logits + r * width, width, targets, r,
+                                   dlogits != NULL ? dlogits + r * width : NULL);
 
-    for (size_t c = 1; c < classes; c++) {
-      if (z[c] > max) {
-        max = z[c];
-        best = c;
-      }
-    }
-    for (size_t c = 0; c < classes; c++) {
-      sum += expf(z[c] - max);
-      zsum += z[c];
-    }
-    if (label >= classes) { /* the caller checks labels; never read out of bounds */
-      if (dlogits != NULL)
-        memset(dlogits + r * classes, 0, classes * sizeof(float));
-      continue;
-    }
-    stats[0] += logf(sum) + max - (1.0f - smoothing) * z[label] -
-                smoothing * zsum / (float)classes;
-    stats[1] += best == label ? 1.0f : 0.0f;
-    if (dlogits != NULL) {
-      float *d = dlogits + r * classes;
-      float inv = grad_scale / sum;
-      for (size_t c = 0; c < classes; c++)
-        d[c] = expf(z[c] - max) * inv - off * grad_scale;
-      d[label] -= (on - off) * grad_scale;
+    stats[0] += row.loss;
+    stats[1] += row.correct;
+    if (extra != NULL) {
+      extra[0] += row.topk;
+      extra[1] += row.abserr;
     }
   }
 }
@@ -389,7 +366,7 @@ static const td_backend_ops cpu_ops = {
     .bias_grad = cpu_bias_grad,
     .relu_fwd = cpu_relu_fwd,
     .relu_bwd = cpu_relu_bwd,
-    .softmax_xent = cpu_softmax_xent,
+    .loss = cpu_loss,
     .adam = cpu_adam,
     .sgd = cpu_sgd,
     .conv2d_workspace = td__cpu_conv2d_workspace,

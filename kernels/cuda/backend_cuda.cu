@@ -1,5 +1,6 @@
 /* The CUDA backend: cuBLAS for sgemm, cuDNN for convolution and pooling
- * (conv.cu), small kernels for the rest (here, act.cu, norm.cu, seq1d.cu), all on one
+ * (conv.cu), small kernels for the rest (here, act.cu, norm.cu, seq1d.cu, graph.cu, seq.cu,
+ * loss.cu), all on one
  * stream.  Each op matches the CPU backend's (kernels/cpu/backend_cpu.c);
  * the element-wise ones bit for bit, in its order of operations with no
  * fused multiply-adds (--fmad=false, meson.build). */
@@ -12,6 +13,7 @@
 #include "conv.cuh"
 #include "graph.cuh"
 #include "input.cuh"
+#include "loss.cuh"
 #include "norm.cuh"
 #include "optim.cuh"
 #include "seq1d.cuh"
@@ -44,70 +46,6 @@ __global__ void relu_fwd_kernel(const float *x, float *y, size_t n) {
 
 __global__ void relu_bwd_kernel(const float *y, const float *dy, float *dx, size_t n) {
   TD_GRID_STRIDE(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-}
-
-/* One thread per row; the class count is small next to the batch.  With
- * smoothing s the target is (1 - s) onehot + s / classes.  The loss
- * statistics are softmax_stats_kernel's. */
-__global__ void softmax_xent_kernel(const float *logits, const uint8_t *labels, size_t rows,
-                                    size_t classes, float smoothing, float grad_scale,
-                                    float *dlogits) {
-  const float off = smoothing / (float)classes, on = 1.0f - smoothing + off;
-
-  TD_GRID_STRIDE(r, rows) {
-    const float *z = logits + r * classes;
-    size_t label = labels[r];
-    float max = z[0], sum = 0.0f;
-
-    for (size_t c = 1; c < classes; c++)
-      max = z[c] > max ? z[c] : max;
-    for (size_t c = 0; c < classes; c++)
-      sum += expf(z[c] - max);
-    if (label >= classes) {
-      if (dlogits != nullptr)
-        for (size_t c = 0; c < classes; c++)
-          dlogits[r * classes + c] = 0.0f;
-      continue;
-    }
-    if (dlogits != nullptr) {
-      float *d = dlogits + r * classes;
-      float inv = grad_scale / sum;
-      for (size_t c = 0; c < classes; c++)
-        d[c] = expf(z[c] - max) * inv - off * grad_scale;
-      d[label] -= (on - off) * grad_scale;
-    }
-  }
-}
-
-/* The loss and correct count onto stats, row after row in order: one thread,
- * no atomics, so the sum is the CPU backend's chain and no split changes it
- * (rows x classes is small). */
-__global__ void softmax_stats_kernel(const float *logits, const uint8_t *labels, size_t rows,
-                                     size_t classes, float smoothing, float *stats) {
-  float loss = stats[0], correct = stats[1];
-
-  for (size_t r = 0; r < rows; r++) {
-    const float *z = logits + r * classes;
-    size_t label = labels[r], best = 0;
-    float max = z[0], sum = 0.0f, zsum = 0.0f;
-
-    for (size_t c = 1; c < classes; c++) {
-      if (z[c] > max) {
-        max = z[c];
-        best = c;
-      }
-    }
-    for (size_t c = 0; c < classes; c++) {
-      sum += expf(z[c] - max);
-      zsum += z[c];
-    }
-    if (label >= classes)
-      continue;
-    loss += logf(sum) + max - (1.0f - smoothing) * z[label] - smoothing * zsum / (float)classes;
-    correct += best == label ? 1.0f : 0.0f;
-  }
-  stats[0] = loss;
-  stats[1] = correct;
 }
 
 __global__ void adam_kernel(float *p, const float *g, float *m, float *v, size_t n,
@@ -231,19 +169,6 @@ void cuda_relu_bwd(td_backend *be, const float *y, const float *dy, float *dx, s
   TD_CU_CHECK_LAUNCH(be);
 }
 
-void cuda_softmax_xent(td_backend *be, const float *logits, const uint8_t *labels,
-                       size_t rows, size_t classes, float smoothing, float grad_scale,
-                       float *dlogits, float *stats) {
-  if (dlogits != nullptr) {
-    softmax_xent_kernel<<<td_cuda_blocks(rows), kTdThreads, 0, td_cuda(be)->stream>>>(
-        logits, labels, rows, classes, smoothing, grad_scale, dlogits);
-    TD_CU_CHECK_LAUNCH(be);
-  }
-  softmax_stats_kernel<<<1, 1, 0, td_cuda(be)->stream>>>(logits, labels, rows, classes,
-                                                         smoothing, stats);
-  TD_CU_CHECK_LAUNCH(be);
-}
-
 void cuda_adam(td_backend *be, float *p, const float *g, float *m, float *v, size_t n,
                float beta1, float beta2, float eps, float weight_decay, float step_size,
                float inv_bc2) {
@@ -295,7 +220,7 @@ const td_backend_ops cuda_ops = {
     .bias_grad = cuda_bias_grad,
     .relu_fwd = cuda_relu_fwd,
     .relu_bwd = cuda_relu_bwd,
-    .softmax_xent = cuda_softmax_xent,
+    .loss = td__cuda_loss,
     .adam = cuda_adam,
     .sgd = cuda_sgd,
     .conv2d_workspace = td__cuda_conv2d_workspace,

@@ -126,7 +126,7 @@ int exercise(td_backend *be) {
     td_backend_normalize(be, TD_DTYPE_U8, a, b, gemm, 1.0f / 255.0f, 0.5f, 0.25f);
     td_backend_dense_fwd(be, a, b, gb, c, g, g, g);
     td_backend_relu_fwd(be, c, c, gemm);
-    td_backend_softmax_xent(be, c, reinterpret_cast<const uint8_t *>(x), g, 8, 1.0f, y, dw);
+    td_backend_softmax_xent(be, c, reinterpret_cast<const int32_t *>(x), g, 8, 1.0f, y, dw);
     td_backend_relu_bwd(be, c, c, c, gemm);
     td_backend_dense_bwd(be, a, b, c, a, b, gdb, g, g, g, 0.0f);
     td_backend_clip_grad_norm(be, xs_list, ns, 1, 1.0f, dx);

@@ -231,7 +231,7 @@ static int pipeline(const char *build_dir, const char *job, const char *base_dir
     snprintf(out, sizeof(out), "%s", keep);
   else
     snprintf(out, sizeof(out), "/tmp/bench-mlp-%d.safetensors", (int)getpid());
-  if ((rc = td_ring_create(ring, 8, td_batch_bytes(spec->batch_size, in_elems))) < 0) {
+  if ((rc = td_ring_create(ring, 8, td_batch_bytes(spec->batch_size, in_elems, 4))) < 0) {
     fprintf(stderr, "bench_mlp: cannot create ring %s: %s\n", ring, td_strerror(rc));
     return 1;
   }

@@ -68,7 +68,7 @@ static void write_npy(const char *path, const char *descr, uint64_t n, int rank,
 
 /* Seconds of the best of RUNS whole loads of the train split. */
 static double time_load(const char *dir, const char *x, uint64_t n, int threads,
-                        uint8_t *samples, uint8_t *labels, td_dtype *dtype) {
+                        uint8_t *samples, int32_t *labels, td_dtype *dtype) {
   char text[1024], err[1024];
   td_jobspec spec;
   double best = 1e30;
@@ -113,7 +113,7 @@ int main(int argc, char **argv) {
   double *d, tmc = 1e30, t64, t32;
   float *f, *out;
   int64_t *lab;
-  uint8_t *labels;
+  int32_t *labels;
   td_dtype dt64, dt32;
 
   if (n == 0 || threads < 1) {
@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
   f = xmalloc(elems * 4);
   out = xmalloc(elems * 4);
   lab = xmalloc(n * 8);
-  labels = xmalloc(n);
+  labels = xmalloc(n * sizeof(*labels));
   for (size_t i = 0; i < elems; i++) {
     d[i] = (double)(i % 65521) / 65521.0 - 0.5;
     f[i] = (float)d[i];

@@ -55,7 +55,8 @@ int main(int argc, char **argv) {
   td_backend *be;
   td_model *m;
   td_step_stats st;
-  uint8_t *px, *lb;
+  uint8_t *px;
+  int32_t *lb;
   char err[256];
   double t0, undisturbed = 0, recovery = 0, redo_step = 0;
 
@@ -65,7 +66,7 @@ int main(int argc, char **argv) {
   if (td_plan_compute(&spec, batch, TD_PREC_FP32, 0, &whole) < 0)
     return fprintf(stderr, "cannot plan\n"), 1;
   px = malloc((size_t)batch * 784);
-  lb = malloc(batch);
+  lb = malloc(batch * sizeof(*lb));
   for (size_t i = 0; i < (size_t)batch * 784; i++)
     px[i] = (uint8_t)(i * 2654435761u >> 13);
   for (uint32_t i = 0; i < batch; i++)

@@ -173,7 +173,7 @@ static int loader_start(struct loader_run *lr, const char *loader, const char *j
     return -1;
   }
   /* Room for samples of up to 4 bytes per element. */
-  slot = td_batch_bytes(spec.batch_size, (uint32_t)td_jobspec_input_elems(&spec) * 4);
+  slot = td_batch_bytes(spec.batch_size, (uint32_t)td_jobspec_input_elems(&spec) * 4, 4);
   snprintf(lr->ring, sizeof(lr->ring), "/traind-bench-loader-%d-%d", (int)getpid(), which);
   td_ring_unlink(lr->ring);
   if (td_ring_create(lr->ring, 4, slot) < 0 || td_ring_open(lr->ring, &lr->r) < 0)

@@ -202,7 +202,8 @@ static uint32_t rand32(void) {
 static int bench_ours(const td_jobspec *spec, const opts *o, uint32_t runs, double *out) {
   uint32_t in = (uint32_t)td_jobspec_input_elems(spec), bs = spec->batch_size;
   uint32_t classes = td_jobspec_classes(spec);
-  uint8_t *px = malloc((size_t)NBATCH * bs * in), *lb = malloc((size_t)NBATCH * bs);
+  uint8_t *px = malloc((size_t)NBATCH * bs * in);
+  int32_t *lb = malloc((size_t)NBATCH * bs * sizeof(*lb));
   td_backend *be = NULL;
   td_model *m = NULL;
   char err[512];
@@ -214,7 +215,7 @@ static int bench_ours(const td_jobspec *spec, const opts *o, uint32_t runs, doub
   for (size_t i = 0; i < (size_t)NBATCH * bs * in; i++)
     px[i] = (uint8_t)rand32();
   for (size_t i = 0; i < (size_t)NBATCH * bs; i++)
-    lb[i] = (uint8_t)(rand32() % classes);
+    lb[i] = (int32_t)(rand32() % classes);
   if ((rc = td_backend_create(o->device, TD_BUDGET_UNLIMITED, &be, err, sizeof(err))) < 0 ||
       (rc = td_model_create(be, spec, bs, &m, err, sizeof(err))) < 0) {
     fprintf(stderr, "bench_train: %s\n", err);

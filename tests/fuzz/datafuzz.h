@@ -50,6 +50,9 @@ typedef struct fd_format {
   /* The format's own keys of the data section ("  csv: {...}\n"), from
    * the mode's bits 5-7 and the configuration bytes; "" for none. */
   void (*keys)(char *buf, size_t cap, unsigned choice, const uint8_t *cfg, uint32_t elems);
+  /* The loss, from the same bits (", loss: {kind: mse}"), so that float
+   * targets are read too; NULL: the default, class integers. */
+  const char *(*loss)(unsigned choice);
   /* Anything else the format's own reader offers (idx: td_idx_load). */
   void (*extra)(const char *images, const char *labels, uint64_t limit);
 } fd_format;
@@ -148,6 +151,7 @@ static void fd_write(fd_file *f, const uint8_t *p, size_t n, unsigned enc) {
 static void fd_load(const td_jobspec *spec, const fd_file *images, int streaming) {
   uint32_t classes = td_jobspec_classes(spec);
   uint8_t *samples = NULL, *labels = NULL, *x = NULL, *y = NULL;
+  size_t tb = 4;
   uint64_t count, sb;
   int scanned = 0, rc;
   char err[512] = "";
@@ -187,7 +191,8 @@ static void fd_load(const td_jobspec *spec, const fd_file *images, int streaming
   if (count * (sb + 1) > FD_BUDGET)
     goto close_split; /* a gzip bomb of the size fuzzing makes: not worth decoding */
   samples = malloc(count * sb + 1);
-  labels = malloc(count + 1);
+  tb = td_target_bytes(td_split_target(s));
+  labels = malloc(count * tb + 1);
   if (samples == NULL || labels == NULL)
     abort();
   if ((rc = td_split_load(s, samples, labels, classes, 1, err, sizeof(err))) < 0) {
@@ -199,9 +204,12 @@ static void fd_load(const td_jobspec *spec, const fd_file *images, int streaming
   if (fd_verbose())
     fprintf(stderr, "datafuzz: loaded %llu samples of %llu bytes\n", (unsigned long long)count,
             (unsigned long long)sb);
-  for (uint64_t i = 0; i < count; i++)
-    if (labels[i] >= classes)
+  for (uint64_t i = 0; i < count && td_split_target(s).dtype == TD_DTYPE_I32; i++) {
+    int32_t v;
+    memcpy(&v, labels + 4 * i, 4);
+    if (v < 0 || (uint32_t)v >= classes)
       fd_fail("loaded a label the model does not have", 0, "");
+  }
   if (td_split_dtype(s) == TD_DTYPE_F32)
     for (uint64_t i = 0; i < count * sb / 4; i++) {
       float v;
@@ -216,14 +224,14 @@ static void fd_load(const td_jobspec *spec, const fd_file *images, int streaming
     if (min < 1)
       fd_fail("td_split_min_read is 0", 0, "");
     x = malloc(3 * sb + 1);
-    y = malloc(3);
+    y = malloc(3 * tb);
     if (x == NULL || y == NULL)
       abort();
     for (size_t k = 0; k < sizeof(firsts) / sizeof(firsts[0]); k++) {
       uint64_t first = firsts[k], n = count - first < 3 ? count - first : 3;
       if ((rc = td_split_read(s, first, n, x, y, classes, err, sizeof(err))) < 0)
         fd_fail("td_split_read after a good load", rc, err);
-      if (memcmp(x, samples + first * sb, n * sb) != 0 || memcmp(y, labels + first, n) != 0)
+      if (memcmp(x, samples + first * sb, n * sb) != 0 || memcmp(y, labels + first * tb, n * tb) != 0)
         fd_fail("td_split_read differs from td_split_load", 0, "");
     }
   }
@@ -329,10 +337,11 @@ static int fd_run(const fd_format *fmt, const uint8_t *data, size_t size) {
                "  train: {images: %s%s%s, limit: %u}\n"
                "  test: {images: %s%s%s}\n"
                "%s"
-               "train: {batch_size: 1, epochs: 1, optimizer: {type: sgd, lr: 0.1}}\n",
+               "train: {batch_size: 1, epochs: 1, optimizer: {type: sgd, lr: 0.1}%s}\n",
                elems, classes, fmt->name, images.path, fmt->has_labels ? ", labels: " : "",
                fmt->has_labels ? labels.path : "", limit, images.path,
-               fmt->has_labels ? ", labels: " : "", fmt->has_labels ? labels.path : "", keys);
+               fmt->has_labels ? ", labels: " : "", fmt->has_labels ? labels.path : "", keys,
+               fmt->loss != NULL ? fmt->loss((mode >> 5) & 7) : "");
   if (n < 0 || (size_t)n >= sizeof(job))
     abort();
   if (td_jobspec_parse(job, (size_t)n, NULL, &spec, err, sizeof(err)) < 0) {

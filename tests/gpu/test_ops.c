@@ -355,12 +355,12 @@ END_TEST
 START_TEST(test_softmax_xent) {
   enum { R = 3000, C = 10 };
   static const float smoothing[] = {0.0f, 0.1f};
-  uint8_t lab[R];
-  const uint64_t lb[NB] = {R, R};
+  int32_t lab[R];
+  const uint64_t lb[NB] = {sizeof(lab), sizeof(lab)};
   gpu g;
 
   for (int i = 0; i < R; i++)
-    lab[i] = (uint8_t)((unsigned)(frand() * 1000 + 1000) % C);
+    lab[i] = (int32_t)((unsigned)(frand() * 1000 + 1000) % C);
   gpu_open(&g);
   twin *z = tw_rand(&g, (size_t)R * C, 4, 0), *l = tw_alloc(&g, lab, lb, R);
   twin *dz = tw_zero(&g, (size_t)R * C), *st = tw_zero(&g, 2);
@@ -375,6 +375,48 @@ START_TEST(test_softmax_xent) {
     }
     tw_expect(&g, dz, "softmax_xent dlogits");
     tw_expect(&g, st, "softmax_xent stats");
+  }
+  gpu_close(&g);
+}
+END_TEST
+
+/* Every loss (kernels/lossrow.h) with its metrics: the float targets'
+ * losses, soft cross-entropy and top-k, on the CUDA backend as on the CPU. */
+START_TEST(test_losses) {
+  enum { R = 3000, C = 10 };
+  static const td_loss_cfg cfgs[] = {
+      {.kind = TD_LOSS_BCE, .grad_scale = 1.0f / R},
+      {.kind = TD_LOSS_MSE, .grad_scale = 1.0f / R},
+      {.kind = TD_LOSS_MAE, .grad_scale = 1.0f / R},
+      {.kind = TD_LOSS_CROSS_ENTROPY, .soft = 1, .grad_scale = 1.0f / R, .top_k = 3},
+      {.kind = TD_LOSS_CROSS_ENTROPY, .grad_scale = 1.0f / R, .top_k = 5},
+  };
+  static const char *const names[] = {"bce dlogits", "mse dlogits", "mae dlogits",
+                                      "soft xent dlogits", "xent top-5 dlogits"};
+  static float t[R * C];
+  static int32_t lab[R];
+  const uint64_t tb[NB] = {sizeof(t), sizeof(t)}, lb[NB] = {sizeof(lab), sizeof(lab)};
+  gpu g;
+
+  for (int i = 0; i < R; i++) {
+    lab[i] = (int32_t)((unsigned)(frand() * 1000 + 1000) % C);
+    for (int c = 0; c < C; c++)
+      t[i * C + c] = frand() * 0.5f + 0.5f;
+  }
+  gpu_open(&g);
+  twin *z = tw_rand(&g, (size_t)R * C, 4, 0), *ft = tw_alloc(&g, t, tb, R * C);
+  twin *ct = tw_alloc(&g, lab, lb, R);
+  twin *dz = tw_zero(&g, (size_t)R * C), *st = tw_zero(&g, 4);
+  for (size_t k = 0; k < TD_ARRAY_SIZE(cfgs); k++) {
+    const int ids = cfgs[k].kind == TD_LOSS_CROSS_ENTROPY && !cfgs[k].soft;
+
+    for (int b = 0; b < NB; b++) {
+      td_backend_fill(g.be[b], P(st, b), 4, 0.0f);
+      td_backend_loss(g.be[b], &cfgs[k], P(z, b), ids ? ct->b[b].ptr : ft->b[b].ptr, R, C,
+                      P(dz, b), P(st, b), P(st, b) + 2);
+    }
+    tw_expect(&g, dz, names[k]);
+    tw_expect(&g, st, "loss stats");
   }
   gpu_close(&g);
 }
@@ -1167,12 +1209,13 @@ START_TEST(test_plan_exact) {
 
   const td_layout *l = td_model_layout(m);
   uint32_t n = spec->batch_size;
-  uint8_t *px = malloc((size_t)n * l->in_elems), *lb = malloc(n);
+  uint8_t *px = malloc((size_t)n * l->in_elems);
+  int32_t *lb = malloc(n * sizeof(*lb));
   ck_assert(px != NULL && lb != NULL);
   for (size_t i = 0; i < (size_t)n * l->in_elems; i++)
     px[i] = (uint8_t)(i * 2654435761u >> 24);
   for (uint32_t i = 0; i < n; i++)
-    lb[i] = (uint8_t)(i % l->classes);
+    lb[i] = (int32_t)(i % l->classes);
   ck_assert_msg(td_model_train_step(m, px, lb, n, &st) == 0, "%s", td_model_error(m));
   ck_assert_int_eq(td_backend_sync(be), 0);
   ck_assert_int_eq(td_backend_device_mem(be, &total, &f2), 0);
@@ -1220,6 +1263,7 @@ static Suite *ops_suite(void) {
   tcase_add_test(tc, test_dropout);
   tcase_add_test(tc, test_graph_ops);
   tcase_add_test(tc, test_softmax_xent);
+  tcase_add_test(tc, test_losses);
   tcase_add_test(tc, test_optimisers);
   tcase_add_test(tc, test_optimisers_full);
   tcase_add_test(tc, test_scale_ops);

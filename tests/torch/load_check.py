@@ -7,8 +7,9 @@ OUTDIR holds model.safetensors and eval.bin from td_model_probe; LOSS_SUM
 and CORRECT are traind's evaluation of that set.  The job's model is built
 as nn.Sequential (jobmodel.py), the file is loaded with strict=True (every
 name and shape must match, nothing missing or extra), and the summed
-cross-entropy in evaluation mode must agree within 1e-4 relative and the
-correct count exactly.  Exits 77 (skipped) without PyTorch or PyYAML.
+loss (the job's: cross-entropy, binary cross-entropy with logits, MSE or
+L1) in evaluation mode must agree within 1e-4 relative and the correct
+count exactly.  Exits 77 (skipped) without PyTorch or PyYAML.
 """
 import os
 import struct
@@ -38,8 +39,16 @@ def main():
         data = f.read()
     count, feats = struct.unpack_from("<II", data, 0)
     px = torch.frombuffer(bytearray(data[8:8 + count * feats]), dtype=torch.uint8)
-    lb = torch.frombuffer(bytearray(data[8 + count * feats:8 + count * feats + count]),
-                          dtype=torch.uint8).long()
+    loss_cfg = (job.get("train", {}) or {}).get("loss", {}) or {}
+    kind = loss_cfg.get("kind", "cross_entropy")
+    soft = loss_cfg.get("targets", "classes") == "soft"
+    width = int(job["model"]["layers"][-1]["units"])
+    tail = bytearray(data[8 + count * feats:])
+    if kind == "cross_entropy" and not soft:
+        lb = torch.frombuffer(tail[:4 * count], dtype=torch.int32).long()
+    else:
+        lb = torch.frombuffer(tail[:4 * count * width], dtype=torch.float32).reshape(count,
+                                                                                      width)
     norm = job.get("data", {}).get("normalize", {}) or {}
     mean, std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
     if jobmodel.takes_ids(job):
@@ -48,8 +57,20 @@ def main():
         x = ((px.float() / 255.0 - mean) / std).reshape([count] + list(x_shape))
     with torch.no_grad():
         logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits, lb, reduction="sum").item()
-        correct = int((logits.argmax(1) == lb).sum())
+        # traind's per-sample loss: cross-entropy summed over the classes,
+        # the others averaged over the outputs; summed over the samples
+        F = torch.nn.functional
+        if kind == "cross_entropy":
+            loss = F.cross_entropy(logits, lb, reduction="sum").item()
+            want = lb.argmax(1) if soft else lb
+            correct = int((logits.argmax(1) == want).sum())
+        elif kind == "binary_cross_entropy":
+            loss = F.binary_cross_entropy_with_logits(logits, lb, reduction="sum").item() / width
+            correct = int(((logits > 0) == (lb >= 0.5)).all(1).sum())
+        else:
+            fn = F.mse_loss if kind == "mse" else F.l1_loss
+            loss = fn(logits, lb, reduction="sum").item() / width
+            correct = 0
     rel = abs(loss - want_loss) / max(abs(want_loss), 1e-12)
     print("%s: traind loss_sum %.6f correct %d; PyTorch %.6f correct %d; rel diff %.2e"
           % (os.path.basename(job_path), want_loss, want_correct, loss, correct, rel))

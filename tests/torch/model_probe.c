@@ -7,7 +7,8 @@
  *   td_model_probe JOB.yaml OUTDIR [STEPS]
  *
  * Writes OUTDIR/model.safetensors and OUTDIR/eval.bin (u32 count, u32
- * features, then count*features uint8 pixels and count uint8 labels) and
+ * features, then count*features uint8 pixels and count targets: int32
+ * labels, or the job's float targets, td_jobspec_target) and
  * prints "loss_sum=X correct=N count=N plan=BYTES peak=BYTES": the memory
  * plan beside the allocator's measured peak. */
 #include <stdio.h>
@@ -30,16 +31,37 @@ static uint32_t rand32(void) {
 }
 
 /* Pixels with some structure (a per-class bias), so training moves the loss. */
-static void fill(uint8_t *px, uint8_t *lb, uint32_t count, uint32_t in, uint32_t classes) {
+static void fill(uint8_t *px, int32_t *lb, uint32_t count, uint32_t in, uint32_t classes) {
   for (uint32_t i = 0; i < count; i++) {
-    lb[i] = (uint8_t)(rand32() % classes);
+    lb[i] = (int32_t)(rand32() % classes);
     for (uint32_t j = 0; j < in; j++)
-      px[(size_t)i * in + j] = (uint8_t)((rand32() & 127) + (j % classes == lb[i] ? 24 : 0));
+      px[(size_t)i * in + j] =
+          (uint8_t)((rand32() & 127) + ((int32_t)(j % classes) == lb[i] ? 24 : 0));
   }
 }
 
-static int write_eval(const char *path, const uint8_t *px, const uint8_t *lb, uint32_t count,
-                      uint32_t in) {
+/* Float targets for the losses that take them: 0/1 labels (binary
+ * cross-entropy), probability rows (soft cross-entropy), values in [-1, 1]
+ * (mse, mae). */
+static void fill_float(const td_jobspec *s, float *t, uint32_t count, uint32_t width) {
+  for (uint32_t i = 0; i < count; i++) {
+    float sum = 0.0f;
+
+    for (uint32_t c = 0; c < width; c++) {
+      float u = (float)(rand32() % 2001) / 1000.0f - 1.0f;
+
+      t[(size_t)i * width + c] = s->loss == TD_LOSS_BCE ? (u > 0.0f ? 1.0f : 0.0f)
+                                 : s->soft_targets      ? u + 1.0f
+                                                        : u;
+      sum += t[(size_t)i * width + c];
+    }
+    for (uint32_t c = 0; s->soft_targets && c < width; c++)
+      t[(size_t)i * width + c] /= sum > 0.0f ? sum : 1.0f;
+  }
+}
+
+static int write_eval(const char *path, const uint8_t *px, const void *lb, size_t tbytes,
+                      uint32_t count, uint32_t in) {
   FILE *f = fopen(path, "wb");
   uint32_t hdr[2] = {count, in};
   int ok;
@@ -47,20 +69,24 @@ static int write_eval(const char *path, const uint8_t *px, const uint8_t *lb, ui
   if (f == NULL)
     return TD_EIO;
   ok = fwrite(hdr, sizeof(hdr), 1, f) == 1 && fwrite(px, (size_t)count * in, 1, f) == 1 &&
-       fwrite(lb, count, 1, f) == 1;
+       fwrite(lb, count * tbytes, 1, f) == 1;
   return fclose(f) == 0 && ok ? 0 : TD_EIO;
 }
 
 int main(int argc, char **argv) {
   char err[512], path[TD_PATH_MAX + 32];
   uint32_t steps = argc > 3 ? (uint32_t)strtoul(argv[3], NULL, 10) : 5;
-  uint8_t *px = NULL, *lb = NULL;
+  uint8_t *px = NULL;
+  int32_t *lb = NULL;
   td_backend *be = NULL;
   td_model *m = NULL;
   td_step_stats st;
   td_mem_stats mem;
   td_jobspec spec;
   uint32_t in, classes, bs, n;
+  td_target target;
+  size_t tbytes;
+  float *tf = NULL;
   int rc = 1;
 
   if (argc < 3) {
@@ -75,7 +101,10 @@ int main(int argc, char **argv) {
   classes = td_jobspec_classes(&spec);
   bs = spec.batch_size;
   n = bs > EVAL_COUNT ? bs : EVAL_COUNT;
-  if ((px = malloc((size_t)n * in)) == NULL || (lb = malloc(n)) == NULL)
+  target = td_jobspec_target(&spec);
+  tbytes = td_target_bytes(target);
+  if ((px = malloc((size_t)n * in)) == NULL || (lb = malloc(n * sizeof(*lb))) == NULL ||
+      (tf = malloc((size_t)n * tbytes)) == NULL)
     goto out;
   if (td_backend_create("cpu0", TD_BUDGET_UNLIMITED, &be, err, sizeof(err)) < 0 ||
       td_model_create(be, &spec, bs, &m, err, sizeof(err)) < 0) {
@@ -84,13 +113,17 @@ int main(int argc, char **argv) {
   }
   for (uint32_t s = 0; s < steps; s++) {
     fill(px, lb, bs, in, classes);
-    if (td_model_train_step(m, px, lb, bs, &st) < 0) {
+    fill_float(&spec, tf, bs, target.width);
+    if (td_model_train_step(m, px, target.dtype == TD_DTYPE_F32 ? (void *)tf : lb, bs, &st) <
+        0) {
       fprintf(stderr, "td_model_probe: step %u: %s\n", s, td_model_error(m));
       goto out;
     }
   }
   fill(px, lb, EVAL_COUNT, in, classes);
-  if (td_model_eval(m, px, lb, EVAL_COUNT, &st) < 0) {
+  fill_float(&spec, tf, EVAL_COUNT, target.width);
+  if (td_model_eval(m, px, target.dtype == TD_DTYPE_F32 ? (void *)tf : lb, EVAL_COUNT, &st) <
+      0) {
     fprintf(stderr, "td_model_probe: eval: %s\n", td_model_error(m));
     goto out;
   }
@@ -100,7 +133,8 @@ int main(int argc, char **argv) {
     goto out;
   }
   snprintf(path, sizeof(path), "%s/eval.bin", argv[2]);
-  if (write_eval(path, px, lb, EVAL_COUNT, in) < 0) {
+  if (write_eval(path, px, target.dtype == TD_DTYPE_F32 ? (void *)tf : lb, tbytes, EVAL_COUNT,
+                 in) < 0) {
     fprintf(stderr, "td_model_probe: cannot write %s\n", path);
     goto out;
   }
@@ -114,5 +148,6 @@ out:
   td_backend_destroy(be);
   free(px);
   free(lb);
+  free(tf);
   return rc;
 }

@@ -193,7 +193,7 @@ END_TEST
 START_TEST(test_softmax_xent) {
   enum { R = 5, C = 7 };
   float z[R * C], got[R * C], stats[2] = {1.5f, 2.0f};
-  uint8_t labels[R] = {0, 6, 3, 3, 1};
+  int32_t labels[R] = {0, 6, 3, 3, 1};
   double want[R * C], loss = 0;
   const float scale = 0.125f;
   unsigned correct = 0;
@@ -219,8 +219,8 @@ START_TEST(test_softmax_xent) {
   }
   ck_assert_uint_ge(correct, 2);
   dev_copy(be, &bz, z, sizeof(z));
-  ck_assert_int_eq(td_backend_alloc(be, R, &bl), 0);
-  td_backend_upload(be, bl.ptr, labels, R);
+  ck_assert_int_eq(td_backend_alloc(be, sizeof(labels), &bl), 0);
+  td_backend_upload(be, bl.ptr, labels, sizeof(labels));
   dev_copy(be, &bd, NULL, sizeof(z));
   dev_copy(be, &bs, stats, sizeof(stats));
   td_backend_softmax_xent(be, bz.ptr, bl.ptr, R, C, scale, bd.ptr, bs.ptr);
@@ -479,7 +479,7 @@ static void mlp_spec(td_jobspec *s, uint32_t in_elems, const uint32_t *units, in
                           .weight_decay = 0.001f};
 }
 
-static void rand_batch(uint8_t *px, uint8_t *lb, uint32_t n, uint32_t in, uint32_t classes) {
+static void rand_batch(uint8_t *px, int32_t *lb, uint32_t n, uint32_t in, uint32_t classes) {
   for (size_t i = 0; i < (size_t)n * in; i++)
     px[i] = (uint8_t)((frand() + 1.0f) * 127.5f);
   for (uint32_t i = 0; i < n; i++)
@@ -489,7 +489,8 @@ static void rand_batch(uint8_t *px, uint8_t *lb, uint32_t n, uint32_t in, uint32
 START_TEST(test_gradient_finite_differences) {
   enum { IN = 6, B = 4 };
   const uint32_t units[] = {5, 4, 3};
-  uint8_t px[B * IN], lb[B];
+  uint8_t px[B * IN];
+  int32_t lb[B];
   td_jobspec spec;
   td_backend *be = cpu();
   td_model *m = NULL;
@@ -540,7 +541,7 @@ END_TEST
 
 /* Weights after steps at micro-batch `micro`, from the same data. */
 static float *train_weights(const td_jobspec *spec, uint32_t micro, const uint8_t *px,
-                            const uint8_t *lb, uint32_t count, int steps) {
+                            const int32_t *lb, uint32_t count, int steps) {
   td_backend *be = cpu();
   td_model *m = NULL;
   td_step_stats st;
@@ -562,7 +563,8 @@ static float *train_weights(const td_jobspec *spec, uint32_t micro, const uint8_
 static void accumulation_case(td_opt_kind opt, uint32_t count, uint32_t micro) {
   enum { IN = 20, B = 32 };
   const uint32_t units[] = {16, 12, 5};
-  uint8_t px[B * IN], lb[B];
+  uint8_t px[B * IN];
+  int32_t lb[B];
   td_jobspec spec;
   float *whole, *sliced;
   uint64_t n = IN * 16 + 16 + 16 * 12 + 12 + 12 * 5 + 5;
@@ -595,7 +597,8 @@ END_TEST
 START_TEST(test_step_rejects_bad_input) {
   enum { IN = 4, B = 8 };
   const uint32_t units[] = {3};
-  uint8_t px[B * IN] = {0}, lb[B] = {0};
+  uint8_t px[B * IN] = {0};
+  int32_t lb[B] = {0};
   td_jobspec spec;
   td_backend *be = cpu();
   td_model *m = NULL;

@@ -189,6 +189,39 @@ START_TEST(off_decides_nothing) {
 }
 END_TEST
 
+/* The metrics beyond accuracy: a MAE falls, a top-k accuracy rises, and a
+ * metric the job does not measure (NaN) never improves. */
+START_TEST(mae_and_top_k_monitors) {
+  td_callbacks c = {.keep_best = {.enabled = 1, .monitor = TD_MONITOR_VAL_MAE},
+                    .early_stop = {.enabled = 1, .monitor = TD_MONITOR_VAL_TOP_K,
+                                   .patience = 2}};
+  static const double mae[] = {0.5, 0.4, 0.45, 0.3}, top[] = {0.6, 0.7, 0.65, 0.68};
+  static const bool best[] = {true, true, false, true}, stop[] = {false, false, false, true};
+  td_cb_state st;
+  td_cb_decision d;
+
+  td_callbacks_init(&c, &st);
+  for (int e = 0; e < 4; e++) {
+    const double v[TD_MONITOR__COUNT] = {[TD_MONITOR_VAL_LOSS] = 1.0,
+                                         [TD_MONITOR_VAL_ACCURACY] = -1.0,
+                                         [TD_MONITOR_VAL_TOP_K] = top[e],
+                                         [TD_MONITOR_VAL_MAE] = mae[e]};
+
+    td_callbacks_epoch_end_all(&c, &st, (uint32_t)e + 1, v, 0.1, &d);
+    ck_assert_msg(d.save_best == best[e], "epoch %d: save_best %d", e + 1, d.save_best);
+    ck_assert_msg(d.stop == stop[e], "epoch %d: stop %d", e + 1, d.stop);
+  }
+  ck_assert_uint_eq(st.kb_epoch, 4);
+  ck_assert_str_eq(td_monitor_name(TD_MONITOR_VAL_MAE), "val_mae");
+  ck_assert_str_eq(td_monitor_name(TD_MONITOR_VAL_TOP_K), "val_top_k");
+  /* the old entry point: val_loss and val_accuracy only, the rest NaN */
+  c.keep_best.monitor = TD_MONITOR_VAL_MAE;
+  td_callbacks_init(&c, &st);
+  td_callbacks_epoch_end(&c, &st, 1, 0.5, 0.5, 0.1, &d);
+  ck_assert(!d.save_best);
+}
+END_TEST
+
 static Suite *callbacks_suite(void) {
   Suite *s = suite_create("callbacks");
   TCase *tc = tcase_create("core");
@@ -197,6 +230,7 @@ static Suite *callbacks_suite(void) {
   tcase_add_test(tc, state_resumes);
   tcase_add_test(tc, off_decides_nothing);
   tcase_add_test(tc, replayed_epoch_changes_nothing);
+  tcase_add_test(tc, mae_and_top_k_monitors);
   suite_add_tcase(s, tc);
   return s;
 }

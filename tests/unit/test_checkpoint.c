@@ -634,7 +634,7 @@ static const char model_job[] =
 
 enum { MODEL_IN = 24, MODEL_BATCH = 8, MODEL_STEPS = 12, MODEL_STOP = 5 };
 
-static void model_batch(uint64_t k, uint8_t px[MODEL_BATCH * MODEL_IN], uint8_t lb[MODEL_BATCH]) {
+static void model_batch(uint64_t k, uint8_t px[MODEL_BATCH * MODEL_IN], int32_t lb[MODEL_BATCH]) {
   for (uint32_t i = 0; i < MODEL_BATCH * MODEL_IN; i++)
     px[i] = (uint8_t)((i + 131u * (uint32_t)k) * 2654435761u >> 13);
   for (uint32_t i = 0; i < MODEL_BATCH; i++)
@@ -651,7 +651,8 @@ static td_model *model_open(td_backend **be, const td_jobspec *spec) {
 }
 
 static void model_steps(td_model *m, uint64_t from, uint64_t to) {
-  uint8_t px[MODEL_BATCH * MODEL_IN], lb[MODEL_BATCH];
+  uint8_t px[MODEL_BATCH * MODEL_IN];
+  int32_t lb[MODEL_BATCH];
   td_step_stats st;
 
   for (uint64_t k = from; k < to; k++) {

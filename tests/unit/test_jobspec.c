@@ -1155,6 +1155,109 @@ START_TEST(graph_concat_errors) {
 }
 END_TEST
 
+/* MIN_JOB (3 outputs) with a loss (train.loss is line 12). */
+static const char *loss_job(const char *loss) {
+  static char text[4096];
+
+  snprintf(text, sizeof(text), "%s  loss: %s\n", MIN_JOB, loss);
+  return text;
+}
+
+/* A csv job with data.csv (line 7) and a loss (line 14). */
+static const char *csv_loss_job(const char *csv, const char *loss) {
+  static char text[4096];
+
+  snprintf(text, sizeof(text), "%s", replaced(csv_job("features: t.csv", "features: u.csv"),
+                                               "  format: csv\n", ""));
+  snprintf(text + strlen(text), sizeof(text) - strlen(text), "  loss: %s\n", loss);
+  return replaced(text, "data:\n", csv[0] ? csv : "data:\n  format: csv\n");
+}
+
+START_TEST(loss_kinds) {
+  td_jobspec s;
+
+  expect_ok(MIN_JOB, NULL, &s);
+  ck_assert_int_eq(s.loss, TD_LOSS_CROSS_ENTROPY);
+  ck_assert_int_eq(td_jobspec_target(&s).dtype, TD_DTYPE_I32);
+  ck_assert_uint_eq(td_jobspec_target(&s).width, 1);
+  expect_ok(loss_job("{kind: binary_cross_entropy}"), NULL, &s);
+  ck_assert_int_eq(s.loss, TD_LOSS_BCE);
+  ck_assert_int_eq(td_jobspec_target(&s).dtype, TD_DTYPE_F32);
+  ck_assert_uint_eq(td_jobspec_target(&s).width, 3);
+  expect_ok(loss_job("{kind: cross_entropy, targets: soft}"), NULL, &s);
+  ck_assert_int_eq(s.soft_targets, 1);
+  ck_assert_uint_eq(td_target_bytes(td_jobspec_target(&s)), 12);
+  expect_ok(job_with("  epochs: 1\n", "  epochs: 1\n  top_k: 2\n"), NULL, &s);
+  ck_assert_uint_eq(s.top_k, 2);
+  expect_ok(csv_loss_job("data:\n  format: csv\n  csv: {target_columns: [4, 0, 6]}\n",
+                         "{kind: mse}"), NULL, &s);
+  ck_assert_int_eq(s.loss, TD_LOSS_MSE);
+  ck_assert_uint_eq(s.csv.ntarget_columns, 3);
+  ck_assert_uint_eq(s.csv.target_columns[0], 4);
+  ck_assert_uint_eq(s.csv.target_columns[2], 6);
+  expect_ok(csv_loss_job("", "{kind: cross_entropy}"), NULL, &s);
+  ck_assert_uint_eq(s.csv.ntarget_columns, 0);
+  ck_assert_str_eq(td_loss_name(TD_LOSS_MAE), "mae");
+}
+END_TEST
+
+START_TEST(regression_example_parses) {
+  const char *root = getenv("TD_SOURCE_ROOT");
+  char path[PATH_MAX], err[512] = "";
+  td_jobspec s;
+
+  snprintf(path, sizeof(path), "%s/examples/csv-regression.yaml", root ? root : ".");
+  ck_assert_msg(td_jobspec_load(path, &s, err, sizeof(err)) == 0, "%s", err);
+  ck_assert_int_eq(s.loss, TD_LOSS_MSE);
+  ck_assert_uint_eq(s.csv.ntarget_columns, td_jobspec_classes(&s));
+  ck_assert_int_eq(s.callbacks.keep_best.monitor, TD_MONITOR_VAL_MAE);
+}
+END_TEST
+
+/* Every combination that cannot work, refused with what to do. */
+START_TEST(loss_errors) {
+  expect_err(loss_job("{kind: hinge}"), "line 12", "'train.loss.kind'");
+  expect_err(loss_job("{kind: mse, targets: soft}"), "line 12",
+             "'train.loss.targets' applies only to cross_entropy");
+  expect_err(loss_job("{kind: mae, label_smoothing: 0.1}"), "line 12",
+             "'train.loss.label_smoothing' applies only to cross_entropy over class integers");
+  expect_err(loss_job("{targets: soft, label_smoothing: 0.1}"), "line 12",
+             "over soft targets");
+  expect_err(job_with("  epochs: 1\n", "  epochs: 1\n  top_k: 4\n"), "line 11",
+             "expected at most the model's 3 classes, got 4");
+  expect_err(job_with("  epochs: 1\n", "  epochs: 1\n  top_k: 2\n  loss: {kind: mse}\n"),
+             "line 11", "'train.top_k' applies only to cross_entropy");
+  /* monitors the job does not measure */
+  expect_err(cb_job("callbacks:\n  keep_best: val_mae\n"), "line 14",
+             "measures no mean absolute error");
+  expect_err(cb_job("callbacks:\n  early_stopping: {monitor: val_top_k}\n"), "line 14",
+             "set train.top_k");
+  expect_err(replaced(cb_job("callbacks:\n  keep_best: val_accuracy\n"), "  epochs: 1\n",
+                      "  epochs: 1\n  loss: {kind: mse}\n"),
+             "callbacks.keep_best", "measures no accuracy (monitor val_loss or val_mae)");
+  /* csv: float targets come from target_columns, class ids from label_column */
+  expect_err(csv_loss_job("", "{kind: mse}"), "line 6",
+             "loss mse needs float targets: name their columns in data.csv.target_columns "
+             "(one per model output, 3)");
+  expect_err(csv_loss_job("data:\n  format: csv\n  csv: {target_columns: [0, 1, 2]}\n",
+                          "{kind: cross_entropy}"),
+             "line 7", "'data.csv.target_columns' gives float targets, and loss cross_entropy "
+             "takes class integers");
+  expect_err(csv_loss_job("data:\n  format: csv\n  csv: {target_columns: [0, 1]}\n",
+                          "{kind: mae}"),
+             "line 7", "expected one column per model output (3), got 2");
+  expect_err(csv_loss_job("data:\n  format: csv\n  csv: {target_columns: [0, 1, 0]}\n",
+                          "{kind: binary_cross_entropy}"), "line 7", "column 0 is named twice");
+  expect_err(csv_loss_job("data:\n  format: csv\n  csv: {label_column: 2, target_columns: "
+                          "[0, 1, 3]}\n", "{kind: mse}"), "line 7",
+             "remove label_column");
+  /* raw: float32 labels are float targets */
+  expect_err(job_with("data:\n", "data:\n  format: raw\n  raw: {record_shape: [4], dtype: "
+                      "float32, label_dtype: float32}\n"),
+             NULL, "'data.raw.label_dtype': loss cross_entropy takes class integers");
+}
+END_TEST
+
 static Suite *jobspec_suite(void) {
   Suite *s = suite_create("jobspec");
   TCase *tc = tcase_create("core");
@@ -1198,6 +1301,9 @@ static Suite *jobspec_suite(void) {
   tcase_add_test(tc, graph_parses);
   tcase_add_test(tc, graph_errors);
   tcase_add_test(tc, graph_concat_errors);
+  tcase_add_test(tc, loss_kinds);
+  tcase_add_test(tc, loss_errors);
+  tcase_add_test(tc, regression_example_parses);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -636,7 +636,7 @@ END_TEST
 START_TEST(test_softmax_xent_smoothing) {
   enum { R = 5, C = 6 };
   const float s = 0.2f, scale = 0.5f;
-  uint8_t lab[R] = {0, 5, 2, 2, 9}; /* row 4: out of range, skipped */
+  int32_t lab[R] = {0, 5, 2, 2, 9}; /* row 4: out of range, skipped */
   bufs p;
   td_buf bl;
   float *z, *dz, *st;
@@ -646,8 +646,8 @@ START_TEST(test_softmax_xent_smoothing) {
   z = drand(&p, R * C, 3, 0);
   dz = dalloc(&p, NULL, R * C);
   st = dalloc(&p, NULL, 2);
-  ck_assert_int_eq(td_backend_alloc(p.be, R, &bl), 0);
-  td_backend_upload(p.be, bl.ptr, lab, R);
+  ck_assert_int_eq(td_backend_alloc(p.be, sizeof(lab), &bl), 0);
+  td_backend_upload(p.be, bl.ptr, lab, sizeof(lab));
   for (int r = 0; r < R; r++) {
     double max = -INFINITY, sum = 0;
     for (int c = 0; c < C; c++)
@@ -1127,14 +1127,14 @@ static void ln_bwd(fd_ctx *c) {
 /* The loss is the output: out[0] = summed loss (out[1] the correct count,
  * its dout ignored). */
 static void xent_setup(fd_ctx *c) {
-  static const uint8_t lab[4] = {1, 4, 0, 4};
+  static const int32_t lab[4] = {1, 4, 0, 4};
 
   fd_input(c, 20, 2, 0);
   fd_output(c, 2);
   c->dout[1] = 0.0f;
   c->aux[0] = dalloc(c->p, NULL, 2);
-  ck_assert_int_eq(td_backend_alloc(c->p->be, 4, &c->labels), 0);
-  td_backend_upload(c->p->be, c->labels.ptr, lab, 4);
+  ck_assert_int_eq(td_backend_alloc(c->p->be, sizeof(lab), &c->labels), 0);
+  td_backend_upload(c->p->be, c->labels.ptr, lab, sizeof(lab));
 }
 static void xent_fwd(fd_ctx *c) {
   td_backend_fill(c->p->be, c->out, 2, 0.0f);
@@ -1591,17 +1591,17 @@ static void ref_layernorm(bufs *p, const ref_file *f, const char *c) {
 static void ref_xent(bufs *p, const ref_file *f, const char *c) {
   const ref_tensor *z = ref_get(f, c, "logits"), *lt = ref_get(f, c, "labels");
   size_t rows = z->dims[0], classes = z->dims[1];
-  uint8_t lab[64];
+  int32_t lab[64];
   td_buf bl;
   float *dz = dalloc(p, NULL, z->n), *st = dalloc(p, NULL, 2), v;
 
-  ck_assert_uint_le(rows, sizeof(lab));
+  ck_assert_uint_le(rows, sizeof(lab) / sizeof(lab[0]));
   for (size_t r = 0; r < rows; r++) {
     memcpy(&v, lt->data + r * 4, 4);
     lab[r] = (uint8_t)v;
   }
-  ck_assert_int_eq(td_backend_alloc(p->be, rows, &bl), 0);
-  td_backend_upload(p->be, bl.ptr, lab, rows);
+  ck_assert_int_eq(td_backend_alloc(p->be, rows * sizeof(lab[0]), &bl), 0);
+  td_backend_upload(p->be, bl.ptr, lab, rows * sizeof(lab[0]));
   td_backend_softmax_xent_smooth(p->be, ref_dev(p, f, c, "logits"), bl.ptr, rows, classes,
                                  ref_param(f, c, 0), 1.0f, dz, st);
   ck_assert_int_eq(td_backend_sync(p->be), 0);

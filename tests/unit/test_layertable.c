@@ -169,7 +169,8 @@ static void job_text(int t, unsigned omit, const char *extra, char *buf, size_t 
 static void round_trip(int t, td_precision prec, bool recompute) {
   const td_layer_def *d = td_layer_def_of((td_layer_type)t);
   char text[1024], err[256], path[] = "/tmp/td_layertable_XXXXXX";
-  uint8_t px[6 * 72], lb[6];
+  uint8_t px[6 * 72];
+  int32_t lb[6];
   td_jobspec s;
   td_plan plan;
   td_backend *be;

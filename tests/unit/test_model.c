@@ -96,7 +96,7 @@ static void graph_spec(td_jobspec *s) {
 }
 
 /* Step k's samples: the same whatever happened before. */
-static void batch(int k, uint8_t *px, uint8_t *lb, const td_jobspec *s) {
+static void batch(int k, uint8_t *px, int32_t *lb, const td_jobspec *s) {
   uint32_t in = (uint32_t)td_jobspec_input_elems(s), classes = td_jobspec_classes(s);
 
   for (uint32_t i = 0; i < s->batch_size * in; i++)
@@ -121,7 +121,8 @@ static void drop(td_model *m, td_backend *be) {
 
 /* steps training steps at micro-batch micro; the weights, malloc'd. */
 static float *train(const td_jobspec *s, uint32_t micro, int steps, uint64_t *n) {
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   td_backend *be;
   td_model *m = make(s, micro, &be);
   td_step_stats st;
@@ -184,7 +185,8 @@ END_TEST
  * to the weights of the uint8 pixels x with scale 1/255. */
 START_TEST(test_float32_samples) {
   enum { STEPS = 20 };
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   float fx[B * 64];
   td_jobspec s;
   td_backend *be[2];
@@ -253,7 +255,8 @@ END_TEST
  * moved once per micro-batch, not again by the recomputation. */
 START_TEST(test_recompute_bitwise) {
   static const td_precision precs[] = {TD_PREC_FP32, TD_PREC_BF16};
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
 
   for (size_t pi = 0; pi < TD_ARRAY_SIZE(precs); pi++) {
     for (uint32_t micro = B; micro >= 4; micro /= 2) {
@@ -300,7 +303,8 @@ END_TEST
 /* fp16: a loss scale that overflows skips the step (weights and optimiser
  * state untouched) and halves the scale; good steps grow it again. */
 START_TEST(test_fp16_overflow_skips) {
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   td_jobspec s;
   td_backend *be;
   td_model *m;
@@ -351,7 +355,8 @@ END_TEST
 /* Clipping bounds the update: one plain SGD step moves the weights by lr
  * times the clipped norm.  A step schedule halves the rate each step. */
 START_TEST(test_clip_and_schedule) {
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   td_jobspec s;
   td_backend *be;
   td_model *m;
@@ -398,7 +403,8 @@ END_TEST
  * the next steps give exactly what an unstopped run gives (BatchNorm,
  * LayerNorm, dropout, Adam, fp16 loss scaling). */
 START_TEST(test_resume_exact) {
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   td_jobspec s;
   td_backend *be, *be2;
   td_model *m, *r;
@@ -486,7 +492,8 @@ END_TEST
 /* Evaluation: dropout is the identity and BatchNorm uses its running
  * statistics, so two evaluations agree and do not move the state. */
 START_TEST(test_eval_mode) {
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   td_jobspec s;
   td_backend *be;
   td_model *m;
@@ -524,7 +531,8 @@ START_TEST(test_remedies_in_order) {
   td_model *m;
   td_plan whole, rec, half;
   bool replanned;
-  uint8_t *px, *lb;
+  uint8_t *px;
+  int32_t *lb;
   td_step_stats st;
 
   memset(&s, 0, sizeof(s));
@@ -562,7 +570,7 @@ START_TEST(test_remedies_in_order) {
   ck_assert(td_model_plan(m)->recompute);
   ck_assert_int_eq(td_model_plan(m)->precision, TD_PREC_BF16);
   px = calloc(1024, 64);
-  lb = calloc(1024, 1);
+  lb = calloc(1024, sizeof(*lb));
   ck_assert_int_eq(td_model_train_step(m, px, lb, 1024, &st), 0);
   ck_assert_int_eq(td_model_set_budget(m, half.total - 1, &replanned), TD_ENOFIT);
   free(px);
@@ -613,7 +621,8 @@ END_TEST
 
 /* The saved file has nn.Sequential's names and PyTorch's shapes. */
 START_TEST(test_save_names) {
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   char path[] = "/tmp/td-model-XXXXXX";
   td_jobspec s;
   td_backend *be;
@@ -667,7 +676,8 @@ END_TEST
 
 /* A residual model learns: the loss on a batch it trains on falls. */
 START_TEST(test_graph_trains) {
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   td_jobspec s;
   td_backend *be;
   td_model *m;
@@ -692,7 +702,8 @@ END_TEST
 /* Recomputing a graph's segments changes no bit, in fp32 and bf16. */
 START_TEST(test_graph_recompute_bitwise) {
   static const td_precision precs[] = {TD_PREC_FP32, TD_PREC_BF16};
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
 
   for (size_t pi = 0; pi < TD_ARRAY_SIZE(precs); pi++) {
     td_jobspec s;
@@ -730,7 +741,8 @@ START_TEST(test_graph_save_names) {
   static const char *const present[] = {"stem.weight", "2.bias", "bn.running_mean",
                                         "bn.num_batches_tracked", "5.weight", "hidden.weight",
                                         "head.bias"};
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   char path[] = "/tmp/td-model-XXXXXX";
   td_jobspec s;
   td_backend *be;
@@ -810,7 +822,8 @@ static void rows_bwd(td_backend *be, const td_conv2d_desc *d, int oh, int ow, co
  * sample at a time in mixed precision; the plan says what was allocated. */
 START_TEST(test_workspace_every_row_count) {
   static const td_precision precs[] = {TD_PREC_FP32, TD_PREC_BF16};
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
 
   for (size_t p = 0; p < TD_ARRAY_SIZE(precs); p++) {
     td_backend *be;
@@ -869,7 +882,8 @@ static int counting_alloc(td_backend *be, uint64_t bytes, void **out, uint64_t *
 }
 
 START_TEST(test_arenas_the_probe_counts) {
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   td_backend *be;
   td_backend_ops fake;
   td_model *m = NULL;
@@ -910,7 +924,8 @@ static void dying_sync(td_backend *be) {
 /* An out-of-memory failure in a step whose wait then finds the context
  * dead reports the sticky error: re-planning would run on a dead context. */
 START_TEST(test_sticky_error_after_oom) {
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   td_backend *be;
   td_backend_ops fake;
   td_model *m = NULL;
@@ -943,7 +958,8 @@ END_TEST
  * exactly the steps of one at lr 0.05 (halving is exact), and the factor
  * comes back from its progress; one out of (0, 1] is refused. */
 START_TEST(test_lr_factor) {
-  uint8_t px[B * 64], lb[B];
+  uint8_t px[B * 64];
+  int32_t lb[B];
   td_jobspec s, h;
   td_backend *be, *be2;
   td_model *m, *r;

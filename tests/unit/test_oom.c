@@ -43,7 +43,7 @@ static void small_spec(td_jobspec *s, td_opt_kind opt) {
 }
 
 /* Step k's samples: the same whatever happened before. */
-static void batch(int k, uint8_t *px, uint8_t *lb, uint32_t n, uint32_t in) {
+static void batch(int k, uint8_t *px, int32_t *lb, uint32_t n, uint32_t in) {
   for (uint32_t i = 0; i < n * in; i++)
     px[i] = (uint8_t)((i + 977u * (uint32_t)k) * 2654435761u >> 11);
   for (uint32_t i = 0; i < n; i++)
@@ -89,7 +89,8 @@ static void run(const td_jobspec *s, const run_opts *o, seen *sn, float **params
                 uint64_t *nparams) {
   uint32_t in = s->input_dims[0] * s->input_dims[1];
   const td_model_hooks hooks = {.oom = hook_oom, .replan = hook_replan, .arg = sn};
-  uint8_t px[24 * 39], lb[24];
+  uint8_t px[24 * 39];
+  int32_t lb[24];
   td_backend *be;
   td_model *m;
   td_plan plan;
@@ -176,7 +177,8 @@ START_TEST(test_failed_step_changes_nothing) {
   td_model *m;
   td_plan plan;
   td_step_stats st;
-  uint8_t px[24 * 39], lb[24];
+  uint8_t px[24 * 39];
+  int32_t lb[24];
   float before[4096], after[4096];
   char err[256];
   int failed = 0;
@@ -244,7 +246,8 @@ START_TEST(test_budget_raised) {
   td_plan plan, p8, p12, p13;
   td_step_stats st;
   td_mem_stats mem;
-  uint8_t px[24 * 39], lb[24];
+  uint8_t px[24 * 39];
+  int32_t lb[24];
   char err[256];
   seen sn;
   float *ref, *got;
@@ -310,7 +313,8 @@ START_TEST(test_raise_after_oom) {
   td_model *m;
   td_plan plan;
   td_step_stats st;
-  uint8_t px[24 * 39], lb[24];
+  uint8_t px[24 * 39];
+  int32_t lb[24];
   char err[256];
   const td_model_hooks hooks = {.oom = hook_fail_again, .arg = &be};
   bool replanned;
@@ -348,7 +352,8 @@ START_TEST(test_replan_alloc_fails) {
   td_model *m;
   td_plan plan, p8;
   td_step_stats st;
-  uint8_t px[24 * 39], lb[24];
+  uint8_t px[24 * 39];
+  int32_t lb[24];
   char err[256];
   seen sn = {0};
   const td_model_hooks hooks = {.oom = hook_oom, .replan = hook_replan, .arg = &sn};
@@ -431,7 +436,8 @@ static td_model *admitted(const td_jobspec *s, td_backend **be) {
  * of 24, each as k steps of its consecutive 24/k samples at lr/k. */
 static float *by_hand(td_opt_kind opt, int k, int n) {
   uint32_t part = 24 / (uint32_t)k;
-  uint8_t px[24 * 39], lb[24];
+  uint8_t px[24 * 39];
+  int32_t lb[24];
   td_jobspec s;
   td_backend *be;
   td_model *m;
@@ -464,7 +470,8 @@ static float *by_hand(td_opt_kind opt, int k, int n) {
 static float *run_shrink(const td_jobspec *s, uint64_t budget, uint64_t inject_at,
                          uint64_t again_at, seen *sn, td_model **keep, td_backend **keep_be) {
   const td_model_hooks hooks = {.oom = hook_oom, .replan = hook_replan, .arg = sn};
-  uint8_t px[24 * 39], lb[24];
+  uint8_t px[24 * 39];
+  int32_t lb[24];
   td_backend *be;
   td_model *m = admitted(s, &be);
   td_step_stats st;
@@ -530,7 +537,8 @@ END_TEST
  * step count as before. */
 START_TEST(test_no_shrink_enofit) {
   const td_model_hooks hooks = {0};
-  uint8_t px[24 * 39], lb[24];
+  uint8_t px[24 * 39];
+  int32_t lb[24];
   float before[4096], after[4096];
   td_jobspec s;
   td_backend *be;
@@ -558,7 +566,8 @@ END_TEST
 
 /* Failed requests of one update at micro-batch 12, counted by failing each. */
 static int requests_per_update(void) {
-  uint8_t px[24 * 39], lb[24];
+  uint8_t px[24 * 39];
+  int32_t lb[24];
   td_jobspec s;
   td_backend *be;
   td_model *m;
@@ -584,7 +593,8 @@ static int requests_per_update(void) {
  * whole state and the step count as they were. */
 START_TEST(test_shrink_step_atomic) {
   const uint32_t floats_max = 16384;
-  uint8_t px[24 * 39], lb[24];
+  uint8_t px[24 * 39];
+  int32_t lb[24];
   float *before = malloc(floats_max * sizeof(float)), *after = malloc(floats_max * sizeof(float));
   td_jobspec s;
   td_backend *be;
@@ -673,7 +683,8 @@ START_TEST(test_shrink_follows_budget) {
         {plan_at(&s, 1) - 1, TD_ENOFIT, 4}, /* as it was */
         {plan_at(&s, 24), 0, 24},
     };
-    uint8_t px[24 * 39], lb[24];
+    uint8_t px[24 * 39];
+  int32_t lb[24];
     td_step_stats st;
 
     m = admitted(&s, &be);

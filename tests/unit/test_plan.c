@@ -58,9 +58,9 @@ START_TEST(test_example_by_hand) {
   ck_assert_uint_eq(p.activations, (128 * 784 + 128 * 512 + 128 * 256 + 128 * 512) * 4 + 64);
   ck_assert_uint_eq(p.activations, 1056832);
   ck_assert_uint_eq(p.workspace, 0);
-  ck_assert_uint_eq(p.staging, 128 * 784 + 128); /* uint8 pixels, then labels */
+  ck_assert_uint_eq(p.staging, 128 * 784 + 128 * 4); /* uint8 pixels, then int32 labels */
   ck_assert_uint_eq(p.overhead, 0);
-  ck_assert_uint_eq(p.total, 4 * 2143272 + 1056832 + 100480);
+  ck_assert_uint_eq(p.total, 4 * 2143272 + 1056832 + 100864);
   ck_assert(!p.batch_dependent && !p.recompute);
   ck_assert_int_eq(p.precision, TD_PREC_FP32);
 
@@ -68,9 +68,9 @@ START_TEST(test_example_by_hand) {
   ck_assert_int_eq(td_plan_compute(&s, 32, TD_PREC_FP32, 300 << 20, &p), 0);
   ck_assert_uint_eq(p.params, 2143272);
   ck_assert_uint_eq(p.activations, (32 * 784 + 32 * 512 + 32 * 256 + 32 * 512) * 4 + 64);
-  ck_assert_uint_eq(p.staging, 32 * 784 + 32);
+  ck_assert_uint_eq(p.staging, 32 * 784 + 32 * 4);
   ck_assert_uint_eq(p.overhead, 300 << 20);
-  ck_assert_uint_eq(p.total, 4 * 2143272 + 264256 + 25120 + (300 << 20));
+  ck_assert_uint_eq(p.total, 4 * 2143272 + 264256 + 25216 + (300 << 20));
 }
 END_TEST
 
@@ -116,7 +116,7 @@ START_TEST(test_example_layout) {
   for (int i = 0; i < l.nlayers; i++)
     ck_assert_uint_eq(l.layers[i].y % TD_PLAN_ALIGN, 0);
   ck_assert_uint_eq(l.stage_labels, 128 * 784);
-  ck_assert_uint_eq(l.stage_bytes, 128 * 784 + 128);
+  ck_assert_uint_eq(l.stage_bytes, 128 * 784 + 128 * 4);
 }
 END_TEST
 
@@ -338,7 +338,8 @@ static void exact_case(const td_jobspec *s, uint32_t micro) {
   td_mem_stats mem;
   td_step_stats st;
   td_plan plan;
-  uint8_t *px, *lb;
+  uint8_t *px;
+  int32_t *lb;
   char err[256];
 
   for (int i = 0; i < s->input_rank; i++)
@@ -364,7 +365,7 @@ static void exact_case(const td_jobspec *s, uint32_t micro) {
   classes = td_model_layout(m)->classes;
   /* other stored types get zeros: a valid value of each */
   px = calloc((size_t)s->batch_size * in, td_dtype_size(s->sample_dtype));
-  lb = malloc(s->batch_size);
+  lb = malloc(s->batch_size * sizeof(*lb));
   for (size_t i = 0; s->sample_dtype == TD_DTYPE_U8 && i < (size_t)s->batch_size * in; i++)
     px[i] = (uint8_t)(i * 2654435761u >> 7);
   for (uint32_t i = 0; i < s->batch_size; i++)
@@ -417,7 +418,7 @@ START_TEST(test_sample_dtypes) {
     ck_assert_int_eq(l.in_dtype, cases[i].t);
     ck_assert_uint_eq(l.stage_labels, (cases[i].samples + 63) / 64 * 64);
     ck_assert_int_eq(td_plan_compute(&s, 37, TD_PREC_FP32, 0, &p), 0);
-    ck_assert_uint_eq(p.staging, l.stage_labels + 37);
+    ck_assert_uint_eq(p.staging, l.stage_labels + 37 * 4);
   }
   s.sample_dtype = TD_DTYPE_F32;
   exact_case(&s, 37);

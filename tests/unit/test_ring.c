@@ -479,35 +479,44 @@ START_TEST(test_batch_layout) {
   char msg[16];
 
   memset(&u, 0, sizeof(u));
-  ck_assert_uint_eq(sizeof(td_batch_hdr), 40);
-  ck_assert_uint_eq(td_batch_bytes(64, 784), 40 + 64 * 785);
+  ck_assert_uint_eq(sizeof(td_batch_hdr), 48);
+  ck_assert_uint_eq(td_batch_bytes(64, 784, 4), 48 + 64 * 788);
   u.h.kind = TD_BATCH_TRAIN;
   u.h.index = 1;
   u.h.nbatches = 2;
   u.h.count = 3;
   u.h.sample_bytes = 4;
-  ck_assert_ptr_eq(td_batch_pixels(&u.h), u.bytes + 40);
-  ck_assert_ptr_eq(td_batch_labels(&u.h), u.bytes + 40 + 12);
-  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4)), 0);
-  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4) + 1), TD_EPROTO);
-  ck_assert_int_eq(td_batch_check(&u, 39), TD_EPROTO);
+  u.h.target_bytes = 4;
+  ck_assert_ptr_eq(td_batch_pixels(&u.h), u.bytes + 48);
+  ck_assert_ptr_eq(td_batch_targets(&u.h), u.bytes + 48 + 12);
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4, 4)), 0);
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4, 4) + 1), TD_EPROTO);
+  ck_assert_int_eq(td_batch_check(&u, 47), TD_EPROTO);
+  /* float targets: 4 bytes an output; never a partial float */
+  u.h.target_bytes = 12;
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4, 12)), 0);
+  u.h.target_bytes = 6;
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4, 6)), TD_EPROTO);
+  u.h.target_bytes = 0;
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4, 0)), TD_EPROTO);
+  u.h.target_bytes = 4;
   u.h.index = 2;
-  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4)), TD_EPROTO);
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4, 4)), TD_EPROTO);
   u.h.index = 0;
 
   /* Samples in their stored type: the size of the type divides the
    * sample; validation batches are batches too. */
   u.h.kind = TD_BATCH_VAL;
   u.h.dtype = TD_DTYPE_F32;
-  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4)), 0);
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4, 4)), 0);
   u.h.dtype = TD_DTYPE_F16;
-  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4)), 0);
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 4, 4)), 0);
   u.h.sample_bytes = 6;
-  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 6)), 0);
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 6, 4)), 0);
   u.h.dtype = TD_DTYPE_I32;
-  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 6)), TD_EPROTO);
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 6, 4)), TD_EPROTO);
   u.h.dtype = 99;
-  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 6)), TD_EPROTO);
+  ck_assert_int_eq(td_batch_check(&u, td_batch_bytes(3, 6, 4)), TD_EPROTO);
   u.h.dtype = TD_DTYPE_U8;
   u.h.kind = TD_BATCH_TRAIN;
   u.h.count = UINT32_MAX;
@@ -519,10 +528,10 @@ START_TEST(test_batch_layout) {
   /* An error message without its terminator is cut at the slot's end. */
   u.h.kind = TD_BATCH_ERROR;
   ck_assert_int_eq(td_batch_check(&u, sizeof(u.h)), 0);
-  memcpy(u.bytes + 40, "abcdefgh", 8);
-  td_batch_error_text(&u.h, 40 + 5, msg, sizeof(msg));
+  memcpy(u.bytes + 48, "abcdefgh", 8);
+  td_batch_error_text(&u.h, 48 + 5, msg, sizeof(msg));
   ck_assert_str_eq(msg, "abcde");
-  td_batch_error_text(&u.h, 40 + 8, msg, 4);
+  td_batch_error_text(&u.h, 48 + 8, msg, 4);
   ck_assert_str_eq(msg, "abc");
   td_batch_error_text(&u.h, 40, msg, sizeof(msg));
   ck_assert_str_eq(msg, "");

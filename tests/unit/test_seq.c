@@ -574,7 +574,7 @@ static void block_spec(td_jobspec *s) {
 
 /* The class of a sequence is how many of its tokens are 0, capped at 2: a
  * count over positions, which attention can see. */
-static void block_batch(unsigned *seed, uint8_t *ids, uint8_t *labels) {
+static void block_batch(unsigned *seed, uint8_t *ids, int32_t *labels) {
   for (int i = 0; i < TB_BATCH; i++) {
     int zeros = 0;
 
@@ -582,12 +582,13 @@ static void block_batch(unsigned *seed, uint8_t *ids, uint8_t *labels) {
       ids[i * TB_T + t] = (uint8_t)(rand_r(seed) % TB_VOCAB);
       zeros += ids[i * TB_T + t] == 0;
     }
-    labels[i] = (uint8_t)(zeros < 2 ? zeros : 2);
+    labels[i] = zeros < 2 ? zeros : 2;
   }
 }
 
 START_TEST(test_block_trains) {
-  uint8_t ids[TB_BATCH * TB_T], labels[TB_BATCH];
+  uint8_t ids[TB_BATCH * TB_T];
+  int32_t labels[TB_BATCH];
   double first = 0.0, last = 0.0;
   unsigned seed = 3;
   td_jobspec s;
@@ -625,7 +626,8 @@ END_TEST
 /* An id beyond the vocabulary is TD_EDATA naming its sample, before
  * anything runs. */
 START_TEST(test_block_bad_id) {
-  uint8_t ids[TB_BATCH * TB_T], labels[TB_BATCH];
+  uint8_t ids[TB_BATCH * TB_T];
+  int32_t labels[TB_BATCH];
   unsigned seed = 5;
   td_jobspec s;
   td_backend *be;

@@ -145,7 +145,7 @@ static void spec_of(td_jobspec *s, net_kind net, td_opt_kind opt, td_precision p
 }
 
 /* Step k's samples; the last step's batch is short (a tail block of 8). */
-static uint32_t batch(int k, uint8_t *px, uint8_t *lb) {
+static uint32_t batch(int k, uint8_t *px, int32_t *lb) {
   uint32_t n = k == STEPS - 1 ? BATCH - 8 : BATCH;
 
   for (uint32_t i = 0; i < n * 144; i++)
@@ -155,9 +155,29 @@ static uint32_t batch(int k, uint8_t *px, uint8_t *lb) {
   return n;
 }
 
+/* Step k's float targets (every loss but cross_entropy over class ids),
+ * 10 a sample: 0 or 1 for binary_cross_entropy, a probability row for soft
+ * cross_entropy, values around the outputs' scale for mse and mae. */
+static void float_targets(int k, const td_jobspec *s, uint32_t n, float *t) {
+  for (uint32_t i = 0; i < n; i++) {
+    float sum = 0.0f;
+
+    for (uint32_t c = 0; c < 10; c++) {
+      uint32_t h = (i * 31u + c * 7u + (uint32_t)k) * 2654435761u >> 16;
+
+      t[i * 10 + c] = s->loss == TD_LOSS_BCE ? (float)(h & 1) : (float)(h % 1000) / 1000.0f;
+      sum += t[i * 10 + c];
+    }
+    if (s->soft_targets)
+      for (uint32_t c = 0; c < 10; c++)
+        t[i * 10 + c] /= sum;
+  }
+}
+
 typedef struct trace {
   float *grads[STEPS], *params;
   double loss[STEPS];
+  double metric[STEPS]; /* the metrics' sums together */
   uint64_t n;
 } trace;
 
@@ -171,7 +191,10 @@ static void trace_free(trace *t) {
  * a random whole number of blocks (another seed).  The gradients of each
  * step and the final weights go to t. */
 static void run(const td_jobspec *s, unsigned seed, trace *t) {
-  uint8_t px[BATCH * 144], lb[BATCH];
+  uint8_t px[BATCH * 144];
+  int32_t lb[BATCH];
+  float tf[BATCH * 10];
+  const void *tg = td_jobspec_target(s).dtype == TD_DTYPE_F32 ? (const void *)tf : lb;
   td_backend *be;
   td_model *m;
   char err[256];
@@ -184,17 +207,19 @@ static void run(const td_jobspec *s, unsigned seed, trace *t) {
     uint32_t n = batch(k, px, lb);
     td_step_stats st;
 
+    float_targets(k, s, n, tf);
     if (seed != 0) {
       uint32_t blocks = 1 + (uint32_t)(rand_r(&seed) % (BATCH / TD_BLOCK_ROWS));
 
       ck_assert_int_eq(td_model_replan(m, blocks * TD_BLOCK_ROWS), 0);
     }
     /* the gradients alone first, then the step (which rebuilds them) */
-    ck_assert_msg(td_model_backward(m, px, lb, n, &st) == 0, "%s", td_model_error(m));
+    ck_assert_msg(td_model_backward(m, px, tg, n, &st) == 0, "%s", td_model_error(m));
     t->grads[k] = malloc(t->n * sizeof(float));
     ck_assert_int_eq(td_model_get_grads(m, t->grads[k]), 0);
     t->loss[k] = st.loss_sum;
-    ck_assert_msg(td_model_train_step(m, px, lb, n, &st) == 0, "%s", td_model_error(m));
+    t->metric[k] = st.abs_sum + st.correct + st.topk;
+    ck_assert_msg(td_model_train_step(m, px, tg, n, &st) == 0, "%s", td_model_error(m));
   }
   t->params = malloc(t->n * sizeof(float));
   ck_assert_int_eq(td_model_get_params(m, t->params), 0);
@@ -209,18 +234,23 @@ static void assert_same(const trace *a, const trace *b, const char *what) {
                   "%s: the gradients of step %d differ", what, k);
     ck_assert_msg(a->loss[k] == b->loss[k], "%s: the loss of step %d differs (%.9g, %.9g)",
                   what, k, a->loss[k], b->loss[k]);
+    ck_assert_msg(a->metric[k] == b->metric[k], "%s: the metrics of step %d differ", what, k);
   }
   ck_assert_msg(memcmp(a->params, b->params, a->n * sizeof(float)) == 0,
                 "%s: the weights differ", what);
 }
 
 /* Random splits per step, several sequences: each matches the whole batch. */
-static void random_splits(net_kind net, td_opt_kind opt, td_precision prec) {
+static void random_splits_loss(net_kind net, td_opt_kind opt, td_precision prec,
+                               td_loss_kind loss, int soft) {
   td_jobspec s;
   trace ref, got;
   char what[64];
 
   spec_of(&s, net, opt, prec);
+  s.loss = loss;
+  s.soft_targets = soft;
+  s.top_k = loss == TD_LOSS_CROSS_ENTROPY ? 3 : 0;
   run(&s, 0, &ref);
   for (unsigned seed = 1; seed <= 4; seed++) {
     snprintf(what, sizeof(what), "net %d opt %d prec %d seed %u", net, opt, prec, seed);
@@ -229,6 +259,10 @@ static void random_splits(net_kind net, td_opt_kind opt, td_precision prec) {
     trace_free(&got);
   }
   trace_free(&ref);
+}
+
+static void random_splits(net_kind net, td_opt_kind opt, td_precision prec) {
+  random_splits_loss(net, opt, prec, TD_LOSS_CROSS_ENTROPY, 0);
 }
 
 START_TEST(test_mlp_adam) { random_splits(NET_MLP, TD_OPT_ADAM, TD_PREC_FP32); }
@@ -277,11 +311,30 @@ START_TEST(test_transformer_lanes) {
 }
 END_TEST
 
+/* Each loss, with its metrics, keeps the bits too. */
+START_TEST(test_loss_soft) {
+  random_splits_loss(NET_MLP, TD_OPT_ADAM, TD_PREC_FP32, TD_LOSS_CROSS_ENTROPY, 1);
+}
+END_TEST
+START_TEST(test_loss_bce) {
+  random_splits_loss(NET_MLP, TD_OPT_SGD, TD_PREC_FP32, TD_LOSS_BCE, 0);
+}
+END_TEST
+START_TEST(test_loss_mse) {
+  random_splits_loss(NET_CNN, TD_OPT_ADAM, TD_PREC_FP32, TD_LOSS_MSE, 0);
+}
+END_TEST
+START_TEST(test_loss_mae_bf16) {
+  random_splits_loss(NET_MLP, TD_OPT_ADAMW, TD_PREC_BF16, TD_LOSS_MAE, 0);
+}
+END_TEST
+
 /* A split that is not whole blocks is not promised: the test above is not
  * vacuous, since such a split does change bits (here, on the MLP and the
  * sequence model). */
 START_TEST(test_other_split_differs) {
-  uint8_t px[BATCH * 144], lb[BATCH];
+  uint8_t px[BATCH * 144];
+  int32_t lb[BATCH];
   float *a, *b;
   td_jobspec s;
   td_backend *be;
@@ -394,6 +447,10 @@ static Suite *bitid_suite(void) {
   tcase_add_test(tc, test_mlp_adam);
   tcase_add_test(tc, test_mlp_sgd);
   tcase_add_test(tc, test_cnn_adam);
+  tcase_add_test(tc, test_loss_soft);
+  tcase_add_test(tc, test_loss_bce);
+  tcase_add_test(tc, test_loss_mse);
+  tcase_add_test(tc, test_loss_mae_bf16);
   tcase_add_test(tc, test_cnn_adamw_bf16);
   tcase_add_test(tc, test_cnn_sgd_fp16);
   tcase_add_test(tc, test_layernorm_adam);

@@ -49,6 +49,7 @@ typedef struct td_layer {
   float p;             /* dropout: probability of dropping */
   float eps;           /* batchnorm2d, layernorm: 1e-5 (0 in code: the same) */
   float momentum;      /* batchnorm2d: running statistics' rate, 0.1 (0 in code: the same) */
+  uint8_t frozen;      /* layers with parameters: `trainable: false`, never updated */
   int line;            /* line in the job file, for messages */
 } td_layer;
 
@@ -178,6 +179,13 @@ typedef struct td_jobspec {
   td_callbacks callbacks;
 
   char output[TD_PATH_MAX]; /* safetensors path; "" = the job's state dir */
+
+  /* weights in: the initial parameters and buffers from a safetensors
+   * model (common/modelfile.h) instead of the random init; "" = random */
+  char init[TD_PATH_MAX];
+  /* not a job-file key: traind sets it on a job made by `submit
+   * --continue`, which starts from that job's final state; 0 = none */
+  uint64_t continues;
 } td_jobspec;
 
 /* Parse YAML text.  Relative paths are resolved against base_dir (which

@@ -24,6 +24,8 @@ const char *const td_layer_key_names[TD_LK__COUNT] = {
 };
 
 static const char *const gelu_names[] = {"none", "tanh", NULL};
+/* trainable: false sets frozen (the index of the name) */
+static const char *const trainable_names[] = {"true", "false", NULL};
 
 /* Shapes */
 
@@ -263,6 +265,11 @@ static int check_layer(const td_yfield *f, void *p, const td_ynode *n, void *use
       return 1;
     }
   }
+  if (l->frozen && !d->trainable) {
+    snprintf(msg, cap, "a %s layer has no parameters to freeze; 'trainable' applies to "
+             "layers that have them", td_layer_names[l->type]);
+    return 1;
+  }
   /* left out: 0, which the helpers read as the default */
   if ((d->takes & TD_LK(STRIDE)) && td_yaml_get(n, "stride") == NULL)
     l->stride = td_layer_stride(l);
@@ -304,6 +311,7 @@ static const td_yfield layer_fields[] = {
     TD_YF_FLOAT("p", td_layer, p, 0, 1, TD_YF_HI_OPEN),
     TD_YF_FLOAT("eps", td_layer, eps, 0, 1, TD_YF_LO_OPEN),
     TD_YF_FLOAT("momentum", td_layer, momentum, 0, 1, 0),
+    TD_YF_ENUM("trainable", td_layer, frozen, trainable_names, NULL, 0),
     {0},
 };
 

@@ -70,6 +70,7 @@ static const jd_field layer_fields[] = {
     FL("p", td_layer, p, 0, 1, JD_HI_OPEN),
     FL("eps", td_layer, eps, 0, 1, 0),
     FL("momentum", td_layer, momentum, 0, 1, 0),
+    U("frozen", td_layer, frozen, 0, 1),
     I("line", td_layer, line, 0, INT_MAX),
     {0},
 };
@@ -198,6 +199,8 @@ static const jd_field job_fields[] = {
     U("tb_every_steps", td_jobspec, tb_every_steps, 0, 1000000),
     MAP("callbacks", td_jobspec, callbacks, callbacks_fields),
     S("output", td_jobspec, output, 0),
+    S("init", td_jobspec, init, 0),
+    U("continues", td_jobspec, continues, ANY_U64),
     {0},
 };
 

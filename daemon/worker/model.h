@@ -208,5 +208,10 @@ int td_model_set_progress(td_model *m, const td_model_progress *p);
  * gamma) and "<layer index>.bias"; batchnorm2d also "<i>.running_mean",
  * "<i>.running_var" and "<i>.num_batches_tracked" (an I64 scalar). */
 int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t nmeta);
+/* The parameters and buffers from a model file read whole (the job file's
+ * init:), in place of the random init; strict as common/modelfile.h says.
+ * TD_EDATA (td_model_error names the first tensor that does not match),
+ * TD_ENOMEM, or the backend's failure; the model is unchanged on failure. */
+int td_model_load(td_model *m, const td_st_file *f);
 
 #endif

@@ -88,6 +88,8 @@ def build(job):
             layers.append(nn.LayerNorm(shape, eps=float(spec.get("eps", 1e-5))))
         else:
             raise ValueError("layer type %r has no PyTorch equivalent here" % t)
+        if spec.get("trainable", True) is False:
+            layers[-1].requires_grad_(False)  # trainable: false
     return nn.Sequential(*layers), x_shape
 
 

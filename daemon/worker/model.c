@@ -848,12 +848,11 @@ static int update(td_model *m, double lr_scale, bool *took) {
   float *stats = act(m, m->lay.stats);
   const td_optimizer *o = &m->spec.opt;
   size_t n = m->lay.nparams;
+  float *gs[TD_MAX_LAYERS];
   uint64_t taken;
   float lr;
 
   *took = false;
-  float *gs[TD_MAX_LAYERS];
-
   /* frozen layers' gradients (computed above the first layer that trains)
    * count for nothing: not in the check, the norm or the update */
   for (int k = 0; k < m->nspans; k++)

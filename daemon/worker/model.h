@@ -17,7 +17,10 @@
  * loss scale) if one is inf or NaN; clip by the global norm; the optimiser
  * (SGD with momentum, dampening, Nesterov; Adam; AdamW) at the schedule's
  * rate for this step.  bf16 and fp16 keep fp32 master weights and compute on
- * values rounded as a GPU's 16-bit tensors would hold them.
+ * values rounded as a GPU's 16-bit tensors would hold them.  A frozen layer
+ * (trainable: false) takes no part in it: its gradients are not checked,
+ * not in the norm, and its parameters and optimiser state are not touched;
+ * the backward pass stops at the first layer that trains.
  */
 #ifndef TD_MODEL_H
 #define TD_MODEL_H

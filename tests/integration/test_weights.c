@@ -1,7 +1,8 @@
 /* Weights in, with the real traind, worker, loader and client: a job of 1
  * epoch continued by 1 more (`submit --continue`) ends with the weights of
- * the same job file run for 2 epochs, to the bit, and a job that is not
- * finished cannot be continued; a job started from another's model
+ * the same job file run for 2 epochs, to the bit, a continue sent twice
+ * with one key makes one job, and a job that is not finished cannot be
+ * continued; a job started from another's model
  * (`init:`) with its first layer frozen (`trainable: false`) ends with that
  * layer's tensors bit for bit the file's and the others trained, and a
  * model file of another shape is refused at submit by the client and, past
@@ -133,6 +134,31 @@ START_TEST(continue_ends_as_the_longer_job) {
   }
   td_safetensors_free(fb);
   td_safetensors_free(fc);
+
+  /* the same key again is the same job (REQ resends a request whose
+   * reply was lost) */
+  for (int i = 0; i < 2; i++) {
+    uint64_t got = 0;
+    int dup = -1;
+
+    td_pack_init(&p);
+    td_pack_request(&p, "continue", 3);
+    td_pack_kv_u64(&p, "id", a);
+    td_pack_kv_u64(&p, "epochs", 3);
+    td_pack_kv_str(&p, "key", "twice");
+    ck_assert_int_eq(th_rpc_pack(g_sock, &p, &m, &code, err, sizeof(err)), 0);
+    td_pack_free(&p);
+    ck_assert_msg(code == 0, "continue: %s", err);
+    ck_assert_int_eq(td_obj_u64(td_msg_root(m), "id", &got), 0);
+    ck_assert_int_eq(td_obj_bool(td_msg_root(m), "duplicate", &dup), 0);
+    td_msg_free(m);
+    m = NULL;
+    ck_assert_int_eq(dup, i);
+    if (i == 0)
+      d = got;
+    ck_assert_uint_eq(got, d);
+  }
+  ck_assert_int_eq(th_rpc_simple(g_sock, "cancel", "id", d, NULL, &code, err, sizeof(err)), 0);
 
   /* a job that has not finished cannot be continued, nor a missing one */
   th_job_yaml(long_job, sizeof(long_job), "long", 32, 1000, 500, 50);

@@ -750,16 +750,21 @@ static int init_from(trainer *t, const char *path) {
   const td_layout *l = td_model_layout(t->model);
   uint64_t max = 8 + TD_ST_MAX_HEADER + 8 * (l->nparams + l->nbuffers + TD_MF_MAX);
   td_st_file *f = NULL;
-  char err[512];
+  char err[512], *buf;
+  size_t len;
   int rc;
 
   if ((rc = td_safetensors_load_header(path, &f, err, sizeof(err))) == 0) {
     td_safetensors_free(f);
-    rc = td_safetensors_load(path, max > SIZE_MAX ? SIZE_MAX : (size_t)max, &f, err,
-                             sizeof(err));
+    f = NULL;
+    rc = td_read_file(path, max > SIZE_MAX ? SIZE_MAX : (size_t)max, &buf, &len);
     if (rc == TD_ETOOBIG)
       snprintf(err, sizeof(err), "larger than a model of this job's tensors can be (%llu "
                "bytes at most)", (unsigned long long)max);
+    else if (rc < 0)
+      snprintf(err, sizeof(err), "%s", why(rc));
+    else
+      rc = td_safetensors_parse(buf, len, &f, err, sizeof(err)), free(buf);
   }
   if (rc < 0)
     return fail(rc == TD_ENOMEM ? rc : TD_EDATA, "init %s: %s", path, err);

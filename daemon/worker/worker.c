@@ -38,9 +38,10 @@
  * is not already that: traind keeps it when the job succeeds.
  *
  * init: (the job file's key) loads the model's initial parameters and
- * buffers from a safetensors model (common/modelfile.h) before any
- * checkpoint; a file that does not match fails the job with EDATA naming
- * the first tensor at fault.
+ * buffers from a safetensors model (common/modelfile.h) when the job starts
+ * from the beginning (not when it resumes: the checkpoint holds the state
+ * past it); a file that does not match fails the job with EDATA naming the
+ * first tensor at fault.
  *
  * Callbacks (the job's callbacks section, common/callbacks.h) judge each
  * epoch's validation numbers: keep_best writes the model to
@@ -1446,10 +1447,12 @@ int main(int argc, char **argv) {
   td_callbacks_init(&spec.callbacks, &t.cb);
   if (spec.callbacks.keep_best.enabled)
     best_path(a.output, t.best_path, sizeof(t.best_path));
-  /* init first: a checkpoint, when there is one, holds the state past it */
-  if (spec.init[0] != '\0' && (status = init_from(&t, spec.init)) != 0)
-    goto destroy_model;
   if (a.resume != NULL && (status = resume(&t, a.resume)) != 0)
+    goto destroy_model;
+  /* A checkpoint holds the state past init: the file is read only when the
+   * job starts from the beginning (and may be gone by the time it resumes,
+   * or is continued). */
+  if (spec.init[0] != '\0' && !t.check_resume && (status = init_from(&t, spec.init)) != 0)
     goto destroy_model;
   if (a.checkpoint == NULL) {
     free(t.state);

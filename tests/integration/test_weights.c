@@ -4,7 +4,8 @@
  * with one key makes one job, and a job that is not finished cannot be
  * continued; a job started from another's model
  * (`init:`) with its first layer frozen (`trainable: false`) ends with that
- * layer's tensors bit for bit the file's and the others trained, and a
+ * layer's tensors bit for bit the file's and the others trained, also
+ * once continued (without the init file, which it no longer reads), and a
  * model file of another shape is refused at submit by the client and, past
  * the client, by the worker, naming the tensor. */
 #include <check.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "harness.h"
@@ -185,8 +187,9 @@ END_TEST
 
 START_TEST(init_with_a_frozen_layer) {
   char base[4096], yaml[8192], wrong[8192], model[1024], path[512], out[4096], err[4096];
+  char sid[24];
   const char *layer = "{type: dense, units: 32}";
-  uint64_t a, e, f;
+  uint64_t a, c, e, f;
   td_st_file *fa, *fe;
   char *at;
 
@@ -207,7 +210,6 @@ START_TEST(init_with_a_frozen_layer) {
   ck_assert(same_tensor(fa, fe, "0.weight"));
   ck_assert(same_tensor(fa, fe, "0.bias"));
   ck_assert(!same_tensor(fa, fe, "2.weight"));
-  td_safetensors_free(fa);
   td_safetensors_free(fe);
 
   /* 64 units: the client names the tensor at submit; past it, the worker */
@@ -225,6 +227,20 @@ START_TEST(init_with_a_frozen_layer) {
   ck_assert_int_eq(th_show_str(g_sock, f, "error", err, sizeof(err)), 0);
   ck_assert_msg(strstr(err, "tensor '0.weight' has shape [32, 784], the model's is [64, 784]"),
                 "%s", err);
+
+  /* continued, the frozen job starts from its final state: the init file,
+   * gone by now, is not read again, and the layer stays frozen */
+  ck_assert_int_eq(unlink(model), 0);
+  snprintf(sid, sizeof(sid), "%llu", (unsigned long long)e);
+  ck_assert_int_eq(th_client(g_d.sock, out, sizeof(out), err, sizeof(err), "submit",
+                             "--continue", sid, "--epochs", "1", NULL), 0);
+  ck_assert_msg(sscanf(out, "submitted job %llu", (unsigned long long *)&c) == 1, "%s", out);
+  wait_state(c, "succeeded");
+  fe = model_of(c);
+  ck_assert(same_tensor(fa, fe, "0.weight"));
+  ck_assert(same_tensor(fa, fe, "0.bias"));
+  td_safetensors_free(fa);
+  td_safetensors_free(fe);
 }
 END_TEST
 

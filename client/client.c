@@ -15,6 +15,7 @@ enum {
   OPT_SOCKET, OPT_JSON, OPT_TIMEOUT, OPT_HELP, OPT_VERSION,
   OPT_WAIT, OPT_NAME, OPT_STATE, OPT_LIMIT, OPT_OWNER, OPT_MINE, OPT_DEVICE, OPT_FOLLOW,
   OPT_TAIL, OPT_BUDGET, OPT_DRAIN, OPT_RESUME, OPT_ONCE, OPT_TOPIC, OPT_COUNT,
+  OPT_CONTINUE, OPT_EPOCHS,
 };
 
 /* Bits of the command options a command accepts. */
@@ -47,6 +48,8 @@ static const struct opt_def {
   {"once",    0,   0, OPT_ONCE,    1},
   {"topic",   0,   1, OPT_TOPIC,   1},
   {"count",   0,   1, OPT_COUNT,   1},
+  {"continue", 0,  1, OPT_CONTINUE, 1},
+  {"epochs",  0,   1, OPT_EPOCHS,  1},
 };
 
 typedef int (*cmd_fn)(cli *c, const cli_args *a);
@@ -60,8 +63,9 @@ static const struct command {
   const char *summary;
   const char *help;
 } commands[] = {
-  {"submit", NULL, "FILE [--wait] [--name NAME]", 1, 1, CMD_OPT(OPT_WAIT) | CMD_OPT(OPT_NAME),
-   cli_cmd_submit, "submit a job file",
+  {"submit", NULL, "FILE | --continue ID --epochs N [--wait] [--name NAME]", 0, 1,
+   CMD_OPT(OPT_WAIT) | CMD_OPT(OPT_NAME) | CMD_OPT(OPT_CONTINUE) | CMD_OPT(OPT_EPOCHS),
+   cli_cmd_submit, "submit a job file, or continue a finished job",
    "Send the job file (YAML, at most 1 MiB) to traind.  Relative paths in it are\n"
    "resolved against the file's directory.  traind checks the job, plans its\n"
    "memory and queues it, or refuses it with the reason (exit status 3).\n"
@@ -70,7 +74,12 @@ static const struct command {
    "                 a line every 2 seconds otherwise; exit status 1 if the job\n"
    "                 fails or is cancelled.  Ctrl-C stops waiting, not the job.\n"
    "                 With --json, prints the job's final state as JSON.\n"
-   "  --name NAME    the job's name, instead of the one in the file\n"},
+   "  --name NAME    the job's name, instead of the one in the file\n"
+   "  --continue ID  no job file: a new job that starts from the final state of\n"
+   "                 your job ID, which succeeded (its weights, optimiser state\n"
+   "                 and step, so the schedule goes on), and trains\n"
+   "  --epochs N     N more epochs, numbered on from its last, with its job file\n"
+   "                 as traind keeps it (its output is replaced by the new model)\n"},
   {"wait", NULL, "ID", 1, 1, 0, cli_cmd_wait, "follow a submitted job until it ends",
    "Follow job ID until it ends, as `submit --wait` does: a progress bar on a\n"
    "terminal, a line every 2 seconds otherwise, then the outcome.  A job that\n"
@@ -392,6 +401,17 @@ static int apply_opt(parsed *p, const struct opt_def *o, const char *val) {
       return usage_error(p->cmd, "at most %d --topic options", CLI_WATCH_TOPICS);
     p->a.topics[p->a.ntopics++] = val;
     break;
+  case OPT_CONTINUE:
+    if (cli_parse_uint(val, 1, (double)UINT64_MAX, &p->a.cont) != 0)
+      return usage_error(p->cmd, "invalid --continue '%s' (a job id such as 7, see "
+                         "`traind-client ls`)", val);
+    break;
+  case OPT_EPOCHS:
+    cli_field_bounds("continue", "epochs", &min, &max);
+    if (cli_parse_uint(val, min, max, &p->a.epochs) != 0)
+      return usage_error(p->cmd, "invalid --epochs '%s' (a number of epochs from %.0f to %.0f)",
+                         val, min, max);
+    break;
   case OPT_COUNT:
     if (cli_parse_uint(val, 1, 1e12, &p->a.count) != 0)
       return usage_error(p->cmd, "invalid --count '%s' (a number of events, 1 or more)", val);
@@ -528,6 +548,13 @@ int main(int argc, char **argv) {
     fputs("Try 'traind-client --help'.\n", stderr);
     return CLI_EXIT_USAGE;
   }
+  /* submit takes a job file or --continue ID --epochs N */
+  if (p.cmd->run == cli_cmd_submit && (p.a.cont != 0) == (p.a.npos > 0))
+    return usage_error(p.cmd, p.a.cont ? "--continue ID takes no job file: the job's own is "
+                       "used" : "missing FILE");
+  if (p.cmd->run == cli_cmd_submit && (p.a.cont != 0) != (p.a.epochs != 0))
+    return usage_error(p.cmd, p.a.cont ? "--continue ID needs --epochs N, the epochs to add"
+                       : "--epochs goes with --continue ID");
   if (p.a.npos < p.cmd->min_pos) {
     missing = usage_word(p.cmd->usage, p.a.npos, &n);
     return usage_error(p.cmd, "missing %.*s", n, missing);

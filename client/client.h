@@ -60,6 +60,8 @@ typedef struct cli_args {
   const char *topics[CLI_WATCH_TOPICS]; /* watch --topic */
   int ntopics;
   uint64_t count;     /* watch --count; 0: until Ctrl-C */
+  uint64_t cont;      /* submit --continue ID; 0: none */
+  uint64_t epochs;    /* submit --epochs (with --continue); 0: none */
 } cli_args;
 
 #define CLI_LOGS_TAIL_DEFAULT (64u << 10)

@@ -187,18 +187,73 @@ static void print_submitted(const cli_args *a, const msgpack_object *root, uint6
   free(device);
 }
 
+/* The answer to a submission (op: submit or continue; rc cli_call's):
+ * the job made, or why not (ENOFIT's plan with it), then --wait. */
+static int submitted(cli *c, const cli_args *a, const char *op, int rc, td_msg *reply,
+                     td_msg *refusal) {
+  const msgpack_object *plan;
+  uint64_t id;
+
+  if (rc != 0) {
+    if (refusal != NULL && td_obj_map(td_msg_root(refusal), "plan", &plan) == 0) {
+      fputs("  memory plan: ", stderr);
+      cli_print_plan_line(stderr, plan);
+    }
+    td_msg_free(refusal);
+    return rc;
+  }
+  if (td_obj_u64(td_msg_root(reply), "id", &id) != 0) {
+    rc = cli_malformed(op, "id");
+  } else {
+    if (c->json && !a->wait)
+      print_json(reply);
+    else if (!c->json)
+      print_submitted(a, td_msg_root(reply), id);
+    if (a->wait) {
+      fflush(stdout);
+      rc = cli_wait(c, id);
+    }
+  }
+  td_msg_free(reply);
+  return rc;
+}
+
+/* submit --continue ID --epochs N: traind makes the job from job ID's
+ * stored description and final state; there is no file to read here. */
+static int submit_continue(cli *c, const cli_args *a) {
+  td_msg *reply = NULL, *refusal = NULL;
+  char key[33];
+  td_pack p;
+  int rc;
+
+  if (make_key(key) != 0) {
+    cli_fail("cannot make a submission key: getrandom: %s", strerror(errno));
+    return CLI_EXIT_JOB;
+  }
+  td_pack_init(&p);
+  td_pack_request(&p, "continue", 3 + (a->name != NULL));
+  td_pack_kv_u64(&p, "id", a->cont);
+  td_pack_kv_u64(&p, "epochs", a->epochs);
+  td_pack_kv_str(&p, "key", key);
+  if (a->name != NULL)
+    td_pack_kv_str(&p, "name", a->name);
+  rc = cli_call(c, &p, &reply, &refusal);
+  td_pack_free(&p);
+  return submitted(c, a, "continue", rc, reply, refusal);
+}
+
 int cli_cmd_submit(cli *c, const cli_args *a) {
   const char *path = a->pos[0];
   const char *dtype;
   char key[33];
   char *text = NULL, *dir = NULL;
   td_msg *reply = NULL, *refusal = NULL;
-  const msgpack_object *plan;
-  uint64_t id;
   size_t len;
   td_pack p;
   int rc;
 
+  if (a->cont != 0)
+    return submit_continue(c, a);
   rc = read_job(path, &text, &len);
   if (rc != 0)
     return rc;
@@ -226,31 +281,8 @@ int cli_cmd_submit(cli *c, const cli_args *a) {
     td_pack_kv_str(&p, "name", a->name);
   rc = cli_call(c, &p, &reply, &refusal);
   td_pack_free(&p);
-  if (rc != 0) {
-    /* ENOFIT carries the plan that shows why */
-    if (refusal != NULL && td_obj_map(td_msg_root(refusal), "plan", &plan) == 0) {
-      fputs("  memory plan: ", stderr);
-      cli_print_plan_line(stderr, plan);
-    }
-    td_msg_free(refusal);
-    goto free_dir;
-  }
+  rc = submitted(c, a, "submit", rc, reply, refusal);
 
-  if (td_obj_u64(td_msg_root(reply), "id", &id) != 0) {
-    rc = cli_malformed("submit", "id");
-    goto free_reply;
-  }
-  if (c->json && !a->wait)
-    print_json(reply);
-  else if (!c->json)
-    print_submitted(a, td_msg_root(reply), id);
-  if (a->wait) {
-    fflush(stdout);
-    rc = cli_wait(c, id);
-  }
-
-free_reply:
-  td_msg_free(reply);
 free_dir:
   free(dir);
 free_text:

@@ -1,7 +1,8 @@
 /* What the client checks before it sends a job file: traind never opens a
  * path from a job file (it would do so with its own rights), so the client,
- * which runs as the person who submits, reads the dataset's headers and
- * looks at the output's directory, and sends what it found. */
+ * which runs as the person who submits, reads the dataset's headers, the
+ * init model's header and looks at the output's directory, and sends what
+ * it found. */
 #include <errno.h>
 #include <libgen.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "dataset.h"
 #include "error.h"
 #include "jobspec.h"
+#include "modelfile.h"
 #include "util.h"
 
 /* The output's directory must exist and be writable, or the trained model
@@ -33,6 +35,32 @@ static int check_output(const char *output) {
   }
   free(copy);
   return rc;
+}
+
+/* init: the model file's header against the model's tensors, so that a
+ * file that does not match is refused now, not after the job waited in the
+ * queue (the worker checks the whole file again). */
+static int check_init(const td_jobspec *spec) {
+  td_mf_tensor *want = calloc(TD_MF_MAX, sizeof(*want));
+  td_st_file *f = NULL;
+  char err[512];
+  size_t n;
+  int rc;
+
+  if (want == NULL) {
+    cli_fail("out of memory");
+    return CLI_EXIT_JOB;
+  }
+  if ((rc = td_safetensors_load_header(spec->init, &f, err, sizeof(err))) == 0 &&
+      (rc = td_modelfile_tensors(spec, want, &n, err, sizeof(err))) == 0)
+    rc = td_modelfile_check(f, want, n, err, sizeof(err));
+  td_safetensors_free(f);
+  free(want);
+  if (rc == 0)
+    return 0;
+  cli_sanitize(err);
+  cli_fail("init %s: %s", spec->init, err);
+  return rc == TD_ENOMEM ? CLI_EXIT_JOB : CLI_EXIT_REFUSED;
 }
 
 int cli_check_job(const char *text, size_t len, const char *dir, int submit,
@@ -57,6 +85,8 @@ int cli_check_job(const char *text, size_t len, const char *dir, int submit,
     goto free_spec;
   }
   if (submit && spec->output[0] != '\0' && (rc = check_output(spec->output)) != 0)
+    goto free_spec;
+  if (spec->init[0] != '\0' && (rc = check_init(spec)) != 0)
     goto free_spec;
   *dtype = td_dtype_name(info.dtype);
   rc = 0;

@@ -462,6 +462,7 @@ static const td_yfield job_fields[] = {
     TD_YF_INT("max_retries", td_jobspec, max_retries, 0, 100, 0),
     TD_YF_STR("device", td_jobspec, device, 0, check_device),
     TD_YF_STR("output", td_jobspec, output, 0, resolve_path),
+    TD_YF_STR("init", td_jobspec, init, TD_YF_NONEMPTY, resolve_path),
     {0},
 };
 
@@ -811,6 +812,18 @@ static int check_job(td_jobspec *s, const td_ynode *root, char *err, size_t errl
                  "key 'model.layers[0]': the first layer must not be %s (start with dense)",
                  td_layer_names[first->type]);
     return TD_EJOBSPEC;
+  }
+  {
+    int trained = 0;
+
+    for (int i = 0; i < s->nlayers; i++)
+      trained += td_layer_def_of(s->layers[i].type)->trainable && !s->layers[i].frozen;
+    if (trained == 0) {
+      td_yaml_errf(err, errlen, node_line(root, "model", "layers"),
+                   "key 'model.layers': every layer with parameters has trainable: false, so "
+                   "there is nothing to train");
+      return TD_EJOBSPEC;
+    }
   }
   if (last->type != TD_LAYER_DENSE) {
     td_yaml_errf(err, errlen, last->line,

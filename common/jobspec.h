@@ -61,6 +61,7 @@ typedef struct td_layer {
   uint32_t dim;        /* embedding: features per position */
   uint16_t heads;      /* attention: heads, dividing the features */
   uint8_t causal;      /* attention: 1 masks the positions after each query */
+  uint8_t frozen;      /* layers with parameters: `trainable: false`, never updated */
   int line;            /* line in the job file, for messages */
   /* The model as a graph.  name: "" is the layer's index ("3"); a given one
    * is an identifier, so the two never meet.  inputs: where each input
@@ -219,6 +220,13 @@ typedef struct td_jobspec {
   td_callbacks callbacks;
 
   char output[TD_PATH_MAX]; /* safetensors path; "" = the job's state dir */
+
+  /* weights in: the initial parameters and buffers from a safetensors
+   * model (common/modelfile.h) instead of the random init; "" = random */
+  char init[TD_PATH_MAX];
+  /* not a job-file key: traind sets it on a job made by `submit
+   * --continue`, which starts from that job's final state; 0 = none */
+  uint64_t continues;
 } td_jobspec;
 
 /* Parse YAML text.  Relative paths are resolved against base_dir (which

@@ -29,6 +29,8 @@ const char *const td_layer_key_names[TD_LK__COUNT] = {
 
 static const char *const gelu_names[] = {"none", "tanh", NULL};
 static const char *const bool_names[] = {"false", "true", NULL};
+/* trainable: false sets frozen (the index of the name) */
+static const char *const trainable_names[] = {"true", "false", NULL};
 
 /* Shapes */
 
@@ -588,6 +590,11 @@ static int check_layer(const td_yfield *f, void *p, const td_ynode *n, void *use
       return 1;
     }
   }
+  if (l->frozen && !d->trainable) {
+    snprintf(msg, cap, "a %s layer has no parameters to freeze; 'trainable' applies to "
+             "layers that have them", td_layer_names[l->type]);
+    return 1;
+  }
   /* left out: 0, which the helpers read as the default */
   if ((d->takes & TD_LK(STRIDE)) && td_yaml_get(n, "stride") == NULL)
     l->stride = td_layer_stride(l);
@@ -651,6 +658,7 @@ static const td_yfield layer_fields[] = {
     TD_YF_INT("dim", td_layer, dim, 1, 65536, 0),
     TD_YF_INT("heads", td_layer, heads, 1, 4096, 0),
     TD_YF_ENUM("causal", td_layer, causal, bool_names, NULL, 0),
+    TD_YF_ENUM("trainable", td_layer, frozen, trainable_names, NULL, 0),
     {0},
 };
 

@@ -1,10 +1,14 @@
 #include "safetensors.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "util.h"
@@ -578,8 +582,10 @@ tail:
   return c->p == c->end ? 0 : jfail(c, "bytes after the header's JSON object");
 }
 
-int td_safetensors_parse(const void *buf, size_t len, td_st_file **out, char *err,
-                         size_t errlen) {
+/* buf holds the file's first len bytes of file_len: all of it, or (len <
+ * file_len) its header alone, whose tensors then have no data. */
+static int parse_file(const void *buf, size_t len, uint64_t file_len, td_st_file **out,
+                      char *err, size_t errlen) {
   jcur c = {.err = err, .errlen = errlen};
   const uint8_t *b = buf;
   td_st_file *f;
@@ -588,13 +594,15 @@ int td_safetensors_parse(const void *buf, size_t len, td_st_file **out, char *er
 
   if (err != NULL && errlen > 0)
     err[0] = '\0';
-  if (len < 8)
-    return jfail(&c, "%zu bytes: too short for a safetensors file", len);
+  if (file_len < 8 || len < 8)
+    return jfail(&c, "%llu bytes: too short for a safetensors file",
+                 (unsigned long long)file_len);
   for (int i = 0; i < 8; i++)
     hlen |= (uint64_t)b[i] << (8 * i);
-  if (hlen > TD_ST_MAX_HEADER || hlen > len - 8)
-    return jfail(&c, "header length %llu exceeds the file (%zu bytes) or the %llu-byte limit",
-                 (unsigned long long)hlen, len, (unsigned long long)TD_ST_MAX_HEADER);
+  if (hlen > TD_ST_MAX_HEADER || hlen > file_len - 8 || hlen > len - 8)
+    return jfail(&c, "header length %llu exceeds the file (%llu bytes) or the %llu-byte limit",
+                 (unsigned long long)hlen, (unsigned long long)file_len,
+                 (unsigned long long)TD_ST_MAX_HEADER);
   if ((f = calloc(1, sizeof(*f))) == NULL)
     return TD_ENOMEM;
   if ((f->buf = malloc(len)) == NULL) {
@@ -603,8 +611,8 @@ int td_safetensors_parse(const void *buf, size_t len, td_st_file **out, char *er
   }
   memcpy(f->buf, buf, len);
   f->len = len;
-  f->data = f->buf + 8 + hlen;
-  f->data_len = len - 8 - hlen;
+  f->data = len == file_len ? f->buf + 8 + hlen : NULL;
+  f->data_len = file_len - 8 - hlen;
   c.p = (const char *)f->buf + 8;
   c.end = c.p + hlen;
   if ((rc = parse_header(&c, f)) < 0)
@@ -615,6 +623,11 @@ int td_safetensors_parse(const void *buf, size_t len, td_st_file **out, char *er
 free_file:
   td_safetensors_free(f);
   return rc;
+}
+
+int td_safetensors_parse(const void *buf, size_t len, td_st_file **out, char *err,
+                         size_t errlen) {
+  return parse_file(buf, len, len, out, err, errlen);
 }
 
 int td_safetensors_load(const char *path, size_t max_bytes, td_st_file **out, char *err,
@@ -630,6 +643,73 @@ int td_safetensors_load(const char *path, size_t max_bytes, td_st_file **out, ch
   }
   rc = td_safetensors_parse(buf, len, out, err, errlen);
   free(buf);
+  return rc;
+}
+
+/* read() until n bytes or the end; the bytes read, or -1. */
+static ssize_t read_full(int fd, void *buf, size_t n) {
+  size_t got = 0;
+
+  while (got < n) {
+    ssize_t r = read(fd, (char *)buf + got, n - got);
+
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0)
+      return -1;
+    if (r == 0)
+      break;
+    got += (size_t)r;
+  }
+  return (ssize_t)got;
+}
+
+int td_safetensors_load_header(const char *path, td_st_file **out, char *err, size_t errlen) {
+  uint8_t len8[8];
+  uint64_t hlen = 0;
+  struct stat st;
+  char *buf = NULL;
+  ssize_t got;
+  int fd, rc;
+
+  /* Non-blocking: a FIFO at the name is refused, not waited on. */
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0) {
+    rc = errno == ENOENT ? TD_ENOENT : TD_EIO;
+    snprintf(err, errlen, "%s", rc == TD_ENOENT ? "no such file" : strerror(errno));
+    return rc;
+  }
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    snprintf(err, errlen, "not a regular file");
+    rc = TD_EIO;
+    goto close_fd;
+  }
+  if ((got = read_full(fd, len8, sizeof(len8))) < 0) {
+    snprintf(err, errlen, "%s", strerror(errno));
+    rc = TD_EIO;
+    goto close_fd;
+  }
+  for (int i = 0; i < got; i++)
+    hlen |= (uint64_t)len8[i] << (8 * i);
+  /* parse_file says what is wrong with a short file or a bad length */
+  if (got < 8 || hlen > TD_ST_MAX_HEADER || hlen > (uint64_t)st.st_size - 8) {
+    rc = parse_file(len8, (size_t)got, (uint64_t)st.st_size, out, err, errlen);
+    goto close_fd;
+  }
+  if ((buf = malloc(8 + (size_t)hlen)) == NULL) {
+    rc = TD_ENOMEM;
+    goto close_fd;
+  }
+  memcpy(buf, len8, 8);
+  if ((got = read_full(fd, buf + 8, (size_t)hlen)) != (ssize_t)hlen) {
+    snprintf(err, errlen, "%s", got < 0 ? strerror(errno) : "the file shrank while read");
+    rc = TD_EIO;
+    goto free_buf;
+  }
+  rc = parse_file(buf, 8 + (size_t)hlen, (uint64_t)st.st_size, out, err, errlen);
+free_buf:
+  free(buf);
+close_fd:
+  close(fd);
   return rc;
 }
 
@@ -654,7 +734,8 @@ void td_safetensors_get(const td_st_file *f, size_t i, td_st_tensor *out) {
   const st_entry *e = &f->ents[i];
 
   *out = (td_st_tensor){.name = e->name, .dtype = e->dtype, .rank = e->rank,
-                        .data = f->data + e->begin, .bytes = e->end - e->begin};
+                        .data = f->data != NULL ? f->data + e->begin : NULL,
+                        .bytes = e->end - e->begin};
   memcpy(out->shape, e->shape, sizeof(out->shape));
 }
 

@@ -42,10 +42,16 @@ int td_safetensors_parse(const void *buf, size_t len, td_st_file **out, char *er
 /* Read and parse a file of at most max_bytes.  Also TD_ENOENT, TD_EIO, TD_ETOOBIG. */
 int td_safetensors_load(const char *path, size_t max_bytes, td_st_file **out, char *err,
                         size_t errlen);
+/* Read and parse only the header of a regular file (a FIFO or a device is
+ * TD_EIO, never waited on), each tensor's range checked against the file's
+ * size; the tensors' data is NULL.  TD_ENOENT, TD_EIO, TD_EDATA, TD_ENOMEM,
+ * with a reason in err (not naming the path). */
+int td_safetensors_load_header(const char *path, td_st_file **out, char *err, size_t errlen);
 void td_safetensors_free(td_st_file *f);
 
 size_t td_safetensors_count(const td_st_file *f);
-/* The i-th tensor in header order (0 <= i < count). */
+/* The i-th tensor in header order (0 <= i < count); data is NULL in a
+ * file read with td_safetensors_load_header. */
 void td_safetensors_get(const td_st_file *f, size_t i, td_st_tensor *out);
 /* The tensor called name; TD_ENOENT if there is none.  out points into f. */
 int td_safetensors_find(const td_st_file *f, const char *name, td_st_tensor *out);

@@ -356,6 +356,30 @@ int td_db_job_yaml(td_db *db, uint64_t id, char **out) {
   return *out != NULL ? 0 : TD_ENOMEM;
 }
 
+int td_db_job_desc(td_db *db, uint64_t id, unsigned char **out, size_t *len) {
+  sqlite3_stmt *st;
+  const void *blob;
+  int rc, n;
+
+  rc = sqlite3_prepare_v2(db->h, "SELECT job_desc FROM jobs WHERE id=?", -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return td__db_err(db, rc, "job description lookup");
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)id);
+  rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW || sqlite3_column_type(st, 0) != SQLITE_BLOB) {
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? TD_ENOENT
+                                                 : td__db_err(db, rc, "job description lookup");
+  }
+  blob = sqlite3_column_blob(st, 0);
+  n = sqlite3_column_bytes(st, 0);
+  if ((*out = malloc(n > 0 ? (size_t)n : 1)) != NULL && n > 0)
+    memcpy(*out, blob, (size_t)n);
+  *len = (size_t)n;
+  sqlite3_finalize(st);
+  return *out != NULL ? 0 : TD_ENOMEM;
+}
+
 int td_db_job_desc_record(td_db *db, td_job **jobs, size_t n) {
   sqlite3_stmt *st = NULL;
   size_t i, k = 0;

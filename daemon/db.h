@@ -20,6 +20,10 @@ int td_db_find_key(td_db *db, const char *key, uint64_t *id);
  * does not keep it in memory: 10,000 queued jobs would hold 10,000 copies).
  * TD_ENOENT for an unknown id. */
 int td_db_job_yaml(td_db *db, uint64_t id, char **out);
+/* The job's description as recorded at submit (proto/jobdesc.h), malloc'd
+ * into *out, *len bytes: `submit --continue` makes a job from it.
+ * TD_ENOENT for an unknown id or a job recorded before descriptions. */
+int td_db_job_desc(td_db *db, uint64_t id, unsigned char **out, size_t *len);
 /* Record, in one transaction, the descriptions made for jobs from before
  * descriptions (those of jobs[] whose desc is set: made from their YAML as
  * they were loaded), then free them. */

@@ -75,10 +75,10 @@ static void td__db_fail(const td_daemon *d, int rc, const char *what, char *err,
              d->cfg.state_dir);
 }
 
-static void td__reply_submitted(td_pack *rep, const td_job *j, int duplicate) {
+static void td__reply_submitted(td_pack *rep, const td_job *j, int duplicate, const char *op) {
   td_map m;
 
-  td_map_reply_ok(&m, rep, "submit");
+  td_map_reply_ok(&m, rep, op);
   td_map_kv_u64(&m, "id", j->id);
   td_map_kv_str(&m, "name", j->name);
   td_map_kv_str(&m, "state", td_job_state_name(j->state));
@@ -132,8 +132,8 @@ static int td__sample_dtype(td_daemon *d, const msgpack_object *req, td_jobspec 
  * key reused for something else is refused, never answered with another
  * job (as payment APIs do). */
 static int td__resubmitted(td_daemon *d, const td_ident *who, td_job *j, const char *key,
-                           const char *yaml, size_t ylen, td_pack *rep, char *err,
-                           size_t errlen) {
+                           const char *yaml, size_t ylen, const char *op, td_pack *rep,
+                           char *err, size_t errlen) {
   char *was = NULL;
   int same;
 
@@ -155,28 +155,14 @@ static int td__resubmitted(td_daemon *d, const td_ident *who, td_job *j, const c
              (unsigned long long)j->id);
     return TD_EINVAL;
   }
-  td__reply_submitted(rep, j, 1);
+  td__reply_submitted(rep, j, 1, op);
   return 0;
 }
 
-static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object *req,
-                         td_pack *rep, char *err, size_t errlen) {
-  const char *yaml;
-  size_t ylen;
-  char key[80], name[TD_NAME_MAX] = "", base[TD_PATH_MAX];
-  uint64_t existing;
-  td_user *user;
-  td_job *j;
-  int rc;
-
-  if (td_obj_str(req, "job", &yaml, &ylen) < 0 || td_obj_cstr(req, "key", key, sizeof(key)) < 0)
-    return TD_EPROTO;
-  if (td_db_find_key(d->db, key, &existing) == 0 && (j = td_daemon_find(d, existing)) != NULL)
-    return td__resubmitted(d, who, j, key, yaml, ylen, rep, err, errlen);
-  if (memchr(yaml, '\0', ylen) != NULL) {
-    snprintf(err, errlen, "the job file contains a NUL byte; job files are UTF-8 YAML text");
-    return TD_EJOBSPEC;
-  }
+/* Whether who may queue one more job now: the limits every submission
+ * meets.  *user is who's entry. */
+static int td__may_queue(td_daemon *d, const td_ident *who, td_user **user, char *err,
+                         size_t errlen) {
   if (td_auth_multi_user(d->auth) && getuid() != 0 && who->uid != (uint32_t)getuid()) {
     snprintf(err, errlen, "this traind runs as uid %u without root, so it can run jobs only as "
              "that user, not as %s; ask its administrator to run it as root",
@@ -188,43 +174,42 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
              "max_jobs); wait for some to finish or cancel some", d->cfg.max_jobs);
     return TD_EAGAIN;
   }
-  user = td_user_get(d, who->uid, who->name);
-  if (user == NULL)
+  *user = td_user_get(d, who->uid, who->name);
+  if (*user == NULL)
     return TD_ENOMEM;
-  if (user->active >= d->cfg.max_jobs_per_user) {
+  if ((*user)->active >= d->cfg.max_jobs_per_user) {
     snprintf(err, errlen, "%s already has %u jobs queued or running, the limit max_jobs_per_user; "
              "wait for some to finish or cancel some (other users can still submit)", who->name,
-             user->active);
+             (*user)->active);
     return TD_EAGAIN;
   }
+  return 0;
+}
 
-  j = calloc(1, sizeof(*j));
+/* A new job, its results unknown yet. */
+static td_job *td__job_new(void) {
+  td_job *j = calloc(1, sizeof(*j));
+
   if (j == NULL)
-    return TD_ENOMEM;
+    return NULL;
   j->accuracy = -1;
   j->val_accuracy = j->val_loss = j->train_accuracy = -1;
   j->top_k_accuracy = j->val_top_k_accuracy = j->mae = j->val_mae = j->train_mae = -1;
-  j->spec = malloc(sizeof(*j->spec));
-  j->yaml = strndup(yaml, ylen);
-  if (j->spec == NULL || j->yaml == NULL) {
-    rc = TD_ENOMEM;
-    goto free_job;
+  if ((j->spec = malloc(sizeof(*j->spec))) == NULL) {
+    free(j);
+    return NULL;
   }
-  if (td_obj_cstr(req, "base_dir", base, sizeof(base)) < 0 || base[0] != '/') {
-    snprintf(err, errlen, "base_dir must be an absolute directory (the job file's)");
-    rc = TD_EINVAL;
-    goto free_job;
-  }
-  /* On the heap: 10,000 queued jobs with a PATH_MAX array each is 10 MB. */
-  if ((j->base_dir = strdup(base)) == NULL) {
-    rc = TD_ENOMEM;
-    goto free_job;
-  }
-  rc = td_jobspec_parse(j->yaml, ylen, j->base_dir, j->spec, err, errlen);
-  if (rc < 0)
-    goto free_job;
-  if ((rc = td__sample_dtype(d, req, j->spec, err, errlen)) < 0)
-    goto free_job;
+  return j;
+}
+
+/* The end of every submission: j (its spec, yaml and base_dir set) becomes
+ * who's job: described, planned, recorded with key, queued and answered
+ * as op.  Frees j on failure. */
+static int td__enqueue(td_daemon *d, const td_ident *who, td_user *user, td_job *j,
+                       const char *key, const char *name, const char *op, td_pack *rep,
+                       char *err, size_t errlen) {
+  int rc;
+
   j->sample_dtype = (int)j->spec->sample_dtype;
   j->top_k = j->spec->top_k;
   /* From here on the job is its description: stored with it, restored
@@ -234,7 +219,6 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
   j->uid = who->uid;
   j->gid = who->gid;
   td_strlcpy(j->owner, who->name, sizeof(j->owner));
-  td_obj_cstr(req, "name", name, sizeof(name));
   td_strlcpy(j->name, name[0] ? name : j->spec->name, sizeof(j->name));
   td_strlcpy(j->pin, j->spec->device, sizeof(j->pin));
   j->priority = j->spec->priority;
@@ -275,16 +259,173 @@ static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object
   free(j->desc); /* recorded; j->spec is the same */
   j->yaml = NULL;
   j->desc = NULL;
-  td_info("job %llu (%s) submitted: plan %llu bytes at micro-batch %u",
-          (unsigned long long)j->id, j->name, (unsigned long long)j->plan.total,
-          j->plan.micro_batch);
+  if (j->spec->continues != 0)
+    td_info("job %llu (%s) submitted: continues job %llu to %u epochs; plan %llu bytes at "
+            "micro-batch %u", (unsigned long long)j->id, j->name,
+            (unsigned long long)j->spec->continues, j->spec->epochs,
+            (unsigned long long)j->plan.total, j->plan.micro_batch);
+  else
+    td_info("job %llu (%s) submitted: plan %llu bytes at micro-batch %u",
+            (unsigned long long)j->id, j->name, (unsigned long long)j->plan.total,
+            j->plan.micro_batch);
   td_publish_state(d, j);
   td_sched_submitted(d, j);
-  td__reply_submitted(rep, j, 0);
+  td__reply_submitted(rep, j, 0, op);
   return 0;
 
 free_job:
   td_job_free(j);
+  return rc;
+}
+
+static int td__op_submit(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                         td_pack *rep, char *err, size_t errlen) {
+  const char *yaml;
+  size_t ylen;
+  char key[80], name[TD_NAME_MAX] = "", base[TD_PATH_MAX];
+  uint64_t existing;
+  td_user *user;
+  td_job *j;
+  int rc;
+
+  if (td_obj_str(req, "job", &yaml, &ylen) < 0 || td_obj_cstr(req, "key", key, sizeof(key)) < 0)
+    return TD_EPROTO;
+  if (td_db_find_key(d->db, key, &existing) == 0 && (j = td_daemon_find(d, existing)) != NULL)
+    return td__resubmitted(d, who, j, key, yaml, ylen, "submit", rep, err, errlen);
+  if (memchr(yaml, '\0', ylen) != NULL) {
+    snprintf(err, errlen, "the job file contains a NUL byte; job files are UTF-8 YAML text");
+    return TD_EJOBSPEC;
+  }
+  if ((rc = td__may_queue(d, who, &user, err, errlen)) < 0)
+    return rc;
+
+  j = td__job_new();
+  if (j == NULL)
+    return TD_ENOMEM;
+  j->yaml = strndup(yaml, ylen);
+  if (j->yaml == NULL) {
+    rc = TD_ENOMEM;
+    goto free_job;
+  }
+  if (td_obj_cstr(req, "base_dir", base, sizeof(base)) < 0 || base[0] != '/') {
+    snprintf(err, errlen, "base_dir must be an absolute directory (the job file's)");
+    rc = TD_EINVAL;
+    goto free_job;
+  }
+  /* On the heap: 10,000 queued jobs with a PATH_MAX array each is 10 MB. */
+  if ((j->base_dir = strdup(base)) == NULL) {
+    rc = TD_ENOMEM;
+    goto free_job;
+  }
+  rc = td_jobspec_parse(j->yaml, ylen, j->base_dir, j->spec, err, errlen);
+  if (rc < 0)
+    goto free_job;
+  if ((rc = td__sample_dtype(d, req, j->spec, err, errlen)) < 0)
+    goto free_job;
+  td_obj_cstr(req, "name", name, sizeof(name));
+  return td__enqueue(d, who, user, j, key, name, "submit", rep, err, errlen);
+
+free_job:
+  td_job_free(j);
+  return rc;
+}
+
+/* `submit --continue`: a new job from a succeeded job's description and
+ * final state, for more epochs, only for its owner (the new job runs as
+ * its owner; an admin may see the job, not train as its owner). */
+static int td__op_continue(td_daemon *d, const td_ident *who, const msgpack_object *req,
+                           td_pack *rep, char *err, size_t errlen) {
+  char key[80], name[TD_NAME_MAX] = "", path[TD_PATH_MAX + 64], *yaml = NULL;
+  unsigned char *desc = NULL;
+  uint64_t id = 0, more = 0, existing, done;
+  size_t len = 0;
+  struct stat st;
+  td_job *orig, *j = NULL;
+  td_user *user;
+  int rc;
+
+  if (td_obj_u64(req, "id", &id) < 0 || td_obj_u64(req, "epochs", &more) < 0 ||
+      td_obj_cstr(req, "key", key, sizeof(key)) < 0)
+    return TD_EPROTO;
+  orig = td_daemon_find(d, id);
+  if (orig == NULL || (orig->uid != who->uid && d->cfg.private_data && !td_ident_owns(who, orig))) {
+    snprintf(err, errlen, "no job with id %llu; `traind-client ls` lists the jobs",
+             (unsigned long long)id);
+    return TD_ENOENT;
+  }
+  if (orig->uid != who->uid) {
+    snprintf(err, errlen, "job %llu is not yours (it belongs to %s); only its owner may "
+             "continue it", (unsigned long long)id, orig->owner);
+    return TD_EPERM;
+  }
+  if ((rc = td_db_job_yaml(d->db, id, &yaml)) < 0) {
+    snprintf(err, errlen, "cannot read job %llu back from the database", (unsigned long long)id);
+    return TD_EDB;
+  }
+  /* the same key again: the job made the first time, if it continued the
+   * same job file */
+  if (td_db_find_key(d->db, key, &existing) == 0 && (j = td_daemon_find(d, existing)) != NULL) {
+    rc = td__resubmitted(d, who, j, key, yaml, strlen(yaml), "continue", rep, err, errlen);
+    goto free_yaml;
+  }
+  j = NULL;
+  if (orig->state != TD_JOB_SUCCEEDED) {
+    snprintf(err, errlen, "job %llu is %s; --continue needs a finished job (one that "
+             "succeeded)", (unsigned long long)id, td_job_state_name(orig->state));
+    rc = TD_ESTATE;
+    goto free_yaml;
+  }
+  /* traind only looks whether it is there: the worker reads it, as the user */
+  snprintf(path, sizeof(path), "%s/jobs/%llu/" TD_FINAL_STATE_FILE, d->cfg.state_dir,
+           (unsigned long long)id);
+  if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode) ||
+      (rc = td_db_job_desc(d->db, id, &desc, &len)) < 0) {
+    snprintf(err, errlen, "job %llu kept no final state to continue from (it succeeded "
+             "before traind kept final states, or retention removed its directory); submit "
+             "its job file again", (unsigned long long)id);
+    rc = TD_ESTATE;
+    goto free_yaml;
+  }
+  /* the epochs it trained: fewer than its job file's when it stopped early */
+  done = orig->epoch > 0 ? orig->epoch : orig->epochs;
+  if (done + more > 10000) {
+    snprintf(err, errlen, "job %llu trained %llu epochs; %llu more make more than the 10000 a "
+             "job may have", (unsigned long long)id, (unsigned long long)done,
+             (unsigned long long)more);
+    rc = TD_EINVAL;
+    goto free_desc;
+  }
+  if ((rc = td__may_queue(d, who, &user, err, errlen)) < 0)
+    goto free_desc;
+  if ((j = td__job_new()) == NULL) {
+    rc = TD_ENOMEM;
+    goto free_desc;
+  }
+  if ((rc = td_jobdesc_decode(desc, len, j->spec, err, errlen)) < 0) {
+    size_t n = strlen(err);
+
+    snprintf(err + n, errlen - n, " (job %llu's recorded description)",
+             (unsigned long long)id);
+    goto free_job;
+  }
+  j->spec->epochs = (uint32_t)(done + more);
+  j->spec->continues = id;
+  j->yaml = yaml; /* the original's, for `show` and the key's check */
+  yaml = NULL;
+  if ((j->base_dir = strdup(orig->base_dir != NULL ? orig->base_dir : "/")) == NULL) {
+    rc = TD_ENOMEM;
+    goto free_job;
+  }
+  td_obj_cstr(req, "name", name, sizeof(name));
+  rc = td__enqueue(d, who, user, j, key, name, "continue", rep, err, errlen);
+  j = NULL;
+free_job:
+  if (j != NULL)
+    td_job_free(j);
+free_desc:
+  free(desc);
+free_yaml:
+  free(yaml);
   return rc;
 }
 
@@ -589,6 +730,7 @@ static const struct {
     {"info", td__op_info, 0},       {"devices", td__op_devices, 0},
     {"device", td__op_device, 1},   {"logs", td__op_logs, 0},
     {"set-priority", td__op_set_priority, 1}, {"plan", td__op_plan, 0},
+    {"continue", td__op_continue, 0},
 };
 
 /* A request whose credential munged is checking; the job socket is not

@@ -150,8 +150,8 @@ int td_spawn_worker(const td_spawn_ctx *c, const char *dir, const char *ckpt, in
                   "--micro-batch", micro, "--output", output, "--events-fd", events_fd,
                   "--checkpoint", (char *)ckpt, "--overhead", overhead, "--tensorboard",
                   (char *)dir, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                  NULL};
-  size_t n = TD_ARRAY_SIZE(args) - 12;
+                  NULL, NULL, NULL};
+  size_t n = TD_ARRAY_SIZE(args) - 14;
 
   /* The job's directory keeps the model when the job names no output, and
    * when its output cannot be written at the end. */
@@ -173,6 +173,9 @@ int td_spawn_worker(const td_spawn_ctx *c, const char *dir, const char *ckpt, in
   if (resume) {
     args[n++] = "--resume";
     args[n++] = (char *)ckpt;
+  } else if (c->continue_from != NULL) {
+    args[n++] = "--continue";
+    args[n++] = (char *)c->continue_from;
   }
   if (strcmp(output, fallback) != 0) {
     args[n++] = "--fallback-output";

@@ -22,6 +22,8 @@ typedef struct td_spawn_ctx {
   const char *ring_name;
   const char *as_user;     /* "NAME:UID:GID" (td_spawn_identity); "" when not root */
   int log_fd;              /* their stdout and stderr */
+  const char *continue_from; /* the final state a `submit --continue` job starts from, when
+                                it has no checkpoint of its own; NULL otherwise */
 } td_spawn_ctx;
 
 /* Where traind-worker and traind-loader are. */
@@ -41,7 +43,7 @@ int td_spawn_loader(const td_spawn_ctx *c, uint64_t epoch, uint64_t batch, uv_pr
                     uv_exit_cb exit_cb, char *err, size_t errlen);
 /* Start the worker into p at the job's plan (device, budget, micro-batch,
  * the remedies admission chose), in dir, with its checkpoint path (resume:
- * from it).  control (an initialised pipe) becomes its stdin, events (an
+ * from it; else from c->continue_from, if set).  control (an initialised pipe) becomes its stdin, events (an
  * initialised pipe) its fd 3.  On failure p must still be closed. */
 int td_spawn_worker(const td_spawn_ctx *c, const char *dir, const char *ckpt, int resume,
                     uv_pipe_t *control, uv_pipe_t *events, uv_process_t *p, uv_exit_cb exit_cb,

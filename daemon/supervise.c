@@ -13,7 +13,10 @@
  * A job whose directory holds a checkpoint resumes from it: the worker
  * starts first with --resume and says where its data continues ("resumed"
  * or, if the file is unusable, "resume_failed": from the start), and only
- * then is the loader started there, so the two never disagree.
+ * then is the loader started there, so the two never disagree.  A job made
+ * by `submit --continue` without a checkpoint of its own starts the same
+ * way from the final state of the job it continues (TD_FINAL_STATE_FILE in
+ * that job's directory), which a job that succeeds keeps.
  *
  * traind as root runs both processes as the job's submitter (--as-user,
  * privdrop.h) and gives them what they need: the job directory (mode 0700)
@@ -75,6 +78,7 @@ struct td_run {
   int hung;                   /* killed for missing heartbeats */
   double last_event;          /* td_now_mono() of the worker's last report */
   char error_event[512];
+  char continue_from[TD_PATH_MAX + 32]; /* spawn.h; "" when none */
 };
 
 static void td__run_finish(td_run *r);
@@ -518,9 +522,13 @@ static int td__ckpt_path(const td_daemon *d, const td_job *j, char *out, size_t 
   return 0;
 }
 
-/* A job that ended has nothing to resume: its checkpoint only takes room. */
-static void td__ckpt_remove(int dir_fd) {
-  unlinkat(dir_fd, TD_CHECKPOINT_FILE, 0);
+/* A job that ended has nothing to resume: its checkpoint only takes room.
+ * One that succeeded keeps it as its final state, for `submit --continue`
+ * (the worker wrote it at the end); the rename moves whatever stands at
+ * the name, which only the job's user reads. */
+static void td__ckpt_remove(int dir_fd, int keep_final) {
+  if (!keep_final || renameat(dir_fd, TD_CHECKPOINT_FILE, dir_fd, TD_FINAL_STATE_FILE) < 0)
+    unlinkat(dir_fd, TD_CHECKPOINT_FILE, 0);
   unlinkat(dir_fd, TD_CHECKPOINT_FILE ".tmp", 0);
 }
 
@@ -735,7 +743,7 @@ static void td__run_finish(td_run *r) {
     }
   }
   if (s == TD_JOB_SUCCEEDED || s == TD_JOB_CANCELLED) {
-    td__ckpt_remove(r->dir_fd);
+    td__ckpt_remove(r->dir_fd, s == TD_JOB_SUCCEEDED);
     /* `show` must not name a checkpoint that is gone */
     j->ckpt_step = j->ckpt_epoch = j->ckpt_batch = j->ckpt_bytes = 0;
   }
@@ -789,7 +797,8 @@ static int td__write_all(int fd, const void *buf, size_t n) {
 /* What the run's processes are told (spawn.h). */
 static void td__spawn_ctx(td_run *r, td_spawn_ctx *c) {
   *c = (td_spawn_ctx){.loop = r->d->loop, .d = r->d, .job = r->job, .job_path = r->job_path,
-                      .ring_name = r->ring_name, .as_user = r->as_user, .log_fd = r->log_fd};
+                      .ring_name = r->ring_name, .as_user = r->as_user, .log_fd = r->log_fd,
+                      .continue_from = r->continue_from[0] ? r->continue_from : NULL};
 }
 
 /* Start the loader at a data position (0, 0: the beginning); on failure
@@ -892,6 +901,10 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   /* The worker, as the user, reads it; traind only looks whether it is there. */
   resume = fstatat(dir_fd, TD_CHECKPOINT_FILE, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
            S_ISREG(st.st_mode);
+  /* Its own checkpoint first: it holds the state past the one it continues. */
+  if (!resume && j->spec->continues != 0)
+    snprintf(r->continue_from, sizeof(r->continue_from), "%s/jobs/%llu/" TD_FINAL_STATE_FILE,
+             d->cfg.state_dir, (unsigned long long)j->spec->continues);
 
   /* From here on every failure ends the job through td__run_finish, once
    * all handles are closed, so there is one way a job ends. */
@@ -903,7 +916,7 @@ int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen) {
   r->nhandles = 2;
 
   /* Resuming, the loader waits for the worker to read the checkpoint. */
-  if (resume)
+  if (resume || r->continue_from[0] != '\0')
     r->loader_pending = 1;
   else
     td__spawn_loader(r, 0, 0);

@@ -18,6 +18,8 @@
 #define TD_STOP_GRACE_MS 45000
 /* A job's checkpoint, in its directory beside its log. */
 #define TD_CHECKPOINT_FILE "checkpoint.tdck"
+/* A succeeded job's last checkpoint, kept for `submit --continue`. */
+#define TD_FINAL_STATE_FILE "final.tdck"
 int td_run_start(td_daemon *d, td_job *j, char *err, size_t errlen);
 /* Tell a running job's worker its new budget (it re-plans at its next step
  * and answers with a "replan" event, which lowers the reservation; a

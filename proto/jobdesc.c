@@ -79,6 +79,7 @@ static const jd_field layer_fields[] = {
     U("dim", td_layer, dim, 0, 65536),
     U("heads", td_layer, heads, 0, 4096),
     U("causal", td_layer, causal, 0, 1),
+    U("frozen", td_layer, frozen, 0, 1),
     I("line", td_layer, line, 0, INT_MAX),
     S("name", td_layer, name, 0),
     LIST("inputs", td_layer, inputs, ninputs, 0, TD_MAX_INPUTS, &input_item),
@@ -216,6 +217,8 @@ static const jd_field job_fields[] = {
     U("tb_every_steps", td_jobspec, tb_every_steps, 0, 1000000),
     MAP("callbacks", td_jobspec, callbacks, callbacks_fields),
     S("output", td_jobspec, output, 0),
+    S("init", td_jobspec, init, 0),
+    U("continues", td_jobspec, continues, ANY_U64),
     {0},
 };
 

@@ -47,6 +47,12 @@ static const td_field plan_fields[] = {
     {"device", TD_FT_STR, 0, 1, 31},
     {"sample_dtype", TD_FT_STR, 0, 1, 15},
 };
+static const td_field continue_fields[] = {
+    {"id", TD_FT_UINT, 1, 1, U64_LIMIT},
+    {"epochs", TD_FT_UINT, 1, 1, 10000},
+    {"key", TD_FT_STR, 1, 1, 64},
+    {"name", TD_FT_STR, 0, 1, 63},
+};
 static const td_field id_fields[] = {
     {"id", TD_FT_UINT, 1, 1, U64_LIMIT},
 };
@@ -69,6 +75,8 @@ static const td_msgdef defs[] = {
      "change a device's budget, drain it or resume it"},
     {"plan", plan_fields, TD_ARRAY_SIZE(plan_fields),
      "a job file's memory plan on each device, without submitting it"},
+    {"continue", continue_fields, TD_ARRAY_SIZE(continue_fields),
+     "a new job that trains a finished job's final state for more epochs; idempotent by key"},
 };
 
 /* ---- the reply and event catalogue (PROTOCOL.md's tables) ---- */
@@ -200,6 +208,7 @@ static const td_replydef replies[] = {
     RDEF("set-priority", priority_reply_fields, NULL, "### set-priority", "Reply:"),
     RDEF("device", device_reply_fields, NULL, "### device", "Reply:"),
     RDEF("plan", plan_reply_fields, NULL, "### plan", "Reply:"),
+    RDEF("continue", submit_reply_fields, NULL, "### continue", "Reply:"),
 };
 
 static const td_replyfield state_event_fields[] = {

@@ -9,6 +9,7 @@
 #include "error.h"
 #include "layers.h"
 #include "lossscale.h"
+#include "modelfile.h"
 #include "schedule.h"
 #include "util.h"
 
@@ -40,6 +41,12 @@ struct td_model {
   double lr_factor;       /* reduce-on-plateau's, on the schedule's rate; 0 means 1 */
   uint64_t bn_batches;    /* BatchNorm's num_batches_tracked: training micro-batches */
   int nbn;                /* layers with running statistics (batchnorm2d) */
+  /* freezing (trainable: false): the optimiser sees only these spans of the
+   * parameter arena, in floats; the backward pass stops at first_trained,
+   * the first layer with parameters that are not frozen */
+  size_t span_off[TD_MAX_LAYERS], span_n[TD_MAX_LAYERS];
+  int nspans;
+  int first_trained;
   td_buf params, grads, optim, act, work, stage;
   char err[256];
 };
@@ -149,6 +156,41 @@ static int init_weights(td_model *m, uint64_t seed) {
   rc = td_backend_sync(m->be);
   free(host);
   return rc < 0 ? fail(m, rc, "%s", td_backend_error(m->be)) : 0;
+}
+
+/* The spans of the parameter arena that train: each layer's parameters
+ * run up to the next layer's (the padding between them, zeros, goes with
+ * them); frozen layers' are left out, neighbours merged.  Without a frozen
+ * layer that is one span, the whole arena, as the optimiser always swept. */
+static void find_spans(td_model *m) {
+  const td_layout *l = &m->lay;
+
+  m->nspans = 0;
+  m->first_trained = -1;
+  for (int i = 0; i < l->nlayers; i++) {
+    const td_layer_layout *ly = &l->layers[i];
+    uint64_t start, end = l->nparams * sizeof(float);
+
+    if (ly->weight == TD_PLAN_NONE || m->spec.layers[i].frozen)
+      continue;
+    if (m->first_trained < 0)
+      m->first_trained = i;
+    start = ly->weight;
+    for (int k = i + 1; k < l->nlayers; k++) {
+      if (l->layers[k].weight != TD_PLAN_NONE) {
+        end = l->layers[k].weight;
+        break;
+      }
+    }
+    start /= sizeof(float);
+    end /= sizeof(float);
+    if (m->nspans > 0 && m->span_off[m->nspans - 1] + m->span_n[m->nspans - 1] == start) {
+      m->span_n[m->nspans - 1] += end - start;
+    } else {
+      m->span_off[m->nspans] = start;
+      m->span_n[m->nspans++] = end - start;
+    }
+  }
 }
 
 /* The plan's arenas, in allocation order; the first three do not depend on
@@ -327,6 +369,11 @@ int td_model_create_as(td_backend *be, const td_jobspec *spec, uint32_t micro_ba
   s = NULL;
   for (int i = 0; i < m->lay.nlayers; i++)
     m->nbn += m->lay.layers[i].running != TD_PLAN_NONE;
+  find_spans(m);
+  if (m->nspans == 0) {
+    rc = fail(m, TD_EINVAL, "every layer with parameters is frozen: nothing to train");
+    goto destroy;
+  }
   if ((rc = size_workspace(m)) < 0 || (rc = alloc_arenas(m, 0)) < 0)
     goto destroy;
   m->ready = true;
@@ -960,7 +1007,8 @@ static void layer_bwd(td_model *m, int i, uint32_t n, float beta, uint64_t sampl
     c.r = r;
     c.rows = rows;
     c.dy = act(m, ly->dy) + (size_t)r * ly->out;
-    c.dx = ly->needs_dx ? act(m, ly->dx) + (size_t)r * ly->in : NULL;
+    /* below the first layer that trains, nothing needs the gradient */
+    c.dx = ly->needs_dx && i > m->first_trained ? act(m, ly->dx) + (size_t)r * ly->in : NULL;
     c.x = ly->needs_x ? load(m, ly->x, ly->half_x, ly->bx, r, rows, ly->in) : NULL;
     c.y = ly->needs_y ? load(m, ly->y, ly->half_y, ly->by, r, rows, ly->out) : NULL;
     for (int k = 0; def->join != NULL && k < ly->ninputs; k++)
@@ -979,16 +1027,17 @@ static void layer_bwd(td_model *m, int i, uint32_t n, float beta, uint64_t sampl
   }
 }
 
-/* Backward from the logits' gradient to the first layer with parameters,
- * segment by segment; a recomputed segment runs its forward again first. */
+/* Backward from the logits' gradient to the first layer with parameters
+ * that trains (frozen layers below it need no gradient), segment by
+ * segment; a recomputed segment runs its forward again first. */
 static void backward(td_model *m, uint32_t n, float beta, uint64_t sample) {
   const td_layout *l = &m->lay;
   int end = l->nlayers;
 
-  while (end > l->first_dense) {
+  while (end > m->first_trained) {
     int a = end - 1;
 
-    while (a > l->first_dense && l->layers[a].nweight == 0)
+    while (a > m->first_trained && l->layers[a].nweight == 0)
       a--;
     if (l->layers[a].recomputed)
       for (int i = a; i < end; i++)
@@ -1140,16 +1189,22 @@ static int update(td_model *m, double lr_scale, bool *took) {
   float *stats = act(m, m->lay.stats);
   const td_optimizer *o = &m->spec.opt;
   size_t n = m->lay.nparams;
+  float *gs[TD_MAX_LAYERS];
   uint64_t taken;
   float lr;
 
   *took = false;
+  /* frozen layers' gradients (computed above the first layer that trains)
+   * count for nothing: not in the check, the norm or the update */
+  for (int k = 0; k < m->nspans; k++)
+    gs[k] = g + m->span_off[k];
   if (m->ls.cfg.enabled) {
     float flag = 0.0f;
 
     td_backend_scale(be, g, n, td_lossscale_inv(&m->ls), NULL);
     td_backend_fill(be, stats + ST_INF, 1, 0.0f);
-    td_backend_check_finite(be, g, n, stats + ST_INF);
+    for (int k = 0; k < m->nspans; k++)
+      td_backend_check_finite(be, gs[k], m->span_n[k], stats + ST_INF);
     td_backend_download(be, &flag, stats + ST_INF, sizeof(flag));
     if (td_backend_status(be) != 0)
       return TD_EOOM;
@@ -1157,36 +1212,45 @@ static int update(td_model *m, double lr_scale, bool *took) {
       return 0;
   }
   if (m->spec.clip_grad_norm > 0.0f)
-    td_backend_clip_grad_norm(be, &g, &n, 1, m->spec.clip_grad_norm, stats + ST_NORM);
+    td_backend_clip_grad_norm(be, gs, m->span_n, (size_t)m->nspans, m->spec.clip_grad_norm,
+                              stats + ST_NORM);
   /* times 1.0 without a reduction: exact, the same bits as ever */
   lr = (float)(td_schedule_lr(&m->sched, m->steps) * lr_scale *
                (m->lr_factor > 0.0 ? m->lr_factor : 1.0));
   taken = m->steps - m->ls.skipped + 1; /* this update's 1-based count */
-  switch (o->kind) {
-  case TD_OPT_ADAM:
-  case TD_OPT_ADAMW: {
-    td_adam_hparams h = {.lr = lr, .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps,
-                         .weight_decay = o->weight_decay, .step = taken};
+  /* Each span on its own: the ops are elementwise, so a parameter gets the
+   * bits the whole sweep gives it; frozen ones get no update, no weight
+   * decay and no optimiser state. */
+  for (int k = 0; k < m->nspans; k++) {
+    size_t off = m->span_off[k], len = m->span_n[k];
+    float *sp = p + off, *sg = g + off, *s1 = state != NULL ? state + off : NULL;
 
-    if (o->kind == TD_OPT_ADAM)
-      td_backend_adam(be, p, g, state, state + n, n, &h);
-    else
-      td_backend_adamw(be, p, g, state, state + n, n, &h);
-    break;
-  }
-  default:
-    if (o->dampening == 0.0f && !o->nesterov) {
-      td_sgd_hparams h = {.lr = lr, .momentum = o->momentum, .weight_decay = o->weight_decay};
+    switch (o->kind) {
+    case TD_OPT_ADAM:
+    case TD_OPT_ADAMW: {
+      td_adam_hparams h = {.lr = lr, .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps,
+                           .weight_decay = o->weight_decay, .step = taken};
 
-      td_backend_sgd(be, p, g, state, n, &h);
-    } else {
-      td_sgdm_hparams h = {.lr = lr, .momentum = o->momentum, .dampening = o->dampening,
-                           .weight_decay = o->weight_decay, .nesterov = o->nesterov != 0,
-                           .step = taken};
-
-      td_backend_sgd_momentum(be, p, g, state, n, &h);
+      if (o->kind == TD_OPT_ADAM)
+        td_backend_adam(be, sp, sg, s1, s1 + n, len, &h);
+      else
+        td_backend_adamw(be, sp, sg, s1, s1 + n, len, &h);
+      break;
     }
-    break;
+    default:
+      if (o->dampening == 0.0f && !o->nesterov) {
+        td_sgd_hparams h = {.lr = lr, .momentum = o->momentum, .weight_decay = o->weight_decay};
+
+        td_backend_sgd(be, sp, sg, s1, len, &h);
+      } else {
+        td_sgdm_hparams h = {.lr = lr, .momentum = o->momentum, .dampening = o->dampening,
+                             .weight_decay = o->weight_decay, .nesterov = o->nesterov != 0,
+                             .step = taken};
+
+        td_backend_sgd_momentum(be, sp, sg, s1, len, &h);
+      }
+      break;
+    }
   }
   *took = true;
   return 0;
@@ -1434,70 +1498,104 @@ int td_model_get_grads(td_model *m, float *dst) {
   return sync_or_fail(m);
 }
 
-/* "<layer>.weight", "<layer>.bias", and for BatchNorm2d
- * "<layer>.running_mean", "<layer>.running_var",
- * "<layer>.num_batches_tracked", where <layer> is the layer's name, its
- * index when it has none: nn.Sequential's names for a plain list, and for a
- * graph a module whose submodules have the layers' names. */
-#define MAX_SAVED (5 * TD_MAX_LAYERS)
+/* Where tensor t's values live in a host copy of the parameter arena
+ * (parameters, then buffers); NULL for num_batches_tracked, a count. */
+static float *tensor_at(const td_model *m, float *host, const td_mf_tensor *t) {
+  const td_layer_layout *ly = &m->lay.layers[t->layer];
+  char *base = (char *)host;
+
+  switch (t->t.src) {
+  case TD_LT_WEIGHT: return (float *)(base + ly->weight) + t->t.at;
+  case TD_LT_BIAS: return (float *)(base + ly->bias) + t->t.at;
+  case TD_LT_RUNNING: return (float *)(base + ly->running) + t->t.at;
+  case TD_LT_TRACKED: break;
+  }
+  return NULL;
+}
+
+/* The model's tensors (modelfile.h) and a host buffer for the parameter
+ * arena; NULL buffers and TD_ENOMEM if there is no room. */
+static int file_tensors(td_model *m, td_mf_tensor **t, size_t *n, float **host) {
+  uint64_t bytes = (m->lay.nparams + m->lay.nbuffers) * sizeof(float);
+  char why[200];
+  int rc;
+
+  *t = calloc(TD_MF_MAX, sizeof(**t));
+  *host = calloc(1, bytes ? bytes : 1); /* the padding stays 0 */
+  if (*t == NULL || *host == NULL)
+    return fail(m, TD_ENOMEM, "no host memory for %llu parameters",
+                (unsigned long long)m->lay.nparams);
+  if ((rc = td_modelfile_tensors(&m->spec, *t, n, why, sizeof(why))) < 0)
+    return fail(m, rc, "%s", why);
+  return 0;
+}
 
 int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t nmeta) {
   const td_layout *l = &m->lay;
-  uint64_t bytes = (l->nparams + l->nbuffers) * sizeof(float);
-  td_st_tensor *t = calloc(MAX_SAVED, sizeof(*t));
-  char (*names)[TD_LAYER_NAME_MAX + 32] = calloc(MAX_SAVED, sizeof(*names));
+  td_st_tensor *st = calloc(TD_MF_MAX, sizeof(*st));
   int64_t tracked = (int64_t)m->bn_batches;
+  td_mf_tensor *t = NULL;
+  float *host = NULL;
   size_t n = 0;
-  float *host = malloc(bytes ? bytes : 1);
   int rc;
 
-  if (t == NULL || names == NULL || host == NULL) {
+  if ((rc = file_tensors(m, &t, &n, &host)) < 0)
+    goto free_all;
+  if (st == NULL) {
     rc = fail(m, TD_ENOMEM, "no host memory to save %llu parameters",
               (unsigned long long)l->nparams);
     goto free_all;
   }
-  td_backend_download(m->be, host, m->params.ptr, bytes);
+  td_backend_download(m->be, host, m->params.ptr, (l->nparams + l->nbuffers) * sizeof(float));
   if ((rc = sync_or_fail(m)) < 0)
     goto free_all;
-  for (int i = 0; i < l->nlayers; i++) {
-    const td_layer_layout *ly = &l->layers[i];
-    const td_layer_def *def = td_layer_def_of(ly->type);
-    const char *base = (const char *)host;
-    const td_layer_sizes sz = {.nweight = ly->nweight, .nbias = ly->nbias};
-    td_layer_tensor lt[TD_LAYER_MAX_TENSORS];
-    char node[TD_LAYER_NAME_MAX];
-    int k, nt = def->tensors != NULL ? def->tensors(&m->spec.layers[i], &ly->in_shape,
-                                                     &ly->out_shape, &sz, lt)
-                                     : 0;
-
-    for (k = 0; k < nt && n < MAX_SAVED; k++, n++) {
-      const td_layer_tensor *x = &lt[k];
-      uint64_t elems = 1;
-
-      for (int d = 0; d < x->rank; d++)
-        elems *= x->shape[d];
-      snprintf(names[n], sizeof(names[n]), "%s.%s", td_jobspec_node_name(&m->spec, i + 1, node),
-               x->name);
-      t[n] = (td_st_tensor){.name = names[n], .dtype = "F32", .rank = (uint32_t)x->rank,
-                            .bytes = elems * sizeof(float)};
-      memcpy(t[n].shape, x->shape, (size_t)x->rank * sizeof(x->shape[0]));
-      switch (x->src) {
-      case TD_LT_WEIGHT: t[n].data = base + ly->weight + x->at * sizeof(float); break;
-      case TD_LT_BIAS: t[n].data = base + ly->bias + x->at * sizeof(float); break;
-      case TD_LT_RUNNING: t[n].data = base + ly->running + x->at * sizeof(float); break;
-      case TD_LT_TRACKED:
-        t[n].dtype = "I64";
-        t[n].data = &tracked;
-        t[n].bytes = sizeof(tracked);
-        break;
-      }
+  for (size_t k = 0; k < n; k++) {
+    st[k] = (td_st_tensor){.name = t[k].name, .dtype = "F32", .rank = (uint32_t)t[k].t.rank,
+                           .data = tensor_at(m, host, &t[k]),
+                           .bytes = t[k].elems * sizeof(float)};
+    memcpy(st[k].shape, t[k].t.shape, (size_t)t[k].t.rank * sizeof(t[k].t.shape[0]));
+    if (t[k].t.src == TD_LT_TRACKED) {
+      st[k].dtype = "I64";
+      st[k].data = &tracked;
+      st[k].bytes = sizeof(tracked);
     }
   }
-  if ((rc = td_safetensors_write(path, t, n, meta, nmeta)) < 0)
+  if ((rc = td_safetensors_write(path, st, n, meta, nmeta)) < 0)
     fail(m, rc, "cannot write the model to %s: %s", path, td_strerror(rc));
 free_all:
   free(host);
-  free(names);
+  free(t);
+  free(st);
+  return rc;
+}
+
+int td_model_load(td_model *m, const td_st_file *f) {
+  const td_layout *l = &m->lay;
+  td_mf_tensor *t = NULL;
+  float *host = NULL;
+  bool counted = false;
+  uint64_t tracked = 0;
+  size_t n = 0;
+  int rc;
+
+  if ((rc = file_tensors(m, &t, &n, &host)) < 0)
+    goto free_all;
+  if ((rc = td_modelfile_check(f, t, n, m->err, sizeof(m->err))) < 0)
+    goto free_all;
+  for (size_t k = 0; k < n; k++) {
+    td_st_tensor got;
+
+    td_safetensors_find(f, t[k].name, &got);
+    if (t[k].t.src != TD_LT_TRACKED)
+      td_modelfile_f32(&got, tensor_at(m, host, &t[k]), t[k].elems);
+    else if (!counted) /* one count for all the model's BatchNorm layers: the first's */
+      tracked = td_modelfile_count(&got), counted = true;
+  }
+  td_backend_upload(m->be, m->params.ptr, host, (l->nparams + l->nbuffers) * sizeof(float));
+  if ((rc = sync_or_fail(m)) == 0)
+    m->bn_batches = tracked;
+free_all:
+  free(host);
   free(t);
   return rc;
 }

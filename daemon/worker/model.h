@@ -21,7 +21,10 @@
  * loss scale) if one is inf or NaN; clip by the global norm; the optimiser
  * (SGD with momentum, dampening, Nesterov; Adam; AdamW) at the schedule's
  * rate for this step.  bf16 and fp16 keep fp32 master weights and compute on
- * values rounded as a GPU's 16-bit tensors would hold them.
+ * values rounded as a GPU's 16-bit tensors would hold them.  A frozen layer
+ * (trainable: false) takes no part in it: its gradients are not checked,
+ * not in the norm, and its parameters and optimiser state are not touched;
+ * the backward pass stops at the first layer that trains.
  */
 #ifndef TD_MODEL_H
 #define TD_MODEL_H
@@ -221,5 +224,10 @@ int td_model_set_progress(td_model *m, const td_model_progress *p);
  * "<i>.in_proj_weight", "<i>.in_proj_bias", "<i>.out_proj.weight",
  * "<i>.out_proj.bias" (common/layers.c names each type's). */
 int td_model_save(td_model *m, const char *path, const td_st_meta *meta, size_t nmeta);
+/* The parameters and buffers from a model file read whole (the job file's
+ * init:), in place of the random init; strict as common/modelfile.h says.
+ * TD_EDATA (td_model_error names the first tensor that does not match),
+ * TD_ENOMEM, or the backend's failure; the model is unchanged on failure. */
+int td_model_load(td_model *m, const td_st_file *f);
 
 #endif

@@ -31,7 +31,17 @@
  * already done.  --resume PATH starts from a checkpoint: event "resumed"
  * with the same fields (the loader must start there), or, if the file
  * cannot be used, a warning naming why, the event "resume_failed" and
- * training from scratch (the loader at 0, 0).
+ * training from scratch (the loader at 0, 0).  --continue PATH is --resume
+ * for a job made by `submit --continue`: PATH is the final state of the job
+ * it continues, and a file that cannot be used fails the job.  At the end
+ * the worker writes a last checkpoint (the final state), if the last one
+ * is not already that: traind keeps it when the job succeeds.
+ *
+ * init: (the job file's key) loads the model's initial parameters and
+ * buffers from a safetensors model (common/modelfile.h) when the job starts
+ * from the beginning (not when it resumes: the checkpoint holds the state
+ * past it); a file that does not match fails the job with EDATA naming the
+ * first tensor at fault.
  *
  * Callbacks (the job's callbacks section, common/callbacks.h) judge each
  * epoch's validation numbers: keep_best writes the model to
@@ -85,6 +95,7 @@
 #include "jobspec.h"
 #include "log.h"
 #include "model.h"
+#include "modelfile.h"
 #include "plan.h"
 #include "privdrop.h"
 #include "ring.h"
@@ -102,6 +113,7 @@ typedef struct args {
   const char *job, *base_dir, *ring, *device, *output;
   const char *fallback; /* --fallback-output: where the model goes if output fails; or NULL */
   const char *checkpoint, *resume; /* NULL: none */
+  int resume_required;  /* --continue: resume from it or fail, never from scratch */
   const char *probe; /* --probe DEVICE: measure it and exit */
   const char *as_user; /* --as-user NAME:UID:GID: become it first; NULL: stay */
   const char *tb_dir;  /* --tensorboard DIR: event files there; NULL: none */
@@ -176,7 +188,7 @@ static void usage(FILE *f) {
              "                     [--checkpoint PATH] [--resume PATH] [--overhead BYTES]\n"
              "                     [--as-user NAME:UID:GID] [--fallback-output PATH]\n"
              "                     [--precision bf16|fp16] [--recompute] [--shrink K]\n"
-             "                     [--tensorboard DIR]\n"
+             "                     [--tensorboard DIR] [--continue PATH]\n"
              "       traind-worker --probe DEVICE\n");
 }
 
@@ -296,6 +308,7 @@ static int parse_args(int argc, char **argv, args *a) {
       {"fallback-output", required_argument, NULL, 'F'},
       {"precision", required_argument, NULL, 'p'}, {"recompute", no_argument, NULL, 'C'},
       {"shrink", required_argument, NULL, 'S'},  {"tensorboard", required_argument, NULL, 'T'},
+      {"continue", required_argument, NULL, 'N'},
       {NULL, 0, NULL, 0},
   };
   uint32_t fd;
@@ -311,6 +324,7 @@ static int parse_args(int argc, char **argv, args *a) {
     case 'o': a->output = optarg; break;
     case 'c': a->checkpoint = optarg; break;
     case 'R': a->resume = optarg; break;
+    case 'N': a->resume = optarg, a->resume_required = 1; break;
     case 'P': a->probe = optarg; break;
     case 'u': a->as_user = optarg; break;
     case 'F': a->fallback = optarg; break;
@@ -760,6 +774,9 @@ static int resume(trainer *t, const char *path) {
   else if (rc == 0 && st.epoch >= t->spec->epochs)
     snprintf(err, sizeof(err), "%s is at epoch %llu, past the job's %u epochs", path,
              (unsigned long long)st.epoch + 1, t->spec->epochs);
+  if ((rc < 0 || err[0] != '\0') && t->a->resume_required)
+    return fail(rc == TD_ENOMEM ? rc : TD_EDATA, "cannot continue from the final state %s: %s",
+                path, err);
   if (rc < 0 || err[0] != '\0') {
     td_warn("cannot resume from the checkpoint: %s; training from scratch", err);
     emit_msg("resume_failed", "msg", err);
@@ -790,6 +807,40 @@ static int resume(trainer *t, const char *path) {
   td_info("resumed from %s at step %llu (epoch %llu, %llu batches into it)", path,
           (unsigned long long)st.step, (unsigned long long)st.epoch + 1,
           (unsigned long long)st.batch);
+  return 0;
+}
+
+/* init: the model's initial parameters and buffers from a model file
+ * (common/modelfile.h), read as the job's user, instead of the random
+ * init.  Its header is read first: a FIFO is refused without a wait, and a
+ * file cannot make the worker read more than the model's tensors in F64. */
+static int init_from(trainer *t, const char *path) {
+  const td_layout *l = td_model_layout(t->model);
+  uint64_t max = 8 + TD_ST_MAX_HEADER + 8 * (l->nparams + l->nbuffers + TD_MF_MAX);
+  td_st_file *f = NULL;
+  char err[512], *buf;
+  size_t len;
+  int rc;
+
+  if ((rc = td_safetensors_load_header(path, &f, err, sizeof(err))) == 0) {
+    td_safetensors_free(f);
+    f = NULL;
+    rc = td_read_file(path, max > SIZE_MAX ? SIZE_MAX : (size_t)max, &buf, &len);
+    if (rc == TD_ETOOBIG)
+      snprintf(err, sizeof(err), "larger than a model of this job's tensors can be (%llu "
+               "bytes at most)", (unsigned long long)max);
+    else if (rc < 0)
+      snprintf(err, sizeof(err), "%s", why(rc));
+    else
+      rc = td_safetensors_parse(buf, len, &f, err, sizeof(err)), free(buf);
+  }
+  if (rc < 0)
+    return fail(rc == TD_ENOMEM ? rc : TD_EDATA, "init %s: %s", path, err);
+  rc = td_model_load(t->model, f);
+  td_safetensors_free(f);
+  if (rc < 0)
+    return fail(rc, "init %s: %s", path, td_model_error(t->model));
+  td_info("initial weights from %s", path);
   return 0;
 }
 
@@ -1167,6 +1218,9 @@ static int on_end(trainer *t) {
 
   if (t->test.count > 0)
     emit_eval(t->spec, t->test_epoch, &t->test, &t->last);
+  /* The final state: traind keeps it when the job succeeds, for `submit
+   * --continue` (a job that goes on from here). */
+  checkpoint_final(t);
   snprintf(epochs, sizeof(epochs), "%u", t->stop_pending ? t->stop_pending : t->spec->epochs);
   snprintf(seed, sizeof(seed), "%llu", (unsigned long long)t->spec->seed);
   snprintf(acc, sizeof(acc), "%.6f", t->last.accuracy);
@@ -1463,6 +1517,11 @@ int main(int argc, char **argv) {
   if (spec.callbacks.keep_best.enabled)
     best_path(a.output, t.best_path, sizeof(t.best_path));
   if (a.resume != NULL && (status = resume(&t, a.resume)) != 0)
+    goto destroy_model;
+  /* A checkpoint holds the state past init: the file is read only when the
+   * job starts from the beginning (and may be gone by the time it resumes,
+   * or is continued). */
+  if (spec.init[0] != '\0' && !t.check_resume && (status = init_from(&t, spec.init)) != 0)
     goto destroy_model;
   if (a.checkpoint == NULL) {
     free(t.state);

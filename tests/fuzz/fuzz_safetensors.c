@@ -4,12 +4,15 @@
  * its dtype's size and lie inside the file (read to the last byte, so ASan
  * sees them), names are distinct and found by td_safetensors_find, and
  * parsing the same bytes twice gives the same tensors.  A refusal is
- * TD_EDATA or TD_ENOMEM with a message. */
+ * TD_EDATA or TD_ENOMEM with a message.  An accepted file is also checked
+ * as a job's init: model (common/modelfile.c) of a small model, and read as
+ * fp32 where it matches. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
+#include "modelfile.h"
 #include "safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -92,6 +95,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         (void)strlen(v);
       if (td_safetensors_find(f, keys[i], &t) == 0 && strcmp(t.name, keys[i]) != 0)
         abort();
+    }
+  }
+  /* as the init: file of [4] -> dense 3 -> layernorm -> dense 2 */
+  {
+    static td_mf_tensor want[TD_MF_MAX];
+    static size_t nwant;
+    static float vals[64];
+    td_jobspec *spec;
+
+    if (nwant == 0 && (spec = calloc(1, sizeof(*spec))) != NULL) {
+      spec->input_rank = 1;
+      spec->input_dims[0] = 4;
+      spec->layers[0] = (td_layer){.type = TD_LAYER_DENSE, .units = 3};
+      spec->layers[1] = (td_layer){.type = TD_LAYER_LAYERNORM, .eps = 1e-5f};
+      spec->layers[2] = (td_layer){.type = TD_LAYER_DENSE, .units = 2};
+      spec->nlayers = 3;
+      if (td_modelfile_tensors(spec, want, &nwant, err, sizeof(err)) != 0)
+        abort();
+      free(spec);
+    }
+    err[0] = '\0';
+    rc = td_modelfile_check(f, want, nwant, err, sizeof(err));
+    if ((rc != 0 && (rc != TD_EDATA || err[0] == '\0')))
+      abort();
+    for (size_t i = 0; rc == 0 && i < nwant; i++) {
+      td_st_tensor t;
+
+      if (td_safetensors_find(f, want[i].name, &t) != 0 || want[i].elems > 64)
+        abort();
+      td_modelfile_f32(&t, vals, want[i].elems);
     }
   }
   td_safetensors_free(f);

@@ -140,6 +140,15 @@ write("safetensors", "scalar-empty-and-u8", safetensors(
     [("s", "F64", (), struct.pack("<d", 0.5)), ("e", "I32", (0, 3), b""),
      ("u\\u00e9", "U8", (3,), b"abc")]))
 
+# the init: model fuzz_safetensors checks against ([4] -> dense 3 ->
+# layernorm -> dense 2), in PyTorch's save_file order and a mix of dtypes
+write("safetensors", "init-model", safetensors(
+    [("0.weight", "F32", (3, 4), struct.pack("<12f", *range(12))),
+     ("0.bias", "F16", (3,), struct.pack("<3e", 0.5, -1, 2)),
+     ("1.weight", "BF16", (3,), b"\x80\x3f" * 3), ("1.bias", "F64", (3,), struct.pack("<3d", 0, 0, 0)),
+     ("2.weight", "F32", (2, 3), struct.pack("<6f", *range(6))),
+     ("2.bias", "F32", (2,), struct.pack("<2f", 1, 2))], {"format": "pt"}))
+
 CKPT_FIELDS = ["job", "step", "epoch", "batch", "seed", "rng", "loss_scale", "good_steps",
                "skipped"]
 

@@ -44,6 +44,12 @@ static void req_list(td_pack *p) {
 static void req_show(td_pack *p) { td_pack_request(p, "show", 1), td_pack_kv_u64(p, "id", 7); }
 static void req_cancel(td_pack *p) { td_pack_request(p, "cancel", 1), td_pack_kv_u64(p, "id", 7); }
 static void req_info(td_pack *p) { td_pack_request(p, "info", 0); }
+static void req_continue(td_pack *p) {
+  td_pack_request(p, "continue", 3);
+  td_pack_kv_u64(p, "id", 7);
+  td_pack_kv_u64(p, "epochs", 5);
+  td_pack_kv_str(p, "key", "0123456789abcdef0123456789abcdef");
+}
 static void req_devices(td_pack *p) { td_pack_request(p, "devices", 0); }
 
 static void rep_submit(td_pack *p) {
@@ -89,6 +95,7 @@ static const struct {
     {"req_cancel", req_cancel}, {"req_info", req_info},       {"req_devices", req_devices},
     {"rep_submit", rep_submit}, {"rep_list", rep_list},       {"rep_enofit", rep_enofit},
     {"rep_eproto", rep_eproto}, {"ev_progress", ev_progress}, {"wrong_version", wrong_version},
+    {"req_continue", req_continue},
 };
 
 static const struct {

@@ -192,6 +192,16 @@ START_TEST(every_reply_and_event_matches_the_catalogue) {
   td_pack_init(&p);
   td_pack_request(&p, "list", 0);
   td_msg_free(call_ok("list", &p));
+  /* the finished job continued, the new job cancelled at once */
+  td_pack_init(&p);
+  td_pack_request(&p, "continue", 3);
+  td_pack_kv_u64(&p, "id", id);
+  td_pack_kv_u64(&p, "epochs", 1);
+  td_pack_kv_str(&p, "key", "key-continue");
+  m = call_ok("continue", &p);
+  ck_assert(td_obj_u64(td_msg_root(m), "id", &id2) == 0);
+  td_msg_free(m);
+  td_msg_free(simple("cancel", id2));
 
   /* plain error replies */
   td_pack_init(&p);

@@ -456,6 +456,7 @@ START_TEST(an_output_the_user_may_not_write_stays_unwritten) {
 }
 END_TEST
 
+/* ...and only their owner continues them (submit --continue). */
 START_TEST(jobs_run_as_their_submitter) {
   char path[512], out[4096], err[4096], state[32], model[512];
   struct passwd *pw;
@@ -481,7 +482,18 @@ START_TEST(jobs_run_as_their_submitter) {
   snprintf(path, sizeof(path), "%s/jobs/%llu/log", g_d.state, (unsigned long long)id);
   ck_assert(stat(path, &st) == 0);
   ck_assert_uint_eq(st.st_uid, 0);
-  (void)state;
+  /* only alice may continue it: not bob, not root (the new job would run
+   * as alice); hers reads the final state in the job's directory as her */
+  ck_assert_int_eq(client_as(BOB, out, sizeof(out), err, sizeof(err), "submit", "--continue",
+                             "1", "--epochs", "1", NULL), 3);
+  ck_assert_msg(strstr(err, "job 1 is not yours (it belongs to " ALICE ")"), "%s", err);
+  ck_assert_int_eq(client_as(NULL, out, sizeof(out), err, sizeof(err), "submit", "--continue",
+                             "1", "--epochs", "1", NULL), 3);
+  ck_assert_msg(strstr(err, "only its owner may continue it"), "%s", err);
+  ck_assert_int_eq(client_as(ALICE, out, sizeof(out), err, sizeof(err), "submit", "--continue",
+                             "1", "--epochs", "1", "--wait", NULL), 0);
+  wait_final(2, state, sizeof(state));
+  ck_assert_str_eq(state, "succeeded");
   teardown();
 }
 END_TEST

@@ -222,6 +222,8 @@ def build(job):
                 shape[dim - 1] = sum(shapes[v][dim - 1] for v in inputs)
         else:
             raise ValueError("layer type %r has no PyTorch equivalent here" % t)
+        if spec.get("trainable", True) is False:
+            layers[-1].requires_grad_(False)  # trainable: false
         shapes[names[i]] = shape
         seqs[names[i]] = seq
         nodes.append((names[i], t, inputs, dim, layers[-1] if len(layers) > made else None))
@@ -263,6 +265,27 @@ def read_safetensors(path):
             torch.empty(0, dtype=_DTYPES[t["dtype"]])
         out[name] = x.reshape(t["shape"])
     return out
+
+
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def write_safetensors(path, state):
+    """{name: tensor} to a safetensors file as safetensors.torch.save_file
+    lays one out: a JSON header (padded with spaces to 8 bytes) naming each
+    tensor's dtype, shape and byte range, then the little-endian bytes."""
+    header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
 def optimizer(job, params):

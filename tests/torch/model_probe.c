@@ -4,7 +4,10 @@
  * PyTorch loads the file into the equivalent nn.Sequential and computes the
  * same loss.
  *
- *   td_model_probe JOB.yaml OUTDIR [STEPS]
+ *   td_model_probe JOB.yaml OUTDIR [STEPS [INIT]]
+ *
+ * INIT: a model file loaded as the initial weights (the job file's init:),
+ * before the STEPS steps; init_check.py writes it from PyTorch.
  *
  * Writes OUTDIR/model.safetensors and OUTDIR/eval.bin (u32 count, u32
  * features, then count*features uint8 pixels and count targets: int32
@@ -19,6 +22,7 @@
 #include "error.h"
 #include "jobspec.h"
 #include "model.h"
+#include "safetensors.h"
 #include "util.h"
 
 #define EVAL_COUNT 64
@@ -90,7 +94,7 @@ int main(int argc, char **argv) {
   int rc = 1;
 
   if (argc < 3) {
-    fprintf(stderr, "usage: td_model_probe JOB.yaml OUTDIR [STEPS]\n");
+    fprintf(stderr, "usage: td_model_probe JOB.yaml OUTDIR [STEPS [INIT]]\n");
     return 2;
   }
   if (td_jobspec_load(argv[1], &spec, err, sizeof(err)) < 0) {
@@ -110,6 +114,22 @@ int main(int argc, char **argv) {
       td_model_create(be, &spec, bs, &m, err, sizeof(err)) < 0) {
     fprintf(stderr, "td_model_probe: %s\n", err);
     goto out;
+  }
+  if (argc > 4) {
+    td_st_file *f = NULL;
+
+    if (td_safetensors_load(argv[4], (size_t)1 << 30, &f, err, sizeof(err)) < 0) {
+      fprintf(stderr, "td_model_probe: %s\n", err);
+      goto out;
+    }
+    rc = td_model_load(m, f);
+    td_safetensors_free(f);
+    if (rc < 0) {
+      fprintf(stderr, "td_model_probe: init %s: %s\n", argv[4], td_model_error(m));
+      rc = 1;
+      goto out;
+    }
+    rc = 1;
   }
   for (uint32_t s = 0; s < steps; s++) {
     fill(px, lb, bs, in, classes);

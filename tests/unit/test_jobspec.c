@@ -226,6 +226,28 @@ START_TEST(relative_paths) {
 }
 END_TEST
 
+/* Weights in: init resolves beside the job file; trainable: false only on
+ * layers with parameters, and not on all of them. */
+START_TEST(weights_keys) {
+  td_jobspec s;
+
+  expect_ok(job_with("train:\n", "init: m/first.safetensors\ntrain:\n"), "/base", &s);
+  ck_assert_str_eq(s.init, "/base/m/first.safetensors");
+  ck_assert_int_eq(s.layers[0].frozen, 0);
+  expect_ok(job_with("units: 3}", "units: 3, trainable: false}\n    - {type: relu}\n"
+                     "    - {type: dense, units: 2, trainable: true}"), "/", &s);
+  ck_assert_int_eq(s.layers[0].frozen, 1);
+  ck_assert_int_eq(s.layers[2].frozen, 0);
+  expect_err(job_with("units: 3}", "units: 3}\n    - {type: relu, trainable: false}\n"
+                      "    - {type: dense, units: 2}"), "line 5",
+             "'model.layers[1]': a relu layer has no parameters to freeze; 'trainable' "
+             "applies to layers that have them");
+  expect_err(job_with("units: 3}", "units: 3, trainable: false}"), "line 3",
+             "'model.layers': every layer with parameters has trainable: false");
+  expect_err(job_with("train:\n", "init: ''\ntrain:\n"), "line 8", "'init': must not be empty");
+}
+END_TEST
+
 START_TEST(relative_path_too_long) {
   char base[TD_PATH_MAX];
 
@@ -1292,6 +1314,7 @@ static Suite *jobspec_suite(void) {
   tcase_add_test(tc, training_keys);
   tcase_add_test(tc, precision_keys);
   tcase_add_test(tc, callbacks_keys);
+  tcase_add_test(tc, weights_keys);
   tcase_add_test(tc, features_key);
   tcase_add_test(tc, format_key_hints);
   tcase_add_test(tc, optimizer_defaults);

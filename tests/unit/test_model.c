@@ -1,7 +1,8 @@
 /* The training engine: micro-batch invariance with conv and dropout,
  * recomputation that changes no bit, the fp16 loss scaler skipping an
  * overflowing step, clipping and schedules, exact resumption from the
- * state, the job's remedies in order, and the saved file's names. */
+ * state, the job's remedies in order, the saved file's names, freezing and
+ * loading a model file as the initial weights. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -1000,6 +1001,124 @@ START_TEST(test_lr_factor) {
 }
 END_TEST
 
+/* trainable: false.  Frozen layers' parameters keep their bits (AdamW's
+ * decay included, with clipping on) and the others train: layer 0 frozen,
+ * so the backward pass stops at layer 1, and layer 5 between layers that
+ * train.  Without BatchNorm the result does not depend on the
+ * micro-batch, frozen layers or not. */
+START_TEST(test_freeze) {
+  uint8_t px[B * 64];
+  int32_t lb[B];
+  td_jobspec s;
+  td_backend *be;
+  td_model *m;
+  td_step_stats st;
+  const td_layout *l;
+  float *w0, *w1, *w4;
+  uint64_t n, n4;
+
+  norm_spec(&s);
+  s.opt.kind = TD_OPT_ADAMW;
+  s.opt.weight_decay = 0.1f;
+  s.clip_grad_norm = 0.5f;
+  s.layers[0].frozen = 1;
+  s.layers[5].frozen = 1;
+  m = make(&s, B, &be);
+  l = td_model_layout(m);
+  n = td_model_nparams(m);
+  w0 = malloc(n * sizeof(float));
+  w1 = malloc(n * sizeof(float));
+  ck_assert_int_eq(td_model_get_params(m, w0), 0);
+  for (int k = 0; k < 5; k++) {
+    batch(k, px, lb, &s);
+    ck_assert_msg(td_model_train_step(m, px, lb, B, &st) == 0, "%s", td_model_error(m));
+  }
+  ck_assert_int_eq(td_model_get_params(m, w1), 0);
+  for (int i = 0; i < l->nlayers; i++) {
+    const td_layer_layout *ly = &l->layers[i];
+    uint64_t at = ly->weight / sizeof(float), count = ly->bias / sizeof(float) + ly->nbias - at;
+    int same;
+
+    if (ly->weight == TD_PLAN_NONE)
+      continue;
+    same = memcmp(w0 + at, w1 + at, count * sizeof(float)) == 0;
+    ck_assert_msg(same == (s.layers[i].frozen != 0), "layer %d: %s", i,
+                  same ? "trainable but unchanged" : "frozen but changed");
+  }
+  free(w0);
+  free(w1);
+  drop(m, be);
+
+  conv_spec(&s);
+  s.layers[0].frozen = 1;
+  w1 = train(&s, B, 20, &n);
+  w4 = train(&s, B / 4, 20, &n4);
+  ck_assert_uint_eq(n, n4);
+  assert_close(w4, w1, n, 1e-5);
+  free(w1);
+  free(w4);
+}
+END_TEST
+
+/* init: a model's file loads into a model of the same spec (another seed)
+ * to the bit, BatchNorm's statistics and count included; a model of
+ * another shape is refused naming the first tensor that differs. */
+START_TEST(test_init_load) {
+  uint8_t px[B * 64];
+  int32_t lb[B];
+  char path[] = "/tmp/td-init-XXXXXX", path2[] = "/tmp/td-init2-XXXXXX", err[256];
+  td_jobspec s, s2;
+  td_backend *be, *be2;
+  td_model *m, *r;
+  td_step_stats st;
+  td_st_file *f, *g;
+  int fd;
+
+  norm_spec(&s);
+  m = make(&s, 4, &be);
+  for (int k = 0; k < 2; k++) {
+    batch(k, px, lb, &s);
+    ck_assert_int_eq(td_model_train_step(m, px, lb, B, &st), 0);
+  }
+  ck_assert_int_ge(fd = mkstemp(path), 0);
+  close(fd);
+  ck_assert_int_ge(fd = mkstemp(path2), 0);
+  close(fd);
+  ck_assert_int_eq(td_model_save(m, path, NULL, 0), 0);
+  ck_assert_int_eq(td_safetensors_load(path, 1 << 24, &f, err, sizeof(err)), 0);
+  s2 = s;
+  s2.seed = 99;
+  r = make(&s2, B, &be2);
+  ck_assert_msg(td_model_load(r, f) == 0, "%s", td_model_error(r));
+  ck_assert_int_eq(td_model_save(r, path2, NULL, 0), 0);
+  ck_assert_int_eq(td_safetensors_load(path2, 1 << 24, &g, err, sizeof(err)), 0);
+  ck_assert_uint_eq(td_safetensors_count(g), td_safetensors_count(f));
+  for (size_t i = 0; i < td_safetensors_count(f); i++) {
+    td_st_tensor a, b;
+
+    td_safetensors_get(f, i, &a);
+    ck_assert_int_eq(td_safetensors_find(g, a.name, &b), 0);
+    ck_assert_uint_eq(a.bytes, b.bytes);
+    ck_assert_msg(memcmp(a.data, b.data, a.bytes) == 0, "tensor %s differs", a.name);
+  }
+  td_safetensors_free(g);
+  drop(r, be2);
+
+  /* dense 16 -> 8: its weight, then the layernorm after it, differ */
+  s2 = s;
+  s2.layers[5].units = 8;
+  r = make(&s2, B, &be2);
+  ck_assert_int_eq(td_model_load(r, f), TD_EDATA);
+  ck_assert_str_eq(td_model_error(r), "tensor '5.weight' has shape [16, 64], the model's is "
+                   "[8, 64]");
+  drop(r, be2);
+  td_safetensors_free(f);
+  unlink(path);
+  unlink(path2);
+  drop(m, be);
+}
+END_TEST
+
 static Suite *model_suite(void) {
   Suite *s = suite_create("model");
   TCase *tc = tcase_create("model");
@@ -1023,6 +1142,8 @@ static Suite *model_suite(void) {
   tcase_add_test(tc, test_graph_trains);
   tcase_add_test(tc, test_graph_recompute_bitwise);
   tcase_add_test(tc, test_graph_save_names);
+  tcase_add_test(tc, test_freeze);
+  tcase_add_test(tc, test_init_load);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -463,8 +463,9 @@ END_TEST
 
 
 /* Every example job file, at every precision, with and without
- * recomputation, at several micro-batches: the allocator's peak after
- * training steps and an evaluation is the plan, to the byte. */
+ * recomputation, at several micro-batches, and with its first layer
+ * frozen: the allocator's peak after training steps and an evaluation is
+ * the plan, to the byte. */
 START_TEST(test_exact_examples) {
   const char *root = getenv("TD_SOURCE_ROOT");
   char pattern[4096], err[512];
@@ -492,6 +493,14 @@ START_TEST(test_exact_examples) {
           exact_case(&s, micros[k]);
       }
     }
+    /* the first layer frozen: the backward pass stops above it, within
+     * the same plan */
+    s.precision = TD_PREC_FP32;
+    s.recompute = 0;
+    s.loss_scale.enabled = false;
+    s.layers[0].frozen = 1;
+    exact_case(&s, 12);
+    exact_case(&s, 5);
   }
   globfree(&g);
 }

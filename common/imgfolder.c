@@ -205,11 +205,11 @@ int td_image_decode(const uint8_t *buf, size_t n, uint32_t channels, uint32_t hi
 
 /* ---- resizing ---- */
 
-/* The taps of one axis: output i reads input first[i] .. first[i] + taps - 1
- * with weights wt[i * taps ..] (zeros past the edge). */
+/* The taps of one axis: output i reads count[i] input pixels from first[i]
+ * with weights wt[i * taps ..]. */
 struct axis {
   uint32_t taps;
-  uint32_t *first;
+  uint32_t *first, *count;
   float *wt;
 };
 
@@ -218,8 +218,9 @@ static int axis_make(struct axis *a, uint32_t in, uint32_t out) {
 
   a->taps = (uint32_t)ceil(r) * 2 + 1;
   a->first = malloc((size_t)out * sizeof(*a->first));
+  a->count = malloc((size_t)out * sizeof(*a->count));
   a->wt = calloc((size_t)out * a->taps, sizeof(*a->wt));
-  if (a->first == NULL || a->wt == NULL)
+  if (a->first == NULL || a->count == NULL || a->wt == NULL)
     return TD_ENOMEM;
   for (uint32_t i = 0; i < out; i++) {
     double centre = (i + 0.5) * scale, sum = 0;
@@ -233,6 +234,7 @@ static int axis_make(struct axis *a, uint32_t in, uint32_t out) {
     if (hi - lo + 1 > (int64_t)a->taps)
       hi = lo + a->taps - 1;
     a->first[i] = (uint32_t)lo;
+    a->count[i] = hi >= lo ? (uint32_t)(hi - lo + 1) : 0;
     for (int64_t j = lo; j <= hi; j++) {
       double d = fabs(j + 0.5 - centre) / r;
       w[j - lo] = d < 1 ? (float)(1 - d) : 0;
@@ -241,10 +243,11 @@ static int axis_make(struct axis *a, uint32_t in, uint32_t out) {
     /* a centre on the edge with no pixel inside r: the nearest one */
     if (sum <= 0) {
       a->first[i] = centre < in / 2.0 ? 0 : in - 1;
+      a->count[i] = 1;
       w[0] = 1;
       sum = 1;
     }
-    for (uint32_t k = 0; k < a->taps; k++)
+    for (uint32_t k = 0; k < a->count[i]; k++)
       w[k] = (float)(w[k] / sum);
   }
   return 0;
@@ -252,15 +255,19 @@ static int axis_make(struct axis *a, uint32_t in, uint32_t out) {
 
 static void axis_free(struct axis *a) {
   free(a->first);
+  free(a->count);
   free(a->wt);
 }
 
 int td_image_resize(const uint8_t *src, uint32_t sw, uint32_t sh, uint32_t ch, uint8_t *dst,
                     uint32_t dw, uint32_t dh) {
   struct axis ax = {0}, ay = {0};
-  float *tmp = NULL;
+  size_t rowf = (size_t)dw * ch;
+  float *tmp = NULL, *acc;
   int rc = TD_ENOMEM;
 
+  if (ch < 1 || ch > 4)
+    return TD_EINVAL;
   if (sw == dw && sh == dh) {
     for (uint32_t c = 0; c < ch; c++)
       for (size_t i = 0; i < (size_t)sw * sh; i++)
@@ -269,34 +276,38 @@ int td_image_resize(const uint8_t *src, uint32_t sw, uint32_t sh, uint32_t ch, u
   }
   if (axis_make(&ax, sw, dw) < 0 || axis_make(&ay, sh, dh) < 0)
     goto free_axes;
-  /* along x: [sh][dw][ch] */
-  tmp = malloc((size_t)sh * dw * ch * sizeof(*tmp));
+  /* along x: sh rows of dw interleaved pixels, then one row to sum into */
+  tmp = malloc(((size_t)sh + 1) * rowf * sizeof(*tmp));
   if (tmp == NULL)
     goto free_axes;
+  acc = tmp + (size_t)sh * rowf;
   for (uint32_t y = 0; y < sh; y++) {
     const uint8_t *row = src + (size_t)y * sw * ch;
+    float *out = tmp + (size_t)y * rowf;
     for (uint32_t x = 0; x < dw; x++) {
       const float *w = ax.wt + (size_t)x * ax.taps;
-      uint32_t x0 = ax.first[x];
-      for (uint32_t c = 0; c < ch; c++) {
-        float s = 0;
-        for (uint32_t k = 0; k < ax.taps && x0 + k < sw; k++)
-          s += w[k] * row[(size_t)(x0 + k) * ch + c];
-        tmp[((size_t)y * dw + x) * ch + c] = s;
-      }
+      const uint8_t *p = row + (size_t)ax.first[x] * ch;
+      float s[4] = {0, 0, 0, 0};
+      for (uint32_t k = 0; k < ax.count[x]; k++, p += ch)
+        for (uint32_t c = 0; c < ch; c++)
+          s[c] += w[k] * p[c];
+      for (uint32_t c = 0; c < ch; c++)
+        out[(size_t)x * ch + c] = s[c];
     }
   }
-  /* along y, into planes */
+  /* along y, whole rows at a time, then into planes */
   for (uint32_t y = 0; y < dh; y++) {
     const float *w = ay.wt + (size_t)y * ay.taps;
-    uint32_t y0 = ay.first[y];
+    memset(acc, 0, rowf * sizeof(*acc));
+    for (uint32_t k = 0; k < ay.count[y]; k++) {
+      const float *in = tmp + (size_t)(ay.first[y] + k) * rowf;
+      for (size_t i = 0; i < rowf; i++)
+        acc[i] += w[k] * in[i];
+    }
     for (uint32_t x = 0; x < dw; x++) {
       for (uint32_t c = 0; c < ch; c++) {
-        float s = 0;
-        for (uint32_t k = 0; k < ay.taps && y0 + k < sh; k++)
-          s += w[k] * tmp[((size_t)(y0 + k) * dw + x) * ch + c];
-        s = floorf(s + 0.5f);
-        dst[((size_t)c * dh + y) * dw + x] = (uint8_t)(s < 0 ? 0 : s > 255 ? 255 : s);
+        float v = floorf(acc[(size_t)x * ch + c] + 0.5f);
+        dst[((size_t)c * dh + y) * dw + x] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
       }
     }
   }

@@ -680,11 +680,14 @@ static void loader_exe(char *buf, size_t cap) {
 struct stream {
   uint8_t *bytes;
   size_t n, cap;
+  uint8_t *train0; /* epoch 0's train samples, each followed by its label */
+  size_t ntrain0;
   uint32_t dtype, sample_bytes, batches;
   char message[1024];
 };
 
-static void run_loader(struct stream *out, size_t slot, const char *e, const char *b) {
+static void run_loader(struct stream *out, size_t slot, const char *e, const char *b,
+                       const char *budget) {
   char exe[PATH_MAX], ring[64];
   td_ring *r;
   pid_t pid;
@@ -701,7 +704,8 @@ static void run_loader(struct stream *out, size_t slot, const char *e, const cha
   ck_assert_int_ge(pid, 0);
   if (pid == 0) {
     const char *argv[] = {exe, "--job", tmp_path("job.tdj"), "--ring", ring, "--no-cache",
-                          "--start-epoch", e, "--start-batch", b, NULL};
+                          "--start-epoch", e, "--start-batch", b, "--threads", "2",
+                          budget ? "--memory-budget" : NULL, budget, NULL};
     execv(exe, (char **)argv);
     _exit(127);
   }
@@ -734,6 +738,15 @@ static void run_loader(struct stream *out, size_t slot, const char *e, const cha
     memcpy(out->bytes + out->n + 4, &h->index, 4);
     memcpy(out->bytes + out->n + 8, td_batch_pixels(h), k - 8);
     out->n += k;
+    if (h->kind == TD_BATCH_TRAIN && h->epoch == 0) {
+      out->train0 = realloc(out->train0, (out->ntrain0 + h->count) * (h->sample_bytes + 1));
+      ck_assert_ptr_nonnull(out->train0);
+      for (uint32_t j = 0; j < h->count; j++, out->ntrain0++) {
+        uint8_t *at = out->train0 + out->ntrain0 * (h->sample_bytes + 1);
+        memcpy(at, td_batch_pixels(h) + (size_t)j * h->sample_bytes, h->sample_bytes);
+        at[h->sample_bytes] = td_batch_labels(h)[j];
+      }
+    }
     td_ring_read_end(r);
   }
   ck_assert_int_eq(waitpid(pid, &status, 0), pid);
@@ -772,16 +785,16 @@ START_TEST(test_loader_augment) {
   spec.epochs = 3;
   ck_assert_int_eq(td_jobdesc_save(tmp_path("job.tdj"), &spec, errbuf, sizeof(errbuf)), 0);
   slot = td_batch_bytes(8, 3 * 6 * 6 * 4);
-  run_loader(&a, slot, "0", "0");
+  run_loader(&a, slot, "0", "0", NULL);
   ck_assert_int_eq(a.dtype, TD_DTYPE_F32);
   ck_assert_uint_eq(a.sample_bytes, 3 * 6 * 6 * 4);
   /* per epoch: 30 train samples (4 batches), 6 validation (1), 36 test (5) */
   ck_assert_uint_eq(a.batches, 3 * (4 + 1 + 5));
-  run_loader(&b, slot, "0", "0");
+  run_loader(&b, slot, "0", "0", NULL);
   ck_assert_uint_eq(a.n, b.n);
   ck_assert_mem_eq(a.bytes, b.bytes, a.n);
   /* from epoch 1, batch 2: the first run's tail, to the byte */
-  run_loader(&c, slot, "1", "2");
+  run_loader(&c, slot, "1", "2", NULL);
   {
     size_t per_sample = a.sample_bytes + 1, epoch_bytes = a.n / 3;
     size_t skip = epoch_bytes + 2 * (8 * per_sample + 8);
@@ -797,6 +810,62 @@ START_TEST(test_loader_augment) {
   free(a.bytes);
   free(b.bytes);
   free(c.bytes);
+  free(a.train0);
+  free(b.train0);
+  free(c.train0);
+}
+END_TEST
+
+static size_t g_rec;
+static int rec_cmp(const void *a, const void *b) { return memcmp(a, b, g_rec); }
+
+/* Streaming (a budget smaller than the data) reads image folders in
+ * windows on the loader's threads, in another order; each sample is still
+ * augmented by its own number, so an epoch's train samples are the same
+ * set of bytes as when the folder is decoded whole. */
+START_TEST(test_loader_stream_augment) {
+  td_jobspec spec;
+  struct stream a, b;
+  size_t slot;
+
+  for (int cls = 0; cls < 3; cls++)
+    for (int i = 0; i < 500; i++) {
+      static uint8_t px[32 * 32 * 3];
+      char name[64];
+      for (int k = 0; k < (int)sizeof(px); k++)
+        px[k] = (uint8_t)(cls * 70 + i * 3 + k * 7);
+      snprintf(name, sizeof(name), "train/c%d", cls);
+      if (i == 0)
+        mkdirs(name);
+      snprintf(name, sizeof(name), "train/c%d/%03d.png", cls, i);
+      ck_assert_int_eq(imgw_png(tmp_path(name), px, 32, 32, 3, 0), 0);
+      if (i < 2) {
+        snprintf(name, sizeof(name), "test/c%d", cls);
+        mkdirs(name);
+        snprintf(name, sizeof(name), "test/c%d/%03d.png", cls, i);
+        ck_assert_int_eq(imgw_png(tmp_path(name), px, 32, 32, 3, 0), 0);
+      }
+    }
+  images_job(&spec, "[3, 32, 32]", 3,
+             "  augment: {random_crop: {padding: 4}, horizontal_flip: true}\n");
+  ck_assert_int_eq(td_jobdesc_save(tmp_path("job.tdj"), &spec, errbuf, sizeof(errbuf)), 0);
+  slot = td_batch_bytes(8, 3 * 32 * 32);
+  run_loader(&a, slot, "0", "0", NULL);
+  /* 1500 samples of 3 KiB do not fit 8.6 MB beside the loader's own 4 MiB
+   * and its two threads' buffers: windows of about 30 samples */
+  run_loader(&b, slot, "0", "0", "8600000");
+  ck_assert_uint_eq(a.ntrain0, 1500);
+  ck_assert_uint_eq(b.ntrain0, 1500);
+  g_rec = 3 * 32 * 32 + 1;
+  ck_assert_msg(memcmp(a.train0, b.train0, 1500 * g_rec) != 0,
+                "the streaming order is the in-memory one");
+  qsort(a.train0, 1500, g_rec, rec_cmp);
+  qsort(b.train0, 1500, g_rec, rec_cmp);
+  ck_assert_mem_eq(a.train0, b.train0, 1500 * g_rec);
+  free(a.bytes);
+  free(b.bytes);
+  free(a.train0);
+  free(b.train0);
 }
 END_TEST
 
@@ -815,6 +884,7 @@ static Suite *imgfolder_suite(void) {
   tcase_add_test(t, test_augment_apply);
   tcase_add_test(t, test_fmnist_folder);
   tcase_add_test(t, test_loader_augment);
+  tcase_add_test(t, test_loader_stream_augment);
   suite_add_tcase(s, t);
   return s;
 }

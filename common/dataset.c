@@ -180,6 +180,8 @@ int td_split_load(td_split *s, uint8_t *samples, uint8_t *labels, uint32_t class
     ld.per = LOAD_TASK_BYTES / s->sample_bytes;
     if (align > 1)
       ld.per = (ld.per / align + 1) * align;
+    if (s->fmt->load_task_max > 0 && ld.per > s->fmt->load_task_max)
+      ld.per = s->fmt->load_task_max;
     if (ld.per < 1)
       ld.per = 1;
     ntasks = (s->count + ld.per - 1) / ld.per;

@@ -80,6 +80,8 @@ struct td__format {
   /* Formats of many files (images) rather than sf and lf; NULL otherwise:
    * free priv; the split's name for messages; what the files are, for
    * td_split_cache_key (appended to its text) */
+  uint32_t load_task_max; /* samples a whole-split load task decodes at most (0: no
+                             limit): images, slow to decode, spread over the threads */
   void (*close)(td_split *s);
   const char *(*path)(const td_split *s);
   int (*cache_ident)(const td_split *s, char *buf, size_t cap);

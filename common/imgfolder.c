@@ -259,6 +259,20 @@ static void axis_free(struct axis *a) {
   free(a->wt);
 }
 
+static inline __attribute__((always_inline)) void
+resize_row(const uint8_t *row, float *out, const struct axis *ax, uint32_t dw, uint32_t ch) {
+  for (uint32_t x = 0; x < dw; x++) {
+    const float *w = ax->wt + (size_t)x * ax->taps;
+    const uint8_t *p = row + (size_t)ax->first[x] * ch;
+    float s[4] = {0, 0, 0, 0};
+    for (uint32_t k = 0; k < ax->count[x]; k++, p += ch)
+      for (uint32_t c = 0; c < ch; c++)
+        s[c] += w[k] * p[c];
+    for (uint32_t c = 0; c < ch; c++)
+      out[(size_t)x * ch + c] = s[c];
+  }
+}
+
 int td_image_resize(const uint8_t *src, uint32_t sw, uint32_t sh, uint32_t ch, uint8_t *dst,
                     uint32_t dw, uint32_t dh) {
   struct axis ax = {0}, ay = {0};
@@ -284,16 +298,13 @@ int td_image_resize(const uint8_t *src, uint32_t sw, uint32_t sh, uint32_t ch, u
   for (uint32_t y = 0; y < sh; y++) {
     const uint8_t *row = src + (size_t)y * sw * ch;
     float *out = tmp + (size_t)y * rowf;
-    for (uint32_t x = 0; x < dw; x++) {
-      const float *w = ax.wt + (size_t)x * ax.taps;
-      const uint8_t *p = row + (size_t)ax.first[x] * ch;
-      float s[4] = {0, 0, 0, 0};
-      for (uint32_t k = 0; k < ax.count[x]; k++, p += ch)
-        for (uint32_t c = 0; c < ch; c++)
-          s[c] += w[k] * p[c];
-      for (uint32_t c = 0; c < ch; c++)
-        out[(size_t)x * ch + c] = s[c];
-    }
+    /* the channel count a constant in the common cases, so the loops unroll */
+    if (ch == 1)
+      resize_row(row, out, &ax, dw, 1);
+    else if (ch == 3)
+      resize_row(row, out, &ax, dw, 3);
+    else
+      resize_row(row, out, &ax, dw, ch);
   }
   /* along y, whole rows at a time, then into planes */
   for (uint32_t y = 0; y < dh; y++) {
@@ -816,6 +827,7 @@ const td__format td__format_images = {
     .load_file = NULL,
     .load_align = 1,
     .load_to_end = 0,
+    .load_task_max = 64,
     .close = close_images,
     .path = images_path,
     .cache_ident = images_cache_ident,

@@ -26,14 +26,13 @@ def main():
     label = "%dx%d %s" % (w, h, "gray" if c == 1 else "RGB")
     try:
         from PIL import Image
-        import numpy as np
 
         def one(p):
             im = Image.open(p).convert("L" if c == 1 else "RGB")
             if im.size != (w, h):
                 im = im.resize((w, h), Image.BILINEAR)
-            a = np.asarray(im)
-            return a[None] if c == 1 else a.transpose(2, 0, 1).copy()
+            # channels first, as traind's samples are
+            return b"".join(band.tobytes() for band in im.split())
         peer = "Pillow " + Image.__version__
     except ImportError:
         try:
@@ -57,11 +56,12 @@ def main():
             return 0
     for p in paths[: min(len(paths), 200)]:
         one(p)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for p in paths:
         one(p)
-    t = time.perf_counter() - t0
-    print("%-34s %s 1 thread: %8.0f images/s" % ("", peer, len(paths) / t))
+    t, c = time.perf_counter() - t0, time.process_time() - c0
+    print("%-34s %s 1 thread: %8.0f images/s (%8.0f per CPU second)"
+          % ("", peer, len(paths) / t, len(paths) / c))
     return 0
 
 

@@ -446,7 +446,8 @@ static int list_dir(int base, const char *rel, const char *path, int want_dir, c
   DIR *d;
   int fd, rc = TD_ENOMEM;
 
-  fd = rel[0] ? openat(base, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : fcntl(base, F_DUPFD_CLOEXEC, 0);
+  fd = rel[0] ? openat(base, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+               : fcntl(base, F_DUPFD_CLOEXEC, 0);
   if (fd < 0)
     return td_data_errf(err, errlen, path, "cannot open the folder: %s", strerror(errno));
   if ((d = fdopendir(fd)) == NULL) {
@@ -509,7 +510,8 @@ static int list_dir(int base, const char *rel, const char *path, int want_dir, c
     char **all = malloc(n * sizeof(*all) + used + 1);
     if (all == NULL)
       goto fail;
-    memcpy((char *)(all + n), block, used);
+    if (used > 0)
+      memcpy((char *)(all + n), block, used);
     for (size_t i = 0; i < n; i++)
       all[i] = (char *)(all + n) + offs[i];
     free(offs);

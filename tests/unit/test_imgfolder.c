@@ -686,8 +686,9 @@ struct stream {
   char message[1024];
 };
 
+/* cache: through the shared decoded copy (else --no-cache) */
 static void run_loader(struct stream *out, size_t slot, const char *e, const char *b,
-                       const char *budget) {
+                       const char *budget, int cache) {
   char exe[PATH_MAX], ring[64];
   td_ring *r;
   pid_t pid;
@@ -703,9 +704,16 @@ static void run_loader(struct stream *out, size_t slot, const char *e, const cha
   pid = fork();
   ck_assert_int_ge(pid, 0);
   if (pid == 0) {
-    const char *argv[] = {exe, "--job", tmp_path("job.tdj"), "--ring", ring, "--no-cache",
-                          "--start-epoch", e, "--start-batch", b, "--threads", "2",
-                          budget ? "--memory-budget" : NULL, budget, NULL};
+    const char *argv[16] = {exe, "--job", tmp_path("job.tdj"), "--ring", ring,
+                            "--start-epoch", e, "--start-batch", b, "--threads", "2"};
+    int n = 11;
+    if (!cache)
+      argv[n++] = "--no-cache";
+    if (budget != NULL) {
+      argv[n++] = "--memory-budget";
+      argv[n++] = budget;
+    }
+    argv[n] = NULL;
     execv(exe, (char **)argv);
     _exit(127);
   }
@@ -785,16 +793,22 @@ START_TEST(test_loader_augment) {
   spec.epochs = 3;
   ck_assert_int_eq(td_jobdesc_save(tmp_path("job.tdj"), &spec, errbuf, sizeof(errbuf)), 0);
   slot = td_batch_bytes(8, 3 * 6 * 6 * 4);
-  run_loader(&a, slot, "0", "0", NULL);
+  run_loader(&a, slot, "0", "0", NULL, 0);
   ck_assert_int_eq(a.dtype, TD_DTYPE_F32);
   ck_assert_uint_eq(a.sample_bytes, 3 * 6 * 6 * 4);
   /* per epoch: 30 train samples (4 batches), 6 validation (1), 36 test (5) */
   ck_assert_uint_eq(a.batches, 3 * (4 + 1 + 5));
-  run_loader(&b, slot, "0", "0", NULL);
+  run_loader(&b, slot, "0", "0", NULL, 0);
+  ck_assert_uint_eq(a.n, b.n);
+  ck_assert_mem_eq(a.bytes, b.bytes, a.n);
+  /* decoded into the shared copy (the cache key of a folder) instead of its own memory */
+  free(b.bytes);
+  free(b.train0);
+  run_loader(&b, slot, "0", "0", NULL, 1);
   ck_assert_uint_eq(a.n, b.n);
   ck_assert_mem_eq(a.bytes, b.bytes, a.n);
   /* from epoch 1, batch 2: the first run's tail, to the byte */
-  run_loader(&c, slot, "1", "2", NULL);
+  run_loader(&c, slot, "1", "2", NULL, 0);
   {
     size_t per_sample = a.sample_bytes + 1, epoch_bytes = a.n / 3;
     size_t skip = epoch_bytes + 2 * (8 * per_sample + 8);
@@ -850,10 +864,10 @@ START_TEST(test_loader_stream_augment) {
              "  augment: {random_crop: {padding: 4}, horizontal_flip: true}\n");
   ck_assert_int_eq(td_jobdesc_save(tmp_path("job.tdj"), &spec, errbuf, sizeof(errbuf)), 0);
   slot = td_batch_bytes(8, 3 * 32 * 32);
-  run_loader(&a, slot, "0", "0", NULL);
+  run_loader(&a, slot, "0", "0", NULL, 0);
   /* 1500 samples of 3 KiB do not fit 8.6 MB beside the loader's own 4 MiB
    * and its two threads' buffers: windows of about 30 samples */
-  run_loader(&b, slot, "0", "0", "8600000");
+  run_loader(&b, slot, "0", "0", "8600000", 0);
   ck_assert_uint_eq(a.ntrain0, 1500);
   ck_assert_uint_eq(b.ntrain0, 1500);
   g_rec = 3 * 32 * 32 + 1;

@@ -49,13 +49,25 @@ static void jpeg_fail_message(j_common_ptr cinfo, int level) {
     jpeg_fail_exit(cinfo);
 }
 
+/* PIL's convert("L"): ITU-R 601-2 luma, in 16-bit fixed point. */
+static uint8_t luma(const uint8_t *p) {
+  return (uint8_t)((p[0] * 19595u + p[1] * 38470u + p[2] * 7471u + 0x8000u) >> 16);
+}
+
+/* n RGB pixels to n gray ones, in place. */
+static void to_gray(uint8_t *px, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    px[i] = luma(px + 3 * i);
+}
+
 static int decode_jpeg(const uint8_t *buf, size_t n, uint32_t channels, uint32_t hint_w,
                        uint32_t hint_h, const char *path, uint8_t **pix, uint32_t *w,
                        uint32_t *h, char *err, size_t errlen) {
   struct jpeg_decompress_struct cinfo;
   struct jpeg_fail fail;
   uint8_t *volatile out = NULL;
-  int rc = TD_EDATA;
+  uint32_t have;
+  int color, rc = TD_EDATA;
 
   cinfo.err = jpeg_std_error(&fail.pub);
   fail.pub.error_exit = jpeg_fail_exit;
@@ -78,32 +90,39 @@ static int decode_jpeg(const uint8_t *buf, size_t n, uint32_t channels, uint32_t
                       (unsigned long long)TD_IMAGE_MAX_PIXELS);
     goto destroy;
   }
-  cinfo.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  /* Gray from color as from a color PNG (PIL's luma of the RGB values), not
+   * libjpeg's Y channel, which differs by the chroma's rounding. */
+  color = cinfo.jpeg_color_space != JCS_GRAYSCALE;
+  cinfo.out_color_space = channels == 1 && !color ? JCS_GRAYSCALE : JCS_RGB;
   /* The DCT scales by 1/2, 1/4, 1/8 almost for free: a photo much larger
-   * than the model's input need not be decoded whole to be shrunk. */
+   * than the model's input need not be decoded whole to be shrunk.  Only
+   * while twice the input's size remains, so the resize still filters. */
   for (unsigned d = 8; d >= 2 && hint_w > 0 && hint_h > 0; d /= 2) {
-    if ((cinfo.image_width + d - 1) / d >= hint_w && (cinfo.image_height + d - 1) / d >= hint_h) {
+    if (cinfo.image_width / d >= 2 * hint_w && cinfo.image_height / d >= 2 * hint_h) {
       cinfo.scale_num = 1;
       cinfo.scale_denom = d;
       break;
     }
   }
   jpeg_start_decompress(&cinfo);
-  if ((uint32_t)cinfo.output_components != channels) {
-    rc = td_data_errf(err, errlen, path, "a JPEG decoded to %d channels: expected %u",
-                      cinfo.output_components, channels);
+  have = (uint32_t)cinfo.output_components;
+  if (have != (cinfo.out_color_space == JCS_RGB ? 3u : 1u)) {
+    rc = td_data_errf(err, errlen, path, "a JPEG decoded to %u channels: expected %u", have,
+                      cinfo.out_color_space == JCS_RGB ? 3u : 1u);
     goto destroy;
   }
-  out = malloc((size_t)cinfo.output_width * cinfo.output_height * channels + 1);
+  out = malloc((size_t)cinfo.output_width * cinfo.output_height * have + 1);
   if (out == NULL) {
     rc = TD_ENOMEM;
     goto destroy;
   }
   while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = out + (size_t)cinfo.output_scanline * cinfo.output_width * channels;
+    JSAMPROW row = out + (size_t)cinfo.output_scanline * cinfo.output_width * have;
     jpeg_read_scanlines(&cinfo, &row, 1);
   }
   jpeg_finish_decompress(&cinfo);
+  if (have != channels)
+    to_gray(out, (size_t)cinfo.output_width * cinfo.output_height);
   *w = cinfo.output_width;
   *h = cinfo.output_height;
   *pix = out;
@@ -113,11 +132,6 @@ destroy:
   jpeg_destroy_decompress(&cinfo);
   free(out);
   return rc;
-}
-
-/* PIL's convert("L"): ITU-R 601-2 luma, in 16-bit fixed point. */
-static uint8_t luma(const uint8_t *p) {
-  return (uint8_t)((p[0] * 19595u + p[1] * 38470u + p[2] * 7471u + 0x8000u) >> 16);
 }
 
 static int decode_png(const uint8_t *buf, size_t n, uint32_t channels, const char *path,

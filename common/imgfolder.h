@@ -20,7 +20,9 @@
  * [1, H, W]: gray, [3, H, W]: RGB; alpha dropped as PIL's convert("RGB")
  * drops it; color to gray as PIL's convert("L"): ITU-R 601 luma; 16-bit
  * PNG to 8 bits; palettes expanded), then resized to H x W (td_image_resize)
- * and stored as uint8 [C, H, W].
+ * and stored as uint8 [C, H, W]: Pillow's values (tests/data/pil_check.py),
+ * within 1 where it resizes in fixed point, except for 16-bit PNG (Pillow
+ * clips them at 255) and large JPEG (decoded smaller first, see below).
  *
  * Opening a split lists the folders (no image is read), so the submit-time
  * check stays cheap; a bad image is found when the loader decodes it, and
@@ -39,7 +41,8 @@
  * into *pix (malloc'd, *w x *h pixels of `channels` bytes each, rows top
  * to bottom, channels interleaved), as channels 1 (gray) or 3 (RGB).
  * hint_w/hint_h (0: none) let a large JPEG decode at 1/2, 1/4 or 1/8 of
- * its size when that is still at least hint_w x hint_h.  TD_EDATA with
+ * its size when that is still at least twice hint_w x hint_h (so resizing
+ * still filters it; the result then differs a little from a whole decode's).  TD_EDATA with
  * "<path>: what is wrong" in err, TD_ENOMEM. */
 int td_image_decode(const uint8_t *buf, size_t n, uint32_t channels, uint32_t hint_w,
                     uint32_t hint_h, const char *path, uint8_t **pix, uint32_t *w, uint32_t *h,

@@ -93,6 +93,27 @@ static uint32_t be32(const uint8_t *p) {
   return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+/* mkdir -p */
+static int make_dirs(const char *dir) {
+  char p[4096];
+  size_t n = strlen(dir);
+
+  if (n == 0 || n >= sizeof(p))
+    return -1;
+  memcpy(p, dir, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (p[i] != '/' && p[i] != '\0')
+      continue;
+    p[i] = '\0';
+    if (mkdir(p, 0755) < 0 && errno != EEXIST) {
+      fprintf(stderr, "cannot make %s: %s\n", p, strerror(errno));
+      return -1;
+    }
+    p[i] = i < n ? '/' : '\0';
+  }
+  return 0;
+}
+
 int imgw_fmnist(const char *images, const char *labels, const char *dir, uint32_t n,
                 uint32_t jpeg_every, int rgb) {
   gzFile gi = gzopen(images, "rb"), gl = gzopen(labels, "rb");
@@ -112,11 +133,9 @@ int imgw_fmnist(const char *images, const char *labels, const char *dir, uint32_
             labels, n);
     goto done;
   }
-  if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-    goto done;
   for (int c = 0; c < 10; c++) {
     snprintf(path, sizeof(path), "%s/%s", dir, imgw_fmnist_classes[c]);
-    if (mkdir(path, 0755) < 0 && errno != EEXIST)
+    if (make_dirs(path) < 0)
       goto done;
   }
   for (uint32_t i = 0; i < n; i++) {

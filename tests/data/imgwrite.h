@@ -26,7 +26,8 @@ extern const char *const imgw_fmnist_classes[10];
 
 /* The first n images of a Fashion-MNIST IDX pair (gzip or plain) as
  * dir/<class>/<index>.png, every jpeg_every-th (0: none) as .jpg
- * instead; rgb: the gray value in three channels.  dir is made. */
+ * instead; rgb: the gray value in three channels.  dir is made, with its
+ * parents. */
 int imgw_fmnist(const char *images, const char *labels, const char *dir, uint32_t n,
                 uint32_t jpeg_every, int rgb);
 

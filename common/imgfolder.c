@@ -476,9 +476,15 @@ static int list_dir(int base, const char *rel, const char *path, int want_dir, c
       continue;
     if (!want_dir && !has_image_ext(de->d_name))
       continue;
-    /* follows links, as torchvision does */
-    if (fstatat(dirfd(d), de->d_name, &st, 0) < 0)
-      continue;
+    /* follows links, as torchvision does; an image that is a broken link
+     * is an error now rather than a sample missing from the set */
+    if (fstatat(dirfd(d), de->d_name, &st, 0) < 0) {
+      if (want_dir)
+        continue;
+      rc = td_data_errf(err, errlen, path, "cannot stat image '%s': %s", de->d_name,
+                        strerror(errno));
+      goto fail;
+    }
     if (want_dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode))
       continue;
     if (used + len + 1 > bcap) {

@@ -399,6 +399,11 @@ START_TEST(test_folder_errors) {
   flat_png("test", "emu", "1.png", 3);
   ck_assert_msg(td_dataset_check(&spec, errbuf, sizeof(errbuf)) == 0, "%s", errbuf);
 
+  /* an image that is a broken link, at once */
+  ck_assert_int_eq(symlink("/nonexistent/x.png", tmp_path("train/dog/3.png")), 0);
+  check_fails(&spec, "cannot stat image '3.png'", tmp_path("train/dog"));
+  unlink(tmp_path("train/dog/3.png"));
+
   /* a bad image shows when it is read, by name */
   write_bytes("train/dog/2.png", "GIF89a....", 10);
   ck_assert_int_eq(td_split_open(&spec, TD_SPLIT_TRAIN, &s, errbuf, sizeof(errbuf)), 0);

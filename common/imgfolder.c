@@ -84,12 +84,6 @@ static int decode_jpeg(const uint8_t *buf, size_t n, uint32_t channels, uint32_t
                       "convert it to RGB");
     goto destroy;
   }
-  if ((uint64_t)cinfo.image_width * cinfo.image_height > TD_IMAGE_MAX_PIXELS) {
-    rc = td_data_errf(err, errlen, path, "a JPEG of %u x %u pixels: expected at most %llu "
-                      "pixels", cinfo.image_width, cinfo.image_height,
-                      (unsigned long long)TD_IMAGE_MAX_PIXELS);
-    goto destroy;
-  }
   /* Gray from color as from a color PNG (PIL's luma of the RGB values), not
    * libjpeg's Y channel, which differs by the chroma's rounding. */
   color = cinfo.jpeg_color_space != JCS_GRAYSCALE;
@@ -103,6 +97,16 @@ static int decode_jpeg(const uint8_t *buf, size_t n, uint32_t channels, uint32_t
       cinfo.scale_denom = d;
       break;
     }
+  }
+  /* the limit is on what is decoded: a large photo shrunk by the DCT passes */
+  jpeg_calc_output_dimensions(&cinfo);
+  if ((uint64_t)cinfo.output_width * cinfo.output_height > TD_IMAGE_MAX_PIXELS) {
+    rc = td_data_errf(err, errlen, path, "a JPEG of %u x %u pixels: expected at most %llu "
+                      "pixels (at most %llu when decoded at 1/8 for a small input)",
+                      cinfo.image_width, cinfo.image_height,
+                      (unsigned long long)TD_IMAGE_MAX_PIXELS,
+                      (unsigned long long)TD_IMAGE_MAX_PIXELS * 64);
+    goto destroy;
   }
   jpeg_start_decompress(&cinfo);
   have = (uint32_t)cinfo.output_components;

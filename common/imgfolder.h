@@ -35,7 +35,8 @@
 #include <stdint.h>
 
 #define TD_IMAGE_MAX_FILE   ((uint64_t)64 << 20) /* bytes of one image file */
-#define TD_IMAGE_MAX_PIXELS ((uint64_t)1 << 25)  /* width x height of one image */
+#define TD_IMAGE_MAX_PIXELS ((uint64_t)1 << 25)  /* width x height of one image as decoded
+                                                    (a JPEG: after the DCT's scaling) */
 
 /* Decode a JPEG or PNG image (told apart by its first bytes) of n bytes
  * into *pix (malloc'd, *w x *h pixels of `channels` bytes each, rows top

@@ -223,6 +223,28 @@ START_TEST(test_decode_kinds) {
   p = decode("g.jpg", 3, &w, &h);
   ck_assert(abs(p[0] - 123) <= 1 && p[0] == p[1] && p[1] == p[2]);
   free(p);
+
+  /* a JPEG far larger than the input decodes smaller, keeping twice the
+   * input's size: 640 x 480 for 64 x 48 at 1/4 (160 x 120), for 100 x 100
+   * at 1/2 (320 x 240 >= 200 x 200); for 400 x 300 whole */
+  {
+    static uint8_t big[640 * 480];
+    static const uint32_t want[3][4] = {{64, 48, 160, 120}, {100, 100, 320, 240},
+                                        {400, 300, 640, 480}};
+    size_t n;
+    uint8_t *b;
+    memset(big, 90, sizeof(big));
+    ck_assert_int_eq(imgw_jpeg(tmp_path("big.jpg"), big, 640, 480, 1, 90), 0);
+    b = read_bytes("big.jpg", &n);
+    for (int i = 0; i < 3; i++) {
+      ck_assert_int_eq(td_image_decode(b, n, 1, want[i][0], want[i][1], "big.jpg", &p, &w, &h,
+                                       errbuf, sizeof(errbuf)), 0);
+      ck_assert_msg(w == want[i][2] && h == want[i][3], "for %ux%u: decoded %ux%u",
+                    want[i][0], want[i][1], w, h);
+      free(p);
+    }
+    free(b);
+  }
 }
 END_TEST
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "augment.h"
 #include "dataset_impl.h"
 #include "error.h"
 #include "half.h"
@@ -19,12 +20,15 @@ static const td__format *const formats[] = {
     [TD_DATA_NPY] = &td__format_npy,
     [TD_DATA_CSV] = &td__format_csv,
     [TD_DATA_RAW] = &td__format_raw,
+    [TD_DATA_IMAGES] = &td__format_images,
 };
 
 static const char *const split_names[] = {"train", "test"};
 
 const char *td_split_name(const td_split *s) { return split_names[s->which]; }
-const char *td_split_path(const td_split *s) { return td_dfile_path(s->sf); }
+const char *td_split_path(const td_split *s) {
+  return s->fmt->path != NULL ? s->fmt->path(s) : td_dfile_path(s->sf);
+}
 td_dtype td_split_dtype(const td_split *s) { return s->dtype; }
 td_target td_split_target(const td_split *s) { return s->target; }
 uint32_t td_split_sample_bytes(const td_split *s) { return s->sample_bytes; }
@@ -85,6 +89,8 @@ int td_split_open(const td_jobspec *spec, td_split_which which, td_split **out, 
 void td_split_close(td_split *s) {
   if (s == NULL)
     return;
+  if (s->fmt != NULL && s->fmt->close != NULL)
+    s->fmt->close(s);
   td_dfile_close(s->sf);
   td_dfile_close(s->lf);
   free(s->line_off);
@@ -165,7 +171,7 @@ int td_ids_check(const uint8_t *samples, td_dtype dtype, uint64_t n, uint32_t el
 int td_split_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, void *targets,
                   uint32_t classes, char *err, size_t errlen) {
   if (s->count == UINT64_MAX || first > s->count || n > s->count - first) {
-    snprintf(err, errlen, "%s: samples %llu..+%llu are outside the %s set", td_dfile_path(s->sf),
+    snprintf(err, errlen, "%s: samples %llu..+%llu are outside the %s set", td_split_path(s),
              (unsigned long long)first, (unsigned long long)n, td_split_name(s));
     return TD_EINVAL;
   }
@@ -200,7 +206,8 @@ static int load_task(void *ctx, uint64_t t, char *err, size_t errlen) {
 int td_split_load(td_split *s, uint8_t *samples, void *targets, uint32_t classes,
                   int nthreads, char *err, size_t errlen) {
   struct load ld = {.s = s, .samples = samples, .targets = targets, .classes = classes};
-  int gz = td_dfile_is_gzip(s->sf) || (s->lf != NULL && td_dfile_is_gzip(s->lf)), rc;
+  int gz = (s->sf != NULL && td_dfile_is_gzip(s->sf)) ||
+           (s->lf != NULL && td_dfile_is_gzip(s->lf)), rc;
   uint64_t ntasks, align = s->fmt->load_align;
 
   if (td_split_needs_scan(s, 0) && (rc = td_split_scan(s, 0, err, errlen)) < 0)
@@ -210,6 +217,8 @@ int td_split_load(td_split *s, uint8_t *samples, void *targets, uint32_t classes
     ld.per = LOAD_TASK_BYTES / s->sample_bytes;
     if (align > 1)
       ld.per = (ld.per / align + 1) * align;
+    if (s->fmt->load_task_max > 0 && ld.per > s->fmt->load_task_max)
+      ld.per = s->fmt->load_task_max;
     if (ld.per < 1)
       ld.per = 1;
     ntasks = (s->count + ld.per - 1) / ld.per;
@@ -230,6 +239,8 @@ int td_split_cache_key(const td_split *s, char *buf, size_t cap) {
   if (k < 0 || (size_t)k >= cap)
     return TD_ETOOBIG;
   n = (size_t)k;
+  if (s->fmt->cache_ident != NULL)
+    return s->fmt->cache_ident(s, buf + n, cap - n);
   for (size_t i = 0; i < TD_ARRAY_SIZE(files) && files[i] != NULL; i++) {
     const struct stat *st = td_dfile_stat(files[i]);
     k = snprintf(buf + n, cap - n, " file=%llx:%llx:%lld:%lld.%09ld",
@@ -290,8 +301,9 @@ int td_dataset_probe(const td_jobspec *spec, td_dataset_info *out, char *err, si
 
   if ((rc = td_split_open(spec, TD_SPLIT_TRAIN, &s, err, errlen)) < 0)
     return rc;
-  out->dtype = s->dtype;
-  out->sample_bytes = s->sample_bytes;
+  /* as the samples travel: data.augment.normalize makes them float32 */
+  out->dtype = td_aug_out_dtype(spec, s->dtype);
+  out->sample_bytes = (uint32_t)(s->elems * td_dtype_size(out->dtype));
   td_split_close(s);
   return 0;
 }

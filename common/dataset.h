@@ -1,5 +1,6 @@
 /* Datasets: one front over every format the loader reads (IDX, NumPy
- * .npy, CSV and raw fixed-size records, each plain or gzip-compressed).
+ * .npy, CSV and raw fixed-size records, each plain or gzip-compressed;
+ * folders of JPEG and PNG images, imgfolder.h).
  *
  * A job's data is two splits, train and test.  A split decodes to `count`
  * samples of sample_bytes bytes each (the elements in their stored type:
@@ -14,7 +15,8 @@
  * "<path>: <what> at offset N: expected X, got Y".
  *
  * Each format is one ops table (dataset_impl.h) in its parser's file:
- * idx.c, npy.c, csvdata.c, rawdata.c; dataset.c dispatches through it.
+ * idx.c, npy.c, csvdata.c, rawdata.c, imgfolder.c; dataset.c dispatches
+ * through it.
  */
 #ifndef TD_DATASET_H
 #define TD_DATASET_H

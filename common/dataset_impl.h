@@ -1,6 +1,6 @@
 /* Inside the dataset front (dataset.c): the split every format fills, and
  * the ops table a format is.  A format is one td__format entry, in the
- * file of its parser (idx.c, npy.c, csvdata.c, rawdata.c); the formats of
+ * file of its parser (idx.c, npy.c, csvdata.c, rawdata.c, imgfolder.c); the formats of
  * fixed-size records (idx, npy, raw) share records.c's reading.
  */
 #ifndef TD_DATASET_IMPL_H
@@ -49,6 +49,7 @@ struct td_split {
   uint64_t nline_off;
   int scanned;        /* gzip access points made, sizes checked */
   char params[128];   /* the format's keys, for the cache key */
+  void *priv;         /* a format's own state (imgfolder.c), freed by its close */
 };
 
 /* A data format: what td_split_* asks of it.  Each returns 0 or a negative
@@ -78,9 +79,18 @@ struct td__format {
   uint32_t load_align; /* a whole-split load's ranges start at multiples of it */
   int load_to_end;     /* load_file reads the file to its end, checking it (a gzip
                           CRC); not raw, whose size alone gives its records */
+  /* Formats of many files (images) rather than sf and lf; NULL otherwise:
+   * free priv; the split's name for messages; what the files are, for
+   * td_split_cache_key (appended to its text) */
+  uint32_t load_task_max; /* samples a whole-split load task decodes at most (0: no
+                             limit): images, slow to decode, spread over the threads */
+  void (*close)(td_split *s);
+  const char *(*path)(const td_split *s);
+  int (*cache_ident)(const td_split *s, char *buf, size_t cap);
 };
 
-extern const td__format td__format_idx, td__format_npy, td__format_csv, td__format_raw;
+extern const td__format td__format_idx, td__format_npy, td__format_csv, td__format_raw,
+    td__format_images;
 
 /* dataset.c */
 void td__split_set_records(td_split *s, uint64_t records);

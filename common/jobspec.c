@@ -29,7 +29,8 @@ static const char *const remedy_names[TD_REMEDY__COUNT + 1] = {
     [TD_REMEDY_FP16] = "fp16",
 };
 static const char *const format_names[] = {
-    [TD_DATA_IDX] = "idx", [TD_DATA_NPY] = "npy", [TD_DATA_CSV] = "csv", [TD_DATA_RAW] = "raw", NULL};
+    [TD_DATA_IDX] = "idx", [TD_DATA_NPY] = "npy", [TD_DATA_CSV] = "csv", [TD_DATA_RAW] = "raw",
+    [TD_DATA_IMAGES] = "images", NULL};
 static const char *const dtype_names[] = {"uint8", "int32", "float16", "float32", NULL};
 static const char *const csv_dtype_names[] = {"float32", "uint8", NULL};
 static const int csv_dtype_values[] = {TD_DTYPE_F32, TD_DTYPE_U8};
@@ -232,6 +233,43 @@ static const td_yfield raw_fields[] = {
     {0},
 };
 
+static const td_yfield crop_fields[] = {
+    TD_YF_INT("padding", td_augment, crop_padding, 0, 1024, 0),
+    {0},
+};
+
+/* random_crop: {} turns it on with padding 0 (a crop of the input's own
+ * size, which moves nothing: it is there for the padding). */
+static int check_crop(const td_yfield *f, void *p, const td_ynode *n, void *user, char *msg,
+                      size_t cap) {
+  ((td_augment *)p)->crop = 1;
+  return 0;
+}
+
+static const td_yfield channel_item = {
+    .type = TD_YT_FLOAT, .size = sizeof(float), .lo = -1e6, .hi = 1e6,
+};
+static const td_yfield std_item = {
+    .type = TD_YT_FLOAT, .size = sizeof(float), .lo = 0, .hi = 1e6, .flags = TD_YF_LO_OPEN,
+};
+
+static const td_yfield channel_norm_fields[] = {
+    TD_YF_SEQ("mean", td_augment, mean, nmean, 1, TD_AUGMENT_MAX_CHANNELS, &channel_item,
+              TD_YF_REQUIRED, NULL),
+    TD_YF_SEQ("std", td_augment, std, nstd, 1, TD_AUGMENT_MAX_CHANNELS, &std_item,
+              TD_YF_REQUIRED, NULL),
+    {0},
+};
+
+static const td_yfield augment_fields[] = {
+    {.key = "random_crop", .type = TD_YT_MAP, .offset = 0, .size = sizeof(td_augment),
+     .sub = crop_fields, .check = check_crop},
+    TD_YF_ENUM("horizontal_flip", td_augment, hflip, bool_names, NULL, 0),
+    {.key = "normalize", .type = TD_YT_MAP, .offset = 0, .size = sizeof(td_augment),
+     .sub = channel_norm_fields},
+    {0},
+};
+
 static const td_yfield validation_fields[] = {
     TD_YF_FLOAT("fraction", td_jobspec, val_fraction, 0, 1, TD_YF_HI_OPEN),
     TD_YF_INT("count", td_jobspec, val_count, 0, UINT32_MAX, 0),
@@ -303,6 +341,7 @@ static const td_yfield data_fields[] = {
     DATA_MAP("csv", csv, csv_fields, 0, NULL),
     DATA_MAP("raw", raw, raw_fields, 0, NULL),
     DATA_SECTION("validation", validation_fields),
+    TD_YF_MAP("augment", td_jobspec, augment, augment_fields, 0, NULL),
     TD_YF_INT("shuffle_window", td_jobspec, shuffle_window, 0, UINT32_MAX, 0),
     {0},
 };
@@ -494,13 +533,45 @@ static int node_line(const td_ynode *root, const char *section, const char *key)
   return n != NULL ? n->key_line : 0;
 }
 
+/* data.augment against the model's input: crop and flip need an image,
+ * normalize one mean and std per channel, and the device's scalar
+ * data.normalize would normalise a second time. */
+static int check_augment(const td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
+  const td_ynode *data = td_yaml_get(root, "data");
+  const td_augment *a = &s->augment;
+  int channels = s->input_rank == 3 ? (int)s->input_dims[0] : 1;
+
+  if ((a->crop || a->hflip) && s->input_rank != 2 && s->input_rank != 3) {
+    td_yaml_errf(err, errlen, node_line(data, "augment", a->crop ? "random_crop" : "horizontal_flip"),
+                 "key 'data.augment.%s' needs an image input, model.input [H, W] or "
+                 "[C, H, W]; got %d dimensions", a->crop ? "random_crop" : "horizontal_flip",
+                 s->input_rank);
+    return TD_EJOBSPEC;
+  }
+  if (a->nmean == 0)
+    return 0;
+  if (a->nmean != channels || a->nstd != channels) {
+    td_yaml_errf(err, errlen, node_line(data, "augment", "normalize"),
+                 "key 'data.augment.normalize': expected one mean and one std per channel of "
+                 "model.input (%d), got %d and %d", channels, a->nmean, a->nstd);
+    return TD_EJOBSPEC;
+  }
+  if (td_yaml_get(data, "normalize") != NULL) {
+    td_yaml_errf(err, errlen, node_line(root, "data", "normalize"),
+                 "key 'data.normalize': the job also has data.augment.normalize; give one "
+                 "(per channel on the loader, or one mean and std on the device)");
+    return TD_EJOBSPEC;
+  }
+  return 0;
+}
+
 /* The data keys that depend on the format. */
 static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t errlen) {
   static const char *const splits[] = {"train", "test"};
   /* data.*.features by the name that fits the format: an idx file holds images. */
   static const char *const samples_key[] = {
       [TD_DATA_IDX] = "images", [TD_DATA_NPY] = "features", [TD_DATA_CSV] = "features",
-      [TD_DATA_RAW] = "features"};
+      [TD_DATA_RAW] = "features", [TD_DATA_IMAGES] = "images"};
   const td_ynode *data = td_yaml_get(root, "data");
   int has_labels = s->format == TD_DATA_IDX || s->format == TD_DATA_NPY;
   td_data_raw *r = &s->raw;
@@ -525,9 +596,12 @@ static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t err
     }
     if (!has_labels && sp->labels[0] != '\0') {
       td_yaml_errf(err, errlen, node_line(data, splits[i], "labels"),
-                   "key 'data.%s.labels': a %s file holds its own labels (%s); remove this key",
-                   splits[i], format_names[s->format],
-                   s->format == TD_DATA_CSV ? "data.csv.label_column" : "data.raw.label_offset");
+                   "key 'data.%s.labels': %s hold%s its own labels (%s); remove this key",
+                   splits[i], s->format == TD_DATA_IMAGES ? "an image folder" : s->format ==
+                   TD_DATA_CSV ? "a csv file" : "a raw file", "s",
+                   s->format == TD_DATA_CSV   ? "data.csv.label_column"
+                   : s->format == TD_DATA_RAW ? "data.raw.label_offset"
+                                              : "one class folder per label");
       return TD_EJOBSPEC;
     }
   }
@@ -550,6 +624,17 @@ static int check_data(td_jobspec *s, const td_ynode *root, char *err, size_t err
                  "key 'data.validation': give fraction or count, not both");
     return TD_EJOBSPEC;
   }
+  if (s->format == TD_DATA_IMAGES &&
+      !(s->input_rank == 2 ||
+        (s->input_rank == 3 && (s->input_dims[0] == 1 || s->input_dims[0] == 3)))) {
+    td_yaml_errf(err, errlen, node_line(root, "model", "input"),
+                 "key 'model.input': format images decodes to [H, W] or [1, H, W] (gray) or "
+                 "[3, H, W] (RGB); got %d dimensions%s", s->input_rank,
+                 s->input_rank == 3 ? " with another channel count" : "");
+    return TD_EJOBSPEC;
+  }
+  if (check_augment(s, root, err, errlen) < 0)
+    return TD_EJOBSPEC;
   if (s->format != TD_DATA_RAW)
     return 0;
 

@@ -87,7 +87,7 @@ typedef enum { TD_OPT_SGD = 0, TD_OPT_ADAM, TD_OPT_ADAMW } td_opt_kind;
 
 typedef enum { TD_PREC_FP32 = 0, TD_PREC_BF16, TD_PREC_FP16, TD_PREC__COUNT } td_precision;
 
-typedef enum { TD_DATA_IDX = 0, TD_DATA_NPY, TD_DATA_CSV, TD_DATA_RAW } td_data_format;
+typedef enum { TD_DATA_IDX = 0, TD_DATA_NPY, TD_DATA_CSV, TD_DATA_RAW, TD_DATA_IMAGES } td_data_format;
 
 
 /* What one sample's target is as it travels (ring, staging arena): a class
@@ -113,7 +113,8 @@ typedef enum {
 
 typedef struct td_data_split {
   char images[TD_PATH_MAX]; /* the samples, data.*.features or .images (csv, raw: the one
-                               file, labels inside); absolute once parsed with a base dir */
+                               file, labels inside; images: the folder of class folders);
+                               absolute once parsed with a base dir */
   char labels[TD_PATH_MAX]; /* idx, npy: the labels; "" for csv and raw */
   uint32_t limit;           /* use only the first N samples; 0 = all */
 } td_data_split;
@@ -142,6 +143,21 @@ typedef struct td_data_raw {
   uint32_t record_bytes;
   uint64_t header_bytes;
 } td_data_raw;
+
+#define TD_AUGMENT_MAX_CHANNELS 4 /* normalize's mean and std: one per input channel */
+
+/* data.augment: what the loader does to a sample after decoding it
+ * (common/augment.h).  The random ones touch train samples only, keyed by
+ * (seed, epoch, sample); normalize applies to every split and makes the
+ * samples float32. */
+typedef struct td_augment {
+  int crop;              /* random_crop: pad, then crop back to the input's size */
+  uint32_t crop_padding; /* random_crop.padding: zeros on each side */
+  int hflip;             /* horizontal_flip: mirror half the samples */
+  int nmean, nstd;       /* normalize: (x * scale - mean[c]) / std[c]; 0 = off */
+  float mean[TD_AUGMENT_MAX_CHANNELS];
+  float std[TD_AUGMENT_MAX_CHANNELS];
+} td_augment;
 
 typedef struct td_optimizer {
   td_opt_kind kind;
@@ -174,6 +190,7 @@ typedef struct td_jobspec {
                                 dataset (td_dataset_probe); sizes the staging arena */
   td_data_csv csv;           /* format csv */
   td_data_raw raw;           /* format raw */
+  td_augment augment;        /* data.augment */
   float val_fraction;        /* validation: the last fraction (or count) of the */
   uint32_t val_count;        /* train samples, held out of training; 0 = none */
   uint32_t shuffle_window;   /* samples shuffled together; 0 = all in memory, or

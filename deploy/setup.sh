@@ -16,6 +16,7 @@ packages=(
   libopenblas-dev zlib1g-dev libsystemd-dev check
   dataset-fashion-mnist sqlite3 systemd munge libmunge-dev libmicrohttpd-dev
   protobuf-c-compiler libprotobuf-c-dev
+  libjpeg62-turbo-dev libpng-dev
 )
 
 missing=()

@@ -113,6 +113,16 @@ static const jd_field raw_fields[] = {
     U("header_bytes", td_data_raw, header_bytes, ANY_U64),
     {0},
 };
+static const jd_field mean_item = {"", JD_FLOAT, 0, sizeof(float), -1e6, 1e6, 0, NULL, 0, 0};
+static const jd_field std_item = {"", JD_FLOAT, 0, sizeof(float), 0, 1e6, JD_LO_OPEN, NULL, 0, 0};
+static const jd_field augment_fields[] = {
+    I("crop", td_augment, crop, 0, 1),
+    U("crop_padding", td_augment, crop_padding, 0, 1024),
+    I("hflip", td_augment, hflip, 0, 1),
+    LIST("mean", td_augment, mean, nmean, 0, TD_AUGMENT_MAX_CHANNELS, &mean_item),
+    LIST("std", td_augment, std, nstd, 0, TD_AUGMENT_MAX_CHANNELS, &std_item),
+    {0},
+};
 static const jd_field optimizer_fields[] = {
     I("kind", td_optimizer, kind, 0, TD_OPT_ADAMW),
     FL("lr", td_optimizer, lr, 0, 10, JD_LO_OPEN),
@@ -181,7 +191,7 @@ static const jd_field job_fields[] = {
     LIST("input_dims", td_jobspec, input_dims, input_rank, 1, TD_MAX_RANK, &dim_item),
     I("input_seq", td_jobspec, input_seq, 0, 1),
     LIST("layers", td_jobspec, layers, nlayers, 1, TD_MAX_LAYERS, &layer_item),
-    I("format", td_jobspec, format, 0, TD_DATA_RAW),
+    I("format", td_jobspec, format, 0, TD_DATA_IMAGES),
     MAP("train", td_jobspec, train, split_fields),
     MAP("test", td_jobspec, test, split_fields),
     FL("norm_mean", td_jobspec, norm_mean, -1e6, 1e6, 0),
@@ -189,6 +199,7 @@ static const jd_field job_fields[] = {
     I("sample_dtype", td_jobspec, sample_dtype, 0, TD_DTYPE_F32),
     MAP("csv", td_jobspec, csv, csv_fields),
     MAP("raw", td_jobspec, raw, raw_fields),
+    MAP("augment", td_jobspec, augment, augment_fields),
     FL("val_fraction", td_jobspec, val_fraction, 0, 1, JD_HI_OPEN),
     U("val_count", td_jobspec, val_count, ANY_U32),
     U("shuffle_window", td_jobspec, shuffle_window, ANY_U32),

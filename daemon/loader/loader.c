@@ -22,6 +22,11 @@
  * chunks while the current one is sent, so at most two windows are in
  * memory, and shuffling happens within a window.
  *
+ * data.augment (augment.h) is applied as each sample is copied into its
+ * batch, from the decoded copy, so the shared copy stays as decoded: the
+ * random crop and flip to train samples only, keyed by (seed, epoch,
+ * sample number), normalize to all (the ring then carries float32).
+ *
  * --job is the job's description (proto/jobdesc.h), made by traind at
  * submit; one of another format version is a usage error (exit 2).
  * --base-dir is accepted and unused: the description's paths are
@@ -43,6 +48,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include "augment.h"
 #include "dataset.h"
 #include "error.h"
 #include "jobdesc.h"
@@ -82,6 +88,7 @@ struct window {
   uint64_t pos;  /* the pass position of sample 0 */
   const uint8_t *samples, *targets;
   uint32_t *ids;
+  const uint32_t *nums; /* streaming: the split's sample number at each buffer position */
   int buf; /* streaming buffer, or -1 */
   int end; /* no more windows */
   int rc;  /* the producer failed: message in the loader's err */
@@ -99,9 +106,10 @@ struct loader {
   uint32_t classes;
   uint32_t vocab;       /* an embedding first: its ids, which the samples must hold; else 0 */
   uint32_t elems;       /* values per sample */
-  uint32_t sample_bytes;
+  uint32_t sample_bytes; /* as decoded (and cached) */
   uint32_t target_bytes; /* td_jobspec_target's */
   td_dtype dtype;
+  td_aug aug;            /* what a sample becomes in the ring: aug.out_bytes, aug.out */
   uint64_t budget;
   int threads;
   int no_cache;
@@ -322,11 +330,13 @@ static int loader_prepare(struct loader *L) {
     return loader_fail(L, TD_EDATA, "%s: the test samples are %s, but the train samples are %s",
                        td_split_path(L->split[1]), td_dtype_name(td_split_dtype(L->split[1])),
                        td_dtype_name(L->dtype));
-  if (td_mul_u64(L->batch, (uint64_t)L->sample_bytes + L->target_bytes, &need) < 0 ||
+  if ((err = td_aug_init(&L->aug, &L->spec, L->dtype, L->err, sizeof(L->err))) < 0)
+    return err;
+  if (td_mul_u64(L->batch, (uint64_t)L->aug.out_bytes + L->target_bytes, &need) < 0 ||
       td_add_u64(need, sizeof(td_batch_hdr), &need) < 0 || need > td_ring_slot_bytes(L->ring))
     return loader_fail(L, TD_EINVAL, "a batch of %u samples of %u bytes (%s) does not fit the "
-                       "ring's %zu-byte slots", L->batch, L->sample_bytes,
-                       td_dtype_name(L->dtype), td_ring_slot_bytes(L->ring));
+                       "ring's %zu-byte slots", L->batch, L->aug.out_bytes,
+                       td_dtype_name(L->aug.out), td_ring_slot_bytes(L->ring));
 
   ntrain = td_split_count(L->split[0]);
   if (L->spec.val_fraction > 0 || L->spec.val_count > 0) {
@@ -432,9 +442,16 @@ static int fill_window(struct loader *L, const td_order *o, uint64_t w, struct b
   if (L->streaming) {
     struct decode d = {L, p, chunks, at, B};
     rc = td_parallel(L->threads, nw, decode_task, &d, L->err, sizeof(L->err));
+    for (uint64_t i = 0, c = 0; i < nw; i++) {
+      uint32_t size = td_order_chunk_size(o, chunks[i]);
+      uint64_t s0 = p->base + (uint64_t)chunks[i] * L->chunk;
+      for (uint32_t j = 0; j < size; j++)
+        B->ids[c++] = (uint32_t)(s0 + j);
+    }
     win->samples = B->samples;
     win->targets = B->targets;
     win->ids = B->perm;
+    win->nums = B->ids;
   } else {
     int i_split = p->split == L->split[0] ? 0 : 1;
     uint64_t split_n = td_split_count(p->split);
@@ -465,7 +482,8 @@ static uint32_t open_filled;
 static int emit_window(struct loader *L, const struct window *win) {
   const struct pass *p = win->pass;
   uint32_t nbatches = (uint32_t)((p->n + L->batch - 1) / L->batch);
-  size_t sb = L->sample_bytes, tb = L->target_bytes;
+  size_t sb = L->sample_bytes, ob = L->aug.out_bytes, tb = L->target_bytes;
+  int train = p->kind == TD_BATCH_TRAIN;
   uint64_t i = win->skip;
   int rc;
 
@@ -486,24 +504,25 @@ static int emit_window(struct loader *L, const struct window *win) {
       h->index = (uint32_t)b;
       h->nbatches = nbatches;
       h->count = (uint32_t)(p->n - b * L->batch < L->batch ? p->n - b * L->batch : L->batch);
-      h->sample_bytes = L->sample_bytes;
-      h->dtype = (uint32_t)L->dtype;
+      h->sample_bytes = L->aug.out_bytes;
+      h->dtype = (uint32_t)L->aug.out;
       h->target_bytes = L->target_bytes;
       h->first_sample = b * L->batch;
       open_filled = 0;
     }
     pix = (uint8_t *)(h + 1);
-    lab = pix + (size_t)h->count * sb;
+    lab = pix + (size_t)h->count * ob;
     k = h->count - open_filled < win->count - i ? h->count - open_filled : win->count - i;
     for (uint64_t j = 0; j < k; j++) {
       uint32_t s = win->ids[i + j];
-      memcpy(pix + (open_filled + j) * sb, win->samples + (size_t)s * sb, sb);
+      td_aug_apply(&L->aug, win->samples + (size_t)s * sb, pix + (open_filled + j) * ob,
+                   win->epoch, win->nums != NULL ? win->nums[s] : s, train);
       memcpy(lab + (open_filled + j) * tb, win->targets + (size_t)s * tb, tb);
     }
     open_filled += (uint32_t)k;
     i += k;
     if (open_filled == h->count) {
-      td_ring_write_end(L->ring, td_batch_bytes(h->count, L->sample_bytes, L->target_bytes));
+      td_ring_write_end(L->ring, td_batch_bytes(h->count, L->aug.out_bytes, L->target_bytes));
       open_batch = NULL;
     }
   }

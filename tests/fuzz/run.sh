@@ -9,9 +9,10 @@
 #
 # Time: fuzz_proto and fuzz_jobspec run SECONDS each (default 60); the file
 # and event-line readers (fuzz_idx, fuzz_npy, fuzz_csv, fuzz_raw,
-# fuzz_safetensors, fuzz_checkpoint, fuzz_shmcache) and the worker's messages
-# and job description (fuzz_imsg, fuzz_jobdesc) SECONDS/3 each, so CI's
-# `run.sh 60` fuzzes for 2 * 60 + 9 * 20 s = 5 min in all, plus the build.  Longer runs by hand: run.sh 600.
+# fuzz_safetensors, fuzz_checkpoint, fuzz_shmcache, fuzz_image) and the
+# worker's messages and job description (fuzz_imsg, fuzz_jobdesc) SECONDS/3
+# each, so CI's `run.sh 60` fuzzes for 2 * 60 + 10 * 20 s = 5.3 min in all,
+# plus the build.  Longer runs by hand: run.sh 600.
 #
 # Needs clang and libFuzzer (Debian 12: clang, libclang-rt-14-dev); installs
 # them when missing and run as root, as deploy/setup.sh does.
@@ -23,7 +24,7 @@ seconds=${1:-60}
 
 packages=(clang libclang-rt-14-dev meson ninja-build pkg-config
           libuv1-dev libnanomsg-dev libmsgpack-dev libyaml-dev libsqlite3-dev
-          libopenblas-dev zlib1g-dev libsystemd-dev check)
+          libopenblas-dev zlib1g-dev libsystemd-dev check libjpeg62-turbo-dev libpng-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -64,6 +65,7 @@ targets=(
   "fuzz_imsg|3|$corpus/imsg $corpus/hostile/imsg|16384|"
   "fuzz_jobdesc|3|$corpus/jobdesc $corpus/hostile/jobdesc|65536|"
   "fuzz_shmcache|3|$corpus/shmcache $corpus/hostile/shmcache|16384|"
+  "fuzz_image|3|$corpus/image $corpus/hostile/image|65536|"
 )
 names=()
 for t in "${targets[@]}"; do names+=("tests/${t%%|*}"); done

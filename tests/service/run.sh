@@ -25,7 +25,7 @@ max_exposure=2.0
 packages=(
   systemd dbus munge libmunge2
   libuv1 libnanomsg5 libmsgpackc2 libyaml-0-2 libsqlite3-0 libopenblas0
-  libmicrohttpd12 libprotobuf-c1
+  libmicrohttpd12 libprotobuf-c1 libjpeg62-turbo libpng16-16
   libsystemd0 zlib1g sqlite3 passwd login util-linux
 )
 

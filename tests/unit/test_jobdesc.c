@@ -69,7 +69,8 @@ static size_t first_difference(const void *a, const void *b, size_t n) {
 
 START_TEST(every_example_survives_the_trip) {
   static const char *const examples[] = {"fashion-mnist-mlp", "fashion-mnist-cnn",
-                                         "fashion-mnist-cnn-bf16", "fashion-mnist-conv1d"};
+                                         "fashion-mnist-cnn-bf16", "fashion-mnist-conv1d",
+                                         "fashion-mnist-images"};
 
   for (size_t i = 0; i < TD_ARRAY_SIZE(examples); i++) {
     td_jobspec a, b;

@@ -340,6 +340,7 @@ static void exact_case(const td_jobspec *s, uint32_t micro) {
   td_plan plan;
   uint8_t *px;
   int32_t *lb;
+  size_t tbytes;
   char err[256];
 
   for (int i = 0; i < s->input_rank; i++)
@@ -365,11 +366,14 @@ static void exact_case(const td_jobspec *s, uint32_t micro) {
   classes = td_model_layout(m)->classes;
   /* other stored types get zeros: a valid value of each */
   px = calloc((size_t)s->batch_size * in, td_dtype_size(s->sample_dtype));
-  lb = malloc(s->batch_size * sizeof(*lb));
+  /* the targets at their width: class ids, or (regression, soft or
+   * multi-label) floats, zeros then */
+  tbytes = td_target_bytes(td_jobspec_target(s));
+  lb = calloc(s->batch_size, tbytes);
   for (size_t i = 0; s->sample_dtype == TD_DTYPE_U8 && i < (size_t)s->batch_size * in; i++)
     px[i] = (uint8_t)(i * 2654435761u >> 7);
-  for (uint32_t i = 0; i < s->batch_size; i++)
-    lb[i] = (uint8_t)(i * 7 % classes);
+  for (uint32_t i = 0; td_jobspec_target(s).dtype == TD_DTYPE_I32 && i < s->batch_size; i++)
+    lb[i] = (int32_t)(i * 7 % classes);
   for (int step = 0; step < 3; step++) {
     ck_assert_int_eq(td_model_train_step(m, px, lb, s->batch_size, &st), 0);
     ck_assert_uint_eq(st.count, s->batch_size);

@@ -22,6 +22,7 @@
  * transposed into a panel of 16 floats a column, and each weight is
  * broadcast against it.  dw runs along 16 of its columns, a row of x at a
  * time.  The lanes share the tiles out in fixed ranges. */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "cpu_ops.h"
@@ -37,10 +38,7 @@ typedef float v16 __attribute__((vector_size(64)));
 #endif
 #define PROD_ROWS_TASK 128
 #define PROD_COLS_TASK 32 /* a multiple of 16 */
-#ifndef WNR
-#define WNR 4             /* rows of dw a tile has */
-#endif
-#define DW_ROWS_TASK 64   /* a multiple of WNR */
+#define DW_ROWS_TASK 64   /* a multiple of the tiles' rows (dense_dw.h) */
 #define DW_COLS_TASK 128  /* a multiple of 16 */
 #define DW_RC 128         /* rows of x and dy packed at a time: whole blocks */
 #define MIN_PARALLEL (1 << 18) /* multiply-adds below which one lane is faster */
@@ -53,8 +51,9 @@ typedef float v16 __attribute__((vector_size(64)));
  * would be passed differently in the clones with and without AVX). */
 #define LOAD8(v, p) memcpy(&(v), (p), sizeof(v8))
 #define STORE8(p, v) memcpy((p), &(v), sizeof(v8))
-#define LOAD16(v, p) memcpy(&(v), (p), sizeof(v16))
-#define STORE16(p, v) memcpy((p), &(v), sizeof(v16))
+
+#define DW_CAT2(a, b) a##b
+#define DW_CAT(a, b) DW_CAT2(a, b)
 
 /* The lanes for m n k multiply-adds cut into tasks: one below
  * MIN_PARALLEL, where the hand-over costs more than it saves. */
@@ -227,99 +226,70 @@ typedef struct dw_args {
   int col_tasks, tasks, lanes;
 } dw_args;
 
-/* One WNR x 16 tile of dw from the packed strips (xp: 16 columns a row, dp:
- * WNR rows of dw a row of dy), for rows [0, rn) of the strips: each
- * block's chain over its rows, then onto dw in block order.  Only the
- * tile's first nro rows and cols columns are real. */
-static inline TILE_INLINE void dw_tile(const dw_args *a, const float *restrict xp,
-                                       const float *restrict dp, int rn, int o, int nro,
-                                       int i, int cols, bool first_chunk) {
-  for (int r0 = 0; r0 < rn; r0 += TD_BLOCK_ROWS) {
-    int r1 = rn - r0 < TD_BLOCK_ROWS ? rn : r0 + TD_BLOCK_ROWS;
-    v16 s[WNR], t;
-    bool first = r0 == 0 && first_chunk;
+/* Rows [r0, r0 + rn) of x and dy packed into strips the tiles read in
+ * order: xp holds 16 columns of x a row for each 16 of [i0, i1), dp nw
+ * columns of dy a row for each nw of [o0, o1); zeros past the edges. */
+static inline TILE_INLINE void dw_pack(const dw_args *a, float *restrict xp,
+                                       float *restrict dp, int nw, int r0, int rn, int o0,
+                                       int o1, int i0, int i1) {
+  for (int r = 0; r < rn; r++) {
+    const float *xr = a->x + (size_t)(r0 + r) * a->in, *dr = a->dy + (size_t)(r0 + r) * a->out;
 
-    _Pragma("GCC unroll 8") for (int j = 0; j < WNR; j++) s[j] = (v16){0};
-    for (int r = r0; r < r1; r++) {
-      const float *d = dp + (size_t)r * WNR;
-      v16 h;
+    for (int i = i0; i < i1; i += 16) {
+      float *q = xp + ((size_t)(i - i0) / 16 * DW_RC + r) * 16;
+      v8 h0, h1;
 
-      LOAD16(h, xp + (size_t)r * 16);
-      _Pragma("GCC unroll 8") for (int j = 0; j < WNR; j++) s[j] += d[j] * h;
-    }
-    /* the sum so far is dw itself, or beta dw before the call's first block */
-    for (int j = 0; j < nro; j++) {
-      float *p = a->dw + (size_t)(o + j) * a->in + i;
-      float u[16];
-
-      if (cols == 16) {
-        LOAD16(t, p);
-        if (first && a->beta != 1.0f)
-          t = a->beta == 0.0f ? (v16){0} : a->beta * t;
-        t += s[j];
-        STORE16(p, t);
+      if (i + 16 > i1) {
+        for (int c = 0; c < 16; c++)
+          q[c] = i + c < i1 ? xr[i + c] : 0.0f;
         continue;
       }
-      STORE16(u, s[j]);
-      for (int q = 0; q < cols; q++)
-        p[q] = (!first || a->beta == 1.0f ? p[q] : a->beta == 0.0f ? 0.0f : a->beta * p[q]) +
-               u[q];
+      LOAD8(h0, xr + i);
+      LOAD8(h1, xr + i + 8);
+      STORE8(q, h0);
+      STORE8(q + 8, h1);
     }
-    first = false;
+    for (int o = o0; o < o1; o += nw) {
+      float *q = dp + ((size_t)(o - o0) / nw * DW_RC + r) * nw;
+
+      for (int j = 0; j < nw; j++)
+        q[j] = o + j < o1 ? dr[o + j] : 0.0f;
+    }
   }
 }
 
-/* A task is DW_ROWS_TASK rows by DW_COLS_TASK columns of dw.  DW_RC rows
- * of x and dy at a time are packed into strips that the tiles read in
- * order (16 columns of x a row; WNR columns of dy a row), zeros past the
- * edges. */
-CPU_CLONES
-static void dw_lane(void *arg, int lane) {
-  const dw_args *a = arg;
-  float xp[DW_RC * DW_COLS_TASK] __attribute__((aligned(32)));
-  float dp[DW_RC * DW_ROWS_TASK] __attribute__((aligned(32)));
+/* The lane function twice over (dense_dw.h): with 16-float vectors and
+ * tiles of 8 rows of dw where the CPU has AVX-512 (32 registers), with
+ * pairs of 8-float vectors and 4 rows elsewhere (16 registers; 16-float
+ * vectors without AVX-512 are split by the compiler, and slowly).  Each
+ * element follows the same chains in both, so they give the same bits. */
+#define DW_NAME dw_lane_wide
+#define DW_ATTR __attribute__((target("arch=x86-64-v4")))
+#define DW_VEC v16
+#define DW_NVEC 1
+#define DW_NW 8
+#include "dense_dw.h"
 
-  for (int t = a->tasks * lane / a->lanes; t < a->tasks * (lane + 1) / a->lanes; t++) {
-    int o0 = t / a->col_tasks * DW_ROWS_TASK, i0 = t % a->col_tasks * DW_COLS_TASK;
-    int o1 = a->out - o0 < DW_ROWS_TASK ? a->out : o0 + DW_ROWS_TASK;
-    int i1 = a->in - i0 < DW_COLS_TASK ? a->in : i0 + DW_COLS_TASK;
+#define DW_NAME dw_lane
+#define DW_ATTR CPU_CLONES
+#define DW_VEC v8
+#define DW_NVEC 2
+#define DW_NW 4
+#include "dense_dw.h"
 
-    for (int r0 = 0; r0 < a->n; r0 += DW_RC) {
-      int rn = a->n - r0 < DW_RC ? a->n - r0 : DW_RC;
+static atomic_bool portable_only;
 
-      for (int r = 0; r < rn; r++) {
-        const float *xr = a->x + (size_t)(r0 + r) * a->in, *dr = a->dy + (size_t)(r0 + r) * a->out;
+void td__cpu_dense_portable(bool on) { atomic_store(&portable_only, on); }
 
-        for (int i = i0; i < i1; i += 16) {
-          float *q = xp + ((size_t)(i - i0) / 16 * DW_RC + r) * 16;
-
-          if (i + 16 <= i1) {
-            memcpy(q, xr + i, 16 * sizeof(float));
-            continue;
-          }
-          for (int c = 0; c < 16; c++)
-            q[c] = i + c < i1 ? xr[i + c] : 0.0f;
-        }
-        for (int o = o0; o < o1; o += WNR) {
-          float *q = dp + ((size_t)(o - o0) / WNR * DW_RC + r) * WNR;
-
-          if (o + WNR <= o1) {
-            memcpy(q, dr + o, WNR * sizeof(float));
-            continue;
-          }
-          for (int j = 0; j < WNR; j++)
-            q[j] = o + j < o1 ? dr[o + j] : 0.0f;
-        }
-      }
-      for (int i = i0; i < i1; i += 16) {
-        const float *xs = xp + (size_t)(i - i0) / 16 * DW_RC * 16;
-
-        for (int o = o0; o < o1; o += WNR)
-          dw_tile(a, xs, dp + (size_t)(o - o0) / WNR * DW_RC * WNR, rn, o,
-                  o1 - o < WNR ? o1 - o : WNR, i, i1 - i < 16 ? i1 - i : 16, r0 == 0);
-      }
-    }
-  }
+static bool have_wide(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return !atomic_load(&portable_only) && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512cd") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#else
+  return false;
+#endif
 }
 
 void td__cpu_dense_fwd(td_backend *be, const float *x, const float *w, const float *b,
@@ -335,7 +305,7 @@ void td__cpu_dense_bwd(td_backend *be, const float *x, const float *w, const flo
 
   g.tasks = (out + DW_ROWS_TASK - 1) / DW_ROWS_TASK * g.col_tasks;
   g.lanes = lanes_for(be, (double)n * in * out, g.tasks);
-  td__cpu_parallel(be, g.lanes, dw_lane, &g);
+  td__cpu_parallel(be, g.lanes, have_wide() ? dw_lane_wide : dw_lane, &g);
   /* B(k, j) = w[k, j] */
   if (dx != NULL)
     product(be, dy, n, out, w, (size_t)in, 1, NULL, dx, in);

@@ -29,6 +29,20 @@ static inline TILE_INLINE void DW_CAT(DW_NAME, _tile)(const dw_args *a,
       _Pragma("GCC unroll 8") for (int j = 0; j < DW_NW; j++)
         _Pragma("GCC unroll 2") for (int h = 0; h < DW_NVEC; h++) s[j][h] += d[j] * x[h];
     }
+    if (nro == DW_NW && cols == 16) { /* the common case, with s kept in registers */
+      _Pragma("GCC unroll 8") for (int j = 0; j < DW_NW; j++) {
+        float *p = a->dw + (size_t)(o + j) * a->in + i;
+
+        _Pragma("GCC unroll 2") for (int h = 0; h < DW_NVEC; h++) {
+          memcpy(&t, p + h * W, sizeof(t));
+          if (first && a->beta != 1.0f)
+            t = a->beta == 0.0f ? (DW_VEC){0} : a->beta * t;
+          t += s[j][h];
+          memcpy(p + h * W, &t, sizeof(t));
+        }
+      }
+      continue;
+    }
     for (int j = 0; j < nro; j++) {
       float *p = a->dw + (size_t)(o + j) * a->in + i;
       float u[16];

@@ -18,24 +18,23 @@
  * on the call at all, dw only on where the blocks start (kernels/backend.h:
  * determinism), and a machine with AVX-512, AVX2 or SSE2 gets the same bits.
  *
- * y and dx run along 16 rows at a time: the rows of x (or dy) are packed
- * transposed into a panel of 16 floats a column, and each weight is
- * broadcast against it.  dw runs along 16 of its columns, a row of x at a
- * time.  The lanes share the tiles out in fixed ranges. */
+ * y and dx are one product, C = A B along 16 columns of C at a time: a
+ * strip of B's 16 columns is packed (w's rows for dx, gathered from w's
+ * columns for y) and each element of A's rows is broadcast against it.  dw
+ * runs along 16 of its columns, from strips of x and dy packed per task.
+ * The lanes share the tasks out in fixed ranges; none of it allocates. */
 #include <stdatomic.h>
 #include <string.h>
 
 #include "cpu_ops.h"
 
-/* The products' tiles are pairs of 8-float vectors, dw's 16-float vectors:
- * on AVX-512 (Zen 4, measured with bench_dense) each is the faster there. */
+/* The products' tiles are pairs of 8-float vectors, dw's 16-float vectors
+ * where the CPU has AVX-512: on Zen 4 each was the faster for its loop. */
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v16 __attribute__((vector_size(64)));
 
 #define KC 512            /* rows of B a packed strip has at a time (32 KiB) */
-#ifndef PR
 #define PR 6              /* rows of C a tile of a product has */
-#endif
 #define PROD_ROWS_TASK 128
 #define PROD_COLS_TASK 32 /* a multiple of 16 */
 #define DW_ROWS_TASK 64   /* a multiple of the tiles' rows (dense_dw.h) */

@@ -804,6 +804,46 @@ START_TEST(test_safetensors_parse_truncated) {
 }
 END_TEST
 
+/* Adam over more elements than one lane takes (its lanes share them out):
+ * each element the bits of the one-element reference, on 1 and 3 lanes,
+ * with a tail that is no multiple of 16. */
+START_TEST(test_adam_lanes) {
+  const size_t n = 200003;
+  static const char *const lanes[] = {"1", "3"};
+  td_adam_hparams h = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                       .weight_decay = 0.01f, .step = 3};
+  float *p0 = malloc(n * 4), *g = malloc(n * 4), *m0 = malloc(n * 4), *v0 = malloc(n * 4);
+  float *p = malloc(n * 4), *m = malloc(n * 4), *v = malloc(n * 4);
+  float rp[1], rm[1], rv[1];
+
+  ck_assert(p0 && g && m0 && v0 && p && m && v);
+  fill_rand(p0, n);
+  fill_rand(g, n);
+  fill_rand(m0, n);
+  fill_rand(v0, n);
+  for (size_t i = 0; i < n; i++)
+    v0[i] = v0[i] * v0[i];
+  for (size_t l = 0; l < TD_ARRAY_SIZE(lanes); l++) {
+    td_backend *be;
+
+    setenv("TRAIND_CPU_LANES", lanes[l], 1);
+    be = cpu();
+    memcpy(p, p0, n * 4), memcpy(m, m0, n * 4), memcpy(v, v0, n * 4);
+    td_backend_adam(be, p, g, m, v, n, &h);
+    for (size_t i = 0; i < n; i += i < 64 || i > n - 64 ? 1 : 997) {
+      rp[0] = p0[i], rm[0] = m0[i], rv[0] = v0[i];
+      td_backend_adam(be, rp, g + i, rm, rv, 1, &h);
+      ck_assert_msg(memcmp(&p[i], rp, 4) == 0 && memcmp(&m[i], rm, 4) == 0 &&
+                    memcmp(&v[i], rv, 4) == 0, "%s lanes: element %zu", lanes[l], i);
+    }
+    ck_assert_int_eq(td_backend_sync(be), 0);
+    td_backend_destroy(be);
+  }
+  unsetenv("TRAIND_CPU_LANES");
+  free(p0), free(g), free(m0), free(v0), free(p), free(m), free(v);
+}
+END_TEST
+
 /* The documented order of the CPU dense ops (kernels/cpu/dense.c), one
  * multiply and one add at a time: y = (chain over k) + b, dx = chain over
  * o, dw = beta dw + each TD_BLOCK_ROWS block's chain, in block order. */
@@ -934,6 +974,7 @@ static Suite *backend_suite(void) {
   tcase_add_test(ops, test_sgd);
   tcase_add_test(ops, test_fill);
   tcase_add_test(ops, test_dense_order);
+  tcase_add_test(ops, test_adam_lanes);
   suite_add_tcase(s, ops);
 
   tcase_add_test(mem, test_alloc_budget);

@@ -402,7 +402,12 @@ static int bench_job(const char *job, opts o, int threads) {
         break;
       best_torch = torch_sps[i] > best_torch ? torch_sps[i] : best_torch;
     }
-    if (bench_ours(spec, &o, 1, &sps, &cpu_us) < 0 || sgemm_ceiling(shape, &o, &s_step, &pk) < 0)
+    if (bench_ours(spec, &o, 1, &sps, &cpu_us) < 0)
+      goto out;
+    /* the CPU backend left OpenBLAS on one thread (its lanes are the
+     * parallelism); the ceiling is OpenBLAS on its own threads */
+    openblas_set_num_threads(threads);
+    if (sgemm_ceiling(shape, &o, &s_step, &pk) < 0)
       goto out;
     ours = sps > ours ? sps : ours;
     ours_cpu = r == 0 || cpu_us < ours_cpu ? cpu_us : ours_cpu;

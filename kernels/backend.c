@@ -336,11 +336,18 @@ void td_backend_softmax_xent_smooth(td_backend *be, const float *logits,
   td_backend_loss(be, &cfg, logits, labels, rows, classes, dlogits, stats, NULL);
 }
 
-/* A product's bits depend on its shape (BLAS picks kernels and blocking by
- * it), so the dense ops multiply TD_BLOCK_ROWS rows at a time: a row gets
- * the same bits in any call that starts on a block boundary. */
+/* A backend with dense ops of its own fixes their order of additions
+ * itself (the CPU's).  Otherwise they are sgemm calls, whose bits depend
+ * on the shape (BLAS picks kernels and blocking by it), TD_BLOCK_ROWS rows
+ * at a time: a row gets the same bits in any call that starts on a block
+ * boundary. */
 void td_backend_dense_fwd(td_backend *be, const float *x, const float *w, const float *b,
                           float *y, int n, int in, int out) {
+  if (be->ops->dense_fwd != NULL) {
+    if (n > 0 && out > 0 && op_live(be, "dense_fwd"))
+      be->ops->dense_fwd(be, x, w, b, y, n, in, out);
+    return;
+  }
   for (int r = 0; r < n; r += TD_BLOCK_ROWS) {
     int rows = n - r < TD_BLOCK_ROWS ? n - r : TD_BLOCK_ROWS;
 
@@ -353,6 +360,11 @@ void td_backend_dense_fwd(td_backend *be, const float *x, const float *w, const 
 
 void td_backend_dense_bwd(td_backend *be, const float *x, const float *w, const float *dy,
                           float *dx, float *dw, float *db, int n, int in, int out, float beta) {
+  if (be->ops->dense_bwd != NULL) {
+    if (n > 0 && in > 0 && out > 0 && op_live(be, "dense_bwd"))
+      be->ops->dense_bwd(be, x, w, dy, dx, dw, n, in, out, beta);
+    goto bias;
+  }
   /* dw: each block's dy^T x added to the sum so far, in block order */
   for (int r = 0; r < n; r += TD_BLOCK_ROWS) {
     int rows = n - r < TD_BLOCK_ROWS ? n - r : TD_BLOCK_ROWS;
@@ -363,6 +375,7 @@ void td_backend_dense_bwd(td_backend *be, const float *x, const float *w, const 
       td_backend_sgemm(be, false, false, rows, in, out, 1.0f, dy + (size_t)r * out, out, w, in,
                        0.0f, dx + (size_t)r * in, in);
   }
+bias:
   if (db != NULL)
     td_backend_bias_grad(be, dy, (size_t)(n > 0 ? n : 0), (size_t)(out > 0 ? out : 0), beta,
                          db);

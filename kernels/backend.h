@@ -180,9 +180,10 @@ void td_backend_sgd(td_backend *be, float *param, const float *grad, float *buf,
  * micro-batches of one step accumulate). */
 
 /* Dense (nn.Linear's layout): y[n, out] = x[n, in] w[out, in]^T + b[out]; b
- * may be NULL.  Compositions of sgemm and the bias ops, not ops of their own,
- * run a block of TD_BLOCK_ROWS rows at a time: the products' shapes, and so
- * their bits, do not depend on n. */
+ * may be NULL.  The CPU backend fixes each element's order of additions
+ * itself (kernels/cpu/dense.c: a row's y and dx do not depend on the call
+ * at all, on any CPU); on the others they are sgemm calls of TD_BLOCK_ROWS
+ * rows at a time, whose shapes, and so bits, do not depend on n. */
 void td_backend_dense_fwd(td_backend *be, const float *x, const float *w, const float *b,
                           float *y, int n, int in, int out);
 /* dw = beta dw + dy^T x, each block's product added in turn; db = beta db +

@@ -43,6 +43,14 @@ typedef struct td_backend_ops {
                float inv_bc2);
   void (*sgd)(td_backend *be, float *p, const float *g, float *buf, size_t n, float lr,
               float momentum, float weight_decay);
+  /* Dense products with a fixed order of additions of the backend's own
+   * (kernels/cpu/dense.c), or NULL: backend.c then composes them of sgemm
+   * calls TD_BLOCK_ROWS rows at a time.  dense_fwd adds b unless it is
+   * NULL; dense_bwd leaves db to bias_grad and skips dx when it is NULL. */
+  void (*dense_fwd)(td_backend *be, const float *x, const float *w, const float *b, float *y,
+                    int n, int in, int out);
+  void (*dense_bwd)(td_backend *be, const float *x, const float *w, const float *dy, float *dx,
+                    float *dw, int n, int in, int out, float beta);
 
   /* Layers.  The geometry is checked; oh, ow are the output's. */
   int (*conv2d_workspace)(td_backend *be, const td_conv2d_desc *d, int oh, int ow,

@@ -37,6 +37,15 @@ void td__cpu_conv2d_bwd(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
                         const float *x, const float *w, const float *dy, float *dx, float *dw,
                         float *db, float beta, void *work, uint64_t work_bytes);
 
+/* dense.c */
+void td__cpu_dense_fwd(td_backend *be, const float *x, const float *w, const float *b,
+                       float *y, int n, int in, int out);
+void td__cpu_dense_bwd(td_backend *be, const float *x, const float *w, const float *dy,
+                       float *dx, float *dw, int n, int in, int out, float beta);
+/* testing: true keeps the dense ops off their AVX-512 tiles (the bits are
+ * the same; tests check that they are) */
+void td__cpu_dense_portable(bool on);
+
 /* pool.c */
 void td__cpu_pool2d_fwd(td_backend *be, td_pool_mode mode, const td_conv2d_desc *d, int oh,
                         int ow, const float *x, float *y);

@@ -223,6 +223,9 @@ const td_backend_ops cuda_ops = {
     .loss = td__cuda_loss,
     .adam = cuda_adam,
     .sgd = cuda_sgd,
+    /* none of its own: backend.c's cuBLAS calls, 16 rows at a time */
+    .dense_fwd = nullptr,
+    .dense_bwd = nullptr,
     .conv2d_workspace = td__cuda_conv2d_workspace,
     .conv2d_fwd = td__cuda_conv2d_fwd,
     .conv2d_bwd = td__cuda_conv2d_bwd,

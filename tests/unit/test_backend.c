@@ -10,6 +10,7 @@
 
 #include "backend.h"
 #include "backend_impl.h"
+#include "cpu/cpu_ops.h"
 #include "error.h"
 #include "model.h"
 #include "safetensors.h"
@@ -806,6 +807,162 @@ START_TEST(test_safetensors_parse_truncated) {
 }
 END_TEST
 
+/* Adam over more elements than one lane takes (its lanes share them out):
+ * each element the bits of the one-element reference, on 1 and 3 lanes,
+ * with a tail that is no multiple of 16. */
+START_TEST(test_adam_lanes) {
+  const size_t n = 200003;
+  static const char *const lanes[] = {"1", "3"};
+  td_adam_hparams h = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                       .weight_decay = 0.01f, .step = 3};
+  float *p0 = malloc(n * 4), *g = malloc(n * 4), *m0 = malloc(n * 4), *v0 = malloc(n * 4);
+  float *p = malloc(n * 4), *m = malloc(n * 4), *v = malloc(n * 4);
+  float rp[1], rm[1], rv[1];
+
+  ck_assert(p0 && g && m0 && v0 && p && m && v);
+  fill_rand(p0, n);
+  fill_rand(g, n);
+  fill_rand(m0, n);
+  fill_rand(v0, n);
+  for (size_t i = 0; i < n; i++)
+    v0[i] = v0[i] * v0[i];
+  for (size_t l = 0; l < TD_ARRAY_SIZE(lanes); l++) {
+    td_backend *be;
+
+    setenv("TRAIND_CPU_LANES", lanes[l], 1);
+    be = cpu();
+    memcpy(p, p0, n * 4), memcpy(m, m0, n * 4), memcpy(v, v0, n * 4);
+    td_backend_adam(be, p, g, m, v, n, &h);
+    for (size_t i = 0; i < n; i += i < 64 || i > n - 64 ? 1 : 997) {
+      rp[0] = p0[i], rm[0] = m0[i], rv[0] = v0[i];
+      td_backend_adam(be, rp, g + i, rm, rv, 1, &h);
+      ck_assert_msg(memcmp(&p[i], rp, 4) == 0 && memcmp(&m[i], rm, 4) == 0 &&
+                    memcmp(&v[i], rv, 4) == 0, "%s lanes: element %zu", lanes[l], i);
+    }
+    ck_assert_int_eq(td_backend_sync(be), 0);
+    td_backend_destroy(be);
+  }
+  unsetenv("TRAIND_CPU_LANES");
+  free(p0), free(g), free(m0), free(v0), free(p), free(m), free(v);
+}
+END_TEST
+
+/* The documented order of the CPU dense ops (kernels/cpu/dense.c), one
+ * multiply and one add at a time: y = (chain over k) + b, dx = chain over
+ * o, dw = beta dw + each TD_BLOCK_ROWS block's chain, in block order. */
+static void dense_reference(const float *x, const float *w, const float *b, const float *dy,
+                            float *y, float *dx, float *dw, int n, int in, int out,
+                            float beta) {
+  for (int r = 0; r < n; r++) {
+    for (int o = 0; o < out; o++) {
+      float acc = 0.0f;
+
+      for (int k = 0; k < in; k++) {
+        float p = x[(size_t)r * in + k] * w[(size_t)o * in + k];
+        acc = acc + p;
+      }
+      y[(size_t)r * out + o] = acc + b[o];
+    }
+    for (int i = 0; i < in; i++) {
+      float acc = 0.0f;
+
+      for (int o = 0; o < out; o++) {
+        float p = dy[(size_t)r * out + o] * w[(size_t)o * in + i];
+        acc = acc + p;
+      }
+      dx[(size_t)r * in + i] = acc;
+    }
+  }
+  for (int o = 0; o < out; o++) {
+    for (int i = 0; i < in; i++) {
+      float acc = beta == 0.0f ? 0.0f : beta * dw[(size_t)o * in + i];
+
+      for (int r0 = 0; r0 < n; r0 += TD_BLOCK_ROWS) {
+        float part = 0.0f;
+
+        for (int r = r0; r < n && r < r0 + TD_BLOCK_ROWS; r++) {
+          float p = dy[(size_t)r * out + o] * x[(size_t)r * in + i];
+          part = part + p;
+        }
+        acc = acc + part;
+      }
+      dw[(size_t)o * in + i] = acc;
+    }
+  }
+}
+
+/* The CPU's dense ops give exactly the reference's bits, on the AVX-512
+ * tiles and the portable ones, on 1 and 3 lanes, in one call or with the
+ * rows cut anywhere (y, dx) or on a block boundary (dw, beta 1 going on);
+ * shapes with tails everywhere and sums longer than a packed strip. */
+START_TEST(test_dense_order) {
+  static const struct {
+    int n, in, out;
+    float beta;
+  } cases[] = {{37, 45, 21, 0.0f}, {48, 144, 40, 1.0f}, {130, 300, 70, 0.5f},
+               {40, 600, 530, 1.0f}, {3, 1, 1, 0.0f}};
+  static const char *const lanes[] = {"1", "3"};
+
+  for (size_t c = 0; c < TD_ARRAY_SIZE(cases); c++) {
+    int n = cases[c].n, in = cases[c].in, out = cases[c].out, cut = n / 2 / 16 * 16;
+    size_t xn = (size_t)n * in, yn = (size_t)n * out, wn = (size_t)in * out;
+    float *x = malloc(xn * 4), *w = malloc(wn * 4), *b = malloc((size_t)out * 4);
+    float *dy = malloc(yn * 4), *dw0 = malloc(wn * 4), *ry = malloc(yn * 4);
+    float *rdx = malloc(xn * 4), *rdw = malloc(wn * 4), *y = malloc(yn * 4);
+    float *dx = malloc(xn * 4), *dw = malloc(wn * 4), *db = malloc((size_t)out * 4);
+    float *scratch = malloc(wn * 4);
+
+    ck_assert(x && w && b && dy && dw0 && ry && rdx && rdw && y && dx && dw && db && scratch);
+    fill_rand(x, xn);
+    fill_rand(w, wn);
+    fill_rand(b, (size_t)out);
+    fill_rand(dy, yn);
+    fill_rand(dw0, wn);
+    memcpy(rdw, dw0, wn * 4);
+    dense_reference(x, w, b, dy, ry, rdx, rdw, n, in, out, cases[c].beta);
+    for (int v = 0; v < 2 * (int)TD_ARRAY_SIZE(lanes); v++) {
+      td_backend *be;
+
+      setenv("TRAIND_CPU_LANES", lanes[v / 2], 1);
+      be = cpu();
+      td__cpu_dense_portable(v % 2 == 1);
+      /* whole */
+      memcpy(dw, dw0, wn * 4);
+      td_backend_dense_fwd(be, x, w, b, y, n, in, out);
+      td_backend_dense_bwd(be, x, w, dy, dx, dw, db, n, in, out, cases[c].beta);
+      ck_assert_int_eq(td_backend_sync(be), 0);
+      ck_assert_msg(memcmp(y, ry, yn * 4) == 0, "case %zu, variant %d: y", c, v);
+      ck_assert_msg(memcmp(dx, rdx, xn * 4) == 0, "case %zu, variant %d: dx", c, v);
+      ck_assert_msg(memcmp(dw, rdw, wn * 4) == 0, "case %zu, variant %d: dw", c, v);
+      /* y and dx cut after 7 rows (dw into scratch); dw after the blocks before cut */
+      memset(y, 0, yn * 4);
+      memset(dx, 0, xn * 4);
+      memcpy(dw, dw0, wn * 4);
+      td_backend_dense_fwd(be, x, w, b, y, n < 7 ? n : 7, in, out);
+      if (n > 7)
+        td_backend_dense_fwd(be, x + 7 * in, w, b, y + 7 * out, n - 7, in, out);
+      if (cut > 0)
+        td_backend_dense_bwd(be, x, w, dy, NULL, dw, NULL, cut, in, out, cases[c].beta);
+      td_backend_dense_bwd(be, x + (size_t)cut * in, w, dy + (size_t)cut * out, NULL, dw, NULL,
+                           n - cut, in, out, cut > 0 ? 1.0f : cases[c].beta);
+      td_backend_dense_bwd(be, x, w, dy, dx, scratch, NULL, n < 7 ? n : 7, in, out, 0.0f);
+      if (n > 7)
+        td_backend_dense_bwd(be, x + 7 * in, w, dy + 7 * out, dx + 7 * in, scratch, NULL,
+                             n - 7, in, out, 0.0f);
+      ck_assert_int_eq(td_backend_sync(be), 0);
+      ck_assert_msg(memcmp(y, ry, yn * 4) == 0, "case %zu, variant %d: y cut", c, v);
+      ck_assert_msg(memcmp(dx, rdx, xn * 4) == 0, "case %zu, variant %d: dx cut", c, v);
+      ck_assert_msg(memcmp(dw, rdw, wn * 4) == 0, "case %zu, variant %d: dw cut", c, v);
+      td_backend_destroy(be);
+    }
+    td__cpu_dense_portable(false);
+    free(x), free(w), free(b), free(dy), free(dw0), free(ry), free(rdx), free(rdw);
+    free(y), free(dx), free(dw), free(db), free(scratch);
+  }
+  unsetenv("TRAIND_CPU_LANES");
+}
+END_TEST
+
 static Suite *backend_suite(void) {
   Suite *s = suite_create("backend");
   TCase *ops = tcase_create("cpu_ops"), *mem = tcase_create("memory"),
@@ -819,6 +976,8 @@ static Suite *backend_suite(void) {
   tcase_add_test(ops, test_adam);
   tcase_add_test(ops, test_sgd);
   tcase_add_test(ops, test_fill);
+  tcase_add_test(ops, test_dense_order);
+  tcase_add_test(ops, test_adam_lanes);
   suite_add_tcase(s, ops);
 
   tcase_add_test(mem, test_alloc_budget);

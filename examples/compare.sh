@@ -8,7 +8,8 @@
 # traind's run is deploy/demo.sh's (a private traind with one cpu0 device,
 # the real client, the job submitted and waited for); PyTorch's is
 # tests/torch/train_peer.py (the same model from tests/torch/jobmodel.py,
-# the same data, optimiser, schedule, batch and epochs; 2 threads).  The
+# the same data, optimiser, schedule, batch and epochs; 2 threads, or
+# --threads N).  The
 # job's data must exist first (examples/README.md says how for each).  On a
 # shared machine wall-clock speeds move with the neighbours' load: the CPU
 # seconds (user + system, whole run: start, data loading, training,
@@ -35,7 +36,11 @@ last=$(grep -E '^epoch [0-9]+/[0-9]+ done' "$log" | tail -1)
 sps=$(grep -Eo '[0-9,]+ samples/s' "$log" | tail -1 | tr -d ,)
 echo "traind: ${last##*; } | ${sps:-? samples/s} (last progress line) | cpu_s=$(awk "BEGIN { print $tu + $ts }") wall_s=$tr (whole demo run)"
 
-{ time /usr/bin/python3 "$root/tests/torch/train_peer.py" "$job" "$@" >"$log" 2>&1; } 2>"$log.time" || {
+# OpenBLAS's own threads on top of PyTorch's oversubscribe the cores: one
+# BLAS thread, PyTorch's threads around it, is PyTorch's fastest here (as
+# bench_train finds; for a small model --threads 1 can be faster still)
+{ time OPENBLAS_NUM_THREADS=1 /usr/bin/python3 "$root/tests/torch/train_peer.py" "$job" "$@" \
+    >"$log" 2>&1; } 2>"$log.time" || {
   cat "$log" >&2
   rm -f "$log.time"
   exit 1

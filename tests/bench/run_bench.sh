@@ -1,7 +1,10 @@
 #!/bin/sh
 # Build and run the training benchmark (bench_train): traind's samples/s on
 # the CPU backend beside PyTorch's and the OpenBLAS SGEMM ceiling, for the
-# Fashion-MNIST MLP and CNN examples, or for the one job file given.
+# Fashion-MNIST MLP and CNN examples, the small ResNet
+# (examples/fashion-mnist-resnet.yaml) and the byte-level transformer
+# (examples/text-transformer.yaml), or for the one job file given.  The
+# benchmark feeds random samples of the job's shape: no dataset is needed.
 #
 #   tests/bench/run_bench.sh [BUILD_DIR] [bench_train options...] [JOB.yaml]
 #
@@ -23,4 +26,13 @@ if ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
   echo "note: PyTorch is not installed for /usr/bin/python3 (apt-get install python3-torch);" \
        "the peer column will be missing" >&2
 fi
-exec "$build/tests/bench_train" "$@"
+for a in "$@"; do
+  case $a in *.yaml | *.yml) exec "$build/tests/bench_train" "$@" ;; esac
+done
+# no job given: bench_train's own two (MLP, CNN), then the ResNet and the
+# transformer, each a table of its own
+"$build/tests/bench_train" "$@"
+for job in fashion-mnist-resnet text-transformer; do
+  echo
+  "$build/tests/bench_train" "$@" "$src/examples/$job.yaml"
+done

@@ -43,7 +43,10 @@ def evaluate(model, job, x_shape, eval_path):
                           dtype=torch.int32).long()
     norm = job.get("data", {}).get("normalize", {}) or {}
     mean, std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
-    x = ((px.float() / 255.0 - mean) / std).reshape([count] + list(x_shape))
+    if jobmodel.takes_ids(job):  # token ids reach the embedding as stored
+        x = px.long().reshape([count] + list(x_shape))
+    else:
+        x = ((px.float() / 255.0 - mean) / std).reshape([count] + list(x_shape))
     model.eval()
     with torch.no_grad():
         logits = model(x)
@@ -73,7 +76,11 @@ def check(probe, job_path, tmp, half):
             p.mul_(3.0)
         # BatchNorm's running statistics and count move
         for _ in range(3):
-            model(torch.rand([4] + list(x_shape)))
+            if jobmodel.takes_ids(job):
+                vocab = int(job["model"]["layers"][0]["vocab"])
+                model(torch.randint(0, vocab, [4] + list(x_shape)))
+            else:
+                model(torch.rand([4] + list(x_shape)))
     state = model.state_dict()
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

@@ -70,7 +70,9 @@ static size_t first_difference(const void *a, const void *b, size_t n) {
 START_TEST(every_example_survives_the_trip) {
   static const char *const examples[] = {"fashion-mnist-mlp", "fashion-mnist-cnn",
                                          "fashion-mnist-cnn-bf16", "fashion-mnist-conv1d",
-                                         "fashion-mnist-images"};
+                                         "fashion-mnist-images", "fashion-mnist-resmlp",
+                                         "fashion-mnist-resnet", "text-transformer",
+                                         "csv-regression"};
 
   for (size_t i = 0; i < TD_ARRAY_SIZE(examples); i++) {
     td_jobspec a, b;

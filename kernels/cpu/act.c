@@ -10,33 +10,72 @@
 #define GELU_SQRT2_PI 0.79788456080286536f    /* sqrt(2 / pi) */
 #define GELU_CUBIC 0.044715f
 
-void td__cpu_gelu_fwd(td_backend *be, td_gelu_kind kind, const float *x, float *y, size_t n) {
-  if (kind == TD_GELU_TANH) {
-    for (size_t i = 0; i < n; i++) {
+/* GELU calls libm's erff/expf (or tanhf) per element, the transformer's
+ * costliest element-wise op: the lanes share the elements out, each
+ * element's arithmetic its own, so the lane count changes no bit. */
+#define GELU_MIN_PARALLEL (1 << 12) /* elements below which one lane is faster */
+
+typedef struct gelu_args {
+  td_gelu_kind kind;
+  const float *x, *dy;
+  float *y; /* fwd: y; bwd: dx */
+  size_t n;
+  int lanes;
+} gelu_args;
+
+static void gelu_fwd_lane(void *arg, int lane) {
+  const gelu_args *a = arg;
+  const float *x = a->x;
+  float *y = a->y;
+  size_t i0, i1;
+
+  td__cpu_share(a->n, 16, lane, a->lanes, &i0, &i1);
+  if (a->kind == TD_GELU_TANH) {
+    for (size_t i = i0; i < i1; i++) {
       float v = x[i];
       y[i] = 0.5f * v * (1.0f + tanhf(GELU_SQRT2_PI * (v + GELU_CUBIC * v * v * v)));
     }
     return;
   }
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = i0; i < i1; i++)
     y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * GELU_RSQRT2));
 }
 
-void td__cpu_gelu_bwd(td_backend *be, td_gelu_kind kind, const float *x, const float *dy,
-                      float *dx, size_t n) {
-  if (kind == TD_GELU_TANH) {
-    for (size_t i = 0; i < n; i++) {
+static void gelu_bwd_lane(void *arg, int lane) {
+  const gelu_args *a = arg;
+  const float *x = a->x, *dy = a->dy;
+  float *dx = a->y;
+  size_t i0, i1;
+
+  td__cpu_share(a->n, 16, lane, a->lanes, &i0, &i1);
+  if (a->kind == TD_GELU_TANH) {
+    for (size_t i = i0; i < i1; i++) {
       float v = x[i], t = tanhf(GELU_SQRT2_PI * (v + GELU_CUBIC * v * v * v));
       float du = GELU_SQRT2_PI * (1.0f + 3.0f * GELU_CUBIC * v * v);
       dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
     }
     return;
   }
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = i0; i < i1; i++) {
     float v = x[i];
     float cdf = 0.5f * (1.0f + erff(v * GELU_RSQRT2)), pdf = GELU_RSQRT2PI * expf(-0.5f * v * v);
     dx[i] = dy[i] * (cdf + v * pdf);
   }
+}
+
+void td__cpu_gelu_fwd(td_backend *be, td_gelu_kind kind, const float *x, float *y, size_t n) {
+  gelu_args a = {.kind = kind, .x = x, .y = y, .n = n,
+                 .lanes = n < GELU_MIN_PARALLEL ? 1 : td__cpu_lanes(be)};
+
+  td__cpu_parallel(be, a.lanes, gelu_fwd_lane, &a);
+}
+
+void td__cpu_gelu_bwd(td_backend *be, td_gelu_kind kind, const float *x, const float *dy,
+                      float *dx, size_t n) {
+  gelu_args a = {.kind = kind, .x = x, .dy = dy, .y = dx, .n = n,
+                 .lanes = n < GELU_MIN_PARALLEL ? 1 : td__cpu_lanes(be)};
+
+  td__cpu_parallel(be, a.lanes, gelu_bwd_lane, &a);
 }
 
 void td__cpu_dropout(td_backend *be, const float *x, float *y, size_t rows, size_t cols,

@@ -27,6 +27,20 @@ typedef void td__cpu_task(void *arg, int lane);
 int td__cpu_lanes(const td_backend *be);
 void td__cpu_parallel(td_backend *be, int lanes, td__cpu_task *fn, void *arg);
 
+/* Lane `lane` of `lanes`'s share [*lo, *hi) of n items cut on multiples of
+ * unit (16 floats: the vector loops' blocks stay whole).  Work whose items
+ * are independent (elements, a norm's rows or channels) keeps its bits
+ * whatever the lane count. */
+static inline void td__cpu_share(size_t n, size_t unit, int lane, int lanes, size_t *lo,
+                                 size_t *hi) {
+  size_t units = (n + unit - 1) / unit;
+  size_t a = units * (size_t)lane / (size_t)lanes * unit;
+  size_t b = units * (size_t)(lane + 1) / (size_t)lanes * unit;
+
+  *lo = a < n ? a : n;
+  *hi = b < n ? b : n;
+}
+
 /* conv.c */
 int td__cpu_conv2d_workspace(td_backend *be, const td_conv2d_desc *d, int oh, int ow,
                              uint64_t *bytes);

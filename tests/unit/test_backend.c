@@ -963,6 +963,84 @@ START_TEST(test_dense_order) {
 }
 END_TEST
 
+/* The ops the CPU lanes share out by element, channel, row or column
+ * (gelu, batchnorm2d, layernorm) give the same bits on 1, 2 and 3 lanes:
+ * sizes over the one-lane thresholds, tails no multiple of 16 or of the
+ * lane count, dgamma/dbeta both fresh (beta 0) and accumulated (beta 1). */
+enum { NL_GELU = 40003, NL_N = 32, NL_C = 13, NL_HW = 97, NL_ROWS = 301, NL_COLS = 67 };
+#define NL_BN ((size_t)NL_N * NL_C * NL_HW)
+#define NL_LN ((size_t)NL_ROWS * NL_COLS)
+/* gelu fwd+bwd per kind; bn y, running stats, save, dx, dgamma/dbeta twice;
+ * eval y; ln y, save, dx, dgamma/dbeta twice */
+#define NL_OUT (4 * (size_t)NL_GELU + 2 * NL_BN + 4 * NL_C + 2 * NL_C + NL_BN + 4 * NL_C + \
+                NL_LN + 2 * NL_ROWS + NL_LN + 4 * NL_COLS)
+
+static void norm_lanes_run(const float *in, float *out) {
+  const td_batchnorm_desc d = {.n = NL_N, .c = NL_C, .hw = NL_HW, .eps = 1e-5f,
+                               .momentum = 0.1f};
+  const float *x = in, *dy = in + NL_BN, *gamma = in + 2 * NL_BN, *beta = gamma + NL_COLS;
+  td_backend *be = cpu();
+  float *o = out;
+
+  for (int k = 0; k < 2; k++) {
+    td_gelu_kind kind = k == 0 ? TD_GELU_ERF : TD_GELU_TANH;
+
+    td_backend_gelu_fwd(be, kind, x, o, NL_GELU);
+    td_backend_gelu_bwd(be, kind, x, dy, o + NL_GELU, NL_GELU);
+    o += 2 * NL_GELU;
+  }
+  /* batchnorm: y, running mean/var (from gamma's values), save mean/invstd */
+  memcpy(o + NL_BN, gamma, 2 * NL_C * 4);
+  td_backend_batchnorm2d_fwd(be, &d, true, x, o, gamma, beta, o + NL_BN, o + NL_BN + NL_C,
+                             o + NL_BN + 2 * NL_C, o + NL_BN + 3 * NL_C);
+  td_backend_batchnorm2d_bwd(be, &d, x, dy, o + NL_BN + 4 * NL_C, gamma,
+                             o + NL_BN + 2 * NL_C, o + NL_BN + 3 * NL_C, 0.0f,
+                             o + 2 * NL_BN + 4 * NL_C, o + 2 * NL_BN + 5 * NL_C);
+  td_backend_batchnorm2d_bwd(be, &d, x, dy, NULL, gamma, o + NL_BN + 2 * NL_C,
+                             o + NL_BN + 3 * NL_C, 1.0f, o + 2 * NL_BN + 4 * NL_C,
+                             o + 2 * NL_BN + 5 * NL_C);
+  o += 2 * NL_BN + 6 * NL_C;
+  td_backend_batchnorm2d_fwd(be, &d, false, x, o, gamma, beta, o - NL_BN - 6 * NL_C,
+                             o - NL_BN - 5 * NL_C, NULL, NULL);
+  o += NL_BN;
+  /* layernorm: y, save mean/invstd, dx, dgamma/dbeta fresh then accumulated */
+  td_backend_layernorm_fwd(be, x, o, NL_ROWS, NL_COLS, gamma, beta, 1e-5f, o + NL_LN,
+                           o + NL_LN + NL_ROWS);
+  td_backend_layernorm_bwd(be, x, dy, o + NL_LN + 2 * NL_ROWS, NL_ROWS, NL_COLS, gamma,
+                           o + NL_LN, o + NL_LN + NL_ROWS, 0.0f,
+                           o + 2 * NL_LN + 2 * NL_ROWS, o + 2 * NL_LN + 2 * NL_ROWS + NL_COLS);
+  td_backend_layernorm_bwd(be, x, dy, NULL, NL_ROWS, NL_COLS, gamma, o + NL_LN,
+                           o + NL_LN + NL_ROWS, 1.0f, o + 2 * NL_LN + 2 * NL_ROWS,
+                           o + 2 * NL_LN + 2 * NL_ROWS + NL_COLS);
+  o += 2 * NL_LN + 2 * NL_ROWS + 2 * NL_COLS;
+  ck_assert_int_eq(td_backend_sync(be), 0);
+  ck_assert_uint_le((size_t)(o - out), NL_OUT);
+  td_backend_destroy(be);
+}
+
+START_TEST(test_norm_gelu_lanes) {
+  static const char *const lanes[] = {"1", "2", "3"};
+  size_t in_n = 2 * NL_BN + 2 * NL_COLS;
+  float *in = malloc(in_n * 4), *want = calloc(NL_OUT, 4), *got = calloc(NL_OUT, 4);
+
+  ck_assert(in && want && got);
+  ck_assert_uint_ge(NL_BN, (size_t)NL_GELU);
+  ck_assert_uint_ge(NL_BN, NL_LN);
+  fill_rand(in, in_n);
+  for (size_t i = 0; i < 2 * NL_COLS; i++) /* gamma around 1, beta small */
+    in[2 * NL_BN + i] = i < NL_COLS ? 1.0f + 0.5f * in[2 * NL_BN + i] : in[2 * NL_BN + i];
+  for (size_t l = 0; l < TD_ARRAY_SIZE(lanes); l++) {
+    setenv("TRAIND_CPU_LANES", lanes[l], 1);
+    norm_lanes_run(in, l == 0 ? want : got);
+    for (size_t i = 0; l > 0 && i < NL_OUT; i++)
+      ck_assert_msg(memcmp(&got[i], &want[i], 4) == 0, "%s lanes: output %zu: %.9g, want %.9g",
+                    lanes[l], i, got[i], want[i]);
+  }
+  unsetenv("TRAIND_CPU_LANES");
+  free(in), free(want), free(got);
+}
+END_TEST
+
 static Suite *backend_suite(void) {
   Suite *s = suite_create("backend");
   TCase *ops = tcase_create("cpu_ops"), *mem = tcase_create("memory"),
@@ -978,6 +1056,7 @@ static Suite *backend_suite(void) {
   tcase_add_test(ops, test_fill);
   tcase_add_test(ops, test_dense_order);
   tcase_add_test(ops, test_adam_lanes);
+  tcase_add_test(ops, test_norm_gelu_lanes);
   suite_add_tcase(s, ops);
 
   tcase_add_test(mem, test_alloc_budget);

@@ -275,7 +275,7 @@ END_TEST
 /* A small model: at 8 rows its plan is under the 1 MiB the requeue step
  * leaves, so it may not go below a block. */
 START_TEST(test_conv1d) {
-  example_runs("fashion-mnist-conv1d", 6400, 20, 400, "  min_micro_batch: 16\n");
+  example_runs("fashion-mnist-conv1d", 25600, 6, 400, "  min_micro_batch: 16\n");
 }
 END_TEST
 

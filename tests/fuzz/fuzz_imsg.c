@@ -33,8 +33,11 @@ static void repack(td_imsg_dir dir, const td_msgdef *def, const msgpack_object *
     double v;
     int bv;
 
-    if (td_obj_get(root, f->name, &o) != 0)
-      abort(); /* every field is there */
+    if (td_obj_get(root, f->name, &o) != 0) {
+      if (f->required)
+        abort(); /* every required field is there */
+      continue;  /* an optional one left out: the reader takes -1 */
+    }
     switch (f->type) {
     case TD_FT_UINT:
       if (td_obj_u64(root, f->name, &u) != 0)

@@ -147,25 +147,33 @@ int td_labels_check(const int32_t *labels, uint64_t n, uint64_t first, uint32_t 
   return 0;
 }
 
+uint64_t td_ids_find(const void *values, td_dtype dtype, uint64_t count, uint32_t vocab,
+                     double *id) {
+  for (uint64_t i = 0; i < count; i++) {
+    switch (dtype) {
+    case TD_DTYPE_U8: *id = ((const uint8_t *)values)[i]; break;
+    case TD_DTYPE_I32: *id = ((const int32_t *)values)[i]; break;
+    case TD_DTYPE_F16: *id = td_f16_to_f32(((const uint16_t *)values)[i]); break;
+    case TD_DTYPE_F32: *id = ((const float *)values)[i]; break;
+    default: return count;
+    }
+    if (!(*id >= 0.0 && *id < vocab) || *id != floor(*id))
+      return i;
+  }
+  return count;
+}
+
 int td_ids_check(const uint8_t *samples, td_dtype dtype, uint64_t n, uint32_t elems,
                  uint64_t first, uint32_t vocab, const char *path, char *err, size_t errlen) {
-  for (uint64_t i = 0; i < n * elems; i++) {
-    double id;
+  double id;
+  uint64_t i = td_ids_find(samples, dtype, n * elems, vocab, &id);
 
-    switch (dtype) {
-    case TD_DTYPE_U8: id = samples[i]; break;
-    case TD_DTYPE_I32: id = ((const int32_t *)(const void *)samples)[i]; break;
-    case TD_DTYPE_F16: id = td_f16_to_f32(((const uint16_t *)(const void *)samples)[i]); break;
-    case TD_DTYPE_F32: id = ((const float *)(const void *)samples)[i]; break;
-    default: return 0;
-    }
-    if (!(id >= 0.0 && id < vocab) || id != floor(id))
-      return td_data_errf(err, errlen, path, "sample at index %llu, position %llu: token id "
-                          "%g is not an id of the embedding's vocabulary (0 to %u)",
-                          (unsigned long long)(first + i / elems),
-                          (unsigned long long)(i % elems), id, vocab - 1);
-  }
-  return 0;
+  if (i == n * elems)
+    return 0;
+  return td_data_errf(err, errlen, path, "sample at index %llu, position %llu: token id %g is "
+                      "not an id of the embedding's vocabulary (0 to %u)",
+                      (unsigned long long)(first + i / elems), (unsigned long long)(i % elems),
+                      id, vocab - 1);
 }
 
 int td_split_read(td_split *s, uint64_t first, uint64_t n, uint8_t *samples, void *targets,

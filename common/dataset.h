@@ -114,6 +114,11 @@ int td_split_cache_key(const td_split *s, char *buf, size_t cap);
  * index I, position P: token id V is not an id of the embedding's
  * vocabulary (0 to vocab - 1)".  dtype as decoded (uint8, int32, float16,
  * float32). */
+/* The scan under it, for a caller with its own message: the index of the
+ * first of count values that is not a whole number below vocab (its value
+ * in *id), or count when every one is (or dtype is none of those). */
+uint64_t td_ids_find(const void *values, td_dtype dtype, uint64_t count, uint32_t vocab,
+                     double *id);
 int td_ids_check(const uint8_t *samples, td_dtype dtype, uint64_t n, uint32_t elems,
                  uint64_t first, uint32_t vocab, const char *path, char *err, size_t errlen);
 

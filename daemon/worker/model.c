@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataset.h"
 #include "error.h"
 #include "layers.h"
 #include "lossscale.h"
@@ -1079,25 +1080,15 @@ static void input_norm(const td_model *m, float *scale, float *mean, float *std)
  * device (whose op would make it a row of zeros). */
 static int check_ids(td_model *m, const void *samples, uint32_t count) {
   const td_layer *first = &m->spec.layers[0];
-  size_t n = (size_t)count * m->lay.in_elems;
+  size_t n = (size_t)count * m->lay.in_elems, i;
+  double id;
 
-  if (!td_layer_def_of(first->type)->ids)
+  if (!td_layer_def_of(first->type)->ids ||
+      (i = td_ids_find(samples, m->lay.in_dtype, n, first->vocab, &id)) == n)
     return 0;
-  for (size_t i = 0; i < n; i++) {
-    double id;
-
-    switch (m->lay.in_dtype) {
-    case TD_DTYPE_U8: id = ((const uint8_t *)samples)[i]; break;
-    case TD_DTYPE_I32: id = ((const int32_t *)samples)[i]; break;
-    case TD_DTYPE_F16: id = td_f16_to_f32(((const uint16_t *)samples)[i]); break;
-    default: id = ((const float *)samples)[i]; break;
-    }
-    if (!(id >= 0.0 && id < first->vocab) || id != floor(id))
-      return fail(m, TD_EDATA, "sample %zu of the batch: token id %g at position %zu is not "
-                  "an id of the embedding's vocabulary (0 to %u)", i / m->lay.in_elems, id,
-                  i % m->lay.in_elems, first->vocab - 1);
-  }
-  return 0;
+  return fail(m, TD_EDATA, "sample %zu of the batch: token id %g at position %zu is not an id "
+              "of the embedding's vocabulary (0 to %u)", i / m->lay.in_elems, id,
+              i % m->lay.in_elems, first->vocab - 1);
 }
 
 /* Whether the model can take these samples now. */
